@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment .venv from requirements.txt.
+# Idempotent: a second run only installs what changed. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import torch, numpy, sklearn; print(f'.venv ready: torch {torch.__version__}, numpy {numpy.__version__}')"

@@ -1,0 +1,43 @@
+"""Shared test helpers: import path and small models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dlrm_model import DLRM, ModelConfig  # noqa: E402
+from mlet_layers import SparseFeatures  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def small_config(hidden: int = 0, dim: int = 4, sizes: tuple[int, ...] = (50, 7, 300, 2)) -> ModelConfig:
+    """A 4-table DLRM small enough for exact comparisons."""
+    return ModelConfig(table_sizes=sizes, dim=dim, bottom_mlp=(13, 16, dim), top_mlp=(8, 1), mlet_hidden=hidden)
+
+
+def random_inputs(config: ModelConfig, batch: int, seed: int, bag: int = 1) -> tuple[torch.Tensor, SparseFeatures]:
+    """Dense features and bags of ``bag`` ids (1: one-hot) drawn from a fresh generator."""
+    gen = torch.Generator().manual_seed(seed)
+    dense = torch.rand(batch, config.bottom_mlp[0], generator=gen)
+    num_tables = len(config.table_sizes)
+    lengths = torch.randint(0 if bag > 1 else 1, bag + 1, (num_tables, batch), generator=gen)
+    ids = [torch.randint(0, n, (int(lengths[t].sum()),), generator=gen) for t, n in enumerate(config.table_sizes)]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
+    return dense, SparseFeatures(torch.cat(ids), offsets, num_tables)
+
+
+@pytest.fixture
+def make_model():
+    """Factory: ``make_model(hidden, seed=..., dim=...)``."""
+
+    def make(hidden: int = 0, seed: int = 0, **kw) -> DLRM:
+        return DLRM(small_config(hidden, **kw), seed=seed)
+
+    return make

@@ -1,0 +1,126 @@
+"""Command line: flag parsing and validation, the training run, the results JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dlrm_mlet
+from errors import UserError
+
+TINY = [
+    "--data-generation=random",
+    "--arch-embedding-size=200-30-5",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=12",
+    "--learning-rate=0.1",
+    "--progress=false",
+]
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code (argparse's own exits included), stdout and stderr of the command line."""
+    try:
+        code = dlrm_mlet.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--arch-mlp-bot=13-8-3"], "--arch-mlp-bot"),
+        (["--arch-embedding-size=200-0-5"], "--arch-embedding-size"),
+        (["--arch-embedding-size=200-x-5"], "--arch-embedding-size"),
+        (["--optimizer=rmsprop"], "--optimizer"),
+        (["--mlet-hidden=-1"], "--mlet-hidden"),
+        (["--mlet-hidden=2"], "--mlet-hidden"),
+        (["--mlet-hidden=8", "--mlet-init=uniform"], "--mlet-init"),
+        (["--arch-mlp-top=8-2"], "--arch-mlp-top"),
+        (["--learning-rate=0"], "--learning-rate"),
+        (["--loss-function=wbce", "--loss-weights=1.0"], "--loss-weights"),
+        (["--inference-only"], "--inference-only"),
+        (["--round-targets=maybe"], "--round-targets"),
+        (["--lr-num-warmup-steps=10", "--lr-decay-start-step=5", "--lr-num-decay-steps=5"], "--lr-decay-start-step"),
+        (["--mini-batch-size=0"], "--mini-batch-size"),
+    ],
+)
+def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:
+    code, _, err = run_main([*TINY, *flags], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert named in lines[0] and "Traceback" not in err
+
+
+def test_gpu_flag_without_gpu_is_reported(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run_main([*TINY, "--use-gpu"], capsys)
+    assert code == 2 and "--use-gpu" in err and len(err.strip().splitlines()) == 1
+
+
+def test_upstream_bool_flags_parse_false() -> None:
+    """Upstream's type=bool made '--flag=False' true; here it is false."""
+    assert dlrm_mlet.parse_args([*TINY, "--arch-interaction-itself=False"]).arch_interaction_itself is False
+    assert dlrm_mlet.parse_args([*TINY, "--arch-interaction-itself"]).arch_interaction_itself is True
+    assert dlrm_mlet.parse_args([*TINY, "--round-targets=1"]).round_targets is True
+
+
+def test_parse_args_fills_architecture() -> None:
+    args = dlrm_mlet.parse_args([*TINY, "--mlet-hidden=16"])
+    assert args.table_sizes == [200, 30, 5] and args.bottom_mlp == [13, 8, 4] and args.top_mlp == [8, 1]
+    config = dlrm_mlet.model_config(args, args.table_sizes)
+    assert config.mlet_hidden == 16 and config.interaction_width() == 4 + 6
+
+
+def test_parse_args_raises_user_error_not_traceback() -> None:
+    with pytest.raises(UserError, match="--arch-mlp-bot"):
+        dlrm_mlet.parse_args([*TINY, "--arch-mlp-bot=13-8-5"])
+
+
+def test_results_json_contents(tmp_path, capsys) -> None:
+    out = tmp_path / "run.json"
+    code, stdout, _ = run_main(
+        [*TINY, "--mlet-hidden=16", "--test-freq=5", f"--results-json={out}", "--test-data-size=500", "--test-mini-batch-size=64"], capsys
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    for key in ("auc", "logloss", "accuracy"):
+        assert 0.0 <= result["final"][key] <= 1.0 or key == "logloss"
+        assert result["best"][key] is not None
+    assert result["final"]["samples"] == 500  # whole test set, not cut at the training batch count
+    assert [h["iteration"] for h in result["history"]] == [5, 10, 12]
+    assert result["train_samples_per_second"] > 0
+    params = result["parameters"]
+    rows = 200 + 30 + 5
+    assert params["embedding_training_bytes"] == 4 * (rows * 16 + 3 * 16 * 4)
+    assert params["embedding_inference_bytes"] == 4 * rows * 4
+    assert params["training"]["bytes"] - params["inference"]["bytes"] == params["embedding_training_bytes"] - params["embedding_inference_bytes"]
+    assert result["args"]["mlet_hidden"] == 16 and result["model_config"]["mlet_hidden"] == 16
+    assert "Testing at - 5/12 of epoch 0" in stdout and "Finished training it 12/12 of epoch 0" in stdout
+
+
+@pytest.mark.parametrize("flags", [["--loss-function=mse"], ["--loss-function=wbce", "--loss-weights=1.0-3.0"], ["--optimizer=adagrad"], ["--optimizer=adam"]])
+def test_losses_and_optimizers_train(flags: list[str], tmp_path, capsys) -> None:
+    out = tmp_path / "r.json"
+    code, _, err = run_main([*TINY, "--mlet-hidden=8", f"--results-json={out}", *flags], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["final"]["logloss"] > 0
+
+
+def test_multi_hot_random_bags(tmp_path, capsys) -> None:
+    code, _, err = run_main([*TINY, "--num-indices-per-lookup=4", "--mlet-hidden=8", "--arch-interaction-itself"], capsys)
+    assert code == 0, err
+
+
+def test_lr_schedule_flags_run(capsys) -> None:
+    code, _, err = run_main([*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys)
+    assert code == 0, err
