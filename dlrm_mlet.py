@@ -79,9 +79,9 @@ def build_parser() -> OneLineParser:
     data.add_argument("--processed-data-file", type=str, default="")
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
-    synth.add_argument("--synthetic-rank", type=int, default=32, help="rank of the planted latent vectors")
+    synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
     synth.add_argument("--synthetic-zipf", type=float, default=1.05, help="Zipf exponent of value popularity")
-    synth.add_argument("--synthetic-interaction-std", type=float, default=2.0, help="logit std of the pairwise term")
+    synth.add_argument("--synthetic-interaction-std", type=float, default=3.0, help="logit std of the pairwise term")
     synth.add_argument("--synthetic-bias-std", type=float, default=0.8, help="logit std of per-value biases")
     synth.add_argument("--synthetic-dense-std", type=float, default=0.5, help="logit weight of the dense term")
     synth.add_argument("--synthetic-noise-std", type=float, default=0.0, help="extra Gaussian logit noise")
@@ -443,7 +443,10 @@ def load_into(trainer: Trainer, path: str) -> None:
         trainer.model = trainer.model.collapse()
     elif (mismatch := describe_mismatch(saved, wanted)) is not None:
         raise UserError(f"--load-model {path}: {mismatch}")
-    trainer.restore(ckpt)
+    try:
+        trainer.restore(ckpt)
+    except ValueError as error:
+        raise UserError(f"--load-model {path}: {error}") from None
     log(f"loaded {path} ({ckpt.get('kind')}, epoch {trainer.epoch}, iteration {trainer.iteration})")
 
 

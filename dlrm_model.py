@@ -140,11 +140,10 @@ class DLRM(nn.Module):
         plain.top.load_state_dict(self.top.state_dict())
         return plain
 
-    def dense_parameters(self) -> list[nn.Parameter]:
-        """Parameters with dense gradients: MLPs and the MLET projections."""
-        table_weight = self.tables.weight
-        return [p for p in self.parameters() if p is not table_weight]
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters with dense gradients: MLPs and the MLET projections."""
+        return {n: p for n, p in self.named_parameters() if p is not self.tables.weight}
 
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        """Parameters with sparse (row) gradients: the concatenated table weight."""
-        return [self.tables.weight]
+    def sparse_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters with sparse (row) gradients: the concatenated table weight."""
+        return {"tables.weight": self.tables.weight}

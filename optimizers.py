@@ -15,10 +15,18 @@ MIN_DECAYED_LR = 1e-7
 
 
 class CombinedOptimizer:
-    """Several torch optimizers stepped, zeroed, saved and restored as one."""
+    """Several torch optimizers stepped, zeroed, saved and restored as one.
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    The saved state is keyed by *parameter name* (``{"state": {name: {...}}}``),
+    not by torch's positional ids, so it does not depend on how parameters
+    were grouped or sharded: a distributed run can gather it table by table
+    and a run with another layout can load it.
+    """
+
+    def __init__(self, name: str, optimizers: Sequence[torch.optim.Optimizer], names: dict[int, str]) -> None:
+        self.name = name
         self.optimizers = list(optimizers)
+        self.names = names  # id(parameter) -> parameter name
 
     @property
     def param_groups(self) -> list[dict]:
@@ -41,28 +49,44 @@ class CombinedOptimizer:
             group["lr"] = lr
 
     def state_dict(self) -> dict:
-        """Checkpointable state."""
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+        """Per-parameter optimizer state keyed by parameter name."""
+        state: dict[str, dict] = {}
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if opt.state.get(p):
+                        state[self.names[id(p)]] = dict(opt.state[p])
+        return {"optimizer": self.name, "state": state}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output."""
-        saved = state["optimizers"]
-        if len(saved) != len(self.optimizers):
-            raise ValueError(f"checkpoint holds {len(saved)} optimizer states, this run uses {len(self.optimizers)}")
-        for opt, s in zip(self.optimizers, saved):
-            opt.load_state_dict(s)
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore :meth:`state_dict` output (parameters missing from it start fresh)."""
+        if saved.get("optimizer") != self.name:
+            raise ValueError(f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={self.name}")
+        for opt in self.optimizers:
+            current = opt.state_dict()
+            by_position = {}
+            for group, current_group in zip(opt.param_groups, current["param_groups"]):
+                for p, position in zip(group["params"], current_group["params"]):
+                    if self.names[id(p)] in saved["state"]:
+                        by_position[position] = saved["state"][self.names[id(p)]]
+            opt.load_state_dict({"state": by_position, "param_groups": current["param_groups"]})
 
 
-def build_optimizer(name: str, lr: float, sparse_params: list[nn.Parameter], dense_params: list[nn.Parameter]) -> CombinedOptimizer:
-    """``sgd`` / ``adagrad``: one optimizer over everything (both take sparse gradients).
-    ``adam``: ``SparseAdam`` for the tables, ``Adam`` for the rest.
+def build_optimizer(name: str, lr: float, sparse: dict[str, nn.Parameter], dense: dict[str, nn.Parameter]) -> CombinedOptimizer:
+    """Optimizer over named parameters; ``sparse`` ones get sparse row gradients.
+
+    ``sgd`` / ``adagrad``: one torch optimizer over everything (both take sparse
+    gradients). ``adam``: ``SparseAdam`` for the tables, ``Adam`` for the rest.
     """
+    names = {id(p): n for n, p in [*sparse.items(), *dense.items()]}
+    everything = [*sparse.values(), *dense.values()]
     if name == "sgd":
-        return CombinedOptimizer([torch.optim.SGD([*sparse_params, *dense_params], lr=lr)])
+        return CombinedOptimizer(name, [torch.optim.SGD(everything, lr=lr)], names)
     if name == "adagrad":
-        return CombinedOptimizer([torch.optim.Adagrad([*sparse_params, *dense_params], lr=lr)])
+        return CombinedOptimizer(name, [torch.optim.Adagrad(everything, lr=lr)], names)
     if name == "adam":
-        return CombinedOptimizer([torch.optim.SparseAdam(sparse_params, lr=lr), torch.optim.Adam(dense_params, lr=lr)])
+        optimizers = [torch.optim.SparseAdam(list(sparse.values()), lr=lr), torch.optim.Adam(list(dense.values()), lr=lr)]
+        return CombinedOptimizer(name, optimizers, names)
     raise ValueError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 

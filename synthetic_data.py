@@ -32,6 +32,7 @@ import torch
 from mlet_layers import SparseFeatures
 
 DENSE_FEATURES = 13
+SAMPLE_CHUNK = 1 << 16
 
 
 def batch_generator(seed: int, split: int, batch: int) -> torch.Generator:
@@ -96,9 +97,9 @@ class ClickModelConfig:
 
     table_sizes: tuple[int, ...]
     dense_features: int = DENSE_FEATURES
-    rank: int = 32
+    rank: int = 16
     zipf_exponent: float = 1.05
-    interaction_std: float = 2.0
+    interaction_std: float = 3.0
     bias_std: float = 0.8
     dense_std: float = 0.5
     noise_std: float = 0.0
@@ -169,16 +170,20 @@ class ClickModel:
             lo, hi = (mid, hi) if rate < self.config.positive_rate else (lo, mid)
         return 0.5 * (lo + hi)
 
-    def sample(self, n: int, seed: int, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` samples from stream ``seed``: dense counts (n x D int64), ids (n x T int64), labels (n uint8)."""
-        parts = list(self.sample_chunks(n, seed, chunk))
+        parts = list(self.sample_chunks(n, seed))
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
-    def sample_chunks(self, n: int, seed: int, chunk: int = 1 << 16) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """:meth:`sample` in pieces of at most ``chunk`` rows (bounded memory for big files)."""
-        rng = np.random.default_rng([self.config.seed, seed])
-        for start in range(0, n, chunk):
-            size = min(chunk, n - start)
+    def sample_chunks(self, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`sample` in pieces of at most ``SAMPLE_CHUNK`` rows (bounded memory for big files).
+
+        Chunk ``c`` draws from its own generator ``(model seed, seed, c)``, so the
+        samples depend only on ``(n, seed)``.
+        """
+        for c, start in enumerate(range(0, n, SAMPLE_CHUNK)):
+            rng = np.random.default_rng([self.config.seed, seed, c])
+            size = min(SAMPLE_CHUNK, n - start)
             ids = self._sample_ids(size, rng)
             dense_counts = self._sample_dense_counts(ids, rng)
             logits = self._logits(ids, dense_counts, rng)

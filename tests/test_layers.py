@@ -83,7 +83,7 @@ def test_collapse_is_independent_copy(make_model) -> None:
 
 
 def train_steps(model: DLRM, steps: int, lr: float = 0.5) -> list[float]:
-    opt = build_optimizer("sgd", lr, model.sparse_parameters(), [p for p in model.dense_parameters() if p.requires_grad])
+    opt = build_optimizer("sgd", lr, model.sparse_parameters(), {n: p for n, p in model.dense_parameters().items() if p.requires_grad})
     losses = []
     for step in range(steps):
         dense, features = random_inputs(model.config, batch=32, seed=100 + step)

@@ -1,0 +1,77 @@
+"""Optimizers: sparse/dense pairing, name-keyed state, the learning-rate policy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import random_inputs
+from optimizers import LRPolicy, build_optimizer
+
+
+def steps(model, opt, first: int, count: int) -> None:
+    for step in range(first, first + count):
+        dense, features = random_inputs(model.config, batch=16, seed=step, bag=2)
+        labels = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(step)).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+def test_state_roundtrip_continues_exactly(make_model, name: str) -> None:
+    """Train 6 steps, save, load into a fresh model/optimizer, train 6 more == 12 straight."""
+    straight = make_model(16, seed=3)
+    opt = build_optimizer(name, 0.05, straight.sparse_parameters(), straight.dense_parameters())
+    steps(straight, opt, 0, 12)
+
+    first = make_model(16, seed=3)
+    opt1 = build_optimizer(name, 0.05, first.sparse_parameters(), first.dense_parameters())
+    steps(first, opt1, 0, 6)
+    saved_model, saved_opt = copy.deepcopy(first.state_dict()), copy.deepcopy(opt1.state_dict())
+
+    resumed = make_model(16, seed=99)
+    opt2 = build_optimizer(name, 0.05, resumed.sparse_parameters(), resumed.dense_parameters())
+    resumed.load_state_dict(saved_model)
+    opt2.load_state_dict(saved_opt)
+    steps(resumed, opt2, 6, 6)
+    for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_state_is_keyed_by_parameter_name(make_model) -> None:
+    model = make_model(8)
+    opt = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters())
+    steps(model, opt, 0, 1)
+    state = opt.state_dict()
+    assert state["optimizer"] == "adagrad"
+    assert set(state["state"]) == set(dict(model.named_parameters()))
+    assert state["state"]["tables.weight"]["sum"].shape == model.tables.weight.shape
+
+
+def test_loading_state_of_another_optimizer_is_refused(make_model) -> None:
+    model = make_model(0)
+    saved = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters()).state_dict()
+    with pytest.raises(ValueError, match="--optimizer=adagrad"):
+        build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters()).load_state_dict(saved)
+
+
+def test_table_gradients_are_sparse(make_model) -> None:
+    model = make_model(16)
+    dense, features = random_inputs(model.config, 8, seed=0)
+    model(dense, features).sum().backward()
+    assert model.tables.weight.grad.is_sparse
+    assert not model.tables.projection.grad.is_sparse
+
+
+def test_lr_policy_warmup_hold_decay_floor() -> None:
+    policy = LRPolicy(base_lr=1.0, warmup_steps=4, decay_start=6, decay_steps=4)
+    lrs = [policy.lr(s) for s in range(12)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4:7] == [1.0, 1.0, 1.0]
+    assert lrs[7:10] == [0.5625, 0.25, 0.0625]
+    assert lrs[10] == lrs[11] == 1e-7
+    assert LRPolicy(0.3).lr(10_000) == 0.3
