@@ -13,16 +13,32 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from checkpoint import FORMAT, VERSION, atomic_save, describe_mismatch, load_checkpoint
+from checkpoint import (
+    FORMAT,
+    TRAINING,
+    VERSION,
+    atomic_save,
+    bytes_report,
+    check_inference_flags,
+    check_training_flags,
+    collapsed_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_rng_state,
+    resume_flag_changes,
+    rng_state,
+    trained_hidden,
+)
 from data_utils import Batch, DataBundle, build_data, prefetch
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
-from errors import UserError
+from errors import OneLineParser, UserError
 from metrics import ctr_metrics, predict
 from mlet_layers import parse_projection_init
 from optimizers import OPTIMIZERS, CombinedOptimizer, LRPolicy, build_optimizer
@@ -30,13 +46,6 @@ from optimizers import OPTIMIZERS, CombinedOptimizer, LRPolicy, build_optimizer
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line, without the usage block."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def str2bool(value: str) -> bool:
@@ -114,6 +123,7 @@ def build_parser() -> OneLineParser:
     ckpt.add_argument("--save-model", type=str, default="", help="write a resumable checkpoint here")
     ckpt.add_argument("--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)")
     ckpt.add_argument("--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint")
+    ckpt.add_argument("--save-collapsed", type=str, default="", help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here")
     return p
 
 
@@ -172,6 +182,8 @@ def validate(args: argparse.Namespace) -> None:
     args.loss_weights_pair = [float(w) for w in parse_loss_weights(args.loss_weights)]
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
+    if args.inference_only and args.save_collapsed:
+        raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     if args.data_generation == "dataset":
@@ -238,18 +250,7 @@ def log(message: str) -> None:
 
 def parameter_report(model: DLRM) -> dict:
     """Parameter counts and bytes for training (as built) and inference (collapsed)."""
-    total = sum(p.numel() for p in model.parameters())
-    elem = model.tables.weight.element_size()
-    tables = model.tables
-    table_train = sum(p.numel() for p in tables.parameters())
-    table_infer = tables.weight.shape[0] * tables.dim
-    dense = total - table_train
-    return {
-        "training": {"count": total, "bytes": total * elem},
-        "inference": {"count": dense + table_infer, "bytes": (dense + table_infer) * elem},
-        "embedding_training_bytes": table_train * elem,
-        "embedding_inference_bytes": table_infer * elem,
-    }
+    return bytes_report(model.config.parameter_counts(), model.tables.weight.element_size())
 
 
 def json_safe(value):
@@ -291,34 +292,57 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time, self.train_samples = 0.0, 0
+        self.loaded: dict | None = None  # what --load-model loaded
 
     # -- checkpoints -------------------------------------------------------
+    def position(self) -> dict:
+        """Where the run stands: the next batch is ``batch`` of ``epoch``.
+
+        The order of an epoch's batches is a function of (seed, epoch), so the
+        position plus the data's size identify the next batch exactly.
+        """
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "iteration": self.iteration,
+            "batches_per_epoch": self.batches_per_epoch,
+            "train_samples_per_epoch": self.data.train.num_samples,
+            "shuffle_seed": self.args.numpy_rand_seed,
+        }
+
     def state(self) -> dict:
         """A resumable checkpoint of the run so far."""
         return {
             "format": FORMAT,
             "version": VERSION,
-            "kind": "training",
+            "kind": TRAINING,
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "position": {"epoch": self.epoch, "batch": self.batch, "iteration": self.iteration},
+            "lr_schedule": {**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
+            "position": self.position(),
+            "rng": rng_state(),
             "history": self.history,
             "best": self.best,
             "train_time": self.train_time,
             "train_samples": self.train_samples,
             "args": plain_args(self.args),
+            "data": self.data.description,
+            "torch": str(torch.__version__),
         }
 
     def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint made by :meth:`state`."""
+        """Continue from a checkpoint made by :meth:`state` (of an inference checkpoint: take its weights only)."""
         self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("kind") == "training":
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            pos = ckpt["position"]
-            self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
-            self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
-            self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
+        if ckpt.get("kind") != TRAINING:
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        pos = ckpt["position"]
+        self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
+        self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
+        self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
+        if ckpt.get("rng"):
+            restore_rng_state(ckpt["rng"])
 
     def save(self) -> None:
         """Write the resumable checkpoint (``--save-model``)."""
@@ -418,6 +442,7 @@ class Trainer:
             "device": str(self.device),
             "torch": torch.__version__,
             "args": plain_args(self.args),
+            "checkpoint": self.loaded,
         }
 
 
@@ -434,20 +459,61 @@ def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
     )
 
 
+def check_data_position(ckpt: dict, trainer: Trainer) -> None:
+    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not point to the same batch)."""
+    pos = ckpt["position"]
+    saved = (pos.get("train_samples_per_epoch"), pos.get("batches_per_epoch"))
+    now = (trainer.data.train.num_samples, trainer.batches_per_epoch)
+    if saved[1] is not None and saved != now:
+        raise UserError(
+            f"the training data differ from the checkpoint's ({now[0]:,} samples in {now[1]:,} batches per epoch, the checkpoint's: {saved[0]:,} in {saved[1]:,});"
+            " resuming at its position would skip or repeat samples"
+        )
+
+
+def resume(trainer: Trainer, ckpt: dict) -> None:
+    """Check a training checkpoint against the flags, log what changed, restore it."""
+    pos = ckpt["position"]
+    flags = {action.dest for action in build_parser()._actions}
+    changes = resume_flag_changes(ckpt.get("args") or {}, vars(trainer.args), flags, f"epoch {pos['epoch']}, batch {pos['batch']}")
+    check_data_position(ckpt, trainer)
+    trainer.restore(ckpt)
+    if changes:
+        log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
+
+
 def load_into(trainer: Trainer, path: str) -> None:
-    """Restore ``path`` into the trainer, refusing a checkpoint of another architecture."""
+    """Load ``--load-model``: evaluate it (``--inference-only``), resume it, or start training from its weights.
+
+    Architecture flags must match the checkpoint (for evaluation ``--mlet-hidden``
+    may also be 0 or the trained K); see :func:`checkpoint.resume_flag_changes`
+    for the other flags. Any disagreement is one :class:`UserError` line.
+    """
     ckpt = load_checkpoint(path)
-    saved = ModelConfig.from_dict(ckpt["model_config"])
-    wanted = trainer.model.config
-    if ckpt.get("kind") == "inference" and trainer.args.inference_only and saved == wanted.collapsed():
-        trainer.model = trainer.model.collapse()
-    elif (mismatch := describe_mismatch(saved, wanted)) is not None:
-        raise UserError(f"--load-model {path}: {mismatch}")
+    kind = ckpt.get("kind")
     try:
-        trainer.restore(ckpt)
-    except ValueError as error:
-        raise UserError(f"--load-model {path}: {error}") from None
-    log(f"loaded {path} ({ckpt.get('kind')}, epoch {trainer.epoch}, iteration {trainer.iteration})")
+        if trainer.args.inference_only:
+            check_inference_flags(ckpt, trainer.model.config)
+            trainer.model = model_from_checkpoint(ckpt, trainer.device)
+            pos = ckpt.get("position") or {}
+            trainer.epoch, trainer.batch, trainer.iteration = pos.get("epoch", 0), pos.get("batch", 0), pos.get("iteration", 0)
+        else:
+            check_training_flags(ckpt, trainer.model.config)
+            if kind == TRAINING:
+                resume(trainer, ckpt)
+            else:
+                trainer.restore(ckpt)
+    except (UserError, ValueError, RuntimeError) as error:
+        raise UserError(f"--load-model {path}: {str(error).splitlines()[0]}") from None
+    trainer.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
+    if kind == TRAINING and not trainer.args.inference_only:
+        log(f"resuming {path} at epoch {trainer.epoch}, batch {trainer.batch} (iteration {trainer.iteration})")
+    elif not trainer.args.inference_only:
+        log(f"starting from the weights of {path} (inference checkpoint: no optimizer state; epoch 0, iteration 0)")
+    else:
+        log(
+            f"loaded {path} ({kind}{f', collapsed from K={trained_hidden(ckpt)}' if kind != TRAINING and trained_hidden(ckpt) else ''}, iteration {trainer.iteration})"
+        )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -470,6 +536,9 @@ def run(args: argparse.Namespace) -> dict:
         if args.save_model:
             trainer.save()
             log(f"saved {args.save_model}")
+        if args.save_collapsed:
+            atomic_save(collapsed_checkpoint(trainer.state()), args.save_collapsed)
+            log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
     payload = trainer.results(final)
     if args.results_json:
         write_json(args.results_json, payload)
