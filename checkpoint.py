@@ -149,6 +149,14 @@ def _refusal_reason(error: pickle.UnpicklingError) -> str:
     return type(error).__name__
 
 
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is an existing file, else :class:`UserError` (cheap: checked before data is loaded)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such checkpoint file" if not p.exists() else f"{p}: is not a file")
+    return p
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Read a checkpoint without executing code from it.
 
@@ -158,9 +166,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     or one whose pickle holds anything but tensors and plain data (a possibly
     malicious file: it is refused and nothing in it runs).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such checkpoint file" if not p.exists() else f"{p}: is not a file")
+    p = check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing

@@ -26,6 +26,7 @@ from checkpoint import (
     VERSION,
     atomic_save,
     bytes_report,
+    check_file,
     check_inference_flags,
     check_training_flags,
     collapsed_checkpoint,
@@ -182,6 +183,8 @@ def validate(args: argparse.Namespace) -> None:
     args.loss_weights_pair = [float(w) for w in parse_loss_weights(args.loss_weights)]
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
+    if args.load_model:
+        check_file(args.load_model)
     if args.inference_only and args.save_collapsed:
         raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():

@@ -127,27 +127,55 @@ def test_more_epochs_extend_a_finished_run_exactly(straight, tmp_path, capsys) -
     assert_same_run(load_checkpoint(ckpt), straight[0])
 
 
+# Runs dlrm_mlet.py with an os.fsync that, on the checkpoint save of iteration
+# KILL_AT (one file fsync per save with --save-freq=1), reports and waits: the
+# temporary file is written but not yet synced or renamed when the test kills it.
+PAUSING_RUN = r"""
+import os, stat, sys, time
+sys.path.insert(0, sys.argv[1])
+kill_at, saves, real_fsync = int(sys.argv[2]), [0], os.fsync
+def fsync(fd):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        saves[0] += 1
+        if saves[0] == kill_at:
+            print("pausing inside the save", flush=True)
+            time.sleep(600)
+    real_fsync(fd)
+os.fsync = fsync
+import dlrm_mlet
+sys.exit(dlrm_mlet.main(sys.argv[3:]))
+"""
+KILL_AT = 13  # batch 3 of epoch 1
+
+
 @pytest.mark.timeout(180)
-def test_killed_run_resumes_exactly(straight, tmp_path, capsys) -> None:
-    """SIGKILL a training process in epoch 1 (it checkpoints every iteration), resume in this process."""
+def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None:
+    """SIGKILL a training process inside a checkpoint save in epoch 1; the previous checkpoint is intact and resumes exactly."""
     ckpt = tmp_path / "run.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(ROOT / "dlrm_mlet.py"), *FLAGS, f"--save-model={ckpt}", "--save-freq=1", "--print-freq=1"]
-    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    argv = [*FLAGS, f"--save-model={ckpt}", "--save-freq=1"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_RUN, str(ROOT), str(KILL_AT), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         for line in child.stdout:
-            if line.startswith("Finished training it 3/10 of epoch 1"):
-                child.send_signal(signal.SIGKILL)
+            if line.startswith("pausing inside the save"):
                 break
+        else:
+            pytest.fail("the run ended without reaching the save")
+        child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
+    leftovers = list(tmp_path.glob(f".run.pt.*.{child.pid}.*.tmp"))
+    assert len(leftovers) == 1  # the save it was killed in
     saved = load_checkpoint(ckpt)
-    assert saved["position"]["epoch"] == 1 and saved["position"]["iteration"] < TOTAL_ITERATIONS
+    assert saved["position"]["epoch"] == 1 and saved["position"]["iteration"] == KILL_AT - 1
 
-    code, _, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
+    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
     assert code == 0, err
+    assert "resuming" in out and not leftovers[0].exists()  # the next save removed the dead writer's file
     assert_same_run(load_checkpoint(ckpt), straight[0])
 
 
