@@ -452,7 +452,7 @@ class Trainer:
 def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
     """Start-of-run summary."""
     report = parameter_report(model)
-    kind = f"MLET K={args.mlet_hidden}" if args.mlet_hidden else "plain"
+    kind = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain"
     log(f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), test {data.test.num_samples:,}")
     log(
         f"model: {len(data.table_sizes)} tables ({kind}, d={args.arch_sparse_feature_size}, {sum(data.table_sizes):,} rows), bottom {args.arch_mlp_bot}, top {model.config.interaction_width()}-{args.arch_mlp_top}, interaction {args.arch_interaction_op}"
