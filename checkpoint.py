@@ -21,6 +21,8 @@ Command line (``python checkpoint.py -h``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import math
 import os
@@ -33,7 +35,7 @@ import tempfile
 import textwrap
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,17 +82,12 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?P<host>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
     removed = []
-    for candidate in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+    for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         match = pattern.match(candidate.name)
         if match and _writer_is_gone(match["host"], int(match["pid"])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob metacharacters escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _file_mode(target: Path) -> int:
@@ -118,16 +115,17 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     except OSError as error:
         raise UserError(f"{target}: cannot write the checkpoint ({error.strerror or error})") from None
     try:
-        os.fchmod(fd, _file_mode(target))
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _file_mode(target))
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise UserError(f"{target}: cannot write the checkpoint ({error.strerror or error})") from None
+        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)):  # e.g. a full disk
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -182,7 +180,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"{p}: not a dlrm-mlet checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
         raise UserError(f"{p}: written by a newer dlrm-mlet (checkpoint format {ckpt['version']}); this one reads up to {VERSION}")
+    problem = structure_problem(ckpt)
+    if problem:
+        raise UserError(f"{p}: malformed checkpoint ({problem})")
     return ckpt
+
+
+def structure_problem(ckpt: dict) -> str | None:
+    """What is missing or of the wrong type in a checkpoint dict (``None`` if nothing)."""
+    kind = ckpt.get("kind")
+    if kind not in (TRAINING, INFERENCE):
+        return f"kind {kind!r} is neither {TRAINING} nor {INFERENCE}"
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("tables.weight"), torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "no model weights"
+    try:
+        ModelConfig.from_dict(ckpt["model_config"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "no valid model_config"
+    if kind == TRAINING:
+        position = ckpt.get("position")
+        if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(position, dict) or not {"epoch", "batch", "iteration"} <= position.keys():
+            return "a training checkpoint without optimizer state or position"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
@@ -195,7 +215,11 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLR
     tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device=device)
     model = DLRM(config, seed=0, device=device, tables=tables)
     assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())
-    model.load_state_dict(ckpt["model"], assign=assign)
+    try:
+        model.load_state_dict(ckpt["model"], assign=assign)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
     return model
 
 
@@ -531,12 +555,22 @@ def format_summary(s: dict) -> str:
 # -- command line ------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def about(path: str) -> Iterator[None]:
+    """Prefix a :class:`UserError` raised inside with the file it is about."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
 def cmd_collapse(args: argparse.Namespace) -> None:
     """``collapse IN OUT``."""
     ckpt = load_checkpoint(args.input, mmap=True)
     if ckpt.get("kind") == INFERENCE:
         print(f"{args.input} is already an inference checkpoint; writing it unchanged")
-    out = collapsed_checkpoint(ckpt)
+    with about(args.input):
+        out = collapsed_checkpoint(ckpt)
     atomic_save(out, args.output)
     before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
     print(f"wrote {args.output}: inference checkpoint, K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}")
@@ -553,8 +587,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     from onnx_export import export_onnx  # onnx is imported only when exporting
 
     ckpt = load_checkpoint(args.input, mmap=True)
-    model = model_from_checkpoint(ckpt)
-    del ckpt
+    with about(args.input):
+        model = model_from_checkpoint(ckpt)
     report = export_onnx(model, args.output, verify_outputs=args.verify)
     where = f", weights in {report['external_data']}" if report["external_data"] else ""
     print(f"wrote {args.output} ({'MLET K=' + str(model.config.mlet_hidden) if model.config.mlet_hidden else 'plain tables'}{where})")

@@ -76,7 +76,7 @@ def temporaries(target: Path) -> list[Path]:
 
 def check_intact(target: Path, round_: int, last_saved: int) -> None:
     """The file holds one complete version: the last one reported saved, or the next (killed between rename and report)."""
-    ckpt = load_checkpoint(target)
+    ckpt = torch.load(target, weights_only=True)
     assert ckpt["round"] == round_ and ckpt["step"] in (last_saved, last_saved + 1)
     assert torch.equal(ckpt["payload"], torch.full((1 << 22,), float(ckpt["step"])))
 
@@ -109,7 +109,7 @@ def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path
                 last = int(line.split()[1]) if line.startswith("saved") else last
             check_intact(target, r, last)
             if r == rounds - 1:  # killed inside the save: its temporary file is left, the target is the previous version
-                assert load_checkpoint(target)["step"] == 1
+                assert torch.load(target, weights_only=True)["step"] == 1
                 assert any(f".{writer}." in p.name for p in temporaries(target))
     finally:
         child.kill()
@@ -117,7 +117,7 @@ def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path
     assert temporaries(target)  # the leftover of the writer killed mid-save ...
     atomic_save({"format": FORMAT, "version": VERSION, "kind": "test", "step": -1}, target)
     assert temporaries(target) == []  # ... are removed by the next save, and never read
-    assert load_checkpoint(target)["step"] == -1
+    assert torch.load(target, weights_only=True)["step"] == -1
 
 
 def test_stale_temporaries_of_live_writers_are_kept(tmp_path) -> None:
@@ -383,6 +383,8 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     newer = tmp_path / "newer.pt"
     torch.save({"format": FORMAT, "version": VERSION + 1}, newer)
+    malformed = tmp_path / "malformed.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}}, malformed)
     return {
         "missing": (tmp_path / "nope.pt", "no such checkpoint file"),
         "directory": (tmp_path, "is not a file"),
@@ -390,10 +392,11 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "torn": (torn, "not a readable checkpoint"),
         "foreign": (foreign, "not a dlrm-mlet checkpoint"),
         "newer": (newer, f"checkpoint format {VERSION + 1}"),
+        "malformed": (malformed, "malformed checkpoint (no valid model_config)"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text", "torn", "foreign", "newer"])
+@pytest.mark.parametrize("case", ["missing", "directory", "text", "torn", "foreign", "newer", "malformed"])
 def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     path, message = broken_files(tmp_path)[case]
     for argv in (["info", str(path)], ["collapse", str(path), str(tmp_path / "o.pt")], ["export-onnx", str(path), str(tmp_path / "o.onnx")]):
@@ -403,6 +406,19 @@ def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     assert dlrm_mlet.main([f"--load-model={path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys) -> None:
+    ckpt = load_checkpoint(runs["mlet"])
+    ckpt["model"]["top.0.weight"] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    for argv in (["collapse", str(bad), str(tmp_path / "o.pt")], ["export-onnx", str(bad), str(tmp_path / "o.onnx")]):
+        assert checkpoint.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"checkpoint.py: error: {bad}: the weights do not fit the checkpoint's model_config (size mismatch for top.0.weight"
+        )
 
 
 def test_command_line_usage_errors_are_one_line(capsys) -> None:
