@@ -184,7 +184,14 @@ def validate(args: argparse.Namespace) -> None:
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
     if args.load_model:
-        check_file(args.load_model)
+        try:
+            check_file(args.load_model)
+        except UserError as error:
+            raise UserError(f"--load-model {error}") from None
+    if args.save_freq and not args.save_model:
+        raise UserError("--save-freq: needs --save-model (the checkpoint to write)")
+    if args.save_collapsed and args.save_model and Path(args.save_collapsed).resolve() == Path(args.save_model).resolve():
+        raise UserError("--save-collapsed: same file as --save-model; the inference checkpoint would replace the resumable one")
     if args.inference_only and args.save_collapsed:
         raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
