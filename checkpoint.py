@@ -548,7 +548,10 @@ def format_summary(s: dict) -> str:
         lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {mib(t['training_bytes']):>12} {mib(t['inference_bytes']):>12}")
     lines.append("")
     flags = " ".join(f"{flag_name(key)}={value}" for key, value in sorted(s["args"].items()) if isinstance(value, (str, int, float, bool)))
-    lines.extend(textwrap.wrap(flags, width=120, initial_indent="args        ", subsequent_indent=" " * 12, break_on_hyphens=False) or ["args        -"])
+    lines.extend(
+        textwrap.wrap(flags, width=120, initial_indent="args        ", subsequent_indent=" " * 12, break_on_hyphens=False, break_long_words=False)
+        or ["args        -"]
+    )
     return "\n".join(lines)
 
 
