@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +90,36 @@ class SparseFeatures:
         return SparseFeatures(indices, offsets, len(tables))
 
 
+RowUpdate = Callable[[Tensor, Tensor], None]
+"""``update(rows, grads)``: apply one optimizer step to weight rows ``rows``
+given one gradient row per occurrence (rows may repeat; their gradients add)."""
+
+
+class _LookupWithRowUpdate(torch.autograd.Function):
+    """Sum-pooled lookup whose backward updates the looked-up rows in place.
+
+    The weight gets no ``.grad``: its backward hands each occurrence's gradient
+    row to ``update`` (the fused optimizer), which writes the new rows straight
+    into the weight. No sparse gradient tensor, no coalescing, no separate
+    optimizer pass over the table; every shape is static, so the whole step
+    can be captured in a CUDA graph.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids, offsets)
+        ctx.update = update
+        return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
+
+    @staticmethod
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None]:  # type: ignore[override]
+        ids, offsets = ctx.saved_tensors
+        num_bags = offsets.numel() - 1
+        bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(offsets.diff(), output_size=ids.numel())
+        ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
+        return None, None, None, None
+
+
 def parse_projection_init(spec: str) -> tuple[str, float]:
     """Parse ``--mlet-init``: ``normal`` (std 0.25), ``normal-STD`` or ``xavier``.
 
@@ -150,6 +180,7 @@ class EmbeddingTables(nn.Module):
         self.hidden = int(hidden)
         self.sparse = sparse
         self.projection_init = projection_init
+        self.row_update: RowUpdate | None = None
         self.table_ids = list(table_ids) if table_ids is not None else list(range(len(table_sizes)))
         self.row_bounds = [0, *itertools.accumulate(self.table_sizes)]
         offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
@@ -205,14 +236,11 @@ class EmbeddingTables(nn.Module):
         """Sum-pooled rows of the (K- or d-wide) weight: ``T x B x width``."""
         if features.num_tables != self.num_tables:
             raise ValueError(f"batch has {features.num_tables} sparse features, the model {self.num_tables} tables")
-        pooled = F.embedding_bag(
-            self.global_indices(features),
-            self.weight,
-            features.offsets,
-            mode="sum",
-            sparse=self.sparse,
-            include_last_offset=True,
-        )
+        ids = self.global_indices(features)
+        if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
+            pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update)
+        else:
+            pooled = F.embedding_bag(ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True)
         return pooled.view(self.num_tables, features.batch_size, -1)
 
     def forward(self, features: SparseFeatures) -> Tensor:

@@ -50,6 +50,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
         (["--round-targets=maybe"], "--round-targets"),
         (["--lr-num-warmup-steps=10", "--lr-decay-start-step=5", "--lr-num-decay-steps=5"], "--lr-decay-start-step"),
         (["--mini-batch-size=0"], "--mini-batch-size"),
+        (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:
