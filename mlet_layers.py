@@ -38,11 +38,14 @@ class SparseFeatures:
     ``indices`` holds every bag's row ids, table-major; bag ``t * B + b`` (table
     ``t``, sample ``b``) is ``indices[offsets[t * B + b] : offsets[t * B + b + 1]]``.
     ``offsets`` therefore has ``T * B + 1`` entries and ends with ``len(indices)``.
+    ``one_hot`` promises exactly one id per bag (``offsets`` is ``0..T*B``),
+    which lets the backward skip mapping ids to bags.
     """
 
     indices: Tensor
     offsets: Tensor
     num_tables: int
+    one_hot: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -55,7 +58,7 @@ class SparseFeatures:
         batch_size, num_tables = ids.shape
         indices = ids.t().reshape(-1).to(torch.int64)
         offsets = torch.arange(batch_size * num_tables + 1, dtype=torch.int64, device=ids.device)
-        return cls(indices, offsets, num_tables)
+        return cls(indices, offsets, num_tables, one_hot=True)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
         """Copy to ``device``."""
@@ -63,11 +66,12 @@ class SparseFeatures:
             self.indices.to(device, non_blocking=non_blocking),
             self.offsets.to(device, non_blocking=non_blocking),
             self.num_tables,
+            self.one_hot,
         )
 
     def pin_memory(self) -> SparseFeatures:
         """Page-locked copy, for asynchronous host-to-device transfers."""
-        return SparseFeatures(self.indices.pin_memory(), self.offsets.pin_memory(), self.num_tables)
+        return SparseFeatures(self.indices.pin_memory(), self.offsets.pin_memory(), self.num_tables, self.one_hot)
 
     def table_boundaries(self) -> Tensor:
         """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""
@@ -87,7 +91,7 @@ class SparseFeatures:
         indices = torch.cat(index_parts) if index_parts else empty
         end = torch.tensor([start], dtype=self.offsets.dtype, device=self.offsets.device)
         offsets = torch.cat([*offset_parts, end])
-        return SparseFeatures(indices, offsets, len(tables))
+        return SparseFeatures(indices, offsets, len(tables), self.one_hot)
 
 
 RowUpdate = Callable[[Tensor, Tensor], None]
@@ -106,18 +110,21 @@ class _LookupWithRowUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(ids, offsets)
-        ctx.update = update
+        ctx.update, ctx.one_hot = update, one_hot
         return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None]:  # type: ignore[override]
         ids, offsets = ctx.saved_tensors
         num_bags = offsets.numel() - 1
-        bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(offsets.diff(), output_size=ids.numel())
-        ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
-        return None, None, None, None
+        if ctx.one_hot:
+            ctx.update(ids, grad_pooled)  # one id per bag: the bag gradient is the id's
+        else:
+            bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(offsets.diff(), output_size=ids.numel())
+            ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
+        return None, None, None, None, None
 
 
 def parse_projection_init(spec: str) -> tuple[str, float]:
@@ -238,7 +245,7 @@ class EmbeddingTables(nn.Module):
             raise ValueError(f"batch has {features.num_tables} sparse features, the model {self.num_tables} tables")
         ids = self.global_indices(features)
         if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
-            pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update)
+            pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update, features.one_hot)
         else:
             pooled = F.embedding_bag(ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True)
         return pooled.view(self.num_tables, features.batch_size, -1)

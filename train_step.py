@@ -38,9 +38,9 @@ class TrainStep:
         return loss.detach()
 
 
-def batch_shape(batch: Batch) -> tuple[int, int]:
-    """What a captured graph is specific to: samples and total ids."""
-    return batch.size, batch.sparse.indices.numel()
+def batch_shape(batch: Batch) -> tuple[int, int, bool]:
+    """What a captured graph is specific to: samples, total ids, one-hot or not."""
+    return batch.size, batch.sparse.indices.numel(), batch.sparse.one_hot
 
 
 class GraphedTrainStep(TrainStep):
@@ -58,7 +58,7 @@ class GraphedTrainStep(TrainStep):
     def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, warmup: int = 3) -> None:
         super().__init__(model, loss_fn, optimizer)
         self.warmup = warmup
-        self.shape: tuple[int, int] | None = None
+        self.shape: tuple[int, int, bool] | None = None
         self.warmed = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: Batch | None = None
@@ -90,12 +90,13 @@ class GraphedTrainStep(TrainStep):
     def _capture(self, batch: Batch) -> None:
         self.static_batch = Batch(
             batch.dense.clone(),
-            SparseFeatures(batch.sparse.indices.clone(), batch.sparse.offsets.clone(), batch.sparse.num_tables),
+            SparseFeatures(batch.sparse.indices.clone(), batch.sparse.offsets.clone(), batch.sparse.num_tables, batch.sparse.one_hot),
             batch.labels.clone(),
         )
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             logits = self.model(self.static_batch.dense, self.static_batch.sparse)
             loss = self.loss_fn(logits, self.static_batch.labels)
             loss.backward()
