@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import triton_kernels
+
 DEFAULT_PROJECTION_STD = 0.25
 PROJECTION_INITS = ("normal", "normal-STD", "xavier")
 
@@ -113,6 +115,8 @@ class _LookupWithRowUpdate(torch.autograd.Function):
     def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(ids, offsets)
         ctx.update, ctx.one_hot = update, one_hot
+        if one_hot and triton_kernels.usable(weight):
+            return triton_kernels.gather_rows(weight, ids)
         return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
 
     @staticmethod
@@ -188,6 +192,7 @@ class EmbeddingTables(nn.Module):
         self.sparse = sparse
         self.projection_init = projection_init
         self.row_update: RowUpdate | None = None
+        self._shift_cache: dict[tuple, Tensor] = {}
         self.table_ids = list(table_ids) if table_ids is not None else list(range(len(table_sizes)))
         self.row_bounds = [0, *itertools.accumulate(self.table_sizes)]
         offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
@@ -235,9 +240,19 @@ class EmbeddingTables(nn.Module):
 
     def global_indices(self, features: SparseFeatures) -> Tensor:
         """Rows of the concatenated weight for each local id in ``features``."""
+        if features.one_hot:
+            return features.indices + self._one_hot_shift(features.batch_size)
         counts = features.table_boundaries().diff()
         shift = self.row_offsets[:-1].repeat_interleave(counts, output_size=features.indices.numel())
         return features.indices + shift
+
+    def _one_hot_shift(self, batch_size: int) -> Tensor:
+        """Row offset of each position of a one-hot batch (cached per batch size)."""
+        key = (batch_size, self.row_offsets.device)
+        if key not in self._shift_cache:
+            self._shift_cache.clear()
+            self._shift_cache[key] = self.row_offsets[:-1].repeat_interleave(batch_size)
+        return self._shift_cache[key]
 
     def pooled_rows(self, features: SparseFeatures) -> Tensor:
         """Sum-pooled rows of the (K- or d-wide) weight: ``T x B x width``."""
@@ -254,7 +269,7 @@ class EmbeddingTables(nn.Module):
         """Pooled embeddings, ``B x T x d``."""
         pooled = self.pooled_rows(features)
         if self.is_mlet:
-            pooled = torch.bmm(pooled, self.projection)
+            pooled = triton_kernels.project(pooled, self.projection)
         return pooled.transpose(0, 1)
 
     @torch.no_grad()

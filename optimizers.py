@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import triton_kernels
+
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 FUSED_OPTIMIZERS = ("sgd", "adagrad")
 MIN_DECAYED_LR = 1e-7
@@ -88,7 +90,10 @@ class RowSGD:
 
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
-        self.weight.index_add_(0, rows, grads.mul_(-self.lr))
+        if triton_kernels.usable(self.weight):
+            triton_kernels.scatter_sub_rows(self.weight, rows, grads, self.lr)
+        else:
+            self.weight.index_add_(0, rows, grads.mul_(-self.lr))
 
 
 class RowAdagrad:
