@@ -131,6 +131,32 @@ class _LookupWithRowUpdate(torch.autograd.Function):
         return None, None, None, None, None
 
 
+class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
+    """One-hot MLET lookup and projection, with the W1 row update fused into the backward.
+
+    Forward: gather one W1 row per bag, project each table's rows by its W2.
+    Backward: W2's gradient (returned to autograd), then ``update.scatter_projected``
+    writes ``-lr * grad @ W2.T`` straight into the W1 rows (one kernel, the
+    K-wide row gradients are never stored). Used on the Triton path with SGD.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update) -> Tensor:  # type: ignore[override]
+        tables, hidden = projection.shape[0], projection.shape[1]
+        pooled = triton_kernels.gather_rows(weight, ids).view(tables, -1, hidden)
+        ctx.save_for_backward(pooled, projection, ids)
+        ctx.update = update
+        return triton_kernels.grouped_matmul(pooled, projection)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
+        pooled, projection, ids = ctx.saved_tensors
+        splits = triton_kernels.weight_gradient_splits(pooled.shape[1])
+        grad_projection = triton_kernels.grouped_matmul(pooled.transpose(1, 2), grad_out, splits)
+        ctx.update.scatter_projected(ids, grad_out, projection)
+        return None, grad_projection, None, None
+
+
 def parse_projection_init(spec: str) -> tuple[str, float]:
     """Parse ``--mlet-init``: ``normal`` (std 0.25), ``normal-STD`` or ``xavier``.
 
@@ -267,10 +293,24 @@ class EmbeddingTables(nn.Module):
 
     def forward(self, features: SparseFeatures) -> Tensor:
         """Pooled embeddings, ``B x T x d``."""
+        if self._fused_mlet_path(features):
+            ids = self.global_indices(features)
+            return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(0, 1)
         pooled = self.pooled_rows(features)
         if self.is_mlet:
             pooled = triton_kernels.project(pooled, self.projection)
         return pooled.transpose(0, 1)
+
+    def _fused_mlet_path(self, features: SparseFeatures) -> bool:
+        """One-hot MLET training step whose row update can be fused with the projection's backward."""
+        return (
+            self.is_mlet
+            and features.one_hot
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and hasattr(self.row_update, "scatter_projected")
+            and triton_kernels.usable(self.weight)
+        )
 
     @torch.no_grad()
     def collapse_into(self, out: Tensor, chunk_rows: int = 1 << 20) -> None:

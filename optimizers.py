@@ -95,6 +95,12 @@ class RowSGD:
         else:
             self.weight.index_add_(0, rows, grads.mul_(-self.lr))
 
+    @torch.no_grad()
+    def scatter_projected(self, rows: torch.Tensor, grad_out: torch.Tensor, projection: torch.Tensor) -> None:
+        """MLET one-hot update from the projected gradient in one Triton kernel (callers check
+        ``triton_kernels.usable``): ``w[rows[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``."""
+        triton_kernels.project_scatter_sub(self.weight, rows, grad_out, projection, self.lr)
+
 
 class RowAdagrad:
     """Fused Adagrad on table rows, equal to ``torch.optim.Adagrad`` on a sparse gradient.

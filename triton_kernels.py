@@ -115,7 +115,47 @@ def _kernels() -> SimpleNamespace:
         out = c + group * s_ct + split * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
         tl.store(out, acc, mask=(rm < m)[:, None] & (rn < n)[None, :])
 
-    return SimpleNamespace(gather=_gather_rows_kernel, scatter_sub=_scatter_sub_rows_kernel, grouped=_grouped_matmul_kernel)
+    @triton.jit
+    def _project_scatter_sub_kernel(
+        grad_out,
+        projection,
+        ids,
+        weight,
+        lr,
+        batch,
+        k,
+        d,
+        s_gt,
+        s_gb,
+        s_gd,
+        s_pt,
+        s_pk,
+        s_pd,
+        stride_w,
+        BLOCK_M: tl.constexpr,  # noqa: N803
+        BLOCK_K: tl.constexpr,  # noqa: N803
+        BLOCK_D: tl.constexpr,  # noqa: N803
+    ):
+        pid_m, table = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        rb = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rd = tl.arange(0, BLOCK_D)
+        row_ok, d_ok = rb < batch, rd < d
+        g = tl.load(grad_out + table * s_gt + rb.to(tl.int64)[:, None] * s_gb + rd[None, :] * s_gd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        dst = tl.load(ids + table * batch + rb, mask=row_ok, other=0).to(tl.int64)
+        neg_lr = -tl.load(lr)
+        for k0 in range(0, k, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < k
+            w_t = tl.load(projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd, mask=d_ok[:, None] & k_ok[None, :], other=0.0)
+            rows = tl.dot(g, w_t, input_precision="ieee")
+            tl.atomic_add(weight + dst[:, None] * stride_w + rk[None, :], rows * neg_lr, mask=row_ok[:, None] & k_ok[None, :])
+
+    return SimpleNamespace(
+        gather=_gather_rows_kernel,
+        scatter_sub=_scatter_sub_rows_kernel,
+        grouped=_grouped_matmul_kernel,
+        project_scatter_sub=_project_scatter_sub_kernel,
+    )
 
 
 def gather_rows(weight: Tensor, ids: Tensor) -> Tensor:
@@ -134,6 +174,25 @@ def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> 
     block_w = _block(width, 1)
     block_n = max(1, 4096 // block_w)
     _kernels().scatter_sub[(triton.cdiv(n, block_n),)](weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
+
+
+def project_scatter_sub(weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor) -> None:
+    """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
+
+    ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
+    T*B global rows (table-major). The K-wide row gradients never touch memory.
+    """
+    tables, batch, d = grad_out.shape
+    k = projection.shape[1]
+    block_k = min(64, _block(k))
+    grid = (triton.cdiv(batch, 64), tables)
+    _kernels().project_scatter_sub[grid](
+        grad_out, projection, ids, weight, lr, batch, k, d,
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        projection.stride(0), projection.stride(1), projection.stride(2),
+        weight.stride(0),
+        BLOCK_M=64, BLOCK_K=block_k, BLOCK_D=_block(d),
+    )  # fmt: skip
 
 
 def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
@@ -173,9 +232,14 @@ class GroupedProjection(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         pooled, projection = ctx.saved_tensors
         grad_pooled = grouped_matmul(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        splits = max(1, pooled.shape[1] // 1024)
+        splits = weight_gradient_splits(pooled.shape[1])
         grad_projection = grouped_matmul(pooled.transpose(1, 2), grad_out, splits) if ctx.needs_input_grad[1] else None
         return grad_pooled, grad_projection
+
+
+def weight_gradient_splits(batch: int) -> int:
+    """How many K ranges to split MLET's weight gradient (a reduction over the batch) into."""
+    return max(1, batch // 1024)
 
 
 def project(pooled: Tensor, projection: Tensor) -> Tensor:

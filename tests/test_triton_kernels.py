@@ -79,3 +79,26 @@ def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch,
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
+
+
+def test_project_scatter_sub_equals_explicit_update() -> None:
+    tables, batch, hidden, d = 3, 70, 24, 4
+    weight = torch.randn(40, hidden, generator=gen(9))
+    projection = torch.randn(tables, hidden, d, generator=gen(10))
+    ids = torch.randint(0, 40, (tables * batch,), generator=gen(11))  # repeats across and within tables
+    grad_out = torch.randn(batch, tables, d, generator=gen(12)).transpose(0, 1)  # non-contiguous, as autograd gives it
+    rows = torch.bmm(grad_out, projection.transpose(1, 2)).reshape(-1, hidden)
+    expected = weight.clone().index_add_(0, ids, rows * -0.1)
+    tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1))
+    torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_mlet_path_is_taken(make_model, monkeypatch) -> None:
+    model = make_model(16)
+    build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
+    _, one_hot = random_inputs(model.config, batch=8, seed=0)
+    _, multi_hot = random_inputs(model.config, batch=8, seed=0, bag=2)
+    assert model.tables._fused_mlet_path(one_hot)
+    assert not model.tables._fused_mlet_path(multi_hot)
+    monkeypatch.setattr(tk, "INTERPRET_ON_CPU", False)
+    assert not model.tables._fused_mlet_path(one_hot)
