@@ -42,7 +42,8 @@ from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import OneLineParser, UserError
 from metrics import ctr_metrics, predict
 from mlet_layers import parse_projection_init
-from optimizers import OPTIMIZERS, CombinedOptimizer, LRPolicy, build_optimizer
+from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS, LRPolicy, build_optimizer
+from train_step import make_train_step
 
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
@@ -101,6 +102,12 @@ def build_parser() -> OneLineParser:
     train.add_argument("--loss-function", choices=LOSSES, default="bce")
     train.add_argument("--loss-weights", type=str, default="1.0-1.0", help="wbce weights of negatives-positives")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    train.add_argument(
+        "--embedding-update",
+        choices=("auto", "fused", "autograd"),
+        default="auto",
+        help="fused: table rows updated inside the backward (sgd, adagrad); autograd: sparse gradients + torch optimizer; auto: fused where supported",
+    )
     train.add_argument("--learning-rate", type=float, default=0.01)
     train.add_argument("--mini-batch-size", type=int, default=1)
     train.add_argument("--nepochs", type=int, default=1)
@@ -109,6 +116,8 @@ def build_parser() -> OneLineParser:
     train.add_argument("--lr-num-decay-steps", type=int, default=0)
     train.add_argument("--numpy-rand-seed", type=int, default=123)
     train.add_argument("--use-gpu", action="store_true", help="train on the (first) CUDA device")
+    add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
+    add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise; off by default)")
 
     test = p.add_argument_group("testing and logging")
     test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
@@ -181,6 +190,10 @@ def validate(args: argparse.Namespace) -> None:
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
         raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
     args.loss_weights_pair = [float(w) for w in parse_loss_weights(args.loss_weights)]
+    if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
+        raise UserError(f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}")
+    if args.embedding_update == "auto":
+        args.embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
     if args.load_model:
@@ -293,9 +306,12 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, data: DataBundle, model: DLRM, device: torch.device) -> None:
         self.args, self.data, self.model, self.device = args, data, model, device
-        self.optimizer: CombinedOptimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters())
+        fused_tables = model.tables if args.embedding_update == "fused" else None
+        self.optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
         self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
         self.loss_fn = loss_function(args, device)
+        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None
+        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
         self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
         self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
@@ -362,12 +378,7 @@ class Trainer:
     def step(self, batch: Batch) -> torch.Tensor:
         """One optimisation step; returns the (detached) batch loss."""
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
-        logits = self.model(batch.dense, batch.sparse)
-        loss = self.loss_fn(logits, batch.labels)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return self.train_step(batch)
 
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
@@ -530,6 +541,9 @@ def run(args: argparse.Namespace) -> dict:
     """Train and/or evaluate as the flags say; returns the results payload."""
     torch.manual_seed(args.numpy_rand_seed)
     device = torch.device("cuda" if args.use_gpu else "cpu")
+    if args.use_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     dense_features = args.bottom_mlp[0]
     data = build_data(args, args.table_sizes, dense_features)
     model = DLRM(model_config(args, data.table_sizes), seed=args.numpy_rand_seed, device=device)

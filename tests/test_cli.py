@@ -56,6 +56,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
         (["--load-model=tests"], "--load-model tests: is not a file"),
         (["--load-model=nope.pt"], "--load-model nope.pt: no such checkpoint file"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-collapsed=b.pt"], "--save-collapsed"),
+        (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:
