@@ -168,15 +168,16 @@ def open_stream(path: str | Path) -> pa.NativeFile:
     return pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
 
 
-def first_line(path: str | Path, limit: int = 1 << 16) -> str:
-    """The first line (without its line end) of a plain or gzip file; '' if there is none."""
+def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list[str]:
+    """Up to ``count`` first lines (without line ends) of a plain or gzip file, from its first ``limit`` bytes."""
     opener = gzip.open if is_gzip(path) else open
     try:
         with opener(path, "rb") as f:
             head = f.read(limit)
     except (OSError, EOFError) as error:
         raise UserError(f"{path}: cannot read: {error}") from None
-    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    lines = head.split(b"\n")[:count]
+    return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines if line.strip()]
 
 
 def count_lines(path: str | Path, chunk: int = 1 << 24, progress=None) -> int:
@@ -200,13 +201,16 @@ def count_lines(path: str | Path, chunk: int = 1 << 24, progress=None) -> int:
 def detect_layout(path: str | Path, data_set: str) -> Layout:
     """The layout of ``path`` for ``--data-set``, or a one-line :class:`UserError` saying what the file is instead."""
     check_input_file(path)
-    line = first_line(path)
-    tabs, fields = line.split("\t"), line.split(",")
+    lines = first_lines(path) or [""]
+    line = lines[0]
+    fields = line.split(",")
+    tab_counts = [len(x.split("\t")) for x in lines]
+    tabs = max(set(tab_counts), key=tab_counts.count)  # the usual field count: line 1 may be a bad row
     looks_avazu = fields[:2] == ["id", "click"] or fields[:2] == ["id", "hour"]
     if data_set == "kaggle":
-        if len(tabs) == 40:
+        if tabs == 40:
             return LAYOUTS["kaggle-tsv"]
-        if len(tabs) == 39:
+        if tabs == 39:
             raise UserError(
                 f"{path}: looks like Criteo-Kaggle's unlabelled test.txt (39 tab-separated columns, no label); training needs the labelled train.txt (40 columns)"
             )
@@ -215,14 +219,14 @@ def detect_layout(path: str | Path, data_set: str) -> Layout:
         if fields[:2] == ["Id", "I1"]:
             raise UserError(f"{path}: looks like the Kaggle competition's unlabelled test CSV (no Label column); training needs the labelled train file")
         hint = "; it looks like Avazu (use --data-set=avazu)" if looks_avazu else ""
-        raise UserError(f"{path}:1: not a Criteo-Kaggle train file: {len(tabs)} tab-separated fields, expected 40 (label, I1-I13, C1-C26){hint}")
+        raise UserError(f"{path}:1: not a Criteo-Kaggle train file: {tabs} tab-separated fields, expected 40 (label, I1-I13, C1-C26){hint}")
     if data_set == "avazu":
         expected = list(AVAZU_COLUMNS)
         if fields == expected:
             return LAYOUTS["avazu"]
         if fields == [c for c in expected if c != "click"]:
             raise UserError(f"{path}: looks like Avazu's unlabelled test file (no click column); training needs the labelled train file")
-        hint = "; it looks like Criteo-Kaggle (use --data-set=kaggle)" if len(tabs) in (39, 40) or fields[:2] == ["Id", "Label"] else ""
+        hint = "; it looks like Criteo-Kaggle (use --data-set=kaggle)" if tabs in (39, 40) or fields[:2] == ["Id", "Label"] else ""
         raise UserError(f"{path}:1: not an Avazu train file: the header should be '{','.join(expected[:4])},...,C21', got '{line[:60]}'{hint}")
     raise UserError(f"--data-set: unknown data set '{data_set}' (kaggle or avazu)")
 
