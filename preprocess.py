@@ -315,7 +315,7 @@ class BadRows:
         """Count ``count`` rows of one kind, the first of them at the given (1-based) lines."""
         if count:
             self.counts[kind] = self.counts.get(kind, 0) + count
-            self.first_lines[kind] = (self.first_lines.get(kind, []) + lines)[:5]
+            self.first_lines[kind] = sorted(self.first_lines.get(kind, []) + lines)[:5]
 
     def summary(self) -> str:
         """One line: how many of each kind, and where the first was."""
@@ -488,11 +488,14 @@ def why_rebuild(meta: dict | None, directory: Path, settings: dict, source: dict
     return None
 
 
+OWN_FILES = {"meta.json", "vocab_keys.npy", "vocab_counts.npy", *(f"{s}.{part}.npy" for s in SPLITS for part in ("dense", "cat", "label"))}
+
+
 def check_target(directory: Path, meta: dict | None) -> None:
-    """Refuse to replace anything but a processed-data directory (or an empty one)."""
+    """Refuse to replace anything but processed data (complete or not) or an empty directory."""
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--processed-data-file: {directory} is a file; give a directory for the processed data")
-    if directory.is_dir() and meta is None and any(directory.iterdir()):
+    if directory.is_dir() and meta is None and any(p.name not in OWN_FILES for p in directory.iterdir()):
         raise UserError(f"--processed-data-file: {directory} is not empty and holds no processed data (meta.json); give a new or empty directory")
 
 
