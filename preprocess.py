@@ -8,10 +8,11 @@ bounded memory:
 
 0. plan the split: ``dlrm`` counts the file's lines (bytes only); Avazu's
    ``by-day`` reads the ``hour`` column to find the last day;
-1. read every row, stop at (or, with ``--skip-bad-rows``, count) bad rows, and
-   count each feature's values over the *training* rows;
-2. read again, number the values (most frequent first, 1-based; 0 is shared by
-   values not in the vocabulary) and write each split's arrays.
+1. read the rows once: stop at (or, with ``--skip-bad-rows``, count) bad rows,
+   give each categorical value a provisional index and count it over the
+   *training* rows (:mod:`vocabulary`), and append each split's arrays;
+2. number the values for good (most frequent first, from 1; 0 is shared by
+   values not seen in training) and renumber the categorical arrays in place.
 
 Everything is written to a temporary sibling directory that is renamed into
 place at the end: a killed run leaves nothing that a later run would trust.
@@ -40,7 +41,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from tqdm import tqdm
 from data_utils import dense_transform
 from errors import UserError
 from raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, Layout, ParsedBlock, count_lines, detect_layout, is_gzip, read_blocks, splitmix64
+from vocabulary import IdLimits, Vocabulary
 
 FORMAT = "dlrm-mlet-processed"
 VERSION = 1
@@ -59,169 +61,6 @@ SPLIT_CHOICES = {"kaggle": ("dlrm", "random-811"), "avazu": ("random-811", "by-d
 DEFAULT_SPLIT = {"kaggle": "dlrm", "avazu": "random-811"}
 DENSE_INPUTS = {"kaggle": 13, "avazu": 1}  # Avazu: one constant 1.0 (see load_split)
 Log = Callable[[str], None]
-
-
-# -- vocabulary ------------------------------------------------------------------
-
-
-class KeyTable:
-    """An int64 -> int64 hash table with vectorised (numpy) lookups and inserts.
-
-    Open addressing with linear probing and Fibonacci hashing; it doubles when
-    more than :attr:`MAX_LOAD` of the slots are used. Looking up a block of
-    keys costs one or two random memory accesses per key, where a binary search
-    in a sorted array of 10M keys costs about 23.
-    """
-
-    FREE = np.int64(np.iinfo(np.int64).min)
-    MAX_LOAD = 0.6
-    _MUL = np.uint64(0x9E3779B97F4A7C15)
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self.count = 0
-        self._allocate(max(10, math.ceil(math.log2(capacity / self.MAX_LOAD))))
-
-    def _allocate(self, bits: int) -> None:
-        self.bits, self.mask = bits, (1 << bits) - 1
-        self.keys = np.full(1 << bits, self.FREE, np.int64)
-        self.values = np.zeros(1 << bits, np.int64)
-
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys.view(np.uint64) * self._MUL) >> np.uint64(64 - self.bits)).astype(np.int64)
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """Slot of each key, -1 where absent."""
-        result = np.full(len(keys), -1, np.int64)
-        index, slots, want = np.arange(len(keys)), self._home(keys), keys
-        while index.size:
-            found = self.keys[slots]
-            hit = found == want
-            result[index[hit]] = slots[hit]
-            more = ~hit & (found != self.FREE)
-            index, slots, want = index[more], (slots[more] + 1) & self.mask, want[more]
-        return result
-
-    def _insert_new(self, keys: np.ndarray) -> np.ndarray:
-        """Insert distinct keys that are not in the table yet; returns their slots."""
-        if self.count + len(keys) > self.MAX_LOAD * len(self.keys):
-            self._grow(self.count + len(keys))
-        result = np.empty(len(keys), np.int64)
-        index, slots, want = np.arange(len(keys)), self._home(keys), keys
-        while index.size:
-            free = self.keys[slots] == self.FREE
-            self.keys[slots[free]] = want[free]  # keys aimed at one slot: one wins, the others probe on
-            won = np.zeros(len(index), bool)
-            won[free] = self.keys[slots[free]] == want[free]
-            result[index[won]] = slots[won]
-            index, slots, want = index[~won], (slots[~won] + 1) & self.mask, want[~won]
-        self.count += len(keys)
-        return result
-
-    def _grow(self, needed: int) -> None:
-        used = np.flatnonzero(self.keys != self.FREE)
-        keys, values = self.keys[used], self.values[used]
-        self.count = 0
-        self._allocate(max(self.bits + 1, math.ceil(math.log2(needed / self.MAX_LOAD))))
-        slots = self._insert_new(keys)
-        self.values[slots] = values
-
-    def add(self, keys: np.ndarray, amounts: np.ndarray) -> None:
-        """``value[key] += amount`` for distinct ``keys`` (absent keys start at 0)."""
-        slots = self.find(keys)
-        known = slots >= 0
-        self.values[slots[known]] += amounts[known]
-        new = ~known
-        new_slots = self._insert_new(keys[new])  # may grow the table: index self.values after
-        self.values[new_slots] = amounts[new]
-
-    def get(self, keys: np.ndarray, default: int = 0) -> np.ndarray:
-        """``value[key]`` for each key, ``default`` where absent."""
-        slots = self.find(keys)
-        return np.where(slots >= 0, self.values[slots], default)
-
-    def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """All keys and their values, in slot order."""
-        used = np.flatnonzero(self.keys != self.FREE)
-        return self.keys[used], self.values[used]
-
-    def renumber_by_value(self) -> tuple[np.ndarray, np.ndarray]:
-        """Replace each value by the key's rank (1-based) in decreasing value, ties by key.
-
-        Returns the keys in rank order and their former values.
-        """
-        used = np.flatnonzero(self.keys != self.FREE)
-        keys, values = self.keys[used], self.values[used]
-        order = np.lexsort((keys, -values))
-        self.values[used[order]] = np.arange(1, len(order) + 1)
-        return keys[order], values[order]
-
-
-class Vocabulary:
-    """Per-feature value counts over the training rows, then ids by decreasing count."""
-
-    def __init__(self, num_features: int) -> None:
-        self.tables = [KeyTable() for _ in range(num_features)]
-        self.keys: list[np.ndarray] = []
-        self.counts: list[np.ndarray] = []
-
-    def count(self, keys: np.ndarray) -> None:
-        """Count the values of a block of training rows (``keys``: T x n)."""
-        for table, column in zip(self.tables, keys):
-            values, counts = np.unique(column, return_counts=True)
-            table.add(values, counts)
-
-    def freeze(self) -> None:
-        """Number every feature's values: id 1 is the most frequent; 0 is left for values not in the vocabulary."""
-        for table in self.tables:
-            keys, counts = table.renumber_by_value()
-            self.keys.append(keys)
-            self.counts.append(counts)
-
-    def encode(self, keys: np.ndarray) -> np.ndarray:
-        """Ids (n x T int32) of a block's keys (T x n); 0 for values not seen in training."""
-        ids = np.empty(keys.shape[::-1], np.int32)
-        for t, (table, column) in enumerate(zip(self.tables, keys)):
-            ids[:, t] = table.get(column, 0)
-        return ids
-
-    @property
-    def sizes(self) -> list[int]:
-        """Distinct training values per feature."""
-        return [len(k) for k in self.keys]
-
-
-@dataclass(frozen=True)
-class IdLimits:
-    """``--cat-min-count`` and ``--max-ind-range`` applied to vocabulary ids, batch by batch.
-
-    ``keep[t]``: ids ``1..keep[t]`` of feature ``t`` (values seen at least
-    min-count times) are kept, larger ids join the shared index 0 of rare and
-    unseen values. Then, with ``modulus`` R > 0, ids become ``id mod R``:
-    upstream DLRM's ``--max-ind-range`` (applied, as there, to the relabelled
-    ids), which caps every table at R rows.
-    """
-
-    keep: np.ndarray
-    modulus: int = 0
-
-    @classmethod
-    def from_counts(cls, counts: list[np.ndarray], min_count: int, modulus: int) -> IdLimits:
-        """Limits for the per-feature counts in id (decreasing) order."""
-        keep = np.array([int(np.searchsorted(-c, -min_count, side="right")) for c in counts], np.int32)
-        return cls(keep, modulus)
-
-    @property
-    def table_sizes(self) -> list[int]:
-        """Rows of each embedding table."""
-        sizes = [int(k) + 1 for k in self.keep]
-        return [min(n, self.modulus) for n in sizes] if self.modulus else sizes
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        """Limited ids of a batch (B x T)."""
-        out = np.where(ids > self.keep, 0, ids)
-        if self.modulus:
-            out %= self.modulus
-        return out
 
 
 # -- splits ----------------------------------------------------------------------
@@ -350,36 +189,52 @@ def check_rows(block: ParsedBlock, path: Path, layout: Layout, skip: bool, bad: 
 
 
 class NpyWriter:
-    """Writes an ``.npy`` file of known shape block by block, without holding it in memory."""
+    """Appends rows to an ``.npy`` file whose row count is known only at the end (the header is patched then)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, rows: int, width: int | None) -> None:
-        self.path, self.dtype, self.rows, self.written = path, np.dtype(dtype), rows, 0
-        shape = (rows,) if width is None else (rows, width)
+    def __init__(self, path: Path, dtype: np.dtype, width: int | None) -> None:
+        self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
         self.file = open(path, "wb")  # noqa: SIM115 (open across many writes; closed by close())
+        self.data_offset = self._write_header()
+
+    def _write_header(self) -> int:
+        shape = (self.rows,) if self.width is None else (self.rows, self.width)
+        self.file.seek(0)
         np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+        return self.file.tell()
 
     def write(self, block: np.ndarray) -> None:
         """Append rows."""
         self.file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
-        self.written += len(block)
+        self.rows += len(block)
 
     def close(self) -> None:
-        """Finish; the row count must be the announced one."""
+        """Write the final shape into the header (same length: numpy pads headers to 64 bytes) and close."""
+        end = self.file.tell()
+        if self._write_header() != self.data_offset:
+            raise RuntimeError(f"{self.path}: the .npy header changed length")
+        self.file.seek(end)
         self.file.close()
-        if self.written != self.rows:
-            raise UserError(f"{self.path}: wrote {self.written:,} rows, expected {self.rows:,}; did the raw file change during preprocessing?")
 
 
-def split_writers(directory: Path, rows: list[int], dense: int, features: int) -> list[list[NpyWriter]]:
-    """``[dense, cat, label]`` writers of each split."""
-    return [
-        [
-            NpyWriter(directory / f"{name}.dense.npy", np.float32, n, dense),
-            NpyWriter(directory / f"{name}.cat.npy", np.int32, n, features),
-            NpyWriter(directory / f"{name}.label.npy", np.uint8, n, None),
-        ]
-        for name, n in zip(SPLITS, rows)
-    ]
+def renumber_file(path: Path, renumbering: list[np.ndarray], chunk_rows: int = 1 << 18) -> None:
+    """Map column ``t`` of an N x T int32 ``.npy`` file through ``renumbering[t]``, in place, chunk by chunk.
+
+    Plain reads and writes rather than a memory map, so that the process does
+    not hold the file's pages (peak RSS stays at one chunk).
+    """
+    with open(path, "r+b") as f:
+        np.lib.format.read_magic(f)
+        (rows, width), _, dtype = np.lib.format.read_array_header_1_0(f)
+        start = f.tell()
+        row_bytes = width * dtype.itemsize
+        for lo in range(0, rows, chunk_rows):
+            n = min(chunk_rows, rows - lo)
+            f.seek(start + lo * row_bytes)
+            block = np.fromfile(f, dtype, n * width).reshape(n, width)
+            for t, table in enumerate(renumbering):
+                block[:, t] = table[block[:, t]]
+            f.seek(start + lo * row_bytes)
+            block.tofile(f)
 
 
 # -- the two passes ------------------------------------------------------------------
@@ -390,49 +245,60 @@ def progress_bar(total: int | None, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, unit=" rows", unit_scale=True, desc=desc, disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
-def blocks_with_progress(path: Path, layout: Layout, bar: tqdm) -> Iterator[ParsedBlock]:
-    """:func:`read_blocks`, advancing ``bar`` by each block's rows."""
-    for block in read_blocks(path, layout):
-        yield block
-        bar.update(len(block.rows) + len(block.wrong_width))
+@dataclass
+class FirstPass:
+    """What reading the raw file gave: the vocabulary, good rows per split, rows read, bad rows."""
+
+    vocab: Vocabulary
+    rows: list[int]
+    physical: int
+    bad: BadRows
 
 
-def count_pass(path: Path, layout: Layout, plan: SplitPlan, skip: bool, progress: bool) -> tuple[Vocabulary, list[int], int, BadRows]:
-    """Pass 1: validate rows, count training values; returns the vocabulary, good rows per split, physical rows, bad rows."""
-    vocab, rows, physical, bad = Vocabulary(len(layout.categorical_features)), np.zeros(3, np.int64), 0, BadRows()
+def read_pass(path: Path, layout: Layout, plan: SplitPlan, skip: bool, directory: Path, progress: bool) -> FirstPass:
+    """Pass 1, the only one over the text: check rows, index and count values, write each split's arrays.
+
+    The categorical arrays hold provisional indices until :func:`renumber_pass`.
+    """
+    features = len(layout.categorical_features)
+    writers = [
+        [
+            NpyWriter(directory / f"{name}.dense.npy", np.float32, len(layout.dense_features)),
+            NpyWriter(directory / f"{name}.cat.npy", np.int32, features),
+            NpyWriter(directory / f"{name}.label.npy", np.uint8, None),
+        ]
+        for name in SPLITS
+    ]
+    vocab, physical, bad = Vocabulary(features), 0, BadRows()
     assign = plan.assigner()
-    with progress_bar(plan.total or None, "pass 1/2: vocabulary", progress) as bar:
-        for block in blocks_with_progress(path, layout, bar):
+    with progress_bar(plan.total or None, "pass 1/2: reading", progress) as bar:
+        for block in read_blocks(path, layout):
             good = check_rows(block, path, layout, skip, bad)
-            split = assign(block)
-            vocab.count(block.keys[:, good & (split == TRAIN)])
-            rows += np.bincount(split[good], minlength=3)
-            physical += len(block.rows) + len(block.wrong_width)
-    if plan.kind == "dlrm" and physical != plan.total:
-        raise UserError(f"{path}: read {physical:,} rows but counted {plan.total:,} lines; did the file change, or does it use CR-only line ends?")
-    vocab.freeze()
-    return vocab, rows.tolist(), physical, bad
-
-
-def encode_pass(path: Path, layout: Layout, plan: SplitPlan, vocab: Vocabulary, rows: list[int], directory: Path, progress: bool) -> None:
-    """Pass 2: encode the good rows and write each split's arrays."""
-    writers = split_writers(directory, rows, len(layout.dense_features), len(layout.categorical_features))
-    assign = plan.assigner()
-    with progress_bar(sum(rows), "pass 2/2: encoding", progress) as bar:
-        for block in blocks_with_progress(path, layout, bar):
-            good = block.good
             split = assign(block)[good]
-            ids = vocab.encode(block.keys[:, good])
-            dense = dense_transform(block.counts[good])
-            labels = block.labels[good]
+            ids = vocab.index(block.keys[:, good], counted=split == TRAIN)
+            dense, labels = dense_transform(block.counts[good]), block.labels[good]
             for s, (dense_out, cat_out, label_out) in enumerate(writers):
                 mine = split == s
                 dense_out.write(dense[mine])
                 cat_out.write(ids[mine])
                 label_out.write(labels[mine])
+            physical += len(block.rows) + len(block.wrong_width)
+            bar.update(len(block.rows) + len(block.wrong_width))
     for group in writers:
         for writer in group:
             writer.close()
+    if plan.kind == "dlrm" and physical != plan.total:
+        raise UserError(f"{path}: read {physical:,} rows but counted {plan.total:,} lines; did the file change, or does it use CR-only line ends?")
+    return FirstPass(vocab, [w[2].rows for w in writers], physical, bad)
+
+
+def renumber_pass(first: FirstPass, directory: Path, progress: bool) -> None:
+    """Pass 2: fix the vocabulary and renumber the categorical arrays from provisional indices to ids."""
+    first.vocab.freeze()
+    with progress_bar(sum(first.rows), "pass 2/2: renumbering", progress) as bar:
+        for name, rows in zip(SPLITS, first.rows):
+            renumber_file(directory / f"{name}.cat.npy", first.vocab.renumbering)
+            bar.update(rows)
 
 
 # -- the cache ------------------------------------------------------------------------
@@ -532,14 +398,15 @@ def build(raw: Path, directory: Path, layout: Layout, settings: dict, source: di
         raise UserError(f"--processed-data-file: cannot create {directory}: {error.strerror}") from None
     try:
         plan = plan_split(raw, layout, settings["data_split"], settings["split_seed"] or 0, progress, log)
-        vocab, rows, physical, bad = count_pass(raw, layout, plan, skip, progress)
-        counted = time.perf_counter()
-        log(f"  pass 1/2: {physical:,} rows in {counted - start:.1f} s ({physical / (counted - start):,.0f} rows/s); vocabulary {sum(vocab.sizes):,} values")
+        first = read_pass(raw, layout, plan, skip, tmp, progress)
+        vocab, rows, physical, bad = first.vocab, first.rows, first.physical, first.bad
+        read = time.perf_counter()
+        log(f"  pass 1/2: {physical:,} rows in {read - start:.1f} s ({physical / (read - start):,.0f} rows/s)")
         if bad.total:
             log(f"  {bad.summary()}")
         if not rows[0]:
             raise UserError(f"{raw}: no training rows in the {settings['data_split']} split ({physical:,} rows read, {bad.total:,} bad)")
-        encode_pass(raw, layout, plan, vocab, rows, tmp, progress)
+        renumber_pass(first, tmp, progress)
         np.save(tmp / "vocab_keys.npy", np.concatenate(vocab.keys))
         np.save(tmp / "vocab_counts.npy", np.concatenate(vocab.counts))
         seconds = time.perf_counter() - start

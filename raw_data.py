@@ -280,8 +280,8 @@ def parse_hex(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         chars = data[starts[:, None] + np.arange(8)]
     else:
         chars = data[offsets[0] : offsets[-1]].reshape(-1, 8)
-    pairs = HEX_PAIRS[chars.view("<u2")]
-    not_hex = (pairs > 0xFF).any(axis=1)
+    pairs = HEX_PAIRS[chars.view("<u2")]  # m x 4 byte values, 0xFFFF where not hex
+    not_hex = (pairs.view(np.uint64).ravel() & np.uint64(0xFF00FF00FF00FF00)) != 0
     values = pairs.astype(np.uint8).view(">u4").ravel().astype(np.int64)
     keys = np.full(len(arr), MISSING, np.int64)
     keys[full] = values

@@ -13,8 +13,9 @@ import pytest
 import preprocess
 from conftest import SHARED_DATA
 from errors import UserError
-from preprocess import IdLimits, KeyTable, SplitPlan, prepare
+from preprocess import SplitPlan, prepare
 from raw_data import MISSING
+from vocabulary import IdLimits, KeyTable, Vocabulary
 
 
 def shared(name: str):
@@ -30,22 +31,32 @@ def quiet_prepare(raw, directory, data_set="kaggle", split="dlrm", logs=None, **
     return prepare(str(raw) if raw else None, str(directory), data_set, split, progress=False, log=logs.append, **kw)
 
 
-def test_key_table_matches_a_dict_through_growth() -> None:
+def test_key_table_indexes_keys_in_order_of_first_appearance_through_growth() -> None:
     rng = np.random.default_rng(0)
-    table, reference = KeyTable(capacity=16), Counter()
-    pool = np.concatenate([rng.integers(-(2**62), 2**62, 3000), [int(MISSING), -1, 0, 1]])
-    for _ in range(40):
-        keys, counts = np.unique(rng.choice(pool, 500), return_counts=True)
-        table.add(keys, counts)
-        reference.update(dict(zip(keys.tolist(), counts.tolist())))
-    assert table.count == len(reference) and len(table.keys) > 1024  # it grew
-    keys = np.array(list(reference), np.int64)
-    assert table.get(keys).tolist() == [reference[k] for k in keys.tolist()]
-    assert table.find(np.array([12345, 2**62 + 7])).tolist() == [-1, -1]
-    ranked, counts = table.renumber_by_value()
-    expected = sorted(reference.items(), key=lambda kv: (-kv[1], kv[0]))
-    assert ranked.tolist() == [k for k, _ in expected] and counts.tolist() == [c for _, c in expected]
-    assert table.get(ranked).tolist() == list(range(1, len(ranked) + 1))
+    table, reference = KeyTable(capacity=16), {}
+    pool = np.concatenate([rng.integers(-(2**62), 2**62, 5000), [int(MISSING), -1, 0, 1]])
+    for _ in range(30):
+        keys = rng.choice(pool, 700)
+        got = table.index(keys)
+        for k in keys.tolist():
+            reference.setdefault(k, len(reference))
+        assert got.tolist() == [reference[k] for k in keys.tolist()]
+    assert len(table) == len(reference) and len(table.slot_keys) > 1024  # it grew
+    assert table.keys().tolist() == list(reference)
+    assert table.lookup(np.array([12345, 2**62 + 7, keys[0]])).tolist() == [-1, -1, reference[int(keys[0])]]
+
+
+def test_vocabulary_counts_training_rows_and_numbers_by_frequency() -> None:
+    vocab = Vocabulary(2)
+    keys = np.array([[5, 7, 7, 9, 9, 9, 4], [1, 1, 1, 1, 2, 2, 3]])
+    counted = np.array([True, True, True, True, True, True, False])
+    provisional = vocab.index(keys, counted)
+    assert provisional[:, 0].tolist() == [0, 1, 1, 2, 2, 2, 3]
+    vocab.freeze()
+    ids = np.stack([r[provisional[:, t]] for t, r in enumerate(vocab.renumbering)], axis=1)
+    assert ids[:, 0].tolist() == [3, 2, 2, 1, 1, 1, 0]  # 9 (3x), 7 (2x), 5 (1x); 4 only in an uncounted row
+    assert ids[:, 1].tolist() == [1, 1, 1, 1, 2, 2, 0]
+    assert vocab.keys[0].tolist() == [9, 7, 5] and vocab.counts[0].tolist() == [3, 2, 1] and vocab.sizes == [3, 2]
 
 
 def reference_kaggle(path) -> tuple[np.ndarray, list[list[int]]]:
@@ -166,11 +177,11 @@ def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypa
     stale = tmp_path / ".processed.tmp-999999999"  # left by a killed run (no such process)
     stale.mkdir()
 
-    def killed(*args, **kwargs):
-        (args[5] / "train.cat.npy").write_bytes(b"half")
+    def killed(first, directory, progress):
+        (directory / "train.cat.npy").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(preprocess, "encode_pass", killed)
+    monkeypatch.setattr(preprocess, "renumber_pass", killed)
     with pytest.raises(KeyboardInterrupt):
         quiet_prepare(raw, target, split="random-811")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]  # no temporaries left, stale one removed
