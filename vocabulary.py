@@ -17,9 +17,14 @@ both to batches as they are read, so they need no new preprocessing.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+
+THREADS = min(4, os.cpu_count() or 1)
 
 
 class KeyTable:
@@ -123,16 +128,25 @@ class Vocabulary:
         self.keys: list[np.ndarray] = []  # after freeze: values in id order (id 1 first)
         self.counts: list[np.ndarray] = []
         self.renumbering: list[np.ndarray] = []  # after freeze: provisional index -> id
+        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="vocabulary")
 
     def index(self, keys: np.ndarray, counted: np.ndarray) -> np.ndarray:
-        """Provisional indices (n x T int32) of a block's keys (T x n); rows in ``counted`` are counted."""
+        """Provisional indices (n x T int32) of a block's keys (T x n); rows in ``counted`` are counted.
+
+        Features are independent, so they are spread over a few threads (numpy
+        releases the GIL in the heavy loops).
+        """
         out = np.empty(keys.shape[::-1], np.int32)
-        for t, (table, column) in enumerate(zip(self.tables, keys)):
-            indices = table.index(column)
+
+        def one(t: int) -> None:
+            table = self.tables[t]
+            indices = table.index(keys[t])
             if len(table) > len(self._counts[t]):
                 self._counts[t] = np.concatenate([self._counts[t], np.zeros(max(len(table), 2 * len(self._counts[t])), np.int64)])
             np.add.at(self._counts[t], indices[counted], 1)
             out[:, t] = indices
+
+        list(self._pool.map(one, range(len(self.tables))))
         return out
 
     def freeze(self) -> None:
@@ -147,6 +161,7 @@ class Vocabulary:
             self.counts.append(counts[order])
             self.renumbering.append(renumbering)
         self.tables, self._counts = [], []
+        self._pool.shutdown()
 
     @property
     def sizes(self) -> list[int]:

@@ -21,6 +21,7 @@ Prints tables and writes ``bench/results/preprocess_throughput.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -65,10 +66,10 @@ READERS = {
     "pyarrow + numpy (ours)": """
 from raw_data import MISSING, detect_layout, read_blocks
 start = time.perf_counter()
-blocks = list(read_blocks(FILE, detect_layout(FILE, "kaggle")))
-labels = np.concatenate([b.labels for b in blocks])
-counts = np.concatenate([b.counts for b in blocks])
-keys = np.concatenate([b.keys for b in blocks], axis=1).T
+parts = [(b.labels, b.counts, b.keys) for b in read_blocks(FILE, detect_layout(FILE, "kaggle"))]
+labels = np.concatenate([p[0] for p in parts])
+counts = np.concatenate([p[1] for p in parts])
+keys = np.concatenate([p[2] for p in parts], axis=1).T
 report(start, labels, counts, np.where(keys == MISSING, -1, keys))
 """,
     "python loop per row (upstream)": """
@@ -103,30 +104,30 @@ report(start, frame[0].to_numpy(), counts, keys)
 VOCABULARY = """
 import json, time
 import numpy as np
-from preprocess import Vocabulary
+from vocabulary import Vocabulary
 from raw_generate import KAGGLE_CARDINALITIES, scramble
 
-def run(sizes, rows=1_000_000):
+def run(sizes, rows=1_000_000, block=65_536):
     vocab = Vocabulary(len(sizes))
     start = time.perf_counter()
-    for t, (table, n) in enumerate(zip(vocab.tables, sizes)):
-        for lo in range(0, n, 1 << 20):
-            keys = scramble(np.arange(lo, min(n, lo + (1 << 20))), 977 * t).astype(np.int64)
-            table.add(keys, np.ones(len(keys), np.int64))
+    for lo in range(0, max(sizes), 1 << 20):  # every value once
+        keys = np.stack([scramble(np.arange(lo, lo + (1 << 20)) % n, 977 * t).astype(np.int64) for t, n in enumerate(sizes)])
+        vocab.index(keys, np.ones(keys.shape[1], bool))
     build = time.perf_counter() - start
-    vocab.freeze()
+    table_bytes = sum(t.slot_keys.nbytes + t.slot_index.nbytes for t in vocab.tables) + sum(c.nbytes for c in vocab._counts)
     rng = np.random.default_rng(0)
-    block = np.stack([scramble(rng.integers(0, n, rows), 977 * t).astype(np.int64) for t, n in enumerate(sizes)])
+    draws = np.stack([scramble(rng.integers(0, n, rows), 977 * t).astype(np.int64) for t, n in enumerate(sizes)])
     start = time.perf_counter()
-    for lo in range(0, rows, 100_000):
-        vocab.count(block[:, lo:lo + 100_000])
-    count = time.perf_counter() - start
+    for lo in range(0, rows, block):
+        ids = vocab.index(draws[:, lo:lo + block], np.ones(min(block, rows - lo), bool))
+    index = time.perf_counter() - start
+    vocab.freeze()
+    provisional = np.stack([np.random.default_rng(t).integers(0, n, rows) for t, n in enumerate(sizes)], axis=1).astype(np.int32)
     start = time.perf_counter()
-    for lo in range(0, rows, 100_000):
-        vocab.encode(block[:, lo:lo + 100_000])
-    encode = time.perf_counter() - start
-    memory = sum(t.keys.nbytes + t.values.nbytes for t in vocab.tables)
-    return {{"values": int(sum(sizes)), "build_seconds": build, "count_us_per_row": count / rows * 1e6, "encode_us_per_row": encode / rows * 1e6, "table_bytes": memory}}
+    for t, table in enumerate(vocab.renumbering):
+        provisional[:, t] = table[provisional[:, t]]
+    renumber = time.perf_counter() - start
+    return {{"values": int(sum(sizes)), "build_seconds": build, "index_us_per_row": index / rows * 1e6, "renumber_us_per_row": renumber / rows * 1e6, "table_bytes": table_bytes}}
 
 print(json.dumps({{"full": run(KAGGLE_CARDINALITIES), "bench_file": run({bench_sizes})}}))
 """
@@ -160,6 +161,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.2, help="table sizes as a share of Criteo-Kaggle's (generator --scale)")
     parser.add_argument("--file", type=str, default="/tmp/bench/kaggle5M.txt")
     parser.add_argument("--compare-rows", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the reader comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the full preprocessing (the machine is shared: report median and best)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["full", "readers", "vocabulary"])
     args = parser.parse_args()
     path = Path(args.file)
@@ -169,13 +172,18 @@ def main() -> None:
 
     if "full" not in args.skip:
         out = path.with_name(path.name + ".processed")
-        shutil.rmtree(out, ignore_errors=True)
-        info, _, rss = run_child(FULL.format(file=str(path), out=str(out)))
-        rate = info["rows"] / info["seconds"]
+        runs = []
+        for _ in range(args.repeat):
+            shutil.rmtree(out, ignore_errors=True)
+            info, _, rss = run_child(FULL.format(file=str(path), out=str(out)))
+            runs.append({"seconds": info["seconds"], "rows_per_second": info["rows"] / info["seconds"], "peak_rss_bytes": rss, "load_average": os.getloadavg()})
+        rates = sorted(r["rows_per_second"] for r in runs)
+        rate, best, rss = rates[len(rates) // 2], rates[-1], max(r["peak_rss_bytes"] for r in runs)
         results["full"] = {
             "rows": info["rows"],
-            "seconds": info["seconds"],
+            "runs": runs,
             "rows_per_second": rate,
+            "best_rows_per_second": best,
             "peak_rss_bytes": rss,
             "vocabulary_values": sum(info["vocabulary_sizes"]),
             "vs_upstream": rate / UPSTREAM["rows_per_second"],
@@ -184,11 +192,20 @@ def main() -> None:
         }
         vocab_sizes = info["vocabulary_sizes"]
         shutil.rmtree(out, ignore_errors=True)
-        print(f"\nfull preprocessing of {info['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, in a fresh process:")
+        print(f"\nfull preprocessing of {info['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, {args.repeat} runs in fresh processes:")
         print(
             table(
-                [[f"{rate:,.0f}", f"{info['seconds']:.1f}", f"{rss / 2**30:.2f}", f"{rate / UPSTREAM['rows_per_second']:.1f}x", f"{rate / TARGET:.2f}x"]],
-                ["rows/s", "seconds", "peak RSS GiB", "vs upstream 6.1k", "vs target 76k"],
+                [
+                    [
+                        f"{rate:,.0f}",
+                        f"{best:,.0f}",
+                        f"{rss / 2**30:.2f}",
+                        f"{rate / UPSTREAM['rows_per_second']:.1f}x",
+                        f"{rate / TARGET:.2f}x",
+                        " ".join(f"{r['load_average'][0]:.1f}" for r in runs),
+                    ]
+                ],
+                ["median rows/s", "best rows/s", "peak RSS GiB", "vs upstream 6.1k", "vs target 76k", "load avg (1 min)"],
             )
         )
     else:
@@ -196,24 +213,31 @@ def main() -> None:
 
     if "readers" not in args.skip:
         sample = head(path, args.compare_rows)
-        readers, baseline = {}, None
-        for name, code in READERS.items():
-            try:
-                info, _, rss = run_child(READER_PRELUDE.format(file=str(sample)) + code)
-            except RuntimeError as error:
-                if "No module named 'pandas'" in str(error):
+        readers: dict = {}
+        for _ in range(args.rounds):  # interleaved, so that other load on the machine hits all alike
+            for name, code in READERS.items():
+                try:
+                    info, _, rss = run_child(READER_PRELUDE.format(file=str(sample)) + code)
+                except RuntimeError as error:
+                    if "No module named 'pandas'" not in str(error):
+                        raise
                     readers[name] = {"skipped": "pandas is not installed"}
                     continue
-                raise
-            readers[name] = {"rows_per_second": info["rows"] / info["seconds"], "seconds": info["seconds"], "peak_rss_bytes": rss, "checksum": info["checksum"]}
-            baseline = baseline or readers[name]
+                entry = readers.setdefault(name, {"runs": [], "peak_rss_bytes": 0})
+                entry["runs"].append(info["rows"] / info["seconds"])
+                entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], rss)
+                entry["checksum"] = info["checksum"]
+        for entry in readers.values():
+            if "runs" in entry:
+                entry["rows_per_second"] = sorted(entry["runs"])[len(entry["runs"]) // 2]
+        baseline = readers["pyarrow + numpy (ours)"]
         python_loop = readers["python loop per row (upstream)"]["rows_per_second"]
         for entry in readers.values():
             if "rows_per_second" in entry:
                 entry["vs_python_loop"] = entry["rows_per_second"] / python_loop
                 entry["same_arrays_as_ours"] = entry["checksum"] == baseline["checksum"]
         results["readers"] = {"rows": args.compare_rows, "results": readers}
-        print(f"\nparsing {args.compare_rows:,} rows into labels, counts and hex keys (one pass, fresh process each):")
+        print(f"\nparsing {args.compare_rows:,} rows into labels, counts and hex keys (fresh process each; median of {args.rounds} interleaved rounds):")
         rows = [
             [name, f"{r['rows_per_second']:,.0f}", f"{r['vs_python_loop']:.1f}x", f"{r['peak_rss_bytes'] / 2**20:,.0f}", r["same_arrays_as_ours"]]
             if "rows_per_second" in r
@@ -226,14 +250,15 @@ def main() -> None:
         info, _, rss = run_child(VOCABULARY.format(bench_sizes=vocab_sizes or [100_000] * 26))
         info["peak_rss_bytes"] = rss
         full, small = info["full"], info["bench_file"]
-        extra = (full["count_us_per_row"] + full["encode_us_per_row"]) - (small["count_us_per_row"] + small["encode_us_per_row"])
+        extra = (full["index_us_per_row"] + full["renumber_us_per_row"]) - (small["index_us_per_row"] + small["renumber_us_per_row"])
         info["extra_us_per_row_at_full_cardinality"] = extra
         if "full" in results:
-            projected = FULL_KAGGLE_ROWS * (1 / results["full"]["rows_per_second"] + extra * 1e-6) + full["build_seconds"] * 0
+            projected = FULL_KAGGLE_ROWS * (1 / results["full"]["rows_per_second"] + extra * 1e-6)
             info["projected_full_kaggle_seconds"] = projected
             info["projected_full_kaggle_rows_per_second"] = FULL_KAGGLE_ROWS / projected
+            info["projected_full_kaggle_peak_rss_bytes"] = results["full"]["peak_rss_bytes"] + full["table_bytes"] - small["table_bytes"]
         results["full_scale_vocabulary"] = info
-        print("\nhash tables at Criteo-Kaggle's real cardinalities vs. this file's vocabulary (1M rows of uniformly drawn values):")
+        print("\nvocabulary at Criteo-Kaggle's real cardinalities vs. this file's (1M rows of uniformly drawn values, all already known):")
         print(
             table(
                 [
@@ -241,19 +266,21 @@ def main() -> None:
                         name,
                         f"{r['values']:,}",
                         f"{r['build_seconds']:.1f}",
-                        f"{r['count_us_per_row']:.2f}",
-                        f"{r['encode_us_per_row']:.2f}",
+                        f"{r['index_us_per_row']:.2f}",
+                        f"{r['renumber_us_per_row']:.2f}",
                         f"{r['table_bytes'] / 2**30:.2f}",
                     ]
                     for name, r in (("full Kaggle", full), ("this file", small))
                 ],
-                ["vocabulary", "values", "build s", "count us/row", "encode us/row", "tables GiB"],
+                ["vocabulary", "values", "build s", "index us/row", "renumber us/row", "tables GiB"],
             )
         )
-        print(f"peak RSS of that process (both vocabularies alive): {rss / 2**30:.2f} GiB")
+        print(f"peak RSS of that process (the full-scale vocabulary and 1M rows of draws): {rss / 2**30:.2f} GiB")
         if "projected_full_kaggle_seconds" in info:
             print(
-                f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min ({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s): this file's rate plus {extra:.2f} us/row for the bigger tables"
+                f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min ({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s; this file's"
+                f" median rate plus {extra:.2f} us/row for the bigger tables), peak RSS {info['projected_full_kaggle_peak_rss_bytes'] / 2**30:.2f} GiB"
+                " (this file's plus the bigger tables)"
             )
     saved = save("preprocess_throughput", results)
     print(f"\nwrote {saved.relative_to(ROOT)}")

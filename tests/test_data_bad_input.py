@@ -7,10 +7,11 @@ import re
 
 import pytest
 
+import data_utils
 import dlrm_mlet
 from conftest import SHARED_DATA
 
-MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--progress=false", "--learning-rate=0.1"]
+MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
 
 
 def sample_lines(name: str) -> list[str]:
@@ -54,6 +55,13 @@ def avazu_argv(raw, tmp_path, *extra: str) -> list[str]:
         *MODEL,
         *extra,
     ]
+
+
+def preprocess_main(raw, tmp_path, data_set: str, capsys, *extra: str) -> tuple[int, str, str]:
+    """``data_utils.py preprocess`` (no training): exit code, stdout, stderr."""
+    code = data_utils.command_line(["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0", *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def set_field(line: str, index: int, value: str, sep: str = "\t") -> str:
@@ -102,7 +110,7 @@ def test_skip_bad_rows_skips_counts_and_records_each_kind(case: str, tmp_path, c
     lines[56] = edit(lines[56])
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(lines))
-    code, out, err = run_main(kaggle_argv(raw, tmp_path, "--skip-bad-rows"), capsys)
+    code, out, err = preprocess_main(raw, tmp_path, "kaggle", capsys, "--skip-bad-rows")
     assert code == 0, err
     assert f"skipped 1 bad rows: 1 {kind} (first at line 57)" in out
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
@@ -147,7 +155,7 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
     raw.write_text("\r\n".join(lines) + "\r\n")
     code, _, err = run_main(avazu_argv(raw, tmp_path), capsys)
     assert code == 2 and one_error_line(err).startswith(f"{raw}:41: {message}")
-    code, out, err = run_main(avazu_argv(raw, tmp_path, "--skip-bad-rows"), capsys)
+    code, out, err = preprocess_main(raw, tmp_path, "avazu", capsys, "--skip-bad-rows")
     assert code == 0, err
     assert f"1 {kind} (first at line 41)" in out
 
