@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -31,7 +30,8 @@ class KeyTable:
     """int64 keys -> consecutive indices 0, 1, 2, ... in order of insertion; vectorised.
 
     Open addressing with linear probing and Fibonacci hashing, doubling when
-    more than :attr:`MAX_LOAD` of the slots are used. A lookup costs one or two
+    more than :attr:`MAX_LOAD` of the slots are used; 12 bytes a slot (int64
+    key, int32 index), so at most 2**31 distinct values per feature. A lookup costs one or two
     random memory accesses per key (about 20 ns for a small table, 120 ns for
     millions of keys), where a binary search among 10M sorted keys costs 23.
     """
@@ -50,7 +50,7 @@ class KeyTable:
     def _allocate(self, bits: int) -> None:
         self.bits, self.mask = bits, (1 << bits) - 1
         self.slot_keys = np.full(1 << bits, self.FREE, np.int64)
-        self.slot_index = np.full((1 << bits) + 1, -1, np.int64)  # the extra last entry (-1) is what slot -1, "absent", reads
+        self.slot_index = np.full((1 << bits) + 1, -1, np.int32)  # the extra last entry (-1) is what slot -1, "absent", reads
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
         return ((keys.view(np.uint64) * self._MUL) >> np.uint64(64 - self.bits)).view(np.int64)
@@ -83,7 +83,7 @@ class KeyTable:
             new, first = np.unique(keys[missing], return_index=True)
             new = new[np.argsort(first, kind="stable")]
             bits = self.bits
-            self._insert(new, np.arange(self.size, self.size + len(new)))
+            self._insert(new, np.arange(self.size, self.size + len(new), dtype=np.int32))
             if self.bits != bits:  # grown: every key has moved
                 slots = self.find(keys)
             else:
@@ -124,7 +124,7 @@ class Vocabulary:
 
     def __init__(self, num_features: int) -> None:
         self.tables = [KeyTable() for _ in range(num_features)]
-        self._counts = [np.zeros(1024, np.int64) for _ in range(num_features)]
+        self._counts = [np.zeros(1024, np.int32) for _ in range(num_features)]  # < 2**31 rows
         self.keys: list[np.ndarray] = []  # after freeze: values in id order (id 1 first)
         self.counts: list[np.ndarray] = []
         self.renumbering: list[np.ndarray] = []  # after freeze: provisional index -> id
@@ -142,7 +142,7 @@ class Vocabulary:
             table = self.tables[t]
             indices = table.index(keys[t])
             if len(table) > len(self._counts[t]):
-                self._counts[t] = np.concatenate([self._counts[t], np.zeros(max(len(table), 2 * len(self._counts[t])), np.int64)])
+                self._counts[t] = np.concatenate([self._counts[t], np.zeros(max(len(table), 2 * len(self._counts[t])), np.int32)])
             np.add.at(self._counts[t], indices[counted], 1)
             out[:, t] = indices
 

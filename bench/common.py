@@ -24,7 +24,12 @@ def machine() -> dict:
 
 
 def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
-    """Run ``code`` in a fresh Python; it prints one JSON line last. Returns (that JSON, wall seconds, peak RSS bytes)."""
+    """Run ``code`` in a fresh Python; it prints one JSON line last.
+
+    Returns (that JSON, with ``cpu_seconds`` (user + system time, which other
+    load on a shared machine does not inflate) added unless the child measured
+    it; wall seconds; peak RSS bytes).
+    """
     start = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **(env or {})}, text=True
@@ -34,7 +39,9 @@ def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
     out, err = child.stdout.read(), child.stderr.read()
     if status != 0:
         raise RuntimeError(f"child failed ({status}):\n{err[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1]), wall, usage.ru_maxrss * 1024
+    info = json.loads(out.strip().splitlines()[-1])
+    info.setdefault("cpu_seconds", usage.ru_utime + usage.ru_stime)
+    return info, wall, usage.ru_maxrss * 1024
 
 
 def save(name: str, payload: dict) -> Path:

@@ -59,7 +59,9 @@ def avazu_argv(raw, tmp_path, *extra: str) -> list[str]:
 
 def preprocess_main(raw, tmp_path, data_set: str, capsys, *extra: str) -> tuple[int, str, str]:
     """``data_utils.py preprocess`` (no training): exit code, stdout, stderr."""
-    code = data_utils.command_line(["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0", *extra])
+    code = data_utils.command_line(
+        ["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0", *extra]
+    )
     out = capsys.readouterr()
     return code, out.out, out.err
 
