@@ -59,7 +59,7 @@ SPLITS = ("train", "test", "val")
 TRAIN, TEST, VAL = 0, 1, 2
 SPLIT_CHOICES = {"kaggle": ("dlrm", "random-811"), "avazu": ("random-811", "by-day")}
 DEFAULT_SPLIT = {"kaggle": "dlrm", "avazu": "random-811"}
-DENSE_INPUTS = {"kaggle": 13, "avazu": 1}  # Avazu: one constant 1.0 (see load_split)
+DENSE_INPUTS = {"kaggle": 13, "avazu": 1}  # Avazu: one constant 1.0 (see Processed.split)
 Log = Callable[[str], None]
 
 
