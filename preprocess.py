@@ -271,19 +271,25 @@ def read_pass(path: Path, layout: Layout, plan: SplitPlan, skip: bool, directory
     ]
     vocab, physical, bad = Vocabulary(features), 0, BadRows()
     assign = plan.assigner()
-    with progress_bar(plan.total or None, "pass 1/2: reading", progress) as bar:
-        for block in read_blocks(path, layout):
-            good = check_rows(block, path, layout, skip, bad)
-            split = assign(block)[good]
-            ids = vocab.index(block.keys[:, good], counted=split == TRAIN)
-            dense, labels = dense_transform(block.counts[good]), block.labels[good]
-            for s, (dense_out, cat_out, label_out) in enumerate(writers):
-                mine = split == s
-                dense_out.write(dense[mine])
-                cat_out.write(ids[mine])
-                label_out.write(labels[mine])
-            physical += len(block.rows) + len(block.wrong_width)
-            bar.update(len(block.rows) + len(block.wrong_width))
+    try:
+        with progress_bar(plan.total or None, "pass 1/2: reading", progress) as bar:
+            for block in read_blocks(path, layout):
+                good = check_rows(block, path, layout, skip, bad)
+                split = assign(block)[good]
+                ids = vocab.index(block.keys[:, good], counted=split == TRAIN)
+                dense, labels = dense_transform(block.counts[good]), block.labels[good]
+                for s, (dense_out, cat_out, label_out) in enumerate(writers):
+                    mine = split == s
+                    dense_out.write(dense[mine])
+                    cat_out.write(ids[mine])
+                    label_out.write(labels[mine])
+                physical += len(block.rows) + len(block.wrong_width)
+                bar.update(len(block.rows) + len(block.wrong_width))
+    except BaseException:
+        for group in writers:
+            for writer in group:
+                writer.file.close()  # the files go with the temporary directory
+        raise
     for group in writers:
         for writer in group:
             writer.close()

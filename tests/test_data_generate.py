@@ -136,3 +136,17 @@ def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
     assert code == 0 and "table sizes" in out and (tmp_path / "p" / "meta.json").exists()
     assert data_utils.command_line(["preprocess", "--data-set=avazu" if data_set == "kaggle" else "--data-set=kaggle", f"--raw-data-file={raw}"]) == 2
     assert "use --data-set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("generation", ["random", "synthetic"])
+def test_eval_split_val_on_generated_data_uses_another_stream(generation: str, tmp_path, capsys) -> None:
+    common = [f"--data-generation={generation}", "--arch-embedding-size=50-20-7", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]
+    common += ["--arch-mlp-top=8-1", "--mini-batch-size=64", "--num-batches=3", "--test-data-size=300", "--progress=false"]
+    finals = {}
+    for split in ("test", "val"):
+        out = tmp_path / f"{split}.json"
+        assert dlrm_mlet.main([*common, f"--eval-split={split}", f"--results-json={out}"]) == 0
+        finals[split] = json.loads(out.read_text())["final"]
+    assert "evaluating on a validation stream" in capsys.readouterr().out
+    assert finals["test"]["samples"] == finals["val"]["samples"] == 300
+    assert finals["test"]["logloss"] != finals["val"]["logloss"]  # same model, other samples
