@@ -37,7 +37,7 @@ from checkpoint import (
     rng_state,
     trained_hidden,
 )
-from data_utils import Batch, DataBundle, build_data, prefetch
+from data_utils import DEFAULT_EMBEDDING_SIZE, Batch, DataBundle, add_dataset_flags, build_data, prefetch, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import OneLineParser, UserError
 from metrics import ctr_metrics, predict
@@ -70,7 +70,12 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     arch = p.add_argument_group("model")
     arch.add_argument("--arch-sparse-feature-size", type=int, default=2, help="embedding dimension d")
-    arch.add_argument("--arch-embedding-size", type=str, default="4-3-2", help="rows of each table, dash-separated")
+    arch.add_argument(
+        "--arch-embedding-size",
+        type=str,
+        default=None,
+        help=f"rows of each table, dash-separated (generated data: {DEFAULT_EMBEDDING_SIZE} if not given; data sets: the data's sizes, which a given value must match)",
+    )
     arch.add_argument("--arch-mlp-bot", type=str, default="4-3-2", help="bottom MLP widths, dense input first, d last")
     arch.add_argument("--arch-mlp-top", type=str, default="4-2-1", help="top MLP widths after the interaction, 1 last")
     arch.add_argument("--arch-interaction-op", choices=INTERACTIONS, default="dot")
@@ -85,9 +90,7 @@ def build_parser() -> OneLineParser:
     data.add_argument("--num-batches", type=int, default=0, help="training batches per epoch (0: all)")
     data.add_argument("--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)")
     add_bool(data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids")
-    data.add_argument("--data-set", type=str, default="kaggle", help="data set for --data-generation=dataset")
-    data.add_argument("--raw-data-file", type=str, default="")
-    data.add_argument("--processed-data-file", type=str, default="")
+    add_dataset_flags(data)
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
     synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
@@ -122,6 +125,9 @@ def build_parser() -> OneLineParser:
     test = p.add_argument_group("testing and logging")
     test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
     test.add_argument("--test-mini-batch-size", type=int, default=-1, help="(default: --mini-batch-size)")
+    test.add_argument(
+        "--eval-split", choices=("test", "val"), default="test", help="split the reported metrics come from (val: to choose settings without seeing test)"
+    )
     test.add_argument("--print-freq", type=int, default=0, help="log every N iterations (0: about 20 lines per epoch)")
     add_bool(test, "--print-time", False, "add ms/it and samples/s to the training log lines")
     test.add_argument("--print-precision", type=int, default=5)
@@ -154,7 +160,7 @@ def validate(args: argparse.Namespace) -> None:
     d = args.arch_sparse_feature_size
     if d < 1:
         raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    args.table_sizes = parse_dashed("--arch-embedding-size", args.arch_embedding_size)
+    args.table_sizes = parse_dashed("--arch-embedding-size", args.arch_embedding_size or DEFAULT_EMBEDDING_SIZE)
     args.bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
     args.top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
     if len(args.bottom_mlp) < 2 or args.bottom_mlp[-1] != d:
@@ -210,7 +216,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     if args.data_generation == "dataset":
-        raise UserError("--data-generation=dataset: reading Criteo/Avazu files is not available in this version; use random or synthetic")
+        validate_dataset_flags(args)
     if args.data_generation == "synthetic" and args.synthetic_rank < 1:
         raise UserError(f"--synthetic-rank: must be >= 1, got {args.synthetic_rank}")
     if not 0 < args.synthetic_positive_rate < 1:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import RESULTS, print_table, write_results
+from common import print_table, save
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
 from data_utils import ArraySource, Batch, DataBundle
@@ -245,8 +245,8 @@ def main() -> None:
     checks = {f"loss_curve_max_diff_{'mlet' if h else 'baseline'}_d16": loss_curve_check(sizes, 16, h, device) for h in (0, args.hidden)}
     print(checks)
     print_table(rows, ["model", "d", "batch", "variant", "ms_per_step", "samples_per_s"])
-    path = write_results(args.out, rows, {"table_rows": sum(sizes), "checks": checks})
-    print(f"wrote {path} ({RESULTS})")
+    path = save(args.out, {"table_rows": sum(sizes), "checks": checks, "rows": rows})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
