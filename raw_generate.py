@@ -86,7 +86,6 @@ KAGGLE_MISSING = (
 I2_NEGATIVE_SHARE = 0.5  # of I2's zero counts, written as -1, -2 or -3
 FLOOR = 4
 DAYS, FIRST_DAY = 10, 21  # Avazu: 2014-10-21 .. 2014-10-30
-CHUNK = 1 << 16
 
 
 def scaled_sizes(full: Sequence[int], scale: float, floor: int = FLOOR) -> tuple[int, ...]:
@@ -143,10 +142,10 @@ class RawGenerator:
         self.salts = np.random.default_rng([seed, 8191]).integers(0, 2**32, len(full)).tolist()
 
     def chunks(self) -> Iterator[WrittenRows]:
-        """The rows of the file, in order, in chunks of at most :data:`CHUNK`."""
+        """The rows of the file, in order, in the click model's chunks (``synthetic_data.SAMPLE_CHUNK`` rows)."""
         rng = np.random.default_rng([self.seed, 524287])
         start = 0
-        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1, chunk=CHUNK):
+        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1):
             n = len(labels)
             if self.data_set == "avazu":
                 slot = (np.arange(start, start + n) * (24 * DAYS)) // max(self.rows, 1)
