@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
 from checkpoint import FORMAT, VERSION, atomic_save, describe_mismatch, load_checkpoint
 from data_utils import Batch, DataBundle, build_data, prefetch
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import UserError
-from metrics import ctr_metrics, predict
-from mlet_layers import parse_projection_init
+from mlet_layers import EmbeddingTables, parse_projection_init
 from optimizers import OPTIMIZERS, CombinedOptimizer, LRPolicy, build_optimizer
 
 PROG = "dlrm_mlet.py"
@@ -36,7 +36,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line, without the usage block."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # Every process of a torchrun launch parses the same flags: rank 0 alone reports.
+        self.exit(2, f"{self.prog}: error: {message}\n" if distributed.launched_rank() == 0 else None)
 
 
 def str2bool(value: str) -> bool:
@@ -114,6 +115,10 @@ def build_parser() -> OneLineParser:
     ckpt.add_argument("--save-model", type=str, default="", help="write a resumable checkpoint here")
     ckpt.add_argument("--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)")
     ckpt.add_argument("--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint")
+
+    multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
+    multi.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)")
+    multi.add_argument("--dist-timeout", type=int, default=distributed.DEFAULT_TIMEOUT_S, help="seconds a collective may wait for the other processes")
     return p
 
 
@@ -160,6 +165,7 @@ def validate(args: argparse.Namespace) -> None:
         ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
         ("--lr-decay-start-step", args.lr_decay_start_step, 0),
         ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
+        ("--dist-timeout", args.dist_timeout, 1),
     ]:
         if value < minimum:
             raise UserError(f"{flag}: must be >= {minimum}, got {value}")
@@ -216,31 +222,41 @@ def model_config(args: argparse.Namespace, table_sizes: Sequence[int]) -> ModelC
 
 
 def loss_function(args: argparse.Namespace, device: torch.device):
-    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
+    """``loss(logits, labels)`` for ``--loss-function``: one loss per sample.
+
+    The caller divides their sum by the global batch size, so that processes
+    holding parts of a batch add up to the batch mean.
+    """
     if args.loss_function == "mse":
-        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
+        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels, reduction="none")
     if args.loss_function == "bce":
-        return F.binary_cross_entropy_with_logits
+        return lambda logits, labels: F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     weights = torch.tensor(args.loss_weights_pair, device=device)
 
     def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return (per_sample * weights[labels.round().long()]).mean()
+        return per_sample * weights[labels.round().long()]
 
     return weighted_bce
 
 
 def log(message: str) -> None:
-    """Print a log line without breaking the progress bar."""
+    """Print a log line without breaking the progress bar (on rank 0 alone, in a multi-process run)."""
+    if not distributed.is_main_process():
+        return
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
 
 
-def parameter_report(model: DLRM) -> dict:
-    """Parameter counts and bytes for training (as built) and inference (collapsed)."""
+def parameter_report(config: ModelConfig) -> dict:
+    """Parameter counts and bytes of the whole model for training (as built) and inference (collapsed).
+
+    Measured on a parameter-less (meta-device) copy, so it is the same however the tables are sharded.
+    """
+    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device="meta")
+    model = DLRM(config, device="meta", tables=tables)
     total = sum(p.numel() for p in model.parameters())
-    elem = model.tables.weight.element_size()
-    tables = model.tables
+    elem = tables.weight.element_size()
     table_train = sum(p.numel() for p in tables.parameters())
     table_infer = tables.weight.shape[0] * tables.dim
     dense = total - table_train
@@ -278,11 +294,25 @@ def plain_args(args: argparse.Namespace) -> dict:
 
 
 class Trainer:
-    """The training loop: steps, periodic logging, testing and checkpointing."""
+    """The training loop: steps, periodic logging, testing and checkpointing.
 
-    def __init__(self, args: argparse.Namespace, data: DataBundle, model: DLRM, device: torch.device) -> None:
+    ``parallel`` (see ``distributed.py``) says how the work is split between
+    processes: it shards batches, sums loss shares, evaluates, and gathers
+    checkpoints; the default is a single process.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        data: DataBundle,
+        model: DLRM,
+        device: torch.device,
+        parallel: distributed.SingleProcess | distributed.MultiProcess | None = None,
+    ) -> None:
         self.args, self.data, self.model, self.device = args, data, model, device
-        self.optimizer: CombinedOptimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters())
+        self.parallel = parallel or distributed.SingleProcess(device)
+        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters())
+        self.optimizer: CombinedOptimizer = self.parallel.shard_optimizer(optimizer, model)
         self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
         self.loss_fn = loss_function(args, device)
         self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
@@ -303,6 +333,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "position": {"epoch": self.epoch, "batch": self.batch, "iteration": self.iteration},
+            "distributed": self.parallel.record(),
             "history": self.history,
             "best": self.best,
             "train_time": self.train_time,
@@ -321,15 +352,18 @@ class Trainer:
             self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
 
     def save(self) -> None:
-        """Write the resumable checkpoint (``--save-model``)."""
-        atomic_save(self.state(), self.args.save_model)
+        """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
+        state = self.state()
+        if self.parallel.is_main:
+            atomic_save(state, self.args.save_model)
 
     # -- steps ---------------------------------------------------------------
     def step(self, batch: Batch) -> torch.Tensor:
-        """One optimisation step; returns the (detached) batch loss."""
+        """One optimisation step; returns the (detached) batch loss: this process's share of it
+        when ``batch`` is a shard (the shares of all processes add up to the batch mean)."""
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         logits = self.model(batch.dense, batch.sparse)
-        loss = self.loss_fn(logits, batch.labels)
+        loss = self.loss_fn(logits, batch.labels).sum() / batch.size
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -337,8 +371,7 @@ class Trainer:
 
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
-        probs, labels = predict(self.model, prefetch(self.data.test.batches(0)), self.device)
-        result = {"epoch": self.epoch, "iteration": self.iteration, **ctr_metrics(probs, labels)}
+        result = {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, self.data.test.batches(0))}
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -355,7 +388,8 @@ class Trainer:
         """Run the remaining epochs."""
         args = self.args
         total = args.nepochs * self.batches_per_epoch
-        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if args.progress else True, dynamic_ncols=True, leave=False)
+        show = args.progress and self.parallel.is_main
+        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if show else True, dynamic_ncols=True, leave=False)
         while self.epoch < args.nepochs:
             self.run_epoch(bar)
             self.epoch, self.batch = self.epoch + 1, 0
@@ -369,7 +403,7 @@ class Trainer:
         """
         args = self.args
         loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
-        batches = prefetch(self.data.train.batches(self.epoch, self.batch), pin=self.device.type == "cuda")
+        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch))), pin=self.device.type == "cuda")
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
@@ -382,7 +416,7 @@ class Trainer:
             window_samples += batch.size
             bar.update(1)
             if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
-                loss_value = float(loss_sum) / loss_count  # synchronises the device
+                loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
                 now = time.perf_counter()
                 self.train_time, window_time = self.train_time + now - last, window_time + now - last
                 self.log_train(loss_value, loss_count, window_time, window_samples)
@@ -412,10 +446,11 @@ class Trainer:
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
-            "parameters": parameter_report(self.model),
+            "parameters": parameter_report(self.model.config),
             "model_config": self.model.config.to_dict(),
             "data": self.data.description,
             "device": str(self.device),
+            "distributed": self.parallel.record(),
             "torch": torch.__version__,
             "args": plain_args(self.args),
         }
@@ -423,7 +458,7 @@ class Trainer:
 
 def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
     """Start-of-run summary."""
-    report = parameter_report(model)
+    report = parameter_report(model.config)
     kind = f"MLET K={args.mlet_hidden}" if args.mlet_hidden else "plain"
     log(f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), test {data.test.num_samples:,}")
     log(
@@ -450,40 +485,60 @@ def load_into(trainer: Trainer, path: str) -> None:
     log(f"loaded {path} ({ckpt.get('kind')}, epoch {trainer.epoch}, iteration {trainer.iteration})")
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train and/or evaluate as the flags say; returns the results payload."""
-    torch.manual_seed(args.numpy_rand_seed)
-    device = torch.device("cuda" if args.use_gpu else "cpu")
-    dense_features = args.bottom_mlp[0]
-    data = build_data(args, args.table_sizes, dense_features)
-    model = DLRM(model_config(args, data.table_sizes), seed=args.numpy_rand_seed, device=device)
-    trainer = Trainer(args, data, model, device)
+def prepare(args: argparse.Namespace, parallel: distributed.SingleProcess | distributed.MultiProcess) -> tuple[DataBundle, Trainer]:
+    """Data, model and trainer, with ``--load-model`` restored: the steps that may fail on one process alone."""
+    data = build_data(args, args.table_sizes, args.bottom_mlp[0])
+    model = parallel.build_model(model_config(args, data.table_sizes), seed=args.numpy_rand_seed)
+    trainer = Trainer(args, data, model, parallel.device, parallel)
     if args.load_model:
         load_into(trainer, args.load_model)
-    describe(trainer.model, data, args)
-    if args.inference_only:
-        final = trainer.test()
-    else:
-        log("time/loss/accuracy (if enabled):")
-        trainer.train()
-        final = trainer.history[-1] if trainer.history else trainer.test()
-        if args.save_model:
-            trainer.save()
-            log(f"saved {args.save_model}")
-    payload = trainer.results(final)
-    if args.results_json:
-        write_json(args.results_json, payload)
-        log(f"results written to {args.results_json}")
-    return payload
+    return data, trainer
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train and/or evaluate as the flags say; returns the results payload.
+
+    Under torchrun every process runs this; rank 0 alone prints and writes.
+    """
+    torch.manual_seed(args.numpy_rand_seed)
+    with distributed.session(args) as parallel:
+        data, trainer = parallel.agree(lambda: prepare(args, parallel))
+        describe(trainer.model, data, args)
+        for line in parallel.summary():
+            log(line)
+        if args.inference_only:
+            final = trainer.test()
+        else:
+            log("time/loss/accuracy (if enabled):")
+            trainer.train()
+            final = trainer.history[-1] if trainer.history else trainer.test()
+            if args.save_model:
+                trainer.save()
+                log(f"saved {args.save_model}")
+        payload = trainer.results(final)
+        if args.results_json and parallel.is_main:
+            write_json(args.results_json, payload)
+            log(f"results written to {args.results_json}")
+        return payload
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; bad input ends with one line on stderr and exit code 2."""
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
     except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        if distributed.launched_rank() == 0:  # every process parses the same flags
+            print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    try:
+        run(args)
+    except UserError as error:
+        if (line := distributed.error_line(error)) is not None:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 2
+    except distributed.CommunicationError as error:
+        print(f"{PROG}: error: {distributed.error_line(distributed.communication_failure(error))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
