@@ -39,6 +39,7 @@ collectives time out after ``--dist-timeout`` seconds.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -71,6 +72,10 @@ SHARDED = ("tables.weight", "tables.projection")
 GATHER_CHUNK_BYTES = 64 << 20
 
 T = TypeVar("T")
+
+# The MLPs have no buffers that change (only the interaction's fixed pair indices): no per-step
+# buffer broadcast. Newer torch renames DDP's broadcast_buffers to forward_sync_buffers.
+NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
 
 
 # -- launch environment ------------------------------------------------------
@@ -513,9 +518,8 @@ class DistributedDLRM(DLRM):
         """The DDP-wrapped MLPs (created on first use, on every rank at the same step)."""
         if self.replicated is None:
             device_ids = [self.comm.device.index] if self.comm.device.type == "cuda" else None
-            net = DistributedDataParallel(
-                DenseNet(self.bottom, self.interaction, self.top), device_ids=device_ids, broadcast_buffers=False, process_group=self.comm.group
-            )
+            dense = DenseNet(self.bottom, self.interaction, self.top)
+            net = DistributedDataParallel(dense, device_ids=device_ids, process_group=self.comm.group, **NO_BUFFER_SYNC)
             net.register_comm_hook(self.comm.group, sum_gradients_hook)
             object.__setattr__(self, "replicated", net)
         return self.replicated
