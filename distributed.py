@@ -793,6 +793,33 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     try:
         yield MultiProcess(comm, args.optimizer, backend)
     except SharedError:
-        dist.destroy_process_group()
+        stop_process_group(comm)
         raise
+    stop_process_group(comm)
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``.
+
+    After an error that left the process group up (another rank may be blocked
+    in a collective with this one), skip Python's teardown: freeing a live gloo
+    group can deadlock, and this rank must exit for torchrun to stop the others.
+    """
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def stop_process_group(comm: Comm) -> None:
+    """Wait for every rank, then tear the process groups down.
+
+    The barriers also give gloo's worker threads time to release finished
+    collectives: a worker releasing one needs the GIL, and a gloo group freed
+    (with the GIL held) while one is pending deadlocks on joining that worker.
+    """
+    dist.barrier(group=comm.cpu_group)
+    if comm.cpu_group is not None:
+        dist.barrier(device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
     dist.destroy_process_group()

@@ -536,8 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (line := distributed.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)
         return 2
-    except distributed.CommunicationError as error:
-        print(f"{PROG}: error: {distributed.error_line(distributed.communication_failure(error))}", file=sys.stderr)
+    except RuntimeError as error:
+        if (failure := distributed.communication_failure(error)) is None:
+            raise
+        print(f"{PROG}: error: {distributed.error_line(failure)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -546,4 +548,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())
