@@ -42,6 +42,9 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import re
+import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,11 +319,21 @@ def start_process_group(backend: str | None, use_gpu: bool, timeout_s: int) -> C
     return Comm(dist.get_rank(), dist.get_world_size(), device, None, cpu_group)
 
 
-CommunicationError = dist.DistError
+COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
 
 
-def communication_failure(error: dist.DistError) -> UserError:
-    """A collective that failed or timed out, as one line: usually another process died first."""
+def communication_failure(error: BaseException) -> UserError | None:
+    """A failed or timed-out collective as a one-line error (usually another process died first);
+    ``None`` for other errors, which keep their traceback.
+
+    Recognised by type (``DistError``), by being raised inside ``torch.distributed``,
+    or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
+    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
+    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))):
+        return None
     return UserError(
         f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; --dist-timeout sets how long collectives wait)"
     )

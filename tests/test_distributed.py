@@ -27,7 +27,7 @@ import torch
 import dlrm_mlet
 from conftest import ROOT, random_inputs, small_config
 from data_utils import Batch
-from distributed import BYTE_SLACK, MultiProcess, ShardingPlan, local_sizes, sample_range, table_bytes
+from distributed import BYTE_SLACK, MultiProcess, ShardingPlan, communication_failure, local_sizes, sample_range, table_bytes
 from errors import UserError
 from mlet_layers import EmbeddingTables
 
@@ -277,3 +277,10 @@ def test_shard_keeps_own_samples_and_own_tables() -> None:
     assert shard.size == 7 and torch.equal(shard.labels, labels[4:]) and torch.equal(shard.dense, dense[4:])
     expected = features.select_tables([1, 3])
     assert torch.equal(shard.sparse.features.indices, expected.indices) and torch.equal(shard.sparse.features.offsets, expected.offsets)
+
+
+def test_only_collective_failures_become_one_line_errors() -> None:
+    assert communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)")) is None
+    assert communication_failure(ValueError("Connection closed by peer")) is None
+    failure = communication_failure(RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063"))
+    assert failure is not None and str(failure).startswith("torch.distributed: [third_party/gloo") and "--dist-timeout" in str(failure)
