@@ -291,17 +291,22 @@ class Comm:
         return self.rank == 0
 
 
-def start_process_group(backend: str | None, use_gpu: bool, timeout_s: int) -> Comm:
-    """Join the run torchrun started: pick the device (one GPU per local rank) and the backend.
-
-    ``backend`` ``None`` means NCCL with ``use_gpu`` and gloo without.
-    Raises :class:`UserError` for a backend that cannot work here.
-    """
-    backend = backend or ("nccl" if use_gpu else "gloo")
+def check_backend(backend: str | None, use_gpu: bool) -> None:
+    """Refuse a backend that cannot serve the device (:class:`UserError` naming the flag)."""
     if backend == "nccl" and not use_gpu:
         raise UserError("--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes")
     if backend == "gloo" and use_gpu:
         raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
+
+
+def start_process_group(backend: str | None, use_gpu: bool, timeout_s: int) -> Comm:
+    """Join the run torchrun started: pick the device (one GPU per local rank) and the backend.
+
+    ``backend`` ``None`` means NCCL with ``use_gpu`` and gloo without.
+    Raises :class:`UserError` for a setup that cannot work here.
+    """
+    check_backend(backend, use_gpu)
+    backend = backend or ("nccl" if use_gpu else "gloo")
     device = torch.device("cpu")
     if use_gpu:
         local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
@@ -747,10 +752,10 @@ class MultiProcess:
         return torch.cat(pieces, dim=1).numpy()
 
     def agree(self, step: Callable[[], T]) -> T:
-        """Run ``step`` on every rank; if it fails on any, every rank raises that rank's error.
+        """Run ``step`` on every rank; if it fails on any, every rank raises that rank's error
+        (a :class:`SharedError` naming the rank, printed by rank 0), so all stop together.
 
-        The failing rank re-raises a bug (non-:class:`UserError`) itself, for its
-        traceback; the others raise :class:`SharedError` naming the rank.
+        A rank whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
         """
         error: Exception | None = None
         try:
@@ -763,9 +768,9 @@ class MultiProcess:
         failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
         if not failed:
             return result
+        if error is not None and not isinstance(error, UserError):
+            traceback.print_exception(error)
         rank, text = failed[0]
-        if error is not None and not isinstance(error, UserError) and rank == self.rank:
-            raise error
         raise SharedError(f"rank {rank}: {text}", print_here=self.is_main)
 
     def summary(self) -> list[str]:

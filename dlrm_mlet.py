@@ -180,6 +180,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
+    distributed.check_backend(args.dist_backend, args.use_gpu)
     if args.data_generation == "dataset":
         raise UserError("--data-generation=dataset: reading Criteo/Avazu files is not available in this version; use random or synthetic")
     if args.data_generation == "synthetic" and args.synthetic_rank < 1:
