@@ -799,9 +799,11 @@ class MultiProcess:
 def session(args) -> Iterator[SingleProcess | MultiProcess]:
     """The run's processes, from torchrun's environment (one process without it).
 
-    A multi-process run's process group is torn down at the end, and after an
-    error every rank shares; after any other error it is left alone (a peer may
-    be blocked in a collective with it): the process ends, and torchrun stops the rest.
+    A multi-process run ends with every rank waiting for the others, after
+    success and after an error every rank shares; after any other error this
+    rank leaves at once (a peer may be blocked in a collective with it): it
+    exits, and torchrun stops the rest. One session per process: the process
+    group stays up until the process ends (see :func:`exit_process`).
     """
     if launched_world_size() <= 1:
         yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
@@ -811,33 +813,29 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     try:
         yield MultiProcess(comm, args.optimizer, backend)
     except SharedError:
-        stop_process_group(comm)
+        wait_for_all(comm)
         raise
-    stop_process_group(comm)
+    wait_for_all(comm)
+
+
+def wait_for_all(comm: Comm) -> None:
+    """Barrier on every group: no rank leaves while another still needs it."""
+    dist.barrier(group=comm.cpu_group)
+    if comm.cpu_group is not None:
+        dist.barrier(device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
 
 
 def exit_process(code: int) -> None:
-    """End the process with ``code``.
+    """End the process with ``code``; a multi-process run skips Python's teardown.
 
-    After an error that left the process group up (another rank may be blocked
-    in a collective with this one), skip Python's teardown: freeing a live gloo
-    group can deadlock, and this rank must exit for torchrun to stop the others.
+    The process group is never freed in-process: with gloo, freeing it while
+    its worker threads still release finished collectives deadlocks (they
+    need the GIL, which the freeing thread holds while joining them; seen with
+    torch 2.13). And after an error this rank must leave at once, for torchrun
+    to stop the others, even if a peer is blocked in a collective with it.
     """
-    if dist.is_available() and dist.is_initialized():
+    if launched_world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
-
-
-def stop_process_group(comm: Comm) -> None:
-    """Wait for every rank, then tear the process groups down.
-
-    The barriers also give gloo's worker threads time to release finished
-    collectives: a worker releasing one needs the GIL, and a gloo group freed
-    (with the GIL held) while one is pending deadlocks on joining that worker.
-    """
-    dist.barrier(group=comm.cpu_group)
-    if comm.cpu_group is not None:
-        dist.barrier(device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
-    dist.destroy_process_group()

@@ -127,6 +127,7 @@ def worker(args: argparse.Namespace) -> None:
                 print(json.dumps(rows[-1]), flush=True)
         if parallel.is_main:
             Path(args.out).write_text(json.dumps(rows))
+    distributed.exit_process(0)
 
 
 def driver(args: argparse.Namespace, argv: list[str]) -> None:

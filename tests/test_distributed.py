@@ -10,6 +10,7 @@ runs them on GPUs too.
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import json
 import multiprocessing
@@ -64,6 +65,8 @@ def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault
     """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    stacks = open(f"{out}.stacks", "w")  # noqa: SIM115 (open until the process ends)
+    faulthandler.dump_traceback_later(RUN_TIMEOUT_S - 15, file=stacks)  # where a hung rank waits
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
@@ -91,7 +94,7 @@ def run_ranks(world: int, argv: list[str], tmp: Path, fault: Fault | None = None
         if p.is_alive():
             p.kill()
             p.join()
-    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s"
+    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s:\n" + "\n".join(Path(f"{outs[r]}.stacks").read_text() for r in hung)
     results = [json.loads(out.read_text()) for out in outs]
     return [Outcome(r["code"], r["stdout"], r["stderr"]) for r in results]
 
