@@ -206,7 +206,7 @@ def main() -> None:
     for row in rows:
         row["ok"] = worst(row) <= args.tol
     columns = ["scenario", "loss", "params", "optimizer_state", "auc", "logloss", "ok"]
-    print_table([{c: row.get(c, "") for c in columns} for row in rows], columns)
+    print_table([{**{c: row.get(c, "") for c in columns}, "ok": "yes" if row["ok"] else "NO"} for row in rows], columns)
     device = "gpu" if args.use_gpu else "cpu"
     path = write_results(f"distributed_equivalence_{device}", rows, {"tolerance": args.tol, "processes": args.nproc})
     print(f"wrote {path}")

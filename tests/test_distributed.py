@@ -30,7 +30,7 @@ import torch
 import dlrm_mlet
 from conftest import ROOT, random_inputs, small_config
 from data_utils import Batch
-from distributed import BYTE_SLACK, MultiProcess, ShardingPlan, communication_failure, local_sizes, sample_range, table_bytes
+from distributed import BYTE_SLACK, MultiProcess, RowLayout, ShardingPlan, communication_failure, local_sizes, sample_range, table_bytes
 from errors import UserError
 from mlet_layers import EmbeddingTables
 
@@ -297,3 +297,15 @@ def test_only_collective_failures_become_one_line_errors() -> None:
     assert communication_failure(ValueError("Connection closed by peer")) is None
     failure = communication_failure(RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063"))
     assert failure is not None and str(failure).startswith("torch.distributed: [third_party/gloo") and "--dist-timeout" in str(failure)
+
+
+def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:
+    sizes = [2, 3, 4, 5]
+    full = torch.arange(14.0).unsqueeze(1)
+    split = RowLayout.of_tables(ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1)), sizes)
+    assert split.segments == (((0, 2), (5, 4)), ((2, 3), (9, 5)))
+    assert split.take(full, 0).squeeze(1).tolist() == [0, 1, 5, 6, 7, 8]
+    merged = RowLayout.of_tables(ShardingPlan(((0, 1), (2, 3)), (1, 1, 1, 1)), sizes)
+    assert merged.segments == (((0, 5),), ((5, 9),))
+    with pytest.raises(ValueError, match="expected 14 rows"):
+        merged.take(full[:3], 0)
