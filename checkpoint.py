@@ -1,42 +1,131 @@
-"""Checkpoints: atomic writes, safe (no-pickle-code) loading, model rebuilding.
+"""Checkpoints: atomic writes, safe loading, collapse, inspection, ONNX export.
 
 A checkpoint is a plain dict of tensors and primitives, written with
-``torch.save`` and read with ``torch.load(weights_only=True)``, so loading a
-file never runs code from it.
+``torch.save`` and read with ``torch.load(weights_only=True)``: loading a file
+never runs code from it (a pickle naming anything but tensors and plain data
+is refused). Two kinds:
+
+* ``training``: resumable; model, optimizer state, LR schedule, data position,
+  RNG states, arguments, test history and best metrics.
+* ``inference``: the model only, MLET tables collapsed to plain ``n x d``
+  tables (``collapsed_from`` records the training K and sizes); arguments and
+  metrics are kept.
+
+Command line (``python checkpoint.py -h``)::
+
+    checkpoint.py collapse IN OUT        # training -> inference checkpoint
+    checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
+    checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import glob
+import json
+import math
 import os
 import pickle
+import random
+import re
+import socket
+import sys
 import tempfile
+import textwrap
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dlrm_model import DLRM, ModelConfig
-from errors import UserError
+from errors import OneLineParser, UserError
+from mlet_layers import EmbeddingTables
 
+PROG = "checkpoint.py"
 FORMAT = "dlrm-mlet-checkpoint"
-VERSION = 1
+VERSION = 2
+TRAINING, INFERENCE = "training", "inference"
+
+# -- writing -----------------------------------------------------------------
+
+
+def _temp_prefix(target: Path) -> str:
+    """Temporary files of ``target`` are ``.NAME.HOST.PID.XXXXXXXX.tmp`` beside it."""
+    return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _writer_is_gone(host: str, pid: int) -> bool:
+    """True if the process that made a temporary file on this host has exited."""
+    if host != socket.gethostname():
+        return False  # another machine's writer (shared file system): leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left beside ``target`` by writers that were killed mid-save.
+
+    Only files of exited processes on this host are removed, so a concurrent
+    writer's file is never touched. Nothing ever loads these files; this only
+    reclaims their disk space. Returns the removed paths.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?P<host>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+    removed = []
+    for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and _writer_is_gone(match["host"], int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _file_mode(target: Path) -> int:
+    """Permissions for a new version of ``target``: the old file's, else the umask's (mkstemp's are 0600)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it.
+    """``torch.save`` to a temporary file beside ``path``, fsync, rename over it, fsync the folder.
 
-    A crash at any point leaves either the old file or the new one, never a torn one.
+    A crash or kill at any point leaves either the old file or the new one,
+    never a torn one. Temporary files of earlier, killed writers are removed.
+    Raises :class:`UserError` if the file cannot be written.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise UserError(f"{target}: cannot write the checkpoint ({error.strerror or error})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _file_mode(target))
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)):  # e.g. a full disk
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -45,49 +134,503 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint without executing code from it.
+# -- reading -----------------------------------------------------------------
 
-    Raises :class:`UserError` for a missing file, a file that is not a
-    checkpoint of this tool, or one whose pickle holds anything but tensors and
-    plain data (a possibly malicious file: it is refused, nothing in it runs).
-    """
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, in a few words."""
+    text = str(error)
+    if match := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it references {match[1]}"
+    if match := re.search(r"Unsupported operand \d+", text):
+        return match[0]
+    return type(error).__name__
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is an existing file, else :class:`UserError` (cheap: checked before data is loaded)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such checkpoint file" if not p.exists() else f"{p}: is not a file")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a checkpoint without executing code from it.
+
+    ``mmap`` maps the tensors from the file instead of reading them (for
+    inspecting or converting large checkpoints). Raises :class:`UserError` for a
+    missing file, a file that is not a checkpoint of this tool, a newer format,
+    or one whose pickle holds anything but tensors and plain data (a possibly
+    malicious file: it is refused and nothing in it runs).
+    """
+    p = check_file(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
+            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{p}: refused: the file holds pickled objects other than tensors and plain data, which could run code ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise UserError(f"{p}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        raise UserError(
+            f"{p}: refused: the file's pickle holds more than tensors and plain data, and loading it could run code ({_refusal_reason(error)})"
+        ) from None
+    except Exception as error:  # torch raises many types for files that are not checkpoints
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{p}: not a dlrm-mlet checkpoint")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise UserError(f"{p}: written by a newer dlrm-mlet (checkpoint format {ckpt['version']}); this one reads up to {VERSION}")
+    problem = structure_problem(ckpt)
+    if problem:
+        raise UserError(f"{p}: malformed checkpoint ({problem})")
     return ckpt
+
+
+def structure_problem(ckpt: dict) -> str | None:
+    """What is missing or of the wrong type in a checkpoint dict (``None`` if nothing)."""
+    kind = ckpt.get("kind")
+    if kind not in (TRAINING, INFERENCE):
+        return f"kind {kind!r} is neither {TRAINING} nor {INFERENCE}"
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("tables.weight"), torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "no model weights"
+    try:
+        ModelConfig.from_dict(ckpt["model_config"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "no valid model_config"
+    if kind == TRAINING:
+        position = ckpt.get("position")
+        if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(position, dict) or not {"epoch", "batch", "iteration"} <= position.keys():
+            return "a training checkpoint without optimizer state or position"
+    return None
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
+    """Rebuild the model a checkpoint holds.
+
+    The tables are not initialised (their storage is replaced by the saved
+    tensors), so a large model is not built twice.
+    """
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device=device)
+    model = DLRM(config, seed=0, device=device, tables=tables)
+    assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())
+    try:
+        model.load_state_dict(ckpt["model"], assign=assign)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+    return model
+
+
+# -- architecture and flags --------------------------------------------------
+
+
+def _dashed(values: Sequence[int]) -> str:
+    return "-".join(map(str, values))
+
+
+ARCHITECTURE_FLAGS = [
+    ("table_sizes", "--arch-embedding-size", _dashed),
+    ("dim", "--arch-sparse-feature-size", str),
+    ("mlet_hidden", "--mlet-hidden", str),
+    ("bottom_mlp", "--arch-mlp-bot", _dashed),
+    ("top_mlp", "--arch-mlp-top", _dashed),
+    ("interaction", "--arch-interaction-op", str),
+    ("interaction_itself", "--arch-interaction-itself", str),
+]
 
 
 def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
     """One line naming the first architecture difference (``None`` if equal)."""
-    fields = [
-        ("table_sizes", "--arch-embedding-size", lambda v: "-".join(map(str, v))),
-        ("dim", "--arch-sparse-feature-size", str),
-        ("mlet_hidden", "--mlet-hidden", str),
-        ("bottom_mlp", "--arch-mlp-bot", lambda v: "-".join(map(str, v))),
-        ("top_mlp", "--arch-mlp-top", lambda v: "-".join(map(str, v))),
-        ("interaction", "--arch-interaction-op", str),
-        ("interaction_itself", "--arch-interaction-itself", str),
-    ]
-    for name, flag, fmt in fields:
+    for name, flag, fmt in ARCHITECTURE_FLAGS:
         a, b = getattr(saved, name), getattr(wanted, name)
         if a != b:
             return f"{flag}: checkpoint has {fmt(a)}, the flags give {fmt(b)}"
     return None
 
 
-def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
-    """Rebuild the model a checkpoint holds."""
+def trained_hidden(ckpt: dict) -> int:
+    """MLET K the checkpoint's model was trained with (0: plain tables), collapsed or not."""
+    collapsed_from = ckpt.get("collapsed_from") or {}
+    return int(collapsed_from.get("mlet_hidden", ckpt["model_config"].get("mlet_hidden", 0)))
+
+
+def check_inference_flags(ckpt: dict, wanted: ModelConfig) -> None:
+    """Check the flags of ``--inference-only`` against a checkpoint.
+
+    The architecture flags must agree, except that ``--mlet-hidden`` may give
+    either the training K (the training command's flags) or 0 (a baseline
+    command's flags), for collapsed and two-layer checkpoints alike.
+    """
+    saved = ModelConfig.from_dict(ckpt["model_config"])
+    k = trained_hidden(ckpt)
+    if wanted.mlet_hidden not in (0, k):
+        raise UserError(f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} (give {k} or 0 to evaluate it)")
+    mismatch = describe_mismatch(saved, replace(wanted, mlet_hidden=saved.mlet_hidden))
+    if mismatch:
+        raise UserError(mismatch)
+
+
+def check_training_flags(ckpt: dict, wanted: ModelConfig) -> None:
+    """Check that a checkpoint can start or resume training of the flags' architecture."""
+    if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
+        raise UserError(
+            f"--mlet-hidden: checkpoint is an inference checkpoint (plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
+            " MLET training cannot resume from it: evaluate it with --inference-only, or fine-tune it as a plain model with --mlet-hidden=0"
+        )
+    mismatch = describe_mismatch(ModelConfig.from_dict(ckpt["model_config"]), wanted)
+    if mismatch:
+        raise UserError(mismatch)
+
+
+# Resuming with other flags: architecture flags are checked through the model
+# config above; these must match, since the saved state would not mean the same
+# thing otherwise; bookkeeping flags are not compared; any other change is
+# allowed and logged (the run continues with the new values).
+MUST_MATCH_DATA = {
+    "numpy_rand_seed",
+    "mini_batch_size",
+    "data_generation",
+    "data_size",
+    "num_batches",
+    "num_indices_per_lookup",
+    "num_indices_per_lookup_fixed",
+    "data_set",
+}
+MUST_MATCH_PREFIXES = ("synthetic_",)
+BOOKKEEPING = {
+    "load_model",
+    "save_model",
+    "save_freq",
+    "save_collapsed",
+    "results_json",
+    "print_freq",
+    "print_time",
+    "print_precision",
+    "progress",
+    "inference_only",
+}
+ARCHITECTURE_ARGS = {
+    "arch_sparse_feature_size",
+    "arch_embedding_size",
+    "arch_mlp_bot",
+    "arch_mlp_top",
+    "arch_interaction_op",
+    "arch_interaction_itself",
+    "mlet_hidden",
+    "mlet_init",
+}
+
+
+def flag_name(dest: str) -> str:
+    """``mini_batch_size`` -> ``--mini-batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def resume_flag_changes(saved_args: dict, args: dict, flags: set[str], position: str) -> list[str]:
+    """Compare the flags of a resumed run with the checkpoint's.
+
+    ``flags`` are the parser's destinations (derived values are skipped).
+    Raises :class:`UserError` naming the first flag that must match but does
+    not (``--optimizer`` or a flag defining the training-data stream that the
+    saved ``position`` counts in); returns ``--flag=new (checkpoint: old)`` for
+    every other changed flag.
+    """
+    changes = []
+    for dest in sorted(flags & saved_args.keys() & args.keys()):
+        old, new = saved_args[dest], args[dest]
+        if old == new or dest in BOOKKEEPING or dest in ARCHITECTURE_ARGS:
+            continue
+        flag = flag_name(dest)
+        if dest == "optimizer":
+            raise UserError(f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}")
+        if dest in MUST_MATCH_DATA or dest.startswith(MUST_MATCH_PREFIXES):
+            raise UserError(
+                f"{flag}: checkpoint has {old}, the flags give {new}; the saved data position ({position}) counts batches of the checkpoint's"
+                " training data, so another value would skip or repeat samples (give the checkpoint's value, or start a new run)"
+            )
+        changes.append(f"{flag}={new} (checkpoint: {old})")
+    return changes
+
+
+# -- RNG state ---------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The global random generators' states (torch, CUDA, numpy, Python) as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state` (CUDA states only where as many devices are present)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+# -- collapse ----------------------------------------------------------------
+
+
+def bytes_report(counts: dict[str, int], element_size: int) -> dict:
+    """Parameter counts (``ModelConfig.parameter_counts``) as the results' ``parameters`` entry."""
+    return {
+        "training": {"count": counts["training"], "bytes": counts["training"] * element_size},
+        "inference": {"count": counts["inference"], "bytes": counts["inference"] * element_size},
+        "embedding_training_bytes": counts["embedding_training"] * element_size,
+        "embedding_inference_bytes": counts["embedding_inference"] * element_size,
+    }
+
+
+def element_size(ckpt: dict) -> int:
+    """Bytes per value of the checkpoint's table weight."""
+    return ckpt["model"]["tables.weight"].element_size()
+
+
+def training_config(ckpt: dict) -> ModelConfig:
+    """The architecture as trained (for a collapsed checkpoint: before collapsing)."""
+    collapsed_from = ckpt.get("collapsed_from") or {}
+    return ModelConfig.from_dict(collapsed_from.get("model_config", ckpt["model_config"]))
+
+
+def collapsed_checkpoint(ckpt: dict) -> dict:
+    """The inference checkpoint of ``ckpt``: W1 @ W2 folded into plain ``n x d`` tables.
+
+    No optimizer, schedule or RNG state; arguments, position, history and best
+    metrics are kept, and ``collapsed_from`` records the trained architecture
+    and its parameter sizes. An inference checkpoint is returned unchanged.
+    """
+    if ckpt.get("kind") == INFERENCE:
+        return ckpt
+    model = model_from_checkpoint(ckpt, device=ckpt["model"]["tables.weight"].device)
+    config = model.config
+    plain = model.collapse()
+    kept = {k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": INFERENCE,
+        "model_config": plain.config.to_dict(),
+        "model": plain.state_dict(),
+        "collapsed_from": {
+            "kind": ckpt.get("kind"),
+            "mlet_hidden": config.mlet_hidden,
+            "model_config": config.to_dict(),
+            "parameters": bytes_report(config.parameter_counts(), element_size(ckpt)),
+        },
+        "torch": str(torch.__version__),
+        **kept,
+    }
+
+
+# -- info --------------------------------------------------------------------
+
+
+def mib(n: int | float) -> str:
+    """Bytes as ``12.3 MiB`` (or KiB / GiB when those read better)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def tensor_bytes(value: object) -> int:
+    """Bytes of all tensors in a nested structure of dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def summary(ckpt: dict, path: str | os.PathLike) -> dict:
+    """What ``info`` shows, as plain data."""
     config = ModelConfig.from_dict(ckpt["model_config"])
-    model = DLRM(config, seed=0, device=device)
-    model.load_state_dict(ckpt["model"])
-    return model
+    trained = training_config(ckpt)
+    elem = element_size(ckpt)
+    k = trained.mlet_hidden
+    tables = [
+        {
+            "table": t,
+            "rows": n,
+            "training_bytes": (n * k + k * trained.dim if k else n * trained.dim) * elem,
+            "inference_bytes": n * trained.dim * elem,
+        }
+        for t, n in enumerate(trained.table_sizes)
+    ]
+    history = ckpt.get("history") or []
+    return {
+        "file": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "kind": ckpt.get("kind"),
+        "version": ckpt.get("version"),
+        "torch": ckpt.get("torch"),
+        "stored_model": config.to_dict(),
+        "trained_model": trained.to_dict(),
+        "collapsed_from_hidden": (ckpt.get("collapsed_from") or {}).get("mlet_hidden"),
+        "position": ckpt.get("position"),
+        "optimizer": (ckpt.get("optimizer") or {}).get("optimizer"),
+        "optimizer_state_bytes": tensor_bytes(ckpt.get("optimizer")),
+        "stored_parameter_bytes": tensor_bytes(ckpt["model"]),
+        "parameters": bytes_report(trained.parameter_counts(), elem),
+        "tables": tables,
+        "final": history[-1] if history else None,
+        "best": ckpt.get("best"),
+        "args": ckpt.get("args") or {},
+    }
+
+
+def _metrics_line(name: str, m: dict | None) -> str:
+    if not m:
+        return f"{name} -"
+    values = ", ".join(f"{key} {m[key]:.6f}" for key in ("auc", "logloss", "accuracy") if isinstance(m.get(key), float) and math.isfinite(m[key]))
+    return f"{name} {values} (epoch {m.get('epoch')}, iteration {m.get('iteration')}, {m.get('samples', 0):,} test samples)"
+
+
+def format_summary(s: dict) -> str:
+    """The human-readable ``info`` table."""
+    trained, stored = ModelConfig.from_dict(s["trained_model"]), ModelConfig.from_dict(s["stored_model"])
+    k = trained.mlet_hidden
+    if s["kind"] == TRAINING:
+        kind = "training (resumable)"
+    else:
+        kind = f"inference (collapsed from MLET K={k}; no optimizer state)" if k else "inference (plain tables; no optimizer state)"
+    pos = s["position"] or {}
+    params = s["parameters"]
+    train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
+    rows = [
+        ("file", f"{s['file']} ({mib(s['file_bytes'])})"),
+        ("kind", kind),
+        ("format", f"{FORMAT} v{s['version']}, torch {s['torch']}"),
+        ("position", f"epoch {pos.get('epoch')}, batch {pos.get('batch')}, iteration {pos.get('iteration')}" if pos else "-"),
+        (
+            "model",
+            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {f'MLET K={k}' if k else 'plain'}"
+            f" (stored as {f'MLET K={stored.mlet_hidden}' if stored.mlet_hidden else 'plain d-wide tables'});"
+            f" bottom {_dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{_dashed(trained.top_mlp)}, interaction {trained.interaction}",
+        ),
+        ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
+        ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),
+        (
+            "parameters",
+            f"training {params['training']['count']:,} ({mib(train_b)}), inference {params['inference']['count']:,} ({mib(infer_b)}):"
+            f" inference is {train_b / infer_b:.2f}x smaller" + (" (MLET collapsed)" if k else ""),
+        ),
+        ("embeddings", f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}"),
+        ("metrics", _metrics_line("final", s["final"])),
+        ("", _metrics_line("best", s["best"])),
+    ]
+    lines = [f"{name:<11} {value}" for name, value in rows]
+    lines.append("")
+    lines.append(f"{'table':>5} {'rows':>14} {'trained as':>12} {'training':>12} {'inference':>12}")
+    width = f"{k}x{trained.dim}" if k else f"{trained.dim}"
+    for t in s["tables"]:
+        lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {mib(t['training_bytes']):>12} {mib(t['inference_bytes']):>12}")
+    lines.append("")
+    flags = " ".join(f"{flag_name(key)}={value}" for key, value in sorted(s["args"].items()) if isinstance(value, (str, int, float, bool)))
+    lines.extend(
+        textwrap.wrap(flags, width=120, initial_indent="args        ", subsequent_indent=" " * 12, break_on_hyphens=False, break_long_words=False)
+        or ["args        -"]
+    )
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def about(path: str) -> Iterator[None]:
+    """Prefix a :class:`UserError` raised inside with the file it is about."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def cmd_collapse(args: argparse.Namespace) -> None:
+    """``collapse IN OUT``."""
+    ckpt = load_checkpoint(args.input, mmap=True)
+    if ckpt.get("kind") == INFERENCE:
+        print(f"{args.input} is already an inference checkpoint; writing it unchanged")
+    with about(args.input):
+        out = collapsed_checkpoint(ckpt)
+    atomic_save(out, args.output)
+    before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    print(f"wrote {args.output}: inference checkpoint, K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """``info FILE``."""
+    s = summary(load_checkpoint(args.file, mmap=True), args.file)
+    print(json.dumps(s, indent=2, default=str) if args.json else format_summary(s))
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    """``export-onnx IN OUT``."""
+    from onnx_export import export_onnx  # onnx is imported only when exporting
+
+    ckpt = load_checkpoint(args.input, mmap=True)
+    with about(args.input):
+        model = model_from_checkpoint(ckpt)
+    report = export_onnx(model, args.output, verify_outputs=args.verify)
+    where = f", weights in {report['external_data']}" if report["external_data"] else ""
+    print(f"wrote {args.output} ({'MLET K=' + str(model.config.mlet_hidden) if model.config.mlet_hidden else 'plain tables'}{where})")
+    if report.get("max_abs_diff") is not None:
+        print(
+            f"onnxruntime check: max abs diff {report['max_abs_diff']:.3g} vs torch at batch sizes {', '.join(map(str, report['batch_sizes']))} (multi-hot bags)"
+        )
+
+
+def build_parser() -> OneLineParser:
+    """The ``checkpoint.py`` command line."""
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    c = sub.add_parser("collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)")
+    c.add_argument("input", metavar="IN")
+    c.add_argument("output", metavar="OUT")
+    c.set_defaults(handler=cmd_collapse)
+    i = sub.add_parser("info", help="kind, sizes, tables, args and metrics of a checkpoint")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.set_defaults(handler=cmd_info)
+    e = sub.add_parser("export-onnx", help="export the model as ONNX (dense [B,D], indices [N], offsets [T*B+1] -> probabilities [B])")
+    e.add_argument("input", metavar="IN")
+    e.add_argument("output", metavar="OUT")
+    e.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True, help="compare onnxruntime's outputs with torch's")
+    e.set_defaults(handler=cmd_export_onnx)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    try:
+        args = build_parser().parse_args(argv)
+        args.handler(args)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

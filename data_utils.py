@@ -1,9 +1,17 @@
-"""Batches and where they come from: random, synthetic, and (later) real data sets.
+"""Batches and where they come from: random, synthetic, and real data sets.
 
 A *batch source* has a length (batches per epoch) and ``batches(epoch, start)``,
 which yields :class:`Batch` objects from batch ``start`` of ``epoch`` on; the
 order depends only on the seed and the epoch, so a resumed run sees exactly
 the batches the interrupted one would have.
+
+Real data sets (``--data-generation=dataset``) are read by :mod:`raw_data`,
+preprocessed and cached by :mod:`preprocess`, and trained on from the cached
+memory maps through :class:`ArraySource`. Synthetic raw files in their
+formats come from :mod:`raw_generate`. As a script::
+
+    python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE [--scale X]
+    python data_utils.py preprocess --data-set=kaggle --raw-data-file=FILE [--processed-data-file=DIR]
 """
 
 from __future__ import annotations
@@ -11,17 +19,29 @@ from __future__ import annotations
 import argparse
 import math
 import queue
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from errors import UserError
 from mlet_layers import SparseFeatures
 from synthetic_data import ClickModel, ClickModelConfig, RandomBatches
 
-TRAIN, TEST = 0, 1
+TRAIN, TEST, VAL = 0, 1, 2
+DATA_SETS = ("kaggle", "avazu")
+DATA_SPLITS = ("dlrm", "random-811", "by-day")
+DEFAULT_EMBEDDING_SIZE = "4-3-2"
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+# preprocess, raw_data and raw_generate build on this module (prefetch, dense_transform),
+# so the functions here that use them import them where they are used.
 
 
 @dataclass
@@ -60,10 +80,13 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.random)
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Batches ``start..`` (the same in every epoch)."""
-        for i in range(start, len(self)):
-            yield Batch(*self.random.make_batch(i))
+    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads."""
+        yield from ordered_map(self.make_batch, range(start, len(self)), workers)
+
+    def make_batch(self, index: int) -> Batch:
+        """Batch ``index``."""
+        return Batch(*self.random.make_batch(index))
 
 
 class ArraySource:
@@ -72,6 +95,8 @@ class ArraySource:
     ``dense``: N x D float32, ``ids``: N x T integer ids, ``labels``: N.
     With ``shuffle`` the rows are permuted by a generator seeded with
     ``(seed, epoch)``; the last batch may be smaller (nothing is dropped).
+    A batch's rows are read in increasing order (cheap on memory maps), and
+    ``id_transform`` (e.g. :class:`preprocess.IdLimits`) maps its B x T ids.
     """
 
     def __init__(
@@ -82,12 +107,14 @@ class ArraySource:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
+        id_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if not (len(dense) == len(ids) == len(labels)):
             raise ValueError(f"row counts differ: dense {len(dense)}, ids {len(ids)}, labels {len(labels)}")
         self.dense, self.ids, self.labels = dense, ids, labels
         self.batch_size = int(batch_size)
         self.shuffle, self.seed = shuffle, seed
+        self.id_transform = id_transform
         self.num_samples = len(labels)
 
     def __len__(self) -> int:
@@ -99,27 +126,67 @@ class ArraySource:
             return None
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """Batches ``start..`` of ``epoch``."""
+    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
         order = self.order(epoch)
-        for i in range(start, len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.num_samples)
-            rows = slice(lo, hi) if order is None else np.sort(order[lo:hi])
-            yield self.make_batch(rows)
+        selections = (self.rows_of(order, i) for i in range(start, len(self)))
+        yield from ordered_map(self.make_batch, selections, workers)
+
+    def rows_of(self, order: np.ndarray | None, index: int) -> slice | np.ndarray:
+        """Rows of batch ``index`` under ``order`` (sorted: cheap reads from memory maps)."""
+        lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, self.num_samples)
+        return slice(lo, hi) if order is None else np.sort(order[lo:hi])
 
     def make_batch(self, rows: slice | np.ndarray) -> Batch:
-        """The batch of the given rows."""
-        dense = torch.from_numpy(np.ascontiguousarray(self.dense[rows], dtype=np.float32))
-        ids = torch.from_numpy(np.ascontiguousarray(self.ids[rows]))
-        labels = torch.from_numpy(np.ascontiguousarray(self.labels[rows], dtype=np.float32))
-        return Batch(dense, SparseFeatures.from_ids(ids), labels)
+        """The batch of the given rows (copied out of the arrays, which may be read-only memory maps)."""
+        ids = take_rows(self.ids, rows)
+        if self.id_transform is not None:
+            ids = self.id_transform(ids)
+        dense = torch.from_numpy(take_rows(self.dense, rows).astype(np.float32, copy=False))
+        labels = torch.from_numpy(take_rows(self.labels, rows).astype(np.float32, copy=False))
+        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(ids)), labels)
 
 
-def prefetch(batches: Iterator[Batch], depth: int = 4, pin: bool = False) -> Iterator[Batch]:
-    """Produce ``batches`` in a background thread, ``depth`` ahead of the consumer.
+def take_rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+    """A writable in-memory copy of ``array[rows]``.
+
+    ``np.take`` gathers rows of a memory map about 15x faster than fancy
+    indexing (measured: 0.09 vs 1.6 ms for 8192 rows of 26 int32 ids).
+    """
+    if isinstance(rows, slice):
+        return np.array(array[rows])
+    return np.asarray(np.take(array, rows, axis=0))
+
+
+def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+    """``map(function, items)`` on ``workers`` threads; results in input order, ``2 * workers`` in flight.
+
+    Worth it where ``function`` releases the GIL (numpy gathers, torch copies):
+    batch assembly from memory maps scales with threads this way. One worker
+    (or fewer) is the plain ``map``, in the caller's thread.
+    """
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="batch-worker")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prefetch(batches: Iterator[Item], depth: int = 4, pin: bool = False) -> Iterator[Item]:
+    """Produce ``batches`` (or any items) in a background thread, ``depth`` ahead of the consumer.
 
     Exceptions in the producer are re-raised in the consumer. Stopping early
     (``close()`` or garbage collection of the generator) stops the producer.
+    ``pin`` page-locks each :class:`Batch`.
     """
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -162,13 +229,20 @@ def dense_transform(counts: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DataBundle:
-    """Train and test batch sources plus what the model needs to know about the data."""
+    """Train and evaluation batch sources plus what the model needs to know about the data.
+
+    ``test`` is what the reported metrics are computed on: the test split, or
+    the validation split under ``--eval-split=val`` (to choose settings
+    without looking at test). ``val`` is the validation split when the run
+    has one (data sets always; generated data only under ``--eval-split=val``).
+    """
 
     train: RandomSource | ArraySource
     test: RandomSource | ArraySource
     table_sizes: list[int]
     dense_features: int
     description: str
+    val: RandomSource | ArraySource | None = None
 
 
 def click_model_config(args: argparse.Namespace, table_sizes: Sequence[int], dense_features: int) -> ClickModelConfig:
@@ -204,11 +278,19 @@ def split_sizes(args: argparse.Namespace) -> tuple[int, int]:
     return train, test
 
 
+def test_batch_size(args: argparse.Namespace) -> int:
+    """``--test-mini-batch-size``, defaulting to ``--mini-batch-size``."""
+    return args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size
+
+
 def build_data(args: argparse.Namespace, table_sizes: Sequence[int], dense_features: int) -> DataBundle:
-    """The train/test sources for ``--data-generation`` (random or synthetic)."""
+    """The train and evaluation sources for ``--data-generation``."""
+    if args.data_generation == "dataset":
+        return dataset_bundle(args)
     train_n, test_n = split_sizes(args)
-    test_batch = args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size
+    test_batch = test_batch_size(args)
     seed = args.numpy_rand_seed
+    evaluate = VAL if getattr(args, "eval_split", "test") == "val" else TEST
     if args.data_generation == "random":
         common = dict(
             table_sizes=table_sizes,
@@ -218,11 +300,151 @@ def build_data(args: argparse.Namespace, table_sizes: Sequence[int], dense_featu
             seed=seed,
         )
         train = RandomSource(RandomBatches(train_n, args.mini_batch_size, split=TRAIN, **common))
-        test = RandomSource(RandomBatches(test_n, test_batch, split=TEST, **common))
-        return DataBundle(train, test, list(table_sizes), dense_features, "random (uniform ids, random labels)")
-    model = ClickModel(click_model_config(args, table_sizes, dense_features))
-    train = synthetic_source(model, train_n, TRAIN, args.mini_batch_size, shuffle=True, seed=seed)
-    test = synthetic_source(model, test_n, TEST, test_batch, shuffle=False, seed=seed)
-    positives = float(train.labels.mean())
-    desc = f"synthetic click model (rank {args.synthetic_rank}, zipf {args.synthetic_zipf}, {positives:.1%} positives)"
-    return DataBundle(train, test, list(table_sizes), dense_features, desc)
+        test = RandomSource(RandomBatches(test_n, test_batch, split=evaluate, **common))
+        desc = "random (uniform ids, random labels)"
+    else:
+        model = ClickModel(click_model_config(args, table_sizes, dense_features))
+        train = synthetic_source(model, train_n, TRAIN, args.mini_batch_size, shuffle=True, seed=seed)
+        test = synthetic_source(model, test_n, evaluate, test_batch, shuffle=False, seed=seed)
+        positives = float(train.labels.mean())
+        desc = f"synthetic click model (rank {args.synthetic_rank}, zipf {args.synthetic_zipf}, {positives:.1%} positives)"
+    if evaluate == VAL:
+        desc += "; evaluating on a validation stream"
+    return DataBundle(train, test, list(table_sizes), dense_features, desc, val=test if evaluate == VAL else None)
+
+
+# -- real data sets ------------------------------------------------------------------
+
+
+def add_dataset_flags(group: argparse._ArgumentGroup) -> None:
+    """The flags of ``--data-generation=dataset`` (shared by dlrm_mlet.py and ``data_utils.py preprocess``)."""
+    group.add_argument("--data-set", choices=DATA_SETS, default="kaggle", help="data set for --data-generation=dataset")
+    group.add_argument(
+        "--raw-data-file", type=str, default="", help="the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV), Avazu train"
+    )
+    group.add_argument(
+        "--processed-data-file",
+        type=str,
+        default="",
+        help="directory of the processed data (made on first use, reused while the raw file and split are the same; default: RAW.processed)",
+    )
+    group.add_argument(
+        "--data-split",
+        choices=DATA_SPLITS,
+        default=None,
+        help="kaggle: dlrm (default; days 1-6 train, day 7 test/val) or random-811; avazu: random-811 (default) or by-day (last day held out)",
+    )
+    group.add_argument("--data-split-seed", type=int, default=0, help="seed of the random-811 split")
+    group.add_argument("--cat-min-count", type=int, default=1, help="values seen fewer times in training share one 'rare' index with unseen values")
+    group.add_argument("--max-ind-range", type=int, default=0, help="cap tables at R rows: id mod R, as upstream DLRM (0: off)")
+    group.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted by kind and reported) instead of stopping at the first")
+
+
+def validate_dataset_flags(args: argparse.Namespace) -> None:
+    """Check the data set flags (and resolve ``--data-split``); raise :class:`UserError` naming the flag."""
+    from preprocess import DEFAULT_SPLIT, DENSE_INPUTS, SPLIT_CHOICES
+    from raw_data import check_input_file
+
+    args.data_split = args.data_split or DEFAULT_SPLIT[args.data_set]
+    if args.data_split not in SPLIT_CHOICES[args.data_set]:
+        raise UserError(f"--data-split: {args.data_split} is not a split of {args.data_set}; choose {' or '.join(SPLIT_CHOICES[args.data_set])}")
+    if args.cat_min_count < 1:
+        raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")
+    if args.max_ind_range < 0:
+        raise UserError(f"--max-ind-range: must be >= 0 (0: off), got {args.max_ind_range}")
+    if not args.raw_data_file and not args.processed_data_file:
+        raise UserError("--data-generation=dataset: needs --raw-data-file (or the --processed-data-file of data processed before)")
+    if args.raw_data_file:
+        check_input_file(args.raw_data_file)
+    bottom = getattr(args, "bottom_mlp", None)
+    if bottom is not None and bottom[0] != DENSE_INPUTS[args.data_set]:
+        why = "the 13 counts I1-I13" if args.data_set == "kaggle" else "one constant input, as Avazu has no dense features"
+        raise UserError(f"--arch-mlp-bot: must start with {DENSE_INPUTS[args.data_set]} for {args.data_set} ({why}), got '{args.arch_mlp_bot}'")
+
+
+def dataset_bundle(args: argparse.Namespace) -> DataBundle:
+    """Sources over the processed (and, if needed, first preprocessed) data set.
+
+    Table sizes come from the data; an ``--arch-embedding-size`` given
+    explicitly must equal them. ``--test-data-size`` caps the evaluated rows.
+    """
+    from preprocess import prepare
+
+    data = prepare(args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, args.progress)
+    limits = data.limits(args.cat_min_count, args.max_ind_range)
+    sizes = limits.table_sizes
+    if args.arch_embedding_size is not None and list(args.table_sizes) != sizes:
+        raise UserError(
+            f"--arch-embedding-size: '{args.arch_embedding_size}' does not match the data's table sizes {'-'.join(map(str, sizes))}; leave the flag out to use them"
+        )
+
+    def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None) -> ArraySource:
+        dense, ids, labels = data.split(split)
+        if limit is not None:
+            dense, ids, labels = dense[:limit], ids[:limit], labels[:limit]
+        return ArraySource(dense, ids, labels, batch_size, shuffle=shuffle, seed=args.numpy_rand_seed, id_transform=limits)
+
+    evaluate = getattr(args, "eval_split", "test")
+    train = source("train", args.mini_batch_size, shuffle=True)
+    val = source("val", test_batch_size(args), False, args.test_data_size)
+    test = val if evaluate == "val" else source("test", test_batch_size(args), False, args.test_data_size)
+    if not test.num_samples:
+        raise UserError(f"--eval-split: the {evaluate} split of {data.directory} is empty")
+    rows = data.meta["rows"]
+    limits_text = f", min count {args.cat_min_count}" + (f", max-ind-range {args.max_ind_range}" if args.max_ind_range else "")
+    desc = f"{args.data_set} ({data.directory}; {args.data_split} split: train {rows['train']:,}, test {rows['test']:,}, val {rows['val']:,}{limits_text}); evaluating on {evaluate}"
+    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val)
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def command_line_parser() -> argparse.ArgumentParser:
+    """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
+    from raw_generate import MODEL_FLAGS, model_defaults
+
+    parser = argparse.ArgumentParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="write the synthetic click model in a data set's raw format")
+    gen.add_argument("data_set", choices=DATA_SETS)
+    gen.add_argument("--rows", type=int, required=True, help="data rows to write")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", type=str, required=True, help="output file (gzip-compressed if it ends in .gz)")
+    gen.add_argument("--scale", type=float, default=0.01, help="table sizes as a share of the real data set's")
+    defaults = model_defaults()
+    for flag, name in MODEL_FLAGS.items():
+        gen.add_argument(flag, type=type(defaults[name]), default=defaults[name], dest=name, help=f"click model: {name}")
+    pre = commands.add_parser("preprocess", help="preprocess a raw file into --processed-data-file (as training would)")
+    add_dataset_flags(pre)
+    pre.add_argument("--progress", type=int, default=1, help="1: progress bars on a terminal, 0: none")
+    return parser
+
+
+def command_line(argv: Sequence[str] | None = None) -> int:
+    """Run ``generate`` or ``preprocess``; bad input ends with one line on stderr and exit code 2."""
+    from preprocess import prepare
+    from raw_generate import MODEL_FLAGS, RawGenerator
+
+    args = command_line_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            if args.rows < 1 or args.scale <= 0:
+                raise UserError("--rows and --scale: must be positive")
+            model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
+            RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
+            print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
+        else:
+            validate_dataset_flags(args)
+            data = prepare(
+                args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, bool(args.progress)
+            )
+            sizes = data.limits(args.cat_min_count, args.max_ind_range).table_sizes
+            print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
+    except UserError as error:
+        print(f"data_utils.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(command_line())

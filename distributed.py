@@ -57,12 +57,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from checkpoint import model_from_checkpoint
 from data_utils import Batch, prefetch
 from dlrm_model import DLRM, ModelConfig
 from errors import UserError
 from metrics import ctr_metrics, predict
 from mlet_layers import EmbeddingTables, SparseFeatures
-from optimizers import CombinedOptimizer
+from optimizers import CombinedOptimizer, FusedOptimizer
 
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 1800
@@ -276,7 +277,7 @@ class Comm:
 
     ``group`` carries the training traffic (NCCL on GPUs, gloo on CPUs);
     ``cpu_group`` (gloo) carries host-side traffic: errors, metrics and
-    checkpoint gathering. ``None`` means the default group.
+    checkpoint gathering. ``None`` means the default group (gloo).
     """
 
     rank: int
@@ -299,29 +300,69 @@ def check_backend(backend: str | None, use_gpu: bool) -> None:
         raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
 
 
-def start_process_group(backend: str | None, use_gpu: bool, timeout_s: int) -> Comm:
-    """Join the run torchrun started: pick the device (one GPU per local rank) and the backend.
+def is_multi_process() -> bool:
+    """True once this process has joined a run of several processes."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-    ``backend`` ``None`` means NCCL with ``use_gpu`` and gloo without.
+
+def start(timeout_s: int) -> None:
+    """In a torchrun launch of several processes, join the others (once).
+
+    The default group is gloo, on the CPU: it carries errors, metrics and
+    checkpoints, and exists before the flags are checked, so that a check
+    failing on one process alone reaches them all (:func:`agree`). Training
+    traffic on GPUs gets a NCCL group of its own (:func:`session`).
+    """
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return
+    try:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
+
+
+def training_device(backend: str | None, use_gpu: bool) -> torch.device:
+    """This process's device: the CPU, or with ``use_gpu`` the GPU of its local rank.
+
     Raises :class:`UserError` for a setup that cannot work here.
     """
     check_backend(backend, use_gpu)
-    backend = backend or ("nccl" if use_gpu else "gloo")
-    device = torch.device("cpu")
-    if use_gpu:
-        local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-        if local_rank >= count:
-            raise UserError(
-                f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    if not use_gpu:
+        return torch.device("cpu")
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
+        )
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def agree(step: Callable[[], T]) -> T:
+    """Run ``step``; in a multi-process run, if it fails on any process, every process raises
+    that failure (a :class:`SharedError`, printed by rank 0), so all stop together.
+
+    A process whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
+    """
+    if not is_multi_process():
+        return step()
+    error: Exception | None = None
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    except (RuntimeError, ValueError) as error:
-        raise UserError(f"torch.distributed: could not start the {backend} process group: {first_line(error)}") from None
-    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
-    return Comm(dist.get_rank(), dist.get_world_size(), device, None, cpu_group)
+        result = step()
+    except Exception as caught:  # shared below, then raised on every rank
+        error = caught
+    message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+    messages: list = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if not failed:
+        return result
+    if error is not None and not isinstance(error, UserError):
+        traceback.print_exception(error)
+    everywhere = len(failed) == len(messages) and len({text for _, text in failed}) == 1
+    rank, text = failed[0]
+    raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
 
 
 COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
@@ -582,22 +623,39 @@ class DistributedDLRM(DLRM):
         return plain
 
 
-class ShardedOptimizer(CombinedOptimizer):
-    """The optimizer of a :class:`DistributedDLRM` whose saved state is in single-process layout.
+class ShardedOptimizer:
+    """The optimizer of a :class:`DistributedDLRM` (torch's or the fused one) whose saved
+    state is in single-process layout.
 
     State tensors shaped like a sharded parameter (Adagrad's ``sum``, Adam's
     moments) are gathered row by row like the parameter; small entries
     (``step``) come from a rank that owns tables; replicated parameters' state
-    is rank 0's (DDP keeps the ranks equal).
+    is rank 0's (DDP keeps the ranks equal). Stepping is the inner optimizer's.
     """
 
-    def __init__(self, inner: CombinedOptimizer, model: DistributedDLRM) -> None:
-        super().__init__(inner.name, inner.optimizers, inner.names)
-        self.model = model
+    def __init__(self, inner: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> None:
+        self.inner, self.model, self.name = inner, model, inner.name
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The inner optimizer's parameter groups."""
+        return self.inner.param_groups
+
+    def zero_grad(self) -> None:
+        """Drop the gradients."""
+        self.inner.zero_grad()
+
+    def step(self) -> None:
+        """One update of this rank's parameters."""
+        self.inner.step()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate."""
+        self.inner.set_lr(lr)
 
     def state_dict(self) -> dict:
         """All state on rank 0 (``state`` is empty elsewhere); a collective."""
-        local = super().state_dict()["state"]
+        local = self.inner.state_dict()["state"]
         state = {name: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items()} for name, entries in local.items() if name not in SHARDED}
         params = dict(self.model.named_parameters())
         for name in SHARDED:
@@ -631,7 +689,7 @@ class ShardedOptimizer(CombinedOptimizer):
         for name, entries in saved.get("state", {}).items():
             layout = self.model.row_layouts.get(name) if name in SHARDED and name in params else None
             state[name] = {k: self.split(v, layout, params[name]) for k, v in entries.items()} if layout else entries
-        super().load_state_dict({**saved, "state": state})
+        self.inner.load_state_dict({**saved, "state": state})
 
     def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
         """This rank's rows of a full-layout state entry; other entries unchanged."""
@@ -653,9 +711,13 @@ class SingleProcess:
         """The whole model on this device."""
         return DLRM(config, seed=seed, device=self.device)
 
-    def shard_optimizer(self, optimizer: CombinedOptimizer, model: DLRM) -> CombinedOptimizer:
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
         """The optimizer as is."""
         return optimizer
+
+    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
+        """The model a checkpoint holds, on this device."""
+        return model_from_checkpoint(ckpt, self.device)
 
     def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
         """The batches as they are."""
@@ -697,9 +759,19 @@ class MultiProcess:
         self.plan = ShardingPlan.balanced(table_bytes(config, self.optimizer), self.world_size)
         return DistributedDLRM(config, self.comm, self.plan, seed)
 
-    def shard_optimizer(self, optimizer: CombinedOptimizer, model: DistributedDLRM) -> ShardedOptimizer:
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> ShardedOptimizer:
         """The optimizer, saving and loading state in single-process layout."""
         return ShardedOptimizer(optimizer, model)
+
+    def model_from_checkpoint(self, ckpt: dict) -> DistributedDLRM:
+        """This rank's part of the model a checkpoint holds (sharded by a new plan)."""
+        model = self.build_model(ModelConfig.from_dict(ckpt["model_config"]), seed=0)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+        return model
 
     def shard(self, batch: Batch) -> BatchShard:
         """This rank's share of a global batch (done on the host, before any copy to a device)."""
@@ -752,26 +824,8 @@ class MultiProcess:
         return torch.cat(pieces, dim=1).numpy()
 
     def agree(self, step: Callable[[], T]) -> T:
-        """Run ``step`` on every rank; if it fails on any, every rank raises that rank's error
-        (a :class:`SharedError` naming the rank, printed by rank 0), so all stop together.
-
-        A rank whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
-        """
-        error: Exception | None = None
-        try:
-            result = step()
-        except Exception as caught:  # shared below, then raised on every rank
-            error = caught
-        message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
-        messages: list = [None] * self.world_size
-        dist.all_gather_object(messages, message, group=self.comm.cpu_group)
-        failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
-        if not failed:
-            return result
-        if error is not None and not isinstance(error, UserError):
-            traceback.print_exception(error)
-        rank, text = failed[0]
-        raise SharedError(f"rank {rank}: {text}", print_here=self.is_main)
+        """Run ``step`` on every rank; a failure on any stops all (see :func:`agree`)."""
+        return agree(step)
 
     def summary(self) -> list[str]:
         """The plan line and the exchange line printed at the start of the run."""
@@ -803,13 +857,17 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     success and after an error every rank shares; after any other error this
     rank leaves at once (a peer may be blocked in a collective with it): it
     exits, and torchrun stops the rest. One session per process: the process
-    group stays up until the process ends (see :func:`exit_process`).
+    groups stay up until the process ends (see :func:`exit_process`).
     """
     if launched_world_size() <= 1:
         yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
         return
-    comm = start_process_group(args.dist_backend, args.use_gpu, args.dist_timeout)
-    backend = dist.get_backend()
+    start(args.dist_timeout)
+    device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
+    # NCCL on GPUs gets a group of its own; gloo training shares the default group
+    group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
+    comm = Comm(dist.get_rank(), dist.get_world_size(), device, group, None)
+    backend = "nccl" if group is not None else "gloo"
     try:
         yield MultiProcess(comm, args.optimizer, backend)
     except SharedError:
@@ -821,8 +879,8 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
 def wait_for_all(comm: Comm) -> None:
     """Barrier on every group: no rank leaves while another still needs it."""
     dist.barrier(group=comm.cpu_group)
-    if comm.cpu_group is not None:
-        dist.barrier(device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
+    if comm.group is not None:
+        dist.barrier(group=comm.group, device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
 
 
 def exit_process(code: int) -> None:

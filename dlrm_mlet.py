@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,24 +21,32 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed
-from checkpoint import FORMAT, VERSION, atomic_save, describe_mismatch, load_checkpoint
-from data_utils import Batch, DataBundle, build_data, prefetch
+from checkpoint import (
+    FORMAT,
+    TRAINING,
+    VERSION,
+    atomic_save,
+    bytes_report,
+    check_file,
+    check_inference_flags,
+    check_training_flags,
+    collapsed_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    resume_flag_changes,
+    rng_state,
+    trained_hidden,
+)
+from data_utils import DEFAULT_EMBEDDING_SIZE, Batch, DataBundle, add_dataset_flags, build_data, prefetch, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
-from errors import UserError
-from mlet_layers import EmbeddingTables, parse_projection_init
-from optimizers import OPTIMIZERS, CombinedOptimizer, LRPolicy, build_optimizer
+from errors import OneLineParser, UserError
+from mlet_layers import parse_projection_init
+from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS, LRPolicy, build_optimizer
+from train_step import make_train_step
 
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line, without the usage block."""
-
-    def error(self, message: str) -> None:
-        # Every process of a torchrun launch parses the same flags: rank 0 alone reports.
-        self.exit(2, f"{self.prog}: error: {message}\n" if distributed.launched_rank() == 0 else None)
 
 
 def str2bool(value: str) -> bool:
@@ -60,7 +69,12 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     arch = p.add_argument_group("model")
     arch.add_argument("--arch-sparse-feature-size", type=int, default=2, help="embedding dimension d")
-    arch.add_argument("--arch-embedding-size", type=str, default="4-3-2", help="rows of each table, dash-separated")
+    arch.add_argument(
+        "--arch-embedding-size",
+        type=str,
+        default=None,
+        help=f"rows of each table, dash-separated (generated data: {DEFAULT_EMBEDDING_SIZE} if not given; data sets: the data's sizes, which a given value must match)",
+    )
     arch.add_argument("--arch-mlp-bot", type=str, default="4-3-2", help="bottom MLP widths, dense input first, d last")
     arch.add_argument("--arch-mlp-top", type=str, default="4-2-1", help="top MLP widths after the interaction, 1 last")
     arch.add_argument("--arch-interaction-op", choices=INTERACTIONS, default="dot")
@@ -75,9 +89,8 @@ def build_parser() -> OneLineParser:
     data.add_argument("--num-batches", type=int, default=0, help="training batches per epoch (0: all)")
     data.add_argument("--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)")
     add_bool(data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids")
-    data.add_argument("--data-set", type=str, default="kaggle", help="data set for --data-generation=dataset")
-    data.add_argument("--raw-data-file", type=str, default="")
-    data.add_argument("--processed-data-file", type=str, default="")
+    add_dataset_flags(data)
+    data.add_argument("--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)")
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
     synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
@@ -92,6 +105,12 @@ def build_parser() -> OneLineParser:
     train.add_argument("--loss-function", choices=LOSSES, default="bce")
     train.add_argument("--loss-weights", type=str, default="1.0-1.0", help="wbce weights of negatives-positives")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    train.add_argument(
+        "--embedding-update",
+        choices=("auto", "fused", "autograd"),
+        default="auto",
+        help="fused: table rows updated inside the backward (sgd, adagrad); autograd: sparse gradients + torch optimizer; auto: fused where supported",
+    )
     train.add_argument("--learning-rate", type=float, default=0.01)
     train.add_argument("--mini-batch-size", type=int, default=1)
     train.add_argument("--nepochs", type=int, default=1)
@@ -100,10 +119,15 @@ def build_parser() -> OneLineParser:
     train.add_argument("--lr-num-decay-steps", type=int, default=0)
     train.add_argument("--numpy-rand-seed", type=int, default=123)
     train.add_argument("--use-gpu", action="store_true", help="train on the (first) CUDA device")
+    add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
+    add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise; off by default)")
 
     test = p.add_argument_group("testing and logging")
     test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
     test.add_argument("--test-mini-batch-size", type=int, default=-1, help="(default: --mini-batch-size)")
+    test.add_argument(
+        "--eval-split", choices=("test", "val"), default="test", help="split the reported metrics come from (val: to choose settings without seeing test)"
+    )
     test.add_argument("--print-freq", type=int, default=0, help="log every N iterations (0: about 20 lines per epoch)")
     add_bool(test, "--print-time", False, "add ms/it and samples/s to the training log lines")
     test.add_argument("--print-precision", type=int, default=5)
@@ -115,6 +139,7 @@ def build_parser() -> OneLineParser:
     ckpt.add_argument("--save-model", type=str, default="", help="write a resumable checkpoint here")
     ckpt.add_argument("--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)")
     ckpt.add_argument("--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint")
+    ckpt.add_argument("--save-collapsed", type=str, default="", help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here")
 
     multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
     multi.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)")
@@ -139,7 +164,7 @@ def validate(args: argparse.Namespace) -> None:
     d = args.arch_sparse_feature_size
     if d < 1:
         raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    args.table_sizes = parse_dashed("--arch-embedding-size", args.arch_embedding_size)
+    args.table_sizes = parse_dashed("--arch-embedding-size", args.arch_embedding_size or DEFAULT_EMBEDDING_SIZE)
     args.bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
     args.top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
     if len(args.bottom_mlp) < 2 or args.bottom_mlp[-1] != d:
@@ -162,6 +187,7 @@ def validate(args: argparse.Namespace) -> None:
         ("--num-batches", args.num_batches, 0),
         ("--print-freq", args.print_freq, 0),
         ("--save-freq", args.save_freq, 0),
+        ("--num-workers", args.num_workers, -1),
         ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
         ("--lr-decay-start-step", args.lr_decay_start_step, 0),
         ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
@@ -176,13 +202,28 @@ def validate(args: argparse.Namespace) -> None:
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
         raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
     args.loss_weights_pair = [float(w) for w in parse_loss_weights(args.loss_weights)]
+    if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
+        raise UserError(f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}")
+    if args.embedding_update == "auto":
+        args.embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
+    if args.load_model:
+        try:
+            check_file(args.load_model)
+        except UserError as error:
+            raise UserError(f"--load-model {error}") from None
+    if args.save_freq and not args.save_model:
+        raise UserError("--save-freq: needs --save-model (the checkpoint to write)")
+    if args.save_collapsed and args.save_model and Path(args.save_collapsed).resolve() == Path(args.save_model).resolve():
+        raise UserError("--save-collapsed: same file as --save-model; the inference checkpoint would replace the resumable one")
+    if args.inference_only and args.save_collapsed:
+        raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     distributed.check_backend(args.dist_backend, args.use_gpu)
     if args.data_generation == "dataset":
-        raise UserError("--data-generation=dataset: reading Criteo/Avazu files is not available in this version; use random or synthetic")
+        validate_dataset_flags(args)
     if args.data_generation == "synthetic" and args.synthetic_rank < 1:
         raise UserError(f"--synthetic-rank: must be >= 1, got {args.synthetic_rank}")
     if not 0 < args.synthetic_positive_rate < 1:
@@ -223,22 +264,26 @@ def model_config(args: argparse.Namespace, table_sizes: Sequence[int]) -> ModelC
 
 
 def loss_function(args: argparse.Namespace, device: torch.device):
-    """``loss(logits, labels)`` for ``--loss-function``: one loss per sample.
-
-    The caller divides their sum by the global batch size, so that processes
-    holding parts of a batch add up to the batch mean.
-    """
+    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
     if args.loss_function == "mse":
-        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels, reduction="none")
+        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
     if args.loss_function == "bce":
-        return lambda logits, labels: F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return F.binary_cross_entropy_with_logits
     weights = torch.tensor(args.loss_weights_pair, device=device)
 
     def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return per_sample * weights[labels.round().long()]
+        return (per_sample * weights[labels.round().long()]).mean()
 
     return weighted_bce
+
+
+def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
+    """Threads assembling training batches: ``--num-workers``, or (-1) 1 on CPU, where the
+    cores train the model, and 4 on GPU, where one thread cannot keep up (bench/NOTES.md)."""
+    if args.num_workers >= 0:
+        return max(1, args.num_workers)
+    return 4 if device.type == "cuda" else 1
 
 
 def log(message: str) -> None:
@@ -249,24 +294,9 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
-def parameter_report(config: ModelConfig) -> dict:
-    """Parameter counts and bytes of the whole model for training (as built) and inference (collapsed).
-
-    Measured on a parameter-less (meta-device) copy, so it is the same however the tables are sharded.
-    """
-    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device="meta")
-    model = DLRM(config, device="meta", tables=tables)
-    total = sum(p.numel() for p in model.parameters())
-    elem = tables.weight.element_size()
-    table_train = sum(p.numel() for p in tables.parameters())
-    table_infer = tables.weight.shape[0] * tables.dim
-    dense = total - table_train
-    return {
-        "training": {"count": total, "bytes": total * elem},
-        "inference": {"count": dense + table_infer, "bytes": (dense + table_infer) * elem},
-        "embedding_training_bytes": table_train * elem,
-        "embedding_inference_bytes": table_infer * elem,
-    }
+def parameter_report(model: DLRM) -> dict:
+    """Parameter counts and bytes for training (as built) and inference (collapsed)."""
+    return bytes_report(model.config.parameter_counts(), model.tables.weight.element_size())
 
 
 def json_safe(value):
@@ -312,45 +342,72 @@ class Trainer:
     ) -> None:
         self.args, self.data, self.model, self.device = args, data, model, device
         self.parallel = parallel or distributed.SingleProcess(device)
-        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters())
-        self.optimizer: CombinedOptimizer = self.parallel.shard_optimizer(optimizer, model)
+        fused_tables = model.tables if args.embedding_update == "fused" else None
+        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
+        self.optimizer = self.parallel.shard_optimizer(optimizer, model)
         self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
         self.loss_fn = loss_function(args, device)
+        # a captured graph cannot hold the all-to-all and DDP's hooks: several processes step eagerly
+        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None and self.parallel.world_size == 1
+        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
         self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
         self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time, self.train_samples = 0.0, 0
+        self.loaded: dict | None = None  # what --load-model loaded
 
     # -- checkpoints -------------------------------------------------------
+    def position(self) -> dict:
+        """Where the run stands: the next batch is ``batch`` of ``epoch``.
+
+        The order of an epoch's batches is a function of (seed, epoch), so the
+        position plus the data's size identify the next batch exactly.
+        """
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "iteration": self.iteration,
+            "batches_per_epoch": self.batches_per_epoch,
+            "train_samples_per_epoch": self.data.train.num_samples,
+            "shuffle_seed": self.args.numpy_rand_seed,
+        }
+
     def state(self) -> dict:
         """A resumable checkpoint of the run so far."""
         return {
             "format": FORMAT,
             "version": VERSION,
-            "kind": "training",
+            "kind": TRAINING,
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "position": {"epoch": self.epoch, "batch": self.batch, "iteration": self.iteration},
+            "lr_schedule": {**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
+            "position": self.position(),
             "distributed": self.parallel.record(),
+            "rng": rng_state(),
             "history": self.history,
             "best": self.best,
             "train_time": self.train_time,
             "train_samples": self.train_samples,
             "args": plain_args(self.args),
+            "data": self.data.description,
+            "torch": str(torch.__version__),
         }
 
     def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint made by :meth:`state`."""
+        """Continue from a checkpoint made by :meth:`state` (of an inference checkpoint: take its weights only)."""
         self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("kind") == "training":
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            pos = ckpt["position"]
-            self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
-            self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
-            self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
+        if ckpt.get("kind") != TRAINING:
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        pos = ckpt["position"]
+        self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
+        self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
+        self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
+        if ckpt.get("rng"):
+            restore_rng_state(ckpt["rng"])
 
     def save(self) -> None:
         """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
@@ -360,15 +417,9 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------
     def step(self, batch: Batch) -> torch.Tensor:
-        """One optimisation step; returns the (detached) batch loss: this process's share of it
-        when ``batch`` is a shard (the shares of all processes add up to the batch mean)."""
+        """One optimisation step; returns the (detached) batch loss."""
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
-        logits = self.model(batch.dense, batch.sparse)
-        loss = self.loss_fn(logits, batch.labels).sum() / batch.size
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        return self.train_step(batch)
 
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
@@ -404,7 +455,8 @@ class Trainer:
         """
         args = self.args
         loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
-        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch))), pin=self.device.type == "cuda")
+        workers = batch_workers(self.args, self.device)
+        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
@@ -447,20 +499,21 @@ class Trainer:
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
-            "parameters": parameter_report(self.model.config),
+            "parameters": parameter_report(self.model),
             "model_config": self.model.config.to_dict(),
             "data": self.data.description,
             "device": str(self.device),
             "distributed": self.parallel.record(),
             "torch": torch.__version__,
             "args": plain_args(self.args),
+            "checkpoint": self.loaded,
         }
 
 
 def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
     """Start-of-run summary."""
-    report = parameter_report(model.config)
-    kind = f"MLET K={args.mlet_hidden}" if args.mlet_hidden else "plain"
+    report = parameter_report(model)
+    kind = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain"
     log(f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), test {data.test.num_samples:,}")
     log(
         f"model: {len(data.table_sizes)} tables ({kind}, d={args.arch_sparse_feature_size}, {sum(data.table_sizes):,} rows), bottom {args.arch_mlp_bot}, top {model.config.interaction_width()}-{args.arch_mlp_top}, interaction {args.arch_interaction_op}"
@@ -470,20 +523,61 @@ def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
     )
 
 
+def check_data_position(ckpt: dict, trainer: Trainer) -> None:
+    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not point to the same batch)."""
+    pos = ckpt["position"]
+    saved = (pos.get("train_samples_per_epoch"), pos.get("batches_per_epoch"))
+    now = (trainer.data.train.num_samples, trainer.batches_per_epoch)
+    if saved[1] is not None and saved != now:
+        raise UserError(
+            f"the training data differ from the checkpoint's ({now[0]:,} samples in {now[1]:,} batches per epoch, the checkpoint's: {saved[0]:,} in {saved[1]:,});"
+            " resuming at its position would skip or repeat samples"
+        )
+
+
+def resume(trainer: Trainer, ckpt: dict) -> None:
+    """Check a training checkpoint against the flags, log what changed, restore it."""
+    pos = ckpt["position"]
+    flags = {action.dest for action in build_parser()._actions}
+    changes = resume_flag_changes(ckpt.get("args") or {}, vars(trainer.args), flags, f"epoch {pos['epoch']}, batch {pos['batch']}")
+    check_data_position(ckpt, trainer)
+    trainer.restore(ckpt)
+    if changes:
+        log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
+
+
 def load_into(trainer: Trainer, path: str) -> None:
-    """Restore ``path`` into the trainer, refusing a checkpoint of another architecture."""
+    """Load ``--load-model``: evaluate it (``--inference-only``), resume it, or start training from its weights.
+
+    Architecture flags must match the checkpoint (for evaluation ``--mlet-hidden``
+    may also be 0 or the trained K); see :func:`checkpoint.resume_flag_changes`
+    for the other flags. Any disagreement is one :class:`UserError` line.
+    """
     ckpt = load_checkpoint(path)
-    saved = ModelConfig.from_dict(ckpt["model_config"])
-    wanted = trainer.model.config
-    if ckpt.get("kind") == "inference" and trainer.args.inference_only and saved == wanted.collapsed():
-        trainer.model = trainer.model.collapse()
-    elif (mismatch := describe_mismatch(saved, wanted)) is not None:
-        raise UserError(f"--load-model {path}: {mismatch}")
+    kind = ckpt.get("kind")
     try:
-        trainer.restore(ckpt)
-    except ValueError as error:
-        raise UserError(f"--load-model {path}: {error}") from None
-    log(f"loaded {path} ({ckpt.get('kind')}, epoch {trainer.epoch}, iteration {trainer.iteration})")
+        if trainer.args.inference_only:
+            check_inference_flags(ckpt, trainer.model.config)
+            trainer.model = trainer.parallel.model_from_checkpoint(ckpt)
+            pos = ckpt.get("position") or {}
+            trainer.epoch, trainer.batch, trainer.iteration = pos.get("epoch", 0), pos.get("batch", 0), pos.get("iteration", 0)
+        else:
+            check_training_flags(ckpt, trainer.model.config)
+            if kind == TRAINING:
+                resume(trainer, ckpt)
+            else:
+                trainer.restore(ckpt)
+    except (UserError, ValueError, RuntimeError) as error:
+        raise UserError(f"--load-model {path}: {str(error).splitlines()[0]}") from None
+    trainer.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
+    if kind == TRAINING and not trainer.args.inference_only:
+        log(f"resuming {path} at epoch {trainer.epoch}, batch {trainer.batch} (iteration {trainer.iteration})")
+    elif not trainer.args.inference_only:
+        log(f"starting from the weights of {path} (inference checkpoint: no optimizer state; epoch 0, iteration 0)")
+    else:
+        log(
+            f"loaded {path} ({kind}{f', collapsed from K={trained_hidden(ckpt)}' if kind != TRAINING and trained_hidden(ckpt) else ''}, iteration {trainer.iteration})"
+        )
 
 
 def prepare(args: argparse.Namespace, parallel: distributed.SingleProcess | distributed.MultiProcess) -> tuple[DataBundle, Trainer]:
@@ -502,6 +596,9 @@ def run(args: argparse.Namespace) -> dict:
     Under torchrun every process runs this; rank 0 alone prints and writes.
     """
     torch.manual_seed(args.numpy_rand_seed)
+    if args.use_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     with distributed.session(args) as parallel:
         data, trainer = parallel.agree(lambda: prepare(args, parallel))
         describe(trainer.model, data, args)
@@ -516,6 +613,11 @@ def run(args: argparse.Namespace) -> dict:
             if args.save_model:
                 trainer.save()
                 log(f"saved {args.save_model}")
+            if args.save_collapsed:
+                state = trainer.state()  # gathered on rank 0
+                if parallel.is_main:
+                    atomic_save(collapsed_checkpoint(state), args.save_collapsed)
+                log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
         payload = trainer.results(final)
         if args.results_json and parallel.is_main:
             write_json(args.results_json, payload)
@@ -524,14 +626,16 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; bad input ends with one line on stderr and exit code 2."""
+    """Command-line entry point; bad input ends with one line on stderr and exit code 2.
+
+    Under torchrun, argparse's own errors are the same on every process (rank 0
+    reports them); the other checks (files, devices) may fail on one process
+    only, so the processes join first and share what failed.
+    """
     try:
-        args = parse_args(argv)
-    except UserError as error:
-        if distributed.launched_rank() == 0:  # every process parses the same flags
-            print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    try:
+        args = build_parser().parse_args(argv)
+        distributed.start(args.dist_timeout)
+        distributed.agree(lambda: validate(args))
         run(args)
     except UserError as error:
         if (line := distributed.error_line(error)) is not None:

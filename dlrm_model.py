@@ -54,6 +54,16 @@ class ModelConfig:
         """The config of the same model with MLET tables folded to plain ones."""
         return replace(self, mlet_hidden=0)
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: ``mlp``, ``embedding_training`` (as trained: ``n x K + K x d``
+        per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
+        ``training`` and ``inference`` totals."""
+        mlp = sum(n_in * n_out + n_out for widths in (self.bottom_mlp, (self.interaction_width(), *self.top_mlp)) for n_in, n_out in itertools.pairwise(widths))
+        rows = sum(self.table_sizes)
+        inference = rows * self.dim
+        training = rows * self.mlet_hidden + len(self.table_sizes) * self.mlet_hidden * self.dim if self.mlet_hidden else inference
+        return {"mlp": mlp, "embedding_training": training, "embedding_inference": inference, "training": mlp + training, "inference": mlp + inference}
+
     def interaction_width(self) -> int:
         """Input width of the top MLP."""
         num_features = len(self.table_sizes) + 1

@@ -84,7 +84,8 @@ class RandomBatches:
         indices = (torch.rand(table_of_index.numel(), generator=gen, dtype=torch.float64) * self.table_sizes[table_of_index]).long()
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
         labels = torch.randint(0, 2, (size,), generator=gen).float()
-        return dense, SparseFeatures(indices, offsets, num_tables), labels
+        one_hot = self.fixed and self.indices_per_lookup == 1
+        return dense, SparseFeatures(indices, offsets, num_tables, one_hot), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, SparseFeatures, torch.Tensor]]:
         for i in range(len(self)):

@@ -1,45 +1,48 @@
-"""Shared benchmark plumbing: machine facts, timing, tables, JSON results."""
+"""Shared benchmark plumbing: machine facts, timing, child processes with peak RSS, tables, result files."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on (CPU model, memory, load; torch and GPU where imported)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []
     info = {
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.machine()),
+        "memory_mib": next((int(line.split()[1]) // 1024 for line in meminfo if line.startswith("MemTotal")), 0),
+        "load_average": os.getloadavg(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
     }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        if torch.cuda.is_available():
+            info.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count())
     return info
 
 
 def command() -> str:
     """The command line that produced the results."""
-    return " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
 def time_steps(step: Callable[[int], None], steps: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -63,26 +66,56 @@ def median_of_rounds(timers: dict[str, Callable[[], float]], rounds: int) -> dic
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
+    """Run ``code`` in a fresh Python; it prints one JSON line last.
+
+    Returns (that JSON, with ``cpu_seconds`` (user + system time, which other
+    load on a shared machine does not inflate) added unless the child measured
+    it; wall seconds; peak RSS bytes).
+    """
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **(env or {})}, text=True
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = child.stdout.read(), child.stderr.read()
+    if status != 0:
+        raise RuntimeError(f"child failed ({status}):\n{err[-3000:]}")
+    info = json.loads(out.strip().splitlines()[-1])
+    info.setdefault("cpu_seconds", usage.ru_utime + usage.ru_stime)
+    return info, wall, usage.ru_maxrss * 1024
+
+
+def format_cell(value: object) -> str:
+    """Numbers with thousands separators and 3 significant digits for floats."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3g}"
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
-    """Markdown table of ``rows`` (dicts) restricted to ``columns``."""
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        cells = [f"{row[c]:,.3g}" if isinstance(row[c], float) else f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns]
-        print("| " + " | ".join(cells) + " |")
+    """Print dict rows as a markdown table of ``columns``."""
+    print(table([[row.get(c, "") for c in columns] for row in rows], columns))
 
 
-def write_results(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    """Write ``bench/results/NAME.json`` with machine, command, date and rows."""
+def save(name: str, payload: dict) -> Path:
+    """Write ``bench/results/NAME.json`` with the machine, command and date added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {
+    full = {
         "benchmark": name,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        **(extra or {}),
-        "rows": rows,
+        **payload,
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(full, indent=1) + "\n")
     return path

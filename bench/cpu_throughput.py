@@ -19,7 +19,7 @@ import gc
 
 import torch
 import torch.nn.functional as F
-from common import median_of_rounds, print_table, time_steps, write_results
+from common import median_of_rounds, print_table, save, time_steps
 from reference_dlrm import ReferenceDLRM, random_one_hot, scaled_cardinalities
 
 from dlrm_model import DLRM, ModelConfig
@@ -114,7 +114,7 @@ def main() -> None:
             r["mlet_overhead_vs_our_baseline"] = base["ours_samples_per_s"] / r["ours_samples_per_s"]
             r["ref_mlet_overhead"] = base["reference_samples_per_s"] / r["reference_samples_per_s"]
     print_table(rows, ["model", "d", "batch", "reference_samples_per_s", "ours_samples_per_s", "speedup", "ours_ms_per_step"])
-    path = write_results("cpu_throughput", rows, {"table_rows": sum(sizes), "scale": args.scale})
+    path = save("cpu_throughput", {"table_rows": sum(sizes), "scale": args.scale, "rows": rows})
     print(f"wrote {path}")
 
 

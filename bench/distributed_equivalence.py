@@ -50,10 +50,10 @@ COMMON = [
     "--progress=false",
 ]
 SCENARIOS = {
-    # tables > ranks, synthetic click data (one id per bag, shuffled per epoch)
+    # tables > ranks, synthetic click data (one id per bag, shuffled per epoch); fused table update
     "mlet-sgd-4-tables": ["--data-generation=synthetic", "--arch-embedding-size=50-7-300-2", "--mlet-hidden=16"],
-    # ranks > tables: one rank owns nothing; multi-hot random bags
-    "baseline-sgd-1-table": ["--data-generation=random", "--arch-embedding-size=300", "--num-indices-per-lookup=3"],
+    # ranks > tables: one rank owns nothing; multi-hot random bags; torch's sparse SGD (not the fused update)
+    "baseline-sgd-1-table": ["--data-generation=random", "--arch-embedding-size=300", "--num-indices-per-lookup=3", "--embedding-update=autograd"],
     # 3 tables on 2 ranks, Adagrad (per-row state)
     "mlet-adagrad-3-tables": [
         "--data-generation=random",

@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Quickstart: on the synthetic click model (26 tables, a scaled-down Criteo-Kaggle
-# cardinality profile), train a baseline at d=4, a baseline at d=32 and MLET at d=4
-# with K=64 on the same samples, and print AUC, log loss, sizes and speed.
-# About 5 minutes on 2 CPU cores. Usage: bash scripts/quickstart.sh [RUN_DIR]
+# Quickstart, the user path end to end on synthetic data, on a CPU:
+#   generate a Criteo-Kaggle-format train.txt from the synthetic click model
+#   -> preprocess it (cached) -> train, on the same samples, a baseline at d=4,
+#   a baseline at d=32 and MLET at d=4 with K=64 -> print AUC, log loss,
+#   inference embedding size and speed.
+# About 6 minutes on 2 CPU cores. Usage: bash scripts/quickstart.sh [RUN_DIR] [ROWS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 RUN_DIR=${1:-runs/quickstart}
+ROWS=${2:-2333334}  # upstream's split: 6/7 train (2M samples), 1/14 test, 1/14 validation
+PY=.venv/bin/python
 mkdir -p "$RUN_DIR"
-SIZES=1460-583-10131-2202-305-24-12517-633-3-93-5683-8351-3194-27-14992-5461-10-5652-2173-4-7046-18-15-286-105-142
-COMMON=(--data-generation=synthetic "--arch-embedding-size=$SIZES" --data-size=2000000 --test-data-size=100000
-        --mini-batch-size=256 --learning-rate=1.0 --arch-mlp-top=64-32-1 --numpy-rand-seed=1
-        --test-freq=2000 --print-time)
+[ -f "$RUN_DIR/train.txt" ] || $PY data_utils.py generate kaggle --rows "$ROWS" --seed 1 --scale 0.001 --out "$RUN_DIR/train.txt"
+COMMON=(--data-generation=dataset --data-set=kaggle "--raw-data-file=$RUN_DIR/train.txt" "--processed-data-file=$RUN_DIR/processed"
+        --mini-batch-size=256 --learning-rate=1.0 --arch-mlp-top=64-32-1 --numpy-rand-seed=1 --test-freq=2000 --print-time)
 
 run() {
   local name=$1; shift
   echo "== $name: $*"
-  .venv/bin/python dlrm_mlet.py "${COMMON[@]}" "$@" --results-json="$RUN_DIR/$name.json" | tee "$RUN_DIR/$name.log"
+  $PY dlrm_mlet.py "${COMMON[@]}" "$@" --results-json="$RUN_DIR/$name.json" | tee "$RUN_DIR/$name.log"
 }
 
 run baseline_d4 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4
 run baseline_d32 --arch-sparse-feature-size=32 --arch-mlp-bot=13-64-32
 run mlet_d4_k64 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4 --mlet-hidden=64
 echo
-.venv/bin/python scripts/results_table.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" "$RUN_DIR/mlet_d4_k64.json" | tee "$RUN_DIR/summary.md"
+$PY scripts/results_table.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" "$RUN_DIR/mlet_d4_k64.json" | tee "$RUN_DIR/summary.md"

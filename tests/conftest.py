@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+
+# Triton's interpreter (for the kernel tests on CPU) must be chosen before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,7 +36,7 @@ def random_inputs(config: ModelConfig, batch: int, seed: int, bag: int = 1) -> t
     lengths = torch.randint(0 if bag > 1 else 1, bag + 1, (num_tables, batch), generator=gen)
     ids = [torch.randint(0, n, (int(lengths[t].sum()),), generator=gen) for t, n in enumerate(config.table_sizes)]
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
-    return dense, SparseFeatures(torch.cat(ids), offsets, num_tables)
+    return dense, SparseFeatures(torch.cat(ids), offsets, num_tables, one_hot=bag == 1)
 
 
 @pytest.fixture

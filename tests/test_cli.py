@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dlrm_mlet
+from conftest import ROOT
 from errors import UserError
 
 TINY = [
@@ -50,6 +51,12 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
         (["--round-targets=maybe"], "--round-targets"),
         (["--lr-num-warmup-steps=10", "--lr-decay-start-step=5", "--lr-num-decay-steps=5"], "--lr-decay-start-step"),
         (["--mini-batch-size=0"], "--mini-batch-size"),
+        (["--save-freq=5"], "--save-freq"),
+        (["--save-model=a.pt", "--save-collapsed=./a.pt"], "--save-collapsed"),
+        (["--load-model=tests"], "--load-model tests: is not a file"),
+        (["--load-model=nope.pt"], "--load-model nope.pt: no such checkpoint file"),
+        (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-collapsed=b.pt"], "--save-collapsed"),
+        (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:

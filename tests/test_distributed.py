@@ -184,21 +184,38 @@ def test_bad_flag_is_reported_once(flag: str, tmp_path) -> None:
 
 
 def missing_checkpoint_on_rank_one(rank: int) -> None:
-    """Fault: the checkpoint file is absent on rank 1 only (as on a host without the shared disk)."""
+    """Fault: the checkpoint file is absent on rank 1 only (a host without the shared disk)."""
 
-    def absent(path: str) -> dict:
+    def absent(path: str) -> None:
         raise UserError(f"{path}: no such checkpoint file")
 
     if rank == 1:
-        dlrm_mlet.load_checkpoint = absent
+        dlrm_mlet.check_file = absent
 
 
-def test_error_on_one_rank_stops_all_with_its_message(tmp_path) -> None:
+def unreadable_checkpoint_on_rank_one(rank: int) -> None:
+    """Fault: the checkpoint cannot be read on rank 1 only (found when loading, after the flag checks)."""
+
+    def unreadable(path: str) -> dict:
+        raise UserError(f"{path}: not a readable checkpoint (EOFError)")
+
+    if rank == 1:
+        dlrm_mlet.load_checkpoint = unreadable
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (missing_checkpoint_on_rank_one, "--load-model {path}: no such checkpoint file"),
+        (unreadable_checkpoint_on_rank_one, "{path}: not a readable checkpoint (EOFError)"),
+    ],
+)
+def test_error_on_one_rank_stops_all_with_its_message(fault: Fault, message: str, tmp_path) -> None:
     path = tmp_path / "ckpt.pt"
     in_process(scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", f"--save-model={path}"]))
-    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", [f"--load-model={path}"]), tmp_path, fault=missing_checkpoint_on_rank_one)
+    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", [f"--load-model={path}"]), tmp_path, fault=fault)
     assert [o.code for o in ranks] == [2, 2]
-    assert ranks[0].stderr.strip() == f"dlrm_mlet.py: error: rank 1: {path}: no such checkpoint file"
+    assert ranks[0].stderr.strip() == f"dlrm_mlet.py: error: rank 1: {message.format(path=path)}"
     assert ranks[1].stderr == "" and "Finished training" not in ranks[0].stdout
 
 

@@ -75,3 +75,62 @@ def test_lr_policy_warmup_hold_decay_floor() -> None:
     assert lrs[7:10] == [0.5625, 0.25, 0.0625]
     assert lrs[10] == lrs[11] == 1e-7
     assert LRPolicy(0.3).lr(10_000) == 0.3
+
+
+def train_losses(model, opt, count: int, bag: int) -> list[float]:
+    losses = []
+    for step in range(count):
+        dense, features = random_inputs(model.config, batch=64, seed=step, bag=bag)
+        labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(step)).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+@pytest.mark.parametrize(("hidden", "bag"), [(0, 1), (16, 1), (16, 3)])
+def test_fused_update_follows_torch_optimizer(make_model, name: str, hidden: int, bag: int) -> None:
+    """100 steps: per-step loss to 1e-4 and parameters to 1e-4 against sparse-gradient torch optimizers."""
+    plain = make_model(hidden, seed=4)
+    fused = copy.deepcopy(plain)
+    reference = build_optimizer(name, 0.1, plain.sparse_parameters(), plain.dense_parameters())
+    fast = build_optimizer(name, 0.1, fused.sparse_parameters(), fused.dense_parameters(), fused_tables=fused.tables)
+    expected, got = train_losses(plain, reference, 100, bag), train_losses(fused, fast, 100, bag)
+    assert max(abs(a - b) for a, b in zip(expected, got)) < 1e-4
+    assert fused.tables.weight.grad is None  # rows were updated in the backward, no gradient kept
+    for (n, a), b in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=n)
+    assert not torch.equal(plain.tables.weight, make_model(hidden, seed=4).tables.weight)  # it trained
+
+
+def test_fused_row_adagrad_with_repeated_rows() -> None:
+    """Repeated rows in one step: one Adagrad step on the summed gradient (as torch on a coalesced sparse gradient)."""
+    from optimizers import RowAdagrad
+
+    weight = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    expected = weight.clone().requires_grad_(True)
+    rows = torch.tensor([4, 1, 4, 4, 0])
+    grads = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    RowAdagrad(weight, torch.tensor(0.5))(rows, grads.clone())
+    reference = torch.optim.Adagrad([expected], lr=0.5)
+    expected.grad = torch.zeros(6, 3).index_add_(0, rows, grads)
+    reference.step()
+    torch.testing.assert_close(weight, expected.detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(weight[[2, 3, 5]], torch.randn(6, 3, generator=torch.Generator().manual_seed(0))[[2, 3, 5]])
+
+
+def test_state_moves_between_fused_and_torch_optimizers(make_model) -> None:
+    model = make_model(8)
+    fused = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
+    train_losses(model, fused, 3, bag=1)
+    saved = copy.deepcopy(fused.state_dict())
+    other = make_model(8)
+    torch_opt = build_optimizer("adagrad", 0.1, other.sparse_parameters(), other.dense_parameters())
+    torch_opt.load_state_dict(saved)
+    assert torch.equal(torch_opt.state_dict()["state"]["tables.weight"]["sum"], saved["state"]["tables.weight"]["sum"])
+    back = build_optimizer("adagrad", 0.1, other.sparse_parameters(), other.dense_parameters(), fused_tables=other.tables)
+    back.load_state_dict(torch_opt.state_dict())
+    assert torch.equal(back.state_dict()["state"]["top.0.weight"]["sum"], saved["state"]["top.0.weight"]["sum"])

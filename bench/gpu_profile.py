@@ -1,0 +1,59 @@
+"""Where a training step's GPU time goes: kernel totals for one eager fused step.
+
+    python bench/gpu_profile.py [--dim 16] [--batch 8192] [--hidden 64]
+
+Prints, for the baseline and the MLET model, the kernels sorted by total GPU
+time over 20 steps (Kaggle cardinalities, random one-hot batches). Used to
+pick and check the levers recorded in bench/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from gpu_throughput import make_batches, our_step
+from reference_dlrm import scaled_cardinalities
+from torch.profiler import ProfilerActivity, profile
+
+from dlrm_model import DLRM, ModelConfig
+
+
+def kernel_table(dim: int, hidden: int, batch: int, scale: float, steps: int = 20) -> None:
+    """Profile ``steps`` eager fused steps and print the top kernels."""
+    sizes = scaled_cardinalities(scale)
+    device = torch.device("cuda")
+    batches = make_batches(sizes, batch, 4, device)
+    config = ModelConfig(tuple(sizes), dim, (13, 512, 256, 64, dim), (512, 256, 1), mlet_hidden=hidden)
+    step = our_step(DLRM(config, seed=0, device=device), "fused")
+    for i in range(5):
+        step(batches[i % 4])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(batches[i % 4])
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    total = sum(getattr(e, key) for e in events)
+    print(f"\n== {'MLET K=' + str(hidden) if hidden else 'baseline'} d={dim} batch={batch}: {total / steps / 1000:.3f} ms GPU time per step")
+    for e in sorted(events, key=lambda e: -getattr(e, key))[:25]:
+        us = getattr(e, key) / steps
+        if us > 0:
+            print(f"{us:9.1f} us/step {e.count // steps:4d}x  {e.key[:110]}")
+
+
+def main() -> None:
+    """Profile baseline and MLET."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8192)
+    p.add_argument("--scale", type=float, default=1.0)
+    args = p.parse_args()
+    for hidden in (0, args.hidden):
+        kernel_table(args.dim, hidden, args.batch, args.scale)
+
+
+if __name__ == "__main__":
+    main()

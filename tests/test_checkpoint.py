@@ -1,0 +1,445 @@
+"""Checkpoint files: atomic writes under SIGKILL, safe loading, architecture checks, collapse, info."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import dlrm_mlet
+from checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
+from conftest import ROOT
+from data_utils import build_data, prefetch
+from errors import UserError
+from metrics import predict
+
+# -- atomic writes -------------------------------------------------------------
+
+# A child that forks writers; each writer saves versions (step, payload filled
+# with step) of a 16 MiB checkpoint over the same file until it is killed. The
+# last writer pauses inside its third save, after writing the temporary file
+# and before its fsync and rename, so that one kill lands mid-save for sure;
+# the others are killed at random moments. The paused one is the last, so
+# that its temporary file is still there at the end (each save removes the
+# leftovers of killed writers).
+WRITER = r"""
+import os, stat, sys, time
+sys.path.insert(0, sys.argv[3])
+import torch
+from checkpoint import FORMAT, VERSION, atomic_save
+
+target, rounds = sys.argv[1], int(sys.argv[2])
+
+def write_forever(round_, pause_at):
+    step = 0
+    real_fsync = os.fsync
+    def fsync(fd):
+        if step == pause_at and stat.S_ISREG(os.fstat(fd).st_mode):
+            print("pausing", flush=True)
+            time.sleep(600)
+        real_fsync(fd)
+    os.fsync = fsync
+    while True:
+        atomic_save({"format": FORMAT, "version": VERSION, "kind": "test", "round": round_, "step": step,
+                     "payload": torch.full((1 << 22,), float(step))}, target)
+        print(f"saved {step}", flush=True)
+        step += 1
+
+for r in range(rounds):
+    sys.stdin.readline()  # go
+    pid = os.fork()
+    if pid == 0:
+        write_forever(r, 2 if r == rounds - 1 else -1)
+    print(f"writer {pid}", flush=True)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
+"""
+
+
+def temporaries(target: Path) -> list[Path]:
+    return sorted(target.parent.glob(f".{target.name}.*.tmp"))
+
+
+def check_intact(target: Path, round_: int, last_saved: int) -> None:
+    """The file holds one complete version: the last one reported saved, or the next (killed between rename and report)."""
+    ckpt = torch.load(target, weights_only=True)
+    assert ckpt["round"] == round_ and ckpt["step"] in (last_saved, last_saved + 1)
+    assert torch.equal(ckpt["payload"], torch.full((1 << 22,), float(ckpt["step"])))
+
+
+@pytest.mark.timeout(120)
+def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path) -> None:
+    target = tmp_path / "ckpt.pt"
+    rounds, rng = 4, random.Random(0)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target), str(rounds), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    try:
+        for r in range(rounds):
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            writer = int(child.stdout.readline().split()[1])
+            last = -1
+            while True:
+                line = child.stdout.readline().strip()
+                if line.startswith("saved"):
+                    last = int(line.split()[1])
+                if r == rounds - 1 and line == "pausing":
+                    assert last == 1
+                    break
+                if r < rounds - 1 and last >= 1:
+                    time.sleep(rng.uniform(0.0, 0.25))  # a random moment, often inside the next save
+                    break
+            os.kill(writer, signal.SIGKILL)
+            while (line := child.stdout.readline().strip()) != "reaped":  # what it reported before dying
+                last = int(line.split()[1]) if line.startswith("saved") else last
+            check_intact(target, r, last)
+            if r == rounds - 1:  # killed inside the save: its temporary file is left, the target is the previous version
+                assert torch.load(target, weights_only=True)["step"] == 1
+                assert any(f".{writer}." in p.name for p in temporaries(target))
+    finally:
+        child.kill()
+        child.wait()
+    assert temporaries(target)  # the leftover of the writer killed mid-save ...
+    atomic_save({"format": FORMAT, "version": VERSION, "kind": "test", "step": -1}, target)
+    assert temporaries(target) == []  # ... are removed by the next save, and never read
+    assert torch.load(target, weights_only=True)["step"] == -1
+
+
+def test_stale_temporaries_of_live_writers_are_kept(tmp_path) -> None:
+    target = tmp_path / "a.pt"
+    host = socket.gethostname()
+    live = tmp_path / f".a.pt.{host}.{os.getpid()}.abc123.tmp"
+    other_host = tmp_path / ".a.pt.elsewhere.1.abc123.tmp"
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    dead = tmp_path / f".a.pt.{host}.{dead_pid}.abc123.tmp"
+    unrelated = tmp_path / f".b.pt.{host}.{dead_pid}.abc123.tmp"
+    for p in (live, other_host, dead, unrelated):
+        p.write_bytes(b"partial")
+    assert checkpoint.remove_stale_temporaries(target) == [dead]
+    assert live.exists() and other_host.exists() and unrelated.exists()
+
+
+def test_unwritable_checkpoint_path_is_one_line(tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write the checkpoint"):
+        atomic_save({"x": 1}, tmp_path / "file" / "ckpt.pt")
+
+
+def test_saved_files_get_normal_permissions(tmp_path) -> None:
+    atomic_save({"x": 1}, tmp_path / "a.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- safe loading ----------------------------------------------------------------
+
+
+class RunsACommand:
+    """Pickles as a call of ``os.system``: a checkpoint holding it would run the command on a plain ``pickle`` load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def malicious_file(path: Path, marker: Path, zip_format: bool) -> Path:
+    """A file that passes every format check but whose pickle runs ``touch marker``."""
+    payload = {"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {}, "model": RunsACommand(f"touch {marker}")}
+    if zip_format:
+        torch.save(payload, path)
+    else:
+        with path.open("wb") as handle:
+            pickle.dump(payload, handle, protocol=2)
+    return path
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["torch-zip", "raw-pickle"])
+def test_malicious_pickle_is_refused_everywhere_and_never_runs(zip_format: bool, tmp_path, capsys) -> None:
+    marker = tmp_path / "MARKER"
+    evil = malicious_file(tmp_path / "evil.pt", marker, zip_format)
+    entry_points = [
+        (dlrm_mlet.main, [f"--load-model={evil}"], "dlrm_mlet.py"),
+        (dlrm_mlet.main, [f"--load-model={evil}", "--inference-only"], "dlrm_mlet.py"),
+        (checkpoint.main, ["info", str(evil)], "checkpoint.py"),
+        (checkpoint.main, ["collapse", str(evil), str(tmp_path / "out.pt")], "checkpoint.py"),
+        (checkpoint.main, ["export-onnx", str(evil), str(tmp_path / "out.onnx")], "checkpoint.py"),
+    ]
+    for main, argv, prog in entry_points:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"{prog}: error: {evil}: refused: ") and "could run code" in err[0], err[0]
+        assert "system" in err[0] or "operand" in err[0]
+        assert not marker.exists()
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.onnx").exists()
+    # control: the file really runs the command when loaded the unsafe way
+    control = tmp_path / "CONTROL"
+    with warnings.catch_warnings(), contextlib.suppress(RuntimeError):  # a raw pickle runs, then fails torch's magic-number check
+        warnings.simplefilter("ignore")
+        torch.load(malicious_file(tmp_path / "control.pt", control, zip_format), weights_only=False)
+    assert control.exists()
+
+
+# -- shared tiny runs ------------------------------------------------------------
+
+TINY = [
+    "--data-generation=synthetic",
+    "--synthetic-rank=4",
+    "--arch-embedding-size=60000-3000-500",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=64",
+    "--num-batches=20",
+    "--test-data-size=2000",
+    "--test-mini-batch-size=500",
+    "--learning-rate=0.5",
+    "--progress=false",
+]
+K = 32
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """An MLET K=32 run (with --save-collapsed), its `checkpoint.py collapse`, and a baseline d=4 run."""
+    out = tmp_path_factory.mktemp("runs")
+    paths = {name: out / f"{name}.pt" for name in ("mlet", "mlet_collapsed", "cli_collapsed", "baseline")}
+    assert (
+        dlrm_mlet.main(
+            [*TINY, f"--mlet-hidden={K}", f"--save-model={paths['mlet']}", f"--save-collapsed={paths['mlet_collapsed']}", f"--results-json={out / 'mlet.json'}"]
+        )
+        == 0
+    )
+    assert checkpoint.main(["collapse", str(paths["mlet"]), str(paths["cli_collapsed"])]) == 0
+    assert dlrm_mlet.main([*TINY, "--num-batches=1", f"--save-model={paths['baseline']}"]) == 0
+    return paths
+
+
+def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict:
+    """``--inference-only`` results of a checkpoint."""
+    code = dlrm_mlet.main([*flags, f"--load-model={checkpoint_path}", "--inference-only", f"--results-json={out}"])
+    assert code == 0, capsys.readouterr().err
+    return json.loads(out.read_text())
+
+
+# -- architecture mismatch -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--arch-embedding-size=60000-3000-501"], "--arch-embedding-size: checkpoint has 60000-3000-500, the flags give 60000-3000-501"),
+        (["--arch-embedding-size=60000-3000"], "--arch-embedding-size"),
+        (["--arch-sparse-feature-size=8", "--arch-mlp-bot=13-8-8"], "--arch-sparse-feature-size: checkpoint has 4, the flags give 8"),
+        ([f"--mlet-hidden={2 * K}"], f"--mlet-hidden: checkpoint has {K}, the flags give {2 * K}"),
+        (["--mlet-hidden=0"], f"--mlet-hidden: checkpoint has {K}, the flags give 0"),
+        (["--arch-mlp-bot=13-16-4"], "--arch-mlp-bot: checkpoint has 13-8-4, the flags give 13-16-4"),
+        (["--arch-mlp-top=16-1"], "--arch-mlp-top: checkpoint has 8-1, the flags give 16-1"),
+        (["--arch-interaction-op=cat"], "--arch-interaction-op"),
+    ],
+)
+def test_architecture_mismatch_is_one_line_naming_the_flag(flags: list[str], named: str, runs, capsys) -> None:
+    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", *flags, f"--load-model={runs['mlet']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"dlrm_mlet.py: error: --load-model {runs['mlet']}: {named}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--mlet-hidden=8"], f"--mlet-hidden: checkpoint was trained with {K}, the flags give 8"),
+        ([f"--mlet-hidden={K}", "--arch-mlp-top=16-1"], "--arch-mlp-top"),
+        (["--arch-embedding-size=60000-3000-499"], "--arch-embedding-size"),
+    ],
+)
+def test_inference_flags_mismatch_is_one_line(flags: list[str], named: str, runs, capsys) -> None:
+    code = dlrm_mlet.main([*TINY, *flags, f"--load-model={runs['mlet_collapsed']}", "--inference-only"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"--load-model {runs['mlet_collapsed']}: {named}" in err[0]
+
+
+def test_mlet_training_cannot_resume_from_a_collapsed_checkpoint(runs, capsys) -> None:
+    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", f"--load-model={runs['mlet_collapsed']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--mlet-hidden: checkpoint is an inference checkpoint" in err[0]
+
+
+def test_plain_training_starts_from_a_collapsed_checkpoint(runs, tmp_path, capsys) -> None:
+    out = tmp_path / "ft.pt"
+    code = dlrm_mlet.main([*TINY, "--num-batches=2", f"--load-model={runs['mlet_collapsed']}", f"--save-model={out}"])
+    assert code == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(out)
+    assert ckpt["position"]["iteration"] == 2 and ckpt["model_config"]["mlet_hidden"] == 0
+
+
+# -- collapse --------------------------------------------------------------------
+
+
+def test_collapsed_checkpoint_contents(runs) -> None:
+    trained = load_checkpoint(runs["mlet"])
+    collapsed = load_checkpoint(runs["mlet_collapsed"])
+    assert collapsed["kind"] == "inference" and "optimizer" not in collapsed and "rng" not in collapsed
+    assert collapsed["model_config"]["mlet_hidden"] == 0 and collapsed["collapsed_from"]["mlet_hidden"] == K
+    assert collapsed["model"]["tables.weight"].shape == (63500, 4) and "tables.projection" not in collapsed["model"]
+    assert collapsed["args"] == trained["args"] and collapsed["best"] == trained["best"] and collapsed["history"] == trained["history"]
+    assert collapsed["collapsed_from"]["parameters"]["embedding_training_bytes"] == 4 * (63500 * K + 3 * K * 4)
+    # --save-collapsed and `checkpoint.py collapse` write the same model
+    cli = load_checkpoint(runs["cli_collapsed"])
+    assert cli.keys() == collapsed.keys()
+    for name, tensor in collapsed["model"].items():
+        assert torch.equal(tensor, cli["model"][name]), name
+    # collapsing an inference checkpoint is allowed and changes nothing
+    assert checkpoint.collapsed_checkpoint(collapsed) is collapsed
+
+
+def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(runs) -> None:
+    args = dlrm_mlet.parse_args([*TINY, f"--mlet-hidden={K}"])
+    data = build_data(args, args.table_sizes, args.bottom_mlp[0])
+    two_layer = model_from_checkpoint(load_checkpoint(runs["mlet"]))
+    collapsed = model_from_checkpoint(load_checkpoint(runs["mlet_collapsed"]))
+    assert two_layer.tables.is_mlet and not collapsed.tables.is_mlet
+    probs_two, labels = predict(two_layer, prefetch(data.test.batches(0)), torch.device("cpu"))
+    probs_one, labels_one = predict(collapsed, prefetch(data.test.batches(0)), torch.device("cpu"))
+    assert len(probs_two) == 2000 and np.array_equal(labels, labels_one)
+    assert probs_two.std() > 1e-3  # the model is not constant
+    assert np.abs(probs_two - probs_one).max() <= 1e-5
+
+
+def test_collapsed_model_evaluates_with_training_or_baseline_flags(runs, tmp_path, capsys) -> None:
+    """--inference-only on the collapsed file: same AUC as the two-layer model, with --mlet-hidden=K or 0."""
+    trained = json.loads((runs["mlet"].parent / "mlet.json").read_text())["final"]
+    two_layer = evaluate([*TINY, f"--mlet-hidden={K}"], runs["mlet"], tmp_path / "two.json", capsys)["final"]
+    with_k = evaluate([*TINY, f"--mlet-hidden={K}"], runs["mlet_collapsed"], tmp_path / "k.json", capsys)
+    baseline_flags = evaluate(TINY, runs["mlet_collapsed"], tmp_path / "base.json", capsys)
+    for result in (with_k["final"], baseline_flags["final"]):
+        assert result["samples"] == two_layer["samples"] == 2000
+        assert abs(result["auc"] - two_layer["auc"]) <= 1e-6 and abs(result["auc"] - trained["auc"]) <= 1e-6
+        assert abs(result["logloss"] - two_layer["logloss"]) <= 1e-6
+    assert with_k["checkpoint"]["kind"] == "inference" and with_k["checkpoint"]["trained_mlet_hidden"] == K
+
+
+def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(runs) -> None:
+    """Within 5% of a d=4 baseline checkpoint without optimizer state (SGD keeps none); the MLET one is far larger."""
+    baseline = load_checkpoint(runs["baseline"])
+    assert baseline["optimizer"]["state"] == {} and baseline["model_config"]["mlet_hidden"] == 0
+    collapsed, baseline_size, mlet_size = (runs[n].stat().st_size for n in ("mlet_collapsed", "baseline", "mlet"))
+    assert abs(collapsed - baseline_size) <= 0.05 * baseline_size, (collapsed, baseline_size)
+    assert mlet_size > 6 * collapsed
+
+
+# -- info and the checkpoint.py command line -------------------------------------
+
+
+def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
+    assert checkpoint.main(["info", str(runs["mlet_collapsed"])]) == 0
+    out = capsys.readouterr().out
+    assert f"inference (collapsed from MLET K={K}; no optimizer state)" in out
+    assert "inference is" in out and "x smaller (MLET collapsed)" in out
+    assert "--mlet-hidden=32" in out and "--arch-embedding-size=60000-3000-500" in out
+    assert "final auc" in out and "best auc" in out
+    assert "60,000" in out and "32x4" in out
+    assert checkpoint.main(["info", "--json", str(runs["mlet"])]) == 0
+    s = json.loads(capsys.readouterr().out)
+    rows = 63500
+    mlp = (13 * 8 + 8) + (8 * 4 + 4) + (10 * 8 + 8) + (8 * 1 + 1)
+    assert s["kind"] == "training" and s["optimizer"] == "sgd" and s["position"]["iteration"] == 20
+    assert s["parameters"]["training"]["bytes"] == 4 * (mlp + rows * K + 3 * K * 4)
+    assert s["parameters"]["inference"]["bytes"] == 4 * (mlp + rows * 4)
+    assert s["stored_parameter_bytes"] == s["parameters"]["training"]["bytes"]
+    assert [t["rows"] for t in s["tables"]] == [60000, 3000, 500]
+    assert s["tables"][0]["training_bytes"] == 4 * (60000 * K + K * 4) and s["tables"][0]["inference_bytes"] == 4 * 60000 * 4
+    collapsed = checkpoint.summary(load_checkpoint(runs["mlet_collapsed"]), runs["mlet_collapsed"])
+    assert collapsed["parameters"] == s["parameters"]  # the saving stays visible after collapsing
+    assert collapsed["stored_parameter_bytes"] == s["parameters"]["inference"]["bytes"]
+
+
+def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not usable checkpoints, and the message each gives."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    torn = tmp_path / "torn.pt"
+    atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.zeros(1000)}, torn)
+    torn.write_bytes(torn.read_bytes()[:1500])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": FORMAT, "version": VERSION + 1}, newer)
+    malformed = tmp_path / "malformed.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}}, malformed)
+    return {
+        "missing": (tmp_path / "nope.pt", "no such checkpoint file"),
+        "directory": (tmp_path, "is not a file"),
+        "text": (text, "not a readable checkpoint"),
+        "torn": (torn, "not a readable checkpoint"),
+        "foreign": (foreign, "not a dlrm-mlet checkpoint"),
+        "newer": (newer, f"checkpoint format {VERSION + 1}"),
+        "malformed": (malformed, "malformed checkpoint (no valid model_config)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "text", "torn", "foreign", "newer", "malformed"])
+def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
+    path, message = broken_files(tmp_path)[case]
+    for argv in (["info", str(path)], ["collapse", str(path), str(tmp_path / "o.pt")], ["export-onnx", str(path), str(tmp_path / "o.onnx")]):
+        assert checkpoint.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"checkpoint.py: error: {path}: ") and message in err[0], err
+    assert dlrm_mlet.main([f"--load-model={path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys) -> None:
+    ckpt = load_checkpoint(runs["mlet"])
+    ckpt["model"]["top.0.weight"] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    for argv in (["collapse", str(bad), str(tmp_path / "o.pt")], ["export-onnx", str(bad), str(tmp_path / "o.onnx")]):
+        assert checkpoint.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"checkpoint.py: error: {bad}: the weights do not fit the checkpoint's model_config (size mismatch for top.0.weight"
+        )
+
+
+def test_command_line_usage_errors_are_one_line(capsys) -> None:
+    for argv in ([], ["frobnicate"], ["info"], ["collapse", "only-one"]):
+        with pytest.raises(SystemExit) as exit_:
+            checkpoint.main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("checkpoint.py")
+
+
+def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> None:
+    out = tmp_path / "again.pt"
+    assert checkpoint.main(["collapse", str(runs["mlet_collapsed"]), str(out)]) == 0
+    assert "already an inference checkpoint" in capsys.readouterr().out
+    assert torch.equal(load_checkpoint(out)["model"]["tables.weight"], load_checkpoint(runs["mlet_collapsed"])["model"]["tables.weight"])
+
+
+def test_rng_state_roundtrip() -> None:
+    state = checkpoint.rng_state()
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.restore_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]

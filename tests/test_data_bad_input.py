@@ -1,0 +1,227 @@
+"""Bad input on the data set path: malformed rows (stop or skip and count), bad files, bad flags."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import data_utils
+import dlrm_mlet
+from conftest import SHARED_DATA
+
+MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
+
+
+def sample_lines(name: str) -> list[str]:
+    """Lines of a file of ../shared/data (skip the test where the directory is absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return (SHARED_DATA / name).read_text().splitlines()
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code (argparse's own exits included), stdout and stderr."""
+    try:
+        code = dlrm_mlet.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def kaggle_argv(raw, tmp_path, *extra: str) -> list[str]:
+    """Train a tiny model on a Kaggle-format file."""
+    return [
+        "--data-generation=dataset",
+        "--data-set=kaggle",
+        f"--raw-data-file={raw}",
+        f"--processed-data-file={tmp_path / 'p'}",
+        "--arch-mlp-bot=13-8-4",
+        *MODEL,
+        *extra,
+    ]
+
+
+def avazu_argv(raw, tmp_path, *extra: str) -> list[str]:
+    """Train a tiny model on an Avazu-format file."""
+    return [
+        "--data-generation=dataset",
+        "--data-set=avazu",
+        f"--raw-data-file={raw}",
+        f"--processed-data-file={tmp_path / 'p'}",
+        "--arch-mlp-bot=1-8-4",
+        *MODEL,
+        *extra,
+    ]
+
+
+def preprocess_main(raw, tmp_path, data_set: str, capsys, *extra: str) -> tuple[int, str, str]:
+    """``data_utils.py preprocess`` (no training): exit code, stdout, stderr."""
+    code = data_utils.command_line(
+        ["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0", *extra]
+    )
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def set_field(line: str, index: int, value: str, sep: str = "\t") -> str:
+    """``line`` with field ``index`` replaced."""
+    fields = line.split(sep)
+    fields[index] = value
+    return sep.join(fields)
+
+
+def one_error_line(err: str) -> str:
+    """The single stderr line, without the program prefix."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0].removeprefix("dlrm_mlet.py: error: ")
+
+
+KAGGLE_BAD = {
+    "too few columns": (lambda line: "\t".join(line.split("\t")[:39]), "39 fields, expected 40 fields (label, I1-I13, C1-C26)", "wrong column count"),
+    "too many columns": (lambda line: line + "\t0", "41 fields, expected 40", "wrong column count"),
+    "empty line": (lambda line: "", "empty line, expected 40 fields", "wrong column count"),
+    "non-hex category": (lambda line: set_field(line, 16, "zz11aa00"), "C3 is 'zz11aa00', expected 8 hex digits or empty", "non-hex category"),
+    "short category": (lambda line: set_field(line, 40 - 1, "abc"), "C26 is 'abc', expected 8 hex digits or empty", "non-hex category"),
+    "non-integer count": (lambda line: set_field(line, 5, "1.5"), "I5 is '1.5', expected an integer or empty", "non-integer count"),
+    "label not 0/1": (lambda line: set_field(line, 0, "2"), "label is '2', expected 0 or 1", "label not 0/1"),
+    "empty label": (lambda line: set_field(line, 0, ""), "label is '', expected 0 or 1", "label not 0/1"),
+}
+
+
+@pytest.mark.parametrize("case", KAGGLE_BAD)
+def test_a_bad_kaggle_row_stops_with_file_and_line(case: str, tmp_path, capsys) -> None:
+    edit, message, _ = KAGGLE_BAD[case]
+    lines = sample_lines("criteo_kaggle_train_sample100.txt")
+    lines[56] = edit(lines[56])
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(lines))
+    code, _, err = run_main(kaggle_argv(raw, tmp_path), capsys)
+    assert code == 2
+    assert one_error_line(err).startswith(f"{raw}:57: {message}")
+    assert "--skip-bad-rows" in err and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("case", KAGGLE_BAD)
+def test_skip_bad_rows_skips_counts_and_records_each_kind(case: str, tmp_path, capsys) -> None:
+    edit, _, kind = KAGGLE_BAD[case]
+    lines = sample_lines("criteo_kaggle_train_sample100.txt")
+    lines[56] = edit(lines[56])
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(lines))
+    code, out, err = preprocess_main(raw, tmp_path, "kaggle", capsys, "--skip-bad-rows")
+    assert code == 0, err
+    assert f"skipped 1 bad rows: 1 {kind} (first at line 57)" in out
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["bad_rows"] == {"total": 1, "by_kind": {kind: 1}, "first_lines": {kind: [57]}}
+    assert sum(meta["rows"].values()) == 99 and meta["physical_rows"] == 100
+
+
+def test_the_first_bad_line_is_reported_and_all_kinds_are_counted(tmp_path, capsys) -> None:
+    lines = sample_lines("criteo_kaggle_train_sample100.txt")
+    for i, case in zip([80, 30, 31, 60, 61, 70, 90, 95], KAGGLE_BAD):
+        lines[i] = KAGGLE_BAD[case][0](lines[i])
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(lines))
+    code, _, err = run_main(kaggle_argv(raw, tmp_path), capsys)
+    assert code == 2 and one_error_line(err).startswith(f"{raw}:31: 41 fields")
+    code, out, err = run_main(kaggle_argv(raw, tmp_path, "--skip-bad-rows"), capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["bad_rows"]["by_kind"] == {"wrong column count": 3, "non-hex category": 2, "non-integer count": 1, "label not 0/1": 2}
+    assert meta["bad_rows"]["first_lines"]["wrong column count"] == [31, 32, 81]
+    assert sum(meta["rows"].values()) == 92
+    code, out, err = run_main(kaggle_argv(raw, tmp_path), capsys)  # strict again: the cache that skipped rows is not trusted
+    assert code == 2 and "--skip-bad-rows" in out + err
+
+
+AVAZU_BAD = {
+    "bad hour": (lambda line: set_field(line, 2, "14103224", ","), "hour is '14103224', expected YYMMDDHH (a valid date and hour)", "bad hour"),
+    "bad date": (lambda line: set_field(line, 2, "14113100", ","), "hour is '14113100', expected YYMMDDHH", "bad hour"),
+    "non-integer value": (lambda line: set_field(line, 16, "15a06", ","), "C14 is '15a06', expected an integer or empty", "non-integer value"),
+    "non-hex category": (lambda line: set_field(line, 5, "1fbe01f", ","), "site_id is '1fbe01f', expected 8 hex digits or empty", "non-hex category"),
+    "label not 0/1": (lambda line: set_field(line, 1, "yes", ","), "click is 'yes', expected 0 or 1", "label not 0/1"),
+    "too few columns": (lambda line: line.rsplit(",", 1)[0], "23 fields, expected 24 fields (id, click, hour", "wrong column count"),
+}
+
+
+@pytest.mark.parametrize("case", AVAZU_BAD)
+def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
+    edit, message, kind = AVAZU_BAD[case]
+    lines = sample_lines("avazu_train_head100.csv")
+    lines[40] = edit(lines[40])  # the header is line 1: this is line 41
+    raw = tmp_path / "train.csv"
+    raw.write_text("\r\n".join(lines) + "\r\n")
+    code, _, err = run_main(avazu_argv(raw, tmp_path), capsys)
+    assert code == 2 and one_error_line(err).startswith(f"{raw}:41: {message}")
+    code, out, err = preprocess_main(raw, tmp_path, "avazu", capsys, "--skip-bad-rows")
+    assert code == 0, err
+    assert f"1 {kind} (first at line 41)" in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        (None, [], "--data-generation=dataset: needs --raw-data-file"),
+        ("missing", [], "--raw-data-file: {raw}: no such file"),
+        ("empty", [], "--raw-data-file: {raw}: file is empty"),
+        ("directory", [], "--raw-data-file: {raw}: is a directory, expected a file"),
+        ("test.txt", [], "{raw}: looks like Criteo-Kaggle's unlabelled test.txt"),
+        ("sample", ["--data-split=by-day"], "--data-split: by-day is not a split of kaggle"),
+        ("sample", ["--arch-mlp-bot=4-8-4"], "--arch-mlp-bot: must start with 13 for kaggle"),
+        ("sample", ["--cat-min-count=0"], "--cat-min-count: must be >= 1"),
+        ("sample", ["--max-ind-range=-1"], "--max-ind-range: must be >= 0"),
+        ("sample", ["--arch-embedding-size=10-10"], "--arch-embedding-size: '10-10' does not match the data's table sizes"),
+        ("sample", ["--processed-data-file={raw}"], "--processed-data-file: {raw} is a file"),
+    ],
+)
+def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], message: str, tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    if setup == "empty":
+        raw.write_bytes(b"")
+    elif setup == "directory":
+        raw.mkdir()
+    elif setup == "test.txt":
+        raw.write_text("\n".join(sample_lines("criteo_kaggle_test_head1999_nolabel.txt")[:50]))
+    elif setup == "sample":
+        raw.write_text("\n".join(sample_lines("criteo_kaggle_train_sample100.txt")))
+    argv = kaggle_argv(raw, tmp_path) if setup else ["--data-generation=dataset", "--arch-mlp-bot=13-8-4", *MODEL]
+    argv = [a for a in argv if not any(a.startswith(f.split("=")[0] + "=") for f in flags)]
+    code, _, err = run_main([*argv, *(f.format(raw=raw) for f in flags)], capsys)
+    assert code == 2
+    assert one_error_line(err).startswith(message.format(raw=raw))
+
+
+def test_avazu_bottom_mlp_takes_one_constant_input(tmp_path, capsys) -> None:
+    raw = tmp_path / "train.csv"
+    raw.write_text("\n".join(sample_lines("avazu_train_head2994_crlf.csv")[:300]))
+    argv = avazu_argv(raw, tmp_path)
+    code, _, err = run_main([*argv, "--arch-mlp-bot=13-8-4"], capsys)
+    assert code == 2 and "--arch-mlp-bot: must start with 1 for avazu" in err
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    sizes = re.search(r"model: 23 tables \(plain, d=4, ([\d,]+) rows\)", out)
+    assert sizes is not None
+
+
+def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    out_json = tmp_path / "r.json"
+    code, out, err = run_main(kaggle_argv(raw, tmp_path, "--cat-min-count=2", f"--results-json={out_json}"), capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    result = json.loads(out_json.read_text())
+    sizes = result["model_config"]["table_sizes"]
+    assert len(sizes) == 26 and all(1 < n <= v + 1 for n, v in zip(sizes, meta["vocabulary_sizes"]) if v > 1)
+    assert result["final"]["samples"] == meta["rows"]["test"] == 143
+    given = "--arch-embedding-size=" + "-".join(map(str, sizes))
+    code, out, err = run_main(kaggle_argv(raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"), capsys)
+    assert code == 0, err
+    assert "using processed data" in out and "evaluating on val" in out
+    assert json.loads(out_json.read_text())["final"]["samples"] == meta["rows"]["val"] == 142
+    code, out, err = run_main(kaggle_argv(raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys)
+    assert code == 0 and json.loads(out_json.read_text())["final"]["samples"] == 50

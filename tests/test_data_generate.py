@@ -1,0 +1,152 @@
+"""Synthetic raw files: determinism, exact recovery through preprocessing, and generate -> preprocess -> train."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import data_utils
+import dlrm_mlet
+from preprocess import SPLITS, prepare
+from raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, RawGenerator, WrittenRows, scaled_sizes
+
+
+def written(generator: RawGenerator) -> WrittenRows:
+    """Everything the generator writes, concatenated."""
+    chunks = list(generator.chunks())
+    return WrittenRows(*(np.concatenate([getattr(c, f) for c in chunks]) for f in ("labels", "counts", "missing", "ids", "hours")))
+
+
+def processed_rows(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All splits back in file order (dlrm and by-day keep file order within and across splits)."""
+    parts = [data.split(s) for s in SPLITS]
+    return tuple(np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(3))
+
+
+def assert_ids_map_one_to_one(generated: np.ndarray, got: np.ndarray, train_rows: int) -> None:
+    """Within training rows, generated values and vocabulary ids are in 1:1 correspondence; later rows follow it (unseen -> 0)."""
+    for t in range(generated.shape[1]):
+        pairs = np.unique(np.stack([generated[:train_rows, t], got[:train_rows, t]]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], f"feature {t} is not 1:1"
+        assert pairs[1].min() >= 1
+        mapping = dict(zip(pairs[0].tolist(), pairs[1].tolist()))
+        expected = [mapping.get(v, 0) for v in generated[train_rows:, t].tolist()]
+        assert got[train_rows:, t].tolist() == expected
+
+
+def test_generator_is_deterministic_by_seed(tmp_path) -> None:
+    for data_set in ("kaggle", "avazu"):
+        paths = [tmp_path / f"{data_set}{i}" for i in range(3)]
+        for path, seed in zip(paths, (5, 5, 6)):
+            assert data_utils.command_line(["generate", data_set, "--rows", "3000", "--seed", str(seed), "--out", str(path), "--scale", "0.001"]) == 0
+        assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
+
+
+def test_kaggle_file_has_the_real_layout_and_profile(tmp_path) -> None:
+    path = tmp_path / "train.txt"
+    RawGenerator("kaggle", 20000, seed=1, scale=0.001).write(path)
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    assert len(rows) == 20000 and {len(r) for r in rows} == {40} and {r[0] for r in rows} == {"0", "1"}
+    columns = ["label", *KAGGLE_DENSE, *KAGGLE_CATEGORICAL]
+    empty = {name: np.mean([r[i] == "" for r in rows]) for i, name in enumerate(columns)}
+    for group, share in KAGGLE_MISSING:
+        assert all(abs(empty[name] - share) < 0.02 for name in group), group
+    assert all(len(r[i]) in (0, 8) and all(c in "0123456789abcdef" for c in r[i]) for r in rows[:500] for i in range(14, 40))
+    assert any(r[2].startswith("-") for r in rows)  # I2 has negatives, as in the real file
+    sizes = scaled_sizes(KAGGLE_CARDINALITIES, 0.001)
+    assert sizes[2] == 10131 and sizes[8] == 3 and min(sizes) >= 3  # C9 (3 values) keeps all of them
+    assert len({r[16] for r in rows}) > 2000  # C3 is big
+
+
+def test_preprocessing_recovers_the_generated_kaggle_samples(tmp_path) -> None:
+    generator = RawGenerator("kaggle", 5000, seed=2, scale=0.0005)
+    raw = tmp_path / "train.txt.gz"
+    generator.write(raw)
+    data = prepare(str(raw), str(tmp_path / "p"), "kaggle", "dlrm", progress=False, log=lambda _: None)
+    dense, ids, labels = processed_rows(data)
+    truth = written(generator)
+    assert np.array_equal(labels, truth.labels)
+    assert np.array_equal(dense, np.log1p(np.maximum(truth.counts, 0)).astype(np.float32))  # empty fields and negatives -> 0
+    assert (truth.counts < 0).any() and truth.missing.any()
+    assert_ids_map_one_to_one(truth.ids, ids, data.meta["rows"]["train"])
+
+
+def test_preprocessing_recovers_the_generated_avazu_samples(tmp_path) -> None:
+    generator = RawGenerator("avazu", 3000, seed=4, scale=0.001)
+    raw = tmp_path / "train.csv"
+    generator.write(raw)
+    data = prepare(str(raw), str(tmp_path / "p"), "avazu", "by-day", progress=False, log=lambda _: None)
+    dense, ids, labels = processed_rows(data)
+    truth = written(generator)
+    assert np.array_equal(labels, truth.labels) and dense.shape == (3000, 1) and (dense == 1).all()
+    hour_of_day, day = truth.hours % 100, truth.hours // 100 % 100
+    weekday = (day - 21 + 1) % 7  # 2014-10-21 was a Tuesday (1)
+    generated = np.column_stack([hour_of_day, weekday, truth.ids])
+    assert_ids_map_one_to_one(generated, ids, data.meta["rows"]["train"])
+    assert sorted(set(truth.hours.tolist()))[::24][:2] == [14102100, 14102200] and truth.hours.max() == 14103023
+
+
+def test_generate_preprocess_train_reaches_auc_above_0_7(tmp_path, capsys) -> None:
+    """The whole user path on the synthetic Kaggle format: about 10 s on 2 idle cores."""
+    raw = tmp_path / "train.txt"
+    model = ["--synthetic-rank", "16", "--synthetic-interaction-std", "3"]
+    assert data_utils.command_line(["generate", "kaggle", "--rows", "100000", "--seed", "7", "--out", str(raw), "--scale", "0.0005", *model]) == 0
+    results = tmp_path / "result.json"
+    argv = [
+        "--data-generation=dataset",
+        "--data-set=kaggle",
+        f"--raw-data-file={raw}",
+        f"--processed-data-file={tmp_path / 'processed'}",
+        "--arch-sparse-feature-size=16",
+        "--arch-mlp-bot=13-32-16",
+        "--arch-mlp-top=32-1",
+        "--mini-batch-size=256",
+        "--optimizer=adagrad",
+        "--learning-rate=0.05",
+        "--test-mini-batch-size=4096",
+        "--progress=false",
+        f"--results-json={results}",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine, 2 threads can be 10x slower than 1
+    try:
+        code = dlrm_mlet.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(results.read_text())
+    assert result["final"]["auc"] > 0.7, result["final"]
+    assert result["final"]["samples"] == 100000 // 7 // 2 + 1  # day 7's first half (100000 = 7 * 14285 + 5)
+    assert "preprocessing" in out.out and "pass 1/2" in out.out
+
+
+@pytest.mark.parametrize("data_set", ["kaggle", "avazu"])
+def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
+    raw = tmp_path / "raw"
+    assert data_utils.command_line(["generate", data_set, "--rows", "2000", "--out", str(raw), "--scale", "0.001"]) == 0
+    code = data_utils.command_line(
+        ["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "table sizes" in out and (tmp_path / "p" / "meta.json").exists()
+    assert data_utils.command_line(["preprocess", "--data-set=avazu" if data_set == "kaggle" else "--data-set=kaggle", f"--raw-data-file={raw}"]) == 2
+    assert "use --data-set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("generation", ["random", "synthetic"])
+def test_eval_split_val_on_generated_data_uses_another_stream(generation: str, tmp_path, capsys) -> None:
+    common = [f"--data-generation={generation}", "--arch-embedding-size=50-20-7", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]
+    common += ["--arch-mlp-top=8-1", "--mini-batch-size=64", "--num-batches=3", "--test-data-size=300", "--progress=false"]
+    finals = {}
+    for split in ("test", "val"):
+        out = tmp_path / f"{split}.json"
+        assert dlrm_mlet.main([*common, f"--eval-split={split}", f"--results-json={out}"]) == 0
+        finals[split] = json.loads(out.read_text())["final"]
+    assert "evaluating on a validation stream" in capsys.readouterr().out
+    assert finals["test"]["samples"] == finals["val"]["samples"] == 300
+    assert finals["test"]["logloss"] != finals["val"]["logloss"]  # same model, other samples

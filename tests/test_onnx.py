@@ -1,0 +1,113 @@
+"""ONNX export: dynamic batch and bag sizes, onnxruntime == torch, external data for large models."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import checkpoint
+import onnx_export
+from checkpoint import FORMAT, VERSION, atomic_save
+from conftest import random_inputs, small_config
+from dlrm_model import DLRM
+from onnx_export import ServingDLRM, export_onnx
+
+K = 16
+
+
+def trained_looking(hidden: int, seed: int = 5) -> DLRM:
+    """A small model with weights far from the initial ones (so outputs vary)."""
+    model = DLRM(small_config(hidden), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3, generator=gen)
+    return model.eval()
+
+
+def torch_probabilities(model: DLRM, dense: torch.Tensor, sparse) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(model(dense, sparse)).numpy()
+
+
+def run_session(session: onnxruntime.InferenceSession, dense: torch.Tensor, sparse) -> np.ndarray:
+    (out,) = session.run(["probabilities"], {"dense": dense.numpy(), "indices": sparse.indices.numpy(), "offsets": sparse.offsets.numpy()})
+    return out
+
+
+@pytest.mark.parametrize("hidden", [0, K])
+@pytest.mark.parametrize("bag", [1, 4])
+def test_serving_formulation_equals_the_model(hidden: int, bag: int) -> None:
+    """Gather + index_add pooling == embedding_bag pooling (empty bags included when bag > 1)."""
+    model = trained_looking(hidden)
+    dense, sparse = random_inputs(model.config, batch=50, seed=3, bag=bag)
+    if bag > 1:
+        assert (sparse.offsets.diff() == 0).any()  # some empty bags
+    with torch.no_grad():
+        got = ServingDLRM(model)(dense, sparse.indices, sparse.offsets).numpy()
+    expected = torch_probabilities(model, dense, sparse)
+    assert expected.std() > 0.02
+    assert np.abs(got - expected).max() <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """The collapsed model exported through the command line; the two-layer one through the API,
+    with the external-data threshold forced below its size (2 GiB minus headroom by default)."""
+    out = tmp_path_factory.mktemp("onnx")
+    two_layer = trained_looking(K)
+    training = {"format": FORMAT, "version": VERSION, "kind": "training", "model_config": two_layer.config.to_dict(), "model": two_layer.state_dict()}
+    atomic_save(checkpoint.collapsed_checkpoint(training), out / "collapsed.pt")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert checkpoint.main(["export-onnx", str(out / "collapsed.pt"), str(out / "collapsed.onnx")]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
+        report = export_onnx(two_layer, out / "two_layer.onnx")
+    assert report["external_data"] == str(out / "two_layer.onnx.data") and report["max_abs_diff"] <= 1e-5
+    return {"collapsed": (two_layer.collapse().eval(), out / "collapsed.onnx"), "two_layer": (two_layer, out / "two_layer.onnx"), "printed": printed.getvalue()}
+
+
+def input_output_dims(model: onnx.ModelProto) -> dict[str, list]:
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
+
+
+def test_command_line_export_writes_one_file_with_dynamic_shapes(exported) -> None:
+    path = exported["collapsed"][1]
+    lines = exported["printed"].splitlines()
+    assert lines[0] == f"wrote {path} (plain tables)"
+    assert lines[1].startswith("onnxruntime check: max abs diff ") and float(lines[1].split()[5]) <= 1e-5
+    assert path.exists() and not path.with_name(path.name + ".data").exists()
+    model = onnx.load(path)
+    assert input_output_dims(model) == {"dense": ["batch", 13], "indices": ["num_indices"], "offsets": ["4*batch + 1"], "probabilities": ["batch"]}
+    weights = {i.name: i for i in model.graph.initializer}
+    assert "model.tables.projection" not in weights  # plain d-wide tables
+    assert weights["model.tables.weight"].data_location == onnx.TensorProto.DEFAULT and len(weights["model.tables.weight"].raw_data) == 359 * 4 * 4
+
+
+def test_large_models_are_written_with_external_data(exported) -> None:
+    model, path = exported["two_layer"]
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = {i.name: i for i in graph.initializer}
+    for name in ("model.tables.weight", "model.tables.projection"):
+        assert weights[name].data_location == onnx.TensorProto.EXTERNAL and not weights[name].raw_data
+    table_bytes = sum(p.numel() * 4 for p in model.tables.parameters())
+    assert path.with_name(path.name + ".data").stat().st_size >= table_bytes
+
+
+@pytest.mark.parametrize("which", ["collapsed", "two_layer"])
+def test_onnxruntime_matches_torch_at_several_batch_sizes(which: str, exported) -> None:
+    model, path = exported[which]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 64, 257):
+        for bag in (1, 4):  # one-hot, multi-hot (with empty bags)
+            dense, sparse = random_inputs(model.config, batch=batch, seed=batch * 10 + bag, bag=bag)
+            got = run_session(session, dense, sparse)
+            assert got.shape == (batch,)
+            assert np.abs(got - torch_probabilities(model, dense, sparse)).max() <= 1e-5, (batch, bag)

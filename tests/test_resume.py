@@ -1,0 +1,236 @@
+"""Exact resume: an interrupted (or killed) run, resumed, ends where the uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dlrm_mlet
+from checkpoint import load_checkpoint
+from conftest import ROOT
+
+# Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
+# Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).
+FLAGS = [
+    "--data-generation=synthetic",
+    "--synthetic-rank=4",
+    "--arch-embedding-size=500-80-20-7",
+    "--arch-sparse-feature-size=4",
+    "--mlet-hidden=16",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=10",
+    "--nepochs=2",
+    "--optimizer=adagrad",
+    "--learning-rate=0.3",
+    "--lr-num-warmup-steps=3",
+    "--lr-decay-start-step=8",
+    "--lr-num-decay-steps=10",
+    "--test-freq=5",
+    "--test-data-size=128",
+    "--progress=false",
+]
+TOTAL_ITERATIONS = 20
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``dlrm_mlet.py argv``."""
+    try:
+        code = dlrm_mlet.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Two final checkpoints hold the same weights, optimizer state, position and test history, bit for bit."""
+    assert a["position"] == b["position"]
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys() and state_a
+    for name in state_a:
+        for key in state_a[name]:
+            assert torch.equal(state_a[name][key], state_b[name][key]), (name, key)
+    assert a["history"] == b["history"] and a["best"] == b["best"]
+    assert a["train_samples"] == b["train_samples"] == TOTAL_ITERATIONS * 32
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[dict, dict]:
+    """The uninterrupted run: its final checkpoint and results."""
+    out = tmp_path_factory.mktemp("straight")
+    code = dlrm_mlet.main([*FLAGS, f"--save-model={out / 'final.pt'}", f"--results-json={out / 'run.json'}"])
+    assert code == 0
+    return load_checkpoint(out / "final.pt"), json.loads((out / "run.json").read_text())
+
+
+def interrupt_after_save(monkeypatch, stop_at: int) -> None:
+    """Make the run stop (as on Ctrl-C) right after writing the checkpoint of iteration ``stop_at``."""
+    original = dlrm_mlet.Trainer.save
+
+    def save(self) -> None:
+        original(self)
+        if self.iteration == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlrm_mlet.Trainer, "save", save)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "stop_at",
+    [
+        4,  # mid epoch 0
+        10,  # last batch of epoch 0: saved before the end-of-epoch test
+        15,  # mid epoch 1, right after a --test-freq test
+    ],
+)
+def test_interrupted_run_resumes_exactly(stop_at: int, straight, tmp_path, monkeypatch, capsys) -> None:
+    ckpt = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, stop_at)
+        code, _, _ = run_main([*FLAGS, f"--save-model={ckpt}", f"--save-freq={stop_at}"], capsys)
+    assert code == 130
+    saved = load_checkpoint(ckpt)
+    assert saved["position"]["iteration"] == stop_at
+    assert saved["position"]["epoch"] == (stop_at - 1) // 10
+
+    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
+    assert code == 0, err
+    assert f"resuming {ckpt} at epoch {saved['position']['epoch']}, batch {saved['position']['batch']}" in out
+    assert "changed flags" not in out
+    straight_ckpt, straight_results = straight
+    assert_same_run(load_checkpoint(ckpt), straight_ckpt)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["final"] == straight_results["final"] and results["best"] == straight_results["best"]
+    assert results["iterations"] == TOTAL_ITERATIONS and [h["iteration"] for h in results["history"]] == [5, 10, 15, 20]
+
+
+def test_more_epochs_extend_a_finished_run_exactly(straight, tmp_path, capsys) -> None:
+    """A finished 1-epoch run resumed with --nepochs=2 equals the 2-epoch run (the change is logged)."""
+    ckpt = tmp_path / "run.pt"
+    one_epoch = [f for f in FLAGS if not f.startswith("--nepochs")] + ["--nepochs=1"]
+    assert run_main([*one_epoch, f"--save-model={ckpt}"], capsys)[0] == 0
+    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
+    assert code == 0, err
+    assert "resuming with changed flags" in out and "--nepochs=2 (checkpoint: 1)" in out
+    assert_same_run(load_checkpoint(ckpt), straight[0])
+
+
+# Runs dlrm_mlet.py with an os.fsync that, on the checkpoint save of iteration
+# KILL_AT (one file fsync per save with --save-freq=1), reports and waits: the
+# temporary file is written but not yet synced or renamed when the test kills it.
+PAUSING_RUN = r"""
+import os, stat, sys, time
+sys.path.insert(0, sys.argv[1])
+kill_at, saves, real_fsync = int(sys.argv[2]), [0], os.fsync
+def fsync(fd):
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        saves[0] += 1
+        if saves[0] == kill_at:
+            print("pausing inside the save", flush=True)
+            time.sleep(600)
+    real_fsync(fd)
+os.fsync = fsync
+import dlrm_mlet
+sys.exit(dlrm_mlet.main(sys.argv[3:]))
+"""
+KILL_AT = 13  # batch 3 of epoch 1
+
+
+@pytest.mark.timeout(180)
+def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None:
+    """SIGKILL a training process inside a checkpoint save in epoch 1; the previous checkpoint is intact and resumes exactly."""
+    ckpt = tmp_path / "run.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    argv = [*FLAGS, f"--save-model={ckpt}", "--save-freq=1"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_RUN, str(ROOT), str(KILL_AT), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        for line in child.stdout:
+            if line.startswith("pausing inside the save"):
+                break
+        else:
+            pytest.fail("the run ended without reaching the save")
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    leftovers = list(tmp_path.glob(f".run.pt.*.{child.pid}.*.tmp"))
+    assert len(leftovers) == 1  # the save it was killed in
+    saved = load_checkpoint(ckpt)
+    assert saved["position"]["epoch"] == 1 and saved["position"]["iteration"] == KILL_AT - 1
+
+    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
+    assert code == 0, err
+    assert "resuming" in out and not leftovers[0].exists()  # the next save removed the dead writer's file
+    assert_same_run(load_checkpoint(ckpt), straight[0])
+
+
+EARLY = [*FLAGS, "--num-batches=3", "--nepochs=1", "--test-freq=0"]  # later flags win
+
+
+@pytest.fixture(scope="module")
+def early_checkpoint(tmp_path_factory) -> str:
+    """The final checkpoint of a 3-iteration run."""
+    path = tmp_path_factory.mktemp("early") / "early.pt"
+    assert dlrm_mlet.main([*EARLY, f"--save-model={path}"]) == 0
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("--mini-batch-size=16", "--mini-batch-size"),
+        ("--numpy-rand-seed=5", "--numpy-rand-seed"),
+        ("--synthetic-zipf=1.2", "--synthetic-zipf"),
+        ("--num-batches=10", "--num-batches"),
+        ("--optimizer=sgd", "--optimizer"),
+    ],
+)
+def test_resume_refuses_flags_that_change_the_data_stream_or_optimizer(change: str, named: str, early_checkpoint: str, capsys) -> None:
+    code, _, err = run_main([*EARLY, change, f"--load-model={early_checkpoint}"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dlrm_mlet.py: error: --load-model {early_checkpoint}: {named}: checkpoint has ")
+
+
+def test_resume_refuses_training_data_of_another_size(early_checkpoint: str, tmp_path, capsys) -> None:
+    """A change of the training data that no compared flag names is still caught, by the data's size."""
+    ckpt = load_checkpoint(early_checkpoint)
+    del ckpt["args"]["num_batches"]  # as if the size came from a flag the checkpoint does not know
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt, edited)
+    code, _, err = run_main([*EARLY, "--num-batches=10", f"--load-model={edited}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the training data differ from the checkpoint's (320 samples in 10 batches per epoch, the checkpoint's: 96 in 3)" in err
+
+
+def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoint: str, tmp_path, capsys) -> None:
+    out_ckpt = tmp_path / "more.pt"
+    code, out, err = run_main([*EARLY, "--learning-rate=0.1", "--nepochs=2", f"--load-model={early_checkpoint}", f"--save-model={out_ckpt}"], capsys)
+    assert code == 0, err
+    assert "resuming with changed flags (the run continues with the new values): --learning-rate=0.1 (checkpoint: 0.3), --nepochs=2 (checkpoint: 1)" in out
+    resumed = load_checkpoint(out_ckpt)
+    assert resumed["position"]["iteration"] == 6 and resumed["lr_schedule"]["base_lr"] == 0.1
+
+
+def test_checkpoint_holds_rng_schedule_and_position(early_checkpoint: str) -> None:
+    ckpt = load_checkpoint(early_checkpoint)
+    assert ckpt["kind"] == "training" and ckpt["optimizer"]["optimizer"] == "adagrad" and ckpt["optimizer"]["state"]
+    assert ckpt["position"] == {"epoch": 1, "batch": 0, "iteration": 3, "batches_per_epoch": 3, "train_samples_per_epoch": 96, "shuffle_seed": 123}
+    assert ckpt["lr_schedule"] == {"base_lr": 0.3, "warmup_steps": 3, "decay_start": 8, "decay_steps": 10, "next_lr": 0.3}
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert ckpt["args"]["learning_rate"] == 0.3 and ckpt["best"]["iteration"] == 3

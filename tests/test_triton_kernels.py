@@ -1,0 +1,104 @@
+"""Triton kernels, run on the CPU in Triton's interpreter, against the PyTorch ops they replace."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import triton_kernels as tk
+from conftest import random_inputs
+from optimizers import build_optimizer
+
+pytestmark = pytest.mark.skipif(tk.triton is None, reason="triton is not installed")
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    """Run the kernels on CPU tensors (interpreted) in this module's tests only."""
+    monkeypatch.setattr(tk, "INTERPRET_ON_CPU", True)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_gather_rows_equals_indexing() -> None:
+    weight = torch.randn(300, 20, generator=gen(0))
+    ids = torch.randint(0, 300, (257,), generator=gen(1))
+    assert torch.equal(tk.gather_rows(weight, ids), weight[ids])
+
+
+def test_scatter_sub_rows_with_repeated_rows() -> None:
+    weight = torch.randn(50, 7, generator=gen(2))
+    ids = torch.tensor([3, 9, 3, 3, 49, 0])
+    grads = torch.randn(6, 7, generator=gen(3))
+    expected = weight.clone().index_add_(0, ids, grads * -0.25)
+    tk.scatter_sub_rows(weight, ids, grads, torch.tensor(0.25))
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("groups", "m", "k", "n", "splits"), [(3, 50, 64, 4, 1), (2, 33, 20, 16, 1), (2, 64, 300, 5, 3)])
+def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: int) -> None:
+    a = torch.randn(groups, m, k, generator=gen(4))
+    b = torch.randn(groups, k, n, generator=gen(5))
+    torch.testing.assert_close(tk.grouped_matmul(a, b, splits), torch.bmm(a, b), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)), torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), rtol=1e-5, atol=1e-4)
+
+
+def test_projection_gradients_equal_bmm() -> None:
+    pooled = torch.randn(3, 40, 8, generator=gen(6), requires_grad=True)
+    projection = torch.randn(3, 8, 4, generator=gen(7), requires_grad=True)
+    upstream = torch.randn(3, 40, 4, generator=gen(8))
+    tk.project(pooled, projection).backward(upstream)
+    p2, w2 = pooled.detach().clone().requires_grad_(True), projection.detach().clone().requires_grad_(True)
+    torch.bmm(p2, w2).backward(upstream)
+    torch.testing.assert_close(pooled.grad, p2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(projection.grad, w2.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch, hidden: int) -> None:
+    """Five SGD steps: kernels (interpreted) vs the PyTorch ops they replace."""
+    reference = make_model(hidden, seed=5)
+    model = copy.deepcopy(reference)
+    losses = {}
+    for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
+        monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
+        opt = build_optimizer("sgd", 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
+        losses[name] = []
+        for step in range(5):
+            dense, features = random_inputs(net.config, batch=24, seed=step)
+            labels = torch.randint(0, 2, (24,), generator=gen(step)).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(dense, features), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
+    for (n, a), b in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
+
+
+def test_project_scatter_sub_equals_explicit_update() -> None:
+    tables, batch, hidden, d = 3, 70, 24, 4
+    weight = torch.randn(40, hidden, generator=gen(9))
+    projection = torch.randn(tables, hidden, d, generator=gen(10))
+    ids = torch.randint(0, 40, (tables * batch,), generator=gen(11))  # repeats across and within tables
+    grad_out = torch.randn(batch, tables, d, generator=gen(12)).transpose(0, 1)  # non-contiguous, as autograd gives it
+    rows = torch.bmm(grad_out, projection.transpose(1, 2)).reshape(-1, hidden)
+    expected = weight.clone().index_add_(0, ids, rows * -0.1)
+    tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1))
+    torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_mlet_path_is_taken(make_model, monkeypatch) -> None:
+    model = make_model(16)
+    build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
+    _, one_hot = random_inputs(model.config, batch=8, seed=0)
+    _, multi_hot = random_inputs(model.config, batch=8, seed=0, bag=2)
+    assert model.tables._fused_mlet_path(one_hot)
+    assert not model.tables._fused_mlet_path(multi_hot)
+    monkeypatch.setattr(tk, "INTERPRET_ON_CPU", False)
+    assert not model.tables._fused_mlet_path(one_hot)
