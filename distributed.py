@@ -30,10 +30,14 @@ table's optimizer state, in global table order; :meth:`DistributedDLRM.state_dic
 and :class:`ShardedOptimizer`), so they load in one process and in a run of
 any other size, and are split again on loading.
 
-Errors: setup steps run under :meth:`MultiProcess.agree`, which shares any
-rank's error with every rank, so all stop with that rank's message (printed
-once, by rank 0) instead of waiting for each other; an error later in the run
-stops the failing process, and ``torchrun`` then stops the others;
+Process groups: the default group is gloo, joined before the flags are
+checked (:func:`start`); it carries errors, metrics and checkpoints. On GPUs
+the training traffic (all-to-all, DDP) has a NCCL group of its own.
+
+Errors: the flag checks and the setup run under :func:`agree`, which shares
+any rank's error with every rank, so all stop with that rank's message
+(printed once, by rank 0) instead of waiting for each other; an error later
+in the run stops the failing process, and ``torchrun`` then stops the others;
 collectives time out after ``--dist-timeout`` seconds.
 """
 
@@ -273,18 +277,17 @@ class BatchShard:
 # -- process groups ------------------------------------------------------------
 @dataclass(frozen=True)
 class Comm:
-    """This process's place in the run: rank, size, device, and its process groups.
+    """This process's place in the run: rank, size, device, and the training group.
 
-    ``group`` carries the training traffic (NCCL on GPUs, gloo on CPUs);
-    ``cpu_group`` (gloo) carries host-side traffic: errors, metrics and
-    checkpoint gathering. ``None`` means the default group (gloo).
+    ``group`` carries the training traffic: a NCCL group on GPUs, ``None``
+    (the default group, gloo) on CPUs. Host-side traffic (errors, metrics,
+    checkpoint gathering) always goes over the default gloo group.
     """
 
     rank: int
     world_size: int
     device: torch.device
     group: dist.ProcessGroup | None = None
-    cpu_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
@@ -503,7 +506,7 @@ class RowLayout:
 def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
     """The full tensor on rank 0 (on the CPU), from every rank's rows; ``None`` elsewhere.
 
-    Every rank must call it. Rows travel over the CPU group in chunks of at most
+    Every rank must call it. Rows travel over the (gloo) default group in chunks of at most
     ``GATHER_CHUNK_BYTES``, so no device needs room for more than its own shard.
     """
     trailing = tuple(local.shape[1:])
@@ -522,9 +525,9 @@ def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
                     if comm.is_main:
                         full[start + lo : start + hi] = piece
                     else:
-                        dist.send(piece.contiguous(), dst=0, group=comm.cpu_group)
+                        dist.send(piece.contiguous(), dst=0)
                 else:
-                    dist.recv(full[start + lo : start + hi], src=rank, group=comm.cpu_group)
+                    dist.recv(full[start + lo : start + hi], src=rank)
             offset += count
     return full
 
@@ -669,9 +672,9 @@ class ShardedOptimizer:
         """One sharded parameter's state, gathered (on rank 0)."""
         comm = self.model.comm
         rows = {k: v for k, v in entries.items() if torch.is_tensor(v) and v.shape == param.shape}
-        small = {k: v for k, v in entries.items() if k not in rows}
+        small = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows}  # pickled to every rank
         inventory: list = [None] * comm.world_size
-        dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0), group=comm.cpu_group)
+        dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0))
         owners = [(keys, values) for keys, values, has_rows in inventory if has_rows]
         keys = sorted({k for keys, _ in owners for k in keys})
         if any(set(keys) - set(owner_keys) for owner_keys, _ in owners):
@@ -803,7 +806,7 @@ class MultiProcess:
         probs, labels = predict(model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if self.is_main else None]
-        dist.broadcast_object_list(result, src=0, group=self.comm.cpu_group)
+        dist.broadcast_object_list(result, src=0)
         return result[0]
 
     def gather_samples(self, local: np.ndarray, batch_sizes: Sequence[int]) -> np.ndarray | None:
@@ -813,7 +816,7 @@ class MultiProcess:
         padded = torch.zeros(local.shape[0], max(counts), dtype=torch.float64)
         padded[:, : local.shape[1]] = torch.from_numpy(local)
         parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_main else None
-        dist.gather(padded, parts, dst=0, group=self.comm.cpu_group)
+        dist.gather(padded, parts, dst=0)
         if not self.is_main:
             return None
         offsets, pieces = [0] * self.world_size, []
@@ -866,7 +869,7 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
     # NCCL on GPUs gets a group of its own; gloo training shares the default group
     group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
-    comm = Comm(dist.get_rank(), dist.get_world_size(), device, group, None)
+    comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
     backend = "nccl" if group is not None else "gloo"
     try:
         yield MultiProcess(comm, args.optimizer, backend)
@@ -878,7 +881,7 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
 
 def wait_for_all(comm: Comm) -> None:
     """Barrier on every group: no rank leaves while another still needs it."""
-    dist.barrier(group=comm.cpu_group)
+    dist.barrier()
     if comm.group is not None:
         dist.barrier(group=comm.group, device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
 

@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=300, help="seconds per run")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from common import print_table, write_results
+    from common import print_table, save
 
     run = subprocess_runner(args.use_gpu, args.timeout)
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,7 +208,7 @@ def main() -> None:
     columns = ["scenario", "loss", "params", "optimizer_state", "auc", "logloss", "ok"]
     print_table([{**{c: row.get(c, "") for c in columns}, "ok": "yes" if row["ok"] else "NO"} for row in rows], columns)
     device = "gpu" if args.use_gpu else "cpu"
-    path = write_results(f"distributed_equivalence_{device}", rows, {"tolerance": args.tol, "processes": args.nproc})
+    path = save(f"distributed_equivalence_{device}", {"tolerance": args.tol, "processes": args.nproc, "rows": rows})
     print(f"wrote {path}")
     sys.exit(0 if all(row["ok"] for row in rows) else 1)
 

@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from common import print_table, write_results  # noqa: E402
+from common import print_table, save  # noqa: E402
 from reference_dlrm import scaled_cardinalities  # noqa: E402
 
 import distributed  # noqa: E402
@@ -68,11 +68,11 @@ def model_flags(args: argparse.Namespace, hidden: int, batch: int, graph: bool =
     ]
 
 
-def slowest(seconds: float, device: torch.device) -> float:
-    """The largest of every rank's ``seconds`` (the step time of the run)."""
+def slowest(seconds: float) -> float:
+    """The largest of every rank's ``seconds`` (the step time of the run), over the gloo default group."""
     if not (dist.is_available() and dist.is_initialized()):
         return seconds
-    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    value = torch.tensor([seconds], dtype=torch.float64)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return float(value)
 
@@ -99,7 +99,7 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
         for i in range(args.steps):
             trainer.step(batches[i % len(batches)])
         sync()
-        rounds.append(slowest((time.perf_counter() - start) / args.steps, parallel.device))
+        rounds.append(slowest((time.perf_counter() - start) / args.steps))
     seconds = statistics.median(rounds)
     row = {
         "model": f"MLET K={hidden}" if hidden else "baseline",
@@ -158,7 +158,7 @@ def driver(args: argparse.Namespace, argv: list[str]) -> None:
     print_table(rows, ["model", "processes", "step", "global_batch", "samples_per_s", "ms_per_step", "speedup_vs_best_1"])
     name = f"distributed_throughput_{'gpu' if args.use_gpu else 'cpu'}"
     extra = {"table_rows": sum(scaled_cardinalities(args.scale)), "scale": args.scale, "optimizer": args.optimizer}
-    print(f"wrote {write_results(name, rows, extra)}")
+    print(f"wrote {save(name, {**extra, 'rows': rows})}")
 
 
 def main() -> None:
