@@ -310,6 +310,8 @@ BOOKKEEPING = {
     "print_precision",
     "progress",
     "inference_only",
+    "dist_backend",  # the process layout: a checkpoint resumes in any world size
+    "dist_timeout",
 }
 ARCHITECTURE_ARGS = {
     "arch_sparse_feature_size",

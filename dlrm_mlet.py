@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
 from checkpoint import (
     FORMAT,
     TRAINING,
@@ -31,7 +32,6 @@ from checkpoint import (
     check_training_flags,
     collapsed_checkpoint,
     load_checkpoint,
-    model_from_checkpoint,
     restore_rng_state,
     resume_flag_changes,
     rng_state,
@@ -40,7 +40,6 @@ from checkpoint import (
 from data_utils import DEFAULT_EMBEDDING_SIZE, Batch, DataBundle, add_dataset_flags, build_data, prefetch, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import OneLineParser, UserError
-from metrics import ctr_metrics, predict
 from mlet_layers import parse_projection_init
 from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS, LRPolicy, build_optimizer
 from train_step import make_train_step
@@ -141,6 +140,10 @@ def build_parser() -> OneLineParser:
     ckpt.add_argument("--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)")
     ckpt.add_argument("--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint")
     ckpt.add_argument("--save-collapsed", type=str, default="", help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here")
+
+    multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
+    multi.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)")
+    multi.add_argument("--dist-timeout", type=int, default=distributed.DEFAULT_TIMEOUT_S, help="seconds a collective may wait for the other processes")
     return p
 
 
@@ -188,6 +191,7 @@ def validate(args: argparse.Namespace) -> None:
         ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
         ("--lr-decay-start-step", args.lr_decay_start_step, 0),
         ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
+        ("--dist-timeout", args.dist_timeout, 1),
     ]:
         if value < minimum:
             raise UserError(f"{flag}: must be >= {minimum}, got {value}")
@@ -217,6 +221,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
+    distributed.check_backend(args.dist_backend, args.use_gpu)
     if args.data_generation == "dataset":
         validate_dataset_flags(args)
     if args.data_generation == "synthetic" and args.synthetic_rank < 1:
@@ -282,7 +287,9 @@ def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def log(message: str) -> None:
-    """Print a log line without breaking the progress bar."""
+    """Print a log line without breaking the progress bar (on rank 0 alone, in a multi-process run)."""
+    if not distributed.is_main_process():
+        return
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
 
@@ -318,15 +325,30 @@ def plain_args(args: argparse.Namespace) -> dict:
 
 
 class Trainer:
-    """The training loop: steps, periodic logging, testing and checkpointing."""
+    """The training loop: steps, periodic logging, testing and checkpointing.
 
-    def __init__(self, args: argparse.Namespace, data: DataBundle, model: DLRM, device: torch.device) -> None:
+    ``parallel`` (see ``distributed.py``) says how the work is split between
+    processes: it shards batches, sums loss shares, evaluates, and gathers
+    checkpoints; the default is a single process.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        data: DataBundle,
+        model: DLRM,
+        device: torch.device,
+        parallel: distributed.SingleProcess | distributed.MultiProcess | None = None,
+    ) -> None:
         self.args, self.data, self.model, self.device = args, data, model, device
+        self.parallel = parallel or distributed.SingleProcess(device)
         fused_tables = model.tables if args.embedding_update == "fused" else None
-        self.optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
+        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
+        self.optimizer = self.parallel.shard_optimizer(optimizer, model)
         self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
         self.loss_fn = loss_function(args, device)
-        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None
+        # a captured graph cannot hold the all-to-all and DDP's hooks: several processes step eagerly
+        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None and self.parallel.world_size == 1
         self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
         self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
         self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)
@@ -363,6 +385,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": {**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
             "position": self.position(),
+            "distributed": self.parallel.record(),
             "rng": rng_state(),
             "history": self.history,
             "best": self.best,
@@ -387,8 +410,10 @@ class Trainer:
             restore_rng_state(ckpt["rng"])
 
     def save(self) -> None:
-        """Write the resumable checkpoint (``--save-model``)."""
-        atomic_save(self.state(), self.args.save_model)
+        """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
+        state = self.state()
+        if self.parallel.is_main:
+            atomic_save(state, self.args.save_model)
 
     # -- steps ---------------------------------------------------------------
     def step(self, batch: Batch) -> torch.Tensor:
@@ -398,8 +423,7 @@ class Trainer:
 
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
-        probs, labels = predict(self.model, prefetch(self.data.test.batches(0)), self.device)
-        result = {"epoch": self.epoch, "iteration": self.iteration, **ctr_metrics(probs, labels)}
+        result = {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, self.data.test.batches(0))}
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -416,7 +440,8 @@ class Trainer:
         """Run the remaining epochs."""
         args = self.args
         total = args.nepochs * self.batches_per_epoch
-        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if args.progress else True, dynamic_ncols=True, leave=False)
+        show = args.progress and self.parallel.is_main
+        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if show else True, dynamic_ncols=True, leave=False)
         while self.epoch < args.nepochs:
             self.run_epoch(bar)
             self.epoch, self.batch = self.epoch + 1, 0
@@ -431,7 +456,7 @@ class Trainer:
         args = self.args
         loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
         workers = batch_workers(self.args, self.device)
-        batches = prefetch(self.data.train.batches(self.epoch, self.batch, workers), pin=self.device.type == "cuda")
+        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
@@ -444,7 +469,7 @@ class Trainer:
             window_samples += batch.size
             bar.update(1)
             if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
-                loss_value = float(loss_sum) / loss_count  # synchronises the device
+                loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
                 now = time.perf_counter()
                 self.train_time, window_time = self.train_time + now - last, window_time + now - last
                 self.log_train(loss_value, loss_count, window_time, window_samples)
@@ -478,6 +503,7 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "data": self.data.description,
             "device": str(self.device),
+            "distributed": self.parallel.record(),
             "torch": torch.__version__,
             "args": plain_args(self.args),
             "checkpoint": self.loaded,
@@ -532,7 +558,7 @@ def load_into(trainer: Trainer, path: str) -> None:
     try:
         if trainer.args.inference_only:
             check_inference_flags(ckpt, trainer.model.config)
-            trainer.model = model_from_checkpoint(ckpt, trainer.device)
+            trainer.model = trainer.parallel.model_from_checkpoint(ckpt)
             pos = ckpt.get("position") or {}
             trainer.epoch, trainer.batch, trainer.iteration = pos.get("epoch", 0), pos.get("batch", 0), pos.get("iteration", 0)
         else:
@@ -554,46 +580,72 @@ def load_into(trainer: Trainer, path: str) -> None:
         )
 
 
+def prepare(args: argparse.Namespace, parallel: distributed.SingleProcess | distributed.MultiProcess) -> tuple[DataBundle, Trainer]:
+    """Data, model and trainer, with ``--load-model`` restored: the steps that may fail on one process alone."""
+    data = build_data(args, args.table_sizes, args.bottom_mlp[0])
+    model = parallel.build_model(model_config(args, data.table_sizes), seed=args.numpy_rand_seed)
+    trainer = Trainer(args, data, model, parallel.device, parallel)
+    if args.load_model:
+        load_into(trainer, args.load_model)
+    return data, trainer
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Train and/or evaluate as the flags say; returns the results payload."""
+    """Train and/or evaluate as the flags say; returns the results payload.
+
+    Under torchrun every process runs this; rank 0 alone prints and writes.
+    """
     torch.manual_seed(args.numpy_rand_seed)
-    device = torch.device("cuda" if args.use_gpu else "cpu")
     if args.use_gpu:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    dense_features = args.bottom_mlp[0]
-    data = build_data(args, args.table_sizes, dense_features)
-    model = DLRM(model_config(args, data.table_sizes), seed=args.numpy_rand_seed, device=device)
-    trainer = Trainer(args, data, model, device)
-    if args.load_model:
-        load_into(trainer, args.load_model)
-    describe(trainer.model, data, args)
-    if args.inference_only:
-        final = trainer.test()
-    else:
-        log("time/loss/accuracy (if enabled):")
-        trainer.train()
-        final = trainer.history[-1] if trainer.history else trainer.test()
-        if args.save_model:
-            trainer.save()
-            log(f"saved {args.save_model}")
-        if args.save_collapsed:
-            atomic_save(collapsed_checkpoint(trainer.state()), args.save_collapsed)
-            log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
-    payload = trainer.results(final)
-    if args.results_json:
-        write_json(args.results_json, payload)
-        log(f"results written to {args.results_json}")
-    return payload
+    with distributed.session(args) as parallel:
+        data, trainer = parallel.agree(lambda: prepare(args, parallel))
+        describe(trainer.model, data, args)
+        for line in parallel.summary():
+            log(line)
+        if args.inference_only:
+            final = trainer.test()
+        else:
+            log("time/loss/accuracy (if enabled):")
+            trainer.train()
+            final = trainer.history[-1] if trainer.history else trainer.test()
+            if args.save_model:
+                trainer.save()
+                log(f"saved {args.save_model}")
+            if args.save_collapsed:
+                state = trainer.state()  # gathered on rank 0
+                if parallel.is_main:
+                    atomic_save(collapsed_checkpoint(state), args.save_collapsed)
+                log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+        payload = trainer.results(final)
+        if args.results_json and parallel.is_main:
+            write_json(args.results_json, payload)
+            log(f"results written to {args.results_json}")
+        return payload
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; bad input ends with one line on stderr and exit code 2."""
+    """Command-line entry point; bad input ends with one line on stderr and exit code 2.
+
+    Under torchrun, argparse's own errors are the same on every process (rank 0
+    reports them); the other checks (files, devices) may fail on one process
+    only, so the processes join first and share what failed.
+    """
     try:
-        run(parse_args(argv))
+        args = build_parser().parse_args(argv)
+        distributed.start(args.dist_timeout)
+        distributed.agree(lambda: validate(args))
+        run(args)
     except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        if (line := distributed.error_line(error)) is not None:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if (failure := distributed.communication_failure(error)) is None:
+            raise
+        print(f"{PROG}: error: {distributed.error_line(failure)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -601,4 +653,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 class UserError(Exception):
@@ -13,4 +14,5 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line, without the usage block."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # The processes of a torchrun launch parse the same flags: rank 0 alone reports.
+        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)

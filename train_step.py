@@ -22,6 +22,18 @@ from mlet_layers import SparseFeatures
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def batch_loss(loss_fn: LossFn, logits: Tensor, batch: Batch) -> Tensor:
+    """The mean loss of ``batch``, or this process's share of it when ``batch`` holds part of a
+    global batch of ``batch.size`` samples: the local mean weighted by the local share, so the
+    shares of all processes add up to the global mean (see ``distributed.py``)."""
+    local = batch.labels.numel()
+    if local == batch.size:
+        return loss_fn(logits, batch.labels)
+    if local == 0:
+        return logits.sum() * 0.0  # no sample here; the backward (and its collectives) still runs
+    return loss_fn(logits, batch.labels) * (local / batch.size)
+
+
 class TrainStep:
     """One eager optimisation step: forward, loss, backward, update."""
 
@@ -31,7 +43,7 @@ class TrainStep:
     def __call__(self, batch: Batch) -> Tensor:
         """Train on ``batch`` (already on the model's device); returns the detached loss."""
         logits = self.model(batch.dense, batch.sparse)
-        loss = self.loss_fn(logits, batch.labels)
+        loss = batch_loss(self.loss_fn, logits, batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()

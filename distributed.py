@@ -1,0 +1,902 @@
+"""Multi-process training: data-parallel MLPs, model-parallel embedding tables.
+
+Started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+the rendezvous address), every process of a run of ``W``:
+
+* makes the same global batches (their order depends only on the seed and the
+  epoch) and keeps its share (:meth:`MultiProcess.shard`): a contiguous slice
+  of the samples for the MLPs, and, for *all* samples, the bags of the tables
+  it owns;
+* owns the tables that a :class:`ShardingPlan` gives it (balanced by training
+  bytes: K-wide ``W1`` plus optimizer state) and pools their embeddings for the
+  whole global batch; MLET tables are projected K -> d here, on the owner;
+* exchanges those d-wide vectors with one all-to-all, so that every process
+  gets each table's embedding of its own samples (gradients go back the same
+  way, :class:`EmbeddingExchange`);
+* runs the bottom MLP, the interaction and the top MLP on its own samples;
+  these are replicated and kept in step by ``DistributedDataParallel``.
+
+Gradient scaling: each process's loss is the sum of its samples' losses
+divided by the *global* batch size, so the processes' losses add up to the
+single-process mean. DDP's gradient averaging is replaced by a sum (a
+communication hook), and the embedding gradients that come back through the
+all-to-all are already those of the global mean: ``W`` processes with global
+batch ``B`` take the steps of one process with batch ``B``. (Upstream DLRM
+divides by the local batch and lets DDP average: right for the MLPs, but the
+tables get ``W`` times their gradient.)
+
+Checkpoints are gathered into the single-process layout (every table, every
+table's optimizer state, in global table order; :meth:`DistributedDLRM.state_dict`
+and :class:`ShardedOptimizer`), so they load in one process and in a run of
+any other size, and are split again on loading.
+
+Process groups: the default group is gloo, joined before the flags are
+checked (:func:`start`); it carries errors, metrics and checkpoints. On GPUs
+the training traffic (all-to-all, DDP) has a NCCL group of its own.
+
+Errors: the flag checks and the setup run under :func:`agree`, which shares
+any rank's error with every rank, so all stop with that rank's message
+(printed once, by rank 0) instead of waiting for each other; an error later
+in the run stops the failing process, and ``torchrun`` then stops the others;
+collectives time out after ``--dist-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from checkpoint import model_from_checkpoint
+from data_utils import Batch, prefetch
+from dlrm_model import DLRM, ModelConfig
+from errors import UserError
+from metrics import ctr_metrics, predict
+from mlet_layers import EmbeddingTables, SparseFeatures
+from optimizers import CombinedOptimizer, FusedOptimizer
+
+BACKENDS = ("gloo", "nccl")
+DEFAULT_TIMEOUT_S = 1800
+# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
+STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
+# A table may go to a rank holding up to this much more than the byte-greedy choice if that evens out lookups.
+BYTE_SLACK = 0.02
+# Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
+SHARDED = ("tables.weight", "tables.projection")
+GATHER_CHUNK_BYTES = 64 << 20
+
+T = TypeVar("T")
+
+# The MLPs have no buffers that change (only the interaction's fixed pair indices): no per-step
+# buffer broadcast. Newer torch renames DDP's broadcast_buffers to forward_sync_buffers.
+NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
+
+
+# -- launch environment ------------------------------------------------------
+def launched_world_size() -> int:
+    """Processes in the run, from torchrun's ``WORLD_SIZE`` (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank, from torchrun's ``RANK`` (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True in a single-process run and on rank 0 of a multi-process one: the process that prints and writes."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return launched_rank() == 0
+
+
+class SharedError(UserError):
+    """An error that every rank raises together (see :meth:`MultiProcess.agree`); rank 0 alone prints it."""
+
+    def __init__(self, message: str, print_here: bool) -> None:
+        super().__init__(message)
+        self.print_here = print_here
+
+
+def error_line(error: Exception) -> str | None:
+    """What this process prints for ``error`` (``None``: another rank prints it).
+
+    A shared error is printed by rank 0; an error of this process alone, in a
+    multi-process run, is printed here with the rank in front.
+    """
+    if isinstance(error, SharedError):
+        return str(error) if error.print_here else None
+    if launched_world_size() > 1:
+        return f"rank {launched_rank()}: {error}"
+    return str(error)
+
+
+# -- the sharding plan -------------------------------------------------------
+def table_bytes(config: ModelConfig, optimizer: str, element_size: int = 4) -> list[int]:
+    """Training bytes of each table: its rows (K-wide for MLET, else d-wide), its
+    K x d projection for MLET, and the optimizer's per-element state of both."""
+    copies = 1 + STATE_SLOTS[optimizer]
+    width = config.mlet_hidden or config.dim
+    projection = config.mlet_hidden * config.dim
+    return [(n * width + projection) * element_size * copies for n in config.table_sizes]
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    """Which rank owns which tables (``tables_of_rank[r]``, ascending global ids)."""
+
+    tables_of_rank: tuple[tuple[int, ...], ...]
+    table_bytes: tuple[int, ...]
+
+    @classmethod
+    def balanced(cls, table_bytes: Sequence[int], world_size: int) -> ShardingPlan:
+        """Tables to ranks, balancing bytes first and the number of tables second.
+
+        Greedy over tables in decreasing size: the byte-greedy choice (the
+        least-loaded rank) fixes the largest load reachable at this step; any
+        rank that stays within ``1 + BYTE_SLACK`` of it may take the table, and
+        of those the one with the fewest tables (then fewest bytes, then lowest
+        rank) does. Tables too big to share a rank still get one each; the
+        many small tables then even out the lookups each rank does per batch.
+        """
+        loads, counts = [0] * world_size, [0] * world_size
+        owned: list[list[int]] = [[] for _ in range(world_size)]
+        for t in sorted(range(len(table_bytes)), key=lambda t: (-table_bytes[t], t)):
+            size = table_bytes[t]
+            reachable = max(max(loads), min(loads) + size) * (1 + BYTE_SLACK)
+            allowed = [r for r in range(world_size) if loads[r] + size <= reachable]
+            rank = min(allowed, key=lambda r: (counts[r], loads[r], r))
+            loads[rank], counts[rank] = loads[rank] + size, counts[rank] + 1
+            owned[rank].append(t)
+        return cls(tuple(tuple(sorted(ts)) for ts in owned), tuple(int(b) for b in table_bytes))
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the plan."""
+        return len(self.tables_of_rank)
+
+    def rank_bytes(self, rank: int) -> int:
+        """Training bytes the plan puts on ``rank``."""
+        return sum(self.table_bytes[t] for t in self.tables_of_rank[rank])
+
+    def to_dict(self) -> dict:
+        """JSON- and checkpoint-friendly form."""
+        return {
+            "world_size": self.world_size,
+            "tables_of_rank": [list(ts) for ts in self.tables_of_rank],
+            "bytes_of_rank": [self.rank_bytes(r) for r in range(self.world_size)],
+            "table_bytes": list(self.table_bytes),
+        }
+
+    def describe(self, table_sizes: Sequence[int], optimizer: str) -> str:
+        """The one-line plan printed at the start of a run."""
+        parts = []
+        for rank, tables in enumerate(self.tables_of_rank):
+            listed = ",".join(map(str, tables)) or "none"
+            rows = sum(table_sizes[t] for t in tables)
+            parts.append(f"rank {rank}: tables {listed} ({len(tables)} tables, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})")
+        loads = [self.rank_bytes(r) for r in range(self.world_size)]
+        imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
+        state = f" + {optimizer} state" if STATE_SLOTS[optimizer] else ""
+        return (
+            f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, balanced by training bytes (rows + projections{state}),"
+            f" then by table count: {'; '.join(parts)}; largest/mean bytes {imbalance:.2f}"
+        )
+
+
+def format_bytes(count: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def local_sizes(batch_size: int, world_size: int) -> list[int]:
+    """Samples of a global batch that each rank takes: as even as possible, the first ranks one more."""
+    base, extra = divmod(batch_size, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``[lo, hi)``: the samples of a global batch that belong to ``rank``."""
+    sizes = local_sizes(batch_size, world_size)
+    lo = sum(sizes[:rank])
+    return lo, lo + sizes[rank]
+
+
+# -- a rank's share of a batch -------------------------------------------------
+@dataclass
+class OwnedBags:
+    """The bags of the tables a rank owns, for every sample of the global batch.
+
+    ``features`` is ``None`` on a rank that owns no table.
+    """
+
+    features: SparseFeatures | None
+    batch_size: int
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> OwnedBags:
+        """Copy to ``device``."""
+        moved = None if self.features is None else self.features.to(device, non_blocking=non_blocking)
+        return OwnedBags(moved, self.batch_size)
+
+    def pin_memory(self) -> OwnedBags:
+        """Page-locked copy."""
+        return OwnedBags(None if self.features is None else self.features.pin_memory(), self.batch_size)
+
+
+@dataclass
+class BatchShard:
+    """One rank's share of a global batch.
+
+    ``dense`` and ``labels`` hold this rank's samples; ``sparse`` the owned
+    tables' bags for all samples. ``size`` is the number of samples in the
+    *global* batch, as :attr:`data_utils.Batch.size`, so code that counts
+    samples or divides the loss by ``batch.size`` works on either.
+    """
+
+    dense: Tensor
+    sparse: OwnedBags
+    labels: Tensor
+
+    @property
+    def size(self) -> int:
+        """Samples in the global batch this shard belongs to."""
+        return self.sparse.batch_size
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchShard:
+        """Copy to ``device``."""
+        return BatchShard(
+            self.dense.to(device, non_blocking=non_blocking),
+            self.sparse.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> BatchShard:
+        """Page-locked copy for asynchronous copies to a GPU."""
+        return BatchShard(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
+
+
+# -- process groups ------------------------------------------------------------
+@dataclass(frozen=True)
+class Comm:
+    """This process's place in the run: rank, size, device, and the training group.
+
+    ``group`` carries the training traffic: a NCCL group on GPUs, ``None``
+    (the default group, gloo) on CPUs. Host-side traffic (errors, metrics,
+    checkpoint gathering) always goes over the default gloo group.
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    group: dist.ProcessGroup | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that prints and writes."""
+        return self.rank == 0
+
+
+def check_backend(backend: str | None, use_gpu: bool) -> None:
+    """Refuse a backend that cannot serve the device (:class:`UserError` naming the flag)."""
+    if backend == "nccl" and not use_gpu:
+        raise UserError("--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes")
+    if backend == "gloo" and use_gpu:
+        raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
+
+
+def is_multi_process() -> bool:
+    """True once this process has joined a run of several processes."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def start(timeout_s: int) -> None:
+    """In a torchrun launch of several processes, join the others (once).
+
+    The default group is gloo, on the CPU: it carries errors, metrics and
+    checkpoints, and exists before the flags are checked, so that a check
+    failing on one process alone reaches them all (:func:`agree`). Training
+    traffic on GPUs gets a NCCL group of its own (:func:`session`).
+    """
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return
+    try:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
+
+
+def training_device(backend: str | None, use_gpu: bool) -> torch.device:
+    """This process's device: the CPU, or with ``use_gpu`` the GPU of its local rank.
+
+    Raises :class:`UserError` for a setup that cannot work here.
+    """
+    check_backend(backend, use_gpu)
+    if not use_gpu:
+        return torch.device("cpu")
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
+        )
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def agree(step: Callable[[], T]) -> T:
+    """Run ``step``; in a multi-process run, if it fails on any process, every process raises
+    that failure (a :class:`SharedError`, printed by rank 0), so all stop together.
+
+    A process whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
+    """
+    if not is_multi_process():
+        return step()
+    error: Exception | None = None
+    try:
+        result = step()
+    except Exception as caught:  # shared below, then raised on every rank
+        error = caught
+    message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+    messages: list = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if not failed:
+        return result
+    if error is not None and not isinstance(error, UserError):
+        traceback.print_exception(error)
+    everywhere = len(failed) == len(messages) and len({text for _, text in failed}) == 1
+    rank, text = failed[0]
+    raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
+
+
+COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
+
+
+def communication_failure(error: BaseException) -> UserError | None:
+    """A failed or timed-out collective as a one-line error (usually another process died first);
+    ``None`` for other errors, which keep their traceback.
+
+    Recognised by type (``DistError``), by being raised inside ``torch.distributed``,
+    or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
+    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
+    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))):
+        return None
+    return UserError(
+        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; --dist-timeout sets how long collectives wait)"
+    )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# -- the embedding exchange ----------------------------------------------------
+@dataclass(frozen=True)
+class ExchangeLayout:
+    """Split sizes of one all-to-all for a global batch of a given size.
+
+    Rank ``o`` sends rank ``r`` the embeddings of ``r``'s samples for ``o``'s
+    tables: ``local_sizes[r] x tables(o) x d`` values, sample-major.
+    """
+
+    send_splits: list[int]
+    recv_splits: list[int]
+    batch_size: int
+    local_batch: int
+    owned: int
+    num_tables: int
+    dim: int
+    owner_tables: tuple[Tensor, ...]  # global ids of each rank's tables, on the device
+    group: dist.ProcessGroup | None
+
+
+class EmbeddingExchange(torch.autograd.Function):
+    """All-to-all of pooled embeddings: ``B x owned x d`` on each owner -> ``b x T x d`` on each rank.
+
+    Backward sends each rank's embedding gradients back to the owners with the
+    reverse all-to-all. On a rank that owns no table the input is an empty
+    tensor that requires grad, so that its backward still takes part.
+    """
+
+    @staticmethod
+    def forward(ctx, pooled: Tensor, layout: ExchangeLayout) -> Tensor:
+        ctx.layout = layout
+        received = pooled.new_empty(sum(layout.recv_splits))
+        dist.all_to_all_single(received, pooled.contiguous().view(-1), layout.recv_splits, layout.send_splits, group=layout.group)
+        out = pooled.new_empty(layout.local_batch, layout.num_tables, layout.dim)
+        for block, tables in zip(received.split(layout.recv_splits), layout.owner_tables):
+            if tables.numel():
+                out.index_copy_(1, tables, block.view(layout.local_batch, tables.numel(), layout.dim))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        layout: ExchangeLayout = ctx.layout
+        outgoing = grad.new_empty(sum(layout.recv_splits))
+        for block, tables in zip(outgoing.split(layout.recv_splits), layout.owner_tables):
+            if tables.numel():
+                torch.index_select(grad, 1, tables, out=block.view(layout.local_batch, tables.numel(), layout.dim))
+        incoming = grad.new_empty(sum(layout.send_splits))
+        dist.all_to_all_single(incoming, outgoing, layout.send_splits, layout.recv_splits, group=layout.group)
+        return incoming.view(layout.batch_size, layout.owned, layout.dim), None
+
+
+def sum_gradients_hook(group, bucket):
+    """DDP communication hook: all-reduce a gradient bucket (``dist.GradBucket``) by sum
+    over ``group``; returns a ``Future[Tensor]``. DDP's default divides by W.
+
+    Each rank's loss is already its share of the global mean, so the sum is the
+    gradient of the global mean.
+    """
+    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+class DenseNet(nn.Module):
+    """Bottom MLP, interaction and top MLP: the replicated part, wrapped in DDP.
+
+    Computes what :meth:`DLRM.forward` does after the embedding lookup.
+    """
+
+    def __init__(self, bottom: nn.Module, interaction: nn.Module, top: nn.Module) -> None:
+        super().__init__()
+        self.bottom, self.interaction, self.top = bottom, interaction, top
+
+    def forward(self, dense: Tensor, embedded: Tensor) -> Tensor:
+        """Logits of this rank's samples (``embedded``: b x T x d)."""
+        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
+
+
+# -- gathering and splitting sharded tensors -----------------------------------
+@dataclass(frozen=True)
+class RowLayout:
+    """Where a dim-0-sharded tensor's rows live: ``segments[r]`` lists ``(start, count)``
+    ranges of the full tensor that rank ``r`` holds, one after another, in its local tensor."""
+
+    full_rows: int
+    segments: tuple[tuple[tuple[int, int], ...], ...]
+
+    @classmethod
+    def of_tables(cls, plan: ShardingPlan, rows_per_table: Sequence[int]) -> RowLayout:
+        """Layout of a tensor holding ``rows_per_table[t]`` consecutive rows per table, in table order."""
+        starts = [0, *itertools.accumulate(rows_per_table)]
+        segments = []
+        for tables in plan.tables_of_rank:
+            merged: list[tuple[int, int]] = []
+            for t in tables:
+                if merged and merged[-1][0] + merged[-1][1] == starts[t]:
+                    merged[-1] = (merged[-1][0], merged[-1][1] + rows_per_table[t])
+                else:
+                    merged.append((starts[t], rows_per_table[t]))
+            segments.append(tuple(merged))
+        return cls(starts[-1], tuple(segments))
+
+    def take(self, full: Tensor, rank: int) -> Tensor:
+        """Rank ``rank``'s rows of the full tensor."""
+        if full.shape[0] != self.full_rows:
+            raise ValueError(f"expected {self.full_rows} rows, got {full.shape[0]}")
+        pieces = [full[start : start + count] for start, count in self.segments[rank]]
+        return torch.cat(pieces) if pieces else full[:0].clone()
+
+
+def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
+    """The full tensor on rank 0 (on the CPU), from every rank's rows; ``None`` elsewhere.
+
+    Every rank must call it. Rows travel over the (gloo) default group in chunks of at most
+    ``GATHER_CHUNK_BYTES``, so no device needs room for more than its own shard.
+    """
+    trailing = tuple(local.shape[1:])
+    row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * local.element_size())
+    chunk = max(1, GATHER_CHUNK_BYTES // row_bytes)
+    full = torch.empty((layout.full_rows, *trailing), dtype=local.dtype) if comm.is_main else None
+    for rank, segments in enumerate(layout.segments):
+        if rank != comm.rank and not comm.is_main:
+            continue
+        offset = 0
+        for start, count in segments:
+            for lo in range(0, count, chunk):
+                hi = min(count, lo + chunk)
+                if rank == comm.rank:
+                    piece = local[offset + lo : offset + hi].detach().to("cpu")
+                    if comm.is_main:
+                        full[start + lo : start + hi] = piece
+                    else:
+                        dist.send(piece.contiguous(), dst=0)
+                else:
+                    dist.recv(full[start + lo : start + hi], src=rank)
+            offset += count
+    return full
+
+
+# -- the sharded model ---------------------------------------------------------
+class DistributedDLRM(DLRM):
+    """DLRM whose tables are sharded over the ranks and whose MLPs are replicated.
+
+    Parameter names are those of :class:`DLRM` (``tables.weight`` holds this
+    rank's tables only). :meth:`state_dict` and :meth:`load_state_dict` speak
+    the single-process layout, so checkpoints move between world sizes.
+    """
+
+    def __init__(self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None) -> None:
+        mine = plan.tables_of_rank[comm.rank]
+        if tables is None:
+            sizes = [config.table_sizes[t] for t in mine]
+            tables = EmbeddingTables(sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, table_ids=mine, device=comm.device)
+        super().__init__(config, seed=seed, device=comm.device, tables=tables)
+        self.comm, self.plan = comm, plan
+        self.row_layouts = {
+            "tables.weight": RowLayout.of_tables(plan, config.table_sizes),
+            "tables.projection": RowLayout.of_tables(plan, [1] * len(config.table_sizes)),
+        }
+        self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
+        self.layouts: dict[int, ExchangeLayout] = {}
+        # The DDP wrapper is made at the first forward (a collective) and kept out of
+        # the module tree: its layers are this module's own bottom and top.
+        object.__setattr__(self, "replicated", None)
+
+    def exchange_layout(self, batch_size: int) -> ExchangeLayout:
+        """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
+        if batch_size not in self.layouts:
+            sizes = local_sizes(batch_size, self.comm.world_size)
+            owned, dim, me = self.tables.num_tables, self.config.dim, self.comm.rank
+            self.layouts[batch_size] = ExchangeLayout(
+                send_splits=[b * owned * dim for b in sizes],
+                recv_splits=[sizes[me] * len(ts) * dim for ts in self.plan.tables_of_rank],
+                batch_size=batch_size,
+                local_batch=sizes[me],
+                owned=owned,
+                num_tables=len(self.config.table_sizes),
+                dim=dim,
+                owner_tables=self.owner_tables,
+                group=self.comm.group,
+            )
+        return self.layouts[batch_size]
+
+    def dense_net(self) -> DistributedDataParallel:
+        """The DDP-wrapped MLPs (created on first use, on every rank at the same step)."""
+        if self.replicated is None:
+            device_ids = [self.comm.device.index] if self.comm.device.type == "cuda" else None
+            dense = DenseNet(self.bottom, self.interaction, self.top)
+            net = DistributedDataParallel(dense, device_ids=device_ids, process_group=self.comm.group, **NO_BUFFER_SYNC)
+            net.register_comm_hook(self.comm.group, sum_gradients_hook)
+            object.__setattr__(self, "replicated", net)
+        return self.replicated
+
+    def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:
+        """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
+        pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
+        embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
+        return self.dense_net()(dense, embedded)
+
+    def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
+        """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
+        return dense.new_zeros(batch_size, 0, self.config.dim).requires_grad_()
+
+    def state_dict(self) -> dict[str, Tensor]:  # type: ignore[override]
+        """The whole model in single-process layout, on the CPU, on rank 0 (``{}`` elsewhere).
+
+        A collective: every rank must call it.
+        """
+        full = {}
+        for name, tensor in super().state_dict().items():
+            value = gather_rows(tensor, self.row_layouts[name], self.comm) if name in SHARDED else tensor.detach().cpu()
+            if self.comm.is_main:
+                full[name] = value
+        return full
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Load a single-process-layout state dict, keeping this rank's tables."""
+        local = {}
+        for name, tensor in state_dict.items():
+            try:
+                local[name] = self.row_layouts[name].take(tensor, self.comm.rank) if name in SHARDED else tensor
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return super().load_state_dict(local, strict=strict, assign=assign)
+
+    def collapse(self) -> DistributedDLRM:
+        """The same model with each owned MLET table folded into a plain one (no communication)."""
+        plain = DistributedDLRM(self.config.collapsed(), self.comm, self.plan, tables=self.tables.collapse())
+        plain.bottom.load_state_dict(self.bottom.state_dict())
+        plain.top.load_state_dict(self.top.state_dict())
+        return plain
+
+
+class ShardedOptimizer:
+    """The optimizer of a :class:`DistributedDLRM` (torch's or the fused one) whose saved
+    state is in single-process layout.
+
+    State tensors shaped like a sharded parameter (Adagrad's ``sum``, Adam's
+    moments) are gathered row by row like the parameter; small entries
+    (``step``) come from a rank that owns tables; replicated parameters' state
+    is rank 0's (DDP keeps the ranks equal). Stepping is the inner optimizer's.
+    """
+
+    def __init__(self, inner: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> None:
+        self.inner, self.model, self.name = inner, model, inner.name
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The inner optimizer's parameter groups."""
+        return self.inner.param_groups
+
+    def zero_grad(self) -> None:
+        """Drop the gradients."""
+        self.inner.zero_grad()
+
+    def step(self) -> None:
+        """One update of this rank's parameters."""
+        self.inner.step()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate."""
+        self.inner.set_lr(lr)
+
+    def state_dict(self) -> dict:
+        """All state on rank 0 (``state`` is empty elsewhere); a collective."""
+        local = self.inner.state_dict()["state"]
+        state = {name: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items()} for name, entries in local.items() if name not in SHARDED}
+        params = dict(self.model.named_parameters())
+        for name in SHARDED:
+            if name in params:
+                gathered = self.gather_state(name, params[name], local.get(name, {}))
+                if gathered:
+                    state[name] = gathered
+        return {"optimizer": self.name, "state": state if self.model.comm.is_main else {}}
+
+    def gather_state(self, name: str, param: Tensor, entries: dict) -> dict:
+        """One sharded parameter's state, gathered (on rank 0)."""
+        comm = self.model.comm
+        rows = {k: v for k, v in entries.items() if torch.is_tensor(v) and v.shape == param.shape}
+        small = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows}  # pickled to every rank
+        inventory: list = [None] * comm.world_size
+        dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0))
+        owners = [(keys, values) for keys, values, has_rows in inventory if has_rows]
+        keys = sorted({k for keys, _ in owners for k in keys})
+        if any(set(keys) - set(owner_keys) for owner_keys, _ in owners):
+            raise RuntimeError(f"optimizer state of {name} differs between ranks: {[sorted(k) for k, _ in owners]}")
+        merged = next((values for _, values in owners if values), {})
+        for key in keys:
+            local = rows.get(key, param.detach()[:0])  # a rank without rows may hold no such state
+            merged = {**merged, key: gather_rows(local, self.model.row_layouts[name], comm)}
+        return merged
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore single-process-layout state, keeping this rank's rows of sharded parameters."""
+        params = dict(self.model.named_parameters())
+        state = {}
+        for name, entries in saved.get("state", {}).items():
+            layout = self.model.row_layouts.get(name) if name in SHARDED and name in params else None
+            state[name] = {k: self.split(v, layout, params[name]) for k, v in entries.items()} if layout else entries
+        self.inner.load_state_dict({**saved, "state": state})
+
+    def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
+        """This rank's rows of a full-layout state entry; other entries unchanged."""
+        if torch.is_tensor(value) and value.dim() == param.dim() and value.shape[0] == layout.full_rows and value.shape[1:] == param.shape[1:]:
+            return layout.take(value, self.model.comm.rank)
+        return value
+
+
+# -- the two ways to run -------------------------------------------------------
+class SingleProcess:
+    """A one-process run: the training loop's hooks do nothing special."""
+
+    rank, world_size, is_main = 0, 1, True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def build_model(self, config: ModelConfig, seed: int) -> DLRM:
+        """The whole model on this device."""
+        return DLRM(config, seed=seed, device=self.device)
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
+        """The optimizer as is."""
+        return optimizer
+
+    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
+        """The model a checkpoint holds, on this device."""
+        return model_from_checkpoint(ckpt, self.device)
+
+    def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        """The batches as they are."""
+        return batches
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """The value itself (there is no other process)."""
+        return value
+
+    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over every sample of ``batches``."""
+        return ctr_metrics(*predict(model, prefetch(iter(batches), pin=self.device.type == "cuda"), self.device))
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step``."""
+        return step()
+
+    def summary(self) -> list[str]:
+        """No extra start-of-run lines."""
+        return []
+
+    def record(self) -> dict | None:
+        """Nothing to store in checkpoints and results."""
+        return None
+
+
+class MultiProcess:
+    """A run over ``torch.distributed``: sharded tables, replicated MLPs (see the module docstring)."""
+
+    def __init__(self, comm: Comm, optimizer: str, backend: str) -> None:
+        self.comm, self.optimizer, self.backend = comm, optimizer, backend
+        self.rank, self.world_size, self.is_main, self.device = comm.rank, comm.world_size, comm.is_main, comm.device
+        self.plan: ShardingPlan | None = None
+        self.config: ModelConfig | None = None
+
+    def build_model(self, config: ModelConfig, seed: int) -> DistributedDLRM:
+        """This rank's part of the model, by a byte-balanced plan."""
+        self.config = config
+        self.plan = ShardingPlan.balanced(table_bytes(config, self.optimizer), self.world_size)
+        return DistributedDLRM(config, self.comm, self.plan, seed)
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> ShardedOptimizer:
+        """The optimizer, saving and loading state in single-process layout."""
+        return ShardedOptimizer(optimizer, model)
+
+    def model_from_checkpoint(self, ckpt: dict) -> DistributedDLRM:
+        """This rank's part of the model a checkpoint holds (sharded by a new plan)."""
+        model = self.build_model(ModelConfig.from_dict(ckpt["model_config"]), seed=0)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+        return model
+
+    def shard(self, batch: Batch) -> BatchShard:
+        """This rank's share of a global batch (done on the host, before any copy to a device)."""
+        lo, hi = sample_range(batch.size, self.world_size, self.rank)
+        tables = self.plan.tables_of_rank[self.rank]
+        features = batch.sparse.select_tables(tables) if tables else None
+        return BatchShard(batch.dense[lo:hi], OwnedBags(features, batch.size), batch.labels[lo:hi])
+
+    def shards(self, batches: Iterable[Batch]) -> Iterator[BatchShard]:
+        """:meth:`shard` of each batch."""
+        return (self.shard(batch) for batch in batches)
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """Sum of ``value`` over the ranks (e.g. the losses' shares); a collective."""
+        total = torch.as_tensor(value, device=self.device).detach().clone()
+        dist.all_reduce(total, group=self.comm.group)
+        return total
+
+    def evaluate(self, model: DistributedDLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over the whole test set: predictions are gathered in sample order and
+        the metrics computed once, on rank 0, then shared with every rank."""
+        sizes: list[int] = []
+
+        def counted(source: Iterable[Batch]) -> Iterator[Batch]:
+            for batch in source:
+                sizes.append(batch.size)
+                yield batch
+
+        probs, labels = predict(model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device)
+        gathered = self.gather_samples(np.stack([probs, labels]), sizes)
+        result = [ctr_metrics(gathered[0], gathered[1]) if self.is_main else None]
+        dist.broadcast_object_list(result, src=0)
+        return result[0]
+
+    def gather_samples(self, local: np.ndarray, batch_sizes: Sequence[int]) -> np.ndarray | None:
+        """Per-sample rows (``k x n_local``) of every rank, in global sample order, on rank 0."""
+        shares = [local_sizes(size, self.world_size) for size in batch_sizes]
+        counts = [sum(share[r] for share in shares) for r in range(self.world_size)]
+        padded = torch.zeros(local.shape[0], max(counts), dtype=torch.float64)
+        padded[:, : local.shape[1]] = torch.from_numpy(local)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_main else None
+        dist.gather(padded, parts, dst=0)
+        if not self.is_main:
+            return None
+        offsets, pieces = [0] * self.world_size, []
+        for share in shares:
+            for rank, count in enumerate(share):
+                pieces.append(parts[rank][:, offsets[rank] : offsets[rank] + count])
+                offsets[rank] += count
+        return torch.cat(pieces, dim=1).numpy()
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step`` on every rank; a failure on any stops all (see :func:`agree`)."""
+        return agree(step)
+
+    def summary(self) -> list[str]:
+        """The plan line and the exchange line printed at the start of the run."""
+        config = self.config
+        per_sample = len(config.table_sizes) * config.dim * 4
+        crossing = per_sample * (self.world_size - 1) / self.world_size
+        mlet = (
+            f"; MLET tables are projected K={config.mlet_hidden} -> d={config.dim} on their owner (K-wide vectors would be {per_sample * config.mlet_hidden // config.dim:,} B/sample)"
+            if config.mlet_hidden
+            else ""
+        )
+        return [
+            f"processes: {self.world_size} ({self.backend}, {self.device.type}); MLPs data-parallel (DDP, gradients summed), tables model-parallel",
+            self.plan.describe(config.table_sizes, self.optimizer),
+            f"embedding exchange: all-to-all of d={config.dim} pooled vectors, {len(config.table_sizes)} x {config.dim} x 4 B = {per_sample:,} B/sample forward and the same backward,"
+            f" {crossing:,.0f} B/sample of it between processes{mlet}",
+        ]
+
+    def record(self) -> dict:
+        """The layout, for checkpoints and results."""
+        return {"world_size": self.world_size, "backend": self.backend, "plan": self.plan.to_dict() if self.plan else None}
+
+
+@contextmanager
+def session(args) -> Iterator[SingleProcess | MultiProcess]:
+    """The run's processes, from torchrun's environment (one process without it).
+
+    A multi-process run ends with every rank waiting for the others, after
+    success and after an error every rank shares; after any other error this
+    rank leaves at once (a peer may be blocked in a collective with it): it
+    exits, and torchrun stops the rest. One session per process: the process
+    groups stay up until the process ends (see :func:`exit_process`).
+    """
+    if launched_world_size() <= 1:
+        yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
+        return
+    start(args.dist_timeout)
+    device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
+    # NCCL on GPUs gets a group of its own; gloo training shares the default group
+    group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
+    comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
+    backend = "nccl" if group is not None else "gloo"
+    try:
+        yield MultiProcess(comm, args.optimizer, backend)
+    except SharedError:
+        wait_for_all(comm)
+        raise
+    wait_for_all(comm)
+
+
+def wait_for_all(comm: Comm) -> None:
+    """Barrier on every group: no rank leaves while another still needs it."""
+    dist.barrier()
+    if comm.group is not None:
+        dist.barrier(group=comm.group, device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``; a multi-process run skips Python's teardown.
+
+    The process group is never freed in-process: with gloo, freeing it while
+    its worker threads still release finished collectives deadlocks (they
+    need the GIL, which the freeing thread holds while joining them; seen with
+    torch 2.13). And after an error this rank must leave at once, for torchrun
+    to stop the others, even if a peer is blocked in a collective with it.
+    """
+    if launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

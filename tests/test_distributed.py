@@ -1,0 +1,328 @@
+"""Several processes (gloo on the CPU) train exactly like one.
+
+The multi-process runs start one process per rank (forked from a server that
+has torch loaded, so they cost no interpreter start) and call
+``dlrm_mlet.main`` with torchrun's environment (``RANK``, ``WORLD_SIZE``, ...);
+one test launches the real ``torchrun``.
+The comparisons themselves live in ``bench/distributed_equivalence.py``, which
+runs them on GPUs too.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import json
+import multiprocessing
+import os
+import re
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+import dlrm_mlet
+from conftest import ROOT, random_inputs, small_config
+from data_utils import Batch
+from distributed import BYTE_SLACK, MultiProcess, RowLayout, ShardingPlan, communication_failure, local_sizes, sample_range, table_bytes
+from errors import UserError
+from mlet_layers import EmbeddingTables
+
+sys.path.insert(0, str(ROOT / "bench"))
+from distributed_equivalence import (
+    TOLERANCE,
+    Outcome,
+    compare_resume,
+    compare_scenario,
+    scenario_flags,
+    step_losses,
+)
+from reference_dlrm import KAGGLE_CARDINALITIES
+
+RUN_TIMEOUT_S = 120
+Fault = Callable[[int], None]
+# Ranks are forked from a clean single-threaded server that has the heavy modules loaded: fast to
+# start, and free of locks that this process's threads (prefetching, OpenMP) might hold at a fork.
+RANKS = multiprocessing.get_context("forkserver")
+RANKS.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel", "numpy", "sklearn.metrics", "tqdm"])
+
+
+# -- running ranks -------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault: Fault | None) -> None:
+    """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    stacks = open(f"{out}.stacks", "w")  # noqa: SIM115 (open until the process ends)
+    faulthandler.dump_traceback_later(RUN_TIMEOUT_S - 15, file=stacks)  # where a hung rank waits
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            if fault:
+                fault(rank)
+            code = dlrm_mlet.main(argv)
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+    Path(out).write_text(json.dumps({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}))
+
+
+def run_ranks(world: int, argv: list[str], tmp: Path, fault: Fault | None = None) -> list[Outcome]:
+    """Run the command line in ``world`` forked processes; each rank's outcome."""
+    port, outs = free_port(), [tmp / f"rank{r}-{os.getpid()}-{free_port()}.json" for r in range(world)]
+    procs = [RANKS.Process(target=rank_main, args=(r, world, port, argv, str(outs[r]), fault)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(RUN_TIMEOUT_S)
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s:\n" + "\n".join(Path(f"{outs[r]}.stacks").read_text() for r in hung)
+    results = [json.loads(out.read_text()) for out in outs]
+    return [Outcome(r["code"], r["stdout"], r["stderr"]) for r in results]
+
+
+def in_process(argv: list[str]) -> Outcome:
+    """The command line in this process (a single-process run)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        code = dlrm_mlet.main(argv)
+    return Outcome(code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """``run(nproc, argv)``: in this process for 1, forked ranks for more (rank 0's output, worst exit code)."""
+
+    def run(nproc: int, argv: list[str]) -> Outcome:
+        if nproc == 1:
+            return in_process(argv)
+        ranks = run_ranks(nproc, argv, tmp_path)
+        failed = [o for o in ranks if o.code != 0]
+        return Outcome(max(o.code for o in ranks), ranks[0].stdout, "\n".join(o.stderr for o in failed) or ranks[0].stderr)
+
+    return run
+
+
+# -- equivalence -----------------------------------------------------------------
+@pytest.mark.parametrize("scenario", ["mlet-sgd-4-tables", "baseline-sgd-1-table", "mlet-adagrad-3-tables", "baseline-adam-4-tables"])
+def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
+    """30 steps, uneven last batches: per-step losses, final parameters and optimizer state to 1e-5; same AUC."""
+    diff = compare_scenario(scenario, runner, tmp_path, nproc=2)
+    assert diff["steps"] == 30
+    assert diff["loss"] <= TOLERANCE and diff["params"] <= TOLERANCE and diff["optimizer_state"] <= TOLERANCE, diff
+    assert diff["test_samples"] == [101, 101]
+    assert diff["auc"] <= 1e-6 and diff["logloss"] <= 1e-6, diff
+
+
+def test_checkpoints_resume_across_world_sizes(runner, tmp_path) -> None:
+    """Adagrad, 3 tables: a 1-process checkpoint continued by 2 processes, a 2-process one by 1 and by 3."""
+    rows = compare_resume(runner, tmp_path, nproc=2, resume_nproc=3)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["params"] <= TOLERANCE and row["optimizer_state"] <= TOLERANCE, row
+
+
+def test_distributed_checkpoint_is_complete_and_collapses(runner, tmp_path) -> None:
+    """Every table and every row of optimizer state is in the file; it rebuilds and collapses in one process."""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+
+    path = tmp_path / "two.pt"
+    runner(2, scenario_flags("mlet-adagrad-3-tables", ["--nepochs=1", f"--save-model={path}"]))
+    ckpt = load_checkpoint(path)
+    assert ckpt["model"]["tables.weight"].shape == (50 + 7 + 300, 16)
+    assert ckpt["model"]["tables.projection"].shape == (3, 16, 4)
+    assert ckpt["optimizer"]["state"]["tables.weight"]["sum"].shape == (357, 16)
+    assert ckpt["distributed"]["plan"]["tables_of_rank"] == [[2], [0, 1]]
+    model = model_from_checkpoint(ckpt)
+    dense, features = random_inputs(model.config, batch=8, seed=0, bag=2)
+    torch.testing.assert_close(model.collapse()(dense, features), model(dense, features), rtol=1e-5, atol=1e-6)
+    evaluate = scenario_flags("mlet-adagrad-3-tables", ["--inference-only", f"--load-model={path}"])
+    one, two = in_process(evaluate), runner(2, evaluate)
+    assert one.code == two.code == 0
+    (loss1, auc1), (loss2, auc2) = (map(float, re.search(r"loss ([0-9.]+), auc ([0-9.]+)", out).groups()) for out in (one.stdout, two.stdout))
+    assert abs(loss1 - loss2) <= 1e-6 and abs(auc1 - auc2) <= 1e-6
+
+
+# -- what rank 0 alone prints and writes; errors ---------------------------------
+def test_rank_zero_alone_prints_and_states_the_plan(tmp_path) -> None:
+    results = tmp_path / "r.json"
+    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", f"--results-json={results}"]), tmp_path)
+    assert [o.code for o in ranks] == [0, 0]
+    assert ranks[1].stdout == "" and ranks[1].stderr == ""
+    out = ranks[0].stdout
+    assert out.count("sharding plan: 4 tables on 2 processes") == 1
+    assert "rank 0: tables 2,3 (2 tables, 302 rows" in out and "rank 1: tables 0,1 (2 tables, 57 rows" in out
+    assert "64 B/sample forward" in out and "32 B/sample of it between processes" in out and "K-wide vectors would be 256 B/sample" in out
+    payload = json.loads(results.read_text())
+    assert payload["distributed"]["world_size"] == 2 and payload["final"]["samples"] == 101
+
+
+@pytest.mark.parametrize("flag", ["--mlet-hidden=-1", "--optimizer=rmsprop"])
+def test_bad_flag_is_reported_once(flag: str, tmp_path) -> None:
+    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", [flag]), tmp_path)
+    assert [o.code for o in ranks] == [2, 2]
+    assert len(ranks[0].stderr.strip().splitlines()) == 1 and flag.split("=")[0] in ranks[0].stderr
+    assert ranks[1].stderr == ""
+
+
+def missing_checkpoint_on_rank_one(rank: int) -> None:
+    """Fault: the checkpoint file is absent on rank 1 only (a host without the shared disk)."""
+
+    def absent(path: str) -> None:
+        raise UserError(f"{path}: no such checkpoint file")
+
+    if rank == 1:
+        dlrm_mlet.check_file = absent
+
+
+def unreadable_checkpoint_on_rank_one(rank: int) -> None:
+    """Fault: the checkpoint cannot be read on rank 1 only (found when loading, after the flag checks)."""
+
+    def unreadable(path: str) -> dict:
+        raise UserError(f"{path}: not a readable checkpoint (EOFError)")
+
+    if rank == 1:
+        dlrm_mlet.load_checkpoint = unreadable
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (missing_checkpoint_on_rank_one, "--load-model {path}: no such checkpoint file"),
+        (unreadable_checkpoint_on_rank_one, "{path}: not a readable checkpoint (EOFError)"),
+    ],
+)
+def test_error_on_one_rank_stops_all_with_its_message(fault: Fault, message: str, tmp_path) -> None:
+    path = tmp_path / "ckpt.pt"
+    in_process(scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", f"--save-model={path}"]))
+    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", [f"--load-model={path}"]), tmp_path, fault=fault)
+    assert [o.code for o in ranks] == [2, 2]
+    assert ranks[0].stderr.strip() == f"dlrm_mlet.py: error: rank 1: {message.format(path=path)}"
+    assert ranks[1].stderr == "" and "Finished training" not in ranks[0].stdout
+
+
+def failing_step_on_rank_one(rank: int) -> None:
+    """Fault: rank 1 fails in its fifth training step."""
+    if rank == 1:
+        step = dlrm_mlet.Trainer.step
+
+        def failing(self, batch):
+            if self.iteration == 4:
+                raise UserError("simulated failure in a training step")
+            return step(self, batch)
+
+        dlrm_mlet.Trainer.step = failing
+
+
+def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
+    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", ["--dist-timeout=20"]), tmp_path, fault=failing_step_on_rank_one)
+    assert ranks[1].code == 2 and ranks[1].stderr.strip() == "dlrm_mlet.py: error: rank 1: simulated failure in a training step"
+    assert ranks[0].code == 1
+    lines = ranks[0].stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ") and "another process has probably failed" in lines[0]
+
+
+def test_torchrun_launch(tmp_path) -> None:
+    """The README's command: torchrun, 2 gloo processes; the same losses as one process."""
+    flags = scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", "--dist-backend=gloo"])
+    single = in_process(flags)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "dlrm_mlet.py"), *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sharding plan:") == 1 and done.stdout.count("Testing at") == 1
+    one, two = step_losses(single.stdout), step_losses(done.stdout)
+    assert len(one) == len(two) == 15
+    assert max(abs(a - b) for a, b in zip(one, two)) <= TOLERANCE
+
+
+# -- pieces ----------------------------------------------------------------------
+def reference_lpt(sizes: list[int], world: int) -> int:
+    """Largest load of plain longest-processing-time-first scheduling."""
+    loads = [0] * world
+    for size in sorted(sizes, reverse=True):
+        loads[loads.index(min(loads))] += size
+    return max(loads)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+def test_plan_balances_bytes_then_tables_on_kaggle(world: int) -> None:
+    config = small_config(hidden=64, dim=16, sizes=tuple(KAGGLE_CARDINALITIES))
+    sizes = table_bytes(config, "adagrad")
+    plan = ShardingPlan.balanced(sizes, world)
+    assert sorted(t for ts in plan.tables_of_rank for t in ts) == list(range(26))
+    loads = [plan.rank_bytes(r) for r in range(world)]
+    assert max(loads) <= reference_lpt(sizes, world) * (1 + BYTE_SLACK)
+    counts = [len(ts) for ts in plan.tables_of_rank]
+    assert max(counts) - min(counts) <= 2, counts
+    assert plan == ShardingPlan.balanced(sizes, world)
+
+
+def test_plan_with_more_ranks_than_tables() -> None:
+    plan = ShardingPlan.balanced([100], 2)
+    assert plan.tables_of_rank == ((0,), ())
+    assert "rank 1: tables none (0 tables, 0 rows, 0 B)" in plan.describe([10], "sgd")
+
+
+def test_table_bytes_count_the_real_parameters() -> None:
+    config = small_config(hidden=16)
+    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden)
+    assert sum(table_bytes(config, "sgd")) == tables.parameter_bytes()
+    assert sum(table_bytes(config, "adam")) == 3 * tables.parameter_bytes()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 33, 64])
+def test_local_shares_cover_the_batch(batch: int) -> None:
+    for world in (2, 3):
+        sizes = local_sizes(batch, world)
+        assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1
+        assert [sample_range(batch, world, r) for r in range(world)] == [(sum(sizes[:r]), sum(sizes[: r + 1])) for r in range(world)]
+
+
+def test_shard_keeps_own_samples_and_own_tables() -> None:
+    config = small_config()
+    dense, features = random_inputs(config, batch=7, seed=3, bag=3)
+    labels = torch.arange(7, dtype=torch.float32)
+    process = MultiProcess.__new__(MultiProcess)
+    process.rank, process.world_size = 1, 2
+    process.plan = ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1))
+    shard = process.shard(Batch(dense, features, labels))
+    assert shard.size == 7 and torch.equal(shard.labels, labels[4:]) and torch.equal(shard.dense, dense[4:])
+    expected = features.select_tables([1, 3])
+    assert torch.equal(shard.sparse.features.indices, expected.indices) and torch.equal(shard.sparse.features.offsets, expected.offsets)
+
+
+def test_only_collective_failures_become_one_line_errors() -> None:
+    assert communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)")) is None
+    assert communication_failure(ValueError("Connection closed by peer")) is None
+    failure = communication_failure(RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063"))
+    assert failure is not None and str(failure).startswith("torch.distributed: [third_party/gloo") and "--dist-timeout" in str(failure)
+
+
+def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:
+    sizes = [2, 3, 4, 5]
+    full = torch.arange(14.0).unsqueeze(1)
+    split = RowLayout.of_tables(ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1)), sizes)
+    assert split.segments == (((0, 2), (5, 4)), ((2, 3), (9, 5)))
+    assert split.take(full, 0).squeeze(1).tolist() == [0, 1, 5, 6, 7, 8]
+    merged = RowLayout.of_tables(ShardingPlan(((0, 1), (2, 3)), (1, 1, 1, 1)), sizes)
+    assert merged.segments == (((0, 5),), ((5, 9),))
+    with pytest.raises(ValueError, match="expected 14 rows"):
+        merged.take(full[:3], 0)
