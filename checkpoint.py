@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from dlrm_model import DLRM, ModelConfig
-from errors import OneLineParser, UserError
+from errors import OneLineParser, UserError, run_reporting_errors
 from mlet_layers import EmbeddingTables
 
 PROG = "checkpoint.py"
@@ -625,13 +625,8 @@ def build_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2."""
-    try:
-        args = build_parser().parse_args(argv)
-        args.handler(args)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(PROG, lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from errors import UserError
+from errors import OneLineParser, UserError, run_reporting_errors
 from mlet_layers import SparseFeatures
 from synthetic_data import ClickModel, ClickModelConfig, RandomBatches
 
@@ -403,7 +403,7 @@ def command_line_parser() -> argparse.ArgumentParser:
     """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
     from raw_generate import MODEL_FLAGS, model_defaults
 
-    parser = argparse.ArgumentParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
+    parser = OneLineParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="write the synthetic click model in a data set's raw format")
     gen.add_argument("data_set", choices=DATA_SETS)
@@ -422,28 +422,29 @@ def command_line_parser() -> argparse.ArgumentParser:
 
 def command_line(argv: Sequence[str] | None = None) -> int:
     """Run ``generate`` or ``preprocess``; bad input ends with one line on stderr and exit code 2."""
-    from preprocess import prepare
+    args = command_line_parser().parse_args(argv)
+    return run_reporting_errors("data_utils.py", lambda: generate_command(args) if args.command == "generate" else preprocess_command(args))
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    """``data_utils.py generate``: write the synthetic click model in a raw format."""
     from raw_generate import MODEL_FLAGS, RawGenerator
 
-    args = command_line_parser().parse_args(argv)
-    try:
-        if args.command == "generate":
-            if args.rows < 1 or args.scale <= 0:
-                raise UserError("--rows and --scale: must be positive")
-            model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
-            RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
-            print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
-        else:
-            validate_dataset_flags(args)
-            data = prepare(
-                args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, bool(args.progress)
-            )
-            sizes = data.limits(args.cat_min_count, args.max_ind_range).table_sizes
-            print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
-    except UserError as error:
-        print(f"data_utils.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    if args.rows < 1 or args.scale <= 0:
+        raise UserError("--rows and --scale: must be positive")
+    model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
+    RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
+    print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
+
+
+def preprocess_command(args: argparse.Namespace) -> None:
+    """``data_utils.py preprocess``: build (or check) the processed cache of a raw file."""
+    from preprocess import prepare
+
+    validate_dataset_flags(args)
+    data = prepare(args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, bool(args.progress))
+    sizes = data.limits(args.cat_min_count, args.max_ind_range).table_sizes
+    print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
 
 
 if __name__ == "__main__":

@@ -44,16 +44,10 @@ collectives time out after ``--dist-timeout`` seconds.
 from __future__ import annotations
 
 import inspect
-import itertools
-import os
-import re
-import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -61,337 +55,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+import process_group
 from checkpoint import model_from_checkpoint
 from data_utils import Batch, prefetch
 from dlrm_model import DLRM, ModelConfig
 from errors import UserError
 from metrics import ctr_metrics, predict
-from mlet_layers import EmbeddingTables, SparseFeatures
+from mlet_layers import EmbeddingTables
 from optimizers import CombinedOptimizer, FusedOptimizer
+from process_group import Comm, SharedError, T, agree, launched_world_size, training_device, wait_for_all
+from sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
 
-BACKENDS = ("gloo", "nccl")
-DEFAULT_TIMEOUT_S = 1800
-# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
-STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
-# A table may go to a rank holding up to this much more than the byte-greedy choice if that evens out lookups.
-BYTE_SLACK = 0.02
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
 SHARDED = ("tables.weight", "tables.projection")
 GATHER_CHUNK_BYTES = 64 << 20
 
-T = TypeVar("T")
-
 # The MLPs have no buffers that change (only the interaction's fixed pair indices): no per-step
 # buffer broadcast. Newer torch renames DDP's broadcast_buffers to forward_sync_buffers.
 NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
-
-
-# -- launch environment ------------------------------------------------------
-def launched_world_size() -> int:
-    """Processes in the run, from torchrun's ``WORLD_SIZE`` (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched_rank() -> int:
-    """This process's rank, from torchrun's ``RANK`` (0 when not launched by torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """True in a single-process run and on rank 0 of a multi-process one: the process that prints and writes."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return launched_rank() == 0
-
-
-class SharedError(UserError):
-    """An error that every rank raises together (see :meth:`MultiProcess.agree`); rank 0 alone prints it."""
-
-    def __init__(self, message: str, print_here: bool) -> None:
-        super().__init__(message)
-        self.print_here = print_here
-
-
-def error_line(error: Exception) -> str | None:
-    """What this process prints for ``error`` (``None``: another rank prints it).
-
-    A shared error is printed by rank 0; an error of this process alone, in a
-    multi-process run, is printed here with the rank in front.
-    """
-    if isinstance(error, SharedError):
-        return str(error) if error.print_here else None
-    if launched_world_size() > 1:
-        return f"rank {launched_rank()}: {error}"
-    return str(error)
-
-
-# -- the sharding plan -------------------------------------------------------
-def table_bytes(config: ModelConfig, optimizer: str, element_size: int = 4) -> list[int]:
-    """Training bytes of each table: its rows (K-wide for MLET, else d-wide), its
-    K x d projection for MLET, and the optimizer's per-element state of both."""
-    copies = 1 + STATE_SLOTS[optimizer]
-    width = config.mlet_hidden or config.dim
-    projection = config.mlet_hidden * config.dim
-    return [(n * width + projection) * element_size * copies for n in config.table_sizes]
-
-
-@dataclass(frozen=True)
-class ShardingPlan:
-    """Which rank owns which tables (``tables_of_rank[r]``, ascending global ids)."""
-
-    tables_of_rank: tuple[tuple[int, ...], ...]
-    table_bytes: tuple[int, ...]
-
-    @classmethod
-    def balanced(cls, table_bytes: Sequence[int], world_size: int) -> ShardingPlan:
-        """Tables to ranks, balancing bytes first and the number of tables second.
-
-        Greedy over tables in decreasing size: the byte-greedy choice (the
-        least-loaded rank) fixes the largest load reachable at this step; any
-        rank that stays within ``1 + BYTE_SLACK`` of it may take the table, and
-        of those the one with the fewest tables (then fewest bytes, then lowest
-        rank) does. Tables too big to share a rank still get one each; the
-        many small tables then even out the lookups each rank does per batch.
-        """
-        loads, counts = [0] * world_size, [0] * world_size
-        owned: list[list[int]] = [[] for _ in range(world_size)]
-        for t in sorted(range(len(table_bytes)), key=lambda t: (-table_bytes[t], t)):
-            size = table_bytes[t]
-            reachable = max(max(loads), min(loads) + size) * (1 + BYTE_SLACK)
-            allowed = [r for r in range(world_size) if loads[r] + size <= reachable]
-            rank = min(allowed, key=lambda r: (counts[r], loads[r], r))
-            loads[rank], counts[rank] = loads[rank] + size, counts[rank] + 1
-            owned[rank].append(t)
-        return cls(tuple(tuple(sorted(ts)) for ts in owned), tuple(int(b) for b in table_bytes))
-
-    @property
-    def world_size(self) -> int:
-        """Ranks in the plan."""
-        return len(self.tables_of_rank)
-
-    def rank_bytes(self, rank: int) -> int:
-        """Training bytes the plan puts on ``rank``."""
-        return sum(self.table_bytes[t] for t in self.tables_of_rank[rank])
-
-    def to_dict(self) -> dict:
-        """JSON- and checkpoint-friendly form."""
-        return {
-            "world_size": self.world_size,
-            "tables_of_rank": [list(ts) for ts in self.tables_of_rank],
-            "bytes_of_rank": [self.rank_bytes(r) for r in range(self.world_size)],
-            "table_bytes": list(self.table_bytes),
-        }
-
-    def describe(self, table_sizes: Sequence[int], optimizer: str) -> str:
-        """The one-line plan printed at the start of a run."""
-        parts = []
-        for rank, tables in enumerate(self.tables_of_rank):
-            listed = ",".join(map(str, tables)) or "none"
-            rows = sum(table_sizes[t] for t in tables)
-            parts.append(f"rank {rank}: tables {listed} ({len(tables)} tables, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})")
-        loads = [self.rank_bytes(r) for r in range(self.world_size)]
-        imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
-        state = f" + {optimizer} state" if STATE_SLOTS[optimizer] else ""
-        return (
-            f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, balanced by training bytes (rows + projections{state}),"
-            f" then by table count: {'; '.join(parts)}; largest/mean bytes {imbalance:.2f}"
-        )
-
-
-def format_bytes(count: int) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def local_sizes(batch_size: int, world_size: int) -> list[int]:
-    """Samples of a global batch that each rank takes: as even as possible, the first ranks one more."""
-    base, extra = divmod(batch_size, world_size)
-    return [base + (1 if r < extra else 0) for r in range(world_size)]
-
-
-def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]:
-    """``[lo, hi)``: the samples of a global batch that belong to ``rank``."""
-    sizes = local_sizes(batch_size, world_size)
-    lo = sum(sizes[:rank])
-    return lo, lo + sizes[rank]
-
-
-# -- a rank's share of a batch -------------------------------------------------
-@dataclass
-class OwnedBags:
-    """The bags of the tables a rank owns, for every sample of the global batch.
-
-    ``features`` is ``None`` on a rank that owns no table.
-    """
-
-    features: SparseFeatures | None
-    batch_size: int
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> OwnedBags:
-        """Copy to ``device``."""
-        moved = None if self.features is None else self.features.to(device, non_blocking=non_blocking)
-        return OwnedBags(moved, self.batch_size)
-
-    def pin_memory(self) -> OwnedBags:
-        """Page-locked copy."""
-        return OwnedBags(None if self.features is None else self.features.pin_memory(), self.batch_size)
-
-
-@dataclass
-class BatchShard:
-    """One rank's share of a global batch.
-
-    ``dense`` and ``labels`` hold this rank's samples; ``sparse`` the owned
-    tables' bags for all samples. ``size`` is the number of samples in the
-    *global* batch, as :attr:`data_utils.Batch.size`, so code that counts
-    samples or divides the loss by ``batch.size`` works on either.
-    """
-
-    dense: Tensor
-    sparse: OwnedBags
-    labels: Tensor
-
-    @property
-    def size(self) -> int:
-        """Samples in the global batch this shard belongs to."""
-        return self.sparse.batch_size
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchShard:
-        """Copy to ``device``."""
-        return BatchShard(
-            self.dense.to(device, non_blocking=non_blocking),
-            self.sparse.to(device, non_blocking=non_blocking),
-            self.labels.to(device, non_blocking=non_blocking),
-        )
-
-    def pin_memory(self) -> BatchShard:
-        """Page-locked copy for asynchronous copies to a GPU."""
-        return BatchShard(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
-
-
-# -- process groups ------------------------------------------------------------
-@dataclass(frozen=True)
-class Comm:
-    """This process's place in the run: rank, size, device, and the training group.
-
-    ``group`` carries the training traffic: a NCCL group on GPUs, ``None``
-    (the default group, gloo) on CPUs. Host-side traffic (errors, metrics,
-    checkpoint gathering) always goes over the default gloo group.
-    """
-
-    rank: int
-    world_size: int
-    device: torch.device
-    group: dist.ProcessGroup | None = None
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the process that prints and writes."""
-        return self.rank == 0
-
-
-def check_backend(backend: str | None, use_gpu: bool) -> None:
-    """Refuse a backend that cannot serve the device (:class:`UserError` naming the flag)."""
-    if backend == "nccl" and not use_gpu:
-        raise UserError("--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes")
-    if backend == "gloo" and use_gpu:
-        raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
-
-
-def is_multi_process() -> bool:
-    """True once this process has joined a run of several processes."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def start(timeout_s: int) -> None:
-    """In a torchrun launch of several processes, join the others (once).
-
-    The default group is gloo, on the CPU: it carries errors, metrics and
-    checkpoints, and exists before the flags are checked, so that a check
-    failing on one process alone reaches them all (:func:`agree`). Training
-    traffic on GPUs gets a NCCL group of its own (:func:`session`).
-    """
-    if launched_world_size() <= 1 or dist.is_initialized():
-        return
-    try:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
-    except (RuntimeError, ValueError) as error:
-        raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
-
-
-def training_device(backend: str | None, use_gpu: bool) -> torch.device:
-    """This process's device: the CPU, or with ``use_gpu`` the GPU of its local rank.
-
-    Raises :class:`UserError` for a setup that cannot work here.
-    """
-    check_backend(backend, use_gpu)
-    if not use_gpu:
-        return torch.device("cpu")
-    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-    if local_rank >= count:
-        raise UserError(
-            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
-        )
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    return device
-
-
-def agree(step: Callable[[], T]) -> T:
-    """Run ``step``; in a multi-process run, if it fails on any process, every process raises
-    that failure (a :class:`SharedError`, printed by rank 0), so all stop together.
-
-    A process whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
-    """
-    if not is_multi_process():
-        return step()
-    error: Exception | None = None
-    try:
-        result = step()
-    except Exception as caught:  # shared below, then raised on every rank
-        error = caught
-    message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
-    messages: list = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, message)
-    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
-    if not failed:
-        return result
-    if error is not None and not isinstance(error, UserError):
-        traceback.print_exception(error)
-    everywhere = len(failed) == len(messages) and len({text for _, text in failed}) == 1
-    rank, text = failed[0]
-    raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
-
-
-COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
-
-
-def communication_failure(error: BaseException) -> UserError | None:
-    """A failed or timed-out collective as a one-line error (usually another process died first);
-    ``None`` for other errors, which keep their traceback.
-
-    Recognised by type (``DistError``), by being raised inside ``torch.distributed``,
-    or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
-    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout.
-    """
-    frames = traceback.extract_tb(error.__traceback__)
-    inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
-    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))):
-        return None
-    return UserError(
-        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; --dist-timeout sets how long collectives wait)"
-    )
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type if it has none)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- the embedding exchange ----------------------------------------------------
@@ -472,37 +153,6 @@ class DenseNet(nn.Module):
 
 
 # -- gathering and splitting sharded tensors -----------------------------------
-@dataclass(frozen=True)
-class RowLayout:
-    """Where a dim-0-sharded tensor's rows live: ``segments[r]`` lists ``(start, count)``
-    ranges of the full tensor that rank ``r`` holds, one after another, in its local tensor."""
-
-    full_rows: int
-    segments: tuple[tuple[tuple[int, int], ...], ...]
-
-    @classmethod
-    def of_tables(cls, plan: ShardingPlan, rows_per_table: Sequence[int]) -> RowLayout:
-        """Layout of a tensor holding ``rows_per_table[t]`` consecutive rows per table, in table order."""
-        starts = [0, *itertools.accumulate(rows_per_table)]
-        segments = []
-        for tables in plan.tables_of_rank:
-            merged: list[tuple[int, int]] = []
-            for t in tables:
-                if merged and merged[-1][0] + merged[-1][1] == starts[t]:
-                    merged[-1] = (merged[-1][0], merged[-1][1] + rows_per_table[t])
-                else:
-                    merged.append((starts[t], rows_per_table[t]))
-            segments.append(tuple(merged))
-        return cls(starts[-1], tuple(segments))
-
-    def take(self, full: Tensor, rank: int) -> Tensor:
-        """Rank ``rank``'s rows of the full tensor."""
-        if full.shape[0] != self.full_rows:
-            raise ValueError(f"expected {self.full_rows} rows, got {full.shape[0]}")
-        pieces = [full[start : start + count] for start, count in self.segments[rank]]
-        return torch.cat(pieces) if pieces else full[:0].clone()
-
-
 def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
     """The full tensor on rank 0 (on the CPU), from every rank's rows; ``None`` elsewhere.
 
@@ -865,7 +515,7 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     if launched_world_size() <= 1:
         yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
         return
-    start(args.dist_timeout)
+    process_group.start(args.dist_timeout)
     device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
     # NCCL on GPUs gets a group of its own; gloo training shares the default group
     group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
@@ -877,26 +527,3 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
         wait_for_all(comm)
         raise
     wait_for_all(comm)
-
-
-def wait_for_all(comm: Comm) -> None:
-    """Barrier on every group: no rank leaves while another still needs it."""
-    dist.barrier()
-    if comm.group is not None:
-        dist.barrier(group=comm.group, device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
-
-
-def exit_process(code: int) -> None:
-    """End the process with ``code``; a multi-process run skips Python's teardown.
-
-    The process group is never freed in-process: with gloo, freeing it while
-    its worker threads still release finished collectives deadlocks (they
-    need the GIL, which the freeing thread holds while joining them; seen with
-    torch 2.13). And after an error this rank must leave at once, for torchrun
-    to stop the others, even if a peer is blocked in a collective with it.
-    """
-    if launched_world_size() > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)

@@ -7,42 +7,32 @@ every table as ``W1 (n x K) @ W2 (K x d)``. Run ``python dlrm_mlet.py --help``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 import distributed
+import process_group
 from checkpoint import (
-    FORMAT,
     TRAINING,
-    VERSION,
     atomic_save,
-    bytes_report,
     check_file,
     check_inference_flags,
     check_training_flags,
     collapsed_checkpoint,
     load_checkpoint,
-    restore_rng_state,
     resume_flag_changes,
-    rng_state,
     trained_hidden,
 )
-from data_utils import DEFAULT_EMBEDDING_SIZE, Batch, DataBundle, add_dataset_flags, build_data, prefetch, validate_dataset_flags
+from data_utils import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import OneLineParser, UserError
 from mlet_layers import parse_projection_init
-from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS, LRPolicy, build_optimizer
-from train_step import make_train_step
+from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
+from trainer import Trainer, log, parameter_report, write_json
 
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
@@ -142,8 +132,10 @@ def build_parser() -> OneLineParser:
     ckpt.add_argument("--save-collapsed", type=str, default="", help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here")
 
     multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
-    multi.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)")
-    multi.add_argument("--dist-timeout", type=int, default=distributed.DEFAULT_TIMEOUT_S, help="seconds a collective may wait for the other processes")
+    multi.add_argument(
+        "--dist-backend", choices=process_group.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)"
+    )
+    multi.add_argument("--dist-timeout", type=int, default=process_group.DEFAULT_TIMEOUT_S, help="seconds a collective may wait for the other processes")
     return p
 
 
@@ -221,7 +213,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
-    distributed.check_backend(args.dist_backend, args.use_gpu)
+    process_group.check_backend(args.dist_backend, args.use_gpu)
     if args.data_generation == "dataset":
         validate_dataset_flags(args)
     if args.data_generation == "synthetic" and args.synthetic_rank < 1:
@@ -261,253 +253,6 @@ def model_config(args: argparse.Namespace, table_sizes: Sequence[int]) -> ModelC
         interaction=args.arch_interaction_op,
         interaction_itself=args.arch_interaction_itself,
     )
-
-
-def loss_function(args: argparse.Namespace, device: torch.device):
-    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
-    if args.loss_function == "mse":
-        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
-    if args.loss_function == "bce":
-        return F.binary_cross_entropy_with_logits
-    weights = torch.tensor(args.loss_weights_pair, device=device)
-
-    def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return (per_sample * weights[labels.round().long()]).mean()
-
-    return weighted_bce
-
-
-def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
-    """Threads assembling training batches: ``--num-workers``, or (-1) 1 on CPU, where the
-    cores train the model, and 4 on GPU, where one thread cannot keep up (bench/NOTES.md)."""
-    if args.num_workers >= 0:
-        return max(1, args.num_workers)
-    return 4 if device.type == "cuda" else 1
-
-
-def log(message: str) -> None:
-    """Print a log line without breaking the progress bar (on rank 0 alone, in a multi-process run)."""
-    if not distributed.is_main_process():
-        return
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
-
-
-def parameter_report(model: DLRM) -> dict:
-    """Parameter counts and bytes for training (as built) and inference (collapsed)."""
-    return bytes_report(model.config.parameter_counts(), model.tables.weight.element_size())
-
-
-def json_safe(value):
-    """NaN/inf -> None, recursively, so the results file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically as strict JSON."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, target)
-
-
-def plain_args(args: argparse.Namespace) -> dict:
-    """The argument set as JSON/checkpoint-safe primitives."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-
-
-class Trainer:
-    """The training loop: steps, periodic logging, testing and checkpointing.
-
-    ``parallel`` (see ``distributed.py``) says how the work is split between
-    processes: it shards batches, sums loss shares, evaluates, and gathers
-    checkpoints; the default is a single process.
-    """
-
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        data: DataBundle,
-        model: DLRM,
-        device: torch.device,
-        parallel: distributed.SingleProcess | distributed.MultiProcess | None = None,
-    ) -> None:
-        self.args, self.data, self.model, self.device = args, data, model, device
-        self.parallel = parallel or distributed.SingleProcess(device)
-        fused_tables = model.tables if args.embedding_update == "fused" else None
-        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
-        self.optimizer = self.parallel.shard_optimizer(optimizer, model)
-        self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
-        self.loss_fn = loss_function(args, device)
-        # a captured graph cannot hold the all-to-all and DDP's hooks: several processes step eagerly
-        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None and self.parallel.world_size == 1
-        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
-        self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
-        self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)
-        self.epoch, self.batch, self.iteration = 0, 0, 0
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.train_time, self.train_samples = 0.0, 0
-        self.loaded: dict | None = None  # what --load-model loaded
-
-    # -- checkpoints -------------------------------------------------------
-    def position(self) -> dict:
-        """Where the run stands: the next batch is ``batch`` of ``epoch``.
-
-        The order of an epoch's batches is a function of (seed, epoch), so the
-        position plus the data's size identify the next batch exactly.
-        """
-        return {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "iteration": self.iteration,
-            "batches_per_epoch": self.batches_per_epoch,
-            "train_samples_per_epoch": self.data.train.num_samples,
-            "shuffle_seed": self.args.numpy_rand_seed,
-        }
-
-    def state(self) -> dict:
-        """A resumable checkpoint of the run so far."""
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": TRAINING,
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": {**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
-            "position": self.position(),
-            "distributed": self.parallel.record(),
-            "rng": rng_state(),
-            "history": self.history,
-            "best": self.best,
-            "train_time": self.train_time,
-            "train_samples": self.train_samples,
-            "args": plain_args(self.args),
-            "data": self.data.description,
-            "torch": str(torch.__version__),
-        }
-
-    def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint made by :meth:`state` (of an inference checkpoint: take its weights only)."""
-        self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("kind") != TRAINING:
-            return
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        pos = ckpt["position"]
-        self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
-        self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
-        self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
-        if ckpt.get("rng"):
-            restore_rng_state(ckpt["rng"])
-
-    def save(self) -> None:
-        """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
-        state = self.state()
-        if self.parallel.is_main:
-            atomic_save(state, self.args.save_model)
-
-    # -- steps ---------------------------------------------------------------
-    def step(self, batch: Batch) -> torch.Tensor:
-        """One optimisation step; returns the (detached) batch loss."""
-        self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
-        return self.train_step(batch)
-
-    def test(self) -> dict:
-        """Evaluate on the whole test set, log, and remember the best AUC."""
-        result = {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, self.data.test.batches(0))}
-        self.history.append(result)
-        if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
-            self.best = result
-        precision = self.args.print_precision
-        log(
-            f"Testing at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
-            f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
-            f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
-            f" best accuracy {100 * max(h['accuracy'] for h in self.history):3.3f} %"
-        )
-        return result
-
-    def train(self) -> None:
-        """Run the remaining epochs."""
-        args = self.args
-        total = args.nepochs * self.batches_per_epoch
-        show = args.progress and self.parallel.is_main
-        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if show else True, dynamic_ncols=True, leave=False)
-        while self.epoch < args.nepochs:
-            self.run_epoch(bar)
-            self.epoch, self.batch = self.epoch + 1, 0
-        bar.close()
-
-    def run_epoch(self, bar: tqdm) -> None:
-        """Train on the rest of the current epoch.
-
-        ``train_time`` counts wall time spent waiting for and training on
-        batches; testing and checkpointing are excluded.
-        """
-        args = self.args
-        loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
-        workers = batch_workers(self.args, self.device)
-        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
-        last = time.perf_counter()
-        for batch in batches:
-            if self.batch >= self.batches_per_epoch:
-                break
-            batch = batch.to(self.device, non_blocking=True)
-            loss = self.step(batch)
-            loss_sum, loss_count = loss_sum + loss, loss_count + 1
-            self.batch, self.iteration = self.batch + 1, self.iteration + 1
-            self.train_samples += batch.size
-            window_samples += batch.size
-            bar.update(1)
-            if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
-                loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
-                now = time.perf_counter()
-                self.train_time, window_time = self.train_time + now - last, window_time + now - last
-                self.log_train(loss_value, loss_count, window_time, window_samples)
-                loss_sum, loss_count, window_time, window_samples, last = 0.0, 0, 0.0, 0, now
-            if args.test_freq > 0 and self.batch % args.test_freq == 0 and self.batch != self.batches_per_epoch:
-                self.test()
-                last = time.perf_counter()
-            if args.save_model and args.save_freq and self.iteration % args.save_freq == 0:
-                self.save()
-                last = time.perf_counter()
-        batches.close()
-        if self.batch >= self.batches_per_epoch:
-            self.test()
-
-    def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
-        """Upstream's 'Finished training it' line."""
-        timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.args.print_time else ""
-        log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.args.print_precision + 1}f}")
-
-    def results(self, final: dict) -> dict:
-        """The ``--results-json`` payload."""
-        return {
-            "final": final,
-            "best": self.best,
-            "history": self.history,
-            "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,
-            "train_samples": self.train_samples,
-            "train_seconds": self.train_time,
-            "iterations": self.iteration,
-            "parameters": parameter_report(self.model),
-            "model_config": self.model.config.to_dict(),
-            "data": self.data.description,
-            "device": str(self.device),
-            "distributed": self.parallel.record(),
-            "torch": torch.__version__,
-            "args": plain_args(self.args),
-            "checkpoint": self.loaded,
-        }
 
 
 def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
@@ -634,17 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         args = build_parser().parse_args(argv)
-        distributed.start(args.dist_timeout)
-        distributed.agree(lambda: validate(args))
+        process_group.start(args.dist_timeout)
+        process_group.agree(lambda: validate(args))
         run(args)
     except UserError as error:
-        if (line := distributed.error_line(error)) is not None:
+        if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        if (failure := distributed.communication_failure(error)) is None:
+        if (failure := process_group.communication_failure(error)) is None:
             raise
-        print(f"{PROG}: error: {distributed.error_line(failure)}", file=sys.stderr)
+        print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -653,4 +398,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    distributed.exit_process(main())
+    process_group.exit_process(main())

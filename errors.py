@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -16,3 +18,13 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         # The processes of a torchrun launch parse the same flags: rank 0 alone reports.
         self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
+
+
+def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
+    """Run ``action`` for a command line: 0, or 2 after one ``PROG: error: ...`` line for a :class:`UserError`."""
+    try:
+        action()
+    except UserError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

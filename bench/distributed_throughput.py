@@ -41,6 +41,7 @@ from reference_dlrm import scaled_cardinalities  # noqa: E402
 
 import distributed  # noqa: E402
 import dlrm_mlet  # noqa: E402
+import process_group  # noqa: E402
 from data_utils import build_data  # noqa: E402
 from train_step import GraphedTrainStep  # noqa: E402
 
@@ -134,7 +135,7 @@ def worker(args: argparse.Namespace) -> None:
                 print(json.dumps(rows[-1]), flush=True)
         if parallel.is_main:
             Path(args.out).write_text(json.dumps(rows))
-    distributed.exit_process(0)
+    process_group.exit_process(0)
 
 
 def driver(args: argparse.Namespace, argv: list[str]) -> None:

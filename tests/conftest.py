@@ -39,6 +39,32 @@ def random_inputs(config: ModelConfig, batch: int, seed: int, bag: int = 1) -> t
     return dense, SparseFeatures(torch.cat(ids), offsets, num_tables, one_hot=bag == 1)
 
 
+def train_random_steps(model: DLRM, opt, steps: int, first: int = 0, batch: int = 64, bag: int = 1) -> list[float]:
+    """``steps`` optimisation steps on random batches ``first..``; the losses."""
+    losses = []
+    for step in range(first, first + steps):
+        dense, features = random_inputs(model.config, batch=batch, seed=step, bag=bag)
+        labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(step)).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code (argparse's own exits included), stdout and stderr of ``dlrm_mlet.py argv``."""
+    import dlrm_mlet
+
+    try:
+        code = dlrm_mlet.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.fixture
 def make_model():
     """Factory: ``make_model(hidden, seed=..., dim=...)``."""

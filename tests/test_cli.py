@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dlrm_mlet
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from errors import UserError
 
 TINY = [
@@ -22,16 +22,6 @@ TINY = [
     "--learning-rate=0.1",
     "--progress=false",
 ]
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Exit code (argparse's own exits included), stdout and stderr of the command line."""
-    try:
-        code = dlrm_mlet.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -60,7 +50,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:
-    code, _, err = run_main([*TINY, *flags], capsys)
+    code, _, err = run_cli([*TINY, *flags], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -70,7 +60,7 @@ def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, c
 def test_gpu_flag_without_gpu_is_reported(capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code, _, err = run_main([*TINY, "--use-gpu"], capsys)
+    code, _, err = run_cli([*TINY, "--use-gpu"], capsys)
     assert code == 2 and "--use-gpu" in err and len(err.strip().splitlines()) == 1
 
 
@@ -95,7 +85,7 @@ def test_parse_args_raises_user_error_not_traceback() -> None:
 
 def test_results_json_contents(tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
-    code, stdout, _ = run_main(
+    code, stdout, _ = run_cli(
         [*TINY, "--mlet-hidden=16", "--test-freq=5", f"--results-json={out}", "--test-data-size=500", "--test-mini-batch-size=64"], capsys
     )
     assert code == 0
@@ -118,16 +108,16 @@ def test_results_json_contents(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("flags", [["--loss-function=mse"], ["--loss-function=wbce", "--loss-weights=1.0-3.0"], ["--optimizer=adagrad"], ["--optimizer=adam"]])
 def test_losses_and_optimizers_train(flags: list[str], tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
-    code, _, err = run_main([*TINY, "--mlet-hidden=8", f"--results-json={out}", *flags], capsys)
+    code, _, err = run_cli([*TINY, "--mlet-hidden=8", f"--results-json={out}", *flags], capsys)
     assert code == 0, err
     assert json.loads(out.read_text())["final"]["logloss"] > 0
 
 
 def test_multi_hot_random_bags(tmp_path, capsys) -> None:
-    code, _, err = run_main([*TINY, "--num-indices-per-lookup=4", "--mlet-hidden=8", "--arch-interaction-itself"], capsys)
+    code, _, err = run_cli([*TINY, "--num-indices-per-lookup=4", "--mlet-hidden=8", "--arch-interaction-itself"], capsys)
     assert code == 0, err
 
 
 def test_lr_schedule_flags_run(capsys) -> None:
-    code, _, err = run_main([*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys)
+    code, _, err = run_cli([*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys)
     assert code == 0, err

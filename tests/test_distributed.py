@@ -30,9 +30,11 @@ import torch
 import dlrm_mlet
 from conftest import ROOT, random_inputs, small_config
 from data_utils import Batch
-from distributed import BYTE_SLACK, MultiProcess, RowLayout, ShardingPlan, communication_failure, local_sizes, sample_range, table_bytes
+from distributed import MultiProcess
 from errors import UserError
 from mlet_layers import EmbeddingTables
+from process_group import communication_failure
+from sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
 
 sys.path.insert(0, str(ROOT / "bench"))
 from distributed_equivalence import (

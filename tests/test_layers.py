@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_inputs, small_config
+from conftest import random_inputs, small_config, train_random_steps
 from dlrm_model import DLRM
 from mlet_layers import EmbeddingTables, SparseFeatures, parse_projection_init
 from optimizers import build_optimizer
@@ -84,16 +84,7 @@ def test_collapse_is_independent_copy(make_model) -> None:
 
 def train_steps(model: DLRM, steps: int, lr: float = 0.5) -> list[float]:
     opt = build_optimizer("sgd", lr, model.sparse_parameters(), {n: p for n, p in model.dense_parameters().items() if p.requires_grad})
-    losses = []
-    for step in range(steps):
-        dense, features = random_inputs(model.config, batch=32, seed=100 + step)
-        labels = torch.randint(0, 2, (32,), generator=torch.Generator().manual_seed(step)).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return train_random_steps(model, opt, steps, batch=32)
 
 
 def test_mlet_with_identity_projection_reproduces_baseline(make_model) -> None:

@@ -7,18 +7,8 @@ import copy
 import pytest
 import torch
 
-from conftest import random_inputs
+from conftest import random_inputs, train_random_steps
 from optimizers import LRPolicy, build_optimizer
-
-
-def steps(model, opt, first: int, count: int) -> None:
-    for step in range(first, first + count):
-        dense, features = random_inputs(model.config, batch=16, seed=step, bag=2)
-        labels = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(step)).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
@@ -26,18 +16,18 @@ def test_state_roundtrip_continues_exactly(make_model, name: str) -> None:
     """Train 6 steps, save, load into a fresh model/optimizer, train 6 more == 12 straight."""
     straight = make_model(16, seed=3)
     opt = build_optimizer(name, 0.05, straight.sparse_parameters(), straight.dense_parameters())
-    steps(straight, opt, 0, 12)
+    train_random_steps(straight, opt, 12, first=0, batch=16, bag=2)
 
-    first = make_model(16, seed=3)
-    opt1 = build_optimizer(name, 0.05, first.sparse_parameters(), first.dense_parameters())
-    steps(first, opt1, 0, 6)
-    saved_model, saved_opt = copy.deepcopy(first.state_dict()), copy.deepcopy(opt1.state_dict())
+    half = make_model(16, seed=3)
+    opt1 = build_optimizer(name, 0.05, half.sparse_parameters(), half.dense_parameters())
+    train_random_steps(half, opt1, 6, first=0, batch=16, bag=2)
+    saved_model, saved_opt = copy.deepcopy(half.state_dict()), copy.deepcopy(opt1.state_dict())
 
     resumed = make_model(16, seed=99)
     opt2 = build_optimizer(name, 0.05, resumed.sparse_parameters(), resumed.dense_parameters())
     resumed.load_state_dict(saved_model)
     opt2.load_state_dict(saved_opt)
-    steps(resumed, opt2, 6, 6)
+    train_random_steps(resumed, opt2, 6, first=6, batch=16, bag=2)
     for (n, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), n
 
@@ -45,7 +35,7 @@ def test_state_roundtrip_continues_exactly(make_model, name: str) -> None:
 def test_state_is_keyed_by_parameter_name(make_model) -> None:
     model = make_model(8)
     opt = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters())
-    steps(model, opt, 0, 1)
+    train_random_steps(model, opt, 1, first=0, batch=16, bag=2)
     state = opt.state_dict()
     assert state["optimizer"] == "adagrad"
     assert set(state["state"]) == set(dict(model.named_parameters()))
@@ -77,19 +67,6 @@ def test_lr_policy_warmup_hold_decay_floor() -> None:
     assert LRPolicy(0.3).lr(10_000) == 0.3
 
 
-def train_losses(model, opt, count: int, bag: int) -> list[float]:
-    losses = []
-    for step in range(count):
-        dense, features = random_inputs(model.config, batch=64, seed=step, bag=bag)
-        labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(step)).float()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
 @pytest.mark.parametrize(("hidden", "bag"), [(0, 1), (16, 1), (16, 3)])
 def test_fused_update_follows_torch_optimizer(make_model, name: str, hidden: int, bag: int) -> None:
@@ -98,7 +75,7 @@ def test_fused_update_follows_torch_optimizer(make_model, name: str, hidden: int
     fused = copy.deepcopy(plain)
     reference = build_optimizer(name, 0.1, plain.sparse_parameters(), plain.dense_parameters())
     fast = build_optimizer(name, 0.1, fused.sparse_parameters(), fused.dense_parameters(), fused_tables=fused.tables)
-    expected, got = train_losses(plain, reference, 100, bag), train_losses(fused, fast, 100, bag)
+    expected, got = train_random_steps(plain, reference, 100, bag=bag), train_random_steps(fused, fast, 100, bag=bag)
     assert max(abs(a - b) for a, b in zip(expected, got)) < 1e-4
     assert fused.tables.weight.grad is None  # rows were updated in the backward, no gradient kept
     for (n, a), b in zip(plain.named_parameters(), fused.parameters()):
@@ -125,7 +102,7 @@ def test_fused_row_adagrad_with_repeated_rows() -> None:
 def test_state_moves_between_fused_and_torch_optimizers(make_model) -> None:
     model = make_model(8)
     fused = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
-    train_losses(model, fused, 3, bag=1)
+    train_random_steps(model, fused, 3, bag=1)
     saved = copy.deepcopy(fused.state_dict())
     other = make_model(8)
     torch_opt = build_optimizer("adagrad", 0.1, other.sparse_parameters(), other.dense_parameters())

@@ -13,7 +13,7 @@ import torch
 
 import dlrm_mlet
 from checkpoint import load_checkpoint
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 # Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
 # Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).
@@ -38,16 +38,6 @@ FLAGS = [
     "--progress=false",
 ]
 TOTAL_ITERATIONS = 20
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``dlrm_mlet.py argv``."""
-    try:
-        code = dlrm_mlet.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_same_run(a: dict, b: dict) -> None:
@@ -99,13 +89,13 @@ def test_interrupted_run_resumes_exactly(stop_at: int, straight, tmp_path, monke
     ckpt = tmp_path / "run.pt"
     with monkeypatch.context() as patch:
         interrupt_after_save(patch, stop_at)
-        code, _, _ = run_main([*FLAGS, f"--save-model={ckpt}", f"--save-freq={stop_at}"], capsys)
+        code, _, _ = run_cli([*FLAGS, f"--save-model={ckpt}", f"--save-freq={stop_at}"], capsys)
     assert code == 130
     saved = load_checkpoint(ckpt)
     assert saved["position"]["iteration"] == stop_at
     assert saved["position"]["epoch"] == (stop_at - 1) // 10
 
-    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
+    code, out, err = run_cli([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
     assert code == 0, err
     assert f"resuming {ckpt} at epoch {saved['position']['epoch']}, batch {saved['position']['batch']}" in out
     assert "changed flags" not in out
@@ -120,8 +110,8 @@ def test_more_epochs_extend_a_finished_run_exactly(straight, tmp_path, capsys) -
     """A finished 1-epoch run resumed with --nepochs=2 equals the 2-epoch run (the change is logged)."""
     ckpt = tmp_path / "run.pt"
     one_epoch = [f for f in FLAGS if not f.startswith("--nepochs")] + ["--nepochs=1"]
-    assert run_main([*one_epoch, f"--save-model={ckpt}"], capsys)[0] == 0
-    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
+    assert run_cli([*one_epoch, f"--save-model={ckpt}"], capsys)[0] == 0
+    code, out, err = run_cli([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
     assert code == 0, err
     assert "resuming with changed flags" in out and "--nepochs=2 (checkpoint: 1)" in out
     assert_same_run(load_checkpoint(ckpt), straight[0])
@@ -173,7 +163,7 @@ def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None
     saved = load_checkpoint(ckpt)
     assert saved["position"]["epoch"] == 1 and saved["position"]["iteration"] == KILL_AT - 1
 
-    code, out, err = run_main([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
+    code, out, err = run_cli([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys)
     assert code == 0, err
     assert "resuming" in out and not leftovers[0].exists()  # the next save removed the dead writer's file
     assert_same_run(load_checkpoint(ckpt), straight[0])
@@ -201,7 +191,7 @@ def early_checkpoint(tmp_path_factory) -> str:
     ],
 )
 def test_resume_refuses_flags_that_change_the_data_stream_or_optimizer(change: str, named: str, early_checkpoint: str, capsys) -> None:
-    code, _, err = run_main([*EARLY, change, f"--load-model={early_checkpoint}"], capsys)
+    code, _, err = run_cli([*EARLY, change, f"--load-model={early_checkpoint}"], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"dlrm_mlet.py: error: --load-model {early_checkpoint}: {named}: checkpoint has ")
@@ -213,14 +203,14 @@ def test_resume_refuses_training_data_of_another_size(early_checkpoint: str, tmp
     del ckpt["args"]["num_batches"]  # as if the size came from a flag the checkpoint does not know
     edited = tmp_path / "edited.pt"
     torch.save(ckpt, edited)
-    code, _, err = run_main([*EARLY, "--num-batches=10", f"--load-model={edited}"], capsys)
+    code, _, err = run_cli([*EARLY, "--num-batches=10", f"--load-model={edited}"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "the training data differ from the checkpoint's (320 samples in 10 batches per epoch, the checkpoint's: 96 in 3)" in err
 
 
 def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoint: str, tmp_path, capsys) -> None:
     out_ckpt = tmp_path / "more.pt"
-    code, out, err = run_main([*EARLY, "--learning-rate=0.1", "--nepochs=2", f"--load-model={early_checkpoint}", f"--save-model={out_ckpt}"], capsys)
+    code, out, err = run_cli([*EARLY, "--learning-rate=0.1", "--nepochs=2", f"--load-model={early_checkpoint}", f"--save-model={out_ckpt}"], capsys)
     assert code == 0, err
     assert "resuming with changed flags (the run continues with the new values): --learning-rate=0.1 (checkpoint: 0.3), --nepochs=2 (checkpoint: 1)" in out
     resumed = load_checkpoint(out_ckpt)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import triton_kernels as tk
-from conftest import random_inputs
+from conftest import random_inputs, train_random_steps
 from optimizers import build_optimizer
 
 pytestmark = pytest.mark.skipif(tk.triton is None, reason="triton is not installed")
@@ -67,15 +67,7 @@ def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch,
     for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
         monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
         opt = build_optimizer("sgd", 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
-        losses[name] = []
-        for step in range(5):
-            dense, features = random_inputs(net.config, batch=24, seed=step)
-            labels = torch.randint(0, 2, (24,), generator=gen(step)).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(dense, features), labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses[name].append(loss.item())
+        losses[name] = train_random_steps(net, opt, 5, batch=24)
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
