@@ -92,7 +92,9 @@ class RowSGD:
     def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
         if triton_kernels.usable(self.weight):
             triton_kernels.scatter_sub_rows(self.weight, rows, grads, self.lr)
-        else:
+        elif self.lr.device.type == "cpu":  # the rate as a number: one pass
+            self.weight.index_add_(0, rows, grads, alpha=-self.lr.item())
+        else:  # keep the rate on the device (no sync; CUDA-graph safe)
             self.weight.index_add_(0, rows, grads.mul_(-self.lr))
 
     @torch.no_grad()
@@ -158,7 +160,10 @@ class DenseUpdate:
             torch._foreach_addcmul_(sums, grads, grads)
             denominators = torch._foreach_add(torch._foreach_sqrt(sums), self.eps)
             grads = torch._foreach_div(grads, denominators)
-        torch._foreach_sub_(params, torch._foreach_mul(grads, self.lr))
+        if self.lr.device.type == "cpu":  # no graph to capture: one pass, the rate as a number
+            torch._foreach_add_(params, grads, alpha=-self.lr.item())
+        else:
+            torch._foreach_sub_(params, torch._foreach_mul(grads, self.lr))
 
 
 class FusedOptimizer:
