@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
-from synthetic_data import ClickModel, ClickModelConfig
+from synthetic_data import SAMPLE_CHUNK, ClickModel, ClickModelConfig
 
 # Distinct values of C1-C26 in the full Criteo-Kaggle train.txt (../shared/data/README.md).
 KAGGLE_CARDINALITIES = (
@@ -86,7 +86,7 @@ KAGGLE_MISSING = (
 I2_NEGATIVE_SHARE = 0.5  # of I2's zero counts, written as -1, -2 or -3
 FLOOR = 4
 DAYS, FIRST_DAY = 10, 21  # Avazu: 2014-10-21 .. 2014-10-30
-CHUNK = 1 << 16
+CHUNK = SAMPLE_CHUNK  # rows per chunk: the click model's sampling chunk
 
 
 def scaled_sizes(full: Sequence[int], scale: float, floor: int = FLOOR) -> tuple[int, ...]:
@@ -146,7 +146,7 @@ class RawGenerator:
         """The rows of the file, in order, in chunks of at most :data:`CHUNK`."""
         rng = np.random.default_rng([self.seed, 524287])
         start = 0
-        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1, chunk=CHUNK):
+        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1):
             n = len(labels)
             if self.data_set == "avazu":
                 slot = (np.arange(start, start + n) * (24 * DAYS)) // max(self.rows, 1)
