@@ -386,10 +386,24 @@ class Trainer:
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         return self.train_step(batch)
 
+    def evaluate(self, source) -> dict:
+        """AUC, log loss, accuracy and sample count of the model on every sample of ``source``."""
+        probs, labels = predict(self.model, prefetch(source.batches(0)), self.device)
+        return {"epoch": self.epoch, "iteration": self.iteration, **ctr_metrics(probs, labels)}
+
+    def validate(self, final: dict) -> dict | None:
+        """Metrics on the validation split for the model of ``final`` (None without a validation split).
+
+        So one run serves both choosing settings (validation) and reporting them
+        (test); under ``--eval-split=val`` the test metrics already are these.
+        """
+        if self.data.val is None:
+            return None
+        return dict(final) if self.data.val is self.data.test else self.evaluate(self.data.val)
+
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
-        probs, labels = predict(self.model, prefetch(self.data.test.batches(0)), self.device)
-        result = {"epoch": self.epoch, "iteration": self.iteration, **ctr_metrics(probs, labels)}
+        result = self.evaluate(self.data.test)
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -453,10 +467,11 @@ class Trainer:
         timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.args.print_time else ""
         log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.args.print_precision + 1}f}")
 
-    def results(self, final: dict) -> dict:
-        """The ``--results-json`` payload."""
+    def results(self, final: dict, val: dict | None = None) -> dict:
+        """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""
         return {
             "final": final,
+            "val": val,
             "best": self.best,
             "history": self.history,
             "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,
@@ -569,7 +584,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.save_collapsed:
             atomic_save(collapsed_checkpoint(trainer.state()), args.save_collapsed)
             log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
-    payload = trainer.results(final)
+    payload = trainer.results(final, trainer.validate(final))
     if args.results_json:
         write_json(args.results_json, payload)
         log(f"results written to {args.results_json}")
