@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -105,15 +106,14 @@ def parse_edges(text: str) -> list[int]:
         edges = [int(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"expected increasing positive integers like 10,100, got '{text}'") from None
-    if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+    if not edges or edges[0] < 1 or any(b <= a for a, b in itertools.pairwise(edges)):
         raise ValueError(f"expected increasing positive integers like 10,100, got '{text}'")
     return edges
 
 
 def bin_labels(edges: Sequence[int]) -> list[str]:
     """``[10, 100]`` -> ``["< 10", "10-99", ">= 100"]``."""
-    bounds = [0, *edges]
-    labels = [f"< {edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(bounds[1:], bounds[2:])]
+    labels = [f"< {edges[0]}"] + [f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
     return [*labels, f">= {edges[-1]}"]
 
 

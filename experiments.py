@@ -25,7 +25,7 @@ import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +153,7 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
 def load_results(paths: Iterable[Path]) -> list[RunResult]:
     """Read results JSONs; a file that is not one is a :class:`UserError` naming it."""
     results = []
-    for path in sorted(paths):
+    for path in paths:
         try:
             results.append(result_from_payload(json.loads(Path(path).read_text()), str(path)))
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -168,7 +168,7 @@ def results_dir(run_dir: Path) -> Path:
 
 def load_run_dir(run_dir: Path) -> list[RunResult]:
     """Every finished run of a sweep directory."""
-    return load_results(results_dir(run_dir).glob("*.json"))
+    return load_results(sorted(results_dir(run_dir).glob("*.json")))
 
 
 # -- learning-rate protocols -----------------------------------------------------------
@@ -343,11 +343,3 @@ def d_reductions(selections: Sequence[Selection], rule: str = "strict") -> list[
             factor = matched / s.config.dim if matched else 0.0
             out.append(Reduction(protocol, optimizer, s.config, rule, matched, factor, matched == widest, per_seed))
     return out
-
-
-def group_by(items: Iterable, key: Callable) -> dict:
-    """``{key(item): [items...]}`` in first-seen order."""
-    groups: dict = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return groups

@@ -33,7 +33,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint, trained_hidden  #
 from data_utils import ArraySource, build_data, prefetch  # noqa: E402
 from dlrm_model import DLRM  # noqa: E402
 from errors import UserError  # noqa: E402
-from metrics import predict  # noqa: E402
+from metrics import ctr_metrics, predict  # noqa: E402
 
 PROG = "analyze_rank.py"
 
@@ -96,6 +96,7 @@ def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -
     result["frequent_min_count"] = edges[-1]
     result["tables"] = table_spectra(weights, [c >= edges[-1] for c in counts])
     probs, labels = predict(model, prefetch(test.batches(0)), torch.device("cpu"))
+    result["overall"] = ctr_metrics(probs, labels)
     result["frequency"] = frequency_metrics(probs, labels, rarest, edges)
     return result
 
@@ -126,7 +127,12 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
         frequent = f"{f:.2f} | {f / r['dim']:.2f}" if f == f else "n/a | n/a"
         lines.append(f"| {r['label']} | {r['dim']} | {w:.2f} | {w / r['dim']:.2f} | {frequent} |")
     largest = sorted(results[0]["tables"], key=lambda t: -t["rows"])[:top_tables]
-    lines += ["", f"Per table ({top_tables} largest; all rows / frequent rows):", "", "| checkpoint | " + " | ".join(f"t{t['table']} ({t['rows']:,} rows)" for t in largest) + " |"]
+    lines += [
+        "",
+        f"Per table ({top_tables} largest; all rows / frequent rows):",
+        "",
+        "| checkpoint | " + " | ".join(f"t{t['table']} ({t['rows']:,} rows)" for t in largest) + " |",
+    ]
     lines.append("|---|" + "---|" * len(largest))
     for r in results:
         cells = []
@@ -144,13 +150,13 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
             "",
             f"Each test sample is binned by the minimum over its features of the training count of its id (unseen: 0). Shares of the test set: {shares}.",
             "",
-            "| checkpoint | " + " | ".join(f"AUC {b}" for b in bins) + " | " + " | ".join(f"log loss {b}" for b in bins) + " |",
-            "|---|" + "---|" * (2 * len(bins)),
+            "| checkpoint | AUC, all | " + " | ".join(f"AUC {b}" for b in bins) + " | log loss, all | " + " | ".join(f"log loss {b}" for b in bins) + " |",
+            "|---|" + "---|" * (2 * len(bins) + 2),
         ]
         for r in results:
             aucs = " | ".join(f"{b['auc']:.4f}" for b in r["frequency"])
             losses = " | ".join(f"{b['logloss']:.4f}" for b in r["frequency"])
-            lines.append(f"| {r['label']} | {aucs} | {losses} |")
+            lines.append(f"| {r['label']} | {r['overall']['auc']:.4f} | {aucs} | {r['overall']['logloss']:.4f} | {losses} |")
     return "\n".join(lines) + "\n"
 
 

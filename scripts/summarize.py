@@ -59,37 +59,20 @@ from experiments import (  # noqa: E402
 PROG = "summarize.py"
 
 
-# -- single results files (what scripts/results_table.py printed) --------------------------
+# -- single results files ------------------------------------------------------------------
 
 
-def run_row(path: Path) -> dict:
-    """One table row from one ``--results-json`` file."""
-    result = json.loads(path.read_text())
-    config, params = result["model_config"], result["parameters"]
-    return {
-        "run": path.stem,
-        "tables": f"MLET K={config['mlet_hidden']}" if config["mlet_hidden"] else "baseline",
-        "d": config["dim"],
-        "auc": result["final"]["auc"],
-        "logloss": result["final"]["logloss"],
-        "accuracy": result["final"]["accuracy"],
-        "inference_embedding_MiB": params["embedding_inference_bytes"] / 2**20,
-        "training_embedding_MiB": params["embedding_training_bytes"] / 2**20,
-        "train_samples_per_s": result["train_samples_per_second"],
-    }
-
-
-def run_table(rows: list[dict]) -> str:
-    """Rows of :func:`run_row` as a markdown table."""
-    header = ["run", "tables", "d", "AUC", "log loss", "accuracy", "inference emb. MiB", "training emb. MiB", "train samples/s"]
+def run_table(results: Sequence[RunResult]) -> str:
+    """One markdown row per results file: model, test and validation metrics, sizes, speed."""
+    header = ["run", "tables", "d", "test AUC", "test log loss", "val AUC", "inference emb.", "training emb.", "train samples/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        auc = "n/a" if r["auc"] is None else f"{r['auc']:.4f}"
-        speed = "n/a" if r["train_samples_per_s"] is None else f"{r['train_samples_per_s']:,.0f}"
-        lines.append(
-            f"| {r['run']} | {r['tables']} | {r['d']} | {auc} | {r['logloss']:.4f} | {100 * r['accuracy']:.2f} % |"
-            f" {r['inference_embedding_MiB']:.2f} | {r['training_embedding_MiB']:.2f} | {speed} |"
-        )
+    for r in results:
+        c = r.spec.config
+        cells = [Path(r.path).stem, f"MLET K={c.hidden}" if c.is_mlet else "baseline", str(c.dim)]
+        cells += ["n/a" if not math.isfinite(v) else f"{v:.4f}" for v in (r.test_auc, r.test_logloss, r.val_auc)]
+        cells += [size_text(r.inference_embedding_bytes), size_text(r.training_embedding_bytes)]
+        cells.append("n/a" if not math.isfinite(r.samples_per_second) else f"{r.samples_per_second:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -128,7 +111,9 @@ def headline_table(strict: Sequence[Reduction], lenient: Sequence[Reduction]) ->
         m, s = r.seed_mean_std
         per_seed = f"{m:.2f} ± {s:.2f} (n={len(r.per_seed)})" if r.per_seed else "n/a"
         other = lenient_by.get((r.protocol, r.optimizer, r.config))
-        lines.append(f"| {r.protocol} | {r.optimizer} | d={r.config.dim} K={r.config.hidden} | {factor_text(r)} | {per_seed} | {factor_text(other) if other else 'n/a'} |")
+        lines.append(
+            f"| {r.protocol} | {r.optimizer} | d={r.config.dim} K={r.config.hidden} | {factor_text(r)} | {per_seed} | {factor_text(other) if other else 'n/a'} |"
+        )
     return "\n".join(lines)
 
 
@@ -261,7 +246,9 @@ def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
             if (s.protocol, s.optimizer) != (protocol, optimizer) or s.config.hidden not in (0, k_shown):
                 continue
             x, y = mean_curve(s.runs)
-            ax.plot(x, y, color=colors[s.config.dim], linestyle="--" if s.config.is_mlet else "-", marker="." if s.config.is_mlet else None, label=s.config.title)
+            ax.plot(
+                x, y, color=colors[s.config.dim], linestyle="--" if s.config.is_mlet else "-", marker="." if s.config.is_mlet else None, label=s.config.title
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel("test AUC (mean over seeds)")
         ax.set_title(f"{protocol} protocol, {optimizer}")
@@ -409,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             missing = [p for p in args.paths if not p.is_file()]
             if missing:
                 raise UserError(f"{missing[0]}: no such results file (give one sweep directory or results JSON files)")
-            load_results(args.paths)  # one-line error for a file that is not a results JSON
-            print(run_table([run_row(path) for path in args.paths]))
+            print(run_table(load_results(args.paths)))
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

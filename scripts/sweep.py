@@ -397,10 +397,8 @@ def prepare_data(settings: Settings) -> int | None:
 
     spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
     args = dlrm_mlet.parse_args(run_argv(spec, settings, None))
-    if args.data_generation == "dataset":
-        train_samples = build_data(args, args.table_sizes, args.bottom_mlp[0]).train.num_samples
-    else:
-        train_samples = split_sizes(args)[0]
+    dataset = args.data_generation == "dataset"
+    train_samples = build_data(args, args.table_sizes, args.bottom_mlp[0]).train.num_samples if dataset else split_sizes(args)[0]
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
         return None
     batches = math.ceil(train_samples / args.mini_batch_size)
@@ -426,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     totals = sweep(settings, test_freq=test_freq)
-    print(f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped (done before) in {time.perf_counter() - start:.0f} s")
+    print(
+        f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped (done before) in {time.perf_counter() - start:.0f} s"
+    )
     return 1 if totals["failed"] else 0
 
 
