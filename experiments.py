@@ -13,9 +13,10 @@ Shared by ``scripts/sweep.py`` (which runs the grid) and ``scripts/summarize.py`
   ``tuned`` takes the rate of the grid with the best mean validation AUC over
   seeds. Both report the test metrics of the runs at that rate.
 * The *d-reduction* of an MLET config is ``d' / d`` for the widest baseline
-  ``d'`` that it *matches*: its mean test AUC over seeds is at least the
-  baseline's mean test AUC (``strict``), or at least the baseline's mean minus
-  the baseline's standard deviation over seeds (``within_std``).
+  ``d'`` such that it *matches* every baseline of width <= ``d'``: its mean
+  test AUC over seeds is at least the baseline's mean test AUC (``strict``),
+  or at least the baseline's mean minus the baseline's standard deviation over
+  seeds (``within_std``).
 """
 
 from __future__ import annotations
@@ -305,17 +306,24 @@ class Reduction:
 
 
 def widest_matched(mlet_auc: float, baselines: dict[int, tuple[float, float]], rule: str) -> int | None:
-    """The widest baseline width whose AUC ``mlet_auc`` matches under ``rule`` (None if none).
+    """The widest baseline width ``d'`` such that ``mlet_auc`` matches every baseline of width <= ``d'`` (None if none).
 
-    ``baselines`` maps width -> (mean AUC, std AUC). ``strict``: ``mlet_auc >=
-    mean``; ``within_std``: ``mlet_auc >= mean - std``.
+    ``baselines`` maps width -> (mean AUC, std AUC). A baseline is matched
+    under ``strict`` when ``mlet_auc >= mean``, under ``within_std`` when
+    ``mlet_auc >= mean - std``. Requiring every narrower baseline to be matched
+    too (the running maximum of the baseline curve) keeps a noisy dip of the
+    baseline curve at some width from inflating the factor.
     """
     if rule not in MATCH_RULES:
         raise ValueError(f"unknown match rule {rule!r}; choose {' or '.join(MATCH_RULES)}")
-    if not math.isfinite(mlet_auc):
-        return None
-    matched = [d for d, (m, s) in baselines.items() if math.isfinite(m) and mlet_auc >= m - (s if rule == "within_std" and math.isfinite(s) else 0.0)]
-    return max(matched) if matched else None
+    matched = None
+    for d in sorted(baselines):
+        m, s = baselines[d]
+        threshold = m - (s if rule == "within_std" and math.isfinite(s) else 0.0)
+        if not (math.isfinite(mlet_auc) and math.isfinite(threshold) and mlet_auc >= threshold):
+            break
+        matched = d
+    return matched
 
 
 def d_reductions(selections: Sequence[Selection], rule: str = "strict") -> list[Reduction]:

@@ -21,10 +21,10 @@ config at its optimizer's shared rate, ``tuned`` at the rate of the best mean
 validation AUC. An MLET config *matches* a baseline when its mean test AUC over
 seeds is >= the baseline's (``strict``; the headline) or >= the baseline's mean
 minus one standard deviation (``within_std``). Its d-reduction factor is
-``d' / d`` for the widest such baseline ``d'`` (0: it matches none; a factor at
-the widest baseline of the grid is a lower bound, marked >=). The per-seed
-factor pairs the runs of equal seeds (each at the protocol's rate) and gives
-mean +- std over seeds.
+``d' / d`` for the widest ``d'`` such that it matches every baseline of width
+<= ``d'`` (0: it matches none; a factor at the widest baseline of the grid is a
+lower bound, marked >=). The per-seed factor pairs the runs of equal seeds
+(each at the protocol's rate) and gives mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -350,8 +350,9 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         "",
         "## Headline: the d-reduction factor",
         "",
-        "For each MLET width d, the widest baseline d' it matches (mean test AUC over seeds >= the baseline's; last column:"
-        " >= the baseline's mean minus its std over seeds), and the factor d'/d. `>=`: it matched the widest baseline of the grid.",
+        "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' (mean test AUC over seeds"
+        " >= the baseline's; last column: >= the baseline's mean minus its std over seeds), and the factor d'/d."
+        " `>=`: it matched the widest baseline of the grid; `none`: not even the narrowest.",
         "Per-seed factor: the same comparison run by run for equal seeds (0 when a seed matches no baseline).",
         "",
         headline_table(reductions["strict"], reductions["within_std"]),
