@@ -159,7 +159,7 @@ def widened_specs(settings: Settings) -> list[RunSpec]:
             wanted += missing  # finish these rates first
             continue
         best = best_lr(by_lr, len(settings.seeds))
-        lr = next_lr(list(by_lr), best, settings.widen_factor, settings.lrs[opt], settings.max_widen) if best is not None else None
+        lr = next_lr(list(by_lr), best, settings.widen_factor, settings.initial_lrs(opt), settings.max_widen) if best is not None else None
         if lr is not None:
             wanted += [RunSpec(opt, config, lr, seed) for seed in settings.seeds]
     return wanted
@@ -350,9 +350,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for flag, values in (("--baseline-dims", args.baseline_dims), ("--mlet-dims", args.mlet_dims), ("--mlet-hidden", args.mlet_hidden)):
         if any(v < 1 for v in values):
             raise UserError(f"{flag}: every value must be >= 1, got {values}")
-    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--tests-per-epoch", args.tests_per_epoch), ("--max-widen", args.max_widen + 1)):
-        if value < 1:
-            raise UserError(f"{flag}: must be >= {1 if flag != '--max-widen' else 0}")
+    for flag, value, minimum in (
+        ("--jobs", args.jobs, 1),
+        ("--threads", args.threads, 1),
+        ("--tests-per-epoch", args.tests_per_epoch, 1),
+        ("--max-widen", args.max_widen, 0),
+    ):
+        if value < minimum:
+            raise UserError(f"{flag}: must be >= {minimum}, got {value}")
     if args.widen_factor <= 1 and "tuned" in args.protocols:
         raise UserError(f"--widen-factor: must be > 1, got {args.widen_factor}")
     lrs = {k: list(v) for k, v in DEFAULT_LRS.items()} | parse_rates(args.lrs, "--lrs", many=True)
