@@ -160,7 +160,12 @@ def test_summarize_writes_the_headline_table_and_plots(tmp_path) -> None:
     payload = json.loads((tmp_path / "out" / "summary.json").read_text())
     strict = [r for r in payload["reductions"] if r["rule"] == "strict"]
     assert {(r["protocol"], r["matched_dim"], r["factor"], r["lower_bound"]) for r in strict} == {("paper", 8, 4.0, True), ("tuned", 8, 4.0, True)}
+    base8 = next(s for s in payload["selections"] if s["protocol"] == "paper" and s["config"] == "base_d8")
+    # the fake trainer's AUC at the peak rate: 0.70 + 0.01 * log2(8) + 0.0005 * seed, seeds 1 and 2
+    assert base8["test_auc_mean"] == pytest.approx(0.73075) and base8["test_auc_std"] == pytest.approx(0.0005 / math.sqrt(2))
+    assert base8["val_auc_mean"] == pytest.approx(0.72975) and base8["seeds"] == [1, 2] and base8["lrs_tried"] == [0.05, 0.2, 0.8]
     assert "| paper | sgd | d=2 K=16 | >= 4x (d=8) | 4.00 ± 0.00 (n=2) |" in text
+    assert "| paper | sgd | baseline d=8 | 0.2 | 2 | 0.7308 ± 0.0004 |" in text
     assert "| tuned | sgd | MLET d=2 K=16 | 0.2 | 2 |" in text
 
 
