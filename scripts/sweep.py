@@ -97,6 +97,7 @@ class Settings:
     jobs: int = 1
     threads: int = 1
     checkpoints: str = "none"
+    checkpoint_dims: list[int] | None = None  # only configs of these widths get checkpoints (None: all)
 
     def initial_lrs(self, optimizer: str) -> list[float]:
         """The rates every config runs first: the ``paper`` protocol's, plus the grid when tuning."""
@@ -122,6 +123,7 @@ class Settings:
             "jobs": self.jobs,
             "threads": self.threads,
             "checkpoints": self.checkpoints,
+            "checkpoint_dims": self.checkpoint_dims,
         }
 
 
@@ -172,7 +174,9 @@ def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
 
 
 def wants_checkpoint(spec: RunSpec, settings: Settings) -> bool:
-    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run."""
+    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run; only widths in ``--checkpoint-dims``."""
+    if settings.checkpoint_dims is not None and spec.config.dim not in settings.checkpoint_dims:
+        return False
     if settings.checkpoints == "all":
         return True
     return settings.checkpoints == "paper" and spec.seed == settings.seeds[0] and spec.lr == round_lr(settings.paper_lrs[spec.optimizer])
@@ -340,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
     p.add_argument("--checkpoints", choices=CHECKPOINT_CHOICES, default="none", help="save collapsed checkpoints: none, the first seed's paper-rate runs, all")
+    p.add_argument(
+        "--checkpoint-dims", type=int, nargs="+", default=None, help="save checkpoints only of configs of these widths d (full-size tables are large)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the initial runs still to do, run nothing")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every dlrm_mlet.py run")
     return p
@@ -387,6 +394,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         jobs=args.jobs,
         threads=args.threads,
         checkpoints=args.checkpoints,
+        checkpoint_dims=args.checkpoint_dims,
     )
 
 

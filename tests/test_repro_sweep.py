@@ -137,6 +137,8 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
     assert f"--results-json={tmp_path / 'results' / 'sgd_mlet_d4_k64_lr0.2_s1.json'}" in argv
     assert any(a.startswith("--save-collapsed=") for a in argv)
     assert not any(a.startswith("--save-collapsed=") for a in sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None))
+    narrow = make_settings(tmp_path, "--checkpoints", "paper", "--checkpoint-dims", "2")
+    assert sweep.wants_checkpoint(RunSpec("sgd", Config(2, 16), 0.2, 1), narrow) and not sweep.wants_checkpoint(RunSpec("sgd", Config(8), 0.2, 1), narrow)
     parser = sweep.build_parser()
     for bad, named in [
         (["--", "--learning-rate=0.1"], "--learning-rate"),
