@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"{PROG}: error: --frequency-edges: {error}", file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"{PROG}: error: --out: {args.out} is a file; give a directory", file=sys.stderr)
+        return 2
     try:
         frequency = FrequencyData()
         results = [analyze(path, edges, frequency) for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)]

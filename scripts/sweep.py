@@ -375,6 +375,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     bad = [f for f in args.train_flags if f.split("=", 1)[0] in SWEEP_FLAGS]
     if bad:
         raise UserError(f"{bad[0].split('=', 1)[0]}: set by the sweep for each run; leave it out of the flags after --")
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise UserError(f"--run-dir: {args.run_dir} is a file; give a directory")
     configs = grid_configs(args.baseline_dims, args.mlet_dims, args.mlet_hidden)
     if not configs:
         raise UserError("--baseline-dims/--mlet-dims: the grid is empty")

@@ -171,5 +171,7 @@ def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
     assert "Effective rank" in text and "rarest id" in text and (out / "rank.png").stat().st_size > 0
     assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(out), "--frequency-edges", "50,5"]) == 2
     assert "--frequency-edges" in capsys.readouterr().err
+    assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "base.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
     assert analyze_rank.main([str(tiny_runs / "nope.pt"), "--out", str(out)]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err

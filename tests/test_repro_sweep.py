@@ -146,6 +146,7 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
         (["--paper-lr", "sgd=0.1,0.2"], "--paper-lr"),
         (["--jobs", "0"], "--jobs"),
         (["--max-widen", "-1"], "--max-widen"),
+        (["--run-dir", str(Path(__file__))], "--run-dir"),
         (["--baseline-dims", "0"], "--baseline-dims"),
     ]:
         with pytest.raises(UserError, match=named):
