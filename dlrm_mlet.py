@@ -363,7 +363,7 @@ def run(args: argparse.Namespace) -> dict:
                 if parallel.is_main:
                     atomic_save(collapsed_checkpoint(state), args.save_collapsed)
                 log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
-        payload = trainer.results(final)
+        payload = trainer.results(final, trainer.validate(final))
         if args.results_json and parallel.is_main:
             write_json(args.results_json, payload)
             log(f"results written to {args.results_json}")

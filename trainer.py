@@ -195,9 +195,23 @@ class Trainer:
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         return self.train_step(batch)
 
+    def evaluate(self, source) -> dict:
+        """AUC, log loss, accuracy and sample count of the model on every sample of ``source``."""
+        return {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, source.batches(0))}
+
+    def validate(self, final: dict) -> dict | None:
+        """Metrics on the validation split for the model of ``final`` (None without a validation split).
+
+        So one run serves both choosing settings (validation) and reporting them
+        (test); under ``--eval-split=val`` the test metrics already are these.
+        """
+        if self.data.val is None:
+            return None
+        return dict(final) if self.data.val is self.data.test else self.evaluate(self.data.val)
+
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
-        result = {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, self.data.test.batches(0))}
+        result = self.evaluate(self.data.test)
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -263,10 +277,11 @@ class Trainer:
         timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.args.print_time else ""
         log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.args.print_precision + 1}f}")
 
-    def results(self, final: dict) -> dict:
-        """The ``--results-json`` payload."""
+    def results(self, final: dict, val: dict | None = None) -> dict:
+        """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""
         return {
             "final": final,
+            "val": val,
             "best": self.best,
             "history": self.history,
             "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,

@@ -26,4 +26,4 @@ run baseline_d4 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4
 run baseline_d32 --arch-sparse-feature-size=32 --arch-mlp-bot=13-64-32
 run mlet_d4_k64 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4 --mlet-hidden=64
 echo
-$PY scripts/results_table.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" "$RUN_DIR/mlet_d4_k64.json" | tee "$RUN_DIR/summary.md"
+$PY scripts/summarize.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" "$RUN_DIR/mlet_d4_k64.json" | tee "$RUN_DIR/summary.md"

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Reproduce the MLET paper's comparison on one data set: sweep -> summary -> rank analysis.
+#
+#   bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep.py flags ...] [-- dlrm_mlet.py flags ...]
+#
+# With RAW_FILE (the real Criteo-Kaggle train.txt or Avazu train): the full grid
+# (baseline d 2..64, MLET d 2..16 x K 16..128, seeds 1 2 3, SGD and Adagrad,
+# both protocols), the paper's DLRM (bottom 13-512-256-64-d, top 512-256-1;
+# Avazu: bottom 1-512-256-64-d), batch 128, one epoch.
+# Without it: the embedded default. A synthetic click log in the data set's raw
+# format is generated (ROWS rows, table sizes at SCALE of the real ones) and a
+# reduced grid runs (MLET K=64 only, seeds 1 2, a smaller DLRM, batch 256),
+# 2 runs at a time with 1 torch thread each: under 45 minutes on 2 CPU cores.
+#
+# Flags after RAW_FILE override the grid (e.g. --seeds 1 2 3 --mlet-hidden 32 64);
+# flags after -- go to every training run (e.g. -- --nepochs=2).
+# Results: RUN_DIR (default runs/criteo_kaggle or runs/avazu): results/*.json,
+# logs/, checkpoints/ (the first seed's paper-rate runs, collapsed), sweep.json,
+# summary.md + plots (scripts/summarize.py), rank/ (scripts/analyze_rank.py).
+# An interrupted run continues where it stopped when started again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_SET=${1:?usage: bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep flags] [-- training flags]}
+shift
+case "$DATA_SET" in
+  kaggle) NAME=criteo_kaggle; DENSE=13 ;;
+  avazu) NAME=avazu; DENSE=1 ;;
+  *) echo "reproduce.sh: error: data set must be kaggle or avazu, got '$DATA_SET'" >&2; exit 2 ;;
+esac
+RAW=""
+if [ $# -gt 0 ] && [ "${1:0:1}" != "-" ]; then RAW=$1; shift; fi
+RUN_DIR=${RUN_DIR:-runs/$NAME}
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || bash scripts/setup.sh
+SWEEP_FLAGS=() TRAIN_FLAGS=()
+seen_dashes=0
+for arg in "$@"; do
+  if [ "$arg" = "--" ] && [ $seen_dashes = 0 ]; then seen_dashes=1; continue; fi
+  if [ $seen_dashes = 1 ]; then TRAIN_FLAGS+=("$arg"); else SWEEP_FLAGS+=("$arg"); fi
+done
+mkdir -p "$RUN_DIR"
+start=$(date +%s)
+
+if [ -n "$RAW" ]; then
+  [ -f "$RAW" ] || { echo "reproduce.sh: error: $RAW: no such file" >&2; exit 2; }
+  GRID=(--seeds 1 2 3 --mlet-hidden 16 32 64 128 --mlp-bot-prefix "$DENSE-512-256-64" --jobs 1 --threads "$(nproc)")
+  MODEL=(--arch-mlp-top=512-256-1 --mini-batch-size=128 --test-mini-batch-size=16384)
+else
+  ROWS=${ROWS:-400000}
+  SCALE=${SCALE:-0.001}
+  RAW=$RUN_DIR/synthetic_$DATA_SET.txt
+  if [ ! -f "$RAW" ]; then
+    "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
+    mv "$RAW.tmp" "$RAW"
+  fi
+  GRID=(--seeds 1 2 --mlet-hidden 64 --mlp-bot-prefix "$DENSE-64" --max-widen 2 --jobs 2 --threads 1)
+  MODEL=(--arch-mlp-top=64-32-1 --mini-batch-size=256 --test-mini-batch-size=8192)
+fi
+
+"$PY" scripts/sweep.py --run-dir "$RUN_DIR" --checkpoints paper \
+  --lrs sgd=0.2,0.8,3.2 adagrad=0.0125,0.05,0.2 --paper-lr sgd=0.2 adagrad=0.05 \
+  "${GRID[@]}" "${SWEEP_FLAGS[@]}" -- \
+  --data-generation=dataset "--data-set=$DATA_SET" "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" \
+  --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}"
+"$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
+# Effective rank and rare/frequent ids: the first seed's paper-rate checkpoints of each optimizer.
+for opt in sgd adagrad; do
+  ckpts=("$RUN_DIR"/checkpoints/"$opt"_*.pt)
+  [ -e "${ckpts[0]}" ] && "$PY" scripts/analyze_rank.py "${ckpts[@]}" --out "$RUN_DIR/rank/$opt" > /dev/null
+done
+echo "reproduce.sh: done in $(( $(date +%s) - start )) s; see $RUN_DIR/summary.md and $RUN_DIR/rank/*/rank.md"

@@ -1,0 +1,177 @@
+"""Effective rank, the rare/frequent split, validation metrics in the results JSON, and analyze_rank.py end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data_utils
+import dlrm_mlet
+from analysis import (
+    bin_labels,
+    effective_rank,
+    frequency_metrics,
+    parse_edges,
+    rarest_id_counts,
+    singular_values,
+    table_spectra,
+    training_counts,
+)
+from conftest import ROOT
+from data_utils import ArraySource
+from metrics import ctr_metrics
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import analyze_rank
+
+
+def matrix_with_spectrum(values: list[float], rows: int = 40, seed: int = 0) -> torch.Tensor:
+    """A rows x len(values) matrix whose singular values are ``values``: U diag(values) V^T with random orthonormal U, V."""
+    gen = torch.Generator().manual_seed(seed)
+    k = len(values)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=torch.float64))
+    return u @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0, 1.0, 1.0, 1.0], 4.0),  # equal singular values: the rank
+        ([5.0, 0.0, 0.0], 1.0),  # one direction
+        ([2.0, 2.0, 0.0, 0.0], 2.0),  # zeros do not count
+        ([3.0, 1.0], math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))),  # p = (3/4, 1/4)
+        ([0.0, 0.0], 0.0),  # a zero matrix
+    ],
+)
+def test_effective_rank_of_known_spectra(values: list[float], expected: float) -> None:
+    assert effective_rank(np.array(values)) == pytest.approx(expected, rel=1e-12)
+    recovered = singular_values(matrix_with_spectrum(values))
+    assert recovered == pytest.approx(sorted(values, reverse=True), abs=1e-9)
+    assert effective_rank(recovered) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_effective_rank_is_scale_invariant_and_between_one_and_rank() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values = np.sort(rng.exponential(size=rng.integers(1, 10)))[::-1]
+        e = effective_rank(values)
+        assert 1.0 - 1e-12 <= e <= len(values) + 1e-12
+        assert effective_rank(7.5 * values) == pytest.approx(e)
+    with pytest.raises(ValueError):
+        effective_rank(np.array([1.0, -1.0]))
+
+
+def test_table_spectra_of_a_low_rank_table_and_its_frequent_rows() -> None:
+    gen = torch.Generator().manual_seed(1)
+    low = torch.randn(30, 1, generator=gen) @ torch.randn(1, 8, generator=gen)  # rank 1
+    full = torch.cat([low, torch.randn(10, 8, generator=gen)])  # plus 10 random rows
+    (entry,) = table_spectra([full], [np.arange(40) < 30])
+    assert entry["rows"] == 40 and entry["dim"] == 8 and entry["frequent_rows"] == 30
+    assert entry["effective_rank_frequent"] == pytest.approx(1.0, abs=1e-6)
+    assert entry["effective_rank"] > 2
+
+
+def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
+    # two tables; training ids: table 0 id 0 x4, id 1 x1; table 1 id 0 x3, id 2 x2 (id 1 unseen)
+    train_ids = np.array([[0, 0], [0, 0], [0, 0], [0, 2], [1, 2]])
+    source = ArraySource(np.zeros((5, 1), np.float32), train_ids, np.zeros(5), batch_size=2)
+    counts = training_counts(source, [2, 3], chunk=2)
+    assert [c.tolist() for c in counts] == [[4, 1], [3, 0, 2]]
+    test_ids = np.array([[0, 0], [1, 0], [0, 1], [0, 2]])
+    assert rarest_id_counts(test_ids, counts).tolist() == [3, 1, 0, 2]  # the rarest id decides; unseen counts 0
+    # a transform (as IdLimits) is applied before counting
+    folded = ArraySource(np.zeros((5, 1), np.float32), train_ids, np.zeros(5), batch_size=2, id_transform=lambda ids: np.minimum(ids, 1))
+    assert [c.tolist() for c in training_counts(folded, [2, 3])] == [[4, 1], [3, 2, 0]]
+
+    probs = np.array([0.9, 0.2, 0.8, 0.3, 0.6, 0.4])
+    labels = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    rarest = np.array([0, 0, 5, 5, 50, 50])
+    bins = frequency_metrics(probs, labels, rarest, [2, 10])
+    assert [b["bin"] for b in bins] == ["< 2", "2-9", ">= 10"] == bin_labels([2, 10])
+    assert [b["share"] for b in bins] == pytest.approx([1 / 3] * 3)
+    assert [b["samples"] for b in bins] == [2, 2, 2]
+    assert [b["auc"] for b in bins] == [1.0, 0.0, 1.0]
+    assert bins[1]["logloss"] == pytest.approx(ctr_metrics(probs[2:4], labels[2:4])["logloss"])
+    assert parse_edges("10,100") == [10, 100]
+    for bad in ("100,10", "0,5", "x"):
+        with pytest.raises(ValueError):
+            parse_edges(bad)
+
+
+def test_diverged_predictions_give_nan_metrics_not_an_error() -> None:
+    m = ctr_metrics(np.array([0.2, np.nan, 0.7]), np.array([0.0, 1.0, 1.0]))
+    assert math.isnan(m["auc"]) and math.isnan(m["logloss"]) and m["samples"] == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A generated Kaggle-format file; a baseline and an MLET run on it (results JSONs and collapsed checkpoints)."""
+    root = tmp_path_factory.mktemp("repro")
+    raw = root / "train.txt"
+    assert data_utils.command_line(["generate", "kaggle", "--rows", "6000", "--seed", "3", "--out", str(raw), "--scale", "0.0005"]) == 0
+    common = [
+        "--data-generation=dataset",
+        "--data-set=kaggle",
+        f"--raw-data-file={raw}",
+        f"--processed-data-file={root / 'processed'}",
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=128",
+        "--learning-rate=0.5",
+        "--progress=false",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, extra in (("base", []), ("mlet", ["--mlet-hidden=16"]), ("mlet_val", ["--mlet-hidden=16", "--eval-split=val"])):
+            argv = [*common, *extra, f"--results-json={root / name}.json", f"--save-collapsed={root / name}.pt"]
+            assert dlrm_mlet.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def test_results_json_holds_validation_and_test_metrics_of_the_same_model(tiny_runs) -> None:
+    meta = json.loads((tiny_runs / "processed" / "meta.json").read_text())
+    test_run = json.loads((tiny_runs / "mlet.json").read_text())
+    assert test_run["final"]["samples"] == meta["rows"]["test"] and test_run["val"]["samples"] == meta["rows"]["val"]
+    assert test_run["val"]["iteration"] == test_run["final"]["iteration"]
+    assert test_run["val"]["auc"] != test_run["final"]["auc"]  # other samples
+    val_run = json.loads((tiny_runs / "mlet_val.json").read_text())
+    assert val_run["val"] == val_run["final"]  # --eval-split=val: the reported metrics are the validation ones
+    assert val_run["val"]["auc"] == pytest.approx(test_run["val"]["auc"], abs=1e-12)  # same seed, same model
+    generated = ["--data-generation=synthetic", "--arch-embedding-size=50-20", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]
+    generated += ["--arch-mlp-top=8-1", "--mini-batch-size=64", "--num-batches=2", "--progress=false", f"--results-json={tiny_runs / 'gen.json'}"]
+    assert dlrm_mlet.main(generated) == 0
+    assert json.loads((tiny_runs / "gen.json").read_text())["val"] is None  # generated data without --eval-split=val: no validation split
+
+
+def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
+    out = tiny_runs / "rank"
+    code = analyze_rank.main([str(tiny_runs / "base.pt"), str(tiny_runs / "mlet.pt"), "--out", str(out), "--frequency-edges", "5,50"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "rank.json").read_text())
+    assert [r["label"].split(" (")[0] for r in results] == ["baseline d=4", "MLET d=4 K=16"]
+    for r in results:
+        assert all(1.0 <= t["effective_rank"] <= 4.0 + 1e-9 for t in r["tables"] if t["rows"] >= 4)
+        assert [b["bin"] for b in r["frequency"]] == ["< 5", "5-49", ">= 50"]
+        assert sum(b["samples"] for b in r["frequency"]) == json.loads((tiny_runs / "base.json").read_text())["final"]["samples"]
+    # the checkpoints (MLET collapsed) predict as the runs did, sample for sample in the same order
+    for r, name in zip(results, ("base", "mlet")):
+        final = json.loads((tiny_runs / f"{name}.json").read_text())["final"]
+        assert r["overall"]["auc"] == pytest.approx(final["auc"], abs=1e-6) and r["overall"]["samples"] == final["samples"]
+    text = (out / "rank.md").read_text()
+    assert "Effective rank" in text and "rarest id" in text and (out / "rank.png").stat().st_size > 0
+    assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(out), "--frequency-edges", "50,5"]) == 2
+    assert "--frequency-edges" in capsys.readouterr().err
+    assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "base.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert analyze_rank.main([str(tiny_runs / "nope.pt"), "--out", str(out)]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""The sweep orchestrator (with a fake trainer) and the summaries it feeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from errors import UserError
+from experiments import Config, RunSpec, load_run_dir, select
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import summarize
+import sweep
+
+
+def fake_payload(spec: RunSpec, peak: float) -> dict:
+    """A results JSON as dlrm_mlet.py writes it: AUC peaks at ``peak`` (in steps of 4x) and grows with d (MLET: as 4x wider)."""
+    width = spec.config.dim * (4 if spec.config.is_mlet else 1)
+    auc = 0.70 + 0.01 * math.log2(width) - 0.005 * math.log(spec.lr / peak, 4) ** 2 + 0.0005 * spec.seed
+    metrics = {"epoch": 0, "iteration": 10, "auc": auc, "logloss": 0.5 - auc / 10, "accuracy": 0.7, "samples": 100}
+    return {
+        "final": metrics,
+        "val": {**metrics, "auc": auc - 0.001},
+        "best": metrics,
+        "history": [{**metrics, "iteration": 5, "auc": auc - 0.01}, metrics],
+        "train_samples_per_second": 1000.0,
+        "iterations": 10,
+        "parameters": {"embedding_inference_bytes": 400 * spec.config.dim, "embedding_training_bytes": 400 * (spec.config.hidden or spec.config.dim)},
+        "args": {
+            "arch_sparse_feature_size": spec.config.dim,
+            "mlet_hidden": spec.config.hidden,
+            "optimizer": spec.optimizer,
+            "learning_rate": spec.lr,
+            "numpy_rand_seed": spec.seed,
+            "arch_mlp_bot": f"13-8-{spec.config.dim}",
+            "arch_mlp_top": "8-1",
+            "mini_batch_size": 32,
+            "nepochs": 1,
+        },
+        "data": "fake",
+        "device": "cpu",
+        "torch": "fake",
+    }
+
+
+class FakeTrainer:
+    """Stands in for dlrm_mlet.py: records the runs and writes their JSON (or fails the names in ``fail``)."""
+
+    def __init__(self, peak: float = 3.2, fail: set[str] | None = None) -> None:
+        self.peak, self.fail, self.calls = peak, fail or set(), []
+
+    def __call__(self, spec: RunSpec, argv: list[str], log: Path) -> int:
+        self.calls.append(spec.name)
+        log.write_text(" ".join(argv))
+        if spec.name in self.fail:
+            return 1
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json="))
+        Path(out).write_text(json.dumps(fake_payload(spec, self.peak)))
+        return 0
+
+
+def make_settings(run_dir: Path, *extra: str) -> sweep.Settings:
+    argv = ["--run-dir", str(run_dir), "--baseline-dims", "2", "8", "--mlet-dims", "2", "--mlet-hidden", "16", "--seeds", "1", "2"]
+    argv += ["--optimizers", "sgd", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", *extra]
+    return sweep.settings_from_args(sweep.build_parser().parse_args([*argv, "--", "--data-generation=synthetic"]))
+
+
+def lrs_run(run_dir: Path) -> dict[str, list[float]]:
+    return {c.label: sorted({r.spec.lr for r in load_run_dir(run_dir) if r.spec.config == c}) for c in (Config(2), Config(8), Config(2, 16))}
+
+
+def test_grid_widens_until_the_best_rate_is_interior(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    trainer = FakeTrainer(peak=3.2)
+    totals = sweep.sweep(settings, runner=trainer)
+    # initial 0.2, 0.8; 0.8 best -> 3.2; 3.2 best -> 12.8; 3.2 interior: stop
+    assert lrs_run(tmp_path) == {label: [0.2, 0.8, 3.2, 12.8] for label in ("base_d2", "base_d8", "mlet_d2_k16")}
+    assert totals == {"finished": 3 * 4 * 2, "failed": 0, "skipped": 0}
+    assert len(trainer.calls) == len(set(trainer.calls)) == 24
+    tuned = select(load_run_dir(tmp_path), "tuned", settings.paper_lrs)
+    assert {s.lr for s in tuned} == {3.2} and not any(s.at_edge for s in tuned)
+
+
+def test_widening_stops_at_the_limit_and_reports_the_edge(tmp_path) -> None:
+    settings = make_settings(tmp_path, "--max-widen", "1")
+    sweep.sweep(settings, runner=FakeTrainer(peak=1000.0))
+    assert lrs_run(tmp_path)["base_d2"] == [0.2, 0.8, 3.2]
+    assert all(s.at_edge and s.lr == 3.2 for s in select(load_run_dir(tmp_path), "tuned", {}))
+
+
+def test_finished_runs_are_skipped_and_missing_ones_rerun(tmp_path) -> None:
+    settings = make_settings(tmp_path, "--protocols", "paper")
+    first = FakeTrainer()
+    sweep.sweep(settings, runner=first)
+    assert sorted(first.calls) == sorted(f"sgd_{c}_lr0.2_s{s}" for c in ("base_d2", "base_d8", "mlet_d2_k16") for s in (1, 2))
+    again = FakeTrainer()
+    assert sweep.sweep(settings, runner=again) == {"finished": 0, "failed": 0, "skipped": 6} and again.calls == []
+    (tmp_path / "results" / "sgd_base_d8_lr0.2_s2.json").unlink()  # as if interrupted before this run ended
+    resumed = FakeTrainer()
+    sweep.sweep(settings, runner=resumed)
+    assert resumed.calls == ["sgd_base_d8_lr0.2_s2"]
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(manifest["sessions"]) == 3 and manifest["settings"]["paper_lrs"] == {"sgd": 0.2, "adagrad": 0.05, "adam": 0.001}
+
+
+def test_a_failed_run_is_not_retried_in_its_session_and_is_in_the_next(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    bad = "sgd_base_d2_lr3.2_s1"  # a widened run
+    trainer = FakeTrainer(fail={bad})
+    totals = sweep.sweep(settings, runner=trainer)
+    assert totals["failed"] == 1 and trainer.calls.count(bad) == 1
+    assert lrs_run(tmp_path)["base_d2"] == [0.2, 0.8, 3.2]  # no decision on base_d2 beyond 3.2 without its seed 1
+    assert json.loads((tmp_path / "sweep.json").read_text())["runs"][bad]["status"].startswith("failed")
+    retry = FakeTrainer()
+    sweep.sweep(settings, runner=retry)
+    assert retry.calls[0] == bad and lrs_run(tmp_path)["base_d2"] == [0.2, 0.8, 3.2, 12.8]
+
+
+def test_run_flags_and_bad_command_lines(tmp_path) -> None:
+    settings = make_settings(tmp_path, "--checkpoints", "paper", "--mlp-bot-prefix", "13-32")
+    argv = sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.2, 1), settings, test_freq=7)
+    for flag in (
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-32-4",
+        "--mlet-hidden=64",
+        "--optimizer=sgd",
+        "--learning-rate=0.2",
+        "--numpy-rand-seed=1",
+        "--test-freq=7",
+    ):
+        assert flag in argv
+    assert f"--results-json={tmp_path / 'results' / 'sgd_mlet_d4_k64_lr0.2_s1.json'}" in argv
+    assert any(a.startswith("--save-collapsed=") for a in argv)
+    assert not any(a.startswith("--save-collapsed=") for a in sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None))
+    narrow = make_settings(tmp_path, "--checkpoints", "paper", "--checkpoint-dims", "2")
+    assert sweep.wants_checkpoint(RunSpec("sgd", Config(2, 16), 0.2, 1), narrow) and not sweep.wants_checkpoint(RunSpec("sgd", Config(8), 0.2, 1), narrow)
+    parser = sweep.build_parser()
+    for bad, named in [
+        (["--", "--learning-rate=0.1"], "--learning-rate"),
+        (["--lrs", "sgd=fast"], "--lrs"),
+        (["--paper-lr", "sgd=0.1,0.2"], "--paper-lr"),
+        (["--jobs", "0"], "--jobs"),
+        (["--max-widen", "-1"], "--max-widen"),
+        (["--run-dir", str(Path(__file__))], "--run-dir"),
+        (["--baseline-dims", "0"], "--baseline-dims"),
+    ]:
+        with pytest.raises(UserError, match=named):
+            sweep.settings_from_args(parser.parse_args(["--run-dir", str(tmp_path), *bad]))
+
+
+def test_summarize_writes_the_headline_table_and_plots(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    sweep.sweep(settings, runner=FakeTrainer(peak=0.2))  # peak at the paper rate: the protocols agree
+    text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []))
+    for name in ("auc_vs_size.png", "auc_vs_step.png", "lr_curves.png", "summary.md", "summary.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    # MLET d=2 is as good as a plain d=8 in the fake trainer (+ nothing): it matches d=8 exactly -> 4x, the widest baseline
+    payload = json.loads((tmp_path / "out" / "summary.json").read_text())
+    strict = [r for r in payload["reductions"] if r["rule"] == "strict"]
+    assert {(r["protocol"], r["matched_dim"], r["factor"], r["lower_bound"]) for r in strict} == {("paper", 8, 4.0, True), ("tuned", 8, 4.0, True)}
+    base8 = next(s for s in payload["selections"] if s["protocol"] == "paper" and s["config"] == "base_d8")
+    # the fake trainer's AUC at the peak rate: 0.70 + 0.01 * log2(8) + 0.0005 * seed, seeds 1 and 2
+    assert base8["test_auc_mean"] == pytest.approx(0.73075) and base8["test_auc_std"] == pytest.approx(0.0005 / math.sqrt(2))
+    assert base8["val_auc_mean"] == pytest.approx(0.72975) and base8["seeds"] == [1, 2] and base8["lrs_tried"] == [0.05, 0.2, 0.8]
+    assert "| paper | sgd | d=2 K=16 | >= 4x (d=8) | 4.00 ± 0.00 (n=2) |" in text
+    assert "| paper | sgd | baseline d=8 | 0.2 | 2 | 0.7308 ± 0.0004 |" in text
+    assert "| tuned | sgd | MLET d=2 K=16 | 0.2 | 2 |" in text
+
+
+def test_summarize_command_line(tmp_path, capsys) -> None:
+    sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
+    files = sorted((tmp_path / "results").glob("*.json"))
+    assert summarize.main([str(f) for f in files[:2]]) == 0
+    assert "| run | tables | d | test AUC |" in capsys.readouterr().out
+    assert summarize.main([str(tmp_path / "nothing")]) == 2
+    assert "no such results file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert summarize.main([str(tmp_path / "bad.json")]) == 2
+    assert "not a dlrm_mlet.py results JSON" in capsys.readouterr().err
+    assert summarize.main([str(tmp_path / "results")]) == 2  # a directory that is not a sweep
+    assert "no results JSONs" in capsys.readouterr().err
