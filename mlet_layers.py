@@ -157,6 +157,38 @@ class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
         return None, grad_projection, None, None
 
 
+class _BatchedProjection(torch.autograd.Function):
+    """MLET's per-table projection ``(T, B, K) @ (T, K, d)`` with torch's bmm, in layouts fast on CPU.
+
+    The batched GEMMs are skinny (``d`` is 2-16); MKL's speed for them depends
+    on which operand is transposed by 2-4x (bench/NOTES.md): the weight
+    gradient is formed as ``(g^T @ pooled)^T`` (reduction over the batch with
+    contiguous rows) and, for ``d < 16``, the forward as ``(W2^T @ pooled^T)^T``.
+    """
+
+    @staticmethod
+    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pooled, projection)
+        if projection.shape[2] < 16:
+            return torch.bmm(projection.transpose(1, 2), pooled.transpose(1, 2)).transpose(1, 2)
+        return torch.bmm(pooled, projection)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        pooled, projection = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_pooled = torch.bmm(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_projection = torch.bmm(grad_out.transpose(1, 2), pooled).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        return grad_pooled, grad_projection
+
+
+def project(pooled: Tensor, projection: Tensor) -> Tensor:
+    """``torch.bmm(pooled, projection)``: Triton kernels where usable, else :class:`_BatchedProjection`."""
+    if triton_kernels.usable(pooled, projection) and pooled.dtype == torch.float32:
+        return triton_kernels.GroupedProjection.apply(pooled, projection)
+    return _BatchedProjection.apply(pooled, projection)
+
+
 def parse_projection_init(spec: str) -> tuple[str, float]:
     """Parse ``--mlet-init``: ``normal`` (std 0.25), ``normal-STD`` or ``xavier``.
 
@@ -298,7 +330,7 @@ class EmbeddingTables(nn.Module):
             return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(0, 1)
         pooled = self.pooled_rows(features)
         if self.is_mlet:
-            pooled = triton_kernels.project(pooled, self.projection)
+            pooled = project(pooled, self.projection)
         return pooled.transpose(0, 1)
 
     def _fused_mlet_path(self, features: SparseFeatures) -> bool:

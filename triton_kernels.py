@@ -240,10 +240,3 @@ class GroupedProjection(torch.autograd.Function):
 def weight_gradient_splits(batch: int) -> int:
     """How many K ranges to split MLET's weight gradient (a reduction over the batch) into."""
     return max(1, batch // 1024)
-
-
-def project(pooled: Tensor, projection: Tensor) -> Tensor:
-    """``torch.bmm(pooled, projection)``, through Triton where usable."""
-    if usable(pooled, projection) and pooled.dtype == torch.float32:
-        return GroupedProjection.apply(pooled, projection)
-    return torch.bmm(pooled, projection)

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+import mlet_layers
 import triton_kernels as tk
 from conftest import random_inputs, train_random_steps
 from optimizers import build_optimizer
@@ -47,13 +48,18 @@ def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: 
     torch.testing.assert_close(tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)), torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), rtol=1e-5, atol=1e-4)
 
 
-def test_projection_gradients_equal_bmm() -> None:
+@pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
+@pytest.mark.parametrize("d", [4, 16])
+def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
     pooled = torch.randn(3, 40, 8, generator=gen(6), requires_grad=True)
-    projection = torch.randn(3, 8, 4, generator=gen(7), requires_grad=True)
-    upstream = torch.randn(3, 40, 4, generator=gen(8))
-    tk.project(pooled, projection).backward(upstream)
+    projection = torch.randn(3, 8, d, generator=gen(7), requires_grad=True)
+    upstream = torch.randn(40, 3, d, generator=gen(8)).transpose(0, 1)  # as the model's (B, T, d) view hands it back
+    out = projection_fn(pooled, projection)
+    out.backward(upstream)
     p2, w2 = pooled.detach().clone().requires_grad_(True), projection.detach().clone().requires_grad_(True)
-    torch.bmm(p2, w2).backward(upstream)
+    expected = torch.bmm(p2, w2)
+    expected.backward(upstream)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(pooled.grad, p2.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(projection.grad, w2.grad, rtol=1e-5, atol=1e-5)
 
