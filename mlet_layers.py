@@ -209,6 +209,16 @@ def parse_projection_init(spec: str) -> tuple[str, float]:
     raise ValueError(f"'{spec}' is not one of normal, normal-STD (STD > 0, e.g. normal-0.1), xavier")
 
 
+def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
+    """``fill(target)`` (in place, with a CPU generator); for a device tensor through a CPU copy."""
+    if target.device.type == "cpu":
+        fill(target)
+        return
+    values = torch.empty(target.shape, dtype=target.dtype)
+    fill(values)
+    target.copy_(values)
+
+
 def table_seed(seed: int, table: int, salt: int = 0) -> int:
     """Seed of one table's initialisation: independent of how tables are sharded."""
     return (seed * 1_000_003 + table * 7919 + salt * 104_729 + 12_345) % (2**63)
@@ -275,22 +285,27 @@ class EmbeddingTables(nn.Module):
         return self.projection is not None
 
     def reset_parameters(self, seed: int) -> None:
-        """DLRM's uniform(+-sqrt(1/n)) rows; ``W2`` per ``projection_init``."""
+        """DLRM's uniform(+-sqrt(1/n)) rows; ``W2`` per ``projection_init``.
+
+        Drawn from CPU generators whatever the device, so that a seed gives the
+        same initial model on CPU and GPU (on a GPU each table passes through host memory once).
+        """
         with torch.no_grad():
             for t, (n, tid) in enumerate(zip(self.table_sizes, self.table_ids)):
-                gen = torch.Generator(device=self.weight.device).manual_seed(table_seed(seed, tid))
                 bound = math.sqrt(1.0 / n)
-                self.table_weight(t).uniform_(-bound, bound, generator=gen)
+                gen = torch.Generator().manual_seed(table_seed(seed, tid))
+                fill_from_cpu(self.table_weight(t), lambda rows, gen=gen, bound=bound: rows.uniform_(-bound, bound, generator=gen))
                 if self.is_mlet:
-                    self._init_projection(t, torch.Generator(device=self.weight.device).manual_seed(table_seed(seed, tid, 1)))
+                    gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
+                    fill_from_cpu(self.projection[t], lambda w2, gen=gen: self._init_projection(w2, gen))
 
-    def _init_projection(self, t: int, gen: torch.Generator) -> None:
+    def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
         kind, std = parse_projection_init(self.projection_init)
         if kind == "xavier":
             bound = math.sqrt(6.0 / (self.hidden + self.dim))
-            self.projection[t].uniform_(-bound, bound, generator=gen)
+            w2.uniform_(-bound, bound, generator=gen)
         else:
-            self.projection[t].normal_(0.0, std, generator=gen)
+            w2.normal_(0.0, std, generator=gen)
 
     def table_weight(self, t: int) -> Tensor:
         """Rows of table ``t`` (a view of the concatenated weight)."""

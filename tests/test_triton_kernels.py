@@ -1,4 +1,4 @@
-"""Triton kernels, run on the CPU in Triton's interpreter, against the PyTorch ops they replace."""
+"""Triton kernels against the PyTorch ops they replace: compiled on a GPU where one is present, else on the CPU in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -21,29 +21,38 @@ def interpret(monkeypatch):
     monkeypatch.setattr(tk, "INTERPRET_ON_CPU", True)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+cpu_interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="runs the CPU model in the interpreter; tests/test_gpu.py covers the GPU path")
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    """Seeded standard normal values on :data:`DEVICE`."""
+    return torch.randn(*shape, generator=gen(seed)).to(DEVICE)
+
+
 def test_gather_rows_equals_indexing() -> None:
-    weight = torch.randn(300, 20, generator=gen(0))
-    ids = torch.randint(0, 300, (257,), generator=gen(1))
+    weight = randn(300, 20, seed=0)
+    ids = torch.randint(0, 300, (257,), generator=gen(1)).to(DEVICE)
     assert torch.equal(tk.gather_rows(weight, ids), weight[ids])
 
 
 def test_scatter_sub_rows_with_repeated_rows() -> None:
-    weight = torch.randn(50, 7, generator=gen(2))
-    ids = torch.tensor([3, 9, 3, 3, 49, 0])
-    grads = torch.randn(6, 7, generator=gen(3))
+    weight = randn(50, 7, seed=2)
+    ids = torch.tensor([3, 9, 3, 3, 49, 0], device=DEVICE)
+    grads = randn(6, 7, seed=3)
     expected = weight.clone().index_add_(0, ids, grads * -0.25)
-    tk.scatter_sub_rows(weight, ids, grads, torch.tensor(0.25))
+    tk.scatter_sub_rows(weight, ids, grads, torch.tensor(0.25, device=DEVICE))
     torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("groups", "m", "k", "n", "splits"), [(3, 50, 64, 4, 1), (2, 33, 20, 16, 1), (2, 64, 300, 5, 3)])
 def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: int) -> None:
-    a = torch.randn(groups, m, k, generator=gen(4))
-    b = torch.randn(groups, k, n, generator=gen(5))
+    a = randn(groups, m, k, seed=4)
+    b = randn(groups, k, n, seed=5)
     torch.testing.assert_close(tk.grouped_matmul(a, b, splits), torch.bmm(a, b), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)), torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), rtol=1e-5, atol=1e-4)
 
@@ -51,9 +60,9 @@ def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: 
 @pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
 @pytest.mark.parametrize("d", [4, 16])
 def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
-    pooled = torch.randn(3, 40, 8, generator=gen(6), requires_grad=True)
-    projection = torch.randn(3, 8, d, generator=gen(7), requires_grad=True)
-    upstream = torch.randn(40, 3, d, generator=gen(8)).transpose(0, 1)  # as the model's (B, T, d) view hands it back
+    pooled = randn(3, 40, 8, seed=6).requires_grad_(True)
+    projection = randn(3, 8, d, seed=7).requires_grad_(True)
+    upstream = randn(40, 3, d, seed=8).transpose(0, 1)  # as the model's (B, T, d) view hands it back
     out = projection_fn(pooled, projection)
     out.backward(upstream)
     p2, w2 = pooled.detach().clone().requires_grad_(True), projection.detach().clone().requires_grad_(True)
@@ -64,6 +73,7 @@ def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
     torch.testing.assert_close(projection.grad, w2.grad, rtol=1e-5, atol=1e-5)
 
 
+@cpu_interpreter_only
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch, hidden: int) -> None:
     """Five SGD steps: kernels (interpreted) vs the PyTorch ops they replace."""
@@ -81,16 +91,17 @@ def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch,
 
 def test_project_scatter_sub_equals_explicit_update() -> None:
     tables, batch, hidden, d = 3, 70, 24, 4
-    weight = torch.randn(40, hidden, generator=gen(9))
-    projection = torch.randn(tables, hidden, d, generator=gen(10))
-    ids = torch.randint(0, 40, (tables * batch,), generator=gen(11))  # repeats across and within tables
-    grad_out = torch.randn(batch, tables, d, generator=gen(12)).transpose(0, 1)  # non-contiguous, as autograd gives it
+    weight = randn(40, hidden, seed=9)
+    projection = randn(tables, hidden, d, seed=10)
+    ids = torch.randint(0, 40, (tables * batch,), generator=gen(11)).to(DEVICE)  # repeats across and within tables
+    grad_out = randn(batch, tables, d, seed=12).transpose(0, 1)  # non-contiguous, as autograd gives it
     rows = torch.bmm(grad_out, projection.transpose(1, 2)).reshape(-1, hidden)
     expected = weight.clone().index_add_(0, ids, rows * -0.1)
-    tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1))
+    tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1, device=DEVICE))
     torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
 
 
+@cpu_interpreter_only
 def test_fused_mlet_path_is_taken(make_model, monkeypatch) -> None:
     model = make_model(16)
     build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)

@@ -1,0 +1,90 @@
+"""GPU runs against CPU runs: same training, resume on the GPU, GPU checkpoints on the CPU.
+
+Skipped where no CUDA device is present (CI); run on the device machine with
+``python3 -m pytest tests/test_gpu.py``. GPU row updates add repeated rows
+with atomics, in no fixed order, so GPU results are compared to a tolerance,
+not bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dlrm_mlet
+from checkpoint import load_checkpoint
+from conftest import run_cli
+from test_resume import FLAGS, interrupt_after_save
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # GPU row updates add in no fixed order; Adagrad magnifies that on rows with small sums
+
+
+def with_flag(flags: list[str], name: str, value: str) -> list[str]:
+    """``flags`` with ``--name=...`` replaced by (or extended with) ``--name=value``."""
+    return [f for f in flags if not f.startswith(f"--{name}=")] + [f"--{name}={value}"]
+
+
+def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
+    """Run the command line; its final checkpoint and results JSON."""
+    code = dlrm_mlet.main([*flags, f"--save-model={out / name}.pt", f"--results-json={out / name}.json"])
+    assert code == 0
+    return load_checkpoint(out / f"{name}.pt"), json.loads((out / f"{name}.json").read_text())
+
+
+def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    """Same weights, optimizer state and test log loss, to float32 rounding accumulated over 20 steps."""
+    (ckpt_a, results_a), (ckpt_b, results_b) = a, b
+    assert ckpt_a["position"] == ckpt_b["position"]
+    for name, value in ckpt_a["model"].items():
+        torch.testing.assert_close(value, ckpt_b["model"][name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+    for name, state in ckpt_a["optimizer"]["state"].items():
+        for key, value in state.items():
+            other = torch.as_tensor(ckpt_b["optimizer"]["state"][name][key])
+            torch.testing.assert_close(torch.as_tensor(value), other, **TOLERANCE, msg=lambda m, where=f"{name}.{key}": f"{where}: {m}")
+    losses_a = [h["logloss"] for h in results_a["history"]]
+    losses_b = [h["logloss"] for h in results_b["history"]]
+    assert losses_a == pytest.approx(losses_b, abs=1e-4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("hidden", [0, 16])
+@pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
+def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: bool, tmp_path) -> None:
+    flags = with_flag(with_flag(FLAGS, "optimizer", optimizer), "mlet-hidden", str(hidden))
+    cpu = train(flags, tmp_path, "cpu")
+    gpu = train([*flags, "--use-gpu", f"--cuda-graph={graph}"], tmp_path, "gpu")
+    assert gpu[1]["device"].startswith("cuda") and cpu[1]["device"] == "cpu"
+    assert_close_runs(cpu, gpu)
+
+
+@pytest.mark.timeout(300)
+def test_gpu_interrupted_run_resumes(tmp_path, monkeypatch, capsys) -> None:
+    flags = [*FLAGS, "--use-gpu"]
+    straight = train(flags, tmp_path, "straight")
+    ckpt = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, 15)
+        code, _, _ = run_cli([*flags, f"--save-model={ckpt}", "--save-freq=15"], capsys)
+    assert code == 130
+    assert load_checkpoint(ckpt)["position"]["iteration"] == 15
+    code, out, err = run_cli([*flags, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
+    assert code == 0, err
+    assert "resuming" in out
+    assert_close_runs((load_checkpoint(ckpt), json.loads((tmp_path / "r.json").read_text())), straight)
+
+
+@pytest.mark.timeout(300)
+def test_gpu_checkpoint_evaluates_on_cpu(tmp_path, capsys) -> None:
+    _, gpu_results = train([*FLAGS, "--use-gpu"], tmp_path, "gpu")
+    out = tmp_path / "cpu_eval.json"
+    code, _, err = run_cli([*FLAGS, f"--load-model={tmp_path / 'gpu.pt'}", "--inference-only", f"--results-json={out}"], capsys)
+    assert code == 0, err
+    cpu_final = json.loads(out.read_text())["final"]
+    assert cpu_final["samples"] == gpu_results["final"]["samples"]
+    assert cpu_final["logloss"] == pytest.approx(gpu_results["final"]["logloss"], abs=1e-6)
+    assert cpu_final["auc"] == pytest.approx(gpu_results["final"]["auc"], abs=1e-4)
