@@ -10,8 +10,7 @@ random one-hot batches. For each d and batch size it times, in one process:
 * ``autograd``   dlrm-mlet's fused tables with sparse gradients + torch SGD;
 * ``fused``      the table update fused into the backward (eager);
 * ``graph``      fused + the whole step replayed from a CUDA graph (the default path);
-* ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in);
-* ``graph_cublaslt`` the graph path with cuBLASLt preferred for the GEMMs (a lever under test).
+* ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in).
 
 Data already on the GPU (4 rotating batches). ``--pipeline`` adds the real input
 pipeline: ``dlrm_mlet.Trainer`` reading shuffled batches from memory-mapped
@@ -47,7 +46,7 @@ from mlet_layers import SparseFeatures
 from optimizers import build_optimizer
 from train_step import GraphedTrainStep, TrainStep
 
-VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32", "graph_cublaslt")
+VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32")
 
 
 def make_batches(sizes: list[int], batch: int, count: int, device: torch.device, seed: int = 0) -> list[Batch]:
@@ -102,7 +101,7 @@ def reference_step(sizes: list[int], dim: int, hidden: int, device: torch.device
 
 
 def our_step(model: DLRM, variant: str) -> TrainStep:
-    """dlrm-mlet's step for ``variant`` (autograd, fused, graph, graph_tf32, graph_cublaslt)."""
+    """dlrm-mlet's step for ``variant`` (autograd, fused, graph, graph_tf32)."""
     fused = model.tables if variant != "autograd" else None
     opt = build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused)
     loss_fn = F.binary_cross_entropy_with_logits
@@ -120,8 +119,6 @@ def bench_one(sizes: list[int], dim: int, hidden: int, batch: int, args: argpars
         if variant.startswith("graph") and device.type != "cuda":
             continue
         torch.backends.cuda.matmul.allow_tf32 = variant == "graph_tf32"
-        if device.type == "cuda":
-            torch.backends.cuda.preferred_blas_library("cublaslt" if variant == "graph_cublaslt" else "cublas")
         if variant == "reference":
             step = reference_step(sizes, dim, hidden, device)
             steps = max(10, args.steps // 5)  # slow: fewer steps are as precise
