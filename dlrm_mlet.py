@@ -29,7 +29,7 @@ from checkpoint import (
 )
 from data_utils import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
-from errors import OneLineParser, UserError
+from errors import OneLineParser, UserError, require_at_least
 from mlet_layers import parse_projection_init
 from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
 from trainer import Trainer, log, parameter_report, write_json
@@ -171,22 +171,22 @@ def validate(args: argparse.Namespace) -> None:
         parse_projection_init(args.mlet_init)
     except ValueError as error:
         raise UserError(f"--mlet-init: {error}") from None
-    for flag, value, minimum in [
-        ("--mini-batch-size", args.mini_batch_size, 1),
-        ("--nepochs", args.nepochs, 1),
-        ("--num-indices-per-lookup", args.num_indices_per_lookup, 1),
-        ("--data-size", args.data_size, 1),
-        ("--num-batches", args.num_batches, 0),
-        ("--print-freq", args.print_freq, 0),
-        ("--save-freq", args.save_freq, 0),
-        ("--num-workers", args.num_workers, -1),
-        ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
-        ("--lr-decay-start-step", args.lr_decay_start_step, 0),
-        ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
-        ("--dist-timeout", args.dist_timeout, 1),
-    ]:
-        if value < minimum:
-            raise UserError(f"{flag}: must be >= {minimum}, got {value}")
+    require_at_least(
+        [
+            ("--mini-batch-size", args.mini_batch_size, 1),
+            ("--nepochs", args.nepochs, 1),
+            ("--num-indices-per-lookup", args.num_indices_per_lookup, 1),
+            ("--data-size", args.data_size, 1),
+            ("--num-batches", args.num_batches, 0),
+            ("--print-freq", args.print_freq, 0),
+            ("--save-freq", args.save_freq, 0),
+            ("--num-workers", args.num_workers, -1),
+            ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
+            ("--lr-decay-start-step", args.lr_decay_start_step, 0),
+            ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
+            ("--dist-timeout", args.dist_timeout, 1),
+        ]
+    )
     if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
         raise UserError(f"--learning-rate: must be a positive number, got {args.learning_rate}")
     if args.test_data_size is not None and args.test_data_size < 1:

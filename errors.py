@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
     """A problem with the user's flags or files; the message names the flag, file or line."""
+
+
+def require_at_least(checks: Iterable[tuple[str, float, float]]) -> None:
+    """For each ``(flag, value, minimum)``: a :class:`UserError` naming the flag when ``value < minimum``."""
+    for flag, value, minimum in checks:
+        if value < minimum:
+            raise UserError(f"{flag}: must be >= {minimum}, got {value}")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 from tqdm import tqdm  # noqa: E402
 
-from errors import UserError  # noqa: E402
+from errors import UserError, require_at_least  # noqa: E402
 from experiments import (  # noqa: E402
     PROTOCOLS,
     Config,
@@ -357,14 +357,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for flag, values in (("--baseline-dims", args.baseline_dims), ("--mlet-dims", args.mlet_dims), ("--mlet-hidden", args.mlet_hidden)):
         if any(v < 1 for v in values):
             raise UserError(f"{flag}: every value must be >= 1, got {values}")
-    for flag, value, minimum in (
-        ("--jobs", args.jobs, 1),
-        ("--threads", args.threads, 1),
-        ("--tests-per-epoch", args.tests_per_epoch, 1),
-        ("--max-widen", args.max_widen, 0),
-    ):
-        if value < minimum:
-            raise UserError(f"{flag}: must be >= {minimum}, got {value}")
+    require_at_least(
+        (
+            ("--jobs", args.jobs, 1),
+            ("--threads", args.threads, 1),
+            ("--tests-per-epoch", args.tests_per_epoch, 1),
+            ("--max-widen", args.max_widen, 0),
+        )
+    )
     if args.widen_factor <= 1 and "tuned" in args.protocols:
         raise UserError(f"--widen-factor: must be > 1, got {args.widen_factor}")
     lrs = {k: list(v) for k, v in DEFAULT_LRS.items()} | parse_rates(args.lrs, "--lrs", many=True)
