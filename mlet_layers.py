@@ -18,6 +18,7 @@ out table-major (all of table 0's bags for the batch, then table 1's, ...).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -209,6 +210,11 @@ def parse_projection_init(spec: str) -> tuple[str, float]:
     raise ValueError(f"'{spec}' is not one of normal, normal-STD (STD > 0, e.g. normal-0.1), xavier")
 
 
+def symmetric_uniform_(target: Tensor, bound: float, gen: torch.Generator) -> Tensor:
+    """Fill ``target`` in place from uniform(-bound, bound)."""
+    return target.uniform_(-bound, bound, generator=gen)
+
+
 def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
     """``fill(target)`` (in place, with a CPU generator); for a device tensor through a CPU copy."""
     if target.device.type == "cpu":
@@ -294,16 +300,16 @@ class EmbeddingTables(nn.Module):
             for t, (n, tid) in enumerate(zip(self.table_sizes, self.table_ids)):
                 bound = math.sqrt(1.0 / n)
                 gen = torch.Generator().manual_seed(table_seed(seed, tid))
-                fill_from_cpu(self.table_weight(t), lambda rows, gen=gen, bound=bound: rows.uniform_(-bound, bound, generator=gen))
+                fill_from_cpu(self.table_weight(t), functools.partial(symmetric_uniform_, bound=bound, gen=gen))
                 if self.is_mlet:
                     gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
-                    fill_from_cpu(self.projection[t], lambda w2, gen=gen: self._init_projection(w2, gen))
+                    fill_from_cpu(self.projection[t], functools.partial(self._init_projection, gen=gen))
 
     def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
         kind, std = parse_projection_init(self.projection_init)
         if kind == "xavier":
             bound = math.sqrt(6.0 / (self.hidden + self.dim))
-            w2.uniform_(-bound, bound, generator=gen)
+            symmetric_uniform_(w2, bound, gen)
         else:
             w2.normal_(0.0, std, generator=gen)
 
