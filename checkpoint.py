@@ -36,7 +36,6 @@ import textwrap
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -223,31 +222,12 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLR
     return model
 
 
-# -- architecture and flags --------------------------------------------------
+# -- architecture ----------------------------------------------------------------
 
 
-def _dashed(values: Sequence[int]) -> str:
+def dashed(values: Sequence[int]) -> str:
+    """``[1, 2, 3]`` -> ``1-2-3`` (the form of the architecture flags)."""
     return "-".join(map(str, values))
-
-
-ARCHITECTURE_FLAGS = [
-    ("table_sizes", "--arch-embedding-size", _dashed),
-    ("dim", "--arch-sparse-feature-size", str),
-    ("mlet_hidden", "--mlet-hidden", str),
-    ("bottom_mlp", "--arch-mlp-bot", _dashed),
-    ("top_mlp", "--arch-mlp-top", _dashed),
-    ("interaction", "--arch-interaction-op", str),
-    ("interaction_itself", "--arch-interaction-itself", str),
-]
-
-
-def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
-    """One line naming the first architecture difference (``None`` if equal)."""
-    for name, flag, fmt in ARCHITECTURE_FLAGS:
-        a, b = getattr(saved, name), getattr(wanted, name)
-        if a != b:
-            return f"{flag}: checkpoint has {fmt(a)}, the flags give {fmt(b)}"
-    return None
 
 
 def trained_hidden(ckpt: dict) -> int:
@@ -256,104 +236,9 @@ def trained_hidden(ckpt: dict) -> int:
     return int(collapsed_from.get("mlet_hidden", ckpt["model_config"].get("mlet_hidden", 0)))
 
 
-def check_inference_flags(ckpt: dict, wanted: ModelConfig) -> None:
-    """Check the flags of ``--inference-only`` against a checkpoint.
-
-    The architecture flags must agree, except that ``--mlet-hidden`` may give
-    either the training K (the training command's flags) or 0 (a baseline
-    command's flags), for collapsed and two-layer checkpoints alike.
-    """
-    saved = ModelConfig.from_dict(ckpt["model_config"])
-    k = trained_hidden(ckpt)
-    if wanted.mlet_hidden not in (0, k):
-        raise UserError(f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} (give {k} or 0 to evaluate it)")
-    mismatch = describe_mismatch(saved, replace(wanted, mlet_hidden=saved.mlet_hidden))
-    if mismatch:
-        raise UserError(mismatch)
-
-
-def check_training_flags(ckpt: dict, wanted: ModelConfig) -> None:
-    """Check that a checkpoint can start or resume training of the flags' architecture."""
-    if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
-        raise UserError(
-            f"--mlet-hidden: checkpoint is an inference checkpoint (plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
-            " MLET training cannot resume from it: evaluate it with --inference-only, or fine-tune it as a plain model with --mlet-hidden=0"
-        )
-    mismatch = describe_mismatch(ModelConfig.from_dict(ckpt["model_config"]), wanted)
-    if mismatch:
-        raise UserError(mismatch)
-
-
-# Resuming with other flags: architecture flags are checked through the model
-# config above; these must match, since the saved state would not mean the same
-# thing otherwise; bookkeeping flags are not compared; any other change is
-# allowed and logged (the run continues with the new values).
-MUST_MATCH_DATA = {
-    "numpy_rand_seed",
-    "mini_batch_size",
-    "data_generation",
-    "data_size",
-    "num_batches",
-    "num_indices_per_lookup",
-    "num_indices_per_lookup_fixed",
-    "data_set",
-}
-MUST_MATCH_PREFIXES = ("synthetic_",)
-BOOKKEEPING = {
-    "load_model",
-    "save_model",
-    "save_freq",
-    "save_collapsed",
-    "results_json",
-    "print_freq",
-    "print_time",
-    "print_precision",
-    "progress",
-    "inference_only",
-    "dist_backend",  # the process layout: a checkpoint resumes in any world size
-    "dist_timeout",
-}
-ARCHITECTURE_ARGS = {
-    "arch_sparse_feature_size",
-    "arch_embedding_size",
-    "arch_mlp_bot",
-    "arch_mlp_top",
-    "arch_interaction_op",
-    "arch_interaction_itself",
-    "mlet_hidden",
-    "mlet_init",
-}
-
-
 def flag_name(dest: str) -> str:
     """``mini_batch_size`` -> ``--mini-batch-size``."""
     return "--" + dest.replace("_", "-")
-
-
-def resume_flag_changes(saved_args: dict, args: dict, flags: set[str], position: str) -> list[str]:
-    """Compare the flags of a resumed run with the checkpoint's.
-
-    ``flags`` are the parser's destinations (derived values are skipped).
-    Raises :class:`UserError` naming the first flag that must match but does
-    not (``--optimizer`` or a flag defining the training-data stream that the
-    saved ``position`` counts in); returns ``--flag=new (checkpoint: old)`` for
-    every other changed flag.
-    """
-    changes = []
-    for dest in sorted(flags & saved_args.keys() & args.keys()):
-        old, new = saved_args[dest], args[dest]
-        if old == new or dest in BOOKKEEPING or dest in ARCHITECTURE_ARGS:
-            continue
-        flag = flag_name(dest)
-        if dest == "optimizer":
-            raise UserError(f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}")
-        if dest in MUST_MATCH_DATA or dest.startswith(MUST_MATCH_PREFIXES):
-            raise UserError(
-                f"{flag}: checkpoint has {old}, the flags give {new}; the saved data position ({position}) counts batches of the checkpoint's"
-                " training data, so another value would skip or repeat samples (give the checkpoint's value, or start a new run)"
-            )
-        changes.append(f"{flag}={new} (checkpoint: {old})")
-    return changes
 
 
 # -- RNG state ---------------------------------------------------------------
@@ -529,7 +414,7 @@ def format_summary(s: dict) -> str:
             "model",
             f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {f'MLET K={k}' if k else 'plain'}"
             f" (stored as {f'MLET K={stored.mlet_hidden}' if stored.mlet_hidden else 'plain d-wide tables'});"
-            f" bottom {_dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{_dashed(trained.top_mlp)}, interaction {trained.interaction}",
+            f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, interaction {trained.interaction}",
         ),
         ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
         ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),

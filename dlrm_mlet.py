@@ -16,22 +16,13 @@ import torch
 
 import distributed
 import process_group
-from checkpoint import (
-    TRAINING,
-    atomic_save,
-    check_file,
-    check_inference_flags,
-    check_training_flags,
-    collapsed_checkpoint,
-    load_checkpoint,
-    resume_flag_changes,
-    trained_hidden,
-)
+from checkpoint import TRAINING, atomic_save, check_file, collapsed_checkpoint, load_checkpoint, trained_hidden
 from data_utils import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
 from errors import OneLineParser, UserError, require_at_least
 from mlet_layers import parse_projection_init
 from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
+from resume_checks import check_inference_flags, check_training_flags, resume_flag_changes
 from trainer import Trainer, log, parameter_report, write_json
 
 PROG = "dlrm_mlet.py"
@@ -295,7 +286,7 @@ def load_into(trainer: Trainer, path: str) -> None:
     """Load ``--load-model``: evaluate it (``--inference-only``), resume it, or start training from its weights.
 
     Architecture flags must match the checkpoint (for evaluation ``--mlet-hidden``
-    may also be 0 or the trained K); see :func:`checkpoint.resume_flag_changes`
+    may also be 0 or the trained K); see :func:`resume_checks.resume_flag_changes`
     for the other flags. Any disagreement is one :class:`UserError` line.
     """
     ckpt = load_checkpoint(path)
