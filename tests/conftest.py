@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +24,29 @@ from dlrm_model import DLRM, ModelConfig  # noqa: E402
 from mlet_layers import SparseFeatures  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def sample_lines(name: str) -> list[str]:
+    """Lines of ``../shared/data/NAME`` (real rows); where that directory is absent (a CI
+    checkout elsewhere), as many rows of the synthetic click model in the same layout."""
+    if SHARED_DATA.is_dir():
+        return (SHARED_DATA / name).read_text().splitlines()
+    return list(generated_sample_lines(name))
+
+
+@functools.cache
+def generated_sample_lines(name: str) -> tuple[str, ...]:
+    """Generated stand-in for a shared sample file: same data set, row count and columns (no label for ``*nolabel*``)."""
+    from raw_generate import RawGenerator
+
+    rows = int(re.search(r"(?:sample|head)(\d+)", name).group(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "raw")
+        RawGenerator("avazu" if name.startswith("avazu") else "kaggle", rows, seed=7, scale=0.001).write(path)
+        lines = path.read_text().splitlines()
+    if "nolabel" in name:
+        lines = [line.split("\t", 1)[1] for line in lines]
+    return tuple(lines)
 
 
 def small_config(hidden: int = 0, dim: int = 4, sizes: tuple[int, ...] = (50, 7, 300, 2)) -> ModelConfig:

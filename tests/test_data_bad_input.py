@@ -8,16 +8,9 @@ import re
 import pytest
 
 import data_utils
-from conftest import SHARED_DATA, run_cli
+from conftest import run_cli, sample_lines
 
 MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
-
-
-def sample_lines(name: str) -> list[str]:
-    """Lines of a file of ../shared/data (skip the test where the directory is absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not available")
-    return (SHARED_DATA / name).read_text().splitlines()
 
 
 def kaggle_argv(raw, tmp_path, *extra: str) -> list[str]:
