@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from dlrm_model import DLRM, ModelConfig  # noqa: E402
 from mlet_layers import SparseFeatures  # noqa: E402
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data"))  # the real sample rows (see its README)
 
 
 def sample_lines(name: str) -> list[str]:
@@ -32,6 +34,18 @@ def sample_lines(name: str) -> list[str]:
     if SHARED_DATA.is_dir():
         return (SHARED_DATA / name).read_text().splitlines()
     return list(generated_sample_lines(name))
+
+
+@functools.cache
+def sample_file(name: str) -> Path:
+    """``../shared/data/NAME``; where that directory is absent, a generated stand-in (see :func:`sample_lines`), written once."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA / name
+    directory = tempfile.mkdtemp(prefix="dlrm_mlet_samples_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = Path(directory) / name
+    path.write_text("\n".join(generated_sample_lines(name)) + "\n")
+    return path
 
 
 @functools.cache

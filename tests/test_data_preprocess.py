@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 
 import preprocess
-from conftest import SHARED_DATA
+from conftest import sample_file
 from errors import UserError
 from preprocess import SplitPlan, prepare
 from raw_data import MISSING
 from vocabulary import IdLimits, KeyTable, Vocabulary
-
-
-def shared(name: str):
-    """A file of ../shared/data (skip the test where the directory is absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not available")
-    return SHARED_DATA / name
 
 
 def quiet_prepare(raw, directory, data_set="kaggle", split="dlrm", logs=None, **kw):
@@ -66,7 +59,7 @@ def reference_kaggle(path) -> tuple[np.ndarray, list[list[int]]]:
 
 
 def test_vocabulary_ids_follow_training_counts_and_min_count(tmp_path) -> None:
-    raw = shared("criteo_kaggle_train_head1999.txt")
+    raw = sample_file("criteo_kaggle_train_head1999.txt")
     data = quiet_prepare(raw, tmp_path / "p")
     labels, keys = reference_kaggle(raw)
     train_end, test_end = 1714, 1857  # 1999 rows = 4 days of 286 + 3 of 285; day 7: 143 test, 142 val
@@ -140,9 +133,15 @@ def test_by_day_split_holds_out_the_last_day(tmp_path) -> None:
     assert sum(random.meta["rows"].values()) == 2000 and random.meta["rows"]["train"] > 1500
 
 
+def flip_first_label(raw) -> None:
+    """Change the file's content, not its size: the first row's label 0 <-> 1."""
+    data = raw.read_bytes()
+    raw.write_bytes((b"1" if data[:1] == b"0" else b"0") + data[1:])
+
+
 def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     raw = tmp_path / "train.txt"
-    raw.write_bytes(shared("criteo_kaggle_train_head1999.txt").read_bytes())
+    raw.write_bytes(sample_file("criteo_kaggle_train_head1999.txt").read_bytes())
     target = tmp_path / "processed"
     logs: list[str] = []
     quiet_prepare(raw, target, logs=logs)
@@ -154,7 +153,7 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     cases = [
         (lambda: None, dict(split="random-811"), "other settings (data_split dlrm -> random-811"),
         (lambda: raw.write_bytes(raw.read_bytes().rsplit(b"\n", 2)[0] + b"\n"), dict(split="random-811"), "another raw file"),
-        (lambda: raw.write_bytes(raw.read_bytes().replace(b"68fd1e64", b"68fd1e65", 1)), dict(split="random-811"), "same size, different content"),
+        (lambda: flip_first_label(raw), dict(split="random-811"), "same size, different content"),
         (lambda: (target / "meta.json").unlink(), dict(split="random-811"), "no complete processed data"),
         (lambda: None, dict(split="random-811", split_seed=5), "split_seed 0 -> 5"),
     ]
@@ -170,7 +169,7 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
 
 
 def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypatch) -> None:
-    raw = shared("criteo_kaggle_train_sample100.txt")
+    raw = sample_file("criteo_kaggle_train_sample100.txt")
     target = tmp_path / "processed"
     quiet_prepare(raw, target)
     before = sorted(p.name for p in target.iterdir())
@@ -192,7 +191,7 @@ def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypa
 
 
 def test_cache_location_errors(tmp_path) -> None:
-    raw = shared("criteo_kaggle_train_sample100.txt")
+    raw = sample_file("criteo_kaggle_train_sample100.txt")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not processed data")
     with pytest.raises(UserError, match="not empty and holds no processed data"):
@@ -210,7 +209,7 @@ def test_cache_location_errors(tmp_path) -> None:
 
 def test_default_processed_directory_is_next_to_the_raw_file(tmp_path) -> None:
     raw = tmp_path / "train.txt"
-    raw.write_bytes(shared("criteo_kaggle_train_sample100.txt").read_bytes())
+    raw.write_bytes(sample_file("criteo_kaggle_train_sample100.txt").read_bytes())
     data = prepare(str(raw), None, "kaggle", "dlrm", progress=False, log=lambda _: None)
     assert data.directory == tmp_path / "train.txt.processed" and (data.directory / "meta.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["train.txt", "train.txt.processed"]
