@@ -14,16 +14,20 @@ the rendezvous address), every process of a run of ``W``:
   gets each table's embedding of its own samples (gradients go back the same
   way, :class:`EmbeddingExchange`);
 * runs the bottom MLP, the interaction and the top MLP on its own samples;
-  these are replicated and kept in step by ``DistributedDataParallel``.
+  these are replicated and kept in step by one all-reduce of their
+  gradients per step (:meth:`DistributedDLRM.sum_replicated_gradients`).
 
 Gradient scaling: each process's loss is the sum of its samples' losses
 divided by the *global* batch size, so the processes' losses add up to the
-single-process mean. DDP's gradient averaging is replaced by a sum (a
-communication hook), and the embedding gradients that come back through the
-all-to-all are already those of the global mean: ``W`` processes with global
+single-process mean. The MLP gradients are summed over the processes (not
+averaged, as DDP would), and the embedding gradients that come back through
+the all-to-all are already those of the global mean: ``W`` processes with global
 batch ``B`` take the steps of one process with batch ``B``. (Upstream DLRM
 divides by the local batch and lets DDP average: right for the MLPs, but the
-tables get ``W`` times their gradient.)
+tables get ``W`` times their gradient.) With only static-shaped collectives
+in it (the all-to-all's splits depend on the batch size alone, the
+all-reduce is one flat buffer), the whole step can be captured in a CUDA
+graph, as in one process.
 
 Checkpoints are gathered into the single-process layout (every table, every
 table's optimizer state, in global table order; :meth:`DistributedDLRM.state_dict`
@@ -32,7 +36,7 @@ any other size, and are split again on loading.
 
 Process groups: the default group is gloo, joined before the flags are
 checked (:func:`start`); it carries errors, metrics and checkpoints. On GPUs
-the training traffic (all-to-all, DDP) has a NCCL group of its own.
+the training traffic (all-to-all, gradient all-reduce) has a NCCL group of its own.
 
 Errors: the flag checks and the setup run under :func:`agree`, which shares
 any rank's error with every rank, so all stop with that rank's message
@@ -43,7 +47,6 @@ collectives time out after ``--dist-timeout`` seconds.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +55,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor
 
 import process_group
 from checkpoint import model_from_checkpoint
@@ -69,10 +71,6 @@ from sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
 SHARDED = ("tables.weight", "tables.projection")
 GATHER_CHUNK_BYTES = 64 << 20
-
-# The MLPs have no buffers that change (only the interaction's fixed pair indices): no per-step
-# buffer broadcast. Newer torch renames DDP's broadcast_buffers to forward_sync_buffers.
-NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers": False}
 
 
 # -- the embedding exchange ----------------------------------------------------
@@ -124,32 +122,6 @@ class EmbeddingExchange(torch.autograd.Function):
         incoming = grad.new_empty(sum(layout.send_splits))
         dist.all_to_all_single(incoming, outgoing, layout.send_splits, layout.recv_splits, group=layout.group)
         return incoming.view(layout.batch_size, layout.owned, layout.dim), None
-
-
-def sum_gradients_hook(group, bucket):
-    """DDP communication hook: all-reduce a gradient bucket (``dist.GradBucket``) by sum
-    over ``group``; returns a ``Future[Tensor]``. DDP's default divides by W.
-
-    Each rank's loss is already its share of the global mean, so the sum is the
-    gradient of the global mean.
-    """
-    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
-
-
-class DenseNet(nn.Module):
-    """Bottom MLP, interaction and top MLP: the replicated part, wrapped in DDP.
-
-    Computes what :meth:`DLRM.forward` does after the embedding lookup.
-    """
-
-    def __init__(self, bottom: nn.Module, interaction: nn.Module, top: nn.Module) -> None:
-        super().__init__()
-        self.bottom, self.interaction, self.top = bottom, interaction, top
-
-    def forward(self, dense: Tensor, embedded: Tensor) -> Tensor:
-        """Logits of this rank's samples (``embedded``: b x T x d)."""
-        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
 
 
 # -- gathering and splitting sharded tensors -----------------------------------
@@ -204,9 +176,7 @@ class DistributedDLRM(DLRM):
         }
         self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
         self.layouts: dict[int, ExchangeLayout] = {}
-        # The DDP wrapper is made at the first forward (a collective) and kept out of
-        # the module tree: its layers are this module's own bottom and top.
-        object.__setattr__(self, "replicated", None)
+        self.replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
 
     def exchange_layout(self, batch_size: int) -> ExchangeLayout:
         """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
@@ -226,21 +196,24 @@ class DistributedDLRM(DLRM):
             )
         return self.layouts[batch_size]
 
-    def dense_net(self) -> DistributedDataParallel:
-        """The DDP-wrapped MLPs (created on first use, on every rank at the same step)."""
-        if self.replicated is None:
-            device_ids = [self.comm.device.index] if self.comm.device.type == "cuda" else None
-            dense = DenseNet(self.bottom, self.interaction, self.top)
-            net = DistributedDataParallel(dense, device_ids=device_ids, process_group=self.comm.group, **NO_BUFFER_SYNC)
-            net.register_comm_hook(self.comm.group, sum_gradients_hook)
-            object.__setattr__(self, "replicated", net)
-        return self.replicated
+    def sum_replicated_gradients(self) -> None:
+        """Sum the MLPs' gradients over the processes: one all-reduce of one flat buffer.
+
+        Each process's loss is its share of the global mean, so the sum is the
+        gradient of the global mean (DDP would average). Shapes are static, so
+        a CUDA graph can hold it.
+        """
+        grads = [p.grad for p in self.replicated]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=self.comm.group)
+        for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(summed.view_as(grad))
 
     def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:
         """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
         pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
         embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
-        return self.dense_net()(dense, embedded)
+        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
 
     def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
         """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
@@ -283,7 +256,7 @@ class ShardedOptimizer:
     State tensors shaped like a sharded parameter (Adagrad's ``sum``, Adam's
     moments) are gathered row by row like the parameter; small entries
     (``step``) come from a rank that owns tables; replicated parameters' state
-    is rank 0's (DDP keeps the ranks equal). Stepping is the inner optimizer's.
+    is rank 0's (the summed gradients keep the ranks equal). Stepping is the inner optimizer's.
     """
 
     def __init__(self, inner: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> None:
@@ -299,7 +272,8 @@ class ShardedOptimizer:
         self.inner.zero_grad()
 
     def step(self) -> None:
-        """One update of this rank's parameters."""
+        """Sum the replicated gradients over the ranks, then update this rank's parameters."""
+        self.model.sum_replicated_gradients()
         self.inner.step()
 
     def set_lr(self, lr: float) -> None:
@@ -491,7 +465,7 @@ class MultiProcess:
             else ""
         )
         return [
-            f"processes: {self.world_size} ({self.backend}, {self.device.type}); MLPs data-parallel (DDP, gradients summed), tables model-parallel",
+            f"processes: {self.world_size} ({self.backend}, {self.device.type}); MLPs data-parallel (gradients summed by one all-reduce), tables model-parallel",
             self.plan.describe(config.table_sizes, self.optimizer),
             f"embedding exchange: all-to-all of d={config.dim} pooled vectors, {len(config.table_sizes)} x {config.dim} x 4 B = {per_sample:,} B/sample forward and the same backward,"
             f" {crossing:,.0f} B/sample of it between processes{mlet}",

@@ -7,17 +7,21 @@ every shape in the step is static for a given batch shape, so the whole step
 - forward, backward, table and dense updates - is captured in one CUDA graph
 and replayed with one launch. Batches of another shape (the last, smaller
 batch of an epoch; multi-hot bags of another total length) run eagerly.
+Under ``torchrun`` the graph also holds the step's collectives (the
+embedding all-to-all and the MLP gradients' all-reduce, ``distributed.py``),
+whose shapes are static too.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from data_utils import Batch
-from mlet_layers import SparseFeatures
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -50,9 +54,23 @@ class TrainStep:
         return loss.detach()
 
 
-def batch_shape(batch: Batch) -> tuple[int, int, bool]:
-    """What a captured graph is specific to: samples, total ids, one-hot or not."""
-    return batch.size, batch.sparse.indices.numel(), batch.sparse.one_hot
+def batch_tensors(batch: object) -> list[Tensor]:
+    """Every tensor of a batch (:class:`Batch`, or a process's ``BatchShard``), in field order."""
+    if isinstance(batch, Tensor):
+        return [batch]
+    if dataclasses.is_dataclass(batch):
+        return [t for field in dataclasses.fields(batch) for t in batch_tensors(getattr(batch, field.name))]
+    return []
+
+
+def batch_shape(batch: object) -> object:
+    """What a captured graph is specific to: every tensor's shape and the other fields
+    (sample counts, table counts, one-hot or not), as a hashable value."""
+    if isinstance(batch, Tensor):
+        return tuple(batch.shape)
+    if dataclasses.is_dataclass(batch):
+        return tuple(batch_shape(getattr(batch, field.name)) for field in dataclasses.fields(batch))
+    return batch
 
 
 class GraphedTrainStep(TrainStep):
@@ -70,7 +88,7 @@ class GraphedTrainStep(TrainStep):
     def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, warmup: int = 3) -> None:
         super().__init__(model, loss_fn, optimizer)
         self.warmup = warmup
-        self.shape: tuple[int, int, bool] | None = None
+        self.shape: object = None
         self.warmed = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: Batch | None = None
@@ -100,27 +118,20 @@ class GraphedTrainStep(TrainStep):
         return loss
 
     def _capture(self, batch: Batch) -> None:
-        self.static_batch = Batch(
-            batch.dense.clone(),
-            SparseFeatures(batch.sparse.indices.clone(), batch.sparse.offsets.clone(), batch.sparse.num_tables, batch.sparse.one_hot),
-            batch.labels.clone(),
-        )
+        self.static_batch = copy.deepcopy(batch)  # the graph's own input tensors
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             logits = self.model(self.static_batch.dense, self.static_batch.sparse)
-            loss = self.loss_fn(logits, self.static_batch.labels)
+            loss = batch_loss(self.loss_fn, logits, self.static_batch)
             loss.backward()
             self.optimizer.step()
             self.static_loss = loss.detach()
 
     def _load(self, batch: Batch) -> None:
-        static = self.static_batch
-        static.dense.copy_(batch.dense, non_blocking=True)
-        static.sparse.indices.copy_(batch.sparse.indices, non_blocking=True)
-        static.sparse.offsets.copy_(batch.sparse.offsets, non_blocking=True)
-        static.labels.copy_(batch.labels, non_blocking=True)
+        for static, new in zip(batch_tensors(self.static_batch), batch_tensors(batch)):
+            static.copy_(new, non_blocking=True)
 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool) -> TrainStep:

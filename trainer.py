@@ -121,8 +121,7 @@ class Trainer:
         self.optimizer = self.parallel.shard_optimizer(optimizer, model)
         self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
         self.loss_fn = loss_function(args, device)
-        # a captured graph cannot hold the all-to-all and DDP's hooks: several processes step eagerly
-        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None and self.parallel.world_size == 1
+        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None
         self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
         self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
         self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)

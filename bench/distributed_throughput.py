@@ -2,12 +2,12 @@
 
 Kaggle's 26 real cardinalities (33.8M rows), d=16, bottom 13-512-256-64-16,
 top 512-256-1, one id per bag, random data; MLET K=64 and the plain baseline.
-Each row times ``Trainer.step`` (forward, all-to-all, backward, DDP, the fused
-SGD table update) on pre-made batches already sharded and on the device, so
+Each row times ``Trainer.step`` (forward, all-to-all, backward, the MLP
+gradients' all-reduce, the fused SGD table update) on pre-made batches already sharded and on the device, so
 data loading is not measured. Samples/s count the global batch; N processes
 share each global batch (the same hyperparameters, the same training
-trajectory). One GPU is timed with and without its CUDA-graph step (several
-processes step eagerly); the speedup is against the faster of the two.
+trajectory). On GPUs every process count is timed with and without the
+CUDA-graph step; the speedup is against the faster one-process figure.
 
     python3 bench/distributed_throughput.py --use-gpu --procs 1 2         # GPUs, NCCL
     .venv/bin/python bench/distributed_throughput.py --procs 1 2 --scale 0.01 --batches 1024 --steps 6   # CPU smoke run
@@ -127,8 +127,7 @@ def worker(args: argparse.Namespace) -> None:
     base = dlrm_mlet.parse_args(model_flags(args, args.hidden[0], args.batches[0]))
     with distributed.session(base) as parallel:
         rows = []
-        # one process: with and without the CUDA-graph step (several processes step eagerly)
-        graphs = [True, False] if args.use_gpu and parallel.world_size == 1 else [False]
+        graphs = [True, False] if args.use_gpu else [False]
         for hidden, batch, graph in itertools.product(args.hidden, args.batches, graphs):
             rows.append(time_config(args, parallel, hidden, batch, graph))
             if parallel.is_main:
