@@ -176,7 +176,6 @@ class DistributedDLRM(DLRM):
         }
         self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
         self.layouts: dict[int, ExchangeLayout] = {}
-        self.replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
 
     def exchange_layout(self, batch_size: int) -> ExchangeLayout:
         """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
@@ -203,7 +202,7 @@ class DistributedDLRM(DLRM):
         gradient of the global mean (DDP would average). Shapes are static, so
         a CUDA graph can hold it.
         """
-        grads = [p.grad for p in self.replicated]
+        grads = [p.grad for name, p in self.named_parameters() if name not in SHARDED]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, group=self.comm.group)
         for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
