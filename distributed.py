@@ -212,7 +212,7 @@ class DistributedDLRM(DLRM):
         """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
         pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
         embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
-        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
+        return self.logits(dense, embedded)
 
     def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
         """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""

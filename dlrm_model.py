@@ -139,9 +139,11 @@ class DLRM(nn.Module):
 
     def forward(self, dense: Tensor, sparse: SparseFeatures) -> Tensor:
         """Logits of shape ``B``."""
-        x = self.bottom(dense)
-        e = self.tables(sparse)
-        return self.top(self.interaction(x, e)).squeeze(-1)
+        return self.logits(dense, self.tables(sparse))
+
+    def logits(self, dense: Tensor, embedded: Tensor) -> Tensor:
+        """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``)."""
+        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
 
     def collapse(self) -> DLRM:
         """A baseline DLRM (plain d-wide tables) with the same outputs."""
