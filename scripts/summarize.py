@@ -178,6 +178,15 @@ def panels(selections: Sequence[Selection]) -> list[tuple[str, str]]:
     return sorted({(s.protocol, s.optimizer) for s in selections}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
 
 
+def finish(fig, axes, path: Path, **legend) -> None:
+    """Grid and legend (``legend``: its keyword arguments) on every panel; write the PNG."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def figure(count: int, width: float = 5.5, height: float = 4.2):
     """A matplotlib figure with ``count`` panels (Agg backend)."""
     import matplotlib
@@ -212,10 +221,7 @@ def plot_auc_vs_size(selections: Sequence[Selection], path: Path) -> None:
         ax.set_xlabel("inference embedding size (bytes, collapsed tables)")
         ax.set_ylabel("test AUC (mean ± std over seeds)")
         ax.set_title(f"{protocol} protocol, {optimizer}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish(fig, axes, path, fontsize=8)
 
 
 def mean_curve(runs: Sequence[RunResult]) -> tuple[list[int], list[float]]:
@@ -252,10 +258,7 @@ def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
         ax.set_xlabel("training step")
         ax.set_ylabel("test AUC (mean over seeds)")
         ax.set_title(f"{protocol} protocol, {optimizer}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish(fig, axes, path, fontsize=7, ncol=2)
 
 
 def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], path: Path) -> None:
@@ -284,10 +287,7 @@ def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], pat
         ax.set_xlabel("learning rate (missing points: a seed diverged)")
         ax.set_ylabel("validation AUC (mean over seeds)")
         ax.set_title(f"{optimizer}: learning-rate grid (circled: tuned choice)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish(fig, axes, path, fontsize=6, ncol=2)
 
 
 # -- the report -----------------------------------------------------------------------------
