@@ -176,22 +176,26 @@ def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> 
     _kernels().scatter_sub[(triton.cdiv(n, block_n),)](weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
 
 
-def project_scatter_sub(weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor) -> None:
+def project_scatter_sub(
+    weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor, block_m: int = 128, block_k: int = 32, warps: int = 2
+) -> None:
     """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
 
     ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
     T*B global rows (table-major). The K-wide row gradients never touch memory.
+    The launch defaults come from ``bench/triton_tuning.py`` (H100: 82-85 us
+    against 95-100 us for the earlier 64 x 64, 4 warps).
     """
     tables, batch, d = grad_out.shape
     k = projection.shape[1]
-    block_m, block_k = 128, min(32, _block(k))  # bench/triton_tuning.py (H100): 82-85 us against 95-100 us for 64, 64, 4 warps
+    block_k = min(block_k, _block(k))
     grid = (triton.cdiv(batch, block_m), tables)
     _kernels().project_scatter_sub[grid](
         grad_out, projection, ids, weight, lr, batch, k, d,
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         projection.stride(0), projection.stride(1), projection.stride(2),
         weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), num_warps=2,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), num_warps=warps,
     )  # fmt: skip
 
 

@@ -119,3 +119,15 @@ def save(name: str, payload: dict) -> Path:
     }
     path.write_text(json.dumps(full, indent=1) + "\n")
     return path
+
+
+def harness_sgd_step(model, lr: float):
+    """One eager training step of ``model`` as ``dlrm_mlet.py`` trains by default on CPU: SGD with
+    the fused table update (``--embedding-update=fused``), BCE on logits; call it with a ``Batch``."""
+    import torch.nn.functional as F
+
+    from optimizers import build_optimizer
+    from train_step import TrainStep
+
+    optimizer = build_optimizer("sgd", lr, model.sparse_parameters(), model.dense_parameters(), model.tables)
+    return TrainStep(model, F.binary_cross_entropy_with_logits, optimizer)

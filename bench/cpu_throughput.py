@@ -18,15 +18,12 @@ import argparse
 import gc
 
 import torch
-import torch.nn.functional as F
-from common import median_of_rounds, print_table, save, time_steps
+from common import harness_sgd_step, median_of_rounds, print_table, save, time_steps
 from reference_dlrm import ReferenceDLRM, random_one_hot, scaled_cardinalities
 
 from data_utils import Batch
 from dlrm_model import DLRM, ModelConfig
 from mlet_layers import SparseFeatures
-from optimizers import build_optimizer
-from train_step import TrainStep
 
 
 def reference_step(model: ReferenceDLRM, batches: list, lr: float):
@@ -53,8 +50,7 @@ def reference_step(model: ReferenceDLRM, batches: list, lr: float):
 def ours_step(model: DLRM, batches: list, lr: float):
     """A closure doing one dlrm-mlet training step on batch ``i % len(batches)``, as ``dlrm_mlet.py``
     does by default (``--embedding-update=fused``: table rows updated inside the backward)."""
-    opt = build_optimizer("sgd", lr, model.sparse_parameters(), model.dense_parameters(), model.tables)
-    train_step = TrainStep(model, F.binary_cross_entropy_with_logits, opt)
+    train_step = harness_sgd_step(model, lr)
     prepared = [Batch(dense, SparseFeatures.from_ids(ids), labels) for dense, ids, labels in batches]
 
     def step(i: int) -> None:

@@ -29,15 +29,12 @@ import gc
 import json
 
 import torch
-import torch.nn.functional as F
-from common import RESULTS, median_of_rounds, run_child, save, table, time_steps
+from common import RESULTS, harness_sgd_step, median_of_rounds, run_child, save, table, time_steps
 from reference_dlrm import random_one_hot, scaled_cardinalities
 
 from data_utils import Batch
 from dlrm_model import DLRM, ModelConfig
 from mlet_layers import SparseFeatures
-from optimizers import build_optimizer
-from train_step import make_train_step
 
 GPU_RESULTS = RESULTS / "gpu_throughput_h200.json"
 
@@ -58,8 +55,7 @@ def batches(sizes: list[int], batch: int, count: int = 4) -> list[Batch]:
 
 def train_timer(model: DLRM, data: list[Batch], steps: int):
     """A timer of ``steps`` training steps (fused SGD, as the harness trains); returns seconds per step."""
-    optimizer = build_optimizer("sgd", 0.05, model.sparse_parameters(), model.dense_parameters(), model.tables)
-    step = make_train_step(model, F.binary_cross_entropy_with_logits, optimizer, cuda_graph=False)
+    step = harness_sgd_step(model, 0.05)
     return lambda: time_steps(lambda i: step(data[i % len(data)]), steps, warmup=2)
 
 
@@ -129,13 +125,12 @@ def inference_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: 
 
 
 MEMORY_CHILD = """
-import json, sys, torch, torch.nn.functional as F
+import json, sys, torch
 sys.path.insert(0, "bench")
 torch.set_num_threads({threads})
 from mlet_overhead import batches, config
+from common import harness_sgd_step
 from dlrm_model import DLRM
-from optimizers import build_optimizer
-from train_step import make_train_step
 from reference_dlrm import scaled_cardinalities
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
@@ -147,8 +142,7 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak (VmHWM) to the current RSS: the peak of what follows, not of the imports
 if mode == "train":
     model = DLRM(cfg, seed=0)
-    opt = build_optimizer("sgd", 0.05, model.sparse_parameters(), model.dense_parameters(), model.tables)
-    step = make_train_step(model, F.binary_cross_entropy_with_logits, opt, cuda_graph=False)
+    step = harness_sgd_step(model, 0.05)
     for i in range({steps}):
         step(data[i % 2])
 elif mode in ("collapsed", "two_layer"):

@@ -3,7 +3,7 @@
 The kernel computes ``-lr * grad_out[t, b] @ W2[t].T`` per sample and table and
 adds it into the K-wide ``W1`` rows with atomics. This times it for block
 sizes and warp counts at a Criteo-size step (26 tables, batch 8192, K=64,
-rows drawn from 33.8M) against the launch ``triton_kernels`` uses.
+rows drawn from 33.8M) against ``triton_kernels.project_scatter_sub``'s default launch.
 
     python bench/triton_tuning.py [--batch 8192] [--dims 4 16] [--hidden 64]
 
@@ -24,19 +24,6 @@ from reference_dlrm import scaled_cardinalities
 import triton_kernels as tk
 
 
-def launch(weight, ids, grad_out, projection, lr, block_m: int, block_k: int, warps: int) -> None:
-    """One ``project_scatter_sub`` launch with the given parameters."""
-    tables, batch, d = grad_out.shape
-    grid = (triton.cdiv(batch, block_m), tables)
-    tk._kernels().project_scatter_sub[grid](
-        grad_out, projection, ids, weight, lr, batch, projection.shape[1], d,
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        projection.stride(0), projection.stride(1), projection.stride(2),
-        weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=tk._block(d), num_warps=warps,
-    )  # fmt: skip
-
-
 def sweep(dim: int, hidden: int, batch: int) -> list[dict]:
     """Microseconds per launch for every (BLOCK_M, BLOCK_K, warps) at one d."""
     sizes = scaled_cardinalities(1.0)
@@ -50,8 +37,8 @@ def sweep(dim: int, hidden: int, batch: int) -> list[dict]:
     rows = []
     for block_m, block_k, warps in itertools.product((32, 64, 128), (32, 64), (2, 4, 8)):
         if block_k > hidden:
-            continue
-        us = 1000 * triton.testing.do_bench(functools.partial(launch, weight, ids, grad_out, projection, lr, block_m, block_k, warps))
+            continue  # project_scatter_sub caps BLOCK_K at K
+        us = 1000 * triton.testing.do_bench(functools.partial(tk.project_scatter_sub, weight, ids, grad_out, projection, lr, block_m, block_k, warps))
         rows.append({"d": dim, "K": hidden, "batch": batch, "BLOCK_M": block_m, "BLOCK_K": block_k, "warps": warps, "us": us})
     current = 1000 * triton.testing.do_bench(lambda: tk.project_scatter_sub(weight, ids, grad_out, projection, lr))
     for r in rows:

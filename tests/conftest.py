@@ -93,6 +93,12 @@ def train_random_steps(model: DLRM, opt, steps: int, first: int = 0, batch: int 
     return losses
 
 
+def override_flags(argv: list[str], *overrides: str) -> list[str]:
+    """``argv`` with each ``--name=value`` of ``overrides`` in place of the same ``--name``'s value (appended)."""
+    names = {flag.split("=", 1)[0] for flag in overrides}
+    return [a for a in argv if a.split("=", 1)[0] not in names] + list(overrides)
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """Exit code (argparse's own exits included), stdout and stderr of ``dlrm_mlet.py argv``."""
     import dlrm_mlet

@@ -8,32 +8,19 @@ import re
 import pytest
 
 import data_utils
-from conftest import run_cli, sample_lines
+from conftest import override_flags, run_cli, sample_lines
 
 MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
 
 
-def kaggle_argv(raw, tmp_path, *extra: str) -> list[str]:
-    """Train a tiny model on a Kaggle-format file."""
+def dataset_argv(data_set: str, raw, tmp_path, *extra: str) -> list[str]:
+    """Train a tiny model on a file of ``data_set`` (kaggle: 13 dense inputs; avazu: 1)."""
     return [
         "--data-generation=dataset",
-        "--data-set=kaggle",
+        f"--data-set={data_set}",
         f"--raw-data-file={raw}",
         f"--processed-data-file={tmp_path / 'p'}",
-        "--arch-mlp-bot=13-8-4",
-        *MODEL,
-        *extra,
-    ]
-
-
-def avazu_argv(raw, tmp_path, *extra: str) -> list[str]:
-    """Train a tiny model on an Avazu-format file."""
-    return [
-        "--data-generation=dataset",
-        "--data-set=avazu",
-        f"--raw-data-file={raw}",
-        f"--processed-data-file={tmp_path / 'p'}",
-        "--arch-mlp-bot=1-8-4",
+        f"--arch-mlp-bot={13 if data_set == 'kaggle' else 1}-8-4",
         *MODEL,
         *extra,
     ]
@@ -81,7 +68,7 @@ def test_a_bad_kaggle_row_stops_with_file_and_line(case: str, tmp_path, capsys) 
     lines[56] = edit(lines[56])
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(lines))
-    code, _, err = run_cli(kaggle_argv(raw, tmp_path), capsys)
+    code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path), capsys)
     assert code == 2
     assert one_error_line(err).startswith(f"{raw}:57: {message}")
     assert "--skip-bad-rows" in err and not (tmp_path / "p").exists()
@@ -108,15 +95,15 @@ def test_the_first_bad_line_is_reported_and_all_kinds_are_counted(tmp_path, caps
         lines[i] = KAGGLE_BAD[case][0](lines[i])
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(lines))
-    code, _, err = run_cli(kaggle_argv(raw, tmp_path), capsys)
+    code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path), capsys)
     assert code == 2 and one_error_line(err).startswith(f"{raw}:31: 41 fields")
-    code, out, err = run_cli(kaggle_argv(raw, tmp_path, "--skip-bad-rows"), capsys)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--skip-bad-rows"), capsys)
     assert code == 0, err
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
     assert meta["bad_rows"]["by_kind"] == {"wrong column count": 3, "non-hex category": 2, "non-integer count": 1, "label not 0/1": 2}
     assert meta["bad_rows"]["first_lines"]["wrong column count"] == [31, 32, 81]
     assert sum(meta["rows"].values()) == 92
-    code, out, err = run_cli(kaggle_argv(raw, tmp_path), capsys)  # strict again: the cache that skipped rows is not trusted
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path), capsys)  # strict again: the cache that skipped rows is not trusted
     assert code == 2 and "--skip-bad-rows" in out + err
 
 
@@ -137,7 +124,7 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
     lines[40] = edit(lines[40])  # the header is line 1: this is line 41
     raw = tmp_path / "train.csv"
     raw.write_text("\r\n".join(lines) + "\r\n")
-    code, _, err = run_cli(avazu_argv(raw, tmp_path), capsys)
+    code, _, err = run_cli(dataset_argv("avazu", raw, tmp_path), capsys)
     assert code == 2 and one_error_line(err).startswith(f"{raw}:41: {message}")
     code, out, err = preprocess_main(raw, tmp_path, "avazu", capsys, "--skip-bad-rows")
     assert code == 0, err
@@ -170,9 +157,8 @@ def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], mes
         raw.write_text("\n".join(sample_lines("criteo_kaggle_test_head1999_nolabel.txt")[:50]))
     elif setup == "sample":
         raw.write_text("\n".join(sample_lines("criteo_kaggle_train_sample100.txt")))
-    argv = kaggle_argv(raw, tmp_path) if setup else ["--data-generation=dataset", "--arch-mlp-bot=13-8-4", *MODEL]
-    argv = [a for a in argv if not any(a.startswith(f.split("=")[0] + "=") for f in flags)]
-    code, _, err = run_cli([*argv, *(f.format(raw=raw) for f in flags)], capsys)
+    argv = dataset_argv("kaggle", raw, tmp_path) if setup else ["--data-generation=dataset", "--arch-mlp-bot=13-8-4", *MODEL]
+    code, _, err = run_cli(override_flags(argv, *(f.format(raw=raw) for f in flags)), capsys)
     assert code == 2
     assert one_error_line(err).startswith(message.format(raw=raw))
 
@@ -180,7 +166,7 @@ def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], mes
 def test_avazu_bottom_mlp_takes_one_constant_input(tmp_path, capsys) -> None:
     raw = tmp_path / "train.csv"
     raw.write_text("\n".join(sample_lines("avazu_train_head2994_crlf.csv")[:300]))
-    argv = avazu_argv(raw, tmp_path)
+    argv = dataset_argv("avazu", raw, tmp_path)
     code, _, err = run_cli([*argv, "--arch-mlp-bot=13-8-4"], capsys)
     assert code == 2 and "--arch-mlp-bot: must start with 1 for avazu" in err
     code, out, err = run_cli(argv, capsys)
@@ -193,7 +179,7 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
     out_json = tmp_path / "r.json"
-    code, out, err = run_cli(kaggle_argv(raw, tmp_path, "--cat-min-count=2", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", f"--results-json={out_json}"), capsys)
     assert code == 0, err
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
     result = json.loads(out_json.read_text())
@@ -201,9 +187,9 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     assert len(sizes) == 26 and all(1 < n <= v + 1 for n, v in zip(sizes, meta["vocabulary_sizes"]) if v > 1)
     assert result["final"]["samples"] == meta["rows"]["test"] == 143
     given = "--arch-embedding-size=" + "-".join(map(str, sizes))
-    code, out, err = run_cli(kaggle_argv(raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"), capsys)
     assert code == 0, err
     assert "using processed data" in out and "evaluating on val" in out
     assert json.loads(out_json.read_text())["final"]["samples"] == meta["rows"]["val"] == 142
-    code, out, err = run_cli(kaggle_argv(raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys)
     assert code == 0 and json.loads(out_json.read_text())["final"]["samples"] == 50

@@ -15,17 +15,12 @@ import torch
 
 import dlrm_mlet
 from checkpoint import load_checkpoint
-from conftest import run_cli
+from conftest import override_flags, run_cli
 from test_resume import FLAGS, interrupt_after_save
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # GPU row updates add in no fixed order; Adagrad magnifies that on rows with small sums
-
-
-def with_flag(flags: list[str], name: str, value: str) -> list[str]:
-    """``flags`` with ``--name=...`` replaced by (or extended with) ``--name=value``."""
-    return [f for f in flags if not f.startswith(f"--{name}=")] + [f"--{name}={value}"]
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -55,7 +50,7 @@ def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
 @pytest.mark.parametrize("hidden", [0, 16])
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
 def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: bool, tmp_path) -> None:
-    flags = with_flag(with_flag(FLAGS, "optimizer", optimizer), "mlet-hidden", str(hidden))
+    flags = override_flags(FLAGS, f"--optimizer={optimizer}", f"--mlet-hidden={hidden}")
     cpu = train(flags, tmp_path, "cpu")
     gpu = train([*flags, "--use-gpu", f"--cuda-graph={graph}"], tmp_path, "gpu")
     assert gpu[1]["device"].startswith("cuda") and cpu[1]["device"] == "cpu"
