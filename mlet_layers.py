@@ -135,25 +135,24 @@ class _LookupWithRowUpdate(torch.autograd.Function):
 class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
     """One-hot MLET lookup and projection, with the W1 row update fused into the backward.
 
-    Forward: gather one W1 row per bag, project each table's rows by its W2.
-    Backward: W2's gradient (returned to autograd), then ``update.scatter_projected``
-    writes ``-lr * grad @ W2.T`` straight into the W1 rows (one kernel, the
-    K-wide row gradients are never stored). Used on the Triton path with SGD.
+    Forward: project each bag's W1 row by its table's W2, the rows read
+    straight from W1 (one kernel; the K-wide rows are never stored).
+    Backward: W2's gradient from the same rows (returned to autograd), then
+    ``update.scatter_projected`` writes ``-lr * grad @ W2.T`` straight into the
+    W1 rows (one kernel, the K-wide row gradients are never stored either).
+    Used on the Triton path with SGD.
     """
 
     @staticmethod
     def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update) -> Tensor:  # type: ignore[override]
-        tables, hidden = projection.shape[0], projection.shape[1]
-        pooled = triton_kernels.gather_rows(weight, ids).view(tables, -1, hidden)
-        ctx.save_for_backward(pooled, projection, ids)
+        ctx.save_for_backward(weight, projection, ids)
         ctx.update = update
-        return triton_kernels.grouped_matmul(pooled, projection)
+        return triton_kernels.gather_project(weight, ids, projection)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
-        pooled, projection, ids = ctx.saved_tensors
-        splits = triton_kernels.weight_gradient_splits(pooled.shape[1])
-        grad_projection = triton_kernels.grouped_matmul(pooled.transpose(1, 2), grad_out, splits)
+        weight, projection, ids = ctx.saved_tensors
+        grad_projection = triton_kernels.gathered_weight_gradient(weight, ids, grad_out)  # before the rows change
         ctx.update.scatter_projected(ids, grad_out, projection)
         return None, grad_projection, None, None
 

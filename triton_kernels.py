@@ -79,6 +79,7 @@ def _kernels() -> SimpleNamespace:
         a,
         b,
         c,
+        ids,
         m,
         k,
         n,
@@ -96,6 +97,7 @@ def _kernels() -> SimpleNamespace:
         BLOCK_M: tl.constexpr,  # noqa: N803
         BLOCK_K: tl.constexpr,  # noqa: N803
         BLOCK_N: tl.constexpr,  # noqa: N803
+        GATHER: tl.constexpr,  # noqa: N803
     ):
         pid_m, group, split = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -103,13 +105,19 @@ def _kernels() -> SimpleNamespace:
         rk = tl.arange(0, BLOCK_K)
         a_base = a + group * s_at
         b_base = b + group * s_bt
+        a_rows = rm.to(tl.int64)
+        if GATHER == 1:  # A's rows are table rows: A[g, i, :] = a[ids[g * m + i], :]
+            a_rows = tl.load(ids + group * m + rm, mask=rm < m, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_start = split * k_per_split
         k_stop = tl.minimum(k_start + k_per_split, k)
         for k0 in range(k_start, k_stop, BLOCK_K):
             kk = k0 + rk
             k_ok = kk < k_stop
-            a_tile = tl.load(a_base + rm.to(tl.int64)[:, None] * s_am + kk[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
+            a_cols = kk.to(tl.int64)
+            if GATHER == 2:  # the reduction runs over table rows: A[g, :, j] = a[ids[g * k + j], :]
+                a_cols = tl.load(ids + group * k + kk, mask=k_ok, other=0).to(tl.int64)
+            a_tile = tl.load(a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
             b_tile = tl.load(b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & (rn < n)[None, :], other=0.0)
             acc += tl.dot(a_tile, b_tile, input_precision="ieee")
         out = c + group * s_ct + split * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
@@ -177,18 +185,18 @@ def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> 
 
 
 def project_scatter_sub(
-    weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor, block_m: int = 128, block_k: int = 32, warps: int = 2
+    weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor, block_m: int = 128, block_k: int | None = None, warps: int = 2
 ) -> None:
     """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
 
     ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
     T*B global rows (table-major). The K-wide row gradients never touch memory.
-    The launch defaults come from ``bench/triton_tuning.py`` (H100: 82-85 us
-    against 95-100 us for the earlier 64 x 64, 4 warps).
+    The launch defaults come from ``bench/triton_tuning.py`` (H100, batch 8192:
+    128 x 32, 2 warps at d <= 32, 78-81 us; 128 x 16 at d = 64, 171 us against 295 us with 128 x 32).
     """
     tables, batch, d = grad_out.shape
     k = projection.shape[1]
-    block_k = min(block_k, _block(k))
+    block_k = min(block_k or (16 if d > 32 else 32), _block(k))
     grid = (triton.cdiv(batch, block_m), tables)
     _kernels().project_scatter_sub[grid](
         grad_out, projection, ids, weight, lr, batch, k, d,
@@ -206,20 +214,66 @@ def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
     parallel and summed afterwards (in a fixed order: deterministic), for
     products with a long K and a small output, such as MLET's weight gradient.
     """
-    groups, m, k = a.shape
+    return _grouped(a, tuple(a.shape), tuple(a.stride()), b, splits)
+
+
+def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, **launch: int) -> Tensor:
+    """MLET's one-hot forward in one kernel: ``torch.bmm(weight[ids].view(T, B, K), projection)``.
+
+    ``ids``: the T*B global rows, table-major. The gathered K-wide rows never
+    touch memory (against a gather kernel writing them and the projection reading them back).
+    """
+    tables, hidden, _ = projection.shape
+    shape = (tables, ids.numel() // tables, hidden)
+    return _grouped(weight, shape, (0, weight.stride(0), weight.stride(1)), projection, 1, ids, gather=1, **launch)
+
+
+def gathered_weight_gradient(
+    weight: Tensor, ids: Tensor, grad_out: Tensor, block_m: int = 32, block_k: int = 64, warps: int = 4, splits: int | None = None
+) -> Tensor:
+    """MLET's projection gradient from the table rows: ``weight[ids].view(T, B, K).transpose(1, 2) @ grad_out``.
+
+    Reads the rows straight from ``weight`` (call it before they are updated).
+    Launch defaults from ``bench/triton_tuning.py`` (H100: batch 8192, 48 us at d = 4 and 16,
+    81 us at d = 64; batch 2048, 30-33 and 46 us; against 51-59, 104, 33 and 74 us with the
+    grouped matmul's own 64 x 16-32, 4 warps). ``splits``: see :func:`weight_gradient_splits`.
+    """
+    tables, batch, _ = grad_out.shape
+    shape = (tables, weight.shape[1], batch)
+    splits = splits or weight_gradient_splits(batch)
+    strides = (0, weight.stride(1), weight.stride(0))
+    return _grouped(weight, shape, strides, grad_out, splits, ids, gather=2, block_m=block_m, block_k=block_k, warps=warps)
+
+
+def _grouped(
+    a: Tensor,
+    shape: tuple,
+    strides: tuple,
+    b: Tensor,
+    splits: int,
+    ids: Tensor | None = None,
+    gather: int = 0,
+    block_m: int | None = None,
+    block_k: int | None = None,
+    warps: int = 4,
+) -> Tensor:
+    """Launch the grouped matmul of ``A`` (``shape``: (G, M, K), laid out in ``a`` by ``strides``,
+    rows or reduction index picked through ``ids`` when ``gather`` is 1 or 2) by ``b``: (G, K, N)."""
+    groups, m, k = shape
     n = b.shape[2]
     k_per_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
     splits = triton.cdiv(k, k_per_split)
     c = torch.empty(groups, splits, m, n, dtype=torch.float32, device=a.device)
-    block_m, block_n = (64 if m >= 64 else _block(m)), _block(n)
-    block_k = 32 if block_n <= 32 else 16
+    block_n = _block(n)
+    block_m = block_m or (64 if m >= 64 else _block(m))
+    block_k = block_k or (32 if block_n <= 32 else 16)
     grid = (triton.cdiv(m, block_m), groups, splits)
     _kernels().grouped[grid](
-        a, b, c, m, k, n, k_per_split,
-        a.stride(0), a.stride(1), a.stride(2),
+        a, b, c, a if ids is None else ids, m, k, n, k_per_split,
+        *strides,
         b.stride(0), b.stride(1), b.stride(2),
         c.stride(0), c.stride(1), c.stride(2), c.stride(3),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, GATHER=gather, num_warps=warps,
     )  # fmt: skip
     return c[:, 0] if splits == 1 else c.sum(dim=1)
 
@@ -242,5 +296,10 @@ class GroupedProjection(torch.autograd.Function):
 
 
 def weight_gradient_splits(batch: int) -> int:
-    """How many K ranges to split MLET's weight gradient (a reduction over the batch) into."""
-    return max(1, batch // 1024)
+    """How many ranges to split MLET's weight gradient (a reduction over the batch) into.
+
+    The output is small (T x K x d), so without splits a few hundred programs
+    loop over the whole batch; ranges of 256 samples, at most 8 (the partial
+    sums cost a reduction), keep the GPU busy at batch 2048 too.
+    """
+    return min(8, max(1, batch // 256))

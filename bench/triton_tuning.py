@@ -1,11 +1,18 @@
-"""Launch-parameter sweep for MLET's fused backward kernel (``project_scatter_sub``) on one GPU.
+"""Launch-parameter sweep for MLET's Triton kernels on one GPU.
 
-The kernel computes ``-lr * grad_out[t, b] @ W2[t].T`` per sample and table and
-adds it into the K-wide ``W1`` rows with atomics. This times it for block
-sizes and warp counts at a Criteo-size step (26 tables, batch 8192, K=64,
-rows drawn from 33.8M) against ``triton_kernels.project_scatter_sub``'s default launch.
+At a Criteo-size step (26 tables, batch 8192, K=64, rows drawn from 33.8M)
+this times, for each d, every (BLOCK_M, BLOCK_K, warps) of
 
-    python bench/triton_tuning.py [--batch 8192] [--dims 4 16] [--hidden 64]
+* ``project_scatter_sub``: the fused backward + SGD (``-lr * grad_out[t, b] @ W2[t].T``
+  added into the K-wide ``W1`` rows with atomics); also timed unfused, as the
+  row gradients from ``grouped_matmul`` followed by ``scatter_sub_rows``;
+* ``gather_project``: the forward, rows read straight from ``W1``;
+* ``gathered_weight_gradient``: ``W2``'s gradient from the same rows (and, with the
+  current launch, each number of ranges the batch's reduction is split into);
+
+each against the launch ``triton_kernels`` uses now (``vs_current`` > 1: faster).
+
+    python bench/triton_tuning.py [--batch 8192] [--dims 4 16 64] [--hidden 64] [--out triton_tuning]
 
 Writes bench/results/triton_tuning.json.
 """
@@ -15,6 +22,8 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 import triton
@@ -23,40 +32,104 @@ from reference_dlrm import scaled_cardinalities
 
 import triton_kernels as tk
 
+LAUNCHES = list(itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8)))
 
-def sweep(dim: int, hidden: int, batch: int) -> list[dict]:
-    """Microseconds per launch for every (BLOCK_M, BLOCK_K, warps) at one d."""
-    sizes = scaled_cardinalities(1.0)
-    device = torch.device("cuda")
-    weight = torch.zeros(sum(sizes), hidden, device=device)
-    offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], device=device)
-    ids = (torch.stack([torch.randint(0, n, (batch,), device=device) for n in sizes]) + offsets[:, None]).flatten()
-    grad_out = torch.randn(batch, len(sizes), dim, device=device).transpose(0, 1)  # as autograd hands it over
-    projection = torch.randn(len(sizes), hidden, dim, device=device)
-    lr = torch.tensor(0.01, device=device)
-    rows = []
-    for block_m, block_k, warps in itertools.product((32, 64, 128), (32, 64), (2, 4, 8)):
+
+def microseconds(fn: Callable[[], object]) -> float:
+    """Median time of one call."""
+    return 1000 * triton.testing.do_bench(fn)
+
+
+def sweep_kernel(name: str, launch_fn: Callable[..., object], base: dict, hidden: int) -> list[dict]:
+    """Time ``launch_fn(block_m=, block_k=, warps=)`` for every launch, and ``launch_fn()`` as ``current``."""
+    current = microseconds(launch_fn)
+    rows = [{**base, "kernel": name, "BLOCK_M": "current", "us": current, "vs_current": 1.0}]
+    for block_m, block_k, warps in LAUNCHES:
         if block_k > hidden:
-            continue  # project_scatter_sub caps BLOCK_K at K
-        us = 1000 * triton.testing.do_bench(functools.partial(tk.project_scatter_sub, weight, ids, grad_out, projection, lr, block_m, block_k, warps))
-        rows.append({"d": dim, "K": hidden, "batch": batch, "BLOCK_M": block_m, "BLOCK_K": block_k, "warps": warps, "us": us})
-    current = 1000 * triton.testing.do_bench(lambda: tk.project_scatter_sub(weight, ids, grad_out, projection, lr))
-    for r in rows:
-        r["vs_current"] = current / r["us"]
-    rows.append({"d": dim, "K": hidden, "batch": batch, "BLOCK_M": "current", "us": current, "vs_current": 1.0})
+            continue
+        try:
+            us = microseconds(functools.partial(launch_fn, block_m=block_m, block_k=block_k, warps=warps))
+        except Exception as error:  # a launch that does not compile (too many registers, ...) is skipped
+            print(f"{name} {block_m}x{block_k} {warps} warps: {type(error).__name__}")
+            continue
+        rows.append({**base, "kernel": name, "BLOCK_M": block_m, "BLOCK_K": block_k, "warps": warps, "us": us, "vs_current": current / us})
     return rows
 
 
+def step_tensors(dim: int, hidden: int, batch: int) -> SimpleNamespace:
+    """A Criteo-size step's operands on the GPU."""
+    sizes = scaled_cardinalities(1.0)
+    device = torch.device("cuda")
+    offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], device=device)
+    return SimpleNamespace(
+        weight=torch.randn(sum(sizes), hidden, device=device) * 0.01,
+        ids=(torch.stack([torch.randint(0, n, (batch,), device=device) for n in sizes]) + offsets[:, None]).flatten(),
+        grad_out=torch.randn(batch, len(sizes), dim, device=device).transpose(0, 1),  # as autograd hands it over
+        projection=torch.randn(len(sizes), hidden, dim, device=device),
+        lr=torch.tensor(0.0, device=device),  # the table stays as it is between launches
+        base={"d": dim, "K": hidden, "batch": batch},
+    )
+
+
+def sweep_launches(x: SimpleNamespace) -> list[dict]:
+    """Every kernel's launches, and the unfused backward, at one d."""
+    hidden = x.weight.shape[1]
+
+    def unfused() -> None:
+        rows = tk.grouped_matmul(x.grad_out, x.projection.transpose(1, 2)).view(-1, hidden)
+        tk.scatter_sub_rows(x.weight, x.ids, rows, x.lr)
+
+    rows = sweep_kernel("project_scatter_sub", functools.partial(tk.project_scatter_sub, x.weight, x.ids, x.grad_out, x.projection, x.lr), x.base, hidden)
+    rows.append({**x.base, "kernel": "unfused backward", "BLOCK_M": "current", "us": microseconds(unfused)})
+    rows += sweep_kernel("gather_project", functools.partial(tk.gather_project, x.weight, x.ids, x.projection), x.base, hidden)
+    rows += sweep_kernel("gathered_weight_gradient", functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out), x.base, hidden)
+    return rows
+
+
+def sweep_splits(x: SimpleNamespace) -> list[dict]:
+    """The weight gradient (current launch) for each number of ranges its reduction is split into."""
+    rows = [
+        {
+            **x.base,
+            "kernel": "gathered_weight_gradient",
+            "BLOCK_M": "current",
+            "splits": "current",
+            "us": microseconds(functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out)),
+        }
+    ]
+    for splits in (1, 2, 4, 8, 16, 32):
+        us = microseconds(functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out, splits=splits))
+        rows.append({**x.base, "kernel": "gathered_weight_gradient", "BLOCK_M": "current", "splits": splits, "us": us, "vs_current": rows[0]["us"] / us})
+    return rows
+
+
+def best_launches(rows: list[dict]) -> list[dict]:
+    """The fastest launch of each kernel at each d."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["kernel"], r["d"])
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    return list(best.values())
+
+
 def main() -> None:
-    """Sweep, print the table, write JSON."""
+    """Sweep, print the best launches, write JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8192)
-    p.add_argument("--dims", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--dims", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--out", default="triton_tuning", help="result name under bench/results/")
+    p.add_argument("--splits-only", action="store_true", help="only the weight gradient's split counts (no launch sweep)")
     args = p.parse_args()
-    rows = [r for dim in args.dims for r in sweep(dim, args.hidden, args.batch)]
-    print_table(rows, ["d", "K", "batch", "BLOCK_M", "BLOCK_K", "warps", "us", "vs_current"])
-    print(f"wrote {save('triton_tuning', {'rows': rows})}")
+    rows = []
+    for dim in args.dims:
+        operands = step_tensors(dim, args.hidden, args.batch)
+        rows += sweep_splits(operands) if args.splits_only else sweep_launches(operands) + sweep_splits(operands)
+    columns = ["kernel", "d", "K", "batch", "BLOCK_M", "BLOCK_K", "warps", "splits", "us", "vs_current"]
+    print_table([r for r in rows if r["BLOCK_M"] == "current"], columns)
+    print_table(best_launches([r for r in rows if "splits" not in r]), columns)
+    print(f"wrote {save(args.out, {'rows': rows})}")
 
 
 if __name__ == "__main__":

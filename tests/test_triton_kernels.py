@@ -57,6 +57,21 @@ def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: 
     torch.testing.assert_close(tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)), torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(("tables", "batch", "hidden", "dim"), [(3, 50, 64, 4), (2, 2100, 20, 16), (2, 7, 8, 64)])
+def test_gathered_projection_and_weight_gradient_equal_bmm(tables: int, batch: int, hidden: int, dim: int) -> None:
+    """MLET's forward and projection gradient straight from the table rows equal bmm on gathered rows
+    (rows repeat; the batch of 2100 splits the gradient's reduction in two)."""
+    weight = randn(400, hidden, seed=11)
+    ids = torch.randint(0, 400, (tables * batch,), generator=gen(12)).to(DEVICE)
+    projection = randn(tables, hidden, dim, seed=13)
+    grad_out = randn(batch, tables, dim, seed=14).transpose(0, 1)  # strided, as autograd hands it over
+    pooled = weight[ids].view(tables, batch, hidden)
+    torch.testing.assert_close(tk.gather_project(weight, ids, projection), torch.bmm(pooled, projection), rtol=1e-5, atol=1e-4)
+    expected_grad = torch.bmm(pooled.transpose(1, 2).double(), grad_out.double()).float()
+    # sums of up to 2100 unit-size products: float32 rounding alone reaches ~1e-4, a wrong row O(1)
+    torch.testing.assert_close(tk.gathered_weight_gradient(weight, ids, grad_out), expected_grad, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
 @pytest.mark.parametrize("d", [4, 16])
 def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
