@@ -11,7 +11,8 @@ from the memory-bandwidth floor, all on the embedding side:
   for which cuBLAS picks small-tile SIMT kernels (d is narrow).
 
 Each kernel here is a drop-in for one PyTorch op, in float32 (IEEE products,
-no TF32), so results match PyTorch's to rounding. They are used on CUDA
+or TF32 exactly when PyTorch's matmuls may use it: ``--tf32``), so results
+match PyTorch's to rounding. They are used on CUDA
 tensors when Triton is importable, and everywhere under ``TRITON_INTERPRET=1``
 (how the tests run them on a CPU); otherwise callers use the PyTorch op.
 """
@@ -43,6 +44,12 @@ def usable(*tensors: Tensor) -> bool:
     if triton is None:
         return False
     return all(t.is_cuda for t in tensors) or (INTERPRET_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def dot_precision() -> str:
+    """The kernels' matrix-product precision: TF32 where PyTorch's own GEMMs may use it
+    (``torch.backends.cuda.matmul.allow_tf32``, set by ``--tf32``), else IEEE float32."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _block(n: int, minimum: int = 16) -> int:
@@ -98,6 +105,7 @@ def _kernels() -> SimpleNamespace:
         BLOCK_K: tl.constexpr,  # noqa: N803
         BLOCK_N: tl.constexpr,  # noqa: N803
         GATHER: tl.constexpr,  # noqa: N803
+        PRECISION: tl.constexpr,  # noqa: N803
     ):
         pid_m, group, split = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -119,7 +127,7 @@ def _kernels() -> SimpleNamespace:
                 a_cols = tl.load(ids + group * k + kk, mask=k_ok, other=0).to(tl.int64)
             a_tile = tl.load(a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
             b_tile = tl.load(b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & (rn < n)[None, :], other=0.0)
-            acc += tl.dot(a_tile, b_tile, input_precision="ieee")
+            acc += tl.dot(a_tile, b_tile, input_precision=PRECISION)
         out = c + group * s_ct + split * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
         tl.store(out, acc, mask=(rm < m)[:, None] & (rn < n)[None, :])
 
@@ -143,6 +151,7 @@ def _kernels() -> SimpleNamespace:
         BLOCK_M: tl.constexpr,  # noqa: N803
         BLOCK_K: tl.constexpr,  # noqa: N803
         BLOCK_D: tl.constexpr,  # noqa: N803
+        PRECISION: tl.constexpr,  # noqa: N803
     ):
         pid_m, table = tl.program_id(0), tl.program_id(1).to(tl.int64)
         rb = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -155,7 +164,7 @@ def _kernels() -> SimpleNamespace:
             rk = k0 + tl.arange(0, BLOCK_K)
             k_ok = rk < k
             w_t = tl.load(projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd, mask=d_ok[:, None] & k_ok[None, :], other=0.0)
-            rows = tl.dot(g, w_t, input_precision="ieee")
+            rows = tl.dot(g, w_t, input_precision=PRECISION)
             tl.atomic_add(weight + dst[:, None] * stride_w + rk[None, :], rows * neg_lr, mask=row_ok[:, None] & k_ok[None, :], sem="relaxed")
 
     return SimpleNamespace(
@@ -203,7 +212,7 @@ def project_scatter_sub(
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         projection.stride(0), projection.stride(1), projection.stride(2),
         weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), num_warps=warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), PRECISION=dot_precision(), num_warps=warps,
     )  # fmt: skip
 
 
@@ -273,7 +282,7 @@ def _grouped(
         *strides,
         b.stride(0), b.stride(1), b.stride(2),
         c.stride(0), c.stride(1), c.stride(2), c.stride(3),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, GATHER=gather, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, GATHER=gather, PRECISION=dot_precision(), num_warps=warps,
     )  # fmt: skip
     return c[:, 0] if splits == 1 else c.sum(dim=1)
 

@@ -72,6 +72,21 @@ def test_gathered_projection_and_weight_gradient_equal_bmm(tables: int, batch: i
     torch.testing.assert_close(tk.gathered_weight_gradient(weight, ids, grad_out), expected_grad, rtol=1e-5, atol=1e-3)
 
 
+def test_kernels_follow_the_tf32_flag() -> None:
+    """IEEE products by default; TF32 exactly when PyTorch's matmuls may use it (``--tf32``),
+    and then the results stay within TF32 rounding of the float64 product."""
+    assert tk.dot_precision() == "ieee"
+    weight, projection = randn(300, 64, seed=15), randn(2, 64, 16, seed=16)
+    ids = torch.randint(0, 300, (2 * 100,), generator=gen(17)).to(DEVICE)
+    expected = torch.bmm(weight[ids].view(2, 100, 64).double(), projection.double()).float()
+    torch.backends.cuda.matmul.allow_tf32 = True  # the torch object does not support monkeypatch's undo
+    try:
+        assert tk.dot_precision() == "tf32"
+        torch.testing.assert_close(tk.gather_project(weight, ids, projection), expected, rtol=1e-2, atol=5e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 @pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
 @pytest.mark.parametrize("d", [4, 16])
 def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
