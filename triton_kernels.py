@@ -226,15 +226,18 @@ def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
     return _grouped(a, tuple(a.shape), tuple(a.stride()), b, splits)
 
 
-def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, **launch: int) -> Tensor:
+def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int | None = None, block_k: int | None = None, warps: int = 4) -> Tensor:
     """MLET's one-hot forward in one kernel: ``torch.bmm(weight[ids].view(T, B, K), projection)``.
 
-    ``ids``: the T*B global rows, table-major. The gathered K-wide rows never
-    touch memory (against a gather kernel writing them and the projection reading them back).
+    ``ids``: the T*B global rows, table-major. The K-wide rows go from the
+    table into the product without being written out (against a gather kernel
+    writing them and the projection reading them back). The launch defaults to
+    the grouped matmul's choice (``bench/triton_tuning.py`` found none better beyond its noise).
     """
     tables, hidden, _ = projection.shape
     shape = (tables, ids.numel() // tables, hidden)
-    return _grouped(weight, shape, (0, weight.stride(0), weight.stride(1)), projection, 1, ids, gather=1, **launch)
+    strides = (0, weight.stride(0), weight.stride(1))
+    return _grouped(weight, shape, strides, projection, 1, ids, gather=1, block_m=block_m, block_k=block_k, warps=warps)
 
 
 def gathered_weight_gradient(

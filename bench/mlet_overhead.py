@@ -13,8 +13,8 @@ embedding update (as ``dlrm_mlet.py`` trains), random one-hot batches in memory.
   baseline and of MLET, and inference of the collapsed and of the two-layer
   model, at ``--memory-scale``; each process resets its peak after the
   imports and batches, so the peak is that of the model and its steps;
-* the GPU figures (H200, default ``graph`` path) from
-  ``bench/results/gpu_throughput_h200.json`` (measured by ``bench/gpu_throughput.py``; not re-measured here).
+* the GPU figures (H100, default ``graph`` path) from
+  ``bench/results/gpu_final_h100.json`` (measured by ``bench/gpu_throughput.py``; not re-measured here).
 
     .venv/bin/python bench/mlet_overhead.py                 # 1 torch thread (see NOTES.md: shared 2-core machine)
     .venv/bin/python bench/mlet_overhead.py --threads 2
@@ -36,7 +36,7 @@ from data_utils import Batch
 from dlrm_model import DLRM, ModelConfig
 from mlet_layers import SparseFeatures
 
-GPU_RESULTS = RESULTS / "gpu_throughput_h200.json"
+GPU_RESULTS = RESULTS / "gpu_final_h100.json"
 
 
 def config(sizes: list[int], dim: int, hidden: int) -> ModelConfig:
@@ -187,7 +187,7 @@ def memory_rows(dim: int, hidden: int, batch: int, args: argparse.Namespace) -> 
 
 
 def gpu_rows() -> tuple[list[dict], dict]:
-    """The default GPU path's (``graph``) MLET/baseline time ratios from the committed H200 results."""
+    """The default GPU path's (``graph``) MLET/baseline time ratios from the committed H100 results."""
     if not GPU_RESULTS.exists():
         return [], {}
     data = json.loads(GPU_RESULTS.read_text())
@@ -239,7 +239,7 @@ def markdown(payload: dict) -> str:
         g = payload["gpu_source"]
         lines += [
             "",
-            f"On one GPU ({(g.get('machine') or {}).get('gpu')}, the default `graph` path; from `bench/results/gpu_throughput_h200.json`,"
+            f"On one GPU ({(g.get('machine') or {}).get('gpu')}, the default `graph` path; from `bench/results/gpu_final_h100.json`,"
             f" {g.get('date')}, real Kaggle cardinalities ({g.get('table_rows'):,} rows); not re-measured here):",
             "",
             table(
