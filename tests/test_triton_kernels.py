@@ -119,8 +119,9 @@ def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
 
 
-def test_project_scatter_sub_equals_explicit_update() -> None:
-    tables, batch, hidden, d = 3, 70, 24, 4
+@pytest.mark.parametrize("d", [4, 64])  # 64: the launch with a narrower K chunk
+def test_project_scatter_sub_equals_explicit_update(d: int) -> None:
+    tables, batch, hidden = 3, 70, 24
     weight = randn(40, hidden, seed=9)
     projection = randn(tables, hidden, d, seed=10)
     ids = torch.randint(0, 40, (tables * batch,), generator=gen(11)).to(DEVICE)  # repeats across and within tables
