@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,13 @@ RowUpdate = Callable[[Tensor, Tensor], None]
 given one gradient row per occurrence (rows may repeat; their gradients add)."""
 
 
+class ProjectedRowUpdate(Protocol):
+    """A row update that also takes MLET's gradient before the projection (``optimizers.RowSGD``)."""
+
+    def scatter_projected(self, rows: Tensor, grad_out: Tensor, projection: Tensor) -> None:
+        """Update ``rows`` from ``grad_out[t, b] @ projection[t].T`` (see ``RowSGD.scatter_projected``)."""
+
+
 class _LookupWithRowUpdate(torch.autograd.Function):
     """Sum-pooled lookup whose backward updates the looked-up rows in place.
 
@@ -140,11 +148,13 @@ class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
     Backward: W2's gradient from the same rows (returned to autograd), then
     ``update.scatter_projected`` writes ``-lr * grad @ W2.T`` straight into the
     W1 rows (one kernel, the K-wide row gradients are never stored either).
-    Used on the Triton path with SGD.
+    Used on the Triton path with SGD. The backward bumps W1's version after its
+    in-place update, so a second pending backward through the same rows (two
+    forwards, then two backwards) fails loudly instead of reading updated rows.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update: ProjectedRowUpdate) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(weight, projection, ids)
         ctx.update = update
         return triton_kernels.gather_project(weight, ids, projection)
@@ -154,6 +164,7 @@ class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
         weight, projection, ids = ctx.saved_tensors
         grad_projection = triton_kernels.gathered_weight_gradient(weight, ids, grad_out)  # before the rows change
         ctx.update.scatter_projected(ids, grad_out, projection)
+        torch.autograd.graph.increment_version(weight)  # the Triton kernel's writes are invisible to autograd
         return None, grad_projection, None, None
 
 

@@ -46,6 +46,11 @@ def usable(*tensors: Tensor) -> bool:
     return all(t.is_cuda for t in tensors) or (INTERPRET_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+PLAIN, GATHER_ROWS, GATHER_REDUCTION = 0, 1, 2
+"""How the grouped matmul reads ``A``: as laid out; its rows picked by ``ids``
+(MLET's forward); its reduction index picked by ``ids`` (MLET's W2 gradient)."""
+
+
 def dot_precision() -> str:
     """The kernels' matrix-product precision: TF32 where PyTorch's own GEMMs may use it
     (``torch.backends.cuda.matmul.allow_tf32``, set by ``--tf32``), else IEEE float32."""
@@ -114,7 +119,7 @@ def _kernels() -> SimpleNamespace:
         a_base = a + group * s_at
         b_base = b + group * s_bt
         a_rows = rm.to(tl.int64)
-        if GATHER == 1:  # A's rows are table rows: A[g, i, :] = a[ids[g * m + i], :]
+        if GATHER == 1:  # GATHER_ROWS: A's rows are table rows, A[g, i, :] = a[ids[g * m + i], :]
             a_rows = tl.load(ids + group * m + rm, mask=rm < m, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_start = split * k_per_split
@@ -123,7 +128,7 @@ def _kernels() -> SimpleNamespace:
             kk = k0 + rk
             k_ok = kk < k_stop
             a_cols = kk.to(tl.int64)
-            if GATHER == 2:  # the reduction runs over table rows: A[g, :, j] = a[ids[g * k + j], :]
+            if GATHER == 2:  # GATHER_REDUCTION: the reduction runs over table rows, A[g, :, j] = a[ids[g * k + j], :]
                 a_cols = tl.load(ids + group * k + kk, mask=k_ok, other=0).to(tl.int64)
             a_tile = tl.load(a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
             b_tile = tl.load(b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & (rn < n)[None, :], other=0.0)
@@ -206,6 +211,7 @@ def project_scatter_sub(
     tables, batch, d = grad_out.shape
     k = projection.shape[1]
     block_k = min(block_k or (16 if d > 32 else 32), _block(k))
+    ids = ids.contiguous()
     grid = (triton.cdiv(batch, block_m), tables)
     _kernels().project_scatter_sub[grid](
         grad_out, projection, ids, weight, lr, batch, k, d,
@@ -232,12 +238,14 @@ def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int
     ``ids``: the T*B global rows, table-major. The K-wide rows go from the
     table into the product without being written out (against a gather kernel
     writing them and the projection reading them back). The launch defaults to
-    the grouped matmul's choice (``bench/triton_tuning.py`` found none better beyond its noise).
+    the grouped matmul's choice: ``bench/triton_tuning.py`` timed others up to
+    1.8x faster at batch 2048, but identical launches differed by up to 2x
+    between its measurements, so none was adopted without a cleaner measurement.
     """
     tables, hidden, _ = projection.shape
     shape = (tables, ids.numel() // tables, hidden)
     strides = (0, weight.stride(0), weight.stride(1))
-    return _grouped(weight, shape, strides, projection, 1, ids, gather=1, block_m=block_m, block_k=block_k, warps=warps)
+    return _grouped(weight, shape, strides, projection, 1, ids, GATHER_ROWS, block_m, block_k, warps)
 
 
 def gathered_weight_gradient(
@@ -246,31 +254,31 @@ def gathered_weight_gradient(
     """MLET's projection gradient from the table rows: ``weight[ids].view(T, B, K).transpose(1, 2) @ grad_out``.
 
     Reads the rows straight from ``weight`` (call it before they are updated).
-    Launch defaults from ``bench/triton_tuning.py`` (H100: batch 8192, 48 us at d = 4 and 16,
-    81 us at d = 64; batch 2048, 30-33 and 46 us; against 51-59, 104, 33 and 74 us with the
-    grouped matmul's own 64 x 16-32, 4 warps). ``splits``: see :func:`weight_gradient_splits`.
+    Launch defaults from ``bench/triton_tuning.py`` (H100, batch 8192: 48 us at d = 4 and 16,
+    81 us at d = 64, against 51-59 and 104 us with the grouped matmul's own 64 x 16-32, 4 warps;
+    batch 2048 with 8 ranges: 20-35 us). ``splits``: see :func:`weight_gradient_splits`.
     """
     tables, batch, _ = grad_out.shape
     shape = (tables, weight.shape[1], batch)
     splits = splits or weight_gradient_splits(batch)
     strides = (0, weight.stride(1), weight.stride(0))
-    return _grouped(weight, shape, strides, grad_out, splits, ids, gather=2, block_m=block_m, block_k=block_k, warps=warps)
+    return _grouped(weight, shape, strides, grad_out, splits, ids, GATHER_REDUCTION, block_m, block_k, warps)
 
 
 def _grouped(
     a: Tensor,
-    shape: tuple,
-    strides: tuple,
+    shape: tuple[int, int, int],
+    strides: tuple[int, int, int],
     b: Tensor,
     splits: int,
     ids: Tensor | None = None,
-    gather: int = 0,
+    gather: int = PLAIN,
     block_m: int | None = None,
     block_k: int | None = None,
     warps: int = 4,
 ) -> Tensor:
-    """Launch the grouped matmul of ``A`` (``shape``: (G, M, K), laid out in ``a`` by ``strides``,
-    rows or reduction index picked through ``ids`` when ``gather`` is 1 or 2) by ``b``: (G, K, N)."""
+    """Launch the grouped matmul of ``A`` (``shape``: (G, M, K), laid out in ``a`` by ``strides``;
+    rows or reduction index picked through ``ids`` per ``gather``) by ``b``: (G, K, N)."""
     groups, m, k = shape
     n = b.shape[2]
     k_per_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
@@ -280,8 +288,9 @@ def _grouped(
     block_m = block_m or (64 if m >= 64 else _block(m))
     block_k = block_k or (32 if block_n <= 32 else 16)
     grid = (triton.cdiv(m, block_m), groups, splits)
+    ids = a if ids is None else ids.contiguous()  # PLAIN never reads it; a valid pointer all the same
     _kernels().grouped[grid](
-        a, b, c, a if ids is None else ids, m, k, n, k_per_split,
+        a, b, c, ids, m, k, n, k_per_split,
         *strides,
         b.stride(0), b.stride(1), b.stride(2),
         c.stride(0), c.stride(1), c.stride(2), c.stride(3),

@@ -20,7 +20,12 @@ from test_resume import FLAGS, interrupt_after_save
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # GPU row updates add in no fixed order; Adagrad magnifies that on rows with small sums
+TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # GPU row updates add in no fixed order
+OUTLIER_SHARE = 1e-3
+"""Adagrad magnifies that order on elements whose gradient sum nearly cancels (it divides by
+the root of the squared sums): on an H100 about one run in five left one table element of
+9,712 at 1.5e-4 from the CPU's. Up to this share of a tensor's elements may differ by ..."""
+OUTLIER_ATOL = 1e-2  # ... up to this much (a step is up to --learning-rate 0.3); a wrong kernel moves far more, and more elements
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -30,16 +35,25 @@ def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
     return load_checkpoint(out / f"{name}.pt"), json.loads((out / f"{name}.json").read_text())
 
 
+def assert_close_but_outliers(a, b, where: str) -> None:
+    """``a`` and ``b`` within :data:`TOLERANCE` except on at most :data:`OUTLIER_SHARE` of the
+    elements (none in tensors under 1,000 elements), which stay within :data:`OUTLIER_ATOL`."""
+    a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
+    assert a.shape == b.shape, f"{where}: shapes {tuple(a.shape)} and {tuple(b.shape)}"
+    outliers = int((~torch.isclose(a, b, **TOLERANCE)).sum())
+    assert outliers <= int(a.numel() * OUTLIER_SHARE), f"{where}: {outliers} of {a.numel()} elements differ beyond {TOLERANCE}"
+    torch.testing.assert_close(a, b, rtol=0.0, atol=OUTLIER_ATOL, msg=lambda m: f"{where}: {m}")
+
+
 def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
     """Same weights, optimizer state and test log loss, to float32 rounding accumulated over 20 steps."""
     (ckpt_a, results_a), (ckpt_b, results_b) = a, b
     assert ckpt_a["position"] == ckpt_b["position"]
     for name, value in ckpt_a["model"].items():
-        torch.testing.assert_close(value, ckpt_b["model"][name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
+        assert_close_but_outliers(value, ckpt_b["model"][name], name)
     for name, state in ckpt_a["optimizer"]["state"].items():
         for key, value in state.items():
-            other = torch.as_tensor(ckpt_b["optimizer"]["state"][name][key])
-            torch.testing.assert_close(torch.as_tensor(value), other, **TOLERANCE, msg=lambda m, where=f"{name}.{key}": f"{where}: {m}")
+            assert_close_but_outliers(value, ckpt_b["optimizer"]["state"][name][key], f"{name}.{key}")
     losses_a = [h["logloss"] for h in results_a["history"]]
     losses_b = [h["logloss"] for h in results_b["history"]]
     assert losses_a == pytest.approx(losses_b, abs=1e-4)

@@ -79,12 +79,16 @@ def test_kernels_follow_the_tf32_flag() -> None:
     weight, projection = randn(300, 64, seed=15), randn(2, 64, 16, seed=16)
     ids = torch.randint(0, 300, (2 * 100,), generator=gen(17)).to(DEVICE)
     expected = torch.bmm(weight[ids].view(2, 100, 64).double(), projection.double()).float()
+    ieee = tk.gather_project(weight, ids, projection)
     torch.backends.cuda.matmul.allow_tf32 = True  # the torch object does not support monkeypatch's undo
     try:
         assert tk.dot_precision() == "tf32"
-        torch.testing.assert_close(tk.gather_project(weight, ids, projection), expected, rtol=1e-2, atol=5e-2)
+        tf32 = tk.gather_project(weight, ids, projection)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
+    torch.testing.assert_close(tf32, expected, rtol=1e-2, atol=5e-2)
+    if DEVICE == "cuda":  # the interpreter computes in float32 whatever the precision asked for
+        assert not torch.equal(tf32, ieee)
 
 
 @pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
@@ -130,6 +134,19 @@ def test_project_scatter_sub_equals_explicit_update(d: int) -> None:
     expected = weight.clone().index_add_(0, ids, rows * -0.1)
     tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1, device=DEVICE))
     torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+@cpu_interpreter_only
+def test_second_pending_fused_mlet_backward_fails_loudly(make_model) -> None:
+    """Two forwards, then two backwards: the first updates W1 in place, so the second would
+    form W2's gradient from updated rows; it must raise instead of training on wrong gradients."""
+    model = make_model(16)
+    build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
+    dense, sparse = random_inputs(model.config, batch=8, seed=0)
+    first, second = model(dense, sparse).sum(), model(dense, sparse).sum()
+    first.backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        second.backward()
 
 
 @cpu_interpreter_only
