@@ -70,6 +70,17 @@ def inference_timer(model: DLRM, data: list[Batch], steps: int):
     return lambda: time_steps(forward, steps, warmup=2)
 
 
+def timed_pair_row(dim: int, batch: int, timers: dict, rounds: int, ratio: tuple[str, str, str]) -> dict:
+    """Interleaved medians of two timers (seconds per batch) as one row: each one's samples/s and
+    ``ratio = (name, numerator, denominator)``, the quotient of two of their times; printed as it lands."""
+    seconds = median_of_rounds(timers, rounds)
+    name, numerator, denominator = ratio
+    row = {"d": dim, "batch": batch, **{f"{key}_samples_per_s": batch / s for key, s in seconds.items()}}
+    row[name] = seconds[numerator] / seconds[denominator]
+    print(row, flush=True)
+    return row
+
+
 def training_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace) -> list[dict]:
     """Training samples/s of baseline and MLET at each (d, batch), and MLET's time ratio."""
     rows = []
@@ -81,17 +92,7 @@ def training_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: l
                 "baseline": train_timer(DLRM(config(sizes, dim, 0), seed=0), data, steps),
                 "mlet": train_timer(DLRM(config(sizes, dim, hidden), seed=0), data, steps),
             }
-            seconds = median_of_rounds(timers, args.rounds)
-            rows.append(
-                {
-                    "d": dim,
-                    "batch": batch,
-                    "baseline_samples_per_s": batch / seconds["baseline"],
-                    "mlet_samples_per_s": batch / seconds["mlet"],
-                    "mlet_time_ratio": seconds["mlet"] / seconds["baseline"],
-                }
-            )
-            print(rows[-1], flush=True)
+            rows.append(timed_pair_row(dim, batch, timers, args.rounds, ("mlet_time_ratio", "mlet", "baseline")))
             del timers
             gc.collect()
     return rows
@@ -106,19 +107,8 @@ def inference_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: 
         for batch in batch_sizes:
             data = batches(sizes, batch)
             steps = max(3, args.samples // batch)
-            seconds = median_of_rounds(
-                {"collapsed": inference_timer(collapsed, data, steps), "two_layer": inference_timer(two_layer, data, steps)}, args.rounds
-            )
-            rows.append(
-                {
-                    "d": dim,
-                    "batch": batch,
-                    "collapsed_samples_per_s": batch / seconds["collapsed"],
-                    "two_layer_samples_per_s": batch / seconds["two_layer"],
-                    "collapsed_speedup": seconds["two_layer"] / seconds["collapsed"],
-                }
-            )
-            print(rows[-1], flush=True)
+            timers = {"collapsed": inference_timer(collapsed, data, steps), "two_layer": inference_timer(two_layer, data, steps)}
+            rows.append(timed_pair_row(dim, batch, timers, args.rounds, ("collapsed_speedup", "two_layer", "collapsed")))
         del two_layer, collapsed
         gc.collect()
     return rows
