@@ -202,6 +202,12 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def overhead_table(rows: list[dict]) -> str:
+    """Markdown table of baseline vs MLET training rows (CPU here, or the GPU results)."""
+    cells = [[r["d"], r["batch"], round(r["baseline_samples_per_s"]), round(r["mlet_samples_per_s"]), f"{r['mlet_time_ratio']:.2f}x"] for r in rows]
+    return table(cells, ["d", "batch", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"])
+
+
 def markdown(payload: dict) -> str:
     """The summary file."""
     m = payload["machine"]
@@ -217,13 +223,7 @@ def markdown(payload: dict) -> str:
         "",
         "## Training: MLET vs baseline at the same d (the paper: about 1.25x)",
         "",
-        table(
-            [
-                [r["d"], r["batch"], round(r["baseline_samples_per_s"]), round(r["mlet_samples_per_s"]), f"{r['mlet_time_ratio']:.2f}x"]
-                for r in payload["training"]
-            ],
-            ["d", "batch", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"],
-        ),
+        overhead_table(payload["training"]),
     ]
     if payload["gpu"]:
         g = payload["gpu_source"]
@@ -232,13 +232,7 @@ def markdown(payload: dict) -> str:
             f"On one GPU ({(g.get('machine') or {}).get('gpu')}, the default `graph` path; from `bench/results/gpu_final_h100.json`,"
             f" {g.get('date')}, real Kaggle cardinalities ({g.get('table_rows'):,} rows); not re-measured here):",
             "",
-            table(
-                [
-                    [r["d"], r["batch"], round(r["baseline_samples_per_s"]), round(r["mlet_samples_per_s"]), f"{r['mlet_time_ratio']:.2f}x"]
-                    for r in payload["gpu"]
-                ],
-                ["d", "batch", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"],
-            ),
+            overhead_table(payload["gpu"]),
         ]
     lines += [
         "",
