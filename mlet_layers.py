@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import host_memory
 import triton_kernels
 
 DEFAULT_PROJECTION_STD = 0.25
@@ -282,7 +283,7 @@ class EmbeddingTables(nn.Module):
         offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
         self.register_buffer("row_offsets", offsets, persistent=False)
         width = self.hidden or self.dim
-        self.weight = nn.Parameter(torch.empty(self.row_bounds[-1], width, device=device))
+        self.weight = nn.Parameter(host_memory.empty_table((self.row_bounds[-1], width), device=device))
         if self.hidden:
             self.projection = nn.Parameter(torch.empty(len(self.table_sizes), self.hidden, self.dim, device=device))
         else:

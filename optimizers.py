@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import host_memory
 import triton_kernels
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
@@ -78,7 +79,7 @@ class CombinedOptimizer:
 
 def adagrad_state(param: torch.Tensor) -> dict[str, torch.Tensor]:
     """Fresh Adagrad state in ``torch.optim.Adagrad``'s format (on the parameter's device)."""
-    return {"step": torch.zeros((), dtype=torch.float32, device=param.device), "sum": torch.zeros_like(param)}
+    return {"step": torch.zeros((), dtype=torch.float32, device=param.device), "sum": host_memory.zeros_like_table(param)}
 
 
 def add_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""Embedding tables on transparent huge pages (host_memory)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import host_memory
+from mlet_layers import EmbeddingTables
+from optimizers import adagrad_state
+
+THP_MODE = host_memory.transparent_huge_pages_mode()
+needs_thp = pytest.mark.skipif(THP_MODE not in ("always", "madvise"), reason=f"transparent huge pages are '{THP_MODE}' here")
+needs_madvise_mode = pytest.mark.skipif(THP_MODE != "madvise", reason="only in 'madvise' mode does the advice decide")
+TABLE_ROWS = 300_000  # x 64 floats = 73 MiB: above glibc's largest mmap threshold (32 MiB), so fresh untouched memory
+
+
+@needs_thp
+def test_tables_are_backed_by_huge_pages():
+    tables = EmbeddingTables([TABLE_ROWS - 1000, 1000], dim=4, hidden=64, seed=0)
+    assert host_memory.huge_page_bytes(tables.weight) >= 16 * host_memory.HUGE_PAGE_BYTES
+
+
+@needs_thp
+def test_adagrad_state_of_a_table_is_on_huge_pages_and_zero():
+    weight = host_memory.empty_table((TABLE_ROWS, 64)).uniform_()
+    state = adagrad_state(weight)["sum"]
+    assert state.shape == weight.shape and state.dtype == weight.dtype
+    assert not state.any()
+    assert host_memory.huge_page_bytes(state) >= 4 * host_memory.HUGE_PAGE_BYTES
+
+
+@needs_madvise_mode
+def test_switching_off_leaves_ordinary_pages(monkeypatch):
+    monkeypatch.setenv(host_memory.ENV_SWITCH, "0")
+    table = host_memory.empty_table((TABLE_ROWS, 64))
+    assert host_memory.advise_huge_pages(table) == 0
+    table.fill_(1.0)
+    assert host_memory.huge_page_bytes(table) == 0
+
+
+def test_advice_covers_the_whole_huge_pages_inside_the_tensor_and_nothing_outside():
+    assert host_memory.advise_huge_pages(torch.empty(8, 8)) == 0  # no whole huge page in 256 bytes
+    table = torch.empty(TABLE_ROWS, 64)
+    advised = host_memory.advise_huge_pages(table)
+    if host_memory._libc_madvise() is None:
+        assert advised == 0
+        return
+    page = host_memory.HUGE_PAGE_BYTES
+    assert advised % page == 0
+    assert table.nbytes - 2 * page < advised <= table.nbytes
+
+
+def test_tables_on_huge_pages_hold_the_same_values(monkeypatch):
+    advised = EmbeddingTables([TABLE_ROWS], dim=4, hidden=8, seed=3)
+    monkeypatch.setenv(host_memory.ENV_SWITCH, "off")
+    ordinary = EmbeddingTables([TABLE_ROWS], dim=4, hidden=8, seed=3)
+    assert torch.equal(advised.weight, ordinary.weight)
+    assert torch.equal(advised.projection, ordinary.projection)
+
+
+@pytest.mark.parametrize(("value", "enabled"), [(None, True), ("1", True), ("0", False), ("off", False), ("False", False)])
+def test_switch_values(monkeypatch, value, enabled):
+    if value is None:
+        monkeypatch.delenv(host_memory.ENV_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(host_memory.ENV_SWITCH, value)
+    assert host_memory.huge_pages_enabled() is enabled
