@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from dlrm_model import DLRM, ModelConfig
-from errors import OneLineParser, UserError, run_reporting_errors
+from errors import OneLineParser, UserError, check_distinct_outputs, check_output_file, run_reporting_errors
 from mlet_layers import EmbeddingTables
 
 PROG = "checkpoint.py"
@@ -164,6 +164,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     malicious file: it is refused and nothing in it runs).
     """
     p = check_file(path)
+    if not zipfile.is_zipfile(p):
+        with p.open("rb") as handle:
+            head = handle.read(4)
+        if head.startswith(b"PK"):
+            raise UserError(f"{p}: not a readable checkpoint (a truncated or damaged zip archive)")
+        if not head.startswith(pickle.PROTO):  # protocol 2+ pickles (torch.save's legacy format) open with PROTO
+            raise UserError(f"{p}: not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
@@ -194,9 +201,14 @@ def structure_problem(ckpt: dict) -> str | None:
     if not isinstance(model, dict) or not isinstance(model.get("tables.weight"), torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         return "no model weights"
     try:
-        ModelConfig.from_dict(ckpt["model_config"])
+        config = ModelConfig.from_dict(ckpt["model_config"])
     except (KeyError, TypeError, ValueError, AttributeError):
         return "no valid model_config"
+    if min(*config.table_sizes, config.dim, *config.bottom_mlp, *config.top_mlp) < 1 or config.mlet_hidden < 0:
+        return "model_config holds a size below 1"
+    rows, width = sum(config.table_sizes), config.mlet_hidden or config.dim
+    if tuple(model["tables.weight"].shape) != (rows, width):
+        return f"model_config describes tables of {rows:,} x {width}, the saved weight is {' x '.join(f'{n:,}' for n in model['tables.weight'].shape)}"
     if kind == TRAINING:
         position = ckpt.get("position")
         if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(position, dict) or not {"epoch", "batch", "iteration"} <= position.keys():
@@ -456,13 +468,16 @@ def about(path: str) -> Iterator[None]:
 
 def cmd_collapse(args: argparse.Namespace) -> None:
     """``collapse IN OUT``."""
+    check_distinct_outputs({"IN": args.input, "OUT": args.output})
+    check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
     if ckpt.get("kind") == INFERENCE:
         print(f"{args.input} is already an inference checkpoint; writing it unchanged")
     with about(args.input):
         out = collapsed_checkpoint(ckpt)
+    before = Path(args.input).stat().st_size
     atomic_save(out, args.output)
-    before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    after = Path(args.output).stat().st_size
     print(f"wrote {args.output}: inference checkpoint, K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}")
 
 
@@ -476,6 +491,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     """``export-onnx IN OUT``."""
     from onnx_export import export_onnx  # onnx is imported only when exporting
 
+    check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
     with about(args.input):
         model = model_from_checkpoint(ckpt)

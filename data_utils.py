@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from errors import OneLineParser, UserError, run_reporting_errors
+from errors import OneLineParser, UserError, add_bool, check_output_file, check_seed, require_at_least, run_reporting_errors
 from mlet_layers import SparseFeatures
 from synthetic_data import ClickModel, ClickModelConfig, RandomBatches
 
@@ -353,7 +353,7 @@ def validate_dataset_flags(args: argparse.Namespace) -> None:
     if args.max_ind_range < 0:
         raise UserError(f"--max-ind-range: must be >= 0 (0: off), got {args.max_ind_range}")
     if not args.raw_data_file and not args.processed_data_file:
-        raise UserError("--data-generation=dataset: needs --raw-data-file (or the --processed-data-file of data processed before)")
+        raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
     if args.raw_data_file:
         check_input_file(args.raw_data_file)
     bottom = getattr(args, "bottom_mlp", None)
@@ -401,7 +401,8 @@ def dataset_bundle(args: argparse.Namespace) -> DataBundle:
 
 def command_line_parser() -> argparse.ArgumentParser:
     """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
-    from raw_generate import MODEL_FLAGS, model_defaults
+    from raw_generate import model_defaults
+    from synthetic_data import MODEL_FLAGS
 
     parser = OneLineParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -416,7 +417,7 @@ def command_line_parser() -> argparse.ArgumentParser:
         gen.add_argument(flag, type=type(defaults[name]), default=defaults[name], dest=name, help=f"click model: {name}")
     pre = commands.add_parser("preprocess", help="preprocess a raw file into --processed-data-file (as training would)")
     add_dataset_flags(pre)
-    pre.add_argument("--progress", type=int, default=1, help="1: progress bars on a terminal, 0: none")
+    add_bool(pre, "--progress", True, "show progress bars (only on a terminal)")
     return parser
 
 
@@ -428,11 +429,16 @@ def command_line(argv: Sequence[str] | None = None) -> int:
 
 def generate_command(args: argparse.Namespace) -> None:
     """``data_utils.py generate``: write the synthetic click model in a raw format."""
-    from raw_generate import MODEL_FLAGS, RawGenerator
+    from raw_generate import RawGenerator
+    from synthetic_data import MODEL_FLAGS, check_model_flags
 
-    if args.rows < 1 or args.scale <= 0:
-        raise UserError("--rows and --scale: must be positive")
+    require_at_least([("--rows", args.rows, 1)])
+    check_seed("--seed", args.seed)
+    if not (args.scale > 0 and math.isfinite(args.scale)):
+        raise UserError(f"--scale: must be a positive number, got {args.scale}")
     model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
+    check_model_flags(model)
+    check_output_file("--out", args.out)
     RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
     print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
 

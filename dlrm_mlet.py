@@ -10,7 +10,6 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -19,30 +18,16 @@ import process_group
 from checkpoint import TRAINING, atomic_save, check_file, collapsed_checkpoint, load_checkpoint, trained_hidden
 from data_utils import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
-from errors import OneLineParser, UserError, require_at_least
+from errors import OneLineParser, UserError, add_bool, check_distinct_outputs, check_output_file, check_seed, one_line, require_at_least
 from mlet_layers import parse_projection_init
 from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
 from resume_checks import check_inference_flags, check_training_flags, resume_flag_changes
+from synthetic_data import MODEL_FLAGS, check_model_flags
 from trainer import Trainer, log, parameter_report, write_json
 
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
-
-
-def str2bool(value: str) -> bool:
-    """Parse ``true/false/1/0/yes/no`` (fixes upstream's ``type=bool``, where any text is True)."""
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-
-
-def add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
-    """A boolean flag usable as ``--flag``, ``--flag=true`` or ``--flag=false``."""
-    parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
 
 def build_parser() -> OneLineParser:
@@ -147,7 +132,7 @@ def validate(args: argparse.Namespace) -> None:
     d = args.arch_sparse_feature_size
     if d < 1:
         raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    args.table_sizes = parse_dashed("--arch-embedding-size", args.arch_embedding_size or DEFAULT_EMBEDDING_SIZE)
+    args.table_sizes = parse_dashed("--arch-embedding-size", DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size)
     args.bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
     args.top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
     if len(args.bottom_mlp) < 2 or args.bottom_mlp[-1] != d:
@@ -170,6 +155,7 @@ def validate(args: argparse.Namespace) -> None:
             ("--data-size", args.data_size, 1),
             ("--num-batches", args.num_batches, 0),
             ("--print-freq", args.print_freq, 0),
+            ("--print-precision", args.print_precision, 1),
             ("--save-freq", args.save_freq, 0),
             ("--num-workers", args.num_workers, -1),
             ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
@@ -180,6 +166,9 @@ def validate(args: argparse.Namespace) -> None:
     )
     if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
         raise UserError(f"--learning-rate: must be a positive number, got {args.learning_rate}")
+    check_seed("--numpy-rand-seed", args.numpy_rand_seed)
+    if args.test_mini_batch_size == 0 or args.test_mini_batch_size < -1:
+        raise UserError(f"--test-mini-batch-size: must be >= 1 (or -1: --mini-batch-size), got {args.test_mini_batch_size}")
     if args.test_data_size is not None and args.test_data_size < 1:
         raise UserError(f"--test-data-size: must be >= 1, got {args.test_data_size}")
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
@@ -198,19 +187,29 @@ def validate(args: argparse.Namespace) -> None:
             raise UserError(f"--load-model {error}") from None
     if args.save_freq and not args.save_model:
         raise UserError("--save-freq: needs --save-model (the checkpoint to write)")
-    if args.save_collapsed and args.save_model and Path(args.save_collapsed).resolve() == Path(args.save_model).resolve():
-        raise UserError("--save-collapsed: same file as --save-model; the inference checkpoint would replace the resumable one")
     if args.inference_only and args.save_collapsed:
         raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
+    if args.inference_only and args.save_model:
+        raise UserError("--save-model: not with --inference-only (nothing is trained); collapse a checkpoint with: python checkpoint.py collapse IN OUT")
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     process_group.check_backend(args.dist_backend, args.use_gpu)
     if args.data_generation == "dataset":
         validate_dataset_flags(args)
-    if args.data_generation == "synthetic" and args.synthetic_rank < 1:
-        raise UserError(f"--synthetic-rank: must be >= 1, got {args.synthetic_rank}")
-    if not 0 < args.synthetic_positive_rate < 1:
-        raise UserError(f"--synthetic-positive-rate: must be in (0, 1), got {args.synthetic_positive_rate}")
+    check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
+    validate_outputs(args)
+
+
+def validate_outputs(args: argparse.Namespace) -> None:
+    """The files the run writes: distinct, and writable now rather than after training (checked by the writing process)."""
+    outputs = {"--save-model": args.save_model, "--save-collapsed": args.save_collapsed, "--results-json": args.results_json}
+    check_distinct_outputs(outputs)
+    if args.load_model:
+        check_distinct_outputs({"--load-model": args.load_model, "--results-json": args.results_json, "--save-collapsed": args.save_collapsed})
+    if process_group.is_main_process():
+        for flag, path in outputs.items():
+            if path:
+                check_output_file(flag, path)
 
 
 def parse_loss_weights(text: str) -> tuple[float, float]:
@@ -276,10 +275,23 @@ def resume(trainer: Trainer, ckpt: dict) -> None:
     pos = ckpt["position"]
     flags = {action.dest for action in build_parser()._actions}
     changes = resume_flag_changes(ckpt.get("args") or {}, vars(trainer.args), flags, f"epoch {pos['epoch']}, batch {pos['batch']}")
+    check_training_flags(ckpt, trainer.model.config)  # after the flags: a changed data flag explains changed table sizes
     check_data_position(ckpt, trainer)
     trainer.restore(ckpt)
     if changes:
         log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
+
+
+def completed_position(position: dict) -> tuple[int, int, int]:
+    """``(epoch, batch, iteration)`` a checkpoint's model had trained to, as its training run logged them.
+
+    A checkpoint written at the end of an epoch points at the next batch
+    (batch 0 of the next epoch); its model is that of the last batch of the epoch before.
+    """
+    epoch, batch, iteration = position.get("epoch", 0), position.get("batch", 0), position.get("iteration", 0)
+    if batch == 0 and epoch > 0 and position.get("batches_per_epoch"):
+        return epoch - 1, position["batches_per_epoch"], iteration
+    return epoch, batch, iteration
 
 
 def load_into(trainer: Trainer, path: str) -> None:
@@ -289,22 +301,24 @@ def load_into(trainer: Trainer, path: str) -> None:
     may also be 0 or the trained K); see :func:`resume_checks.resume_flag_changes`
     for the other flags. Any disagreement is one :class:`UserError` line.
     """
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as error:
+        raise UserError(f"--load-model {error}") from None
     kind = ckpt.get("kind")
     try:
         if trainer.args.inference_only:
             check_inference_flags(ckpt, trainer.model.config)
             trainer.model = trainer.parallel.model_from_checkpoint(ckpt)
-            pos = ckpt.get("position") or {}
-            trainer.epoch, trainer.batch, trainer.iteration = pos.get("epoch", 0), pos.get("batch", 0), pos.get("iteration", 0)
+            trainer.epoch, trainer.batch, trainer.iteration = completed_position(ckpt.get("position") or {})
         else:
-            check_training_flags(ckpt, trainer.model.config)
             if kind == TRAINING:
                 resume(trainer, ckpt)
             else:
+                check_training_flags(ckpt, trainer.model.config)
                 trainer.restore(ckpt)
     except (UserError, ValueError, RuntimeError) as error:
-        raise UserError(f"--load-model {path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--load-model {path}: {one_line(error)}") from None
     trainer.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
     if kind == TRAINING and not trainer.args.inference_only:
         log(f"resuming {path} at epoch {trainer.epoch}, batch {trainer.batch} (iteration {trainer.iteration})")

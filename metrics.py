@@ -32,8 +32,8 @@ def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUC, log loss and accuracy (threshold 0.5) of click probabilities.
 
     AUC is NaN when the labels hold a single class (it is undefined then).
-    AUC and log loss are NaN when a probability is not finite (a diverged
-    model). Labels are rounded to 0/1 (upstream's ``--round-targets``) for all three.
+    All three are NaN when a probability is not finite (a diverged model: a
+    NaN would otherwise count as a "no click" prediction). Labels are rounded to 0/1 (upstream's ``--round-targets``) for all three.
     """
     hard = np.round(labels)
     finite = bool(np.isfinite(probs).all())
@@ -41,6 +41,6 @@ def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {
         "auc": float(roc_auc_score(hard, probs)) if both_classes and finite else math.nan,
         "logloss": float(log_loss(hard, np.clip(probs, 1e-12, 1 - 1e-12), labels=[0, 1])) if len(hard) and finite else math.nan,
-        "accuracy": float(np.mean((probs > 0.5) == (hard > 0.5))) if len(hard) else math.nan,
+        "accuracy": float(np.mean((probs > 0.5) == (hard > 0.5))) if len(hard) and finite else math.nan,
         "samples": len(hard),
     }

@@ -357,6 +357,20 @@ def why_rebuild(meta: dict | None, directory: Path, settings: dict, source: dict
         return f"it was made from another raw file ({old['path']}: same size, different content)"
     if meta["bad_rows"]["total"] and not skip:
         return f"it skipped {meta['bad_rows']['total']:,} bad rows (--skip-bad-rows), which is off now"
+    return damaged_file(directory, meta)
+
+
+def damaged_file(directory: Path, meta: dict) -> str | None:
+    """The first array of a processed directory that is missing, unreadable (e.g. truncated) or not as long as ``meta`` says."""
+    expected = {f"{split}.{part}.npy": meta["rows"][split] for split in SPLITS for part in ("dense", "cat", "label")}
+    expected["vocab_counts.npy"] = expected["vocab_keys.npy"] = sum(meta["vocabulary_sizes"])
+    for name, rows in expected.items():
+        try:
+            found = np.load(directory / name, mmap_mode="r").shape[0]
+        except (OSError, ValueError) as error:
+            return f"{name} is missing or damaged ({error.strerror if isinstance(error, OSError) and error.strerror else error})"
+        if found != rows:
+            return f"{name} holds {found:,} rows, meta.json says {rows:,}"
     return None
 
 
@@ -490,7 +504,7 @@ def prepare(
 ) -> Processed:
     """The processed data for these settings: reused when valid, else built from ``raw``."""
     if not raw and not processed:
-        raise UserError("--data-generation=dataset: needs --raw-data-file (or --processed-data-file of data processed before)")
+        raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
     directory = Path(processed) if processed else Path(f"{raw}.processed")
     settings = cache_settings(data_set, split, split_seed)
     meta = read_meta(directory)
@@ -501,12 +515,15 @@ def prepare(
             raise UserError(
                 f"--processed-data-file: {directory} was made with {meta['settings']} (version {meta.get('version')}); give --raw-data-file to rebuild it"
             )
+        if (damage := damaged_file(directory, meta)) is not None:
+            raise UserError(f"--processed-data-file: {directory}: {damage}; give --raw-data-file to rebuild it")
         return Processed(directory, meta)
     layout = detect_layout(raw, data_set)
     source = source_info(Path(raw))
     reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
     if reason is None:
-        log(f"using processed data in {directory} (made {meta.get('created')} from {meta['source']['path']})")
+        skipped = f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
+        log(f"using processed data in {directory} (made {meta.get('created')} from {meta['source']['path']}{skipped})")
         return Processed(directory, meta)
     check_target(directory, meta)
     log(f"preprocessing {raw} into {directory}: {reason}")

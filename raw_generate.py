@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
-from synthetic_data import ClickModel, ClickModelConfig
+from synthetic_data import MODEL_FLAGS, ClickModel, ClickModelConfig
 
 # Distinct values of C1-C26 in the full Criteo-Kaggle train.txt (../shared/data/README.md).
 KAGGLE_CARDINALITIES = (
@@ -208,17 +208,6 @@ class RawGenerator:
                 first += len(rows.labels)
             if writer is not None:
                 writer.close()
-
-
-MODEL_FLAGS = {
-    "--synthetic-rank": "rank",
-    "--synthetic-zipf": "zipf_exponent",
-    "--synthetic-interaction-std": "interaction_std",
-    "--synthetic-bias-std": "bias_std",
-    "--synthetic-dense-std": "dense_std",
-    "--synthetic-noise-std": "noise_std",
-    "--synthetic-positive-rate": "positive_rate",
-}
 
 
 def model_defaults() -> dict[str, float]:

@@ -67,17 +67,14 @@ def check_training_flags(ckpt: dict, wanted: ModelConfig) -> None:
 # config above; these must match, since the saved state would not mean the same
 # thing otherwise; bookkeeping flags are not compared; any other change is
 # allowed and logged (the run continues with the new values).
-MUST_MATCH_DATA = {
-    "numpy_rand_seed",
-    "mini_batch_size",
-    "data_generation",
-    "data_size",
-    "num_batches",
-    "num_indices_per_lookup",
-    "num_indices_per_lookup_fixed",
-    "data_set",
+MUST_MATCH_DATA = {"numpy_rand_seed", "mini_batch_size", "data_generation", "num_batches"}
+MUST_MATCH_BY_GENERATION = {
+    "random": {"data_size", "num_indices_per_lookup", "num_indices_per_lookup_fixed"},
+    "synthetic": {"data_size"},
+    "dataset": {"data_set", "data_split", "data_split_seed", "cat_min_count", "max_ind_range"},
 }
-MUST_MATCH_PREFIXES = ("synthetic_",)
+"""Flags that define the training-data stream of each ``--data-generation``; the others do not touch it."""
+MUST_MATCH_PREFIXES = {"random": (), "synthetic": ("synthetic_",), "dataset": ()}
 BOOKKEEPING = {
     "load_model",
     "save_model",
@@ -114,6 +111,9 @@ def resume_flag_changes(saved_args: dict, args: dict, flags: set[str], position:
     every other changed flag.
     """
     changes = []
+    generation = saved_args.get("data_generation")
+    must_match = MUST_MATCH_DATA | MUST_MATCH_BY_GENERATION.get(generation, set())
+    prefixes = MUST_MATCH_PREFIXES.get(generation, ())
     for dest in sorted(flags & saved_args.keys() & args.keys()):
         old, new = saved_args[dest], args[dest]
         if old == new or dest in BOOKKEEPING or dest in ARCHITECTURE_ARGS:
@@ -121,7 +121,7 @@ def resume_flag_changes(saved_args: dict, args: dict, flags: set[str], position:
         flag = flag_name(dest)
         if dest == "optimizer":
             raise UserError(f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}")
-        if dest in MUST_MATCH_DATA or dest.startswith(MUST_MATCH_PREFIXES):
+        if dest in must_match or dest.startswith(prefixes):
             raise UserError(
                 f"{flag}: checkpoint has {old}, the flags give {new}; the saved data position ({position}) counts batches of the checkpoint's"
                 " training data, so another value would skip or repeat samples (give the checkpoint's value, or start a new run)"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from errors import UserError
 from mlet_layers import SparseFeatures
 
 DENSE_FEATURES = 13
@@ -106,6 +107,36 @@ class ClickModelConfig:
     noise_std: float = 0.0
     positive_rate: float = 0.25
     seed: int = 0
+
+
+MODEL_FLAGS = {
+    "--synthetic-rank": "rank",
+    "--synthetic-zipf": "zipf_exponent",
+    "--synthetic-interaction-std": "interaction_std",
+    "--synthetic-bias-std": "bias_std",
+    "--synthetic-dense-std": "dense_std",
+    "--synthetic-noise-std": "noise_std",
+    "--synthetic-positive-rate": "positive_rate",
+}
+"""The click model's knobs on the command line: flag -> :class:`ClickModelConfig` field."""
+
+
+def check_model_flags(knobs: dict[str, float]) -> None:
+    """Knob values by field name (as :data:`MODEL_FLAGS`): a :class:`UserError` naming the first bad flag.
+
+    The rank is at least 1, the Zipf exponent and the standard deviations are
+    finite and >= 0, the positive rate lies strictly between 0 and 1.
+    """
+    for flag, field in MODEL_FLAGS.items():
+        value = knobs[field]
+        if field == "rank":
+            problem = "must be >= 1" if value < 1 else ""
+        elif field == "positive_rate":
+            problem = "must be in (0, 1)" if not 0 < value < 1 else ""
+        else:
+            problem = "must be a finite number >= 0" if not (math.isfinite(value) and value >= 0) else ""
+        if problem:
+            raise UserError(f"{flag}: {problem}, got {value}")
 
 
 def zipf_cdf(n: int, exponent: float) -> np.ndarray:

@@ -206,7 +206,9 @@ class Trainer:
         """
         if self.data.val is None:
             return None
-        return dict(final) if self.data.val is self.data.test else self.evaluate(self.data.val)
+        if self.data.val is self.data.test:
+            return dict(final)
+        return {**self.evaluate(self.data.val), "epoch": final["epoch"], "iteration": final["iteration"]}
 
     def test(self) -> dict:
         """Evaluate on the whole test set, log, and remember the best AUC."""
@@ -219,7 +221,7 @@ class Trainer:
             f"Testing at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
             f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
-            f" best accuracy {100 * max(h['accuracy'] for h in self.history):3.3f} %"
+            f" best accuracy {100 * max((h['accuracy'] for h in self.history if not math.isnan(h['accuracy'])), default=math.nan):3.3f} %"
         )
         return result
 

@@ -176,17 +176,17 @@ def test_malicious_pickle_is_refused_everywhere_and_never_runs(zip_format: bool,
     marker = tmp_path / "MARKER"
     evil = malicious_file(tmp_path / "evil.pt", marker, zip_format)
     entry_points = [
-        (dlrm_mlet.main, [f"--load-model={evil}"], "dlrm_mlet.py"),
-        (dlrm_mlet.main, [f"--load-model={evil}", "--inference-only"], "dlrm_mlet.py"),
-        (checkpoint.main, ["info", str(evil)], "checkpoint.py"),
-        (checkpoint.main, ["collapse", str(evil), str(tmp_path / "out.pt")], "checkpoint.py"),
-        (checkpoint.main, ["export-onnx", str(evil), str(tmp_path / "out.onnx")], "checkpoint.py"),
+        (dlrm_mlet.main, [f"--load-model={evil}"], "dlrm_mlet.py: error: --load-model"),
+        (dlrm_mlet.main, [f"--load-model={evil}", "--inference-only"], "dlrm_mlet.py: error: --load-model"),
+        (checkpoint.main, ["info", str(evil)], "checkpoint.py: error:"),
+        (checkpoint.main, ["collapse", str(evil), str(tmp_path / "out.pt")], "checkpoint.py: error:"),
+        (checkpoint.main, ["export-onnx", str(evil), str(tmp_path / "out.onnx")], "checkpoint.py: error:"),
     ]
-    for main, argv, prog in entry_points:
+    for main, argv, prefix in entry_points:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
-        assert err[0].startswith(f"{prog}: error: {evil}: refused: ") and "could run code" in err[0], err[0]
+        assert err[0].startswith(f"{prefix} {evil}: refused: ") and "could run code" in err[0], err[0]
         assert "system" in err[0] or "operand" in err[0]
         assert not marker.exists()
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.onnx").exists()
@@ -335,6 +335,8 @@ def test_collapsed_model_evaluates_with_training_or_baseline_flags(runs, tmp_pat
         assert abs(result["auc"] - two_layer["auc"]) <= 1e-6 and abs(result["auc"] - trained["auc"]) <= 1e-6
         assert abs(result["logloss"] - two_layer["logloss"]) <= 1e-6
     assert with_k["checkpoint"]["kind"] == "inference" and with_k["checkpoint"]["trained_mlet_hidden"] == K
+    for result in (two_layer, with_k["final"]):  # where the model was trained to, as the training run logged it
+        assert (result["epoch"], result["iteration"]) == (trained["epoch"], trained["iteration"]) == (0, 20)
 
 
 def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(runs) -> None:
@@ -385,18 +387,31 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     torch.save({"format": FORMAT, "version": VERSION + 1}, newer)
     malformed = tmp_path / "malformed.pt"
     torch.save({"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}}, malformed)
+    json_file = tmp_path / "run.json"
+    json_file.write_text('{"auc": 0.8}\n')
+    config = {"table_sizes": [10, 5], "dim": 4, "bottom_mlp": [13, 4], "top_mlp": [1]}
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": config, "model": {"tables.weight": torch.zeros(3, 4)}}, mismatched)
+    negative = tmp_path / "negative.pt"
+    torch.save(
+        {"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": {**config, "dim": -4}, "model": {"tables.weight": torch.zeros(15, 4)}},
+        negative,
+    )
     return {
+        "json": (json_file, "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"),
+        "mismatched": (mismatched, "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)"),
+        "negative": (negative, "malformed checkpoint (model_config holds a size below 1)"),
         "missing": (tmp_path / "nope.pt", "no such checkpoint file"),
         "directory": (tmp_path, "is not a file"),
         "text": (text, "not a readable checkpoint"),
-        "torn": (torn, "not a readable checkpoint"),
+        "torn": (torn, "not a readable checkpoint (a truncated or damaged zip archive)"),
         "foreign": (foreign, "not a dlrm-mlet checkpoint"),
         "newer": (newer, f"checkpoint format {VERSION + 1}"),
         "malformed": (malformed, "malformed checkpoint (no valid model_config)"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text", "torn", "foreign", "newer", "malformed"])
+@pytest.mark.parametrize("case", ["missing", "directory", "text", "json", "torn", "foreign", "newer", "malformed", "mismatched", "negative"])
 def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     path, message = broken_files(tmp_path)[case]
     for argv in (["info", str(path)], ["collapse", str(path), str(tmp_path / "o.pt")], ["export-onnx", str(path), str(tmp_path / "o.onnx")]):
@@ -428,6 +443,30 @@ def test_command_line_usage_errors_are_one_line(capsys) -> None:
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("checkpoint.py")
+
+
+def test_collapse_refuses_to_write_over_its_input(runs, tmp_path, capsys) -> None:
+    target = tmp_path / "t.pt"
+    target.write_bytes(runs["mlet"].read_bytes())
+    assert checkpoint.main(["collapse", str(target), str(tmp_path / "." / "t.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "same file as IN" in err[0]
+    assert target.read_bytes() == runs["mlet"].read_bytes()
+
+
+def test_collapse_reports_the_input_size_before_writing(runs, tmp_path, capsys) -> None:
+    assert checkpoint.main(["collapse", str(runs["mlet"]), str(tmp_path / "c.pt")]) == 0
+    before, after = runs["mlet"].stat().st_size, (tmp_path / "c.pt").stat().st_size
+    assert f"{checkpoint.mib(before)} -> {checkpoint.mib(after)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["collapse", "export-onnx"])
+def test_output_under_a_file_is_one_line(command: str, runs, tmp_path, capsys) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert checkpoint.main([command, str(runs["mlet"]), str(a_file / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"checkpoint.py: error: OUT {a_file / 'out'}: {a_file} is a file, not a folder"]
 
 
 def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> None:

@@ -47,6 +47,16 @@ TINY = [
         (["--load-model=nope.pt"], "--load-model nope.pt: no such checkpoint file"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-collapsed=b.pt"], "--save-collapsed"),
         (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
+        (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-model=b.pt"], "--save-model"),
+        (["--numpy-rand-seed=-1"], "--numpy-rand-seed"),
+        ([f"--numpy-rand-seed={2**64}"], "--numpy-rand-seed"),
+        (["--print-precision=0"], "--print-precision"),
+        (["--test-mini-batch-size=0"], "--test-mini-batch-size"),
+        (["--arch-embedding-size="], "--arch-embedding-size"),
+        (["--data-generation=synthetic", "--synthetic-rank=0"], "--synthetic-rank"),
+        (["--synthetic-zipf=nan"], "--synthetic-zipf"),
+        (["--synthetic-noise-std=-1"], "--synthetic-noise-std"),
+        (["--synthetic-positive-rate=1"], "--synthetic-positive-rate"),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:
@@ -55,6 +65,34 @@ def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, c
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert named in lines[0] and "Traceback" not in err
+
+
+def test_unwritable_or_clashing_outputs_are_reported_before_training(tmp_path, capsys) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a folder")
+    checkpoint = tmp_path / "m.pt"
+    cases = [
+        ([f"--results-json={a_file}/run.json"], f"--results-json {a_file}/run.json: {a_file} is a file, not a folder"),
+        ([f"--save-model={a_file}/m.pt"], f"--save-model {a_file}/m.pt: {a_file} is a file, not a folder"),
+        (["--mlet-hidden=8", f"--save-collapsed={a_file}/c.pt"], "--save-collapsed"),
+        ([f"--results-json={tmp_path}"], f"--results-json {tmp_path}: is a folder"),
+        ([f"--save-model={checkpoint}", f"--results-json={checkpoint}"], "--results-json"),
+    ]
+    for flags, message in cases:
+        code, out, err = run_cli([*TINY, *flags], capsys)
+        assert code == 2 and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "Finished training" not in out  # refused before any training
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probes or temporaries left behind
+
+
+def test_results_json_may_not_overwrite_the_loaded_checkpoint(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "m.pt"
+    assert run_cli([*TINY, f"--save-model={checkpoint}"], capsys)[0] == 0
+    before = checkpoint.read_bytes()
+    code, _, err = run_cli([*TINY, f"--load-model={checkpoint}", "--inference-only", f"--results-json={checkpoint}"], capsys)
+    assert code == 2 and "--results-json" in err and "same file as --load-model" in err
+    assert checkpoint.read_bytes() == before
 
 
 def test_gpu_flag_without_gpu_is_reported(capsys) -> None:

@@ -134,7 +134,7 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("setup", "flags", "message"),
     [
-        (None, [], "--data-generation=dataset: needs --raw-data-file"),
+        (None, [], "--raw-data-file: needed"),
         ("missing", [], "--raw-data-file: {raw}: no such file"),
         ("empty", [], "--raw-data-file: {raw}: file is empty"),
         ("directory", [], "--raw-data-file: {raw}: is a directory, expected a file"),
@@ -186,6 +186,8 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     sizes = result["model_config"]["table_sizes"]
     assert len(sizes) == 26 and all(1 < n <= v + 1 for n, v in zip(sizes, meta["vocabulary_sizes"]) if v > 1)
     assert result["final"]["samples"] == meta["rows"]["test"] == 143
+    assert (result["val"]["epoch"], result["val"]["iteration"]) == (result["final"]["epoch"], result["final"]["iteration"]) == (0, result["iterations"])
+    assert result["val"]["samples"] == meta["rows"]["val"]
     given = "--arch-embedding-size=" + "-".join(map(str, sizes))
     code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"), capsys)
     assert code == 0, err
@@ -193,3 +195,16 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     assert json.loads(out_json.read_text())["final"]["samples"] == meta["rows"]["val"] == 142
     code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys)
     assert code == 0 and json.loads(out_json.read_text())["final"]["samples"] == 50
+
+
+def test_resuming_a_data_set_run_compares_the_data_set_flags(tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    saved = tmp_path / "m.pt"
+    assert run_cli(dataset_argv("kaggle", raw, tmp_path, f"--save-model={saved}"), capsys)[0] == 0
+    for flag in ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811"):
+        code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={saved}"), capsys)
+        assert code == 2 and f"--load-model {saved}: {flag.split('=')[0]}: checkpoint has " in err, err
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--data-size=10", "--num-indices-per-lookup=3", f"--load-model={saved}"), capsys)
+    assert code == 0, err  # flags of generated data do not touch a data set's stream
+    assert "--data-size=10 (checkpoint: 1)" in out and "--num-indices-per-lookup=3 (checkpoint: 10)" in out

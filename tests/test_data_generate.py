@@ -138,6 +138,32 @@ def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
     assert "use --data-set" in capsys.readouterr().err
 
 
+def test_generate_creates_the_output_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "data" / "new" / "train.txt"
+    assert data_utils.command_line(["generate", "kaggle", "--rows", "50", "--out", str(out), "--scale", "0.001"]) == 0
+    assert len(out.read_text().splitlines()) == 50
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--scale", "nan"], "--scale: must be a positive number, got nan"),
+        (["--seed", "-1"], "--seed: must be in [0, 2**63), got -1"),
+        (["--synthetic-rank", "0"], "--synthetic-rank: must be >= 1, got 0"),
+        (["--synthetic-positive-rate", "1"], "--synthetic-positive-rate: must be in (0, 1), got 1.0"),
+        (["--synthetic-zipf", "-0.5"], "--synthetic-zipf: must be a finite number >= 0, got -0.5"),
+        (["--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
+        (["--out", "{tmp}/afile/x.txt"], "--out {tmp}/afile/x.txt: {tmp}/afile is a file, not a folder"),
+    ],
+)
+def test_generate_flags_are_checked_in_one_line(flags: list[str], message: str, tmp_path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    argv = ["generate", "kaggle", "--rows", "50", "--out", str(tmp_path / "ok.txt"), *[f.format(tmp=tmp_path) for f in flags]]
+    assert data_utils.command_line(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"data_utils.py: error: {message.format(tmp=tmp_path)}"]
+    assert not (tmp_path / "ok.txt").exists()
+
+
 @pytest.mark.parametrize("generation", ["random", "synthetic"])
 def test_eval_split_val_on_generated_data_uses_another_stream(generation: str, tmp_path, capsys) -> None:
     common = [f"--data-generation={generation}", "--arch-embedding-size=50-20-7", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]

@@ -168,6 +168,27 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     assert meta["source"]["size"] == raw.stat().st_size and meta["rows"]["train"] + meta["rows"]["test"] + meta["rows"]["val"] == 1999 - 1
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated", "short"])
+def test_a_damaged_cache_is_rebuilt_from_the_raw_file_or_reported(damage: str, tmp_path) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_bytes(sample_file("criteo_kaggle_train_head1999.txt").read_bytes())
+    target = tmp_path / "processed"
+    quiet_prepare(raw, target)
+    victim = target / "train.cat.npy"
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:-100])
+    else:  # a well-formed array of the wrong length
+        np.save(victim, np.load(victim)[:-1])
+    with pytest.raises(UserError, match=r"^--processed-data-file: .*train\.cat\.npy .*give --raw-data-file to rebuild it$"):
+        quiet_prepare(None, target)
+    logs: list[str] = []
+    data = quiet_prepare(raw, target, logs=logs)
+    assert "train.cat.npy" in logs[0] and logs[0].startswith("preprocessing")
+    assert data.split("train")[1].shape[0] == data.meta["rows"]["train"]
+
+
 def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypatch) -> None:
     raw = sample_file("criteo_kaggle_train_sample100.txt")
     target = tmp_path / "processed"

@@ -209,7 +209,7 @@ def unreadable_checkpoint_on_rank_one(rank: int) -> None:
     ("fault", "message"),
     [
         (missing_checkpoint_on_rank_one, "--load-model {path}: no such checkpoint file"),
-        (unreadable_checkpoint_on_rank_one, "{path}: not a readable checkpoint (EOFError)"),
+        (unreadable_checkpoint_on_rank_one, "--load-model {path}: not a readable checkpoint (EOFError)"),
     ],
 )
 def test_error_on_one_rank_stops_all_with_its_message(fault: Fault, message: str, tmp_path) -> None:

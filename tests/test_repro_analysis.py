@@ -107,6 +107,7 @@ def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
 def test_diverged_predictions_give_nan_metrics_not_an_error() -> None:
     m = ctr_metrics(np.array([0.2, np.nan, 0.7]), np.array([0.0, 1.0, 1.0]))
     assert math.isnan(m["auc"]) and math.isnan(m["logloss"]) and m["samples"] == 3
+    assert math.isnan(m["accuracy"])  # a NaN prediction is not a correct "no click"
 
 
 @pytest.fixture(scope="module")
