@@ -8,6 +8,7 @@ multi-process run (``parallel``, see ``distributed.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from checkpoint import (
 )
 from data_utils import Batch, DataBundle, prefetch
 from dlrm_model import DLRM
+from errors import UserError
 from optimizers import LRPolicy, build_optimizer
 from train_step import make_train_step
 
@@ -85,12 +87,17 @@ def json_safe(value):
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically as strict JSON."""
+    """Write ``payload`` atomically as strict JSON (:class:`UserError` naming ``path`` if it cannot be written)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write the results ({error.strerror or error})") from None
 
 
 def plain_args(args: argparse.Namespace) -> dict:

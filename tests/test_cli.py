@@ -10,6 +10,7 @@ import torch
 import dlrm_mlet
 from conftest import ROOT, run_cli
 from errors import UserError
+from trainer import write_json
 
 TINY = [
     "--data-generation=random",
@@ -84,6 +85,14 @@ def test_unwritable_or_clashing_outputs_are_reported_before_training(tmp_path, c
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert "Finished training" not in out  # refused before any training
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probes or temporaries left behind
+
+
+def test_results_that_cannot_be_written_late_are_one_error_and_leave_no_temporary(tmp_path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()  # e.g. made a folder while the run trained
+    with pytest.raises(UserError, match=r"out: cannot write the results \(Is a directory\)$"):
+        write_json(str(target), {"auc": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_results_json_may_not_overwrite_the_loaded_checkpoint(tmp_path, capsys) -> None:
