@@ -50,6 +50,11 @@ def effective_rank(values: np.ndarray) -> float:
     return float(math.exp(-np.sum(p * np.log(p))))
 
 
+def finite_spectrum(matrix: torch.Tensor) -> np.ndarray | None:
+    """Singular values of ``matrix``, or None when it holds a NaN or infinity (diverged weights have no spectrum)."""
+    return singular_values(matrix) if bool(torch.isfinite(matrix).all()) else None
+
+
 def table_spectra(weights: Sequence[torch.Tensor], frequent_rows: Sequence[np.ndarray] | None = None) -> list[dict]:
     """Per table: rows, width, singular values and effective rank.
 
@@ -57,16 +62,26 @@ def table_spectra(weights: Sequence[torch.Tensor], frequent_rows: Sequence[np.nd
     of those rows alone (``effective_rank_frequent``, None when fewer than
     two): rows rarely or never seen in training keep much of their random
     initialisation, which is full rank, so the learned structure shows best
-    in the frequent rows.
+    in the frequent rows. A table with non-finite weights is marked
+    ``diverged``; its singular values and effective ranks are None (so are
+    those of its frequent rows, where they hold a non-finite weight too).
     """
     out = []
     for t, w in enumerate(weights):
-        values = singular_values(w)
-        entry = {"table": t, "rows": int(w.shape[0]), "dim": int(w.shape[1]), "singular_values": values.tolist(), "effective_rank": effective_rank(values)}
+        values = finite_spectrum(w)
+        entry = {
+            "table": t,
+            "rows": int(w.shape[0]),
+            "dim": int(w.shape[1]),
+            "diverged": values is None,
+            "singular_values": None if values is None else values.tolist(),
+            "effective_rank": None if values is None else effective_rank(values),
+        }
         if frequent_rows is not None:
             mask = torch.as_tensor(np.asarray(frequent_rows[t], dtype=bool))
             entry["frequent_rows"] = int(mask.sum())
-            entry["effective_rank_frequent"] = effective_rank(singular_values(w[mask])) if int(mask.sum()) >= 2 else None
+            frequent = finite_spectrum(w[mask]) if int(mask.sum()) >= 2 else None
+            entry["effective_rank_frequent"] = None if frequent is None else effective_rank(frequent)
         out.append(entry)
     return out
 

@@ -102,6 +102,48 @@ def grid_configs(baseline_dims: Iterable[int], mlet_dims: Iterable[int], hidden:
     return configs
 
 
+def initial_rates(paper_lr: float, grid: Sequence[float], protocols: Sequence[str]) -> list[float]:
+    """The rates every config of a sweep runs first: the ``paper`` protocol's, plus the grid when tuning."""
+    paper = [paper_lr] if "paper" in protocols else []
+    tuned = list(grid) if "tuned" in protocols else []
+    return sorted({round_lr(lr) for lr in [*paper, *tuned]})
+
+
+def initial_grid(settings: dict) -> list[RunSpec]:
+    """Every (optimizer, config, initial rate, seed) of a sweep, from its ``sweep.json`` settings."""
+    configs = [parse_run_name(f"x_{label}_lr1_s0").config for label in settings["configs"]]
+    return [
+        RunSpec(opt, config, lr, seed)
+        for opt in settings["optimizers"]
+        for config in configs
+        for lr in initial_rates(settings["paper_lrs"][opt], settings["lrs"][opt], settings["protocols"])
+        for seed in settings["seeds"]
+    ]
+
+
+# Flags a sweep sets per run, and values derived from them: they differ between comparable runs.
+PER_RUN_ARGS = {
+    "arch_sparse_feature_size",
+    "arch_mlp_bot",
+    "bottom_mlp",
+    "mlet_hidden",
+    "optimizer",
+    "embedding_update",
+    "learning_rate",
+    "numpy_rand_seed",
+    "results_json",
+    "save_collapsed",
+    "save_model",
+}
+
+
+def shared_args(payload_args: dict) -> dict:
+    """The flags of a results JSON that every run of one comparison must share (the bottom MLP without its last width d)."""
+    shared = {k: v for k, v in payload_args.items() if k not in PER_RUN_ARGS}
+    shared["arch_mlp_bot"] = str(payload_args.get("arch_mlp_bot", "")).rsplit("-", 1)[0]
+    return shared
+
+
 # -- results -----------------------------------------------------------------------
 
 
@@ -119,6 +161,7 @@ class RunResult:
     training_embedding_bytes: int
     history: list[dict] = field(default_factory=list)
     path: str = ""
+    shared: dict = field(default_factory=dict)  # shared_args of the run's flags
 
 
 def number(value: object) -> float:
@@ -148,6 +191,7 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
         training_embedding_bytes=int(params["embedding_training_bytes"]),
         history=[{"iteration": h["iteration"], "auc": number(h.get("auc")), "logloss": number(h.get("logloss"))} for h in payload.get("history") or []],
         path=path,
+        shared=shared_args(payload["args"]),
     )
 
 
@@ -160,6 +204,19 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UserError(f"{path}: not a dlrm_mlet.py results JSON ({type(error).__name__}: {error})") from None
     return results
+
+
+def check_comparable(results: Sequence[RunResult]) -> None:
+    """A :class:`UserError` naming the first result trained with other shared flags than the first one (flags both know)."""
+    first = results[0]
+    for r in results[1:]:
+        differing = sorted(k for k in first.shared.keys() & r.shared.keys() if first.shared[k] != r.shared[k])
+        if differing:
+            key = differing[0]
+            raise UserError(
+                f"{r.path}: trained with other flags than {first.path} (--{key.replace('_', '-')}: {r.shared[key]!r} against {first.shared[key]!r});"
+                " one summary compares runs of one setup: move the odd ones out"
+            )
 
 
 def results_dir(run_dir: Path) -> Path:
@@ -277,6 +334,8 @@ def select(results: Iterable[RunResult], protocol: str, paper_lrs: dict[str, flo
                 continue
             at_edge = False
         else:
+            if not any(math.isfinite(r.val_auc) for runs in by_lr.values() for r in runs):
+                continue  # no validation metrics (no validation split, or every run diverged): nothing to choose on
             lr = best_lr(by_lr, max(len(runs) for runs in by_lr.values()))
             at_edge = len(lrs) > 1 and lr in (lrs[0], lrs[-1])
         selections.append(Selection(protocol, optimizer, config, lr, by_lr[lr], lrs, at_edge))

@@ -30,6 +30,7 @@ external data (``OUT`` plus ``OUT.data``), as protobuf cannot hold 2 GiB.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -123,24 +124,41 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
 
 
 def verify(model: DLRM, path: str | os.PathLike) -> float:
-    """Largest ``|onnxruntime - torch|`` over ``VERIFY_BATCH_SIZES`` with multi-hot bags."""
+    """Largest ``|onnxruntime - torch|`` over ``VERIFY_BATCH_SIZES`` with multi-hot bags.
+
+    NaN (or infinity) when onnxruntime's outputs are not finite where torch's
+    are: a non-finite difference is never taken for agreement. Raises
+    :class:`UserError` when torch's own outputs are not finite (the model's
+    weights diverged), as there is then nothing to compare with.
+    """
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    differences = []
     for i, size in enumerate(VERIFY_BATCH_SIZES):
         dense, indices, offsets = example_inputs(model, size, seed=1000 + i)
         with torch.no_grad():
             expected = torch.sigmoid(model(dense, SparseFeatures(indices, offsets, model.tables.num_tables))).numpy()
+        if not np.isfinite(expected).all():
+            raise UserError(f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); --no-verify skips the check")
         (got,) = session.run(list(OUTPUT_NAMES), {"dense": dense.numpy(), "indices": indices.numpy(), "offsets": offsets.numpy()})
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+        differences.append(np.abs(got - expected).max())
+    return float(np.max(differences))  # np.max keeps a NaN, where max() would drop it
+
+
+def check_agreement(path: str | os.PathLike, max_abs_diff: float) -> None:
+    """A :class:`UserError` unless ``max_abs_diff`` (from :func:`verify`) is within ``VERIFY_TOLERANCE``; NaN fails."""
+    if not math.isfinite(max_abs_diff):
+        raise UserError(f"{path}: onnxruntime's outputs are not finite where torch's are")
+    if max_abs_diff > VERIFY_TOLERANCE:
+        raise UserError(f"{path}: onnxruntime's outputs differ from torch's by {max_abs_diff:.3g} (> {VERIFY_TOLERANCE})")
 
 
 def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = True) -> dict:
     """Write ``model`` as ONNX to ``path``; returns what was written and, with ``verify_outputs``, the onnxruntime check.
 
-    Raises :class:`UserError` if the path cannot be written or onnxruntime disagrees with torch beyond ``VERIFY_TOLERANCE``.
+    Raises :class:`UserError` if the path cannot be written, onnxruntime disagrees with torch beyond
+    ``VERIFY_TOLERANCE`` or either's outputs are not finite (the file is written then).
     """
     model = model.cpu().eval()
     target = Path(path)
@@ -155,6 +173,5 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
     report = {"path": str(target), "external_data": str(data) if external else None, "max_abs_diff": None, "batch_sizes": list(VERIFY_BATCH_SIZES)}
     if verify_outputs:
         report["max_abs_diff"] = verify(model, target)
-        if report["max_abs_diff"] > VERIFY_TOLERANCE:
-            raise UserError(f"{target}: onnxruntime's outputs differ from torch's by {report['max_abs_diff']:.3g} (> {VERIFY_TOLERANCE})")
+        check_agreement(target, report["max_abs_diff"])
     return report

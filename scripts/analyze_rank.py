@@ -9,13 +9,16 @@ split of the checkpoint's own data (rebuilt from the flags stored in it),
 AUC and log loss of test samples binned by the training count of their rarest
 id. Writes ``rank.md`` (tables), ``rank.json`` (everything, singular values
 included) and ``rank.png`` (effective rank per table; singular value spectra of
-the largest table) into ``--out``.
+the largest table) into ``--out``. A checkpoint whose weights diverged (a NaN or
+infinity) is reported as such, with no spectrum for its non-finite tables,
+and the others are analysed as usual.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +35,11 @@ from analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts,
 from checkpoint import load_checkpoint, model_from_checkpoint, trained_hidden  # noqa: E402
 from data_utils import ArraySource, build_data, prefetch  # noqa: E402
 from dlrm_model import DLRM  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError, require_at_least  # noqa: E402
 from metrics import ctr_metrics, predict  # noqa: E402
 
 PROG = "analyze_rank.py"
+DIVERGED = "diverged (non-finite weights)"
 
 
 def checkpoint_label(ckpt: dict, path: Path) -> str:
@@ -44,6 +48,11 @@ def checkpoint_label(ckpt: dict, path: Path) -> str:
     args = ckpt.get("args") or {}
     kind = f"MLET d={d} K={k}" if k else f"baseline d={d}"
     return f"{kind} ({args.get('optimizer', '?')}, lr {args.get('learning_rate', '?')}, seed {args.get('numpy_rand_seed', '?')})"
+
+
+def has_non_finite_weights(model: DLRM) -> bool:
+    """Whether any parameter of ``model`` holds a NaN or infinity (training diverged)."""
+    return not all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def inference_model(ckpt: dict) -> DLRM:
@@ -87,6 +96,7 @@ def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -
         "label": checkpoint_label(ckpt, path),
         "dim": model.config.dim,
         "mlet_hidden": trained_hidden(ckpt),
+        "diverged": has_non_finite_weights(model),
         "args": {k: (ckpt.get("args") or {}).get(k) for k in ("optimizer", "learning_rate", "numpy_rand_seed")},
     }
     if edges is None:
@@ -102,10 +112,30 @@ def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -
 
 
 def weighted_rank(result: dict, key: str = "effective_rank", rows: str = "rows") -> float:
-    """Mean of ``key`` over tables, weighted by ``rows`` (tables where it is undefined left out; NaN if none)."""
+    """Mean of ``key`` over tables, weighted by ``rows`` (tables where it is undefined left out; NaN if none or if a table diverged)."""
+    if any(t.get("diverged") for t in result["tables"]):
+        return math.nan
     tables = [t for t in result["tables"] if t.get(key) is not None and t.get(rows)]
     total = sum(t[rows] for t in tables)
     return sum(t[key] * t[rows] for t in tables) / total if total else float("nan")
+
+
+def cell(value: float | None, spec: str = ".2f") -> str:
+    """``value`` formatted with ``spec``; ``n/a`` when it is None or NaN (undefined, e.g. the AUC of an empty bin)."""
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
+def label_cell(result: dict) -> str:
+    """The checkpoint's label, marked when its weights diverged."""
+    return f"{result['label']}: {DIVERGED}" if result.get("diverged") else result["label"]
+
+
+def table_cell(entry: dict) -> str:
+    """One table's effective rank (all rows / frequent rows), or ``diverged``."""
+    if entry.get("diverged"):
+        return "diverged"
+    frequent = entry.get("effective_rank_frequent")
+    return cell(entry["effective_rank"]) + (f" / {cell(frequent)}" if frequent is not None else "")
 
 
 def markdown(results: Sequence[dict], top_tables: int) -> str:
@@ -124,8 +154,7 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
     for r in results:
         w = weighted_rank(r)
         f = weighted_rank(r, "effective_rank_frequent", "frequent_rows")
-        frequent = f"{f:.2f} | {f / r['dim']:.2f}" if f == f else "n/a | n/a"
-        lines.append(f"| {r['label']} | {r['dim']} | {w:.2f} | {w / r['dim']:.2f} | {frequent} |")
+        lines.append(f"| {label_cell(r)} | {r['dim']} | {cell(w)} | {cell(w / r['dim'])} | {cell(f)} | {cell(f / r['dim'])} |")
     largest = sorted(results[0]["tables"], key=lambda t: -t["rows"])[:top_tables]
     lines += [
         "",
@@ -135,15 +164,10 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
     ]
     lines.append("|---|" + "---|" * len(largest))
     for r in results:
-        cells = []
-        for t in largest:
-            entry = r["tables"][t["table"]]
-            frequent = entry.get("effective_rank_frequent")
-            cells.append(f"{entry['effective_rank']:.2f}" + (f" / {frequent:.2f}" if frequent is not None else ""))
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label_cell(r)} | " + " | ".join(table_cell(r["tables"][t["table"]]) for t in largest) + " |")
     if all("frequency" in r for r in results):
         bins = [b["bin"] for b in results[0]["frequency"]]
-        shares = " / ".join(f"{b['bin']}: {100 * b['share']:.1f} %" for b in results[0]["frequency"])
+        shares = " / ".join(f"{b['bin']}: {cell(100 * b['share'], '.1f')} %" for b in results[0]["frequency"])
         lines += [
             "",
             "## Test AUC by the training count of a sample's rarest id",
@@ -154,9 +178,10 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
             "|---|" + "---|" * (2 * len(bins) + 2),
         ]
         for r in results:
-            aucs = " | ".join(f"{b['auc']:.4f}" for b in r["frequency"])
-            losses = " | ".join(f"{b['logloss']:.4f}" for b in r["frequency"])
-            lines.append(f"| {r['label']} | {r['overall']['auc']:.4f} | {aucs} | {r['overall']['logloss']:.4f} | {losses} |")
+            aucs = " | ".join(cell(b["auc"], ".4f") for b in r["frequency"])
+            losses = " | ".join(cell(b["logloss"], ".4f") for b in r["frequency"])
+            overall = r["overall"]
+            lines.append(f"| {label_cell(r)} | {cell(overall['auc'], '.4f')} | {aucs} | {cell(overall['logloss'], '.4f')} | {losses} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +201,7 @@ def plot(results: Sequence[dict], path: Path) -> None:
         style = {"linestyle": "--", "marker": "s"} if r["mlet_hidden"] else {"linestyle": "-", "marker": "o"}
         ranks = [r["tables"][t][key] for t in order]
         left.plot(range(len(order)), [np.nan if v is None else v for v in ranks], label=r["label"], markersize=3, **style)
-        values = np.asarray(r["tables"][largest]["singular_values"])
+        values = np.asarray(r["tables"][largest]["singular_values"] or [])  # None: diverged
         if len(values) and values[0] > 0:
             right.plot(np.arange(1, len(values) + 1), values / values[0], label=r["label"], markersize=3, **style)
     left.set_xlabel("table (largest first)")
@@ -194,6 +219,27 @@ def plot(results: Sequence[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def warn_diverged(results: Sequence[dict]) -> None:
+    """One line on stderr per checkpoint whose weights diverged, naming its tables left without a spectrum."""
+    for r in results:
+        if r["diverged"]:
+            tables = [str(t["table"]) for t in r["tables"] if t["diverged"]]
+            where = f"; no spectrum for table(s) {', '.join(tables)}" if tables else " (outside the tables)"
+            print(f"{PROG}: warning: {r['checkpoint']}: {DIVERGED}{where}", file=sys.stderr)
+
+
+def checked_edges(args: argparse.Namespace) -> list[int] | None:
+    """Check the flags before any work; the frequency bin edges (None with ``--no-frequency``). A :class:`UserError` names a bad flag."""
+    try:
+        edges = None if args.no_frequency else parse_edges(args.frequency_edges)
+    except ValueError as error:
+        raise UserError(f"--frequency-edges: {error}") from None
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out: {args.out} is a file; give a directory")
+    require_at_least((("--top-tables", args.top_tables, 0),))
+    return edges
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,17 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top-tables", type=int, default=6, help="tables shown one by one in rank.md")
     args = p.parse_args(argv)
     try:
-        edges = None if args.no_frequency else parse_edges(args.frequency_edges)
-    except ValueError as error:
-        print(f"{PROG}: error: --frequency-edges: {error}", file=sys.stderr)
-        return 2
-    if args.out.exists() and not args.out.is_dir():
-        print(f"{PROG}: error: --out: {args.out} is a file; give a directory", file=sys.stderr)
-        return 2
-    try:
+        edges = checked_edges(args)
         frequency = FrequencyData()
         results = [analyze(path, edges, frequency) for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)]
         results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
+        warn_diverged(results)
         args.out.mkdir(parents=True, exist_ok=True)
         text = markdown(results, args.top_tables)
         (args.out / "rank.md").write_text(text)

@@ -14,12 +14,15 @@
 #
 # Flags after RAW_FILE override the grid (e.g. --seeds 1 2 3 --mlet-hidden 32 64);
 # flags after -- go to every training run (e.g. -- --nepochs=2).
+# RAW_FILE and RUN_DIR may be relative to the caller's directory.
 # Results: RUN_DIR (default runs/criteo_kaggle or runs/avazu): results/*.json,
-# logs/, checkpoints/ (the first seed's paper-rate runs, collapsed), sweep.json,
+# logs/, checkpoints/ (the first seed's paper-rate runs, collapsed; with RAW_FILE d=4 only), sweep.json,
 # summary.md + plots (scripts/summarize.py), rank/ (scripts/analyze_rank.py).
 # An interrupted run continues where it stopped when started again.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+CALLER_DIR=$PWD
+# A path as given by the caller, made absolute against the caller's directory (the script works from the repository root).
+from_caller() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_DIR/$1" ;; esac; }
 DATA_SET=${1:?usage: bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep flags] [-- training flags]}
 shift
 case "$DATA_SET" in
@@ -28,7 +31,12 @@ case "$DATA_SET" in
   *) echo "reproduce.sh: error: data set must be kaggle or avazu, got '$DATA_SET'" >&2; exit 2 ;;
 esac
 RAW=""
-if [ $# -gt 0 ] && [ "${1:0:1}" != "-" ]; then RAW=$1; shift; fi
+if [ $# -gt 0 ] && [ "${1:0:1}" != "-" ]; then
+  RAW=$(from_caller "$1"); shift
+  [ -f "$RAW" ] || { echo "reproduce.sh: error: $RAW: no such file" >&2; exit 2; }
+fi
+if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
+cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-runs/$NAME}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || bash scripts/setup.sh
@@ -42,13 +50,12 @@ mkdir -p "$RUN_DIR"
 start=$(date +%s)
 
 if [ -n "$RAW" ]; then
-  [ -f "$RAW" ] || { echo "reproduce.sh: error: $RAW: no such file" >&2; exit 2; }
-  GRID=(--seeds 1 2 3 --mlet-hidden 16 32 64 128 --mlp-bot-prefix "$DENSE-512-256-64" --jobs 1 --threads "$(nproc)")
+  GRID=(--seeds 1 2 3 --mlet-hidden 16 32 64 128 --mlp-bot-prefix "$DENSE-512-256-64" --checkpoint-dims 4 --jobs 1 --threads "$(nproc)")
   MODEL=(--arch-mlp-top=512-256-1 --mini-batch-size=128 --test-mini-batch-size=16384)
 else
   ROWS=${ROWS:-400000}
   SCALE=${SCALE:-0.001}
-  RAW=$RUN_DIR/synthetic_$DATA_SET.txt
+  RAW=$RUN_DIR/synthetic_${DATA_SET}_${ROWS}rows_scale${SCALE}.txt  # other ROWS/SCALE: another file, and sweep.py refuses the mix
   if [ ! -f "$RAW" ]; then
     "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
     mv "$RAW.tmp" "$RAW"
@@ -62,6 +69,9 @@ fi
   "${GRID[@]}" "${SWEEP_FLAGS[@]}" -- \
   --data-generation=dataset "--data-set=$DATA_SET" "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" \
   --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}"
+for flag in "${SWEEP_FLAGS[@]}"; do
+  if [ "$flag" = --dry-run ]; then echo "reproduce.sh: dry run (the sweep's --dry-run): nothing trained, summarized or analysed"; exit 0; fi
+done
 "$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
 # Effective rank and rare/frequent ids: the first seed's paper-rate checkpoints of each optimizer.
 for opt in sgd adagrad; do

@@ -48,13 +48,16 @@ from experiments import (  # noqa: E402
     RunResult,
     Selection,
     by_config_and_lr,
+    check_comparable,
     d_reductions,
+    initial_grid,
     load_results,
     load_run_dir,
     lr_text,
     results_dir,
     select,
 )
+from optimizers import OPTIMIZERS  # noqa: E402
 
 PROG = "summarize.py"
 
@@ -295,12 +298,11 @@ def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], pat
 
 def paper_lrs_of(run_dir: Path, overrides: Sequence[str]) -> dict[str, float]:
     """The paper protocol's rates: ``sweep.json``'s, then ``--paper-lr OPT=LR`` overrides."""
-    lrs: dict[str, float] = {}
-    manifest = Path(run_dir) / "sweep.json"
-    if manifest.exists():
-        lrs.update(json.loads(manifest.read_text())["settings"].get("paper_lrs", {}))
+    lrs: dict[str, float] = dict((sweep_settings(run_dir) or {}).get("paper_lrs", {}))
     for item in overrides:
         name, _, value = item.partition("=")
+        if name not in OPTIMIZERS:
+            raise UserError(f"--paper-lr: unknown optimizer '{name}' in '{item}' (choose from {', '.join(OPTIMIZERS)})")
         try:
             lrs[name] = float(value)
         except ValueError:
@@ -333,11 +335,53 @@ def sweep_facts(run_dir: Path, results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+def sweep_settings(run_dir: Path) -> dict | None:
+    """``sweep.json``'s settings (None without one: results copied together by hand)."""
+    manifest = Path(run_dir) / "sweep.json"
+    if not manifest.exists():
+        return None
+    try:
+        return json.loads(manifest.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{manifest}: not a sweep record ({type(error).__name__})") from None
+
+
+def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[RunResult], list[str]]:
+    """The results of the sweep's optimizers, configs and seeds, and the names of the others (left out)."""
+    if settings is None:
+        return list(results), []
+    kept = [
+        r for r in results if r.spec.optimizer in settings["optimizers"] and r.spec.config.label in settings["configs"] and r.spec.seed in settings["seeds"]
+    ]
+    kept_ids = {id(r) for r in kept}
+    return kept, sorted(Path(r.path).stem for r in results if id(r) not in kept_ids)
+
+
+def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settings: dict | None) -> list[str]:
+    """Warnings for the report: runs left out, and runs of the sweep's initial grid with no results yet."""
+    lines = []
+    if left_out:
+        lines.append(f"- **left out** (not in sweep.json's optimizers, configs or seeds): {len(left_out)} results, e.g. {', '.join(left_out[:3])}")
+    if settings is not None:
+        have = {r.spec for r in results}
+        missing = sorted(spec.name for spec in initial_grid(settings) if spec not in have)
+        if missing:
+            lines.append(
+                f"- **incomplete**: {len(missing)} runs of the sweep's grid have no results yet (e.g. {', '.join(missing[:3])});"
+                " the tables compare what has finished, and a `>=` factor only reaches the widest baseline that ran"
+            )
+    return lines
+
+
 def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True) -> str:
     """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown."""
-    results = load_run_dir(run_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder")
+    settings = sweep_settings(run_dir)
+    results, left_out = in_sweep(load_run_dir(run_dir), settings)
     if not results:
-        raise UserError(f"{run_dir}: no results JSONs in {results_dir(run_dir)} (run scripts/sweep.py first)")
+        raise UserError(f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)")
+    check_comparable(results)
     selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
     if not selections:
         raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
@@ -347,6 +391,7 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         f"# MLET vs baseline: `{run_dir}`",
         "",
         *sweep_facts(run_dir, results),
+        *coverage_lines(results, left_out, settings),
         "",
         "## Headline: the d-reduction factor",
         "",

@@ -27,6 +27,7 @@ until the best rate is interior (at most ``--max-widen`` steps on each side).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -50,11 +51,13 @@ from errors import UserError, require_at_least  # noqa: E402
 from experiments import (  # noqa: E402
     PROTOCOLS,
     Config,
+    RunResult,
     RunSpec,
     best_lr,
     by_config_and_lr,
     grid_configs,
-    load_run_dir,
+    initial_rates,
+    load_results,
     next_lr,
     results_dir,
     round_lr,
@@ -101,9 +104,7 @@ class Settings:
 
     def initial_lrs(self, optimizer: str) -> list[float]:
         """The rates every config runs first: the ``paper`` protocol's, plus the grid when tuning."""
-        paper = [self.paper_lrs[optimizer]] if "paper" in self.protocols else []
-        grid = self.lrs[optimizer] if "tuned" in self.protocols else []
-        return sorted({round_lr(lr) for lr in [*paper, *grid]})
+        return initial_rates(self.paper_lrs[optimizer], self.lrs[optimizer], self.protocols)
 
     def to_dict(self) -> dict:
         """For ``sweep.json``."""
@@ -151,7 +152,7 @@ def widened_specs(settings: Settings) -> list[RunSpec]:
     """
     if "tuned" not in settings.protocols or settings.widen_factor <= 1:
         return []
-    groups = by_config_and_lr(r for r in load_run_dir(settings.run_dir) if r.spec.seed in settings.seeds)
+    groups = by_config_and_lr(r for r in readable_results(settings.run_dir) if r.spec.seed in settings.seeds)
     wanted = []
     for (opt, config), by_lr in groups.items():
         if opt not in settings.optimizers or config not in settings.configs:
@@ -167,9 +168,24 @@ def widened_specs(settings: Settings) -> list[RunSpec]:
     return wanted
 
 
+def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list[RunResult]:
+    """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an edit) counts as not run."""
+    results = []
+    for path in sorted(results_dir(run_dir).glob("*.json")) if paths is None else paths:
+        with contextlib.suppress(UserError):
+            results += load_results([path])
+    return results
+
+
+def finished(spec: RunSpec, run_dir: Path) -> bool:
+    """True when the run's results JSON exists and reads as one."""
+    path = results_dir(run_dir) / f"{spec.name}.json"
+    return path.exists() and bool(readable_results(run_dir, [path]))
+
+
 def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
-    """The runs of ``specs`` without a results JSON yet, widest models first (they take longest)."""
-    todo = [s for s in specs if not (results_dir(run_dir) / f"{s.name}.json").exists()]
+    """The runs of ``specs`` not finished yet, widest models first (they take longest)."""
+    todo = [s for s in specs if not finished(s, run_dir)]
     return sorted(todo, key=lambda s: (-(s.config.hidden or s.config.dim), s))
 
 
@@ -289,8 +305,17 @@ def sweep(settings: Settings, runner: Runner | None = None, test_freq: int | Non
     runner = runner or subprocess_runner(settings.threads)
     manifest = Manifest(settings)
     totals = {"finished": 0, "failed": 0, "skipped": 0}
-    failed: set[str] = set()  # not retried in this session
     specs = initial_specs(settings)
+    try:
+        run_rounds(specs, settings, runner, manifest, test_freq, max_rounds, totals)
+    finally:  # also when interrupted: the session gets its end
+        manifest.finish(totals)
+    return totals
+
+
+def run_rounds(specs: list[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, max_rounds: int, totals: dict) -> None:
+    """The grid, then the widening rounds; adds to ``totals``."""
+    failed: set[str] = set()  # not retried in this session
     for round_ in range(max_rounds):
         todo = [s for s in pending(specs, settings.run_dir) if s.name not in failed]
         if round_ == 0:
@@ -303,8 +328,6 @@ def sweep(settings: Settings, runner: Runner | None = None, test_freq: int | Non
         specs = [s for s in widened_specs(settings) if s.name not in failed]
         if not specs:
             break
-    manifest.finish(totals)
-    return totals
 
 
 # -- command line -------------------------------------------------------------------------
@@ -321,6 +344,8 @@ def parse_rates(items: Sequence[str], flag: str, many: bool) -> dict[str, list[f
             raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''}, got '{item}'") from None
         if not name or not rates or (not many and len(rates) != 1) or not all(r > 0 and math.isfinite(r) for r in rates):
             raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''} with positive rates, got '{item}'")
+        if name not in DEFAULT_LRS:
+            raise UserError(f"{flag}: unknown optimizer '{name}' in '{item}' (choose from {', '.join(sorted(DEFAULT_LRS))})")
         out[name] = rates
     return out
 
@@ -400,6 +425,37 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+SETUP_KEYS = ("train_flags", "mlp_bot_prefix")  # what every run of a sweep directory shares
+
+
+def check_run_dir(settings: Settings) -> None:
+    """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as this sweep's."""
+    manifest = Path(settings.run_dir) / "sweep.json"
+    if not manifest.exists():
+        return
+    try:
+        old = json.loads(manifest.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"--run-dir: {manifest} is not a sweep record ({type(error).__name__}); give another --run-dir") from None
+    new = settings.to_dict()
+    for key in SETUP_KEYS:
+        if old.get(key) != new[key]:
+            raise UserError(
+                f"--run-dir {settings.run_dir}: its sweep ran with {key} {old.get(key)}, this one gives {new[key]};"
+                " finished runs would be taken for this sweep's: give another --run-dir (or the same flags)"
+            )
+
+
+def check_tuning_data(args: argparse.Namespace, settings: Settings) -> None:
+    """The ``tuned`` protocol chooses rates on the validation split and reports the test split: both must exist and differ."""
+    if "tuned" not in settings.protocols:
+        return
+    if args.data_generation != "dataset":
+        raise UserError(f"--protocols tuned: needs a data set's validation split; --data-generation={args.data_generation} has none (use --protocols paper)")
+    if args.eval_split == "val":
+        raise UserError("--protocols tuned: chooses rates on the validation split, which --eval-split=val also reports; leave --eval-split at test")
+
+
 def prepare_data(settings: Settings) -> int | None:
     """Check the training flags once (as ``dlrm_mlet.py`` would), preprocess a data set once, and return ``--test-freq``.
 
@@ -412,6 +468,7 @@ def prepare_data(settings: Settings) -> int | None:
 
     spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
     args = dlrm_mlet.parse_args(run_argv(spec, settings, None))
+    check_tuning_data(args, settings)
     dataset = args.data_generation == "dataset"
     train_samples = build_data(args, args.table_sizes, args.bottom_mlp[0]).train.num_samples if dataset else split_sizes(args)[0]
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
@@ -427,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        check_run_dir(settings)
         test_freq = prepare_data(settings)
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -438,7 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(spec.name)
         return 0
     start = time.perf_counter()
-    totals = sweep(settings, test_freq=test_freq)
+    try:
+        totals = sweep(settings, test_freq=test_freq)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished runs are kept, the same command continues with the rest", file=sys.stderr)
+        return 130
     print(
         f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped (done before) in {time.perf_counter() - start:.0f} s"
     )

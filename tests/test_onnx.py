@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import numpy as np
 import onnx
@@ -16,7 +17,8 @@ import onnx_export
 from checkpoint import FORMAT, VERSION, atomic_save
 from conftest import random_inputs, small_config
 from dlrm_model import DLRM
-from onnx_export import ServingDLRM, export_onnx
+from errors import UserError
+from onnx_export import ServingDLRM, check_agreement, export_onnx, verify
 
 K = 16
 
@@ -111,3 +113,35 @@ def test_onnxruntime_matches_torch_at_several_batch_sizes(which: str, exported) 
             got = run_session(session, dense, sparse)
             assert got.shape == (batch,)
             assert np.abs(got - torch_probabilities(model, dense, sparse)).max() <= 1e-5, (batch, bag)
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory) -> dict:
+    """A plain-table model whose last bias is NaN (every output NaN, as after divergence), exported through the command line."""
+    out = tmp_path_factory.mktemp("onnx_diverged")
+    model = trained_looking(0)
+    model.state_dict()["top.2.bias"].fill_(math.nan)  # the state dict shares the parameters' storage
+    ckpt = {"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": model.config.to_dict(), "model": model.state_dict()}
+    atomic_save(ckpt, out / "nan.pt")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = checkpoint.main(["export-onnx", str(out / "nan.pt"), str(out / "nan.onnx")])
+    return {"path": out / "nan.onnx", "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def test_a_diverged_model_is_written_but_fails_the_check_in_one_line(diverged) -> None:
+    assert diverged["code"] == 2 and diverged["stdout"] == "" and diverged["path"].exists()
+    assert diverged["stderr"] == (
+        f"checkpoint.py: error: {diverged['path']}: written, but not checked: the model's outputs are not finite (diverged weights?); --no-verify skips the check\n"
+    )
+
+
+def test_a_nan_mismatch_never_counts_as_agreement(diverged) -> None:
+    """onnxruntime's NaN outputs against torch's finite ones: the difference is NaN, not 0, and the check fails."""
+    difference = verify(trained_looking(0), diverged["path"])  # the same model before its bias turned NaN
+    assert math.isnan(difference)
+    with pytest.raises(UserError, match="onnxruntime's outputs are not finite where torch's are"):
+        check_agreement(diverged["path"], difference)
+    with pytest.raises(UserError, match=r"differ from torch's by 0\.001"):
+        check_agreement(diverged["path"], 1e-3)
+    check_agreement(diverged["path"], 1e-6)

@@ -22,6 +22,7 @@ from analysis import (
     table_spectra,
     training_counts,
 )
+from checkpoint import atomic_save, load_checkpoint
 from conftest import ROOT
 from data_utils import ArraySource
 from metrics import ctr_metrics
@@ -75,6 +76,16 @@ def test_table_spectra_of_a_low_rank_table_and_its_frequent_rows() -> None:
     assert entry["rows"] == 40 and entry["dim"] == 8 and entry["frequent_rows"] == 30
     assert entry["effective_rank_frequent"] == pytest.approx(1.0, abs=1e-6)
     assert entry["effective_rank"] > 2
+
+
+def test_table_spectra_mark_non_finite_tables_diverged_instead_of_failing() -> None:
+    gen = torch.Generator().manual_seed(2)
+    finite, broken = torch.randn(20, 4, generator=gen), torch.randn(20, 4, generator=gen)
+    broken[3, 1], broken[15, 0] = math.nan, math.inf  # row 3 is rare, row 15 frequent
+    good, bad = table_spectra([finite, broken], [np.arange(20) >= 10, np.arange(20) < 10])
+    assert not good["diverged"] and good["effective_rank"] > 1 and len(good["singular_values"]) == 4
+    assert bad["diverged"] and bad["singular_values"] is None and bad["effective_rank"] is None
+    assert bad["frequent_rows"] == 10 and bad["effective_rank_frequent"] is None  # its frequent rows hold the NaN too
 
 
 def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
@@ -176,3 +187,39 @@ def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
     assert "is a file" in capsys.readouterr().err
     assert analyze_rank.main([str(tiny_runs / "nope.pt"), "--out", str(out)]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def diverged_copy(source, target, value: float = math.nan) -> int:
+    """``source`` (a collapsed checkpoint) with one weight of its largest table set to ``value``, saved as ``target``; returns that table."""
+    ckpt = load_checkpoint(source)
+    sizes = list(ckpt["model_config"]["table_sizes"])
+    largest = int(np.argmax(sizes))
+    ckpt["model"]["tables.weight"][sum(sizes[:largest]), 0] = value
+    atomic_save(ckpt, target)
+    return largest
+
+
+def test_analyze_rank_reports_a_diverged_checkpoint_and_goes_on(tiny_runs, capsys) -> None:
+    largest = diverged_copy(tiny_runs / "mlet.pt", tiny_runs / "diverged.pt")
+    out = tiny_runs / "rank_diverged"
+    argv = [str(tiny_runs / "base.pt"), str(tiny_runs / "diverged.pt"), "--out", str(out), "--frequency-edges", "5,50,1000000000"]
+    code = analyze_rank.main(argv)
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    base, diverged = json.loads((out / "rank.json").read_text())
+    assert not base["diverged"] and all(t["effective_rank"] is not None for t in base["tables"])
+    assert diverged["diverged"] and [t["table"] for t in diverged["tables"] if t["diverged"]] == [largest]
+    assert diverged["tables"][largest]["effective_rank"] is None and diverged["tables"][largest]["singular_values"] is None
+    assert all(t["effective_rank"] is not None for t in diverged["tables"] if t["table"] != largest)  # the finite tables still get theirs
+    text = (out / "rank.md").read_text()
+    assert text in printed.out and f"{diverged['label']}: diverged (non-finite weights)" in text and "| diverged |" in text
+    assert "nan" not in text.lower()  # the empty bin (>= 1e9) and the undefined means read n/a
+    assert base["frequency"][-1]["samples"] == 0 and "n/a" in text
+    (warning,) = printed.err.strip().splitlines()
+    assert warning == f"analyze_rank.py: warning: {tiny_runs / 'diverged.pt'}: diverged (non-finite weights); no spectrum for table(s) {largest}"
+
+
+def test_analyze_rank_rejects_a_negative_top_tables(tiny_runs, capsys) -> None:
+    assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "rank_top"), "--top-tables", "-1"]) == 2
+    assert capsys.readouterr().err == "analyze_rank.py: error: --top-tables: must be >= 0, got -1\n"
+    assert not (tiny_runs / "rank_top").exists()

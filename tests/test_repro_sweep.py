@@ -148,6 +148,8 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
         (["--max-widen", "-1"], "--max-widen"),
         (["--run-dir", str(Path(__file__))], "--run-dir"),
         (["--baseline-dims", "0"], "--baseline-dims"),
+        (["--lrs", "sgdd=0.1,0.2"], "--lrs: unknown optimizer 'sgdd'"),
+        (["--paper-lr", "adagard=0.1"], "--paper-lr: unknown optimizer 'adagard'"),
     ]:
         with pytest.raises(UserError, match=named):
             sweep.settings_from_args(parser.parse_args(["--run-dir", str(tmp_path), *bad]))
@@ -184,3 +186,90 @@ def test_summarize_command_line(tmp_path, capsys) -> None:
     assert "not a dlrm_mlet.py results JSON" in capsys.readouterr().err
     assert summarize.main([str(tmp_path / "results")]) == 2  # a directory that is not a sweep
     assert "no results JSONs" in capsys.readouterr().err
+
+
+def test_a_run_dir_of_other_training_flags_is_refused(tmp_path) -> None:
+    sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
+    sweep.check_run_dir(make_settings(tmp_path, "--protocols", "paper", "--seeds", "1", "2", "3"))  # a wider grid: fine
+    other = sweep.settings_from_args(sweep.build_parser().parse_args(["--run-dir", str(tmp_path), "--", "--data-generation=synthetic", "--mini-batch-size=64"]))
+    with pytest.raises(UserError, match=r"^--run-dir .*: its sweep ran with train_flags .*give another --run-dir"):
+        sweep.check_run_dir(other)
+    with pytest.raises(UserError, match="mlp_bot_prefix"):
+        sweep.check_run_dir(make_settings(tmp_path, "--protocols", "paper", "--mlp-bot-prefix", "13-32"))
+
+
+def test_a_damaged_results_json_is_run_again(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    sweep.sweep(settings, runner=FakeTrainer())
+    damaged = tmp_path / "results" / "sgd_base_d2_lr0.8_s1.json"
+    damaged.write_text(damaged.read_text()[:200])  # a killed writer, say
+    again = FakeTrainer()
+    sweep.sweep(settings, runner=again)
+    assert again.calls == ["sgd_base_d2_lr0.8_s1"] and json.loads(damaged.read_text())["final"]["auc"] > 0
+
+
+def test_an_interrupted_sweep_closes_its_session(tmp_path, monkeypatch, capsys) -> None:
+    def interrupted(spec: RunSpec, argv: list[str], log: Path) -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=interrupted)
+    session = json.loads((tmp_path / "sweep.json").read_text())["sessions"][-1]
+    assert "ended" in session and "wall_seconds" in session
+    monkeypatch.setattr(sweep, "subprocess_runner", lambda threads: interrupted)
+    argv = ["--run-dir", str(tmp_path / "cli"), "--protocols", "paper", "--baseline-dims", "2", "--mlet-dims", "--seeds", "1"]
+    assert sweep.main([*argv, "--", "--data-generation=synthetic", "--arch-embedding-size=20-10", "--data-size=64", "--mini-batch-size=32"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sweep.py: interrupted; finished runs are kept, the same command continues with the rest"
+
+
+@pytest.mark.parametrize(
+    ("train_flags", "message"),
+    [
+        (["--data-generation=synthetic"], "--protocols tuned: needs a data set's validation split; --data-generation=synthetic has none"),
+        (["--data-generation=synthetic", "--eval-split=val"], "--protocols tuned: needs a data set's validation split"),
+    ],
+)
+def test_the_tuned_protocol_needs_a_validation_split(train_flags: list[str], message: str, tmp_path, capsys) -> None:
+    argv = ["--run-dir", str(tmp_path), "--baseline-dims", "2", "--mlet-dims", "--seeds", "1", "--dry-run", "--", *train_flags]
+    assert sweep.main([*argv, "--arch-embedding-size=20-10", "--data-size=64"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tuned_selection_needs_validation_metrics(tmp_path) -> None:
+    sweep.sweep(make_settings(tmp_path), runner=FakeTrainer())
+    results = load_run_dir(tmp_path)
+    assert select(results, "tuned", {})
+    for r in results:
+        r.val_auc = math.nan  # as runs without a validation split
+    assert select(results, "tuned", {}) == []
+
+
+def test_summarize_keeps_to_the_sweep_and_says_what_is_missing_or_left_out(tmp_path) -> None:
+    settings = make_settings(tmp_path, "--protocols", "paper")
+    sweep.sweep(settings, runner=FakeTrainer())
+    results = tmp_path / "results"
+    stray = json.loads((results / "sgd_base_d2_lr0.2_s2.json").read_text())
+    stray["args"]["numpy_rand_seed"] = 3
+    stray["final"]["auc"] = 0.99
+    (results / "sgd_base_d2_lr0.2_s3.json").write_text(json.dumps(stray))  # a seed the sweep did not run
+    (results / "sgd_base_d8_lr0.2_s1.json").unlink()
+    text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []), plots=False)
+    assert "**left out** (not in sweep.json's optimizers, configs or seeds): 1 results, e.g. sgd_base_d2_lr0.2_s3" in text
+    assert "**incomplete**: 1 runs of the sweep's grid have no results yet (e.g. sgd_base_d8_lr0.2_s1)" in text
+    assert "0.99" not in text
+
+
+def test_summarize_refuses_runs_of_other_flags_and_an_out_file(tmp_path, capsys) -> None:
+    sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
+    odd = tmp_path / "results" / "sgd_base_d8_lr0.2_s2.json"
+    payload = json.loads(odd.read_text())
+    payload["args"]["nepochs"] = 5
+    odd.write_text(json.dumps(payload))
+    assert summarize.main([str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"{odd}: trained with other flags than" in err and "(--nepochs: 5 against 1)" in err
+    payload["args"]["nepochs"] = 1
+    odd.write_text(json.dumps(payload))
+    (tmp_path / "afile").write_text("x")
+    assert summarize.main([str(tmp_path), "--no-plots", "--out", str(tmp_path / "afile")]) == 2
+    assert f"--out {tmp_path / 'afile'}: is a file; give a folder" in capsys.readouterr().err
