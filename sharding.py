@@ -86,7 +86,8 @@ class ShardingPlan:
         for rank, tables in enumerate(self.tables_of_rank):
             listed = ",".join(map(str, tables)) or "none"
             rows = sum(table_sizes[t] for t in tables)
-            parts.append(f"rank {rank}: tables {listed} ({len(tables)} tables, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})")
+            count = f"{len(tables)} table{'' if len(tables) == 1 else 's'}"
+            parts.append(f"rank {rank}: tables {listed} ({count}, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})")
         loads = [self.rank_bytes(r) for r in range(self.world_size)]
         imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
         state = f" + {optimizer} state" if STATE_SLOTS[optimizer] else ""

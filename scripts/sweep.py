@@ -272,6 +272,14 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def run_status(spec: RunSpec, code: int, run_dir: Path) -> str:
+    """How a run ended, for ``sweep.json``: finished (diverged, when its test AUC is not finite) or failed."""
+    results = readable_results(run_dir, [results_dir(run_dir) / f"{spec.name}.json"]) if code == 0 else []
+    if not results:
+        return f"failed (exit code {code})"
+    return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
+
+
 def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str) -> dict[str, int]:
     """Run ``specs`` on ``settings.jobs`` workers; returns counts of finished and failed runs, and the failed runs' names."""
     for sub in ("results", "logs", *(["checkpoints"] if settings.checkpoints != "none" else [])):
@@ -286,9 +294,10 @@ def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, mani
     with ThreadPoolExecutor(max_workers=settings.jobs) as pool, tqdm(total=len(specs), desc=desc, unit="run", dynamic_ncols=True) as bar:
         for future in as_completed([pool.submit(one, s) for s in specs]):
             spec, code, seconds = future.result()
-            done = code == 0 and (results_dir(settings.run_dir) / f"{spec.name}.json").exists()
+            status = run_status(spec, code, settings.run_dir)
+            done = status.startswith("finished")
             counts["finished" if done else "failed"] += 1
-            manifest.record(spec, "finished" if done else f"failed (exit code {code})", seconds)
+            manifest.record(spec, status, seconds)
             if not done:
                 counts["failed_names"].append(spec.name)
                 tqdm.write(f"{spec.name}: failed with exit code {code}; see {Path(settings.run_dir) / 'logs' / (spec.name + '.log')}")

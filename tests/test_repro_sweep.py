@@ -273,3 +273,18 @@ def test_summarize_refuses_runs_of_other_flags_and_an_out_file(tmp_path, capsys)
     (tmp_path / "afile").write_text("x")
     assert summarize.main([str(tmp_path), "--no-plots", "--out", str(tmp_path / "afile")]) == 2
     assert f"--out {tmp_path / 'afile'}: is a file; give a folder" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_recorded_as_such(tmp_path) -> None:
+    class Diverging(FakeTrainer):
+        def __call__(self, spec: RunSpec, argv: list[str], log: Path) -> int:
+            code = super().__call__(spec, argv, log)
+            out = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json=")))
+            payload = json.loads(out.read_text())
+            payload["final"]["auc"] = None  # what dlrm_mlet.py writes for non-finite predictions
+            out.write_text(json.dumps(payload))
+            return code
+
+    sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=Diverging())
+    runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert {r["status"] for r in runs.values()} == {"finished (diverged: non-finite metrics)"}
