@@ -1,4 +1,4 @@
-"""Bad input reported as one line, never a traceback: the exception and the parser."""
+"""Bad input reported as one line, never a traceback: the exception, the parser, and the checks every command line shares (bounds, seeds, output files)."""
 
 from __future__ import annotations
 
