@@ -55,6 +55,12 @@ def check_output_file(flag: str, path: str) -> None:
     os.unlink(probe)
 
 
+def check_output_folder(flag: str, path: str | os.PathLike) -> None:
+    """A :class:`UserError` naming ``flag`` when ``path``, where files are to be written, is an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path}: is a file; give a folder")
+
+
 def check_distinct_outputs(outputs: dict[str, str]) -> None:
     """``{flag: path}`` of files one run writes: a :class:`UserError` if two name the same file."""
     seen: dict[Path, str] = {}

@@ -35,7 +35,7 @@ from analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts,
 from checkpoint import load_checkpoint, model_from_checkpoint, trained_hidden  # noqa: E402
 from data_utils import ArraySource, build_data, prefetch  # noqa: E402
 from dlrm_model import DLRM  # noqa: E402
-from errors import UserError, require_at_least  # noqa: E402
+from errors import UserError, check_output_folder, require_at_least  # noqa: E402
 from metrics import ctr_metrics, predict  # noqa: E402
 
 PROG = "analyze_rank.py"
@@ -234,8 +234,7 @@ def checked_edges(args: argparse.Namespace) -> list[int] | None:
         edges = None if args.no_frequency else parse_edges(args.frequency_edges)
     except ValueError as error:
         raise UserError(f"--frequency-edges: {error}") from None
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out: {args.out} is a file; give a directory")
+    check_output_folder("--out", args.out)
     require_at_least((("--top-tables", args.top_tables, 0),))
     return edges
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from errors import UserError  # noqa: E402
+from errors import UserError, check_output_folder  # noqa: E402
 from experiments import (  # noqa: E402
     MATCH_RULES,
     PROTOCOLS,
@@ -375,8 +375,7 @@ def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settin
 
 def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True) -> str:
     """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder")
+    check_output_folder("--out", out)
     settings = sweep_settings(run_dir)
     results, left_out = in_sweep(load_run_dir(run_dir), settings)
     if not results:

@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 from tqdm import tqdm  # noqa: E402
 
-from errors import UserError, require_at_least  # noqa: E402
+from errors import UserError, check_output_folder, require_at_least  # noqa: E402
 from experiments import (  # noqa: E402
     PROTOCOLS,
     Config,
@@ -409,8 +409,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     bad = [f for f in args.train_flags if f.split("=", 1)[0] in SWEEP_FLAGS]
     if bad:
         raise UserError(f"{bad[0].split('=', 1)[0]}: set by the sweep for each run; leave it out of the flags after --")
-    if args.run_dir.exists() and not args.run_dir.is_dir():
-        raise UserError(f"--run-dir: {args.run_dir} is a file; give a directory")
+    check_output_folder("--run-dir", args.run_dir)
     configs = grid_configs(args.baseline_dims, args.mlet_dims, args.mlet_hidden)
     if not configs:
         raise UserError("--baseline-dims/--mlet-dims: the grid is empty")
