@@ -206,6 +206,20 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
     return results
 
 
+def sweep_record(run_dir: Path) -> dict | None:
+    """A sweep directory's ``sweep.json`` (settings, sessions, runs); None without one, a :class:`UserError` naming a damaged one."""
+    manifest = Path(run_dir) / "sweep.json"
+    if not manifest.exists():
+        return None
+    try:
+        record = json.loads(manifest.read_text())
+        if not isinstance(record["settings"], dict):
+            raise TypeError("settings")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{manifest}: not a sweep record ({type(error).__name__})") from None
+    return record
+
+
 def check_comparable(results: Sequence[RunResult]) -> None:
     """A :class:`UserError` naming the first result trained with other shared flags than the first one (flags both know)."""
     first = results[0]

@@ -56,6 +56,7 @@ from experiments import (  # noqa: E402
     lr_text,
     results_dir,
     select,
+    sweep_record,
 )
 from optimizers import OPTIMIZERS  # noqa: E402
 
@@ -298,7 +299,8 @@ def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], pat
 
 def paper_lrs_of(run_dir: Path, overrides: Sequence[str]) -> dict[str, float]:
     """The paper protocol's rates: ``sweep.json``'s, then ``--paper-lr OPT=LR`` overrides."""
-    lrs: dict[str, float] = dict((sweep_settings(run_dir) or {}).get("paper_lrs", {}))
+    record = sweep_record(run_dir)
+    lrs: dict[str, float] = dict(record["settings"].get("paper_lrs", {})) if record else {}
     for item in overrides:
         name, _, value = item.partition("=")
         if name not in OPTIMIZERS:
@@ -310,7 +312,7 @@ def paper_lrs_of(run_dir: Path, overrides: Sequence[str]) -> dict[str, float]:
     return lrs
 
 
-def sweep_facts(run_dir: Path, results: Sequence[RunResult]) -> list[str]:
+def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None) -> list[str]:
     """Lines on what the sweep ran on: data, runs, wall time, machine."""
     lines = [f"- runs: {len(results)} results in `{results_dir(run_dir)}`"]
     first = json.loads(Path(results[0].path).read_text())
@@ -320,30 +322,17 @@ def sweep_facts(run_dir: Path, results: Sequence[RunResult]) -> list[str]:
         f"- model: bottom MLP {args.get('arch_mlp_bot', '?').rsplit('-', 1)[0]}-d, top MLP {args.get('arch_mlp_top')}, batch {args.get('mini_batch_size')},"
         f" {args.get('nepochs')} epoch(s), {first.get('iterations')} steps, device {first.get('device')}, torch {first.get('torch')}"
     )
-    manifest = Path(run_dir) / "sweep.json"
-    if manifest.exists():
-        sweep = json.loads(manifest.read_text())
-        sessions = sweep.get("sessions", [])
+    if record is not None:
+        sessions = record.get("sessions", [])
         wall = sum(s.get("wall_seconds", 0) for s in sessions)
-        run_seconds = sum(r.get("seconds", 0) for r in sweep.get("runs", {}).values())
+        run_seconds = sum(r.get("seconds", 0) for r in record.get("runs", {}).values())
         host = sessions[-1] if sessions else {}
         lines.append(
             f"- sweep: {len(sessions)} session(s), {wall / 60:.1f} min wall in all, {run_seconds / 60:.1f} run-minutes;"
-            f" {sweep['settings'].get('jobs')} runs at a time, {sweep['settings'].get('threads')} torch thread(s) each;"
+            f" {record['settings'].get('jobs')} runs at a time, {record['settings'].get('threads')} torch thread(s) each;"
             f" host {host.get('host')} ({host.get('cpus')} CPUs), first session started {sessions[0].get('started') if sessions else '?'}"
         )
     return lines
-
-
-def sweep_settings(run_dir: Path) -> dict | None:
-    """``sweep.json``'s settings (None without one: results copied together by hand)."""
-    manifest = Path(run_dir) / "sweep.json"
-    if not manifest.exists():
-        return None
-    try:
-        return json.loads(manifest.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{manifest}: not a sweep record ({type(error).__name__})") from None
 
 
 def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[RunResult], list[str]]:
@@ -376,7 +365,8 @@ def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settin
 def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True) -> str:
     """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown."""
     check_output_folder("--out", out)
-    settings = sweep_settings(run_dir)
+    record = sweep_record(run_dir)  # None: results copied together by hand
+    settings = record["settings"] if record else None
     results, left_out = in_sweep(load_run_dir(run_dir), settings)
     if not results:
         raise UserError(f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)")
@@ -389,7 +379,7 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
     parts = [
         f"# MLET vs baseline: `{run_dir}`",
         "",
-        *sweep_facts(run_dir, results),
+        *sweep_facts(run_dir, results, record),
         *coverage_lines(results, left_out, settings),
         "",
         "## Headline: the d-reduction factor",

@@ -61,6 +61,7 @@ from experiments import (  # noqa: E402
     next_lr,
     results_dir,
     round_lr,
+    sweep_record,
 )
 
 PROG = "sweep.py"
@@ -240,7 +241,7 @@ class Manifest:
     def __init__(self, settings: Settings) -> None:
         self.path = Path(settings.run_dir) / "sweep.json"
         self.lock = threading.Lock()
-        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        old = sweep_record(settings.run_dir) or {}
         self.data = {"settings": settings.to_dict(), "sessions": old.get("sessions", []), "runs": old.get("runs", {})}
         self.session = {"started": now(), "host": os.uname().nodename, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
         self.data["sessions"].append(self.session)
@@ -438,14 +439,13 @@ SETUP_KEYS = ("train_flags", "mlp_bot_prefix")  # what every run of a sweep dire
 
 def check_run_dir(settings: Settings) -> None:
     """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as this sweep's."""
-    manifest = Path(settings.run_dir) / "sweep.json"
-    if not manifest.exists():
-        return
     try:
-        old = json.loads(manifest.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"--run-dir: {manifest} is not a sweep record ({type(error).__name__}); give another --run-dir") from None
-    new = settings.to_dict()
+        record = sweep_record(settings.run_dir)
+    except UserError as error:
+        raise UserError(f"--run-dir: {error}; give another --run-dir") from None
+    if record is None:
+        return
+    old, new = record["settings"], settings.to_dict()
     for key in SETUP_KEYS:
         if old.get(key) != new[key]:
             raise UserError(
