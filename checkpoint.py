@@ -164,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     malicious file: it is refused and nothing in it runs).
     """
     p = check_file(path)
-    if not zipfile.is_zipfile(p):
+    is_zip = zipfile.is_zipfile(p)
+    if not is_zip:
         with p.open("rb") as handle:
             head = handle.read(4)
         if head.startswith(b"PK"):
@@ -174,7 +175,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
-            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
+            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as error:
         raise UserError(
             f"{p}: refused: the file's pickle holds more than tensors and plain data, and loading it could run code ({_refusal_reason(error)})"

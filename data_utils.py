@@ -32,7 +32,7 @@ import torch
 
 from errors import OneLineParser, UserError, add_bool, check_output_file, check_seed, require_at_least, run_reporting_errors
 from mlet_layers import SparseFeatures
-from synthetic_data import ClickModel, ClickModelConfig, RandomBatches
+from synthetic_data import MODEL_FLAGS, ClickModel, ClickModelConfig, RandomBatches, check_model_flags
 
 TRAIN, TEST, VAL = 0, 1, 2
 DATA_SETS = ("kaggle", "avazu")
@@ -402,7 +402,6 @@ def dataset_bundle(args: argparse.Namespace) -> DataBundle:
 def command_line_parser() -> argparse.ArgumentParser:
     """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
     from raw_generate import model_defaults
-    from synthetic_data import MODEL_FLAGS
 
     parser = OneLineParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -430,7 +429,6 @@ def command_line(argv: Sequence[str] | None = None) -> int:
 def generate_command(args: argparse.Namespace) -> None:
     """``data_utils.py generate``: write the synthetic click model in a raw format."""
     from raw_generate import RawGenerator
-    from synthetic_data import MODEL_FLAGS, check_model_flags
 
     require_at_least([("--rows", args.rows, 1)])
     check_seed("--seed", args.seed)

@@ -34,7 +34,8 @@ from errors import UserError
 
 PROTOCOLS = ("paper", "tuned")
 MATCH_RULES = ("strict", "within_std")
-RUN_NAME = re.compile(r"^(?P<optimizer>[a-z]+)_(?P<config>base_d\d+|mlet_d\d+_k\d+)_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$")
+CONFIG_LABEL = re.compile(r"base_d\d+|mlet_d\d+_k\d+")
+RUN_NAME = re.compile(rf"^(?P<optimizer>[a-z]+)_(?P<config>{CONFIG_LABEL.pattern})_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$")
 
 
 def lr_text(lr: float) -> str:
@@ -64,6 +65,13 @@ class Config:
         """``base_d4`` or ``mlet_d4_k64``."""
         return f"mlet_d{self.dim}_k{self.hidden}" if self.is_mlet else f"base_d{self.dim}"
 
+    @classmethod
+    def from_label(cls, label: str) -> Config:
+        """Inverse of :attr:`label`."""
+        if not CONFIG_LABEL.fullmatch(label):
+            raise ValueError(f"not a config label: {label!r}")
+        return cls(*(int(v) for v in re.findall(r"\d+", label)))
+
     @property
     def title(self) -> str:
         """``baseline d=4`` or ``MLET d=4 K=64``."""
@@ -90,9 +98,7 @@ def parse_run_name(name: str) -> RunSpec:
     match = RUN_NAME.match(name)
     if not match:
         raise ValueError(f"not a run name: {name!r}")
-    dims = [int(v) for v in re.findall(r"\d+", match["config"])]
-    config = Config(dims[0], dims[1] if len(dims) > 1 else 0)
-    return RunSpec(match["optimizer"], config, float(match["lr"]), int(match["seed"]))
+    return RunSpec(match["optimizer"], Config.from_label(match["config"]), float(match["lr"]), int(match["seed"]))
 
 
 def grid_configs(baseline_dims: Iterable[int], mlet_dims: Iterable[int], hidden: Iterable[int]) -> list[Config]:
@@ -111,7 +117,7 @@ def initial_rates(paper_lr: float, grid: Sequence[float], protocols: Sequence[st
 
 def initial_grid(settings: dict) -> list[RunSpec]:
     """Every (optimizer, config, initial rate, seed) of a sweep, from its ``sweep.json`` settings."""
-    configs = [parse_run_name(f"x_{label}_lr1_s0").config for label in settings["configs"]]
+    configs = [Config.from_label(label) for label in settings["configs"]]
     return [
         RunSpec(opt, config, lr, seed)
         for opt in settings["optimizers"]

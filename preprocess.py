@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_utils import dense_transform
-from errors import UserError, check_output_folder
+from errors import UserError
 from raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, Layout, ParsedBlock, count_lines, detect_layout, is_gzip, read_blocks, splitmix64
 from vocabulary import IdLimits, Vocabulary
 
@@ -379,7 +379,8 @@ OWN_FILES = {"meta.json", "vocab_keys.npy", "vocab_counts.npy", *(f"{s}.{part}.n
 
 def check_target(directory: Path, meta: dict | None) -> None:
     """Refuse to replace anything but processed data (complete or not) or an empty directory."""
-    check_output_folder("--processed-data-file", directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--processed-data-file: {directory} is a file; give a directory for the processed data")
     if directory.is_dir() and meta is None and any(p.name not in OWN_FILES for p in directory.iterdir()):
         raise UserError(f"--processed-data-file: {directory} is not empty and holds no processed data (meta.json); give a new or empty directory")
 

@@ -178,10 +178,14 @@ def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list
     return results
 
 
+def result_path(spec: RunSpec, run_dir: Path) -> Path:
+    """Where a run writes its results JSON."""
+    return results_dir(run_dir) / f"{spec.name}.json"
+
+
 def finished(spec: RunSpec, run_dir: Path) -> bool:
     """True when the run's results JSON exists and reads as one."""
-    path = results_dir(run_dir) / f"{spec.name}.json"
-    return path.exists() and bool(readable_results(run_dir, [path]))
+    return bool(readable_results(run_dir, [result_path(spec, run_dir)]))
 
 
 def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
@@ -210,7 +214,7 @@ def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[s
         f"--optimizer={spec.optimizer}",
         f"--learning-rate={spec.lr!r}",
         f"--numpy-rand-seed={spec.seed}",
-        f"--results-json={results_dir(settings.run_dir) / (spec.name + '.json')}",
+        f"--results-json={result_path(spec, settings.run_dir)}",
     ]
     if test_freq:
         argv.append(f"--test-freq={test_freq}")
@@ -275,7 +279,7 @@ def now() -> str:
 
 def run_status(spec: RunSpec, code: int, run_dir: Path) -> str:
     """How a run ended, for ``sweep.json``: finished (diverged, when its test AUC is not finite) or failed."""
-    results = readable_results(run_dir, [results_dir(run_dir) / f"{spec.name}.json"]) if code == 0 else []
+    results = readable_results(run_dir, [result_path(spec, run_dir)]) if code == 0 else []
     if not results:
         return f"failed (exit code {code})"
     return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
