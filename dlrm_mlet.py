@@ -13,17 +13,17 @@ from collections.abc import Sequence
 
 import torch
 
-import distributed
-import process_group
-from checkpoint import TRAINING, atomic_save, check_file, collapsed_checkpoint, load_checkpoint, trained_hidden
-from data_utils import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
 from dlrm_model import DLRM, INTERACTIONS, ModelConfig
-from errors import OneLineParser, UserError, add_bool, check_distinct_outputs, check_output_file, check_seed, one_line, require_at_least
+from mlet.core.errors import OneLineParser, UserError, add_bool, check_distinct_outputs, check_output_file, check_seed, one_line, require_at_least
+from mlet.core.launch import is_main_process, log
+from mlet.data.sources import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
+from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
+from mlet.parallel import distributed, process_group
+from mlet.training.checkpoints import TRAINING, atomic_save, check_file, collapsed_checkpoint, load_checkpoint, trained_hidden
+from mlet.training.optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
+from mlet.training.resume import check_inference_flags, check_training_flags, resume_flag_changes
+from mlet.training.trainer import Trainer, parameter_report, write_json
 from mlet_layers import parse_projection_init
-from optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
-from resume_checks import check_inference_flags, check_training_flags, resume_flag_changes
-from synthetic_data import MODEL_FLAGS, check_model_flags
-from trainer import Trainer, log, parameter_report, write_json
 
 PROG = "dlrm_mlet.py"
 LOSSES = ("bce", "mse", "wbce")
@@ -206,7 +206,7 @@ def validate_outputs(args: argparse.Namespace) -> None:
     check_distinct_outputs(outputs)
     if args.load_model:
         check_distinct_outputs({"--load-model": args.load_model, "--results-json": args.results_json, "--save-collapsed": args.save_collapsed})
-    if process_group.is_main_process():
+    if is_main_process():
         for flag, path in outputs.items():
             if path:
                 check_output_file(flag, path)

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from mlet_layers import EmbeddingTables, SparseFeatures, table_seed
+from mlet.core.batch import SparseFeatures
+from mlet_layers import EmbeddingTables, table_seed
 
 INTERACTIONS = ("dot", "cat")
 

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import host_memory
-import triton_kernels
+from mlet.kernels import host_memory, triton_kernels
 
 DEFAULT_PROJECTION_STD = 0.25
 PROJECTION_INITS = ("normal", "normal-STD", "xavier")

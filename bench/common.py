@@ -126,8 +126,8 @@ def harness_sgd_step(model, lr: float):
     the fused table update (``--embedding-update=fused``), BCE on logits; call it with a ``Batch``."""
     import torch.nn.functional as F
 
-    from optimizers import build_optimizer
-    from train_step import TrainStep
+    from mlet.training.optimizers import build_optimizer
+    from mlet.training.train_step import TrainStep
 
     optimizer = build_optimizer("sgd", lr, model.sparse_parameters(), model.dense_parameters(), model.tables)
     return TrainStep(model, F.binary_cross_entropy_with_logits, optimizer)

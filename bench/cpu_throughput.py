@@ -21,9 +21,8 @@ import torch
 from common import harness_sgd_step, median_of_rounds, print_table, save, time_steps
 from reference_dlrm import ReferenceDLRM, random_one_hot, scaled_cardinalities
 
-from data_utils import Batch
 from dlrm_model import DLRM, ModelConfig
-from mlet_layers import SparseFeatures
+from mlet.core.batch import Batch, SparseFeatures
 
 
 def reference_step(model: ReferenceDLRM, batches: list, lr: float):

@@ -39,11 +39,13 @@ import torch.distributed as dist  # noqa: E402
 from common import print_table, save  # noqa: E402
 from reference_dlrm import scaled_cardinalities  # noqa: E402
 
-import distributed  # noqa: E402
 import dlrm_mlet  # noqa: E402
-import process_group  # noqa: E402
-from data_utils import build_data  # noqa: E402
-from train_step import GraphedTrainStep  # noqa: E402
+from mlet.data.sources import build_data  # noqa: E402
+from mlet.parallel import (
+    distributed,  # noqa: E402
+    process_group,  # noqa: E402
+)
+from mlet.training.train_step import GraphedTrainStep  # noqa: E402
 
 
 def model_flags(args: argparse.Namespace, hidden: int, batch: int, graph: bool = False) -> list[str]:

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from common import print_table, save
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
-from data_utils import ArraySource, Batch, DataBundle
 from dlrm_model import DLRM, ModelConfig
-from mlet_layers import SparseFeatures
-from optimizers import build_optimizer
-from train_step import GraphedTrainStep, TrainStep
+from mlet.core.batch import Batch, SparseFeatures
+from mlet.data.sources import ArraySource, DataBundle
+from mlet.training.optimizers import build_optimizer
+from mlet.training.train_step import GraphedTrainStep, TrainStep
 
 VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32")
 

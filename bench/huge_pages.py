@@ -27,8 +27,8 @@ from common import median_of_rounds, print_table, save, time_steps
 from mlet_overhead import batches, config, train_timer
 from reference_dlrm import scaled_cardinalities
 
-import host_memory
 from dlrm_model import DLRM
+from mlet.kernels import host_memory
 
 KINDS = {"huge": "1", "small": "0"}  # DLRM_MLET_HUGE_PAGES value per kind of page
 

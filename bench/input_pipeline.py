@@ -4,7 +4,7 @@
 
 Reads the training split of a processed Kaggle-format data set (preprocessing
 ``--file`` first if ``--processed`` holds nothing) exactly as training does
-(:class:`data_utils.ArraySource`: a seeded permutation per epoch, each batch's
+(:class:`mlet.data.sources.ArraySource`: a seeded permutation per epoch, each batch's
 rows gathered in increasing order from the memory maps, ids limited, bags
 built), alone and through the prefetch thread, at batch 2048 and 128. In the
 same run it times the training step (forward, backward, SGD) of the Kaggle
@@ -24,8 +24,9 @@ import torch
 from common import ROOT, save, table
 
 import dlrm_mlet
-from data_utils import build_data, prefetch
 from dlrm_model import DLRM
+from mlet.core.pipeline import prefetch
+from mlet.data.sources import build_data
 
 MODEL = ["--arch-sparse-feature-size=4", "--mlet-hidden=64", "--arch-mlp-bot=13-512-256-64-4", "--arch-mlp-top=512-256-1", "--learning-rate=0.1"]
 

@@ -32,9 +32,8 @@ import torch
 from common import RESULTS, harness_sgd_step, median_of_rounds, run_child, save, table, time_steps
 from reference_dlrm import random_one_hot, scaled_cardinalities
 
-from data_utils import Batch
 from dlrm_model import DLRM, ModelConfig
-from mlet_layers import SparseFeatures
+from mlet.core.batch import Batch, SparseFeatures
 
 GPU_RESULTS = RESULTS / "gpu_final_h100.json"
 

@@ -38,7 +38,7 @@ TARGET = 76_000
 
 FULL = """
 import json, sys, time
-from preprocess import prepare
+from mlet.data.preprocessing.cache import prepare
 start, cpu = time.perf_counter(), time.process_time()
 data = prepare({file!r}, {out!r}, "kaggle", "dlrm", progress=False, log=lambda m: print(m, file=sys.stderr))
 print(json.dumps({{"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "rows": data.meta["physical_rows"], "vocabulary_sizes": data.meta["vocabulary_sizes"]}}))
@@ -48,7 +48,7 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "cpu_seconds": time.p
 READER_PRELUDE = """
 import json, time
 import numpy as np
-from raw_data import HEX_PAIRS
+from mlet.data.preprocessing.raw_data import HEX_PAIRS
 FILE = {file!r}
 
 def hex_keys(fixed):
@@ -68,7 +68,7 @@ def report(start, labels, counts, keys):
 
 READERS = {
     "pyarrow + numpy (ours)": """
-from raw_data import MISSING, detect_layout, read_blocks
+from mlet.data.preprocessing.raw_data import MISSING, detect_layout, read_blocks
 start = begin()
 parts = [(b.labels, b.counts, b.keys) for b in read_blocks(FILE, detect_layout(FILE, "kaggle"))]
 labels = np.concatenate([p[0] for p in parts])
@@ -108,8 +108,8 @@ report(start, frame[0].to_numpy(), counts, keys)
 VOCABULARY = """
 import json, time
 import numpy as np
-from vocabulary import Vocabulary
-from raw_generate import KAGGLE_CARDINALITIES, scramble
+from mlet.data.preprocessing.vocabulary import Vocabulary
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, scramble
 
 def run(sizes, rows=1_000_000, block=65_536):
     vocab = Vocabulary(len(sizes))
@@ -141,7 +141,7 @@ def ensure_file(path: Path, rows: int, scale: float) -> float:
     """Generate the Kaggle-format file if missing; returns the seconds it took (0 if it existed)."""
     if path.exists():
         return 0.0
-    from raw_generate import RawGenerator
+    from mlet.data.preprocessing.raw_generate import RawGenerator
 
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

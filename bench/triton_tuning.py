@@ -30,7 +30,7 @@ import triton
 from common import print_table, save
 from reference_dlrm import scaled_cardinalities
 
-import triton_kernels as tk
+from mlet.kernels import triton_kernels as tk
 
 LAUNCHES = list(itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8)))
 

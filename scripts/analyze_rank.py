@@ -31,12 +31,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts, table_spectra, training_counts, transformed_ids  # noqa: E402
-from checkpoint import load_checkpoint, model_from_checkpoint, trained_hidden  # noqa: E402
-from data_utils import ArraySource, build_data, prefetch  # noqa: E402
 from dlrm_model import DLRM  # noqa: E402
-from errors import UserError, check_output_folder, require_at_least  # noqa: E402
-from metrics import ctr_metrics, predict  # noqa: E402
+from mlet.core.errors import UserError, check_output_folder, require_at_least  # noqa: E402
+from mlet.core.pipeline import prefetch  # noqa: E402
+from mlet.data.sources import ArraySource, build_data  # noqa: E402
+from mlet.repro.analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts, table_spectra, training_counts, transformed_ids  # noqa: E402
+from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden  # noqa: E402
+from mlet.training.metrics import ctr_metrics, predict  # noqa: E402
 
 PROG = "analyze_rank.py"
 DIVERGED = "diverged (non-finite weights)"

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from errors import UserError, check_output_folder  # noqa: E402
-from experiments import (  # noqa: E402
+from mlet.core.errors import UserError, check_output_folder  # noqa: E402
+from mlet.repro.experiments import (
     MATCH_RULES,
     PROTOCOLS,
     Reduction,
@@ -58,7 +58,7 @@ from experiments import (  # noqa: E402
     select,
     sweep_record,
 )
-from optimizers import OPTIMIZERS  # noqa: E402
+from mlet.training.optimizers import OPTIMIZERS  # noqa: E402
 
 PROG = "summarize.py"
 

@@ -47,8 +47,8 @@ if str(ROOT) not in sys.path:
 
 from tqdm import tqdm  # noqa: E402
 
-from errors import UserError, check_output_folder, require_at_least  # noqa: E402
-from experiments import (  # noqa: E402
+from mlet.core.errors import UserError, check_output_folder, require_at_least  # noqa: E402
+from mlet.repro.experiments import (
     PROTOCOLS,
     Config,
     RunResult,
@@ -476,7 +476,7 @@ def prepare_data(settings: Settings) -> int | None:
     among the training flags.
     """
     import dlrm_mlet
-    from data_utils import build_data, split_sizes
+    from mlet.data.sources import build_data, split_sizes
 
     spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
     args = dlrm_mlet.parse_args(run_argv(spec, settings, None))

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dlrm_model import DLRM, ModelConfig  # noqa: E402
-from mlet_layers import SparseFeatures  # noqa: E402
+from mlet.core.batch import SparseFeatures  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data"))  # the real sample rows (see its README)
 
@@ -51,7 +51,7 @@ def sample_file(name: str) -> Path:
 @functools.cache
 def generated_sample_lines(name: str) -> tuple[str, ...]:
     """Generated stand-in for a shared sample file: same data set, row count and columns (no label for ``*nolabel*``)."""
-    from raw_generate import RawGenerator
+    from mlet.data.preprocessing.raw_generate import RawGenerator
 
     rows = int(re.search(r"(?:sample|head)(\d+)", name).group(1))
     with tempfile.TemporaryDirectory() as tmp:

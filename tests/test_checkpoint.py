@@ -21,11 +21,13 @@ import torch
 
 import checkpoint
 import dlrm_mlet
-from checkpoint import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
 from conftest import ROOT
-from data_utils import build_data, prefetch
-from errors import UserError
-from metrics import predict
+from mlet.core.errors import UserError
+from mlet.core.pipeline import prefetch
+from mlet.data.sources import build_data
+from mlet.training import checkpoints
+from mlet.training.checkpoints import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
+from mlet.training.metrics import predict
 
 # -- atomic writes -------------------------------------------------------------
 
@@ -40,7 +42,7 @@ WRITER = r"""
 import os, stat, sys, time
 sys.path.insert(0, sys.argv[3])
 import torch
-from checkpoint import FORMAT, VERSION, atomic_save
+from mlet.training.checkpoints import FORMAT, VERSION, atomic_save
 
 target, rounds = sys.argv[1], int(sys.argv[2])
 
@@ -130,7 +132,7 @@ def test_stale_temporaries_of_live_writers_are_kept(tmp_path) -> None:
     unrelated = tmp_path / f".b.pt.{host}.{dead_pid}.abc123.tmp"
     for p in (live, other_host, dead, unrelated):
         p.write_bytes(b"partial")
-    assert checkpoint.remove_stale_temporaries(target) == [dead]
+    assert checkpoints.remove_stale_temporaries(target) == [dead]
     assert live.exists() and other_host.exists() and unrelated.exists()
 
 
@@ -477,8 +479,8 @@ def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> 
 
 
 def test_rng_state_roundtrip() -> None:
-    state = checkpoint.rng_state()
+    state = checkpoints.rng_state()
     draws = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoint.restore_rng_state(state)
+    checkpoints.restore_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]

@@ -9,8 +9,8 @@ import torch
 
 import dlrm_mlet
 from conftest import ROOT, run_cli
-from errors import UserError
-from trainer import write_json
+from mlet.core.errors import UserError
+from mlet.training.trainer import write_json
 
 TINY = [
     "--data-generation=random",

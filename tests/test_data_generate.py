@@ -10,9 +10,9 @@ import torch
 
 import data_utils
 import dlrm_mlet
-from preprocess import SPLITS, prepare
-from raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
-from raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, RawGenerator, WrittenRows, scaled_sizes
+from mlet.data.preprocessing.cache import SPLITS, prepare
+from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, RawGenerator, WrittenRows, scaled_sizes
 
 
 def written(generator: RawGenerator) -> WrittenRows:

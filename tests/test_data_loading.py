@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_utils import ArraySource, ordered_map, prefetch
+from mlet.core.pipeline import ordered_map, prefetch
+from mlet.data.sources import ArraySource
 
 
 def arrays(rows: int = 1000, tables: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

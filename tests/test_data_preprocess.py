@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import preprocess
 from conftest import sample_file
-from errors import UserError
-from preprocess import SplitPlan, prepare
-from raw_data import MISSING
-from vocabulary import IdLimits, KeyTable, Vocabulary
+from mlet.core.errors import UserError
+from mlet.data.preprocessing import cache as preprocess
+from mlet.data.preprocessing.cache import SplitPlan, prepare
+from mlet.data.preprocessing.raw_data import MISSING
+from mlet.data.preprocessing.vocabulary import IdLimits, KeyTable, Vocabulary
 
 
 def quiet_prepare(raw, directory, data_set="kaggle", split="dlrm", logs=None, **kw):
@@ -118,7 +118,7 @@ def test_random_811_split_is_seeded_and_close_to_8_1_1() -> None:
 
 
 def test_by_day_split_holds_out_the_last_day(tmp_path) -> None:
-    from raw_generate import RawGenerator
+    from mlet.data.preprocessing.raw_generate import RawGenerator
 
     raw = tmp_path / "avazu.csv"
     RawGenerator("avazu", 2000, seed=3, scale=0.001).write(raw)

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import raw_data
 from conftest import SHARED_DATA
-from errors import UserError
-from raw_data import MISSING, detect_layout, read_blocks
+from mlet.core.errors import UserError
+from mlet.data.preprocessing import raw_data
+from mlet.data.preprocessing.raw_data import MISSING, detect_layout, read_blocks
 
 KAGGLE_FILES = {
     "criteo_kaggle_train_sample100.txt": 100,

@@ -29,12 +29,12 @@ import torch
 
 import dlrm_mlet
 from conftest import ROOT, random_inputs, small_config
-from data_utils import Batch
-from distributed import MultiProcess
-from errors import UserError
+from mlet.core.batch import Batch
+from mlet.core.errors import UserError
+from mlet.parallel.distributed import MultiProcess
+from mlet.parallel.process_group import communication_failure
+from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
 from mlet_layers import EmbeddingTables
-from process_group import communication_failure
-from sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
 
 sys.path.insert(0, str(ROOT / "bench"))
 from distributed_equivalence import (
@@ -144,7 +144,7 @@ def test_checkpoints_resume_across_world_sizes(runner, tmp_path) -> None:
 
 def test_distributed_checkpoint_is_complete_and_collapses(runner, tmp_path) -> None:
     """Every table and every row of optimizer state is in the file; it rebuilds and collapses in one process."""
-    from checkpoint import load_checkpoint, model_from_checkpoint
+    from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint
 
     path = tmp_path / "two.pt"
     runner(2, scenario_flags("mlet-adagrad-3-tables", ["--nepochs=1", f"--save-model={path}"]))

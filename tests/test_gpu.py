@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import dlrm_mlet
-from checkpoint import load_checkpoint
 from conftest import override_flags, run_cli
+from mlet.training.checkpoints import load_checkpoint
 from test_resume import FLAGS, interrupt_after_save
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import host_memory
+from mlet.kernels import host_memory
+from mlet.training.optimizers import adagrad_state
 from mlet_layers import EmbeddingTables
-from optimizers import adagrad_state
 
 THP_MODE = host_memory.transparent_huge_pages_mode()
 needs_thp = pytest.mark.skipif(THP_MODE not in ("always", "madvise"), reason=f"transparent huge pages are '{THP_MODE}' here")

@@ -7,8 +7,9 @@ import torch
 
 from conftest import random_inputs, small_config, train_random_steps
 from dlrm_model import DLRM
-from mlet_layers import EmbeddingTables, SparseFeatures, parse_projection_init
-from optimizers import build_optimizer
+from mlet.core.batch import SparseFeatures
+from mlet.training.optimizers import build_optimizer
+from mlet_layers import EmbeddingTables, parse_projection_init
 
 
 def reference_embeddings(tables: EmbeddingTables, features: SparseFeatures) -> torch.Tensor:

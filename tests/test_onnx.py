@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import checkpoint
-import onnx_export
-from checkpoint import FORMAT, VERSION, atomic_save
 from conftest import random_inputs, small_config
 from dlrm_model import DLRM
-from errors import UserError
-from onnx_export import ServingDLRM, check_agreement, export_onnx, verify
+from mlet.core.errors import UserError
+from mlet.serving import onnx_export
+from mlet.serving.onnx_export import ServingDLRM, check_agreement, export_onnx, verify
+from mlet.training.checkpoints import FORMAT, VERSION, atomic_save
 
 K = 16
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import random_inputs, train_random_steps
-from optimizers import LRPolicy, build_optimizer
+from mlet.training.optimizers import LRPolicy, build_optimizer
 
 
 @pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
@@ -85,7 +85,7 @@ def test_fused_update_follows_torch_optimizer(make_model, name: str, hidden: int
 
 def test_fused_row_adagrad_with_repeated_rows() -> None:
     """Repeated rows in one step: one Adagrad step on the summed gradient (as torch on a coalesced sparse gradient)."""
-    from optimizers import RowAdagrad
+    from mlet.training.optimizers import RowAdagrad
 
     weight = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
     expected = weight.clone().requires_grad_(True)

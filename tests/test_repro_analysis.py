@@ -12,20 +12,11 @@ import torch
 
 import data_utils
 import dlrm_mlet
-from analysis import (
-    bin_labels,
-    effective_rank,
-    frequency_metrics,
-    parse_edges,
-    rarest_id_counts,
-    singular_values,
-    table_spectra,
-    training_counts,
-)
-from checkpoint import atomic_save, load_checkpoint
 from conftest import ROOT
-from data_utils import ArraySource
-from metrics import ctr_metrics
+from mlet.data.sources import ArraySource
+from mlet.repro.analysis import bin_labels, effective_rank, frequency_metrics, parse_edges, rarest_id_counts, singular_values, table_spectra, training_counts
+from mlet.training.checkpoints import atomic_save, load_checkpoint
+from mlet.training.metrics import ctr_metrics
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import analyze_rank

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from experiments import (
+from mlet.repro.experiments import (
     Config,
     RunResult,
     RunSpec,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from errors import UserError
-from experiments import Config, RunSpec, load_run_dir, select
+from mlet.core.errors import UserError
+from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import summarize

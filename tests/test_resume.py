@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import dlrm_mlet
-from checkpoint import load_checkpoint
 from conftest import ROOT, run_cli
+from mlet.training.checkpoints import load_checkpoint
 
 # Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
 # Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).

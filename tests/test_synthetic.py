@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dlrm_mlet
-import synthetic_data
-from synthetic_data import ClickModel, ClickModelConfig, RandomBatches
+from mlet.data import synthetic as synthetic_data
+from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
 SMALL = "2000-1000-500-200-100-50-20-5"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mlet_layers
-import triton_kernels as tk
 from conftest import random_inputs, train_random_steps
-from optimizers import build_optimizer
+from mlet.kernels import triton_kernels as tk
+from mlet.training.optimizers import build_optimizer
 
 pytestmark = pytest.mark.skipif(tk.triton is None, reason="triton is not installed")
 

@@ -57,16 +57,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-import process_group
-from checkpoint import model_from_checkpoint
-from data_utils import Batch, prefetch
 from dlrm_model import DLRM, ModelConfig
-from errors import UserError
-from metrics import ctr_metrics, predict
+from mlet.core.batch import Batch
+from mlet.core.errors import UserError
+from mlet.core.launch import launched_world_size
+from mlet.core.pipeline import prefetch
+from mlet.parallel import process_group
+from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
+from mlet.parallel.sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
+from mlet.training.checkpoints import model_from_checkpoint
+from mlet.training.metrics import ctr_metrics, predict
+from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
 from mlet_layers import EmbeddingTables
-from optimizers import CombinedOptimizer, FusedOptimizer
-from process_group import Comm, SharedError, T, agree, launched_world_size, training_device, wait_for_all
-from sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
 
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
 SHARDED = ("tables.weight", "tables.projection")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from data_utils import Batch
+from mlet.core.batch import Batch
 
 
 @torch.no_grad()

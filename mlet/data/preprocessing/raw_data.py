@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from data_utils import prefetch
-from errors import UserError
+from mlet.core.errors import UserError
+from mlet.core.pipeline import prefetch
 
 MISSING = np.int64(-(2**63) + 1)  # key of an empty categorical field (the hash tables use -2**63 for "free")
 DEFAULT_BLOCK_BYTES = 1 << 23

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from checkpoint import INFERENCE, dashed, flag_name, trained_hidden
 from dlrm_model import ModelConfig
-from errors import UserError
+from mlet.core.errors import UserError
+from mlet.training.checkpoints import INFERENCE, dashed, flag_name, trained_hidden
 
 ARCHITECTURE_FLAGS = [
     ("table_sizes", "--arch-embedding-size", dashed),

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data_utils import ArraySource
-from metrics import ctr_metrics
+from mlet.data.sources import ArraySource
+from mlet.training.metrics import ctr_metrics
 
 
 def singular_values(matrix: torch.Tensor) -> np.ndarray:

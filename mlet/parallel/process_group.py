@@ -18,30 +18,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from errors import UserError
+from mlet.core.errors import UserError
+from mlet.core.launch import launched_rank, launched_world_size
 
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 1800
 
 T = TypeVar("T")
-
-
-# -- launch environment ------------------------------------------------------
-def launched_world_size() -> int:
-    """Processes in the run, from torchrun's ``WORLD_SIZE`` (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launched_rank() -> int:
-    """This process's rank, from torchrun's ``RANK`` (0 when not launched by torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """True in a single-process run and on rank 0 of a multi-process one: the process that prints and writes."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return launched_rank() == 0
 
 
 class SharedError(UserError):

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from errors import UserError
-from mlet_layers import SparseFeatures
+from mlet.core.batch import SparseFeatures
+from mlet.core.errors import UserError
 
 DENSE_FEATURES = 13
 SAMPLE_CHUNK = 1 << 16

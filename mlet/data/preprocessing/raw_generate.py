@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
-from synthetic_data import MODEL_FLAGS, ClickModel, ClickModelConfig
+from mlet.data.preprocessing.raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
+from mlet.data.synthetic import MODEL_FLAGS, ClickModel, ClickModelConfig
 
 # Distinct values of C1-C26 in the full Criteo-Kaggle train.txt (../shared/data/README.md).
 KAGGLE_CARDINALITIES = (

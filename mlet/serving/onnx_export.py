@@ -40,9 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from dlrm_model import DLRM
-from errors import UserError
-from mlet_layers import SparseFeatures
-from synthetic_data import RandomBatches
+from mlet.core.batch import SparseFeatures
+from mlet.core.errors import UserError
+from mlet.data.synthetic import RandomBatches
 
 INPUT_NAMES = ("dense", "indices", "offsets")
 OUTPUT_NAMES = ("probabilities",)

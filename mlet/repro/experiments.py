@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from errors import UserError
+from mlet.core.errors import UserError
 
 PROTOCOLS = ("paper", "tuned")
 MATCH_RULES = ("strict", "within_std")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,22 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed
-import process_group
-from checkpoint import (
-    FORMAT,
-    TRAINING,
-    VERSION,
-    atomic_save,
-    bytes_report,
-    restore_rng_state,
-    rng_state,
-)
-from data_utils import Batch, DataBundle, prefetch
 from dlrm_model import DLRM
-from errors import UserError
-from optimizers import LRPolicy, build_optimizer
-from train_step import make_train_step
+from mlet.core.batch import Batch
+from mlet.core.errors import UserError
+from mlet.core.launch import log
+from mlet.core.pipeline import prefetch
+from mlet.data.sources import DataBundle
+from mlet.parallel import distributed
+from mlet.training.checkpoints import FORMAT, TRAINING, VERSION, atomic_save, bytes_report, restore_rng_state, rng_state
+from mlet.training.optimizers import LRPolicy, build_optimizer
+from mlet.training.train_step import make_train_step
 
 
 def loss_function(args: argparse.Namespace, device: torch.device):
@@ -60,14 +53,6 @@ def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
     if args.num_workers >= 0:
         return max(1, args.num_workers)
     return 4 if device.type == "cuda" else 1
-
-
-def log(message: str) -> None:
-    """Print a log line without breaking the progress bar (on rank 0 alone, in a multi-process run)."""
-    if not process_group.is_main_process():
-        return
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def parameter_report(model: DLRM) -> dict:

@@ -48,10 +48,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_utils import dense_transform
-from errors import UserError
-from raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, Layout, ParsedBlock, count_lines, detect_layout, is_gzip, read_blocks, splitmix64
-from vocabulary import IdLimits, Vocabulary
+from mlet.core.errors import UserError
+from mlet.data.preprocessing.raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, Layout, ParsedBlock, count_lines, detect_layout, is_gzip, read_blocks, splitmix64
+from mlet.data.preprocessing.vocabulary import IdLimits, Vocabulary
 
 FORMAT = "dlrm-mlet-processed"
 VERSION = 1
@@ -64,6 +63,11 @@ Log = Callable[[str], None]
 
 
 # -- splits ----------------------------------------------------------------------
+
+
+def dense_transform(counts: np.ndarray) -> np.ndarray:
+    """Upstream DLRM's dense rule: negatives and missing (-1) to 0, then log(x + 1)."""
+    return np.log1p(np.maximum(counts, 0)).astype(np.float32)
 
 
 @dataclass

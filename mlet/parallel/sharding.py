@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dlrm_model import ModelConfig
-from mlet_layers import SparseFeatures
+from mlet.core.batch import SparseFeatures
 
 # Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
 STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}

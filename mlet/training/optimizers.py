@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import host_memory
-import triton_kernels
+from mlet.kernels import host_memory, triton_kernels
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 FUSED_OPTIMIZERS = ("sgd", "adagrad")

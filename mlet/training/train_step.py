@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from data_utils import Batch
+from mlet.core.batch import Batch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
