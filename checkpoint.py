@@ -242,5 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_errors(PROG, lambda: args.handler(args))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``dlrm-mlet-checkpoint`` console command (``python checkpoint.py``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -76,5 +76,10 @@ def preprocess_command(args: argparse.Namespace) -> None:
     print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``dlrm-mlet-data`` console command (``python data_utils.py``)."""
     sys.exit(command_line())
+
+
+if __name__ == "__main__":
+    cli()

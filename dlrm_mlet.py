@@ -402,5 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``dlrm-mlet`` console command (``python dlrm_mlet.py``)."""
     process_group.exit_process(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
 
 
 def machine() -> dict:
@@ -67,7 +66,7 @@ def median_of_rounds(timers: dict[str, Callable[[], float]], rounds: int) -> dic
 
 
 def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
-    """Run ``code`` in a fresh Python; it prints one JSON line last.
+    """Run ``code`` in a fresh Python, in ``bench/`` (so it imports the benchmarks' modules); it prints one JSON line last.
 
     Returns (that JSON, with ``cpu_seconds`` (user + system time, which other
     load on a shared machine does not inflate) added unless the child measured
@@ -75,7 +74,7 @@ def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
     """
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **(env or {})}, text=True
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=BENCH, env={**os.environ, **(env or {})}, text=True
     )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start

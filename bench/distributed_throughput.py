@@ -31,21 +31,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import torch
+import torch.distributed as dist
+from common import print_table, save
+from reference_dlrm import scaled_cardinalities
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from common import print_table, save  # noqa: E402
-from reference_dlrm import scaled_cardinalities  # noqa: E402
-
-import dlrm_mlet  # noqa: E402
-from mlet.data.sources import build_data  # noqa: E402
+import dlrm_mlet
+from mlet.data.sources import build_data
 from mlet.parallel import (
-    distributed,  # noqa: E402
-    process_group,  # noqa: E402
+    distributed,
+    process_group,
 )
-from mlet.training.train_step import GraphedTrainStep  # noqa: E402
+from mlet.training.train_step import GraphedTrainStep
 
 
 def model_flags(args: argparse.Namespace, hidden: int, batch: int, graph: bool = False) -> list[str]:

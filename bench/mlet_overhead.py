@@ -115,7 +115,6 @@ def inference_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: 
 
 MEMORY_CHILD = """
 import json, sys, torch
-sys.path.insert(0, "bench")
 torch.set_num_threads({threads})
 from mlet_overhead import batches, config
 from common import harness_sgd_step

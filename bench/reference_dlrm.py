@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
+
 
 def upstream_mlp(widths: list[int], sigmoid_last: bool) -> nn.Sequential:
     """Upstream's ``create_mlp``: Linear + ReLU, sigmoid after the last layer of the top MLP."""
@@ -59,12 +61,6 @@ class ReferenceDLRM(nn.Module):
         z = torch.bmm(t, torch.transpose(t, 1, 2))
         zflat = z[:, self.li, self.lj]
         return self.top_l(torch.cat([x, zflat], dim=1)).squeeze(-1)
-
-
-KAGGLE_CARDINALITIES = [
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-]  # fmt: skip
 
 
 def scaled_cardinalities(scale: float) -> list[int]:

@@ -21,7 +21,6 @@ import torch
 
 import checkpoint
 import dlrm_mlet
-from conftest import ROOT
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
@@ -40,7 +39,6 @@ from mlet.training.metrics import predict
 # leftovers of killed writers).
 WRITER = r"""
 import os, stat, sys, time
-sys.path.insert(0, sys.argv[3])
 import torch
 from mlet.training.checkpoints import FORMAT, VERSION, atomic_save
 
@@ -87,9 +85,7 @@ def check_intact(target: Path, round_: int, last_saved: int) -> None:
 def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path) -> None:
     target = tmp_path / "ckpt.pt"
     rounds, rng = 4, random.Random(0)
-    child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(target), str(rounds), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(rounds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     try:
         for r in range(rounds):
             child.stdin.write("go\n")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from helpers import ROOT, run_cli
 
 import dlrm_mlet
-from conftest import ROOT, run_cli
 from mlet.core.errors import UserError
 from mlet.training.trainer import write_json
 

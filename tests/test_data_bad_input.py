@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
+from helpers import override_flags, run_cli, sample_lines
 
 import data_utils
-from conftest import override_flags, run_cli, sample_lines
 
 MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import sample_file
 
-from conftest import sample_file
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache as preprocess
 from mlet.data.preprocessing.cache import SplitPlan, prepare

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import SHARED_DATA
 
-from conftest import SHARED_DATA
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import raw_data
 from mlet.data.preprocessing.raw_data import MISSING, detect_layout, read_blocks

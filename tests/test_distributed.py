@@ -26,18 +26,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, random_inputs, small_config
 
 import dlrm_mlet
-from conftest import ROOT, random_inputs, small_config
 from mlet.core.batch import Batch
 from mlet.core.errors import UserError
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 from mlet.parallel.distributed import MultiProcess
-from mlet.parallel.process_group import communication_failure
-from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
-from mlet_layers import EmbeddingTables
-
-sys.path.insert(0, str(ROOT / "bench"))
-from distributed_equivalence import (
+from mlet.parallel.equivalence import (
     TOLERANCE,
     Outcome,
     compare_resume,
@@ -45,7 +41,9 @@ from distributed_equivalence import (
     scenario_flags,
     step_losses,
 )
-from reference_dlrm import KAGGLE_CARDINALITIES
+from mlet.parallel.process_group import communication_failure
+from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
+from mlet_layers import EmbeddingTables
 
 RUN_TIMEOUT_S = 120
 Fault = Callable[[int], None]

@@ -12,11 +12,11 @@ import json
 
 import pytest
 import torch
+from helpers import RESUME_FLAGS as FLAGS
+from helpers import interrupt_after_save, override_flags, run_cli
 
 import dlrm_mlet
-from conftest import override_flags, run_cli
 from mlet.training.checkpoints import load_checkpoint
-from test_resume import FLAGS, interrupt_after_save
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

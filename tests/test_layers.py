@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_inputs, small_config, train_random_steps
 
-from conftest import random_inputs, small_config, train_random_steps
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
 from mlet.training.optimizers import build_optimizer

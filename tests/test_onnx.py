@@ -11,9 +11,9 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from helpers import random_inputs, small_config
 
 import checkpoint
-from conftest import random_inputs, small_config
 from dlrm_model import DLRM
 from mlet.core.errors import UserError
 from mlet.serving import onnx_export

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
+from helpers import random_inputs, train_random_steps
 
-from conftest import random_inputs, train_random_steps
 from mlet.training.optimizers import LRPolicy, build_optimizer
 
 

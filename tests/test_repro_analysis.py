@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -12,14 +11,11 @@ import torch
 
 import data_utils
 import dlrm_mlet
-from conftest import ROOT
 from mlet.data.sources import ArraySource
+from mlet.repro import rank_analysis as analyze_rank
 from mlet.repro.analysis import bin_labels, effective_rank, frequency_metrics, parse_edges, rarest_id_counts, singular_values, table_spectra, training_counts
 from mlet.training.checkpoints import atomic_save, load_checkpoint
 from mlet.training.metrics import ctr_metrics
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import analyze_rank
 
 
 def matrix_with_spectrum(values: list[float], rows: int = 40, seed: int = 0) -> torch.Tensor:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep
+from mlet.repro import sweep
 
 RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from mlet.core.errors import UserError
+from mlet.repro import summary as summarize
+from mlet.repro import sweep
 from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import summarize
-import sweep
 
 
 def fake_payload(spec: RunSpec, peak: float) -> dict:

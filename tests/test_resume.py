@@ -10,33 +10,12 @@ import sys
 
 import pytest
 import torch
+from helpers import RESUME_FLAGS as FLAGS
+from helpers import ROOT, interrupt_after_save, run_cli
 
 import dlrm_mlet
-from conftest import ROOT, run_cli
 from mlet.training.checkpoints import load_checkpoint
 
-# Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
-# Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).
-FLAGS = [
-    "--data-generation=synthetic",
-    "--synthetic-rank=4",
-    "--arch-embedding-size=500-80-20-7",
-    "--arch-sparse-feature-size=4",
-    "--mlet-hidden=16",
-    "--arch-mlp-bot=13-8-4",
-    "--arch-mlp-top=8-1",
-    "--mini-batch-size=32",
-    "--num-batches=10",
-    "--nepochs=2",
-    "--optimizer=adagrad",
-    "--learning-rate=0.3",
-    "--lr-num-warmup-steps=3",
-    "--lr-decay-start-step=8",
-    "--lr-num-decay-steps=10",
-    "--test-freq=5",
-    "--test-data-size=128",
-    "--progress=false",
-]
 TOTAL_ITERATIONS = 20
 
 
@@ -62,18 +41,6 @@ def straight(tmp_path_factory) -> tuple[dict, dict]:
     code = dlrm_mlet.main([*FLAGS, f"--save-model={out / 'final.pt'}", f"--results-json={out / 'run.json'}"])
     assert code == 0
     return load_checkpoint(out / "final.pt"), json.loads((out / "run.json").read_text())
-
-
-def interrupt_after_save(monkeypatch, stop_at: int) -> None:
-    """Make the run stop (as on Ctrl-C) right after writing the checkpoint of iteration ``stop_at``."""
-    original = dlrm_mlet.Trainer.save
-
-    def save(self) -> None:
-        original(self)
-        if self.iteration == stop_at:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(dlrm_mlet.Trainer, "save", save)
 
 
 @pytest.mark.timeout(120)
@@ -122,8 +89,7 @@ def test_more_epochs_extend_a_finished_run_exactly(straight, tmp_path, capsys) -
 # temporary file is written but not yet synced or renamed when the test kills it.
 PAUSING_RUN = r"""
 import os, stat, sys, time
-sys.path.insert(0, sys.argv[1])
-kill_at, saves, real_fsync = int(sys.argv[2]), [0], os.fsync
+kill_at, saves, real_fsync = int(sys.argv[1]), [0], os.fsync
 def fsync(fd):
     if stat.S_ISREG(os.fstat(fd).st_mode):
         saves[0] += 1
@@ -133,7 +99,7 @@ def fsync(fd):
     real_fsync(fd)
 os.fsync = fsync
 import dlrm_mlet
-sys.exit(dlrm_mlet.main(sys.argv[3:]))
+sys.exit(dlrm_mlet.main(sys.argv[2:]))
 """
 KILL_AT = 13  # batch 3 of epoch 1
 
@@ -145,7 +111,7 @@ def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     argv = [*FLAGS, f"--save-model={ckpt}", "--save-freq=1"]
     child = subprocess.Popen(
-        [sys.executable, "-c", PAUSING_RUN, str(ROOT), str(KILL_AT), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, "-c", PAUSING_RUN, str(KILL_AT), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     try:
         for line in child.stdout:

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from helpers import random_inputs, train_random_steps
 
 import mlet_layers
-from conftest import random_inputs, train_random_steps
 from mlet.kernels import triton_kernels as tk
 from mlet.training.optimizers import build_optimizer
 

@@ -1,0 +1,251 @@
+"""Checkpoints: atomic writes, safe loading, collapse, inspection, ONNX export.
+
+A checkpoint is a plain dict of tensors and primitives, written with
+``torch.save`` and read with ``torch.load(weights_only=True)``: loading a file
+never runs code from it (a pickle naming anything but tensors and plain data
+is refused). Two kinds:
+
+* ``training``: resumable; model, optimizer state, LR schedule, data position,
+  RNG states, arguments, test history and best metrics.
+* ``inference``: the model only, MLET tables collapsed to plain ``n x d``
+  tables (``collapsed_from`` records the training K and sizes); arguments and
+  metrics are kept.
+
+Command line (``python checkpoint.py -h``)::
+
+    checkpoint.py collapse IN OUT        # training -> inference checkpoint
+    checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
+    checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from dlrm_model import ModelConfig
+from mlet.core.errors import OneLineParser, UserError, check_distinct_outputs, check_output_file, run_reporting_errors
+from mlet.training.checkpoints import (
+    FORMAT,
+    INFERENCE,
+    TRAINING,
+    atomic_save,
+    bytes_report,
+    collapsed_checkpoint,
+    dashed,
+    element_size,
+    flag_name,
+    load_checkpoint,
+    model_from_checkpoint,
+    trained_hidden,
+    training_config,
+)
+
+PROG = "checkpoint.py"
+
+# -- info --------------------------------------------------------------------
+
+
+def mib(n: int | float) -> str:
+    """Bytes as ``12.3 MiB`` (or KiB / GiB when those read better)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def tensor_bytes(value: object) -> int:
+    """Bytes of all tensors in a nested structure of dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def summary(ckpt: dict, path: str | os.PathLike) -> dict:
+    """What ``info`` shows, as plain data."""
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    trained = training_config(ckpt)
+    elem = element_size(ckpt)
+    k = trained.mlet_hidden
+    tables = [
+        {
+            "table": t,
+            "rows": n,
+            "training_bytes": (n * k + k * trained.dim if k else n * trained.dim) * elem,
+            "inference_bytes": n * trained.dim * elem,
+        }
+        for t, n in enumerate(trained.table_sizes)
+    ]
+    history = ckpt.get("history") or []
+    return {
+        "file": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "kind": ckpt.get("kind"),
+        "version": ckpt.get("version"),
+        "torch": ckpt.get("torch"),
+        "stored_model": config.to_dict(),
+        "trained_model": trained.to_dict(),
+        "collapsed_from_hidden": (ckpt.get("collapsed_from") or {}).get("mlet_hidden"),
+        "position": ckpt.get("position"),
+        "optimizer": (ckpt.get("optimizer") or {}).get("optimizer"),
+        "optimizer_state_bytes": tensor_bytes(ckpt.get("optimizer")),
+        "stored_parameter_bytes": tensor_bytes(ckpt["model"]),
+        "parameters": bytes_report(trained.parameter_counts(), elem),
+        "tables": tables,
+        "final": history[-1] if history else None,
+        "best": ckpt.get("best"),
+        "args": ckpt.get("args") or {},
+    }
+
+
+def _metrics_line(name: str, m: dict | None) -> str:
+    if not m:
+        return f"{name} -"
+    values = ", ".join(f"{key} {m[key]:.6f}" for key in ("auc", "logloss", "accuracy") if isinstance(m.get(key), float) and math.isfinite(m[key]))
+    return f"{name} {values} (epoch {m.get('epoch')}, iteration {m.get('iteration')}, {m.get('samples', 0):,} test samples)"
+
+
+def format_summary(s: dict) -> str:
+    """The human-readable ``info`` table."""
+    trained, stored = ModelConfig.from_dict(s["trained_model"]), ModelConfig.from_dict(s["stored_model"])
+    k = trained.mlet_hidden
+    if s["kind"] == TRAINING:
+        kind = "training (resumable)"
+    else:
+        kind = f"inference (collapsed from MLET K={k}; no optimizer state)" if k else "inference (plain tables; no optimizer state)"
+    pos = s["position"] or {}
+    params = s["parameters"]
+    train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
+    rows = [
+        ("file", f"{s['file']} ({mib(s['file_bytes'])})"),
+        ("kind", kind),
+        ("format", f"{FORMAT} v{s['version']}, torch {s['torch']}"),
+        ("position", f"epoch {pos.get('epoch')}, batch {pos.get('batch')}, iteration {pos.get('iteration')}" if pos else "-"),
+        (
+            "model",
+            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {f'MLET K={k}' if k else 'plain'}"
+            f" (stored as {f'MLET K={stored.mlet_hidden}' if stored.mlet_hidden else 'plain d-wide tables'});"
+            f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, interaction {trained.interaction}",
+        ),
+        ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
+        ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),
+        (
+            "parameters",
+            f"training {params['training']['count']:,} ({mib(train_b)}), inference {params['inference']['count']:,} ({mib(infer_b)}):"
+            f" inference is {train_b / infer_b:.2f}x smaller" + (" (MLET collapsed)" if k else ""),
+        ),
+        ("embeddings", f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}"),
+        ("metrics", _metrics_line("final", s["final"])),
+        ("", _metrics_line("best", s["best"])),
+    ]
+    lines = [f"{name:<11} {value}" for name, value in rows]
+    lines.append("")
+    lines.append(f"{'table':>5} {'rows':>14} {'trained as':>12} {'training':>12} {'inference':>12}")
+    width = f"{k}x{trained.dim}" if k else f"{trained.dim}"
+    for t in s["tables"]:
+        lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {mib(t['training_bytes']):>12} {mib(t['inference_bytes']):>12}")
+    lines.append("")
+    flags = " ".join(f"{flag_name(key)}={value}" for key, value in sorted(s["args"].items()) if isinstance(value, (str, int, float, bool)))
+    lines.extend(
+        textwrap.wrap(flags, width=120, initial_indent="args        ", subsequent_indent=" " * 12, break_on_hyphens=False, break_long_words=False)
+        or ["args        -"]
+    )
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def about(path: str) -> Iterator[None]:
+    """Prefix a :class:`UserError` raised inside with the file it is about."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def cmd_collapse(args: argparse.Namespace) -> None:
+    """``collapse IN OUT``."""
+    check_distinct_outputs({"IN": args.input, "OUT": args.output})
+    check_output_file("OUT", args.output)
+    ckpt = load_checkpoint(args.input, mmap=True)
+    if ckpt.get("kind") == INFERENCE:
+        print(f"{args.input} is already an inference checkpoint; writing it unchanged")
+    with about(args.input):
+        out = collapsed_checkpoint(ckpt)
+    before = Path(args.input).stat().st_size
+    atomic_save(out, args.output)
+    after = Path(args.output).stat().st_size
+    print(f"wrote {args.output}: inference checkpoint, K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """``info FILE``."""
+    s = summary(load_checkpoint(args.file, mmap=True), args.file)
+    print(json.dumps(s, indent=2, default=str) if args.json else format_summary(s))
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    """``export-onnx IN OUT``."""
+    from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
+
+    check_output_file("OUT", args.output)
+    ckpt = load_checkpoint(args.input, mmap=True)
+    with about(args.input):
+        model = model_from_checkpoint(ckpt)
+    report = export_onnx(model, args.output, verify_outputs=args.verify)
+    where = f", weights in {report['external_data']}" if report["external_data"] else ""
+    print(f"wrote {args.output} ({'MLET K=' + str(model.config.mlet_hidden) if model.config.mlet_hidden else 'plain tables'}{where})")
+    if report.get("max_abs_diff") is not None:
+        print(
+            f"onnxruntime check: max abs diff {report['max_abs_diff']:.3g} vs torch at batch sizes {', '.join(map(str, report['batch_sizes']))} (multi-hot bags)"
+        )
+
+
+def build_parser() -> OneLineParser:
+    """The ``checkpoint.py`` command line."""
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    c = sub.add_parser("collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)")
+    c.add_argument("input", metavar="IN")
+    c.add_argument("output", metavar="OUT")
+    c.set_defaults(handler=cmd_collapse)
+    i = sub.add_parser("info", help="kind, sizes, tables, args and metrics of a checkpoint")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.set_defaults(handler=cmd_info)
+    e = sub.add_parser("export-onnx", help="export the model as ONNX (dense [B,D], indices [N], offsets [T*B+1] -> probabilities [B])")
+    e.add_argument("input", metavar="IN")
+    e.add_argument("output", metavar="OUT")
+    e.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True, help="compare onnxruntime's outputs with torch's")
+    e.set_defaults(handler=cmd_export_onnx)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(PROG, lambda: args.handler(args))
+
+
+def cli() -> None:
+    """The ``dlrm-mlet-checkpoint`` console command (``python checkpoint.py``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,85 @@
+"""Batches and where they come from: random, synthetic, and real data sets.
+
+A *batch source* has a length (batches per epoch) and ``batches(epoch, start)``,
+which yields :class:`Batch` objects from batch ``start`` of ``epoch`` on; the
+order depends only on the seed and the epoch, so a resumed run sees exactly
+the batches the interrupted one would have.
+
+Real data sets (``--data-generation=dataset``) are read by :mod:`raw_data`,
+preprocessed and cached by :mod:`preprocess`, and trained on from the cached
+memory maps through :class:`ArraySource`. Synthetic raw files in their
+formats come from :mod:`raw_generate`. As a script::
+
+    python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE [--scale X]
+    python data_utils.py preprocess --data-set=kaggle --raw-data-file=FILE [--processed-data-file=DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from mlet.core.errors import OneLineParser, UserError, add_bool, check_output_file, check_seed, require_at_least, run_reporting_errors
+from mlet.data.preprocessing.cache import prepare
+from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
+from mlet.data.sources import DATA_SETS, add_dataset_flags, validate_dataset_flags
+from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
+
+# -- command line -------------------------------------------------------------------
+
+
+def command_line_parser() -> argparse.ArgumentParser:
+    """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
+    parser = OneLineParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="write the synthetic click model in a data set's raw format")
+    gen.add_argument("data_set", choices=DATA_SETS)
+    gen.add_argument("--rows", type=int, required=True, help="data rows to write")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", type=str, required=True, help="output file (gzip-compressed if it ends in .gz)")
+    gen.add_argument("--scale", type=float, default=0.01, help="table sizes as a share of the real data set's")
+    defaults = model_defaults()
+    for flag, name in MODEL_FLAGS.items():
+        gen.add_argument(flag, type=type(defaults[name]), default=defaults[name], dest=name, help=f"click model: {name}")
+    pre = commands.add_parser("preprocess", help="preprocess a raw file into --processed-data-file (as training would)")
+    add_dataset_flags(pre)
+    add_bool(pre, "--progress", True, "show progress bars (only on a terminal)")
+    return parser
+
+
+def command_line(argv: Sequence[str] | None = None) -> int:
+    """Run ``generate`` or ``preprocess``; bad input ends with one line on stderr and exit code 2."""
+    args = command_line_parser().parse_args(argv)
+    return run_reporting_errors("data_utils.py", lambda: generate_command(args) if args.command == "generate" else preprocess_command(args))
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    """``data_utils.py generate``: write the synthetic click model in a raw format."""
+    require_at_least([("--rows", args.rows, 1)])
+    check_seed("--seed", args.seed)
+    if not (args.scale > 0 and math.isfinite(args.scale)):
+        raise UserError(f"--scale: must be a positive number, got {args.scale}")
+    model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
+    check_model_flags(model)
+    check_output_file("--out", args.out)
+    RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
+    print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
+
+
+def preprocess_command(args: argparse.Namespace) -> None:
+    """``data_utils.py preprocess``: build (or check) the processed cache of a raw file."""
+    validate_dataset_flags(args)
+    data = prepare(args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, bool(args.progress))
+    sizes = data.limits(args.cat_min_count, args.max_ind_range).table_sizes
+    print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
+
+
+def cli() -> None:
+    """The ``dlrm-mlet-data`` console command (``python data_utils.py``)."""
+    sys.exit(command_line())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,162 @@
+"""The DLRM network (arXiv 1906.00091) with plain or MLET embedding tables.
+
+bottom MLP(dense) -> x (B x d); tables(sparse) -> e (B x T x d);
+interaction(x, e) -> z; top MLP(z) -> logit. The model returns logits; the
+click probability is ``sigmoid(logit)`` (upstream's last-layer sigmoid, moved
+into the loss for numerical stability).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from torch import Tensor, nn
+
+from mlet.core.batch import SparseFeatures
+from mlet_layers import EmbeddingTables, table_seed
+
+INTERACTIONS = ("dot", "cat")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`DLRM` (stored in checkpoints).
+
+    ``bottom_mlp`` includes the dense input width (e.g. ``[13, 512, 256, 64, 16]``);
+    ``top_mlp`` excludes the interaction width, which is derived (e.g. ``[512, 256, 1]``).
+    """
+
+    table_sizes: tuple[int, ...]
+    dim: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+    mlet_hidden: int = 0
+    mlet_init: str = "normal"
+    interaction: str = "dot"
+    interaction_itself: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`."""
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in ("table_sizes", "bottom_mlp", "top_mlp"):
+            kw[k] = tuple(int(v) for v in kw[k])
+        return cls(**kw)
+
+    def collapsed(self) -> ModelConfig:
+        """The config of the same model with MLET tables folded to plain ones."""
+        return replace(self, mlet_hidden=0)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: ``mlp``, ``embedding_training`` (as trained: ``n x K + K x d``
+        per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
+        ``training`` and ``inference`` totals."""
+        mlp = sum(n_in * n_out + n_out for widths in (self.bottom_mlp, (self.interaction_width(), *self.top_mlp)) for n_in, n_out in itertools.pairwise(widths))
+        rows = sum(self.table_sizes)
+        inference = rows * self.dim
+        training = rows * self.mlet_hidden + len(self.table_sizes) * self.mlet_hidden * self.dim if self.mlet_hidden else inference
+        return {"mlp": mlp, "embedding_training": training, "embedding_inference": inference, "training": mlp + training, "inference": mlp + inference}
+
+    def interaction_width(self) -> int:
+        """Input width of the top MLP."""
+        num_features = len(self.table_sizes) + 1
+        if self.interaction == "cat":
+            return self.dim * num_features
+        pairs = num_features * (num_features + 1) // 2 if self.interaction_itself else num_features * (num_features - 1) // 2
+        return self.dim + pairs
+
+
+def make_mlp(widths: Sequence[int], seed: int, salt: int, last_activation: bool) -> nn.Sequential:
+    """Linear+ReLU stack with upstream DLRM's init: W ~ N(0, sqrt(2/(m+n))), b ~ N(0, sqrt(1/m))."""
+    gen = torch.Generator().manual_seed(table_seed(seed, 10_000 + salt))
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+        linear = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=gen)
+            linear.bias.normal_(0.0, math.sqrt(1.0 / n_out), generator=gen)
+        layers.append(linear)
+        if i < len(widths) - 2 or last_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Interaction(nn.Module):
+    """DLRM feature interaction over ``[x, e_1 .. e_T]``.
+
+    ``dot``: x concatenated with the pairwise dot products of the T+1 vectors
+    (strictly lower triangle, or including the diagonal when ``itself``).
+    ``cat``: all T+1 vectors concatenated.
+    """
+
+    def __init__(self, num_tables: int, kind: str = "dot", itself: bool = False) -> None:
+        super().__init__()
+        if kind not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {INTERACTIONS}, got '{kind}'")
+        self.kind = kind
+        num_features = num_tables + 1
+        rows, cols = torch.tril_indices(num_features, num_features, offset=0 if itself else -1)
+        self.register_buffer("flat_pairs", rows * num_features + cols, persistent=False)
+
+    def forward(self, dense: Tensor, embedded: Tensor) -> Tensor:
+        """``dense``: B x d, ``embedded``: B x T x d."""
+        if self.kind == "cat":
+            return torch.cat([dense, embedded.flatten(1)], dim=1)
+        features = torch.cat([dense.unsqueeze(1), embedded], dim=1)
+        products = torch.bmm(features, features.transpose(1, 2)).flatten(1)
+        return torch.cat([dense, products.index_select(1, self.flat_pairs)], dim=1)
+
+
+class DLRM(nn.Module):
+    """DLRM: bottom MLP, embedding tables (plain or MLET), interaction, top MLP."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        tables: EmbeddingTables | None = None,
+    ) -> None:
+        """Build and initialise; ``tables`` replaces the freshly made tables (e.g. collapsed ones)."""
+        super().__init__()
+        if config.bottom_mlp[-1] != config.dim:
+            raise ValueError(f"bottom MLP must end in d={config.dim}, ends in {config.bottom_mlp[-1]}")
+        self.config = config
+        self.bottom = make_mlp(config.bottom_mlp, seed, salt=0, last_activation=True)
+        if tables is None:
+            tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, device=device)
+        self.tables = tables
+        self.interaction = Interaction(len(config.table_sizes), config.interaction, config.interaction_itself)
+        self.top = make_mlp([config.interaction_width(), *config.top_mlp], seed, salt=1, last_activation=False)
+        self.to(device)
+
+    def forward(self, dense: Tensor, sparse: SparseFeatures) -> Tensor:
+        """Logits of shape ``B``."""
+        return self.logits(dense, self.tables(sparse))
+
+    def logits(self, dense: Tensor, embedded: Tensor) -> Tensor:
+        """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``)."""
+        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
+
+    def collapse(self) -> DLRM:
+        """A baseline DLRM (plain d-wide tables) with the same outputs."""
+        plain = DLRM(self.config.collapsed(), device=self.tables.weight.device, tables=self.tables.collapse())
+        plain.bottom.load_state_dict(self.bottom.state_dict())
+        plain.top.load_state_dict(self.top.state_dict())
+        return plain
+
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters with dense gradients: MLPs and the MLET projections."""
+        return {n: p for n, p in self.named_parameters() if p is not self.tables.weight}
+
+    def sparse_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters with sparse (row) gradients: the concatenated table weight."""
+        return {"tables.weight": self.tables.weight}

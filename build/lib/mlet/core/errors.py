@@ -1,0 +1,106 @@
+"""Bad input reported as one line, never a traceback: the exception, the parser, and the checks every command line shares (bounds, seeds, output files)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's flags or files; the message names the flag, file or line."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's whole message on one line (torch's multi-line messages keep their details)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def require_at_least(checks: Iterable[tuple[str, float, float]]) -> None:
+    """For each ``(flag, value, minimum)``: a :class:`UserError` naming the flag when ``value < minimum``."""
+    for flag, value, minimum in checks:
+        if value < minimum:
+            raise UserError(f"{flag}: must be >= {minimum}, got {value}")
+
+
+def check_seed(flag: str, seed: int) -> None:
+    """A :class:`UserError` naming ``flag`` unless ``0 <= seed < 2**63`` (what numpy and torch generators take)."""
+    if not 0 <= seed < 2**63:
+        raise UserError(f"{flag}: must be in [0, 2**63), got {seed}")
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """Fail now, not after hours of work, if ``path`` cannot be written as a file.
+
+    Creates the missing parent folders (the file goes there anyway) and
+    writes and removes a probe file beside it. The :class:`UserError` names
+    ``flag`` and says why: the path is a folder, a parent is a file, or the
+    folder refuses new files.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{flag} {path}: {blocking} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+    except OSError as error:
+        raise UserError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_output_folder(flag: str, path: str | os.PathLike) -> None:
+    """A :class:`UserError` naming ``flag`` when ``path``, where files are to be written, is an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path}: is a file; give a folder")
+
+
+def check_distinct_outputs(outputs: dict[str, str]) -> None:
+    """``{flag: path}`` of files one run writes: a :class:`UserError` if two name the same file."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UserError(f"{flag} {path}: same file as {seen[resolved]}; one would overwrite the other")
+        seen[resolved] = flag
+
+
+def str2bool(value: str) -> bool:
+    """Parse ``true/false/1/0/yes/no`` (fixes upstream's ``type=bool``, where any text is True)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+
+
+def add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
+    """A boolean flag usable as ``--flag``, ``--flag=true`` or ``--flag=false``."""
+    parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line, without the usage block."""
+
+    def error(self, message: str) -> None:
+        # The processes of a torchrun launch parse the same flags: rank 0 alone reports.
+        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
+
+
+def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
+    """Run ``action`` for a command line: 0, or 2 after one ``PROG: error: ...`` line for a :class:`UserError`."""
+    try:
+        action()
+    except UserError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

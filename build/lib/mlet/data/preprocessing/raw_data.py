@@ -1,0 +1,530 @@
+"""The raw click logs as users download them: layouts, detection, vectorised reading.
+
+Three layouts are read (:data:`LAYOUTS`):
+
+* ``kaggle-tsv``: Criteo-Kaggle ``train.txt``: tab-separated, no header; label,
+  I1-I13 (integer counts, may be empty or negative), C1-C26 (8 hex digits, may
+  be empty).
+* ``kaggle-csv``: the same rows as the Kaggle competition's CSV: header
+  ``Id,Label,I1..I13,C1..C26``, comma-separated; ``Id`` is dropped.
+* ``avazu``: Avazu ``train``: header ``id,click,hour,C1,banner_pos,...,C21``,
+  comma-separated; ``id`` is dropped, ``click`` is the label, ``hour``
+  (YYMMDDHH) becomes two categorical features, hour of day and weekday (see
+  :func:`parse_hour` for why), the 21 other columns are categorical.
+
+Any of them may be gzip-compressed and may end lines in LF or CRLF, with or
+without a newline after the last row. :func:`detect_layout` looks at the first
+line and refuses, with one clear line, what cannot be training data (a missing,
+empty or unlabelled file, a directory, the other data set's file).
+
+:func:`read_blocks` streams a file in blocks through pyarrow's CSV reader (every
+field read as bytes, in C++, in a background thread) and decodes each block
+column by column with numpy: labels, integer counts, 8-hex-digit categories as
+32-bit numbers, Avazu hours. Nothing loops over rows in Python. A row that does
+not fit the layout is not dropped here: it is flagged with an error kind and
+the column at fault (:class:`ParsedBlock`), so the caller can stop with
+``FILE:LINE: what is wrong`` or skip and count it.
+
+Categorical values become int64 *keys*: the 32-bit value of a hex string, the
+integer of an integer column, :data:`MISSING` for an empty field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from mlet.core.errors import UserError
+from mlet.core.pipeline import prefetch
+
+MISSING = np.int64(-(2**63) + 1)  # key of an empty categorical field (the hash tables use -2**63 for "free")
+DEFAULT_BLOCK_BYTES = 1 << 23
+
+# Error kinds of a bad row (0: good). The messages say what was expected.
+GOOD, COLUMNS, LABEL, COUNT, CATEGORY, INTEGER, HOUR = range(7)
+ERROR_NAMES = {
+    COLUMNS: "wrong column count",
+    LABEL: "label not 0/1",
+    COUNT: "non-integer count",
+    CATEGORY: "non-hex category",
+    INTEGER: "non-integer value",
+    HOUR: "bad hour",
+}
+SKIP_HINT = "(--skip-bad-rows skips and counts such rows)"
+
+KAGGLE_DENSE = tuple(f"I{i}" for i in range(1, 14))
+KAGGLE_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
+AVAZU_HEX = ("site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip", "device_model")
+AVAZU_COLUMNS = ("id", "click", "hour", "C1", "banner_pos", *AVAZU_HEX, "device_type", "device_conn_type", *(f"C{i}" for i in range(14, 22)))
+AVAZU_INTEGER = tuple(c for c in AVAZU_COLUMNS[3:] if c not in AVAZU_HEX)
+HOUR_FEATURES = ("hour_of_day", "weekday")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one kind of raw file is laid out.
+
+    ``kinds`` maps each field of a row, in file order, to how it is read:
+    ``skip`` (dropped), ``label``, ``count`` (dense integer), ``hex`` or
+    ``int`` (categorical), ``hour`` (Avazu's YYMMDDHH, two categorical features).
+    """
+
+    name: str
+    data_set: str
+    delimiter: str
+    header_lines: int
+    kinds: tuple[tuple[str, str], ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Field names in file order."""
+        return tuple(name for name, _ in self.kinds)
+
+    def of_kind(self, *kinds: str) -> tuple[str, ...]:
+        """Names of the fields of the given kinds, in file order."""
+        return tuple(name for name, kind in self.kinds if kind in kinds)
+
+    @property
+    def dense_features(self) -> tuple[str, ...]:
+        """Dense (count) features, in the column order of the processed arrays."""
+        return self.of_kind("count")
+
+    @property
+    def categorical_features(self) -> tuple[str, ...]:
+        """Categorical features, in the column order of the processed arrays (``hour`` gives two)."""
+        names: list[str] = []
+        for name, kind in self.kinds:
+            if kind == "hour":
+                names.extend(HOUR_FEATURES)
+            elif kind in ("hex", "int"):
+                names.append(name)
+        return tuple(names)
+
+    def expected(self) -> str:
+        """The row layout in words, for error messages."""
+        if self.data_set == "kaggle":
+            return f"{len(self.kinds)} fields ({'Id, ' if self.header_lines else ''}label, I1-I13, C1-C26)"
+        return f"{len(self.kinds)} fields (id, click, hour, C1, banner_pos, ..., C21)"
+
+
+LAYOUTS = {
+    "kaggle-tsv": Layout(
+        "kaggle-tsv", "kaggle", "\t", 0, (("label", "label"), *((c, "count") for c in KAGGLE_DENSE), *((c, "hex") for c in KAGGLE_CATEGORICAL))
+    ),
+    "kaggle-csv": Layout(
+        "kaggle-csv", "kaggle", ",", 1, (("Id", "skip"), ("Label", "label"), *((c, "count") for c in KAGGLE_DENSE), *((c, "hex") for c in KAGGLE_CATEGORICAL))
+    ),
+    "avazu": Layout(
+        "avazu",
+        "avazu",
+        ",",
+        1,
+        (("id", "skip"), ("click", "label"), ("hour", "hour"), *((c, "hex" if c in AVAZU_HEX else "int") for c in AVAZU_COLUMNS[3:])),
+    ),
+}
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser: a fixed, well-mixed 64-bit hash of each value."""
+    z = x.astype(np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+# -- files -------------------------------------------------------------------
+
+
+def is_gzip(path: str | Path) -> bool:
+    """Whether the file starts with the gzip magic bytes (the name does not matter)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def check_input_file(path: str | Path, flag: str = "--raw-data-file") -> Path:
+    """``path`` as a readable, non-empty regular file, else a one-line :class:`UserError`."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{flag}: {p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{flag}: {p}: is a directory, expected a file")
+    if not os.access(p, os.R_OK):
+        raise UserError(f"{flag}: {p}: not readable (permission denied)")
+    if p.stat().st_size == 0:
+        raise UserError(f"{flag}: {p}: file is empty")
+    return p
+
+
+def open_stream(path: str | Path) -> pa.NativeFile:
+    """A pyarrow input stream of the file's bytes, gunzipped in C++ if it is gzip."""
+    return pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
+
+
+def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list[str]:
+    """Up to ``count`` first lines (without line ends) of a plain or gzip file, from its first ``limit`` bytes."""
+    opener = gzip.open if is_gzip(path) else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(limit)
+    except (OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot read: {error}") from None
+    lines = head.split(b"\n")[:count]
+    return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines if line.strip()]
+
+
+def count_lines(path: str | Path, chunk: int = 1 << 24, progress=None) -> int:
+    """Physical lines in the file (a last line without a newline counts), reading bytes only."""
+    lines, last = 0, b"\n"
+    with open_stream(path) as stream:
+        while True:
+            data = stream.read(chunk)
+            if not data:
+                break
+            lines += data.count(b"\n")
+            last = data[-1:]
+            if progress is not None:
+                progress.update(len(data))
+    return lines + (last != b"\n")
+
+
+# -- layout detection -----------------------------------------------------------
+
+
+def detect_layout(path: str | Path, data_set: str) -> Layout:
+    """The layout of ``path`` for ``--data-set``, or a one-line :class:`UserError` saying what the file is instead."""
+    check_input_file(path)
+    lines = first_lines(path) or [""]
+    line = lines[0]
+    fields = line.split(",")
+    tab_counts = [len(x.split("\t")) for x in lines]
+    tabs = max(set(tab_counts), key=tab_counts.count)  # the usual field count: line 1 may be a bad row
+    looks_avazu = fields[:2] == ["id", "click"] or fields[:2] == ["id", "hour"]
+    if data_set == "kaggle":
+        if tabs == 40:
+            return LAYOUTS["kaggle-tsv"]
+        if tabs == 39:
+            raise UserError(
+                f"{path}: looks like Criteo-Kaggle's unlabelled test.txt (39 tab-separated columns, no label); training needs the labelled train.txt (40 columns)"
+            )
+        if fields[:2] == ["Id", "Label"] and len(fields) == 41:
+            return LAYOUTS["kaggle-csv"]
+        if fields[:2] == ["Id", "I1"]:
+            raise UserError(f"{path}: looks like the Kaggle competition's unlabelled test CSV (no Label column); training needs the labelled train file")
+        hint = "; it looks like Avazu (use --data-set=avazu)" if looks_avazu else ""
+        raise UserError(f"{path}:1: not a Criteo-Kaggle train file: {tabs} tab-separated fields, expected 40 (label, I1-I13, C1-C26){hint}")
+    if data_set == "avazu":
+        expected = list(AVAZU_COLUMNS)
+        if fields == expected:
+            return LAYOUTS["avazu"]
+        if fields == [c for c in expected if c != "click"]:
+            raise UserError(f"{path}: looks like Avazu's unlabelled test file (no click column); training needs the labelled train file")
+        hint = "; it looks like Criteo-Kaggle (use --data-set=kaggle)" if tabs in (39, 40) or fields[:2] == ["Id", "Label"] else ""
+        raise UserError(f"{path}:1: not an Avazu train file: the header should be '{','.join(expected[:4])},...,C21', got '{line[:60]}'{hint}")
+    raise UserError(f"--data-set: unknown data set '{data_set}' (kaggle or avazu)")
+
+
+# -- decoding columns -------------------------------------------------------------------
+
+
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (n + 1, absolute positions in the data) and data bytes of a string array, zero-copy."""
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def field_text(arr: pa.Array, i: int, limit: int = 40) -> str:
+    """Field ``i`` as text for an error message (shortened, undecodable bytes replaced)."""
+    offsets, data = string_buffers(arr)
+    raw = bytes(data[offsets[i] : offsets[i + 1]])
+    text = raw[:limit].decode("utf-8", errors="replace")
+    return text + ("..." if len(raw) > limit else "")
+
+
+def _hex_pair_table() -> np.ndarray:
+    """Lookup from two ASCII bytes (as a little-endian uint16) to their hex value 0-255, 0xFFFF if not hex."""
+    digit = np.full(256, 256, np.uint16)
+    for value, chars in enumerate(zip("0123456789abcdef", "0123456789ABCDEF")):
+        for c in chars:
+            digit[ord(c)] = value
+    pair = np.arange(65536)
+    first, second = digit[pair & 0xFF], digit[pair >> 8]
+    return np.where((first < 16) & (second < 16), first * 16 + second, 0xFFFF).astype(np.uint16)
+
+
+HEX_PAIRS = _hex_pair_table()
+
+
+def parse_hex(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """8-hex-digit fields -> (int64 keys, bad mask); an empty field is :data:`MISSING`.
+
+    The characters of all 8-character fields are decoded at once, two at a time,
+    through a 65536-entry table; when every field has 0 or 8 characters (the
+    normal case) they lie back to back in the data buffer and need no gather.
+    """
+    offsets, data = string_buffers(arr)
+    lengths = np.diff(offsets)
+    full = lengths == 8
+    bad = (lengths != 0) & ~full
+    if bad.any():
+        starts = offsets[:-1][full].astype(np.int64)
+        chars = data[starts[:, None] + np.arange(8)]
+    else:
+        chars = data[offsets[0] : offsets[-1]].reshape(-1, 8)
+    pairs = HEX_PAIRS[chars.view("<u2")]  # m x 4 byte values, 0xFFFF where not hex
+    not_hex = (pairs.view(np.uint64).ravel() & np.uint64(0xFF00FF00FF00FF00)) != 0
+    values = pairs.astype(np.uint8).view(">u4").ravel().astype(np.int64)
+    keys = np.full(len(arr), MISSING, np.int64)
+    keys[full] = values
+    bad[full] = not_hex
+    keys[bad] = MISSING
+    return keys, bad
+
+
+def parse_int(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decimal integer fields -> (int64 values with 0 for empty, missing mask, bad mask).
+
+    pyarrow's cast parses the whole column; only when it fails are the bad
+    fields found (anything but an optional minus and 1-18 digits) and blanked.
+    """
+    missing = np.asarray(arr.is_null())
+    try:
+        values = pc.fill_null(pc.cast(arr, pa.int64()), 0)
+        return values.to_numpy(), missing, np.zeros(len(arr), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        good = pc.fill_null(pc.match_substring_regex(arr, r"^-?[0-9]{1,18}$"), True)
+        values = pc.fill_null(pc.cast(pc.if_else(good, arr, pa.scalar(None, pa.string())), pa.int64()), 0)
+        return values.to_numpy(), missing, ~np.asarray(good)
+
+
+def parse_label(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """'0'/'1' fields -> (uint8 labels, bad mask)."""
+    offsets, data = string_buffers(arr)
+    one_char = np.diff(offsets) == 1
+    digit = data[offsets[:-1][one_char]] - np.uint8(ord("0"))
+    labels = np.zeros(len(arr), np.uint8)
+    labels[one_char] = np.where(digit <= 1, digit, 0)
+    bad = ~one_char
+    bad[one_char] = digit > 1
+    return labels, bad
+
+
+def parse_hour(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Avazu ``hour`` (YYMMDDHH) -> (hour of day 0-23, weekday 0-6 with Monday 0, date YYMMDD, bad mask).
+
+    Why these two features: the ten days of Avazu (2014-10-21 to 10-30) are
+    too few for the date itself to generalise (with a ``by-day`` split the
+    held-out day is never seen in training), while clicks follow a daily and
+    a weekly rhythm. Hour of day (24 values) and weekday (7 values, all seen
+    in any 7 consecutive days) carry that rhythm and are seen in training
+    whatever the split; categorical rather than dense because neither is
+    monotone in its effect (night vs. evening, weekday vs. weekend).
+    """
+    values, missing, bad = parse_int(arr)
+    offsets, _ = string_buffers(arr)
+    bad = bad | missing | (np.diff(offsets) != 8) | (values < 0)
+    yymmdd, hh = np.divmod(values, 100)
+    yy, mmdd = np.divmod(yymmdd, 10000)
+    mm, dd = np.divmod(mmdd, 100)
+    bad |= (hh > 23) | (mm < 1) | (mm > 12) | (dd < 1) | (dd > 31)
+    month = np.where(bad, 0, (2000 + yy - 1970) * 12 + mm - 1).astype("datetime64[M]")
+    day = month.astype("datetime64[D]") + np.where(bad, 0, dd - 1)
+    bad |= day.astype("datetime64[M]") != month  # e.g. 31 November
+    weekday = (day.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    date = np.where(bad, -1, yymmdd)
+    return np.where(bad, 0, hh), np.where(bad, 0, weekday), date, bad
+
+
+# -- blocks -------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedBlock:
+    """One block of rows, decoded.
+
+    ``rows``: 0-based physical data-row index of each parsed row (the header
+    is not a data row; rows pyarrow rejected for their column count are
+    counted, so these indices follow the file's lines). ``errors``: the error
+    kind of each parsed row (0 good) and ``error_field`` the field at fault.
+    ``wrong_width``: ``(row index, field count)`` of the rows rejected for
+    their column count, which have no values. Arrays not asked for are empty.
+    """
+
+    rows: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray  # n x D int64 (empty fields 0)
+    keys: np.ndarray  # T x n int64, feature-major
+    dates: np.ndarray
+    errors: np.ndarray
+    error_field: np.ndarray
+    wrong_width: list[tuple[int, int]] = field(default_factory=list)
+    batch: pa.RecordBatch | None = None
+
+    @property
+    def good(self) -> np.ndarray:
+        """Mask of the parsed rows without errors."""
+        return self.errors == GOOD
+
+    def error_message(self, i: int, layout: Layout) -> str:
+        """What is wrong with parsed row ``i``."""
+        kind, name = int(self.errors[i]), self.batch.schema.names[self.error_field[i]]
+        if kind == COLUMNS:
+            return f"empty line, expected {layout.expected()}"
+        text = field_text(self.batch.column(int(self.error_field[i])), i)
+        expected = {
+            LABEL: "0 or 1",
+            COUNT: "an integer or empty",
+            CATEGORY: "8 hex digits or empty",
+            INTEGER: "an integer or empty",
+            HOUR: "YYMMDDHH (a valid date and hour)",
+        }[kind]
+        return f"{name} is '{text}', expected {expected}"
+
+
+class _RowNumbers:
+    """Physical row indices of the rows in pyarrow's batches, given the rows it rejected.
+
+    pyarrow calls :meth:`reject` (its invalid-row handler) with the 1-based
+    line number of each row whose column count is wrong, and returns the other
+    rows in batches; :meth:`place` gives each batch's rows their line positions.
+    """
+
+    def __init__(self, header_lines: int) -> None:
+        self.header_lines = header_lines
+        self.rejected: list[tuple[int, int]] = []  # (row index, fields), in file order
+        self.next_row = 0
+
+    def reject(self, row) -> str:
+        """pyarrow's ``invalid_row_handler``: remember the row and skip it."""
+        if row.number is None:  # only happens with a multi-threaded reader
+            raise RuntimeError("pyarrow did not report the row number")
+        self.rejected.append((row.number - 1 - self.header_lines, row.actual_columns))
+        return "skip"
+
+    def place(self, n: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Row indices of the next ``n`` parsed rows, and the rejected rows up to them."""
+        pending = [r for r in self.rejected if r[0] >= self.next_row]
+        if not pending:
+            rows = np.arange(self.next_row, self.next_row + n, dtype=np.int64)
+        else:
+            span = np.arange(self.next_row, self.next_row + n + len(pending), dtype=np.int64)
+            rows = np.setdiff1d(span, [r for r, _ in pending], assume_unique=True)[:n]
+        end = int(rows[-1]) + 1 if n else self.next_row
+        taken = [r for r in pending if r[0] < end]
+        self.rejected = [r for r in self.rejected if r[0] >= end]
+        self.next_row = end
+        return rows, taken
+
+    def flush(self) -> list[tuple[int, int]]:
+        """Rejected rows after the last parsed row."""
+        rest, self.rejected = self.rejected, []
+        if rest:
+            self.next_row = rest[-1][0] + 1
+        return rest
+
+
+def _arrow_batches(
+    path: str | Path, layout: Layout, columns: Sequence[str], block_bytes: int
+) -> Iterator[tuple[pa.RecordBatch | None, np.ndarray, list[tuple[int, int]]]]:
+    """pyarrow's streaming CSV reader over the file: ``(batch, row indices, rejected rows)``.
+
+    Every wanted field is read as (unchecked) bytes, empty fields as null. The
+    reader is single-threaded so that it reports line numbers; the row
+    numbering runs in the same thread as pyarrow's invalid-row handler. A last
+    ``(None, [], rejected)`` carries rejected rows after the last good one.
+    """
+    numbers = _RowNumbers(layout.header_lines)
+    read = pcsv.ReadOptions(column_names=list(layout.columns), skip_rows=layout.header_lines, use_threads=False, block_size=block_bytes)
+    parse = pcsv.ParseOptions(delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False, invalid_row_handler=numbers.reject)
+    convert = pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns},
+        include_columns=list(columns),
+        check_utf8=False,
+        strings_can_be_null=True,
+        null_values=[""],
+        quoted_strings_can_be_null=False,
+    )
+    try:
+        with open_stream(path) as stream:
+            for batch in pcsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
+                yield (batch, *numbers.place(batch.num_rows))
+    except (pa.ArrowInvalid, OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot read: {str(error).splitlines()[0]}") from None
+    rest = numbers.flush()
+    if rest:
+        yield None, np.zeros(0, np.int64), rest
+
+
+def parse_batch(batch: pa.RecordBatch, layout: Layout, rows: np.ndarray) -> ParsedBlock:
+    """Decode one pyarrow batch (whichever of the layout's fields it holds) into a :class:`ParsedBlock`."""
+    n = batch.num_rows
+    errors, error_field = np.zeros(n, np.uint8), np.zeros(n, np.int16)
+    labels, counts, keys, dates = np.zeros(n, np.uint8), [], [], np.zeros(0, np.int64)
+    kinds = dict(layout.kinds)
+
+    def flag(bad: np.ndarray, kind: int, index: int) -> None:
+        first = bad & (errors == GOOD)
+        errors[first], error_field[first] = kind, index
+
+    for index, name in enumerate(batch.schema.names):
+        arr, kind = batch.column(index), kinds[name]
+        if kind == "label":
+            labels, bad = parse_label(arr)
+            if bad.any():
+                blank = bad & np.all([np.asarray(c.is_null()) for c in batch.columns], axis=0)
+                flag(blank, COLUMNS, index)
+            flag(bad, LABEL, index)
+        elif kind == "count":
+            values, _, bad = parse_int(arr)
+            counts.append(values)
+            flag(bad, COUNT, index)
+        elif kind == "hex":
+            key, bad = parse_hex(arr)
+            keys.append(key)
+            flag(bad, CATEGORY, index)
+        elif kind == "int":
+            values, missing, bad = parse_int(arr)
+            keys.append(np.where(missing | bad, MISSING, values))
+            flag(bad, INTEGER, index)
+        elif kind == "hour":
+            hour, weekday, dates, bad = parse_hour(arr)
+            keys.extend([hour, weekday])
+            flag(bad, HOUR, index)
+    return ParsedBlock(
+        rows=rows,
+        labels=labels,
+        counts=np.stack(counts, axis=1) if counts else np.zeros((n, 0), np.int64),
+        keys=np.stack(keys) if keys else np.zeros((0, n), np.int64),
+        dates=dates,
+        errors=errors,
+        error_field=error_field,
+        batch=batch,
+    )
+
+
+def read_blocks(path: str | Path, layout: Layout, columns: Sequence[str] | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[ParsedBlock]:
+    """Stream ``path`` as :class:`ParsedBlock` objects, in file order.
+
+    ``columns``: the fields to decode (default: all but dropped ones). pyarrow
+    tokenises in one background thread and the columns are decoded in
+    another, so the caller's work on block ``k`` overlaps both for ``k + 1``.
+    """
+    wanted = list(columns) if columns is not None else [c for c, kind in layout.kinds if kind != "skip"]
+    empty = pa.RecordBatch.from_pylist([], schema=pa.schema([(c, pa.string()) for c in wanted]))
+
+    def parsed() -> Iterator[ParsedBlock]:
+        for batch, rows, rejected in prefetch(_arrow_batches(path, layout, wanted, block_bytes), depth=2):
+            block = parse_batch(batch if batch is not None else empty, layout, rows)
+            block.wrong_width = rejected
+            yield block
+
+    yield from prefetch(parsed(), depth=2)

@@ -1,0 +1,326 @@
+"""Triton kernels for the GPU hot spots of a DLRM training step.
+
+Profiling the step on an H100/H200 (``bench/gpu_profile.py``, numbers in
+``bench/NOTES.md``) showed three places where PyTorch's own kernels are far
+from the memory-bandwidth floor, all on the embedding side:
+
+* the lookup of one row per bag (``embedding_bag``'s generic kernel), and the
+  row update (``index_add_``, which falls back to a slow 64-bit-index kernel
+  once the table has more than 2**31 elements, as MLET's K-wide Criteo table does);
+* MLET's per-table projection ``(T, B, K) @ (T, K, d)`` and its gradients,
+  for which cuBLAS picks small-tile SIMT kernels (d is narrow).
+
+Each kernel here is a drop-in for one PyTorch op, in float32 (IEEE products,
+or TF32 exactly when PyTorch's matmuls may use it: ``--tf32``), so results
+match PyTorch's to rounding. They are used on CUDA
+tensors when Triton is importable, and everywhere under ``TRITON_INTERPRET=1``
+(how the tests run them on a CPU); otherwise callers use the PyTorch op.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU installs may lack it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+
+INTERPRET_ON_CPU = False
+"""Run the kernels on CPU tensors too (in Triton's interpreter: needs
+``TRITON_INTERPRET=1`` in the environment before ``triton`` is imported, as the
+tests' ``conftest.py`` does). Slow; for testing only."""
+
+
+def usable(*tensors: Tensor) -> bool:
+    """True when the kernels can run on these tensors (CUDA; CPU under ``INTERPRET_ON_CPU``)."""
+    if triton is None:
+        return False
+    return all(t.is_cuda for t in tensors) or (INTERPRET_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+PLAIN, GATHER_ROWS, GATHER_REDUCTION = 0, 1, 2
+"""How the grouped matmul reads ``A``: as laid out; its rows picked by ``ids``
+(MLET's forward); its reduction index picked by ``ids`` (MLET's W2 gradient)."""
+
+
+def dot_precision() -> str:
+    """The kernels' matrix-product precision: TF32 where PyTorch's own GEMMs may use it
+    (``torch.backends.cuda.matmul.allow_tf32``, set by ``--tf32``), else IEEE float32."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _block(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= ``n`` (and >= ``minimum``)."""
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """The kernels, defined on first use (importing this module costs nothing where they are never used)."""
+
+    @triton.jit
+    def _gather_rows_kernel(weight, ids, out, n, width, stride_w, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):  # noqa: N803
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, BLOCK_W)
+        row_ok = rows < n
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        src = tl.load(ids + rows, mask=row_ok, other=0).to(tl.int64)
+        values = tl.load(weight + src[:, None] * stride_w + cols[None, :], mask=mask)
+        tl.store(out + rows.to(tl.int64)[:, None] * width + cols[None, :], values, mask=mask)
+
+    @triton.jit
+    def _scatter_sub_rows_kernel(weight, ids, grads, lr, n, width, stride_w, stride_g, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):  # noqa: N803
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, BLOCK_W)
+        row_ok = rows < n
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        dst = tl.load(ids + rows, mask=row_ok, other=0).to(tl.int64)
+        g = tl.load(grads + rows.to(tl.int64)[:, None] * stride_g + cols[None, :], mask=mask) * -tl.load(lr)
+        tl.atomic_add(weight + dst[:, None] * stride_w + cols[None, :], g, mask=mask, sem="relaxed")
+
+    @triton.jit
+    def _grouped_matmul_kernel(
+        a,
+        b,
+        c,
+        ids,
+        m,
+        k,
+        n,
+        k_per_split,
+        s_at,
+        s_am,
+        s_ak,
+        s_bt,
+        s_bk,
+        s_bn,
+        s_ct,
+        s_cs,
+        s_cm,
+        s_cn,
+        BLOCK_M: tl.constexpr,  # noqa: N803
+        BLOCK_K: tl.constexpr,  # noqa: N803
+        BLOCK_N: tl.constexpr,  # noqa: N803
+        GATHER: tl.constexpr,  # noqa: N803
+        PRECISION: tl.constexpr,  # noqa: N803
+    ):
+        pid_m, group, split = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        a_base = a + group * s_at
+        b_base = b + group * s_bt
+        a_rows = rm.to(tl.int64)
+        if GATHER == 1:  # GATHER_ROWS: A's rows are table rows, A[g, i, :] = a[ids[g * m + i], :]
+            a_rows = tl.load(ids + group * m + rm, mask=rm < m, other=0).to(tl.int64)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        k_start = split * k_per_split
+        k_stop = tl.minimum(k_start + k_per_split, k)
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            kk = k0 + rk
+            k_ok = kk < k_stop
+            a_cols = kk.to(tl.int64)
+            if GATHER == 2:  # GATHER_REDUCTION: the reduction runs over table rows, A[g, :, j] = a[ids[g * k + j], :]
+                a_cols = tl.load(ids + group * k + kk, mask=k_ok, other=0).to(tl.int64)
+            a_tile = tl.load(a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
+            b_tile = tl.load(b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & (rn < n)[None, :], other=0.0)
+            acc += tl.dot(a_tile, b_tile, input_precision=PRECISION)
+        out = c + group * s_ct + split * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
+        tl.store(out, acc, mask=(rm < m)[:, None] & (rn < n)[None, :])
+
+    @triton.jit
+    def _project_scatter_sub_kernel(
+        grad_out,
+        projection,
+        ids,
+        weight,
+        lr,
+        batch,
+        k,
+        d,
+        s_gt,
+        s_gb,
+        s_gd,
+        s_pt,
+        s_pk,
+        s_pd,
+        stride_w,
+        BLOCK_M: tl.constexpr,  # noqa: N803
+        BLOCK_K: tl.constexpr,  # noqa: N803
+        BLOCK_D: tl.constexpr,  # noqa: N803
+        PRECISION: tl.constexpr,  # noqa: N803
+    ):
+        pid_m, table = tl.program_id(0), tl.program_id(1).to(tl.int64)
+        rb = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rd = tl.arange(0, BLOCK_D)
+        row_ok, d_ok = rb < batch, rd < d
+        g = tl.load(grad_out + table * s_gt + rb.to(tl.int64)[:, None] * s_gb + rd[None, :] * s_gd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        dst = tl.load(ids + table * batch + rb, mask=row_ok, other=0).to(tl.int64)
+        neg_lr = -tl.load(lr)
+        for k0 in range(0, k, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < k
+            w_t = tl.load(projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd, mask=d_ok[:, None] & k_ok[None, :], other=0.0)
+            rows = tl.dot(g, w_t, input_precision=PRECISION)
+            tl.atomic_add(weight + dst[:, None] * stride_w + rk[None, :], rows * neg_lr, mask=row_ok[:, None] & k_ok[None, :], sem="relaxed")
+
+    return SimpleNamespace(
+        gather=_gather_rows_kernel,
+        scatter_sub=_scatter_sub_rows_kernel,
+        grouped=_grouped_matmul_kernel,
+        project_scatter_sub=_project_scatter_sub_kernel,
+    )
+
+
+def gather_rows(weight: Tensor, ids: Tensor) -> Tensor:
+    """``weight[ids]`` (``ids``: 1-D integer tensor)."""
+    n, width = ids.numel(), weight.shape[1]
+    out = torch.empty(n, width, dtype=weight.dtype, device=weight.device)
+    block_w = _block(width, 1)
+    block_n = max(1, 4096 // block_w)
+    _kernels().gather[(triton.cdiv(n, block_n),)](weight, ids, out, n, width, weight.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
+    return out
+
+
+def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> None:
+    """``weight.index_add_(0, ids, grads * -lr)`` in place (an SGD row update); ``lr`` a one-element tensor."""
+    n, width = ids.numel(), weight.shape[1]
+    block_w = _block(width, 1)
+    block_n = max(1, 4096 // block_w)
+    _kernels().scatter_sub[(triton.cdiv(n, block_n),)](weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
+
+
+def project_scatter_sub(
+    weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor, block_m: int = 128, block_k: int | None = None, warps: int = 2
+) -> None:
+    """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
+
+    ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
+    T*B global rows (table-major). The K-wide row gradients never touch memory.
+    The launch defaults come from ``bench/triton_tuning.py`` (H100, batch 8192:
+    128 x 32, 2 warps at d <= 32, 78-81 us; 128 x 16 at d = 64, 171 us against 295 us with 128 x 32).
+    """
+    tables, batch, d = grad_out.shape
+    k = projection.shape[1]
+    block_k = min(block_k or (16 if d > 32 else 32), _block(k))
+    ids = ids.contiguous()
+    grid = (triton.cdiv(batch, block_m), tables)
+    _kernels().project_scatter_sub[grid](
+        grad_out, projection, ids, weight, lr, batch, k, d,
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        projection.stride(0), projection.stride(1), projection.stride(2),
+        weight.stride(0),
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), PRECISION=dot_precision(), num_warps=warps,
+    )  # fmt: skip
+
+
+def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
+    """``torch.bmm(a, b)`` for ``a``: (G, M, K), ``b``: (G, K, N), any strides.
+
+    ``splits`` > 1 cuts the K dimension into that many ranges computed in
+    parallel and summed afterwards (in a fixed order: deterministic), for
+    products with a long K and a small output, such as MLET's weight gradient.
+    """
+    return _grouped(a, tuple(a.shape), tuple(a.stride()), b, splits)
+
+
+def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int | None = None, block_k: int | None = None, warps: int = 4) -> Tensor:
+    """MLET's one-hot forward in one kernel: ``torch.bmm(weight[ids].view(T, B, K), projection)``.
+
+    ``ids``: the T*B global rows, table-major. The K-wide rows go from the
+    table into the product without being written out (against a gather kernel
+    writing them and the projection reading them back). The launch defaults to
+    the grouped matmul's choice: ``bench/triton_tuning.py`` timed others up to
+    1.8x faster at batch 2048, but identical launches differed by up to 2x
+    between its measurements, so none was adopted without a cleaner measurement.
+    """
+    tables, hidden, _ = projection.shape
+    shape = (tables, ids.numel() // tables, hidden)
+    strides = (0, weight.stride(0), weight.stride(1))
+    return _grouped(weight, shape, strides, projection, 1, ids, GATHER_ROWS, block_m, block_k, warps)
+
+
+def gathered_weight_gradient(
+    weight: Tensor, ids: Tensor, grad_out: Tensor, block_m: int = 32, block_k: int = 64, warps: int = 4, splits: int | None = None
+) -> Tensor:
+    """MLET's projection gradient from the table rows: ``weight[ids].view(T, B, K).transpose(1, 2) @ grad_out``.
+
+    Reads the rows straight from ``weight`` (call it before they are updated).
+    Launch defaults from ``bench/triton_tuning.py`` (H100, batch 8192: 48 us at d = 4 and 16,
+    81 us at d = 64, against 51-59 and 104 us with the grouped matmul's own 64 x 16-32, 4 warps;
+    batch 2048 with 8 ranges: 20-35 us). ``splits``: see :func:`weight_gradient_splits`.
+    """
+    tables, batch, _ = grad_out.shape
+    shape = (tables, weight.shape[1], batch)
+    splits = splits or weight_gradient_splits(batch)
+    strides = (0, weight.stride(1), weight.stride(0))
+    return _grouped(weight, shape, strides, grad_out, splits, ids, GATHER_REDUCTION, block_m, block_k, warps)
+
+
+def _grouped(
+    a: Tensor,
+    shape: tuple[int, int, int],
+    strides: tuple[int, int, int],
+    b: Tensor,
+    splits: int,
+    ids: Tensor | None = None,
+    gather: int = PLAIN,
+    block_m: int | None = None,
+    block_k: int | None = None,
+    warps: int = 4,
+) -> Tensor:
+    """Launch the grouped matmul of ``A`` (``shape``: (G, M, K), laid out in ``a`` by ``strides``;
+    rows or reduction index picked through ``ids`` per ``gather``) by ``b``: (G, K, N)."""
+    groups, m, k = shape
+    n = b.shape[2]
+    k_per_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
+    splits = triton.cdiv(k, k_per_split)
+    c = torch.empty(groups, splits, m, n, dtype=torch.float32, device=a.device)
+    block_n = _block(n)
+    block_m = block_m or (64 if m >= 64 else _block(m))
+    block_k = block_k or (32 if block_n <= 32 else 16)
+    grid = (triton.cdiv(m, block_m), groups, splits)
+    ids = a if ids is None else ids.contiguous()  # PLAIN never reads it; a valid pointer all the same
+    _kernels().grouped[grid](
+        a, b, c, ids, m, k, n, k_per_split,
+        *strides,
+        b.stride(0), b.stride(1), b.stride(2),
+        c.stride(0), c.stride(1), c.stride(2), c.stride(3),
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=block_n, GATHER=gather, PRECISION=dot_precision(), num_warps=warps,
+    )  # fmt: skip
+    return c[:, 0] if splits == 1 else c.sum(dim=1)
+
+
+class GroupedProjection(torch.autograd.Function):
+    """MLET's per-table projection ``(T, B, K) @ (T, K, d)`` with Triton forward and backward."""
+
+    @staticmethod
+    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pooled, projection)
+        return grouped_matmul(pooled, projection)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        pooled, projection = ctx.saved_tensors
+        grad_pooled = grouped_matmul(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        splits = weight_gradient_splits(pooled.shape[1])
+        grad_projection = grouped_matmul(pooled.transpose(1, 2), grad_out, splits) if ctx.needs_input_grad[1] else None
+        return grad_pooled, grad_projection
+
+
+def weight_gradient_splits(batch: int) -> int:
+    """How many ranges to split MLET's weight gradient (a reduction over the batch) into.
+
+    The output is small (T x K x d), so without splits a few hundred programs
+    loop over the whole batch; ranges of 256 samples, at most 8 (the partial
+    sums cost a reduction), keep the GPU busy at batch 2048 too.
+    """
+    return min(8, max(1, batch // 256))

@@ -1,0 +1,1 @@
+"""Several processes under torchrun: table sharding, the embedding all-to-all, process groups and shared errors."""

@@ -1,0 +1,504 @@
+"""Multi-process training: data-parallel MLPs, model-parallel embedding tables.
+
+Started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+the rendezvous address), every process of a run of ``W``:
+
+* makes the same global batches (their order depends only on the seed and the
+  epoch) and keeps its share (:meth:`MultiProcess.shard`): a contiguous slice
+  of the samples for the MLPs, and, for *all* samples, the bags of the tables
+  it owns;
+* owns the tables that a :class:`ShardingPlan` gives it (balanced by training
+  bytes: K-wide ``W1`` plus optimizer state) and pools their embeddings for the
+  whole global batch; MLET tables are projected K -> d here, on the owner;
+* exchanges those d-wide vectors with one all-to-all, so that every process
+  gets each table's embedding of its own samples (gradients go back the same
+  way, :class:`EmbeddingExchange`);
+* runs the bottom MLP, the interaction and the top MLP on its own samples;
+  these are replicated and kept in step by one all-reduce of their
+  gradients per step (:meth:`DistributedDLRM.sum_replicated_gradients`).
+
+Gradient scaling: each process's loss is the sum of its samples' losses
+divided by the *global* batch size, so the processes' losses add up to the
+single-process mean. The MLP gradients are summed over the processes (not
+averaged, as DDP would), and the embedding gradients that come back through
+the all-to-all are already those of the global mean: ``W`` processes with global
+batch ``B`` take the steps of one process with batch ``B``. (Upstream DLRM
+divides by the local batch and lets DDP average: right for the MLPs, but the
+tables get ``W`` times their gradient.) With only static-shaped collectives
+in it (the all-to-all's splits depend on the batch size alone, the
+all-reduce is one flat buffer), the whole step can be captured in a CUDA
+graph, as in one process.
+
+Checkpoints are gathered into the single-process layout (every table, every
+table's optimizer state, in global table order; :meth:`DistributedDLRM.state_dict`
+and :class:`ShardedOptimizer`), so they load in one process and in a run of
+any other size, and are split again on loading.
+
+Process groups: the default group is gloo, joined before the flags are
+checked (:func:`start`); it carries errors, metrics and checkpoints. On GPUs
+the training traffic (all-to-all, gradient all-reduce) has a NCCL group of its own.
+
+Errors: the flag checks and the setup run under :func:`agree`, which shares
+any rank's error with every rank, so all stop with that rank's message
+(printed once, by rank 0) instead of waiting for each other; an error later
+in the run stops the failing process, and ``torchrun`` then stops the others;
+collectives time out after ``--dist-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dlrm_model import DLRM, ModelConfig
+from mlet.core.batch import Batch
+from mlet.core.errors import UserError
+from mlet.core.launch import launched_world_size
+from mlet.core.pipeline import prefetch
+from mlet.parallel import process_group
+from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
+from mlet.parallel.sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
+from mlet.training.checkpoints import model_from_checkpoint
+from mlet.training.metrics import ctr_metrics, predict
+from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
+from mlet_layers import EmbeddingTables
+
+# Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
+SHARDED = ("tables.weight", "tables.projection")
+GATHER_CHUNK_BYTES = 64 << 20
+
+
+# -- the embedding exchange ----------------------------------------------------
+@dataclass(frozen=True)
+class ExchangeLayout:
+    """Split sizes of one all-to-all for a global batch of a given size.
+
+    Rank ``o`` sends rank ``r`` the embeddings of ``r``'s samples for ``o``'s
+    tables: ``local_sizes[r] x tables(o) x d`` values, sample-major.
+    """
+
+    send_splits: list[int]
+    recv_splits: list[int]
+    batch_size: int
+    local_batch: int
+    owned: int
+    num_tables: int
+    dim: int
+    owner_tables: tuple[Tensor, ...]  # global ids of each rank's tables, on the device
+    group: dist.ProcessGroup | None
+
+
+class EmbeddingExchange(torch.autograd.Function):
+    """All-to-all of pooled embeddings: ``B x owned x d`` on each owner -> ``b x T x d`` on each rank.
+
+    Backward sends each rank's embedding gradients back to the owners with the
+    reverse all-to-all. On a rank that owns no table the input is an empty
+    tensor that requires grad, so that its backward still takes part.
+    """
+
+    @staticmethod
+    def forward(ctx, pooled: Tensor, layout: ExchangeLayout) -> Tensor:
+        ctx.layout = layout
+        received = pooled.new_empty(sum(layout.recv_splits))
+        dist.all_to_all_single(received, pooled.contiguous().view(-1), layout.recv_splits, layout.send_splits, group=layout.group)
+        out = pooled.new_empty(layout.local_batch, layout.num_tables, layout.dim)
+        for block, tables in zip(received.split(layout.recv_splits), layout.owner_tables):
+            if tables.numel():
+                out.index_copy_(1, tables, block.view(layout.local_batch, tables.numel(), layout.dim))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        layout: ExchangeLayout = ctx.layout
+        outgoing = grad.new_empty(sum(layout.recv_splits))
+        for block, tables in zip(outgoing.split(layout.recv_splits), layout.owner_tables):
+            if tables.numel():
+                torch.index_select(grad, 1, tables, out=block.view(layout.local_batch, tables.numel(), layout.dim))
+        incoming = grad.new_empty(sum(layout.send_splits))
+        dist.all_to_all_single(incoming, outgoing, layout.send_splits, layout.recv_splits, group=layout.group)
+        return incoming.view(layout.batch_size, layout.owned, layout.dim), None
+
+
+# -- gathering and splitting sharded tensors -----------------------------------
+def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
+    """The full tensor on rank 0 (on the CPU), from every rank's rows; ``None`` elsewhere.
+
+    Every rank must call it. Rows travel over the (gloo) default group in chunks of at most
+    ``GATHER_CHUNK_BYTES``, so no device needs room for more than its own shard.
+    """
+    trailing = tuple(local.shape[1:])
+    row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * local.element_size())
+    chunk = max(1, GATHER_CHUNK_BYTES // row_bytes)
+    full = torch.empty((layout.full_rows, *trailing), dtype=local.dtype) if comm.is_main else None
+    for rank, segments in enumerate(layout.segments):
+        if rank != comm.rank and not comm.is_main:
+            continue
+        offset = 0
+        for start, count in segments:
+            for lo in range(0, count, chunk):
+                hi = min(count, lo + chunk)
+                if rank == comm.rank:
+                    piece = local[offset + lo : offset + hi].detach().to("cpu")
+                    if comm.is_main:
+                        full[start + lo : start + hi] = piece
+                    else:
+                        dist.send(piece.contiguous(), dst=0)
+                else:
+                    dist.recv(full[start + lo : start + hi], src=rank)
+            offset += count
+    return full
+
+
+# -- the sharded model ---------------------------------------------------------
+class DistributedDLRM(DLRM):
+    """DLRM whose tables are sharded over the ranks and whose MLPs are replicated.
+
+    Parameter names are those of :class:`DLRM` (``tables.weight`` holds this
+    rank's tables only). :meth:`state_dict` and :meth:`load_state_dict` speak
+    the single-process layout, so checkpoints move between world sizes.
+    """
+
+    def __init__(self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None) -> None:
+        mine = plan.tables_of_rank[comm.rank]
+        if tables is None:
+            sizes = [config.table_sizes[t] for t in mine]
+            tables = EmbeddingTables(sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, table_ids=mine, device=comm.device)
+        super().__init__(config, seed=seed, device=comm.device, tables=tables)
+        self.comm, self.plan = comm, plan
+        self.row_layouts = {
+            "tables.weight": RowLayout.of_tables(plan, config.table_sizes),
+            "tables.projection": RowLayout.of_tables(plan, [1] * len(config.table_sizes)),
+        }
+        self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
+        self.layouts: dict[int, ExchangeLayout] = {}
+
+    def exchange_layout(self, batch_size: int) -> ExchangeLayout:
+        """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
+        if batch_size not in self.layouts:
+            sizes = local_sizes(batch_size, self.comm.world_size)
+            owned, dim, me = self.tables.num_tables, self.config.dim, self.comm.rank
+            self.layouts[batch_size] = ExchangeLayout(
+                send_splits=[b * owned * dim for b in sizes],
+                recv_splits=[sizes[me] * len(ts) * dim for ts in self.plan.tables_of_rank],
+                batch_size=batch_size,
+                local_batch=sizes[me],
+                owned=owned,
+                num_tables=len(self.config.table_sizes),
+                dim=dim,
+                owner_tables=self.owner_tables,
+                group=self.comm.group,
+            )
+        return self.layouts[batch_size]
+
+    def sum_replicated_gradients(self) -> None:
+        """Sum the MLPs' gradients over the processes: one all-reduce of one flat buffer.
+
+        Each process's loss is its share of the global mean, so the sum is the
+        gradient of the global mean (DDP would average). Shapes are static, so
+        a CUDA graph can hold it.
+        """
+        grads = [p.grad for name, p in self.named_parameters() if name not in SHARDED]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=self.comm.group)
+        for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(summed.view_as(grad))
+
+    def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:
+        """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
+        pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
+        embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
+        return self.logits(dense, embedded)
+
+    def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
+        """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
+        return dense.new_zeros(batch_size, 0, self.config.dim).requires_grad_()
+
+    def state_dict(self) -> dict[str, Tensor]:  # type: ignore[override]
+        """The whole model in single-process layout, on the CPU, on rank 0 (``{}`` elsewhere).
+
+        A collective: every rank must call it.
+        """
+        full = {}
+        for name, tensor in super().state_dict().items():
+            value = gather_rows(tensor, self.row_layouts[name], self.comm) if name in SHARDED else tensor.detach().cpu()
+            if self.comm.is_main:
+                full[name] = value
+        return full
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Load a single-process-layout state dict, keeping this rank's tables."""
+        local = {}
+        for name, tensor in state_dict.items():
+            try:
+                local[name] = self.row_layouts[name].take(tensor, self.comm.rank) if name in SHARDED else tensor
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return super().load_state_dict(local, strict=strict, assign=assign)
+
+    def collapse(self) -> DistributedDLRM:
+        """The same model with each owned MLET table folded into a plain one (no communication)."""
+        plain = DistributedDLRM(self.config.collapsed(), self.comm, self.plan, tables=self.tables.collapse())
+        plain.bottom.load_state_dict(self.bottom.state_dict())
+        plain.top.load_state_dict(self.top.state_dict())
+        return plain
+
+
+class ShardedOptimizer:
+    """The optimizer of a :class:`DistributedDLRM` (torch's or the fused one) whose saved
+    state is in single-process layout.
+
+    State tensors shaped like a sharded parameter (Adagrad's ``sum``, Adam's
+    moments) are gathered row by row like the parameter; small entries
+    (``step``) come from a rank that owns tables; replicated parameters' state
+    is rank 0's (the summed gradients keep the ranks equal). Stepping is the inner optimizer's.
+    """
+
+    def __init__(self, inner: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> None:
+        self.inner, self.model, self.name = inner, model, inner.name
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The inner optimizer's parameter groups."""
+        return self.inner.param_groups
+
+    def zero_grad(self) -> None:
+        """Drop the gradients."""
+        self.inner.zero_grad()
+
+    def step(self) -> None:
+        """Sum the replicated gradients over the ranks, then update this rank's parameters."""
+        self.model.sum_replicated_gradients()
+        self.inner.step()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate."""
+        self.inner.set_lr(lr)
+
+    def state_dict(self) -> dict:
+        """All state on rank 0 (``state`` is empty elsewhere); a collective."""
+        local = self.inner.state_dict()["state"]
+        state = {name: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items()} for name, entries in local.items() if name not in SHARDED}
+        params = dict(self.model.named_parameters())
+        for name in SHARDED:
+            if name in params:
+                gathered = self.gather_state(name, params[name], local.get(name, {}))
+                if gathered:
+                    state[name] = gathered
+        return {"optimizer": self.name, "state": state if self.model.comm.is_main else {}}
+
+    def gather_state(self, name: str, param: Tensor, entries: dict) -> dict:
+        """One sharded parameter's state, gathered (on rank 0)."""
+        comm = self.model.comm
+        rows = {k: v for k, v in entries.items() if torch.is_tensor(v) and v.shape == param.shape}
+        small = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows}  # pickled to every rank
+        inventory: list = [None] * comm.world_size
+        dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0))
+        owners = [(keys, values) for keys, values, has_rows in inventory if has_rows]
+        keys = sorted({k for keys, _ in owners for k in keys})
+        if any(set(keys) - set(owner_keys) for owner_keys, _ in owners):
+            raise RuntimeError(f"optimizer state of {name} differs between ranks: {[sorted(k) for k, _ in owners]}")
+        merged = next((values for _, values in owners if values), {})
+        for key in keys:
+            local = rows.get(key, param.detach()[:0])  # a rank without rows may hold no such state
+            merged = {**merged, key: gather_rows(local, self.model.row_layouts[name], comm)}
+        return merged
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore single-process-layout state, keeping this rank's rows of sharded parameters."""
+        params = dict(self.model.named_parameters())
+        state = {}
+        for name, entries in saved.get("state", {}).items():
+            layout = self.model.row_layouts.get(name) if name in SHARDED and name in params else None
+            state[name] = {k: self.split(v, layout, params[name]) for k, v in entries.items()} if layout else entries
+        self.inner.load_state_dict({**saved, "state": state})
+
+    def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
+        """This rank's rows of a full-layout state entry; other entries unchanged."""
+        if torch.is_tensor(value) and value.dim() == param.dim() and value.shape[0] == layout.full_rows and value.shape[1:] == param.shape[1:]:
+            return layout.take(value, self.model.comm.rank)
+        return value
+
+
+# -- the two ways to run -------------------------------------------------------
+class SingleProcess:
+    """A one-process run: the training loop's hooks do nothing special."""
+
+    rank, world_size, is_main = 0, 1, True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def build_model(self, config: ModelConfig, seed: int) -> DLRM:
+        """The whole model on this device."""
+        return DLRM(config, seed=seed, device=self.device)
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
+        """The optimizer as is."""
+        return optimizer
+
+    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
+        """The model a checkpoint holds, on this device."""
+        return model_from_checkpoint(ckpt, self.device)
+
+    def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        """The batches as they are."""
+        return batches
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """The value itself (there is no other process)."""
+        return value
+
+    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over every sample of ``batches``."""
+        return ctr_metrics(*predict(model, prefetch(iter(batches), pin=self.device.type == "cuda"), self.device))
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step``."""
+        return step()
+
+    def summary(self) -> list[str]:
+        """No extra start-of-run lines."""
+        return []
+
+    def record(self) -> dict | None:
+        """Nothing to store in checkpoints and results."""
+        return None
+
+
+class MultiProcess:
+    """A run over ``torch.distributed``: sharded tables, replicated MLPs (see the module docstring)."""
+
+    def __init__(self, comm: Comm, optimizer: str, backend: str) -> None:
+        self.comm, self.optimizer, self.backend = comm, optimizer, backend
+        self.rank, self.world_size, self.is_main, self.device = comm.rank, comm.world_size, comm.is_main, comm.device
+        self.plan: ShardingPlan | None = None
+        self.config: ModelConfig | None = None
+
+    def build_model(self, config: ModelConfig, seed: int) -> DistributedDLRM:
+        """This rank's part of the model, by a byte-balanced plan."""
+        self.config = config
+        self.plan = ShardingPlan.balanced(table_bytes(config, self.optimizer), self.world_size)
+        return DistributedDLRM(config, self.comm, self.plan, seed)
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> ShardedOptimizer:
+        """The optimizer, saving and loading state in single-process layout."""
+        return ShardedOptimizer(optimizer, model)
+
+    def model_from_checkpoint(self, ckpt: dict) -> DistributedDLRM:
+        """This rank's part of the model a checkpoint holds (sharded by a new plan)."""
+        model = self.build_model(ModelConfig.from_dict(ckpt["model_config"]), seed=0)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, ValueError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+        return model
+
+    def shard(self, batch: Batch) -> BatchShard:
+        """This rank's share of a global batch (done on the host, before any copy to a device)."""
+        lo, hi = sample_range(batch.size, self.world_size, self.rank)
+        tables = self.plan.tables_of_rank[self.rank]
+        features = batch.sparse.select_tables(tables) if tables else None
+        return BatchShard(batch.dense[lo:hi], OwnedBags(features, batch.size), batch.labels[lo:hi])
+
+    def shards(self, batches: Iterable[Batch]) -> Iterator[BatchShard]:
+        """:meth:`shard` of each batch."""
+        return (self.shard(batch) for batch in batches)
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """Sum of ``value`` over the ranks (e.g. the losses' shares); a collective."""
+        total = torch.as_tensor(value, device=self.device).detach().clone()
+        dist.all_reduce(total, group=self.comm.group)
+        return total
+
+    def evaluate(self, model: DistributedDLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over the whole test set: predictions are gathered in sample order and
+        the metrics computed once, on rank 0, then shared with every rank."""
+        sizes: list[int] = []
+
+        def counted(source: Iterable[Batch]) -> Iterator[Batch]:
+            for batch in source:
+                sizes.append(batch.size)
+                yield batch
+
+        probs, labels = predict(model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device)
+        gathered = self.gather_samples(np.stack([probs, labels]), sizes)
+        result = [ctr_metrics(gathered[0], gathered[1]) if self.is_main else None]
+        dist.broadcast_object_list(result, src=0)
+        return result[0]
+
+    def gather_samples(self, local: np.ndarray, batch_sizes: Sequence[int]) -> np.ndarray | None:
+        """Per-sample rows (``k x n_local``) of every rank, in global sample order, on rank 0."""
+        shares = [local_sizes(size, self.world_size) for size in batch_sizes]
+        counts = [sum(share[r] for share in shares) for r in range(self.world_size)]
+        padded = torch.zeros(local.shape[0], max(counts), dtype=torch.float64)
+        padded[:, : local.shape[1]] = torch.from_numpy(local)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_main else None
+        dist.gather(padded, parts, dst=0)
+        if not self.is_main:
+            return None
+        offsets, pieces = [0] * self.world_size, []
+        for share in shares:
+            for rank, count in enumerate(share):
+                pieces.append(parts[rank][:, offsets[rank] : offsets[rank] + count])
+                offsets[rank] += count
+        return torch.cat(pieces, dim=1).numpy()
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step`` on every rank; a failure on any stops all (see :func:`agree`)."""
+        return agree(step)
+
+    def summary(self) -> list[str]:
+        """The plan line and the exchange line printed at the start of the run."""
+        config = self.config
+        per_sample = len(config.table_sizes) * config.dim * 4
+        crossing = per_sample * (self.world_size - 1) / self.world_size
+        mlet = (
+            f"; MLET tables are projected K={config.mlet_hidden} -> d={config.dim} on their owner (K-wide vectors would be {per_sample * config.mlet_hidden // config.dim:,} B/sample)"
+            if config.mlet_hidden
+            else ""
+        )
+        return [
+            f"processes: {self.world_size} ({self.backend}, {self.device.type}); MLPs data-parallel (gradients summed by one all-reduce), tables model-parallel",
+            self.plan.describe(config.table_sizes, self.optimizer),
+            f"embedding exchange: all-to-all of d={config.dim} pooled vectors, {len(config.table_sizes)} x {config.dim} x 4 B = {per_sample:,} B/sample forward and the same backward,"
+            f" {crossing:,.0f} B/sample of it between processes{mlet}",
+        ]
+
+    def record(self) -> dict:
+        """The layout, for checkpoints and results."""
+        return {"world_size": self.world_size, "backend": self.backend, "plan": self.plan.to_dict() if self.plan else None}
+
+
+@contextmanager
+def session(args) -> Iterator[SingleProcess | MultiProcess]:
+    """The run's processes, from torchrun's environment (one process without it).
+
+    A multi-process run ends with every rank waiting for the others, after
+    success and after an error every rank shares; after any other error this
+    rank leaves at once (a peer may be blocked in a collective with it): it
+    exits, and torchrun stops the rest. One session per process: the process
+    groups stay up until the process ends (see :func:`exit_process`).
+    """
+    if launched_world_size() <= 1:
+        yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
+        return
+    process_group.start(args.dist_timeout)
+    device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
+    # NCCL on GPUs gets a group of its own; gloo training shares the default group
+    group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
+    comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
+    backend = "nccl" if group is not None else "gloo"
+    try:
+        yield MultiProcess(comm, args.optimizer, backend)
+    except SharedError:
+        wait_for_all(comm)
+        raise
+    wait_for_all(comm)

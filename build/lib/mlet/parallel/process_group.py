@@ -1,0 +1,191 @@
+"""The processes of a run: torchrun's launch environment, process groups, and
+errors shared between processes (so that every process stops with the
+failing one's message instead of waiting for it). ``distributed.py`` builds
+the sharded model and the training session on top of this.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from mlet.core.errors import UserError
+from mlet.core.launch import launched_rank, launched_world_size
+
+BACKENDS = ("gloo", "nccl")
+DEFAULT_TIMEOUT_S = 1800
+
+T = TypeVar("T")
+
+
+class SharedError(UserError):
+    """An error that every rank raises together (see :meth:`MultiProcess.agree`); rank 0 alone prints it."""
+
+    def __init__(self, message: str, print_here: bool) -> None:
+        super().__init__(message)
+        self.print_here = print_here
+
+
+def error_line(error: Exception) -> str | None:
+    """What this process prints for ``error`` (``None``: another rank prints it).
+
+    A shared error is printed by rank 0; an error of this process alone, in a
+    multi-process run, is printed here with the rank in front.
+    """
+    if isinstance(error, SharedError):
+        return str(error) if error.print_here else None
+    if launched_world_size() > 1:
+        return f"rank {launched_rank()}: {error}"
+    return str(error)
+
+
+# -- process groups ------------------------------------------------------------
+@dataclass(frozen=True)
+class Comm:
+    """This process's place in the run: rank, size, device, and the training group.
+
+    ``group`` carries the training traffic: a NCCL group on GPUs, ``None``
+    (the default group, gloo) on CPUs. Host-side traffic (errors, metrics,
+    checkpoint gathering) always goes over the default gloo group.
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    group: dist.ProcessGroup | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that prints and writes."""
+        return self.rank == 0
+
+
+def check_backend(backend: str | None, use_gpu: bool) -> None:
+    """Refuse a backend that cannot serve the device (:class:`UserError` naming the flag)."""
+    if backend == "nccl" and not use_gpu:
+        raise UserError("--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes")
+    if backend == "gloo" and use_gpu:
+        raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
+
+
+def is_multi_process() -> bool:
+    """True once this process has joined a run of several processes."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def start(timeout_s: int) -> None:
+    """In a torchrun launch of several processes, join the others (once).
+
+    The default group is gloo, on the CPU: it carries errors, metrics and
+    checkpoints, and exists before the flags are checked, so that a check
+    failing on one process alone reaches them all (:func:`agree`). Training
+    traffic on GPUs gets a NCCL group of its own (:func:`session`).
+    """
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return
+    try:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
+
+
+def training_device(backend: str | None, use_gpu: bool) -> torch.device:
+    """This process's device: the CPU, or with ``use_gpu`` the GPU of its local rank.
+
+    Raises :class:`UserError` for a setup that cannot work here.
+    """
+    check_backend(backend, use_gpu)
+    if not use_gpu:
+        return torch.device("cpu")
+    local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
+        )
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def agree(step: Callable[[], T]) -> T:
+    """Run ``step``; in a multi-process run, if it fails on any process, every process raises
+    that failure (a :class:`SharedError`, printed by rank 0), so all stop together.
+
+    A process whose ``step`` failed with a bug (not a :class:`UserError`) prints its traceback first.
+    """
+    if not is_multi_process():
+        return step()
+    error: Exception | None = None
+    try:
+        result = step()
+    except Exception as caught:  # shared below, then raised on every rank
+        error = caught
+    message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+    messages: list = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    if not failed:
+        return result
+    if error is not None and not isinstance(error, UserError):
+        traceback.print_exception(error)
+    everywhere = len(failed) == len(messages) and len({text for _, text in failed}) == 1
+    rank, text = failed[0]
+    raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
+
+
+COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
+
+
+def communication_failure(error: BaseException) -> UserError | None:
+    """A failed or timed-out collective as a one-line error (usually another process died first);
+    ``None`` for other errors, which keep their traceback.
+
+    Recognised by type (``DistError``), by being raised inside ``torch.distributed``,
+    or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
+    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout.
+    """
+    frames = traceback.extract_tb(error.__traceback__)
+    inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
+    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))):
+        return None
+    return UserError(
+        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; --dist-timeout sets how long collectives wait)"
+    )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def wait_for_all(comm: Comm) -> None:
+    """Barrier on every group: no rank leaves while another still needs it."""
+    dist.barrier()
+    if comm.group is not None:
+        dist.barrier(group=comm.group, device_ids=[comm.device.index] if comm.device.type == "cuda" else None)
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``; a multi-process run skips Python's teardown.
+
+    The process group is never freed in-process: with gloo, freeing it while
+    its worker threads still release finished collectives deadlocks (they
+    need the GIL, which the freeing thread holds while joining them; seen with
+    torch 2.13). And after an error this rank must leave at once, for torchrun
+    to stop the others, even if a peer is blocked in a collective with it.
+    """
+    if launched_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

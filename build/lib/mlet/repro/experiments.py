@@ -1,0 +1,432 @@
+"""The paper-reproduction grid and what is read from its results: runs, protocols, aggregates, d-reduction.
+
+Shared by ``scripts/sweep.py`` (which runs the grid) and ``scripts/summarize.py``
+(which reports it), so that both apply the same learning-rate choice.
+
+* A *config* is a model: a plain table of width ``d`` (``base_d4``) or MLET of
+  width ``d`` and inner width ``K`` (``mlet_d4_k64``).
+* A *run* is a config trained with one optimizer, learning rate and seed; its
+  results JSON (``dlrm_mlet.py --results-json``) holds the test metrics
+  (``final``) and the validation metrics (``val``) of the same model.
+* Two *protocols* pick one learning rate per (optimizer, config):
+  ``paper`` takes the shared rate of the optimizer (the paper's setup);
+  ``tuned`` takes the rate of the grid with the best mean validation AUC over
+  seeds. Both report the test metrics of the runs at that rate.
+* The *d-reduction* of an MLET config is ``d' / d`` for the widest baseline
+  ``d'`` such that it *matches* every baseline of width <= ``d'``: its mean
+  test AUC over seeds is at least the baseline's mean test AUC (``strict``),
+  or at least the baseline's mean minus the baseline's standard deviation over
+  seeds (``within_std``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlet.core.errors import UserError
+
+PROTOCOLS = ("paper", "tuned")
+MATCH_RULES = ("strict", "within_std")
+CONFIG_LABEL = re.compile(r"base_d\d+|mlet_d\d+_k\d+")
+RUN_NAME = re.compile(rf"^(?P<optimizer>[a-z]+)_(?P<config>{CONFIG_LABEL.pattern})_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$")
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as it appears in run names (6 significant digits: ``0.2``, ``0.0125``, ``12.8``)."""
+    return f"{lr:.6g}"
+
+
+def round_lr(lr: float) -> float:
+    """``lr`` rounded to the 6 significant digits of its name (so 0.05 * 4 is the 0.2 of the grid)."""
+    return float(lr_text(lr))
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    """A model of the grid: plain tables of width ``dim`` (``hidden`` 0) or MLET ``dim`` x ``hidden``."""
+
+    dim: int
+    hidden: int = 0
+
+    @property
+    def is_mlet(self) -> bool:
+        """True for two-layer tables."""
+        return self.hidden > 0
+
+    @property
+    def label(self) -> str:
+        """``base_d4`` or ``mlet_d4_k64``."""
+        return f"mlet_d{self.dim}_k{self.hidden}" if self.is_mlet else f"base_d{self.dim}"
+
+    @classmethod
+    def from_label(cls, label: str) -> Config:
+        """Inverse of :attr:`label`."""
+        if not CONFIG_LABEL.fullmatch(label):
+            raise ValueError(f"not a config label: {label!r}")
+        return cls(*(int(v) for v in re.findall(r"\d+", label)))
+
+    @property
+    def title(self) -> str:
+        """``baseline d=4`` or ``MLET d=4 K=64``."""
+        return f"MLET d={self.dim} K={self.hidden}" if self.is_mlet else f"baseline d={self.dim}"
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    optimizer: str
+    config: Config
+    lr: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """File stem of the run's JSON and log: ``sgd_mlet_d4_k64_lr0.2_s1``."""
+        return f"{self.optimizer}_{self.config.label}_lr{lr_text(self.lr)}_s{self.seed}"
+
+
+def parse_run_name(name: str) -> RunSpec:
+    """Inverse of :attr:`RunSpec.name`."""
+    match = RUN_NAME.match(name)
+    if not match:
+        raise ValueError(f"not a run name: {name!r}")
+    return RunSpec(match["optimizer"], Config.from_label(match["config"]), float(match["lr"]), int(match["seed"]))
+
+
+def grid_configs(baseline_dims: Iterable[int], mlet_dims: Iterable[int], hidden: Iterable[int]) -> list[Config]:
+    """Baselines at every ``baseline_dims``, MLET at every ``mlet_dims`` x ``hidden`` with ``K >= d``."""
+    configs = [Config(d) for d in sorted(set(baseline_dims))]
+    configs += [Config(d, k) for d in sorted(set(mlet_dims)) for k in sorted(set(hidden)) if k >= d]
+    return configs
+
+
+def initial_rates(paper_lr: float, grid: Sequence[float], protocols: Sequence[str]) -> list[float]:
+    """The rates every config of a sweep runs first: the ``paper`` protocol's, plus the grid when tuning."""
+    paper = [paper_lr] if "paper" in protocols else []
+    tuned = list(grid) if "tuned" in protocols else []
+    return sorted({round_lr(lr) for lr in [*paper, *tuned]})
+
+
+def initial_grid(settings: dict) -> list[RunSpec]:
+    """Every (optimizer, config, initial rate, seed) of a sweep, from its ``sweep.json`` settings."""
+    configs = [Config.from_label(label) for label in settings["configs"]]
+    return [
+        RunSpec(opt, config, lr, seed)
+        for opt in settings["optimizers"]
+        for config in configs
+        for lr in initial_rates(settings["paper_lrs"][opt], settings["lrs"][opt], settings["protocols"])
+        for seed in settings["seeds"]
+    ]
+
+
+# Flags a sweep sets per run, and values derived from them: they differ between comparable runs.
+PER_RUN_ARGS = {
+    "arch_sparse_feature_size",
+    "arch_mlp_bot",
+    "bottom_mlp",
+    "mlet_hidden",
+    "optimizer",
+    "embedding_update",
+    "learning_rate",
+    "numpy_rand_seed",
+    "results_json",
+    "save_collapsed",
+    "save_model",
+}
+
+
+def shared_args(payload_args: dict) -> dict:
+    """The flags of a results JSON that every run of one comparison must share (the bottom MLP without its last width d)."""
+    shared = {k: v for k, v in payload_args.items() if k not in PER_RUN_ARGS}
+    shared["arch_mlp_bot"] = str(payload_args.get("arch_mlp_bot", "")).rsplit("-", 1)[0]
+    return shared
+
+
+# -- results -----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What the summaries need from one results JSON."""
+
+    spec: RunSpec
+    test_auc: float
+    test_logloss: float
+    val_auc: float
+    val_logloss: float
+    samples_per_second: float
+    inference_embedding_bytes: int
+    training_embedding_bytes: int
+    history: list[dict] = field(default_factory=list)
+    path: str = ""
+    shared: dict = field(default_factory=dict)  # shared_args of the run's flags
+
+
+def number(value: object) -> float:
+    """A JSON metric as a float (``None``, for NaN in strict JSON, is NaN)."""
+    return math.nan if value is None else float(value)
+
+
+def spec_from_payload(payload: dict) -> RunSpec:
+    """The run a results JSON describes, from its recorded flags (not from its file name)."""
+    args = payload["args"]
+    config = Config(int(args["arch_sparse_feature_size"]), int(args["mlet_hidden"]))
+    return RunSpec(str(args["optimizer"]), config, round_lr(float(args["learning_rate"])), int(args["numpy_rand_seed"]))
+
+
+def result_from_payload(payload: dict, path: str = "") -> RunResult:
+    """A :class:`RunResult` from a ``--results-json`` payload (``val`` is NaN when the run had no validation split)."""
+    final, val = payload["final"], payload.get("val") or {}
+    params = payload["parameters"]
+    return RunResult(
+        spec=spec_from_payload(payload),
+        test_auc=number(final.get("auc")),
+        test_logloss=number(final.get("logloss")),
+        val_auc=number(val.get("auc")),
+        val_logloss=number(val.get("logloss")),
+        samples_per_second=number(payload.get("train_samples_per_second")),
+        inference_embedding_bytes=int(params["embedding_inference_bytes"]),
+        training_embedding_bytes=int(params["embedding_training_bytes"]),
+        history=[{"iteration": h["iteration"], "auc": number(h.get("auc")), "logloss": number(h.get("logloss"))} for h in payload.get("history") or []],
+        path=path,
+        shared=shared_args(payload["args"]),
+    )
+
+
+def load_results(paths: Iterable[Path]) -> list[RunResult]:
+    """Read results JSONs; a file that is not one is a :class:`UserError` naming it."""
+    results = []
+    for path in paths:
+        try:
+            results.append(result_from_payload(json.loads(Path(path).read_text()), str(path)))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{path}: not a dlrm_mlet.py results JSON ({type(error).__name__}: {error})") from None
+    return results
+
+
+def sweep_record(run_dir: Path) -> dict | None:
+    """A sweep directory's ``sweep.json`` (settings, sessions, runs); None without one, a :class:`UserError` naming a damaged one."""
+    manifest = Path(run_dir) / "sweep.json"
+    if not manifest.exists():
+        return None
+    try:
+        record = json.loads(manifest.read_text())
+        if not isinstance(record["settings"], dict):
+            raise TypeError("settings")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{manifest}: not a sweep record ({type(error).__name__})") from None
+    return record
+
+
+def check_comparable(results: Sequence[RunResult]) -> None:
+    """A :class:`UserError` naming the first result trained with other shared flags than the first one (flags both know)."""
+    first = results[0]
+    for r in results[1:]:
+        differing = sorted(k for k in first.shared.keys() & r.shared.keys() if first.shared[k] != r.shared[k])
+        if differing:
+            key = differing[0]
+            raise UserError(
+                f"{r.path}: trained with other flags than {first.path} (--{key.replace('_', '-')}: {r.shared[key]!r} against {first.shared[key]!r});"
+                " one summary compares runs of one setup: move the odd ones out"
+            )
+
+
+def results_dir(run_dir: Path) -> Path:
+    """Where a sweep keeps its runs' JSONs."""
+    return Path(run_dir) / "results"
+
+
+def load_run_dir(run_dir: Path) -> list[RunResult]:
+    """Every finished run of a sweep directory."""
+    return load_results(sorted(results_dir(run_dir).glob("*.json")))
+
+
+# -- learning-rate protocols -----------------------------------------------------------
+
+
+def mean(values: Sequence[float]) -> float:
+    """Mean; NaN if there are no values or any is not finite (a diverged run makes its group's mean undefined)."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.fmean(values)
+
+
+def std(values: Sequence[float]) -> float:
+    """Sample standard deviation (0 for one value); NaN as :func:`mean`."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+Key = tuple[str, Config]  # (optimizer, config)
+
+
+def by_config_and_lr(results: Iterable[RunResult]) -> dict[Key, dict[float, list[RunResult]]]:
+    """Runs grouped by (optimizer, config), then by learning rate; each list sorted by seed."""
+    groups: dict[Key, dict[float, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[(r.spec.optimizer, r.spec.config)][r.spec.lr].append(r)
+    return {key: {lr: sorted(runs, key=lambda r: r.spec.seed) for lr, runs in sorted(lrs.items())} for key, lrs in sorted(groups.items())}
+
+
+def score(runs: Sequence[RunResult]) -> float:
+    """What the tuned protocol maximises: mean validation AUC over seeds (-inf if undefined: a seed diverged)."""
+    value = mean([r.val_auc for r in runs])
+    return value if math.isfinite(value) else -math.inf
+
+
+def best_lr(by_lr: dict[float, list[RunResult]], seeds: int | None = None) -> float | None:
+    """The learning rate with the best :func:`score`, among those with ``seeds`` runs (all, if None).
+
+    Ties go to the smaller rate. None when no rate qualifies.
+    """
+    complete = {lr: runs for lr, runs in by_lr.items() if seeds is None or len(runs) >= seeds}
+    if not complete:
+        return None
+    return max(sorted(complete), key=lambda lr: (score(complete[lr]), -lr))
+
+
+def next_lr(lrs: Sequence[float], best: float, factor: float, initial: Sequence[float], max_widen: int) -> float | None:
+    """The rate to add when ``best`` lies at an edge of the tried ``lrs`` (None: it is interior, or the limit is reached).
+
+    The grid widens by ``factor`` beyond the edge the best rate lies on, at
+    most ``max_widen`` times on each side of the ``initial`` grid.
+    """
+    lrs = sorted(lrs)
+    if len(lrs) == 0 or factor <= 1:
+        return None
+    if best == lrs[-1]:
+        widened = sum(1 for lr in lrs if lr > max(initial))
+        return round_lr(best * factor) if widened < max_widen else None
+    if best == lrs[0]:
+        widened = sum(1 for lr in lrs if lr < min(initial))
+        return round_lr(best / factor) if widened < max_widen else None
+    return None
+
+
+@dataclass
+class Selection:
+    """The runs one protocol reports for an (optimizer, config)."""
+
+    protocol: str
+    optimizer: str
+    config: Config
+    lr: float
+    runs: list[RunResult]
+    lrs_tried: list[float]
+    at_edge: bool  # tuned: the best rate is still at an edge of the tried grid
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds of the reported runs."""
+        return [r.spec.seed for r in self.runs]
+
+    def stat(self, attribute: str) -> tuple[float, float]:
+        """Mean and standard deviation over seeds of a :class:`RunResult` attribute."""
+        values = [getattr(r, attribute) for r in self.runs]
+        return mean(values), std(values)
+
+
+def select(results: Iterable[RunResult], protocol: str, paper_lrs: dict[str, float]) -> list[Selection]:
+    """One :class:`Selection` per (optimizer, config) under ``protocol``.
+
+    ``paper``: the runs at ``paper_lrs[optimizer]`` (configs without such runs
+    are left out). ``tuned``: the runs at :func:`best_lr` among the rates run
+    for as many seeds as the config's most complete rate.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose {' or '.join(PROTOCOLS)}")
+    selections = []
+    for (optimizer, config), by_lr in by_config_and_lr(results).items():
+        lrs = list(by_lr)
+        if protocol == "paper":
+            lr = paper_lrs.get(optimizer)
+            lr = round_lr(lr) if lr is not None else None
+            if lr not in by_lr:
+                continue
+            at_edge = False
+        else:
+            if not any(math.isfinite(r.val_auc) for runs in by_lr.values() for r in runs):
+                continue  # no validation metrics (no validation split, or every run diverged): nothing to choose on
+            lr = best_lr(by_lr, max(len(runs) for runs in by_lr.values()))
+            at_edge = len(lrs) > 1 and lr in (lrs[0], lrs[-1])
+        selections.append(Selection(protocol, optimizer, config, lr, by_lr[lr], lrs, at_edge))
+    return selections
+
+
+# -- d-reduction ----------------------------------------------------------------------------
+
+
+@dataclass
+class Reduction:
+    """The headline of one MLET config: the widest baseline it matches, and the factor ``d' / d``."""
+
+    protocol: str
+    optimizer: str
+    config: Config
+    rule: str
+    matched_dim: int | None  # None: matches no baseline
+    factor: float  # matched_dim / d; 0 when it matches none
+    at_grid_end: bool  # matched the widest baseline of the grid: the factor is a lower bound
+    per_seed: list[float]  # the same factor computed seed by seed (pairs of runs with equal seeds)
+
+    @property
+    def seed_mean_std(self) -> tuple[float, float]:
+        """Mean and standard deviation of :attr:`per_seed`."""
+        return mean(self.per_seed), std(self.per_seed)
+
+
+def widest_matched(mlet_auc: float, baselines: dict[int, tuple[float, float]], rule: str) -> int | None:
+    """The widest baseline width ``d'`` such that ``mlet_auc`` matches every baseline of width <= ``d'`` (None if none).
+
+    ``baselines`` maps width -> (mean AUC, std AUC). A baseline is matched
+    under ``strict`` when ``mlet_auc >= mean``, under ``within_std`` when
+    ``mlet_auc >= mean - std``. Requiring every narrower baseline to be matched
+    too (the running maximum of the baseline curve) keeps a noisy dip of the
+    baseline curve at some width from inflating the factor.
+    """
+    if rule not in MATCH_RULES:
+        raise ValueError(f"unknown match rule {rule!r}; choose {' or '.join(MATCH_RULES)}")
+    matched = None
+    for d in sorted(baselines):
+        m, s = baselines[d]
+        threshold = m - (s if rule == "within_std" and math.isfinite(s) else 0.0)
+        if not (math.isfinite(mlet_auc) and math.isfinite(threshold) and mlet_auc >= threshold):
+            break
+        matched = d
+    return matched
+
+
+def d_reductions(selections: Sequence[Selection], rule: str = "strict") -> list[Reduction]:
+    """The :class:`Reduction` of every MLET config, against the baselines of the same protocol and optimizer."""
+    out = []
+    groups: dict[tuple[str, str], list[Selection]] = defaultdict(list)
+    for s in selections:
+        groups[(s.protocol, s.optimizer)].append(s)
+    for (protocol, optimizer), group in sorted(groups.items()):
+        baselines = {s.config.dim: s for s in group if not s.config.is_mlet}
+        if not baselines:
+            continue
+        widest = max(baselines)
+        base_stats = {d: s.stat("test_auc") for d, s in baselines.items()}
+        for s in sorted((s for s in group if s.config.is_mlet), key=lambda s: s.config):
+            matched = widest_matched(s.stat("test_auc")[0], base_stats, rule)
+            per_seed = []
+            for run in s.runs:
+                same_seed = {d: b for d, b in baselines.items() if run.spec.seed in b.seeds}
+                if len(same_seed) != len(baselines):
+                    continue  # compare seed by seed only where every baseline has this seed
+                aucs = {d: (next(r.test_auc for r in b.runs if r.spec.seed == run.spec.seed), 0.0) for d, b in same_seed.items()}
+                seed_match = widest_matched(run.test_auc, aucs, "strict")
+                per_seed.append(seed_match / s.config.dim if seed_match else 0.0)
+            factor = matched / s.config.dim if matched else 0.0
+            out.append(Reduction(protocol, optimizer, s.config, rule, matched, factor, matched == widest, per_seed))
+    return out

@@ -1,0 +1,268 @@
+"""Effective rank of trained tables and AUC on rare vs frequent ids, for checkpoints of dlrm_mlet.py.
+
+    .venv/bin/python scripts/analyze_rank.py runs/criteo_kaggle/checkpoints/sgd_*.pt --out runs/criteo_kaggle/rank/sgd
+
+For each checkpoint (training or inference; MLET tables are collapsed to
+``W1 @ W2`` first) it computes, per table, the singular values and the
+effective rank (Roy and Vetterli 2007; see :mod:`analysis`), and, on the test
+split of the checkpoint's own data (rebuilt from the flags stored in it),
+AUC and log loss of test samples binned by the training count of their rarest
+id. Writes ``rank.md`` (tables), ``rank.json`` (everything, singular values
+included) and ``rank.png`` (effective rank per table; singular value spectra of
+the largest table) into ``--out``. A checkpoint whose weights diverged (a NaN or
+infinity) is reported as such, with no spectrum for its non-finite tables,
+and the others are analysed as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dlrm_model import DLRM
+from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.core.pipeline import prefetch
+from mlet.data.sources import ArraySource, build_data
+from mlet.repro.analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts, table_spectra, training_counts, transformed_ids
+from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden
+from mlet.training.metrics import ctr_metrics, predict
+
+PROG = "analyze_rank.py"
+DIVERGED = "diverged (non-finite weights)"
+
+
+def checkpoint_label(ckpt: dict, path: Path) -> str:
+    """``MLET d=4 K=64`` or ``baseline d=16``, plus the optimizer and rate it was trained with."""
+    d, k = ckpt["model_config"]["dim"], trained_hidden(ckpt)
+    args = ckpt.get("args") or {}
+    kind = f"MLET d={d} K={k}" if k else f"baseline d={d}"
+    return f"{kind} ({args.get('optimizer', '?')}, lr {args.get('learning_rate', '?')}, seed {args.get('numpy_rand_seed', '?')})"
+
+
+def has_non_finite_weights(model: DLRM) -> bool:
+    """Whether any parameter of ``model`` holds a NaN or infinity (training diverged)."""
+    return not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def inference_model(ckpt: dict) -> DLRM:
+    """The checkpoint's model with MLET tables collapsed (what inference uses)."""
+    model = model_from_checkpoint(ckpt)
+    return model.collapse() if model.config.mlet_hidden else model
+
+
+class FrequencyData:
+    """Test data and training id counts of the checkpoints' data, built once per distinct data."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, tuple[ArraySource, np.ndarray, list[np.ndarray]]] = {}
+
+    def get(self, ckpt: dict, path: Path) -> tuple[ArraySource, np.ndarray, list[np.ndarray]]:
+        """The test source, each test sample's rarest-id training count, and each table's training id counts."""
+        saved = ckpt.get("args")
+        if not saved or "data_generation" not in saved:
+            raise UserError(f"{path}: the checkpoint holds no training flags, so its data cannot be rebuilt (use --no-frequency)")
+        args = argparse.Namespace(**{**saved, "eval_split": "test", "progress": False})
+        key = data_key(args)
+        if key not in self.cache:
+            if args.data_generation == "random":
+                raise UserError(f"{path}: trained on random data (no id frequencies to speak of); use --no-frequency")
+            table_sizes = list(ckpt["model_config"]["table_sizes"])
+            data = build_data(args, table_sizes, ckpt["model_config"]["bottom_mlp"][0])
+            counts = training_counts(data.train, data.table_sizes)
+            rarest = rarest_id_counts(transformed_ids(data.test, slice(0, data.test.num_samples)), counts)
+            self.cache[key] = (data.test, rarest, counts)
+        return self.cache[key]
+
+
+def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -> dict:
+    """Spectra and (unless ``edges`` is None) rare/frequent metrics of one checkpoint."""
+    ckpt = load_checkpoint(path)
+    model = inference_model(ckpt)
+    tables = model.tables
+    weights = [tables.table_weight(t) for t in range(tables.num_tables)]
+    result = {
+        "checkpoint": str(path),
+        "label": checkpoint_label(ckpt, path),
+        "dim": model.config.dim,
+        "mlet_hidden": trained_hidden(ckpt),
+        "diverged": has_non_finite_weights(model),
+        "args": {k: (ckpt.get("args") or {}).get(k) for k in ("optimizer", "learning_rate", "numpy_rand_seed")},
+    }
+    if edges is None:
+        result["tables"] = table_spectra(weights)
+        return result
+    test, rarest, counts = frequency.get(ckpt, path)
+    result["frequent_min_count"] = edges[-1]
+    result["tables"] = table_spectra(weights, [c >= edges[-1] for c in counts])
+    probs, labels = predict(model, prefetch(test.batches(0)), torch.device("cpu"))
+    result["overall"] = ctr_metrics(probs, labels)
+    result["frequency"] = frequency_metrics(probs, labels, rarest, edges)
+    return result
+
+
+def weighted_rank(result: dict, key: str = "effective_rank", rows: str = "rows") -> float:
+    """Mean of ``key`` over tables, weighted by ``rows`` (tables where it is undefined left out; NaN if none or if a table diverged)."""
+    if any(t.get("diverged") for t in result["tables"]):
+        return math.nan
+    tables = [t for t in result["tables"] if t.get(key) is not None and t.get(rows)]
+    total = sum(t[rows] for t in tables)
+    return sum(t[key] * t[rows] for t in tables) / total if total else float("nan")
+
+
+def cell(value: float | None, spec: str = ".2f") -> str:
+    """``value`` formatted with ``spec``; ``n/a`` when it is None or NaN (undefined, e.g. the AUC of an empty bin)."""
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
+def label_cell(result: dict) -> str:
+    """The checkpoint's label, marked when its weights diverged."""
+    return f"{result['label']}: {DIVERGED}" if result.get("diverged") else result["label"]
+
+
+def table_cell(entry: dict) -> str:
+    """One table's effective rank (all rows / frequent rows), or ``diverged``."""
+    if entry.get("diverged"):
+        return "diverged"
+    frequent = entry.get("effective_rank_frequent")
+    return cell(entry["effective_rank"]) + (f" / {cell(frequent)}" if frequent is not None else "")
+
+
+def markdown(results: Sequence[dict], top_tables: int) -> str:
+    """The ``rank.md`` tables."""
+    lines = [
+        "# Effective rank of the trained tables (inference form: MLET collapsed to W1 @ W2)",
+        "",
+        "Effective rank: exp of the entropy of the singular values normalised to sum 1 (Roy and Vetterli 2007); at most d.",
+        "",
+        "All rows: every row of the table; rows that training rarely or never touched keep much of their (full-rank) random initialisation."
+        f" Frequent rows: only the rows seen at least {results[0].get('frequent_min_count', '-')} times in training, where the learned structure is.",
+        "",
+        "| checkpoint | d | mean erank, all rows (row-weighted) | as share of d | mean erank, frequent rows (row-weighted) | as share of d |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        w = weighted_rank(r)
+        f = weighted_rank(r, "effective_rank_frequent", "frequent_rows")
+        lines.append(f"| {label_cell(r)} | {r['dim']} | {cell(w)} | {cell(w / r['dim'])} | {cell(f)} | {cell(f / r['dim'])} |")
+    largest = sorted(results[0]["tables"], key=lambda t: -t["rows"])[:top_tables]
+    lines += [
+        "",
+        f"Per table ({top_tables} largest; all rows / frequent rows):",
+        "",
+        "| checkpoint | " + " | ".join(f"t{t['table']} ({t['rows']:,} rows)" for t in largest) + " |",
+    ]
+    lines.append("|---|" + "---|" * len(largest))
+    for r in results:
+        lines.append(f"| {label_cell(r)} | " + " | ".join(table_cell(r["tables"][t["table"]]) for t in largest) + " |")
+    if all("frequency" in r for r in results):
+        bins = [b["bin"] for b in results[0]["frequency"]]
+        shares = " / ".join(f"{b['bin']}: {cell(100 * b['share'], '.1f')} %" for b in results[0]["frequency"])
+        lines += [
+            "",
+            "## Test AUC by the training count of a sample's rarest id",
+            "",
+            f"Each test sample is binned by the minimum over its features of the training count of its id (unseen: 0). Shares of the test set: {shares}.",
+            "",
+            "| checkpoint | AUC, all | " + " | ".join(f"AUC {b}" for b in bins) + " | log loss, all | " + " | ".join(f"log loss {b}" for b in bins) + " |",
+            "|---|" + "---|" * (2 * len(bins) + 2),
+        ]
+        for r in results:
+            aucs = " | ".join(cell(b["auc"], ".4f") for b in r["frequency"])
+            losses = " | ".join(cell(b["logloss"], ".4f") for b in r["frequency"])
+            overall = r["overall"]
+            lines.append(f"| {label_cell(r)} | {cell(overall['auc'], '.4f')} | {aucs} | {cell(overall['logloss'], '.4f')} | {losses} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Sequence[dict], path: Path) -> None:
+    """Left: effective rank per table (tables by size); right: normalised spectra of the largest table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    order = [t["table"] for t in sorted(results[0]["tables"], key=lambda t: -t["rows"])]
+    largest = order[0]
+    frequent = all(r["tables"][0].get("frequent_rows") is not None for r in results)
+    key = "effective_rank_frequent" if frequent else "effective_rank"
+    for r in results:
+        style = {"linestyle": "--", "marker": "s"} if r["mlet_hidden"] else {"linestyle": "-", "marker": "o"}
+        ranks = [r["tables"][t][key] for t in order]
+        left.plot(range(len(order)), [np.nan if v is None else v for v in ranks], label=r["label"], markersize=3, **style)
+        values = np.asarray(r["tables"][largest]["singular_values"] or [])  # None: diverged
+        if len(values) and values[0] > 0:
+            right.plot(np.arange(1, len(values) + 1), values / values[0], label=r["label"], markersize=3, **style)
+    left.set_xlabel("table (largest first)")
+    left.set_ylabel("effective rank")
+    rows = f"rows seen >= {results[0]['frequent_min_count']} times" if frequent else "all rows"
+    left.set_title(f"effective rank of each table ({rows})")
+    right.set_xlabel("singular value index")
+    right.set_ylabel("s_i / s_1")
+    right.set_yscale("log")
+    right.set_title(f"spectrum of table {largest} ({results[0]['tables'][largest]['rows']:,} rows)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def warn_diverged(results: Sequence[dict]) -> None:
+    """One line on stderr per checkpoint whose weights diverged, naming its tables left without a spectrum."""
+    for r in results:
+        if r["diverged"]:
+            tables = [str(t["table"]) for t in r["tables"] if t["diverged"]]
+            where = f"; no spectrum for table(s) {', '.join(tables)}" if tables else " (outside the tables)"
+            print(f"{PROG}: warning: {r['checkpoint']}: {DIVERGED}{where}", file=sys.stderr)
+
+
+def checked_edges(args: argparse.Namespace) -> list[int] | None:
+    """Check the flags before any work; the frequency bin edges (None with ``--no-frequency``). A :class:`UserError` names a bad flag."""
+    try:
+        edges = None if args.no_frequency else parse_edges(args.frequency_edges)
+    except ValueError as error:
+        raise UserError(f"--frequency-edges: {error}") from None
+    check_output_folder("--out", args.out)
+    require_at_least((("--top-tables", args.top_tables, 0),))
+    return edges
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="directory for rank.md, rank.json and rank.png")
+    p.add_argument("--frequency-edges", default="10,100", help="bins of the rarest-id training count: 10,100 -> <10, 10-99, >=100")
+    p.add_argument("--no-frequency", action="store_true", help="only the spectra (no data needed)")
+    p.add_argument("--top-tables", type=int, default=6, help="tables shown one by one in rank.md")
+    args = p.parse_args(argv)
+    try:
+        edges = checked_edges(args)
+        frequency = FrequencyData()
+        results = [analyze(path, edges, frequency) for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)]
+        results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
+        warn_diverged(results)
+        args.out.mkdir(parents=True, exist_ok=True)
+        text = markdown(results, args.top_tables)
+        (args.out / "rank.md").write_text(text)
+        (args.out / "rank.json").write_text(json.dumps(results, indent=1) + "\n")
+        plot(results, args.out / "rank.png")
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+def cli() -> None:
+    """The ``dlrm-mlet-analyze-rank`` console command (``python scripts/analyze_rank.py``)."""
+    sys.exit(main())

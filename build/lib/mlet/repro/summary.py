@@ -1,0 +1,439 @@
+"""Tables and plots from dlrm_mlet.py results: a sweep directory, or single results JSONs.
+
+    .venv/bin/python scripts/summarize.py runs/criteo_kaggle         # a sweep (scripts/sweep.py)
+    .venv/bin/python scripts/summarize.py runs/quickstart/*.json     # one table row per file
+
+For a sweep directory it writes, into the directory (or ``--out``):
+
+* ``summary.md``: the headline (for each MLET config, under each protocol and
+  optimizer, the widest baseline it matches and the d-reduction factor),
+  then mean +- std over seeds of test AUC and log loss per config, with the
+  chosen learning rate, the inference and training embedding bytes and the
+  training samples/s;
+* ``summary.json``: the same numbers;
+* ``auc_vs_size.png`` (the paper's main figure: test AUC against inference
+  embedding bytes, baseline and MLET), ``auc_vs_step.png`` (test AUC during
+  training) and ``lr_curves.png`` (validation AUC against learning rate: what
+  the tuned protocol chose from).
+
+Definitions (see :mod:`experiments`): the ``paper`` protocol reports every
+config at its optimizer's shared rate, ``tuned`` at the rate of the best mean
+validation AUC. An MLET config *matches* a baseline when its mean test AUC over
+seeds is >= the baseline's (``strict``; the headline) or >= the baseline's mean
+minus one standard deviation (``within_std``). Its d-reduction factor is
+``d' / d`` for the widest ``d'`` such that it matches every baseline of width
+<= ``d'`` (0: it matches none; a factor at the widest baseline of the grid is a
+lower bound, marked >=). The per-seed factor pairs the runs of equal seeds
+(each at the protocol's rate) and gives mean +- std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlet.core.errors import UserError, check_output_folder
+from mlet.repro.experiments import (
+    MATCH_RULES,
+    PROTOCOLS,
+    Reduction,
+    RunResult,
+    Selection,
+    by_config_and_lr,
+    check_comparable,
+    d_reductions,
+    initial_grid,
+    load_results,
+    load_run_dir,
+    lr_text,
+    results_dir,
+    select,
+    sweep_record,
+)
+from mlet.training.optimizers import OPTIMIZERS
+
+PROG = "summarize.py"
+
+
+# -- single results files ------------------------------------------------------------------
+
+
+def run_table(results: Sequence[RunResult]) -> str:
+    """One markdown row per results file: model, test and validation metrics, sizes, speed."""
+    header = ["run", "tables", "d", "test AUC", "test log loss", "val AUC", "inference emb.", "training emb.", "train samples/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        c = r.spec.config
+        cells = [Path(r.path).stem, f"MLET K={c.hidden}" if c.is_mlet else "baseline", str(c.dim)]
+        cells += ["n/a" if not math.isfinite(v) else f"{v:.4f}" for v in (r.test_auc, r.test_logloss, r.val_auc)]
+        cells += [size_text(r.inference_embedding_bytes), size_text(r.training_embedding_bytes)]
+        cells.append("n/a" if not math.isfinite(r.samples_per_second) else f"{r.samples_per_second:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- sweep tables --------------------------------------------------------------------------
+
+
+def size_text(n: float) -> str:
+    """Bytes as KiB/MiB/GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def pm(stat: tuple[float, float], digits: int = 4) -> str:
+    """``0.7812 ± 0.0011`` (``n/a``: undefined, e.g. a seed diverged)."""
+    m, s = stat
+    return "n/a" if not math.isfinite(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def factor_text(r: Reduction) -> str:
+    """``8x (d=32)``, ``>= 16x (d=64, widest)`` or ``none (below d=2)``."""
+    if r.matched_dim is None:
+        return "none"
+    return f"{'>= ' if r.at_grid_end else ''}{r.factor:g}x (d={r.matched_dim})"
+
+
+def headline_table(strict: Sequence[Reduction], lenient: Sequence[Reduction]) -> str:
+    """The d-reduction of every MLET config under both rules."""
+    lenient_by = {(r.protocol, r.optimizer, r.config): r for r in lenient}
+    lines = [
+        "| protocol | optimizer | MLET | widest baseline matched (strict) | per-seed factor (mean ± std, n) | within one std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in strict:
+        m, s = r.seed_mean_std
+        per_seed = f"{m:.2f} ± {s:.2f} (n={len(r.per_seed)})" if r.per_seed else "n/a"
+        other = lenient_by.get((r.protocol, r.optimizer, r.config))
+        lines.append(
+            f"| {r.protocol} | {r.optimizer} | d={r.config.dim} K={r.config.hidden} | {factor_text(r)} | {per_seed} | {factor_text(other) if other else 'n/a'} |"
+        )
+    return "\n".join(lines)
+
+
+def config_table(selections: Sequence[Selection]) -> str:
+    """Mean ± std over seeds per (protocol, optimizer, config)."""
+    lines = [
+        "| protocol | optimizer | config | lr | seeds | test AUC | test log loss | val AUC | inference emb. | training emb. | train samples/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(selections, key=lambda s: (s.protocol, s.optimizer, s.config.is_mlet, s.config)):
+        first = s.runs[0]
+        lr = lr_text(s.lr) + (" (edge)" if s.at_edge else "")
+        speed = s.stat("samples_per_second")[0]
+        lines.append(
+            f"| {s.protocol} | {s.optimizer} | {s.config.title} | {lr} | {len(s.runs)} | {pm(s.stat('test_auc'))} | {pm(s.stat('test_logloss'))} |"
+            f" {pm(s.stat('val_auc'))} | {size_text(first.inference_embedding_bytes)} | {size_text(first.training_embedding_bytes)} |"
+            f" {'n/a' if not math.isfinite(speed) else f'{speed:,.0f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def selection_json(s: Selection) -> dict:
+    """A :class:`Selection` as plain data."""
+    return {
+        "protocol": s.protocol,
+        "optimizer": s.optimizer,
+        "config": s.config.label,
+        "dim": s.config.dim,
+        "hidden": s.config.hidden,
+        "lr": s.lr,
+        "lrs_tried": s.lrs_tried,
+        "at_edge": s.at_edge,
+        "seeds": s.seeds,
+        **{f"{a}_{k}": v for a in ("test_auc", "test_logloss", "val_auc", "samples_per_second") for k, v in zip(("mean", "std"), s.stat(a))},
+        "inference_embedding_bytes": s.runs[0].inference_embedding_bytes,
+        "training_embedding_bytes": s.runs[0].training_embedding_bytes,
+    }
+
+
+def reduction_json(r: Reduction) -> dict:
+    """A :class:`Reduction` as plain data."""
+    m, s = r.seed_mean_std
+    return {
+        "protocol": r.protocol,
+        "optimizer": r.optimizer,
+        "config": r.config.label,
+        "rule": r.rule,
+        "matched_dim": r.matched_dim,
+        "factor": r.factor,
+        "lower_bound": r.at_grid_end,
+        "per_seed": r.per_seed,
+        "per_seed_mean": m,
+        "per_seed_std": s,
+    }
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def panels(selections: Sequence[Selection]) -> list[tuple[str, str]]:
+    """The (protocol, optimizer) pairs present, in a fixed order."""
+    return sorted({(s.protocol, s.optimizer) for s in selections}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
+
+
+def finish(fig, axes, path: Path, **legend) -> None:
+    """Grid and legend (``legend``: its keyword arguments) on every panel; write the PNG."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def figure(count: int, width: float = 5.5, height: float = 4.2):
+    """A matplotlib figure with ``count`` panels (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(count, 2)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def plot_auc_vs_size(selections: Sequence[Selection], path: Path) -> None:
+    """Test AUC (mean ± std) against inference embedding bytes: the baseline's d curve, one MLET curve per K."""
+    pairs = panels(selections)
+    fig, axes = figure(len(pairs))
+    for ax, (protocol, optimizer) in zip(axes, pairs):
+        group = [s for s in selections if (s.protocol, s.optimizer) == (protocol, optimizer)]
+        hidden_values = sorted({s.config.hidden for s in group})
+        for k in hidden_values:
+            points = sorted((s for s in group if s.config.hidden == k), key=lambda s: s.config.dim)
+            x = [p.runs[0].inference_embedding_bytes for p in points]
+            y, err = zip(*(p.stat("test_auc") for p in points))
+            style = {"color": "black", "marker": "o", "linewidth": 2} if k == 0 else {"marker": "s", "linestyle": "--"}
+            ax.errorbar(x, y, yerr=err, capsize=3, label="baseline" if k == 0 else f"MLET K={k}", **style)
+            for p, xi, yi in zip(points, x, y):
+                ax.annotate(f"d={p.config.dim}", (xi, yi), textcoords="offset points", xytext=(3, -10 if k else 5), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("inference embedding size (bytes, collapsed tables)")
+        ax.set_ylabel("test AUC (mean ± std over seeds)")
+        ax.set_title(f"{protocol} protocol, {optimizer}")
+    finish(fig, axes, path, fontsize=8)
+
+
+def mean_curve(runs: Sequence[RunResult]) -> tuple[list[int], list[float]]:
+    """Mean test AUC over seeds at each iteration every seed was tested at."""
+    common = set.intersection(*({h["iteration"] for h in r.history} for r in runs)) if runs else set()
+    iterations = sorted(common)
+    values = [sum(next(h["auc"] for h in r.history if h["iteration"] == i) for r in runs) / len(runs) for i in iterations]
+    return iterations, values
+
+
+def curve_hidden(selections: Sequence[Selection]) -> int:
+    """The MLET K shown in the step plot: 64 (the paper's) if present, else the largest."""
+    ks = {s.config.hidden for s in selections if s.config.is_mlet}
+    return 64 if 64 in ks else max(ks, default=0)
+
+
+def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
+    """Test AUC during training (mean over seeds): baselines solid, MLET (one K) dashed, colour by d."""
+    import matplotlib.cm as cm
+
+    pairs = panels(selections)
+    k_shown = curve_hidden(selections)
+    dims = sorted({s.config.dim for s in selections})
+    colors = {d: cm.viridis(i / max(1, len(dims) - 1)) for i, d in enumerate(dims)}
+    fig, axes = figure(len(pairs))
+    for ax, (protocol, optimizer) in zip(axes, pairs):
+        for s in sorted(selections, key=lambda s: s.config):
+            if (s.protocol, s.optimizer) != (protocol, optimizer) or s.config.hidden not in (0, k_shown):
+                continue
+            x, y = mean_curve(s.runs)
+            ax.plot(
+                x, y, color=colors[s.config.dim], linestyle="--" if s.config.is_mlet else "-", marker="." if s.config.is_mlet else None, label=s.config.title
+            )
+        ax.set_xlabel("training step")
+        ax.set_ylabel("test AUC (mean over seeds)")
+        ax.set_title(f"{protocol} protocol, {optimizer}")
+    finish(fig, axes, path, fontsize=7, ncol=2)
+
+
+def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], path: Path) -> None:
+    """Mean validation AUC against learning rate per config; the tuned protocol's choice circled."""
+    import matplotlib.cm as cm
+
+    groups = by_config_and_lr(results)
+    optimizers = sorted({opt for opt, _ in groups})
+    chosen = {(s.optimizer, s.config): s.lr for s in tuned}
+    fig, axes = figure(len(optimizers))
+    for ax, optimizer in zip(axes, optimizers):
+        configs = sorted(c for opt, c in groups if opt == optimizer)
+        for i, config in enumerate(configs):
+            by_lr = groups[(optimizer, config)]
+            lrs = list(by_lr)
+            values = [sum(r.val_auc for r in runs) / len(runs) for runs in by_lr.values()]
+            color = cm.tab20(i % 20)
+            ax.plot(lrs, values, marker="o", linestyle="--" if config.is_mlet else "-", color=color, label=config.title)
+            best = chosen.get((optimizer, config))
+            if best in by_lr:
+                ax.scatter([best], [values[lrs.index(best)]], s=120, facecolors="none", edgecolors=color)
+        ax.set_xscale("log")
+        ticks = sorted({lr for opt, c in groups if opt == optimizer for lr in groups[(opt, c)]})
+        ax.set_xticks(ticks, [lr_text(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("learning rate (missing points: a seed diverged)")
+        ax.set_ylabel("validation AUC (mean over seeds)")
+        ax.set_title(f"{optimizer}: learning-rate grid (circled: tuned choice)")
+    finish(fig, axes, path, fontsize=6, ncol=2)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def paper_lrs_of(run_dir: Path, overrides: Sequence[str]) -> dict[str, float]:
+    """The paper protocol's rates: ``sweep.json``'s, then ``--paper-lr OPT=LR`` overrides."""
+    record = sweep_record(run_dir)
+    lrs: dict[str, float] = dict(record["settings"].get("paper_lrs", {})) if record else {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in OPTIMIZERS:
+            raise UserError(f"--paper-lr: unknown optimizer '{name}' in '{item}' (choose from {', '.join(OPTIMIZERS)})")
+        try:
+            lrs[name] = float(value)
+        except ValueError:
+            raise UserError(f"--paper-lr: expected OPTIMIZER=RATE, got '{item}'") from None
+    return lrs
+
+
+def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None) -> list[str]:
+    """Lines on what the sweep ran on: data, runs, wall time, machine."""
+    lines = [f"- runs: {len(results)} results in `{results_dir(run_dir)}`"]
+    first = json.loads(Path(results[0].path).read_text())
+    lines.append(f"- data: {first.get('data')}")
+    args = first.get("args", {})
+    lines.append(
+        f"- model: bottom MLP {args.get('arch_mlp_bot', '?').rsplit('-', 1)[0]}-d, top MLP {args.get('arch_mlp_top')}, batch {args.get('mini_batch_size')},"
+        f" {args.get('nepochs')} epoch(s), {first.get('iterations')} steps, device {first.get('device')}, torch {first.get('torch')}"
+    )
+    if record is not None:
+        sessions = record.get("sessions", [])
+        wall = sum(s.get("wall_seconds", 0) for s in sessions)
+        run_seconds = sum(r.get("seconds", 0) for r in record.get("runs", {}).values())
+        host = sessions[-1] if sessions else {}
+        lines.append(
+            f"- sweep: {len(sessions)} session(s), {wall / 60:.1f} min wall in all, {run_seconds / 60:.1f} run-minutes;"
+            f" {record['settings'].get('jobs')} runs at a time, {record['settings'].get('threads')} torch thread(s) each;"
+            f" host {host.get('host')} ({host.get('cpus')} CPUs), first session started {sessions[0].get('started') if sessions else '?'}"
+        )
+    return lines
+
+
+def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[RunResult], list[str]]:
+    """The results of the sweep's optimizers, configs and seeds, and the names of the others (left out)."""
+    if settings is None:
+        return list(results), []
+    kept = [
+        r for r in results if r.spec.optimizer in settings["optimizers"] and r.spec.config.label in settings["configs"] and r.spec.seed in settings["seeds"]
+    ]
+    kept_ids = {id(r) for r in kept}
+    return kept, sorted(Path(r.path).stem for r in results if id(r) not in kept_ids)
+
+
+def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settings: dict | None) -> list[str]:
+    """Warnings for the report: runs left out, and runs of the sweep's initial grid with no results yet."""
+    lines = []
+    if left_out:
+        lines.append(f"- **left out** (not in sweep.json's optimizers, configs or seeds): {len(left_out)} results, e.g. {', '.join(left_out[:3])}")
+    if settings is not None:
+        have = {r.spec for r in results}
+        missing = sorted(spec.name for spec in initial_grid(settings) if spec not in have)
+        if missing:
+            lines.append(
+                f"- **incomplete**: {len(missing)} runs of the sweep's grid have no results yet (e.g. {', '.join(missing[:3])});"
+                " the tables compare what has finished, and a `>=` factor only reaches the widest baseline that ran"
+            )
+    return lines
+
+
+def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True) -> str:
+    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown."""
+    check_output_folder("--out", out)
+    record = sweep_record(run_dir)  # None: results copied together by hand
+    settings = record["settings"] if record else None
+    results, left_out = in_sweep(load_run_dir(run_dir), settings)
+    if not results:
+        raise UserError(f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)")
+    check_comparable(results)
+    selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
+    if not selections:
+        raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
+    reductions = {rule: d_reductions(selections, rule) for rule in MATCH_RULES}
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"# MLET vs baseline: `{run_dir}`",
+        "",
+        *sweep_facts(run_dir, results, record),
+        *coverage_lines(results, left_out, settings),
+        "",
+        "## Headline: the d-reduction factor",
+        "",
+        "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' (mean test AUC over seeds"
+        " >= the baseline's; last column: >= the baseline's mean minus its std over seeds), and the factor d'/d."
+        " `>=`: it matched the widest baseline of the grid; `none`: not even the narrowest.",
+        "Per-seed factor: the same comparison run by run for equal seeds (0 when a seed matches no baseline).",
+        "",
+        headline_table(reductions["strict"], reductions["within_std"]),
+        "",
+        "## Every config",
+        "",
+        "Test AUC and log loss: mean ± std over seeds, at the protocol's learning rate (`paper`: the optimizer's shared rate;"
+        " `tuned`: the best mean validation AUC of the grid; `(edge)`: still at an edge of the tried grid).",
+        "",
+        config_table(selections),
+    ]
+    if plots:
+        plot_auc_vs_size(selections, out / "auc_vs_size.png")
+        plot_auc_vs_step(selections, out / "auc_vs_step.png")
+        plot_lr_curves(results, select(results, "tuned", paper_lrs), out / "lr_curves.png")
+        parts += ["", "## Plots", "", "![AUC vs size](auc_vs_size.png)", "", "![AUC vs step](auc_vs_step.png)", "", "![lr curves](lr_curves.png)"]
+    markdown = "\n".join(parts) + "\n"
+    (out / "summary.md").write_text(markdown)
+    payload = {
+        "run_dir": str(run_dir),
+        "paper_lrs": paper_lrs,
+        "selections": [selection_json(s) for s in selections],
+        "reductions": [reduction_json(r) for rule in MATCH_RULES for r in reductions[rule]],
+    }
+    (out / "summary.json").write_text(json.dumps(payload, indent=1) + "\n")
+    return markdown
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, help="a sweep directory, or results JSON files")
+    p.add_argument("--out", type=Path, default=None, help="where summary.md, summary.json and the plots go (default: the sweep directory)")
+    p.add_argument("--paper-lr", nargs="*", default=[], metavar="OPT=LR", help="the paper protocol's rates (default: the sweep's sweep.json)")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if len(args.paths) == 1 and args.paths[0].is_dir():
+            run_dir = args.paths[0]
+            print(summarize_sweep(run_dir, args.out or run_dir, paper_lrs_of(run_dir, args.paper_lr), plots=not args.no_plots))
+        else:
+            missing = [p for p in args.paths if not p.is_file()]
+            if missing:
+                raise UserError(f"{missing[0]}: no such results file (give one sweep directory or results JSON files)")
+            print(run_table(load_results(args.paths)))
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cli() -> None:
+    """The ``dlrm-mlet-summarize`` console command (``python scripts/summarize.py``)."""
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""ONNX export of a DLRM for serving.
+
+The graph takes the :class:`~mlet_layers.SparseFeatures` layout directly:
+
+* ``dense``: ``[B, D]`` float32 dense features;
+* ``indices``: ``[N]`` int64 local row ids of every bag, table-major;
+* ``offsets``: ``[T*B + 1]`` int64 bag starts (bag ``t * B + b`` is table ``t``,
+  sample ``b``), ending with ``N``;
+
+and returns ``probabilities``: ``[B]`` float32 click probabilities. The batch
+size and the bag sizes (multi-hot, empty bags included) are dynamic.
+
+The model's own lookup (``F.embedding_bag`` after a per-table index shift made
+with a data-dependent ``repeat_interleave``) does not trace with dynamic
+shapes, so the graph uses an equivalent formulation: each index's bag number
+is a cumulative sum of bag-start marks, the rows are gathered, and the bags are
+summed with ``index_add`` (ONNX ``ScatterND`` with ``reduction=add``). The
+torch model is unchanged; the exported graph agrees with it to float32
+rounding (the sums run in another order).
+
+The exporter is torch's ``torch.export``-based one (``dynamo=True``, the
+default since torch 2.9): it keeps the relation ``offsets = T*B + 1`` as a
+symbolic shape and exports ``index_add`` with duplicate indices correctly; the
+legacy TorchScript exporter turns ``index_add`` into a ``ScatterND`` without
+reduction, which silently drops all but one row of a multi-hot bag.
+Models whose weights exceed ``EXTERNAL_DATA_THRESHOLD`` are written with ONNX
+external data (``OUT`` plus ``OUT.data``), as protobuf cannot hold 2 GiB.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dlrm_model import DLRM
+from mlet.core.batch import SparseFeatures
+from mlet.core.errors import UserError
+from mlet.data.synthetic import RandomBatches
+
+INPUT_NAMES = ("dense", "indices", "offsets")
+OUTPUT_NAMES = ("probabilities",)
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27  # 2 GiB protobuf limit, less room for the graph itself
+VERIFY_BATCH_SIZES = (1, 7, 64)
+VERIFY_TOLERANCE = 1e-5
+QUIET_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")  # progress and advice, not errors
+
+
+class ServingDLRM(nn.Module):
+    """``DLRM`` + sigmoid on ``(dense, indices, offsets)``, in an exportable formulation."""
+
+    def __init__(self, model: DLRM) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def pooled(self, indices: Tensor, offsets: Tensor, batch_size: int | torch.SymInt) -> Tensor:
+        """Sum-pooled bags of the (K- or d-wide) table weight, ``T x B x width``.
+
+        Integer arithmetic only (no division), so bag and row numbers stay exact at any size.
+        """
+        tables = self.model.tables
+        starts = offsets[1:-1]
+        marks = torch.zeros(indices.shape[0] + 1, dtype=torch.int64, device=indices.device).index_add(0, starts, torch.ones_like(starts))
+        bag = marks.cumsum(0)[: indices.shape[0]]  # bag number of every index
+        first_row_of_bag = tables.row_offsets[:-1].unsqueeze(1).expand(tables.num_tables, batch_size).reshape(-1)
+        rows = indices + first_row_of_bag.index_select(0, bag)
+        gathered = tables.weight.index_select(0, rows)
+        sums = torch.zeros(tables.num_tables * batch_size, gathered.shape[1], dtype=gathered.dtype, device=gathered.device)
+        return sums.index_add(0, bag, gathered).view(tables.num_tables, batch_size, -1)
+
+    def forward(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+        """Click probabilities, ``B``."""
+        m = self.model
+        pooled = self.pooled(indices, offsets, dense.shape[0])
+        if m.tables.is_mlet:
+            pooled = torch.bmm(pooled, m.tables.projection)
+        logits = m.top(m.interaction(m.bottom(dense), pooled.transpose(0, 1))).squeeze(-1)
+        return torch.sigmoid(logits)
+
+
+def example_inputs(model: DLRM, batch_size: int, max_bag: int = 3, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Random ``(dense, indices, offsets)`` with bags of 1..``max_bag`` ids."""
+    config = model.config
+    batches = RandomBatches(batch_size, batch_size, config.table_sizes, config.bottom_mlp[0], indices_per_lookup=max_bag, fixed=False, seed=seed)
+    dense, sparse, _ = batches.make_batch(0)
+    return dense, sparse.indices, sparse.offsets
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters (the ONNX initializers)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
+    """Export ``model`` (eval mode, CPU) with dynamic batch size and bag sizes."""
+    serving = ServingDLRM(model).eval()
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = {"dense": {0: batch}, "indices": {0: torch.export.Dim("num_indices", min=1)}, "offsets": {0: model.tables.num_tables * batch + 1}}
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                serving,
+                example_inputs(model, 4),
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                verbose=False,
+            )
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def verify(model: DLRM, path: str | os.PathLike) -> float:
+    """Largest ``|onnxruntime - torch|`` over ``VERIFY_BATCH_SIZES`` with multi-hot bags.
+
+    NaN (or infinity) when onnxruntime's outputs are not finite where torch's
+    are: a non-finite difference is never taken for agreement. Raises
+    :class:`UserError` when torch's own outputs are not finite (the model's
+    weights diverged), as there is then nothing to compare with.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    differences = []
+    for i, size in enumerate(VERIFY_BATCH_SIZES):
+        dense, indices, offsets = example_inputs(model, size, seed=1000 + i)
+        with torch.no_grad():
+            expected = torch.sigmoid(model(dense, SparseFeatures(indices, offsets, model.tables.num_tables))).numpy()
+        if not np.isfinite(expected).all():
+            raise UserError(f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); --no-verify skips the check")
+        (got,) = session.run(list(OUTPUT_NAMES), {"dense": dense.numpy(), "indices": indices.numpy(), "offsets": offsets.numpy()})
+        differences.append(np.abs(got - expected).max())
+    return float(np.max(differences))  # np.max keeps a NaN, where max() would drop it
+
+
+def check_agreement(path: str | os.PathLike, max_abs_diff: float) -> None:
+    """A :class:`UserError` unless ``max_abs_diff`` (from :func:`verify`) is within ``VERIFY_TOLERANCE``; NaN fails."""
+    if not math.isfinite(max_abs_diff):
+        raise UserError(f"{path}: onnxruntime's outputs are not finite where torch's are")
+    if max_abs_diff > VERIFY_TOLERANCE:
+        raise UserError(f"{path}: onnxruntime's outputs differ from torch's by {max_abs_diff:.3g} (> {VERIFY_TOLERANCE})")
+
+
+def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = True) -> dict:
+    """Write ``model`` as ONNX to ``path``; returns what was written and, with ``verify_outputs``, the onnxruntime check.
+
+    Raises :class:`UserError` if the path cannot be written, onnxruntime disagrees with torch beyond
+    ``VERIFY_TOLERANCE`` or either's outputs are not finite (the file is written then).
+    """
+    model = model.cpu().eval()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    program = to_onnx_program(model)
+    try:
+        program.save(target, external_data=external)
+    except OSError as error:
+        raise UserError(f"{target}: cannot write the ONNX model ({error.strerror or error})") from None
+    data = target.with_name(target.name + ".data")
+    report = {"path": str(target), "external_data": str(data) if external else None, "max_abs_diff": None, "batch_sizes": list(VERIFY_BATCH_SIZES)}
+    if verify_outputs:
+        report["max_abs_diff"] = verify(model, target)
+        check_agreement(target, report["max_abs_diff"])
+    return report

@@ -1,0 +1,1 @@
+"""Training: optimizers, the (graphed) step, metrics, checkpoints and resume, and the training loop."""

@@ -1,0 +1,334 @@
+"""Checkpoints: atomic writes, safe loading, collapse, inspection, ONNX export.
+
+A checkpoint is a plain dict of tensors and primitives, written with
+``torch.save`` and read with ``torch.load(weights_only=True)``: loading a file
+never runs code from it (a pickle naming anything but tensors and plain data
+is refused). Two kinds:
+
+* ``training``: resumable; model, optimizer state, LR schedule, data position,
+  RNG states, arguments, test history and best metrics.
+* ``inference``: the model only, MLET tables collapsed to plain ``n x d``
+  tables (``collapsed_from`` records the training K and sizes); arguments and
+  metrics are kept.
+
+Command line (``python checkpoint.py -h``)::
+
+    checkpoint.py collapse IN OUT        # training -> inference checkpoint
+    checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
+    checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import random
+import re
+import socket
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlrm_model import DLRM, ModelConfig
+from mlet.core.errors import UserError
+from mlet_layers import EmbeddingTables
+
+FORMAT = "dlrm-mlet-checkpoint"
+VERSION = 2
+TRAINING, INFERENCE = "training", "inference"
+
+# -- writing -----------------------------------------------------------------
+
+
+def _temp_prefix(target: Path) -> str:
+    """Temporary files of ``target`` are ``.NAME.HOST.PID.XXXXXXXX.tmp`` beside it."""
+    return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _writer_is_gone(host: str, pid: int) -> bool:
+    """True if the process that made a temporary file on this host has exited."""
+    if host != socket.gethostname():
+        return False  # another machine's writer (shared file system): leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left beside ``target`` by writers that were killed mid-save.
+
+    Only files of exited processes on this host are removed, so a concurrent
+    writer's file is never touched. Nothing ever loads these files; this only
+    reclaims their disk space. Returns the removed paths.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?P<host>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+    removed = []
+    for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and _writer_is_gone(match["host"], int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _file_mode(target: Path) -> int:
+    """Permissions for a new version of ``target``: the old file's, else the umask's (mkstemp's are 0600)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, rename over it, fsync the folder.
+
+    A crash or kill at any point leaves either the old file or the new one,
+    never a torn one. Temporary files of earlier, killed writers are removed.
+    Raises :class:`UserError` if the file cannot be written.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise UserError(f"{target}: cannot write the checkpoint ({error.strerror or error})") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _file_mode(target))
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)):  # e.g. a full disk
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, in a few words."""
+    text = str(error)
+    if match := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it references {match[1]}"
+    if match := re.search(r"Unsupported operand \d+", text):
+        return match[0]
+    return type(error).__name__
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is an existing file, else :class:`UserError` (cheap: checked before data is loaded)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such checkpoint file" if not p.exists() else f"{p}: is not a file")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a checkpoint without executing code from it.
+
+    ``mmap`` maps the tensors from the file instead of reading them (for
+    inspecting or converting large checkpoints). Raises :class:`UserError` for a
+    missing file, a file that is not a checkpoint of this tool, a newer format,
+    or one whose pickle holds anything but tensors and plain data (a possibly
+    malicious file: it is refused and nothing in it runs).
+    """
+    p = check_file(path)
+    is_zip = zipfile.is_zipfile(p)
+    if not is_zip:
+        with p.open("rb") as handle:
+            head = handle.read(4)
+        if head.startswith(b"PK"):
+            raise UserError(f"{p}: not a readable checkpoint (a truncated or damaged zip archive)")
+        if not head.startswith(pickle.PROTO):  # protocol 2+ pickles (torch.save's legacy format) open with PROTO
+            raise UserError(f"{p}: not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
+            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"{p}: refused: the file's pickle holds more than tensors and plain data, and loading it could run code ({_refusal_reason(error)})"
+        ) from None
+    except Exception as error:  # torch raises many types for files that are not checkpoints
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{p}: not a dlrm-mlet checkpoint")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise UserError(f"{p}: written by a newer dlrm-mlet (checkpoint format {ckpt['version']}); this one reads up to {VERSION}")
+    problem = structure_problem(ckpt)
+    if problem:
+        raise UserError(f"{p}: malformed checkpoint ({problem})")
+    return ckpt
+
+
+def structure_problem(ckpt: dict) -> str | None:
+    """What is missing or of the wrong type in a checkpoint dict (``None`` if nothing)."""
+    kind = ckpt.get("kind")
+    if kind not in (TRAINING, INFERENCE):
+        return f"kind {kind!r} is neither {TRAINING} nor {INFERENCE}"
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("tables.weight"), torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "no model weights"
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "no valid model_config"
+    if min(*config.table_sizes, config.dim, *config.bottom_mlp, *config.top_mlp) < 1 or config.mlet_hidden < 0:
+        return "model_config holds a size below 1"
+    rows, width = sum(config.table_sizes), config.mlet_hidden or config.dim
+    if tuple(model["tables.weight"].shape) != (rows, width):
+        return f"model_config describes tables of {rows:,} x {width}, the saved weight is {' x '.join(f'{n:,}' for n in model['tables.weight'].shape)}"
+    if kind == TRAINING:
+        position = ckpt.get("position")
+        if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(position, dict) or not {"epoch", "batch", "iteration"} <= position.keys():
+            return "a training checkpoint without optimizer state or position"
+    return None
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
+    """Rebuild the model a checkpoint holds.
+
+    The tables are not initialised (their storage is replaced by the saved
+    tensors), so a large model is not built twice.
+    """
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device=device)
+    model = DLRM(config, seed=0, device=device, tables=tables)
+    assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())
+    try:
+        model.load_state_dict(ckpt["model"], assign=assign)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+    return model
+
+
+# -- architecture ----------------------------------------------------------------
+
+
+def dashed(values: Sequence[int]) -> str:
+    """``[1, 2, 3]`` -> ``1-2-3`` (the form of the architecture flags)."""
+    return "-".join(map(str, values))
+
+
+def trained_hidden(ckpt: dict) -> int:
+    """MLET K the checkpoint's model was trained with (0: plain tables), collapsed or not."""
+    collapsed_from = ckpt.get("collapsed_from") or {}
+    return int(collapsed_from.get("mlet_hidden", ckpt["model_config"].get("mlet_hidden", 0)))
+
+
+def flag_name(dest: str) -> str:
+    """``mini_batch_size`` -> ``--mini-batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+# -- RNG state ---------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The global random generators' states (torch, CUDA, numpy, Python) as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state` (CUDA states only where as many devices are present)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+# -- collapse ----------------------------------------------------------------
+
+
+def bytes_report(counts: dict[str, int], element_size: int) -> dict:
+    """Parameter counts (``ModelConfig.parameter_counts``) as the results' ``parameters`` entry."""
+    return {
+        "training": {"count": counts["training"], "bytes": counts["training"] * element_size},
+        "inference": {"count": counts["inference"], "bytes": counts["inference"] * element_size},
+        "embedding_training_bytes": counts["embedding_training"] * element_size,
+        "embedding_inference_bytes": counts["embedding_inference"] * element_size,
+    }
+
+
+def element_size(ckpt: dict) -> int:
+    """Bytes per value of the checkpoint's table weight."""
+    return ckpt["model"]["tables.weight"].element_size()
+
+
+def training_config(ckpt: dict) -> ModelConfig:
+    """The architecture as trained (for a collapsed checkpoint: before collapsing)."""
+    collapsed_from = ckpt.get("collapsed_from") or {}
+    return ModelConfig.from_dict(collapsed_from.get("model_config", ckpt["model_config"]))
+
+
+def collapsed_checkpoint(ckpt: dict) -> dict:
+    """The inference checkpoint of ``ckpt``: W1 @ W2 folded into plain ``n x d`` tables.
+
+    No optimizer, schedule or RNG state; arguments, position, history and best
+    metrics are kept, and ``collapsed_from`` records the trained architecture
+    and its parameter sizes. An inference checkpoint is returned unchanged.
+    """
+    if ckpt.get("kind") == INFERENCE:
+        return ckpt
+    model = model_from_checkpoint(ckpt, device=ckpt["model"]["tables.weight"].device)
+    config = model.config
+    plain = model.collapse()
+    kept = {k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": INFERENCE,
+        "model_config": plain.config.to_dict(),
+        "model": plain.state_dict(),
+        "collapsed_from": {
+            "kind": ckpt.get("kind"),
+            "mlet_hidden": config.mlet_hidden,
+            "model_config": config.to_dict(),
+            "parameters": bytes_report(config.parameter_counts(), element_size(ckpt)),
+        },
+        "torch": str(torch.__version__),
+        **kept,
+    }

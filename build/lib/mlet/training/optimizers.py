@@ -1,0 +1,280 @@
+"""Optimizers for DLRM: sparse row updates for the tables, dense for the rest,
+and upstream DLRM's learning-rate policy (linear warm-up, polynomial decay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlet.kernels import host_memory, triton_kernels
+
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+FUSED_OPTIMIZERS = ("sgd", "adagrad")
+MIN_DECAYED_LR = 1e-7
+ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
+
+
+class CombinedOptimizer:
+    """Several torch optimizers stepped, zeroed, saved and restored as one.
+
+    The saved state is keyed by *parameter name* (``{"state": {name: {...}}}``),
+    not by torch's positional ids, so it does not depend on how parameters
+    were grouped or sharded: a distributed run can gather it table by table
+    and a run with another layout can load it.
+    """
+
+    def __init__(self, name: str, optimizers: Sequence[torch.optim.Optimizer], names: dict[int, str]) -> None:
+        self.name = name
+        self.optimizers = list(optimizers)
+        self.names = names  # id(parameter) -> parameter name
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """All parameter groups of all optimizers."""
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self) -> None:
+        """Drop all gradients (set to ``None``)."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One update of every parameter."""
+        for opt in self.optimizers:
+            opt.step()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every group."""
+        for group in self.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        """Per-parameter optimizer state keyed by parameter name."""
+        state: dict[str, dict] = {}
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if opt.state.get(p):
+                        state[self.names[id(p)]] = dict(opt.state[p])
+        return {"optimizer": self.name, "state": state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore :meth:`state_dict` output (parameters missing from it start fresh)."""
+        if saved.get("optimizer") != self.name:
+            raise ValueError(f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={self.name}")
+        for opt in self.optimizers:
+            current = opt.state_dict()
+            by_position = {}
+            for group, current_group in zip(opt.param_groups, current["param_groups"]):
+                for p, position in zip(group["params"], current_group["params"]):
+                    if self.names[id(p)] in saved["state"]:
+                        by_position[position] = saved["state"][self.names[id(p)]]
+            opt.load_state_dict({"state": by_position, "param_groups": current["param_groups"]})
+
+
+def adagrad_state(param: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fresh Adagrad state in ``torch.optim.Adagrad``'s format (on the parameter's device)."""
+    return {"step": torch.zeros((), dtype=torch.float32, device=param.device), "sum": host_memory.zeros_like_table(param)}
+
+
+def add_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``target[rows[i]] += values[i]`` for every ``i`` (repeated rows add up), in place.
+
+    On CPU through ``scatter_add_``: for 2-D tensors torch's CPU ``index_add_``
+    loops over the rows one slice at a time, 3-5x slower (bench/NOTES.md).
+    """
+    if target.device.type == "cpu":
+        return target.scatter_add_(0, rows.unsqueeze(1).expand_as(values), values)
+    return target.index_add_(0, rows, values)
+
+
+class RowSGD:
+    """Fused SGD on table rows: ``w[r] -= lr * g`` for every occurrence (repeats add up)."""
+
+    def __init__(self, weight: torch.Tensor, lr: torch.Tensor) -> None:
+        self.weight, self.lr = weight, lr
+        self.state: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        if triton_kernels.usable(self.weight):
+            triton_kernels.scatter_sub_rows(self.weight, rows, grads, self.lr)
+        else:  # the rate stays a tensor on the device (no sync; CUDA-graph safe)
+            add_rows(self.weight, rows, grads.mul_(-self.lr))
+
+    @torch.no_grad()
+    def scatter_projected(self, rows: torch.Tensor, grad_out: torch.Tensor, projection: torch.Tensor) -> None:
+        """MLET one-hot update from the projected gradient in one Triton kernel (callers check
+        ``triton_kernels.usable``): ``w[rows[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``."""
+        triton_kernels.project_scatter_sub(self.weight, rows, grad_out, projection, self.lr)
+
+
+class RowAdagrad:
+    """Fused Adagrad on table rows, equal to ``torch.optim.Adagrad`` on a sparse gradient.
+
+    Each row's gradient is the sum over its occurrences; the sum is formed
+    without ``unique`` (which has a data-dependent size): occurrences are
+    sorted, segment-summed into a buffer of static size, and every occurrence
+    of a row writes the same new values, so the result does not depend on
+    which write lands last.
+    """
+
+    def __init__(self, weight: torch.Tensor, lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
+        self.weight, self.lr, self.eps = weight, lr, eps
+        self.state = adagrad_state(weight)
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        self.state["step"] += 1
+        sorted_rows, order = torch.sort(rows)
+        starts = torch.ones_like(sorted_rows, dtype=torch.bool)
+        starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
+        segment = starts.cumsum(0) - 1
+        totals = add_rows(torch.zeros_like(grads), segment, grads.index_select(0, order))
+        g = totals.index_select(0, segment)
+        accumulated = self.state["sum"].index_select(0, sorted_rows).addcmul_(g, g)
+        step = g.div_(accumulated.sqrt().add_(self.eps)).mul_(self.lr)
+        self.state["sum"].index_copy_(0, sorted_rows, accumulated)
+        self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
+
+
+class DenseUpdate:
+    """SGD or Adagrad on dense parameters with foreach kernels and a tensor learning rate.
+
+    Matches ``torch.optim.SGD`` / ``Adagrad`` (no momentum, decay or weight
+    decay); the learning rate lives in a device tensor so a captured CUDA graph
+    sees changes to it.
+    """
+
+    def __init__(self, name: str, params: list[nn.Parameter], lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
+        self.name, self.params, self.lr, self.eps = name, params, lr, eps
+        self.states = [adagrad_state(p) if name == "adagrad" else {} for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Update every parameter that has a gradient."""
+        live = [(p, s) for p, s in zip(self.params, self.states) if p.grad is not None]
+        if not live:
+            return
+        params = [p for p, _ in live]
+        grads = [p.grad for p, _ in live]
+        if self.name == "adagrad":
+            sums = [s["sum"] for _, s in live]
+            for _, s in live:
+                s["step"] += 1
+            torch._foreach_addcmul_(sums, grads, grads)
+            denominators = torch._foreach_add(torch._foreach_sqrt(sums), self.eps)
+            grads = torch._foreach_div(grads, denominators)
+        if self.lr.device.type == "cpu":  # no graph to capture: one pass, the rate as a number
+            torch._foreach_add_(params, grads, alpha=-self.lr.item())
+        else:
+            torch._foreach_sub_(params, torch._foreach_mul(grads, self.lr))
+
+
+class FusedOptimizer:
+    """SGD/Adagrad with the table update fused into the backward (see ``RowSGD``/``RowAdagrad``).
+
+    Same interface and the same name-keyed state format as
+    :class:`CombinedOptimizer`, so checkpoints move freely between the two.
+    """
+
+    def __init__(self, name: str, lr: float, tables: nn.Module, sparse: dict[str, nn.Parameter], dense: dict[str, nn.Parameter]) -> None:
+        if name not in FUSED_OPTIMIZERS:
+            raise ValueError(f"the fused embedding update supports {', '.join(FUSED_OPTIMIZERS)}, not '{name}'")
+        [(self.table_name, weight)] = sparse.items()
+        self.name = name
+        self.lr = torch.tensor(float(lr), device=weight.device)
+        self.rows = RowAdagrad(weight, self.lr) if name == "adagrad" else RowSGD(weight, self.lr)
+        self.dense_names = list(dense)
+        self.dense = DenseUpdate(name, list(dense.values()), self.lr)
+        tables.row_update = self.rows
+        self.param_groups = [{"params": list(dense.values()), "lr": lr}]
+
+    def zero_grad(self) -> None:
+        """Drop the dense gradients (the tables have none)."""
+        for p in self.dense.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update the dense parameters (the tables were updated during backward)."""
+        self.dense.step()
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate (a device-side fill: no host sync, graph-safe)."""
+        self.lr.fill_(lr)
+        self.param_groups[0]["lr"] = lr
+
+    def state_dict(self) -> dict:
+        """Name-keyed state, as :meth:`CombinedOptimizer.state_dict`."""
+        state = {n: dict(s) for n, s in zip(self.dense_names, self.dense.states) if s}
+        if self.rows.state:
+            state[self.table_name] = dict(self.rows.state)
+        return {"optimizer": self.name, "state": state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore name-keyed state (from either optimizer implementation)."""
+        if saved.get("optimizer") != self.name:
+            raise ValueError(f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={self.name}")
+        targets = {**dict(zip(self.dense_names, self.dense.states)), self.table_name: self.rows.state}
+        for name, target in targets.items():
+            for key, value in saved["state"].get(name, {}).items():
+                if key in target:
+                    target[key].copy_(torch.as_tensor(value))
+
+
+def build_optimizer(
+    name: str,
+    lr: float,
+    sparse: dict[str, nn.Parameter],
+    dense: dict[str, nn.Parameter],
+    fused_tables: nn.Module | None = None,
+) -> CombinedOptimizer | FusedOptimizer:
+    """Optimizer over named parameters; ``sparse`` ones get sparse row gradients.
+
+    With ``fused_tables`` (the ``EmbeddingTables`` owning the sparse weight):
+    a :class:`FusedOptimizer` (sgd/adagrad) that updates table rows inside
+    the backward. Otherwise torch optimizers: ``sgd`` / ``adagrad`` one over
+    everything (both take sparse gradients); ``adam``: ``SparseAdam`` for the
+    tables, ``Adam`` for the rest.
+    """
+    if fused_tables is not None:
+        return FusedOptimizer(name, lr, fused_tables, sparse, dense)
+    names = {id(p): n for n, p in [*sparse.items(), *dense.items()]}
+    everything = [*sparse.values(), *dense.values()]
+    if name == "sgd":
+        return CombinedOptimizer(name, [torch.optim.SGD(everything, lr=lr)], names)
+    if name == "adagrad":
+        return CombinedOptimizer(name, [torch.optim.Adagrad(everything, lr=lr)], names)
+    if name == "adam":
+        optimizers = [torch.optim.SparseAdam(list(sparse.values()), lr=lr), torch.optim.Adam(list(dense.values()), lr=lr)]
+        return CombinedOptimizer(name, optimizers, names)
+    raise ValueError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
+
+
+@dataclass(frozen=True)
+class LRPolicy:
+    """Upstream DLRM's schedule, without its quirks.
+
+    Step ``s`` (0-based) uses ``base * scale(s)``: ``(s + 1) / warmup`` during the
+    first ``warmup`` steps; 1 until ``decay_start``; then ``((D - k) / D) ** 2``
+    for the ``k``-th of ``D = decay_steps`` steps, floored at ``1e-7 / base``
+    (upstream's minimum learning rate), and held at that floor afterwards.
+    """
+
+    base_lr: float
+    warmup_steps: int = 0
+    decay_start: int = 0
+    decay_steps: int = 0
+
+    def lr(self, step: int) -> float:
+        """Learning rate of step ``step``."""
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        if self.decay_steps > 0 and step >= self.decay_start:
+            done = min(step - self.decay_start, self.decay_steps)
+            return max(self.base_lr * ((self.decay_steps - done) / self.decay_steps) ** 2, min(MIN_DECAYED_LR, self.base_lr))
+        return self.base_lr

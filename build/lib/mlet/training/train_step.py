@@ -1,0 +1,141 @@
+"""The training step: eager, or captured once in a CUDA graph and replayed.
+
+A DLRM step is many small kernels (MLP layers, lookups, interaction, loss,
+backward, updates); on a GPU, launching them from Python costs more than
+running them. With the fused embedding update (``optimizers.FusedOptimizer``)
+every shape in the step is static for a given batch shape, so the whole step
+- forward, backward, table and dense updates - is captured in one CUDA graph
+and replayed with one launch. Batches of another shape (the last, smaller
+batch of an epoch; multi-hot bags of another total length) run eagerly.
+Under ``torchrun`` the graph also holds the step's collectives (the
+embedding all-to-all and the MLP gradients' all-reduce, ``distributed.py``),
+whose shapes are static too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mlet.core.batch import Batch
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def batch_loss(loss_fn: LossFn, logits: Tensor, batch: Batch) -> Tensor:
+    """The mean loss of ``batch``, or this process's share of it when ``batch`` holds part of a
+    global batch of ``batch.size`` samples: the local mean weighted by the local share, so the
+    shares of all processes add up to the global mean (see ``distributed.py``)."""
+    local = batch.labels.numel()
+    if local == batch.size:
+        return loss_fn(logits, batch.labels)
+    if local == 0:
+        return logits.sum() * 0.0  # no sample here; the backward (and its collectives) still runs
+    return loss_fn(logits, batch.labels) * (local / batch.size)
+
+
+class TrainStep:
+    """One eager optimisation step: forward, loss, backward, update."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer) -> None:
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+
+    def __call__(self, batch: Batch) -> Tensor:
+        """Train on ``batch`` (already on the model's device); returns the detached loss."""
+        logits = self.model(batch.dense, batch.sparse)
+        loss = batch_loss(self.loss_fn, logits, batch)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+def batch_tensors(batch: object) -> list[Tensor]:
+    """Every tensor of a batch (:class:`Batch`, or a process's ``BatchShard``), in field order."""
+    if isinstance(batch, Tensor):
+        return [batch]
+    if dataclasses.is_dataclass(batch):
+        return [t for field in dataclasses.fields(batch) for t in batch_tensors(getattr(batch, field.name))]
+    return []
+
+
+def batch_shape(batch: object) -> object:
+    """What a captured graph is specific to: every tensor's shape and the other fields
+    (sample counts, table counts, one-hot or not), as a hashable value."""
+    if isinstance(batch, Tensor):
+        return tuple(batch.shape)
+    if dataclasses.is_dataclass(batch):
+        return tuple(batch_shape(getattr(batch, field.name)) for field in dataclasses.fields(batch))
+    return batch
+
+
+class GraphedTrainStep(TrainStep):
+    """:class:`TrainStep` replayed from a CUDA graph for the first full batch shape seen.
+
+    The first ``warmup`` steps of that shape run eagerly on a side stream
+    (this initialises cuBLAS handles and lazily allocated state, as CUDA-graph
+    capture requires); the next one is captured and replayed; later ones only
+    copy the batch into the graph's static inputs and replay. Every step is a
+    real training step: capture itself runs nothing, the replay that follows
+    it does. The optimizer must keep its learning rate on the device
+    (``FusedOptimizer``), since a replay cannot see Python floats change.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, warmup: int = 3) -> None:
+        super().__init__(model, loss_fn, optimizer)
+        self.warmup = warmup
+        self.shape: object = None
+        self.warmed = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_batch: Batch | None = None
+        self.static_loss: Tensor | None = None
+
+    def __call__(self, batch: Batch) -> Tensor:
+        """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
+        if self.shape is None:
+            self.shape = batch_shape(batch)
+        if batch_shape(batch) != self.shape:
+            return super().__call__(batch)
+        if self.graph is None:
+            if self.warmed < self.warmup:
+                self.warmed += 1
+                return self._side_stream_step(batch)
+            self._capture(batch)
+        self._load(batch)
+        self.graph.replay()
+        return self.static_loss
+
+    def _side_stream_step(self, batch: Batch) -> Tensor:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loss = super().__call__(batch)
+        torch.cuda.current_stream().wait_stream(side)
+        return loss
+
+    def _capture(self, batch: Batch) -> None:
+        self.static_batch = copy.deepcopy(batch)  # the graph's own input tensors
+        self.optimizer.zero_grad()
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            logits = self.model(self.static_batch.dense, self.static_batch.sparse)
+            loss = batch_loss(self.loss_fn, logits, self.static_batch)
+            loss.backward()
+            self.optimizer.step()
+            self.static_loss = loss.detach()
+
+    def _load(self, batch: Batch) -> None:
+        for static, new in zip(batch_tensors(self.static_batch), batch_tensors(batch)):
+            static.copy_(new, non_blocking=True)
+
+
+def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool) -> TrainStep:
+    """A graphed step where asked for and possible (CUDA, fused optimizer), else eager."""
+    if cuda_graph:
+        return GraphedTrainStep(model, loss_fn, optimizer)
+    return TrainStep(model, loss_fn, optimizer)

@@ -1,0 +1,417 @@
+"""Embedding tables for DLRM: plain tables and MLET (two-layer) tables.
+
+All categorical features' tables live in one module, :class:`EmbeddingTables`,
+so that a batch needs one lookup kernel whatever the number of features:
+
+* plain tables (``hidden == 0``): one weight of ``sum(n_t) x d``; table ``t``
+  owns the rows ``row_offsets[t] : row_offsets[t + 1]``.
+* MLET tables (``hidden == K``): one weight ``W1`` of ``sum(n_t) x K`` with the
+  same row layout, and a stacked bias-free projection ``W2`` of ``T x K x d``.
+  The embedding of a bag is ``pooled(W1 rows) @ W2[t]``; all tables' projections
+  run as one batched matmul. There is no nonlinearity, so pooling before or
+  after the projection gives the same function, and :meth:`collapse` folds
+  ``W1 @ W2`` into a plain ``n x d`` table for inference.
+
+Indices arrive as :class:`SparseFeatures`: local row ids per table, bags laid
+out table-major (all of table 0's bags for the batch, then table 1's, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlet.kernels import host_memory, triton_kernels
+
+DEFAULT_PROJECTION_STD = 0.25
+PROJECTION_INITS = ("normal", "normal-STD", "xavier")
+
+
+@dataclass
+class SparseFeatures:
+    """A batch of categorical features as bags of local row ids.
+
+    ``indices`` holds every bag's row ids, table-major; bag ``t * B + b`` (table
+    ``t``, sample ``b``) is ``indices[offsets[t * B + b] : offsets[t * B + b + 1]]``.
+    ``offsets`` therefore has ``T * B + 1`` entries and ends with ``len(indices)``.
+    ``one_hot`` promises exactly one id per bag (``offsets`` is ``0..T*B``),
+    which lets the backward skip mapping ids to bags.
+    """
+
+    indices: Tensor
+    offsets: Tensor
+    num_tables: int
+    one_hot: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples in the batch."""
+        return (self.offsets.numel() - 1) // self.num_tables
+
+    @classmethod
+    def from_ids(cls, ids: Tensor) -> SparseFeatures:
+        """One id per table and sample: ``ids`` is ``B x T`` (any integer dtype)."""
+        batch_size, num_tables = ids.shape
+        indices = ids.t().contiguous().view(-1).long()  # 6x faster on CPU than reshape-then-convert
+        offsets = torch.arange(batch_size * num_tables + 1, dtype=torch.int64, device=ids.device)
+        return cls(indices, offsets, num_tables, one_hot=True)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
+        """Copy to ``device``."""
+        return SparseFeatures(
+            self.indices.to(device, non_blocking=non_blocking),
+            self.offsets.to(device, non_blocking=non_blocking),
+            self.num_tables,
+            self.one_hot,
+        )
+
+    def pin_memory(self) -> SparseFeatures:
+        """Page-locked copy, for asynchronous host-to-device transfers."""
+        return SparseFeatures(self.indices.pin_memory(), self.offsets.pin_memory(), self.num_tables, self.one_hot)
+
+    def table_boundaries(self) -> Tensor:
+        """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""
+        return self.offsets[:: self.batch_size]
+
+    def select_tables(self, tables: Sequence[int]) -> SparseFeatures:
+        """The bags of a subset of tables, in the order given (used for sharding)."""
+        bounds = self.table_boundaries().tolist()
+        batch = self.batch_size
+        index_parts, offset_parts, start = [], [], 0
+        for t in tables:
+            lo, hi = bounds[t], bounds[t + 1]
+            index_parts.append(self.indices[lo:hi])
+            offset_parts.append(self.offsets[t * batch : (t + 1) * batch] - lo + start)
+            start += hi - lo
+        empty = self.indices[:0]
+        indices = torch.cat(index_parts) if index_parts else empty
+        end = torch.tensor([start], dtype=self.offsets.dtype, device=self.offsets.device)
+        offsets = torch.cat([*offset_parts, end])
+        return SparseFeatures(indices, offsets, len(tables), self.one_hot)
+
+
+RowUpdate = Callable[[Tensor, Tensor], None]
+"""``update(rows, grads)``: apply one optimizer step to weight rows ``rows``
+given one gradient row per occurrence (rows may repeat; their gradients add)."""
+
+
+class ProjectedRowUpdate(Protocol):
+    """A row update that also takes MLET's gradient before the projection (``optimizers.RowSGD``)."""
+
+    def scatter_projected(self, rows: Tensor, grad_out: Tensor, projection: Tensor) -> None:
+        """Update ``rows`` from ``grad_out[t, b] @ projection[t].T`` (see ``RowSGD.scatter_projected``)."""
+
+
+class _LookupWithRowUpdate(torch.autograd.Function):
+    """Sum-pooled lookup whose backward updates the looked-up rows in place.
+
+    The weight gets no ``.grad``: its backward hands each occurrence's gradient
+    row to ``update`` (the fused optimizer), which writes the new rows straight
+    into the weight. No sparse gradient tensor, no coalescing, no separate
+    optimizer pass over the table; every shape is static, so the whole step
+    can be captured in a CUDA graph.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids, offsets)
+        ctx.update, ctx.one_hot = update, one_hot
+        if one_hot and triton_kernels.usable(weight):
+            return triton_kernels.gather_rows(weight, ids)
+        return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
+
+    @staticmethod
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None]:  # type: ignore[override]
+        ids, offsets = ctx.saved_tensors
+        num_bags = offsets.numel() - 1
+        if ctx.one_hot:
+            ctx.update(ids, grad_pooled)  # one id per bag: the bag gradient is the id's
+        else:
+            bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(offsets.diff(), output_size=ids.numel())
+            ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
+        return None, None, None, None, None
+
+
+class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
+    """One-hot MLET lookup and projection, with the W1 row update fused into the backward.
+
+    Forward: project each bag's W1 row by its table's W2, the rows read
+    straight from W1 (one kernel; the K-wide rows are never stored).
+    Backward: W2's gradient from the same rows (returned to autograd), then
+    ``update.scatter_projected`` writes ``-lr * grad @ W2.T`` straight into the
+    W1 rows (one kernel, the K-wide row gradients are never stored either).
+    Used on the Triton path with SGD. The backward bumps W1's version after its
+    in-place update, so a second pending backward through the same rows (two
+    forwards, then two backwards) fails loudly instead of reading updated rows.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update: ProjectedRowUpdate) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight, projection, ids)
+        ctx.update = update
+        return triton_kernels.gather_project(weight, ids, projection)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
+        weight, projection, ids = ctx.saved_tensors
+        grad_projection = triton_kernels.gathered_weight_gradient(weight, ids, grad_out)  # before the rows change
+        ctx.update.scatter_projected(ids, grad_out, projection)
+        torch.autograd.graph.increment_version(weight)  # the Triton kernel's writes are invisible to autograd
+        return None, grad_projection, None, None
+
+
+class _BatchedProjection(torch.autograd.Function):
+    """MLET's per-table projection ``(T, B, K) @ (T, K, d)`` with torch's bmm, in layouts fast on CPU.
+
+    The batched GEMMs are skinny (``d`` is 2-16); MKL's speed for them depends
+    on which operand is transposed by 2-4x (bench/NOTES.md): the weight
+    gradient is formed as ``(g^T @ pooled)^T`` (reduction over the batch with
+    contiguous rows) and, for ``d < 16``, the forward as ``(W2^T @ pooled^T)^T``.
+    """
+
+    @staticmethod
+    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pooled, projection)
+        if projection.shape[2] < 16:
+            return torch.bmm(projection.transpose(1, 2), pooled.transpose(1, 2)).transpose(1, 2)
+        return torch.bmm(pooled, projection)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        pooled, projection = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_pooled = torch.bmm(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_projection = torch.bmm(grad_out.transpose(1, 2), pooled).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        return grad_pooled, grad_projection
+
+
+def project(pooled: Tensor, projection: Tensor) -> Tensor:
+    """``torch.bmm(pooled, projection)``: Triton kernels where usable, else :class:`_BatchedProjection`."""
+    if triton_kernels.usable(pooled, projection) and pooled.dtype == torch.float32:
+        return triton_kernels.GroupedProjection.apply(pooled, projection)
+    return _BatchedProjection.apply(pooled, projection)
+
+
+def parse_projection_init(spec: str) -> tuple[str, float]:
+    """Parse ``--mlet-init``: ``normal`` (std 0.25), ``normal-STD`` or ``xavier``.
+
+    Returns ``(kind, std)``; ``std`` is ignored for ``xavier``.
+    Raises ``ValueError`` naming the accepted forms.
+    """
+    if spec == "normal":
+        return "normal", DEFAULT_PROJECTION_STD
+    if spec == "xavier":
+        return "xavier", 0.0
+    if spec.startswith("normal-"):
+        try:
+            std = float(spec[len("normal-") :])
+        except ValueError:
+            std = -1.0
+        if std > 0 and math.isfinite(std):
+            return "normal", std
+    raise ValueError(f"'{spec}' is not one of normal, normal-STD (STD > 0, e.g. normal-0.1), xavier")
+
+
+def symmetric_uniform_(target: Tensor, bound: float, gen: torch.Generator) -> Tensor:
+    """Fill ``target`` in place from uniform(-bound, bound)."""
+    return target.uniform_(-bound, bound, generator=gen)
+
+
+def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
+    """``fill(target)`` (in place, with a CPU generator); for a device tensor through a CPU copy."""
+    if target.device.type == "cpu":
+        fill(target)
+        return
+    values = torch.empty(target.shape, dtype=target.dtype)
+    fill(values)
+    target.copy_(values)
+
+
+def table_seed(seed: int, table: int, salt: int = 0) -> int:
+    """Seed of one table's initialisation: independent of how tables are sharded."""
+    return (seed * 1_000_003 + table * 7919 + salt * 104_729 + 12_345) % (2**63)
+
+
+class EmbeddingTables(nn.Module):
+    """Every categorical feature's embedding table, plain or MLET, in one module.
+
+    Args:
+        table_sizes: rows ``n_t`` of each table.
+        dim: embedding dimension ``d`` seen by the interaction.
+        hidden: MLET inner width ``K``; 0 for plain ``n x d`` tables.
+        projection_init: ``--mlet-init`` value for ``W2``.
+        seed: initialisation seed; table ``t`` depends only on ``(seed, t)``.
+            ``None`` leaves the weights uninitialised (to be overwritten).
+        sparse: produce sparse row gradients for the (K- or d-wide) table weight.
+        table_ids: global feature numbers of these tables (for seeding when the
+            module holds a shard of the model's tables); defaults to ``0..T-1``.
+        device: where to allocate.
+    """
+
+    def __init__(
+        self,
+        table_sizes: Sequence[int],
+        dim: int,
+        hidden: int = 0,
+        projection_init: str = "normal",
+        seed: int | None = 0,
+        sparse: bool = True,
+        table_ids: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if hidden < 0:
+            raise ValueError(f"hidden width must be >= 0, got {hidden}")
+        self.table_sizes = [int(n) for n in table_sizes]
+        self.dim = int(dim)
+        self.hidden = int(hidden)
+        self.sparse = sparse
+        self.projection_init = projection_init
+        self.row_update: RowUpdate | None = None
+        self._shift_cache: dict[tuple, Tensor] = {}
+        self.table_ids = list(table_ids) if table_ids is not None else list(range(len(table_sizes)))
+        self.row_bounds = [0, *itertools.accumulate(self.table_sizes)]
+        offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        width = self.hidden or self.dim
+        self.weight = nn.Parameter(host_memory.empty_table((self.row_bounds[-1], width), device=device))
+        if self.hidden:
+            self.projection = nn.Parameter(torch.empty(len(self.table_sizes), self.hidden, self.dim, device=device))
+        else:
+            self.register_parameter("projection", None)
+        if seed is not None:
+            self.reset_parameters(seed)
+
+    @property
+    def num_tables(self) -> int:
+        """Number of tables (features) held."""
+        return len(self.table_sizes)
+
+    @property
+    def is_mlet(self) -> bool:
+        """True for two-layer tables."""
+        return self.projection is not None
+
+    def reset_parameters(self, seed: int) -> None:
+        """DLRM's uniform(+-sqrt(1/n)) rows; ``W2`` per ``projection_init``.
+
+        Drawn from CPU generators whatever the device, so that a seed gives the
+        same initial model on CPU and GPU (on a GPU each table passes through host memory once).
+        """
+        with torch.no_grad():
+            for t, (n, tid) in enumerate(zip(self.table_sizes, self.table_ids)):
+                bound = math.sqrt(1.0 / n)
+                gen = torch.Generator().manual_seed(table_seed(seed, tid))
+                fill_from_cpu(self.table_weight(t), functools.partial(symmetric_uniform_, bound=bound, gen=gen))
+                if self.is_mlet:
+                    gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
+                    fill_from_cpu(self.projection[t], functools.partial(self._init_projection, gen=gen))
+
+    def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
+        kind, std = parse_projection_init(self.projection_init)
+        if kind == "xavier":
+            bound = math.sqrt(6.0 / (self.hidden + self.dim))
+            symmetric_uniform_(w2, bound, gen)
+        else:
+            w2.normal_(0.0, std, generator=gen)
+
+    def table_weight(self, t: int) -> Tensor:
+        """Rows of table ``t`` (a view of the concatenated weight)."""
+        return self.weight[self.row_bounds[t] : self.row_bounds[t + 1]]
+
+    def global_indices(self, features: SparseFeatures) -> Tensor:
+        """Rows of the concatenated weight for each local id in ``features``."""
+        if features.one_hot:
+            return features.indices + self._one_hot_shift(features.batch_size)
+        counts = features.table_boundaries().diff()
+        shift = self.row_offsets[:-1].repeat_interleave(counts, output_size=features.indices.numel())
+        return features.indices + shift
+
+    def _one_hot_shift(self, batch_size: int) -> Tensor:
+        """Row offset of each position of a one-hot batch (cached per batch size)."""
+        key = (batch_size, self.row_offsets.device)
+        if key not in self._shift_cache:
+            self._shift_cache.clear()
+            self._shift_cache[key] = self.row_offsets[:-1].repeat_interleave(batch_size)
+        return self._shift_cache[key]
+
+    def pooled_rows(self, features: SparseFeatures) -> Tensor:
+        """Sum-pooled rows of the (K- or d-wide) weight: ``T x B x width``."""
+        if features.num_tables != self.num_tables:
+            raise ValueError(f"batch has {features.num_tables} sparse features, the model {self.num_tables} tables")
+        ids = self.global_indices(features)
+        if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
+            pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update, features.one_hot)
+        else:
+            pooled = F.embedding_bag(ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True)
+        return pooled.view(self.num_tables, features.batch_size, -1)
+
+    def forward(self, features: SparseFeatures) -> Tensor:
+        """Pooled embeddings, ``B x T x d``."""
+        if self._fused_mlet_path(features):
+            ids = self.global_indices(features)
+            return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(0, 1)
+        pooled = self.pooled_rows(features)
+        if self.is_mlet:
+            pooled = project(pooled, self.projection)
+        return pooled.transpose(0, 1)
+
+    def _fused_mlet_path(self, features: SparseFeatures) -> bool:
+        """One-hot MLET training step whose row update can be fused with the projection's backward."""
+        return (
+            self.is_mlet
+            and features.one_hot
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and hasattr(self.row_update, "scatter_projected")
+            and triton_kernels.usable(self.weight)
+        )
+
+    @torch.no_grad()
+    def collapse_into(self, out: Tensor, chunk_rows: int = 1 << 20) -> None:
+        """Write ``W1 @ W2`` (per table) into ``out``, a ``sum(n_t) x d`` tensor.
+
+        Computed in float64 chunks and rounded once, so the collapsed tables
+        agree with the two-layer ones to float32 rounding.
+        """
+        for t in range(self.num_tables):
+            w2 = self.projection[t].double()
+            for lo in range(self.row_bounds[t], self.row_bounds[t + 1], chunk_rows):
+                hi = min(lo + chunk_rows, self.row_bounds[t + 1])
+                out[lo:hi] = (self.weight[lo:hi].double() @ w2).to(out.dtype)
+
+    def collapse(self) -> EmbeddingTables:
+        """A plain-table module computing the same embeddings (``self`` if already plain)."""
+        if not self.is_mlet:
+            return self
+        plain = EmbeddingTables(
+            self.table_sizes,
+            self.dim,
+            hidden=0,
+            seed=None,
+            sparse=self.sparse,
+            table_ids=self.table_ids,
+            device=self.weight.device,
+        )
+        self.collapse_into(plain.weight.data)
+        return plain
+
+    def parameter_bytes(self) -> int:
+        """Bytes of this module's parameters."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def inference_bytes(self) -> int:
+        """Bytes of the collapsed (inference) tables: ``sum(n_t) * d`` values."""
+        return self.weight.shape[0] * self.dim * self.weight.element_size()
+
+    def extra_repr(self) -> str:
+        kind = f"mlet K={self.hidden}" if self.is_mlet else "plain"
+        return f"tables={self.num_tables}, rows={self.weight.shape[0]}, d={self.dim}, {kind}"

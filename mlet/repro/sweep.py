@@ -1,0 +1,523 @@
+"""Run the paper's grid: baselines and MLET configs x optimizers x learning rates x seeds.
+
+    .venv/bin/python scripts/sweep.py --run-dir runs/criteo_kaggle \\
+        --baseline-dims 2 4 8 16 32 64 --mlet-dims 2 4 8 16 --mlet-hidden 16 32 64 128 \\
+        --seeds 1 2 3 --optimizers sgd adagrad --jobs 2 \\
+        -- --data-generation=dataset --data-set=kaggle --raw-data-file=train.txt --mini-batch-size=128
+
+Everything after ``--`` is passed to every ``dlrm_mlet.py`` run (data, batch
+size, epochs, top MLP, ...); the sweep sets the per-run flags itself
+(``--arch-sparse-feature-size``, ``--arch-mlp-bot`` = ``--mlp-bot-prefix`` plus
+d, ``--mlet-hidden``, ``--optimizer``, ``--learning-rate``,
+``--numpy-rand-seed``, ``--test-freq``, ``--results-json``, ``--save-collapsed``).
+
+Each run writes ``RUN_DIR/results/NAME.json`` (atomically, at its end) and
+``RUN_DIR/logs/NAME.log``; a run whose JSON exists is skipped, so an
+interrupted sweep continues where it stopped when started again with the same
+command. ``RUN_DIR/sweep.json`` records the settings, the paper learning rates
+(for ``summarize.py``), and each run's status and wall time.
+
+Learning rates: every config runs the optimizer's initial grid (``--lrs``),
+which includes its ``--paper-lr`` (the ``paper`` protocol's shared rate). For
+the ``tuned`` protocol the grid then widens, config by config, by
+``--widen-factor`` beyond whichever edge holds the best mean validation AUC,
+until the best rate is interior (at most ``--max-widen`` steps on each side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.repro.experiments import (
+    PROTOCOLS,
+    Config,
+    RunResult,
+    RunSpec,
+    best_lr,
+    by_config_and_lr,
+    grid_configs,
+    initial_rates,
+    load_results,
+    next_lr,
+    results_dir,
+    round_lr,
+    sweep_record,
+)
+
+PROG = "sweep.py"
+SWEEP_FLAGS = (
+    "--arch-sparse-feature-size",
+    "--arch-mlp-bot",
+    "--mlet-hidden",
+    "--optimizer",
+    "--learning-rate",
+    "--numpy-rand-seed",
+    "--results-json",
+    "--save-collapsed",
+    "--save-model",
+)
+DEFAULT_LRS = {"sgd": (0.05, 0.2, 0.8), "adagrad": (0.0125, 0.05, 0.2), "adam": (0.00025, 0.001, 0.004)}
+DEFAULT_PAPER_LR = {"sgd": 0.2, "adagrad": 0.05, "adam": 0.001}
+CHECKPOINT_CHOICES = ("none", "paper", "all")
+Runner = Callable[[RunSpec, list[str], Path], int]
+
+
+@dataclass
+class Settings:
+    """What a sweep runs (from the command line)."""
+
+    run_dir: Path
+    configs: list[Config]
+    seeds: list[int]
+    optimizers: list[str]
+    lrs: dict[str, list[float]]
+    paper_lrs: dict[str, float]
+    protocols: list[str]
+    widen_factor: float = 4.0
+    max_widen: int = 3
+    mlp_bot_prefix: str = "13-512-256-64"
+    train_flags: list[str] = field(default_factory=list)
+    tests_per_epoch: int = 8
+    jobs: int = 1
+    threads: int = 1
+    checkpoints: str = "none"
+    checkpoint_dims: list[int] | None = None  # only configs of these widths get checkpoints (None: all)
+
+    def initial_lrs(self, optimizer: str) -> list[float]:
+        """The rates every config runs first: the ``paper`` protocol's, plus the grid when tuning."""
+        return initial_rates(self.paper_lrs[optimizer], self.lrs[optimizer], self.protocols)
+
+    def to_dict(self) -> dict:
+        """For ``sweep.json``."""
+        return {
+            "run_dir": str(self.run_dir),
+            "configs": [c.label for c in self.configs],
+            "seeds": self.seeds,
+            "optimizers": self.optimizers,
+            "lrs": self.lrs,
+            "paper_lrs": self.paper_lrs,
+            "protocols": self.protocols,
+            "widen_factor": self.widen_factor,
+            "max_widen": self.max_widen,
+            "mlp_bot_prefix": self.mlp_bot_prefix,
+            "train_flags": self.train_flags,
+            "tests_per_epoch": self.tests_per_epoch,
+            "jobs": self.jobs,
+            "threads": self.threads,
+            "checkpoints": self.checkpoints,
+            "checkpoint_dims": self.checkpoint_dims,
+        }
+
+
+# -- the grid ---------------------------------------------------------------------------
+
+
+def initial_specs(settings: Settings) -> list[RunSpec]:
+    """Every (optimizer, config, initial rate, seed)."""
+    return [
+        RunSpec(opt, config, lr, seed)
+        for opt in settings.optimizers
+        for config in settings.configs
+        for lr in settings.initial_lrs(opt)
+        for seed in settings.seeds
+    ]
+
+
+def widened_specs(settings: Settings) -> list[RunSpec]:
+    """The runs the ``tuned`` protocol still needs: one more rate for each config whose best rate lies at an edge.
+
+    Decided from the finished runs on disk (so a restarted sweep decides the
+    same); a config is considered once every seed has finished at every rate
+    tried so far. Before that, its missing seeds at the rates tried are
+    returned (runs that failed in an earlier session; they are retried).
+    """
+    if "tuned" not in settings.protocols or settings.widen_factor <= 1:
+        return []
+    groups = by_config_and_lr(r for r in readable_results(settings.run_dir) if r.spec.seed in settings.seeds)
+    wanted = []
+    for (opt, config), by_lr in groups.items():
+        if opt not in settings.optimizers or config not in settings.configs:
+            continue
+        missing = [RunSpec(opt, config, lr, seed) for lr, runs in by_lr.items() for seed in settings.seeds if seed not in {r.spec.seed for r in runs}]
+        if missing:
+            wanted += missing  # finish these rates first
+            continue
+        best = best_lr(by_lr, len(settings.seeds))
+        lr = next_lr(list(by_lr), best, settings.widen_factor, settings.initial_lrs(opt), settings.max_widen) if best is not None else None
+        if lr is not None:
+            wanted += [RunSpec(opt, config, lr, seed) for seed in settings.seeds]
+    return wanted
+
+
+def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list[RunResult]:
+    """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an edit) counts as not run."""
+    results = []
+    for path in sorted(results_dir(run_dir).glob("*.json")) if paths is None else paths:
+        with contextlib.suppress(UserError):
+            results += load_results([path])
+    return results
+
+
+def result_path(spec: RunSpec, run_dir: Path) -> Path:
+    """Where a run writes its results JSON."""
+    return results_dir(run_dir) / f"{spec.name}.json"
+
+
+def finished(spec: RunSpec, run_dir: Path) -> bool:
+    """True when the run's results JSON exists and reads as one."""
+    return bool(readable_results(run_dir, [result_path(spec, run_dir)]))
+
+
+def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
+    """The runs of ``specs`` not finished yet, widest models first (they take longest)."""
+    todo = [s for s in specs if not finished(s, run_dir)]
+    return sorted(todo, key=lambda s: (-(s.config.hidden or s.config.dim), s))
+
+
+def wants_checkpoint(spec: RunSpec, settings: Settings) -> bool:
+    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run; only widths in ``--checkpoint-dims``."""
+    if settings.checkpoint_dims is not None and spec.config.dim not in settings.checkpoint_dims:
+        return False
+    if settings.checkpoints == "all":
+        return True
+    return settings.checkpoints == "paper" and spec.seed == settings.seeds[0] and spec.lr == round_lr(settings.paper_lrs[spec.optimizer])
+
+
+def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[str]:
+    """The ``dlrm_mlet.py`` flags of one run."""
+    d = spec.config.dim
+    argv = [
+        *settings.train_flags,
+        f"--arch-sparse-feature-size={d}",
+        f"--arch-mlp-bot={settings.mlp_bot_prefix}-{d}",
+        f"--mlet-hidden={spec.config.hidden}",
+        f"--optimizer={spec.optimizer}",
+        f"--learning-rate={spec.lr!r}",
+        f"--numpy-rand-seed={spec.seed}",
+        f"--results-json={result_path(spec, settings.run_dir)}",
+    ]
+    if test_freq:
+        argv.append(f"--test-freq={test_freq}")
+    if wants_checkpoint(spec, settings):
+        argv.append(f"--save-collapsed={Path(settings.run_dir) / 'checkpoints' / (spec.name + '.pt')}")
+    return argv
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def subprocess_runner(threads: int) -> Runner:
+    """Run ``dlrm_mlet.py`` in a child process with ``threads`` torch threads, output to the log; returns its exit code."""
+
+    def run(spec: RunSpec, argv: list[str], log: Path) -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with open(log, "w") as out:
+            out.write(f"# {spec.name}: {sys.executable} -m dlrm_mlet {' '.join(argv)}\n")
+            out.flush()
+            return subprocess.run([sys.executable, "-m", "dlrm_mlet", *argv], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+
+    return run
+
+
+class Manifest:
+    """``RUN_DIR/sweep.json``: settings, sessions (start, end, wall time) and each run's status; written atomically."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = Path(settings.run_dir) / "sweep.json"
+        self.lock = threading.Lock()
+        old = sweep_record(settings.run_dir) or {}
+        self.data = {"settings": settings.to_dict(), "sessions": old.get("sessions", []), "runs": old.get("runs", {})}
+        self.session = {"started": now(), "host": os.uname().nodename, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+        self.data["sessions"].append(self.session)
+        self.start = time.perf_counter()
+        self.write()
+
+    def record(self, spec: RunSpec, status: str, seconds: float) -> None:
+        """Note how a run ended."""
+        with self.lock:
+            self.data["runs"][spec.name] = {"status": status, "seconds": round(seconds, 2), "finished": now()}
+            self.write()
+
+    def finish(self, counts: dict) -> None:
+        """Close this session's entry."""
+        with self.lock:
+            self.session.update(ended=now(), wall_seconds=round(time.perf_counter() - self.start, 1), load_average_end=os.getloadavg(), **counts)
+            self.write()
+
+    def write(self) -> None:
+        """Replace the file atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def now() -> str:
+    """UTC time, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def run_status(spec: RunSpec, code: int, run_dir: Path) -> str:
+    """How a run ended, for ``sweep.json``: finished (diverged, when its test AUC is not finite) or failed."""
+    results = readable_results(run_dir, [result_path(spec, run_dir)]) if code == 0 else []
+    if not results:
+        return f"failed (exit code {code})"
+    return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
+
+
+def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str) -> dict[str, int]:
+    """Run ``specs`` on ``settings.jobs`` workers; returns counts of finished and failed runs, and the failed runs' names."""
+    for sub in ("results", "logs", *(["checkpoints"] if settings.checkpoints != "none" else [])):
+        (Path(settings.run_dir) / sub).mkdir(parents=True, exist_ok=True)
+    counts: dict = {"finished": 0, "failed": 0, "failed_names": []}
+
+    def one(spec: RunSpec) -> tuple[RunSpec, int, float]:
+        start = time.perf_counter()
+        code = runner(spec, run_argv(spec, settings, test_freq), Path(settings.run_dir) / "logs" / f"{spec.name}.log")
+        return spec, code, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=settings.jobs) as pool, tqdm(total=len(specs), desc=desc, unit="run", dynamic_ncols=True) as bar:
+        for future in as_completed([pool.submit(one, s) for s in specs]):
+            spec, code, seconds = future.result()
+            status = run_status(spec, code, settings.run_dir)
+            done = status.startswith("finished")
+            counts["finished" if done else "failed"] += 1
+            manifest.record(spec, status, seconds)
+            if not done:
+                counts["failed_names"].append(spec.name)
+                tqdm.write(f"{spec.name}: failed with exit code {code}; see {Path(settings.run_dir) / 'logs' / (spec.name + '.log')}")
+            bar.update(1)
+    return counts
+
+
+def sweep(settings: Settings, runner: Runner | None = None, test_freq: int | None = None, max_rounds: int = 50) -> dict[str, int]:
+    """Run the initial grid, then widening rounds until every tuned rate is interior; returns run counts.
+
+    Runs whose JSON exists are skipped. ``runner`` defaults to
+    :func:`subprocess_runner`.
+    """
+    runner = runner or subprocess_runner(settings.threads)
+    manifest = Manifest(settings)
+    totals = {"finished": 0, "failed": 0, "skipped": 0}
+    specs = initial_specs(settings)
+    try:
+        run_rounds(specs, settings, runner, manifest, test_freq, max_rounds, totals)
+    finally:  # also when interrupted: the session gets its end
+        manifest.finish(totals)
+    return totals
+
+
+def run_rounds(specs: list[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, max_rounds: int, totals: dict) -> None:
+    """The grid, then the widening rounds; adds to ``totals``."""
+    failed: set[str] = set()  # not retried in this session
+    for round_ in range(max_rounds):
+        todo = [s for s in pending(specs, settings.run_dir) if s.name not in failed]
+        if round_ == 0:
+            totals["skipped"] = len(specs) - len(todo)
+        if todo:
+            counts = run_specs(todo, settings, runner, manifest, test_freq, "grid" if round_ == 0 else f"widening {round_}")
+            failed |= set(counts.pop("failed_names"))
+            for k, v in counts.items():
+                totals[k] += v
+        specs = [s for s in widened_specs(settings) if s.name not in failed]
+        if not specs:
+            break
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parse_rates(items: Sequence[str], flag: str, many: bool) -> dict[str, list[float]]:
+    """``sgd=0.05,0.2,0.8 adagrad=0.05`` -> ``{"sgd": [0.05, 0.2, 0.8], ...}``; positive finite rates."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            rates = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''}, got '{item}'") from None
+        if not name or not rates or (not many and len(rates) != 1) or not all(r > 0 and math.isfinite(r) for r in rates):
+            raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''} with positive rates, got '{item}'")
+        if name not in DEFAULT_LRS:
+            raise UserError(f"{flag}: unknown optimizer '{name}' in '{item}' (choose from {', '.join(sorted(DEFAULT_LRS))})")
+        out[name] = rates
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, required=True, help="where results/, logs/, checkpoints/ and sweep.json go")
+    p.add_argument("--baseline-dims", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64])
+    p.add_argument("--mlet-dims", type=int, nargs="*", default=[2, 4, 8, 16])
+    p.add_argument("--mlet-hidden", type=int, nargs="*", default=[16, 32, 64, 128], help="MLET K values (pairs with K < d are left out)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--optimizers", nargs="+", default=["sgd", "adagrad"], choices=sorted(DEFAULT_LRS))
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--lrs", nargs="*", default=[], metavar="OPT=LR,LR,...", help=f"initial tuned grids (default {DEFAULT_LRS})")
+    p.add_argument("--paper-lr", nargs="*", default=[], metavar="OPT=LR", help=f"the paper protocol's shared rates (default {DEFAULT_PAPER_LR})")
+    p.add_argument("--widen-factor", type=float, default=4.0, help="step of the tuned grid's widening")
+    p.add_argument("--max-widen", type=int, default=3, help="widening steps allowed on each side of the initial grid")
+    p.add_argument("--mlp-bot-prefix", default="13-512-256-64", help="bottom MLP without its last width (d is appended)")
+    p.add_argument("--tests-per-epoch", type=int, default=8, help="test points per epoch for the AUC-vs-step curves (unless --test-freq is passed through)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
+    p.add_argument("--checkpoints", choices=CHECKPOINT_CHOICES, default="none", help="save collapsed checkpoints: none, the first seed's paper-rate runs, all")
+    p.add_argument(
+        "--checkpoint-dims", type=int, nargs="+", default=None, help="save checkpoints only of configs of these widths d (full-size tables are large)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the initial runs still to do, run nothing")
+    p.add_argument("train_flags", nargs="*", help="after --: flags for every dlrm_mlet.py run")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Check the command line and make :class:`Settings`; bad input is a :class:`UserError` naming the flag."""
+    for flag, values in (("--baseline-dims", args.baseline_dims), ("--mlet-dims", args.mlet_dims), ("--mlet-hidden", args.mlet_hidden)):
+        if any(v < 1 for v in values):
+            raise UserError(f"{flag}: every value must be >= 1, got {values}")
+    require_at_least(
+        (
+            ("--jobs", args.jobs, 1),
+            ("--threads", args.threads, 1),
+            ("--tests-per-epoch", args.tests_per_epoch, 1),
+            ("--max-widen", args.max_widen, 0),
+        )
+    )
+    if args.widen_factor <= 1 and "tuned" in args.protocols:
+        raise UserError(f"--widen-factor: must be > 1, got {args.widen_factor}")
+    lrs = {k: list(v) for k, v in DEFAULT_LRS.items()} | parse_rates(args.lrs, "--lrs", many=True)
+    paper = dict(DEFAULT_PAPER_LR) | {k: v[0] for k, v in parse_rates(args.paper_lr, "--paper-lr", many=False).items()}
+    for opt in args.optimizers:
+        if opt not in lrs or opt not in paper:
+            raise UserError(f"--lrs/--paper-lr: no learning rates for optimizer {opt}")
+    bad = [f for f in args.train_flags if f.split("=", 1)[0] in SWEEP_FLAGS]
+    if bad:
+        raise UserError(f"{bad[0].split('=', 1)[0]}: set by the sweep for each run; leave it out of the flags after --")
+    check_output_folder("--run-dir", args.run_dir)
+    configs = grid_configs(args.baseline_dims, args.mlet_dims, args.mlet_hidden)
+    if not configs:
+        raise UserError("--baseline-dims/--mlet-dims: the grid is empty")
+    return Settings(
+        run_dir=args.run_dir,
+        configs=configs,
+        seeds=sorted(set(args.seeds)),
+        optimizers=list(dict.fromkeys(args.optimizers)),
+        lrs={k: sorted(round_lr(x) for x in v) for k, v in lrs.items()},
+        paper_lrs={k: round_lr(v) for k, v in paper.items()},
+        protocols=list(dict.fromkeys(args.protocols)),
+        widen_factor=args.widen_factor,
+        max_widen=args.max_widen,
+        mlp_bot_prefix=args.mlp_bot_prefix,
+        train_flags=list(args.train_flags),
+        tests_per_epoch=args.tests_per_epoch,
+        jobs=args.jobs,
+        threads=args.threads,
+        checkpoints=args.checkpoints,
+        checkpoint_dims=args.checkpoint_dims,
+    )
+
+
+SETUP_KEYS = ("train_flags", "mlp_bot_prefix")  # what every run of a sweep directory shares
+
+
+def check_run_dir(settings: Settings) -> None:
+    """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as this sweep's."""
+    try:
+        record = sweep_record(settings.run_dir)
+    except UserError as error:
+        raise UserError(f"--run-dir: {error}; give another --run-dir") from None
+    if record is None:
+        return
+    old, new = record["settings"], settings.to_dict()
+    for key in SETUP_KEYS:
+        if old.get(key) != new[key]:
+            raise UserError(
+                f"--run-dir {settings.run_dir}: its sweep ran with {key} {old.get(key)}, this one gives {new[key]};"
+                " finished runs would be taken for this sweep's: give another --run-dir (or the same flags)"
+            )
+
+
+def check_tuning_data(args: argparse.Namespace, settings: Settings) -> None:
+    """The ``tuned`` protocol chooses rates on the validation split and reports the test split: both must exist and differ."""
+    if "tuned" not in settings.protocols:
+        return
+    if args.data_generation != "dataset":
+        raise UserError(f"--protocols tuned: needs a data set's validation split; --data-generation={args.data_generation} has none (use --protocols paper)")
+    if args.eval_split == "val":
+        raise UserError("--protocols tuned: chooses rates on the validation split, which --eval-split=val also reports; leave --eval-split at test")
+
+
+def prepare_data(settings: Settings) -> int | None:
+    """Check the training flags once (as ``dlrm_mlet.py`` would), preprocess a data set once, and return ``--test-freq``.
+
+    Preprocessing here, before any run starts, keeps parallel runs from
+    building the same cache at the same time. None when ``--test-freq`` is
+    among the training flags.
+    """
+    import dlrm_mlet
+    from mlet.data.sources import build_data, split_sizes
+
+    spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
+    args = dlrm_mlet.parse_args(run_argv(spec, settings, None))
+    check_tuning_data(args, settings)
+    dataset = args.data_generation == "dataset"
+    train_samples = build_data(args, args.table_sizes, args.bottom_mlp[0]).train.num_samples if dataset else split_sizes(args)[0]
+    if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
+        return None
+    batches = math.ceil(train_samples / args.mini_batch_size)
+    if args.num_batches:
+        batches = min(batches, args.num_batches)
+    return max(1, math.ceil(batches / settings.tests_per_epoch))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        check_run_dir(settings)
+        test_freq = prepare_data(settings)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    todo = pending(initial_specs(settings), settings.run_dir)
+    print(f"{PROG}: {len(settings.configs)} configs x {len(settings.optimizers)} optimizers x {len(settings.seeds)} seeds; {len(todo)} initial runs to do")
+    if args.dry_run:
+        for spec in todo:
+            print(spec.name)
+        return 0
+    start = time.perf_counter()
+    try:
+        totals = sweep(settings, test_freq=test_freq)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished runs are kept, the same command continues with the rest", file=sys.stderr)
+        return 130
+    print(
+        f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped (done before) in {time.perf_counter() - start:.0f} s"
+    )
+    return 1 if totals["failed"] else 0
+
+
+def cli() -> None:
+    """The ``dlrm-mlet-sweep`` console command (``python scripts/sweep.py``)."""
+    sys.exit(main())

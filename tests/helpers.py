@@ -1,0 +1,136 @@
+"""Shared test helpers: paths, sample rows, small models, running the command line."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+import dlrm_mlet
+from dlrm_model import DLRM, ModelConfig
+from mlet.core.batch import SparseFeatures
+from mlet.data.preprocessing.raw_generate import RawGenerator
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data"))  # the real sample rows (see its README)
+
+
+def sample_lines(name: str) -> list[str]:
+    """Lines of ``../shared/data/NAME`` (real rows); where that directory is absent (a CI
+    checkout elsewhere), as many rows of the synthetic click model in the same layout."""
+    if SHARED_DATA.is_dir():
+        return (SHARED_DATA / name).read_text().splitlines()
+    return list(generated_sample_lines(name))
+
+
+@functools.cache
+def sample_file(name: str) -> Path:
+    """``../shared/data/NAME``; where that directory is absent, a generated stand-in (see :func:`sample_lines`), written once."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA / name
+    directory = tempfile.mkdtemp(prefix="dlrm_mlet_samples_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = Path(directory) / name
+    path.write_text("\n".join(generated_sample_lines(name)) + "\n")
+    return path
+
+
+@functools.cache
+def generated_sample_lines(name: str) -> tuple[str, ...]:
+    """Generated stand-in for a shared sample file: same data set, row count and columns (no label for ``*nolabel*``)."""
+    rows = int(re.search(r"(?:sample|head)(\d+)", name).group(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "raw")
+        RawGenerator("avazu" if name.startswith("avazu") else "kaggle", rows, seed=7, scale=0.001).write(path)
+        lines = path.read_text().splitlines()
+    if "nolabel" in name:
+        lines = [line.split("\t", 1)[1] for line in lines]
+    return tuple(lines)
+
+
+def small_config(hidden: int = 0, dim: int = 4, sizes: tuple[int, ...] = (50, 7, 300, 2)) -> ModelConfig:
+    """A 4-table DLRM small enough for exact comparisons."""
+    return ModelConfig(table_sizes=sizes, dim=dim, bottom_mlp=(13, 16, dim), top_mlp=(8, 1), mlet_hidden=hidden)
+
+
+def random_inputs(config: ModelConfig, batch: int, seed: int, bag: int = 1) -> tuple[torch.Tensor, SparseFeatures]:
+    """Dense features and bags of ``bag`` ids (1: one-hot) drawn from a fresh generator."""
+    gen = torch.Generator().manual_seed(seed)
+    dense = torch.rand(batch, config.bottom_mlp[0], generator=gen)
+    num_tables = len(config.table_sizes)
+    lengths = torch.randint(0 if bag > 1 else 1, bag + 1, (num_tables, batch), generator=gen)
+    ids = [torch.randint(0, n, (int(lengths[t].sum()),), generator=gen) for t, n in enumerate(config.table_sizes)]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
+    return dense, SparseFeatures(torch.cat(ids), offsets, num_tables, one_hot=bag == 1)
+
+
+def train_random_steps(model: DLRM, opt, steps: int, first: int = 0, batch: int = 64, bag: int = 1) -> list[float]:
+    """``steps`` optimisation steps on random batches ``first..``; the losses."""
+    losses = []
+    for step in range(first, first + steps):
+        dense, features = random_inputs(model.config, batch=batch, seed=step, bag=bag)
+        labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(step)).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, features), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def override_flags(argv: list[str], *overrides: str) -> list[str]:
+    """``argv`` with each ``--name=value`` of ``overrides`` in place of the same ``--name``'s value (appended)."""
+    names = {flag.split("=", 1)[0] for flag in overrides}
+    return [a for a in argv if a.split("=", 1)[0] not in names] + list(overrides)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Exit code (argparse's own exits included), stdout and stderr of ``dlrm_mlet.py argv``."""
+    try:
+        code = dlrm_mlet.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
+# Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).
+RESUME_FLAGS = [
+    "--data-generation=synthetic",
+    "--synthetic-rank=4",
+    "--arch-embedding-size=500-80-20-7",
+    "--arch-sparse-feature-size=4",
+    "--mlet-hidden=16",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=10",
+    "--nepochs=2",
+    "--optimizer=adagrad",
+    "--learning-rate=0.3",
+    "--lr-num-warmup-steps=3",
+    "--lr-decay-start-step=8",
+    "--lr-num-decay-steps=10",
+    "--test-freq=5",
+    "--test-data-size=128",
+    "--progress=false",
+]
+
+
+def interrupt_after_save(monkeypatch, stop_at: int) -> None:
+    """Make the run stop (as on Ctrl-C) right after writing the checkpoint of iteration ``stop_at``."""
+    original = dlrm_mlet.Trainer.save
+
+    def save(self) -> None:
+        original(self)
+        if self.iteration == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlrm_mlet.Trainer, "save", save)
