@@ -1,14 +1,8 @@
-"""Batches and where they come from: random, synthetic, and real data sets.
+"""The data command line: synthetic raw files in the data sets' formats, and preprocessing of raw files.
 
-A *batch source* has a length (batches per epoch) and ``batches(epoch, start)``,
-which yields :class:`Batch` objects from batch ``start`` of ``epoch`` on; the
-order depends only on the seed and the epoch, so a resumed run sees exactly
-the batches the interrupted one would have.
-
-Real data sets (``--data-generation=dataset``) are read by :mod:`raw_data`,
-preprocessed and cached by :mod:`preprocess`, and trained on from the cached
-memory maps through :class:`ArraySource`. Synthetic raw files in their
-formats come from :mod:`raw_generate`. As a script::
+Real click logs are read by :mod:`mlet.data.preprocessing.raw_data` and cached
+by :mod:`mlet.data.preprocessing.cache` (see docs/data.md); training reads the
+cache through :mod:`mlet.data.sources`. As a script::
 
     python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE [--scale X]
     python data_utils.py preprocess --data-set=kaggle --raw-data-file=FILE [--processed-data-file=DIR]
@@ -21,13 +15,12 @@ import math
 import sys
 from collections.abc import Sequence
 
+from mlet.core.config import DATA_SETS
 from mlet.core.errors import OneLineParser, UserError, add_bool, check_output_file, check_seed, require_at_least, run_reporting_errors
+from mlet.data.flags import add_dataset_flags, dataset_config
 from mlet.data.preprocessing.cache import prepare
 from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
-from mlet.data.sources import DATA_SETS, add_dataset_flags, validate_dataset_flags
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
-
-# -- command line -------------------------------------------------------------------
 
 
 def command_line_parser() -> argparse.ArgumentParser:
@@ -70,9 +63,11 @@ def generate_command(args: argparse.Namespace) -> None:
 
 def preprocess_command(args: argparse.Namespace) -> None:
     """``data_utils.py preprocess``: build (or check) the processed cache of a raw file."""
-    validate_dataset_flags(args)
-    data = prepare(args.raw_data_file, args.processed_data_file, args.data_set, args.data_split, args.data_split_seed, args.skip_bad_rows, bool(args.progress))
-    sizes = data.limits(args.cat_min_count, args.max_ind_range).table_sizes
+    dataset = dataset_config(args)
+    data = prepare(
+        dataset.raw_data_file, dataset.processed_data_file, dataset.data_set, dataset.split, dataset.split_seed, dataset.skip_bad_rows, args.progress
+    )
+    sizes = data.limits(dataset.cat_min_count, dataset.max_ind_range).table_sizes
     print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
 
 

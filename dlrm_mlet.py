@@ -10,24 +10,38 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
-from dlrm_model import DLRM, INTERACTIONS, ModelConfig
+from dlrm_model import DLRM
+from mlet.core.config import (
+    DATA_GENERATIONS,
+    FUSED_OPTIMIZERS,
+    INTERACTIONS,
+    LOSSES,
+    OPTIMIZERS,
+    DataConfig,
+    DatasetConfig,
+    ModelConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from mlet.core.errors import OneLineParser, UserError, add_bool, check_distinct_outputs, check_output_file, check_seed, one_line, require_at_least
 from mlet.core.launch import is_main_process, log
-from mlet.data.sources import DEFAULT_EMBEDDING_SIZE, DataBundle, add_dataset_flags, build_data, validate_dataset_flags
+from mlet.data.flags import add_dataset_flags, dataset_config
+from mlet.data.preprocessing.cache import DENSE_INPUTS
+from mlet.data.sources import DataBundle, build_data
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import distributed, process_group
-from mlet.training.checkpoints import TRAINING, atomic_save, check_file, collapsed_checkpoint, load_checkpoint, trained_hidden
-from mlet.training.optimizers import FUSED_OPTIMIZERS, OPTIMIZERS
-from mlet.training.resume import check_inference_flags, check_training_flags, resume_flag_changes
+from mlet.training.checkpoints import atomic_save, check_file, collapsed_checkpoint, dashed, load_checkpoint
+from mlet.training.processes import Parallel
+from mlet.training.state import check_evaluation
 from mlet.training.trainer import Trainer, parameter_report, write_json
 from mlet_layers import parse_projection_init
 
 PROG = "dlrm_mlet.py"
-LOSSES = ("bce", "mse", "wbce")
-DATA_GENERATIONS = ("random", "synthetic", "dataset")
+DEFAULT_EMBEDDING_SIZE = "4-3-2"
 
 
 def build_parser() -> OneLineParser:
@@ -127,17 +141,40 @@ def parse_dashed(flag: str, text: str, minimum: int = 1) -> list[int]:
     return values
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Check flag consistency; raise :class:`UserError` naming the flag."""
+@dataclass(frozen=True)
+class Run:
+    """One invocation, checked: the typed configs, the command's own files and devices, and the flag snapshot.
+
+    ``model.table_sizes`` are the flags' (for a data set, :func:`prepare` puts
+    the data's in their place); ``flags`` is what checkpoints and results keep
+    of the command line (``args``), with the values the checks resolved.
+    """
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    inference_only: bool = False
+    load_model: str = ""
+    save_collapsed: str = ""
+    results_json: str = ""
+    use_gpu: bool = False
+    tf32: bool = False
+    dist_backend: str | None = None
+    dist_timeout: int = process_group.DEFAULT_TIMEOUT_S
+    flags: dict | None = None
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The architecture the flags describe (the tables of ``--arch-embedding-size``, or its default); checked."""
     d = args.arch_sparse_feature_size
     if d < 1:
         raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    args.table_sizes = parse_dashed("--arch-embedding-size", DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size)
-    args.bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
-    args.top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
-    if len(args.bottom_mlp) < 2 or args.bottom_mlp[-1] != d:
+    table_sizes = parse_dashed("--arch-embedding-size", DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size)
+    bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
+    top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
+    if len(bottom_mlp) < 2 or bottom_mlp[-1] != d:
         raise UserError(f"--arch-mlp-bot: must have at least two widths and end in d={d} (--arch-sparse-feature-size), got '{args.arch_mlp_bot}'")
-    if args.top_mlp[-1] != 1:
+    if top_mlp[-1] != 1:
         raise UserError(f"--arch-mlp-top: must end in 1 (one click logit), got '{args.arch_mlp_top}'")
     if args.mlet_hidden < 0:
         raise UserError(f"--mlet-hidden: must be >= 0 (0 for plain tables), got {args.mlet_hidden}")
@@ -147,6 +184,20 @@ def validate(args: argparse.Namespace) -> None:
         parse_projection_init(args.mlet_init)
     except ValueError as error:
         raise UserError(f"--mlet-init: {error}") from None
+    return ModelConfig(
+        table_sizes=tuple(table_sizes),
+        dim=d,
+        bottom_mlp=tuple(bottom_mlp),
+        top_mlp=tuple(top_mlp),
+        mlet_hidden=args.mlet_hidden,
+        mlet_init=args.mlet_init,
+        interaction=args.arch_interaction_op,
+        interaction_itself=args.arch_interaction_itself,
+    )
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """The flags that count things: bounds, rates, seeds."""
     require_at_least(
         [
             ("--mini-batch-size", args.mini_batch_size, 1),
@@ -173,11 +224,67 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(f"--test-data-size: must be >= 1, got {args.test_data_size}")
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
         raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
-    args.loss_weights_pair = [float(w) for w in parse_loss_weights(args.loss_weights)]
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """How to train, log and checkpoint (``--embedding-update=auto`` resolved); checked."""
+    loss_weights = parse_loss_weights(args.loss_weights)
     if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
         raise UserError(f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}")
-    if args.embedding_update == "auto":
-        args.embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
+    embedding_update = args.embedding_update
+    if embedding_update == "auto":
+        embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
+    return TrainConfig(
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        embedding_update=embedding_update,
+        loss_function=args.loss_function,
+        loss_weights=loss_weights,
+        lr_num_warmup_steps=args.lr_num_warmup_steps,
+        lr_decay_start_step=args.lr_decay_start_step,
+        lr_num_decay_steps=args.lr_num_decay_steps,
+        nepochs=args.nepochs,
+        num_batches=args.num_batches,
+        seed=args.numpy_rand_seed,
+        cuda_graph=args.cuda_graph,
+        num_workers=args.num_workers,
+        test_freq=args.test_freq,
+        print_freq=args.print_freq,
+        print_time=args.print_time,
+        print_precision=args.print_precision,
+        progress=args.progress,
+        save_model=args.save_model,
+        save_freq=args.save_freq,
+    )
+
+
+def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetConfig | None) -> DataConfig:
+    """Where batches come from: generated data of ``model``'s tables, or ``dataset`` (its sizes checked
+    against an explicit ``--arch-embedding-size``, and its dense width against ``--arch-mlp-bot``)."""
+    if dataset is not None and model.bottom_mlp[0] != DENSE_INPUTS[dataset.data_set]:
+        why = "the 13 counts I1-I13" if dataset.data_set == "kaggle" else "one constant input, as Avazu has no dense features"
+        raise UserError(f"--arch-mlp-bot: must start with {DENSE_INPUTS[dataset.data_set]} for {dataset.data_set} ({why}), got '{args.arch_mlp_bot}'")
+    explicit_sizes = dataset is None or args.arch_embedding_size is not None
+    return DataConfig(
+        generation=args.data_generation,
+        table_sizes=model.table_sizes if explicit_sizes else None,
+        dense_features=model.bottom_mlp[0],
+        batch_size=args.mini_batch_size,
+        test_batch_size=args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size,
+        train_samples=args.num_batches * args.mini_batch_size if args.num_batches > 0 else args.data_size,
+        test_samples=args.test_data_size,
+        indices_per_lookup=args.num_indices_per_lookup,
+        indices_per_lookup_fixed=args.num_indices_per_lookup_fixed,
+        seed=args.numpy_rand_seed,
+        eval_split=args.eval_split,
+        synthetic=SyntheticConfig(**{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}),
+        dataset=dataset,
+        progress=args.progress,
+    )
+
+
+def check_run_files(args: argparse.Namespace) -> None:
+    """What the run reads and how it runs: the checkpoint to load, the combination of output flags, the device."""
     if args.inference_only and not args.load_model:
         raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
     if args.load_model:
@@ -194,10 +301,6 @@ def validate(args: argparse.Namespace) -> None:
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     process_group.check_backend(args.dist_backend, args.use_gpu)
-    if args.data_generation == "dataset":
-        validate_dataset_flags(args)
-    check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
-    validate_outputs(args)
 
 
 def validate_outputs(args: argparse.Namespace) -> None:
@@ -224,154 +327,141 @@ def parse_loss_weights(text: str) -> tuple[float, float]:
     return w0, w1
 
 
+def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
+    """The flags as checkpoints and results keep them: every flag's value (those the checks resolve, resolved)
+    and the architecture in list form (``table_sizes``, ``bottom_mlp``, ``top_mlp``, ``loss_weights_pair``)."""
+    flags = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    flags["embedding_update"] = run.train.embedding_update
+    if run.data.dataset is not None:
+        flags["data_split"] = run.data.dataset.split
+    flags["table_sizes"] = list(run.model.table_sizes)
+    flags["bottom_mlp"] = list(run.model.bottom_mlp)
+    flags["top_mlp"] = list(run.model.top_mlp)
+    flags["loss_weights_pair"] = list(run.train.loss_weights)
+    return flags
+
+
+def validate(args: argparse.Namespace) -> Run:
+    """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
+    model = model_config(args)
+    check_counts(args)
+    train = train_config(args)
+    check_run_files(args)
+    dataset = dataset_config(args) if args.data_generation == "dataset" else None
+    data = data_config(args, model, dataset)
+    check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
+    validate_outputs(args)
+    run = Run(
+        model=model,
+        data=data,
+        train=train,
+        inference_only=args.inference_only,
+        load_model=args.load_model,
+        save_collapsed=args.save_collapsed,
+        results_json=args.results_json,
+        use_gpu=args.use_gpu,
+        tf32=args.tf32,
+        dist_backend=args.dist_backend,
+        dist_timeout=args.dist_timeout,
+    )
+    return replace(run, flags=flags_snapshot(args, run))
+
+
+def run_config(argv: Sequence[str]) -> Run:
+    """The checked :class:`Run` of a command line (for code that starts runs the way ``dlrm_mlet.py`` does)."""
+    return validate(build_parser().parse_args(argv))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate ``argv``; a bad flag raises :class:`UserError` (or exits, for argparse's own checks)."""
+    """Parse and check ``argv``; a bad flag raises :class:`UserError` (or exits, for argparse's own checks)."""
     args = build_parser().parse_args(argv)
     validate(args)
     return args
 
 
-def model_config(args: argparse.Namespace, table_sizes: Sequence[int]) -> ModelConfig:
-    """The architecture the flags describe."""
-    return ModelConfig(
-        table_sizes=tuple(table_sizes),
-        dim=args.arch_sparse_feature_size,
-        bottom_mlp=tuple(args.bottom_mlp),
-        top_mlp=tuple(args.top_mlp),
-        mlet_hidden=args.mlet_hidden,
-        mlet_init=args.mlet_init,
-        interaction=args.arch_interaction_op,
-        interaction_itself=args.arch_interaction_itself,
-    )
-
-
-def describe(model: DLRM, data: DataBundle, args: argparse.Namespace) -> None:
+def describe(model: DLRM, data: DataBundle) -> None:
     """Start-of-run summary."""
     report = parameter_report(model)
-    kind = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain"
+    config = model.config
+    kind = f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"
     log(f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), test {data.test.num_samples:,}")
     log(
-        f"model: {len(data.table_sizes)} tables ({kind}, d={args.arch_sparse_feature_size}, {sum(data.table_sizes):,} rows), bottom {args.arch_mlp_bot}, top {model.config.interaction_width()}-{args.arch_mlp_top}, interaction {args.arch_interaction_op}"
+        f"model: {len(data.table_sizes)} tables ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), bottom {dashed(config.bottom_mlp)},"
+        f" top {config.interaction_width()}-{dashed(config.top_mlp)}, interaction {config.interaction}"
     )
     log(
-        f"parameters: training {report['training']['count']:,} ({report['training']['bytes'] / 2**20:.1f} MiB), inference {report['inference']['count']:,} ({report['inference']['bytes'] / 2**20:.1f} MiB)"
+        f"parameters: training {report['training']['count']:,} ({report['training']['bytes'] / 2**20:.1f} MiB),"
+        f" inference {report['inference']['count']:,} ({report['inference']['bytes'] / 2**20:.1f} MiB)"
     )
 
 
-def check_data_position(ckpt: dict, trainer: Trainer) -> None:
-    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not point to the same batch)."""
-    pos = ckpt["position"]
-    saved = (pos.get("train_samples_per_epoch"), pos.get("batches_per_epoch"))
-    now = (trainer.data.train.num_samples, trainer.batches_per_epoch)
-    if saved[1] is not None and saved != now:
-        raise UserError(
-            f"the training data differ from the checkpoint's ({now[0]:,} samples in {now[1]:,} batches per epoch, the checkpoint's: {saved[0]:,} in {saved[1]:,});"
-            " resuming at its position would skip or repeat samples"
-        )
+def prepare(run: Run, parallel: Parallel) -> tuple[DataBundle, Trainer]:
+    """Data, model and trainer, with ``--load-model`` taken over: the steps that may fail on one process alone.
 
-
-def resume(trainer: Trainer, ckpt: dict) -> None:
-    """Check a training checkpoint against the flags, log what changed, restore it."""
-    pos = ckpt["position"]
-    flags = {action.dest for action in build_parser()._actions}
-    changes = resume_flag_changes(ckpt.get("args") or {}, vars(trainer.args), flags, f"epoch {pos['epoch']}, batch {pos['batch']}")
-    check_training_flags(ckpt, trainer.model.config)  # after the flags: a changed data flag explains changed table sizes
-    check_data_position(ckpt, trainer)
-    trainer.restore(ckpt)
-    if changes:
-        log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
-
-
-def completed_position(position: dict) -> tuple[int, int, int]:
-    """``(epoch, batch, iteration)`` a checkpoint's model had trained to, as its training run logged them.
-
-    A checkpoint written at the end of an epoch points at the next batch
-    (batch 0 of the next epoch); its model is that of the last batch of the epoch before.
+    For ``--inference-only`` the model is the checkpoint's (its architecture
+    checked against the flags first); otherwise it is built from the flags
+    and the trainer resumes or starts from the checkpoint.
     """
-    epoch, batch, iteration = position.get("epoch", 0), position.get("batch", 0), position.get("iteration", 0)
-    if batch == 0 and epoch > 0 and position.get("batches_per_epoch"):
-        return epoch - 1, position["batches_per_epoch"], iteration
-    return epoch, batch, iteration
-
-
-def load_into(trainer: Trainer, path: str) -> None:
-    """Load ``--load-model``: evaluate it (``--inference-only``), resume it, or start training from its weights.
-
-    Architecture flags must match the checkpoint (for evaluation ``--mlet-hidden``
-    may also be 0 or the trained K); see :func:`resume_checks.resume_flag_changes`
-    for the other flags. Any disagreement is one :class:`UserError` line.
-    """
-    try:
-        ckpt = load_checkpoint(path)
-    except UserError as error:
-        raise UserError(f"--load-model {error}") from None
-    kind = ckpt.get("kind")
-    try:
-        if trainer.args.inference_only:
-            check_inference_flags(ckpt, trainer.model.config)
-            trainer.model = trainer.parallel.model_from_checkpoint(ckpt)
-            trainer.epoch, trainer.batch, trainer.iteration = completed_position(ckpt.get("position") or {})
-        else:
-            if kind == TRAINING:
-                resume(trainer, ckpt)
-            else:
-                check_training_flags(ckpt, trainer.model.config)
-                trainer.restore(ckpt)
-    except (UserError, ValueError, RuntimeError) as error:
-        raise UserError(f"--load-model {path}: {one_line(error)}") from None
-    trainer.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
-    if kind == TRAINING and not trainer.args.inference_only:
-        log(f"resuming {path} at epoch {trainer.epoch}, batch {trainer.batch} (iteration {trainer.iteration})")
-    elif not trainer.args.inference_only:
-        log(f"starting from the weights of {path} (inference checkpoint: no optimizer state; epoch 0, iteration 0)")
+    data = build_data(run.data)
+    config = replace(run.model, table_sizes=tuple(data.table_sizes))
+    ckpt = read_load_model(run.load_model) if run.load_model else None
+    if ckpt is not None and run.inference_only:
+        try:
+            check_evaluation(ckpt, config)
+            model = parallel.model_from_checkpoint(ckpt)
+        except (UserError, ValueError, RuntimeError) as error:
+            raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     else:
-        log(
-            f"loaded {path} ({kind}{f', collapsed from K={trained_hidden(ckpt)}' if kind != TRAINING and trained_hidden(ckpt) else ''}, iteration {trainer.iteration})"
-        )
-
-
-def prepare(args: argparse.Namespace, parallel: distributed.SingleProcess | distributed.MultiProcess) -> tuple[DataBundle, Trainer]:
-    """Data, model and trainer, with ``--load-model`` restored: the steps that may fail on one process alone."""
-    data = build_data(args, args.table_sizes, args.bottom_mlp[0])
-    model = parallel.build_model(model_config(args, data.table_sizes), seed=args.numpy_rand_seed)
-    trainer = Trainer(args, data, model, parallel.device, parallel)
-    if args.load_model:
-        load_into(trainer, args.load_model)
+        model = parallel.build_model(config, seed=run.train.seed)
+    trainer = Trainer(run.train, data, model, parallel, flags=run.flags)
+    if ckpt is not None:
+        trainer.load(ckpt, run.load_model, evaluate_only=run.inference_only)
     return data, trainer
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Train and/or evaluate as the flags say; returns the results payload.
+def read_load_model(path: str) -> dict:
+    """The ``--load-model`` checkpoint (an unreadable one is a :class:`UserError` naming the flag)."""
+    try:
+        return load_checkpoint(path)
+    except UserError as error:
+        raise UserError(f"--load-model {error}") from None
+
+
+def train_and_save(run: Run, trainer: Trainer) -> dict:
+    """Train, write the checkpoints the flags ask for, and return the final test metrics."""
+    log("time/loss/accuracy (if enabled):")
+    trainer.train()
+    final = trainer.history[-1] if trainer.history else trainer.test()
+    if run.train.save_model:
+        trainer.save()
+        log(f"saved {run.train.save_model}")
+    if run.save_collapsed:
+        state = trainer.state()  # gathered on rank 0
+        if trainer.parallel.is_main:
+            atomic_save(collapsed_checkpoint(state.to_checkpoint()), run.save_collapsed)
+        log(f"saved {run.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+    return final
+
+
+def execute(run: Run) -> dict:
+    """Train and/or evaluate as the run says; returns the results payload.
 
     Under torchrun every process runs this; rank 0 alone prints and writes.
     """
-    torch.manual_seed(args.numpy_rand_seed)
-    if args.use_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
-    with distributed.session(args) as parallel:
-        data, trainer = parallel.agree(lambda: prepare(args, parallel))
-        describe(trainer.model, data, args)
+    torch.manual_seed(run.train.seed)
+    if run.use_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = run.tf32
+        torch.backends.cudnn.allow_tf32 = run.tf32
+    with distributed.session(run.use_gpu, run.dist_backend, run.dist_timeout, run.train.optimizer) as parallel:
+        data, trainer = parallel.agree(lambda: prepare(run, parallel))
+        describe(trainer.model, data)
         for line in parallel.summary():
             log(line)
-        if args.inference_only:
-            final = trainer.test()
-        else:
-            log("time/loss/accuracy (if enabled):")
-            trainer.train()
-            final = trainer.history[-1] if trainer.history else trainer.test()
-            if args.save_model:
-                trainer.save()
-                log(f"saved {args.save_model}")
-            if args.save_collapsed:
-                state = trainer.state()  # gathered on rank 0
-                if parallel.is_main:
-                    atomic_save(collapsed_checkpoint(state), args.save_collapsed)
-                log(f"saved {args.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+        final = trainer.test() if run.inference_only else train_and_save(run, trainer)
         payload = trainer.results(final, trainer.validate(final))
-        if args.results_json and parallel.is_main:
-            write_json(args.results_json, payload)
-            log(f"results written to {args.results_json}")
+        if run.results_json and parallel.is_main:
+            write_json(run.results_json, payload)
+            log(f"results written to {run.results_json}")
         return payload
 
 
@@ -385,8 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         process_group.start(args.dist_timeout)
-        process_group.agree(lambda: validate(args))
-        run(args)
+        execute(process_group.agree(lambda: validate(args)))
     except UserError as error:
         if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)

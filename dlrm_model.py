@@ -11,67 +11,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
 
 from mlet.core.batch import SparseFeatures
+from mlet.core.config import INTERACTIONS, ModelConfig
 from mlet_layers import EmbeddingTables, table_seed
-
-INTERACTIONS = ("dot", "cat")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a :class:`DLRM` (stored in checkpoints).
-
-    ``bottom_mlp`` includes the dense input width (e.g. ``[13, 512, 256, 64, 16]``);
-    ``top_mlp`` excludes the interaction width, which is derived (e.g. ``[512, 256, 1]``).
-    """
-
-    table_sizes: tuple[int, ...]
-    dim: int
-    bottom_mlp: tuple[int, ...]
-    top_mlp: tuple[int, ...]
-    mlet_hidden: int = 0
-    mlet_init: str = "normal"
-    interaction: str = "dot"
-    interaction_itself: bool = False
-
-    def to_dict(self) -> dict:
-        """JSON-friendly form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`."""
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        for k in ("table_sizes", "bottom_mlp", "top_mlp"):
-            kw[k] = tuple(int(v) for v in kw[k])
-        return cls(**kw)
-
-    def collapsed(self) -> ModelConfig:
-        """The config of the same model with MLET tables folded to plain ones."""
-        return replace(self, mlet_hidden=0)
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts: ``mlp``, ``embedding_training`` (as trained: ``n x K + K x d``
-        per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
-        ``training`` and ``inference`` totals."""
-        mlp = sum(n_in * n_out + n_out for widths in (self.bottom_mlp, (self.interaction_width(), *self.top_mlp)) for n_in, n_out in itertools.pairwise(widths))
-        rows = sum(self.table_sizes)
-        inference = rows * self.dim
-        training = rows * self.mlet_hidden + len(self.table_sizes) * self.mlet_hidden * self.dim if self.mlet_hidden else inference
-        return {"mlp": mlp, "embedding_training": training, "embedding_inference": inference, "training": mlp + training, "inference": mlp + inference}
-
-    def interaction_width(self) -> int:
-        """Input width of the top MLP."""
-        num_features = len(self.table_sizes) + 1
-        if self.interaction == "cat":
-            return self.dim * num_features
-        pairs = num_features * (num_features + 1) // 2 if self.interaction_itself else num_features * (num_features - 1) // 2
-        return self.dim + pairs
 
 
 def make_mlp(widths: Sequence[int], seed: int, salt: int, last_activation: bool) -> nn.Sequential:
@@ -131,9 +77,7 @@ class DLRM(nn.Module):
             raise ValueError(f"bottom MLP must end in d={config.dim}, ends in {config.bottom_mlp[-1]}")
         self.config = config
         self.bottom = make_mlp(config.bottom_mlp, seed, salt=0, last_activation=True)
-        if tables is None:
-            tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, device=device)
-        self.tables = tables
+        self.tables = tables if tables is not None else EmbeddingTables.from_config(config, seed=seed, device=device)
         self.interaction = Interaction(len(config.table_sizes), config.interaction, config.interaction_itself)
         self.top = make_mlp([config.interaction_width(), *config.top_mlp], seed, salt=1, last_activation=False)
         self.to(device)

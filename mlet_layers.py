@@ -22,80 +22,18 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlet.core.batch import SparseFeatures
+from mlet.core.config import ModelConfig
 from mlet.kernels import host_memory, triton_kernels
 
 DEFAULT_PROJECTION_STD = 0.25
 PROJECTION_INITS = ("normal", "normal-STD", "xavier")
-
-
-@dataclass
-class SparseFeatures:
-    """A batch of categorical features as bags of local row ids.
-
-    ``indices`` holds every bag's row ids, table-major; bag ``t * B + b`` (table
-    ``t``, sample ``b``) is ``indices[offsets[t * B + b] : offsets[t * B + b + 1]]``.
-    ``offsets`` therefore has ``T * B + 1`` entries and ends with ``len(indices)``.
-    ``one_hot`` promises exactly one id per bag (``offsets`` is ``0..T*B``),
-    which lets the backward skip mapping ids to bags.
-    """
-
-    indices: Tensor
-    offsets: Tensor
-    num_tables: int
-    one_hot: bool = False
-
-    @property
-    def batch_size(self) -> int:
-        """Number of samples in the batch."""
-        return (self.offsets.numel() - 1) // self.num_tables
-
-    @classmethod
-    def from_ids(cls, ids: Tensor) -> SparseFeatures:
-        """One id per table and sample: ``ids`` is ``B x T`` (any integer dtype)."""
-        batch_size, num_tables = ids.shape
-        indices = ids.t().contiguous().view(-1).long()  # 6x faster on CPU than reshape-then-convert
-        offsets = torch.arange(batch_size * num_tables + 1, dtype=torch.int64, device=ids.device)
-        return cls(indices, offsets, num_tables, one_hot=True)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
-        """Copy to ``device``."""
-        return SparseFeatures(
-            self.indices.to(device, non_blocking=non_blocking),
-            self.offsets.to(device, non_blocking=non_blocking),
-            self.num_tables,
-            self.one_hot,
-        )
-
-    def pin_memory(self) -> SparseFeatures:
-        """Page-locked copy, for asynchronous host-to-device transfers."""
-        return SparseFeatures(self.indices.pin_memory(), self.offsets.pin_memory(), self.num_tables, self.one_hot)
-
-    def table_boundaries(self) -> Tensor:
-        """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""
-        return self.offsets[:: self.batch_size]
-
-    def select_tables(self, tables: Sequence[int]) -> SparseFeatures:
-        """The bags of a subset of tables, in the order given (used for sharding)."""
-        bounds = self.table_boundaries().tolist()
-        batch = self.batch_size
-        index_parts, offset_parts, start = [], [], 0
-        for t in tables:
-            lo, hi = bounds[t], bounds[t + 1]
-            index_parts.append(self.indices[lo:hi])
-            offset_parts.append(self.offsets[t * batch : (t + 1) * batch] - lo + start)
-            start += hi - lo
-        empty = self.indices[:0]
-        indices = torch.cat(index_parts) if index_parts else empty
-        end = torch.tensor([start], dtype=self.offsets.dtype, device=self.offsets.device)
-        offsets = torch.cat([*offset_parts, end])
-        return SparseFeatures(indices, offsets, len(tables), self.one_hot)
 
 
 RowUpdate = Callable[[Tensor, Tensor], None]
@@ -281,14 +219,26 @@ class EmbeddingTables(nn.Module):
         self.row_bounds = [0, *itertools.accumulate(self.table_sizes)]
         offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
         self.register_buffer("row_offsets", offsets, persistent=False)
-        width = self.hidden or self.dim
-        self.weight = nn.Parameter(host_memory.empty_table((self.row_bounds[-1], width), device=device))
+        self.weight = nn.Parameter(host_memory.empty_table((self.row_bounds[-1], self.hidden or self.dim), device=device))
         if self.hidden:
             self.projection = nn.Parameter(torch.empty(len(self.table_sizes), self.hidden, self.dim, device=device))
         else:
             self.register_parameter("projection", None)
         if seed is not None:
             self.reset_parameters(seed)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        seed: int | None = 0,
+        table_ids: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> EmbeddingTables:
+        """The tables a :class:`ModelConfig` describes (or, with ``table_ids``, those of the model's tables)."""
+        ids = list(table_ids) if table_ids is not None else list(range(len(config.table_sizes)))
+        sizes = [config.table_sizes[t] for t in ids]
+        return cls(sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, table_ids=ids, device=device)
 
     @property
     def num_tables(self) -> int:

@@ -43,6 +43,7 @@ from mlet.parallel import (
     process_group,
 )
 from mlet.training.train_step import GraphedTrainStep
+from mlet.training.trainer import Trainer
 
 
 def model_flags(args: argparse.Namespace, hidden: int, batch: int, graph: bool = False) -> list[str]:
@@ -79,10 +80,10 @@ def slowest(seconds: float) -> float:
 
 def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, graph: bool) -> dict:
     """Seconds per training step of one configuration (median of rounds, slowest rank)."""
-    flags = dlrm_mlet.parse_args(model_flags(args, hidden, batch, graph))
-    data = build_data(flags, flags.table_sizes, 13)
-    model = parallel.build_model(dlrm_mlet.model_config(flags, data.table_sizes), seed=0)
-    trainer = dlrm_mlet.Trainer(flags, data, model, parallel.device, parallel)
+    run = dlrm_mlet.run_config(model_flags(args, hidden, batch, graph))
+    data = build_data(run.data)
+    model = parallel.build_model(run.model, seed=0)
+    trainer = Trainer(run.train, data, model, parallel)
     batches = [
         b.pin_memory().to(parallel.device, non_blocking=True) if args.use_gpu else b
         for b in parallel.shards(itertools.islice(data.train.batches(0), args.distinct_batches))
@@ -123,8 +124,8 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
 
 def worker(args: argparse.Namespace) -> None:
     """Under torchrun: time every configuration; rank 0 writes the rows to ``--out``."""
-    base = dlrm_mlet.parse_args(model_flags(args, args.hidden[0], args.batches[0]))
-    with distributed.session(base) as parallel:
+    base = dlrm_mlet.run_config(model_flags(args, args.hidden[0], args.batches[0]))
+    with distributed.session(base.use_gpu, base.dist_backend, base.dist_timeout, base.train.optimizer) as parallel:
         rows = []
         graphs = [True, False] if args.use_gpu else [False]
         for hidden, batch, graph in itertools.product(args.hidden, args.batches, graphs):

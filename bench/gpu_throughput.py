@@ -40,11 +40,14 @@ import torch.nn.functional as F
 from common import print_table, save
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
+import dlrm_mlet
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import Batch, SparseFeatures
 from mlet.data.sources import ArraySource, DataBundle
 from mlet.training.optimizers import build_optimizer
+from mlet.training.processes import SingleProcess
 from mlet.training.train_step import GraphedTrainStep, TrainStep
+from mlet.training.trainer import Trainer
 
 VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32")
 
@@ -158,8 +161,6 @@ def loss_curve_check(sizes: list[int], dim: int, hidden: int, device: torch.devi
 
 def pipeline_throughput(sizes: list[int], dim: int, hidden: int, batch: int, rows: int, device: torch.device) -> dict:
     """Samples/s of ``dlrm_mlet.Trainer`` fed from memory-mapped arrays (shuffled, prefetched, pinned)."""
-    import dlrm_mlet
-
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         paths = {"dense": Path(tmp, "dense.npy"), "ids": Path(tmp, "ids.npy"), "labels": Path(tmp, "labels.npy")}
@@ -182,9 +183,9 @@ def pipeline_throughput(sizes: list[int], dim: int, hidden: int, batch: int, row
             "--print-freq=1000000",
             *(["--use-gpu"] if device.type == "cuda" else []),
         ]
-        args = dlrm_mlet.parse_args(argv)
-        model = DLRM(dlrm_mlet.model_config(args, sizes), seed=0, device=device)
-        trainer = dlrm_mlet.Trainer(args, data, model, device)
+        run = dlrm_mlet.run_config(argv)
+        model = DLRM(run.model, seed=0, device=device)
+        trainer = Trainer(run.train, data, model, SingleProcess(device))
         start = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - start

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import dlrm_mlet
 from dlrm_model import DLRM
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
+from mlet.training.trainer import Trainer
 
 MODEL = ["--arch-sparse-feature-size=4", "--mlet-hidden=64", "--arch-mlp-bot=13-512-256-64-4", "--arch-mlp-top=512-256-1", "--learning-rate=0.1"]
 
@@ -41,7 +43,7 @@ def per_batch(batches, count: int) -> float:
 
 def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int) -> dict:
     """Data and model timings at one batch size."""
-    args = dlrm_mlet.parse_args(
+    run = dlrm_mlet.run_config(
         [
             "--data-generation=dataset",
             f"--raw-data-file={raw}",
@@ -51,12 +53,12 @@ def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int)
             *MODEL,
         ]
     )
-    data = build_data(args, args.table_sizes, 13)
+    data = build_data(run.data)
     first_touch = per_batch(data.train.batches(0), batches)  # maps the pages of the memory maps
     direct = min(per_batch(data.train.batches(epoch), batches) for epoch in (1, 2, 3))  # best of 3: the machine is shared
     through_thread = min(per_batch(prefetch(data.train.batches(epoch)), batches) for epoch in (4, 5, 6))
-    model = DLRM(dlrm_mlet.model_config(args, data.table_sizes), seed=0)
-    trainer = dlrm_mlet.Trainer(args, data, model, torch.device("cpu"))
+    model = DLRM(replace(run.model, table_sizes=tuple(data.table_sizes)), seed=0)
+    trainer = Trainer(run.train, data, model)
     ready = list(itertools.islice(data.train.batches(7), steps + 2))
     trainer.step(ready[0])
     trainer.step(ready[1])

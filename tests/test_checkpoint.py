@@ -27,6 +27,7 @@ from mlet.data.sources import build_data
 from mlet.training import checkpoints
 from mlet.training.checkpoints import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
 from mlet.training.metrics import predict
+from mlet.training.state import restore_rng_state, rng_state
 
 # -- atomic writes -------------------------------------------------------------
 
@@ -310,8 +311,7 @@ def test_collapsed_checkpoint_contents(runs) -> None:
 
 
 def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(runs) -> None:
-    args = dlrm_mlet.parse_args([*TINY, f"--mlet-hidden={K}"])
-    data = build_data(args, args.table_sizes, args.bottom_mlp[0])
+    data = build_data(dlrm_mlet.run_config([*TINY, f"--mlet-hidden={K}"]).data)
     two_layer = model_from_checkpoint(load_checkpoint(runs["mlet"]))
     collapsed = model_from_checkpoint(load_checkpoint(runs["mlet_collapsed"]))
     assert two_layer.tables.is_mlet and not collapsed.tables.is_mlet
@@ -475,8 +475,8 @@ def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> 
 
 
 def test_rng_state_roundtrip() -> None:
-    state = checkpoints.rng_state()
+    saved = rng_state()
     draws = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoints.restore_rng_state(state)
+    restore_rng_state(saved)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]

@@ -118,11 +118,12 @@ def test_upstream_bool_flags_parse_false() -> None:
     assert dlrm_mlet.parse_args([*TINY, "--round-targets=1"]).round_targets is True
 
 
-def test_parse_args_fills_architecture() -> None:
-    args = dlrm_mlet.parse_args([*TINY, "--mlet-hidden=16"])
-    assert args.table_sizes == [200, 30, 5] and args.bottom_mlp == [13, 8, 4] and args.top_mlp == [8, 1]
-    config = dlrm_mlet.model_config(args, args.table_sizes)
+def test_run_config_fills_architecture() -> None:
+    run = dlrm_mlet.run_config([*TINY, "--mlet-hidden=16"])
+    config = run.model
+    assert config.table_sizes == (200, 30, 5) and config.bottom_mlp == (13, 8, 4) and config.top_mlp == (8, 1)
     assert config.mlet_hidden == 16 and config.interaction_width() == 4 + 6
+    assert run.flags["table_sizes"] == [200, 30, 5] and run.flags["bottom_mlp"] == [13, 8, 4]  # as checkpoints record them
 
 
 def test_parse_args_raises_user_error_not_traceback() -> None:

@@ -65,9 +65,9 @@ from mlet.core.pipeline import prefetch
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
 from mlet.parallel.sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
-from mlet.training.checkpoints import model_from_checkpoint
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
+from mlet.training.processes import Parallel, SingleProcess
 from mlet_layers import EmbeddingTables
 
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
@@ -168,8 +168,7 @@ class DistributedDLRM(DLRM):
     def __init__(self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None) -> None:
         mine = plan.tables_of_rank[comm.rank]
         if tables is None:
-            sizes = [config.table_sizes[t] for t in mine]
-            tables = EmbeddingTables(sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=seed, table_ids=mine, device=comm.device)
+            tables = EmbeddingTables.from_config(config, seed=seed, table_ids=mine, device=comm.device)
         super().__init__(config, seed=seed, device=comm.device, tables=tables)
         self.comm, self.plan = comm, plan
         self.row_layouts = {
@@ -326,54 +325,12 @@ class ShardedOptimizer:
         return value
 
 
-# -- the two ways to run -------------------------------------------------------
-class SingleProcess:
-    """A one-process run: the training loop's hooks do nothing special."""
-
-    rank, world_size, is_main = 0, 1, True
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def build_model(self, config: ModelConfig, seed: int) -> DLRM:
-        """The whole model on this device."""
-        return DLRM(config, seed=seed, device=self.device)
-
-    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
-        """The optimizer as is."""
-        return optimizer
-
-    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
-        """The model a checkpoint holds, on this device."""
-        return model_from_checkpoint(ckpt, self.device)
-
-    def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
-        """The batches as they are."""
-        return batches
-
-    def all_sum(self, value: Tensor) -> Tensor:
-        """The value itself (there is no other process)."""
-        return value
-
-    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
-        """CTR metrics over every sample of ``batches``."""
-        return ctr_metrics(*predict(model, prefetch(iter(batches), pin=self.device.type == "cuda"), self.device))
-
-    def agree(self, step: Callable[[], T]) -> T:
-        """Run ``step``."""
-        return step()
-
-    def summary(self) -> list[str]:
-        """No extra start-of-run lines."""
-        return []
-
-    def record(self) -> dict | None:
-        """Nothing to store in checkpoints and results."""
-        return None
-
-
+# -- the multi-process run -----------------------------------------------------
 class MultiProcess:
-    """A run over ``torch.distributed``: sharded tables, replicated MLPs (see the module docstring)."""
+    """A run over ``torch.distributed``: sharded tables, replicated MLPs (see the module docstring).
+
+    Implements :class:`mlet.training.processes.Parallel`, as ``SingleProcess`` does for one process.
+    """
 
     def __init__(self, comm: Comm, optimizer: str, backend: str) -> None:
         self.comm, self.optimizer, self.backend = comm, optimizer, backend
@@ -478,8 +435,11 @@ class MultiProcess:
 
 
 @contextmanager
-def session(args) -> Iterator[SingleProcess | MultiProcess]:
+def session(use_gpu: bool, backend: str | None, timeout_s: int, optimizer: str) -> Iterator[Parallel]:
     """The run's processes, from torchrun's environment (one process without it).
+
+    ``backend`` is ``--dist-backend`` (``None``: nccl on GPUs, gloo on CPUs);
+    ``optimizer`` sizes the tables' state for the sharding plan.
 
     A multi-process run ends with every rank waiting for the others, after
     success and after an error every rank shares; after any other error this
@@ -488,16 +448,15 @@ def session(args) -> Iterator[SingleProcess | MultiProcess]:
     groups stay up until the process ends (see :func:`exit_process`).
     """
     if launched_world_size() <= 1:
-        yield SingleProcess(torch.device("cuda" if args.use_gpu else "cpu"))
+        yield SingleProcess(torch.device("cuda" if use_gpu else "cpu"))
         return
-    process_group.start(args.dist_timeout)
-    device = agree(lambda: training_device(args.dist_backend, args.use_gpu))
+    process_group.start(timeout_s)
+    device = agree(lambda: training_device(backend, use_gpu))
     # NCCL on GPUs gets a group of its own; gloo training shares the default group
-    group = dist.new_group(backend="nccl", timeout=timedelta(seconds=args.dist_timeout)) if device.type == "cuda" else None
+    group = dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)) if device.type == "cuda" else None
     comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
-    backend = "nccl" if group is not None else "gloo"
     try:
-        yield MultiProcess(comm, args.optimizer, backend)
+        yield MultiProcess(comm, optimizer, "nccl" if group is not None else "gloo")
     except SharedError:
         wait_for_all(comm)
         raise

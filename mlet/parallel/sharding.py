@@ -28,7 +28,7 @@ def table_bytes(config: ModelConfig, optimizer: str, element_size: int = 4) -> l
     """Training bytes of each table: its rows (K-wide for MLET, else d-wide), its
     K x d projection for MLET, and the optimizer's per-element state of both."""
     copies = 1 + STATE_SLOTS[optimizer]
-    width = config.mlet_hidden or config.dim
+    width = config.table_width
     projection = config.mlet_hidden * config.dim
     return [(n * width + projection) * element_size * copies for n in config.table_sizes]
 

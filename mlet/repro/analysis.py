@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from collections.abc import Sequence
@@ -142,8 +141,8 @@ def frequency_metrics(probs: np.ndarray, labels: np.ndarray, rarest: np.ndarray,
     return out
 
 
-def data_key(args: argparse.Namespace) -> tuple:
-    """What identifies a run's data (checkpoints with equal keys share it)."""
+def data_key(flags: dict) -> tuple:
+    """What identifies a run's data, from its recorded flags (checkpoints with equal keys share it)."""
     names = ("data_generation", "data_set", "raw_data_file", "processed_data_file", "data_split", "data_split_seed", "cat_min_count", "max_ind_range")
-    names += ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed") if args.data_generation != "dataset" else ()
-    return tuple(str(getattr(args, n, None)) for n in names)
+    names += ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed") if flags.get("data_generation") != "dataset" else ()
+    return tuple(str(flags.get(n)) for n in names)

@@ -27,9 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import dlrm_mlet
 from dlrm_model import DLRM
+from mlet.core.config import DataConfig, ModelConfig
 from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.core.pipeline import prefetch
+from mlet.data.flags import recorded_dataset_config
 from mlet.data.sources import ArraySource, build_data
 from mlet.repro.analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts, table_spectra, training_counts, transformed_ids
 from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden
@@ -58,6 +61,13 @@ def inference_model(ckpt: dict) -> DLRM:
     return model.collapse() if model.config.mlet_hidden else model
 
 
+def recorded_data_config(flags: dict, model: ModelConfig) -> DataConfig:
+    """The data a checkpoint was trained on, from its recorded flags and model (test split, no progress bars)."""
+    args = argparse.Namespace(**{**flags, "eval_split": "test", "progress": False})
+    dataset = recorded_dataset_config(flags) if flags["data_generation"] == "dataset" else None
+    return dlrm_mlet.data_config(args, model, dataset)
+
+
 class FrequencyData:
     """Test data and training id counts of the checkpoints' data, built once per distinct data."""
 
@@ -69,13 +79,11 @@ class FrequencyData:
         saved = ckpt.get("args")
         if not saved or "data_generation" not in saved:
             raise UserError(f"{path}: the checkpoint holds no training flags, so its data cannot be rebuilt (use --no-frequency)")
-        args = argparse.Namespace(**{**saved, "eval_split": "test", "progress": False})
-        key = data_key(args)
+        key = data_key(saved)
         if key not in self.cache:
-            if args.data_generation == "random":
+            if saved["data_generation"] == "random":
                 raise UserError(f"{path}: trained on random data (no id frequencies to speak of); use --no-frequency")
-            table_sizes = list(ckpt["model_config"]["table_sizes"])
-            data = build_data(args, table_sizes, ckpt["model_config"]["bottom_mlp"][0])
+            data = build_data(recorded_data_config(saved, ModelConfig.from_dict(ckpt["model_config"])))
             counts = training_counts(data.train, data.table_sizes)
             rarest = rarest_id_counts(transformed_ids(data.test, slice(0, data.test.num_samples)), counts)
             self.cache[key] = (data.test, rarest, counts)

@@ -43,7 +43,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import dlrm_mlet
+from mlet.core.config import DataConfig
 from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,
     Config,
@@ -454,13 +457,13 @@ def check_run_dir(settings: Settings) -> None:
             )
 
 
-def check_tuning_data(args: argparse.Namespace, settings: Settings) -> None:
+def check_tuning_data(data: DataConfig, settings: Settings) -> None:
     """The ``tuned`` protocol chooses rates on the validation split and reports the test split: both must exist and differ."""
     if "tuned" not in settings.protocols:
         return
-    if args.data_generation != "dataset":
-        raise UserError(f"--protocols tuned: needs a data set's validation split; --data-generation={args.data_generation} has none (use --protocols paper)")
-    if args.eval_split == "val":
+    if data.dataset is None:
+        raise UserError(f"--protocols tuned: needs a data set's validation split; --data-generation={data.generation} has none (use --protocols paper)")
+    if data.eval_split == "val":
         raise UserError("--protocols tuned: chooses rates on the validation split, which --eval-split=val also reports; leave --eval-split at test")
 
 
@@ -471,19 +474,15 @@ def prepare_data(settings: Settings) -> int | None:
     building the same cache at the same time. None when ``--test-freq`` is
     among the training flags.
     """
-    import dlrm_mlet
-    from mlet.data.sources import build_data, split_sizes
-
     spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
-    args = dlrm_mlet.parse_args(run_argv(spec, settings, None))
-    check_tuning_data(args, settings)
-    dataset = args.data_generation == "dataset"
-    train_samples = build_data(args, args.table_sizes, args.bottom_mlp[0]).train.num_samples if dataset else split_sizes(args)[0]
+    run = dlrm_mlet.run_config(run_argv(spec, settings, None))
+    check_tuning_data(run.data, settings)
+    train_samples = build_data(run.data).train.num_samples if run.data.dataset is not None else run.data.train_samples
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
         return None
-    batches = math.ceil(train_samples / args.mini_batch_size)
-    if args.num_batches:
-        batches = min(batches, args.num_batches)
+    batches = math.ceil(train_samples / run.data.batch_size)
+    if run.train.num_batches:
+        batches = min(batches, run.train.num_batches)
     return max(1, math.ceil(batches / settings.tests_per_epoch))
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import glob
 import os
 import pickle
-import random
 import re
 import socket
 import tempfile
@@ -32,7 +31,6 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dlrm_model import DLRM, ModelConfig
@@ -200,7 +198,7 @@ def structure_problem(ckpt: dict) -> str | None:
         return "no valid model_config"
     if min(*config.table_sizes, config.dim, *config.bottom_mlp, *config.top_mlp) < 1 or config.mlet_hidden < 0:
         return "model_config holds a size below 1"
-    rows, width = sum(config.table_sizes), config.mlet_hidden or config.dim
+    rows, width = sum(config.table_sizes), config.table_width
     if tuple(model["tables.weight"].shape) != (rows, width):
         return f"model_config describes tables of {rows:,} x {width}, the saved weight is {' x '.join(f'{n:,}' for n in model['tables.weight'].shape)}"
     if kind == TRAINING:
@@ -217,8 +215,7 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLR
     tensors), so a large model is not built twice.
     """
     config = ModelConfig.from_dict(ckpt["model_config"])
-    tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden, config.mlet_init, seed=None, device=device)
-    model = DLRM(config, seed=0, device=device, tables=tables)
+    model = DLRM(config, seed=0, device=device, tables=EmbeddingTables.from_config(config, seed=None, device=device))
     assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())
     try:
         model.load_state_dict(ckpt["model"], assign=assign)
@@ -245,39 +242,6 @@ def trained_hidden(ckpt: dict) -> int:
 def flag_name(dest: str) -> str:
     """``mini_batch_size`` -> ``--mini-batch-size``."""
     return "--" + dest.replace("_", "-")
-
-
-# -- RNG state ---------------------------------------------------------------
-
-
-def rng_state() -> dict:
-    """The global random generators' states (torch, CUDA, numpy, Python) as tensors and plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-    }
-
-
-def restore_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state` (CUDA states only where as many devices are present)."""
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all(cuda)
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 # -- collapse ----------------------------------------------------------------

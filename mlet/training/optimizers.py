@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
 
-OPTIMIZERS = ("sgd", "adagrad", "adam")
-FUSED_OPTIMIZERS = ("sgd", "adagrad")
 MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 

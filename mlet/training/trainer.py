@@ -1,13 +1,14 @@
 """The training loop: steps, periodic logging, testing, checkpoints, results.
 
-:class:`Trainer` is driven by ``dlrm_mlet.py`` (which parses the flags and
-builds the data and the model); it works the same in one process and in a
-multi-process run (``parallel``, see ``distributed.py``).
+:class:`Trainer` is driven by ``dlrm_mlet.py``, which turns the flags into a
+:class:`~mlet.core.config.TrainConfig` and builds the data and the model; it
+works the same in one process and in a multi-process run (``parallel``, a
+:class:`~mlet.training.processes.Parallel`). It owns the run's state: it
+writes checkpoints (:meth:`Trainer.state`) and reads them back (:meth:`Trainer.load`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -22,23 +23,25 @@ from tqdm import tqdm
 
 from dlrm_model import DLRM
 from mlet.core.batch import Batch
-from mlet.core.errors import UserError
+from mlet.core.config import TrainConfig
+from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import DataBundle
-from mlet.parallel import distributed
-from mlet.training.checkpoints import FORMAT, TRAINING, VERSION, atomic_save, bytes_report, restore_rng_state, rng_state
+from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
 from mlet.training.optimizers import LRPolicy, build_optimizer
+from mlet.training.processes import Parallel, SingleProcess
+from mlet.training.state import Position, TrainingState, check_data_position, check_training, restore_rng_state, resume_flag_changes, rng_state
 from mlet.training.train_step import make_train_step
 
 
-def loss_function(args: argparse.Namespace, device: torch.device):
+def loss_function(config: TrainConfig, device: torch.device):
     """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
-    if args.loss_function == "mse":
+    if config.loss_function == "mse":
         return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
-    if args.loss_function == "bce":
+    if config.loss_function == "bce":
         return F.binary_cross_entropy_with_logits
-    weights = torch.tensor(args.loss_weights_pair, device=device)
+    weights = torch.tensor(config.loss_weights, device=device)
 
     def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
@@ -47,11 +50,11 @@ def loss_function(args: argparse.Namespace, device: torch.device):
     return weighted_bce
 
 
-def batch_workers(args: argparse.Namespace, device: torch.device) -> int:
+def batch_workers(num_workers: int, device: torch.device) -> int:
     """Threads assembling training batches: ``--num-workers``, or (-1) 1 on CPU, where the
-    cores train the model, and 4 on GPU, where one thread cannot keep up (bench/NOTES.md)."""
-    if args.num_workers >= 0:
-        return max(1, args.num_workers)
+    cores train the model, and 4 on GPU, where one thread cannot keep up (docs/performance.md)."""
+    if num_workers >= 0:
+        return max(1, num_workers)
     return 4 if device.type == "cuda" else 1
 
 
@@ -85,38 +88,29 @@ def write_json(path: str, payload: dict) -> None:
         raise UserError(f"{path}: cannot write the results ({error.strerror or error})") from None
 
 
-def plain_args(args: argparse.Namespace) -> dict:
-    """The argument set as JSON/checkpoint-safe primitives."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-
-
 class Trainer:
     """The training loop: steps, periodic logging, testing and checkpointing.
 
-    ``parallel`` (see ``distributed.py``) says how the work is split between
-    processes: it shards batches, sums loss shares, evaluates, and gathers
-    checkpoints; the default is a single process.
+    ``parallel`` says how the work is split between processes: it shards
+    batches, sums loss shares, evaluates, and gathers checkpoints; the
+    default is one process on the CPU. ``flags`` is the command line's flag
+    snapshot, kept in checkpoints and results.
     """
 
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        data: DataBundle,
-        model: DLRM,
-        device: torch.device,
-        parallel: distributed.SingleProcess | distributed.MultiProcess | None = None,
-    ) -> None:
-        self.args, self.data, self.model, self.device = args, data, model, device
-        self.parallel = parallel or distributed.SingleProcess(device)
-        fused_tables = model.tables if args.embedding_update == "fused" else None
-        optimizer = build_optimizer(args.optimizer, args.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
+    def __init__(self, config: TrainConfig, data: DataBundle, model: DLRM, parallel: Parallel | None = None, flags: dict | None = None) -> None:
+        self.config, self.data, self.model = config, data, model
+        self.parallel = parallel if parallel is not None else SingleProcess()
+        self.device = self.parallel.device
+        self.flags = dict(flags or {})
+        fused_tables = model.tables if config.embedding_update == "fused" else None
+        optimizer = build_optimizer(config.optimizer, config.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
         self.optimizer = self.parallel.shard_optimizer(optimizer, model)
-        self.lr_policy = LRPolicy(args.learning_rate, args.lr_num_warmup_steps, args.lr_decay_start_step, args.lr_num_decay_steps)
-        self.loss_fn = loss_function(args, device)
-        use_graph = args.cuda_graph and device.type == "cuda" and fused_tables is not None
+        self.lr_policy = LRPolicy(config.learning_rate, config.lr_num_warmup_steps, config.lr_decay_start_step, config.lr_num_decay_steps)
+        self.loss_fn = loss_function(config, self.device)
+        use_graph = config.cuda_graph and self.device.type == "cuda" and fused_tables is not None
         self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
-        self.batches_per_epoch = min(args.num_batches, len(data.train)) if args.num_batches > 0 else len(data.train)
-        self.print_freq = args.print_freq or max(1, self.batches_per_epoch // 20)
+        self.batches_per_epoch = min(config.num_batches, len(data.train)) if config.num_batches > 0 else len(data.train)
+        self.print_freq = config.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -124,61 +118,76 @@ class Trainer:
         self.loaded: dict | None = None  # what --load-model loaded
 
     # -- checkpoints -------------------------------------------------------
-    def position(self) -> dict:
-        """Where the run stands: the next batch is ``batch`` of ``epoch``.
+    def position(self) -> Position:
+        """Where the run stands (see :class:`~mlet.training.state.Position`)."""
+        return Position(self.epoch, self.batch, self.iteration, self.batches_per_epoch, self.data.train.num_samples, self.config.seed)
 
-        The order of an epoch's batches is a function of (seed, epoch), so the
-        position plus the data's size identify the next batch exactly.
-        """
-        return {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "iteration": self.iteration,
-            "batches_per_epoch": self.batches_per_epoch,
-            "train_samples_per_epoch": self.data.train.num_samples,
-            "shuffle_seed": self.args.numpy_rand_seed,
-        }
-
-    def state(self) -> dict:
-        """A resumable checkpoint of the run so far."""
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": TRAINING,
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": {**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
-            "position": self.position(),
-            "distributed": self.parallel.record(),
-            "rng": rng_state(),
-            "history": self.history,
-            "best": self.best,
-            "train_time": self.train_time,
-            "train_samples": self.train_samples,
-            "args": plain_args(self.args),
-            "data": self.data.description,
-            "torch": str(torch.__version__),
-        }
-
-    def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint made by :meth:`state` (of an inference checkpoint: take its weights only)."""
-        self.model.load_state_dict(ckpt["model"])
-        if ckpt.get("kind") != TRAINING:
-            return
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        pos = ckpt["position"]
-        self.epoch, self.batch, self.iteration = pos["epoch"], pos["batch"], pos["iteration"]
-        self.history, self.best = list(ckpt.get("history") or []), ckpt.get("best")
-        self.train_time, self.train_samples = ckpt.get("train_time", 0.0), ckpt.get("train_samples", 0)
-        if ckpt.get("rng"):
-            restore_rng_state(ckpt["rng"])
+    def state(self) -> TrainingState:
+        """The run so far, as a resumable checkpoint holds it (gathered on rank 0 in a multi-process run)."""
+        return TrainingState(
+            model_config=self.model.config,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            lr_schedule={**asdict(self.lr_policy), "next_lr": self.lr_policy.lr(self.iteration)},
+            position=self.position(),
+            rng=rng_state(),
+            history=self.history,
+            best=self.best,
+            train_time=self.train_time,
+            train_samples=self.train_samples,
+            flags=self.flags,
+            data=self.data.description,
+            distributed=self.parallel.record(),
+        )
 
     def save(self) -> None:
         """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
         state = self.state()
         if self.parallel.is_main:
-            atomic_save(state, self.args.save_model)
+            atomic_save(state.to_checkpoint(), self.config.save_model)
+
+    def load(self, ckpt: dict, path: str, evaluate_only: bool = False) -> None:
+        """Take over a ``--load-model`` checkpoint: resume it, start from its weights, or (``evaluate_only``) report its position.
+
+        A training checkpoint resumes where it stopped; an inference checkpoint
+        gives its weights only (epoch 0, iteration 0). For ``evaluate_only`` the
+        model was already built from the checkpoint (``Parallel.model_from_checkpoint``).
+        Any disagreement with the run is one :class:`UserError` line naming ``path``.
+        """
+        kind = ckpt.get("kind")
+        try:
+            if evaluate_only:
+                self.epoch, self.batch, self.iteration = Position.from_dict(ckpt.get("position") or {}).completed()
+            elif kind == TRAINING:
+                self.resume(TrainingState.from_checkpoint(ckpt), ckpt)
+            else:
+                check_training(ckpt, self.model.config)
+                self.model.load_state_dict(ckpt["model"])
+        except (UserError, ValueError, RuntimeError) as error:
+            raise UserError(f"--load-model {path}: {one_line(error)}") from None
+        self.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
+        if evaluate_only:
+            collapsed = f", collapsed from K={trained_hidden(ckpt)}" if kind != TRAINING and trained_hidden(ckpt) else ""
+            log(f"loaded {path} ({kind}{collapsed}, iteration {self.iteration})")
+        elif kind == TRAINING:
+            log(f"resuming {path} at epoch {self.epoch}, batch {self.batch} (iteration {self.iteration})")
+        else:
+            log(f"starting from the weights of {path} (inference checkpoint: no optimizer state; epoch 0, iteration 0)")
+
+    def resume(self, state: TrainingState, ckpt: dict) -> None:
+        """Check a training checkpoint against this run, log the flags that changed, and continue from it."""
+        changes = resume_flag_changes(state.flags, self.flags, state.position)
+        check_training(ckpt, self.model.config)  # after the flags: a changed data flag explains changed table sizes
+        check_data_position(state.position, self.data.train.num_samples, self.batches_per_epoch)
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.epoch, self.batch, self.iteration = state.position.epoch, state.position.batch, state.position.iteration
+        self.history, self.best = state.history, state.best
+        self.train_time, self.train_samples = state.train_time, state.train_samples
+        if state.rng:
+            restore_rng_state(state.rng)
+        if changes:
+            log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
 
     # -- steps ---------------------------------------------------------------
     def step(self, batch: Batch) -> torch.Tensor:
@@ -208,7 +217,7 @@ class Trainer:
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
-        precision = self.args.print_precision
+        precision = self.config.print_precision
         log(
             f"Testing at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
             f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
@@ -219,11 +228,10 @@ class Trainer:
 
     def train(self) -> None:
         """Run the remaining epochs."""
-        args = self.args
-        total = args.nepochs * self.batches_per_epoch
-        show = args.progress and self.parallel.is_main
+        total = self.config.nepochs * self.batches_per_epoch
+        show = self.config.progress and self.parallel.is_main
         bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if show else True, dynamic_ncols=True, leave=False)
-        while self.epoch < args.nepochs:
+        while self.epoch < self.config.nepochs:
             self.run_epoch(bar)
             self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
@@ -234,9 +242,9 @@ class Trainer:
         ``train_time`` counts wall time spent waiting for and training on
         batches; testing and checkpointing are excluded.
         """
-        args = self.args
+        config = self.config
         loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
-        workers = batch_workers(self.args, self.device)
+        workers = batch_workers(config.num_workers, self.device)
         batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
         last = time.perf_counter()
         for batch in batches:
@@ -255,10 +263,10 @@ class Trainer:
                 self.train_time, window_time = self.train_time + now - last, window_time + now - last
                 self.log_train(loss_value, loss_count, window_time, window_samples)
                 loss_sum, loss_count, window_time, window_samples, last = 0.0, 0, 0.0, 0, now
-            if args.test_freq > 0 and self.batch % args.test_freq == 0 and self.batch != self.batches_per_epoch:
+            if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
                 self.test()
                 last = time.perf_counter()
-            if args.save_model and args.save_freq and self.iteration % args.save_freq == 0:
+            if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
                 self.save()
                 last = time.perf_counter()
         batches.close()
@@ -267,8 +275,8 @@ class Trainer:
 
     def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
         """Upstream's 'Finished training it' line."""
-        timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.args.print_time else ""
-        log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.args.print_precision + 1}f}")
+        timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.config.print_time else ""
+        log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.config.print_precision + 1}f}")
 
     def results(self, final: dict, val: dict | None = None) -> dict:
         """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""
@@ -287,6 +295,6 @@ class Trainer:
             "device": str(self.device),
             "distributed": self.parallel.record(),
             "torch": torch.__version__,
-            "args": plain_args(self.args),
+            "args": self.flags,
             "checkpoint": self.loaded,
         }

@@ -1,1 +1,0 @@
-"""The bottom layer: batches, configs, errors and the launch environment; imports nothing of the project."""

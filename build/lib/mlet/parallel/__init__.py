@@ -1,1 +1,0 @@
-"""Several processes under torchrun: table sharding, the embedding all-to-all, process groups and shared errors."""

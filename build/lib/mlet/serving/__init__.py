@@ -1,1 +1,0 @@
-"""Serving: export of a trained (collapsed) model."""

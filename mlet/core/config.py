@@ -1,0 +1,173 @@
+"""Typed configurations of a run: the model, the data, the training.
+
+``dlrm_mlet.py`` builds and checks them once from the flags (naming the flag
+when one is wrong); below the command line nothing reads the flags again.
+:class:`ModelConfig` is stored in checkpoints (``to_dict``/``from_dict``);
+the flags themselves are kept beside it as a snapshot, so that a resumed run
+can name the flags that changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields, replace
+
+INTERACTIONS = ("dot", "cat")
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+FUSED_OPTIMIZERS = ("sgd", "adagrad")
+LOSSES = ("bce", "mse", "wbce")
+DATA_GENERATIONS = ("random", "synthetic", "dataset")
+DATA_SETS = ("kaggle", "avazu")
+EVAL_SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a DLRM (stored in checkpoints).
+
+    ``bottom_mlp`` includes the dense input width (e.g. ``[13, 512, 256, 64, 16]``);
+    ``top_mlp`` excludes the interaction width, which is derived (e.g. ``[512, 256, 1]``).
+    """
+
+    table_sizes: tuple[int, ...]
+    dim: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+    mlet_hidden: int = 0
+    mlet_init: str = "normal"
+    interaction: str = "dot"
+    interaction_itself: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`."""
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in ("table_sizes", "bottom_mlp", "top_mlp"):
+            kw[k] = tuple(int(v) for v in kw[k])
+        return cls(**kw)
+
+    @property
+    def table_width(self) -> int:
+        """Width of the trained table weight: ``K`` for MLET (``W1`` is ``n x K``), else ``d``."""
+        return self.mlet_hidden or self.dim
+
+    def collapsed(self) -> ModelConfig:
+        """The config of the same model with MLET tables folded to plain ones."""
+        return replace(self, mlet_hidden=0)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: ``mlp``, ``embedding_training`` (as trained: ``n x K + K x d``
+        per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
+        ``training`` and ``inference`` totals."""
+        top = (self.interaction_width(), *self.top_mlp)
+        mlp = sum(n_in * n_out + n_out for widths in (self.bottom_mlp, top) for n_in, n_out in itertools.pairwise(widths))
+        rows = sum(self.table_sizes)
+        inference = rows * self.dim
+        projections = len(self.table_sizes) * self.mlet_hidden * self.dim
+        training = rows * self.mlet_hidden + projections if self.mlet_hidden else inference
+        return {
+            "mlp": mlp,
+            "embedding_training": training,
+            "embedding_inference": inference,
+            "training": mlp + training,
+            "inference": mlp + inference,
+        }
+
+    def interaction_width(self) -> int:
+        """Input width of the top MLP."""
+        num_features = len(self.table_sizes) + 1
+        if self.interaction == "cat":
+            return self.dim * num_features
+        pairs = num_features * (num_features + 1) // 2 if self.interaction_itself else num_features * (num_features - 1) // 2
+        return self.dim + pairs
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Knobs of the synthetic click model (``--synthetic-*``; see :mod:`mlet.data.synthetic`)."""
+
+    rank: int = 16
+    zipf_exponent: float = 1.05
+    interaction_std: float = 3.0
+    bias_std: float = 0.8
+    dense_std: float = 0.5
+    noise_std: float = 0.0
+    positive_rate: float = 0.25
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A real data set (``--data-generation=dataset``): which file, which split, which vocabulary."""
+
+    data_set: str = "kaggle"
+    raw_data_file: str = ""
+    processed_data_file: str = ""
+    split: str = "dlrm"
+    split_seed: int = 0
+    cat_min_count: int = 1
+    max_ind_range: int = 0
+    skip_bad_rows: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where batches come from and how large they are.
+
+    ``table_sizes``: the tables of generated data; for a data set the sizes
+    the flags ask for (checked against the data's), or ``None`` to take the
+    data's. ``train_samples``/``test_samples`` size generated data
+    (``test_samples`` ``None``: a quarter of train, at most 2**18); for a data
+    set ``test_samples`` caps the evaluated rows. ``eval_split``: the split
+    the reported metrics come from.
+    """
+
+    generation: str = "random"
+    table_sizes: tuple[int, ...] | None = (4, 3, 2)
+    dense_features: int = 4
+    batch_size: int = 1
+    test_batch_size: int = 1
+    train_samples: int = 1
+    test_samples: int | None = None
+    indices_per_lookup: int = 10
+    indices_per_lookup_fixed: bool = False
+    seed: int = 123
+    eval_split: str = "test"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    dataset: DatasetConfig | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is trained, logged, tested and checkpointed.
+
+    ``embedding_update`` is resolved (``fused`` or ``autograd``, never ``auto``);
+    ``num_batches`` caps the batches of an epoch (0: all); ``num_workers`` -1
+    means the device's default (see ``mlet.training.trainer.batch_workers``).
+    """
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    embedding_update: str = "fused"
+    loss_function: str = "bce"
+    loss_weights: tuple[float, float] = (1.0, 1.0)
+    lr_num_warmup_steps: int = 0
+    lr_decay_start_step: int = 0
+    lr_num_decay_steps: int = 0
+    nepochs: int = 1
+    num_batches: int = 0
+    seed: int = 123
+    cuda_graph: bool = True
+    num_workers: int = -1
+    # testing, logging and checkpoints
+    test_freq: int = -1
+    print_freq: int = 0
+    print_time: bool = False
+    print_precision: int = 5
+    progress: bool = True
+    save_model: str = ""
+    save_freq: int = 0

@@ -1,0 +1,68 @@
+"""The data-set flags that ``dlrm_mlet.py`` and ``data_utils.py preprocess`` share, checked into a :class:`DatasetConfig`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from mlet.core.config import DATA_SETS, DatasetConfig
+from mlet.core.errors import UserError
+from mlet.data.preprocessing.cache import DEFAULT_SPLIT, SPLIT_CHOICES
+from mlet.data.preprocessing.raw_data import check_input_file
+
+DATA_SPLITS = ("dlrm", "random-811", "by-day")
+
+
+def add_dataset_flags(group: argparse._ArgumentGroup) -> None:
+    """The flags of ``--data-generation=dataset`` (shared by dlrm_mlet.py and ``data_utils.py preprocess``)."""
+    group.add_argument("--data-set", choices=DATA_SETS, default="kaggle", help="data set for --data-generation=dataset")
+    group.add_argument(
+        "--raw-data-file", type=str, default="", help="the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV), Avazu train"
+    )
+    group.add_argument(
+        "--processed-data-file",
+        type=str,
+        default="",
+        help="directory of the processed data (made on first use, reused while the raw file and split are the same; default: RAW.processed)",
+    )
+    group.add_argument(
+        "--data-split",
+        choices=DATA_SPLITS,
+        default=None,
+        help="kaggle: dlrm (default; days 1-6 train, day 7 test/val) or random-811; avazu: random-811 (default) or by-day (last day held out)",
+    )
+    group.add_argument("--data-split-seed", type=int, default=0, help="seed of the random-811 split")
+    group.add_argument("--cat-min-count", type=int, default=1, help="values seen fewer times in training share one 'rare' index with unseen values")
+    group.add_argument("--max-ind-range", type=int, default=0, help="cap tables at R rows: id mod R, as upstream DLRM (0: off)")
+    group.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted by kind and reported) instead of stopping at the first")
+
+
+def dataset_config(args: argparse.Namespace) -> DatasetConfig:
+    """The checked data-set flags (``--data-split`` resolved to the data set's default); a :class:`UserError` names a bad flag."""
+    split = args.data_split or DEFAULT_SPLIT[args.data_set]
+    if split not in SPLIT_CHOICES[args.data_set]:
+        raise UserError(f"--data-split: {split} is not a split of {args.data_set}; choose {' or '.join(SPLIT_CHOICES[args.data_set])}")
+    if args.cat_min_count < 1:
+        raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")
+    if args.max_ind_range < 0:
+        raise UserError(f"--max-ind-range: must be >= 0 (0: off), got {args.max_ind_range}")
+    if not args.raw_data_file and not args.processed_data_file:
+        raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
+    if args.raw_data_file:
+        check_input_file(args.raw_data_file)
+    return recorded_dataset_config({**vars(args), "data_split": split})
+
+
+def recorded_dataset_config(flags: Mapping[str, Any]) -> DatasetConfig:
+    """The :class:`DatasetConfig` of flags as a checkpoint or results file records them (``data_split`` resolved); no checks."""
+    return DatasetConfig(
+        data_set=flags["data_set"],
+        raw_data_file=flags["raw_data_file"],
+        processed_data_file=flags["processed_data_file"],
+        split=flags["data_split"],
+        split_seed=flags["data_split_seed"],
+        cat_min_count=flags["cat_min_count"],
+        max_ind_range=flags["max_ind_range"],
+        skip_bad_rows=flags["skip_bad_rows"],
+    )

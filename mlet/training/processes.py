@@ -1,0 +1,116 @@
+"""How a run's work is split between processes, as the training loop sees it.
+
+:class:`Parallel` is what :class:`~mlet.training.trainer.Trainer` and the
+command line drive: build (or load) the model, shard batches, sum losses,
+evaluate, gather checkpoints. :class:`SingleProcess` is the one-process
+implementation; :class:`mlet.parallel.distributed.MultiProcess` is the one
+for runs under torchrun (sharded tables, replicated MLPs; docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from dlrm_model import DLRM
+from mlet.core.batch import Batch
+from mlet.core.config import ModelConfig
+from mlet.core.pipeline import prefetch
+from mlet.training.checkpoints import model_from_checkpoint
+from mlet.training.metrics import ctr_metrics, predict
+from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
+
+T = TypeVar("T")
+
+
+class Parallel(Protocol):
+    """The processes of a run: one (:class:`SingleProcess`) or several (``MultiProcess``)."""
+
+    rank: int
+    world_size: int
+    is_main: bool
+    device: torch.device
+
+    def build_model(self, config: ModelConfig, seed: int) -> DLRM:
+        """This process's part of a freshly initialised model."""
+        ...
+
+    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
+        """This process's part of the model a checkpoint holds."""
+        ...
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM):
+        """The optimizer as the training loop uses it (saving and loading whole-model state)."""
+        ...
+
+    def shards(self, batches: Iterable[Batch]) -> Iterable:
+        """This process's share of each global batch."""
+        ...
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """``value`` summed over the processes."""
+        ...
+
+    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over every sample of ``batches``."""
+        ...
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step`` on every process; an error on one stops all."""
+        ...
+
+    def summary(self) -> list[str]:
+        """Lines for the start of the run's log."""
+        ...
+
+    def record(self) -> dict | None:
+        """The layout, for checkpoints and results."""
+        ...
+
+
+class SingleProcess:
+    """A one-process run: the training loop's hooks do nothing special."""
+
+    rank, world_size, is_main = 0, 1, True
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device if device is not None else torch.device("cpu")
+
+    def build_model(self, config: ModelConfig, seed: int) -> DLRM:
+        """The whole model on this device."""
+        return DLRM(config, seed=seed, device=self.device)
+
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
+        """The optimizer as is."""
+        return optimizer
+
+    def model_from_checkpoint(self, ckpt: dict) -> DLRM:
+        """The model a checkpoint holds, on this device."""
+        return model_from_checkpoint(ckpt, self.device)
+
+    def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
+        """The batches as they are."""
+        return batches
+
+    def all_sum(self, value: Tensor) -> Tensor:
+        """The value itself (there is no other process)."""
+        return value
+
+    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
+        """CTR metrics over every sample of ``batches``."""
+        return ctr_metrics(*predict(model, prefetch(iter(batches), pin=self.device.type == "cuda"), self.device))
+
+    def agree(self, step: Callable[[], T]) -> T:
+        """Run ``step``."""
+        return step()
+
+    def summary(self) -> list[str]:
+        """No extra start-of-run lines."""
+        return []
+
+    def record(self) -> dict | None:
+        """Nothing to store in checkpoints and results."""
+        return None

@@ -1,0 +1,290 @@
+"""The state of a training run, as a checkpoint holds it, and what a run may load.
+
+One writer and one reader: :meth:`Trainer.state` makes a :class:`TrainingState`
+and :meth:`TrainingState.to_checkpoint` turns it into the dict that
+:func:`~mlet.training.checkpoints.atomic_save` writes;
+:meth:`TrainingState.from_checkpoint` reads it back for
+:meth:`Trainer.load`. The dict's keys are the checkpoint format (docs/checkpoints.md).
+
+Before anything is loaded, a checkpoint is checked against the run: an
+architecture that differs is one line naming the flag; on resume, flags that
+define the saved state (the optimizer, the training-data stream that the
+position counts in) must match, and any other change is allowed and logged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mlet.core.config import ModelConfig
+from mlet.core.errors import UserError
+from mlet.training.checkpoints import FORMAT, INFERENCE, TRAINING, VERSION, dashed, flag_name, trained_hidden
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: the next batch is ``batch`` of ``epoch``.
+
+    The order of an epoch's batches is a function of (seed, epoch), so the
+    position plus the size of the training data identify the next batch exactly.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    iteration: int = 0
+    batches_per_epoch: int | None = None
+    train_samples_per_epoch: int | None = None
+    shuffle_seed: int | None = None
+
+    def to_dict(self) -> dict:
+        """The checkpoint's ``position`` entry."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Position:
+        """Inverse of :meth:`to_dict` (missing entries take their defaults)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def completed(self) -> tuple[int, int, int]:
+        """``(epoch, batch, iteration)`` the model had trained to, as its training run logged them.
+
+        A checkpoint written at the end of an epoch points at the next batch
+        (batch 0 of the next epoch); its model is that of the last batch of the epoch before.
+        """
+        if self.batch == 0 and self.epoch > 0 and self.batches_per_epoch:
+            return self.epoch - 1, self.batches_per_epoch, self.iteration
+        return self.epoch, self.batch, self.iteration
+
+    def describe(self) -> str:
+        """``epoch E, batch B``."""
+        return f"epoch {self.epoch}, batch {self.batch}"
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumable checkpoint holds.
+
+    ``flags`` is the snapshot of the command line's flags (stored as ``args``),
+    so that a resumed run can name what changed; ``data`` describes the data.
+    """
+
+    model_config: ModelConfig
+    model: dict[str, Tensor]
+    optimizer: dict
+    lr_schedule: dict
+    position: Position
+    rng: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    train_time: float = 0.0
+    train_samples: int = 0
+    flags: dict = field(default_factory=dict)
+    data: str = ""
+    distributed: dict | None = None
+    torch_version: str = str(torch.__version__)
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint dict (format version :data:`VERSION`)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": TRAINING,
+            "model_config": self.model_config.to_dict(),
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "lr_schedule": self.lr_schedule,
+            "position": self.position.to_dict(),
+            "distributed": self.distributed,
+            "rng": self.rng,
+            "history": self.history,
+            "best": self.best,
+            "train_time": self.train_time,
+            "train_samples": self.train_samples,
+            "args": self.flags,
+            "data": self.data,
+            "torch": self.torch_version,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> TrainingState:
+        """The state of a training checkpoint (checked by ``load_checkpoint``)."""
+        return cls(
+            model_config=ModelConfig.from_dict(ckpt["model_config"]),
+            model=ckpt["model"],
+            optimizer=ckpt["optimizer"],
+            lr_schedule=ckpt.get("lr_schedule") or {},
+            position=Position.from_dict(ckpt["position"]),
+            rng=ckpt.get("rng"),
+            history=list(ckpt.get("history") or []),
+            best=ckpt.get("best"),
+            train_time=ckpt.get("train_time", 0.0),
+            train_samples=ckpt.get("train_samples", 0),
+            flags=ckpt.get("args") or {},
+            data=ckpt.get("data", ""),
+            distributed=ckpt.get("distributed"),
+            torch_version=ckpt.get("torch", ""),
+        )
+
+
+def rng_state() -> dict:
+    """The global random generators' states (torch, CUDA, numpy, Python) as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state` (CUDA states only where as many devices are present)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+# -- what a run may load -------------------------------------------------------
+
+ARCHITECTURE_FLAGS = [
+    ("table_sizes", "--arch-embedding-size", dashed),
+    ("dim", "--arch-sparse-feature-size", str),
+    ("mlet_hidden", "--mlet-hidden", str),
+    ("bottom_mlp", "--arch-mlp-bot", dashed),
+    ("top_mlp", "--arch-mlp-top", dashed),
+    ("interaction", "--arch-interaction-op", str),
+    ("interaction_itself", "--arch-interaction-itself", str),
+]
+
+
+def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
+    """One line naming the first architecture difference (``None`` if equal)."""
+    for name, flag, fmt in ARCHITECTURE_FLAGS:
+        a, b = getattr(saved, name), getattr(wanted, name)
+        if a != b:
+            return f"{flag}: checkpoint has {fmt(a)}, the flags give {fmt(b)}"
+    return None
+
+
+def check_evaluation(ckpt: dict, wanted: ModelConfig) -> None:
+    """Check the flags of ``--inference-only`` against a checkpoint.
+
+    The architecture flags must agree, except that ``--mlet-hidden`` may give
+    either the training K (the training command's flags) or 0 (a baseline
+    command's flags), for collapsed and two-layer checkpoints alike.
+    """
+    saved = ModelConfig.from_dict(ckpt["model_config"])
+    k = trained_hidden(ckpt)
+    if wanted.mlet_hidden not in (0, k):
+        raise UserError(f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} (give {k} or 0 to evaluate it)")
+    mismatch = describe_mismatch(saved, replace(wanted, mlet_hidden=saved.mlet_hidden))
+    if mismatch:
+        raise UserError(mismatch)
+
+
+def check_training(ckpt: dict, wanted: ModelConfig) -> None:
+    """Check that a checkpoint can start or resume training of the flags' architecture."""
+    if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
+        raise UserError(
+            f"--mlet-hidden: checkpoint is an inference checkpoint (plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
+            " MLET training cannot resume from it: evaluate it with --inference-only, or fine-tune it as a plain model with --mlet-hidden=0"
+        )
+    mismatch = describe_mismatch(ModelConfig.from_dict(ckpt["model_config"]), wanted)
+    if mismatch:
+        raise UserError(mismatch)
+
+
+# Resuming with other flags: architecture flags are checked through the model
+# config above; these must match, since the saved state would not mean the same
+# thing otherwise; bookkeeping flags are not compared; any other change is
+# allowed and logged (the run continues with the new values).
+MUST_MATCH_DATA = {"numpy_rand_seed", "mini_batch_size", "data_generation", "num_batches"}
+MUST_MATCH_BY_GENERATION = {
+    "random": {"data_size", "num_indices_per_lookup", "num_indices_per_lookup_fixed"},
+    "synthetic": {"data_size"},
+    "dataset": {"data_set", "data_split", "data_split_seed", "cat_min_count", "max_ind_range"},
+}
+"""Flags that define the training-data stream of each ``--data-generation``; the others do not touch it."""
+MUST_MATCH_PREFIXES = {"random": (), "synthetic": ("synthetic_",), "dataset": ()}
+BOOKKEEPING = {
+    "load_model",
+    "save_model",
+    "save_freq",
+    "save_collapsed",
+    "results_json",
+    "print_freq",
+    "print_time",
+    "print_precision",
+    "progress",
+    "inference_only",
+    "dist_backend",  # the process layout: a checkpoint resumes in any world size
+    "dist_timeout",
+}
+ARCHITECTURE_ARGS = {
+    "arch_sparse_feature_size",
+    "arch_embedding_size",
+    "arch_mlp_bot",
+    "arch_mlp_top",
+    "arch_interaction_op",
+    "arch_interaction_itself",
+    "mlet_hidden",
+    "mlet_init",
+}
+DERIVED = {"table_sizes", "bottom_mlp", "top_mlp", "loss_weights_pair"}
+"""Values the snapshot derives from other flags (compared through those)."""
+
+
+def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> list[str]:
+    """Compare the flags of a resumed run with the checkpoint's.
+
+    Raises :class:`UserError` naming the first flag that must match but does
+    not (``--optimizer`` or a flag defining the training-data stream that the
+    saved ``position`` counts in); returns ``--flag=new (checkpoint: old)`` for
+    every other changed flag.
+    """
+    changes = []
+    generation = saved_flags.get("data_generation")
+    must_match = MUST_MATCH_DATA | MUST_MATCH_BY_GENERATION.get(generation, set())
+    prefixes = MUST_MATCH_PREFIXES.get(generation, ())
+    skipped = BOOKKEEPING | ARCHITECTURE_ARGS | DERIVED
+    for dest in sorted(saved_flags.keys() & flags.keys() - skipped):
+        old, new = saved_flags[dest], flags[dest]
+        if old == new:
+            continue
+        flag = flag_name(dest)
+        if dest == "optimizer":
+            raise UserError(f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}")
+        if dest in must_match or dest.startswith(prefixes):
+            raise UserError(
+                f"{flag}: checkpoint has {old}, the flags give {new}; the saved data position ({position.describe()}) counts batches of the"
+                " checkpoint's training data, so another value would skip or repeat samples (give the checkpoint's value, or start a new run)"
+            )
+        changes.append(f"{flag}={new} (checkpoint: {old})")
+    return changes
+
+
+def check_data_position(position: Position, train_samples: int, batches_per_epoch: int) -> None:
+    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not point to the same batch)."""
+    saved = (position.train_samples_per_epoch, position.batches_per_epoch)
+    if saved[1] is not None and saved != (train_samples, batches_per_epoch):
+        raise UserError(
+            f"the training data differ from the checkpoint's ({train_samples:,} samples in {batches_per_epoch:,} batches per epoch,"
+            f" the checkpoint's: {saved[0]:,} in {saved[1]:,}); resuming at its position would skip or repeat samples"
+        )
