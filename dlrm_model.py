@@ -43,6 +43,8 @@ class Interaction(nn.Module):
     ``cat``: all T+1 vectors concatenated.
     """
 
+    flat_pairs: Tensor
+
     def __init__(self, num_tables: int, kind: str = "dot", itself: bool = False) -> None:
         super().__init__()
         if kind not in INTERACTIONS:

@@ -59,7 +59,7 @@ class _LookupWithRowUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:
         ctx.save_for_backward(ids, offsets)
         ctx.update, ctx.one_hot = update, one_hot
         if one_hot and triton_kernels.usable(weight):
@@ -67,7 +67,7 @@ class _LookupWithRowUpdate(torch.autograd.Function):
         return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None]:
         ids, offsets = ctx.saved_tensors
         num_bags = offsets.numel() - 1
         if ctx.one_hot:
@@ -92,13 +92,13 @@ class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update: ProjectedRowUpdate) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update: ProjectedRowUpdate) -> Tensor:
         ctx.save_for_backward(weight, projection, ids)
         ctx.update = update
         return triton_kernels.gather_project(weight, ids, projection)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:
         weight, projection, ids = ctx.saved_tensors
         grad_projection = triton_kernels.gathered_weight_gradient(weight, ids, grad_out)  # before the rows change
         ctx.update.scatter_projected(ids, grad_out, projection)
@@ -116,14 +116,14 @@ class _BatchedProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:
         ctx.save_for_backward(pooled, projection)
         if projection.shape[2] < 16:
             return torch.bmm(projection.transpose(1, 2), pooled.transpose(1, 2)).transpose(1, 2)
         return torch.bmm(pooled, projection)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
         pooled, projection = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_pooled = torch.bmm(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
@@ -194,6 +194,10 @@ class EmbeddingTables(nn.Module):
         device: where to allocate.
     """
 
+    weight: nn.Parameter
+    projection: nn.Parameter | None
+    row_offsets: Tensor
+
     def __init__(
         self,
         table_sizes: Sequence[int],
@@ -250,6 +254,13 @@ class EmbeddingTables(nn.Module):
         """True for two-layer tables."""
         return self.projection is not None
 
+    @property
+    def w2(self) -> nn.Parameter:
+        """MLET's stacked projections ``W2`` (``T x K x d``); plain tables have none."""
+        if self.projection is None:
+            raise ValueError("plain tables have no MLET projection")
+        return self.projection
+
     def reset_parameters(self, seed: int) -> None:
         """DLRM's uniform(+-sqrt(1/n)) rows; ``W2`` per ``projection_init``.
 
@@ -263,7 +274,7 @@ class EmbeddingTables(nn.Module):
                 fill_from_cpu(self.table_weight(t), functools.partial(symmetric_uniform_, bound=bound, gen=gen))
                 if self.is_mlet:
                     gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
-                    fill_from_cpu(self.projection[t], functools.partial(self._init_projection, gen=gen))
+                    fill_from_cpu(self.w2[t], functools.partial(self._init_projection, gen=gen))
 
     def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
         kind, std = parse_projection_init(self.projection_init)
@@ -311,7 +322,7 @@ class EmbeddingTables(nn.Module):
             return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(0, 1)
         pooled = self.pooled_rows(features)
         if self.is_mlet:
-            pooled = project(pooled, self.projection)
+            pooled = project(pooled, self.w2)
         return pooled.transpose(0, 1)
 
     def _fused_mlet_path(self, features: SparseFeatures) -> bool:
@@ -333,7 +344,7 @@ class EmbeddingTables(nn.Module):
         agree with the two-layer ones to float32 rounding.
         """
         for t in range(self.num_tables):
-            w2 = self.projection[t].double()
+            w2 = self.w2[t].double()
             for lo in range(self.row_bounds[t], self.row_bounds[t + 1], chunk_rows):
                 hi = min(lo + chunk_rows, self.row_bounds[t + 1])
                 out[lo:hi] = (self.weight[lo:hi].double() @ w2).to(out.dtype)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The project's test command: set up .venv, lint, run the test suite.
+# The project's test command: set up .venv, lint and type-check, build the wheel, run the test suite.
 # Usage: bash scripts/test.sh [extra pytest arguments]
+#   bash scripts/test.sh -m "not slow"    # the fast subset (about 30 s) while iterating; CI runs everything
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy                                   # the library and the commands ([tool.mypy] in pyproject.toml)
+wheels=$(mktemp -d)
+trap 'rm -rf "$wheels"' EXIT
+.venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir "$wheels" . 2>&1 | grep -v "^WARNING: Location" || true
+ls "$wheels"/dlrm_mlet-*.whl > /dev/null          # `pip install .` would get a wheel
 .venv/bin/python -m pytest -q "$@"

@@ -82,6 +82,7 @@ def check_intact(target: Path, round_: int, last_saved: int) -> None:
     assert torch.equal(ckpt["payload"], torch.full((1 << 22,), float(ckpt["step"])))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path) -> None:
     target = tmp_path / "ckpt.pt"
@@ -255,6 +256,7 @@ def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict
         (["--arch-interaction-op=cat"], "--arch-interaction-op"),
     ],
 )
+@pytest.mark.slow
 def test_architecture_mismatch_is_one_line_naming_the_flag(flags: list[str], named: str, runs, capsys) -> None:
     code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", *flags, f"--load-model={runs['mlet']}"])
     err = capsys.readouterr().err.strip().splitlines()

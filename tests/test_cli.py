@@ -153,6 +153,7 @@ def test_results_json_contents(tmp_path, capsys) -> None:
     assert "Testing at - 5/12 of epoch 0" in stdout and "Finished training it 12/12 of epoch 0" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--loss-function=mse"], ["--loss-function=wbce", "--loss-weights=1.0-3.0"], ["--optimizer=adagrad"], ["--optimizer=adam"]])
 def test_losses_and_optimizers_train(flags: list[str], tmp_path, capsys) -> None:
     out = tmp_path / "r.json"

@@ -38,6 +38,7 @@ def assert_ids_map_one_to_one(generated: np.ndarray, got: np.ndarray, train_rows
         assert got[train_rows:, t].tolist() == expected
 
 
+@pytest.mark.slow
 def test_generator_is_deterministic_by_seed(tmp_path) -> None:
     for data_set in ("kaggle", "avazu"):
         paths = [tmp_path / f"{data_set}{i}" for i in range(3)]
@@ -46,6 +47,7 @@ def test_generator_is_deterministic_by_seed(tmp_path) -> None:
         assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
 
 
+@pytest.mark.slow
 def test_kaggle_file_has_the_real_layout_and_profile(tmp_path) -> None:
     path = tmp_path / "train.txt"
     RawGenerator("kaggle", 20000, seed=1, scale=0.001).write(path)
@@ -62,6 +64,7 @@ def test_kaggle_file_has_the_real_layout_and_profile(tmp_path) -> None:
     assert len({r[16] for r in rows}) > 2000  # C3 is big
 
 
+@pytest.mark.slow
 def test_preprocessing_recovers_the_generated_kaggle_samples(tmp_path) -> None:
     generator = RawGenerator("kaggle", 5000, seed=2, scale=0.0005)
     raw = tmp_path / "train.txt.gz"
@@ -90,6 +93,7 @@ def test_preprocessing_recovers_the_generated_avazu_samples(tmp_path) -> None:
     assert sorted(set(truth.hours.tolist()))[::24][:2] == [14102100, 14102200] and truth.hours.max() == 14103023
 
 
+@pytest.mark.slow
 def test_generate_preprocess_train_reaches_auc_above_0_7(tmp_path, capsys) -> None:
     """The whole user path on the synthetic Kaggle format: about 10 s on 2 idle cores."""
     raw = tmp_path / "train.txt"
@@ -125,6 +129,7 @@ def test_generate_preprocess_train_reaches_auc_above_0_7(tmp_path, capsys) -> No
     assert "preprocessing" in out.out and "pass 1/2" in out.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_set", ["kaggle", "avazu"])
 def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
     raw = tmp_path / "raw"
@@ -138,6 +143,7 @@ def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
     assert "use --data-set" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_creates_the_output_folder(tmp_path, capsys) -> None:
     out = tmp_path / "data" / "new" / "train.txt"
     assert data_utils.command_line(["generate", "kaggle", "--rows", "50", "--out", str(out), "--scale", "0.001"]) == 0

@@ -117,6 +117,7 @@ def test_random_811_split_is_seeded_and_close_to_8_1_1() -> None:
     assert np.array_equal(in_blocks, a)  # a row's split does not depend on how the file is cut into blocks
 
 
+@pytest.mark.slow
 def test_by_day_split_holds_out_the_last_day(tmp_path) -> None:
     from mlet.data.preprocessing.raw_generate import RawGenerator
 

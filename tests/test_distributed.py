@@ -122,6 +122,7 @@ def runner(tmp_path):
 
 
 # -- equivalence -----------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["mlet-sgd-4-tables", "baseline-sgd-1-table", "mlet-adagrad-3-tables", "baseline-adam-4-tables"])
 def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
     """30 steps, uneven last batches: per-step losses, final parameters and optimizer state to 1e-5; same AUC."""
@@ -132,6 +133,7 @@ def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
     assert diff["auc"] <= 1e-6 and diff["logloss"] <= 1e-6, diff
 
 
+@pytest.mark.slow
 def test_checkpoints_resume_across_world_sizes(runner, tmp_path) -> None:
     """Adagrad, 3 tables: a 1-process checkpoint continued by 2 processes, a 2-process one by 1 and by 3."""
     rows = compare_resume(runner, tmp_path, nproc=2, resume_nproc=3)
@@ -175,6 +177,7 @@ def test_rank_zero_alone_prints_and_states_the_plan(tmp_path) -> None:
     assert payload["distributed"]["world_size"] == 2 and payload["final"]["samples"] == 101
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--mlet-hidden=-1", "--optimizer=rmsprop"])
 def test_bad_flag_is_reported_once(flag: str, tmp_path) -> None:
     ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", [flag]), tmp_path)
@@ -210,6 +213,7 @@ def unreadable_checkpoint_on_rank_one(rank: int) -> None:
         (unreadable_checkpoint_on_rank_one, "--load-model {path}: not a readable checkpoint (EOFError)"),
     ],
 )
+@pytest.mark.slow
 def test_error_on_one_rank_stops_all_with_its_message(fault: Fault, message: str, tmp_path) -> None:
     path = tmp_path / "ckpt.pt"
     in_process(scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", f"--save-model={path}"]))
@@ -240,6 +244,7 @@ def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ") and "another process has probably failed" in lines[0]
 
 
+@pytest.mark.slow
 def test_torchrun_launch(tmp_path) -> None:
     """The README's command: torchrun, 2 gloo processes; the same losses as one process."""
     flags = scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", "--dist-backend=gloo"])
@@ -303,7 +308,7 @@ def test_shard_keeps_own_samples_and_own_tables() -> None:
     labels = torch.arange(7, dtype=torch.float32)
     process = MultiProcess.__new__(MultiProcess)
     process.rank, process.world_size = 1, 2
-    process.plan = ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1))
+    process.layout = (config, ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1)))
     shard = process.shard(Batch(dense, features, labels))
     assert shard.size == 7 and torch.equal(shard.labels, labels[4:]) and torch.equal(shard.dense, dense[4:])
     expected = features.select_tables([1, 3])

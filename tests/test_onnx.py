@@ -80,6 +80,7 @@ def input_output_dims(model: onnx.ModelProto) -> dict[str, list]:
     return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
 
 
+@pytest.mark.slow
 def test_command_line_export_writes_one_file_with_dynamic_shapes(exported) -> None:
     path = exported["collapsed"][1]
     lines = exported["printed"].splitlines()
@@ -129,6 +130,7 @@ def diverged(tmp_path_factory) -> dict:
     return {"path": out / "nan.onnx", "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
+@pytest.mark.slow
 def test_a_diverged_model_is_written_but_fails_the_check_in_one_line(diverged) -> None:
     assert diverged["code"] == 2 and diverged["stdout"] == "" and diverged["path"].exists()
     assert diverged["stderr"] == (

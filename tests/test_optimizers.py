@@ -67,6 +67,7 @@ def test_lr_policy_warmup_hold_decay_floor() -> None:
     assert LRPolicy(0.3).lr(10_000) == 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adagrad"])
 @pytest.mark.parametrize(("hidden", "bag"), [(0, 1), (16, 1), (16, 3)])
 def test_fused_update_follows_torch_optimizer(make_model, name: str, hidden: int, bag: int) -> None:

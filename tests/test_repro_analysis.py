@@ -137,6 +137,7 @@ def tiny_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_results_json_holds_validation_and_test_metrics_of_the_same_model(tiny_runs) -> None:
     meta = json.loads((tiny_runs / "processed" / "meta.json").read_text())
     test_run = json.loads((tiny_runs / "mlet.json").read_text())
@@ -152,6 +153,7 @@ def test_results_json_holds_validation_and_test_metrics_of_the_same_model(tiny_r
     assert json.loads((tiny_runs / "gen.json").read_text())["val"] is None  # generated data without --eval-split=val: no validation split
 
 
+@pytest.mark.slow
 def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
     out = tiny_runs / "rank"
     code = analyze_rank.main([str(tiny_runs / "base.pt"), str(tiny_runs / "mlet.pt"), "--out", str(out), "--frequency-edges", "5,50"])

@@ -52,6 +52,7 @@ def straight(tmp_path_factory) -> tuple[dict, dict]:
         15,  # mid epoch 1, right after a --test-freq test
     ],
 )
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(stop_at: int, straight, tmp_path, monkeypatch, capsys) -> None:
     ckpt = tmp_path / "run.pt"
     with monkeypatch.context() as patch:
@@ -104,6 +105,7 @@ sys.exit(dlrm_mlet.main(sys.argv[2:]))
 KILL_AT = 13  # batch 3 of epoch 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None:
     """SIGKILL a training process inside a checkpoint save in epoch 1; the previous checkpoint is intact and resumes exactly."""

@@ -15,6 +15,7 @@ from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 SMALL = "2000-1000-500-200-100-50-20-5"
 
 
+@pytest.mark.slow
 def test_click_model_is_deterministic_and_calibrated() -> None:
     config = ClickModelConfig(table_sizes=(500, 40, 7), seed=3)
     a = ClickModel(config).sample(20_000, seed=1)
@@ -79,6 +80,7 @@ def train_synthetic(tmp_path, dim: int) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_synthetic_model_is_learnt_and_width_matters(tmp_path) -> None:
     wide, narrow = train_synthetic(tmp_path, 16), train_synthetic(tmp_path, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -101,3 +102,21 @@ class Batch:
     def pin_memory(self) -> Batch:
         """Page-locked copy for asynchronous copies to a GPU."""
         return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
+
+
+class StepBatch(Protocol):
+    """What a training step and evaluation need of a batch: a :class:`Batch`, or one process's share of
+    a global batch (``mlet.parallel.sharding.BatchShard``, whose ``sparse`` holds the owned tables' bags)."""
+
+    dense: Tensor
+    sparse: Any
+    labels: Tensor
+
+    @property
+    def size(self) -> int:
+        """Samples in the (global) batch."""
+        ...
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StepBatch:
+        """Copy to ``device``."""
+        ...

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -83,7 +84,7 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
-def add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
+def add_bool(parser: argparse._ActionsContainer, flag: str, default: bool, help: str) -> None:
     """A boolean flag usable as ``--flag``, ``--flag=true`` or ``--flag=false``."""
     parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
@@ -91,7 +92,7 @@ def add_bool(parser: argparse.ArgumentParser, flag: str, default: bool, help: st
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line, without the usage block."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         # The processes of a torchrun launch parse the same flags: rank 0 alone reports.
         self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -40,7 +40,7 @@ def ordered_map(function: Callable[[Item], Result], items: Iterable[Item], worke
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def prefetch(batches: Iterator[Item], depth: int = 4, pin: bool = False) -> Iterator[Item]:
+def prefetch(batches: Iterator[Item], depth: int = 4, pin: bool = False) -> Generator[Item, None, None]:
     """Produce ``batches`` (or any items) in a background thread, ``depth`` ahead of the consumer.
 
     Exceptions in the producer are re-raised in the consumer. Stopping early
@@ -54,7 +54,7 @@ def prefetch(batches: Iterator[Item], depth: int = 4, pin: bool = False) -> Iter
     def produce() -> None:
         try:
             for batch in batches:
-                item = batch.pin_memory() if pin else batch
+                item = cast(Any, batch).pin_memory() if pin else batch  # pin: a Batch (or anything with pin_memory)
                 while not stop.is_set():
                     try:
                         buffer.put(item, timeout=0.1)

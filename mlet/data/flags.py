@@ -14,7 +14,7 @@ from mlet.data.preprocessing.raw_data import check_input_file
 DATA_SPLITS = ("dlrm", "random-811", "by-day")
 
 
-def add_dataset_flags(group: argparse._ArgumentGroup) -> None:
+def add_dataset_flags(group: argparse._ActionsContainer) -> None:
     """The flags of ``--data-generation=dataset`` (shared by dlrm_mlet.py and ``data_utils.py preprocess``)."""
     group.add_argument("--data-set", choices=DATA_SETS, default="kaggle", help="data set for --data-generation=dataset")
     group.add_argument(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,18 @@ from mlet.data.preprocessing.cache import dense_transform, prepare
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
 TRAIN, TEST, VAL = 0, 1, 2
+
+
+class BatchSource(Protocol):
+    """Batches of one split: a length (batches per epoch) and the batches of an epoch from any batch on."""
+
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+        """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers`` threads."""
+        ...
 
 
 class RandomSource:
@@ -129,12 +142,12 @@ class DataBundle:
     has one (data sets always; generated data only under ``--eval-split=val``).
     """
 
-    train: RandomSource | ArraySource
-    test: RandomSource | ArraySource
+    train: BatchSource
+    test: BatchSource
     table_sizes: list[int]
     dense_features: int
     description: str
-    val: RandomSource | ArraySource | None = None
+    val: BatchSource | None = None
 
 
 def click_model_config(config: DataConfig, table_sizes: Sequence[int]) -> ClickModelConfig:
@@ -162,8 +175,10 @@ def build_data(config: DataConfig) -> DataBundle:
     table_sizes = list(config.table_sizes)
     train_n, test_n = config.train_samples, test_samples(config)
     evaluate = VAL if config.eval_split == "val" else TEST
+    train: BatchSource
+    test: BatchSource
     if config.generation == "random":
-        common = dict(
+        common: dict[str, Any] = dict(
             table_sizes=table_sizes,
             dense_features=config.dense_features,
             indices_per_lookup=config.indices_per_lookup,
@@ -175,9 +190,9 @@ def build_data(config: DataConfig) -> DataBundle:
         desc = "random (uniform ids, random labels)"
     else:
         model = ClickModel(click_model_config(config, table_sizes))
-        train = synthetic_source(model, train_n, TRAIN, config.batch_size, shuffle=True, seed=config.seed)
-        test = synthetic_source(model, test_n, evaluate, config.test_batch_size, shuffle=False, seed=config.seed)
-        positives = float(train.labels.mean())
+        samples = synthetic_source(model, train_n, TRAIN, config.batch_size, shuffle=True, seed=config.seed)
+        train, test = samples, synthetic_source(model, test_n, evaluate, config.test_batch_size, shuffle=False, seed=config.seed)
+        positives = float(samples.labels.mean())
         desc = f"synthetic click model (rank {config.synthetic.rank}, zipf {config.synthetic.zipf_exponent}, {positives:.1%} positives)"
     if evaluate == VAL:
         desc += "; evaluating on a validation stream"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mlet.core.batch import SparseFeatures
+from mlet.core.config import SyntheticConfig
 from mlet.core.errors import UserError
 
 DENSE_FEATURES = 13
@@ -93,19 +94,12 @@ class RandomBatches:
             yield self.make_batch(i)
 
 
-@dataclass(frozen=True)
-class ClickModelConfig:
-    """Knobs of the synthetic click model (``--synthetic-*`` flags)."""
+@dataclass(frozen=True, kw_only=True)
+class ClickModelConfig(SyntheticConfig):
+    """The click model of one data: its knobs (``--synthetic-*``), tables, dense width and seed."""
 
     table_sizes: tuple[int, ...]
     dense_features: int = DENSE_FEATURES
-    rank: int = 16
-    zipf_exponent: float = 1.05
-    interaction_std: float = 3.0
-    bias_std: float = 0.8
-    dense_std: float = 0.5
-    noise_std: float = 0.0
-    positive_rate: float = 0.25
     seed: int = 0
 
 

@@ -229,7 +229,8 @@ def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
     parallel and summed afterwards (in a fixed order: deterministic), for
     products with a long K and a small output, such as MLET's weight gradient.
     """
-    return _grouped(a, tuple(a.shape), tuple(a.stride()), b, splits)
+    (g, m, k), (sg, sm, sk) = a.shape, a.stride()
+    return _grouped(a, (g, m, k), (sg, sm, sk), b, splits)
 
 
 def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int | None = None, block_k: int | None = None, warps: int = 4) -> Tensor:
@@ -303,12 +304,12 @@ class GroupedProjection(torch.autograd.Function):
     """MLET's per-table projection ``(T, B, K) @ (T, K, d)`` with Triton forward and backward."""
 
     @staticmethod
-    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, pooled: Tensor, projection: Tensor) -> Tensor:
         ctx.save_for_backward(pooled, projection)
         return grouped_matmul(pooled, projection)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
         pooled, projection = ctx.saved_tensors
         grad_pooled = grouped_matmul(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         splits = weight_gradient_splits(pooled.shape[1])

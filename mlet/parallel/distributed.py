@@ -144,12 +144,10 @@ def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
         for start, count in segments:
             for lo in range(0, count, chunk):
                 hi = min(count, lo + chunk)
-                if rank == comm.rank:
-                    piece = local[offset + lo : offset + hi].detach().to("cpu")
-                    if comm.is_main:
-                        full[start + lo : start + hi] = piece
-                    else:
-                        dist.send(piece.contiguous(), dst=0)
+                if full is None:  # not rank 0: send this rank's rows
+                    dist.send(local[offset + lo : offset + hi].detach().to("cpu").contiguous(), dst=0)
+                elif rank == comm.rank:
+                    full[start + lo : start + hi] = local[offset + lo : offset + hi].detach().to("cpu")
                 else:
                     dist.recv(full[start + lo : start + hi], src=rank)
             offset += count
@@ -203,13 +201,16 @@ class DistributedDLRM(DLRM):
         gradient of the global mean (DDP would average). Shapes are static, so
         a CUDA graph can hold it.
         """
-        grads = [p.grad for name, p in self.named_parameters() if name not in SHARDED]
+        replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
+        grads = [p.grad for p in replicated if p.grad is not None]
+        if len(grads) != len(replicated):
+            raise RuntimeError("a replicated parameter has no gradient: the ranks' all-reduce buffers would differ")
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, group=self.comm.group)
         for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
             grad.copy_(summed.view_as(grad))
 
-    def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:
+    def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:  # type: ignore[override]  # a rank's bags, not SparseFeatures
         """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
         pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
         embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
@@ -227,7 +228,7 @@ class DistributedDLRM(DLRM):
         full = {}
         for name, tensor in super().state_dict().items():
             value = gather_rows(tensor, self.row_layouts[name], self.comm) if name in SHARDED else tensor.detach().cpu()
-            if self.comm.is_main:
+            if value is not None and self.comm.is_main:
                 full[name] = value
         return full
 
@@ -303,7 +304,7 @@ class ShardedOptimizer:
         keys = sorted({k for keys, _ in owners for k in keys})
         if any(set(keys) - set(owner_keys) for owner_keys, _ in owners):
             raise RuntimeError(f"optimizer state of {name} differs between ranks: {[sorted(k) for k, _ in owners]}")
-        merged = next((values for _, values in owners if values), {})
+        merged: dict = next((values for _, values in owners if values), {})
         for key in keys:
             local = rows.get(key, param.detach()[:0])  # a rank without rows may hold no such state
             merged = {**merged, key: gather_rows(local, self.model.row_layouts[name], comm)}
@@ -335,17 +336,32 @@ class MultiProcess:
     def __init__(self, comm: Comm, optimizer: str, backend: str) -> None:
         self.comm, self.optimizer, self.backend = comm, optimizer, backend
         self.rank, self.world_size, self.is_main, self.device = comm.rank, comm.world_size, comm.is_main, comm.device
-        self.plan: ShardingPlan | None = None
-        self.config: ModelConfig | None = None
+        self.layout: tuple[ModelConfig, ShardingPlan] | None = None  # set by build_model
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's architecture (known once the model is built)."""
+        return self.built()[0]
+
+    @property
+    def plan(self) -> ShardingPlan:
+        """Which rank owns which table (known once the model is built)."""
+        return self.built()[1]
+
+    def built(self) -> tuple[ModelConfig, ShardingPlan]:
+        """The model config and sharding plan of :meth:`build_model`."""
+        if self.layout is None:
+            raise RuntimeError("the sharding plan is made by build_model; build the model first")
+        return self.layout
 
     def build_model(self, config: ModelConfig, seed: int) -> DistributedDLRM:
         """This rank's part of the model, by a byte-balanced plan."""
-        self.config = config
-        self.plan = ShardingPlan.balanced(table_bytes(config, self.optimizer), self.world_size)
+        self.layout = (config, ShardingPlan.balanced(table_bytes(config, self.optimizer), self.world_size))
         return DistributedDLRM(config, self.comm, self.plan, seed)
 
-    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DistributedDLRM) -> ShardedOptimizer:
+    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> ShardedOptimizer:
         """The optimizer, saving and loading state in single-process layout."""
+        assert isinstance(model, DistributedDLRM), "a multi-process run shards its model"
         return ShardedOptimizer(optimizer, model)
 
     def model_from_checkpoint(self, ckpt: dict) -> DistributedDLRM:
@@ -369,13 +385,13 @@ class MultiProcess:
         """:meth:`shard` of each batch."""
         return (self.shard(batch) for batch in batches)
 
-    def all_sum(self, value: Tensor) -> Tensor:
+    def all_sum(self, value: Tensor | float) -> Tensor:
         """Sum of ``value`` over the ranks (e.g. the losses' shares); a collective."""
         total = torch.as_tensor(value, device=self.device).detach().clone()
         dist.all_reduce(total, group=self.comm.group)
         return total
 
-    def evaluate(self, model: DistributedDLRM, batches: Iterable[Batch]) -> dict:
+    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
         """CTR metrics over the whole test set: predictions are gathered in sample order and
         the metrics computed once, on rank 0, then shared with every rank."""
         sizes: list[int] = []
@@ -387,9 +403,9 @@ class MultiProcess:
 
         probs, labels = predict(model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
-        result = [ctr_metrics(gathered[0], gathered[1]) if self.is_main else None]
+        result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]
         dist.broadcast_object_list(result, src=0)
-        return result[0]
+        return dict(result[0] or {})
 
     def gather_samples(self, local: np.ndarray, batch_sizes: Sequence[int]) -> np.ndarray | None:
         """Per-sample rows (``k x n_local``) of every rank, in global sample order, on rank 0."""
@@ -399,7 +415,7 @@ class MultiProcess:
         padded[:, : local.shape[1]] = torch.from_numpy(local)
         parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_main else None
         dist.gather(padded, parts, dst=0)
-        if not self.is_main:
+        if parts is None:
             return None
         offsets, pieces = [0] * self.world_size, []
         for share in shares:
@@ -431,7 +447,7 @@ class MultiProcess:
 
     def record(self) -> dict:
         """The layout, for checkpoints and results."""
-        return {"world_size": self.world_size, "backend": self.backend, "plan": self.plan.to_dict() if self.plan else None}
+        return {"world_size": self.world_size, "backend": self.backend, "plan": self.plan.to_dict() if self.layout else None}
 
 
 @contextmanager

@@ -143,6 +143,15 @@ def frequency_metrics(probs: np.ndarray, labels: np.ndarray, rarest: np.ndarray,
 
 def data_key(flags: dict) -> tuple:
     """What identifies a run's data, from its recorded flags (checkpoints with equal keys share it)."""
-    names = ("data_generation", "data_set", "raw_data_file", "processed_data_file", "data_split", "data_split_seed", "cat_min_count", "max_ind_range")
+    names: tuple[str, ...] = (
+        "data_generation",
+        "data_set",
+        "raw_data_file",
+        "processed_data_file",
+        "data_split",
+        "data_split_seed",
+        "cat_min_count",
+        "max_ind_range",
+    )
     names += ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed") if flags.get("data_generation") != "dataset" else ()
     return tuple(str(flags.get(n)) for n in names)

@@ -170,7 +170,7 @@ class RunResult:
     shared: dict = field(default_factory=dict)  # shared_args of the run's flags
 
 
-def number(value: object) -> float:
+def number(value: float | int | str | None) -> float:
     """A JSON metric as a float (``None``, for NaN in strict JSON, is NaN)."""
     return math.nan if value is None else float(value)
 
@@ -348,15 +348,18 @@ def select(results: Iterable[RunResult], protocol: str, paper_lrs: dict[str, flo
     for (optimizer, config), by_lr in by_config_and_lr(results).items():
         lrs = list(by_lr)
         if protocol == "paper":
-            lr = paper_lrs.get(optimizer)
-            lr = round_lr(lr) if lr is not None else None
-            if lr not in by_lr:
+            paper_lr = paper_lrs.get(optimizer)
+            if paper_lr is None or round_lr(paper_lr) not in by_lr:
                 continue
+            lr = round_lr(paper_lr)
             at_edge = False
         else:
             if not any(math.isfinite(r.val_auc) for runs in by_lr.values() for r in runs):
                 continue  # no validation metrics (no validation split, or every run diverged): nothing to choose on
-            lr = best_lr(by_lr, max(len(runs) for runs in by_lr.values()))
+            best = best_lr(by_lr, max(len(runs) for runs in by_lr.values()))
+            if best is None:
+                continue
+            lr = best
             at_edge = len(lrs) > 1 and lr in (lrs[0], lrs[-1])
         selections.append(Selection(protocol, optimizer, config, lr, by_lr[lr], lrs, at_edge))
     return selections

@@ -84,9 +84,11 @@ class FrequencyData:
             if saved["data_generation"] == "random":
                 raise UserError(f"{path}: trained on random data (no id frequencies to speak of); use --no-frequency")
             data = build_data(recorded_data_config(saved, ModelConfig.from_dict(ckpt["model_config"])))
-            counts = training_counts(data.train, data.table_sizes)
-            rarest = rarest_id_counts(transformed_ids(data.test, slice(0, data.test.num_samples)), counts)
-            self.cache[key] = (data.test, rarest, counts)
+            train, test = data.train, data.test
+            assert isinstance(train, ArraySource) and isinstance(test, ArraySource), "synthetic and data-set samples are arrays"
+            counts = training_counts(train, data.table_sizes)
+            rarest = rarest_id_counts(transformed_ids(test, slice(0, test.num_samples)), counts)
+            self.cache[key] = (test, rarest, counts)
         return self.cache[key]
 
 

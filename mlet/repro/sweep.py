@@ -246,7 +246,7 @@ class Manifest:
         self.lock = threading.Lock()
         old = sweep_record(settings.run_dir) or {}
         self.data = {"settings": settings.to_dict(), "sessions": old.get("sessions", []), "runs": old.get("runs", {})}
-        self.session = {"started": now(), "host": os.uname().nodename, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+        self.session: dict[str, object] = {"started": now(), "host": os.uname().nodename, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
         self.data["sessions"].append(self.session)
         self.start = time.perf_counter()
         self.write()
@@ -284,7 +284,7 @@ def run_status(spec: RunSpec, code: int, run_dir: Path) -> str:
     return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
 
 
-def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str) -> dict[str, int]:
+def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str) -> dict:
     """Run ``specs`` on ``settings.jobs`` workers; returns counts of finished and failed runs, and the failed runs' names."""
     for sub in ("results", "logs", *(["checkpoints"] if settings.checkpoints != "none" else [])):
         (Path(settings.run_dir) / sub).mkdir(parents=True, exist_ok=True)

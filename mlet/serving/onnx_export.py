@@ -79,7 +79,7 @@ class ServingDLRM(nn.Module):
         m = self.model
         pooled = self.pooled(indices, offsets, dense.shape[0])
         if m.tables.is_mlet:
-            pooled = torch.bmm(pooled, m.tables.projection)
+            pooled = torch.bmm(pooled, m.tables.w2)
         logits = m.top(m.interaction(m.bottom(dense), pooled.transpose(0, 1))).squeeze(-1)
         return torch.sigmoid(logits)
 
@@ -109,7 +109,7 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            return torch.onnx.export(
+            program = torch.onnx.export(
                 serving,
                 example_inputs(model, 4),
                 dynamo=True,
@@ -121,6 +121,8 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
     finally:
         for log, level in zip(loggers, levels):
             log.setLevel(level)
+    assert program is not None, "dynamo export returns a program"
+    return program
 
 
 def verify(model: DLRM, path: str | os.PathLike) -> float:
@@ -170,8 +172,14 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
     except OSError as error:
         raise UserError(f"{target}: cannot write the ONNX model ({error.strerror or error})") from None
     data = target.with_name(target.name + ".data")
-    report = {"path": str(target), "external_data": str(data) if external else None, "max_abs_diff": None, "batch_sizes": list(VERIFY_BATCH_SIZES)}
+    report: dict[str, object] = {
+        "path": str(target),
+        "external_data": str(data) if external else None,
+        "max_abs_diff": None,
+        "batch_sizes": list(VERIFY_BATCH_SIZES),
+    }
     if verify_outputs:
-        report["max_abs_diff"] = verify(model, target)
-        check_agreement(target, report["max_abs_diff"])
+        difference = verify(model, target)
+        check_agreement(target, difference)
+        report["max_abs_diff"] = difference
     return report

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from mlet.core.batch import Batch
+from mlet.core.batch import StepBatch
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: torch.nn.Module, batches: Iterable[StepBatch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Click probabilities and labels for every sample of ``batches`` (no padding, no truncation)."""
     was_training = model.training
     model.eval()

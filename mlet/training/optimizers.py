@@ -12,6 +12,7 @@ from torch import nn
 
 from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
+from mlet_layers import EmbeddingTables
 
 MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
@@ -156,22 +157,22 @@ class DenseUpdate:
     @torch.no_grad()
     def step(self) -> None:
         """Update every parameter that has a gradient."""
-        live = [(p, s) for p, s in zip(self.params, self.states) if p.grad is not None]
+        live = [(p, g, s) for p, s in zip(self.params, self.states) if (g := p.grad) is not None]
         if not live:
             return
-        params = [p for p, _ in live]
-        grads = [p.grad for p, _ in live]
+        params: list[torch.Tensor] = [p for p, _, _ in live]
+        grads: list[torch.Tensor] = [g for _, g, _ in live]
         if self.name == "adagrad":
-            sums = [s["sum"] for _, s in live]
-            for _, s in live:
+            sums = [s["sum"] for _, _, s in live]
+            for _, _, s in live:
                 s["step"] += 1
             torch._foreach_addcmul_(sums, grads, grads)
             denominators = torch._foreach_add(torch._foreach_sqrt(sums), self.eps)
-            grads = torch._foreach_div(grads, denominators)
+            grads = list(torch._foreach_div(grads, list(denominators)))
         if self.lr.device.type == "cpu":  # no graph to capture: one pass, the rate as a number
             torch._foreach_add_(params, grads, alpha=-self.lr.item())
         else:
-            torch._foreach_sub_(params, torch._foreach_mul(grads, self.lr))
+            torch._foreach_sub_(params, list(torch._foreach_mul(grads, self.lr)))
 
 
 class FusedOptimizer:
@@ -181,7 +182,7 @@ class FusedOptimizer:
     :class:`CombinedOptimizer`, so checkpoints move freely between the two.
     """
 
-    def __init__(self, name: str, lr: float, tables: nn.Module, sparse: dict[str, nn.Parameter], dense: dict[str, nn.Parameter]) -> None:
+    def __init__(self, name: str, lr: float, tables: EmbeddingTables, sparse: dict[str, nn.Parameter], dense: dict[str, nn.Parameter]) -> None:
         if name not in FUSED_OPTIMIZERS:
             raise ValueError(f"the fused embedding update supports {', '.join(FUSED_OPTIMIZERS)}, not '{name}'")
         [(self.table_name, weight)] = sparse.items()
@@ -230,7 +231,7 @@ def build_optimizer(
     lr: float,
     sparse: dict[str, nn.Parameter],
     dense: dict[str, nn.Parameter],
-    fused_tables: nn.Module | None = None,
+    fused_tables: EmbeddingTables | None = None,
 ) -> CombinedOptimizer | FusedOptimizer:
     """Optimizer over named parameters; ``sparse`` ones get sparse row gradients.
 

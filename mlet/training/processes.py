@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dlrm_model import DLRM
-from mlet.core.batch import Batch
+from mlet.core.batch import Batch, StepBatch
 from mlet.core.config import ModelConfig
 from mlet.core.pipeline import prefetch
 from mlet.training.checkpoints import model_from_checkpoint
@@ -46,11 +46,11 @@ class Parallel(Protocol):
         """The optimizer as the training loop uses it (saving and loading whole-model state)."""
         ...
 
-    def shards(self, batches: Iterable[Batch]) -> Iterable:
+    def shards(self, batches: Iterable[Batch]) -> Iterable[StepBatch]:
         """This process's share of each global batch."""
         ...
 
-    def all_sum(self, value: Tensor) -> Tensor:
+    def all_sum(self, value: Tensor | float) -> Tensor | float:
         """``value`` summed over the processes."""
         ...
 
@@ -95,7 +95,7 @@ class SingleProcess:
         """The batches as they are."""
         return batches
 
-    def all_sum(self, value: Tensor) -> Tensor:
+    def all_sum(self, value: Tensor | float) -> Tensor | float:
         """The value itself (there is no other process)."""
         return value
 

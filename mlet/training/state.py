@@ -15,7 +15,9 @@ position counts in) must match, and any other change is allowed and logged.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,14 +135,14 @@ class TrainingState:
 
 def rng_state() -> dict:
     """The global random generators' states (torch, CUDA, numpy, Python) as tensors and plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         "numpy": {
             "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
@@ -163,7 +165,7 @@ def restore_rng_state(state: dict) -> None:
 
 # -- what a run may load -------------------------------------------------------
 
-ARCHITECTURE_FLAGS = [
+ARCHITECTURE_FLAGS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("table_sizes", "--arch-embedding-size", dashed),
     ("dim", "--arch-sparse-feature-size", str),
     ("mlet_hidden", "--mlet-hidden", str),
@@ -260,7 +262,7 @@ def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> l
     every other changed flag.
     """
     changes = []
-    generation = saved_flags.get("data_generation")
+    generation = str(saved_flags.get("data_generation"))
     must_match = MUST_MATCH_DATA | MUST_MATCH_BY_GENERATION.get(generation, set())
     prefixes = MUST_MATCH_PREFIXES.get(generation, ())
     skipped = BOOKKEEPING | ARCHITECTURE_ARGS | DERIVED

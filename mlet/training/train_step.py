@@ -21,12 +21,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from mlet.core.batch import Batch
+from mlet.core.batch import StepBatch
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def batch_loss(loss_fn: LossFn, logits: Tensor, batch: Batch) -> Tensor:
+def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:
     """The mean loss of ``batch``, or this process's share of it when ``batch`` holds part of a
     global batch of ``batch.size`` samples: the local mean weighted by the local share, so the
     shares of all processes add up to the global mean (see ``distributed.py``)."""
@@ -44,7 +44,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
 
-    def __call__(self, batch: Batch) -> Tensor:
+    def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch`` (already on the model's device); returns the detached loss."""
         logits = self.model(batch.dense, batch.sparse)
         loss = batch_loss(self.loss_fn, logits, batch)
@@ -91,10 +91,10 @@ class GraphedTrainStep(TrainStep):
         self.shape: object = None
         self.warmed = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_batch: Batch | None = None
+        self.static_batch: StepBatch | None = None
         self.static_loss: Tensor | None = None
 
-    def __call__(self, batch: Batch) -> Tensor:
+    def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
         if self.shape is None:
             self.shape = batch_shape(batch)
@@ -106,10 +106,11 @@ class GraphedTrainStep(TrainStep):
                 return self._side_stream_step(batch)
             self._capture(batch)
         self._load(batch)
+        assert self.graph is not None and self.static_loss is not None
         self.graph.replay()
         return self.static_loss
 
-    def _side_stream_step(self, batch: Batch) -> Tensor:
+    def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -117,7 +118,7 @@ class GraphedTrainStep(TrainStep):
         torch.cuda.current_stream().wait_stream(side)
         return loss
 
-    def _capture(self, batch: Batch) -> None:
+    def _capture(self, batch: StepBatch) -> None:
         self.static_batch = copy.deepcopy(batch)  # the graph's own input tensors
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
@@ -129,7 +130,7 @@ class GraphedTrainStep(TrainStep):
             self.optimizer.step()
             self.static_loss = loss.detach()
 
-    def _load(self, batch: Batch) -> None:
+    def _load(self, batch: StepBatch) -> None:
         for static, new in zip(batch_tensors(self.static_batch), batch_tensors(batch)):
             static.copy_(new, non_blocking=True)
 

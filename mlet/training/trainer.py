@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dlrm_model import DLRM
-from mlet.core.batch import Batch
+from mlet.core.batch import StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
@@ -190,7 +190,7 @@ class Trainer:
             log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
 
     # -- steps ---------------------------------------------------------------
-    def step(self, batch: Batch) -> torch.Tensor:
+    def step(self, batch: StepBatch) -> torch.Tensor:
         """One optimisation step; returns the (detached) batch loss."""
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         return self.train_step(batch)
@@ -243,7 +243,8 @@ class Trainer:
         batches; testing and checkpointing are excluded.
         """
         config = self.config
-        loss_sum, loss_count, window_time, window_samples = 0.0, 0, 0.0, 0
+        loss_sum: torch.Tensor | float = 0.0
+        loss_count, window_time, window_samples = 0, 0.0, 0
         workers = batch_workers(config.num_workers, self.device)
         batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
         last = time.perf_counter()

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from mlet.core.errors import UserError
@@ -195,7 +196,7 @@ def check_rows(block: ParsedBlock, path: Path, layout: Layout, skip: bool, bad: 
 class NpyWriter:
     """Appends rows to an ``.npy`` file whose row count is known only at the end (the header is patched then)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, width: int | None) -> None:
+    def __init__(self, path: Path, dtype: DTypeLike, width: int | None) -> None:
         self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
         self.file = open(path, "wb")  # noqa: SIM115 (open across many writes; closed by close())
         self.data_offset = self._write_header()
@@ -525,7 +526,7 @@ def prepare(
     layout = detect_layout(raw, data_set)
     source = source_info(Path(raw))
     reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
-    if reason is None:
+    if reason is None and meta is not None:
         skipped = f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
         log(f"using processed data in {directory} (made {meta.get('created')} from {meta['source']['path']}{skipped})")
         return Processed(directory, meta)

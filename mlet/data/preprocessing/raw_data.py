@@ -376,6 +376,7 @@ class ParsedBlock:
 
     def error_message(self, i: int, layout: Layout) -> str:
         """What is wrong with parsed row ``i``."""
+        assert self.batch is not None, "error messages need the parsed batch"
         kind, name = int(self.errors[i]), self.batch.schema.names[self.error_field[i]]
         if kind == COLUMNS:
             return f"empty line, expected {layout.expected()}"

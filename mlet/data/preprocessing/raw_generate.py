@@ -28,13 +28,15 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from mlet.core.config import SyntheticConfig
 from mlet.data.preprocessing.raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
-from mlet.data.synthetic import MODEL_FLAGS, ClickModel, ClickModelConfig
+from mlet.data.synthetic import ClickModel, ClickModelConfig
 
 # Distinct values of C1-C26 in the full Criteo-Kaggle train.txt (../shared/data/README.md).
 KAGGLE_CARDINALITIES = (
@@ -131,13 +133,13 @@ def scramble(ids: np.ndarray, salt: int) -> np.ndarray:
 class RawGenerator:
     """The click model for one data set's raw format; see the module docstring."""
 
-    def __init__(self, data_set: str, rows: int, seed: int = 0, scale: float = 0.01, **model: float) -> None:
+    def __init__(self, data_set: str, rows: int, seed: int = 0, scale: float = 0.01, **model: Any) -> None:
         if data_set not in ("kaggle", "avazu"):
             raise ValueError(f"unknown data set {data_set}")
         self.data_set, self.rows, self.seed = data_set, int(rows), seed
         full = KAGGLE_CARDINALITIES if data_set == "kaggle" else AVAZU_CARDINALITIES
-        extra = {"dense_features": 13} if data_set == "kaggle" else {"dense_features": 1, "dense_std": 0.0}
-        self.config = ClickModelConfig(table_sizes=scaled_sizes(full, scale), seed=seed, **{**extra, **model})
+        knobs = model if data_set == "kaggle" else {"dense_std": 0.0, **model}
+        self.config = ClickModelConfig(table_sizes=scaled_sizes(full, scale), dense_features=13 if data_set == "kaggle" else 1, seed=seed, **knobs)
         self.model = ClickModel(self.config)
         self.salts = np.random.default_rng([seed, 8191]).integers(0, 2**32, len(full)).tolist()
 
@@ -212,4 +214,4 @@ class RawGenerator:
 
 def model_defaults() -> dict[str, float]:
     """The click model's default knobs, by field name."""
-    return {f.name: f.default for f in dataclasses.fields(ClickModelConfig) if f.name in MODEL_FLAGS.values()}
+    return dataclasses.asdict(SyntheticConfig())
