@@ -114,8 +114,15 @@ def summary(ckpt: dict, path: str | os.PathLike) -> dict:
 def _metrics_line(name: str, m: dict | None) -> str:
     if not m:
         return f"{name} -"
-    values = ", ".join(f"{key} {m[key]:.6f}" for key in ("auc", "logloss", "accuracy") if isinstance(m.get(key), float) and math.isfinite(m[key]))
-    return f"{name} {values} (epoch {m.get('epoch')}, iteration {m.get('iteration')}, {m.get('samples', 0):,} test samples)"
+    values = ", ".join(
+        f"{key} {m[key]:.6f}"
+        for key in ("auc", "logloss", "accuracy")
+        if isinstance(m.get(key), float) and math.isfinite(m[key])
+    )
+    return (
+        f"{name} {values} (epoch {m.get('epoch')}, iteration {m.get('iteration')}, "
+        f"{m.get('samples', 0):,} test samples)"
+    )
 
 
 def format_summary(s: dict) -> str:
@@ -125,29 +132,43 @@ def format_summary(s: dict) -> str:
     if s["kind"] == TRAINING:
         kind = "training (resumable)"
     else:
-        kind = f"inference (collapsed from MLET K={k}; no optimizer state)" if k else "inference (plain tables; no optimizer state)"
+        kind = (
+            f"inference (collapsed from MLET K={k}; no optimizer state)"
+            if k
+            else "inference (plain tables; no optimizer state)"
+        )
     pos = s["position"] or {}
     params = s["parameters"]
     train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
+    trained_as = f"MLET K={k}" if k else "plain"
+    stored_as = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
     rows = [
         ("file", f"{s['file']} ({mib(s['file_bytes'])})"),
         ("kind", kind),
         ("format", f"{FORMAT} v{s['version']}, torch {s['torch']}"),
-        ("position", f"epoch {pos.get('epoch')}, batch {pos.get('batch')}, iteration {pos.get('iteration')}" if pos else "-"),
+        (
+            "position",
+            f"epoch {pos.get('epoch')}, batch {pos.get('batch')}, iteration {pos.get('iteration')}" if pos else "-",
+        ),
         (
             "model",
-            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {f'MLET K={k}' if k else 'plain'}"
-            f" (stored as {f'MLET K={stored.mlet_hidden}' if stored.mlet_hidden else 'plain d-wide tables'});"
-            f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, interaction {trained.interaction}",
+            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {trained_as}"
+            f" (stored as {stored_as});"
+            f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, "
+            f"interaction {trained.interaction}",
         ),
         ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
         ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),
         (
             "parameters",
-            f"training {params['training']['count']:,} ({mib(train_b)}), inference {params['inference']['count']:,} ({mib(infer_b)}):"
+            f"training {params['training']['count']:,} ({mib(train_b)}), "
+            f"inference {params['inference']['count']:,} ({mib(infer_b)}):"
             f" inference is {train_b / infer_b:.2f}x smaller" + (" (MLET collapsed)" if k else ""),
         ),
-        ("embeddings", f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}"),
+        (
+            "embeddings",
+            f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}",
+        ),
         ("metrics", _metrics_line("final", s["final"])),
         ("", _metrics_line("best", s["best"])),
     ]
@@ -156,11 +177,23 @@ def format_summary(s: dict) -> str:
     lines.append(f"{'table':>5} {'rows':>14} {'trained as':>12} {'training':>12} {'inference':>12}")
     width = f"{k}x{trained.dim}" if k else f"{trained.dim}"
     for t in s["tables"]:
-        lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {mib(t['training_bytes']):>12} {mib(t['inference_bytes']):>12}")
+        training, inference = mib(t["training_bytes"]), mib(t["inference_bytes"])
+        lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {training:>12} {inference:>12}")
     lines.append("")
-    flags = " ".join(f"{flag_name(key)}={value}" for key, value in sorted(s["args"].items()) if isinstance(value, (str, int, float, bool)))
+    flags = " ".join(
+        f"{flag_name(key)}={value}"
+        for key, value in sorted(s["args"].items())
+        if isinstance(value, (str, int, float, bool))
+    )
     lines.extend(
-        textwrap.wrap(flags, width=120, initial_indent="args        ", subsequent_indent=" " * 12, break_on_hyphens=False, break_long_words=False)
+        textwrap.wrap(
+            flags,
+            width=120,
+            initial_indent="args        ",
+            subsequent_indent=" " * 12,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
         or ["args        -"]
     )
     return "\n".join(lines)
@@ -190,7 +223,10 @@ def cmd_collapse(args: argparse.Namespace) -> None:
     before = Path(args.input).stat().st_size
     atomic_save(out, args.output)
     after = Path(args.output).stat().st_size
-    print(f"wrote {args.output}: inference checkpoint, K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}")
+    print(
+        f"wrote {args.output}: inference checkpoint, "
+        f"K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}"
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -209,10 +245,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
         model = model_from_checkpoint(ckpt)
     report = export_onnx(model, args.output, verify_outputs=args.verify)
     where = f", weights in {report['external_data']}" if report["external_data"] else ""
-    print(f"wrote {args.output} ({'MLET K=' + str(model.config.mlet_hidden) if model.config.mlet_hidden else 'plain tables'}{where})")
+    tables = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain tables"
+    print(f"wrote {args.output} ({tables}{where})")
     if report.get("max_abs_diff") is not None:
+        batch_sizes = ", ".join(map(str, report["batch_sizes"]))
         print(
-            f"onnxruntime check: max abs diff {report['max_abs_diff']:.3g} vs torch at batch sizes {', '.join(map(str, report['batch_sizes']))} (multi-hot bags)"
+            f"onnxruntime check: max abs diff {report['max_abs_diff']:.3g} vs torch at batch sizes {batch_sizes} "
+            "(multi-hot bags)"
         )
 
 
@@ -220,7 +259,9 @@ def build_parser() -> OneLineParser:
     """The ``checkpoint.py`` command line."""
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    c = sub.add_parser("collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)")
+    c = sub.add_parser(
+        "collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)"
+    )
     c.add_argument("input", metavar="IN")
     c.add_argument("output", metavar="OUT")
     c.set_defaults(handler=cmd_collapse)
@@ -228,10 +269,17 @@ def build_parser() -> OneLineParser:
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(handler=cmd_info)
-    e = sub.add_parser("export-onnx", help="export the model as ONNX (dense [B,D], indices [N], offsets [T*B+1] -> probabilities [B])")
+    e = sub.add_parser(
+        "export-onnx", help="export the model as ONNX (dense [B,D], indices [N], offsets [T*B+1] -> probabilities [B])"
+    )
     e.add_argument("input", metavar="IN")
     e.add_argument("output", metavar="OUT")
-    e.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True, help="compare onnxruntime's outputs with torch's")
+    e.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare onnxruntime's outputs with torch's",
+    )
     e.set_defaults(handler=cmd_export_onnx)
     return p
 

@@ -16,7 +16,15 @@ import sys
 from collections.abc import Sequence
 
 from mlet.core.config import DATA_SETS
-from mlet.core.errors import OneLineParser, UserError, add_bool, check_output_file, check_seed, require_at_least, run_reporting_errors
+from mlet.core.errors import (
+    OneLineParser,
+    UserError,
+    add_bool,
+    check_output_file,
+    check_seed,
+    require_at_least,
+    run_reporting_errors,
+)
 from mlet.data.flags import add_dataset_flags, dataset_config
 from mlet.data.preprocessing.cache import prepare
 from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
@@ -25,7 +33,9 @@ from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 
 def command_line_parser() -> argparse.ArgumentParser:
     """``data_utils.py generate ...`` and ``data_utils.py preprocess ...``."""
-    parser = OneLineParser(prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files.")
+    parser = OneLineParser(
+        prog="data_utils.py", description="Synthetic raw data files, and preprocessing of raw data files."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="write the synthetic click model in a data set's raw format")
     gen.add_argument("data_set", choices=DATA_SETS)
@@ -35,7 +45,9 @@ def command_line_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scale", type=float, default=0.01, help="table sizes as a share of the real data set's")
     defaults = model_defaults()
     for flag, name in MODEL_FLAGS.items():
-        gen.add_argument(flag, type=type(defaults[name]), default=defaults[name], dest=name, help=f"click model: {name}")
+        gen.add_argument(
+            flag, type=type(defaults[name]), default=defaults[name], dest=name, help=f"click model: {name}"
+        )
     pre = commands.add_parser("preprocess", help="preprocess a raw file into --processed-data-file (as training would)")
     add_dataset_flags(pre)
     add_bool(pre, "--progress", True, "show progress bars (only on a terminal)")
@@ -45,7 +57,9 @@ def command_line_parser() -> argparse.ArgumentParser:
 def command_line(argv: Sequence[str] | None = None) -> int:
     """Run ``generate`` or ``preprocess``; bad input ends with one line on stderr and exit code 2."""
     args = command_line_parser().parse_args(argv)
-    return run_reporting_errors("data_utils.py", lambda: generate_command(args) if args.command == "generate" else preprocess_command(args))
+    return run_reporting_errors(
+        "data_utils.py", lambda: generate_command(args) if args.command == "generate" else preprocess_command(args)
+    )
 
 
 def generate_command(args: argparse.Namespace) -> None:
@@ -65,7 +79,13 @@ def preprocess_command(args: argparse.Namespace) -> None:
     """``data_utils.py preprocess``: build (or check) the processed cache of a raw file."""
     dataset = dataset_config(args)
     data = prepare(
-        dataset.raw_data_file, dataset.processed_data_file, dataset.data_set, dataset.split, dataset.split_seed, dataset.skip_bad_rows, args.progress
+        dataset.raw_data_file,
+        dataset.processed_data_file,
+        dataset.data_set,
+        dataset.split,
+        dataset.split_seed,
+        dataset.skip_bad_rows,
+        args.progress,
     )
     sizes = data.limits(dataset.cat_min_count, dataset.max_ind_range).table_sizes
     print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")

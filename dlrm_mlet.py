@@ -27,7 +27,16 @@ from mlet.core.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from mlet.core.errors import OneLineParser, UserError, add_bool, check_distinct_outputs, check_output_file, check_seed, one_line, require_at_least
+from mlet.core.errors import (
+    OneLineParser,
+    UserError,
+    add_bool,
+    check_distinct_outputs,
+    check_output_file,
+    check_seed,
+    one_line,
+    require_at_least,
+)
 from mlet.core.launch import is_main_process, log
 from mlet.data.flags import add_dataset_flags, dataset_config
 from mlet.data.preprocessing.cache import DENSE_INPUTS
@@ -53,7 +62,10 @@ def build_parser() -> OneLineParser:
         "--arch-embedding-size",
         type=str,
         default=None,
-        help=f"rows of each table, dash-separated (generated data: {DEFAULT_EMBEDDING_SIZE} if not given; data sets: the data's sizes, which a given value must match)",
+        help=(
+            f"rows of each table, dash-separated (generated data: {DEFAULT_EMBEDDING_SIZE} if not given; "
+            "data sets: the data's sizes, which a given value must match)"
+        ),
     )
     arch.add_argument("--arch-mlp-bot", type=str, default="4-3-2", help="bottom MLP widths, dense input first, d last")
     arch.add_argument("--arch-mlp-top", type=str, default="4-2-1", help="top MLP widths after the interaction, 1 last")
@@ -65,12 +77,23 @@ def build_parser() -> OneLineParser:
     data = p.add_argument_group("data")
     data.add_argument("--data-generation", choices=DATA_GENERATIONS, default="random")
     data.add_argument("--data-size", type=int, default=1, help="training samples of generated data")
-    data.add_argument("--test-data-size", type=int, default=None, help="test samples of generated data (default: a quarter of train, at most 262144)")
+    data.add_argument(
+        "--test-data-size",
+        type=int,
+        default=None,
+        help="test samples of generated data (default: a quarter of train, at most 262144)",
+    )
     data.add_argument("--num-batches", type=int, default=0, help="training batches per epoch (0: all)")
-    data.add_argument("--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)")
-    add_bool(data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids")
+    data.add_argument(
+        "--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)"
+    )
+    add_bool(
+        data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids"
+    )
     add_dataset_flags(data)
-    data.add_argument("--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)")
+    data.add_argument(
+        "--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)"
+    )
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
     synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
@@ -89,7 +112,10 @@ def build_parser() -> OneLineParser:
         "--embedding-update",
         choices=("auto", "fused", "autograd"),
         default="auto",
-        help="fused: table rows updated inside the backward (sgd, adagrad); autograd: sparse gradients + torch optimizer; auto: fused where supported",
+        help=(
+            "fused: table rows updated inside the backward (sgd, adagrad); "
+            "autograd: sparse gradients + torch optimizer; auto: fused where supported"
+        ),
     )
     train.add_argument("--learning-rate", type=float, default=0.01)
     train.add_argument("--mini-batch-size", type=int, default=1)
@@ -106,7 +132,10 @@ def build_parser() -> OneLineParser:
     test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
     test.add_argument("--test-mini-batch-size", type=int, default=-1, help="(default: --mini-batch-size)")
     test.add_argument(
-        "--eval-split", choices=("test", "val"), default="test", help="split the reported metrics come from (val: to choose settings without seeing test)"
+        "--eval-split",
+        choices=("test", "val"),
+        default="test",
+        help="split the reported metrics come from (val: to choose settings without seeing test)",
     )
     test.add_argument("--print-freq", type=int, default=0, help="log every N iterations (0: about 20 lines per epoch)")
     add_bool(test, "--print-time", False, "add ms/it and samples/s to the training log lines")
@@ -117,15 +146,32 @@ def build_parser() -> OneLineParser:
 
     ckpt = p.add_argument_group("checkpoints")
     ckpt.add_argument("--save-model", type=str, default="", help="write a resumable checkpoint here")
-    ckpt.add_argument("--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)")
-    ckpt.add_argument("--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint")
-    ckpt.add_argument("--save-collapsed", type=str, default="", help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here")
+    ckpt.add_argument(
+        "--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)"
+    )
+    ckpt.add_argument(
+        "--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint"
+    )
+    ckpt.add_argument(
+        "--save-collapsed",
+        type=str,
+        default="",
+        help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here",
+    )
 
     multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
     multi.add_argument(
-        "--dist-backend", choices=process_group.BACKENDS, default=None, help="torch.distributed backend (default: nccl with --use-gpu, else gloo)"
+        "--dist-backend",
+        choices=process_group.BACKENDS,
+        default=None,
+        help="torch.distributed backend (default: nccl with --use-gpu, else gloo)",
     )
-    multi.add_argument("--dist-timeout", type=int, default=process_group.DEFAULT_TIMEOUT_S, help="seconds a collective may wait for the other processes")
+    multi.add_argument(
+        "--dist-timeout",
+        type=int,
+        default=process_group.DEFAULT_TIMEOUT_S,
+        help="seconds a collective may wait for the other processes",
+    )
     return p
 
 
@@ -169,17 +215,26 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     d = args.arch_sparse_feature_size
     if d < 1:
         raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    table_sizes = parse_dashed("--arch-embedding-size", DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size)
+    table_sizes = parse_dashed(
+        "--arch-embedding-size",
+        DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size,
+    )
     bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
     top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
     if len(bottom_mlp) < 2 or bottom_mlp[-1] != d:
-        raise UserError(f"--arch-mlp-bot: must have at least two widths and end in d={d} (--arch-sparse-feature-size), got '{args.arch_mlp_bot}'")
+        raise UserError(
+            f"--arch-mlp-bot: must have at least two widths and end in d={d} (--arch-sparse-feature-size), "
+            f"got '{args.arch_mlp_bot}'"
+        )
     if top_mlp[-1] != 1:
         raise UserError(f"--arch-mlp-top: must end in 1 (one click logit), got '{args.arch_mlp_top}'")
     if args.mlet_hidden < 0:
         raise UserError(f"--mlet-hidden: must be >= 0 (0 for plain tables), got {args.mlet_hidden}")
     if 0 < args.mlet_hidden < d:
-        raise UserError(f"--mlet-hidden: K={args.mlet_hidden} is smaller than d={d}; MLET's inner width must be >= --arch-sparse-feature-size")
+        raise UserError(
+            f"--mlet-hidden: K={args.mlet_hidden} is smaller than d={d}; "
+            "MLET's inner width must be >= --arch-sparse-feature-size"
+        )
     try:
         parse_projection_init(args.mlet_init)
     except ValueError as error:
@@ -219,7 +274,9 @@ def check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--learning-rate: must be a positive number, got {args.learning_rate}")
     check_seed("--numpy-rand-seed", args.numpy_rand_seed)
     if args.test_mini_batch_size == 0 or args.test_mini_batch_size < -1:
-        raise UserError(f"--test-mini-batch-size: must be >= 1 (or -1: --mini-batch-size), got {args.test_mini_batch_size}")
+        raise UserError(
+            f"--test-mini-batch-size: must be >= 1 (or -1: --mini-batch-size), got {args.test_mini_batch_size}"
+        )
     if args.test_data_size is not None and args.test_data_size < 1:
         raise UserError(f"--test-data-size: must be >= 1, got {args.test_data_size}")
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
@@ -230,7 +287,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """How to train, log and checkpoint (``--embedding-update=auto`` resolved); checked."""
     loss_weights = parse_loss_weights(args.loss_weights)
     if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
-        raise UserError(f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}")
+        raise UserError(
+            f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}"
+        )
     embedding_update = args.embedding_update
     if embedding_update == "auto":
         embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
@@ -262,8 +321,15 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
     """Where batches come from: generated data of ``model``'s tables, or ``dataset`` (its sizes checked
     against an explicit ``--arch-embedding-size``, and its dense width against ``--arch-mlp-bot``)."""
     if dataset is not None and model.bottom_mlp[0] != DENSE_INPUTS[dataset.data_set]:
-        why = "the 13 counts I1-I13" if dataset.data_set == "kaggle" else "one constant input, as Avazu has no dense features"
-        raise UserError(f"--arch-mlp-bot: must start with {DENSE_INPUTS[dataset.data_set]} for {dataset.data_set} ({why}), got '{args.arch_mlp_bot}'")
+        why = (
+            "the 13 counts I1-I13"
+            if dataset.data_set == "kaggle"
+            else "one constant input, as Avazu has no dense features"
+        )
+        raise UserError(
+            f"--arch-mlp-bot: must start with {DENSE_INPUTS[dataset.data_set]} for {dataset.data_set} ({why}), "
+            f"got '{args.arch_mlp_bot}'"
+        )
     explicit_sizes = dataset is None or args.arch_embedding_size is not None
     return DataConfig(
         generation=args.data_generation,
@@ -277,7 +343,9 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
         indices_per_lookup_fixed=args.num_indices_per_lookup_fixed,
         seed=args.numpy_rand_seed,
         eval_split=args.eval_split,
-        synthetic=SyntheticConfig(**{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}),
+        synthetic=SyntheticConfig(
+            **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}
+        ),
         dataset=dataset,
         progress=args.progress,
     )
@@ -295,20 +363,37 @@ def check_run_files(args: argparse.Namespace) -> None:
     if args.save_freq and not args.save_model:
         raise UserError("--save-freq: needs --save-model (the checkpoint to write)")
     if args.inference_only and args.save_collapsed:
-        raise UserError("--save-collapsed: not with --inference-only; collapse a saved checkpoint with: python checkpoint.py collapse IN OUT")
+        raise UserError(
+            "--save-collapsed: not with --inference-only; "
+            "collapse a saved checkpoint with: python checkpoint.py collapse IN OUT"
+        )
     if args.inference_only and args.save_model:
-        raise UserError("--save-model: not with --inference-only (nothing is trained); collapse a checkpoint with: python checkpoint.py collapse IN OUT")
+        raise UserError(
+            "--save-model: not with --inference-only (nothing is trained); "
+            "collapse a checkpoint with: python checkpoint.py collapse IN OUT"
+        )
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     process_group.check_backend(args.dist_backend, args.use_gpu)
 
 
 def validate_outputs(args: argparse.Namespace) -> None:
-    """The files the run writes: distinct, and writable now rather than after training (checked by the writing process)."""
-    outputs = {"--save-model": args.save_model, "--save-collapsed": args.save_collapsed, "--results-json": args.results_json}
+    """The files the run writes: distinct, and writable now rather than after training (checked by the writing
+    process)."""
+    outputs = {
+        "--save-model": args.save_model,
+        "--save-collapsed": args.save_collapsed,
+        "--results-json": args.results_json,
+    }
     check_distinct_outputs(outputs)
     if args.load_model:
-        check_distinct_outputs({"--load-model": args.load_model, "--results-json": args.results_json, "--save-collapsed": args.save_collapsed})
+        check_distinct_outputs(
+            {
+                "--load-model": args.load_model,
+                "--results-json": args.results_json,
+                "--save-collapsed": args.save_collapsed,
+            }
+        )
     if is_main_process():
         for flag, path in outputs.items():
             if path:
@@ -384,9 +469,13 @@ def describe(model: DLRM, data: DataBundle) -> None:
     report = parameter_report(model)
     config = model.config
     kind = f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"
-    log(f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), test {data.test.num_samples:,}")
     log(
-        f"model: {len(data.table_sizes)} tables ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), bottom {dashed(config.bottom_mlp)},"
+        f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), "
+        f"test {data.test.num_samples:,}"
+    )
+    log(
+        f"model: {len(data.table_sizes)} tables ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), "
+        f"bottom {dashed(config.bottom_mlp)},"
         f" top {config.interaction_width()}-{dashed(config.top_mlp)}, interaction {config.interaction}"
     )
     log(

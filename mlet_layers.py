@@ -73,7 +73,9 @@ class _LookupWithRowUpdate(torch.autograd.Function):
         if ctx.one_hot:
             ctx.update(ids, grad_pooled)  # one id per bag: the bag gradient is the id's
         else:
-            bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(offsets.diff(), output_size=ids.numel())
+            bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(
+                offsets.diff(), output_size=ids.numel()
+            )
             ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
         return None, None, None, None, None
 
@@ -127,7 +129,9 @@ class _BatchedProjection(torch.autograd.Function):
         pooled, projection = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_pooled = torch.bmm(grad_out, projection.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_projection = torch.bmm(grad_out.transpose(1, 2), pooled).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        grad_projection = (
+            torch.bmm(grad_out.transpose(1, 2), pooled).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        )
         return grad_pooled, grad_projection
 
 
@@ -223,7 +227,9 @@ class EmbeddingTables(nn.Module):
         self.row_bounds = [0, *itertools.accumulate(self.table_sizes)]
         offsets = torch.tensor(self.row_bounds, dtype=torch.int64, device=device)
         self.register_buffer("row_offsets", offsets, persistent=False)
-        self.weight = nn.Parameter(host_memory.empty_table((self.row_bounds[-1], self.hidden or self.dim), device=device))
+        self.weight = nn.Parameter(
+            host_memory.empty_table((self.row_bounds[-1], self.hidden or self.dim), device=device)
+        )
         if self.hidden:
             self.projection = nn.Parameter(torch.empty(len(self.table_sizes), self.hidden, self.dim, device=device))
         else:
@@ -312,14 +318,18 @@ class EmbeddingTables(nn.Module):
         if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
             pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update, features.one_hot)
         else:
-            pooled = F.embedding_bag(ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True)
+            pooled = F.embedding_bag(
+                ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True
+            )
         return pooled.view(self.num_tables, features.batch_size, -1)
 
     def forward(self, features: SparseFeatures) -> Tensor:
         """Pooled embeddings, ``B x T x d``."""
         if self._fused_mlet_path(features):
             ids = self.global_indices(features)
-            return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(0, 1)
+            return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(
+                0, 1
+            )
         pooled = self.pooled_rows(features)
         if self.is_mlet:
             pooled = project(pooled, self.w2)

@@ -26,7 +26,9 @@ def machine() -> dict:
     info = {
         "host": platform.node(),
         "cpus": os.cpu_count(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.machine()),
+        "cpu": next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.machine()
+        ),
         "memory_mib": next((int(line.split()[1]) // 1024 for line in meminfo if line.startswith("MemTotal")), 0),
         "load_average": os.getloadavg(),
         "python": platform.python_version(),
@@ -66,7 +68,8 @@ def median_of_rounds(timers: dict[str, Callable[[], float]], rounds: int) -> dic
 
 
 def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
-    """Run ``code`` in a fresh Python, in ``bench/`` (so it imports the benchmarks' modules); it prints one JSON line last.
+    """Run ``code`` in a fresh Python, in ``bench/`` (so it imports the benchmarks' modules); it prints one
+    JSON line last.
 
     Returns (that JSON, with ``cpu_seconds`` (user + system time, which other
     load on a shared machine does not inflate) added unless the child measured
@@ -74,7 +77,12 @@ def run_child(code: str, env: dict | None = None) -> tuple[dict, float, int]:
     """
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=BENCH, env={**os.environ, **(env or {})}, text=True
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=BENCH,
+        env={**os.environ, **(env or {})},
+        text=True,
     )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start

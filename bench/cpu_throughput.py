@@ -108,7 +108,9 @@ def main() -> None:
             base = by_key[(r["d"], r["batch"], "baseline")]
             r["mlet_overhead_vs_our_baseline"] = base["ours_samples_per_s"] / r["ours_samples_per_s"]
             r["ref_mlet_overhead"] = base["reference_samples_per_s"] / r["reference_samples_per_s"]
-    print_table(rows, ["model", "d", "batch", "reference_samples_per_s", "ours_samples_per_s", "speedup", "ours_ms_per_step"])
+    print_table(
+        rows, ["model", "d", "batch", "reference_samples_per_s", "ours_samples_per_s", "speedup", "ours_ms_per_step"]
+    )
     path = save("cpu_throughput", {"table_rows": sum(sizes), "scale": args.scale, "rows": rows})
     print(f"wrote {path}")
 

@@ -143,9 +143,21 @@ def driver(args: argparse.Namespace, argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for nproc in args.procs:
             out = Path(tmp) / f"rows{nproc}.json"
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", __file__, *argv, "--worker", f"--out={out}"]
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                __file__,
+                *argv,
+                "--worker",
+                f"--out={out}",
+            ]
             print("$", " ".join(command), flush=True)
-            subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            subprocess.run(
+                command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            )
             rows += json.loads(out.read_text())
     single: dict[tuple, float] = {}
     for r in rows:
@@ -155,7 +167,9 @@ def driver(args: argparse.Namespace, argv: list[str]) -> None:
     for row in rows:
         base = single.get((row["model"], row["global_batch"]))
         row["speedup_vs_best_1"] = row["samples_per_s"] / base if base else None
-    print_table(rows, ["model", "processes", "step", "global_batch", "samples_per_s", "ms_per_step", "speedup_vs_best_1"])
+    print_table(
+        rows, ["model", "processes", "step", "global_batch", "samples_per_s", "ms_per_step", "speedup_vs_best_1"]
+    )
     name = f"distributed_throughput_{'gpu' if args.use_gpu else 'cpu'}"
     extra = {"table_rows": sum(scaled_cardinalities(args.scale)), "scale": args.scale, "optimizer": args.optimizer}
     print(f"wrote {save(name, {**extra, 'rows': rows})}")

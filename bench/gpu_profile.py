@@ -36,7 +36,8 @@ def kernel_table(dim: int, hidden: int, batch: int, scale: float, steps: int = 2
     events = prof.key_averages()
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     total = sum(getattr(e, key) for e in events)
-    print(f"\n== {'MLET K=' + str(hidden) if hidden else 'baseline'} d={dim} batch={batch}: {total / steps / 1000:.3f} ms GPU time per step")
+    model_name = f"MLET K={hidden}" if hidden else "baseline"
+    print(f"\n== {model_name} d={dim} batch={batch}: {total / steps / 1000:.3f} ms GPU time per step")
     for e in sorted(events, key=lambda e: -getattr(e, key))[:25]:
         us = getattr(e, key) / steps
         if us > 0:

@@ -113,7 +113,9 @@ def our_step(model: DLRM, variant: str) -> TrainStep:
     return TrainStep(model, loss_fn, opt)
 
 
-def bench_one(sizes: list[int], dim: int, hidden: int, batch: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
+def bench_one(
+    sizes: list[int], dim: int, hidden: int, batch: int, args: argparse.Namespace, device: torch.device
+) -> list[dict]:
     """Time every variant for one (d, K, batch)."""
     batches = make_batches(sizes, batch, 4, device)
     config = ModelConfig(tuple(sizes), dim, (13, 512, 256, 64, dim), (512, 256, 1), mlet_hidden=hidden)
@@ -243,7 +245,10 @@ def main() -> None:
                 rows.append(pipeline_throughput(sizes, 16, hidden, batch, args.pipeline_rows, device))
                 print(rows[-1], flush=True)
     add_ratios(rows)
-    checks = {f"loss_curve_max_diff_{'mlet' if h else 'baseline'}_d16": loss_curve_check(sizes, 16, h, device) for h in (0, args.hidden)}
+    checks = {
+        f"loss_curve_max_diff_{'mlet' if h else 'baseline'}_d16": loss_curve_check(sizes, 16, h, device)
+        for h in (0, args.hidden)
+    }
     print(checks)
     print_table(rows, ["model", "d", "batch", "variant", "ms_per_step", "samples_per_s"])
     path = save(args.out, {"table_rows": sum(sizes), "checks": checks, "rows": rows})

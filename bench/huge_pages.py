@@ -58,9 +58,15 @@ def row_traffic(rows: int, width: int, occurrences: int, reps: int, rounds: int)
     timers = {}
     for kind, table in tables.items():
         timers[f"gather_{kind}"] = lambda table=table: time_steps(lambda i: table.index_select(0, ids), reps, warmup=1)
-        timers[f"update_{kind}"] = lambda table=table: time_steps(lambda i: table.scatter_add_(0, expanded, grads), reps, warmup=1)
+        timers[f"update_{kind}"] = lambda table=table: time_steps(
+            lambda i: table.scatter_add_(0, expanded, grads), reps, warmup=1
+        )
     ms = {name: 1000 * s for name, s in median_of_rounds(timers, rounds).items()}
-    row = {"what": f"{occurrences} rows of {width} floats", "table_rows": rows, "huge_page_mib": host_memory.huge_page_bytes(tables["huge"]) >> 20}
+    row = {
+        "what": f"{occurrences} rows of {width} floats",
+        "table_rows": rows,
+        "huge_page_mib": host_memory.huge_page_bytes(tables["huge"]) >> 20,
+    }
     for op in ("gather", "update"):
         row[f"{op}_ms_small"], row[f"{op}_ms_huge"] = ms[f"{op}_small"], ms[f"{op}_huge"]
         row[f"{op}_small_over_huge"] = ms[f"{op}_small"] / ms[f"{op}_huge"]
@@ -109,11 +115,30 @@ def main() -> None:
         steps.append(training_steps(sizes, args.dim, hidden, args.batch, args.samples, args.rounds))
         gc.collect()
         print(steps[-1], flush=True)
-    print_table(traffic, ["what", "gather_ms_small", "gather_ms_huge", "gather_small_over_huge", "update_ms_small", "update_ms_huge", "update_small_over_huge"])
+    print_table(
+        traffic,
+        [
+            "what",
+            "gather_ms_small",
+            "gather_ms_huge",
+            "gather_small_over_huge",
+            "update_ms_small",
+            "update_ms_huge",
+            "update_small_over_huge",
+        ],
+    )
     print_table(steps, ["what", "step_ms_small", "step_ms_huge", "step_small_over_huge"])
     steps[1]["mlet_over_baseline_small"] = steps[1]["step_ms_small"] / steps[0]["step_ms_small"]
     steps[1]["mlet_over_baseline_huge"] = steps[1]["step_ms_huge"] / steps[0]["step_ms_huge"]
-    path = save("huge_pages", {"thp_mode": host_memory.transparent_huge_pages_mode(), "scale": args.scale, "row_traffic": traffic, "training_steps": steps})
+    path = save(
+        "huge_pages",
+        {
+            "thp_mode": host_memory.transparent_huge_pages_mode(),
+            "scale": args.scale,
+            "row_traffic": traffic,
+            "training_steps": steps,
+        },
+    )
     print(f"wrote {path}")
 
 

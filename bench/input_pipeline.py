@@ -30,11 +30,18 @@ from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
 from mlet.training.trainer import Trainer
 
-MODEL = ["--arch-sparse-feature-size=4", "--mlet-hidden=64", "--arch-mlp-bot=13-512-256-64-4", "--arch-mlp-top=512-256-1", "--learning-rate=0.1"]
+MODEL = [
+    "--arch-sparse-feature-size=4",
+    "--mlet-hidden=64",
+    "--arch-mlp-bot=13-512-256-64-4",
+    "--arch-mlp-top=512-256-1",
+    "--learning-rate=0.1",
+]
 
 
 def per_batch(batches, count: int) -> float:
-    """Seconds per batch over ``count`` batches of an iterator (after the first, which also draws the epoch's permutation)."""
+    """Seconds per batch over ``count`` batches of an iterator (after the first, which also draws the epoch's
+    permutation)."""
     next(batches)
     start = time.perf_counter()
     n = sum(1 for _ in itertools.islice(batches, count))
@@ -55,7 +62,9 @@ def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int)
     )
     data = build_data(run.data)
     first_touch = per_batch(data.train.batches(0), batches)  # maps the pages of the memory maps
-    direct = min(per_batch(data.train.batches(epoch), batches) for epoch in (1, 2, 3))  # best of 3: the machine is shared
+    direct = min(
+        per_batch(data.train.batches(epoch), batches) for epoch in (1, 2, 3)
+    )  # best of 3: the machine is shared
     through_thread = min(per_batch(prefetch(data.train.batches(epoch)), batches) for epoch in (4, 5, 6))
     model = DLRM(replace(run.model, table_sizes=tuple(data.table_sizes)), seed=0)
     trainer = Trainer(run.train, data, model)
@@ -84,7 +93,12 @@ def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--file", type=str, default="/tmp/bench/kaggle5M.txt", help="raw Kaggle-format file (made by bench/preprocess_throughput.py)")
+    parser.add_argument(
+        "--file",
+        type=str,
+        default="/tmp/bench/kaggle5M.txt",
+        help="raw Kaggle-format file (made by bench/preprocess_throughput.py)",
+    )
     parser.add_argument("--processed", type=str, default="/tmp/bench/kaggle5M.processed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -93,7 +107,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [measure(args.processed, args.file, 2048, 200, 20), measure(args.processed, args.file, 128, 1000, 100)]
-    print(f"\ntraining input from {args.processed} vs. training step (d=4, MLET K=64), torch threads {torch.get_num_threads()}:")
+    print(
+        f"\ntraining input from {args.processed} vs. training step (d=4, MLET K=64), "
+        f"torch threads {torch.get_num_threads()}:"
+    )
     rows = [
         [
             r["batch_size"],
@@ -106,8 +123,15 @@ def main() -> None:
         ]
         for r in results
     ]
-    saved = save("input_pipeline", {"processed": args.processed, "model": MODEL, "target": "step / data >= 5 at batch 2048", "results": results})
-    print(table(rows, ["batch", "first-touch ms", "data ms/batch", "batches/s", "via prefetch ms", "step ms", "step / data"]))
+    saved = save(
+        "input_pipeline",
+        {"processed": args.processed, "model": MODEL, "target": "step / data >= 5 at batch 2048", "results": results},
+    )
+    print(
+        table(
+            rows, ["batch", "first-touch ms", "data ms/batch", "batches/s", "via prefetch ms", "step ms", "step / data"]
+        )
+    )
     print(f"\nwrote {saved.relative_to(ROOT)}")
 
 

@@ -80,7 +80,9 @@ def timed_pair_row(dim: int, batch: int, timers: dict, rounds: int, ratio: tuple
     return row
 
 
-def training_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace) -> list[dict]:
+def training_rows(
+    sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace
+) -> list[dict]:
     """Training samples/s of baseline and MLET at each (d, batch), and MLET's time ratio."""
     rows = []
     for dim in dims:
@@ -97,7 +99,9 @@ def training_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: l
     return rows
 
 
-def inference_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace) -> list[dict]:
+def inference_rows(
+    sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace
+) -> list[dict]:
     """Inference samples/s of the collapsed model and of the two-layer model it came from."""
     rows = []
     for dim in dims:
@@ -106,8 +110,13 @@ def inference_rows(sizes: list[int], dims: list[int], hidden: int, batch_sizes: 
         for batch in batch_sizes:
             data = batches(sizes, batch)
             steps = max(3, args.samples // batch)
-            timers = {"collapsed": inference_timer(collapsed, data, steps), "two_layer": inference_timer(two_layer, data, steps)}
-            rows.append(timed_pair_row(dim, batch, timers, args.rounds, ("collapsed_speedup", "two_layer", "collapsed")))
+            timers = {
+                "collapsed": inference_timer(collapsed, data, steps),
+                "two_layer": inference_timer(two_layer, data, steps),
+            }
+            rows.append(
+                timed_pair_row(dim, batch, timers, args.rounds, ("collapsed_speedup", "two_layer", "collapsed"))
+            )
         del two_layer, collapsed
         gc.collect()
     return rows
@@ -153,11 +162,20 @@ def memory_rows(dim: int, hidden: int, batch: int, args: argparse.Namespace) -> 
     cases = [("floor", 0), ("train", 0), ("train", hidden), ("collapsed", hidden), ("two_layer", hidden)]
     rows = []
     for mode, k in cases:
-        code = MEMORY_CHILD.format(threads=args.threads, scale=args.memory_scale, batch=batch, mode=mode, dim=dim, hidden=k, steps=args.memory_steps)
-        info, wall, process_peak = run_child(code)
-        name = {"floor": "no model (imports + batches)", "train": f"training, {'MLET K=' + str(k) if k else 'baseline'}"}.get(
-            mode, f"inference, {mode.replace('_', '-')}"
+        code = MEMORY_CHILD.format(
+            threads=args.threads,
+            scale=args.memory_scale,
+            batch=batch,
+            mode=mode,
+            dim=dim,
+            hidden=k,
+            steps=args.memory_steps,
         )
+        info, wall, process_peak = run_child(code)
+        name = {
+            "floor": "no model (imports + batches)",
+            "train": f"training, {'MLET K=' + str(k) if k else 'baseline'}",
+        }.get(mode, f"inference, {mode.replace('_', '-')}")
         rows.append(
             {
                 "process": name,
@@ -202,7 +220,16 @@ def mib(n: float) -> str:
 
 def overhead_table(rows: list[dict]) -> str:
     """Markdown table of baseline vs MLET training rows (CPU here, or the GPU results)."""
-    cells = [[r["d"], r["batch"], round(r["baseline_samples_per_s"]), round(r["mlet_samples_per_s"]), f"{r['mlet_time_ratio']:.2f}x"] for r in rows]
+    cells = [
+        [
+            r["d"],
+            r["batch"],
+            round(r["baseline_samples_per_s"]),
+            round(r["mlet_samples_per_s"]),
+            f"{r['mlet_time_ratio']:.2f}x",
+        ]
+        for r in rows
+    ]
     return table(cells, ["d", "batch", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"])
 
 
@@ -210,14 +237,18 @@ def markdown(payload: dict) -> str:
     """The summary file."""
     m = payload["machine"]
     a = payload["settings"]
+    load_average = ", ".join(f"{x:.1f}" for x in m.get("load_average", []))
     lines = [
         "# MLET overhead: training time, inference speed, memory",
         "",
         f"- date: {payload['date']}; command: `{payload['command']}`",
-        f"- machine: {m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('memory_mib', 0) / 1024:.0f} GiB), load average {', '.join(f'{x:.1f}' for x in m.get('load_average', []))};"
+        f"- machine: {m.get('cpu')} ({m.get('cpus')} CPUs, {m.get('memory_mib', 0) / 1024:.0f} GiB), "
+        f"load average {load_average};"
         f" torch {m.get('torch')}, {a['threads']} torch thread(s)",
-        f"- model: 26 tables, Kaggle cardinalities x {a['scale']} ({payload['table_rows']:,} rows), bottom 13-512-256-64-d, top 512-256-1, MLET K={a['hidden']},"
-        f" SGD with the fused embedding update; random one-hot batches; medians of {a['rounds']} interleaved rounds of about {a['samples']:,} samples",
+        f"- model: 26 tables, Kaggle cardinalities x {a['scale']} ({payload['table_rows']:,} rows), "
+        f"bottom 13-512-256-64-d, top 512-256-1, MLET K={a['hidden']},"
+        f" SGD with the fused embedding update; random one-hot batches; "
+        f"medians of {a['rounds']} interleaved rounds of about {a['samples']:,} samples",
         "",
         "## Training: MLET vs baseline at the same d (the paper: about 1.25x)",
         "",
@@ -225,9 +256,10 @@ def markdown(payload: dict) -> str:
     ]
     if payload["gpu"]:
         g = payload["gpu_source"]
+        gpu_name = (g.get("machine") or {}).get("gpu")
         lines += [
             "",
-            f"On one GPU ({(g.get('machine') or {}).get('gpu')}, the default `graph` path; from `bench/results/gpu_final_h100.json`,"
+            f"On one GPU ({gpu_name}, the default `graph` path; from `bench/results/gpu_final_h100.json`,"
             f" {g.get('date')}, real Kaggle cardinalities ({g.get('table_rows'):,} rows); not re-measured here):",
             "",
             overhead_table(payload["gpu"]),
@@ -238,18 +270,29 @@ def markdown(payload: dict) -> str:
         "",
         table(
             [
-                [r["d"], r["batch"], round(r["collapsed_samples_per_s"]), round(r["two_layer_samples_per_s"]), f"{r['collapsed_speedup']:.2f}x"]
+                [
+                    r["d"],
+                    r["batch"],
+                    round(r["collapsed_samples_per_s"]),
+                    round(r["two_layer_samples_per_s"]),
+                    f"{r['collapsed_speedup']:.2f}x",
+                ]
                 for r in payload["inference"]
             ],
             ["d", "batch", "collapsed samples/s", "two-layer samples/s", "collapsed speed-up"],
         ),
         "",
-        f"## Peak memory (fresh process each; Kaggle cardinalities x {a['memory_scale']}, batch {a['memory_batch']}, {a['memory_steps']} steps)",
+        f"## Peak memory (fresh process each; Kaggle cardinalities x {a['memory_scale']}, "
+        f"batch {a['memory_batch']}, {a['memory_steps']} steps)",
         "",
-        "Peak RSS after the imports and batches are set up (the peak is reset there), and what building the model and running the steps added to the RSS at that point.",
+        "Peak RSS after the imports and batches are set up (the peak is reset there), "
+        "and what building the model and running the steps added to the RSS at that point.",
         "",
         table(
-            [[r["process"], r["d"], mib(r["parameter_bytes"]), mib(r["peak_rss_bytes"]), mib(r["above_setup_bytes"])] for r in payload["memory"]],
+            [
+                [r["process"], r["d"], mib(r["parameter_bytes"]), mib(r["peak_rss_bytes"]), mib(r["above_setup_bytes"])]
+                for r in payload["memory"]
+            ],
             ["process", "d", "parameters MiB", "peak RSS MiB", "added by model and steps MiB"],
         ),
     ]
@@ -266,7 +309,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16384, help="samples per timing round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--memory-scale", type=float, default=0.1, help="Kaggle cardinalities times this for the memory runs")
+    p.add_argument(
+        "--memory-scale", type=float, default=0.1, help="Kaggle cardinalities times this for the memory runs"
+    )
     p.add_argument("--memory-batch", type=int, default=2048)
     p.add_argument("--memory-steps", type=int, default=5)
     args = p.parse_args()
@@ -277,7 +322,19 @@ def main() -> None:
     memory = memory_rows(args.dims[0], args.hidden, args.memory_batch, args)
     gpu, gpu_source = gpu_rows()
     settings = {
-        k: getattr(args, k) for k in ("scale", "dims", "hidden", "batches", "samples", "rounds", "threads", "memory_scale", "memory_batch", "memory_steps")
+        k: getattr(args, k)
+        for k in (
+            "scale",
+            "dims",
+            "hidden",
+            "batches",
+            "samples",
+            "rounds",
+            "threads",
+            "memory_scale",
+            "memory_batch",
+            "memory_steps",
+        )
     }
     payload = {
         "settings": settings,

@@ -41,7 +41,12 @@ import json, sys, time
 from mlet.data.preprocessing.cache import prepare
 start, cpu = time.perf_counter(), time.process_time()
 data = prepare({file!r}, {out!r}, "kaggle", "dlrm", progress=False, log=lambda m: print(m, file=sys.stderr))
-print(json.dumps({{"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "rows": data.meta["physical_rows"], "vocabulary_sizes": data.meta["vocabulary_sizes"]}}))
+print(json.dumps({{
+    "seconds": time.perf_counter() - start,
+    "cpu_seconds": time.process_time() - cpu,
+    "rows": data.meta["physical_rows"],
+    "vocabulary_sizes": data.meta["vocabulary_sizes"],
+}}))
 """
 
 # Each reader prints {"seconds", "rows", "checksum"}; checksum over labels, counts and keys (empty hex field: -1).
@@ -98,7 +103,9 @@ report(start, table[:, 0].astype(np.int64), counts, keys)
 import pandas as pd
 start = begin()
 types = {0: "int64", **{i: "float64" for i in range(1, 14)}, **{i: "object" for i in range(14, 40)}}
-frame = pd.read_csv(FILE, sep="\\t", header=None, dtype=types, keep_default_na=False, na_values={i: [""] for i in range(1, 14)})
+frame = pd.read_csv(
+    FILE, sep="\\t", header=None, dtype=types, keep_default_na=False, na_values={i: [""] for i in range(1, 14)}
+)
 counts = frame.iloc[:, 1:14].fillna(0).to_numpy(np.int64)
 keys = np.stack([hex_keys(frame[j].to_numpy().astype("S8")) for j in range(14, 40)], axis=1)
 report(start, frame[0].to_numpy(), counts, keys)
@@ -115,10 +122,13 @@ def run(sizes, rows=1_000_000, block=65_536):
     vocab = Vocabulary(len(sizes))
     start = time.perf_counter()
     for lo in range(0, max(sizes), 1 << 20):  # every value once
-        keys = np.stack([scramble(np.arange(lo, lo + (1 << 20)) % n, 977 * t).astype(np.int64) for t, n in enumerate(sizes)])
+        keys = np.stack(
+            [scramble(np.arange(lo, lo + (1 << 20)) % n, 977 * t).astype(np.int64) for t, n in enumerate(sizes)]
+        )
         vocab.index(keys, np.ones(keys.shape[1], bool))
     build = time.perf_counter() - start
-    table_bytes = sum(t.slot_keys.nbytes + t.slot_index.nbytes for t in vocab.tables) + sum(c.nbytes for c in vocab._counts)
+    slot_bytes = sum(t.slot_keys.nbytes + t.slot_index.nbytes for t in vocab.tables)
+    table_bytes = slot_bytes + sum(c.nbytes for c in vocab._counts)
     rng = np.random.default_rng(0)
     draws = np.stack([scramble(rng.integers(0, n, rows), 977 * t).astype(np.int64) for t, n in enumerate(sizes)])
     start = time.perf_counter()
@@ -126,12 +136,20 @@ def run(sizes, rows=1_000_000, block=65_536):
         ids = vocab.index(draws[:, lo:lo + block], np.ones(min(block, rows - lo), bool))
     index = time.perf_counter() - start
     vocab.freeze()
-    provisional = np.stack([np.random.default_rng(t).integers(0, n, rows) for t, n in enumerate(sizes)], axis=1).astype(np.int32)
+    provisional = np.stack(
+        [np.random.default_rng(t).integers(0, n, rows) for t, n in enumerate(sizes)], axis=1
+    ).astype(np.int32)
     start = time.perf_counter()
     for t, table in enumerate(vocab.renumbering):
         provisional[:, t] = table[provisional[:, t]]
     renumber = time.perf_counter() - start
-    return {{"values": int(sum(sizes)), "build_seconds": build, "index_us_per_row": index / rows * 1e6, "renumber_us_per_row": renumber / rows * 1e6, "table_bytes": table_bytes}}
+    return {{
+        "values": int(sum(sizes)),
+        "build_seconds": build,
+        "index_us_per_row": index / rows * 1e6,
+        "renumber_us_per_row": renumber / rows * 1e6,
+        "table_bytes": table_bytes,
+    }}
 
 print(json.dumps({{"full": run(KAGGLE_CARDINALITIES), "bench_file": run({bench_sizes})}}))
 """
@@ -162,16 +180,31 @@ def head(path: Path, rows: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--scale", type=float, default=0.2, help="table sizes as a share of Criteo-Kaggle's (generator --scale)")
+    parser.add_argument(
+        "--scale", type=float, default=0.2, help="table sizes as a share of Criteo-Kaggle's (generator --scale)"
+    )
     parser.add_argument("--file", type=str, default="/tmp/bench/kaggle5M.txt")
     parser.add_argument("--compare-rows", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the reader comparison")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the full preprocessing (the machine is shared: report median and best)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of the full preprocessing (the machine is shared: report median and best)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["full", "readers", "vocabulary"])
     args = parser.parse_args()
     path = Path(args.file)
     generated = ensure_file(path, args.rows, args.scale)
-    results: dict = {"file": {"path": str(path), "bytes": path.stat().st_size, "rows": args.rows, "scale": args.scale, "generated_seconds": generated}}
+    results: dict = {
+        "file": {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "rows": args.rows,
+            "scale": args.scale,
+            "generated_seconds": generated,
+        }
+    }
     results["upstream"] = UPSTREAM
 
     if "full" not in args.skip:
@@ -199,7 +232,10 @@ def main() -> None:
             "rows_per_second": rate,
             "best_rows_per_second": best,
             "rows_per_cpu_second": per_cpu,
-            "note": "wall-clock rates depend on other load on the shared machine (load average per run); rows per CPU-second does not: on 2 idle cores the wall rate lies between it (no overlap) and twice it",
+            "note": (
+                "wall-clock rates depend on other load on the shared machine (load average per run); "
+                "rows per CPU-second does not: on 2 idle cores the wall rate lies between it (no overlap) and twice it"
+            ),
             "peak_rss_bytes": rss,
             "vocabulary_values": sum(info["vocabulary_sizes"]),
             "vs_upstream": rate / UPSTREAM["rows_per_second"],
@@ -208,7 +244,10 @@ def main() -> None:
         }
         vocab_sizes = info["vocabulary_sizes"]
         shutil.rmtree(out, ignore_errors=True)
-        print(f"\nfull preprocessing of {info['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, {args.repeat} runs in fresh processes:")
+        print(
+            f"\nfull preprocessing of {info['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, "
+            f"{args.repeat} runs in fresh processes:"
+        )
         print(
             table(
                 [
@@ -222,7 +261,15 @@ def main() -> None:
                         " ".join(f"{r['load_average'][0]:.1f}" for r in runs),
                     ]
                 ],
-                ["median rows/s", "best rows/s", "rows/CPU-s", "peak RSS GiB", "vs upstream 6.1k", "vs target 76k", "load avg (1 min)"],
+                [
+                    "median rows/s",
+                    "best rows/s",
+                    "rows/CPU-s",
+                    "peak RSS GiB",
+                    "vs upstream 6.1k",
+                    "vs target 76k",
+                    "load avg (1 min)",
+                ],
             )
         )
     else:
@@ -256,7 +303,10 @@ def main() -> None:
                 entry["vs_python_loop"] = entry["rows_per_second"] / python_loop
                 entry["same_arrays_as_ours"] = entry["checksum"] == baseline["checksum"]
         results["readers"] = {"rows": args.compare_rows, "results": readers}
-        print(f"\nparsing {args.compare_rows:,} rows into labels, counts and hex keys (fresh process each; median of {args.rounds} interleaved rounds):")
+        print(
+            f"\nparsing {args.compare_rows:,} rows into labels, counts and hex keys "
+            f"(fresh process each; median of {args.rounds} interleaved rounds):"
+        )
         rows = [
             [
                 name,
@@ -276,15 +326,22 @@ def main() -> None:
         info, _, rss = run_child(VOCABULARY.format(bench_sizes=vocab_sizes or [100_000] * 26))
         info["peak_rss_bytes"] = rss
         full, small = info["full"], info["bench_file"]
-        extra = (full["index_us_per_row"] + full["renumber_us_per_row"]) - (small["index_us_per_row"] + small["renumber_us_per_row"])
+        extra = (full["index_us_per_row"] + full["renumber_us_per_row"]) - (
+            small["index_us_per_row"] + small["renumber_us_per_row"]
+        )
         info["extra_us_per_row_at_full_cardinality"] = extra
         if "full" in results:
             projected = FULL_KAGGLE_ROWS * (1 / results["full"]["rows_per_second"] + extra * 1e-6)
             info["projected_full_kaggle_seconds"] = projected
             info["projected_full_kaggle_rows_per_second"] = FULL_KAGGLE_ROWS / projected
-            info["projected_full_kaggle_peak_rss_bytes"] = results["full"]["peak_rss_bytes"] + full["table_bytes"] - small["table_bytes"]
+            info["projected_full_kaggle_peak_rss_bytes"] = (
+                results["full"]["peak_rss_bytes"] + full["table_bytes"] - small["table_bytes"]
+            )
         results["full_scale_vocabulary"] = info
-        print("\nvocabulary at Criteo-Kaggle's real cardinalities vs. this file's (1M rows of uniformly drawn values, all already known):")
+        print(
+            "\nvocabulary at Criteo-Kaggle's real cardinalities vs. this file's "
+            "(1M rows of uniformly drawn values, all already known):"
+        )
         print(
             table(
                 [
@@ -304,8 +361,10 @@ def main() -> None:
         print(f"peak RSS of that process (the full-scale vocabulary and 1M rows of draws): {rss / 2**30:.2f} GiB")
         if "projected_full_kaggle_seconds" in info:
             print(
-                f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min ({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s; this file's"
-                f" median rate plus {extra:.2f} us/row for the bigger tables), peak RSS {info['projected_full_kaggle_peak_rss_bytes'] / 2**30:.2f} GiB"
+                f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min "
+                f"({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s; this file's"
+                f" median rate plus {extra:.2f} us/row for the bigger tables), "
+                f"peak RSS {info['projected_full_kaggle_peak_rss_bytes'] / 2**30:.2f} GiB"
                 " (this file's plus the bigger tables)"
             )
     saved = save("preprocess_throughput", results)

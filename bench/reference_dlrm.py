@@ -34,7 +34,9 @@ def upstream_mlp(widths: list[int], sigmoid_last: bool) -> nn.Sequential:
 class ReferenceDLRM(nn.Module):
     """Upstream-style DLRM; ``mlet_hidden > 0`` adds the fork's per-table projection."""
 
-    def __init__(self, table_sizes: list[int], dim: int, bottom: list[int], top: list[int], mlet_hidden: int = 0) -> None:
+    def __init__(
+        self, table_sizes: list[int], dim: int, bottom: list[int], top: list[int], mlet_hidden: int = 0
+    ) -> None:
         super().__init__()
         width = mlet_hidden or dim
         self.emb_l = nn.ModuleList()
@@ -43,7 +45,9 @@ class ReferenceDLRM(nn.Module):
             with torch.no_grad():
                 bag.weight.uniform_(-math.sqrt(1.0 / n), math.sqrt(1.0 / n))
             self.emb_l.append(bag)
-        self.proj_l = nn.ModuleList(nn.Linear(mlet_hidden, dim, bias=False) for _ in table_sizes) if mlet_hidden else None
+        self.proj_l = (
+            nn.ModuleList(nn.Linear(mlet_hidden, dim, bias=False) for _ in table_sizes) if mlet_hidden else None
+        )
         num_features = len(table_sizes) + 1
         self.bot_l = upstream_mlp(bottom, sigmoid_last=False)
         self.top_l = upstream_mlp([dim + num_features * (num_features - 1) // 2, *top], sigmoid_last=True)
@@ -68,7 +72,9 @@ def scaled_cardinalities(scale: float) -> list[int]:
     return [max(2, round(n * scale)) for n in KAGGLE_CARDINALITIES]
 
 
-def random_one_hot(table_sizes: list[int], batch: int, dense: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_one_hot(
+    table_sizes: list[int], batch: int, dense: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense B x D, ids B x T (uniform), labels B (0/1)."""
     rng = np.random.default_rng(seed)
     ids = np.stack([rng.integers(0, n, batch) for n in table_sizes], axis=1)

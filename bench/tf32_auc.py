@@ -57,7 +57,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in MODELS.items():
-            results = {tf32: train(flags, tf32, args.samples, Path(tmp, f"{len(rows)}_{tf32}.json")) for tf32 in (False, True)}
+            results = {
+                tf32: train(flags, tf32, args.samples, Path(tmp, f"{len(rows)}_{tf32}.json")) for tf32 in (False, True)
+            }
             fp32, tf = results[False], results[True]
             rows.append(
                 {

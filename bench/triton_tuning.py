@@ -52,7 +52,17 @@ def sweep_kernel(name: str, launch_fn: Callable[..., object], base: dict, hidden
         except Exception as error:  # a launch that does not compile (too many registers, ...) is skipped
             print(f"{name} {block_m}x{block_k} {warps} warps: {type(error).__name__}")
             continue
-        rows.append({**base, "kernel": name, "BLOCK_M": block_m, "BLOCK_K": block_k, "warps": warps, "us": us, "vs_current": current / us})
+        rows.append(
+            {
+                **base,
+                "kernel": name,
+                "BLOCK_M": block_m,
+                "BLOCK_K": block_k,
+                "warps": warps,
+                "us": us,
+                "vs_current": current / us,
+            }
+        )
     return rows
 
 
@@ -79,10 +89,22 @@ def sweep_launches(x: SimpleNamespace) -> list[dict]:
         rows = tk.grouped_matmul(x.grad_out, x.projection.transpose(1, 2)).view(-1, hidden)
         tk.scatter_sub_rows(x.weight, x.ids, rows, x.lr)
 
-    rows = sweep_kernel("project_scatter_sub", functools.partial(tk.project_scatter_sub, x.weight, x.ids, x.grad_out, x.projection, x.lr), x.base, hidden)
+    rows = sweep_kernel(
+        "project_scatter_sub",
+        functools.partial(tk.project_scatter_sub, x.weight, x.ids, x.grad_out, x.projection, x.lr),
+        x.base,
+        hidden,
+    )
     rows.append({**x.base, "kernel": "unfused backward", "BLOCK_M": "current", "us": microseconds(unfused)})
-    rows += sweep_kernel("gather_project", functools.partial(tk.gather_project, x.weight, x.ids, x.projection), x.base, hidden)
-    rows += sweep_kernel("gathered_weight_gradient", functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out), x.base, hidden)
+    rows += sweep_kernel(
+        "gather_project", functools.partial(tk.gather_project, x.weight, x.ids, x.projection), x.base, hidden
+    )
+    rows += sweep_kernel(
+        "gathered_weight_gradient",
+        functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out),
+        x.base,
+        hidden,
+    )
     return rows
 
 
@@ -99,7 +121,16 @@ def sweep_splits(x: SimpleNamespace) -> list[dict]:
     ]
     for splits in (1, 2, 4, 8, 16, 32):
         us = microseconds(functools.partial(tk.gathered_weight_gradient, x.weight, x.ids, x.grad_out, splits=splits))
-        rows.append({**x.base, "kernel": "gathered_weight_gradient", "BLOCK_M": "current", "splits": splits, "us": us, "vs_current": rows[0]["us"] / us})
+        rows.append(
+            {
+                **x.base,
+                "kernel": "gathered_weight_gradient",
+                "BLOCK_M": "current",
+                "splits": splits,
+                "us": us,
+                "vs_current": rows[0]["us"] / us,
+            }
+        )
     return rows
 
 
@@ -120,7 +151,9 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--out", default="triton_tuning", help="result name under bench/results/")
-    p.add_argument("--splits-only", action="store_true", help="only the weight gradient's split counts (no launch sweep)")
+    p.add_argument(
+        "--splits-only", action="store_true", help="only the weight gradient's split counts (no launch sweep)"
+    )
     args = p.parse_args()
     rows = []
     for dim in args.dims:

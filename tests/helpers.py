@@ -18,7 +18,9 @@ from mlet.core.batch import SparseFeatures
 from mlet.data.preprocessing.raw_generate import RawGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data"))  # the real sample rows (see its README)
+SHARED_DATA = Path(
+    os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data")
+)  # the real sample rows (see its README)
 
 
 def sample_lines(name: str) -> list[str]:
@@ -31,7 +33,8 @@ def sample_lines(name: str) -> list[str]:
 
 @functools.cache
 def sample_file(name: str) -> Path:
-    """``../shared/data/NAME``; where that directory is absent, a generated stand-in (see :func:`sample_lines`), written once."""
+    """``../shared/data/NAME``; where that directory is absent, a generated stand-in (see :func:`sample_lines`),
+    written once."""
     if SHARED_DATA.is_dir():
         return SHARED_DATA / name
     directory = tempfile.mkdtemp(prefix="dlrm_mlet_samples_")
@@ -43,7 +46,8 @@ def sample_file(name: str) -> Path:
 
 @functools.cache
 def generated_sample_lines(name: str) -> tuple[str, ...]:
-    """Generated stand-in for a shared sample file: same data set, row count and columns (no label for ``*nolabel*``)."""
+    """Generated stand-in for a shared sample file: same data set, row count and columns (no label for
+    ``*nolabel*``)."""
     rows = int(re.search(r"(?:sample|head)(\d+)", name).group(1))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "raw")

@@ -76,7 +76,8 @@ def temporaries(target: Path) -> list[Path]:
 
 
 def check_intact(target: Path, round_: int, last_saved: int) -> None:
-    """The file holds one complete version: the last one reported saved, or the next (killed between rename and report)."""
+    """The file holds one complete version: the last one reported saved, or the next (killed between rename and
+    report)."""
     ckpt = torch.load(target, weights_only=True)
     assert ckpt["round"] == round_ and ckpt["step"] in (last_saved, last_saved + 1)
     assert torch.equal(ckpt["payload"], torch.full((1 << 22,), float(ckpt["step"])))
@@ -87,7 +88,13 @@ def check_intact(target: Path, round_: int, last_saved: int) -> None:
 def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path) -> None:
     target = tmp_path / "ckpt.pt"
     rounds, rng = 4, random.Random(0)
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(rounds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target), str(rounds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     try:
         for r in range(rounds):
             child.stdin.write("go\n")
@@ -108,7 +115,9 @@ def test_killing_writers_mid_save_leaves_the_previous_checkpoint_intact(tmp_path
             while (line := child.stdout.readline().strip()) != "reaped":  # what it reported before dying
                 last = int(line.split()[1]) if line.startswith("saved") else last
             check_intact(target, r, last)
-            if r == rounds - 1:  # killed inside the save: its temporary file is left, the target is the previous version
+            if (
+                r == rounds - 1
+            ):  # killed inside the save: its temporary file is left, the target is the previous version
                 assert torch.load(target, weights_only=True)["step"] == 1
                 assert any(f".{writer}." in p.name for p in temporaries(target))
     finally:
@@ -125,7 +134,9 @@ def test_stale_temporaries_of_live_writers_are_kept(tmp_path) -> None:
     host = socket.gethostname()
     live = tmp_path / f".a.pt.{host}.{os.getpid()}.abc123.tmp"
     other_host = tmp_path / ".a.pt.elsewhere.1.abc123.tmp"
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     dead = tmp_path / f".a.pt.{host}.{dead_pid}.abc123.tmp"
     unrelated = tmp_path / f".b.pt.{host}.{dead_pid}.abc123.tmp"
     for p in (live, other_host, dead, unrelated):
@@ -162,7 +173,13 @@ class RunsACommand:
 
 def malicious_file(path: Path, marker: Path, zip_format: bool) -> Path:
     """A file that passes every format check but whose pickle runs ``touch marker``."""
-    payload = {"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {}, "model": RunsACommand(f"touch {marker}")}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "training",
+        "model_config": {},
+        "model": RunsACommand(f"touch {marker}"),
+    }
     if zip_format:
         torch.save(payload, path)
     else:
@@ -192,7 +209,10 @@ def test_malicious_pickle_is_refused_everywhere_and_never_runs(zip_format: bool,
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.onnx").exists()
     # control: the file really runs the command when loaded the unsafe way
     control = tmp_path / "CONTROL"
-    with warnings.catch_warnings(), contextlib.suppress(RuntimeError):  # a raw pickle runs, then fails torch's magic-number check
+    with (
+        warnings.catch_warnings(),
+        contextlib.suppress(RuntimeError),
+    ):  # a raw pickle runs, then fails torch's magic-number check
         warnings.simplefilter("ignore")
         torch.load(malicious_file(tmp_path / "control.pt", control, zip_format), weights_only=False)
     assert control.exists()
@@ -224,7 +244,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     paths = {name: out / f"{name}.pt" for name in ("mlet", "mlet_collapsed", "cli_collapsed", "baseline")}
     assert (
         dlrm_mlet.main(
-            [*TINY, f"--mlet-hidden={K}", f"--save-model={paths['mlet']}", f"--save-collapsed={paths['mlet_collapsed']}", f"--results-json={out / 'mlet.json'}"]
+            [
+                *TINY,
+                f"--mlet-hidden={K}",
+                f"--save-model={paths['mlet']}",
+                f"--save-collapsed={paths['mlet_collapsed']}",
+                f"--results-json={out / 'mlet.json'}",
+            ]
         )
         == 0
     )
@@ -246,9 +272,15 @@ def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--arch-embedding-size=60000-3000-501"], "--arch-embedding-size: checkpoint has 60000-3000-500, the flags give 60000-3000-501"),
+        (
+            ["--arch-embedding-size=60000-3000-501"],
+            "--arch-embedding-size: checkpoint has 60000-3000-500, the flags give 60000-3000-501",
+        ),
         (["--arch-embedding-size=60000-3000"], "--arch-embedding-size"),
-        (["--arch-sparse-feature-size=8", "--arch-mlp-bot=13-8-8"], "--arch-sparse-feature-size: checkpoint has 4, the flags give 8"),
+        (
+            ["--arch-sparse-feature-size=8", "--arch-mlp-bot=13-8-8"],
+            "--arch-sparse-feature-size: checkpoint has 4, the flags give 8",
+        ),
         ([f"--mlet-hidden={2 * K}"], f"--mlet-hidden: checkpoint has {K}, the flags give {2 * K}"),
         (["--mlet-hidden=0"], f"--mlet-hidden: checkpoint has {K}, the flags give 0"),
         (["--arch-mlp-bot=13-16-4"], "--arch-mlp-bot: checkpoint has 13-8-4, the flags give 13-16-4"),
@@ -301,7 +333,11 @@ def test_collapsed_checkpoint_contents(runs) -> None:
     assert collapsed["kind"] == "inference" and "optimizer" not in collapsed and "rng" not in collapsed
     assert collapsed["model_config"]["mlet_hidden"] == 0 and collapsed["collapsed_from"]["mlet_hidden"] == K
     assert collapsed["model"]["tables.weight"].shape == (63500, 4) and "tables.projection" not in collapsed["model"]
-    assert collapsed["args"] == trained["args"] and collapsed["best"] == trained["best"] and collapsed["history"] == trained["history"]
+    assert (
+        collapsed["args"] == trained["args"]
+        and collapsed["best"] == trained["best"]
+        and collapsed["history"] == trained["history"]
+    )
     assert collapsed["collapsed_from"]["parameters"]["embedding_training_bytes"] == 4 * (63500 * K + 3 * K * 4)
     # --save-collapsed and `checkpoint.py collapse` write the same model
     cli = load_checkpoint(runs["cli_collapsed"])
@@ -368,7 +404,10 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
     assert s["parameters"]["inference"]["bytes"] == 4 * (mlp + rows * 4)
     assert s["stored_parameter_bytes"] == s["parameters"]["training"]["bytes"]
     assert [t["rows"] for t in s["tables"]] == [60000, 3000, 500]
-    assert s["tables"][0]["training_bytes"] == 4 * (60000 * K + K * 4) and s["tables"][0]["inference_bytes"] == 4 * 60000 * 4
+    assert (
+        s["tables"][0]["training_bytes"] == 4 * (60000 * K + K * 4)
+        and s["tables"][0]["inference_bytes"] == 4 * 60000 * 4
+    )
     collapsed = checkpoint.summary(load_checkpoint(runs["mlet_collapsed"]), runs["mlet_collapsed"])
     assert collapsed["parameters"] == s["parameters"]  # the saving stays visible after collapsing
     assert collapsed["stored_parameter_bytes"] == s["parameters"]["inference"]["bytes"]
@@ -386,20 +425,47 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     newer = tmp_path / "newer.pt"
     torch.save({"format": FORMAT, "version": VERSION + 1}, newer)
     malformed = tmp_path / "malformed.pt"
-    torch.save({"format": FORMAT, "version": VERSION, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}}, malformed)
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "training",
+            "model_config": {"dim": 4},
+            "model": {"tables.weight": torch.zeros(3, 4)},
+        },
+        malformed,
+    )
     json_file = tmp_path / "run.json"
     json_file.write_text('{"auc": 0.8}\n')
     config = {"table_sizes": [10, 5], "dim": 4, "bottom_mlp": [13, 4], "top_mlp": [1]}
     mismatched = tmp_path / "mismatched.pt"
-    torch.save({"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": config, "model": {"tables.weight": torch.zeros(3, 4)}}, mismatched)
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "inference",
+            "model_config": config,
+            "model": {"tables.weight": torch.zeros(3, 4)},
+        },
+        mismatched,
+    )
     negative = tmp_path / "negative.pt"
     torch.save(
-        {"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": {**config, "dim": -4}, "model": {"tables.weight": torch.zeros(15, 4)}},
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "inference",
+            "model_config": {**config, "dim": -4},
+            "model": {"tables.weight": torch.zeros(15, 4)},
+        },
         negative,
     )
     return {
         "json": (json_file, "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"),
-        "mismatched": (mismatched, "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)"),
+        "mismatched": (
+            mismatched,
+            "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)",
+        ),
         "negative": (negative, "malformed checkpoint (model_config holds a size below 1)"),
         "missing": (tmp_path / "nope.pt", "no such checkpoint file"),
         "directory": (tmp_path, "is not a file"),
@@ -411,10 +477,16 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "text", "json", "torn", "foreign", "newer", "malformed", "mismatched", "negative"])
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "text", "json", "torn", "foreign", "newer", "malformed", "mismatched", "negative"]
+)
 def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     path, message = broken_files(tmp_path)[case]
-    for argv in (["info", str(path)], ["collapse", str(path), str(tmp_path / "o.pt")], ["export-onnx", str(path), str(tmp_path / "o.onnx")]):
+    for argv in (
+        ["info", str(path)],
+        ["collapse", str(path), str(tmp_path / "o.pt")],
+        ["export-onnx", str(path), str(tmp_path / "o.onnx")],
+    ):
         assert checkpoint.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"checkpoint.py: error: {path}: ") and message in err[0], err
@@ -432,7 +504,8 @@ def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys)
         assert checkpoint.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(
-            f"checkpoint.py: error: {bad}: the weights do not fit the checkpoint's model_config (size mismatch for top.0.weight"
+            f"checkpoint.py: error: {bad}: the weights do not fit the checkpoint's model_config "
+            "(size mismatch for top.0.weight"
         )
 
 
@@ -473,7 +546,10 @@ def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> 
     out = tmp_path / "again.pt"
     assert checkpoint.main(["collapse", str(runs["mlet_collapsed"]), str(out)]) == 0
     assert "already an inference checkpoint" in capsys.readouterr().out
-    assert torch.equal(load_checkpoint(out)["model"]["tables.weight"], load_checkpoint(runs["mlet_collapsed"])["model"]["tables.weight"])
+    assert torch.equal(
+        load_checkpoint(out)["model"]["tables.weight"],
+        load_checkpoint(runs["mlet_collapsed"])["model"]["tables.weight"],
+    )
 
 
 def test_rng_state_roundtrip() -> None:

@@ -99,7 +99,9 @@ def test_results_json_may_not_overwrite_the_loaded_checkpoint(tmp_path, capsys) 
     checkpoint = tmp_path / "m.pt"
     assert run_cli([*TINY, f"--save-model={checkpoint}"], capsys)[0] == 0
     before = checkpoint.read_bytes()
-    code, _, err = run_cli([*TINY, f"--load-model={checkpoint}", "--inference-only", f"--results-json={checkpoint}"], capsys)
+    code, _, err = run_cli(
+        [*TINY, f"--load-model={checkpoint}", "--inference-only", f"--results-json={checkpoint}"], capsys
+    )
     assert code == 2 and "--results-json" in err and "same file as --load-model" in err
     assert checkpoint.read_bytes() == before
 
@@ -123,7 +125,11 @@ def test_run_config_fills_architecture() -> None:
     config = run.model
     assert config.table_sizes == (200, 30, 5) and config.bottom_mlp == (13, 8, 4) and config.top_mlp == (8, 1)
     assert config.mlet_hidden == 16 and config.interaction_width() == 4 + 6
-    assert run.flags["table_sizes"] == [200, 30, 5] and run.flags["bottom_mlp"] == [13, 8, 4]  # as checkpoints record them
+    assert run.flags["table_sizes"] == [200, 30, 5] and run.flags["bottom_mlp"] == [
+        13,
+        8,
+        4,
+    ]  # as checkpoints record them
 
 
 def test_parse_args_raises_user_error_not_traceback() -> None:
@@ -134,7 +140,15 @@ def test_parse_args_raises_user_error_not_traceback() -> None:
 def test_results_json_contents(tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
     code, stdout, _ = run_cli(
-        [*TINY, "--mlet-hidden=16", "--test-freq=5", f"--results-json={out}", "--test-data-size=500", "--test-mini-batch-size=64"], capsys
+        [
+            *TINY,
+            "--mlet-hidden=16",
+            "--test-freq=5",
+            f"--results-json={out}",
+            "--test-data-size=500",
+            "--test-mini-batch-size=64",
+        ],
+        capsys,
     )
     assert code == 0
     result = json.loads(out.read_text())
@@ -148,13 +162,24 @@ def test_results_json_contents(tmp_path, capsys) -> None:
     rows = 200 + 30 + 5
     assert params["embedding_training_bytes"] == 4 * (rows * 16 + 3 * 16 * 4)
     assert params["embedding_inference_bytes"] == 4 * rows * 4
-    assert params["training"]["bytes"] - params["inference"]["bytes"] == params["embedding_training_bytes"] - params["embedding_inference_bytes"]
+    assert (
+        params["training"]["bytes"] - params["inference"]["bytes"]
+        == params["embedding_training_bytes"] - params["embedding_inference_bytes"]
+    )
     assert result["args"]["mlet_hidden"] == 16 and result["model_config"]["mlet_hidden"] == 16
     assert "Testing at - 5/12 of epoch 0" in stdout and "Finished training it 12/12 of epoch 0" in stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--loss-function=mse"], ["--loss-function=wbce", "--loss-weights=1.0-3.0"], ["--optimizer=adagrad"], ["--optimizer=adam"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--loss-function=mse"],
+        ["--loss-function=wbce", "--loss-weights=1.0-3.0"],
+        ["--optimizer=adagrad"],
+        ["--optimizer=adam"],
+    ],
+)
 def test_losses_and_optimizers_train(flags: list[str], tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
     code, _, err = run_cli([*TINY, "--mlet-hidden=8", f"--results-json={out}", *flags], capsys)
@@ -163,10 +188,14 @@ def test_losses_and_optimizers_train(flags: list[str], tmp_path, capsys) -> None
 
 
 def test_multi_hot_random_bags(tmp_path, capsys) -> None:
-    code, _, err = run_cli([*TINY, "--num-indices-per-lookup=4", "--mlet-hidden=8", "--arch-interaction-itself"], capsys)
+    code, _, err = run_cli(
+        [*TINY, "--num-indices-per-lookup=4", "--mlet-hidden=8", "--arch-interaction-itself"], capsys
+    )
     assert code == 0, err
 
 
 def test_lr_schedule_flags_run(capsys) -> None:
-    code, _, err = run_cli([*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys)
+    code, _, err = run_cli(
+        [*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys
+    )
     assert code == 0, err

@@ -10,7 +10,14 @@ from helpers import override_flags, run_cli, sample_lines
 
 import data_utils
 
-MODEL = ["--arch-sparse-feature-size=4", "--arch-mlp-top=8-1", "--mini-batch-size=32", "--num-batches=2", "--progress=false", "--learning-rate=0.1"]
+MODEL = [
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=2",
+    "--progress=false",
+    "--learning-rate=0.1",
+]
 
 
 def dataset_argv(data_set: str, raw, tmp_path, *extra: str) -> list[str]:
@@ -29,7 +36,14 @@ def dataset_argv(data_set: str, raw, tmp_path, *extra: str) -> list[str]:
 def preprocess_main(raw, tmp_path, data_set: str, capsys, *extra: str) -> tuple[int, str, str]:
     """``data_utils.py preprocess`` (no training): exit code, stdout, stderr."""
     code = data_utils.command_line(
-        ["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0", *extra]
+        [
+            "preprocess",
+            f"--data-set={data_set}",
+            f"--raw-data-file={raw}",
+            f"--processed-data-file={tmp_path / 'p'}",
+            "--progress=0",
+            *extra,
+        ]
     )
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -50,12 +64,28 @@ def one_error_line(err: str) -> str:
 
 
 KAGGLE_BAD = {
-    "too few columns": (lambda line: "\t".join(line.split("\t")[:39]), "39 fields, expected 40 fields (label, I1-I13, C1-C26)", "wrong column count"),
+    "too few columns": (
+        lambda line: "\t".join(line.split("\t")[:39]),
+        "39 fields, expected 40 fields (label, I1-I13, C1-C26)",
+        "wrong column count",
+    ),
     "too many columns": (lambda line: line + "\t0", "41 fields, expected 40", "wrong column count"),
     "empty line": (lambda line: "", "empty line, expected 40 fields", "wrong column count"),
-    "non-hex category": (lambda line: set_field(line, 16, "zz11aa00"), "C3 is 'zz11aa00', expected 8 hex digits or empty", "non-hex category"),
-    "short category": (lambda line: set_field(line, 40 - 1, "abc"), "C26 is 'abc', expected 8 hex digits or empty", "non-hex category"),
-    "non-integer count": (lambda line: set_field(line, 5, "1.5"), "I5 is '1.5', expected an integer or empty", "non-integer count"),
+    "non-hex category": (
+        lambda line: set_field(line, 16, "zz11aa00"),
+        "C3 is 'zz11aa00', expected 8 hex digits or empty",
+        "non-hex category",
+    ),
+    "short category": (
+        lambda line: set_field(line, 40 - 1, "abc"),
+        "C26 is 'abc', expected 8 hex digits or empty",
+        "non-hex category",
+    ),
+    "non-integer count": (
+        lambda line: set_field(line, 5, "1.5"),
+        "I5 is '1.5', expected an integer or empty",
+        "non-integer count",
+    ),
     "label not 0/1": (lambda line: set_field(line, 0, "2"), "label is '2', expected 0 or 1", "label not 0/1"),
     "empty label": (lambda line: set_field(line, 0, ""), "label is '', expected 0 or 1", "label not 0/1"),
 }
@@ -100,20 +130,43 @@ def test_the_first_bad_line_is_reported_and_all_kinds_are_counted(tmp_path, caps
     code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--skip-bad-rows"), capsys)
     assert code == 0, err
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
-    assert meta["bad_rows"]["by_kind"] == {"wrong column count": 3, "non-hex category": 2, "non-integer count": 1, "label not 0/1": 2}
+    assert meta["bad_rows"]["by_kind"] == {
+        "wrong column count": 3,
+        "non-hex category": 2,
+        "non-integer count": 1,
+        "label not 0/1": 2,
+    }
     assert meta["bad_rows"]["first_lines"]["wrong column count"] == [31, 32, 81]
     assert sum(meta["rows"].values()) == 92
-    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path), capsys)  # strict again: the cache that skipped rows is not trusted
+    code, out, err = run_cli(
+        dataset_argv("kaggle", raw, tmp_path), capsys
+    )  # strict again: the cache that skipped rows is not trusted
     assert code == 2 and "--skip-bad-rows" in out + err
 
 
 AVAZU_BAD = {
-    "bad hour": (lambda line: set_field(line, 2, "14103224", ","), "hour is '14103224', expected YYMMDDHH (a valid date and hour)", "bad hour"),
+    "bad hour": (
+        lambda line: set_field(line, 2, "14103224", ","),
+        "hour is '14103224', expected YYMMDDHH (a valid date and hour)",
+        "bad hour",
+    ),
     "bad date": (lambda line: set_field(line, 2, "14113100", ","), "hour is '14113100', expected YYMMDDHH", "bad hour"),
-    "non-integer value": (lambda line: set_field(line, 16, "15a06", ","), "C14 is '15a06', expected an integer or empty", "non-integer value"),
-    "non-hex category": (lambda line: set_field(line, 5, "1fbe01f", ","), "site_id is '1fbe01f', expected 8 hex digits or empty", "non-hex category"),
+    "non-integer value": (
+        lambda line: set_field(line, 16, "15a06", ","),
+        "C14 is '15a06', expected an integer or empty",
+        "non-integer value",
+    ),
+    "non-hex category": (
+        lambda line: set_field(line, 5, "1fbe01f", ","),
+        "site_id is '1fbe01f', expected 8 hex digits or empty",
+        "non-hex category",
+    ),
     "label not 0/1": (lambda line: set_field(line, 1, "yes", ","), "click is 'yes', expected 0 or 1", "label not 0/1"),
-    "too few columns": (lambda line: line.rsplit(",", 1)[0], "23 fields, expected 24 fields (id, click, hour", "wrong column count"),
+    "too few columns": (
+        lambda line: line.rsplit(",", 1)[0],
+        "23 fields, expected 24 fields (id, click, hour",
+        "wrong column count",
+    ),
 }
 
 
@@ -143,7 +196,11 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
         ("sample", ["--arch-mlp-bot=4-8-4"], "--arch-mlp-bot: must start with 13 for kaggle"),
         ("sample", ["--cat-min-count=0"], "--cat-min-count: must be >= 1"),
         ("sample", ["--max-ind-range=-1"], "--max-ind-range: must be >= 0"),
-        ("sample", ["--arch-embedding-size=10-10"], "--arch-embedding-size: '10-10' does not match the data's table sizes"),
+        (
+            "sample",
+            ["--arch-embedding-size=10-10"],
+            "--arch-embedding-size: '10-10' does not match the data's table sizes",
+        ),
         ("sample", ["--processed-data-file={raw}"], "--processed-data-file: {raw} is a file"),
     ],
 )
@@ -157,7 +214,11 @@ def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], mes
         raw.write_text("\n".join(sample_lines("criteo_kaggle_test_head1999_nolabel.txt")[:50]))
     elif setup == "sample":
         raw.write_text("\n".join(sample_lines("criteo_kaggle_train_sample100.txt")))
-    argv = dataset_argv("kaggle", raw, tmp_path) if setup else ["--data-generation=dataset", "--arch-mlp-bot=13-8-4", *MODEL]
+    argv = (
+        dataset_argv("kaggle", raw, tmp_path)
+        if setup
+        else ["--data-generation=dataset", "--arch-mlp-bot=13-8-4", *MODEL]
+    )
     code, _, err = run_cli(override_flags(argv, *(f.format(raw=raw) for f in flags)), capsys)
     assert code == 2
     assert one_error_line(err).startswith(message.format(raw=raw))
@@ -179,21 +240,34 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
     out_json = tmp_path / "r.json"
-    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(
+        dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", f"--results-json={out_json}"), capsys
+    )
     assert code == 0, err
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
     result = json.loads(out_json.read_text())
     sizes = result["model_config"]["table_sizes"]
     assert len(sizes) == 26 and all(1 < n <= v + 1 for n, v in zip(sizes, meta["vocabulary_sizes"]) if v > 1)
     assert result["final"]["samples"] == meta["rows"]["test"] == 143
-    assert (result["val"]["epoch"], result["val"]["iteration"]) == (result["final"]["epoch"], result["final"]["iteration"]) == (0, result["iterations"])
+    assert (
+        (result["val"]["epoch"], result["val"]["iteration"])
+        == (result["final"]["epoch"], result["final"]["iteration"])
+        == (0, result["iterations"])
+    )
     assert result["val"]["samples"] == meta["rows"]["val"]
     given = "--arch-embedding-size=" + "-".join(map(str, sizes))
-    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(
+        dataset_argv(
+            "kaggle", raw, tmp_path, "--cat-min-count=2", given, "--eval-split=val", f"--results-json={out_json}"
+        ),
+        capsys,
+    )
     assert code == 0, err
     assert "using processed data" in out and "evaluating on val" in out
     assert json.loads(out_json.read_text())["final"]["samples"] == meta["rows"]["val"] == 142
-    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys)
+    code, out, err = run_cli(
+        dataset_argv("kaggle", raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys
+    )
     assert code == 0 and json.loads(out_json.read_text())["final"]["samples"] == 50
 
 
@@ -205,6 +279,9 @@ def test_resuming_a_data_set_run_compares_the_data_set_flags(tmp_path, capsys) -
     for flag in ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811"):
         code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={saved}"), capsys)
         assert code == 2 and f"--load-model {saved}: {flag.split('=')[0]}: checkpoint has " in err, err
-    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, "--data-size=10", "--num-indices-per-lookup=3", f"--load-model={saved}"), capsys)
+    code, out, err = run_cli(
+        dataset_argv("kaggle", raw, tmp_path, "--data-size=10", "--num-indices-per-lookup=3", f"--load-model={saved}"),
+        capsys,
+    )
     assert code == 0, err  # flags of generated data do not touch a data set's stream
     assert "--data-size=10 (checkpoint: 1)" in out and "--num-indices-per-lookup=3 (checkpoint: 10)" in out

@@ -12,13 +12,21 @@ import data_utils
 import dlrm_mlet
 from mlet.data.preprocessing.cache import SPLITS, prepare
 from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
-from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, RawGenerator, WrittenRows, scaled_sizes
+from mlet.data.preprocessing.raw_generate import (
+    KAGGLE_CARDINALITIES,
+    KAGGLE_MISSING,
+    RawGenerator,
+    WrittenRows,
+    scaled_sizes,
+)
 
 
 def written(generator: RawGenerator) -> WrittenRows:
     """Everything the generator writes, concatenated."""
     chunks = list(generator.chunks())
-    return WrittenRows(*(np.concatenate([getattr(c, f) for c in chunks]) for f in ("labels", "counts", "missing", "ids", "hours")))
+    return WrittenRows(
+        *(np.concatenate([getattr(c, f) for c in chunks]) for f in ("labels", "counts", "missing", "ids", "hours"))
+    )
 
 
 def processed_rows(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,7 +36,8 @@ def processed_rows(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def assert_ids_map_one_to_one(generated: np.ndarray, got: np.ndarray, train_rows: int) -> None:
-    """Within training rows, generated values and vocabulary ids are in 1:1 correspondence; later rows follow it (unseen -> 0)."""
+    """Within training rows, generated values and vocabulary ids are in 1:1 correspondence; later rows follow it
+    (unseen -> 0)."""
     for t in range(generated.shape[1]):
         pairs = np.unique(np.stack([generated[:train_rows, t], got[:train_rows, t]]), axis=1)
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], f"feature {t} is not 1:1"
@@ -43,7 +52,23 @@ def test_generator_is_deterministic_by_seed(tmp_path) -> None:
     for data_set in ("kaggle", "avazu"):
         paths = [tmp_path / f"{data_set}{i}" for i in range(3)]
         for path, seed in zip(paths, (5, 5, 6)):
-            assert data_utils.command_line(["generate", data_set, "--rows", "3000", "--seed", str(seed), "--out", str(path), "--scale", "0.001"]) == 0
+            assert (
+                data_utils.command_line(
+                    [
+                        "generate",
+                        data_set,
+                        "--rows",
+                        "3000",
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        str(path),
+                        "--scale",
+                        "0.001",
+                    ]
+                )
+                == 0
+            )
         assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
 
 
@@ -57,7 +82,9 @@ def test_kaggle_file_has_the_real_layout_and_profile(tmp_path) -> None:
     empty = {name: np.mean([r[i] == "" for r in rows]) for i, name in enumerate(columns)}
     for group, share in KAGGLE_MISSING:
         assert all(abs(empty[name] - share) < 0.02 for name in group), group
-    assert all(len(r[i]) in (0, 8) and all(c in "0123456789abcdef" for c in r[i]) for r in rows[:500] for i in range(14, 40))
+    assert all(
+        len(r[i]) in (0, 8) and all(c in "0123456789abcdef" for c in r[i]) for r in rows[:500] for i in range(14, 40)
+    )
     assert any(r[2].startswith("-") for r in rows)  # I2 has negatives, as in the real file
     sizes = scaled_sizes(KAGGLE_CARDINALITIES, 0.001)
     assert sizes[2] == 10131 and sizes[8] == 3 and min(sizes) >= 3  # C9 (3 values) keeps all of them
@@ -73,7 +100,9 @@ def test_preprocessing_recovers_the_generated_kaggle_samples(tmp_path) -> None:
     dense, ids, labels = processed_rows(data)
     truth = written(generator)
     assert np.array_equal(labels, truth.labels)
-    assert np.array_equal(dense, np.log1p(np.maximum(truth.counts, 0)).astype(np.float32))  # empty fields and negatives -> 0
+    assert np.array_equal(
+        dense, np.log1p(np.maximum(truth.counts, 0)).astype(np.float32)
+    )  # empty fields and negatives -> 0
     assert (truth.counts < 0).any() and truth.missing.any()
     assert_ids_map_one_to_one(truth.ids, ids, data.meta["rows"]["train"])
 
@@ -98,7 +127,12 @@ def test_generate_preprocess_train_reaches_auc_above_0_7(tmp_path, capsys) -> No
     """The whole user path on the synthetic Kaggle format: about 10 s on 2 idle cores."""
     raw = tmp_path / "train.txt"
     model = ["--synthetic-rank", "16", "--synthetic-interaction-std", "3"]
-    assert data_utils.command_line(["generate", "kaggle", "--rows", "100000", "--seed", "7", "--out", str(raw), "--scale", "0.0005", *model]) == 0
+    assert (
+        data_utils.command_line(
+            ["generate", "kaggle", "--rows", "100000", "--seed", "7", "--out", str(raw), "--scale", "0.0005", *model]
+        )
+        == 0
+    )
     results = tmp_path / "result.json"
     argv = [
         "--data-generation=dataset",
@@ -135,11 +169,26 @@ def test_preprocess_subcommand(data_set: str, tmp_path, capsys) -> None:
     raw = tmp_path / "raw"
     assert data_utils.command_line(["generate", data_set, "--rows", "2000", "--out", str(raw), "--scale", "0.001"]) == 0
     code = data_utils.command_line(
-        ["preprocess", f"--data-set={data_set}", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=0"]
+        [
+            "preprocess",
+            f"--data-set={data_set}",
+            f"--raw-data-file={raw}",
+            f"--processed-data-file={tmp_path / 'p'}",
+            "--progress=0",
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0 and "table sizes" in out and (tmp_path / "p" / "meta.json").exists()
-    assert data_utils.command_line(["preprocess", "--data-set=avazu" if data_set == "kaggle" else "--data-set=kaggle", f"--raw-data-file={raw}"]) == 2
+    assert (
+        data_utils.command_line(
+            [
+                "preprocess",
+                "--data-set=avazu" if data_set == "kaggle" else "--data-set=kaggle",
+                f"--raw-data-file={raw}",
+            ]
+        )
+        == 2
+    )
     assert "use --data-set" in capsys.readouterr().err
 
 
@@ -164,7 +213,15 @@ def test_generate_creates_the_output_folder(tmp_path, capsys) -> None:
 )
 def test_generate_flags_are_checked_in_one_line(flags: list[str], message: str, tmp_path, capsys) -> None:
     (tmp_path / "afile").write_text("x")
-    argv = ["generate", "kaggle", "--rows", "50", "--out", str(tmp_path / "ok.txt"), *[f.format(tmp=tmp_path) for f in flags]]
+    argv = [
+        "generate",
+        "kaggle",
+        "--rows",
+        "50",
+        "--out",
+        str(tmp_path / "ok.txt"),
+        *[f.format(tmp=tmp_path) for f in flags],
+    ]
     assert data_utils.command_line(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"data_utils.py: error: {message.format(tmp=tmp_path)}"]
     assert not (tmp_path / "ok.txt").exists()
@@ -172,8 +229,19 @@ def test_generate_flags_are_checked_in_one_line(flags: list[str], message: str, 
 
 @pytest.mark.parametrize("generation", ["random", "synthetic"])
 def test_eval_split_val_on_generated_data_uses_another_stream(generation: str, tmp_path, capsys) -> None:
-    common = [f"--data-generation={generation}", "--arch-embedding-size=50-20-7", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]
-    common += ["--arch-mlp-top=8-1", "--mini-batch-size=64", "--num-batches=3", "--test-data-size=300", "--progress=false"]
+    common = [
+        f"--data-generation={generation}",
+        "--arch-embedding-size=50-20-7",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-sparse-feature-size=4",
+    ]
+    common += [
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=64",
+        "--num-batches=3",
+        "--test-data-size=300",
+        "--progress=false",
+    ]
     finals = {}
     for split in ("test", "val"):
         out = tmp_path / f"{split}.json"

@@ -12,7 +12,11 @@ from mlet.data.sources import ArraySource
 
 def arrays(rows: int = 1000, tables: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.random((rows, 13), dtype=np.float32), rng.integers(0, 50, (rows, tables), dtype=np.int32), rng.integers(0, 2, rows).astype(np.float32)
+    return (
+        rng.random((rows, 13), dtype=np.float32),
+        rng.integers(0, 50, (rows, tables), dtype=np.int32),
+        rng.integers(0, 2, rows).astype(np.float32),
+    )
 
 
 def as_tuples(batches) -> list[tuple]:

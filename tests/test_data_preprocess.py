@@ -94,7 +94,9 @@ def test_id_limits_on_a_batch() -> None:
     assert capped.table_sizes == [2, 2] and capped(np.array([[3, 2]], np.int32)).tolist() == [[1, 0]]
 
 
-@pytest.mark.parametrize(("total", "expected"), [(1999, (1714, 143, 142)), (7, (6, 1, 0)), (70, (60, 5, 5)), (13, (12, 1, 0))])
+@pytest.mark.parametrize(
+    ("total", "expected"), [(1999, (1714, 143, 142)), (7, (6, 1, 0)), (70, (60, 5, 5)), (13, (12, 1, 0))]
+)
 def test_dlrm_split_sizes_follow_upstream(total: int, expected: tuple[int, int, int]) -> None:
     """Upstream: divmod into 7 days (the first days one longer), days 1-6 train, day 7 split by np.array_split."""
     split = SplitPlan("dlrm", total=total).assigner()(SimpleNamespace(rows=np.arange(total)))
@@ -113,7 +115,9 @@ def test_random_811_split_is_seeded_and_close_to_8_1_1() -> None:
     c = SplitPlan("random-811", seed=1).assigner()(rows)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.allclose(np.bincount(a) / len(a), [0.8, 0.1, 0.1], atol=0.005)
-    in_blocks = np.concatenate([SplitPlan("random-811").assigner()(SimpleNamespace(rows=r)) for r in np.array_split(rows.rows, 7)])
+    in_blocks = np.concatenate(
+        [SplitPlan("random-811").assigner()(SimpleNamespace(rows=r)) for r in np.array_split(rows.rows, 7)]
+    )
     assert np.array_equal(in_blocks, a)  # a row's split does not depend on how the file is cut into blocks
 
 
@@ -153,7 +157,11 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     quiet_prepare(None, target)  # no raw file: the cache alone will do
     cases = [
         (lambda: None, dict(split="random-811"), "other settings (data_split dlrm -> random-811"),
-        (lambda: raw.write_bytes(raw.read_bytes().rsplit(b"\n", 2)[0] + b"\n"), dict(split="random-811"), "another raw file"),
+        (
+            lambda: raw.write_bytes(raw.read_bytes().rsplit(b"\n", 2)[0] + b"\n"),
+            dict(split="random-811"),
+            "another raw file",
+        ),
         (lambda: flip_first_label(raw), dict(split="random-811"), "same size, different content"),
         (lambda: (target / "meta.json").unlink(), dict(split="random-811"), "no complete processed data"),
         (lambda: None, dict(split="random-811", split_seed=5), "split_seed 0 -> 5"),
@@ -166,7 +174,10 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
         quiet_prepare(raw, target, logs=logs, **kw)
         assert logs[-1].startswith("using processed data")
     meta = json.loads((target / "meta.json").read_text())
-    assert meta["source"]["size"] == raw.stat().st_size and meta["rows"]["train"] + meta["rows"]["test"] + meta["rows"]["val"] == 1999 - 1
+    assert (
+        meta["source"]["size"] == raw.stat().st_size
+        and meta["rows"]["train"] + meta["rows"]["test"] + meta["rows"]["val"] == 1999 - 1
+    )
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "short"])
@@ -182,7 +193,9 @@ def test_a_damaged_cache_is_rebuilt_from_the_raw_file_or_reported(damage: str, t
         victim.write_bytes(victim.read_bytes()[:-100])
     else:  # a well-formed array of the wrong length
         np.save(victim, np.load(victim)[:-1])
-    with pytest.raises(UserError, match=r"^--processed-data-file: .*train\.cat\.npy .*give --raw-data-file to rebuild it$"):
+    with pytest.raises(
+        UserError, match=r"^--processed-data-file: .*train\.cat\.npy .*give --raw-data-file to rebuild it$"
+    ):
         quiet_prepare(None, target)
     logs: list[str] = []
     data = quiet_prepare(raw, target, logs=logs)
@@ -206,7 +219,10 @@ def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         quiet_prepare(raw, target, split="random-811")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed"]  # no temporaries left, stale one removed
-    assert sorted(p.name for p in target.iterdir()) == before and preprocess.read_meta(target)["settings"]["data_split"] == "dlrm"
+    assert (
+        sorted(p.name for p in target.iterdir()) == before
+        and preprocess.read_meta(target)["settings"]["data_split"] == "dlrm"
+    )
     with pytest.raises(KeyboardInterrupt):
         quiet_prepare(raw, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()

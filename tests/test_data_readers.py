@@ -62,13 +62,20 @@ def test_kaggle_samples_parse_to_the_right_values(name: str, rows: int) -> None:
     ref = reference_rows(path, "," if csv else "\t", header=csv)
     ref = [r[1:] for r in ref] if csv else ref  # drop Id
     got = read_all(path, "kaggle", block_bytes=1 << 16)  # several blocks
-    assert len(ref) == rows and got["labels"].shape == (rows,) and got["counts"].shape == (rows, 13) and got["keys"].shape == (rows, 26)
+    assert (
+        len(ref) == rows
+        and got["labels"].shape == (rows,)
+        and got["counts"].shape == (rows, 13)
+        and got["keys"].shape == (rows, 26)
+    )
     assert not got["errors"].any() and not got["wrong_width"]
     assert np.array_equal(got["rows"], np.arange(rows))
     assert got["labels"].tolist() == [int(r[0]) for r in ref]
     assert got["counts"].tolist() == [[int(v) if v else 0 for v in r[1:14]] for r in ref]
     assert got["keys"].tolist() == [[hex_key(v) for v in r[14:]] for r in ref]
-    assert (got["counts"] < 0).any() and (got["keys"] == MISSING).any()  # the samples do have negatives and empty fields
+    assert (got["counts"] < 0).any() and (
+        got["keys"] == MISSING
+    ).any()  # the samples do have negatives and empty fields
 
 
 def test_crlf_competition_csv_and_missing_final_newline_read_as_the_tsv() -> None:
@@ -86,12 +93,16 @@ def test_avazu_samples_parse_to_the_right_values(name: str, rows: int) -> None:
     ref = reference_rows(path, ",", header=True)
     got = read_all(path, "avazu", block_bytes=1 << 16)
     layout = detect_layout(path, "avazu")
-    assert layout.categorical_features[:3] == ("hour_of_day", "weekday", "C1") and len(layout.categorical_features) == 23
+    assert (
+        layout.categorical_features[:3] == ("hour_of_day", "weekday", "C1") and len(layout.categorical_features) == 23
+    )
     assert got["keys"].shape == (rows, 23) and got["counts"].shape == (rows, 0) and not got["errors"].any()
     assert got["labels"].tolist() == [int(r[1]) for r in ref]
     hours = [r[2] for r in ref]
     assert got["keys"][:, 0].tolist() == [int(h[6:]) for h in hours]
-    assert got["keys"][:, 1].tolist() == [datetime.date(2000 + int(h[:2]), int(h[2:4]), int(h[4:6])).weekday() for h in hours]
+    assert got["keys"][:, 1].tolist() == [
+        datetime.date(2000 + int(h[:2]), int(h[2:4]), int(h[4:6])).weekday() for h in hours
+    ]
     assert got["dates"].tolist() == [int(h[:6]) for h in hours]
     columns = raw_data.AVAZU_COLUMNS[3:]
     expected = [[int(v, 16) if c in raw_data.AVAZU_HEX else int(v) for c, v in zip(columns, r[3:])] for r in ref]
@@ -142,7 +153,11 @@ def test_unlabelled_avazu_and_competition_test_files_are_refused(tmp_path) -> No
 def test_missing_empty_and_directory_inputs_give_one_line(tmp_path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
-    for path, message in [(tmp_path / "nope.txt", "no such file"), (empty, "file is empty"), (tmp_path, "is a directory")]:
+    for path, message in [
+        (tmp_path / "nope.txt", "no such file"),
+        (empty, "file is empty"),
+        (tmp_path, "is a directory"),
+    ]:
         with pytest.raises(UserError, match=message) as info:
             detect_layout(path, "kaggle")
         assert "\n" not in str(info.value) and str(path) in str(info.value)
@@ -172,9 +187,13 @@ def test_field_decoders() -> None:
     assert bad.tolist() == [False, False, False, True, True, True]
     labels, bad = raw_data.parse_label(pa.array(["0", "1", "2", None, "10", "/"]))
     assert labels[:2].tolist() == [0, 1] and bad.tolist() == [False, False, True, True, True, True]
-    hour, weekday, date, bad = raw_data.parse_hour(pa.array(["14102100", "14103023", "14113100", "14102124", "1410210", None, "14022900"]))
+    hour, weekday, date, bad = raw_data.parse_hour(
+        pa.array(["14102100", "14103023", "14113100", "14102124", "1410210", None, "14022900"])
+    )
     assert bad.tolist() == [False, False, True, True, True, True, True]
-    assert hour[:2].tolist() == [0, 23] and weekday[:2].tolist() == [1, 3] and date[:2].tolist() == [141021, 141030]  # Tuesday, Thursday
+    assert (
+        hour[:2].tolist() == [0, 23] and weekday[:2].tolist() == [1, 3] and date[:2].tolist() == [141021, 141030]
+    )  # Tuesday, Thursday
 
 
 def test_count_lines_counts_a_last_line_without_newline(tmp_path) -> None:

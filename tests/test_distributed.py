@@ -50,7 +50,9 @@ Fault = Callable[[int], None]
 # Ranks are forked from a clean single-threaded server that has the heavy modules loaded: fast to
 # start, and free of locks that this process's threads (prefetching, OpenMP) might hold at a fork.
 RANKS = multiprocessing.get_context("forkserver")
-RANKS.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel", "numpy", "sklearn.metrics", "tqdm"])
+RANKS.set_forkserver_preload(
+    ["torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel", "numpy", "sklearn.metrics", "tqdm"]
+)
 
 
 # -- running ranks -------------------------------------------------------------
@@ -63,7 +65,14 @@ def free_port() -> int:
 
 def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault: Fault | None) -> None:
     """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     stacks = open(f"{out}.stacks", "w")  # noqa: SIM115 (open until the process ends)
     faulthandler.dump_traceback_later(RUN_TIMEOUT_S - 15, file=stacks)  # where a hung rank waits
@@ -94,7 +103,9 @@ def run_ranks(world: int, argv: list[str], tmp: Path, fault: Fault | None = None
         if p.is_alive():
             p.kill()
             p.join()
-    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s:\n" + "\n".join(Path(f"{outs[r]}.stacks").read_text() for r in hung)
+    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s:\n" + "\n".join(
+        Path(f"{outs[r]}.stacks").read_text() for r in hung
+    )
     results = [json.loads(out.read_text()) for out in outs]
     return [Outcome(r["code"], r["stdout"], r["stderr"]) for r in results]
 
@@ -116,14 +127,18 @@ def runner(tmp_path):
             return in_process(argv)
         ranks = run_ranks(nproc, argv, tmp_path)
         failed = [o for o in ranks if o.code != 0]
-        return Outcome(max(o.code for o in ranks), ranks[0].stdout, "\n".join(o.stderr for o in failed) or ranks[0].stderr)
+        return Outcome(
+            max(o.code for o in ranks), ranks[0].stdout, "\n".join(o.stderr for o in failed) or ranks[0].stderr
+        )
 
     return run
 
 
 # -- equivalence -----------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["mlet-sgd-4-tables", "baseline-sgd-1-table", "mlet-adagrad-3-tables", "baseline-adam-4-tables"])
+@pytest.mark.parametrize(
+    "scenario", ["mlet-sgd-4-tables", "baseline-sgd-1-table", "mlet-adagrad-3-tables", "baseline-adam-4-tables"]
+)
 def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
     """30 steps, uneven last batches: per-step losses, final parameters and optimizer state to 1e-5; same AUC."""
     diff = compare_scenario(scenario, runner, tmp_path, nproc=2)
@@ -159,7 +174,9 @@ def test_distributed_checkpoint_is_complete_and_collapses(runner, tmp_path) -> N
     evaluate = scenario_flags("mlet-adagrad-3-tables", ["--inference-only", f"--load-model={path}"])
     one, two = in_process(evaluate), runner(2, evaluate)
     assert one.code == two.code == 0
-    (loss1, auc1), (loss2, auc2) = (map(float, re.search(r"loss ([0-9.]+), auc ([0-9.]+)", out).groups()) for out in (one.stdout, two.stdout))
+    (loss1, auc1), (loss2, auc2) = (
+        map(float, re.search(r"loss ([0-9.]+), auc ([0-9.]+)", out).groups()) for out in (one.stdout, two.stdout)
+    )
     assert abs(loss1 - loss2) <= 1e-6 and abs(auc1 - auc2) <= 1e-6
 
 
@@ -172,7 +189,11 @@ def test_rank_zero_alone_prints_and_states_the_plan(tmp_path) -> None:
     out = ranks[0].stdout
     assert out.count("sharding plan: 4 tables on 2 processes") == 1
     assert "rank 0: tables 2,3 (2 tables, 302 rows" in out and "rank 1: tables 0,1 (2 tables, 57 rows" in out
-    assert "64 B/sample forward" in out and "32 B/sample of it between processes" in out and "K-wide vectors would be 256 B/sample" in out
+    assert (
+        "64 B/sample forward" in out
+        and "32 B/sample of it between processes" in out
+        and "K-wide vectors would be 256 B/sample" in out
+    )
     payload = json.loads(results.read_text())
     assert payload["distributed"]["world_size"] == 2 and payload["final"]["samples"] == 101
 
@@ -237,11 +258,20 @@ def failing_step_on_rank_one(rank: int) -> None:
 
 
 def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
-    ranks = run_ranks(2, scenario_flags("mlet-sgd-4-tables", ["--dist-timeout=20"]), tmp_path, fault=failing_step_on_rank_one)
-    assert ranks[1].code == 2 and ranks[1].stderr.strip() == "dlrm_mlet.py: error: rank 1: simulated failure in a training step"
+    ranks = run_ranks(
+        2, scenario_flags("mlet-sgd-4-tables", ["--dist-timeout=20"]), tmp_path, fault=failing_step_on_rank_one
+    )
+    assert (
+        ranks[1].code == 2
+        and ranks[1].stderr.strip() == "dlrm_mlet.py: error: rank 1: simulated failure in a training step"
+    )
     assert ranks[0].code == 1
     lines = ranks[0].stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ") and "another process has probably failed" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ")
+        and "another process has probably failed" in lines[0]
+    )
 
 
 @pytest.mark.slow
@@ -249,8 +279,18 @@ def test_torchrun_launch(tmp_path) -> None:
     """The README's command: torchrun, 2 gloo processes; the same losses as one process."""
     flags = scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", "--dist-backend=gloo"])
     single = in_process(flags)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "dlrm_mlet.py"), *flags]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "dlrm_mlet.py"),
+        *flags,
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("sharding plan:") == 1 and done.stdout.count("Testing at") == 1
     one, two = step_losses(single.stdout), step_losses(done.stdout)
@@ -299,7 +339,9 @@ def test_local_shares_cover_the_batch(batch: int) -> None:
     for world in (2, 3):
         sizes = local_sizes(batch, world)
         assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1
-        assert [sample_range(batch, world, r) for r in range(world)] == [(sum(sizes[:r]), sum(sizes[: r + 1])) for r in range(world)]
+        assert [sample_range(batch, world, r) for r in range(world)] == [
+            (sum(sizes[:r]), sum(sizes[: r + 1])) for r in range(world)
+        ]
 
 
 def test_shard_keeps_own_samples_and_own_tables() -> None:
@@ -312,14 +354,22 @@ def test_shard_keeps_own_samples_and_own_tables() -> None:
     shard = process.shard(Batch(dense, features, labels))
     assert shard.size == 7 and torch.equal(shard.labels, labels[4:]) and torch.equal(shard.dense, dense[4:])
     expected = features.select_tables([1, 3])
-    assert torch.equal(shard.sparse.features.indices, expected.indices) and torch.equal(shard.sparse.features.offsets, expected.offsets)
+    assert torch.equal(shard.sparse.features.indices, expected.indices) and torch.equal(
+        shard.sparse.features.offsets, expected.offsets
+    )
 
 
 def test_only_collective_failures_become_one_line_errors() -> None:
     assert communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)")) is None
     assert communication_failure(ValueError("Connection closed by peer")) is None
-    failure = communication_failure(RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063"))
-    assert failure is not None and str(failure).startswith("torch.distributed: [third_party/gloo") and "--dist-timeout" in str(failure)
+    failure = communication_failure(
+        RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063")
+    )
+    assert (
+        failure is not None
+        and str(failure).startswith("torch.distributed: [third_party/gloo")
+        and "--dist-timeout" in str(failure)
+    )
 
 
 def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:

@@ -25,7 +25,9 @@ OUTLIER_SHARE = 1e-3
 """Adagrad magnifies that order on elements whose gradient sum nearly cancels (it divides by
 the root of the squared sums): on an H100 about one run in five left one table element of
 9,712 at 1.5e-4 from the CPU's. Up to this share of a tensor's elements may differ by ..."""
-OUTLIER_ATOL = 1e-2  # ... up to this much (a step is up to --learning-rate 0.3); a wrong kernel moves far more, and more elements
+OUTLIER_ATOL = (
+    1e-2  # ... up to this much (a step is up to --learning-rate 0.3); a wrong kernel moves far more, and more elements
+)
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -41,7 +43,9 @@ def assert_close_but_outliers(a, b, where: str) -> None:
     a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
     assert a.shape == b.shape, f"{where}: shapes {tuple(a.shape)} and {tuple(b.shape)}"
     outliers = int((~torch.isclose(a, b, **TOLERANCE)).sum())
-    assert outliers <= int(a.numel() * OUTLIER_SHARE), f"{where}: {outliers} of {a.numel()} elements differ beyond {TOLERANCE}"
+    assert outliers <= int(a.numel() * OUTLIER_SHARE), (
+        f"{where}: {outliers} of {a.numel()} elements differ beyond {TOLERANCE}"
+    )
     torch.testing.assert_close(a, b, rtol=0.0, atol=OUTLIER_ATOL, msg=lambda m: f"{where}: {m}")
 
 
@@ -81,7 +85,9 @@ def test_gpu_interrupted_run_resumes(tmp_path, monkeypatch, capsys) -> None:
         code, _, _ = run_cli([*flags, f"--save-model={ckpt}", "--save-freq=15"], capsys)
     assert code == 130
     assert load_checkpoint(ckpt)["position"]["iteration"] == 15
-    code, out, err = run_cli([*flags, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
+    code, out, err = run_cli(
+        [*flags, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys
+    )
     assert code == 0, err
     assert "resuming" in out
     assert_close_runs((load_checkpoint(ckpt), json.loads((tmp_path / "r.json").read_text())), straight)
@@ -91,7 +97,9 @@ def test_gpu_interrupted_run_resumes(tmp_path, monkeypatch, capsys) -> None:
 def test_gpu_checkpoint_evaluates_on_cpu(tmp_path, capsys) -> None:
     _, gpu_results = train([*FLAGS, "--use-gpu"], tmp_path, "gpu")
     out = tmp_path / "cpu_eval.json"
-    code, _, err = run_cli([*FLAGS, f"--load-model={tmp_path / 'gpu.pt'}", "--inference-only", f"--results-json={out}"], capsys)
+    code, _, err = run_cli(
+        [*FLAGS, f"--load-model={tmp_path / 'gpu.pt'}", "--inference-only", f"--results-json={out}"], capsys
+    )
     assert code == 0, err
     cpu_final = json.loads(out.read_text())["final"]
     assert cpu_final["samples"] == gpu_results["final"]["samples"]

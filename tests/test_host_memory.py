@@ -10,7 +10,9 @@ from mlet.training.optimizers import adagrad_state
 from mlet_layers import EmbeddingTables
 
 THP_MODE = host_memory.transparent_huge_pages_mode()
-needs_thp = pytest.mark.skipif(THP_MODE not in ("always", "madvise"), reason=f"transparent huge pages are '{THP_MODE}' here")
+needs_thp = pytest.mark.skipif(
+    THP_MODE not in ("always", "madvise"), reason=f"transparent huge pages are '{THP_MODE}' here"
+)
 needs_madvise_mode = pytest.mark.skipif(THP_MODE != "madvise", reason="only in 'madvise' mode does the advice decide")
 TABLE_ROWS = 300_000  # x 64 floats = 73 MiB: above glibc's largest mmap threshold (32 MiB), so fresh untouched memory
 
@@ -59,7 +61,9 @@ def test_tables_on_huge_pages_hold_the_same_values(monkeypatch):
     assert torch.equal(advised.projection, ordinary.projection)
 
 
-@pytest.mark.parametrize(("value", "enabled"), [(None, True), ("1", True), ("0", False), ("off", False), ("False", False)])
+@pytest.mark.parametrize(
+    ("value", "enabled"), [(None, True), ("1", True), ("0", False), ("off", False), ("False", False)]
+)
 def test_switch_values(monkeypatch, value, enabled):
     if value is None:
         monkeypatch.delenv(host_memory.ENV_SWITCH, raising=False)

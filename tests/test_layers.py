@@ -84,7 +84,9 @@ def test_collapse_is_independent_copy(make_model) -> None:
 
 
 def train_steps(model: DLRM, steps: int, lr: float = 0.5) -> list[float]:
-    opt = build_optimizer("sgd", lr, model.sparse_parameters(), {n: p for n, p in model.dense_parameters().items() if p.requires_grad})
+    opt = build_optimizer(
+        "sgd", lr, model.sparse_parameters(), {n: p for n, p in model.dense_parameters().items() if p.requires_grad}
+    )
     return train_random_steps(model, opt, steps, batch=32)
 
 

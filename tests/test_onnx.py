@@ -39,7 +39,10 @@ def torch_probabilities(model: DLRM, dense: torch.Tensor, sparse) -> np.ndarray:
 
 
 def run_session(session: onnxruntime.InferenceSession, dense: torch.Tensor, sparse) -> np.ndarray:
-    (out,) = session.run(["probabilities"], {"dense": dense.numpy(), "indices": sparse.indices.numpy(), "offsets": sparse.offsets.numpy()})
+    (out,) = session.run(
+        ["probabilities"],
+        {"dense": dense.numpy(), "indices": sparse.indices.numpy(), "offsets": sparse.offsets.numpy()},
+    )
     return out
 
 
@@ -64,7 +67,13 @@ def exported(tmp_path_factory) -> dict:
     with the external-data threshold forced below its size (2 GiB minus headroom by default)."""
     out = tmp_path_factory.mktemp("onnx")
     two_layer = trained_looking(K)
-    training = {"format": FORMAT, "version": VERSION, "kind": "training", "model_config": two_layer.config.to_dict(), "model": two_layer.state_dict()}
+    training = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "training",
+        "model_config": two_layer.config.to_dict(),
+        "model": two_layer.state_dict(),
+    }
     atomic_save(checkpoint.collapsed_checkpoint(training), out / "collapsed.pt")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -73,11 +82,18 @@ def exported(tmp_path_factory) -> dict:
         patch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
         report = export_onnx(two_layer, out / "two_layer.onnx")
     assert report["external_data"] == str(out / "two_layer.onnx.data") and report["max_abs_diff"] <= 1e-5
-    return {"collapsed": (two_layer.collapse().eval(), out / "collapsed.onnx"), "two_layer": (two_layer, out / "two_layer.onnx"), "printed": printed.getvalue()}
+    return {
+        "collapsed": (two_layer.collapse().eval(), out / "collapsed.onnx"),
+        "two_layer": (two_layer, out / "two_layer.onnx"),
+        "printed": printed.getvalue(),
+    }
 
 
 def input_output_dims(model: onnx.ModelProto) -> dict[str, list]:
-    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
+    return {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
 
 
 @pytest.mark.slow
@@ -88,10 +104,18 @@ def test_command_line_export_writes_one_file_with_dynamic_shapes(exported) -> No
     assert lines[1].startswith("onnxruntime check: max abs diff ") and float(lines[1].split()[5]) <= 1e-5
     assert path.exists() and not path.with_name(path.name + ".data").exists()
     model = onnx.load(path)
-    assert input_output_dims(model) == {"dense": ["batch", 13], "indices": ["num_indices"], "offsets": ["4*batch + 1"], "probabilities": ["batch"]}
+    assert input_output_dims(model) == {
+        "dense": ["batch", 13],
+        "indices": ["num_indices"],
+        "offsets": ["4*batch + 1"],
+        "probabilities": ["batch"],
+    }
     weights = {i.name: i for i in model.graph.initializer}
     assert "model.tables.projection" not in weights  # plain d-wide tables
-    assert weights["model.tables.weight"].data_location == onnx.TensorProto.DEFAULT and len(weights["model.tables.weight"].raw_data) == 359 * 4 * 4
+    assert (
+        weights["model.tables.weight"].data_location == onnx.TensorProto.DEFAULT
+        and len(weights["model.tables.weight"].raw_data) == 359 * 4 * 4
+    )
 
 
 def test_large_models_are_written_with_external_data(exported) -> None:
@@ -118,11 +142,18 @@ def test_onnxruntime_matches_torch_at_several_batch_sizes(which: str, exported) 
 
 @pytest.fixture(scope="module")
 def diverged(tmp_path_factory) -> dict:
-    """A plain-table model whose last bias is NaN (every output NaN, as after divergence), exported through the command line."""
+    """A plain-table model whose last bias is NaN (every output NaN, as after divergence), exported through the
+    command line."""
     out = tmp_path_factory.mktemp("onnx_diverged")
     model = trained_looking(0)
     model.state_dict()["top.2.bias"].fill_(math.nan)  # the state dict shares the parameters' storage
-    ckpt = {"format": FORMAT, "version": VERSION, "kind": "inference", "model_config": model.config.to_dict(), "model": model.state_dict()}
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "inference",
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+    }
     atomic_save(ckpt, out / "nan.pt")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -134,7 +165,8 @@ def diverged(tmp_path_factory) -> dict:
 def test_a_diverged_model_is_written_but_fails_the_check_in_one_line(diverged) -> None:
     assert diverged["code"] == 2 and diverged["stdout"] == "" and diverged["path"].exists()
     assert diverged["stderr"] == (
-        f"checkpoint.py: error: {diverged['path']}: written, but not checked: the model's outputs are not finite (diverged weights?); --no-verify skips the check\n"
+        f"checkpoint.py: error: {diverged['path']}: written, but not checked: "
+        "the model's outputs are not finite (diverged weights?); --no-verify skips the check\n"
     )
 
 

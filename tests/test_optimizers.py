@@ -102,13 +102,17 @@ def test_fused_row_adagrad_with_repeated_rows() -> None:
 
 def test_state_moves_between_fused_and_torch_optimizers(make_model) -> None:
     model = make_model(8)
-    fused = build_optimizer("adagrad", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables)
+    fused = build_optimizer(
+        "adagrad", 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables
+    )
     train_random_steps(model, fused, 3, bag=1)
     saved = copy.deepcopy(fused.state_dict())
     other = make_model(8)
     torch_opt = build_optimizer("adagrad", 0.1, other.sparse_parameters(), other.dense_parameters())
     torch_opt.load_state_dict(saved)
     assert torch.equal(torch_opt.state_dict()["state"]["tables.weight"]["sum"], saved["state"]["tables.weight"]["sum"])
-    back = build_optimizer("adagrad", 0.1, other.sparse_parameters(), other.dense_parameters(), fused_tables=other.tables)
+    back = build_optimizer(
+        "adagrad", 0.1, other.sparse_parameters(), other.dense_parameters(), fused_tables=other.tables
+    )
     back.load_state_dict(torch_opt.state_dict())
     assert torch.equal(back.state_dict()["state"]["top.0.weight"]["sum"], saved["state"]["top.0.weight"]["sum"])

@@ -13,13 +13,23 @@ import data_utils
 import dlrm_mlet
 from mlet.data.sources import ArraySource
 from mlet.repro import rank_analysis as analyze_rank
-from mlet.repro.analysis import bin_labels, effective_rank, frequency_metrics, parse_edges, rarest_id_counts, singular_values, table_spectra, training_counts
+from mlet.repro.analysis import (
+    bin_labels,
+    effective_rank,
+    frequency_metrics,
+    parse_edges,
+    rarest_id_counts,
+    singular_values,
+    table_spectra,
+    training_counts,
+)
 from mlet.training.checkpoints import atomic_save, load_checkpoint
 from mlet.training.metrics import ctr_metrics
 
 
 def matrix_with_spectrum(values: list[float], rows: int = 40, seed: int = 0) -> torch.Tensor:
-    """A rows x len(values) matrix whose singular values are ``values``: U diag(values) V^T with random orthonormal U, V."""
+    """A rows x len(values) matrix whose singular values are ``values``: U diag(values) V^T with random
+    orthonormal U, V."""
     gen = torch.Generator().manual_seed(seed)
     k = len(values)
     u, _ = torch.linalg.qr(torch.randn(rows, k, generator=gen, dtype=torch.float64))
@@ -84,7 +94,9 @@ def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
     test_ids = np.array([[0, 0], [1, 0], [0, 1], [0, 2]])
     assert rarest_id_counts(test_ids, counts).tolist() == [3, 1, 0, 2]  # the rarest id decides; unseen counts 0
     # a transform (as IdLimits) is applied before counting
-    folded = ArraySource(np.zeros((5, 1), np.float32), train_ids, np.zeros(5), batch_size=2, id_transform=lambda ids: np.minimum(ids, 1))
+    folded = ArraySource(
+        np.zeros((5, 1), np.float32), train_ids, np.zeros(5), batch_size=2, id_transform=lambda ids: np.minimum(ids, 1)
+    )
     assert [c.tolist() for c in training_counts(folded, [2, 3])] == [[4, 1], [3, 2, 0]]
 
     probs = np.array([0.9, 0.2, 0.8, 0.3, 0.6, 0.4])
@@ -113,7 +125,12 @@ def tiny_runs(tmp_path_factory):
     """A generated Kaggle-format file; a baseline and an MLET run on it (results JSONs and collapsed checkpoints)."""
     root = tmp_path_factory.mktemp("repro")
     raw = root / "train.txt"
-    assert data_utils.command_line(["generate", "kaggle", "--rows", "6000", "--seed", "3", "--out", str(raw), "--scale", "0.0005"]) == 0
+    assert (
+        data_utils.command_line(
+            ["generate", "kaggle", "--rows", "6000", "--seed", "3", "--out", str(raw), "--scale", "0.0005"]
+        )
+        == 0
+    )
     common = [
         "--data-generation=dataset",
         "--data-set=kaggle",
@@ -129,7 +146,11 @@ def tiny_runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for name, extra in (("base", []), ("mlet", ["--mlet-hidden=16"]), ("mlet_val", ["--mlet-hidden=16", "--eval-split=val"])):
+        for name, extra in (
+            ("base", []),
+            ("mlet", ["--mlet-hidden=16"]),
+            ("mlet_val", ["--mlet-hidden=16", "--eval-split=val"]),
+        ):
             argv = [*common, *extra, f"--results-json={root / name}.json", f"--save-collapsed={root / name}.pt"]
             assert dlrm_mlet.main(argv) == 0
     finally:
@@ -147,27 +168,47 @@ def test_results_json_holds_validation_and_test_metrics_of_the_same_model(tiny_r
     val_run = json.loads((tiny_runs / "mlet_val.json").read_text())
     assert val_run["val"] == val_run["final"]  # --eval-split=val: the reported metrics are the validation ones
     assert val_run["val"]["auc"] == pytest.approx(test_run["val"]["auc"], abs=1e-12)  # same seed, same model
-    generated = ["--data-generation=synthetic", "--arch-embedding-size=50-20", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4"]
-    generated += ["--arch-mlp-top=8-1", "--mini-batch-size=64", "--num-batches=2", "--progress=false", f"--results-json={tiny_runs / 'gen.json'}"]
+    generated = [
+        "--data-generation=synthetic",
+        "--arch-embedding-size=50-20",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-sparse-feature-size=4",
+    ]
+    generated += [
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=64",
+        "--num-batches=2",
+        "--progress=false",
+        f"--results-json={tiny_runs / 'gen.json'}",
+    ]
     assert dlrm_mlet.main(generated) == 0
-    assert json.loads((tiny_runs / "gen.json").read_text())["val"] is None  # generated data without --eval-split=val: no validation split
+    assert (
+        json.loads((tiny_runs / "gen.json").read_text())["val"] is None
+    )  # generated data without --eval-split=val: no validation split
 
 
 @pytest.mark.slow
 def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
     out = tiny_runs / "rank"
-    code = analyze_rank.main([str(tiny_runs / "base.pt"), str(tiny_runs / "mlet.pt"), "--out", str(out), "--frequency-edges", "5,50"])
+    code = analyze_rank.main(
+        [str(tiny_runs / "base.pt"), str(tiny_runs / "mlet.pt"), "--out", str(out), "--frequency-edges", "5,50"]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "rank.json").read_text())
     assert [r["label"].split(" (")[0] for r in results] == ["baseline d=4", "MLET d=4 K=16"]
     for r in results:
         assert all(1.0 <= t["effective_rank"] <= 4.0 + 1e-9 for t in r["tables"] if t["rows"] >= 4)
         assert [b["bin"] for b in r["frequency"]] == ["< 5", "5-49", ">= 50"]
-        assert sum(b["samples"] for b in r["frequency"]) == json.loads((tiny_runs / "base.json").read_text())["final"]["samples"]
+        assert (
+            sum(b["samples"] for b in r["frequency"])
+            == json.loads((tiny_runs / "base.json").read_text())["final"]["samples"]
+        )
     # the checkpoints (MLET collapsed) predict as the runs did, sample for sample in the same order
     for r, name in zip(results, ("base", "mlet")):
         final = json.loads((tiny_runs / f"{name}.json").read_text())["final"]
-        assert r["overall"]["auc"] == pytest.approx(final["auc"], abs=1e-6) and r["overall"]["samples"] == final["samples"]
+        assert (
+            r["overall"]["auc"] == pytest.approx(final["auc"], abs=1e-6) and r["overall"]["samples"] == final["samples"]
+        )
     text = (out / "rank.md").read_text()
     assert "Effective rank" in text and "rarest id" in text and (out / "rank.png").stat().st_size > 0
     assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(out), "--frequency-edges", "50,5"]) == 2
@@ -179,7 +220,8 @@ def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
 
 
 def diverged_copy(source, target, value: float = math.nan) -> int:
-    """``source`` (a collapsed checkpoint) with one weight of its largest table set to ``value``, saved as ``target``; returns that table."""
+    """``source`` (a collapsed checkpoint) with one weight of its largest table set to ``value``, saved as
+    ``target``; returns that table."""
     ckpt = load_checkpoint(source)
     sizes = list(ckpt["model_config"]["table_sizes"])
     largest = int(np.argmax(sizes))
@@ -191,24 +233,42 @@ def diverged_copy(source, target, value: float = math.nan) -> int:
 def test_analyze_rank_reports_a_diverged_checkpoint_and_goes_on(tiny_runs, capsys) -> None:
     largest = diverged_copy(tiny_runs / "mlet.pt", tiny_runs / "diverged.pt")
     out = tiny_runs / "rank_diverged"
-    argv = [str(tiny_runs / "base.pt"), str(tiny_runs / "diverged.pt"), "--out", str(out), "--frequency-edges", "5,50,1000000000"]
+    argv = [
+        str(tiny_runs / "base.pt"),
+        str(tiny_runs / "diverged.pt"),
+        "--out",
+        str(out),
+        "--frequency-edges",
+        "5,50,1000000000",
+    ]
     code = analyze_rank.main(argv)
     printed = capsys.readouterr()
     assert code == 0, printed.err
     base, diverged = json.loads((out / "rank.json").read_text())
     assert not base["diverged"] and all(t["effective_rank"] is not None for t in base["tables"])
     assert diverged["diverged"] and [t["table"] for t in diverged["tables"] if t["diverged"]] == [largest]
-    assert diverged["tables"][largest]["effective_rank"] is None and diverged["tables"][largest]["singular_values"] is None
-    assert all(t["effective_rank"] is not None for t in diverged["tables"] if t["table"] != largest)  # the finite tables still get theirs
+    assert (
+        diverged["tables"][largest]["effective_rank"] is None and diverged["tables"][largest]["singular_values"] is None
+    )
+    assert all(
+        t["effective_rank"] is not None for t in diverged["tables"] if t["table"] != largest
+    )  # the finite tables still get theirs
     text = (out / "rank.md").read_text()
-    assert text in printed.out and f"{diverged['label']}: diverged (non-finite weights)" in text and "| diverged |" in text
+    assert (
+        text in printed.out and f"{diverged['label']}: diverged (non-finite weights)" in text and "| diverged |" in text
+    )
     assert "nan" not in text.lower()  # the empty bin (>= 1e9) and the undefined means read n/a
     assert base["frequency"][-1]["samples"] == 0 and "n/a" in text
     (warning,) = printed.err.strip().splitlines()
-    assert warning == f"analyze_rank.py: warning: {tiny_runs / 'diverged.pt'}: diverged (non-finite weights); no spectrum for table(s) {largest}"
+    assert warning == (
+        f"analyze_rank.py: warning: {tiny_runs / 'diverged.pt'}: diverged (non-finite weights); "
+        f"no spectrum for table(s) {largest}"
+    )
 
 
 def test_analyze_rank_rejects_a_negative_top_tables(tiny_runs, capsys) -> None:
-    assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "rank_top"), "--top-tables", "-1"]) == 2
+    assert (
+        analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "rank_top"), "--top-tables", "-1"]) == 2
+    )
     assert capsys.readouterr().err == "analyze_rank.py: error: --top-tables: must be >= 0, got -1\n"
     assert not (tiny_runs / "rank_top").exists()

@@ -27,11 +27,24 @@ def result(opt: str, config: Config, lr: float, seed: int, test_auc: float, val_
     """A hand-made run result."""
     spec = RunSpec(opt, config, lr, seed)
     val = test_auc if val_auc is None else val_auc
-    return RunResult(spec, test_auc, 0.5 - test_auc / 10, val, 0.5 - val / 10, 1000.0, 4 * config.dim * 100, 4 * (config.hidden or config.dim) * 100)
+    return RunResult(
+        spec,
+        test_auc,
+        0.5 - test_auc / 10,
+        val,
+        0.5 - val / 10,
+        1000.0,
+        4 * config.dim * 100,
+        4 * (config.hidden or config.dim) * 100,
+    )
 
 
 def test_run_names_round_trip_and_rates_print_stably() -> None:
-    for spec in [RunSpec("sgd", Config(4, 64), 0.2, 1), RunSpec("adagrad", Config(32), 0.0125, 3), RunSpec("sgd", Config(2, 16), 12.8, 2)]:
+    for spec in [
+        RunSpec("sgd", Config(4, 64), 0.2, 1),
+        RunSpec("adagrad", Config(32), 0.0125, 3),
+        RunSpec("sgd", Config(2, 16), 12.8, 2),
+    ]:
         assert parse_run_name(spec.name) == spec
     assert RunSpec("sgd", Config(4, 64), 0.05 * 4, 1).name == "sgd_mlet_d4_k64_lr0.2_s1"
     assert lr_text(0.2 * 4 * 4) == "3.2" and lr_text(0.2 / 4 / 4) == "0.0125"
@@ -46,12 +59,21 @@ def test_grid_leaves_out_k_below_d() -> None:
 
 def test_best_lr_uses_mean_validation_auc_and_a_diverged_seed_disqualifies_a_rate() -> None:
     c = Config(4)
-    runs = [result("sgd", c, 0.2, 1, 0.70), result("sgd", c, 0.2, 2, 0.72), result("sgd", c, 0.8, 1, 0.75), result("sgd", c, 0.8, 2, 0.74)]
+    runs = [
+        result("sgd", c, 0.2, 1, 0.70),
+        result("sgd", c, 0.2, 2, 0.72),
+        result("sgd", c, 0.8, 1, 0.75),
+        result("sgd", c, 0.8, 2, 0.74),
+    ]
     runs += [result("sgd", c, 3.2, 1, 0.90), result("sgd", c, 3.2, 2, math.nan)]  # one seed diverged
     by_lr = by_config_and_lr(runs)[("sgd", c)]
     assert best_lr(by_lr, seeds=2) == 0.8
-    assert best_lr({0.2: [result("sgd", c, 0.2, 1, 0.7)], 0.8: [result("sgd", c, 0.8, 1, 0.7)]}) == 0.2  # ties: the smaller rate
-    assert best_lr({0.2: [result("sgd", c, 0.2, 1, 0.7)], 0.8: [result("sgd", c, 0.8, 1, 0.9)]}, seeds=2) is None  # no rate has 2 seeds
+    assert (
+        best_lr({0.2: [result("sgd", c, 0.2, 1, 0.7)], 0.8: [result("sgd", c, 0.8, 1, 0.7)]}) == 0.2
+    )  # ties: the smaller rate
+    assert (
+        best_lr({0.2: [result("sgd", c, 0.2, 1, 0.7)], 0.8: [result("sgd", c, 0.8, 1, 0.9)]}, seeds=2) is None
+    )  # no rate has 2 seeds
 
 
 @pytest.mark.parametrize(
@@ -64,14 +86,18 @@ def test_best_lr_uses_mean_validation_auc_and_a_diverged_seed_disqualifies_a_rat
         ([0.0125, 0.05, 0.2, 0.8], 0.8, 3.2),  # widened down once, up is still free
     ],
 )
-def test_next_lr_widens_beyond_the_edge_until_interior_or_the_limit(lrs: list[float], best: float, expected: float | None) -> None:
+def test_next_lr_widens_beyond_the_edge_until_interior_or_the_limit(
+    lrs: list[float], best: float, expected: float | None
+) -> None:
     assert next_lr(lrs, best, 4.0, initial=[0.05, 0.2, 0.8], max_widen=2) == expected
 
 
 def test_tuned_protocol_chooses_on_validation_and_reports_test() -> None:
     c = Config(8)
     # 0.8 is best on validation, 0.2 would be best on test: the tuned protocol must report 0.8's test AUC.
-    runs = [result("sgd", c, 0.2, s, test_auc=0.80, val_auc=0.70) for s in (1, 2)] + [result("sgd", c, 0.8, s, test_auc=0.75, val_auc=0.78) for s in (1, 2)]
+    runs = [result("sgd", c, 0.2, s, test_auc=0.80, val_auc=0.70) for s in (1, 2)] + [
+        result("sgd", c, 0.8, s, test_auc=0.75, val_auc=0.78) for s in (1, 2)
+    ]
     runs += [result("sgd", c, 3.2, s, test_auc=0.74, val_auc=0.71) for s in (1, 2)]
     (tuned,) = select(runs, "tuned", {"sgd": 0.2})
     (paper,) = select(runs, "paper", {"sgd": 0.2})
@@ -89,16 +115,28 @@ def baseline_grid(aucs: dict[int, list[float]], opt: str = "sgd", lr: float = 0.
 
 def test_d_reduction_on_hand_made_results() -> None:
     runs = baseline_grid({2: [0.70, 0.70], 4: [0.72, 0.74], 8: [0.75, 0.77], 16: [0.78, 0.80], 32: [0.79, 0.81]})
-    runs += [result("sgd", Config(2, 64), 0.2, s, auc) for s, auc in ((1, 0.77), (2, 0.79))]  # mean 0.78: beats d=8 (0.76), not d=16 (0.79)
-    runs += [result("sgd", Config(4, 64), 0.2, s, auc) for s, auc in ((1, 0.81), (2, 0.81))]  # beats everything: a lower bound
+    runs += [
+        result("sgd", Config(2, 64), 0.2, s, auc) for s, auc in ((1, 0.77), (2, 0.79))
+    ]  # mean 0.78: beats d=8 (0.76), not d=16 (0.79)
+    runs += [
+        result("sgd", Config(4, 64), 0.2, s, auc) for s, auc in ((1, 0.81), (2, 0.81))
+    ]  # beats everything: a lower bound
     runs += [result("sgd", Config(8, 64), 0.2, s, auc) for s, auc in ((1, 0.60), (2, 0.60))]  # matches none
     selections = select(runs, "paper", {"sgd": 0.2})
     strict = {r.config: r for r in d_reductions(selections, "strict")}
     assert (strict[Config(2, 64)].matched_dim, strict[Config(2, 64)].factor) == (8, 4.0)
     # seed 1: 0.77 >= d=8's 0.75, < d=16's 0.78 -> 4x; seed 2: 0.79 >= d=8's 0.77, < 0.80 -> 4x
     assert strict[Config(2, 64)].per_seed == [4.0, 4.0] and not strict[Config(2, 64)].at_grid_end
-    assert (strict[Config(4, 64)].matched_dim, strict[Config(4, 64)].factor, strict[Config(4, 64)].at_grid_end) == (32, 8.0, True)
-    assert (strict[Config(8, 64)].matched_dim, strict[Config(8, 64)].factor, strict[Config(8, 64)].per_seed) == (None, 0.0, [0.0, 0.0])
+    assert (strict[Config(4, 64)].matched_dim, strict[Config(4, 64)].factor, strict[Config(4, 64)].at_grid_end) == (
+        32,
+        8.0,
+        True,
+    )
+    assert (strict[Config(8, 64)].matched_dim, strict[Config(8, 64)].factor, strict[Config(8, 64)].per_seed) == (
+        None,
+        0.0,
+        [0.0, 0.0],
+    )
     lenient = {r.config: r for r in d_reductions(selections, "within_std")}
     assert lenient[Config(2, 64)].matched_dim == 16  # 0.78 >= 0.79 - std(0.78, 0.80) = 0.7759
 
@@ -111,10 +149,14 @@ def test_d_reduction_compares_within_protocol_and_optimizer() -> None:
 
 
 def test_widest_matched_property_on_random_curves() -> None:
-    """The matched width and every narrower baseline are matched; the next wider one is not (non-monotone curves included)."""
+    """The matched width and every narrower baseline are matched; the next wider one is not (non-monotone curves
+    included)."""
     rng = random.Random(0)
     for _ in range(300):
-        baselines = {d: (rng.uniform(0.7, 0.8), rng.uniform(0, 0.01)) for d in rng.sample([2, 4, 8, 16, 32, 64], rng.randint(1, 6))}
+        baselines = {
+            d: (rng.uniform(0.7, 0.8), rng.uniform(0, 0.01))
+            for d in rng.sample([2, 4, 8, 16, 32, 64], rng.randint(1, 6))
+        }
         mlet = rng.uniform(0.69, 0.81)
         for rule in ("strict", "within_std"):
             ok = {d: mlet >= m - (s if rule == "within_std" else 0.0) for d, (m, s) in baselines.items()}

@@ -1,4 +1,5 @@
-"""scripts/reproduce.sh through bash: paths from the caller's directory, the real-data grid, no RUN_DIR before RAW_FILE is checked.
+"""scripts/reproduce.sh through bash: paths from the caller's directory, the real-data grid, no RUN_DIR before
+RAW_FILE is checked.
 
 A stand-in for ``PY`` records each command the script would run (one file per
 call, one argument a line) instead of running it, so these tests take well
@@ -18,15 +19,25 @@ from mlet.repro import sweep
 RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'
 
 
-def reproduce(caller_dir: Path, *argv: str, run_dir: str, extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    """``RUN_DIR=run_dir bash scripts/reproduce.sh ARGV...`` started in ``caller_dir``, with ``PY`` recording; the result and the recorded calls."""
+def reproduce(
+    caller_dir: Path, *argv: str, run_dir: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """``RUN_DIR=run_dir bash scripts/reproduce.sh ARGV...`` started in ``caller_dir``, with ``PY`` recording;
+    the result and the recorded calls."""
     calls = caller_dir / "calls"
     calls.mkdir()
     python = caller_dir / "record_python"
     python.write_text(RECORDER)
     python.chmod(0o755)
     env = {**os.environ, "PY": str(python), "CALLS": str(calls), "RUN_DIR": run_dir, **(extra_env or {})}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce.sh"), *argv], cwd=caller_dir, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reproduce.sh"), *argv],
+        cwd=caller_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     recorded = [(calls / str(i)).read_text().splitlines() for i in range(len(list(calls.iterdir())))]
     return done, recorded
 
@@ -40,7 +51,10 @@ def test_relative_raw_file_and_run_dir_are_the_callers_and_the_real_grid_keeps_d
     assert "dry run" in done.stdout
     (call,) = calls  # the sweep only: after a dry run nothing is summarized or analysed
     assert call[0] == "scripts/sweep.py"
-    assert f"--raw-data-file={caller / 'data' / 'train.txt'}" in call and f"--processed-data-file={caller / 'my_run' / 'processed'}" in call
+    assert (
+        f"--raw-data-file={caller / 'data' / 'train.txt'}" in call
+        and f"--processed-data-file={caller / 'my_run' / 'processed'}" in call
+    )
     assert (caller / "my_run").is_dir() and not (ROOT / "my_run").exists()
     args = sweep.build_parser().parse_args(call[1:])  # what the real sweep makes of it
     assert args.run_dir == caller / "my_run" and args.checkpoint_dims == [4] and args.dry_run
@@ -55,15 +69,27 @@ def test_a_missing_raw_file_is_named_before_run_dir_is_created(tmp_path) -> None
 
 
 def test_the_embedded_default_names_its_data_by_rows_and_scale(tmp_path) -> None:
-    """Another ROWS/SCALE gives another raw file, so the sweep's training flags differ and sweep.py refuses to mix the runs."""
+    """Another ROWS/SCALE gives another raw file, so the sweep's training flags differ and sweep.py refuses to
+    mix the runs."""
     caller = tmp_path.resolve()
     raw = caller / "my_run" / "synthetic_kaggle_3000rows_scale0.0005.txt"
     raw.parent.mkdir()
     raw.write_text("generated before: the script does not make it again\n")
-    done, calls = reproduce(caller, "kaggle", "--dry-run", run_dir="my_run", extra_env={"ROWS": "3000", "SCALE": "0.0005"})
+    done, calls = reproduce(
+        caller, "kaggle", "--dry-run", run_dir="my_run", extra_env={"ROWS": "3000", "SCALE": "0.0005"}
+    )
     assert done.returncode == 0, done.stderr
     (sweep_call,) = calls
     assert f"--raw-data-file={raw}" in sweep_call
-    done, calls = reproduce(caller / "my_run", "kaggle", "--dry-run", run_dir=str(caller / "my_run"), extra_env={"ROWS": "4000", "SCALE": "0.0005"})
+    done, calls = reproduce(
+        caller / "my_run",
+        "kaggle",
+        "--dry-run",
+        run_dir=str(caller / "my_run"),
+        extra_env={"ROWS": "4000", "SCALE": "0.0005"},
+    )
     generate = calls[0]  # other rows: another file is generated (the recorder writes none, so the script stops there)
-    assert generate[:2] == ["data_utils.py", "generate"] and f"{raw.with_name('synthetic_kaggle_4000rows_scale0.0005.txt')}.tmp" in generate
+    assert (
+        generate[:2] == ["data_utils.py", "generate"]
+        and f"{raw.with_name('synthetic_kaggle_4000rows_scale0.0005.txt')}.tmp" in generate
+    )

@@ -15,7 +15,8 @@ from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
 
 
 def fake_payload(spec: RunSpec, peak: float) -> dict:
-    """A results JSON as dlrm_mlet.py writes it: AUC peaks at ``peak`` (in steps of 4x) and grows with d (MLET: as 4x wider)."""
+    """A results JSON as dlrm_mlet.py writes it: AUC peaks at ``peak`` (in steps of 4x) and grows with d (MLET:
+    as 4x wider)."""
     width = spec.config.dim * (4 if spec.config.is_mlet else 1)
     auc = 0.70 + 0.01 * math.log2(width) - 0.005 * math.log(spec.lr / peak, 4) ** 2 + 0.0005 * spec.seed
     metrics = {"epoch": 0, "iteration": 10, "auc": auc, "logloss": 0.5 - auc / 10, "accuracy": 0.7, "samples": 100}
@@ -26,7 +27,10 @@ def fake_payload(spec: RunSpec, peak: float) -> dict:
         "history": [{**metrics, "iteration": 5, "auc": auc - 0.01}, metrics],
         "train_samples_per_second": 1000.0,
         "iterations": 10,
-        "parameters": {"embedding_inference_bytes": 400 * spec.config.dim, "embedding_training_bytes": 400 * (spec.config.hidden or spec.config.dim)},
+        "parameters": {
+            "embedding_inference_bytes": 400 * spec.config.dim,
+            "embedding_training_bytes": 400 * (spec.config.hidden or spec.config.dim),
+        },
         "args": {
             "arch_sparse_feature_size": spec.config.dim,
             "mlet_hidden": spec.config.hidden,
@@ -61,13 +65,29 @@ class FakeTrainer:
 
 
 def make_settings(run_dir: Path, *extra: str) -> sweep.Settings:
-    argv = ["--run-dir", str(run_dir), "--baseline-dims", "2", "8", "--mlet-dims", "2", "--mlet-hidden", "16", "--seeds", "1", "2"]
+    argv = [
+        "--run-dir",
+        str(run_dir),
+        "--baseline-dims",
+        "2",
+        "8",
+        "--mlet-dims",
+        "2",
+        "--mlet-hidden",
+        "16",
+        "--seeds",
+        "1",
+        "2",
+    ]
     argv += ["--optimizers", "sgd", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", *extra]
     return sweep.settings_from_args(sweep.build_parser().parse_args([*argv, "--", "--data-generation=synthetic"]))
 
 
 def lrs_run(run_dir: Path) -> dict[str, list[float]]:
-    return {c.label: sorted({r.spec.lr for r in load_run_dir(run_dir) if r.spec.config == c}) for c in (Config(2), Config(8), Config(2, 16))}
+    return {
+        c.label: sorted({r.spec.lr for r in load_run_dir(run_dir) if r.spec.config == c})
+        for c in (Config(2), Config(8), Config(2, 16))
+    }
 
 
 def test_grid_widens_until_the_best_rate_is_interior(tmp_path) -> None:
@@ -93,7 +113,9 @@ def test_finished_runs_are_skipped_and_missing_ones_rerun(tmp_path) -> None:
     settings = make_settings(tmp_path, "--protocols", "paper")
     first = FakeTrainer()
     sweep.sweep(settings, runner=first)
-    assert sorted(first.calls) == sorted(f"sgd_{c}_lr0.2_s{s}" for c in ("base_d2", "base_d8", "mlet_d2_k16") for s in (1, 2))
+    assert sorted(first.calls) == sorted(
+        f"sgd_{c}_lr0.2_s{s}" for c in ("base_d2", "base_d8", "mlet_d2_k16") for s in (1, 2)
+    )
     again = FakeTrainer()
     assert sweep.sweep(settings, runner=again) == {"finished": 0, "failed": 0, "skipped": 6} and again.calls == []
     (tmp_path / "results" / "sgd_base_d8_lr0.2_s2.json").unlink()  # as if interrupted before this run ended
@@ -101,7 +123,11 @@ def test_finished_runs_are_skipped_and_missing_ones_rerun(tmp_path) -> None:
     sweep.sweep(settings, runner=resumed)
     assert resumed.calls == ["sgd_base_d8_lr0.2_s2"]
     manifest = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(manifest["sessions"]) == 3 and manifest["settings"]["paper_lrs"] == {"sgd": 0.2, "adagrad": 0.05, "adam": 0.001}
+    assert len(manifest["sessions"]) == 3 and manifest["settings"]["paper_lrs"] == {
+        "sgd": 0.2,
+        "adagrad": 0.05,
+        "adam": 0.001,
+    }
 
 
 def test_a_failed_run_is_not_retried_in_its_session_and_is_in_the_next(tmp_path) -> None:
@@ -132,9 +158,13 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
         assert flag in argv
     assert f"--results-json={tmp_path / 'results' / 'sgd_mlet_d4_k64_lr0.2_s1.json'}" in argv
     assert any(a.startswith("--save-collapsed=") for a in argv)
-    assert not any(a.startswith("--save-collapsed=") for a in sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None))
+    assert not any(
+        a.startswith("--save-collapsed=") for a in sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None)
+    )
     narrow = make_settings(tmp_path, "--checkpoints", "paper", "--checkpoint-dims", "2")
-    assert sweep.wants_checkpoint(RunSpec("sgd", Config(2, 16), 0.2, 1), narrow) and not sweep.wants_checkpoint(RunSpec("sgd", Config(8), 0.2, 1), narrow)
+    assert sweep.wants_checkpoint(RunSpec("sgd", Config(2, 16), 0.2, 1), narrow) and not sweep.wants_checkpoint(
+        RunSpec("sgd", Config(8), 0.2, 1), narrow
+    )
     parser = sweep.build_parser()
     for bad, named in [
         (["--", "--learning-rate=0.1"], "--learning-rate"),
@@ -157,14 +187,24 @@ def test_summarize_writes_the_headline_table_and_plots(tmp_path) -> None:
     text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []))
     for name in ("auc_vs_size.png", "auc_vs_step.png", "lr_curves.png", "summary.md", "summary.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    # MLET d=2 is as good as a plain d=8 in the fake trainer (+ nothing): it matches d=8 exactly -> 4x, the widest baseline
+    # MLET d=2 is as good as a plain d=8 in the fake trainer (+ nothing): it matches d=8 exactly -> 4x,
+    # the widest baseline
     payload = json.loads((tmp_path / "out" / "summary.json").read_text())
     strict = [r for r in payload["reductions"] if r["rule"] == "strict"]
-    assert {(r["protocol"], r["matched_dim"], r["factor"], r["lower_bound"]) for r in strict} == {("paper", 8, 4.0, True), ("tuned", 8, 4.0, True)}
+    assert {(r["protocol"], r["matched_dim"], r["factor"], r["lower_bound"]) for r in strict} == {
+        ("paper", 8, 4.0, True),
+        ("tuned", 8, 4.0, True),
+    }
     base8 = next(s for s in payload["selections"] if s["protocol"] == "paper" and s["config"] == "base_d8")
     # the fake trainer's AUC at the peak rate: 0.70 + 0.01 * log2(8) + 0.0005 * seed, seeds 1 and 2
-    assert base8["test_auc_mean"] == pytest.approx(0.73075) and base8["test_auc_std"] == pytest.approx(0.0005 / math.sqrt(2))
-    assert base8["val_auc_mean"] == pytest.approx(0.72975) and base8["seeds"] == [1, 2] and base8["lrs_tried"] == [0.05, 0.2, 0.8]
+    assert base8["test_auc_mean"] == pytest.approx(0.73075) and base8["test_auc_std"] == pytest.approx(
+        0.0005 / math.sqrt(2)
+    )
+    assert (
+        base8["val_auc_mean"] == pytest.approx(0.72975)
+        and base8["seeds"] == [1, 2]
+        and base8["lrs_tried"] == [0.05, 0.2, 0.8]
+    )
     assert "| paper | sgd | d=2 K=16 | >= 4x (d=8) | 4.00 ± 0.00 (n=2) |" in text
     assert "| paper | sgd | baseline d=8 | 0.2 | 2 | 0.7308 ± 0.0004 |" in text
     assert "| tuned | sgd | MLET d=2 K=16 | 0.2 | 2 |" in text
@@ -187,7 +227,11 @@ def test_summarize_command_line(tmp_path, capsys) -> None:
 def test_a_run_dir_of_other_training_flags_is_refused(tmp_path) -> None:
     sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
     sweep.check_run_dir(make_settings(tmp_path, "--protocols", "paper", "--seeds", "1", "2", "3"))  # a wider grid: fine
-    other = sweep.settings_from_args(sweep.build_parser().parse_args(["--run-dir", str(tmp_path), "--", "--data-generation=synthetic", "--mini-batch-size=64"]))
+    other = sweep.settings_from_args(
+        sweep.build_parser().parse_args(
+            ["--run-dir", str(tmp_path), "--", "--data-generation=synthetic", "--mini-batch-size=64"]
+        )
+    )
     with pytest.raises(UserError, match=r"^--run-dir .*: its sweep ran with train_flags .*give another --run-dir"):
         sweep.check_run_dir(other)
     with pytest.raises(UserError, match="mlp_bot_prefix"):
@@ -213,20 +257,59 @@ def test_an_interrupted_sweep_closes_its_session(tmp_path, monkeypatch, capsys) 
     session = json.loads((tmp_path / "sweep.json").read_text())["sessions"][-1]
     assert "ended" in session and "wall_seconds" in session
     monkeypatch.setattr(sweep, "subprocess_runner", lambda threads: interrupted)
-    argv = ["--run-dir", str(tmp_path / "cli"), "--protocols", "paper", "--baseline-dims", "2", "--mlet-dims", "--seeds", "1"]
-    assert sweep.main([*argv, "--", "--data-generation=synthetic", "--arch-embedding-size=20-10", "--data-size=64", "--mini-batch-size=32"]) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "sweep.py: interrupted; finished runs are kept, the same command continues with the rest"
+    argv = [
+        "--run-dir",
+        str(tmp_path / "cli"),
+        "--protocols",
+        "paper",
+        "--baseline-dims",
+        "2",
+        "--mlet-dims",
+        "--seeds",
+        "1",
+    ]
+    assert (
+        sweep.main(
+            [
+                *argv,
+                "--",
+                "--data-generation=synthetic",
+                "--arch-embedding-size=20-10",
+                "--data-size=64",
+                "--mini-batch-size=32",
+            ]
+        )
+        == 130
+    )
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "sweep.py: interrupted; finished runs are kept, the same command continues with the rest"
+    )
 
 
 @pytest.mark.parametrize(
     ("train_flags", "message"),
     [
-        (["--data-generation=synthetic"], "--protocols tuned: needs a data set's validation split; --data-generation=synthetic has none"),
+        (
+            ["--data-generation=synthetic"],
+            "--protocols tuned: needs a data set's validation split; --data-generation=synthetic has none",
+        ),
         (["--data-generation=synthetic", "--eval-split=val"], "--protocols tuned: needs a data set's validation split"),
     ],
 )
 def test_the_tuned_protocol_needs_a_validation_split(train_flags: list[str], message: str, tmp_path, capsys) -> None:
-    argv = ["--run-dir", str(tmp_path), "--baseline-dims", "2", "--mlet-dims", "--seeds", "1", "--dry-run", "--", *train_flags]
+    argv = [
+        "--run-dir",
+        str(tmp_path),
+        "--baseline-dims",
+        "2",
+        "--mlet-dims",
+        "--seeds",
+        "1",
+        "--dry-run",
+        "--",
+        *train_flags,
+    ]
     assert sweep.main([*argv, "--arch-embedding-size=20-10", "--data-size=64"]) == 2
     assert message in capsys.readouterr().err
 
@@ -250,7 +333,9 @@ def test_summarize_keeps_to_the_sweep_and_says_what_is_missing_or_left_out(tmp_p
     (results / "sgd_base_d2_lr0.2_s3.json").write_text(json.dumps(stray))  # a seed the sweep did not run
     (results / "sgd_base_d8_lr0.2_s1.json").unlink()
     text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []), plots=False)
-    assert "**left out** (not in sweep.json's optimizers, configs or seeds): 1 results, e.g. sgd_base_d2_lr0.2_s3" in text
+    assert (
+        "**left out** (not in sweep.json's optimizers, configs or seeds): 1 results, e.g. sgd_base_d2_lr0.2_s3" in text
+    )
     assert "**incomplete**: 1 runs of the sweep's grid have no results yet (e.g. sgd_base_d8_lr0.2_s1)" in text
     assert "0.99" not in text
 

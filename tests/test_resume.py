@@ -63,7 +63,9 @@ def test_interrupted_run_resumes_exactly(stop_at: int, straight, tmp_path, monke
     assert saved["position"]["iteration"] == stop_at
     assert saved["position"]["epoch"] == (stop_at - 1) // 10
 
-    code, out, err = run_cli([*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys)
+    code, out, err = run_cli(
+        [*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys
+    )
     assert code == 0, err
     assert f"resuming {ckpt} at epoch {saved['position']['epoch']}, batch {saved['position']['batch']}" in out
     assert "changed flags" not in out
@@ -108,12 +110,18 @@ KILL_AT = 13  # batch 3 of epoch 1
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_run_killed_mid_save_resumes_exactly(straight, tmp_path, capsys) -> None:
-    """SIGKILL a training process inside a checkpoint save in epoch 1; the previous checkpoint is intact and resumes exactly."""
+    """SIGKILL a training process inside a checkpoint save in epoch 1; the previous checkpoint is intact and
+    resumes exactly."""
     ckpt = tmp_path / "run.pt"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     argv = [*FLAGS, f"--save-model={ckpt}", "--save-freq=1"]
     child = subprocess.Popen(
-        [sys.executable, "-c", PAUSING_RUN, str(KILL_AT), *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, "-c", PAUSING_RUN, str(KILL_AT), *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         for line in child.stdout:
@@ -158,11 +166,15 @@ def early_checkpoint(tmp_path_factory) -> str:
         ("--optimizer=sgd", "--optimizer"),
     ],
 )
-def test_resume_refuses_flags_that_change_the_data_stream_or_optimizer(change: str, named: str, early_checkpoint: str, capsys) -> None:
+def test_resume_refuses_flags_that_change_the_data_stream_or_optimizer(
+    change: str, named: str, early_checkpoint: str, capsys
+) -> None:
     code, _, err = run_cli([*EARLY, change, f"--load-model={early_checkpoint}"], capsys)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"dlrm_mlet.py: error: --load-model {early_checkpoint}: {named}: checkpoint has ")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"dlrm_mlet.py: error: --load-model {early_checkpoint}: {named}: checkpoint has "
+    )
 
 
 def test_resume_refuses_training_data_of_another_size(early_checkpoint: str, tmp_path, capsys) -> None:
@@ -173,14 +185,23 @@ def test_resume_refuses_training_data_of_another_size(early_checkpoint: str, tmp
     torch.save(ckpt, edited)
     code, _, err = run_cli([*EARLY, "--num-batches=10", f"--load-model={edited}"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "the training data differ from the checkpoint's (320 samples in 10 batches per epoch, the checkpoint's: 96 in 3)" in err
+    assert (
+        "the training data differ from the checkpoint's "
+        "(320 samples in 10 batches per epoch, the checkpoint's: 96 in 3)" in err
+    )
 
 
 def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoint: str, tmp_path, capsys) -> None:
     out_ckpt = tmp_path / "more.pt"
-    code, out, err = run_cli([*EARLY, "--learning-rate=0.1", "--nepochs=2", f"--load-model={early_checkpoint}", f"--save-model={out_ckpt}"], capsys)
+    code, out, err = run_cli(
+        [*EARLY, "--learning-rate=0.1", "--nepochs=2", f"--load-model={early_checkpoint}", f"--save-model={out_ckpt}"],
+        capsys,
+    )
     assert code == 0, err
-    assert "resuming with changed flags (the run continues with the new values): --learning-rate=0.1 (checkpoint: 0.3), --nepochs=2 (checkpoint: 1)" in out
+    assert (
+        "resuming with changed flags (the run continues with the new values): "
+        "--learning-rate=0.1 (checkpoint: 0.3), --nepochs=2 (checkpoint: 1)" in out
+    )
     resumed = load_checkpoint(out_ckpt)
     assert resumed["position"]["iteration"] == 6 and resumed["lr_schedule"]["base_lr"] == 0.1
 
@@ -188,7 +209,20 @@ def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoin
 def test_checkpoint_holds_rng_schedule_and_position(early_checkpoint: str) -> None:
     ckpt = load_checkpoint(early_checkpoint)
     assert ckpt["kind"] == "training" and ckpt["optimizer"]["optimizer"] == "adagrad" and ckpt["optimizer"]["state"]
-    assert ckpt["position"] == {"epoch": 1, "batch": 0, "iteration": 3, "batches_per_epoch": 3, "train_samples_per_epoch": 96, "shuffle_seed": 123}
-    assert ckpt["lr_schedule"] == {"base_lr": 0.3, "warmup_steps": 3, "decay_start": 8, "decay_steps": 10, "next_lr": 0.3}
+    assert ckpt["position"] == {
+        "epoch": 1,
+        "batch": 0,
+        "iteration": 3,
+        "batches_per_epoch": 3,
+        "train_samples_per_epoch": 96,
+        "shuffle_seed": 123,
+    }
+    assert ckpt["lr_schedule"] == {
+        "base_lr": 0.3,
+        "warmup_steps": 3,
+        "decay_start": 8,
+        "decay_steps": 10,
+        "next_lr": 0.3,
+    }
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert ckpt["args"]["learning_rate"] == 0.3 and ckpt["best"]["iteration"] == 3

@@ -1,4 +1,5 @@
-"""Triton kernels against the PyTorch ops they replace: compiled on a GPU where one is present, else on the CPU in Triton's interpreter."""
+"""Triton kernels against the PyTorch ops they replace: compiled on a GPU where one is present, else on the CPU
+in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def interpret(monkeypatch):
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-cpu_interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="runs the CPU model in the interpreter; tests/test_gpu.py covers the GPU path")
+cpu_interpreter_only = pytest.mark.skipif(
+    DEVICE == "cuda", reason="runs the CPU model in the interpreter; tests/test_gpu.py covers the GPU path"
+)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -49,12 +52,19 @@ def test_scatter_sub_rows_with_repeated_rows() -> None:
     torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize(("groups", "m", "k", "n", "splits"), [(3, 50, 64, 4, 1), (2, 33, 20, 16, 1), (2, 64, 300, 5, 3)])
+@pytest.mark.parametrize(
+    ("groups", "m", "k", "n", "splits"), [(3, 50, 64, 4, 1), (2, 33, 20, 16, 1), (2, 64, 300, 5, 3)]
+)
 def test_grouped_matmul_equals_bmm(groups: int, m: int, k: int, n: int, splits: int) -> None:
     a = randn(groups, m, k, seed=4)
     b = randn(groups, k, n, seed=5)
     torch.testing.assert_close(tk.grouped_matmul(a, b, splits), torch.bmm(a, b), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)), torch.bmm(b.transpose(1, 2), a.transpose(1, 2)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        tk.grouped_matmul(b.transpose(1, 2), a.transpose(1, 2)),
+        torch.bmm(b.transpose(1, 2), a.transpose(1, 2)),
+        rtol=1e-5,
+        atol=1e-4,
+    )
 
 
 @pytest.mark.parametrize(("tables", "batch", "hidden", "dim"), [(3, 50, 64, 4), (2, 2100, 20, 16), (2, 7, 8, 64)])
@@ -66,7 +76,9 @@ def test_gathered_projection_and_weight_gradient_equal_bmm(tables: int, batch: i
     projection = randn(tables, hidden, dim, seed=13)
     grad_out = randn(batch, tables, dim, seed=14).transpose(0, 1)  # strided, as autograd hands it over
     pooled = weight[ids].view(tables, batch, hidden)
-    torch.testing.assert_close(tk.gather_project(weight, ids, projection), torch.bmm(pooled, projection), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        tk.gather_project(weight, ids, projection), torch.bmm(pooled, projection), rtol=1e-5, atol=1e-4
+    )
     expected_grad = torch.bmm(pooled.transpose(1, 2).double(), grad_out.double()).float()
     # sums of up to 2100 unit-size products: float32 rounding alone reaches ~1e-4, a wrong row O(1)
     torch.testing.assert_close(tk.gathered_weight_gradient(weight, ids, grad_out), expected_grad, rtol=1e-5, atol=1e-3)
@@ -91,7 +103,9 @@ def test_kernels_follow_the_tf32_flag() -> None:
         assert not torch.equal(tf32, ieee)
 
 
-@pytest.mark.parametrize("projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"])
+@pytest.mark.parametrize(
+    "projection_fn", [tk.GroupedProjection.apply, mlet_layers._BatchedProjection.apply], ids=["triton", "torch"]
+)
 @pytest.mark.parametrize("d", [4, 16])
 def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
     pooled = randn(3, 40, 8, seed=6).requires_grad_(True)

@@ -64,7 +64,9 @@ class ModelConfig:
         per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
         ``training`` and ``inference`` totals."""
         top = (self.interaction_width(), *self.top_mlp)
-        mlp = sum(n_in * n_out + n_out for widths in (self.bottom_mlp, top) for n_in, n_out in itertools.pairwise(widths))
+        mlp = sum(
+            n_in * n_out + n_out for widths in (self.bottom_mlp, top) for n_in, n_out in itertools.pairwise(widths)
+        )
         rows = sum(self.table_sizes)
         inference = rows * self.dim
         projections = len(self.table_sizes) * self.mlet_hidden * self.dim
@@ -82,7 +84,11 @@ class ModelConfig:
         num_features = len(self.table_sizes) + 1
         if self.interaction == "cat":
             return self.dim * num_features
-        pairs = num_features * (num_features + 1) // 2 if self.interaction_itself else num_features * (num_features - 1) // 2
+        pairs = (
+            num_features * (num_features + 1) // 2
+            if self.interaction_itself
+            else num_features * (num_features - 1) // 2
+        )
         return self.dim + pairs
 
 

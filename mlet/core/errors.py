@@ -1,4 +1,5 @@
-"""Bad input reported as one line, never a traceback: the exception, the parser, and the checks every command line shares (bounds, seeds, output files)."""
+"""Bad input reported as one line, never a traceback: the exception, the parser, and the checks every
+command line shares (bounds, seeds, output files)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The data-set flags that ``dlrm_mlet.py`` and ``data_utils.py preprocess`` share, checked into a :class:`DatasetConfig`."""
+"""The data-set flags that ``dlrm_mlet.py`` and ``data_utils.py preprocess`` share, checked into a
+:class:`DatasetConfig`."""
 
 from __future__ import annotations
 
@@ -18,31 +19,55 @@ def add_dataset_flags(group: argparse._ActionsContainer) -> None:
     """The flags of ``--data-generation=dataset`` (shared by dlrm_mlet.py and ``data_utils.py preprocess``)."""
     group.add_argument("--data-set", choices=DATA_SETS, default="kaggle", help="data set for --data-generation=dataset")
     group.add_argument(
-        "--raw-data-file", type=str, default="", help="the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV), Avazu train"
+        "--raw-data-file",
+        type=str,
+        default="",
+        help="the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV), Avazu train",
     )
     group.add_argument(
         "--processed-data-file",
         type=str,
         default="",
-        help="directory of the processed data (made on first use, reused while the raw file and split are the same; default: RAW.processed)",
+        help=(
+            "directory of the processed data (made on first use, reused while the raw file and split are the same; "
+            "default: RAW.processed)"
+        ),
     )
     group.add_argument(
         "--data-split",
         choices=DATA_SPLITS,
         default=None,
-        help="kaggle: dlrm (default; days 1-6 train, day 7 test/val) or random-811; avazu: random-811 (default) or by-day (last day held out)",
+        help=(
+            "kaggle: dlrm (default; days 1-6 train, day 7 test/val) or random-811; "
+            "avazu: random-811 (default) or by-day (last day held out)"
+        ),
     )
     group.add_argument("--data-split-seed", type=int, default=0, help="seed of the random-811 split")
-    group.add_argument("--cat-min-count", type=int, default=1, help="values seen fewer times in training share one 'rare' index with unseen values")
-    group.add_argument("--max-ind-range", type=int, default=0, help="cap tables at R rows: id mod R, as upstream DLRM (0: off)")
-    group.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted by kind and reported) instead of stopping at the first")
+    group.add_argument(
+        "--cat-min-count",
+        type=int,
+        default=1,
+        help="values seen fewer times in training share one 'rare' index with unseen values",
+    )
+    group.add_argument(
+        "--max-ind-range", type=int, default=0, help="cap tables at R rows: id mod R, as upstream DLRM (0: off)"
+    )
+    group.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="skip malformed rows (counted by kind and reported) instead of stopping at the first",
+    )
 
 
 def dataset_config(args: argparse.Namespace) -> DatasetConfig:
-    """The checked data-set flags (``--data-split`` resolved to the data set's default); a :class:`UserError` names a bad flag."""
+    """The checked data-set flags (``--data-split`` resolved to the data set's default); a :class:`UserError`
+    names a bad flag."""
     split = args.data_split or DEFAULT_SPLIT[args.data_set]
     if split not in SPLIT_CHOICES[args.data_set]:
-        raise UserError(f"--data-split: {split} is not a split of {args.data_set}; choose {' or '.join(SPLIT_CHOICES[args.data_set])}")
+        raise UserError(
+            f"--data-split: {split} is not a split of {args.data_set}; "
+            f"choose {' or '.join(SPLIT_CHOICES[args.data_set])}"
+        )
     if args.cat_min_count < 1:
         raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")
     if args.max_ind_range < 0:
@@ -55,7 +80,8 @@ def dataset_config(args: argparse.Namespace) -> DatasetConfig:
 
 
 def recorded_dataset_config(flags: Mapping[str, Any]) -> DatasetConfig:
-    """The :class:`DatasetConfig` of flags as a checkpoint or results file records them (``data_split`` resolved); no checks."""
+    """The :class:`DatasetConfig` of flags as a checkpoint or results file records them (``data_split``
+    resolved); no checks."""
     return DatasetConfig(
         data_set=flags["data_set"],
         raw_data_file=flags["raw_data_file"],

@@ -152,10 +152,17 @@ class DataBundle:
 
 def click_model_config(config: DataConfig, table_sizes: Sequence[int]) -> ClickModelConfig:
     """The click model of ``--data-generation=synthetic`` (its knobs, these tables, the run's seed)."""
-    return ClickModelConfig(table_sizes=tuple(table_sizes), dense_features=config.dense_features, **asdict(config.synthetic), seed=config.seed)
+    return ClickModelConfig(
+        table_sizes=tuple(table_sizes),
+        dense_features=config.dense_features,
+        **asdict(config.synthetic),
+        seed=config.seed,
+    )
 
 
-def synthetic_source(model: ClickModel, num_samples: int, stream: int, batch_size: int, shuffle: bool, seed: int) -> ArraySource:
+def synthetic_source(
+    model: ClickModel, num_samples: int, stream: int, batch_size: int, shuffle: bool, seed: int
+) -> ArraySource:
     """Materialise ``num_samples`` click-model samples of one stream as an :class:`ArraySource`."""
     counts, ids, labels = model.sample(num_samples, seed=stream)
     return ArraySource(dense_transform(counts), ids.astype(np.int32), labels, batch_size, shuffle=shuffle, seed=seed)
@@ -191,9 +198,15 @@ def build_data(config: DataConfig) -> DataBundle:
     else:
         model = ClickModel(click_model_config(config, table_sizes))
         samples = synthetic_source(model, train_n, TRAIN, config.batch_size, shuffle=True, seed=config.seed)
-        train, test = samples, synthetic_source(model, test_n, evaluate, config.test_batch_size, shuffle=False, seed=config.seed)
+        train, test = (
+            samples,
+            synthetic_source(model, test_n, evaluate, config.test_batch_size, shuffle=False, seed=config.seed),
+        )
         positives = float(samples.labels.mean())
-        desc = f"synthetic click model (rank {config.synthetic.rank}, zipf {config.synthetic.zipf_exponent}, {positives:.1%} positives)"
+        desc = (
+            f"synthetic click model (rank {config.synthetic.rank}, zipf {config.synthetic.zipf_exponent}, "
+            f"{positives:.1%} positives)"
+        )
     if evaluate == VAL:
         desc += "; evaluating on a validation stream"
     return DataBundle(train, test, table_sizes, config.dense_features, desc, val=test if evaluate == VAL else None)
@@ -206,13 +219,20 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     ``--arch-embedding-size``) must equal them. ``test_samples`` caps the evaluated rows.
     """
     data = prepare(
-        dataset.raw_data_file, dataset.processed_data_file, dataset.data_set, dataset.split, dataset.split_seed, dataset.skip_bad_rows, config.progress
+        dataset.raw_data_file,
+        dataset.processed_data_file,
+        dataset.data_set,
+        dataset.split,
+        dataset.split_seed,
+        dataset.skip_bad_rows,
+        config.progress,
     )
     limits = data.limits(dataset.cat_min_count, dataset.max_ind_range)
     sizes = limits.table_sizes
     if config.table_sizes is not None and list(config.table_sizes) != sizes:
         raise UserError(
-            f"--arch-embedding-size: '{'-'.join(map(str, config.table_sizes))}' does not match the data's table sizes {'-'.join(map(str, sizes))};"
+            f"--arch-embedding-size: '{'-'.join(map(str, config.table_sizes))}' does not match "
+            f"the data's table sizes {'-'.join(map(str, sizes))};"
             " leave the flag out to use them"
         )
 
@@ -229,9 +249,12 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     if not test.num_samples:
         raise UserError(f"--eval-split: the {evaluate} split of {data.directory} is empty")
     rows = data.meta["rows"]
-    limits_text = f", min count {dataset.cat_min_count}" + (f", max-ind-range {dataset.max_ind_range}" if dataset.max_ind_range else "")
+    limits_text = f", min count {dataset.cat_min_count}" + (
+        f", max-ind-range {dataset.max_ind_range}" if dataset.max_ind_range else ""
+    )
     desc = (
-        f"{dataset.data_set} ({data.directory}; {dataset.split} split: train {rows['train']:,}, test {rows['test']:,}, val {rows['val']:,}{limits_text});"
+        f"{dataset.data_set} ({data.directory}; {dataset.split} split: "
+        f"train {rows['train']:,}, test {rows['test']:,}, val {rows['val']:,}{limits_text});"
         f" evaluating on {evaluate}"
     )
     return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val)

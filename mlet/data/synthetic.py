@@ -83,7 +83,9 @@ class RandomBatches:
             lengths = torch.randint(1, self.indices_per_lookup + 1, (num_tables, size), generator=gen)
         lengths = torch.minimum(lengths, self.table_sizes[:, None])
         table_of_index = torch.arange(num_tables).repeat_interleave(lengths.sum(1))
-        indices = (torch.rand(table_of_index.numel(), generator=gen, dtype=torch.float64) * self.table_sizes[table_of_index]).long()
+        indices = (
+            torch.rand(table_of_index.numel(), generator=gen, dtype=torch.float64) * self.table_sizes[table_of_index]
+        ).long()
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
         labels = torch.randint(0, 2, (size,), generator=gen).float()
         one_hot = self.fixed and self.indices_per_lookup == 1
@@ -149,13 +151,18 @@ class ClickModel:
         self.num_tables = len(config.table_sizes)
         self._cdfs = [zipf_cdf(n, config.zipf_exponent) for n in config.table_sizes]
         self._popularity_to_id = [rng.permutation(n) for n in config.table_sizes]
-        self._latents = [(rng.standard_normal((n, config.rank)) / math.sqrt(config.rank)).astype(np.float32) for n in config.table_sizes]
+        self._latents = [
+            (rng.standard_normal((n, config.rank)) / math.sqrt(config.rank)).astype(np.float32)
+            for n in config.table_sizes
+        ]
         self._biases = [rng.standard_normal(n).astype(np.float32) for n in config.table_sizes]
         self._dense_location = rng.uniform(0.5, 3.0, config.dense_features)
         self._dense_scale = rng.uniform(0.5, 1.5, config.dense_features)
         self._dense_weights = rng.standard_normal(config.dense_features) / math.sqrt(config.dense_features)
         self._dense_driver = rng.integers(0, self.num_tables, config.dense_features)
-        self._dense_direction = (rng.standard_normal((config.dense_features, config.rank)) / math.sqrt(config.rank)).astype(np.float32)
+        self._dense_direction = (
+            rng.standard_normal((config.dense_features, config.rank)) / math.sqrt(config.rank)
+        ).astype(np.float32)
         self.intercept = 0.0
         self.intercept = self._solve_intercept(rng)
 
@@ -184,7 +191,13 @@ class ClickModel:
         dense = np.log1p(dense_counts) - self._dense_location
         dense_term = dense @ self._dense_weights
         noise = rng.standard_normal(len(ids)) if cfg.noise_std else 0.0
-        return self.intercept + cfg.interaction_std * pairwise + cfg.bias_std * biases + cfg.dense_std * dense_term + cfg.noise_std * noise
+        return (
+            self.intercept
+            + cfg.interaction_std * pairwise
+            + cfg.bias_std * biases
+            + cfg.dense_std * dense_term
+            + cfg.noise_std * noise
+        )
 
     def _solve_intercept(self, rng: np.random.Generator, n: int = 100_000) -> float:
         ids = self._sample_ids(n, rng)

@@ -81,7 +81,9 @@ def advise_huge_pages(tensor: Tensor) -> int:
     return last - first
 
 
-def empty_table(shape: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def empty_table(
+    shape: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """``torch.empty(shape)`` for a table read and written at random rows: on the CPU, advised huge pages."""
     tensor = torch.empty(tuple(shape), device=device, dtype=dtype)
     advise_huge_pages(tensor)

@@ -77,7 +77,18 @@ def _kernels() -> SimpleNamespace:
         tl.store(out + rows.to(tl.int64)[:, None] * width + cols[None, :], values, mask=mask)
 
     @triton.jit
-    def _scatter_sub_rows_kernel(weight, ids, grads, lr, n, width, stride_w, stride_g, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):  # noqa: N803
+    def _scatter_sub_rows_kernel(
+        weight,
+        ids,
+        grads,
+        lr,
+        n,
+        width,
+        stride_w,
+        stride_g,
+        BLOCK_N: tl.constexpr,  # noqa: N803
+        BLOCK_W: tl.constexpr,  # noqa: N803
+    ):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_W)
         row_ok = rows < n
@@ -130,8 +141,16 @@ def _kernels() -> SimpleNamespace:
             a_cols = kk.to(tl.int64)
             if GATHER == 2:  # GATHER_REDUCTION: the reduction runs over table rows, A[g, :, j] = a[ids[g * k + j], :]
                 a_cols = tl.load(ids + group * k + kk, mask=k_ok, other=0).to(tl.int64)
-            a_tile = tl.load(a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak, mask=(rm < m)[:, None] & k_ok[None, :], other=0.0)
-            b_tile = tl.load(b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & (rn < n)[None, :], other=0.0)
+            a_tile = tl.load(
+                a_base + a_rows[:, None] * s_am + a_cols[None, :] * s_ak,
+                mask=(rm < m)[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            b_tile = tl.load(
+                b_base + kk.to(tl.int64)[:, None] * s_bk + rn[None, :] * s_bn,
+                mask=k_ok[:, None] & (rn < n)[None, :],
+                other=0.0,
+            )
             acc += tl.dot(a_tile, b_tile, input_precision=PRECISION)
         out = c + group * s_ct + split * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
         tl.store(out, acc, mask=(rm < m)[:, None] & (rn < n)[None, :])
@@ -162,15 +181,28 @@ def _kernels() -> SimpleNamespace:
         rb = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rd = tl.arange(0, BLOCK_D)
         row_ok, d_ok = rb < batch, rd < d
-        g = tl.load(grad_out + table * s_gt + rb.to(tl.int64)[:, None] * s_gb + rd[None, :] * s_gd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        g = tl.load(
+            grad_out + table * s_gt + rb.to(tl.int64)[:, None] * s_gb + rd[None, :] * s_gd,
+            mask=row_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         dst = tl.load(ids + table * batch + rb, mask=row_ok, other=0).to(tl.int64)
         neg_lr = -tl.load(lr)
         for k0 in range(0, k, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             k_ok = rk < k
-            w_t = tl.load(projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd, mask=d_ok[:, None] & k_ok[None, :], other=0.0)
+            w_t = tl.load(
+                projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd,
+                mask=d_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
             rows = tl.dot(g, w_t, input_precision=PRECISION)
-            tl.atomic_add(weight + dst[:, None] * stride_w + rk[None, :], rows * neg_lr, mask=row_ok[:, None] & k_ok[None, :], sem="relaxed")
+            tl.atomic_add(
+                weight + dst[:, None] * stride_w + rk[None, :],
+                rows * neg_lr,
+                mask=row_ok[:, None] & k_ok[None, :],
+                sem="relaxed",
+            )
 
     return SimpleNamespace(
         gather=_gather_rows_kernel,
@@ -186,7 +218,9 @@ def gather_rows(weight: Tensor, ids: Tensor) -> Tensor:
     out = torch.empty(n, width, dtype=weight.dtype, device=weight.device)
     block_w = _block(width, 1)
     block_n = max(1, 4096 // block_w)
-    _kernels().gather[(triton.cdiv(n, block_n),)](weight, ids, out, n, width, weight.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
+    _kernels().gather[(triton.cdiv(n, block_n),)](
+        weight, ids, out, n, width, weight.stride(0), BLOCK_N=block_n, BLOCK_W=block_w
+    )
     return out
 
 
@@ -195,11 +229,20 @@ def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> 
     n, width = ids.numel(), weight.shape[1]
     block_w = _block(width, 1)
     block_n = max(1, 4096 // block_w)
-    _kernels().scatter_sub[(triton.cdiv(n, block_n),)](weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w)
+    _kernels().scatter_sub[(triton.cdiv(n, block_n),)](
+        weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w
+    )
 
 
 def project_scatter_sub(
-    weight: Tensor, ids: Tensor, grad_out: Tensor, projection: Tensor, lr: Tensor, block_m: int = 128, block_k: int | None = None, warps: int = 2
+    weight: Tensor,
+    ids: Tensor,
+    grad_out: Tensor,
+    projection: Tensor,
+    lr: Tensor,
+    block_m: int = 128,
+    block_k: int | None = None,
+    warps: int = 2,
 ) -> None:
     """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
 
@@ -233,7 +276,14 @@ def grouped_matmul(a: Tensor, b: Tensor, splits: int = 1) -> Tensor:
     return _grouped(a, (g, m, k), (sg, sm, sk), b, splits)
 
 
-def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int | None = None, block_k: int | None = None, warps: int = 4) -> Tensor:
+def gather_project(
+    weight: Tensor,
+    ids: Tensor,
+    projection: Tensor,
+    block_m: int | None = None,
+    block_k: int | None = None,
+    warps: int = 4,
+) -> Tensor:
     """MLET's one-hot forward in one kernel: ``torch.bmm(weight[ids].view(T, B, K), projection)``.
 
     ``ids``: the T*B global rows, table-major. The K-wide rows go from the
@@ -250,7 +300,13 @@ def gather_project(weight: Tensor, ids: Tensor, projection: Tensor, block_m: int
 
 
 def gathered_weight_gradient(
-    weight: Tensor, ids: Tensor, grad_out: Tensor, block_m: int = 32, block_k: int = 64, warps: int = 4, splits: int | None = None
+    weight: Tensor,
+    ids: Tensor,
+    grad_out: Tensor,
+    block_m: int = 32,
+    block_k: int = 64,
+    warps: int = 4,
+    splits: int | None = None,
 ) -> Tensor:
     """MLET's projection gradient from the table rows: ``weight[ids].view(T, B, K).transpose(1, 2) @ grad_out``.
 

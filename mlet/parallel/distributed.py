@@ -64,7 +64,15 @@ from mlet.core.launch import launched_world_size
 from mlet.core.pipeline import prefetch
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
-from mlet.parallel.sharding import BatchShard, OwnedBags, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
+from mlet.parallel.sharding import (
+    BatchShard,
+    OwnedBags,
+    RowLayout,
+    ShardingPlan,
+    local_sizes,
+    sample_range,
+    table_bytes,
+)
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
 from mlet.training.processes import Parallel, SingleProcess
@@ -107,7 +115,9 @@ class EmbeddingExchange(torch.autograd.Function):
     def forward(ctx, pooled: Tensor, layout: ExchangeLayout) -> Tensor:
         ctx.layout = layout
         received = pooled.new_empty(sum(layout.recv_splits))
-        dist.all_to_all_single(received, pooled.contiguous().view(-1), layout.recv_splits, layout.send_splits, group=layout.group)
+        dist.all_to_all_single(
+            received, pooled.contiguous().view(-1), layout.recv_splits, layout.send_splits, group=layout.group
+        )
         out = pooled.new_empty(layout.local_batch, layout.num_tables, layout.dim)
         for block, tables in zip(received.split(layout.recv_splits), layout.owner_tables):
             if tables.numel():
@@ -163,7 +173,9 @@ class DistributedDLRM(DLRM):
     the single-process layout, so checkpoints move between world sizes.
     """
 
-    def __init__(self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None
+    ) -> None:
         mine = plan.tables_of_rank[comm.rank]
         if tables is None:
             tables = EmbeddingTables.from_config(config, seed=seed, table_ids=mine, device=comm.device)
@@ -284,7 +296,11 @@ class ShardedOptimizer:
     def state_dict(self) -> dict:
         """All state on rank 0 (``state`` is empty elsewhere); a collective."""
         local = self.inner.state_dict()["state"]
-        state = {name: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items()} for name, entries in local.items() if name not in SHARDED}
+        state = {
+            name: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items()}
+            for name, entries in local.items()
+            if name not in SHARDED
+        }
         params = dict(self.model.named_parameters())
         for name in SHARDED:
             if name in params:
@@ -297,7 +313,9 @@ class ShardedOptimizer:
         """One sharded parameter's state, gathered (on rank 0)."""
         comm = self.model.comm
         rows = {k: v for k, v in entries.items() if torch.is_tensor(v) and v.shape == param.shape}
-        small = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows}  # pickled to every rank
+        small = {
+            k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows
+        }  # pickled to every rank
         inventory: list = [None] * comm.world_size
         dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0))
         owners = [(keys, values) for keys, values, has_rows in inventory if has_rows]
@@ -321,7 +339,12 @@ class ShardedOptimizer:
 
     def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
         """This rank's rows of a full-layout state entry; other entries unchanged."""
-        if torch.is_tensor(value) and value.dim() == param.dim() and value.shape[0] == layout.full_rows and value.shape[1:] == param.shape[1:]:
+        if (
+            torch.is_tensor(value)
+            and value.dim() == param.dim()
+            and value.shape[0] == layout.full_rows
+            and value.shape[1:] == param.shape[1:]
+        ):
             return layout.take(value, self.model.comm.rank)
         return value
 
@@ -371,7 +394,10 @@ class MultiProcess:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, ValueError) as error:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+            raise UserError(
+                "the weights do not fit the checkpoint's model_config "
+                f"({lines[-1] if lines else 'state_dict mismatch'})"
+            ) from None
         return model
 
     def shard(self, batch: Batch) -> BatchShard:
@@ -401,7 +427,9 @@ class MultiProcess:
                 sizes.append(batch.size)
                 yield batch
 
-        probs, labels = predict(model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device)
+        probs, labels = predict(
+            model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device
+        )
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]
         dist.broadcast_object_list(result, src=0)
@@ -434,20 +462,27 @@ class MultiProcess:
         per_sample = len(config.table_sizes) * config.dim * 4
         crossing = per_sample * (self.world_size - 1) / self.world_size
         mlet = (
-            f"; MLET tables are projected K={config.mlet_hidden} -> d={config.dim} on their owner (K-wide vectors would be {per_sample * config.mlet_hidden // config.dim:,} B/sample)"
+            f"; MLET tables are projected K={config.mlet_hidden} -> d={config.dim} on their owner "
+            f"(K-wide vectors would be {per_sample * config.mlet_hidden // config.dim:,} B/sample)"
             if config.mlet_hidden
             else ""
         )
         return [
-            f"processes: {self.world_size} ({self.backend}, {self.device.type}); MLPs data-parallel (gradients summed by one all-reduce), tables model-parallel",
+            f"processes: {self.world_size} ({self.backend}, {self.device.type}); "
+            "MLPs data-parallel (gradients summed by one all-reduce), tables model-parallel",
             self.plan.describe(config.table_sizes, self.optimizer),
-            f"embedding exchange: all-to-all of d={config.dim} pooled vectors, {len(config.table_sizes)} x {config.dim} x 4 B = {per_sample:,} B/sample forward and the same backward,"
+            f"embedding exchange: all-to-all of d={config.dim} pooled vectors, "
+            f"{len(config.table_sizes)} x {config.dim} x 4 B = {per_sample:,} B/sample forward and the same backward,"
             f" {crossing:,.0f} B/sample of it between processes{mlet}",
         ]
 
     def record(self) -> dict:
         """The layout, for checkpoints and results."""
-        return {"world_size": self.world_size, "backend": self.backend, "plan": self.plan.to_dict() if self.layout else None}
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "plan": self.plan.to_dict() if self.layout else None,
+        }
 
 
 @contextmanager

@@ -47,7 +47,12 @@ SCENARIOS = {
     # tables > ranks, synthetic click data (one id per bag, shuffled per epoch); fused table update
     "mlet-sgd-4-tables": ["--data-generation=synthetic", "--arch-embedding-size=50-7-300-2", "--mlet-hidden=16"],
     # ranks > tables: one rank owns nothing; multi-hot random bags; torch's sparse SGD (not the fused update)
-    "baseline-sgd-1-table": ["--data-generation=random", "--arch-embedding-size=300", "--num-indices-per-lookup=3", "--embedding-update=autograd"],
+    "baseline-sgd-1-table": [
+        "--data-generation=random",
+        "--arch-embedding-size=300",
+        "--num-indices-per-lookup=3",
+        "--embedding-update=autograd",
+    ],
     # 3 tables on 2 ranks, Adagrad (per-row state)
     "mlet-adagrad-3-tables": [
         "--data-generation=random",
@@ -57,7 +62,12 @@ SCENARIOS = {
         "--num-indices-per-lookup=3",
     ],
     # SparseAdam for the tables, Adam for the rest
-    "baseline-adam-4-tables": ["--data-generation=random", "--arch-embedding-size=50-7-300-2", "--optimizer=adam", "--learning-rate=0.01"],
+    "baseline-adam-4-tables": [
+        "--data-generation=random",
+        "--arch-embedding-size=50-7-300-2",
+        "--optimizer=adam",
+        "--learning-rate=0.01",
+    ],
 }
 RESUME_SCENARIO = "mlet-adagrad-3-tables"
 
@@ -96,7 +106,9 @@ def tensor_difference(a: object, b: object) -> float:
 def state_differences(a: dict, b: dict) -> dict[str, float]:
     """Largest differences between two checkpoints' parameters and optimizer state."""
     models, states = a["model"], b["model"]
-    params = max(tensor_difference(models[k], states[k]) for k in models) if models.keys() == states.keys() else math.inf
+    params = (
+        max(tensor_difference(models[k], states[k]) for k in models) if models.keys() == states.keys() else math.inf
+    )
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     optimizer = 0.0
     if sa.keys() != sb.keys() or any(sa[n].keys() != sb[n].keys() for n in sa):
@@ -158,7 +170,12 @@ def compare_resume(run: Runner, workdir: Path, nproc: int, resume_nproc: int | N
     for saved, resumed in [(1, nproc), (nproc, 1), *([(nproc, resume_nproc)] if resume_nproc else [])]:
         final = workdir / f"{name}-from-{saved}-in-{resumed}.pt"
         run_checked(run, resumed, scenario_flags(name, [f"--load-model={halves[saved]}", f"--save-model={final}"]))
-        rows.append({"scenario": f"resume: saved by {saved}, continued by {resumed}", **state_differences(load(straight), load(final))})
+        rows.append(
+            {
+                "scenario": f"resume: saved by {saved}, continued by {resumed}",
+                **state_differences(load(straight), load(final)),
+            }
+        )
     return rows
 
 
@@ -171,7 +188,11 @@ def subprocess_runner(use_gpu: bool, timeout: int) -> Runner:
     """Runs ``dlrm_mlet.py`` as a command: plainly for one process, under torchrun for more."""
 
     def run(nproc: int, flags: list[str]) -> Outcome:
-        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        launcher = (
+            [sys.executable]
+            if nproc == 1
+            else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        )
         command = [*launcher, "-m", "dlrm_mlet", *flags, *(["--use-gpu"] if use_gpu else [])]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

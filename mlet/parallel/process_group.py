@@ -72,7 +72,9 @@ class Comm:
 def check_backend(backend: str | None, use_gpu: bool) -> None:
     """Refuse a backend that cannot serve the device (:class:`UserError` naming the flag)."""
     if backend == "nccl" and not use_gpu:
-        raise UserError("--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes")
+        raise UserError(
+            "--dist-backend=nccl: NCCL needs CUDA devices; add --use-gpu, or use --dist-backend=gloo for CPU processes"
+        )
     if backend == "gloo" and use_gpu:
         raise UserError("--dist-backend=gloo: with --use-gpu use nccl (the default); gloo is for CPU processes")
 
@@ -109,7 +111,8 @@ def training_device(backend: str | None, use_gpu: bool) -> torch.device:
     local_rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
     if local_rank >= count:
         raise UserError(
-            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; start at most {count} per host (--nproc_per_node)"
+            f"--use-gpu: this process has LOCAL_RANK={local_rank}, but the host has {count} CUDA devices; "
+            f"start at most {count} per host (--nproc_per_node)"
         )
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
@@ -129,7 +132,13 @@ def agree(step: Callable[[], T]) -> T:
         result = step()
     except Exception as caught:  # shared below, then raised on every rank
         error = caught
-    message = None if error is None else str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+    message = (
+        None
+        if error is None
+        else str(error)
+        if isinstance(error, UserError)
+        else f"{type(error).__name__}: {first_line(error)}"
+    )
     messages: list = [None] * dist.get_world_size()
     dist.all_gather_object(messages, message)
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
@@ -142,7 +151,9 @@ def agree(step: Callable[[], T]) -> T:
     raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
 
 
-COMMUNICATION_WORDS = re.compile(r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE)
+COMMUNICATION_WORDS = re.compile(
+    r"gloo|nccl|processgroup|c10d|collective|connection closed|timed out|timeout", re.IGNORECASE
+)
 
 
 def communication_failure(error: BaseException) -> UserError | None:
@@ -155,10 +166,14 @@ def communication_failure(error: BaseException) -> UserError | None:
     """
     frames = traceback.extract_tb(error.__traceback__)
     inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
-    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))):
+    if not (
+        isinstance(error, dist.DistError)
+        or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))
+    ):
         return None
     return UserError(
-        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; --dist-timeout sets how long collectives wait)"
+        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; "
+        "--dist-timeout sets how long collectives wait)"
     )
 
 

@@ -87,12 +87,15 @@ class ShardingPlan:
             listed = ",".join(map(str, tables)) or "none"
             rows = sum(table_sizes[t] for t in tables)
             count = f"{len(tables)} table{'' if len(tables) == 1 else 's'}"
-            parts.append(f"rank {rank}: tables {listed} ({count}, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})")
+            parts.append(
+                f"rank {rank}: tables {listed} ({count}, {rows:,} rows, {format_bytes(self.rank_bytes(rank))})"
+            )
         loads = [self.rank_bytes(r) for r in range(self.world_size)]
         imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
         state = f" + {optimizer} state" if STATE_SLOTS[optimizer] else ""
         return (
-            f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, balanced by training bytes (rows + projections{state}),"
+            f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, "
+            f"balanced by training bytes (rows + projections{state}),"
             f" then by table count: {'; '.join(parts)}; largest/mean bytes {imbalance:.2f}"
         )
 

@@ -137,7 +137,13 @@ def frequency_metrics(probs: np.ndarray, labels: np.ndarray, rarest: np.ndarray,
     out = []
     for b, label in enumerate(bin_labels(edges)):
         mask = which == b
-        out.append({"bin": label, "share": float(mask.mean()) if len(mask) else math.nan, **ctr_metrics(probs[mask], labels[mask])})
+        out.append(
+            {
+                "bin": label,
+                "share": float(mask.mean()) if len(mask) else math.nan,
+                **ctr_metrics(probs[mask], labels[mask]),
+            }
+        )
     return out
 
 
@@ -153,5 +159,9 @@ def data_key(flags: dict) -> tuple:
         "cat_min_count",
         "max_ind_range",
     )
-    names += ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed") if flags.get("data_generation") != "dataset" else ()
+    names += (
+        ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed")
+        if flags.get("data_generation") != "dataset"
+        else ()
+    )
     return tuple(str(flags.get(n)) for n in names)

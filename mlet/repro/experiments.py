@@ -35,7 +35,9 @@ from mlet.core.errors import UserError
 PROTOCOLS = ("paper", "tuned")
 MATCH_RULES = ("strict", "within_std")
 CONFIG_LABEL = re.compile(r"base_d\d+|mlet_d\d+_k\d+")
-RUN_NAME = re.compile(rf"^(?P<optimizer>[a-z]+)_(?P<config>{CONFIG_LABEL.pattern})_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$")
+RUN_NAME = re.compile(
+    rf"^(?P<optimizer>[a-z]+)_(?P<config>{CONFIG_LABEL.pattern})_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$"
+)
 
 
 def lr_text(lr: float) -> str:
@@ -144,7 +146,8 @@ PER_RUN_ARGS = {
 
 
 def shared_args(payload_args: dict) -> dict:
-    """The flags of a results JSON that every run of one comparison must share (the bottom MLP without its last width d)."""
+    """The flags of a results JSON that every run of one comparison must share (the bottom MLP without its last
+    width d)."""
     shared = {k: v for k, v in payload_args.items() if k not in PER_RUN_ARGS}
     shared["arch_mlp_bot"] = str(payload_args.get("arch_mlp_bot", "")).rsplit("-", 1)[0]
     return shared
@@ -195,7 +198,10 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
         samples_per_second=number(payload.get("train_samples_per_second")),
         inference_embedding_bytes=int(params["embedding_inference_bytes"]),
         training_embedding_bytes=int(params["embedding_training_bytes"]),
-        history=[{"iteration": h["iteration"], "auc": number(h.get("auc")), "logloss": number(h.get("logloss"))} for h in payload.get("history") or []],
+        history=[
+            {"iteration": h["iteration"], "auc": number(h.get("auc")), "logloss": number(h.get("logloss"))}
+            for h in payload.get("history") or []
+        ],
         path=path,
         shared=shared_args(payload["args"]),
     )
@@ -213,7 +219,8 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
 
 
 def sweep_record(run_dir: Path) -> dict | None:
-    """A sweep directory's ``sweep.json`` (settings, sessions, runs); None without one, a :class:`UserError` naming a damaged one."""
+    """A sweep directory's ``sweep.json`` (settings, sessions, runs); None without one, a :class:`UserError`
+    naming a damaged one."""
     manifest = Path(run_dir) / "sweep.json"
     if not manifest.exists():
         return None
@@ -227,14 +234,16 @@ def sweep_record(run_dir: Path) -> dict | None:
 
 
 def check_comparable(results: Sequence[RunResult]) -> None:
-    """A :class:`UserError` naming the first result trained with other shared flags than the first one (flags both know)."""
+    """A :class:`UserError` naming the first result trained with other shared flags than the first one (flags
+    both know)."""
     first = results[0]
     for r in results[1:]:
         differing = sorted(k for k in first.shared.keys() & r.shared.keys() if first.shared[k] != r.shared[k])
         if differing:
             key = differing[0]
             raise UserError(
-                f"{r.path}: trained with other flags than {first.path} (--{key.replace('_', '-')}: {r.shared[key]!r} against {first.shared[key]!r});"
+                f"{r.path}: trained with other flags than {first.path} "
+                f"(--{key.replace('_', '-')}: {r.shared[key]!r} against {first.shared[key]!r});"
                 " one summary compares runs of one setup: move the odd ones out"
             )
 
@@ -274,7 +283,10 @@ def by_config_and_lr(results: Iterable[RunResult]) -> dict[Key, dict[float, list
     groups: dict[Key, dict[float, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         groups[(r.spec.optimizer, r.spec.config)][r.spec.lr].append(r)
-    return {key: {lr: sorted(runs, key=lambda r: r.spec.seed) for lr, runs in sorted(lrs.items())} for key, lrs in sorted(groups.items())}
+    return {
+        key: {lr: sorted(runs, key=lambda r: r.spec.seed) for lr, runs in sorted(lrs.items())}
+        for key, lrs in sorted(groups.items())
+    }
 
 
 def score(runs: Sequence[RunResult]) -> float:
@@ -295,7 +307,8 @@ def best_lr(by_lr: dict[float, list[RunResult]], seeds: int | None = None) -> fl
 
 
 def next_lr(lrs: Sequence[float], best: float, factor: float, initial: Sequence[float], max_widen: int) -> float | None:
-    """The rate to add when ``best`` lies at an edge of the tried ``lrs`` (None: it is interior, or the limit is reached).
+    """The rate to add when ``best`` lies at an edge of the tried ``lrs`` (None: it is interior, or the limit is
+    reached).
 
     The grid widens by ``factor`` beyond the edge the best rate lies on, at
     most ``max_widen`` times on each side of the ``initial`` grid.
@@ -427,7 +440,10 @@ def d_reductions(selections: Sequence[Selection], rule: str = "strict") -> list[
                 same_seed = {d: b for d, b in baselines.items() if run.spec.seed in b.seeds}
                 if len(same_seed) != len(baselines):
                     continue  # compare seed by seed only where every baseline has this seed
-                aucs = {d: (next(r.test_auc for r in b.runs if r.spec.seed == run.spec.seed), 0.0) for d, b in same_seed.items()}
+                aucs = {
+                    d: (next(r.test_auc for r in b.runs if r.spec.seed == run.spec.seed), 0.0)
+                    for d, b in same_seed.items()
+                }
                 seed_match = widest_matched(run.test_auc, aucs, "strict")
                 per_seed.append(seed_match / s.config.dim if seed_match else 0.0)
             factor = matched / s.config.dim if matched else 0.0

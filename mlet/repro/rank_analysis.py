@@ -34,7 +34,15 @@ from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.core.pipeline import prefetch
 from mlet.data.flags import recorded_dataset_config
 from mlet.data.sources import ArraySource, build_data
-from mlet.repro.analysis import data_key, frequency_metrics, parse_edges, rarest_id_counts, table_spectra, training_counts, transformed_ids
+from mlet.repro.analysis import (
+    data_key,
+    frequency_metrics,
+    parse_edges,
+    rarest_id_counts,
+    table_spectra,
+    training_counts,
+    transformed_ids,
+)
 from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden
 from mlet.training.metrics import ctr_metrics, predict
 
@@ -47,7 +55,10 @@ def checkpoint_label(ckpt: dict, path: Path) -> str:
     d, k = ckpt["model_config"]["dim"], trained_hidden(ckpt)
     args = ckpt.get("args") or {}
     kind = f"MLET d={d} K={k}" if k else f"baseline d={d}"
-    return f"{kind} ({args.get('optimizer', '?')}, lr {args.get('learning_rate', '?')}, seed {args.get('numpy_rand_seed', '?')})"
+    return (
+        f"{kind} ({args.get('optimizer', '?')}, lr {args.get('learning_rate', '?')}, "
+        f"seed {args.get('numpy_rand_seed', '?')})"
+    )
 
 
 def has_non_finite_weights(model: DLRM) -> bool:
@@ -78,14 +89,18 @@ class FrequencyData:
         """The test source, each test sample's rarest-id training count, and each table's training id counts."""
         saved = ckpt.get("args")
         if not saved or "data_generation" not in saved:
-            raise UserError(f"{path}: the checkpoint holds no training flags, so its data cannot be rebuilt (use --no-frequency)")
+            raise UserError(
+                f"{path}: the checkpoint holds no training flags, so its data cannot be rebuilt (use --no-frequency)"
+            )
         key = data_key(saved)
         if key not in self.cache:
             if saved["data_generation"] == "random":
                 raise UserError(f"{path}: trained on random data (no id frequencies to speak of); use --no-frequency")
             data = build_data(recorded_data_config(saved, ModelConfig.from_dict(ckpt["model_config"])))
             train, test = data.train, data.test
-            assert isinstance(train, ArraySource) and isinstance(test, ArraySource), "synthetic and data-set samples are arrays"
+            assert isinstance(train, ArraySource) and isinstance(test, ArraySource), (
+                "synthetic and data-set samples are arrays"
+            )
             counts = training_counts(train, data.table_sizes)
             rarest = rarest_id_counts(transformed_ids(test, slice(0, test.num_samples)), counts)
             self.cache[key] = (test, rarest, counts)
@@ -119,7 +134,8 @@ def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -
 
 
 def weighted_rank(result: dict, key: str = "effective_rank", rows: str = "rows") -> float:
-    """Mean of ``key`` over tables, weighted by ``rows`` (tables where it is undefined left out; NaN if none or if a table diverged)."""
+    """Mean of ``key`` over tables, weighted by ``rows`` (tables where it is undefined left out; NaN if none or
+    if a table diverged)."""
     if any(t.get("diverged") for t in result["tables"]):
         return math.nan
     tables = [t for t in result["tables"] if t.get(key) is not None and t.get(rows)]
@@ -150,18 +166,24 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
     lines = [
         "# Effective rank of the trained tables (inference form: MLET collapsed to W1 @ W2)",
         "",
-        "Effective rank: exp of the entropy of the singular values normalised to sum 1 (Roy and Vetterli 2007); at most d.",
+        "Effective rank: exp of the entropy of the singular values normalised to sum 1 (Roy and Vetterli 2007); "
+        "at most d.",
         "",
-        "All rows: every row of the table; rows that training rarely or never touched keep much of their (full-rank) random initialisation."
-        f" Frequent rows: only the rows seen at least {results[0].get('frequent_min_count', '-')} times in training, where the learned structure is.",
+        "All rows: every row of the table; "
+        "rows that training rarely or never touched keep much of their (full-rank) random initialisation."
+        f" Frequent rows: only the rows seen at least {results[0].get('frequent_min_count', '-')} times in training, "
+        "where the learned structure is.",
         "",
-        "| checkpoint | d | mean erank, all rows (row-weighted) | as share of d | mean erank, frequent rows (row-weighted) | as share of d |",
+        "| checkpoint | d | mean erank, all rows (row-weighted) | as share of d "
+        "| mean erank, frequent rows (row-weighted) | as share of d |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
         w = weighted_rank(r)
         f = weighted_rank(r, "effective_rank_frequent", "frequent_rows")
-        lines.append(f"| {label_cell(r)} | {r['dim']} | {cell(w)} | {cell(w / r['dim'])} | {cell(f)} | {cell(f / r['dim'])} |")
+        lines.append(
+            f"| {label_cell(r)} | {r['dim']} | {cell(w)} | {cell(w / r['dim'])} | {cell(f)} | {cell(f / r['dim'])} |"
+        )
     largest = sorted(results[0]["tables"], key=lambda t: -t["rows"])[:top_tables]
     lines += [
         "",
@@ -179,16 +201,22 @@ def markdown(results: Sequence[dict], top_tables: int) -> str:
             "",
             "## Test AUC by the training count of a sample's rarest id",
             "",
-            f"Each test sample is binned by the minimum over its features of the training count of its id (unseen: 0). Shares of the test set: {shares}.",
+            "Each test sample is binned by the minimum over its features of the training count of its id "
+            f"(unseen: 0). Shares of the test set: {shares}.",
             "",
-            "| checkpoint | AUC, all | " + " | ".join(f"AUC {b}" for b in bins) + " | log loss, all | " + " | ".join(f"log loss {b}" for b in bins) + " |",
+            "| checkpoint | AUC, all | "
+            + " | ".join(f"AUC {b}" for b in bins)
+            + " | log loss, all | "
+            + " | ".join(f"log loss {b}" for b in bins)
+            + " |",
             "|---|" + "---|" * (2 * len(bins) + 2),
         ]
         for r in results:
             aucs = " | ".join(cell(b["auc"], ".4f") for b in r["frequency"])
             losses = " | ".join(cell(b["logloss"], ".4f") for b in r["frequency"])
             overall = r["overall"]
-            lines.append(f"| {label_cell(r)} | {cell(overall['auc'], '.4f')} | {aucs} | {cell(overall['logloss'], '.4f')} | {losses} |")
+            overall_auc, overall_loss = cell(overall["auc"], ".4f"), cell(overall["logloss"], ".4f")
+            lines.append(f"| {label_cell(r)} | {overall_auc} | {aucs} | {overall_loss} | {losses} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +235,9 @@ def plot(results: Sequence[dict], path: Path) -> None:
     for r in results:
         style = {"linestyle": "--", "marker": "s"} if r["mlet_hidden"] else {"linestyle": "-", "marker": "o"}
         ranks = [r["tables"][t][key] for t in order]
-        left.plot(range(len(order)), [np.nan if v is None else v for v in ranks], label=r["label"], markersize=3, **style)
+        left.plot(
+            range(len(order)), [np.nan if v is None else v for v in ranks], label=r["label"], markersize=3, **style
+        )
         values = np.asarray(r["tables"][largest]["singular_values"] or [])  # None: diverged
         if len(values) and values[0] > 0:
             right.plot(np.arange(1, len(values) + 1), values / values[0], label=r["label"], markersize=3, **style)
@@ -236,7 +266,8 @@ def warn_diverged(results: Sequence[dict]) -> None:
 
 
 def checked_edges(args: argparse.Namespace) -> list[int] | None:
-    """Check the flags before any work; the frequency bin edges (None with ``--no-frequency``). A :class:`UserError` names a bad flag."""
+    """Check the flags before any work; the frequency bin edges (None with ``--no-frequency``).
+    A :class:`UserError` names a bad flag."""
     try:
         edges = None if args.no_frequency else parse_edges(args.frequency_edges)
     except ValueError as error:
@@ -251,14 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="directory for rank.md, rank.json and rank.png")
-    p.add_argument("--frequency-edges", default="10,100", help="bins of the rarest-id training count: 10,100 -> <10, 10-99, >=100")
+    p.add_argument(
+        "--frequency-edges", default="10,100", help="bins of the rarest-id training count: 10,100 -> <10, 10-99, >=100"
+    )
     p.add_argument("--no-frequency", action="store_true", help="only the spectra (no data needed)")
     p.add_argument("--top-tables", type=int, default=6, help="tables shown one by one in rank.md")
     args = p.parse_args(argv)
     try:
         edges = checked_edges(args)
         frequency = FrequencyData()
-        results = [analyze(path, edges, frequency) for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)]
+        results = [
+            analyze(path, edges, frequency)
+            for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)
+        ]
         results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
         warn_diverged(results)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,17 @@ PROG = "summarize.py"
 
 def run_table(results: Sequence[RunResult]) -> str:
     """One markdown row per results file: model, test and validation metrics, sizes, speed."""
-    header = ["run", "tables", "d", "test AUC", "test log loss", "val AUC", "inference emb.", "training emb.", "train samples/s"]
+    header = [
+        "run",
+        "tables",
+        "d",
+        "test AUC",
+        "test log loss",
+        "val AUC",
+        "inference emb.",
+        "training emb.",
+        "train samples/s",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         c = r.spec.config
@@ -104,15 +114,18 @@ def headline_table(strict: Sequence[Reduction], lenient: Sequence[Reduction]) ->
     """The d-reduction of every MLET config under both rules."""
     lenient_by = {(r.protocol, r.optimizer, r.config): r for r in lenient}
     lines = [
-        "| protocol | optimizer | MLET | widest baseline matched (strict) | per-seed factor (mean ± std, n) | within one std |",
+        "| protocol | optimizer | MLET | widest baseline matched (strict) "
+        "| per-seed factor (mean ± std, n) | within one std |",
         "|---|---|---|---|---|---|",
     ]
     for r in strict:
         m, s = r.seed_mean_std
         per_seed = f"{m:.2f} ± {s:.2f} (n={len(r.per_seed)})" if r.per_seed else "n/a"
         other = lenient_by.get((r.protocol, r.optimizer, r.config))
+        within_std = factor_text(other) if other else "n/a"
         lines.append(
-            f"| {r.protocol} | {r.optimizer} | d={r.config.dim} K={r.config.hidden} | {factor_text(r)} | {per_seed} | {factor_text(other) if other else 'n/a'} |"
+            f"| {r.protocol} | {r.optimizer} | d={r.config.dim} K={r.config.hidden} | {factor_text(r)} | {per_seed} "
+            f"| {within_std} |"
         )
     return "\n".join(lines)
 
@@ -120,7 +133,8 @@ def headline_table(strict: Sequence[Reduction], lenient: Sequence[Reduction]) ->
 def config_table(selections: Sequence[Selection]) -> str:
     """Mean ± std over seeds per (protocol, optimizer, config)."""
     lines = [
-        "| protocol | optimizer | config | lr | seeds | test AUC | test log loss | val AUC | inference emb. | training emb. | train samples/s |",
+        "| protocol | optimizer | config | lr | seeds | test AUC | test log loss | val AUC "
+        "| inference emb. | training emb. | train samples/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sorted(selections, key=lambda s: (s.protocol, s.optimizer, s.config.is_mlet, s.config)):
@@ -128,8 +142,10 @@ def config_table(selections: Sequence[Selection]) -> str:
         lr = lr_text(s.lr) + (" (edge)" if s.at_edge else "")
         speed = s.stat("samples_per_second")[0]
         lines.append(
-            f"| {s.protocol} | {s.optimizer} | {s.config.title} | {lr} | {len(s.runs)} | {pm(s.stat('test_auc'))} | {pm(s.stat('test_logloss'))} |"
-            f" {pm(s.stat('val_auc'))} | {size_text(first.inference_embedding_bytes)} | {size_text(first.training_embedding_bytes)} |"
+            f"| {s.protocol} | {s.optimizer} | {s.config.title} | {lr} | {len(s.runs)} "
+            f"| {pm(s.stat('test_auc'))} | {pm(s.stat('test_logloss'))} |"
+            f" {pm(s.stat('val_auc'))} | {size_text(first.inference_embedding_bytes)} "
+            f"| {size_text(first.training_embedding_bytes)} |"
             f" {'n/a' if not math.isfinite(speed) else f'{speed:,.0f}'} |"
         )
     return "\n".join(lines)
@@ -147,7 +163,11 @@ def selection_json(s: Selection) -> dict:
         "lrs_tried": s.lrs_tried,
         "at_edge": s.at_edge,
         "seeds": s.seeds,
-        **{f"{a}_{k}": v for a in ("test_auc", "test_logloss", "val_auc", "samples_per_second") for k, v in zip(("mean", "std"), s.stat(a))},
+        **{
+            f"{a}_{k}": v
+            for a in ("test_auc", "test_logloss", "val_auc", "samples_per_second")
+            for k, v in zip(("mean", "std"), s.stat(a))
+        },
         "inference_embedding_bytes": s.runs[0].inference_embedding_bytes,
         "training_embedding_bytes": s.runs[0].training_embedding_bytes,
     }
@@ -216,7 +236,9 @@ def plot_auc_vs_size(selections: Sequence[Selection], path: Path) -> None:
             style = {"color": "black", "marker": "o", "linewidth": 2} if k == 0 else {"marker": "s", "linestyle": "--"}
             ax.errorbar(x, y, yerr=err, capsize=3, label="baseline" if k == 0 else f"MLET K={k}", **style)
             for p, xi, yi in zip(points, x, y):
-                ax.annotate(f"d={p.config.dim}", (xi, yi), textcoords="offset points", xytext=(3, -10 if k else 5), fontsize=7)
+                ax.annotate(
+                    f"d={p.config.dim}", (xi, yi), textcoords="offset points", xytext=(3, -10 if k else 5), fontsize=7
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("inference embedding size (bytes, collapsed tables)")
         ax.set_ylabel("test AUC (mean ± std over seeds)")
@@ -228,7 +250,9 @@ def mean_curve(runs: Sequence[RunResult]) -> tuple[list[int], list[float]]:
     """Mean test AUC over seeds at each iteration every seed was tested at."""
     common = set.intersection(*({h["iteration"] for h in r.history} for r in runs)) if runs else set()
     iterations = sorted(common)
-    values = [sum(next(h["auc"] for h in r.history if h["iteration"] == i) for r in runs) / len(runs) for i in iterations]
+    values = [
+        sum(next(h["auc"] for h in r.history if h["iteration"] == i) for r in runs) / len(runs) for i in iterations
+    ]
     return iterations, values
 
 
@@ -253,7 +277,12 @@ def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
                 continue
             x, y = mean_curve(s.runs)
             ax.plot(
-                x, y, color=colors[s.config.dim], linestyle="--" if s.config.is_mlet else "-", marker="." if s.config.is_mlet else None, label=s.config.title
+                x,
+                y,
+                color=colors[s.config.dim],
+                linestyle="--" if s.config.is_mlet else "-",
+                marker="." if s.config.is_mlet else None,
+                label=s.config.title,
             )
         ax.set_xlabel("training step")
         ax.set_ylabel("test AUC (mean over seeds)")
@@ -314,9 +343,11 @@ def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None
     first = json.loads(Path(results[0].path).read_text())
     lines.append(f"- data: {first.get('data')}")
     args = first.get("args", {})
+    bottom_mlp = args.get("arch_mlp_bot", "?").rsplit("-", 1)[0]
     lines.append(
-        f"- model: bottom MLP {args.get('arch_mlp_bot', '?').rsplit('-', 1)[0]}-d, top MLP {args.get('arch_mlp_top')}, batch {args.get('mini_batch_size')},"
-        f" {args.get('nepochs')} epoch(s), {first.get('iterations')} steps, device {first.get('device')}, torch {first.get('torch')}"
+        f"- model: bottom MLP {bottom_mlp}-d, top MLP {args.get('arch_mlp_top')}, batch {args.get('mini_batch_size')},"
+        f" {args.get('nepochs')} epoch(s), {first.get('iterations')} steps, device {first.get('device')}, "
+        f"torch {first.get('torch')}"
     )
     if record is not None:
         sessions = record.get("sessions", [])
@@ -325,8 +356,10 @@ def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None
         host = sessions[-1] if sessions else {}
         lines.append(
             f"- sweep: {len(sessions)} session(s), {wall / 60:.1f} min wall in all, {run_seconds / 60:.1f} run-minutes;"
-            f" {record['settings'].get('jobs')} runs at a time, {record['settings'].get('threads')} torch thread(s) each;"
-            f" host {host.get('host')} ({host.get('cpus')} CPUs), first session started {sessions[0].get('started') if sessions else '?'}"
+            f" {record['settings'].get('jobs')} runs at a time, "
+            f"{record['settings'].get('threads')} torch thread(s) each;"
+            f" host {host.get('host')} ({host.get('cpus')} CPUs), "
+            f"first session started {sessions[0].get('started') if sessions else '?'}"
         )
     return lines
 
@@ -336,7 +369,11 @@ def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[
     if settings is None:
         return list(results), []
     kept = [
-        r for r in results if r.spec.optimizer in settings["optimizers"] and r.spec.config.label in settings["configs"] and r.spec.seed in settings["seeds"]
+        r
+        for r in results
+        if r.spec.optimizer in settings["optimizers"]
+        and r.spec.config.label in settings["configs"]
+        and r.spec.seed in settings["seeds"]
     ]
     kept_ids = {id(r) for r in kept}
     return kept, sorted(Path(r.path).stem for r in results if id(r) not in kept_ids)
@@ -346,13 +383,17 @@ def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settin
     """Warnings for the report: runs left out, and runs of the sweep's initial grid with no results yet."""
     lines = []
     if left_out:
-        lines.append(f"- **left out** (not in sweep.json's optimizers, configs or seeds): {len(left_out)} results, e.g. {', '.join(left_out[:3])}")
+        lines.append(
+            f"- **left out** (not in sweep.json's optimizers, configs or seeds): {len(left_out)} results, "
+            f"e.g. {', '.join(left_out[:3])}"
+        )
     if settings is not None:
         have = {r.spec for r in results}
         missing = sorted(spec.name for spec in initial_grid(settings) if spec not in have)
         if missing:
             lines.append(
-                f"- **incomplete**: {len(missing)} runs of the sweep's grid have no results yet (e.g. {', '.join(missing[:3])});"
+                f"- **incomplete**: {len(missing)} runs of the sweep's grid have no results yet "
+                f"(e.g. {', '.join(missing[:3])});"
                 " the tables compare what has finished, and a `>=` factor only reaches the widest baseline that ran"
             )
     return lines
@@ -365,7 +406,9 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
     settings = record["settings"] if record else None
     results, left_out = in_sweep(load_run_dir(run_dir), settings)
     if not results:
-        raise UserError(f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)")
+        raise UserError(
+            f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)"
+        )
     check_comparable(results)
     selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
     if not selections:
@@ -380,8 +423,9 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         "",
         "## Headline: the d-reduction factor",
         "",
-        "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' (mean test AUC over seeds"
-        " >= the baseline's; last column: >= the baseline's mean minus its std over seeds), and the factor d'/d."
+        "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' "
+        "(mean test AUC over seeds >= the baseline's; last column: >= the baseline's mean minus its std over seeds), "
+        "and the factor d'/d."
         " `>=`: it matched the widest baseline of the grid; `none`: not even the narrowest.",
         "Per-seed factor: the same comparison run by run for equal seeds (0 when a seed matches no baseline).",
         "",
@@ -389,7 +433,8 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         "",
         "## Every config",
         "",
-        "Test AUC and log loss: mean ± std over seeds, at the protocol's learning rate (`paper`: the optimizer's shared rate;"
+        "Test AUC and log loss: mean ± std over seeds, at the protocol's learning rate "
+        "(`paper`: the optimizer's shared rate;"
         " `tuned`: the best mean validation AUC of the grid; `(edge)`: still at an edge of the tried grid).",
         "",
         config_table(selections),
@@ -398,7 +443,16 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         plot_auc_vs_size(selections, out / "auc_vs_size.png")
         plot_auc_vs_step(selections, out / "auc_vs_step.png")
         plot_lr_curves(results, select(results, "tuned", paper_lrs), out / "lr_curves.png")
-        parts += ["", "## Plots", "", "![AUC vs size](auc_vs_size.png)", "", "![AUC vs step](auc_vs_step.png)", "", "![lr curves](lr_curves.png)"]
+        parts += [
+            "",
+            "## Plots",
+            "",
+            "![AUC vs size](auc_vs_size.png)",
+            "",
+            "![AUC vs step](auc_vs_step.png)",
+            "",
+            "![lr curves](lr_curves.png)",
+        ]
     markdown = "\n".join(parts) + "\n"
     (out / "summary.md").write_text(markdown)
     payload = {
@@ -415,14 +469,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="a sweep directory, or results JSON files")
-    p.add_argument("--out", type=Path, default=None, help="where summary.md, summary.json and the plots go (default: the sweep directory)")
-    p.add_argument("--paper-lr", nargs="*", default=[], metavar="OPT=LR", help="the paper protocol's rates (default: the sweep's sweep.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where summary.md, summary.json and the plots go (default: the sweep directory)",
+    )
+    p.add_argument(
+        "--paper-lr",
+        nargs="*",
+        default=[],
+        metavar="OPT=LR",
+        help="the paper protocol's rates (default: the sweep's sweep.json)",
+    )
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     try:
         if len(args.paths) == 1 and args.paths[0].is_dir():
             run_dir = args.paths[0]
-            print(summarize_sweep(run_dir, args.out or run_dir, paper_lrs_of(run_dir, args.paper_lr), plots=not args.no_plots))
+            print(
+                summarize_sweep(
+                    run_dir, args.out or run_dir, paper_lrs_of(run_dir, args.paper_lr), plots=not args.no_plots
+                )
+            )
         else:
             missing = [p for p in args.paths if not p.is_file()]
             if missing:

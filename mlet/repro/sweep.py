@@ -157,19 +157,29 @@ def widened_specs(settings: Settings) -> list[RunSpec]:
     for (opt, config), by_lr in groups.items():
         if opt not in settings.optimizers or config not in settings.configs:
             continue
-        missing = [RunSpec(opt, config, lr, seed) for lr, runs in by_lr.items() for seed in settings.seeds if seed not in {r.spec.seed for r in runs}]
+        missing = [
+            RunSpec(opt, config, lr, seed)
+            for lr, runs in by_lr.items()
+            for seed in settings.seeds
+            if seed not in {r.spec.seed for r in runs}
+        ]
         if missing:
             wanted += missing  # finish these rates first
             continue
         best = best_lr(by_lr, len(settings.seeds))
-        lr = next_lr(list(by_lr), best, settings.widen_factor, settings.initial_lrs(opt), settings.max_widen) if best is not None else None
+        lr = (
+            next_lr(list(by_lr), best, settings.widen_factor, settings.initial_lrs(opt), settings.max_widen)
+            if best is not None
+            else None
+        )
         if lr is not None:
             wanted += [RunSpec(opt, config, lr, seed) for seed in settings.seeds]
     return wanted
 
 
 def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list[RunResult]:
-    """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an edit) counts as not run."""
+    """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an
+    edit) counts as not run."""
     results = []
     for path in sorted(results_dir(run_dir).glob("*.json")) if paths is None else paths:
         with contextlib.suppress(UserError):
@@ -194,12 +204,17 @@ def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
 
 
 def wants_checkpoint(spec: RunSpec, settings: Settings) -> bool:
-    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run; only widths in ``--checkpoint-dims``."""
+    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run; only widths
+    in ``--checkpoint-dims``."""
     if settings.checkpoint_dims is not None and spec.config.dim not in settings.checkpoint_dims:
         return False
     if settings.checkpoints == "all":
         return True
-    return settings.checkpoints == "paper" and spec.seed == settings.seeds[0] and spec.lr == round_lr(settings.paper_lrs[spec.optimizer])
+    return (
+        settings.checkpoints == "paper"
+        and spec.seed == settings.seeds[0]
+        and spec.lr == round_lr(settings.paper_lrs[spec.optimizer])
+    )
 
 
 def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[str]:
@@ -226,14 +241,17 @@ def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[s
 
 
 def subprocess_runner(threads: int) -> Runner:
-    """Run ``dlrm_mlet.py`` in a child process with ``threads`` torch threads, output to the log; returns its exit code."""
+    """Run ``dlrm_mlet.py`` in a child process with ``threads`` torch threads, output to the log; returns its
+    exit code."""
 
     def run(spec: RunSpec, argv: list[str], log: Path) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with open(log, "w") as out:
             out.write(f"# {spec.name}: {sys.executable} -m dlrm_mlet {' '.join(argv)}\n")
             out.flush()
-            return subprocess.run([sys.executable, "-m", "dlrm_mlet", *argv], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            return subprocess.run(
+                [sys.executable, "-m", "dlrm_mlet", *argv], stdout=out, stderr=subprocess.STDOUT, env=env
+            ).returncode
 
     return run
 
@@ -246,7 +264,12 @@ class Manifest:
         self.lock = threading.Lock()
         old = sweep_record(settings.run_dir) or {}
         self.data = {"settings": settings.to_dict(), "sessions": old.get("sessions", []), "runs": old.get("runs", {})}
-        self.session: dict[str, object] = {"started": now(), "host": os.uname().nodename, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+        self.session: dict[str, object] = {
+            "started": now(),
+            "host": os.uname().nodename,
+            "cpus": os.cpu_count(),
+            "load_average_start": os.getloadavg(),
+        }
         self.data["sessions"].append(self.session)
         self.start = time.perf_counter()
         self.write()
@@ -260,7 +283,12 @@ class Manifest:
     def finish(self, counts: dict) -> None:
         """Close this session's entry."""
         with self.lock:
-            self.session.update(ended=now(), wall_seconds=round(time.perf_counter() - self.start, 1), load_average_end=os.getloadavg(), **counts)
+            self.session.update(
+                ended=now(),
+                wall_seconds=round(time.perf_counter() - self.start, 1),
+                load_average_end=os.getloadavg(),
+                **counts,
+            )
             self.write()
 
     def write(self) -> None:
@@ -284,8 +312,11 @@ def run_status(spec: RunSpec, code: int, run_dir: Path) -> str:
     return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
 
 
-def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str) -> dict:
-    """Run ``specs`` on ``settings.jobs`` workers; returns counts of finished and failed runs, and the failed runs' names."""
+def run_specs(
+    specs: Sequence[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, desc: str
+) -> dict:
+    """Run ``specs`` on ``settings.jobs`` workers; returns counts of finished and failed runs, and the failed
+    runs' names."""
     for sub in ("results", "logs", *(["checkpoints"] if settings.checkpoints != "none" else [])):
         (Path(settings.run_dir) / sub).mkdir(parents=True, exist_ok=True)
     counts: dict = {"finished": 0, "failed": 0, "failed_names": []}
@@ -295,7 +326,10 @@ def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, mani
         code = runner(spec, run_argv(spec, settings, test_freq), Path(settings.run_dir) / "logs" / f"{spec.name}.log")
         return spec, code, time.perf_counter() - start
 
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool, tqdm(total=len(specs), desc=desc, unit="run", dynamic_ncols=True) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=settings.jobs) as pool,
+        tqdm(total=len(specs), desc=desc, unit="run", dynamic_ncols=True) as bar,
+    ):
         for future in as_completed([pool.submit(one, s) for s in specs]):
             spec, code, seconds = future.result()
             status = run_status(spec, code, settings.run_dir)
@@ -304,12 +338,15 @@ def run_specs(specs: Sequence[RunSpec], settings: Settings, runner: Runner, mani
             manifest.record(spec, status, seconds)
             if not done:
                 counts["failed_names"].append(spec.name)
-                tqdm.write(f"{spec.name}: failed with exit code {code}; see {Path(settings.run_dir) / 'logs' / (spec.name + '.log')}")
+                log_path = Path(settings.run_dir) / "logs" / (spec.name + ".log")
+                tqdm.write(f"{spec.name}: failed with exit code {code}; see {log_path}")
             bar.update(1)
     return counts
 
 
-def sweep(settings: Settings, runner: Runner | None = None, test_freq: int | None = None, max_rounds: int = 50) -> dict[str, int]:
+def sweep(
+    settings: Settings, runner: Runner | None = None, test_freq: int | None = None, max_rounds: int = 50
+) -> dict[str, int]:
     """Run the initial grid, then widening rounds until every tuned rate is interior; returns run counts.
 
     Runs whose JSON exists are skipped. ``runner`` defaults to
@@ -326,7 +363,15 @@ def sweep(settings: Settings, runner: Runner | None = None, test_freq: int | Non
     return totals
 
 
-def run_rounds(specs: list[RunSpec], settings: Settings, runner: Runner, manifest: Manifest, test_freq: int | None, max_rounds: int, totals: dict) -> None:
+def run_rounds(
+    specs: list[RunSpec],
+    settings: Settings,
+    runner: Runner,
+    manifest: Manifest,
+    test_freq: int | None,
+    max_rounds: int,
+    totals: dict,
+) -> None:
     """The grid, then the widening rounds; adds to ``totals``."""
     failed: set[str] = set()  # not retried in this session
     for round_ in range(max_rounds):
@@ -334,7 +379,9 @@ def run_rounds(specs: list[RunSpec], settings: Settings, runner: Runner, manifes
         if round_ == 0:
             totals["skipped"] = len(specs) - len(todo)
         if todo:
-            counts = run_specs(todo, settings, runner, manifest, test_freq, "grid" if round_ == 0 else f"widening {round_}")
+            counts = run_specs(
+                todo, settings, runner, manifest, test_freq, "grid" if round_ == 0 else f"widening {round_}"
+            )
             failed |= set(counts.pop("failed_names"))
             for k, v in counts.items():
                 totals[k] += v
@@ -355,10 +402,19 @@ def parse_rates(items: Sequence[str], flag: str, many: bool) -> dict[str, list[f
             rates = [float(v) for v in values.split(",")]
         except ValueError:
             raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''}, got '{item}'") from None
-        if not name or not rates or (not many and len(rates) != 1) or not all(r > 0 and math.isfinite(r) for r in rates):
-            raise UserError(f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''} with positive rates, got '{item}'")
+        if (
+            not name
+            or not rates
+            or (not many and len(rates) != 1)
+            or not all(r > 0 and math.isfinite(r) for r in rates)
+        ):
+            raise UserError(
+                f"{flag}: expected OPTIMIZER=RATE{',RATE...' if many else ''} with positive rates, got '{item}'"
+            )
         if name not in DEFAULT_LRS:
-            raise UserError(f"{flag}: unknown optimizer '{name}' in '{item}' (choose from {', '.join(sorted(DEFAULT_LRS))})")
+            raise UserError(
+                f"{flag}: unknown optimizer '{name}' in '{item}' (choose from {', '.join(sorted(DEFAULT_LRS))})"
+            )
         out[name] = rates
     return out
 
@@ -369,21 +425,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, required=True, help="where results/, logs/, checkpoints/ and sweep.json go")
     p.add_argument("--baseline-dims", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64])
     p.add_argument("--mlet-dims", type=int, nargs="*", default=[2, 4, 8, 16])
-    p.add_argument("--mlet-hidden", type=int, nargs="*", default=[16, 32, 64, 128], help="MLET K values (pairs with K < d are left out)")
+    p.add_argument(
+        "--mlet-hidden",
+        type=int,
+        nargs="*",
+        default=[16, 32, 64, 128],
+        help="MLET K values (pairs with K < d are left out)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--optimizers", nargs="+", default=["sgd", "adagrad"], choices=sorted(DEFAULT_LRS))
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
-    p.add_argument("--lrs", nargs="*", default=[], metavar="OPT=LR,LR,...", help=f"initial tuned grids (default {DEFAULT_LRS})")
-    p.add_argument("--paper-lr", nargs="*", default=[], metavar="OPT=LR", help=f"the paper protocol's shared rates (default {DEFAULT_PAPER_LR})")
+    p.add_argument(
+        "--lrs", nargs="*", default=[], metavar="OPT=LR,LR,...", help=f"initial tuned grids (default {DEFAULT_LRS})"
+    )
+    p.add_argument(
+        "--paper-lr",
+        nargs="*",
+        default=[],
+        metavar="OPT=LR",
+        help=f"the paper protocol's shared rates (default {DEFAULT_PAPER_LR})",
+    )
     p.add_argument("--widen-factor", type=float, default=4.0, help="step of the tuned grid's widening")
     p.add_argument("--max-widen", type=int, default=3, help="widening steps allowed on each side of the initial grid")
-    p.add_argument("--mlp-bot-prefix", default="13-512-256-64", help="bottom MLP without its last width (d is appended)")
-    p.add_argument("--tests-per-epoch", type=int, default=8, help="test points per epoch for the AUC-vs-step curves (unless --test-freq is passed through)")
+    p.add_argument(
+        "--mlp-bot-prefix", default="13-512-256-64", help="bottom MLP without its last width (d is appended)"
+    )
+    p.add_argument(
+        "--tests-per-epoch",
+        type=int,
+        default=8,
+        help="test points per epoch for the AUC-vs-step curves (unless --test-freq is passed through)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
-    p.add_argument("--checkpoints", choices=CHECKPOINT_CHOICES, default="none", help="save collapsed checkpoints: none, the first seed's paper-rate runs, all")
     p.add_argument(
-        "--checkpoint-dims", type=int, nargs="+", default=None, help="save checkpoints only of configs of these widths d (full-size tables are large)"
+        "--checkpoints",
+        choices=CHECKPOINT_CHOICES,
+        default="none",
+        help="save collapsed checkpoints: none, the first seed's paper-rate runs, all",
+    )
+    p.add_argument(
+        "--checkpoint-dims",
+        type=int,
+        nargs="+",
+        default=None,
+        help="save checkpoints only of configs of these widths d (full-size tables are large)",
     )
     p.add_argument("--dry-run", action="store_true", help="list the initial runs still to do, run nothing")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every dlrm_mlet.py run")
@@ -392,7 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check the command line and make :class:`Settings`; bad input is a :class:`UserError` naming the flag."""
-    for flag, values in (("--baseline-dims", args.baseline_dims), ("--mlet-dims", args.mlet_dims), ("--mlet-hidden", args.mlet_hidden)):
+    for flag, values in (
+        ("--baseline-dims", args.baseline_dims),
+        ("--mlet-dims", args.mlet_dims),
+        ("--mlet-hidden", args.mlet_hidden),
+    ):
         if any(v < 1 for v in values):
             raise UserError(f"{flag}: every value must be >= 1, got {values}")
     require_at_least(
@@ -441,7 +531,8 @@ SETUP_KEYS = ("train_flags", "mlp_bot_prefix")  # what every run of a sweep dire
 
 
 def check_run_dir(settings: Settings) -> None:
-    """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as this sweep's."""
+    """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as
+    this sweep's."""
     try:
         record = sweep_record(settings.run_dir)
     except UserError as error:
@@ -458,23 +549,33 @@ def check_run_dir(settings: Settings) -> None:
 
 
 def check_tuning_data(data: DataConfig, settings: Settings) -> None:
-    """The ``tuned`` protocol chooses rates on the validation split and reports the test split: both must exist and differ."""
+    """The ``tuned`` protocol chooses rates on the validation split and reports the test split: both must
+    exist and differ."""
     if "tuned" not in settings.protocols:
         return
     if data.dataset is None:
-        raise UserError(f"--protocols tuned: needs a data set's validation split; --data-generation={data.generation} has none (use --protocols paper)")
+        raise UserError(
+            f"--protocols tuned: needs a data set's validation split; --data-generation={data.generation} has none "
+            "(use --protocols paper)"
+        )
     if data.eval_split == "val":
-        raise UserError("--protocols tuned: chooses rates on the validation split, which --eval-split=val also reports; leave --eval-split at test")
+        raise UserError(
+            "--protocols tuned: chooses rates on the validation split, which --eval-split=val also reports; "
+            "leave --eval-split at test"
+        )
 
 
 def prepare_data(settings: Settings) -> int | None:
-    """Check the training flags once (as ``dlrm_mlet.py`` would), preprocess a data set once, and return ``--test-freq``.
+    """Check the training flags once (as ``dlrm_mlet.py`` would), preprocess a data set once, and return
+    ``--test-freq``.
 
     Preprocessing here, before any run starts, keeps parallel runs from
     building the same cache at the same time. None when ``--test-freq`` is
     among the training flags.
     """
-    spec = RunSpec(settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0])
+    spec = RunSpec(
+        settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0]
+    )
     run = dlrm_mlet.run_config(run_argv(spec, settings, None))
     check_tuning_data(run.data, settings)
     train_samples = build_data(run.data).train.num_samples if run.data.dataset is not None else run.data.train_samples
@@ -497,7 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     todo = pending(initial_specs(settings), settings.run_dir)
-    print(f"{PROG}: {len(settings.configs)} configs x {len(settings.optimizers)} optimizers x {len(settings.seeds)} seeds; {len(todo)} initial runs to do")
+    print(
+        f"{PROG}: {len(settings.configs)} configs x {len(settings.optimizers)} optimizers "
+        f"x {len(settings.seeds)} seeds; {len(todo)} initial runs to do"
+    )
     if args.dry_run:
         for spec in todo:
             print(spec.name)
@@ -512,7 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted; finished runs are kept, the same command continues with the rest", file=sys.stderr)
         return 130
     print(
-        f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped (done before) in {time.perf_counter() - start:.0f} s"
+        f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped "
+        f"(done before) in {time.perf_counter() - start:.0f} s"
     )
     return 1 if totals["failed"] else 0
 

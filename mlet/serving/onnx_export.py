@@ -66,12 +66,16 @@ class ServingDLRM(nn.Module):
         """
         tables = self.model.tables
         starts = offsets[1:-1]
-        marks = torch.zeros(indices.shape[0] + 1, dtype=torch.int64, device=indices.device).index_add(0, starts, torch.ones_like(starts))
+        marks = torch.zeros(indices.shape[0] + 1, dtype=torch.int64, device=indices.device).index_add(
+            0, starts, torch.ones_like(starts)
+        )
         bag = marks.cumsum(0)[: indices.shape[0]]  # bag number of every index
         first_row_of_bag = tables.row_offsets[:-1].unsqueeze(1).expand(tables.num_tables, batch_size).reshape(-1)
         rows = indices + first_row_of_bag.index_select(0, bag)
         gathered = tables.weight.index_select(0, rows)
-        sums = torch.zeros(tables.num_tables * batch_size, gathered.shape[1], dtype=gathered.dtype, device=gathered.device)
+        sums = torch.zeros(
+            tables.num_tables * batch_size, gathered.shape[1], dtype=gathered.dtype, device=gathered.device
+        )
         return sums.index_add(0, bag, gathered).view(tables.num_tables, batch_size, -1)
 
     def forward(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
@@ -87,7 +91,15 @@ class ServingDLRM(nn.Module):
 def example_inputs(model: DLRM, batch_size: int, max_bag: int = 3, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Random ``(dense, indices, offsets)`` with bags of 1..``max_bag`` ids."""
     config = model.config
-    batches = RandomBatches(batch_size, batch_size, config.table_sizes, config.bottom_mlp[0], indices_per_lookup=max_bag, fixed=False, seed=seed)
+    batches = RandomBatches(
+        batch_size,
+        batch_size,
+        config.table_sizes,
+        config.bottom_mlp[0],
+        indices_per_lookup=max_bag,
+        fixed=False,
+        seed=seed,
+    )
     dense, sparse, _ = batches.make_batch(0)
     return dense, sparse.indices, sparse.offsets
 
@@ -101,7 +113,11 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
     """Export ``model`` (eval mode, CPU) with dynamic batch size and bag sizes."""
     serving = ServingDLRM(model).eval()
     batch = torch.export.Dim("batch", min=1)
-    dynamic = {"dense": {0: batch}, "indices": {0: torch.export.Dim("num_indices", min=1)}, "offsets": {0: model.tables.num_tables * batch + 1}}
+    dynamic = {
+        "dense": {0: batch},
+        "indices": {0: torch.export.Dim("num_indices", min=1)},
+        "offsets": {0: model.tables.num_tables * batch + 1},
+    }
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [log.level for log in loggers]
     for log in loggers:
@@ -142,8 +158,13 @@ def verify(model: DLRM, path: str | os.PathLike) -> float:
         with torch.no_grad():
             expected = torch.sigmoid(model(dense, SparseFeatures(indices, offsets, model.tables.num_tables))).numpy()
         if not np.isfinite(expected).all():
-            raise UserError(f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); --no-verify skips the check")
-        (got,) = session.run(list(OUTPUT_NAMES), {"dense": dense.numpy(), "indices": indices.numpy(), "offsets": offsets.numpy()})
+            raise UserError(
+                f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); "
+                "--no-verify skips the check"
+            )
+        (got,) = session.run(
+            list(OUTPUT_NAMES), {"dense": dense.numpy(), "indices": indices.numpy(), "offsets": offsets.numpy()}
+        )
         differences.append(np.abs(got - expected).max())
     return float(np.max(differences))  # np.max keeps a NaN, where max() would drop it
 
@@ -153,11 +174,14 @@ def check_agreement(path: str | os.PathLike, max_abs_diff: float) -> None:
     if not math.isfinite(max_abs_diff):
         raise UserError(f"{path}: onnxruntime's outputs are not finite where torch's are")
     if max_abs_diff > VERIFY_TOLERANCE:
-        raise UserError(f"{path}: onnxruntime's outputs differ from torch's by {max_abs_diff:.3g} (> {VERIFY_TOLERANCE})")
+        raise UserError(
+            f"{path}: onnxruntime's outputs differ from torch's by {max_abs_diff:.3g} (> {VERIFY_TOLERANCE})"
+        )
 
 
 def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = True) -> dict:
-    """Write ``model`` as ONNX to ``path``; returns what was written and, with ``verify_outputs``, the onnxruntime check.
+    """Write ``model`` as ONNX to ``path``; returns what was written and, with ``verify_outputs``, the
+    onnxruntime check.
 
     Raises :class:`UserError` if the path cannot be written, onnxruntime disagrees with torch beyond
     ``VERIFY_TOLERANCE`` or either's outputs are not finite (the file is written then).

@@ -113,7 +113,9 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         os.replace(tmp, target)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)):  # e.g. a full disk
+        if isinstance(error, OSError) or (
+            isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)
+        ):  # e.g. a full disk
             detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
             raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
         raise
@@ -162,22 +164,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if head.startswith(b"PK"):
             raise UserError(f"{p}: not a readable checkpoint (a truncated or damaged zip archive)")
         if not head.startswith(pickle.PROTO):  # protocol 2+ pickles (torch.save's legacy format) open with PROTO
-            raise UserError(f"{p}: not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)")
+            raise UserError(
+                f"{p}: not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
             ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as error:
         raise UserError(
-            f"{p}: refused: the file's pickle holds more than tensors and plain data, and loading it could run code ({_refusal_reason(error)})"
+            f"{p}: refused: the file's pickle holds more than tensors and plain data, "
+            f"and loading it could run code ({_refusal_reason(error)})"
         ) from None
     except Exception as error:  # torch raises many types for files that are not checkpoints
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UserError(f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})") from None
+        raise UserError(
+            f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{p}: not a dlrm-mlet checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
-        raise UserError(f"{p}: written by a newer dlrm-mlet (checkpoint format {ckpt['version']}); this one reads up to {VERSION}")
+        raise UserError(
+            f"{p}: written by a newer dlrm-mlet (checkpoint format {ckpt['version']}); this one reads up to {VERSION}"
+        )
     problem = structure_problem(ckpt)
     if problem:
         raise UserError(f"{p}: malformed checkpoint ({problem})")
@@ -190,7 +199,11 @@ def structure_problem(ckpt: dict) -> str | None:
     if kind not in (TRAINING, INFERENCE):
         return f"kind {kind!r} is neither {TRAINING} nor {INFERENCE}"
     model = ckpt.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("tables.weight"), torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+    if (
+        not isinstance(model, dict)
+        or not isinstance(model.get("tables.weight"), torch.Tensor)
+        or not all(isinstance(v, torch.Tensor) for v in model.values())
+    ):
         return "no model weights"
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
@@ -200,10 +213,15 @@ def structure_problem(ckpt: dict) -> str | None:
         return "model_config holds a size below 1"
     rows, width = sum(config.table_sizes), config.table_width
     if tuple(model["tables.weight"].shape) != (rows, width):
-        return f"model_config describes tables of {rows:,} x {width}, the saved weight is {' x '.join(f'{n:,}' for n in model['tables.weight'].shape)}"
+        saved_shape = " x ".join(f"{n:,}" for n in model["tables.weight"].shape)
+        return f"model_config describes tables of {rows:,} x {width}, the saved weight is {saved_shape}"
     if kind == TRAINING:
         position = ckpt.get("position")
-        if not isinstance(ckpt.get("optimizer"), dict) or not isinstance(position, dict) or not {"epoch", "batch", "iteration"} <= position.keys():
+        if (
+            not isinstance(ckpt.get("optimizer"), dict)
+            or not isinstance(position, dict)
+            or not {"epoch", "batch", "iteration"} <= position.keys()
+        ):
             return "a training checkpoint without optimizer state or position"
     return None
 
@@ -221,7 +239,9 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLR
         model.load_state_dict(ckpt["model"], assign=assign)
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise UserError(f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})") from None
+        raise UserError(
+            f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})"
+        ) from None
     return model
 
 
@@ -280,7 +300,9 @@ def collapsed_checkpoint(ckpt: dict) -> dict:
     model = model_from_checkpoint(ckpt, device=ckpt["model"]["tables.weight"].device)
     config = model.config
     plain = model.collapse()
-    kept = {k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt}
+    kept = {
+        k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt
+    }
     return {
         "format": FORMAT,
         "version": VERSION,

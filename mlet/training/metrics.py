@@ -13,7 +13,9 @@ from mlet.core.batch import StepBatch
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[StepBatch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, batches: Iterable[StepBatch], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Click probabilities and labels for every sample of ``batches`` (no padding, no truncation)."""
     was_training = model.training
     model.eval()
@@ -33,14 +35,17 @@ def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
     AUC is NaN when the labels hold a single class (it is undefined then).
     All three are NaN when a probability is not finite (a diverged model: a
-    NaN would otherwise count as a "no click" prediction). Labels are rounded to 0/1 (upstream's ``--round-targets``) for all three.
+    NaN would otherwise count as a "no click" prediction). Labels are rounded
+    to 0/1 (upstream's ``--round-targets``) for all three.
     """
     hard = np.round(labels)
     finite = bool(np.isfinite(probs).all())
     both_classes = len(np.unique(hard)) == 2
     return {
         "auc": float(roc_auc_score(hard, probs)) if both_classes and finite else math.nan,
-        "logloss": float(log_loss(hard, np.clip(probs, 1e-12, 1 - 1e-12), labels=[0, 1])) if len(hard) and finite else math.nan,
+        "logloss": float(log_loss(hard, np.clip(probs, 1e-12, 1 - 1e-12), labels=[0, 1]))
+        if len(hard) and finite
+        else math.nan,
         "accuracy": float(np.mean((probs > 0.5) == (hard > 0.5))) if len(hard) and finite else math.nan,
         "samples": len(hard),
     }

@@ -65,7 +65,10 @@ class CombinedOptimizer:
     def load_state_dict(self, saved: dict) -> None:
         """Restore :meth:`state_dict` output (parameters missing from it start fresh)."""
         if saved.get("optimizer") != self.name:
-            raise ValueError(f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={self.name}")
+            raise ValueError(
+                f"checkpoint was trained with --optimizer={saved.get('optimizer')}, "
+                f"this run uses --optimizer={self.name}"
+            )
         for opt in self.optimizers:
             current = opt.state_dict()
             by_position = {}
@@ -78,7 +81,10 @@ class CombinedOptimizer:
 
 def adagrad_state(param: torch.Tensor) -> dict[str, torch.Tensor]:
     """Fresh Adagrad state in ``torch.optim.Adagrad``'s format (on the parameter's device)."""
-    return {"step": torch.zeros((), dtype=torch.float32, device=param.device), "sum": host_memory.zeros_like_table(param)}
+    return {
+        "step": torch.zeros((), dtype=torch.float32, device=param.device),
+        "sum": host_memory.zeros_like_table(param),
+    }
 
 
 def add_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -182,7 +188,14 @@ class FusedOptimizer:
     :class:`CombinedOptimizer`, so checkpoints move freely between the two.
     """
 
-    def __init__(self, name: str, lr: float, tables: EmbeddingTables, sparse: dict[str, nn.Parameter], dense: dict[str, nn.Parameter]) -> None:
+    def __init__(
+        self,
+        name: str,
+        lr: float,
+        tables: EmbeddingTables,
+        sparse: dict[str, nn.Parameter],
+        dense: dict[str, nn.Parameter],
+    ) -> None:
         if name not in FUSED_OPTIMIZERS:
             raise ValueError(f"the fused embedding update supports {', '.join(FUSED_OPTIMIZERS)}, not '{name}'")
         [(self.table_name, weight)] = sparse.items()
@@ -218,7 +231,10 @@ class FusedOptimizer:
     def load_state_dict(self, saved: dict) -> None:
         """Restore name-keyed state (from either optimizer implementation)."""
         if saved.get("optimizer") != self.name:
-            raise ValueError(f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={self.name}")
+            raise ValueError(
+                f"checkpoint was trained with --optimizer={saved.get('optimizer')}, "
+                f"this run uses --optimizer={self.name}"
+            )
         targets = {**dict(zip(self.dense_names, self.dense.states)), self.table_name: self.rows.state}
         for name, target in targets.items():
             for key, value in saved["state"].get(name, {}).items():
@@ -250,7 +266,10 @@ def build_optimizer(
     if name == "adagrad":
         return CombinedOptimizer(name, [torch.optim.Adagrad(everything, lr=lr)], names)
     if name == "adam":
-        optimizers = [torch.optim.SparseAdam(list(sparse.values()), lr=lr), torch.optim.Adam(list(dense.values()), lr=lr)]
+        optimizers = [
+            torch.optim.SparseAdam(list(sparse.values()), lr=lr),
+            torch.optim.Adam(list(dense.values()), lr=lr),
+        ]
         return CombinedOptimizer(name, optimizers, names)
     raise ValueError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
@@ -276,5 +295,7 @@ class LRPolicy:
             return self.base_lr * (step + 1) / self.warmup_steps
         if self.decay_steps > 0 and step >= self.decay_start:
             done = min(step - self.decay_start, self.decay_steps)
-            return max(self.base_lr * ((self.decay_steps - done) / self.decay_steps) ** 2, min(MIN_DECAYED_LR, self.base_lr))
+            return max(
+                self.base_lr * ((self.decay_steps - done) / self.decay_steps) ** 2, min(MIN_DECAYED_LR, self.base_lr)
+            )
         return self.base_lr

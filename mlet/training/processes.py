@@ -83,7 +83,9 @@ class SingleProcess:
         """The whole model on this device."""
         return DLRM(config, seed=seed, device=self.device)
 
-    def shard_optimizer(self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM) -> CombinedOptimizer | FusedOptimizer:
+    def shard_optimizer(
+        self, optimizer: CombinedOptimizer | FusedOptimizer, model: DLRM
+    ) -> CombinedOptimizer | FusedOptimizer:
         """The optimizer as is."""
         return optimizer
 

@@ -158,7 +158,9 @@ def restore_rng_state(state: dict) -> None:
     if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all(cuda)
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
@@ -195,7 +197,10 @@ def check_evaluation(ckpt: dict, wanted: ModelConfig) -> None:
     saved = ModelConfig.from_dict(ckpt["model_config"])
     k = trained_hidden(ckpt)
     if wanted.mlet_hidden not in (0, k):
-        raise UserError(f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} (give {k} or 0 to evaluate it)")
+        raise UserError(
+            f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} "
+            f"(give {k} or 0 to evaluate it)"
+        )
     mismatch = describe_mismatch(saved, replace(wanted, mlet_hidden=saved.mlet_hidden))
     if mismatch:
         raise UserError(mismatch)
@@ -205,8 +210,10 @@ def check_training(ckpt: dict, wanted: ModelConfig) -> None:
     """Check that a checkpoint can start or resume training of the flags' architecture."""
     if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
         raise UserError(
-            f"--mlet-hidden: checkpoint is an inference checkpoint (plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
-            " MLET training cannot resume from it: evaluate it with --inference-only, or fine-tune it as a plain model with --mlet-hidden=0"
+            "--mlet-hidden: checkpoint is an inference checkpoint "
+            f"(plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
+            " MLET training cannot resume from it: evaluate it with --inference-only, "
+            "or fine-tune it as a plain model with --mlet-hidden=0"
         )
     mismatch = describe_mismatch(ModelConfig.from_dict(ckpt["model_config"]), wanted)
     if mismatch:
@@ -272,21 +279,27 @@ def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> l
             continue
         flag = flag_name(dest)
         if dest == "optimizer":
-            raise UserError(f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}")
+            raise UserError(
+                f"{flag}: checkpoint has {old}, the flags give {new}; the saved optimizer state belongs to {old}"
+            )
         if dest in must_match or dest.startswith(prefixes):
             raise UserError(
-                f"{flag}: checkpoint has {old}, the flags give {new}; the saved data position ({position.describe()}) counts batches of the"
-                " checkpoint's training data, so another value would skip or repeat samples (give the checkpoint's value, or start a new run)"
+                f"{flag}: checkpoint has {old}, the flags give {new}; "
+                f"the saved data position ({position.describe()}) counts batches of the"
+                " checkpoint's training data, so another value would skip or repeat samples "
+                "(give the checkpoint's value, or start a new run)"
             )
         changes.append(f"{flag}={new} (checkpoint: {old})")
     return changes
 
 
 def check_data_position(position: Position, train_samples: int, batches_per_epoch: int) -> None:
-    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not point to the same batch)."""
+    """Refuse to resume when the training data differ in size from the checkpoint's (the position would not
+    point to the same batch)."""
     saved = (position.train_samples_per_epoch, position.batches_per_epoch)
     if saved[1] is not None and saved != (train_samples, batches_per_epoch):
         raise UserError(
-            f"the training data differ from the checkpoint's ({train_samples:,} samples in {batches_per_epoch:,} batches per epoch,"
+            "the training data differ from the checkpoint's "
+            f"({train_samples:,} samples in {batches_per_epoch:,} batches per epoch,"
             f" the checkpoint's: {saved[0]:,} in {saved[1]:,}); resuming at its position would skip or repeat samples"
         )

@@ -31,7 +31,15 @@ from mlet.data.sources import DataBundle
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
 from mlet.training.optimizers import LRPolicy, build_optimizer
 from mlet.training.processes import Parallel, SingleProcess
-from mlet.training.state import Position, TrainingState, check_data_position, check_training, restore_rng_state, resume_flag_changes, rng_state
+from mlet.training.state import (
+    Position,
+    TrainingState,
+    check_data_position,
+    check_training,
+    restore_rng_state,
+    resume_flag_changes,
+    rng_state,
+)
 from mlet.training.train_step import make_train_step
 
 
@@ -97,15 +105,26 @@ class Trainer:
     snapshot, kept in checkpoints and results.
     """
 
-    def __init__(self, config: TrainConfig, data: DataBundle, model: DLRM, parallel: Parallel | None = None, flags: dict | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: DataBundle,
+        model: DLRM,
+        parallel: Parallel | None = None,
+        flags: dict | None = None,
+    ) -> None:
         self.config, self.data, self.model = config, data, model
         self.parallel = parallel if parallel is not None else SingleProcess()
         self.device = self.parallel.device
         self.flags = dict(flags or {})
         fused_tables = model.tables if config.embedding_update == "fused" else None
-        optimizer = build_optimizer(config.optimizer, config.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables)
+        optimizer = build_optimizer(
+            config.optimizer, config.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables
+        )
         self.optimizer = self.parallel.shard_optimizer(optimizer, model)
-        self.lr_policy = LRPolicy(config.learning_rate, config.lr_num_warmup_steps, config.lr_decay_start_step, config.lr_num_decay_steps)
+        self.lr_policy = LRPolicy(
+            config.learning_rate, config.lr_num_warmup_steps, config.lr_decay_start_step, config.lr_num_decay_steps
+        )
         self.loss_fn = loss_function(config, self.device)
         use_graph = config.cuda_graph and self.device.type == "cuda" and fused_tables is not None
         self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
@@ -120,7 +139,14 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
         """Where the run stands (see :class:`~mlet.training.state.Position`)."""
-        return Position(self.epoch, self.batch, self.iteration, self.batches_per_epoch, self.data.train.num_samples, self.config.seed)
+        return Position(
+            self.epoch,
+            self.batch,
+            self.iteration,
+            self.batches_per_epoch,
+            self.data.train.num_samples,
+            self.config.seed,
+        )
 
     def state(self) -> TrainingState:
         """The run so far, as a resumable checkpoint holds it (gathered on rank 0 in a multi-process run)."""
@@ -147,7 +173,8 @@ class Trainer:
             atomic_save(state.to_checkpoint(), self.config.save_model)
 
     def load(self, ckpt: dict, path: str, evaluate_only: bool = False) -> None:
-        """Take over a ``--load-model`` checkpoint: resume it, start from its weights, or (``evaluate_only``) report its position.
+        """Take over a ``--load-model`` checkpoint: resume it, start from its weights, or (``evaluate_only``)
+        report its position.
 
         A training checkpoint resumes where it stopped; an inference checkpoint
         gives its weights only (epoch 0, iteration 0). For ``evaluate_only`` the
@@ -165,9 +192,16 @@ class Trainer:
                 self.model.load_state_dict(ckpt["model"])
         except (UserError, ValueError, RuntimeError) as error:
             raise UserError(f"--load-model {path}: {one_line(error)}") from None
-        self.loaded = {"path": path, "kind": kind, "trained_mlet_hidden": trained_hidden(ckpt), "position": ckpt.get("position")}
+        self.loaded = {
+            "path": path,
+            "kind": kind,
+            "trained_mlet_hidden": trained_hidden(ckpt),
+            "position": ckpt.get("position"),
+        }
         if evaluate_only:
-            collapsed = f", collapsed from K={trained_hidden(ckpt)}" if kind != TRAINING and trained_hidden(ckpt) else ""
+            collapsed = (
+                f", collapsed from K={trained_hidden(ckpt)}" if kind != TRAINING and trained_hidden(ckpt) else ""
+            )
             log(f"loaded {path} ({kind}{collapsed}, iteration {self.iteration})")
         elif kind == TRAINING:
             log(f"resuming {path} at epoch {self.epoch}, batch {self.batch} (iteration {self.iteration})")
@@ -197,7 +231,11 @@ class Trainer:
 
     def evaluate(self, source) -> dict:
         """AUC, log loss, accuracy and sample count of the model on every sample of ``source``."""
-        return {"epoch": self.epoch, "iteration": self.iteration, **self.parallel.evaluate(self.model, source.batches(0))}
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            **self.parallel.evaluate(self.model, source.batches(0)),
+        }
 
     def validate(self, final: dict) -> dict | None:
         """Metrics on the validation split for the model of ``final`` (None without a validation split).
@@ -218,11 +256,12 @@ class Trainer:
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
         precision = self.config.print_precision
+        best_accuracy = max((h["accuracy"] for h in self.history if not math.isnan(h["accuracy"])), default=math.nan)
         log(
             f"Testing at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
             f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
-            f" best accuracy {100 * max((h['accuracy'] for h in self.history if not math.isnan(h['accuracy'])), default=math.nan):3.3f} %"
+            f" best accuracy {100 * best_accuracy:3.3f} %"
         )
         return result
 
@@ -230,7 +269,14 @@ class Trainer:
         """Run the remaining epochs."""
         total = self.config.nepochs * self.batches_per_epoch
         show = self.config.progress and self.parallel.is_main
-        bar = tqdm(total=total, initial=self.iteration, unit="it", disable=None if show else True, dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=total,
+            initial=self.iteration,
+            unit="it",
+            disable=None if show else True,
+            dynamic_ncols=True,
+            leave=False,
+        )
         while self.epoch < self.config.nepochs:
             self.run_epoch(bar)
             self.epoch, self.batch = self.epoch + 1, 0
@@ -246,7 +292,10 @@ class Trainer:
         loss_sum: torch.Tensor | float = 0.0
         loss_count, window_time, window_samples = 0, 0.0, 0
         workers = batch_workers(config.num_workers, self.device)
-        batches = prefetch(iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))), pin=self.device.type == "cuda")
+        batches = prefetch(
+            iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))),
+            pin=self.device.type == "cuda",
+        )
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
@@ -276,8 +325,15 @@ class Trainer:
 
     def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
         """Upstream's 'Finished training it' line."""
-        timing = f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s," if self.config.print_time else ""
-        log(f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} loss {loss:.{self.config.print_precision + 1}f}")
+        timing = (
+            f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s,"
+            if self.config.print_time
+            else ""
+        )
+        log(
+            f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} "
+            f"loss {loss:.{self.config.print_precision + 1}f}"
+        )
 
     def results(self, final: dict, val: dict | None = None) -> dict:
         """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""

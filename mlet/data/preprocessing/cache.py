@@ -50,7 +50,18 @@ from numpy.typing import DTypeLike
 from tqdm import tqdm
 
 from mlet.core.errors import UserError
-from mlet.data.preprocessing.raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, Layout, ParsedBlock, count_lines, detect_layout, is_gzip, read_blocks, splitmix64
+from mlet.data.preprocessing.raw_data import (
+    COLUMNS,
+    ERROR_NAMES,
+    SKIP_HINT,
+    Layout,
+    ParsedBlock,
+    count_lines,
+    detect_layout,
+    is_gzip,
+    read_blocks,
+    splitmix64,
+)
 from mlet.data.preprocessing.vocabulary import IdLimits, Vocabulary
 
 FORMAT = "dlrm-mlet-processed"
@@ -124,7 +135,14 @@ def plan_split(path: Path, layout: Layout, kind: str, seed: int, progress: bool,
     start = time.perf_counter()
     if kind == "dlrm":
         size = None if is_gzip(path) else path.stat().st_size
-        with tqdm(total=size, unit="B", unit_scale=True, desc="counting lines", disable=None if progress else True, leave=False) as bar:
+        with tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc="counting lines",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar:
             total = count_lines(path, progress=bar) - layout.header_lines
         log(f"  counted {total:,} rows in {time.perf_counter() - start:.1f} s")
         return SplitPlan(kind, total=total)
@@ -168,7 +186,11 @@ class BadRows:
 
     def to_dict(self) -> dict:
         """For the metadata."""
-        return {"total": self.total, "by_kind": dict(sorted(self.counts.items())), "first_lines": dict(sorted(self.first_lines.items()))}
+        return {
+            "total": self.total,
+            "by_kind": dict(sorted(self.counts.items())),
+            "first_lines": dict(sorted(self.first_lines.items())),
+        }
 
 
 def check_rows(block: ParsedBlock, path: Path, layout: Layout, skip: bool, bad: BadRows | None) -> np.ndarray:
@@ -179,7 +201,11 @@ def check_rows(block: ParsedBlock, path: Path, layout: Layout, skip: bool, bad: 
     line = layout.header_lines + 1  # 1-based line of data row 0
     if not skip:
         first_value = (int(block.rows[errors[0]]), block.error_message(int(errors[0]), layout)) if len(errors) else None
-        first_width = (block.wrong_width[0][0], f"{block.wrong_width[0][1]} fields, expected {layout.expected()}") if block.wrong_width else None
+        first_width = (
+            (block.wrong_width[0][0], f"{block.wrong_width[0][1]} fields, expected {layout.expected()}")
+            if block.wrong_width
+            else None
+        )
         row, what = min(x for x in (first_value, first_width) if x is not None)
         raise UserError(f"{path}:{row + line}: {what} {SKIP_HINT}")
     if bad is not None:
@@ -204,7 +230,9 @@ class NpyWriter:
     def _write_header(self) -> int:
         shape = (self.rows,) if self.width is None else (self.rows, self.width)
         self.file.seek(0)
-        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+        np.lib.format.write_array_header_1_0(
+            self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        )
         return self.file.tell()
 
     def write(self, block: np.ndarray) -> None:
@@ -247,7 +275,15 @@ def renumber_file(path: Path, renumbering: list[np.ndarray], chunk_rows: int = 1
 
 def progress_bar(total: int | None, desc: str, enabled: bool) -> tqdm:
     """A rows progress bar with a rows/s rate (off when not on a terminal)."""
-    return tqdm(total=total, unit=" rows", unit_scale=True, desc=desc, disable=None if enabled else True, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit=" rows",
+        unit_scale=True,
+        desc=desc,
+        disable=None if enabled else True,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 @dataclass
@@ -299,7 +335,10 @@ def read_pass(path: Path, layout: Layout, plan: SplitPlan, skip: bool, directory
         for writer in group:
             writer.close()
     if plan.kind == "dlrm" and physical != plan.total:
-        raise UserError(f"{path}: read {physical:,} rows but counted {plan.total:,} lines; did the file change, or does it use CR-only line ends?")
+        raise UserError(
+            f"{path}: read {physical:,} rows but counted {plan.total:,} lines; "
+            "did the file change, or does it use CR-only line ends?"
+        )
     return FirstPass(vocab, [w[2].rows for w in writers], physical, bad)
 
 
@@ -316,11 +355,16 @@ def renumber_pass(first: FirstPass, directory: Path, progress: bool) -> None:
 
 
 def fingerprint(path: Path, samples: int = 16, chunk: int = 1 << 16) -> str:
-    """BLAKE2b of the size, first and last MiB and ``samples`` evenly spaced chunks: fast on 11 GB, sensitive to any re-download or edit of the ends."""
+    """BLAKE2b of the size, first and last MiB and ``samples`` evenly spaced chunks: fast on 11 GB, sensitive to
+    any re-download or edit of the ends."""
     size = path.stat().st_size
     digest = hashlib.blake2b(str(size).encode(), digest_size=16)
     with open(path, "rb") as f:
-        for start, length in [(0, 1 << 20), *((size * i // (samples + 1), chunk) for i in range(1, samples + 1)), (max(0, size - (1 << 20)), 1 << 20)]:
+        for start, length in [
+            (0, 1 << 20),
+            *((size * i // (samples + 1), chunk) for i in range(1, samples + 1)),
+            (max(0, size - (1 << 20)), 1 << 20),
+        ]:
             f.seek(start)
             digest.update(f.read(length))
     return digest.hexdigest()
@@ -343,13 +387,19 @@ def read_meta(directory: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     required = ("version", "settings", "source", "rows", "vocabulary_sizes", "bad_rows")
-    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT and all(k in meta for k in required) else None
+    return (
+        meta if isinstance(meta, dict) and meta.get("format") == FORMAT and all(k in meta for k in required) else None
+    )
 
 
 def why_rebuild(meta: dict | None, directory: Path, settings: dict, source: dict, skip: bool) -> str | None:
     """Why the processed data in ``directory`` cannot be used (None: it can)."""
     if meta is None:
-        return "no processed data there yet" if not directory.exists() else "no complete processed data there (no valid meta.json)"
+        return (
+            "no processed data there yet"
+            if not directory.exists()
+            else "no complete processed data there (no valid meta.json)"
+        )
     if meta.get("version") != VERSION:
         return f"it was made by format version {meta.get('version')}, this is version {VERSION}"
     if meta["settings"] != settings:
@@ -366,20 +416,27 @@ def why_rebuild(meta: dict | None, directory: Path, settings: dict, source: dict
 
 
 def damaged_file(directory: Path, meta: dict) -> str | None:
-    """The first array of a processed directory that is missing, unreadable (e.g. truncated) or not as long as ``meta`` says."""
+    """The first array of a processed directory that is missing, unreadable (e.g. truncated) or not as long as
+    ``meta`` says."""
     expected = {f"{split}.{part}.npy": meta["rows"][split] for split in SPLITS for part in ("dense", "cat", "label")}
     expected["vocab_counts.npy"] = expected["vocab_keys.npy"] = sum(meta["vocabulary_sizes"])
     for name, rows in expected.items():
         try:
             found = np.load(directory / name, mmap_mode="r").shape[0]
         except (OSError, ValueError) as error:
-            return f"{name} is missing or damaged ({error.strerror if isinstance(error, OSError) and error.strerror else error})"
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            return f"{name} is missing or damaged ({reason})"
         if found != rows:
             return f"{name} holds {found:,} rows, meta.json says {rows:,}"
     return None
 
 
-OWN_FILES = {"meta.json", "vocab_keys.npy", "vocab_counts.npy", *(f"{s}.{part}.npy" for s in SPLITS for part in ("dense", "cat", "label"))}
+OWN_FILES = {
+    "meta.json",
+    "vocab_keys.npy",
+    "vocab_counts.npy",
+    *(f"{s}.{part}.npy" for s in SPLITS for part in ("dense", "cat", "label")),
+}
 
 
 def check_target(directory: Path, meta: dict | None) -> None:
@@ -387,7 +444,10 @@ def check_target(directory: Path, meta: dict | None) -> None:
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--processed-data-file: {directory} is a file; give a directory for the processed data")
     if directory.is_dir() and meta is None and any(p.name not in OWN_FILES for p in directory.iterdir()):
-        raise UserError(f"--processed-data-file: {directory} is not empty and holds no processed data (meta.json); give a new or empty directory")
+        raise UserError(
+            f"--processed-data-file: {directory} is not empty and holds no processed data (meta.json); "
+            "give a new or empty directory"
+        )
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -410,7 +470,9 @@ def install(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build(raw: Path, directory: Path, layout: Layout, settings: dict, source: dict, skip: bool, progress: bool, log: Log) -> dict:
+def build(
+    raw: Path, directory: Path, layout: Layout, settings: dict, source: dict, skip: bool, progress: bool, log: Log
+) -> dict:
     """Preprocess ``raw`` into ``directory`` (through a temporary sibling); returns the metadata."""
     start = time.perf_counter()
     try:
@@ -430,7 +492,10 @@ def build(raw: Path, directory: Path, layout: Layout, settings: dict, source: di
         if bad.total:
             log(f"  {bad.summary()}")
         if not rows[0]:
-            raise UserError(f"{raw}: no training rows in the {settings['data_split']} split ({physical:,} rows read, {bad.total:,} bad)")
+            raise UserError(
+                f"{raw}: no training rows in the {settings['data_split']} split "
+                f"({physical:,} rows read, {bad.total:,} bad)"
+            )
         renumber_pass(first, tmp, progress)
         np.save(tmp / "vocab_keys.npy", np.concatenate(vocab.keys))
         np.save(tmp / "vocab_counts.npy", np.concatenate(vocab.counts))
@@ -455,7 +520,10 @@ def build(raw: Path, directory: Path, layout: Layout, settings: dict, source: di
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"  done: {physical:,} rows in {seconds:.1f} s ({physical / seconds:,.0f} rows/s); train {rows[0]:,}, test {rows[1]:,}, val {rows[2]:,}")
+    log(
+        f"  done: {physical:,} rows in {seconds:.1f} s ({physical / seconds:,.0f} rows/s); "
+        f"train {rows[0]:,}, test {rows[1]:,}, val {rows[2]:,}"
+    )
     return meta
 
 
@@ -515,10 +583,13 @@ def prepare(
     meta = read_meta(directory)
     if not raw:
         if meta is None:
-            raise UserError(f"--processed-data-file: {directory} holds no processed data; give --raw-data-file to make it")
+            raise UserError(
+                f"--processed-data-file: {directory} holds no processed data; give --raw-data-file to make it"
+            )
         if meta["settings"] != settings or meta.get("version") != VERSION:
             raise UserError(
-                f"--processed-data-file: {directory} was made with {meta['settings']} (version {meta.get('version')}); give --raw-data-file to rebuild it"
+                f"--processed-data-file: {directory} was made with {meta['settings']} (version {meta.get('version')}); "
+                "give --raw-data-file to rebuild it"
             )
         if (damage := damaged_file(directory, meta)) is not None:
             raise UserError(f"--processed-data-file: {directory}: {damage}; give --raw-data-file to rebuild it")
@@ -527,7 +598,9 @@ def prepare(
     source = source_info(Path(raw))
     reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
     if reason is None and meta is not None:
-        skipped = f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
+        skipped = (
+            f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
+        )
         log(f"using processed data in {directory} (made {meta.get('created')} from {meta['source']['path']}{skipped})")
         return Processed(directory, meta)
     check_target(directory, meta)

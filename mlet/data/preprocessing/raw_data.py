@@ -62,8 +62,28 @@ SKIP_HINT = "(--skip-bad-rows skips and counts such rows)"
 
 KAGGLE_DENSE = tuple(f"I{i}" for i in range(1, 14))
 KAGGLE_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
-AVAZU_HEX = ("site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip", "device_model")
-AVAZU_COLUMNS = ("id", "click", "hour", "C1", "banner_pos", *AVAZU_HEX, "device_type", "device_conn_type", *(f"C{i}" for i in range(14, 22)))
+AVAZU_HEX = (
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+)
+AVAZU_COLUMNS = (
+    "id",
+    "click",
+    "hour",
+    "C1",
+    "banner_pos",
+    *AVAZU_HEX,
+    "device_type",
+    "device_conn_type",
+    *(f"C{i}" for i in range(14, 22)),
+)
 AVAZU_INTEGER = tuple(c for c in AVAZU_COLUMNS[3:] if c not in AVAZU_HEX)
 HOUR_FEATURES = ("hour_of_day", "weekday")
 
@@ -117,17 +137,35 @@ class Layout:
 
 LAYOUTS = {
     "kaggle-tsv": Layout(
-        "kaggle-tsv", "kaggle", "\t", 0, (("label", "label"), *((c, "count") for c in KAGGLE_DENSE), *((c, "hex") for c in KAGGLE_CATEGORICAL))
+        "kaggle-tsv",
+        "kaggle",
+        "\t",
+        0,
+        (("label", "label"), *((c, "count") for c in KAGGLE_DENSE), *((c, "hex") for c in KAGGLE_CATEGORICAL)),
     ),
     "kaggle-csv": Layout(
-        "kaggle-csv", "kaggle", ",", 1, (("Id", "skip"), ("Label", "label"), *((c, "count") for c in KAGGLE_DENSE), *((c, "hex") for c in KAGGLE_CATEGORICAL))
+        "kaggle-csv",
+        "kaggle",
+        ",",
+        1,
+        (
+            ("Id", "skip"),
+            ("Label", "label"),
+            *((c, "count") for c in KAGGLE_DENSE),
+            *((c, "hex") for c in KAGGLE_CATEGORICAL),
+        ),
     ),
     "avazu": Layout(
         "avazu",
         "avazu",
         ",",
         1,
-        (("id", "skip"), ("click", "label"), ("hour", "hour"), *((c, "hex" if c in AVAZU_HEX else "int") for c in AVAZU_COLUMNS[3:])),
+        (
+            ("id", "skip"),
+            ("click", "label"),
+            ("hour", "hour"),
+            *((c, "hex" if c in AVAZU_HEX else "int") for c in AVAZU_COLUMNS[3:]),
+        ),
     ),
 }
 
@@ -212,22 +250,39 @@ def detect_layout(path: str | Path, data_set: str) -> Layout:
             return LAYOUTS["kaggle-tsv"]
         if tabs == 39:
             raise UserError(
-                f"{path}: looks like Criteo-Kaggle's unlabelled test.txt (39 tab-separated columns, no label); training needs the labelled train.txt (40 columns)"
+                f"{path}: looks like Criteo-Kaggle's unlabelled test.txt (39 tab-separated columns, no label); "
+                "training needs the labelled train.txt (40 columns)"
             )
         if fields[:2] == ["Id", "Label"] and len(fields) == 41:
             return LAYOUTS["kaggle-csv"]
         if fields[:2] == ["Id", "I1"]:
-            raise UserError(f"{path}: looks like the Kaggle competition's unlabelled test CSV (no Label column); training needs the labelled train file")
+            raise UserError(
+                f"{path}: looks like the Kaggle competition's unlabelled test CSV (no Label column); "
+                "training needs the labelled train file"
+            )
         hint = "; it looks like Avazu (use --data-set=avazu)" if looks_avazu else ""
-        raise UserError(f"{path}:1: not a Criteo-Kaggle train file: {tabs} tab-separated fields, expected 40 (label, I1-I13, C1-C26){hint}")
+        raise UserError(
+            f"{path}:1: not a Criteo-Kaggle train file: {tabs} tab-separated fields, "
+            f"expected 40 (label, I1-I13, C1-C26){hint}"
+        )
     if data_set == "avazu":
         expected = list(AVAZU_COLUMNS)
         if fields == expected:
             return LAYOUTS["avazu"]
         if fields == [c for c in expected if c != "click"]:
-            raise UserError(f"{path}: looks like Avazu's unlabelled test file (no click column); training needs the labelled train file")
-        hint = "; it looks like Criteo-Kaggle (use --data-set=kaggle)" if tabs in (39, 40) or fields[:2] == ["Id", "Label"] else ""
-        raise UserError(f"{path}:1: not an Avazu train file: the header should be '{','.join(expected[:4])},...,C21', got '{line[:60]}'{hint}")
+            raise UserError(
+                f"{path}: looks like Avazu's unlabelled test file (no click column); "
+                "training needs the labelled train file"
+            )
+        hint = (
+            "; it looks like Criteo-Kaggle (use --data-set=kaggle)"
+            if tabs in (39, 40) or fields[:2] == ["Id", "Label"]
+            else ""
+        )
+        raise UserError(
+            f"{path}:1: not an Avazu train file: the header should be '{','.join(expected[:4])},...,C21', "
+            f"got '{line[:60]}'{hint}"
+        )
     raise UserError(f"--data-set: unknown data set '{data_set}' (kaggle or avazu)")
 
 
@@ -444,8 +499,12 @@ def _arrow_batches(
     ``(None, [], rejected)`` carries rejected rows after the last good one.
     """
     numbers = _RowNumbers(layout.header_lines)
-    read = pcsv.ReadOptions(column_names=list(layout.columns), skip_rows=layout.header_lines, use_threads=False, block_size=block_bytes)
-    parse = pcsv.ParseOptions(delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False, invalid_row_handler=numbers.reject)
+    read = pcsv.ReadOptions(
+        column_names=list(layout.columns), skip_rows=layout.header_lines, use_threads=False, block_size=block_bytes
+    )
+    parse = pcsv.ParseOptions(
+        delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False, invalid_row_handler=numbers.reject
+    )
     convert = pcsv.ConvertOptions(
         column_types={c: pa.string() for c in columns},
         include_columns=list(columns),
@@ -512,7 +571,9 @@ def parse_batch(batch: pa.RecordBatch, layout: Layout, rows: np.ndarray) -> Pars
     )
 
 
-def read_blocks(path: str | Path, layout: Layout, columns: Sequence[str] | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[ParsedBlock]:
+def read_blocks(
+    path: str | Path, layout: Layout, columns: Sequence[str] | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> Iterator[ParsedBlock]:
     """Stream ``path`` as :class:`ParsedBlock` objects, in file order.
 
     ``columns``: the fields to decode (default: all but dropped ones). pyarrow

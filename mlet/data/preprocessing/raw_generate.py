@@ -68,7 +68,29 @@ KAGGLE_CARDINALITIES = (
     142572,
 )
 # Distinct values of Avazu's 21 categorical columns (file order), as commonly published for the full train file.
-AVAZU_CARDINALITIES = (7, 7, 4737, 7745, 26, 8552, 559, 36, 2686408, 6729486, 8251, 5, 4, 2626, 8, 9, 435, 4, 68, 172, 60)
+AVAZU_CARDINALITIES = (
+    7,
+    7,
+    4737,
+    7745,
+    26,
+    8552,
+    559,
+    36,
+    2686408,
+    6729486,
+    8251,
+    5,
+    4,
+    2626,
+    8,
+    9,
+    435,
+    4,
+    68,
+    172,
+    60,
+)
 # Integer columns of Avazu are written as base + model id.
 AVAZU_INTEGER_BASE = {"C1": 1001, "C14": 375, "C15": 120, "C16": 20, "C17": 112, "C19": 33, "C20": -1, "C21": 1}
 # Fields that go missing together in the real train.txt, with the share of rows where they do
@@ -139,7 +161,9 @@ class RawGenerator:
         self.data_set, self.rows, self.seed = data_set, int(rows), seed
         full = KAGGLE_CARDINALITIES if data_set == "kaggle" else AVAZU_CARDINALITIES
         knobs = model if data_set == "kaggle" else {"dense_std": 0.0, **model}
-        self.config = ClickModelConfig(table_sizes=scaled_sizes(full, scale), dense_features=13 if data_set == "kaggle" else 1, seed=seed, **knobs)
+        self.config = ClickModelConfig(
+            table_sizes=scaled_sizes(full, scale), dense_features=13 if data_set == "kaggle" else 1, seed=seed, **knobs
+        )
         self.model = ClickModel(self.config)
         self.salts = np.random.default_rng([seed, 8191]).integers(0, 2**32, len(full)).tolist()
 
@@ -157,10 +181,14 @@ class RawGenerator:
                 yield self._kaggle_fields(counts, ids, labels, rng)
             start += n
 
-    def _kaggle_fields(self, counts: np.ndarray, ids: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> WrittenRows:
+    def _kaggle_fields(
+        self, counts: np.ndarray, ids: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    ) -> WrittenRows:
         """Blank fields in their missing groups; write some zero I2 counts as negatives."""
         n = len(labels)
-        names = {name: (i, False) for i, name in enumerate(KAGGLE_DENSE)} | {name: (i, True) for i, name in enumerate(KAGGLE_CATEGORICAL)}
+        names = {name: (i, False) for i, name in enumerate(KAGGLE_DENSE)} | {
+            name: (i, True) for i, name in enumerate(KAGGLE_CATEGORICAL)
+        }
         missing, ids = np.zeros(counts.shape, bool), ids.copy()
         for group, share in KAGGLE_MISSING:
             blank = rng.random(n) < share
@@ -197,7 +225,10 @@ class RawGenerator:
     def write(self, path: str | Path) -> None:
         """Write the file (gzip-compressed if the name ends in ``.gz``)."""
         options = pcsv.WriteOptions(
-            include_header=self.data_set == "avazu", delimiter="\t" if self.data_set == "kaggle" else ",", quoting_style="none", quoting_header="none"
+            include_header=self.data_set == "avazu",
+            delimiter="\t" if self.data_set == "kaggle" else ",",
+            quoting_style="none",
+            quoting_header="none",
         )
         compression = "gzip" if str(path).endswith(".gz") else None
         first, writer = 0, None

@@ -50,7 +50,9 @@ class KeyTable:
     def _allocate(self, bits: int) -> None:
         self.bits, self.mask = bits, (1 << bits) - 1
         self.slot_keys = np.full(1 << bits, self.FREE, np.int64)
-        self.slot_index = np.full((1 << bits) + 1, -1, np.int32)  # the extra last entry (-1) is what slot -1, "absent", reads
+        self.slot_index = np.full(
+            (1 << bits) + 1, -1, np.int32
+        )  # the extra last entry (-1) is what slot -1, "absent", reads
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
         return ((keys.view(np.uint64) * self._MUL) >> np.uint64(64 - self.bits)).view(np.int64)
@@ -142,8 +144,12 @@ class Vocabulary:
             table = self.tables[t]
             indices = table.index(keys[t])
             if len(table) > len(self._counts[t]):
-                self._counts[t] = np.concatenate([self._counts[t], np.zeros(max(len(table), 2 * len(self._counts[t])), np.int32)])
-            np.add.at(self._counts[t], indices[counted], np.int32(1))  # an int32 one keeps add.at on its fast path (30x)
+                self._counts[t] = np.concatenate(
+                    [self._counts[t], np.zeros(max(len(table), 2 * len(self._counts[t])), np.int32)]
+                )
+            np.add.at(
+                self._counts[t], indices[counted], np.int32(1)
+            )  # an int32 one keeps add.at on its fast path (30x)
             out[:, t] = indices
 
         list(self._pool.map(one, range(len(self.tables))))
