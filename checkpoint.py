@@ -1,21 +1,12 @@
-"""Checkpoints: atomic writes, safe loading, collapse, inspection, ONNX export.
+"""Checkpoints: collapse, inspection, ONNX export.
 
-A checkpoint is a plain dict of tensors and primitives, written with
-``torch.save`` and read with ``torch.load(weights_only=True)``: loading a file
-never runs code from it (a pickle naming anything but tensors and plain data
-is refused). Two kinds:
-
-* ``training``: resumable; model, optimizer state, LR schedule, data position,
-  RNG states, arguments, test history and best metrics.
-* ``inference``: the model only, MLET tables collapsed to plain ``n x d``
-  tables (``collapsed_from`` records the training K and sizes); arguments and
-  metrics are kept.
-
-Command line (``python checkpoint.py -h``)::
+Commands (``python checkpoint.py COMMAND -h`` for each one's flags)::
 
     checkpoint.py collapse IN OUT        # training -> inference checkpoint
     checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
     checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
+
+What a checkpoint holds, resume, collapse and the ONNX model: docs/checkpoints.md.
 """
 
 from __future__ import annotations

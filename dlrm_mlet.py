@@ -159,7 +159,7 @@ def build_parser() -> OneLineParser:
         help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here",
     )
 
-    multi = p.add_argument_group("several processes (launch with torchrun; see the README)")
+    multi = p.add_argument_group("several processes (launch with torchrun; see docs/distributed.md)")
     multi.add_argument(
         "--dist-backend",
         choices=process_group.BACKENDS,

@@ -70,7 +70,7 @@ class ArraySource:
     With ``shuffle`` the rows are permuted by a generator seeded with
     ``(seed, epoch)``; the last batch may be smaller (nothing is dropped).
     A batch's rows are read in increasing order (cheap on memory maps), and
-    ``id_transform`` (e.g. :class:`preprocess.IdLimits`) maps its B x T ids.
+    ``id_transform`` (e.g. :class:`vocabulary.IdLimits`) maps its B x T ids.
     """
 
     def __init__(

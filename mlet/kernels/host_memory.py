@@ -3,10 +3,8 @@
 A training step reads and writes tens of thousands of table rows at random
 places in tables of gigabytes. With 4 KiB pages nearly every row access also
 misses the TLB and walks the page table (two walks under a hypervisor); with
-2 MiB pages the walks mostly vanish. Measured on a 2-core KVM guest
-(``bench/huge_pages.py``, bench/NOTES.md): gathering 53,248 random 64-float
-rows from a 33.8M-row table takes 5.4 ms on 4 KiB pages and 4.0 ms on huge
-pages, updating them 9.3 and 7.0 ms.
+2 MiB pages the walks mostly vanish. What it gains (``bench/huge_pages.py``):
+docs/performance.md.
 
 Linux backs a range with huge pages when it is advised ``MADV_HUGEPAGE``
 before its first touch and ``/sys/kernel/mm/transparent_hugepage/enabled``

@@ -1,48 +1,12 @@
 """Multi-process training: data-parallel MLPs, model-parallel embedding tables.
 
-Started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
-the rendezvous address), every process of a run of ``W``:
+:class:`DistributedDLRM` is one process's part of the model (its tables, the
+replicated MLPs), :class:`EmbeddingExchange` the all-to-all of pooled
+embeddings, :class:`ShardedOptimizer` the optimizer that saves and loads
+whole-model state, :class:`MultiProcess` the ``Parallel`` of a torchrun run,
+and :func:`session` picks it or ``SingleProcess`` from the launch environment.
 
-* makes the same global batches (their order depends only on the seed and the
-  epoch) and keeps its share (:meth:`MultiProcess.shard`): a contiguous slice
-  of the samples for the MLPs, and, for *all* samples, the bags of the tables
-  it owns;
-* owns the tables that a :class:`ShardingPlan` gives it (balanced by training
-  bytes: K-wide ``W1`` plus optimizer state) and pools their embeddings for the
-  whole global batch; MLET tables are projected K -> d here, on the owner;
-* exchanges those d-wide vectors with one all-to-all, so that every process
-  gets each table's embedding of its own samples (gradients go back the same
-  way, :class:`EmbeddingExchange`);
-* runs the bottom MLP, the interaction and the top MLP on its own samples;
-  these are replicated and kept in step by one all-reduce of their
-  gradients per step (:meth:`DistributedDLRM.sum_replicated_gradients`).
-
-Gradient scaling: each process's loss is the sum of its samples' losses
-divided by the *global* batch size, so the processes' losses add up to the
-single-process mean. The MLP gradients are summed over the processes (not
-averaged, as DDP would), and the embedding gradients that come back through
-the all-to-all are already those of the global mean: ``W`` processes with global
-batch ``B`` take the steps of one process with batch ``B``. (Upstream DLRM
-divides by the local batch and lets DDP average: right for the MLPs, but the
-tables get ``W`` times their gradient.) With only static-shaped collectives
-in it (the all-to-all's splits depend on the batch size alone, the
-all-reduce is one flat buffer), the whole step can be captured in a CUDA
-graph, as in one process.
-
-Checkpoints are gathered into the single-process layout (every table, every
-table's optimizer state, in global table order; :meth:`DistributedDLRM.state_dict`
-and :class:`ShardedOptimizer`), so they load in one process and in a run of
-any other size, and are split again on loading.
-
-Process groups: the default group is gloo, joined before the flags are
-checked (:func:`start`); it carries errors, metrics and checkpoints. On GPUs
-the training traffic (all-to-all, gradient all-reduce) has a NCCL group of its own.
-
-Errors: the flag checks and the setup run under :func:`agree`, which shares
-any rank's error with every rank, so all stop with that rank's message
-(printed once, by rank 0) instead of waiting for each other; an error later
-in the run stops the failing process, and ``torchrun`` then stops the others;
-collectives time out after ``--dist-timeout`` seconds.
+The design (what each process does, gradient scaling, checkpoints, errors): docs/distributed.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The processes of a run: torchrun's launch environment, process groups, and
 errors shared between processes (so that every process stops with the
-failing one's message instead of waiting for it). ``distributed.py`` builds
-the sharded model and the training session on top of this.
+failing one's message instead of waiting for it).
+``mlet/parallel/distributed.py`` builds the sharded model and the training
+session on top of this.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Which process holds what, in a multi-process run: the sharding plan of the
 tables, each process's share of a global batch, and the row layout of sharded
 tensors (used to gather checkpoints into the single-process layout and to
-split them again). Pure bookkeeping, no communication: ``distributed.py``
-does the talking.
+split them again). Pure bookkeeping, no communication:
+``mlet/parallel/distributed.py`` does the talking.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class BatchShard:
 
     ``dense`` and ``labels`` hold this rank's samples; ``sparse`` the owned
     tables' bags for all samples. ``size`` is the number of samples in the
-    *global* batch, as :attr:`data_utils.Batch.size`, so code that counts
+    *global* batch, as :attr:`mlet.core.batch.Batch.size`, so code that counts
     samples or divides the loss by ``batch.size`` works on either.
     """
 

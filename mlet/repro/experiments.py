@@ -8,15 +8,12 @@ Shared by ``scripts/sweep.py`` (which runs the grid) and ``scripts/summarize.py`
 * A *run* is a config trained with one optimizer, learning rate and seed; its
   results JSON (``dlrm_mlet.py --results-json``) holds the test metrics
   (``final``) and the validation metrics (``val``) of the same model.
-* Two *protocols* pick one learning rate per (optimizer, config):
-  ``paper`` takes the shared rate of the optimizer (the paper's setup);
-  ``tuned`` takes the rate of the grid with the best mean validation AUC over
-  seeds. Both report the test metrics of the runs at that rate.
+* A *protocol* picks one learning rate per (optimizer, config): ``paper`` the
+  optimizer's shared rate, ``tuned`` the grid's best by mean validation AUC.
 * The *d-reduction* of an MLET config is ``d' / d`` for the widest baseline
-  ``d'`` such that it *matches* every baseline of width <= ``d'``: its mean
-  test AUC over seeds is at least the baseline's mean test AUC (``strict``),
-  or at least the baseline's mean minus the baseline's standard deviation over
-  seeds (``within_std``).
+  ``d'`` it matches along with every narrower one (``strict`` or ``within_std``).
+
+The protocols, widening and the d-reduction in full: docs/reproducing.md.
 """
 
 from __future__ import annotations

@@ -16,15 +16,7 @@ For a sweep directory it writes, into the directory (or ``--out``):
   training) and ``lr_curves.png`` (validation AUC against learning rate: what
   the tuned protocol chose from).
 
-Definitions (see :mod:`experiments`): the ``paper`` protocol reports every
-config at its optimizer's shared rate, ``tuned`` at the rate of the best mean
-validation AUC. An MLET config *matches* a baseline when its mean test AUC over
-seeds is >= the baseline's (``strict``; the headline) or >= the baseline's mean
-minus one standard deviation (``within_std``). Its d-reduction factor is
-``d' / d`` for the widest ``d'`` such that it matches every baseline of width
-<= ``d'`` (0: it matches none; a factor at the widest baseline of the grid is a
-lower bound, marked >=). The per-seed factor pairs the runs of equal seeds
-(each at the protocol's rate) and gives mean +- std over seeds.
+The protocols, matching and the d-reduction factor: docs/reproducing.md.
 """
 
 from __future__ import annotations

@@ -17,11 +17,10 @@ interrupted sweep continues where it stopped when started again with the same
 command. ``RUN_DIR/sweep.json`` records the settings, the paper learning rates
 (for ``summarize.py``), and each run's status and wall time.
 
-Learning rates: every config runs the optimizer's initial grid (``--lrs``),
-which includes its ``--paper-lr`` (the ``paper`` protocol's shared rate). For
-the ``tuned`` protocol the grid then widens, config by config, by
-``--widen-factor`` beyond whichever edge holds the best mean validation AUC,
-until the best rate is interior (at most ``--max-widen`` steps on each side).
+Learning rates: every config runs the optimizer's initial grid (``--lrs``,
+which includes its ``--paper-lr``); for the ``tuned`` protocol the grid then
+widens by ``--widen-factor`` (at most ``--max-widen`` steps a side). The
+protocols and the widening: docs/reproducing.md.
 """
 
 from __future__ import annotations

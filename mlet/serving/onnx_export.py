@@ -1,6 +1,6 @@
 """ONNX export of a DLRM for serving.
 
-The graph takes the :class:`~mlet_layers.SparseFeatures` layout directly:
+The graph takes the :class:`~mlet.core.batch.SparseFeatures` layout directly:
 
 * ``dense``: ``[B, D]`` float32 dense features;
 * ``indices``: ``[N]`` int64 local row ids of every bag, table-major;

@@ -1,21 +1,16 @@
-"""Checkpoints: atomic writes, safe loading, collapse, inspection, ONNX export.
+"""Checkpoint files: writing atomically, reading without running code, structure checks, collapse.
 
-A checkpoint is a plain dict of tensors and primitives, written with
-``torch.save`` and read with ``torch.load(weights_only=True)``: loading a file
-never runs code from it (a pickle naming anything but tensors and plain data
-is refused). Two kinds:
+:func:`atomic_save` writes to a temporary file beside the target, fsyncs and
+renames it over the target (a kill mid-save leaves the previous version;
+:func:`remove_stale_temporaries` clears a dead writer's leftovers).
+:func:`load_checkpoint` reads with ``torch.load(weights_only=True)``, so a
+pickle that names anything but tensors and plain data is refused, and
+:func:`structure_problem` names what is missing or mistyped before anything
+is built. :func:`model_from_checkpoint` rebuilds the model;
+:func:`collapsed_checkpoint` folds MLET's ``W1 @ W2`` into the inference
+checkpoint's plain ``n x d`` tables.
 
-* ``training``: resumable; model, optimizer state, LR schedule, data position,
-  RNG states, arguments, test history and best metrics.
-* ``inference``: the model only, MLET tables collapsed to plain ``n x d``
-  tables (``collapsed_from`` records the training K and sizes); arguments and
-  metrics are kept.
-
-Command line (``python checkpoint.py -h``)::
-
-    checkpoint.py collapse IN OUT        # training -> inference checkpoint
-    checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
-    checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
+What a checkpoint holds, its two kinds, resume and collapse: docs/checkpoints.md.
 """
 
 from __future__ import annotations

@@ -26,9 +26,7 @@ the key of a hex category is its 32-bit value, an empty field is
 bad rows, timings).
 
 ``--cat-min-count`` and ``--max-ind-range`` are not preprocessing settings:
-since ids are numbered by decreasing frequency, values seen fewer than N times
-are exactly the ids above a per-feature cut-off, so both are applied to each
-batch as it is read (:class:`IdLimits`), and one cache serves every setting.
+they apply to batches as they are read (see :mod:`vocabulary` and docs/data.md).
 """
 
 from __future__ import annotations

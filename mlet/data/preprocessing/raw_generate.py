@@ -1,4 +1,4 @@
-"""Synthetic raw files: the click model of :mod:`synthetic_data` written in the data sets' own formats.
+"""Synthetic raw files: the click model of :mod:`mlet.data.synthetic` written in the data sets' own formats.
 
 ``python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE``
 writes a file that the readers of :mod:`raw_data` take exactly as the real
@@ -168,7 +168,8 @@ class RawGenerator:
         self.salts = np.random.default_rng([seed, 8191]).integers(0, 2**32, len(full)).tolist()
 
     def chunks(self) -> Iterator[WrittenRows]:
-        """The rows of the file, in order, in the click model's chunks (``synthetic_data.SAMPLE_CHUNK`` rows)."""
+        """The rows of the file, in order, in the click model's chunks
+        (``mlet.data.synthetic.SAMPLE_CHUNK`` rows)."""
         rng = np.random.default_rng([self.seed, 524287])
         start = 0
         for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1):

@@ -6,7 +6,7 @@ appearance, and those indices are what the first pass writes; counts are kept
 over training rows only. :meth:`Vocabulary.freeze` then numbers the values
 for good: id 1 is the most frequent training value, ties broken by key, and
 0 is shared by values never seen in training; the written indices are
-renumbered in place (:func:`preprocess.renumber_file`), which reads binary
+renumbered in place (:func:`cache.renumber_file`), which reads binary
 arrays instead of parsing text a second time.
 
 With ids in decreasing frequency, ``--cat-min-count N`` is a per-feature
