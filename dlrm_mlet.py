@@ -1,13 +1,16 @@
 """dlrm-mlet: train DLRM with plain or MLET (two-layer) embedding tables.
 
 Upstream DLRM's flags keep their names and meanings; ``--mlet-hidden K`` trains
-every table as ``W1 (n x K) @ W2 (K x d)``. Run ``python dlrm_mlet.py --help``.
+every table as ``W1 (n x K) @ W2 (K x d)``; upstream's quotient-remainder
+(``--qr-*``), mixed-dimension (``--md-*``) and quantization
+(``--quantize-emb-with-bit``) flags work too. Run ``python dlrm_mlet.py --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from dlrm_model import DLRM
+from mlet.cli import reduction
 from mlet.core.config import (
     DATA_GENERATIONS,
     FUSED_OPTIMIZERS,
@@ -23,6 +27,7 @@ from mlet.core.config import (
     OPTIMIZERS,
     DataConfig,
     DatasetConfig,
+    MixedDimensionConfig,
     ModelConfig,
     SyntheticConfig,
     TrainConfig,
@@ -43,6 +48,7 @@ from mlet.data.preprocessing.cache import DENSE_INPUTS
 from mlet.data.sources import DataBundle, build_data
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import distributed, process_group
+from mlet.serving import quantize
 from mlet.training.checkpoints import atomic_save, check_file, collapsed_checkpoint, dashed, load_checkpoint
 from mlet.training.processes import Parallel
 from mlet.training.state import check_evaluation
@@ -73,6 +79,7 @@ def build_parser() -> OneLineParser:
     add_bool(arch, "--arch-interaction-itself", False, "include self dot products")
     arch.add_argument("--mlet-hidden", type=int, default=0, help="MLET inner width K (0: plain tables)")
     arch.add_argument("--mlet-init", type=str, default="normal", help="W2 init: normal (std 0.25), normal-STD, xavier")
+    reduction.add_reduction_flags(p)
 
     data = p.add_argument_group("data")
     data.add_argument("--data-generation", choices=DATA_GENERATIONS, default="random")
@@ -208,6 +215,8 @@ class Run:
     dist_backend: str | None = None
     dist_timeout: int = process_group.DEFAULT_TIMEOUT_S
     flags: dict | None = None
+    mixed_dimension: MixedDimensionConfig | None = None
+    quantize_bits: tuple[int, ...] = ()
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -221,6 +230,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     )
     bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
     top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
+    reduction.check_reduction_flags(args, d, bottom_mlp)
     if len(bottom_mlp) < 2 or bottom_mlp[-1] != d:
         raise UserError(
             f"--arch-mlp-bot: must have at least two widths and end in d={d} (--arch-sparse-feature-size), "
@@ -239,7 +249,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         parse_projection_init(args.mlet_init)
     except ValueError as error:
         raise UserError(f"--mlet-init: {error}") from None
-    return ModelConfig(
+    config = ModelConfig(
         table_sizes=tuple(table_sizes),
         dim=d,
         bottom_mlp=tuple(bottom_mlp),
@@ -249,6 +259,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         interaction=args.arch_interaction_op,
         interaction_itself=args.arch_interaction_itself,
     )
+    return reduction.with_qr(config, args)
 
 
 def check_counts(args: argparse.Namespace) -> None:
@@ -435,6 +446,8 @@ def validate(args: argparse.Namespace) -> Run:
     dataset = dataset_config(args) if args.data_generation == "dataset" else None
     data = data_config(args, model, dataset)
     check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
+    quantize_bits = reduction.parse_quantize_bits(args.quantize_emb_with_bit, args.inference_only)
+    reduction.check_quantize_run(quantize_bits, args.use_gpu)
     validate_outputs(args)
     run = Run(
         model=model,
@@ -448,6 +461,8 @@ def validate(args: argparse.Namespace) -> Run:
         tf32=args.tf32,
         dist_backend=args.dist_backend,
         dist_timeout=args.dist_timeout,
+        mixed_dimension=reduction.mixed_dimension_config(args),
+        quantize_bits=quantize_bits,
     )
     return replace(run, flags=flags_snapshot(args, run))
 
@@ -468,7 +483,7 @@ def describe(model: DLRM, data: DataBundle) -> None:
     """Start-of-run summary."""
     report = parameter_report(model)
     config = model.config
-    kind = f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"
+    kind = reduction.describe_tables(config)
     log(
         f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), "
         f"test {data.test.num_samples:,}"
@@ -493,11 +508,16 @@ def prepare(run: Run, parallel: Parallel) -> tuple[DataBundle, Trainer]:
     """
     data = build_data(run.data)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
+    if run.mixed_dimension is not None:
+        config = reduction.with_md_widths(config, run.mixed_dimension, data.id_counts() if data.id_counts else None)
+        source = "training id counts" if data.id_counts else "table sizes (uniform ids)"
+        alpha = run.mixed_dimension.temperature
+        log(f"mixed dimensions: widths {dashed(config.md_dims)} (from {source}, alpha {alpha})")
     ckpt = read_load_model(run.load_model) if run.load_model else None
     if ckpt is not None and run.inference_only:
         try:
             check_evaluation(ckpt, config)
-            model = parallel.model_from_checkpoint(ckpt)
+            model = reduction.evaluated_model(ckpt, run.quantize_bits, parallel)
         except (UserError, ValueError, RuntimeError) as error:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     else:
@@ -548,6 +568,11 @@ def execute(run: Run) -> dict:
             log(line)
         final = trainer.test() if run.inference_only else train_and_save(run, trainer)
         payload = trainer.results(final, trainer.validate(final))
+        if run.inference_only and run.load_model:
+            payload["checkpoint"] = {**(payload["checkpoint"] or {}), "file_bytes": os.path.getsize(run.load_model)}
+            quantize.log_served_sizes(trainer.model, run.load_model)
+        elif run.quantize_bits:
+            payload["quantized"] = [quantize.evaluate_quantized(trainer, bits) for bits in run.quantize_bits]
         if run.results_json and parallel.is_main:
             write_json(run.results_json, payload)
             log(f"results written to {run.results_json}")

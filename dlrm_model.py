@@ -1,4 +1,4 @@
-"""The DLRM network (arXiv 1906.00091) with plain or MLET embedding tables.
+"""The DLRM network (arXiv 1906.00091) with plain, MLET, quotient-remainder or mixed-dimension tables.
 
 bottom MLP(dense) -> x (B x d); tables(sparse) -> e (B x T x d);
 interaction(x, e) -> z; top MLP(z) -> logit. The model returns logits; the
@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from mlet.core.batch import SparseFeatures
 from mlet.core.config import INTERACTIONS, ModelConfig
-from mlet_layers import EmbeddingTables, table_seed
+from mlet.model.composite import TableModule
+from mlet_layers import EmbeddingTables, build_tables, table_seed
 
 
 def make_mlp(widths: Sequence[int], seed: int, salt: int, last_activation: bool) -> nn.Sequential:
@@ -64,14 +65,16 @@ class Interaction(nn.Module):
 
 
 class DLRM(nn.Module):
-    """DLRM: bottom MLP, embedding tables (plain or MLET), interaction, top MLP."""
+    """DLRM: bottom MLP, embedding tables (plain, MLET, or composite: ``mlet_layers.build_tables``), interaction,
+    top MLP. ``tables`` may be any module mapping :class:`SparseFeatures` to ``B x T x d`` with ``collapse()``,
+    ``table_modules()`` and ``inference_bytes()`` (e.g. quantized tables for serving)."""
 
     def __init__(
         self,
         config: ModelConfig,
         seed: int = 0,
         device: torch.device | str | None = None,
-        tables: EmbeddingTables | None = None,
+        tables: TableModule | None = None,
     ) -> None:
         """Build and initialise; ``tables`` replaces the freshly made tables (e.g. collapsed ones)."""
         super().__init__()
@@ -79,7 +82,7 @@ class DLRM(nn.Module):
             raise ValueError(f"bottom MLP must end in d={config.dim}, ends in {config.bottom_mlp[-1]}")
         self.config = config
         self.bottom = make_mlp(config.bottom_mlp, seed, salt=0, last_activation=True)
-        self.tables = tables if tables is not None else EmbeddingTables.from_config(config, seed=seed, device=device)
+        self.tables: TableModule = tables if tables is not None else build_tables(config, seed=seed, device=device)
         self.interaction = Interaction(len(config.table_sizes), config.interaction, config.interaction_itself)
         self.top = make_mlp([config.interaction_width(), *config.top_mlp], seed, salt=1, last_activation=False)
         self.to(device)
@@ -93,16 +96,32 @@ class DLRM(nn.Module):
         return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
 
     def collapse(self) -> DLRM:
-        """A baseline DLRM (plain d-wide tables) with the same outputs."""
-        plain = DLRM(self.config.collapsed(), device=self.tables.weight.device, tables=self.tables.collapse())
-        plain.bottom.load_state_dict(self.bottom.state_dict())
-        plain.top.load_state_dict(self.top.state_dict())
-        return plain
+        """The same outputs with MLET folded: a baseline DLRM (plain d-wide tables), or for composite tables the
+        same quotient-remainder / mixed-dimension shape with its stored rows collapsed."""
+        return self.with_tables(self.tables.collapse(), self.config.collapsed())
+
+    def with_tables(self, tables: TableModule, config: ModelConfig | None = None) -> DLRM:
+        """A DLRM with these MLPs (copied) and other ``tables`` (e.g. collapsed or quantized ones)."""
+        device = next(self.bottom.parameters()).device
+        other = DLRM(config or self.config, device=device, tables=tables)
+        other.bottom.load_state_dict(self.bottom.state_dict())
+        other.top.load_state_dict(self.top.state_dict())
+        return other
+
+    def table_modules(self) -> list[EmbeddingTables]:
+        """The table modules whose weights train with row updates (one ``EmbeddingTables``, or a composite's
+        groups), in the order of :meth:`sparse_parameters`."""
+        return [module for _, module in self.tables.table_modules() if isinstance(module, EmbeddingTables)]
 
     def dense_parameters(self) -> dict[str, nn.Parameter]:
-        """Named parameters with dense gradients: MLPs and the MLET projections."""
-        return {n: p for n, p in self.named_parameters() if p is not self.tables.weight}
+        """Named parameters with dense gradients: MLPs, the MLET and mixed-dimension projections."""
+        sparse = {id(p) for p in self.sparse_parameters().values()}
+        return {n: p for n, p in self.named_parameters() if id(p) not in sparse}
 
     def sparse_parameters(self) -> dict[str, nn.Parameter]:
-        """Named parameters with sparse (row) gradients: the concatenated table weight."""
-        return {"tables.weight": self.tables.weight}
+        """Named parameters with sparse (row) gradients: the concatenated table weight (of each group)."""
+        return {
+            ".".join(["tables", *([name] if name else []), "weight"]): module.weight
+            for name, module in self.tables.table_modules()
+            if isinstance(module, EmbeddingTables)
+        }

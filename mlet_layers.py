@@ -14,6 +14,10 @@ so that a batch needs one lookup kernel whatever the number of features:
 
 Indices arrive as :class:`SparseFeatures`: local row ids per table, bags laid
 out table-major (all of table 0's bags for the batch, then table 1's, ...).
+
+Quotient-remainder and mixed-dimension tables (``--qr-flag``, ``--md-flag``)
+are a ``mlet.model.composite.CompositeTables`` whose groups of like-shaped
+tables are each an :class:`EmbeddingTables`; :func:`build_tables` picks.
 """
 
 from __future__ import annotations
@@ -31,10 +35,16 @@ from torch import Tensor, nn
 from mlet.core.batch import SparseFeatures
 from mlet.core.config import ModelConfig
 from mlet.kernels import host_memory, triton_kernels
-
-DEFAULT_PROJECTION_STD = 0.25
-PROJECTION_INITS = ("normal", "normal-STD", "xavier")
-
+from mlet.model import lookup
+from mlet.model.composite import CompositeTables, GroupSpec
+from mlet.model.init import (  # noqa: F401  (re-exported: the tables' init helpers)
+    PROJECTION_INITS,
+    fill_from_cpu,
+    init_projection_,
+    parse_projection_init,
+    symmetric_uniform_,
+    table_seed,
+)
 
 RowUpdate = Callable[[Tensor, Tensor], None]
 """``update(rows, grads)``: apply one optimizer step to weight rows ``rows``
@@ -142,46 +152,6 @@ def project(pooled: Tensor, projection: Tensor) -> Tensor:
     return _BatchedProjection.apply(pooled, projection)
 
 
-def parse_projection_init(spec: str) -> tuple[str, float]:
-    """Parse ``--mlet-init``: ``normal`` (std 0.25), ``normal-STD`` or ``xavier``.
-
-    Returns ``(kind, std)``; ``std`` is ignored for ``xavier``.
-    Raises ``ValueError`` naming the accepted forms.
-    """
-    if spec == "normal":
-        return "normal", DEFAULT_PROJECTION_STD
-    if spec == "xavier":
-        return "xavier", 0.0
-    if spec.startswith("normal-"):
-        try:
-            std = float(spec[len("normal-") :])
-        except ValueError:
-            std = -1.0
-        if std > 0 and math.isfinite(std):
-            return "normal", std
-    raise ValueError(f"'{spec}' is not one of normal, normal-STD (STD > 0, e.g. normal-0.1), xavier")
-
-
-def symmetric_uniform_(target: Tensor, bound: float, gen: torch.Generator) -> Tensor:
-    """Fill ``target`` in place from uniform(-bound, bound)."""
-    return target.uniform_(-bound, bound, generator=gen)
-
-
-def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
-    """``fill(target)`` (in place, with a CPU generator); for a device tensor through a CPU copy."""
-    if target.device.type == "cpu":
-        fill(target)
-        return
-    values = torch.empty(target.shape, dtype=target.dtype)
-    fill(values)
-    target.copy_(values)
-
-
-def table_seed(seed: int, table: int, salt: int = 0) -> int:
-    """Seed of one table's initialisation: independent of how tables are sharded."""
-    return (seed * 1_000_003 + table * 7919 + salt * 104_729 + 12_345) % (2**63)
-
-
 class EmbeddingTables(nn.Module):
     """Every categorical feature's embedding table, plain or MLET, in one module.
 
@@ -283,12 +253,7 @@ class EmbeddingTables(nn.Module):
                     fill_from_cpu(self.w2[t], functools.partial(self._init_projection, gen=gen))
 
     def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
-        kind, std = parse_projection_init(self.projection_init)
-        if kind == "xavier":
-            bound = math.sqrt(6.0 / (self.hidden + self.dim))
-            symmetric_uniform_(w2, bound, gen)
-        else:
-            w2.normal_(0.0, std, generator=gen)
+        init_projection_(w2, self.projection_init, gen)
 
     def table_weight(self, t: int) -> Tensor:
         """Rows of table ``t`` (a view of the concatenated weight)."""
@@ -296,19 +261,7 @@ class EmbeddingTables(nn.Module):
 
     def global_indices(self, features: SparseFeatures) -> Tensor:
         """Rows of the concatenated weight for each local id in ``features``."""
-        if features.one_hot:
-            return features.indices + self._one_hot_shift(features.batch_size)
-        counts = features.table_boundaries().diff()
-        shift = self.row_offsets[:-1].repeat_interleave(counts, output_size=features.indices.numel())
-        return features.indices + shift
-
-    def _one_hot_shift(self, batch_size: int) -> Tensor:
-        """Row offset of each position of a one-hot batch (cached per batch size)."""
-        key = (batch_size, self.row_offsets.device)
-        if key not in self._shift_cache:
-            self._shift_cache.clear()
-            self._shift_cache[key] = self.row_offsets[:-1].repeat_interleave(batch_size)
-        return self._shift_cache[key]
+        return lookup.global_rows(features, self.row_offsets, self._shift_cache)
 
     def pooled_rows(self, features: SparseFeatures) -> Tensor:
         """Sum-pooled rows of the (K- or d-wide) weight: ``T x B x width``."""
@@ -375,6 +328,10 @@ class EmbeddingTables(nn.Module):
         self.collapse_into(plain.weight.data)
         return plain
 
+    def table_modules(self) -> list[tuple[str, EmbeddingTables]]:
+        """``(name, module)`` of each table module whose weight trains with row updates: this one."""
+        return [("", self)]
+
     def parameter_bytes(self) -> int:
         """Bytes of this module's parameters."""
         return sum(p.numel() * p.element_size() for p in self.parameters())
@@ -386,3 +343,31 @@ class EmbeddingTables(nn.Module):
     def extra_repr(self) -> str:
         kind = f"mlet K={self.hidden}" if self.is_mlet else "plain"
         return f"tables={self.num_tables}, rows={self.weight.shape[0]}, d={self.dim}, {kind}"
+
+
+Tables = EmbeddingTables | CompositeTables
+
+
+def build_tables(config: ModelConfig, seed: int | None = 0, device: torch.device | str | None = None) -> Tables:
+    """The tables ``config`` describes: one :class:`EmbeddingTables` (plain or MLET), or for quotient-remainder
+    and mixed-dimension tables a ``CompositeTables`` whose groups are :class:`EmbeddingTables`."""
+    if not config.is_composite:
+        return EmbeddingTables.from_config(config, seed=seed, device=device)
+
+    def group(spec: GroupSpec) -> EmbeddingTables:
+        features = [s.feature for s in spec.slots]
+        return EmbeddingTables(
+            spec.sizes, spec.width, spec.hidden, config.mlet_init, seed=None, table_ids=features, device=device
+        )
+
+    return CompositeTables.build(config, group, seed, device)
+
+
+def table_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Shapes of the row-updated table weights of ``config``'s model, by parameter name under ``tables.``."""
+    if not config.is_composite:
+        return {"weight": (sum(config.table_sizes), config.table_width)}
+    return {
+        f"groups.{g}.weight": (sum(spec.sizes), spec.hidden or spec.width)
+        for g, spec in enumerate(CompositeTables.plan_of(config).groups)
+    }

@@ -17,17 +17,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("mlet.core",)),
     ("kernels", ("mlet.kernels",)),
     ("data", ("mlet.data",)),
-    ("model", ("mlet_layers", "dlrm_model")),
+    ("model", ("mlet.model", "mlet_layers", "dlrm_model")),
     ("training", ("mlet.training",)),
     ("parallel", ("mlet.parallel",)),
     ("serving", ("mlet.serving",)),
-    ("commands", ("dlrm_mlet", "data_utils", "checkpoint")),
+    ("commands", ("mlet.cli", "dlrm_mlet", "data_utils", "checkpoint")),
     ("repro", ("mlet.repro",)),
 ]
 SUBLAYERS: dict[str, list[str]] = {
     # inside a layer, an order too: the click model under the raw files under the sources
     "data": ["mlet.data.synthetic", "mlet.data.preprocessing", "mlet.data.flags", "mlet.data.sources"],
-    "model": ["mlet_layers", "dlrm_model"],
+    "model": ["mlet.model", "mlet_layers", "dlrm_model"],
+    "commands": ["mlet.cli", "dlrm_mlet", "data_utils", "checkpoint"],
 }
 
 

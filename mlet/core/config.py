@@ -10,6 +10,7 @@ can name the flags that changed.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 INTERACTIONS = ("dot", "cat")
@@ -19,6 +20,56 @@ LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
 DATA_SETS = ("kaggle", "avazu")
 EVAL_SPLITS = ("test", "val")
+QR_OPERATIONS = ("mult", "add", "concat")
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One feature's embedding table as built (TorchRec-style per-table config; see ``ModelConfig.table_configs``).
+
+    ``width`` is the width of the stored rows: ``dim`` for a plain table, the
+    mixed-dimension width ``d_t`` (projected to ``dim`` when smaller), or for
+    quotient-remainder ``dim`` (``mult``/``add``) or ``dim / 2`` per half
+    (``concat``). ``hidden`` is MLET's inner width (0: the rows are stored
+    directly). ``collisions`` > 0 makes it a quotient-remainder pair: a
+    quotient table of ``ceil(rows / collisions)`` rows and a remainder table
+    of ``collisions`` rows, combined by ``operation``.
+    """
+
+    rows: int
+    dim: int
+    width: int
+    hidden: int = 0
+    collisions: int = 0
+    operation: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``qr`` (quotient-remainder), ``md`` (mixed dimension: a width below ``dim``, projected) or ``plain``."""
+        if self.collisions:
+            return "qr"
+        return "md" if self.width < self.dim else "plain"
+
+    @property
+    def parts(self) -> tuple[int, ...]:
+        """Rows of each stored table: ``(n,)``, or ``(ceil(n / c), c)`` for a quotient-remainder pair."""
+        if self.collisions:
+            return (math.ceil(self.rows / self.collisions), self.collisions)
+        return (self.rows,)
+
+    @property
+    def projected(self) -> bool:
+        """True when a bias-free ``width x dim`` projection follows the lookup (mixed dimensions)."""
+        return self.kind == "md"
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """``(training, inference)`` values of this table: MLET parts hold ``n x K + K x w`` while training and
+        ``n x w`` after collapse; a mixed-dimension projection adds ``w x d`` to both."""
+        projection = self.width * self.dim if self.projected else 0
+        inference = sum(n * self.width for n in self.parts) + projection
+        if not self.hidden:
+            return inference, inference
+        return sum(n * self.hidden + self.hidden * self.width for n in self.parts) + projection, inference
 
 
 @dataclass(frozen=True)
@@ -37,6 +88,11 @@ class ModelConfig:
     mlet_init: str = "normal"
     interaction: str = "dot"
     interaction_itself: bool = False
+    qr_flag: bool = False
+    qr_threshold: int = 200
+    qr_collisions: int = 4
+    qr_operation: str = "mult"
+    md_dims: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
@@ -44,11 +100,41 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (fields missing from older checkpoints take their defaults)."""
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        for k in ("table_sizes", "bottom_mlp", "top_mlp"):
-            kw[k] = tuple(int(v) for v in kw[k])
+        for k in ("table_sizes", "bottom_mlp", "top_mlp", "md_dims"):
+            if k in kw:
+                kw[k] = tuple(int(v) for v in kw[k])
         return cls(**kw)
+
+    @property
+    def is_composite(self) -> bool:
+        """True when some table is quotient-remainder or mixed-dimension (not one fused ``n x d`` or MLET weight)."""
+        return any(t.kind != "plain" for t in self.table_configs())
+
+    def table_configs(self) -> tuple[TableConfig, ...]:
+        """Each feature's table: quotient-remainder where ``qr_flag`` and it has more rows than ``qr_threshold``
+        (upstream's precedence), else mixed-dimension at ``md_dims[t]`` when given, else plain ``d``; MLET
+        (``mlet_hidden``) applies to every stored table, with an inner width scaled like the mixed-dimension
+        width (:meth:`inner_width`)."""
+        tables = []
+        for t, n in enumerate(self.table_sizes):
+            if self.qr_flag and n > self.qr_threshold:
+                width = self.dim // 2 if self.qr_operation == "concat" else self.dim
+                tables.append(
+                    TableConfig(n, self.dim, width, self.inner_width(self.dim), self.qr_collisions, self.qr_operation)
+                )
+            else:
+                width = self.md_dims[t] if self.md_dims else self.dim
+                tables.append(TableConfig(n, self.dim, width, self.inner_width(width)))
+        return tuple(tables)
+
+    def inner_width(self, width: int) -> int:
+        """MLET's inner width for stored rows of ``width``: ``K`` at ``width == d``, else ``K * width / d``
+        rounded (at least ``width``); 0 without MLET."""
+        if not self.mlet_hidden:
+            return 0
+        return self.mlet_hidden if width >= self.dim else max(width, round(self.mlet_hidden * width / self.dim))
 
     @property
     def table_width(self) -> int:
@@ -61,16 +147,15 @@ class ModelConfig:
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: ``mlp``, ``embedding_training`` (as trained: ``n x K + K x d``
-        per MLET table), ``embedding_inference`` (collapsed: ``n x d``), and the
+        per MLET table), ``embedding_inference`` (collapsed: ``n x d``; quotient-remainder and
+        mixed-dimension tables count their own shapes, see ``TableConfig.parameter_counts``), and the
         ``training`` and ``inference`` totals."""
         top = (self.interaction_width(), *self.top_mlp)
         mlp = sum(
             n_in * n_out + n_out for widths in (self.bottom_mlp, top) for n_in, n_out in itertools.pairwise(widths)
         )
-        rows = sum(self.table_sizes)
-        inference = rows * self.dim
-        projections = len(self.table_sizes) * self.mlet_hidden * self.dim
-        training = rows * self.mlet_hidden + projections if self.mlet_hidden else inference
+        counts = [t.parameter_counts() for t in self.table_configs()]
+        training, inference = sum(c[0] for c in counts), sum(c[1] for c in counts)
         return {
             "mlp": mlp,
             "embedding_training": training,
@@ -90,6 +175,16 @@ class ModelConfig:
             else num_features * (num_features - 1) // 2
         )
         return self.dim + pairs
+
+
+@dataclass(frozen=True)
+class MixedDimensionConfig:
+    """``--md-*``: how mixed-dimension widths are chosen (``mlet.model.mixed_dimension``); the widths themselves,
+    which need the data's popularity, go to ``ModelConfig.md_dims``."""
+
+    temperature: float = 0.3
+    threshold: int = 200
+    round_dims: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ maps through :class:`ArraySource`. See docs/data.md.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -148,6 +149,8 @@ class DataBundle:
     dense_features: int
     description: str
     val: BatchSource | None = None
+    id_counts: Callable[[], list[np.ndarray]] | None = None
+    """Training counts of every row of each table (``None``: uniform random ids, no counts to speak of)."""
 
 
 def click_model_config(config: DataConfig, table_sizes: Sequence[int]) -> ClickModelConfig:
@@ -209,7 +212,15 @@ def build_data(config: DataConfig) -> DataBundle:
         )
     if evaluate == VAL:
         desc += "; evaluating on a validation stream"
-    return DataBundle(train, test, table_sizes, config.dense_features, desc, val=test if evaluate == VAL else None)
+    counts = functools.partial(array_counts, train, table_sizes) if isinstance(train, ArraySource) else None
+    val = test if evaluate == VAL else None
+    return DataBundle(train, test, table_sizes, config.dense_features, desc, val=val, id_counts=counts)
+
+
+def array_counts(source: ArraySource, table_sizes: Sequence[int]) -> list[np.ndarray]:
+    """How often each row of each table occurs in ``source`` (its ids as the model sees them)."""
+    ids = source.ids if source.id_transform is None else source.id_transform(np.asarray(source.ids))
+    return [np.bincount(ids[:, t], minlength=n) for t, n in enumerate(table_sizes)]
 
 
 def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
@@ -257,4 +268,5 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
         f"train {rows['train']:,}, test {rows['test']:,}, val {rows['val']:,}{limits_text});"
         f" evaluating on {evaluate}"
     )
-    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val)
+    counts = functools.partial(limits.table_counts, data.vocabulary_counts())
+    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val, id_counts=counts)

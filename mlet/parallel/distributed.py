@@ -137,6 +137,8 @@ class DistributedDLRM(DLRM):
     the single-process layout, so checkpoints move between world sizes.
     """
 
+    tables: EmbeddingTables
+
     def __init__(
         self, config: ModelConfig, comm: Comm, plan: ShardingPlan, seed: int = 0, tables: EmbeddingTables | None = None
     ) -> None:

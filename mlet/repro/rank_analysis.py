@@ -45,6 +45,7 @@ from mlet.repro.analysis import (
 )
 from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden
 from mlet.training.metrics import ctr_metrics, predict
+from mlet_layers import EmbeddingTables
 
 PROG = "analyze_rank.py"
 DIVERGED = "diverged (non-finite weights)"
@@ -112,6 +113,10 @@ def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -
     ckpt = load_checkpoint(path)
     model = inference_model(ckpt)
     tables = model.tables
+    if not isinstance(tables, EmbeddingTables):
+        raise UserError(
+            f"{path}: holds quotient-remainder or mixed-dimension tables; the spectra are of plain n x d tables"
+        )
     weights = [tables.table_weight(t) for t in range(tables.num_tables)]
     result = {
         "checkpoint": str(path),

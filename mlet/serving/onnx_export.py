@@ -29,6 +29,7 @@ external data (``OUT`` plus ``OUT.data``), as protobuf cannot hold 2 GiB.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -43,6 +44,8 @@ from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
 from mlet.core.errors import UserError
 from mlet.data.synthetic import RandomBatches
+from mlet.model.composite import CompositeTables, GroupSpec
+from mlet_layers import EmbeddingTables
 
 INPUT_NAMES = ("dense", "indices", "offsets")
 OUTPUT_NAMES = ("probabilities",)
@@ -53,39 +56,114 @@ QUIET_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")  # progr
 
 
 class ServingDLRM(nn.Module):
-    """``DLRM`` + sigmoid on ``(dense, indices, offsets)``, in an exportable formulation."""
+    """``DLRM`` + sigmoid on ``(dense, indices, offsets)``, in an exportable formulation.
+
+    Plain and MLET tables are one weight; composite tables (quotient-remainder,
+    mixed dimensions) are summed group by group: every bag of every feature is
+    looked up in each group, the ids of features without a slot there pointing
+    at an appended zero row, and the group's own slots are kept. Then the
+    composite's projections and ``assemble`` run as in training.
+    """
 
     def __init__(self, model: DLRM) -> None:
         super().__init__()
         self.model = model.eval()
-
-    def pooled(self, indices: Tensor, offsets: Tensor, batch_size: int | torch.SymInt) -> Tensor:
-        """Sum-pooled bags of the (K- or d-wide) table weight, ``T x B x width``.
-
-        Integer arithmetic only (no division), so bag and row numbers stay exact at any size.
-        """
-        tables = self.model.tables
-        starts = offsets[1:-1]
-        marks = torch.zeros(indices.shape[0] + 1, dtype=torch.int64, device=indices.device).index_add(
-            0, starts, torch.ones_like(starts)
-        )
-        bag = marks.cumsum(0)[: indices.shape[0]]  # bag number of every index
-        first_row_of_bag = tables.row_offsets[:-1].unsqueeze(1).expand(tables.num_tables, batch_size).reshape(-1)
-        rows = indices + first_row_of_bag.index_select(0, bag)
-        gathered = tables.weight.index_select(0, rows)
-        sums = torch.zeros(
-            tables.num_tables * batch_size, gathered.shape[1], dtype=gathered.dtype, device=gathered.device
-        )
-        return sums.index_add(0, bag, gathered).view(tables.num_tables, batch_size, -1)
+        tables = model.tables
+        if isinstance(tables, CompositeTables):
+            for g, spec in enumerate(tables.plan.groups):
+                for name, values in group_routing(spec, tables.num_tables).items():
+                    self.register_buffer(f"{name}_{g}", values, persistent=False)
+        elif not isinstance(tables, EmbeddingTables):
+            raise UserError(f"export-onnx: tables of kind {type(tables).__name__} are not exported")
 
     def forward(self, dense: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
         """Click probabilities, ``B``."""
         m = self.model
-        pooled = self.pooled(indices, offsets, dense.shape[0])
-        if m.tables.is_mlet:
-            pooled = torch.bmm(pooled, m.tables.w2)
-        logits = m.top(m.interaction(m.bottom(dense), pooled.transpose(0, 1))).squeeze(-1)
+        batch_size = dense.shape[0]
+        bag = bag_numbers(indices, offsets)
+        tables = m.tables
+        if isinstance(tables, CompositeTables):
+            outputs = [self.group_output(tables, g, indices, bag, batch_size) for g in range(len(tables.groups))]
+            embedded = tables.assemble(outputs)
+        else:
+            assert isinstance(tables, EmbeddingTables)
+            rows = indices + per_bag(tables.row_offsets[:-1], batch_size).index_select(0, bag)
+            pooled = bag_sums(tables.weight, rows, bag, tables.num_tables, batch_size)
+            embedded = (torch.bmm(pooled, tables.w2) if tables.is_mlet else pooled).transpose(0, 1)
+        logits = m.top(m.interaction(m.bottom(dense), embedded)).squeeze(-1)
         return torch.sigmoid(logits)
+
+    def group_output(
+        self, tables: CompositeTables, g: int, indices: Tensor, bag: Tensor, batch_size: int | torch.SymInt
+    ) -> Tensor:
+        """Group ``g``'s slots, ``B x T_g x width`` after the MLET and mixed-dimension projections."""
+        group = tables.groups[g]
+        assert isinstance(group, EmbeddingTables)
+        weight = torch.cat([group.weight, group.weight.new_zeros(1, group.weight.shape[1])])
+        parts = []
+        for part in range(2):
+            members = getattr(self, f"members{part}_{g}", None)
+            if members is None:
+                continue
+            base, divisor, modulus = (
+                per_bag(getattr(self, f"{name}{part}_{g}"), batch_size).index_select(0, bag)
+                for name in ("base", "divisor", "modulus")
+            )
+            rows = base + torch.remainder(torch.div(indices, divisor, rounding_mode="floor"), modulus)
+            sums = bag_sums(weight, rows, bag, tables.num_tables, batch_size)
+            parts.append(sums.index_select(0, members))
+        pooled = torch.cat(parts).index_select(0, getattr(self, f"order_{g}"))
+        if group.is_mlet:
+            pooled = torch.bmm(pooled, group.w2)
+        return tables.project(g, pooled.transpose(0, 1))
+
+
+def group_routing(spec: GroupSpec, num_tables: int) -> dict[str, Tensor]:
+    """Constants of one group for :class:`ServingDLRM`: per part, each feature's first row in the group (the
+    appended zero row for features without a slot), divisor and modulus of its ids, the features that have a
+    slot; and the order that puts the parts' slots back in group order."""
+    starts = [0, *itertools.accumulate(spec.sizes)]
+    zero_row = starts[-1]
+    routing: dict[str, Tensor] = {}
+    listed = []
+    for part in range(2):
+        slots = [s for s in spec.slots if s.part == part]
+        if not slots:
+            continue
+        base, divisor, modulus = [zero_row] * num_tables, [1] * num_tables, [1] * num_tables
+        for s in slots:
+            base[s.feature], divisor[s.feature], modulus[s.feature] = starts[s.index], s.divisor, s.modulus
+        routing |= {
+            f"base{part}": torch.tensor(base),
+            f"divisor{part}": torch.tensor(divisor),
+            f"modulus{part}": torch.tensor(modulus),
+            f"members{part}": torch.tensor([s.feature for s in slots]),
+        }
+        listed += [s.index for s in slots]
+    routing["order"] = torch.tensor(sorted(range(len(listed)), key=listed.__getitem__))
+    return routing
+
+
+def bag_numbers(indices: Tensor, offsets: Tensor) -> Tensor:
+    """The bag number of every index: a cumulative sum of bag-start marks (integer arithmetic only, no
+    division, so bag numbers stay exact at any size)."""
+    starts = offsets[1:-1]
+    marks = torch.zeros(indices.shape[0] + 1, dtype=torch.int64, device=indices.device).index_add(
+        0, starts, torch.ones_like(starts)
+    )
+    return marks.cumsum(0)[: indices.shape[0]]
+
+
+def per_bag(values: Tensor, batch_size: int | torch.SymInt) -> Tensor:
+    """A per-table value repeated for each of the table's ``batch_size`` bags (``T * B``, table-major)."""
+    return values.unsqueeze(1).expand(values.shape[0], batch_size).reshape(-1)
+
+
+def bag_sums(weight: Tensor, rows: Tensor, bag: Tensor, num_tables: int, batch_size: int | torch.SymInt) -> Tensor:
+    """Sum-pooled ``weight`` rows of every bag, ``T x B x width`` (gather, then ``index_add`` by bag)."""
+    gathered = weight.index_select(0, rows)
+    sums = torch.zeros(num_tables * batch_size, gathered.shape[1], dtype=gathered.dtype, device=gathered.device)
+    return sums.index_add(0, bag, gathered).view(num_tables, batch_size, -1)
 
 
 def example_inputs(model: DLRM, batch_size: int, max_bag: int = 3, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,7 +194,7 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
     dynamic = {
         "dense": {0: batch},
         "indices": {0: torch.export.Dim("num_indices", min=1)},
-        "offsets": {0: model.tables.num_tables * batch + 1},
+        "offsets": {0: len(model.config.table_sizes) * batch + 1},
     }
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [log.level for log in loggers]
@@ -156,7 +234,8 @@ def verify(model: DLRM, path: str | os.PathLike) -> float:
     for i, size in enumerate(VERIFY_BATCH_SIZES):
         dense, indices, offsets = example_inputs(model, size, seed=1000 + i)
         with torch.no_grad():
-            expected = torch.sigmoid(model(dense, SparseFeatures(indices, offsets, model.tables.num_tables))).numpy()
+            features = SparseFeatures(indices, offsets, model.tables.num_tables)
+            expected = torch.sigmoid(model(dense, features)).numpy()
         if not np.isfinite(expected).all():
             raise UserError(
                 f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); "
@@ -187,6 +266,8 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
     ``VERIFY_TOLERANCE`` or either's outputs are not finite (the file is written then).
     """
     model = model.cpu().eval()
+    if isinstance(model.tables, CompositeTables):
+        model = model.collapse()  # the same function; the export holds the inference tables
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD

@@ -29,11 +29,15 @@ from pathlib import Path
 import torch
 
 from dlrm_model import DLRM, ModelConfig
+from mlet.core.config import QR_OPERATIONS
 from mlet.core.errors import UserError
-from mlet_layers import EmbeddingTables
+from mlet_layers import build_tables, table_weight_shapes
 
 FORMAT = "dlrm-mlet-checkpoint"
-VERSION = 2
+VERSION = 3
+"""Format version read up to; written as :func:`format_version` says."""
+PLAIN_VERSION = 2
+"""What plain and MLET checkpoints are written as: readers of version 2 load them unchanged."""
 TRAINING, INFERENCE = "training", "inference"
 
 # -- writing -----------------------------------------------------------------
@@ -194,22 +198,23 @@ def structure_problem(ckpt: dict) -> str | None:
     if kind not in (TRAINING, INFERENCE):
         return f"kind {kind!r} is neither {TRAINING} nor {INFERENCE}"
     model = ckpt.get("model")
-    if (
-        not isinstance(model, dict)
-        or not isinstance(model.get("tables.weight"), torch.Tensor)
-        or not all(isinstance(v, torch.Tensor) for v in model.values())
-    ):
+    if not isinstance(model, dict) or not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
         return "no model weights"
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
     except (KeyError, TypeError, ValueError, AttributeError):
         return "no valid model_config"
-    if min(*config.table_sizes, config.dim, *config.bottom_mlp, *config.top_mlp) < 1 or config.mlet_hidden < 0:
-        return "model_config holds a size below 1"
-    rows, width = sum(config.table_sizes), config.table_width
-    if tuple(model["tables.weight"].shape) != (rows, width):
-        saved_shape = " x ".join(f"{n:,}" for n in model["tables.weight"].shape)
-        return f"model_config describes tables of {rows:,} x {width}, the saved weight is {saved_shape}"
+    if (problem := config_problem(config)) is not None:
+        return f"model_config {problem}"
+    if ckpt.get("quantized") is not None:
+        return quantized_problem(ckpt)
+    for name, shape in table_weight_shapes(config).items():
+        weight = model.get(f"tables.{name}")
+        if not isinstance(weight, torch.Tensor):
+            return f"no model weights (tables.{name})"
+        if tuple(weight.shape) != shape:
+            saved_shape = " x ".join(f"{n:,}" for n in weight.shape)
+            return f"model_config describes tables of {shape[0]:,} x {shape[1]}, the saved weight is {saved_shape}"
     if kind == TRAINING:
         position = ckpt.get("position")
         if (
@@ -221,14 +226,50 @@ def structure_problem(ckpt: dict) -> str | None:
     return None
 
 
+def config_problem(config: ModelConfig) -> str | None:
+    """What makes a stored ``ModelConfig`` unbuildable (a size below 1, an unknown operation), or ``None``."""
+    if min(*config.table_sizes, config.dim, *config.bottom_mlp, *config.top_mlp) < 1 or config.mlet_hidden < 0:
+        return "holds a size below 1"
+    if config.qr_flag and (config.qr_collisions < 1 or config.qr_operation not in QR_OPERATIONS):
+        return f"holds an invalid quotient-remainder setting ({config.qr_collisions}, {config.qr_operation!r})"
+    if config.qr_flag and config.qr_operation == "concat" and config.dim % 2:
+        return f"concatenates quotient-remainder halves of an odd d={config.dim}"
+    if config.md_dims and (
+        len(config.md_dims) != len(config.table_sizes) or not all(1 <= w <= config.dim for w in config.md_dims)
+    ):
+        return f"holds mixed-dimension widths {list(config.md_dims)} that do not fit its tables"
+    return None
+
+
+def quantized_problem(ckpt: dict) -> str | None:
+    """What is wrong with a quantized checkpoint's ``quantized`` entry (its packed tables are checked when the
+    model is built, by ``mlet.serving.quantize``)."""
+    quantized = ckpt["quantized"]
+    if ckpt.get("kind") != INFERENCE or not isinstance(quantized, dict) or quantized.get("bits") not in (4, 8):
+        return "a quantized checkpoint must be an inference checkpoint of 4 or 8 bits"
+    return None
+
+
+def format_version(ckpt: dict) -> int:
+    """The format version to write ``ckpt`` as: 3 where it holds quotient-remainder, mixed-dimension or quantized
+    tables (older readers cannot build those), else 2."""
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    return VERSION if config.is_composite or ckpt.get("quantized") is not None else PLAIN_VERSION
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
-    """Rebuild the model a checkpoint holds.
+    """Rebuild the (float) model a checkpoint holds; quantized checkpoints are ``mlet.serving.quantize``'s.
 
     The tables are not initialised (their storage is replaced by the saved
     tensors), so a large model is not built twice.
     """
+    if ckpt.get("quantized") is not None:
+        raise UserError(
+            f"holds {ckpt['quantized'].get('bits')}-bit quantized tables: evaluate it with dlrm_mlet.py "
+            "--inference-only (it serves as is; it is not trained, collapsed or exported)"
+        )
     config = ModelConfig.from_dict(ckpt["model_config"])
-    model = DLRM(config, seed=0, device=device, tables=EmbeddingTables.from_config(config, seed=None, device=device))
+    model = DLRM(config, seed=0, device=device, tables=build_tables(config, seed=None, device=device))
     assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())
     try:
         model.load_state_dict(ckpt["model"], assign=assign)
@@ -273,8 +314,8 @@ def bytes_report(counts: dict[str, int], element_size: int) -> dict:
 
 
 def element_size(ckpt: dict) -> int:
-    """Bytes per value of the checkpoint's table weight."""
-    return ckpt["model"]["tables.weight"].element_size()
+    """Bytes per value of the checkpoint's float weights (of its MLPs, so also for quantized tables)."""
+    return next(v for v in ckpt["model"].values() if v.is_floating_point()).element_size()
 
 
 def training_config(ckpt: dict) -> ModelConfig:
@@ -292,15 +333,15 @@ def collapsed_checkpoint(ckpt: dict) -> dict:
     """
     if ckpt.get("kind") == INFERENCE:
         return ckpt
-    model = model_from_checkpoint(ckpt, device=ckpt["model"]["tables.weight"].device)
+    model = model_from_checkpoint(ckpt, device=next(iter(ckpt["model"].values())).device)
     config = model.config
     plain = model.collapse()
     kept = {
         k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt
     }
-    return {
+    collapsed = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": PLAIN_VERSION,
         "kind": INFERENCE,
         "model_config": plain.config.to_dict(),
         "model": plain.state_dict(),
@@ -313,3 +354,4 @@ def collapsed_checkpoint(ckpt: dict) -> dict:
         "torch": str(torch.__version__),
         **kept,
     }
+    return {**collapsed, "version": format_version(collapsed)}

@@ -186,25 +186,33 @@ class FusedOptimizer:
 
     Same interface and the same name-keyed state format as
     :class:`CombinedOptimizer`, so checkpoints move freely between the two.
+    ``tables`` owns the ``sparse`` weights, one module per weight in the same
+    order (one ``EmbeddingTables``, or the groups of composite tables).
     """
 
     def __init__(
         self,
         name: str,
         lr: float,
-        tables: EmbeddingTables,
+        tables: EmbeddingTables | Sequence[EmbeddingTables],
         sparse: dict[str, nn.Parameter],
         dense: dict[str, nn.Parameter],
     ) -> None:
         if name not in FUSED_OPTIMIZERS:
             raise ValueError(f"the fused embedding update supports {', '.join(FUSED_OPTIMIZERS)}, not '{name}'")
-        [(self.table_name, weight)] = sparse.items()
+        modules = [tables] if isinstance(tables, EmbeddingTables) else list(tables)
+        if len(modules) != len(sparse):
+            raise ValueError(f"{len(sparse)} sparse weights, {len(modules)} table modules")
         self.name = name
-        self.lr = torch.tensor(float(lr), device=weight.device)
-        self.rows = RowAdagrad(weight, self.lr) if name == "adagrad" else RowSGD(weight, self.lr)
+        device = next(iter([*sparse.values(), *dense.values()])).device if sparse or dense else torch.device("cpu")
+        self.lr = torch.tensor(float(lr), device=device)
+        self.table_rows: dict[str, RowSGD | RowAdagrad] = {}
+        for (table_name, weight), module in zip(sparse.items(), modules):
+            rows = RowAdagrad(weight, self.lr) if name == "adagrad" else RowSGD(weight, self.lr)
+            self.table_rows[table_name] = rows
+            module.row_update = rows
         self.dense_names = list(dense)
         self.dense = DenseUpdate(name, list(dense.values()), self.lr)
-        tables.row_update = self.rows
         self.param_groups = [{"params": list(dense.values()), "lr": lr}]
 
     def zero_grad(self) -> None:
@@ -224,8 +232,9 @@ class FusedOptimizer:
     def state_dict(self) -> dict:
         """Name-keyed state, as :meth:`CombinedOptimizer.state_dict`."""
         state = {n: dict(s) for n, s in zip(self.dense_names, self.dense.states) if s}
-        if self.rows.state:
-            state[self.table_name] = dict(self.rows.state)
+        for table_name, rows in self.table_rows.items():
+            if rows.state:
+                state[table_name] = dict(rows.state)
         return {"optimizer": self.name, "state": state}
 
     def load_state_dict(self, saved: dict) -> None:
@@ -235,7 +244,8 @@ class FusedOptimizer:
                 f"checkpoint was trained with --optimizer={saved.get('optimizer')}, "
                 f"this run uses --optimizer={self.name}"
             )
-        targets = {**dict(zip(self.dense_names, self.dense.states)), self.table_name: self.rows.state}
+        tables = {table_name: rows.state for table_name, rows in self.table_rows.items()}
+        targets = {**dict(zip(self.dense_names, self.dense.states)), **tables}
         for name, target in targets.items():
             for key, value in saved["state"].get(name, {}).items():
                 if key in target:
@@ -247,11 +257,11 @@ def build_optimizer(
     lr: float,
     sparse: dict[str, nn.Parameter],
     dense: dict[str, nn.Parameter],
-    fused_tables: EmbeddingTables | None = None,
+    fused_tables: EmbeddingTables | Sequence[EmbeddingTables] | None = None,
 ) -> CombinedOptimizer | FusedOptimizer:
     """Optimizer over named parameters; ``sparse`` ones get sparse row gradients.
 
-    With ``fused_tables`` (the ``EmbeddingTables`` owning the sparse weight):
+    With ``fused_tables`` (the ``EmbeddingTables`` owning the sparse weight, or one module per sparse weight):
     a :class:`FusedOptimizer` (sgd/adagrad) that updates table rows inside
     the backward. Otherwise torch optimizers: ``sgd`` / ``adagrad`` one over
     everything (both take sparse gradients); ``adam``: ``SparseAdam`` for the
@@ -267,7 +277,7 @@ def build_optimizer(
         return CombinedOptimizer(name, [torch.optim.Adagrad(everything, lr=lr)], names)
     if name == "adam":
         optimizers = [
-            torch.optim.SparseAdam(list(sparse.values()), lr=lr),
+            *([torch.optim.SparseAdam(list(sparse.values()), lr=lr)] if sparse else []),  # none: quantized tables
             torch.optim.Adam(list(dense.values()), lr=lr),
         ]
         return CombinedOptimizer(name, optimizers, names)

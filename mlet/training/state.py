@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
-from mlet.training.checkpoints import FORMAT, INFERENCE, TRAINING, VERSION, dashed, flag_name, trained_hidden
+from mlet.training.checkpoints import FORMAT, INFERENCE, TRAINING, dashed, flag_name, format_version, trained_hidden
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ class TrainingState:
     torch_version: str = str(torch.__version__)
 
     def to_checkpoint(self) -> dict:
-        """The checkpoint dict (format version :data:`VERSION`)."""
-        return {
+        """The checkpoint dict (format version per :func:`~mlet.training.checkpoints.format_version`)."""
+        ckpt = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": 0,
             "kind": TRAINING,
             "model_config": self.model_config.to_dict(),
             "model": self.model,
@@ -111,6 +111,7 @@ class TrainingState:
             "data": self.data,
             "torch": self.torch_version,
         }
+        return {**ckpt, "version": format_version(ckpt)}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> TrainingState:
@@ -175,6 +176,15 @@ ARCHITECTURE_FLAGS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("top_mlp", "--arch-mlp-top", dashed),
     ("interaction", "--arch-interaction-op", str),
     ("interaction_itself", "--arch-interaction-itself", str),
+    ("qr_flag", "--qr-flag", str),
+    ("qr_threshold", "--qr-threshold", str),
+    ("qr_collisions", "--qr-collisions", str),
+    ("qr_operation", "--qr-operation", str),
+    (
+        "md_dims",
+        "--md-flag (its widths, from --md-temperature, --md-threshold, --md-round-dims and the data)",
+        lambda dims: dashed(dims) if dims else "none",
+    ),
 ]
 
 
@@ -255,6 +265,14 @@ ARCHITECTURE_ARGS = {
     "arch_interaction_itself",
     "mlet_hidden",
     "mlet_init",
+    "qr_flag",
+    "qr_threshold",
+    "qr_collisions",
+    "qr_operation",
+    "md_flag",
+    "md_threshold",
+    "md_temperature",
+    "md_round_dims",
 }
 DERIVED = {"table_sizes", "bottom_mlp", "top_mlp", "loss_weights_pair"}
 """Values the snapshot derives from other flags (compared through those)."""

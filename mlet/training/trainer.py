@@ -67,8 +67,14 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
 
 
 def parameter_report(model: DLRM) -> dict:
-    """Parameter counts and bytes for training (as built) and inference (collapsed)."""
-    return bytes_report(model.config.parameter_counts(), model.tables.weight.element_size())
+    """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
+    exact packed bytes)."""
+    elem = next(model.bottom.parameters()).element_size()
+    report = bytes_report(model.config.parameter_counts(), elem)
+    served = int(model.tables.inference_bytes())
+    report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
+    report["embedding_inference_bytes"] = served
+    return report
 
 
 def json_safe(value):
@@ -117,7 +123,7 @@ class Trainer:
         self.parallel = parallel if parallel is not None else SingleProcess()
         self.device = self.parallel.device
         self.flags = dict(flags or {})
-        fused_tables = model.tables if config.embedding_update == "fused" else None
+        fused_tables = model.table_modules() if config.embedding_update == "fused" else None
         optimizer = build_optimizer(
             config.optimizer, config.learning_rate, model.sparse_parameters(), model.dense_parameters(), fused_tables
         )
@@ -229,12 +235,13 @@ class Trainer:
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         return self.train_step(batch)
 
-    def evaluate(self, source) -> dict:
-        """AUC, log loss, accuracy and sample count of the model on every sample of ``source``."""
+    def evaluate(self, source, model: DLRM | None = None) -> dict:
+        """AUC, log loss, accuracy and sample count of the model (or ``model``, e.g. a quantized copy) on every
+        sample of ``source``."""
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
-            **self.parallel.evaluate(self.model, source.batches(0)),
+            **self.parallel.evaluate(self.model if model is None else model, source.batches(0)),
         }
 
     def validate(self, final: dict) -> dict | None:

@@ -201,6 +201,18 @@ class IdLimits:
         sizes = [int(k) + 1 for k in self.keep]
         return [min(n, self.modulus) for n in sizes] if self.modulus else sizes
 
+    def table_counts(self, counts: list[np.ndarray]) -> list[np.ndarray]:
+        """Training counts of each table row, from the vocabulary's counts (ids ``1..V`` in id order): rare
+        values counted in row 0, rows folded by the modulus."""
+        out = []
+        for c, keep, size in zip(counts, self.keep, self.table_sizes):
+            ids = np.arange(1, len(c) + 1)
+            ids[ids > keep] = 0
+            if self.modulus:
+                ids %= self.modulus
+            out.append(np.bincount(ids, weights=np.asarray(c, np.float64), minlength=size))
+        return out
+
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Limited ids of a batch (B x T)."""
         out = np.where(ids > self.keep, 0, ids)

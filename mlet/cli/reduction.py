@@ -1,0 +1,182 @@
+"""The flags of the other embedding reductions: quotient-remainder, mixed dimensions, quantization.
+
+Upstream DLRM's names, meanings and defaults: ``--qr-flag``, ``--qr-threshold``,
+``--qr-collisions``, ``--qr-operation``; ``--md-flag``, ``--md-threshold``,
+``--md-temperature``, ``--md-round-dims``; ``--quantize-emb-with-bit``. Here
+they are added to ``dlrm_mlet.py``'s parser, checked (one line naming the
+flag), and turned into configs: quotient-remainder settings go straight into
+the ``ModelConfig``; mixed-dimension widths need the data's popularity, so
+:func:`with_md_widths` sets them once the data is built. What the methods
+do: docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+
+from dlrm_model import DLRM
+from mlet.core.config import QR_OPERATIONS, MixedDimensionConfig, ModelConfig
+from mlet.core.errors import UserError, add_bool, require_at_least
+from mlet.core.launch import launched_world_size
+from mlet.model.mixed_dimension import effective_rows, md_widths
+from mlet.serving import quantize
+from mlet.training.checkpoints import dashed
+from mlet.training.processes import Parallel
+
+QUANTIZE_BITS = (4, 8)
+NO_QUANTIZATION = 32
+REDUCTION_ARGS = {
+    "qr_flag",
+    "qr_threshold",
+    "qr_collisions",
+    "qr_operation",
+    "md_flag",
+    "md_threshold",
+    "md_temperature",
+    "md_round_dims",
+}
+"""Flags of the table architecture (compared on resume through the ``ModelConfig``)."""
+
+
+def add_reduction_flags(parser: argparse.ArgumentParser) -> None:
+    """The quotient-remainder, mixed-dimension and quantization flags, with upstream's defaults."""
+    qr = parser.add_argument_group("quotient-remainder tables (upstream's --qr-*)")
+    add_bool(qr, "--qr-flag", False, "store each table of more than --qr-threshold rows as a quotient-remainder pair")
+    qr.add_argument("--qr-threshold", type=int, default=200, help="tables with more rows than this get the pair")
+    qr.add_argument("--qr-collisions", type=int, default=4, help="rows of the remainder table (ids sharing a quotient)")
+    qr.add_argument(
+        "--qr-operation",
+        choices=QR_OPERATIONS,
+        default="mult",
+        help="how the two rows combine (concat: each half d/2 wide)",
+    )
+    md = parser.add_argument_group("mixed-dimension tables (upstream's --md-*)")
+    add_bool(md, "--md-flag", False, "give each table a width from its popularity, projected to d")
+    md.add_argument("--md-threshold", type=int, default=200, help="tables of at most this many rows keep d")
+    md.add_argument("--md-temperature", type=float, default=0.3, help="alpha: width ~ (rows per query) ** -alpha")
+    add_bool(md, "--md-round-dims", False, "round the widths to powers of 2")
+    parser.add_argument(
+        "--quantize-emb-with-bit",
+        type=str,
+        default=str(NO_QUANTIZATION),
+        help=(
+            "4 or 8: row-wise quantized tables at evaluation (--inference-only: the model evaluated; "
+            "training: also evaluated so after training, into the results' 'quantized'; 8-4 for both); 32: none"
+        ),
+    )
+
+
+def parse_quantize_bits(text: str, inference_only: bool) -> tuple[int, ...]:
+    """``--quantize-emb-with-bit``: ``32`` (none), ``8``, ``4``, or, for a training run, a dash-separated list."""
+    try:
+        values = [int(v) for v in text.split("-")]
+    except ValueError:
+        raise UserError(
+            f"--quantize-emb-with-bit: expected 4, 8 or 32 (e.g. 8, or 8-4 after training), got '{text}'"
+        ) from None
+    if values == [NO_QUANTIZATION]:
+        return ()
+    bad = [v for v in values if v not in QUANTIZE_BITS]
+    if bad:
+        raise UserError(f"--quantize-emb-with-bit: tables quantize to 4 or 8 bits (32: not at all), got {bad[0]}")
+    if inference_only and len(values) > 1:
+        raise UserError(f"--quantize-emb-with-bit: --inference-only evaluates one model; give 4 or 8, got '{text}'")
+    return tuple(dict.fromkeys(values))
+
+
+def check_reduction_flags(args: argparse.Namespace, dim: int, bottom_mlp: list[int]) -> None:
+    """The quotient-remainder and mixed-dimension flags: bounds, and what they need of d and of the run."""
+    require_at_least(
+        [
+            ("--qr-collisions", args.qr_collisions, 1),
+            ("--qr-threshold", args.qr_threshold, 0),
+            ("--md-threshold", args.md_threshold, 0),
+        ]
+    )
+    if not (math.isfinite(args.md_temperature) and args.md_temperature >= 0):
+        raise UserError(f"--md-temperature: must be a finite number >= 0, got {args.md_temperature}")
+    if args.qr_flag and args.qr_operation == "concat":
+        if bottom_mlp[-1] == 2 * dim:
+            raise UserError(
+                f"--qr-operation=concat: here --arch-sparse-feature-size is the width after concatenation "
+                f"(each half d/2); upstream's {dim} per half is --arch-sparse-feature-size={2 * dim} here"
+            )
+        if dim % 2:
+            raise UserError(f"--qr-operation=concat: each half is d/2 wide; d must be even, got {dim}")
+    reduced = [flag for flag, on in (("--qr-flag", args.qr_flag), ("--md-flag", args.md_flag)) if on]
+    if reduced and launched_world_size() > 1:
+        raise UserError(f"{reduced[0]}: not under torchrun (its tables are not sharded yet); train it in one process")
+
+
+def check_quantize_run(bits: tuple[int, ...], use_gpu: bool) -> None:
+    """Quantized lookups are torch's CPU kernels, in one process."""
+    if not bits:
+        return
+    if use_gpu:
+        raise UserError("--quantize-emb-with-bit: the quantized lookups are CPU kernels; leave out --use-gpu")
+    if launched_world_size() > 1:
+        raise UserError("--quantize-emb-with-bit: evaluates in one process, not under torchrun")
+
+
+def mixed_dimension_config(args: argparse.Namespace) -> MixedDimensionConfig | None:
+    """The ``--md-*`` settings (``None`` without ``--md-flag``)."""
+    if not args.md_flag:
+        return None
+    return MixedDimensionConfig(args.md_temperature, args.md_threshold, args.md_round_dims)
+
+
+def with_qr(config: ModelConfig, args: argparse.Namespace) -> ModelConfig:
+    """``config`` with the ``--qr-*`` settings (upstream's defaults kept in the config even when off)."""
+    return replace(
+        config,
+        qr_flag=args.qr_flag,
+        qr_threshold=args.qr_threshold,
+        qr_collisions=args.qr_collisions,
+        qr_operation=args.qr_operation,
+    )
+
+
+def popularity_rows(table_sizes: list[int], counts: list | None) -> list[float]:
+    """Each table's rows per query: the :func:`effective_rows` of its training counts (table sizes without
+    counts, as upstream)."""
+    if counts is None:
+        return [float(n) for n in table_sizes]
+    return [effective_rows(c) for c in counts]
+
+
+def with_md_widths(config: ModelConfig, md: MixedDimensionConfig | None, counts: list | None) -> ModelConfig:
+    """``config`` with the mixed-dimension widths of ``md`` (from the training ``counts`` of each table's rows);
+    unchanged without ``--md-flag``."""
+    if md is None:
+        return config
+    rows = popularity_rows(list(config.table_sizes), counts)
+    widths = md_widths(config.table_sizes, rows, md.temperature, config.dim, md.threshold, md.round_dims)
+    return replace(config, md_dims=widths)
+
+
+def evaluated_model(ckpt: dict, quantize_bits: tuple[int, ...], parallel: Parallel) -> DLRM:
+    """The model ``--inference-only`` evaluates: the checkpoint's, with tables quantized as
+    ``--quantize-emb-with-bit`` asks (a quantized checkpoint as it is)."""
+    stored = (ckpt.get("quantized") or {}).get("bits")
+    wanted = quantize_bits[0] if quantize_bits else None
+    if stored is not None:
+        if wanted not in (None, stored):
+            raise UserError(f"--quantize-emb-with-bit: the checkpoint's tables are already {stored}-bit quantized")
+        if parallel.world_size > 1:
+            raise UserError("a quantized checkpoint is evaluated in one process, not under torchrun")
+        return quantize.model_from_checkpoint(ckpt)
+    model = parallel.model_from_checkpoint(ckpt)
+    return quantize.quantize_model(model, wanted) if wanted else model
+
+
+def describe_tables(config: ModelConfig) -> str:
+    """``plain``, ``MLET K=64``, plus the quotient-remainder and mixed-dimension tables, for the log."""
+    parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
+    tables = config.table_configs()
+    if pairs := sum(t.kind == "qr" for t in tables):
+        parts.append(f"quotient-remainder {config.qr_operation} x{config.qr_collisions} on {pairs} tables")
+    if config.md_dims:
+        parts.append(f"mixed dimensions {dashed(config.md_dims)}")
+    return ", ".join(parts)

@@ -1,0 +1,1 @@
+"""Model-layer internals below ``mlet_layers.py``: the quotient-remainder and mixed-dimension table kinds."""

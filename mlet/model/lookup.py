@@ -1,0 +1,26 @@
+"""Row numbers of a batch's ids in tables stored one after another (one weight, per-table row offsets)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from mlet.core.batch import SparseFeatures
+
+
+def global_rows(features: SparseFeatures, row_offsets: Tensor, shift_cache: dict[tuple, Tensor]) -> Tensor:
+    """Rows of the concatenated weight for each local id in ``features`` (table ``t`` starts at
+    ``row_offsets[t]``); the one-hot shift is kept in ``shift_cache`` per batch size."""
+    if features.one_hot:
+        return features.indices + one_hot_shift(row_offsets, features.batch_size, shift_cache)
+    counts = features.table_boundaries().diff()
+    shift = row_offsets[:-1].repeat_interleave(counts, output_size=features.indices.numel())
+    return features.indices + shift
+
+
+def one_hot_shift(row_offsets: Tensor, batch_size: int, cache: dict[tuple, Tensor]) -> Tensor:
+    """Row offset of each position of a one-hot batch (cached per batch size)."""
+    key = (batch_size, row_offsets.device)
+    if key not in cache:
+        cache.clear()
+        cache[key] = row_offsets[:-1].repeat_interleave(batch_size)
+    return cache[key]
