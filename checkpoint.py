@@ -3,6 +3,7 @@
 Commands (``python checkpoint.py COMMAND -h`` for each one's flags)::
 
     checkpoint.py collapse IN OUT        # training -> inference checkpoint
+    checkpoint.py quantize IN OUT --bits 8|4   # row-wise int8/int4 tables (collapsed or baseline IN)
     checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
     checkpoint.py export-onnx IN OUT     # ONNX graph for serving (collapsed or two-layer)
 
@@ -24,7 +25,9 @@ from pathlib import Path
 import torch
 
 from dlrm_model import ModelConfig
+from mlet.core.config import TableConfig
 from mlet.core.errors import OneLineParser, UserError, check_distinct_outputs, check_output_file, run_reporting_errors
+from mlet.serving.quantize import BITS, packed_width, quantized_checkpoint, size_change
 from mlet.training.checkpoints import (
     FORMAT,
     INFERENCE,
@@ -65,21 +68,40 @@ def tensor_bytes(value: object) -> int:
     return 0
 
 
+def table_summary(t: int, table: TableConfig, elem: int, quantized_bits: int | None) -> dict:
+    """One table of ``info``: rows, kind, shape as trained, training and inference bytes."""
+    training, inference = table.parameter_counts()
+    served = inference * elem
+    if quantized_bits is not None:
+        projection = table.width * table.dim * elem if table.projected else 0
+        served = sum(n * packed_width(table.width, quantized_bits) for n in table.parts) + projection
+    return {
+        "table": t,
+        "rows": table.rows,
+        "kind": table.kind,
+        "trained_as": table_shape(table),
+        "training_bytes": training * elem,
+        "inference_bytes": served,
+    }
+
+
+def table_shape(table: TableConfig) -> str:
+    """``16``, ``64x16`` (MLET), ``qr 1250+4 x16``, ``md 4->16`` (MLET inside: ``md 16x4->16``)."""
+    width = f"{table.hidden}x{table.width}" if table.hidden else f"{table.width}"
+    if table.kind == "qr":
+        quotient, remainder = table.parts
+        return f"qr {quotient}+{remainder} x{width}"
+    return f"md {width}->{table.dim}" if table.kind == "md" else width
+
+
 def summary(ckpt: dict, path: str | os.PathLike) -> dict:
     """What ``info`` shows, as plain data."""
     config = ModelConfig.from_dict(ckpt["model_config"])
     trained = training_config(ckpt)
     elem = element_size(ckpt)
-    k = trained.mlet_hidden
-    tables = [
-        {
-            "table": t,
-            "rows": n,
-            "training_bytes": (n * k + k * trained.dim if k else n * trained.dim) * elem,
-            "inference_bytes": n * trained.dim * elem,
-        }
-        for t, n in enumerate(trained.table_sizes)
-    ]
+    quantized = ckpt.get("quantized")
+    bits = quantized["bits"] if quantized else None
+    tables = [table_summary(t, table, elem, bits) for t, table in enumerate(trained.table_configs())]
     history = ckpt.get("history") or []
     return {
         "file": str(path),
@@ -94,12 +116,23 @@ def summary(ckpt: dict, path: str | os.PathLike) -> dict:
         "optimizer": (ckpt.get("optimizer") or {}).get("optimizer"),
         "optimizer_state_bytes": tensor_bytes(ckpt.get("optimizer")),
         "stored_parameter_bytes": tensor_bytes(ckpt["model"]),
-        "parameters": bytes_report(trained.parameter_counts(), elem),
+        "parameters": served_report(trained, elem, quantized),
+        "quantized": quantized,
         "tables": tables,
         "final": history[-1] if history else None,
         "best": ckpt.get("best"),
         "args": ckpt.get("args") or {},
     }
+
+
+def served_report(trained: ModelConfig, elem: int, quantized: dict | None) -> dict:
+    """The parameters entry of ``info``: ``bytes_report``, with a quantized checkpoint's exact table bytes."""
+    report = bytes_report(trained.parameter_counts(), elem)
+    if quantized:
+        served = int(quantized["embedding_bytes"])
+        report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
+        report["embedding_inference_bytes"] = served
+    return report
 
 
 def _metrics_line(name: str, m: dict | None) -> str:
@@ -120,8 +153,11 @@ def format_summary(s: dict) -> str:
     """The human-readable ``info`` table."""
     trained, stored = ModelConfig.from_dict(s["trained_model"]), ModelConfig.from_dict(s["stored_model"])
     k = trained.mlet_hidden
+    quantized = s.get("quantized")
     if s["kind"] == TRAINING:
         kind = "training (resumable)"
+    elif quantized:
+        kind = f"inference (int{quantized['bits']} row-wise quantized tables; no optimizer state)"
     else:
         kind = (
             f"inference (collapsed from MLET K={k}; no optimizer state)"
@@ -131,8 +167,12 @@ def format_summary(s: dict) -> str:
     pos = s["position"] or {}
     params = s["parameters"]
     train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
-    trained_as = f"MLET K={k}" if k else "plain"
+    trained_as = describe_kinds(trained)
     stored_as = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
+    if stored.is_composite:
+        stored_as = f"{describe_kinds(stored)} tables"
+    if quantized:
+        stored_as += f", int{quantized['bits']}"
     rows = [
         ("file", f"{s['file']} ({mib(s['file_bytes'])})"),
         ("kind", kind),
@@ -154,22 +194,34 @@ def format_summary(s: dict) -> str:
             "parameters",
             f"training {params['training']['count']:,} ({mib(train_b)}), "
             f"inference {params['inference']['count']:,} ({mib(infer_b)}):"
-            f" inference is {train_b / infer_b:.2f}x smaller" + (" (MLET collapsed)" if k else ""),
+            f" inference is {train_b / infer_b:.2f}x smaller"
+            + (" (MLET collapsed)" if k else "")
+            + (f" (int{quantized['bits']} tables)" if quantized else ""),
         ),
         (
             "embeddings",
             f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}",
+        ),
+        *(
+            [
+                (
+                    "quantized",
+                    f"{quantized['layout']}; float model's last test: "
+                    + _metrics_line("final", quantized.get("float_final")),
+                )
+            ]
+            if quantized
+            else []
         ),
         ("metrics", _metrics_line("final", s["final"])),
         ("", _metrics_line("best", s["best"])),
     ]
     lines = [f"{name:<11} {value}" for name, value in rows]
     lines.append("")
-    lines.append(f"{'table':>5} {'rows':>14} {'trained as':>12} {'training':>12} {'inference':>12}")
-    width = f"{k}x{trained.dim}" if k else f"{trained.dim}"
+    lines.append(f"{'table':>5} {'rows':>14} {'trained as':>18} {'training':>12} {'inference':>12}")
     for t in s["tables"]:
         training, inference = mib(t["training_bytes"]), mib(t["inference_bytes"])
-        lines.append(f"{t['table']:>5} {t['rows']:>14,} {width:>12} {training:>12} {inference:>12}")
+        lines.append(f"{t['table']:>5} {t['rows']:>14,} {t['trained_as']:>18} {training:>12} {inference:>12}")
     lines.append("")
     flags = " ".join(
         f"{flag_name(key)}={value}"
@@ -188,6 +240,17 @@ def format_summary(s: dict) -> str:
         or ["args        -"]
     )
     return "\n".join(lines)
+
+
+def describe_kinds(config: ModelConfig) -> str:
+    """``plain``, ``MLET K=64``, plus quotient-remainder and mixed dimensions where present."""
+    parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
+    pairs = sum(t.kind == "qr" for t in config.table_configs())
+    if pairs:
+        parts.append(f"quotient-remainder ({config.qr_operation}, {config.qr_collisions} collisions, {pairs} tables)")
+    if config.md_dims:
+        parts.append(f"mixed dimensions {dashed(config.md_dims)}")
+    return ", ".join(parts)
 
 
 # -- command line ------------------------------------------------------------
@@ -217,6 +280,32 @@ def cmd_collapse(args: argparse.Namespace) -> None:
     print(
         f"wrote {args.output}: inference checkpoint, "
         f"K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}"
+    )
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    """``quantize IN OUT --bits 8|4``."""
+    check_distinct_outputs({"IN": args.input, "OUT": args.output})
+    check_output_file("OUT", args.output)
+    ckpt = load_checkpoint(args.input, mmap=True)
+    with about(args.input):
+        if ckpt.get("quantized") is not None:
+            raise UserError(f"already quantized (int{ckpt['quantized']['bits']}); quantize the float checkpoint")
+        hidden = ModelConfig.from_dict(ckpt["model_config"]).mlet_hidden
+        if hidden:
+            raise UserError(
+                f"two-layer MLET tables (K={hidden}): collapse them first "
+                f"(python checkpoint.py collapse {args.input} COLLAPSED.pt), then quantize COLLAPSED.pt"
+            )
+        model = model_from_checkpoint(ckpt)
+    out = quantized_checkpoint(ckpt, args.bits, model)
+    atomic_save(out, args.output)
+    q = out["quantized"]
+    before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    print(
+        f"wrote {args.output}: int{args.bits} row-wise tables, {q['float_embedding_bytes']:,} -> "
+        f"{q['embedding_bytes']:,} bytes ({size_change(q['float_embedding_bytes'], q['embedding_bytes'])}); "
+        f"file {mib(before)} -> {mib(after)}"
     )
 
 
@@ -256,6 +345,13 @@ def build_parser() -> OneLineParser:
     c.add_argument("input", metavar="IN")
     c.add_argument("output", metavar="OUT")
     c.set_defaults(handler=cmd_collapse)
+    q = sub.add_parser(
+        "quantize", help="write a checkpoint with row-wise int8 or int4 tables (from a collapsed or baseline one)"
+    )
+    q.add_argument("input", metavar="IN")
+    q.add_argument("output", metavar="OUT")
+    q.add_argument("--bits", type=int, choices=BITS, required=True, help="8: int8 rows; 4: int4, two values a byte")
+    q.set_defaults(handler=cmd_quantize)
     i = sub.add_parser("info", help="kind, sizes, tables, args and metrics of a checkpoint")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -54,6 +54,13 @@ def packed_width(dim: int, bits: int) -> int:
     return dim + 8 if bits == 8 else (dim + 1) // 2 + 4
 
 
+def size_change(float_bytes: int, quantized_bytes: int) -> str:
+    """``3.76x smaller`` or, where per-row scales and biases outweigh narrow rows, ``1.15x larger``."""
+    if quantized_bytes <= float_bytes:
+        return f"{float_bytes / quantized_bytes:.2f}x smaller"
+    return f"{quantized_bytes / float_bytes:.2f}x larger: each row's scale and bias outweigh its few values"
+
+
 def prepack(rows: Tensor, bits: int) -> Tensor:
     """Row-wise quantize ``rows`` (``n x d`` float) into the packed ``n x packed_width`` uint8 layout."""
     rows = rows.detach().float().cpu().contiguous()
@@ -222,7 +229,7 @@ def evaluate_quantized(trainer: Trainer, bits: int) -> dict:
     served, full = report["embedding_inference_bytes"], trainer.model.tables.inference_bytes()
     log(
         f"int{bits} row-wise tables: auc {final['auc']:.4f}, logloss {final['logloss']:.5f}; "
-        f"embeddings {served:,} bytes ({full / served:.2f}x smaller than float32)"
+        f"embeddings {served:,} bytes (float32: {full:,}; {size_change(full, served)})"
     )
     return {"bits": bits, "final": final, "val": val_metrics, "parameters": report}
 
