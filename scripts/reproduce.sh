@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the MLET paper's comparison on one data set: sweep -> summary -> rank analysis.
+# Beside the paper's baseline-vs-MLET grid, the other reductions run too (quotient-remainder,
+# mixed dimensions, MLET with each; every run also evaluated with int8 and int4 tables),
+# and the summary compares them all (the Pareto table, pareto.png).
 #
 #   bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep.py flags ...] [-- dlrm_mlet.py flags ...]
 #
@@ -50,7 +53,8 @@ mkdir -p "$RUN_DIR"
 start=$(date +%s)
 
 if [ -n "$RAW" ]; then
-  GRID=(--seeds 1 2 3 --mlet-hidden 16 32 64 128 --mlp-bot-prefix "$DENSE-512-256-64" --checkpoint-dims 4 --jobs 1 --threads "$(nproc)")
+  GRID=(--seeds 1 2 3 --mlet-hidden 16 32 64 128 --mlp-bot-prefix "$DENSE-512-256-64" --checkpoint-dims 4 --jobs 1 --threads "$(nproc)"
+        --qr-dims 4 16 64 --mlet-qr-dims 4 16 --md-dims 8 32 64 --mlet-md-dims 8 32)
   MODEL=(--arch-mlp-top=512-256-1 --mini-batch-size=128 --test-mini-batch-size=16384)
 else
   ROWS=${ROWS:-400000}
@@ -60,12 +64,13 @@ else
     "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
     mv "$RAW.tmp" "$RAW"
   fi
-  GRID=(--seeds 1 2 --mlet-hidden 64 --mlp-bot-prefix "$DENSE-64" --max-widen 2 --jobs 2 --threads 1)
+  GRID=(--seeds 1 2 --mlet-hidden 64 --mlp-bot-prefix "$DENSE-64" --max-widen 2 --jobs 2 --threads 1
+        --qr-dims 4 16 64 --mlet-qr-dims 4 16 --md-dims 8 32 64 --mlet-md-dims 8 32)
   MODEL=(--arch-mlp-top=64-32-1 --mini-batch-size=256 --test-mini-batch-size=8192)
 fi
 
 "$PY" scripts/sweep.py --run-dir "$RUN_DIR" --checkpoints paper \
-  --lrs sgd=0.2,0.8,3.2 adagrad=0.0125,0.05,0.2 --paper-lr sgd=0.2 adagrad=0.05 \
+  --lrs sgd=0.2,0.8,3.2 adagrad=0.0125,0.05,0.2 --paper-lr sgd=0.2 adagrad=0.05 --quantize-bits 8 4 \
   "${GRID[@]}" "${SWEEP_FLAGS[@]}" -- \
   --data-generation=dataset "--data-set=$DATA_SET" "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" \
   --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}"

@@ -10,7 +10,7 @@ import pytest
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
-from mlet.repro import sweep
+from mlet.repro import sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
 
 
@@ -64,7 +64,7 @@ class FakeTrainer:
         return 0
 
 
-def make_settings(run_dir: Path, *extra: str) -> sweep.Settings:
+def make_settings(run_dir: Path, *extra: str) -> sweep_plan.Settings:
     argv = [
         "--run-dir",
         str(run_dir),
@@ -145,7 +145,7 @@ def test_a_failed_run_is_not_retried_in_its_session_and_is_in_the_next(tmp_path)
 
 def test_run_flags_and_bad_command_lines(tmp_path) -> None:
     settings = make_settings(tmp_path, "--checkpoints", "paper", "--mlp-bot-prefix", "13-32")
-    argv = sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.2, 1), settings, test_freq=7)
+    argv = sweep_plan.run_argv(RunSpec("sgd", Config(4, 64), 0.2, 1), settings, test_freq=7)
     for flag in (
         "--arch-sparse-feature-size=4",
         "--arch-mlp-bot=13-32-4",
@@ -159,12 +159,13 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
     assert f"--results-json={tmp_path / 'results' / 'sgd_mlet_d4_k64_lr0.2_s1.json'}" in argv
     assert any(a.startswith("--save-collapsed=") for a in argv)
     assert not any(
-        a.startswith("--save-collapsed=") for a in sweep.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None)
+        a.startswith("--save-collapsed=")
+        for a in sweep_plan.run_argv(RunSpec("sgd", Config(4, 64), 0.8, 1), settings, None)
     )
     narrow = make_settings(tmp_path, "--checkpoints", "paper", "--checkpoint-dims", "2")
-    assert sweep.wants_checkpoint(RunSpec("sgd", Config(2, 16), 0.2, 1), narrow) and not sweep.wants_checkpoint(
-        RunSpec("sgd", Config(8), 0.2, 1), narrow
-    )
+    assert sweep_plan.wants_checkpoint(
+        RunSpec("sgd", Config(2, 16), 0.2, 1), narrow
+    ) and not sweep_plan.wants_checkpoint(RunSpec("sgd", Config(8), 0.2, 1), narrow)
     parser = sweep.build_parser()
     for bad, named in [
         (["--", "--learning-rate=0.1"], "--learning-rate"),

@@ -24,14 +24,19 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlet.core.errors import UserError
 
 PROTOCOLS = ("paper", "tuned")
 MATCH_RULES = ("strict", "within_std")
-CONFIG_LABEL = re.compile(r"base_d\d+|mlet_d\d+_k\d+")
+METHODS = ("", "qr", "md")
+"""Table kinds besides MLET: plain tables, quotient-remainder (``qr``), mixed dimensions (``md``)."""
+CONFIG_LABEL = re.compile(
+    r"(?P<kind>base|mlet|qr|md|mlet_qr|mlet_md)_d(?P<dim>\d+)(?:_k(?P<hidden>\d+))?"
+    r"(?:_c(?P<collisions>\d+))?(?:_t(?P<temperature>[0-9.]+))?"
+)
 RUN_NAME = re.compile(
     rf"^(?P<optimizer>[a-z]+)_(?P<config>{CONFIG_LABEL.pattern})_lr(?P<lr>[0-9.e+-]+)_s(?P<seed>-?\d+)$"
 )
@@ -42,6 +47,14 @@ def lr_text(lr: float) -> str:
     return f"{lr:.6g}"
 
 
+def size_text(n: float) -> str:
+    """Bytes as KiB/MiB/GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def round_lr(lr: float) -> float:
     """``lr`` rounded to the 6 significant digits of its name (so 0.05 * 4 is the 0.2 of the grid)."""
     return float(lr_text(lr))
@@ -49,10 +62,15 @@ def round_lr(lr: float) -> float:
 
 @dataclass(frozen=True, order=True)
 class Config:
-    """A model of the grid: plain tables of width ``dim`` (``hidden`` 0) or MLET ``dim`` x ``hidden``."""
+    """A model of the grid: plain tables of width ``dim`` (``hidden`` 0) or MLET ``dim`` x ``hidden``; with
+    ``method`` ``qr`` quotient-remainder tables of ``collisions``, with ``md`` mixed dimensions of
+    ``temperature`` (upstream's ``--qr-*`` / ``--md-*``), MLET or not."""
 
     dim: int
     hidden: int = 0
+    method: str = ""
+    collisions: int = 0
+    temperature: float = 0.0
 
     @property
     def is_mlet(self) -> bool:
@@ -60,21 +78,64 @@ class Config:
         return self.hidden > 0
 
     @property
+    def is_baseline(self) -> bool:
+        """True for plain ``n x d`` tables."""
+        return not self.is_mlet and not self.method
+
+    @property
     def label(self) -> str:
-        """``base_d4`` or ``mlet_d4_k64``."""
-        return f"mlet_d{self.dim}_k{self.hidden}" if self.is_mlet else f"base_d{self.dim}"
+        """``base_d4``, ``mlet_d4_k64``, ``qr_d16_c4``, ``mlet_md_d16_k64_t0.3``, ..."""
+        kind = "_".join(filter(None, ["mlet" if self.is_mlet else "", self.method])) or "base"
+        text = f"{kind}_d{self.dim}" + (f"_k{self.hidden}" if self.is_mlet else "")
+        if self.method == "qr":
+            text += f"_c{self.collisions}"
+        elif self.method == "md":
+            text += f"_t{self.temperature:g}"
+        return text
 
     @classmethod
     def from_label(cls, label: str) -> Config:
         """Inverse of :attr:`label`."""
-        if not CONFIG_LABEL.fullmatch(label):
+        match = CONFIG_LABEL.fullmatch(label)
+        if not match:
             raise ValueError(f"not a config label: {label!r}")
-        return cls(*(int(v) for v in re.findall(r"\d+", label)))
+        kind = match["kind"]
+        method = kind.removeprefix("mlet").strip("_") if kind != "base" else ""
+        config = cls(
+            int(match["dim"]),
+            int(match["hidden"] or 0),
+            method,
+            int(match["collisions"] or 0),
+            float(match["temperature"] or 0.0),
+        )
+        if config.label != label:
+            raise ValueError(f"not a config label: {label!r}")
+        return config
+
+    @property
+    def method_name(self) -> str:
+        """The method, without the width: ``baseline``, ``MLET K=64``, ``QR c=4``, ``MLET K=64 + MD a=0.3``."""
+        parts = [f"MLET K={self.hidden}"] if self.is_mlet else []
+        if self.method == "qr":
+            parts.append(f"QR c={self.collisions}")
+        elif self.method == "md":
+            parts.append(f"MD a={self.temperature:g}")
+        return " + ".join(parts) or "baseline"
 
     @property
     def title(self) -> str:
-        """``baseline d=4`` or ``MLET d=4 K=64``."""
-        return f"MLET d={self.dim} K={self.hidden}" if self.is_mlet else f"baseline d={self.dim}"
+        """``baseline d=4``, ``MLET d=4 K=64``, ``QR c=4 d=16``, ..."""
+        if not self.method:
+            return f"MLET d={self.dim} K={self.hidden}" if self.is_mlet else f"baseline d={self.dim}"
+        return f"{self.method_name} d={self.dim}"
+
+    def flags(self) -> list[str]:
+        """The ``dlrm_mlet.py`` flags of the method (besides ``--arch-sparse-feature-size`` and ``--mlet-hidden``)."""
+        if self.method == "qr":
+            return ["--qr-flag", f"--qr-collisions={self.collisions}"]
+        if self.method == "md":
+            return ["--md-flag", f"--md-temperature={self.temperature!r}"]
+        return []
 
 
 @dataclass(frozen=True, order=True)
@@ -100,10 +161,23 @@ def parse_run_name(name: str) -> RunSpec:
     return RunSpec(match["optimizer"], Config.from_label(match["config"]), float(match["lr"]), int(match["seed"]))
 
 
-def grid_configs(baseline_dims: Iterable[int], mlet_dims: Iterable[int], hidden: Iterable[int]) -> list[Config]:
-    """Baselines at every ``baseline_dims``, MLET at every ``mlet_dims`` x ``hidden`` with ``K >= d``."""
+def grid_configs(
+    baseline_dims: Iterable[int],
+    mlet_dims: Iterable[int],
+    hidden: Iterable[int],
+    methods: dict[str, tuple[Iterable[int], Iterable[int], Iterable[float]]] | None = None,
+) -> list[Config]:
+    """Baselines at every ``baseline_dims``, MLET at every ``mlet_dims`` x ``hidden`` with ``K >= d``; per
+    other method (``qr``/``md``: ``(dims, mlet_dims, settings)``, the settings being collisions or
+    temperatures) the method at every ``dims`` x setting, and with MLET at every ``mlet_dims`` x ``hidden``."""
     configs = [Config(d) for d in sorted(set(baseline_dims))]
     configs += [Config(d, k) for d in sorted(set(mlet_dims)) for k in sorted(set(hidden)) if k >= d]
+    for method, (dims, mlet_method_dims, settings) in (methods or {}).items():
+        for value in sorted(set(settings)):
+            setting = {"collisions": int(value)} if method == "qr" else {"temperature": float(value)}
+            configs += [Config(d, 0, method, **setting) for d in sorted(set(dims))]
+            pairs = [(d, k) for d in sorted(set(mlet_method_dims)) for k in sorted(set(hidden)) if k >= d]
+            configs += [Config(d, k, method, **setting) for d, k in pairs]
     return configs
 
 
@@ -136,6 +210,10 @@ PER_RUN_ARGS = {
     "embedding_update",
     "learning_rate",
     "numpy_rand_seed",
+    "qr_flag",
+    "qr_collisions",
+    "md_flag",
+    "md_temperature",
     "results_json",
     "save_collapsed",
     "save_model",
@@ -155,7 +233,8 @@ def shared_args(payload_args: dict) -> dict:
 
 @dataclass
 class RunResult:
-    """What the summaries need from one results JSON."""
+    """What the summaries need from one results JSON (``quantized``: the same model with int8/int4 tables, by
+    bits, as :meth:`variant` gives it)."""
 
     spec: RunSpec
     test_auc: float
@@ -168,6 +247,23 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     path: str = ""
     shared: dict = field(default_factory=dict)  # shared_args of the run's flags
+    quantized: dict[int, dict] = field(default_factory=dict)
+
+    def variant(self, bits: int | None) -> RunResult:
+        """This run as the model with ``bits``-bit quantized tables (its metrics and served bytes); ``None``: as
+        trained (float32)."""
+        if bits is None:
+            return self
+        q = self.quantized[bits]
+        return replace(
+            self,
+            test_auc=q["test_auc"],
+            test_logloss=q["test_logloss"],
+            val_auc=q["val_auc"],
+            inference_embedding_bytes=q["inference_embedding_bytes"],
+            history=[],
+            quantized={},
+        )
 
 
 def number(value: float | int | str | None) -> float:
@@ -178,7 +274,13 @@ def number(value: float | int | str | None) -> float:
 def spec_from_payload(payload: dict) -> RunSpec:
     """The run a results JSON describes, from its recorded flags (not from its file name)."""
     args = payload["args"]
-    config = Config(int(args["arch_sparse_feature_size"]), int(args["mlet_hidden"]))
+    dim, hidden = int(args["arch_sparse_feature_size"]), int(args["mlet_hidden"])
+    if args.get("qr_flag"):
+        config = Config(dim, hidden, "qr", collisions=int(args["qr_collisions"]))
+    elif args.get("md_flag"):
+        config = Config(dim, hidden, "md", temperature=float(args["md_temperature"]))
+    else:
+        config = Config(dim, hidden)
     return RunSpec(str(args["optimizer"]), config, round_lr(float(args["learning_rate"])), int(args["numpy_rand_seed"]))
 
 
@@ -201,7 +303,18 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
         ],
         path=path,
         shared=shared_args(payload["args"]),
+        quantized={int(q["bits"]): quantized_metrics(q) for q in payload.get("quantized") or []},
     )
+
+
+def quantized_metrics(entry: dict) -> dict:
+    """One entry of a results JSON's ``quantized`` list, as :meth:`RunResult.variant` reads it."""
+    return {
+        "test_auc": number(entry["final"].get("auc")),
+        "test_logloss": number(entry["final"].get("logloss")),
+        "val_auc": number((entry.get("val") or {}).get("auc")),
+        "inference_embedding_bytes": int(entry["parameters"]["embedding_inference_bytes"]),
+    }
 
 
 def load_results(paths: Iterable[Path]) -> list[RunResult]:
@@ -344,6 +457,16 @@ class Selection:
         values = [getattr(r, attribute) for r in self.runs]
         return mean(values), std(values)
 
+    def variant(self, bits: int | None) -> Selection | None:
+        """The same runs as models with ``bits``-bit quantized tables (``RunResult.variant``); ``None`` unless
+        every run was evaluated so. ``None`` bits: itself."""
+        if bits is None:
+            return self
+        if not all(bits in r.quantized for r in self.runs):
+            return None
+        runs = [r.variant(bits) for r in self.runs]
+        return Selection(self.protocol, self.optimizer, self.config, self.lr, runs, self.lrs_tried, self.at_edge)
+
 
 def select(results: Iterable[RunResult], protocol: str, paper_lrs: dict[str, float]) -> list[Selection]:
     """One :class:`Selection` per (optimizer, config) under ``protocol``.
@@ -425,12 +548,12 @@ def d_reductions(selections: Sequence[Selection], rule: str = "strict") -> list[
     for s in selections:
         groups[(s.protocol, s.optimizer)].append(s)
     for (protocol, optimizer), group in sorted(groups.items()):
-        baselines = {s.config.dim: s for s in group if not s.config.is_mlet}
+        baselines = {s.config.dim: s for s in group if s.config.is_baseline}
         if not baselines:
             continue
         widest = max(baselines)
         base_stats = {d: s.stat("test_auc") for d, s in baselines.items()}
-        for s in sorted((s for s in group if s.config.is_mlet), key=lambda s: s.config):
+        for s in sorted((s for s in group if s.config.is_mlet and not s.config.method), key=lambda s: s.config):
             matched = widest_matched(s.stat("test_auc")[0], base_stats, rule)
             per_seed = []
             for run in s.runs:

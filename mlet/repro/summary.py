@@ -14,7 +14,11 @@ For a sweep directory it writes, into the directory (or ``--out``):
 * ``auc_vs_size.png`` (the paper's main figure: test AUC against inference
   embedding bytes, baseline and MLET), ``auc_vs_step.png`` (test AUC during
   training) and ``lr_curves.png`` (validation AUC against learning rate: what
-  the tuned protocol chose from).
+  the tuned protocol chose from);
+* the comparison of every method (baseline, MLET, quotient-remainder, mixed
+  dimensions, MLET with each, each also with int8/int4 tables where the runs
+  were evaluated so): the Pareto table (``mlet.repro.pareto``) and
+  ``pareto.png``, test AUC against inference embedding bytes.
 
 The protocols, matching and the d-reduction factor: docs/reproducing.md.
 """
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlet.core.errors import UserError, check_output_folder
+from mlet.repro import pareto
 from mlet.repro.experiments import (
     MATCH_RULES,
     PROTOCOLS,
@@ -44,6 +49,7 @@ from mlet.repro.experiments import (
     lr_text,
     results_dir,
     select,
+    size_text,
     sweep_record,
 )
 from mlet.training.optimizers import OPTIMIZERS
@@ -79,14 +85,6 @@ def run_table(results: Sequence[RunResult]) -> str:
 
 
 # -- sweep tables --------------------------------------------------------------------------
-
-
-def size_text(n: float) -> str:
-    """Bytes as KiB/MiB/GiB."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 def pm(stat: tuple[float, float], digits: int = 4) -> str:
@@ -126,10 +124,11 @@ def config_table(selections: Sequence[Selection]) -> str:
     """Mean ± std over seeds per (protocol, optimizer, config)."""
     lines = [
         "| protocol | optimizer | config | lr | seeds | test AUC | test log loss | val AUC "
-        "| inference emb. | training emb. | train samples/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| inference emb. | training emb. | train samples/s | int8 / int4 test AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in sorted(selections, key=lambda s: (s.protocol, s.optimizer, s.config.is_mlet, s.config)):
+    order = sorted(selections, key=lambda s: (s.protocol, s.optimizer, s.config.method, s.config.is_mlet, s.config))
+    for s in order:
         first = s.runs[0]
         lr = lr_text(s.lr) + (" (edge)" if s.at_edge else "")
         speed = s.stat("samples_per_second")[0]
@@ -138,9 +137,19 @@ def config_table(selections: Sequence[Selection]) -> str:
             f"| {pm(s.stat('test_auc'))} | {pm(s.stat('test_logloss'))} |"
             f" {pm(s.stat('val_auc'))} | {size_text(first.inference_embedding_bytes)} "
             f"| {size_text(first.training_embedding_bytes)} |"
-            f" {'n/a' if not math.isfinite(speed) else f'{speed:,.0f}'} |"
+            f" {'n/a' if not math.isfinite(speed) else f'{speed:,.0f}'} | {quantized_cell(s)} |"
         )
     return "\n".join(lines)
+
+
+def quantized_cell(s: Selection) -> str:
+    """Mean test AUC of the selection's runs with int8 and int4 tables (``-``: not evaluated so)."""
+    values = []
+    for bits in (8, 4):
+        variant = s.variant(bits)
+        m = variant.stat("test_auc")[0] if variant is not None else None
+        values.append("-" if m is None else "n/a" if not math.isfinite(m) else f"{m:.4f}")
+    return " / ".join(values)
 
 
 def selection_json(s: Selection) -> dict:
@@ -219,7 +228,7 @@ def plot_auc_vs_size(selections: Sequence[Selection], path: Path) -> None:
     pairs = panels(selections)
     fig, axes = figure(len(pairs))
     for ax, (protocol, optimizer) in zip(axes, pairs):
-        group = [s for s in selections if (s.protocol, s.optimizer) == (protocol, optimizer)]
+        group = [s for s in selections if (s.protocol, s.optimizer) == (protocol, optimizer) and not s.config.method]
         hidden_values = sorted({s.config.hidden for s in group})
         for k in hidden_values:
             points = sorted((s for s in group if s.config.hidden == k), key=lambda s: s.config.dim)
@@ -250,7 +259,7 @@ def mean_curve(runs: Sequence[RunResult]) -> tuple[list[int], list[float]]:
 
 def curve_hidden(selections: Sequence[Selection]) -> int:
     """The MLET K shown in the step plot: 64 (the paper's) if present, else the largest."""
-    ks = {s.config.hidden for s in selections if s.config.is_mlet}
+    ks = {s.config.hidden for s in selections if s.config.is_mlet and not s.config.method}
     return 64 if 64 in ks else max(ks, default=0)
 
 
@@ -265,7 +274,11 @@ def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
     fig, axes = figure(len(pairs))
     for ax, (protocol, optimizer) in zip(axes, pairs):
         for s in sorted(selections, key=lambda s: s.config):
-            if (s.protocol, s.optimizer) != (protocol, optimizer) or s.config.hidden not in (0, k_shown):
+            if (
+                (s.protocol, s.optimizer) != (protocol, optimizer)
+                or s.config.hidden not in (0, k_shown)
+                or s.config.method
+            ):
                 continue
             x, y = mean_curve(s.runs)
             ax.plot(
@@ -406,6 +419,7 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
     if not selections:
         raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
     reductions = {rule: d_reductions(selections, rule) for rule in MATCH_RULES}
+    points = pareto.points(selections)
     out.mkdir(parents=True, exist_ok=True)
     parts = [
         f"# MLET vs baseline: `{run_dir}`",
@@ -430,11 +444,25 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         " `tuned`: the best mean validation AUC of the grid; `(edge)`: still at an edge of the tried grid).",
         "",
         config_table(selections),
+        "",
+        "## All methods: the smallest model at each AUC level",
+        "",
+        "For each AUC level (the mean test AUC of the float baseline at d=8, 16, 32, 64), the smallest model of each "
+        "method that reaches it: its width, its inference embedding bytes (collapsed; quantized tables with their "
+        "per-row scales and biases) and how many times smaller than that baseline it is (`-`: no config reaches "
+        "it). Quantized models are the same runs' tables after training, at the rate chosen for the float model.",
+        "",
+        pareto.pareto_table(points),
+        "Pareto frontier (no other point has both fewer bytes and a higher AUC), smallest first:",
+        "",
+        *pareto.frontier_lines(points),
     ]
     if plots:
         plot_auc_vs_size(selections, out / "auc_vs_size.png")
         plot_auc_vs_step(selections, out / "auc_vs_step.png")
         plot_lr_curves(results, select(results, "tuned", paper_lrs), out / "lr_curves.png")
+        fig, axes = pareto.plot_pareto(points, figure)
+        finish(fig, axes, out / "pareto.png", fontsize=6, ncol=2)
         parts += [
             "",
             "## Plots",
@@ -444,6 +472,8 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
             "![AUC vs step](auc_vs_step.png)",
             "",
             "![lr curves](lr_curves.png)",
+            "",
+            "![AUC vs bytes, all methods](pareto.png)",
         ]
     markdown = "\n".join(parts) + "\n"
     (out / "summary.md").write_text(markdown)
@@ -452,6 +482,7 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         "paper_lrs": paper_lrs,
         "selections": [selection_json(s) for s in selections],
         "reductions": [reduction_json(r) for rule in MATCH_RULES for r in reductions[rule]],
+        "methods": pareto.pareto_json(points),
     }
     (out / "summary.json").write_text(json.dumps(payload, indent=1) + "\n")
     return markdown

@@ -26,7 +26,6 @@ protocols and the widening: docs/reproducing.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -37,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -48,18 +46,19 @@ from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,
-    Config,
-    RunResult,
     RunSpec,
-    best_lr,
-    by_config_and_lr,
     grid_configs,
-    initial_rates,
-    load_results,
-    next_lr,
-    results_dir,
     round_lr,
     sweep_record,
+)
+from mlet.repro.sweep_plan import (
+    Settings,
+    initial_specs,
+    pending,
+    readable_results,
+    result_path,
+    run_argv,
+    widened_specs,
 )
 
 PROG = "sweep.py"
@@ -67,6 +66,11 @@ SWEEP_FLAGS = (
     "--arch-sparse-feature-size",
     "--arch-mlp-bot",
     "--mlet-hidden",
+    "--qr-flag",
+    "--qr-collisions",
+    "--md-flag",
+    "--md-temperature",
+    "--quantize-emb-with-bit",
     "--optimizer",
     "--learning-rate",
     "--numpy-rand-seed",
@@ -78,162 +82,6 @@ DEFAULT_LRS = {"sgd": (0.05, 0.2, 0.8), "adagrad": (0.0125, 0.05, 0.2), "adam": 
 DEFAULT_PAPER_LR = {"sgd": 0.2, "adagrad": 0.05, "adam": 0.001}
 CHECKPOINT_CHOICES = ("none", "paper", "all")
 Runner = Callable[[RunSpec, list[str], Path], int]
-
-
-@dataclass
-class Settings:
-    """What a sweep runs (from the command line)."""
-
-    run_dir: Path
-    configs: list[Config]
-    seeds: list[int]
-    optimizers: list[str]
-    lrs: dict[str, list[float]]
-    paper_lrs: dict[str, float]
-    protocols: list[str]
-    widen_factor: float = 4.0
-    max_widen: int = 3
-    mlp_bot_prefix: str = "13-512-256-64"
-    train_flags: list[str] = field(default_factory=list)
-    tests_per_epoch: int = 8
-    jobs: int = 1
-    threads: int = 1
-    checkpoints: str = "none"
-    checkpoint_dims: list[int] | None = None  # only configs of these widths get checkpoints (None: all)
-
-    def initial_lrs(self, optimizer: str) -> list[float]:
-        """The rates every config runs first: the ``paper`` protocol's, plus the grid when tuning."""
-        return initial_rates(self.paper_lrs[optimizer], self.lrs[optimizer], self.protocols)
-
-    def to_dict(self) -> dict:
-        """For ``sweep.json``."""
-        return {
-            "run_dir": str(self.run_dir),
-            "configs": [c.label for c in self.configs],
-            "seeds": self.seeds,
-            "optimizers": self.optimizers,
-            "lrs": self.lrs,
-            "paper_lrs": self.paper_lrs,
-            "protocols": self.protocols,
-            "widen_factor": self.widen_factor,
-            "max_widen": self.max_widen,
-            "mlp_bot_prefix": self.mlp_bot_prefix,
-            "train_flags": self.train_flags,
-            "tests_per_epoch": self.tests_per_epoch,
-            "jobs": self.jobs,
-            "threads": self.threads,
-            "checkpoints": self.checkpoints,
-            "checkpoint_dims": self.checkpoint_dims,
-        }
-
-
-# -- the grid ---------------------------------------------------------------------------
-
-
-def initial_specs(settings: Settings) -> list[RunSpec]:
-    """Every (optimizer, config, initial rate, seed)."""
-    return [
-        RunSpec(opt, config, lr, seed)
-        for opt in settings.optimizers
-        for config in settings.configs
-        for lr in settings.initial_lrs(opt)
-        for seed in settings.seeds
-    ]
-
-
-def widened_specs(settings: Settings) -> list[RunSpec]:
-    """The runs the ``tuned`` protocol still needs: one more rate for each config whose best rate lies at an edge.
-
-    Decided from the finished runs on disk (so a restarted sweep decides the
-    same); a config is considered once every seed has finished at every rate
-    tried so far. Before that, its missing seeds at the rates tried are
-    returned (runs that failed in an earlier session; they are retried).
-    """
-    if "tuned" not in settings.protocols or settings.widen_factor <= 1:
-        return []
-    groups = by_config_and_lr(r for r in readable_results(settings.run_dir) if r.spec.seed in settings.seeds)
-    wanted = []
-    for (opt, config), by_lr in groups.items():
-        if opt not in settings.optimizers or config not in settings.configs:
-            continue
-        missing = [
-            RunSpec(opt, config, lr, seed)
-            for lr, runs in by_lr.items()
-            for seed in settings.seeds
-            if seed not in {r.spec.seed for r in runs}
-        ]
-        if missing:
-            wanted += missing  # finish these rates first
-            continue
-        best = best_lr(by_lr, len(settings.seeds))
-        lr = (
-            next_lr(list(by_lr), best, settings.widen_factor, settings.initial_lrs(opt), settings.max_widen)
-            if best is not None
-            else None
-        )
-        if lr is not None:
-            wanted += [RunSpec(opt, config, lr, seed) for seed in settings.seeds]
-    return wanted
-
-
-def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list[RunResult]:
-    """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an
-    edit) counts as not run."""
-    results = []
-    for path in sorted(results_dir(run_dir).glob("*.json")) if paths is None else paths:
-        with contextlib.suppress(UserError):
-            results += load_results([path])
-    return results
-
-
-def result_path(spec: RunSpec, run_dir: Path) -> Path:
-    """Where a run writes its results JSON."""
-    return results_dir(run_dir) / f"{spec.name}.json"
-
-
-def finished(spec: RunSpec, run_dir: Path) -> bool:
-    """True when the run's results JSON exists and reads as one."""
-    return bool(readable_results(run_dir, [result_path(spec, run_dir)]))
-
-
-def pending(specs: Sequence[RunSpec], run_dir: Path) -> list[RunSpec]:
-    """The runs of ``specs`` not finished yet, widest models first (they take longest)."""
-    todo = [s for s in specs if not finished(s, run_dir)]
-    return sorted(todo, key=lambda s: (-(s.config.hidden or s.config.dim), s))
-
-
-def wants_checkpoint(spec: RunSpec, settings: Settings) -> bool:
-    """``--checkpoints``: none, the first seed's runs at the paper rate (``paper``), or every run; only widths
-    in ``--checkpoint-dims``."""
-    if settings.checkpoint_dims is not None and spec.config.dim not in settings.checkpoint_dims:
-        return False
-    if settings.checkpoints == "all":
-        return True
-    return (
-        settings.checkpoints == "paper"
-        and spec.seed == settings.seeds[0]
-        and spec.lr == round_lr(settings.paper_lrs[spec.optimizer])
-    )
-
-
-def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[str]:
-    """The ``dlrm_mlet.py`` flags of one run."""
-    d = spec.config.dim
-    argv = [
-        *settings.train_flags,
-        f"--arch-sparse-feature-size={d}",
-        f"--arch-mlp-bot={settings.mlp_bot_prefix}-{d}",
-        f"--mlet-hidden={spec.config.hidden}",
-        f"--optimizer={spec.optimizer}",
-        f"--learning-rate={spec.lr!r}",
-        f"--numpy-rand-seed={spec.seed}",
-        f"--results-json={result_path(spec, settings.run_dir)}",
-    ]
-    if test_freq:
-        argv.append(f"--test-freq={test_freq}")
-    if wants_checkpoint(spec, settings):
-        argv.append(f"--save-collapsed={Path(settings.run_dir) / 'checkpoints' / (spec.name + '.pt')}")
-    return argv
 
 
 # -- running ----------------------------------------------------------------------------
@@ -431,6 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=[16, 32, 64, 128],
         help="MLET K values (pairs with K < d are left out)",
     )
+    p.add_argument("--qr-dims", type=int, nargs="*", default=[], help="quotient-remainder configs at these d")
+    p.add_argument("--mlet-qr-dims", type=int, nargs="*", default=[], help="MLET + quotient-remainder at these d")
+    p.add_argument("--qr-collisions", type=int, nargs="+", default=[4], help="remainder rows of the QR configs")
+    p.add_argument("--md-dims", type=int, nargs="*", default=[], help="mixed-dimension configs at these base d")
+    p.add_argument("--mlet-md-dims", type=int, nargs="*", default=[], help="MLET + mixed dimensions at these d")
+    p.add_argument(
+        "--md-temperatures", type=float, nargs="+", default=[0.3], help="--md-temperature values of the MD configs"
+    )
+    p.add_argument(
+        "--quantize-bits",
+        type=int,
+        nargs="*",
+        default=[],
+        choices=(8, 4),
+        help="also evaluate every run with row-wise int8 / int4 tables (--quantize-emb-with-bit)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--optimizers", nargs="+", default=["sgd", "adagrad"], choices=sorted(DEFAULT_LRS))
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
@@ -481,9 +345,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("--baseline-dims", args.baseline_dims),
         ("--mlet-dims", args.mlet_dims),
         ("--mlet-hidden", args.mlet_hidden),
+        ("--qr-dims", args.qr_dims),
+        ("--mlet-qr-dims", args.mlet_qr_dims),
+        ("--qr-collisions", args.qr_collisions),
+        ("--md-dims", args.md_dims),
+        ("--mlet-md-dims", args.mlet_md_dims),
     ):
         if any(v < 1 for v in values):
             raise UserError(f"{flag}: every value must be >= 1, got {values}")
+    if not all(math.isfinite(t) and t >= 0 for t in args.md_temperatures):
+        raise UserError(f"--md-temperatures: every value must be a finite number >= 0, got {args.md_temperatures}")
     require_at_least(
         (
             ("--jobs", args.jobs, 1),
@@ -503,7 +374,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if bad:
         raise UserError(f"{bad[0].split('=', 1)[0]}: set by the sweep for each run; leave it out of the flags after --")
     check_output_folder("--run-dir", args.run_dir)
-    configs = grid_configs(args.baseline_dims, args.mlet_dims, args.mlet_hidden)
+    methods = {
+        "qr": (args.qr_dims, args.mlet_qr_dims, args.qr_collisions),
+        "md": (args.md_dims, args.mlet_md_dims, args.md_temperatures),
+    }
+    configs = grid_configs(args.baseline_dims, args.mlet_dims, args.mlet_hidden, methods)
     if not configs:
         raise UserError("--baseline-dims/--mlet-dims: the grid is empty")
     return Settings(
@@ -523,10 +398,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         threads=args.threads,
         checkpoints=args.checkpoints,
         checkpoint_dims=args.checkpoint_dims,
+        quantize_bits=list(dict.fromkeys(args.quantize_bits)),
     )
 
 
-SETUP_KEYS = ("train_flags", "mlp_bot_prefix")  # what every run of a sweep directory shares
+SETUP_KEYS: dict[str, list | None] = {"train_flags": None, "mlp_bot_prefix": None, "quantize_bits": []}
+"""What every run of a sweep directory shares, with the value a sweep.json without the key stands for."""
 
 
 def check_run_dir(settings: Settings) -> None:
@@ -539,8 +416,8 @@ def check_run_dir(settings: Settings) -> None:
     if record is None:
         return
     old, new = record["settings"], settings.to_dict()
-    for key in SETUP_KEYS:
-        if old.get(key) != new[key]:
+    for key, default in SETUP_KEYS.items():
+        if old.get(key, default) != new[key]:
             raise UserError(
                 f"--run-dir {settings.run_dir}: its sweep ran with {key} {old.get(key)}, this one gives {new[key]};"
                 " finished runs would be taken for this sweep's: give another --run-dir (or the same flags)"
