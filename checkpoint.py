@@ -326,6 +326,12 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     report = export_onnx(model, args.output, verify_outputs=args.verify)
     where = f", weights in {report['external_data']}" if report["external_data"] else ""
     tables = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain tables"
+    if model.config.is_composite:
+        tables = (
+            f"{describe_kinds(model.config.collapsed())}; MLET collapsed first"
+            if model.config.mlet_hidden
+            else (describe_kinds(model.config))
+        )
     print(f"wrote {args.output} ({tables}{where})")
     if report.get("max_abs_diff") is not None:
         batch_sizes = ", ".join(map(str, report["batch_sizes"]))

@@ -58,6 +58,24 @@ TINY = [
         (["--synthetic-zipf=nan"], "--synthetic-zipf"),
         (["--synthetic-noise-std=-1"], "--synthetic-noise-std"),
         (["--synthetic-positive-rate=1"], "--synthetic-positive-rate"),
+        (["--qr-flag", "--qr-collisions=0"], "--qr-collisions: must be >= 1, got 0"),
+        (["--qr-threshold=-1"], "--qr-threshold"),
+        (
+            ["--qr-flag", "--qr-operation=concat", "--arch-sparse-feature-size=3", "--arch-mlp-bot=13-8-3"],
+            "d must be even",
+        ),
+        (["--qr-flag", "--qr-operation=concat", "--arch-mlp-bot=13-8-8"], "upstream's 4 per half"),
+        (["--qr-operation=xor"], "--qr-operation"),
+        (["--md-flag", "--md-temperature=-0.3"], "--md-temperature: must be a finite number >= 0, got -0.3"),
+        (["--md-temperature=nan"], "--md-temperature"),
+        (["--md-threshold=-5"], "--md-threshold"),
+        (["--quantize-emb-with-bit=3"], "--quantize-emb-with-bit: tables quantize to 4 or 8 bits"),
+        (["--quantize-emb-with-bit=16"], "--quantize-emb-with-bit"),
+        (["--quantize-emb-with-bit=eight"], "--quantize-emb-with-bit"),
+        (
+            ["--inference-only", f"--load-model={ROOT / 'README.md'}", "--quantize-emb-with-bit=8-4"],
+            "--inference-only evaluates one model",
+        ),
     ],
 )
 def test_bad_flags_give_one_line_naming_the_flag(flags: list[str], named: str, capsys) -> None:

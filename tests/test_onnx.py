@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -179,3 +180,35 @@ def test_a_nan_mismatch_never_counts_as_agreement(diverged) -> None:
     with pytest.raises(UserError, match=r"differ from torch's by 0\.001"):
         check_agreement(diverged["path"], 1e-3)
     check_agreement(diverged["path"], 1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"qr_flag": True, "qr_threshold": 10, "qr_operation": "mult"},
+        {"qr_flag": True, "qr_threshold": 10, "qr_operation": "concat"},
+        {"md_dims": (2, 4, 1, 4)},
+    ],
+    ids=["qr-mult", "qr-concat", "md"],
+)
+def test_collapsed_composite_models_export_with_onnxruntime_parity(extra: dict, tmp_path, capsys) -> None:
+    """MLET + quotient-remainder / mixed dimensions: collapse keeps the composite shape, its export runs in
+    onnxruntime with the torch model's outputs (one-hot and multi-hot bags, empty ones included)."""
+    two_layer = DLRM(replace(small_config(K), **extra), seed=5)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in two_layer.parameters():
+            p.normal_(0.0, 0.3, generator=gen)
+    training = {"format": FORMAT, "version": VERSION, "kind": "training", "model_config": two_layer.config.to_dict()}
+    training["model"] = two_layer.state_dict()
+    atomic_save(checkpoint.collapsed_checkpoint(training), tmp_path / "collapsed.pt")
+    assert checkpoint.main(["export-onnx", str(tmp_path / "collapsed.pt"), str(tmp_path / "m.onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert "quotient-remainder" in printed or "mixed dimensions" in printed
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch, bag in ((1, 1), (33, 1), (17, 4)):
+        dense, sparse = random_inputs(two_layer.config, batch=batch, seed=batch + bag, bag=bag)
+        expected = torch_probabilities(two_layer.eval(), dense, sparse)
+        assert expected.std() > 0.01 or batch == 1
+        assert np.abs(run_session(session, dense, sparse) - expected).max() <= 1e-5
