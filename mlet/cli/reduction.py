@@ -27,17 +27,6 @@ from mlet.training.processes import Parallel
 
 QUANTIZE_BITS = (4, 8)
 NO_QUANTIZATION = 32
-REDUCTION_ARGS = {
-    "qr_flag",
-    "qr_threshold",
-    "qr_collisions",
-    "qr_operation",
-    "md_flag",
-    "md_threshold",
-    "md_temperature",
-    "md_round_dims",
-}
-"""Flags of the table architecture (compared on resume through the ``ModelConfig``)."""
 
 
 def add_reduction_flags(parser: argparse.ArgumentParser) -> None:
