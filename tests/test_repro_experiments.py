@@ -173,3 +173,59 @@ def test_widest_matched_property_on_random_curves() -> None:
     assert widest_matched(math.nan, {2: (0.7, 0.0)}, "strict") is None
     with pytest.raises(ValueError):
         widest_matched(0.7, {}, "loose")
+
+
+def test_config_labels_of_every_method_round_trip() -> None:
+    from mlet.repro.experiments import Config, grid_configs, parse_run_name
+
+    methods = {"qr": ([4, 16], [4], [4, 16]), "md": ([8], [8], [0.3])}
+    configs = grid_configs([4], [4], [64], methods)
+    labels = [c.label for c in configs]
+    assert labels == [
+        "base_d4",
+        "mlet_d4_k64",
+        "qr_d4_c4",
+        "qr_d16_c4",
+        "mlet_qr_d4_k64_c4",
+        "qr_d4_c16",
+        "qr_d16_c16",
+        "mlet_qr_d4_k64_c16",
+        "md_d8_t0.3",
+        "mlet_md_d8_k64_t0.3",
+    ]
+    assert all(Config.from_label(label) == c for label, c in zip(labels, configs))
+    spec = parse_run_name("adagrad_mlet_md_d8_k64_t0.3_lr0.05_s2")
+    assert spec.config == Config(8, 64, "md", temperature=0.3) and spec.lr == 0.05 and spec.seed == 2
+    assert Config(16, 0, "qr", collisions=4).flags() == ["--qr-flag", "--qr-collisions=4"]
+    assert Config(8, 64, "md", temperature=0.3).method_name == "MLET K=64 + MD a=0.3"
+    for bad in ("base_d4_k64", "qr_d4", "md_d8_c4", "mlet_d4"):
+        with pytest.raises(ValueError, match="not a config label"):
+            Config.from_label(bad)
+    assert Config(4).is_baseline and not Config(4, 0, "qr", collisions=4).is_baseline
+
+
+def test_pareto_frontier_levels_and_smallest_model() -> None:
+    from mlet.repro.experiments import Config
+    from mlet.repro.pareto import Point, frontier, levels, smallest_reaching
+
+    def point(config: Config, bits, auc: float, size: int) -> Point:
+        return Point("paper", "sgd", config, bits, auc, 0.0, size)
+
+    panel = [
+        point(Config(8), None, 0.75, 800),
+        point(Config(16), None, 0.76, 1600),
+        point(Config(8), 8, 0.749, 320),
+        point(Config(4, 64), None, 0.755, 400),
+        point(Config(16, 0, "qr", collisions=4), None, math.nan, 500),  # diverged: never chosen
+        point(Config(2, 64), None, 0.74, 200),
+    ]
+    assert [p.config.dim for p in levels(panel)] == [8, 16]
+    assert smallest_reaching(panel, "MLET K=64", 0.75).config.dim == 4  # d=2 is smaller but below the level
+    assert smallest_reaching(panel, "baseline int8", 0.75) is None
+    assert smallest_reaching(panel, "QR c=4", 0.0) is None
+    assert [(p.method, p.bytes) for p in frontier(panel)] == [
+        ("MLET K=64", 200),
+        ("baseline int8", 320),
+        ("MLET K=64", 400),
+        ("baseline", 1600),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -370,3 +371,89 @@ def test_a_diverged_run_is_recorded_as_such(tmp_path) -> None:
     sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=Diverging())
     runs = json.loads((tmp_path / "sweep.json").read_text())["runs"]
     assert {r["status"] for r in runs.values()} == {"finished (diverged: non-finite metrics)"}
+
+
+def method_payload(spec: RunSpec, argv: list[str]) -> dict:
+    """``fake_payload`` for any method, with the flags the sweep passed and quantized variants when asked."""
+    payload = fake_payload(spec, 0.8)
+    c = spec.config
+    share = {"": 1.0, "qr": 0.25, "md": 0.3}[c.method]  # the method's bytes against the baseline at the same d
+    payload["parameters"]["embedding_inference_bytes"] = int(400 * c.dim * share)
+    flags = dict(a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "true") for a in argv)
+    payload["args"] |= {
+        "qr_flag": flags.get("qr-flag") == "true",
+        "qr_collisions": int(flags.get("qr-collisions", 4)),
+        "md_flag": flags.get("md-flag") == "true",
+        "md_temperature": float(flags.get("md-temperature", 0.3)),
+    }
+    bits = [int(b) for b in flags.get("quantize-emb-with-bit", "32").split("-") if b != "32"]
+    payload["quantized"] = [
+        {
+            "bits": b,
+            "final": {**payload["final"], "auc": payload["final"]["auc"] - (0.0005 if b == 8 else 0.004)},
+            "val": payload["val"],
+            "parameters": {"embedding_inference_bytes": payload["parameters"]["embedding_inference_bytes"] * b // 32},
+        }
+        for b in bits
+    ]
+    return payload
+
+
+def test_every_method_is_run_quantized_and_compared(tmp_path) -> None:
+    """QR, MD and MLET with each go through the sweep with their flags; every run is also evaluated with int8 and
+    int4 tables; the summary's Pareto table and frontier compare them all."""
+    settings = make_settings(
+        tmp_path,
+        "--protocols",
+        "paper",
+        "--qr-dims",
+        "8",
+        "--mlet-qr-dims",
+        "2",
+        "--md-dims",
+        "8",
+        "--mlet-md-dims",
+        "8",
+        "--md-temperatures",
+        "0.25",
+        "--quantize-bits",
+        "8",
+        "4",
+        "--checkpoints",
+        "paper",
+    )
+    labels = [c.label for c in settings.configs]
+    assert labels[3:] == ["qr_d8_c4", "mlet_qr_d2_k16_c4", "md_d8_t0.25", "mlet_md_d8_k16_t0.25"]
+    argvs = {}
+
+    def trainer(spec: RunSpec, argv: list[str], log: Path) -> int:
+        argvs[spec.name] = argv
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json="))
+        Path(out).write_text(json.dumps(method_payload(spec, argv)))
+        return 0
+
+    sweep.sweep(settings, runner=trainer)
+    qr = argvs["sgd_mlet_qr_d2_k16_c4_lr0.2_s1"]
+    assert {"--qr-flag", "--qr-collisions=4", "--mlet-hidden=16", "--quantize-emb-with-bit=8-4"} <= set(qr)
+    assert {"--md-flag", "--md-temperature=0.25"} <= set(argvs["sgd_md_d8_t0.25_lr0.2_s1"])
+    assert not any(a.startswith(("--qr", "--md")) for a in argvs["sgd_base_d8_lr0.2_s1"])
+    saved = {name for name, argv in argvs.items() if any(a.startswith("--save-collapsed") for a in argv)}
+    assert saved == {"sgd_base_d2_lr0.2_s1", "sgd_base_d8_lr0.2_s1", "sgd_mlet_d2_k16_lr0.2_s1"}  # not QR/MD
+    markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=True)
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000
+    table = markdown.split("## All methods")[1].split("**tuned protocol")[0]
+    # the level: baseline d=8's AUC; QR d=8 has its AUC (fake) at a quarter of its bytes; the quantized copies
+    # lose a little AUC (fake: 0.0005 int8, 0.004 int4) and miss the level, except those of the wider MLET models
+    assert "| baseline | d=8: 3.12 KiB (1x) |" in table
+    assert "| QR c=4 | d=8: 800 B (4x) |" in table and "| QR c=4 int8 | - |" in table
+    assert "| MLET K=16 + QR c=4 | d=2: 200 B (16x) |" in table
+    assert "| MLET K=16 + MD a=0.25 int4 | d=8: 120 B (27x) |" in table
+    rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows.index("MLET K=16") < rows.index("QR c=4") < rows.index("MD a=0.25") < rows.index("MLET K=16 + QR c=4")
+    methods = json.loads((tmp_path / "summary.json").read_text())["methods"]
+    assert {p["bits"] for p in methods["points"]} == {32, 8, 4}
+    frontier = methods["frontier"]["paper/sgd"]
+    assert [p["inference_embedding_bytes"] for p in frontier] == sorted(
+        p["inference_embedding_bytes"] for p in frontier
+    )
+    assert all(b["test_auc_mean"] > a["test_auc_mean"] for a, b in itertools.pairwise(frontier))

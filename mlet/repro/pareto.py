@@ -66,9 +66,18 @@ def points(selections: Sequence[Selection]) -> list[Point]:
 
 
 def method_order(point: Point) -> tuple:
-    """Methods in a fixed order: baseline, MLET, QR, MD, the combinations; float32 before int8 before int4."""
+    """Methods in a fixed order: baseline, MLET, QR, MD, MLET+QR, MLET+MD; float32 before int8 before int4."""
     c = point.config
-    return (bool(c.method), c.method, c.is_mlet, c.hidden, c.collisions, c.temperature, PRECISIONS.index(point.bits))
+    kind = ("", "qr", "md").index(c.method)
+    return (
+        c.is_mlet and bool(c.method),
+        kind,
+        c.is_mlet,
+        c.hidden,
+        c.collisions,
+        c.temperature,
+        PRECISIONS.index(point.bits),
+    )
 
 
 def frontier(panel: Sequence[Point]) -> list[Point]:
