@@ -277,10 +277,10 @@ class CompositeTables(nn.Module):
         return SparseFeatures(ids, chosen.offsets, count, False)
 
     def _one_hot_offsets(self, bags: int, device: torch.device) -> Tensor:
-        """``0..bags`` (cached per size)."""
+        """``0..bags``, cached per size and kept: each group has its own size, and a captured CUDA graph may
+        still read one after another size was asked for."""
         key = (bags, device)
         if key not in self._offsets_cache:
-            self._offsets_cache.clear()
             self._offsets_cache[key] = torch.arange(bags + 1, dtype=torch.int64, device=device)
         return self._offsets_cache[key]
 
