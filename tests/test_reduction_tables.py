@@ -276,3 +276,35 @@ def test_train_random_steps_runs_on_composite_models() -> None:
     opt = build_optimizer("sgd", 0.5, model.sparse_parameters(), model.dense_parameters(), model.table_modules())
     losses = train_random_steps(model, opt, 5, bag=3)
     assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--qr-flag", "--qr-threshold=50"], ["--md-flag", "--md-threshold=10"]])
+def test_interrupted_composite_run_resumes_exactly(extra: list[str], tmp_path, monkeypatch, capsys) -> None:
+    """MLET + quotient-remainder / mixed dimensions with Adagrad (state per group), interrupted mid epoch 1 and
+    resumed: the same weights, optimizer state and metrics as the uninterrupted run; other QR flags refused."""
+    from helpers import RESUME_FLAGS, interrupt_after_save, run_cli
+
+    flags = [*RESUME_FLAGS, *extra]
+    code, _, err = run_cli([*flags, f"--save-model={tmp_path / 'straight.pt'}"], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, 13)
+        assert run_cli([*flags, f"--save-model={tmp_path / 'run.pt'}", "--save-freq=13"], capsys)[0] == 130
+    code, out, err = run_cli(
+        [*flags, f"--load-model={tmp_path / 'run.pt'}", f"--save-model={tmp_path / 'run.pt'}"], capsys
+    )
+    assert code == 0 and "resuming" in out, err
+    a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "run.pt")
+    assert a["version"] == 3 and any(k.startswith("tables.groups.") for k in a["model"])
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    state = a["optimizer"]["state"]
+    assert any(k.startswith("tables.groups.") for k in state)
+    for name in state:
+        for key in state[name]:
+            assert torch.equal(state[name][key], b["optimizer"]["state"][name][key]), (name, key)
+    assert a["history"] == b["history"]
+    other = "--qr-collisions=8" if extra[0] == "--qr-flag" else "--md-temperature=0.6"
+    code, _, err = run_cli([*flags, other, f"--load-model={tmp_path / 'run.pt'}"], capsys)
+    assert code == 2 and ("--qr-collisions: checkpoint has 4" in err or "--md-flag (its widths" in err), err
