@@ -38,18 +38,21 @@ from mlet.core.errors import (
     require_at_least,
 )
 from mlet.core.launch import is_main_process, log
+from mlet.data.device import PLACEMENTS, place_data
 from mlet.data.flags import add_dataset_flags, dataset_config
 from mlet.data.preprocessing.cache import DENSE_INPUTS
 from mlet.data.sources import DataBundle, build_data
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import distributed, process_group
 from mlet.training.checkpoints import atomic_save, check_file, collapsed_checkpoint, dashed, load_checkpoint
+from mlet.training.optimizers import STATE_SLOTS
 from mlet.training.processes import Parallel
 from mlet.training.state import check_evaluation
 from mlet.training.trainer import Trainer, parameter_report, write_json
 from mlet_layers import parse_projection_init
 
 PROG = "dlrm_mlet.py"
+ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 DEFAULT_EMBEDDING_SIZE = "4-3-2"
 
 
@@ -95,6 +98,13 @@ def build_parser() -> OneLineParser:
         "--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)"
     )
     add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
+    data.add_argument(
+        "--data-on-device",
+        choices=PLACEMENTS,
+        default="auto",
+        help="hold the training and test data in device memory and cut batches there (auto: on a GPU when it fits"
+        " beside the model; off on a CPU)",
+    )
     synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
     synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
     synth.add_argument("--synthetic-zipf", type=float, default=1.05, help="Zipf exponent of value popularity")
@@ -127,6 +137,13 @@ def build_parser() -> OneLineParser:
     train.add_argument("--use-gpu", action="store_true", help="train on the (first) CUDA device")
     add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
     add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise; off by default)")
+    add_bool(
+        train,
+        "--bf16",
+        False,
+        "mixed precision: MLPs and interaction in bfloat16, tables, optimizer state and master weights in float32"
+        " (off by default)",
+    )
 
     test = p.add_argument_group("testing and logging")
     test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
@@ -306,6 +323,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         num_batches=args.num_batches,
         seed=args.numpy_rand_seed,
         cuda_graph=args.cuda_graph,
+        bf16=args.bf16,
         num_workers=args.num_workers,
         test_freq=args.test_freq,
         print_freq=args.print_freq,
@@ -348,6 +366,7 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
         ),
         dataset=dataset,
         progress=args.progress,
+        placement=args.data_on_device,
     )
 
 
@@ -502,10 +521,21 @@ def prepare(run: Run, parallel: Parallel) -> tuple[DataBundle, Trainer]:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     else:
         model = parallel.build_model(config, seed=run.train.seed)
+    data, placement = place_data(
+        data, run.data.placement, parallel.device, reserve_bytes(model, run.train), parallel.share, run.data.progress
+    )
+    log(f"input: {placement.reason}")
     trainer = Trainer(run.train, data, model, parallel, flags=run.flags)
     if ckpt is not None:
         trainer.load(ckpt, run.load_model, evaluate_only=run.inference_only)
     return data, trainer
+
+
+def reserve_bytes(model: DLRM, train: TrainConfig) -> int:
+    """Device memory to leave free beside data held there: the optimizer's state (one or two copies of the
+    parameters, allocated later) and room for activations, CUDA graphs and the allocator's slack."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    return parameters * STATE_SLOTS[train.optimizer] + ACTIVATION_RESERVE
 
 
 def read_load_model(path: str) -> dict:

@@ -145,6 +145,7 @@ class DataConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     dataset: DatasetConfig | None = None
     progress: bool = True
+    placement: str = "auto"  # --data-on-device: hold the data in device memory (auto, on, off)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class TrainConfig:
     num_batches: int = 0
     seed: int = 123
     cuda_graph: bool = True
+    bf16: bool = False  # MLPs and interaction in bfloat16 (mlet/training/precision.py)
     num_workers: int = -1
     # testing, logging and checkpoints
     test_freq: int = -1

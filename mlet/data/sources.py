@@ -15,37 +15,46 @@ maps through :class:`ArraySource`. See docs/data.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from mlet.core.batch import Batch, SparseFeatures
+from mlet.core.batch import Batch, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
 from mlet.core.config import DataConfig, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
 from mlet.data.preprocessing.cache import dense_transform, prepare
+from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
 TRAIN, TEST, VAL = 0, 1, 2
 
 
 class BatchSource(Protocol):
-    """Batches of one split: a length (batches per epoch) and the batches of an epoch from any batch on."""
+    """Batches of one split: a length (batches per epoch) and the batches of an epoch from any batch on.
+
+    ``device`` is where the batches are made: ``None`` for host memory (the
+    training loop pins and copies them), a device for data held there.
+    """
 
     num_samples: int
+    device: torch.device | None
 
     def __len__(self) -> int: ...
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
-        """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers`` threads."""
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+        """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers``
+        threads; with ``share``, only that process's part of each (a :class:`BatchShard`)."""
         ...
 
 
 class RandomSource:
     """``--data-generation=random``: batches made on the fly, identical every epoch."""
+
+    device: torch.device | None = None  # host memory
 
     def __init__(self, batches: RandomBatches) -> None:
         self.random = batches
@@ -54,9 +63,14 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.random)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
-        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads."""
-        yield from ordered_map(self.make_batch, range(start, len(self)), workers)
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads.
+
+        With ``share`` each whole batch is made and then cut: a random batch's
+        bags come from one generator across tables, so a table's bags cannot be made alone.
+        """
+        made = ordered_map(self.make_batch, range(start, len(self)), workers)
+        yield from made if share is None else (share.of(batch) for batch in made)
 
     def make_batch(self, index: int) -> Batch:
         """Batch ``index``."""
@@ -70,8 +84,12 @@ class ArraySource:
     With ``shuffle`` the rows are permuted by a generator seeded with
     ``(seed, epoch)``; the last batch may be smaller (nothing is dropped).
     A batch's rows are read in increasing order (cheap on memory maps), and
-    ``id_transform`` (e.g. :class:`vocabulary.IdLimits`) maps its B x T ids.
+    ``id_transform`` (:class:`~mlet.data.preprocessing.vocabulary.IdLimits`) maps its B x T ids.
+    A process's :class:`Share` reads only its samples' dense features and
+    labels and its tables' ids.
     """
+
+    device: torch.device | None = None  # host memory
 
     def __init__(
         self,
@@ -81,7 +99,7 @@ class ArraySource:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
-        id_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        id_transform: IdLimits | None = None,
     ) -> None:
         if not (len(dense) == len(ids) == len(labels)):
             raise ValueError(f"row counts differ: dense {len(dense)}, ids {len(ids)}, labels {len(labels)}")
@@ -100,11 +118,14 @@ class ArraySource:
             return None
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
         """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
         order = self.order(epoch)
         selections = (self.rows_of(order, i) for i in range(start, len(self)))
-        yield from ordered_map(self.make_batch, selections, workers)
+        if share is None:
+            yield from ordered_map(self.make_batch, selections, workers)
+        else:
+            yield from ordered_map(lambda rows: self.make_share(rows, share), selections, workers)
 
     def rows_of(self, order: np.ndarray | None, index: int) -> slice | np.ndarray:
         """Rows of batch ``index`` under ``order`` (sorted: cheap reads from memory maps)."""
@@ -113,12 +134,30 @@ class ArraySource:
 
     def make_batch(self, rows: slice | np.ndarray) -> Batch:
         """The batch of the given rows (copied out of the arrays, which may be read-only memory maps)."""
-        ids = take_rows(self.ids, rows)
-        if self.id_transform is not None:
-            ids = self.id_transform(ids)
+        dense, labels = self.dense_and_labels(rows)
+        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(self.ids_of(rows))), labels)
+
+    def make_share(self, rows: slice | np.ndarray, share: Share) -> BatchShard:
+        """One process's part of the batch of ``rows``: its samples' dense features and labels, its tables' ids."""
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        lo, hi = share.samples(count)
+        mine = slice(rows.start + lo, rows.start + hi) if isinstance(rows, slice) else rows[lo:hi]
+        dense, labels = self.dense_and_labels(mine)
+        features = SparseFeatures.from_ids(torch.from_numpy(self.ids_of(rows, share.tables))) if share.tables else None
+        return BatchShard(dense, OwnedBags(features, count), labels)
+
+    def dense_and_labels(self, rows: slice | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense features (float32) and labels (float32) of ``rows``."""
         dense = torch.from_numpy(take_rows(self.dense, rows).astype(np.float32, copy=False))
         labels = torch.from_numpy(take_rows(self.labels, rows).astype(np.float32, copy=False))
-        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(ids)), labels)
+        return dense, labels
+
+    def ids_of(self, rows: slice | np.ndarray, tables: Sequence[int] | None = None) -> np.ndarray:
+        """Ids of ``rows`` (``B x T``, or the columns of ``tables``), limited by ``id_transform``."""
+        ids = take_rows(self.ids, rows)
+        if tables is not None:
+            ids = ids[:, list(tables)]
+        return self.id_transform(ids, tables) if self.id_transform is not None else ids
 
 
 def take_rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
 from mlet_layers import EmbeddingTables
 
+# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
+STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
 MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 

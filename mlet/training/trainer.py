@@ -30,7 +30,7 @@ from mlet.core.pipeline import prefetch
 from mlet.data.sources import DataBundle
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
 from mlet.training.optimizers import LRPolicy, build_optimizer
-from mlet.training.processes import Parallel, SingleProcess
+from mlet.training.processes import Parallel, SingleProcess, needs_pinning
 from mlet.training.state import (
     Position,
     TrainingState,
@@ -127,7 +127,7 @@ class Trainer:
         )
         self.loss_fn = loss_function(config, self.device)
         use_graph = config.cuda_graph and self.device.type == "cuda" and fused_tables is not None
-        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
+        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph, bf16=config.bf16)
         self.batches_per_epoch = min(config.num_batches, len(data.train)) if config.num_batches > 0 else len(data.train)
         self.print_freq = config.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
@@ -234,7 +234,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
-            **self.parallel.evaluate(self.model, source.batches(0)),
+            **self.parallel.evaluate(self.model, source, self.config.bf16),
         }
 
     def validate(self, final: dict) -> dict | None:
@@ -292,9 +292,9 @@ class Trainer:
         loss_sum: torch.Tensor | float = 0.0
         loss_count, window_time, window_samples = 0, 0.0, 0
         workers = batch_workers(config.num_workers, self.device)
+        train = self.data.train
         batches = prefetch(
-            iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))),
-            pin=self.device.type == "cuda",
+            self.parallel.batches(train, self.epoch, self.batch, workers), pin=needs_pinning(train, self.device)
         )
         last = time.perf_counter()
         for batch in batches:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -201,9 +202,10 @@ class IdLimits:
         sizes = [int(k) + 1 for k in self.keep]
         return [min(n, self.modulus) for n in sizes] if self.modulus else sizes
 
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        """Limited ids of a batch (B x T)."""
-        out = np.where(ids > self.keep, 0, ids)
+    def __call__(self, ids: np.ndarray, tables: Sequence[int] | None = None) -> np.ndarray:
+        """Limited ids of a batch (B x T, or B x len(tables): the columns of those features)."""
+        keep = self.keep if tables is None else self.keep[list(tables)]
+        out = np.where(ids > keep, 0, ids)
         if self.modulus:
             out %= self.modulus
         return out
