@@ -26,7 +26,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 SUBLAYERS: dict[str, list[str]] = {
     # inside a layer, an order too: the click model under the raw files under the sources
-    "data": ["mlet.data.synthetic", "mlet.data.preprocessing", "mlet.data.flags", "mlet.data.sources", "mlet.data.device"],
+    "data": [
+        "mlet.data.synthetic",
+        "mlet.data.preprocessing",
+        "mlet.data.flags",
+        "mlet.data.sources",
+        "mlet.data.device",
+    ],
     "model": ["mlet_layers", "dlrm_model"],
 }
 

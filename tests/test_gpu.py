@@ -105,3 +105,31 @@ def test_gpu_checkpoint_evaluates_on_cpu(tmp_path, capsys) -> None:
     assert cpu_final["samples"] == gpu_results["final"]["samples"]
     assert cpu_final["logloss"] == pytest.approx(gpu_results["final"]["logloss"], abs=1e-6)
     assert cpu_final["auc"] == pytest.approx(gpu_results["final"]["auc"], abs=1e-4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("generation", [[], ["--data-generation=random", "--num-indices-per-lookup=3"]])
+def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) -> None:
+    flags = [*override_flags(FLAGS, *generation), "--use-gpu"]
+    host = train([*flags, "--data-on-device=off"], tmp_path, "host")
+    device = train([*flags, "--data-on-device=on"], tmp_path, "device")
+    assert_close_runs(host, device)
+
+
+@pytest.mark.timeout(300)
+def test_bf16_on_the_gpu_trains_close_to_float32_and_resumes(tmp_path, monkeypatch, capsys) -> None:
+    flags = [*FLAGS, "--use-gpu"]
+    fp32 = train(flags, tmp_path, "fp32")[1]["final"]
+    bf16 = train([*flags, "--bf16"], tmp_path, "bf16")
+    assert bf16[1]["final"]["auc"] == pytest.approx(fp32["auc"], abs=0.01)
+    assert all(t.dtype == torch.float32 for t in bf16[0]["model"].values())
+    ckpt = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, 15)
+        assert run_cli([*flags, "--bf16", f"--save-model={ckpt}", "--save-freq=15"], capsys)[0] == 130
+    code, _, err = run_cli(
+        [*flags, "--bf16", f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"],
+        capsys,
+    )
+    assert code == 0, err
+    assert_close_runs((load_checkpoint(ckpt), json.loads((tmp_path / "r.json").read_text())), bf16)
