@@ -122,6 +122,21 @@ def write_processed(directory: Path, rows: int, seed: int) -> dict:
     return meta
 
 
+def processed_data(directory: Path, rows: int) -> dict:
+    """The processed data in ``directory``: written unless a run of this benchmark left ``rows`` rows there."""
+    meta_file = directory / "meta.json"
+    if meta_file.exists() and json.loads(meta_file.read_text())["physical_rows"] == rows:
+        print(f"reusing the {rows:,} rows in {directory}", flush=True)
+        return json.loads(meta_file.read_text())
+    start = time.perf_counter()
+    meta = write_processed(directory, rows, seed=1)
+    print(
+        f"wrote {rows:,} rows ({sum(meta['vocabulary_sizes']):,} ids) in {time.perf_counter() - start:.0f} s",
+        flush=True,
+    )
+    return meta
+
+
 def cli_run(directory: Path, model: dict, batch: int, placement: str, precision: str, gpus: int, out: Path) -> dict:
     """One epoch of ``dlrm_mlet.py`` on ``gpus`` GPUs (torchrun for more than one); its results JSON and wall time."""
     flags = [
@@ -188,12 +203,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.dir or Path(tmp, "processed")
-        start = time.perf_counter()
-        meta = write_processed(directory, args.rows, seed=1)
-        print(
-            f"wrote {args.rows:,} rows ({sum(meta['vocabulary_sizes']):,} ids) in {time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
+        meta = processed_data(directory, args.rows)
         steps = {
             (m, b, p): step_only(models[m], b, p)
             for m in args.models

@@ -121,7 +121,7 @@ def test_bf16_on_the_gpu_trains_close_to_float32_and_resumes(tmp_path, monkeypat
     flags = [*FLAGS, "--use-gpu"]
     fp32 = train(flags, tmp_path, "fp32")[1]["final"]
     bf16 = train([*flags, "--bf16"], tmp_path, "bf16")
-    assert bf16[1]["final"]["auc"] == pytest.approx(fp32["auc"], abs=0.01)
+    assert bf16[1]["final"]["logloss"] == pytest.approx(fp32["logloss"], abs=0.02)  # AUC of 128 samples is noise
     assert all(t.dtype == torch.float32 for t in bf16[0]["model"].values())
     ckpt = tmp_path / "run.pt"
     with monkeypatch.context() as patch:
