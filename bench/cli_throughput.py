@@ -154,6 +154,7 @@ def cli_run(directory: Path, model: dict, batch: int, placement: str, precision:
         "--use-gpu",
         f"--data-on-device={placement}",
         "--progress=false",
+        "--print-time",
         f"--results-json={out}",
         *PRECISION_FLAGS[precision],
     ]
@@ -173,7 +174,7 @@ def cli_run(directory: Path, model: dict, batch: int, placement: str, precision:
     if done.returncode != 0:
         raise RuntimeError(f"dlrm_mlet.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
     input_line = next((line for line in done.stdout.splitlines() if line.startswith("input: ")), "")
-    return {**json.loads(out.read_text()), "wall_s": wall, "input_line": input_line}
+    return {**json.loads(out.read_text()), "wall_s": wall, "input_line": input_line, "log": done.stdout}
 
 
 def step_only(model: dict, batch: int, precision: str) -> float:
@@ -226,7 +227,7 @@ def main() -> None:
                                 gpus,
                                 Path(tmp, "r.json"),
                             )
-                            cli = result["train_samples_per_second"]
+                            cli, steady = result["train_samples_per_second"], result["steady_samples_per_second"]
                             step = steps.get((m, batch, precision))
                             row = {
                                 "model": models[m]["name"],
@@ -236,34 +237,23 @@ def main() -> None:
                                 "gpus": gpus,
                                 "cli_samples_per_s": cli,
                                 "step_only_samples_per_s": step,
+                                "cli_steady_samples_per_s": steady,
                                 "cli_vs_step": cli / step if step and gpus == 1 else None,
+                                "steady_vs_step": steady / step if step and gpus == 1 else None,
                                 "train_samples": result["train_samples"],
                                 "wall_s": result["wall_s"],
                                 "input_line": result["input_line"],
+                                "log_tail": result["log"].splitlines()[-25:],
                             }
                             rows.append(row)
                             print(json.dumps(row), flush=True)
     for row in rows:
-        one = next(
-            (
-                r
-                for r in rows
-                if r["gpus"] == 1 and all(r[k] == row[k] for k in ("model", "batch", "precision", "input"))
-            ),
-            None,
-        )
+        same = ("model", "batch", "precision", "input")
+        one = next((r for r in rows if r["gpus"] == 1 and all(r[k] == row[k] for k in same)), None)
         row["vs_1_gpu"] = row["cli_samples_per_s"] / one["cli_samples_per_s"] if one else None
-    columns = [
-        "model",
-        "batch",
-        "precision",
-        "input",
-        "gpus",
-        "cli_samples_per_s",
-        "step_only_samples_per_s",
-        "cli_vs_step",
-        "vs_1_gpu",
-    ]
+        row["steady_vs_1_gpu"] = row["cli_steady_samples_per_s"] / one["cli_steady_samples_per_s"] if one else None
+    columns = ["model", "batch", "precision", "input", "gpus", "cli_samples_per_s", "cli_steady_samples_per_s"]
+    columns += ["step_only_samples_per_s", "cli_vs_step", "steady_vs_step", "vs_1_gpu", "steady_vs_1_gpu"]
     print_table(rows, columns)
     payload = {"rows_in_data": args.rows, "table_rows": sum(meta["vocabulary_sizes"]), "rows": rows}
     print(f"wrote {save(args.out, payload)}")

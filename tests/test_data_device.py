@@ -16,8 +16,9 @@ from helpers import run_cli
 from mlet.core.batch import Batch, BatchShard, Share
 from mlet.data.device import DeviceArraySource, decide, load_arrays, place_data, to_device
 from mlet.data.preprocessing.vocabulary import IdLimits
-from mlet.data.sources import ArraySource, DataBundle, RandomSource
+from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
+from mlet.training.trainer import steady_rate
 
 CPU = torch.device("cpu")
 
@@ -142,3 +143,15 @@ def test_command_line_trains_the_same_with_data_on_the_device(generation, tmp_pa
         losses = [line.rsplit(" ", 1)[1] for line in stdout.splitlines() if line.startswith("Finished training it")]
         results[placement] = (losses, json.loads(out.read_text())["final"])
     assert len(results["on"][0]) == 50 and results["on"] == results["off"]
+
+
+def test_epoch_orders_are_numpys_permutations_made_ahead() -> None:
+    orders = EpochOrders(1000, seed=3)
+    for epoch in (0, 1, 2, 5):  # a resumed run may start at a later epoch
+        assert np.array_equal(orders.get(epoch), np.random.default_rng([3, epoch]).permutation(1000))
+    assert set(orders.pending) == {6}  # the next epoch is under way; skipped ones are dropped
+
+
+def test_steady_rate_leaves_out_the_first_window() -> None:
+    assert steady_rate([(1000, 2.0), (1000, 0.5), (3000, 1.5)]) == 2000.0
+    assert steady_rate([(1000, 2.0)]) is None

@@ -118,18 +118,22 @@ def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) ->
 
 @pytest.mark.timeout(300)
 def test_bf16_on_the_gpu_trains_close_to_float32_and_resumes(tmp_path, monkeypatch, capsys) -> None:
+    """bfloat16 rounds the GPU's unordered row sums' last-bit differences up to its own 8 bits, so a resumed
+    bf16 run is compared by its metrics (bit-exact resume under --bf16 is tested on the CPU)."""
     flags = [*FLAGS, "--use-gpu"]
     fp32 = train(flags, tmp_path, "fp32")[1]["final"]
-    bf16 = train([*flags, "--bf16"], tmp_path, "bf16")
-    assert bf16[1]["final"]["logloss"] == pytest.approx(fp32["logloss"], abs=0.02)  # AUC of 128 samples is noise
-    assert all(t.dtype == torch.float32 for t in bf16[0]["model"].values())
-    ckpt = tmp_path / "run.pt"
+    bf16_ckpt, bf16 = train([*flags, "--bf16"], tmp_path, "bf16")
+    assert bf16["final"]["logloss"] == pytest.approx(fp32["logloss"], abs=0.02)  # AUC of 128 samples is noise
+    assert all(t.dtype == torch.float32 for t in bf16_ckpt["model"].values())
+    ckpt, out = tmp_path / "run.pt", tmp_path / "r.json"
     with monkeypatch.context() as patch:
         interrupt_after_save(patch, 15)
         assert run_cli([*flags, "--bf16", f"--save-model={ckpt}", "--save-freq=15"], capsys)[0] == 130
     code, _, err = run_cli(
-        [*flags, "--bf16", f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"],
-        capsys,
+        [*flags, "--bf16", f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={out}"], capsys
     )
     assert code == 0, err
-    assert_close_runs((load_checkpoint(ckpt), json.loads((tmp_path / "r.json").read_text())), bf16)
+    resumed = json.loads(out.read_text())
+    assert load_checkpoint(ckpt)["position"] == bf16_ckpt["position"]
+    assert [h["iteration"] for h in resumed["history"]] == [h["iteration"] for h in bf16["history"]]
+    assert resumed["final"]["logloss"] == pytest.approx(bf16["final"]["logloss"], abs=5e-3)

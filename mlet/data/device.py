@@ -8,7 +8,7 @@ path stops being the limit of a fast training step (docs/performance.md).
 * :class:`DeviceArraySource` holds an :class:`~mlet.data.sources.ArraySource`'s
   rows. Its batches are the host source's, row for row: the same numpy
   permutation of the epoch (made on the host, one epoch ahead, in a
-  thread, and copied once), the same rows sorted within each batch, the same
+  thread, and copied once per epoch), the same rows sorted within each batch, the same
   limited ids (the id limits are applied while loading).
 * :class:`DeviceBatchList` holds every batch of a
   :class:`~mlet.data.sources.RandomSource` (random batches are the same each
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mlet.core.batch import Batch, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
-from mlet.data.sources import ArraySource, BatchSource, DataBundle, RandomSource
+from mlet.data.sources import ArraySource, BatchSource, DataBundle, EpochOrders, RandomSource
 
 LOAD_CHUNK_ROWS = 1 << 20
 PLACEMENTS = ("auto", "on", "off")
@@ -42,7 +41,8 @@ PLACEMENTS = ("auto", "on", "off")
 class DeviceArraySource:
     """The rows of an :class:`ArraySource` in device memory; the same batches, cut on the device.
 
-    ``ids`` holds the columns of ``tables`` (all tables when ``None``), already limited.
+    ``ids`` holds the columns of ``tables`` (all tables when ``None``), already limited; ``orders``: the
+    host source's permutations (begun already), else new ones.
     """
 
     def __init__(
@@ -54,30 +54,22 @@ class DeviceArraySource:
         shuffle: bool,
         seed: int,
         tables: tuple[int, ...] | None = None,
+        orders: EpochOrders | None = None,
     ) -> None:
         self.dense, self.ids, self.labels = dense, ids, labels
         self.batch_size, self.shuffle, self.seed, self.tables = int(batch_size), shuffle, seed, tables
         self.num_samples = labels.shape[0]
         self.device: torch.device | None = labels.device
-        self.orders: dict[int, Future[np.ndarray]] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="epoch-order")
+        self.orders = orders or (EpochOrders(self.num_samples, seed) if shuffle else None)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
-    def host_order(self, epoch: int) -> np.ndarray:
-        """The epoch's permutation, as :meth:`ArraySource.order` makes it."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-
     def order(self, epoch: int) -> Tensor | None:
-        """Row order of ``epoch`` on the device (``None``: file order); the next epoch's is made meanwhile."""
-        if not self.shuffle:
+        """Row order of ``epoch`` on the device (``None``: file order): :meth:`ArraySource.order`'s permutation."""
+        if self.orders is None:
             return None
-        for wanted in (epoch, epoch + 1):
-            if wanted not in self.orders:
-                self.orders[wanted] = self.pool.submit(self.host_order, wanted)
-        order = self.orders.pop(epoch).result()
-        return torch.from_numpy(order).to(self.device, non_blocking=False)
+        return torch.from_numpy(self.orders.get(epoch)).to(self.device)
 
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
         """Batches ``start..`` of ``epoch`` (``workers`` is ignored: there is no host work to spread)."""
@@ -222,4 +214,4 @@ def load_arrays(source: ArraySource, device: torch.device, share: Share | None, 
         ids[rows].copy_(torch.from_numpy(source.ids_of(rows, tables).astype(np.int32, copy=False)))
         bar.update(rows.stop - rows.start)
     bar.close()
-    return DeviceArraySource(dense, ids, labels, source.batch_size, source.shuffle, source.seed, tables)
+    return DeviceArraySource(dense, ids, labels, source.batch_size, source.shuffle, source.seed, tables, source.orders)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -49,6 +50,39 @@ class BatchSource(Protocol):
         """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers``
         threads; with ``share``, only that process's part of each (a :class:`BatchShard`)."""
         ...
+
+
+class EpochOrders:
+    """Each epoch's row permutation (seeded by ``(seed, epoch)``), made in a background thread one epoch ahead.
+
+    numpy's permutation of a Kaggle-size training split takes about half a
+    second: made when the epoch starts, it would stall the first batch of
+    every epoch. The first epoch's starts when the source is made (while the
+    model is built), each next one when its predecessor is asked for.
+    """
+
+    def __init__(self, num_rows: int, seed: int) -> None:
+        self.num_rows, self.seed = num_rows, seed
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="epoch-order")
+        self.pending: dict[int, Future[np.ndarray]] = {}
+        self.start(0)
+
+    def start(self, epoch: int) -> None:
+        """Begin making ``epoch``'s permutation (once)."""
+        if epoch not in self.pending:
+            self.pending[epoch] = self.pool.submit(self.permutation, epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The permutation of ``epoch``, made now."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def get(self, epoch: int) -> np.ndarray:
+        """The permutation of ``epoch``; the next epoch's is begun, earlier ones (a resumed run skips them) dropped."""
+        for earlier in [e for e in self.pending if e < epoch]:
+            self.pending.pop(earlier).cancel()
+        self.start(epoch)
+        self.start(epoch + 1)
+        return self.pending.pop(epoch).result()
 
 
 class RandomSource:
@@ -108,15 +142,14 @@ class ArraySource:
         self.shuffle, self.seed = shuffle, seed
         self.id_transform = id_transform
         self.num_samples = len(labels)
+        self.orders = EpochOrders(self.num_samples, seed) if shuffle else None
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray | None:
         """Row order of ``epoch`` (``None``: file order)."""
-        if not self.shuffle:
-            return None
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return self.orders.get(epoch) if self.orders is not None else None
 
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
         """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""

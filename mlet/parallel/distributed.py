@@ -459,6 +459,8 @@ def session(use_gpu: bool, backend: str | None, timeout_s: int, optimizer: str) 
     device = agree(lambda: training_device(backend, use_gpu))
     # NCCL on GPUs gets a group of its own; gloo training shares the default group
     group = dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)) if device.type == "cuda" else None
+    if group is not None:  # NCCL connects lazily, at its first collective: here, not inside the first training step
+        dist.all_reduce(torch.zeros(1, device=device), group=group)
     comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
     try:
         yield MultiProcess(comm, optimizer, "nccl" if group is not None else "gloo")

@@ -66,6 +66,13 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
+def steady_rate(windows: list[tuple[int, float]]) -> float | None:
+    """Samples/s after the first logged window, which holds the run's one-time costs (CUDA graph capture,
+    kernel compilation, the first batches' wait); ``None`` with fewer than two windows."""
+    samples, seconds = sum(n for n, _ in windows[1:]), sum(t for _, t in windows[1:])
+    return samples / seconds if seconds > 0 else None
+
+
 def parameter_report(model: DLRM) -> dict:
     """Parameter counts and bytes for training (as built) and inference (collapsed)."""
     return bytes_report(model.config.parameter_counts(), model.tables.weight.element_size())
@@ -134,6 +141,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time, self.train_samples = 0.0, 0
+        self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
 
     # -- checkpoints -------------------------------------------------------
@@ -311,6 +319,7 @@ class Trainer:
                 loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
                 now = time.perf_counter()
                 self.train_time, window_time = self.train_time + now - last, window_time + now - last
+                self.windows.append((window_samples, window_time))
                 self.log_train(loss_value, loss_count, window_time, window_samples)
                 loss_sum, loss_count, window_time, window_samples, last = 0.0, 0, 0.0, 0, now
             if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
@@ -343,6 +352,7 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,
+            "steady_samples_per_second": steady_rate(self.windows),
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
