@@ -8,7 +8,7 @@ imports the rest of the project.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -208,3 +208,7 @@ class StepBatch(Protocol):
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepBatch:
         """Copy to ``device``."""
         ...
+
+
+Batches = Generator[StepBatch, None, None]
+"""What batch sources yield: a generator (stopping early closes it, and what it started)."""

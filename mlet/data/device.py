@@ -23,7 +23,6 @@ its own tables' ids.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from mlet.core.batch import Batch, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
+from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
 from mlet.data.sources import ArraySource, BatchSource, DataBundle, EpochOrders, RandomSource
 
 LOAD_CHUNK_ROWS = 1 << 20
@@ -71,7 +70,7 @@ class DeviceArraySource:
             return None
         return torch.from_numpy(self.orders.get(epoch)).to(self.device)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch`` (``workers`` is ignored: there is no host work to spread)."""
         order = self.order(epoch)
         for index in range(start, len(self)):
@@ -107,7 +106,7 @@ class DeviceBatchList:
     def __len__(self) -> int:
         return len(self.stored)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """The stored batches ``start..`` (made for one share, or whole: ``share`` must match how they were made)."""
         yield from self.stored[start:]
 

@@ -15,7 +15,7 @@ maps through :class:`ArraySource`. See docs/data.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mlet.core.batch import Batch, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
+from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures
 from mlet.core.config import DataConfig, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
@@ -46,7 +46,7 @@ class BatchSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers``
         threads; with ``share``, only that process's part of each (a :class:`BatchShard`)."""
         ...
@@ -97,7 +97,7 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.random)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` (the same in every epoch), made by ``workers`` threads.
 
         With ``share`` each whole batch is made and then cut: a random batch's
@@ -151,7 +151,7 @@ class ArraySource:
         """Row order of ``epoch`` (``None``: file order)."""
         return self.orders.get(epoch) if self.orders is not None else None
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Iterator[StepBatch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
         order = self.order(epoch)
         selections = (self.rows_of(order, i) for i in range(start, len(self)))

@@ -22,17 +22,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dlrm_model import DLRM, ModelConfig
-from mlet.core.batch import OwnedBags, Share, StepBatch, local_sizes
+from mlet.core.batch import Batches, OwnedBags, Share, local_sizes
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_world_size
-from mlet.core.pipeline import prefetch
 from mlet.data.sources import BatchSource
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
 from mlet.parallel.sharding import RowLayout, ShardingPlan, table_bytes
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
-from mlet.training.processes import Parallel, SingleProcess, needs_pinning
+from mlet.training.processes import Parallel, SingleProcess, feed
 from mlet_layers import EmbeddingTables
 
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
@@ -362,7 +361,7 @@ class MultiProcess:
         """What this process needs of each global batch: its samples, its tables' bags."""
         return Share(self.rank, self.world_size, tuple(self.plan.tables_of_rank[self.rank]))
 
-    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Iterator[StepBatch]:
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
         """This process's share of each global batch, read as such from ``source`` (no process reads it all)."""
         return source.batches(epoch, start, workers, share=self.share)
 
@@ -377,12 +376,12 @@ class MultiProcess:
         the metrics computed once, on rank 0, then shared with every rank."""
         sizes: list[int] = []
 
-        def counted(shares: Iterator[StepBatch]) -> Iterator[StepBatch]:
+        def counted(shares: Batches) -> Batches:
             for batch in shares:
                 sizes.append(batch.size)
                 yield batch
 
-        shares = prefetch(counted(self.batches(source, 0)), pin=needs_pinning(source, self.device))
+        shares = feed(source, counted(self.batches(source, 0)), self.device)
         probs, labels = predict(model, shares, self.device, bf16)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]

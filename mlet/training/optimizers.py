@@ -219,9 +219,10 @@ class FusedOptimizer:
         self.dense.step()
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate (a device-side fill: no host sync, graph-safe)."""
-        self.lr.fill_(lr)
-        self.param_groups[0]["lr"] = lr
+        """Set the learning rate (a device-side fill, only when it changes: no host sync, graph-safe)."""
+        if lr != self.param_groups[0]["lr"]:
+            self.lr.fill_(lr)
+            self.param_groups[0]["lr"] = lr
 
     def state_dict(self) -> dict:
         """Name-keyed state, as :meth:`CombinedOptimizer.state_dict`."""

@@ -9,14 +9,14 @@ for runs under torchrun (sharded tables, replicated MLPs; docs/distributed.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
 from dlrm_model import DLRM
-from mlet.core.batch import Share, StepBatch
+from mlet.core.batch import Batches, Share
 from mlet.core.config import ModelConfig
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import BatchSource
@@ -52,7 +52,7 @@ class Parallel(Protocol):
         """The optimizer as the training loop uses it (saving and loading whole-model state)."""
         ...
 
-    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Iterator[StepBatch]:
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
         """This process's part of each batch ``start..`` of ``epoch`` of ``source``."""
         ...
 
@@ -100,7 +100,7 @@ class SingleProcess:
         """The model a checkpoint holds, on this device."""
         return model_from_checkpoint(ckpt, self.device)
 
-    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Iterator[StepBatch]:
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
         """The whole batches."""
         return source.batches(epoch, start, workers)
 
@@ -110,8 +110,7 @@ class SingleProcess:
 
     def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False) -> dict:
         """CTR metrics over every sample of ``source``."""
-        batches = prefetch(self.batches(source, 0), pin=needs_pinning(source, self.device))
-        return ctr_metrics(*predict(model, batches, self.device, bf16))
+        return ctr_metrics(*predict(model, feed(source, self.batches(source, 0), self.device), self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""
@@ -124,6 +123,15 @@ class SingleProcess:
     def record(self) -> dict | None:
         """Nothing to store in checkpoints and results."""
         return None
+
+
+def feed(source: BatchSource, batches: Batches, device: torch.device) -> Batches:
+    """``batches`` as a loop takes them: host batches made ahead by a thread (page-locked for a GPU); batches
+    cut on the device as they are asked for (a few kernel launches: a thread would only add a hand-over
+    and contention for the interpreter lock with the loop that launches the step)."""
+    if source.device is not None:
+        return batches
+    return prefetch(batches, pin=needs_pinning(source, device))
 
 
 def needs_pinning(source: BatchSource, device: torch.device) -> bool:

@@ -26,11 +26,10 @@ from mlet.core.batch import StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
-from mlet.core.pipeline import prefetch
 from mlet.data.sources import DataBundle
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
 from mlet.training.optimizers import LRPolicy, build_optimizer
-from mlet.training.processes import Parallel, SingleProcess, needs_pinning
+from mlet.training.processes import Parallel, SingleProcess, feed
 from mlet.training.state import (
     Position,
     TrainingState,
@@ -301,9 +300,7 @@ class Trainer:
         loss_count, window_time, window_samples = 0, 0.0, 0
         workers = batch_workers(config.num_workers, self.device)
         train = self.data.train
-        batches = prefetch(
-            self.parallel.batches(train, self.epoch, self.batch, workers), pin=needs_pinning(train, self.device)
-        )
+        batches = feed(train, self.parallel.batches(train, self.epoch, self.batch, workers), self.device)
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
