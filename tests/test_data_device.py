@@ -152,6 +152,7 @@ def test_epoch_orders_are_numpys_permutations_made_ahead() -> None:
     assert set(orders.pending) == {6}  # the next epoch is under way; skipped ones are dropped
 
 
-def test_steady_rate_leaves_out_the_first_window() -> None:
-    assert steady_rate([(1000, 2.0), (1000, 0.5), (3000, 1.5)]) == 2000.0
-    assert steady_rate([(1000, 2.0)]) is None
+def test_steady_rate_is_the_median_window_rate() -> None:
+    warm_up, steady, last_batch = (1000, 2.0), (1000, 0.5), (100, 0.2)
+    assert steady_rate([warm_up, steady, steady, steady, last_batch]) == 2000.0
+    assert steady_rate([warm_up, steady]) is None

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -66,10 +67,11 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
 
 
 def steady_rate(windows: list[tuple[int, float]]) -> float | None:
-    """Samples/s after the first logged window, which holds the run's one-time costs (CUDA graph capture,
-    kernel compilation, the first batches' wait); ``None`` with fewer than two windows."""
-    samples, seconds = sum(n for n, _ in windows[1:]), sum(t for _, t in windows[1:])
-    return samples / seconds if seconds > 0 else None
+    """The median samples/s of the logged windows: the run's pace once started, without the one-time costs that
+    fall in a few windows (the first: CUDA graph capture, kernel compilation; an epoch's last, smaller batch,
+    which runs eagerly); ``None`` with fewer than three windows."""
+    rates = [n / t for n, t in windows if t > 0]
+    return statistics.median(rates) if len(rates) >= 3 else None
 
 
 def parameter_report(model: DLRM) -> dict:
