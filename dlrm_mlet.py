@@ -139,6 +139,13 @@ def build_parser() -> OneLineParser:
     add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise; off by default)")
     add_bool(
         train,
+        "--adapt-threads",
+        True,
+        "on a CPU, train with fewer threads while other processes use the cores (false: a fixed count, as exact resumes"
+        " need)",
+    )
+    add_bool(
+        train,
         "--bf16",
         False,
         "mixed precision: MLPs and interaction in bfloat16, tables, optimizer state and master weights in float32"
@@ -324,6 +331,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seed=args.numpy_rand_seed,
         cuda_graph=args.cuda_graph,
         bf16=args.bf16,
+        adapt_threads=args.adapt_threads,
         num_workers=args.num_workers,
         test_freq=args.test_freq,
         print_freq=args.print_freq,

@@ -170,6 +170,7 @@ class TrainConfig:
     seed: int = 123
     cuda_graph: bool = True
     bf16: bool = False  # MLPs and interaction in bfloat16 (mlet/training/precision.py)
+    adapt_threads: bool = True  # on a CPU, fewer threads while other processes use the cores (cpu_threads.py)
     num_workers: int = -1
     # testing, logging and checkpoints
     test_freq: int = -1

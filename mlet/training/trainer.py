@@ -28,6 +28,7 @@ from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
 from mlet.data.sources import DataBundle
+from mlet.training import cpu_threads
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
 from mlet.training.optimizers import LRPolicy, build_optimizer
 from mlet.training.processes import Parallel, SingleProcess, feed
@@ -275,7 +276,7 @@ class Trainer:
         return result
 
     def train(self) -> None:
-        """Run the remaining epochs."""
+        """Run the remaining epochs (on a CPU with as many threads as other processes leave cores: cpu_threads.py)."""
         total = self.config.nepochs * self.batches_per_epoch
         show = self.config.progress and self.parallel.is_main
         bar = tqdm(
@@ -286,13 +287,14 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        while self.epoch < self.config.nepochs:
-            self.run_epoch(bar)
-            self.epoch, self.batch = self.epoch + 1, 0
+        with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
+            while self.epoch < self.config.nepochs:
+                self.run_epoch(bar, threads)
+                self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
 
-    def run_epoch(self, bar: tqdm) -> None:
-        """Train on the rest of the current epoch.
+    def run_epoch(self, bar: tqdm, threads: cpu_threads.ThreadGovernor | None = None) -> None:
+        """Train on the rest of the current epoch (``threads``: adjusts the CPU thread count between steps).
 
         ``train_time`` counts wall time spent waiting for and training on
         batches; testing and checkpointing are excluded.
@@ -309,6 +311,8 @@ class Trainer:
                 break
             batch = batch.to(self.device, non_blocking=True)
             loss = self.step(batch)
+            if threads is not None:
+                threads.tick()
             loss_sum, loss_count = loss_sum + loss, loss_count + 1
             self.batch, self.iteration = self.batch + 1, self.iteration + 1
             self.train_samples += batch.size
