@@ -217,7 +217,11 @@ def cache_settings(data_set: str, split: str, split_seed: int, sub_sample_rate: 
     """The settings the processed data depend on (the sub-sampling keys only when it is on, so that caches made
     before it existed stay valid)."""
     seeded = split == "random-811" or sub_sample_rate > 0
-    settings = {"data_set": data_set, "data_split": split, "split_seed": split_seed if seeded else None}
+    settings: dict[str, object] = {
+        "data_set": data_set,
+        "data_split": split,
+        "split_seed": split_seed if seeded else None,
+    }
     if sub_sample_rate > 0:
         settings["sub_sample_rate"] = sub_sample_rate
     return settings

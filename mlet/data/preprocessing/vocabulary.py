@@ -128,7 +128,7 @@ class Vocabulary:
     def __init__(self, num_features: int, count_dtype: type = np.int32) -> None:
         self.tables = [KeyTable() for _ in range(num_features)]
         # int32 (< 2**31 rows) keeps np.add.at fast; merged day vocabularies (Terabyte's billions of rows) use int64
-        self._counts = [np.zeros(1024, count_dtype) for _ in range(num_features)]
+        self._counts: list[np.ndarray] = [np.zeros(1024, count_dtype) for _ in range(num_features)]
         self.keys: list[np.ndarray] = []  # after freeze: values in id order (id 1 first)
         self.counts: list[np.ndarray] = []
         self.renumbering: list[np.ndarray] = []  # after freeze: provisional index -> id
