@@ -73,7 +73,7 @@ def one_build(folder: Path, workers: int) -> dict:
     """A fresh-process build with ``workers`` reading processes."""
     out = folder.with_name(folder.name + f".processed-{workers}")
     shutil.rmtree(out, ignore_errors=True)
-    info, wall, _ = run_child(
+    info, _, _ = run_child(
         BUILD.format(folder=str(folder), out=str(out)), env={"DLRM_MLET_PREPROCESS_WORKERS": str(workers)}
     )
     shutil.rmtree(out, ignore_errors=True)
