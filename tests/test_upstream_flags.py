@@ -9,6 +9,8 @@ import torch
 from helpers import ROOT, run_cli
 from test_cli import TINY
 
+import checkpoint
+import data_utils
 import dlrm_mlet
 from mlet.cli.upstream import FLAGS, FORK, UPSTREAM, WORKS
 from mlet.core.config import TrainConfig
@@ -159,6 +161,8 @@ def test_help_states_every_default_once_and_explains_each_flag() -> None:
         else:
             assert rendered.count("default") == 1, f"{name}: {rendered}"
     assert "(default: --mini-batch-size) (default: -1)" not in text
+    for other in (checkpoint.build_parser(), data_utils.command_line_parser()):
+        assert "``" not in other.format_help()
     assert "(default: -1, the --mini-batch-size)" in text  # the sentinel explained
 
 

@@ -96,7 +96,7 @@ class DefaultOnceFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
             return text
         if action.default is None or action.default == "":
             return f"{text} (default: none)"
