@@ -5,10 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 import data_utils
 from mlet.data.preprocessing.cache import SPLITS, prepare
@@ -169,3 +172,28 @@ def test_generate_preprocess_and_train_terabyte(tmp_path, capsys) -> None:
     result = json.loads(results.read_text())
     assert result["final"]["samples"] == 2000 and result["val"]["samples"] == 2000
     assert result["args"]["max_ind_range"] == 40_000_000 and result["final"]["auc"] > 0.55
+
+
+@pytest.mark.slow
+def test_embedded_default_script(tmp_path) -> None:
+    """scripts/criteo_terabyte.sh without a path: generated day files through the same path, to the end."""
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "RUN_DIR": str(tmp_path / "run"),
+        "DAYS": "3",
+        "ROWS": "5000",
+        "SCALE": "0.0001",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "criteo_terabyte.sh"), "--", "--nepochs=1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 day files (the full data set has 24)" in done.stdout and "criteo_terabyte.sh: done" in done.stdout
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["args"]["data_set"] == "terabyte" and result["final"]["samples"] == 2500
