@@ -203,6 +203,13 @@ def test_refused_flags_at_upstreams_default_value_are_no_ops(capsys) -> None:
     assert "--activation-function: upstream DLRM's flag, ignored" in out
 
 
+def test_torch_launch_rank_flags_are_accepted(capsys) -> None:
+    """torch.distributed.launch passes --local_rank or --local-rank; upstream's parser also took the prefix --local."""
+    for flag in ("--local_rank=0", "--local-rank=0", "--local=0"):
+        code, out, err = run_cli([*TINY, flag], capsys)
+        assert code == 0 and "--local_rank: upstream DLRM's flag, ignored" in out, err
+
+
 def test_fork_optim_is_optimizer() -> None:
     assert dlrm_mlet.parse_args([*TINY, "--optim=adagrad"]).optimizer == "adagrad"
     assert dlrm_mlet.parse_args(TINY).optimizer == "sgd"

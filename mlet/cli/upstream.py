@@ -168,7 +168,7 @@ FLAGS: tuple[ForeignFlag, ...] = (
         NO_OP,
         "the rank comes from torchrun's environment (LOCAL_RANK); launch with torchrun",
         takes_value=True,
-        aliases=("--local-rank",),
+        aliases=("--local-rank", "--local"),
     ),
     _works("--dist-backend"),
     _works("--print-freq", "same meaning; the default is about 20 lines per epoch here, every iteration upstream"),
