@@ -9,8 +9,8 @@ first half (rounded up) is test, the second half validation.
 
 A build (:func:`build_days`), in bounded memory, never holding a day's rows:
 
-1. each day file is read by its own process (as many at a time as there are
-   cores, at most one per day): its rows are checked, negative training rows
+1. each day file is read by its own process (one per two cores, at most one
+   per day): its rows are checked, negative training rows
    sub-sampled (``--data-sub-sample-rate``), and its arrays written with
    provisional ids of the day's own vocabulary, which is saved beside them;
 2. the day vocabularies are merged in day order into one (training counts
@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -140,11 +141,17 @@ def read_days(jobs: list[DayJob], workers: int, progress: bool) -> list[DayResul
                 results.append(read_day(job))
                 bar.update(1)
             return results
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(read_day, job) for job in jobs]
-            for future in futures:
-                future.add_done_callback(lambda _: bar.update(1))
-            return [future.result() for future in futures]
+        try:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(read_day, job) for job in jobs]
+                for future in futures:
+                    future.add_done_callback(lambda _: bar.update(1))
+                return [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise UserError(
+                "--raw-data-file: a process reading a day file died (out of memory?); "
+                "DLRM_MLET_PREPROCESS_WORKERS=1 reads the days one after another in this process"
+            ) from None
 
 
 def merge_vocabularies(directory: Path, count: int, features: int) -> tuple[Vocabulary, list[list[np.ndarray]]]:
@@ -207,9 +214,11 @@ def assemble(directory: Path, results: list[DayResult], maps: list[list[np.ndarr
 
 
 def default_workers(days: int) -> int:
-    """Reading processes: one per core, at most one per day (``DLRM_MLET_PREPROCESS_WORKERS`` overrides)."""
+    """Reading processes: one per two cores (one process keeps about 1.5 cores busy: its reader, decoding and
+    vocabulary threads; bench/terabyte_preprocess.py), at most one per day; ``DLRM_MLET_PREPROCESS_WORKERS``
+    overrides."""
     configured = os.environ.get("DLRM_MLET_PREPROCESS_WORKERS")
-    return max(1, min(days, int(configured) if configured else os.cpu_count() or 1))
+    return max(1, min(days, int(configured) if configured else (os.cpu_count() or 1) // 2))
 
 
 def build_days(raw: str, layout: Layout, settings: dict, skip: bool, directory: Path, progress: bool, log: Log):
