@@ -111,9 +111,8 @@ class SingleProcess:
 
     def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
         """CTR metrics over every sample of ``source``."""
-        return ctr_metrics(
-            *predict(model, feed(source, self.batches(source, 0, 0, workers), self.device), self.device, bf16)
-        )
+        batches = feed(source, self.batches(source, 0, 0, workers), self.device)
+        return ctr_metrics(*predict(model, batches, self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""
