@@ -1,6 +1,6 @@
 """Checkpoints: collapse, inspection, ONNX export.
 
-Commands (``python checkpoint.py COMMAND -h`` for each one's flags)::
+Commands (python checkpoint.py COMMAND -h for each one's flags):
 
     checkpoint.py collapse IN OUT        # training -> inference checkpoint
     checkpoint.py info FILE [--json]     # kind, sizes, tables, args, metrics
@@ -248,7 +248,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 def build_parser() -> OneLineParser:
     """The ``checkpoint.py`` command line."""
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     c = sub.add_parser(
         "collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)"

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("mlet.training",)),
     ("parallel", ("mlet.parallel",)),
     ("serving", ("mlet.serving",)),
-    ("commands", ("dlrm_mlet", "data_utils", "checkpoint")),
+    ("commands", ("mlet.cli", "dlrm_mlet", "data_utils", "checkpoint")),
     ("repro", ("mlet.repro",)),
 ]
 SUBLAYERS: dict[str, list[str]] = {
@@ -34,6 +34,8 @@ SUBLAYERS: dict[str, list[str]] = {
         "mlet.data.device",
     ],
     "model": ["mlet_layers", "dlrm_model"],
+    # the command-line helpers under the command files
+    "commands": ["mlet.cli", "dlrm_mlet", "data_utils", "checkpoint"],
 }
 
 

@@ -27,7 +27,8 @@ from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, Sparse
 from mlet.core.config import DataConfig, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
-from mlet.data.preprocessing.cache import dense_transform, prepare
+from mlet.data.preprocessing.cache import prepare_dataset
+from mlet.data.preprocessing.splits import dense_transform
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
@@ -61,8 +62,8 @@ class EpochOrders:
     model is built), each next one when its predecessor is asked for.
     """
 
-    def __init__(self, num_rows: int, seed: int) -> None:
-        self.num_rows, self.seed = num_rows, seed
+    def __init__(self, num_rows: int, seed: int, days: Sequence[int] | None = None) -> None:
+        self.num_rows, self.seed, self.days = num_rows, seed, days
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="epoch-order")
         self.pending: dict[int, Future[np.ndarray]] = {}
         self.start(0)
@@ -73,8 +74,13 @@ class EpochOrders:
             self.pending[epoch] = self.pool.submit(self.permutation, epoch)
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The permutation of ``epoch``, made now."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        """The permutation of ``epoch``, made now (with ``days``, the row counts of consecutive days: one within
+        each day, the days in order, as upstream's ``--data-randomize=day``)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.days is None:
+            return rng.permutation(self.num_rows)
+        starts = np.cumsum([0, *self.days[:-1]])
+        return np.concatenate([start + rng.permutation(n) for start, n in zip(starts, self.days)])
 
     def get(self, epoch: int) -> np.ndarray:
         """The permutation of ``epoch``; the next epoch's is begun, earlier ones (a resumed run skips them) dropped."""
@@ -116,7 +122,9 @@ class ArraySource:
 
     ``dense``: N x D float32, ``ids``: N x T integer ids, ``labels``: N.
     With ``shuffle`` the rows are permuted by a generator seeded with
-    ``(seed, epoch)``; the last batch may be smaller (nothing is dropped).
+    ``(seed, epoch)`` (with ``days``, the row counts of consecutive days, only
+    within each day, the days in order: upstream's ``--data-randomize=day``);
+    the last batch may be smaller (nothing is dropped).
     A batch's rows are read in increasing order (cheap on memory maps), and
     ``id_transform`` (:class:`~mlet.data.preprocessing.vocabulary.IdLimits`) maps its B x T ids.
     A process's :class:`Share` reads only its samples' dense features and
@@ -134,6 +142,7 @@ class ArraySource:
         shuffle: bool = False,
         seed: int = 0,
         id_transform: IdLimits | None = None,
+        days: Sequence[int] | None = None,
     ) -> None:
         if not (len(dense) == len(ids) == len(labels)):
             raise ValueError(f"row counts differ: dense {len(dense)}, ids {len(ids)}, labels {len(labels)}")
@@ -142,7 +151,10 @@ class ArraySource:
         self.shuffle, self.seed = shuffle, seed
         self.id_transform = id_transform
         self.num_samples = len(labels)
-        self.orders = EpochOrders(self.num_samples, seed) if shuffle else None
+        self.days = list(days) if days is not None else None
+        if self.days is not None and sum(self.days) != self.num_samples:
+            raise ValueError(f"days hold {sum(self.days)} rows, the arrays {self.num_samples}")
+        self.orders = EpochOrders(self.num_samples, seed, self.days) if shuffle else None
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
@@ -290,15 +302,7 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     Table sizes come from the data; sizes given in ``config`` (an explicit
     ``--arch-embedding-size``) must equal them. ``test_samples`` caps the evaluated rows.
     """
-    data = prepare(
-        dataset.raw_data_file,
-        dataset.processed_data_file,
-        dataset.data_set,
-        dataset.split,
-        dataset.split_seed,
-        dataset.skip_bad_rows,
-        config.progress,
-    )
+    data = prepare_dataset(dataset, config.progress)
     limits = data.limits(dataset.cat_min_count, dataset.max_ind_range)
     sizes = limits.table_sizes
     if config.table_sizes is not None and list(config.table_sizes) != sizes:
@@ -308,14 +312,21 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
             " leave the flag out to use them"
         )
 
-    def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None) -> ArraySource:
+    def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None, days=None) -> ArraySource:
         dense, ids, labels = data.split(split)
         if limit is not None:
             dense, ids, labels = dense[:limit], ids[:limit], labels[:limit]
-        return ArraySource(dense, ids, labels, batch_size, shuffle=shuffle, seed=config.seed, id_transform=limits)
+        return ArraySource(
+            dense, ids, labels, batch_size, shuffle=shuffle, seed=config.seed, id_transform=limits, days=days
+        )
 
+    days = data.training_days() if dataset.randomize == "day" else None
+    if dataset.randomize == "day" and days is None:
+        raise UserError(
+            f"--data-randomize=day: the {dataset.split} split of {dataset.data_set} has no days; use total or none"
+        )
     evaluate = config.eval_split
-    train = source("train", config.batch_size, shuffle=True)
+    train = source("train", config.batch_size, shuffle=dataset.randomize != "none", days=days)
     val = source("val", config.test_batch_size, False, config.test_samples)
     test = val if evaluate == "val" else source("test", config.test_batch_size, False, config.test_samples)
     if not test.num_samples:

@@ -371,7 +371,7 @@ class MultiProcess:
         dist.all_reduce(total, group=self.comm.group)
         return total
 
-    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
         """CTR metrics over the whole test set: predictions are gathered in sample order and
         the metrics computed once, on rank 0, then shared with every rank."""
         sizes: list[int] = []
@@ -381,7 +381,7 @@ class MultiProcess:
                 sizes.append(batch.size)
                 yield batch
 
-        shares = feed(source, counted(self.batches(source, 0)), self.device)
+        shares = feed(source, counted(self.batches(source, 0, 0, workers)), self.device)
         probs, labels = predict(model, shares, self.device, bf16)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]

@@ -60,8 +60,9 @@ class Parallel(Protocol):
         """``value`` summed over the processes."""
         ...
 
-    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False) -> dict:
-        """CTR metrics over every sample of ``source`` (``bf16``: the forward passes as ``--bf16`` trains)."""
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
+        """CTR metrics over every sample of ``source`` (``bf16``: the forward passes as ``--bf16`` trains),
+        its batches assembled by ``workers`` threads."""
         ...
 
     def agree(self, step: Callable[[], T]) -> T:
@@ -108,9 +109,10 @@ class SingleProcess:
         """The value itself (there is no other process)."""
         return value
 
-    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
         """CTR metrics over every sample of ``source``."""
-        return ctr_metrics(*predict(model, feed(source, self.batches(source, 0), self.device), self.device, bf16))
+        batches = feed(source, self.batches(source, 0, 0, workers), self.device)
+        return ctr_metrics(*predict(model, batches, self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""

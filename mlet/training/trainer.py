@@ -15,6 +15,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from mlet.core.launch import log
 from mlet.data.sources import DataBundle
 from mlet.training import cpu_threads
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
+from mlet.training.observers import Observer, TrainPoint
 from mlet.training.optimizers import LRPolicy, build_optimizer
 from mlet.training.processes import Parallel, SingleProcess, feed
 from mlet.training.state import (
@@ -45,6 +47,18 @@ from mlet.training.train_step import make_train_step
 
 
 def loss_function(config: TrainConfig, device: torch.device):
+    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch), with ``--loss-threshold``'s clamp."""
+    loss = base_loss(config, device)
+    t = config.loss_threshold
+    if not 0.0 < t < 0.5:
+        return loss
+    # upstream clamps the probability p to [t, 1 - t]; on logits that is [logit(t), -logit(t)] (same gradients: none
+    # beyond the bounds)
+    bound = math.log((1 - t) / t)
+    return lambda logits, labels: loss(logits.clamp(-bound, bound), labels)
+
+
+def base_loss(config: TrainConfig, device: torch.device):
     """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
     if config.loss_function == "mse":
         return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
@@ -121,9 +135,11 @@ class Trainer:
         model: DLRM,
         parallel: Parallel | None = None,
         flags: dict | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config, self.data, self.model = config, data, model
         self.parallel = parallel if parallel is not None else SingleProcess()
+        self.observers = list(observers)
         self.device = self.parallel.device
         self.flags = dict(flags or {})
         fused_tables = model.tables if config.embedding_update == "fused" else None
@@ -145,6 +161,7 @@ class Trainer:
         self.train_time, self.train_samples = 0.0, 0
         self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
+        self.stopped: dict | None = None  # the threshold a test reached (training stops there)
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -241,10 +258,11 @@ class Trainer:
 
     def evaluate(self, source) -> dict:
         """AUC, log loss, accuracy and sample count of the model on every sample of ``source``."""
+        workers = self.config.test_num_workers if self.config.test_num_workers >= 0 else self.config.num_workers
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
-            **self.parallel.evaluate(self.model, source, self.config.bf16),
+            **self.parallel.evaluate(self.model, source, self.config.bf16, batch_workers(workers, self.device)),
         }
 
     def validate(self, final: dict) -> dict | None:
@@ -260,8 +278,11 @@ class Trainer:
         return {**self.evaluate(self.data.val), "epoch": final["epoch"], "iteration": final["iteration"]}
 
     def test(self) -> dict:
-        """Evaluate on the whole test set, log, and remember the best AUC."""
+        """Evaluate on the whole test set, log, remember the best AUC, and note a stop threshold reached."""
+        progress = self.epoch + 1 + self.batch / max(self.batches_per_epoch, 1)
+        self.notify("testing", progress)
         result = self.evaluate(self.data.test)
+        self.notify("tested", result, progress)
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -273,7 +294,37 @@ class Trainer:
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
+        self.check_targets(result)
         return result
+
+    def check_targets(self, result: dict) -> None:
+        """Stop training (:attr:`stopped`) when ``result`` reaches ``--mlperf-auc-threshold`` or
+        ``--mlperf-acc-threshold``; log when."""
+        for metric, target, flag in (
+            ("auc", self.config.target_auc, "--mlperf-auc-threshold"),
+            ("accuracy", self.config.target_accuracy, "--mlperf-acc-threshold"),
+        ):
+            value = result.get(metric)
+            if self.stopped is None and target > 0 and value is not None and value >= target:
+                self.stopped = {
+                    "flag": flag,
+                    "metric": metric,
+                    "threshold": target,
+                    "value": value,
+                    "epoch": result["epoch"],
+                    "iteration": result["iteration"],
+                    "train_seconds": self.train_time,
+                }
+                log(
+                    f"{flag} {target} reached: test {metric} {value:.{self.config.print_precision - 1}f} at iteration"
+                    f" {result['iteration']} (epoch {result['epoch']}, {self.train_time:.1f} s of training);"
+                    " stop training"
+                )
+
+    def notify(self, event: str, *values) -> None:
+        """Call ``event`` on every observer."""
+        for observer in self.observers:
+            getattr(observer, event)(*values)
 
     def train(self) -> None:
         """Run the remaining epochs (on a CPU with as many threads as other processes leave cores: cpu_threads.py)."""
@@ -288,10 +339,14 @@ class Trainer:
             leave=False,
         )
         with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
-            while self.epoch < self.config.nepochs:
+            while self.epoch < self.config.nepochs and self.stopped is None:
+                self.notify("epoch_started", self.epoch)
                 self.run_epoch(bar, threads)
-                self.epoch, self.batch = self.epoch + 1, 0
+                self.notify("epoch_ended", self.epoch)
+                if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
+                    self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
+        self.notify("finished", self.stopped is not None)
 
     def run_epoch(self, bar: tqdm, threads: cpu_threads.ThreadGovernor | None = None) -> None:
         """Train on the rest of the current epoch (``threads``: adjusts the CPU thread count between steps).
@@ -318,6 +373,7 @@ class Trainer:
             self.train_samples += batch.size
             window_samples += batch.size
             bar.update(1)
+            self.notify("stepped", self.iteration)
             if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
                 loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
                 now = time.perf_counter()
@@ -328,6 +384,8 @@ class Trainer:
             if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
                 self.test()
                 last = time.perf_counter()
+                if self.stopped is not None:
+                    break
             if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
                 self.save()
                 last = time.perf_counter()
@@ -336,16 +394,19 @@ class Trainer:
             self.test()
 
     def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
-        """Upstream's 'Finished training it' line."""
+        """Upstream's 'Finished training it' line (and the point for the observers)."""
         timing = (
             f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s,"
             if self.config.print_time
             else ""
         )
+        wall = f" ({time.strftime('%H:%M')})" if self.config.print_wall_time else ""
         log(
             f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} "
-            f"loss {loss:.{self.config.print_precision + 1}f}"
+            f"loss {loss:.{self.config.print_precision + 1}f}{wall}"
         )
+        rate = self.lr_policy.lr(self.iteration - 1)
+        self.notify("trained", TrainPoint(self.iteration, self.epoch, loss, rate, samples / max(elapsed, 1e-9)))
 
     def results(self, final: dict, val: dict | None = None) -> dict:
         """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""
@@ -367,4 +428,5 @@ class Trainer:
             "torch": torch.__version__,
             "args": self.flags,
             "checkpoint": self.loaded,
+            "stopped": self.stopped,
         }
