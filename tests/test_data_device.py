@@ -86,7 +86,10 @@ def test_random_batches_are_made_once_and_kept() -> None:
     kept = to_device(random, CPU, None, progress=False)
     assert_same_batches(random.batches(0), kept.batches(2))
     share = Share(0, 2, (1,))
-    assert_same_batches((share.of(b) for b in random.batches(0)), to_device(random, CPU, share, False).batches(1))
+    kept_share = to_device(random, CPU, share, False)
+    assert_same_batches((share.of(b) for b in random.batches(0)), kept_share.batches(1, share=share))
+    with pytest.raises(ValueError, match="kept for share"):
+        next(kept_share.batches(0))  # whole batches were not kept
 
 
 def test_placement_policy() -> None:

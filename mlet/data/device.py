@@ -99,15 +99,17 @@ class DeviceArraySource:
 class DeviceBatchList:
     """Every batch of a :class:`RandomSource` (the same in every epoch), made once and kept on the device."""
 
-    def __init__(self, batches: list[StepBatch], num_samples: int, device: torch.device) -> None:
-        self.stored, self.num_samples = batches, num_samples
+    def __init__(self, batches: list[StepBatch], num_samples: int, device: torch.device, share: Share | None) -> None:
+        self.stored, self.num_samples, self.share = batches, num_samples, share
         self.device: torch.device | None = device
 
     def __len__(self) -> int:
         return len(self.stored)
 
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
-        """The stored batches ``start..`` (made for one share, or whole: ``share`` must match how they were made)."""
+        """The stored batches ``start..``: whole, or the one process's share they were made for."""
+        if share != self.share:
+            raise ValueError(f"these batches were kept for share {self.share}, not {share}")
         yield from self.stored[start:]
 
 
@@ -186,7 +188,7 @@ def to_device(source: BatchSource, device: torch.device, share: Share | None, pr
         return load_arrays(source, device, share, progress)
     if isinstance(source, RandomSource):
         batches = [batch.to(device) for batch in source.batches(0, share=share)]
-        return DeviceBatchList(batches, source.num_samples, device)
+        return DeviceBatchList(batches, source.num_samples, device, share)
     raise TypeError(f"cannot hold a {type(source).__name__} on a device")
 
 
