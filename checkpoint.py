@@ -1,6 +1,6 @@
 """Checkpoints: collapse, inspection, ONNX export.
 
-Commands (``python checkpoint.py COMMAND -h`` for each one's flags)::
+Commands (python checkpoint.py COMMAND -h for each one's flags):
 
     checkpoint.py collapse IN OUT        # training -> inference checkpoint
     checkpoint.py quantize IN OUT --bits 8|4   # row-wise int8/int4 tables (collapsed or baseline IN)
@@ -343,7 +343,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 def build_parser() -> OneLineParser:
     """The ``checkpoint.py`` command line."""
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     c = sub.add_parser(
         "collapse", help="write the inference checkpoint (MLET tables folded to n x d, no optimizer state)"

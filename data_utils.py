@@ -5,6 +5,7 @@ by :mod:`mlet.data.preprocessing.cache` (see docs/data.md); training reads the
 cache through :mod:`mlet.data.sources`. As a script::
 
     python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE [--scale X]
+    python data_utils.py generate terabyte --days N --rows ROWS_PER_DAY --out PREFIX [--scale X]
     python data_utils.py preprocess --data-set=kaggle --raw-data-file=FILE [--processed-data-file=DIR]
 """
 
@@ -26,7 +27,7 @@ from mlet.core.errors import (
     run_reporting_errors,
 )
 from mlet.data.flags import add_dataset_flags, dataset_config
-from mlet.data.preprocessing.cache import prepare
+from mlet.data.preprocessing.cache import prepare_dataset
 from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 
@@ -39,10 +40,17 @@ def command_line_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="write the synthetic click model in a data set's raw format")
     gen.add_argument("data_set", choices=DATA_SETS)
-    gen.add_argument("--rows", type=int, required=True, help="data rows to write")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", type=str, required=True, help="output file (gzip-compressed if it ends in .gz)")
+    gen.add_argument("--rows", type=int, required=True, help="data rows to write (terabyte: per day file)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the click model and its draws")
+    gen.add_argument(
+        "--out",
+        type=str,
+        required=True,
+        help="output file, gzip-compressed if it ends in .gz (terabyte: the day prefix, e.g. input/day writes "
+        "input/day_0 ...; input/day.gz writes input/day_0.gz ...)",
+    )
     gen.add_argument("--scale", type=float, default=0.01, help="table sizes as a share of the real data set's")
+    gen.add_argument("--days", type=int, default=24, help="terabyte: day files to write (24 in the real data set)")
     defaults = model_defaults()
     for flag, name in MODEL_FLAGS.items():
         gen.add_argument(
@@ -64,29 +72,27 @@ def command_line(argv: Sequence[str] | None = None) -> int:
 
 def generate_command(args: argparse.Namespace) -> None:
     """``data_utils.py generate``: write the synthetic click model in a raw format."""
-    require_at_least([("--rows", args.rows, 1)])
+    require_at_least([("--rows", args.rows, 1), ("--days", args.days, 2)])
     check_seed("--seed", args.seed)
     if not (args.scale > 0 and math.isfinite(args.scale)):
         raise UserError(f"--scale: must be a positive number, got {args.scale}")
     model = {name: getattr(args, name) for name in MODEL_FLAGS.values()}
     check_model_flags(model)
+    generator = RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model)
+    if args.data_set == "terabyte":
+        check_output_file("--out", f"{args.out.removesuffix('.gz')}_0")
+        paths = generator.write_days(args.out, args.days)
+        print(f"wrote {args.days} terabyte day files of {args.rows:,} rows: {paths[0]} ... {paths[-1]}")
+        return
     check_output_file("--out", args.out)
-    RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model).write(args.out)
+    generator.write(args.out)
     print(f"wrote {args.rows:,} {args.data_set} rows to {args.out}")
 
 
 def preprocess_command(args: argparse.Namespace) -> None:
     """``data_utils.py preprocess``: build (or check) the processed cache of a raw file."""
     dataset = dataset_config(args)
-    data = prepare(
-        dataset.raw_data_file,
-        dataset.processed_data_file,
-        dataset.data_set,
-        dataset.split,
-        dataset.split_seed,
-        dataset.skip_bad_rows,
-        args.progress,
-    )
+    data = prepare_dataset(dataset, args.progress)
     sizes = data.limits(dataset.cat_min_count, dataset.max_ind_range).table_sizes
     print(f"{data.directory}: rows {data.meta['rows']}; table sizes {'-'.join(map(str, sizes))}")
 

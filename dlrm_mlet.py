@@ -1,9 +1,10 @@
 """dlrm-mlet: train DLRM with plain or MLET (two-layer) embedding tables.
 
-Upstream DLRM's flags keep their names and meanings; ``--mlet-hidden K`` trains
-every table as ``W1 (n x K) @ W2 (K x d)``; upstream's quotient-remainder
-(``--qr-*``), mixed-dimension (``--md-*``) and quantization
-(``--quantize-emb-with-bit``) flags work too. Run ``python dlrm_mlet.py --help``.
+Upstream DLRM's flags keep their names and meanings (docs/upstream.md: every
+upstream and MLET-fork flag, and what it does here); --mlet-hidden K trains
+every table as W1 (n x K) @ W2 (K x d); upstream's quotient-remainder (--qr-*),
+mixed-dimension (--md-*) and quantization (--quantize-emb-with-bit) flags work
+too. Run python dlrm_mlet.py --help.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from dlrm_model import DLRM
 from mlet.cli import reduction
+from mlet.cli.debug import print_architecture, print_batches, print_parameters
+from mlet.cli.parser import DEFAULT_EMBEDDING_SIZE, PROG, build_parser
+from mlet.cli.reporting import ONNX_FILE, Reporting, observers, reporting_config
+from mlet.cli.upstream import check_foreign_flags
 from mlet.core.config import (
-    DATA_GENERATIONS,
     FUSED_OPTIMIZERS,
-    INTERACTIONS,
-    LOSSES,
-    OPTIMIZERS,
     DataConfig,
     DatasetConfig,
     MixedDimensionConfig,
@@ -33,9 +34,7 @@ from mlet.core.config import (
     TrainConfig,
 )
 from mlet.core.errors import (
-    OneLineParser,
     UserError,
-    add_bool,
     check_distinct_outputs,
     check_output_file,
     check_seed,
@@ -43,143 +42,29 @@ from mlet.core.errors import (
     require_at_least,
 )
 from mlet.core.launch import is_main_process, log
-from mlet.data.flags import add_dataset_flags, dataset_config
+from mlet.data.device import place_data
+from mlet.data.flags import dataset_config
 from mlet.data.preprocessing.cache import DENSE_INPUTS
 from mlet.data.sources import DataBundle, build_data
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import distributed, process_group
 from mlet.serving import quantize
-from mlet.training.checkpoints import atomic_save, check_file, collapsed_checkpoint, dashed, load_checkpoint
+from mlet.training.checkpoints import (
+    atomic_save,
+    check_file,
+    collapsed_checkpoint,
+    dashed,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from mlet.training.observers import MLPerfLog
+from mlet.training.optimizers import STATE_SLOTS
 from mlet.training.processes import Parallel
 from mlet.training.state import check_evaluation
 from mlet.training.trainer import Trainer, parameter_report, write_json
 from mlet_layers import parse_projection_init
 
-PROG = "dlrm_mlet.py"
-DEFAULT_EMBEDDING_SIZE = "4-3-2"
-
-
-def build_parser() -> OneLineParser:
-    """The command-line parser (upstream DLRM flags plus MLET's)."""
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    arch = p.add_argument_group("model")
-    arch.add_argument("--arch-sparse-feature-size", type=int, default=2, help="embedding dimension d")
-    arch.add_argument(
-        "--arch-embedding-size",
-        type=str,
-        default=None,
-        help=(
-            f"rows of each table, dash-separated (generated data: {DEFAULT_EMBEDDING_SIZE} if not given; "
-            "data sets: the data's sizes, which a given value must match)"
-        ),
-    )
-    arch.add_argument("--arch-mlp-bot", type=str, default="4-3-2", help="bottom MLP widths, dense input first, d last")
-    arch.add_argument("--arch-mlp-top", type=str, default="4-2-1", help="top MLP widths after the interaction, 1 last")
-    arch.add_argument("--arch-interaction-op", choices=INTERACTIONS, default="dot")
-    add_bool(arch, "--arch-interaction-itself", False, "include self dot products")
-    arch.add_argument("--mlet-hidden", type=int, default=0, help="MLET inner width K (0: plain tables)")
-    arch.add_argument("--mlet-init", type=str, default="normal", help="W2 init: normal (std 0.25), normal-STD, xavier")
-    reduction.add_reduction_flags(p)
-
-    data = p.add_argument_group("data")
-    data.add_argument("--data-generation", choices=DATA_GENERATIONS, default="random")
-    data.add_argument("--data-size", type=int, default=1, help="training samples of generated data")
-    data.add_argument(
-        "--test-data-size",
-        type=int,
-        default=None,
-        help="test samples of generated data (default: a quarter of train, at most 262144)",
-    )
-    data.add_argument("--num-batches", type=int, default=0, help="training batches per epoch (0: all)")
-    data.add_argument(
-        "--num-indices-per-lookup", type=int, default=10, help="ids per bag of random data (upper bound unless fixed)"
-    )
-    add_bool(
-        data, "--num-indices-per-lookup-fixed", False, "every random bag holds exactly --num-indices-per-lookup ids"
-    )
-    add_dataset_flags(data)
-    data.add_argument(
-        "--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)"
-    )
-    add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
-    synth = p.add_argument_group("synthetic click model (--data-generation=synthetic)")
-    synth.add_argument("--synthetic-rank", type=int, default=16, help="rank of the planted latent vectors")
-    synth.add_argument("--synthetic-zipf", type=float, default=1.05, help="Zipf exponent of value popularity")
-    synth.add_argument("--synthetic-interaction-std", type=float, default=3.0, help="logit std of the pairwise term")
-    synth.add_argument("--synthetic-bias-std", type=float, default=0.8, help="logit std of per-value biases")
-    synth.add_argument("--synthetic-dense-std", type=float, default=0.5, help="logit weight of the dense term")
-    synth.add_argument("--synthetic-noise-std", type=float, default=0.0, help="extra Gaussian logit noise")
-    synth.add_argument("--synthetic-positive-rate", type=float, default=0.25, help="target share of clicks")
-
-    train = p.add_argument_group("training")
-    train.add_argument("--loss-function", choices=LOSSES, default="bce")
-    train.add_argument("--loss-weights", type=str, default="1.0-1.0", help="wbce weights of negatives-positives")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    train.add_argument(
-        "--embedding-update",
-        choices=("auto", "fused", "autograd"),
-        default="auto",
-        help=(
-            "fused: table rows updated inside the backward (sgd, adagrad); "
-            "autograd: sparse gradients + torch optimizer; auto: fused where supported"
-        ),
-    )
-    train.add_argument("--learning-rate", type=float, default=0.01)
-    train.add_argument("--mini-batch-size", type=int, default=1)
-    train.add_argument("--nepochs", type=int, default=1)
-    train.add_argument("--lr-num-warmup-steps", type=int, default=0)
-    train.add_argument("--lr-decay-start-step", type=int, default=0)
-    train.add_argument("--lr-num-decay-steps", type=int, default=0)
-    train.add_argument("--numpy-rand-seed", type=int, default=123)
-    train.add_argument("--use-gpu", action="store_true", help="train on the (first) CUDA device")
-    add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
-    add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise; off by default)")
-
-    test = p.add_argument_group("testing and logging")
-    test.add_argument("--test-freq", type=int, default=-1, help="test every N iterations (always at the end)")
-    test.add_argument("--test-mini-batch-size", type=int, default=-1, help="(default: --mini-batch-size)")
-    test.add_argument(
-        "--eval-split",
-        choices=("test", "val"),
-        default="test",
-        help="split the reported metrics come from (val: to choose settings without seeing test)",
-    )
-    test.add_argument("--print-freq", type=int, default=0, help="log every N iterations (0: about 20 lines per epoch)")
-    add_bool(test, "--print-time", False, "add ms/it and samples/s to the training log lines")
-    test.add_argument("--print-precision", type=int, default=5)
-    test.add_argument("--results-json", type=str, default="", help="write final and best metrics here")
-    add_bool(test, "--progress", True, "show a tqdm progress bar (only on a terminal)")
-    add_bool(test, "--inference-only", False, "only evaluate the --load-model checkpoint")
-
-    ckpt = p.add_argument_group("checkpoints")
-    ckpt.add_argument("--save-model", type=str, default="", help="write a resumable checkpoint here")
-    ckpt.add_argument(
-        "--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)"
-    )
-    ckpt.add_argument(
-        "--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint"
-    )
-    ckpt.add_argument(
-        "--save-collapsed",
-        type=str,
-        default="",
-        help="at the end, also write the inference checkpoint (MLET tables collapsed to n x d) here",
-    )
-
-    multi = p.add_argument_group("several processes (launch with torchrun; see docs/distributed.md)")
-    multi.add_argument(
-        "--dist-backend",
-        choices=process_group.BACKENDS,
-        default=None,
-        help="torch.distributed backend (default: nccl with --use-gpu, else gloo)",
-    )
-    multi.add_argument(
-        "--dist-timeout",
-        type=int,
-        default=process_group.DEFAULT_TIMEOUT_S,
-        help="seconds a collective may wait for the other processes",
-    )
-    return p
+ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 
 
 def parse_dashed(flag: str, text: str, minimum: int = 1) -> list[int]:
@@ -199,8 +84,9 @@ class Run:
     """One invocation, checked: the typed configs, the command's own files and devices, and the flag snapshot.
 
     ``model.table_sizes`` are the flags' (for a data set, :func:`prepare` puts
-    the data's in their place); ``flags`` is what checkpoints and results keep
-    of the command line (``args``), with the values the checks resolved.
+    the data's in their place); ``notes`` are the log lines of upstream flags
+    accepted as no-ops; ``flags`` is what checkpoints and results keep of the
+    command line (``args``), with the values the checks resolved.
     """
 
     model: ModelConfig
@@ -214,6 +100,8 @@ class Run:
     tf32: bool = False
     dist_backend: str | None = None
     dist_timeout: int = process_group.DEFAULT_TIMEOUT_S
+    reporting: Reporting = field(default_factory=Reporting)
+    notes: tuple[str, ...] = ()
     flags: dict | None = None
     mixed_dimension: MixedDimensionConfig | None = None
     quantize_bits: tuple[int, ...] = ()
@@ -275,6 +163,7 @@ def check_counts(args: argparse.Namespace) -> None:
             ("--print-precision", args.print_precision, 1),
             ("--save-freq", args.save_freq, 0),
             ("--num-workers", args.num_workers, -1),
+            ("--test-num-workers", args.test_num_workers, -1),
             ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
             ("--lr-decay-start-step", args.lr_decay_start_step, 0),
             ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
@@ -290,6 +179,8 @@ def check_counts(args: argparse.Namespace) -> None:
         )
     if args.test_data_size is not None and args.test_data_size < 1:
         raise UserError(f"--test-data-size: must be >= 1, got {args.test_data_size}")
+    if not 0.0 <= args.loss_threshold < 0.5:
+        raise UserError(f"--loss-threshold: must be in [0, 0.5) (0: off), got {args.loss_threshold}")
     if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
         raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
 
@@ -310,6 +201,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         embedding_update=embedding_update,
         loss_function=args.loss_function,
         loss_weights=loss_weights,
+        loss_threshold=args.loss_threshold,
         lr_num_warmup_steps=args.lr_num_warmup_steps,
         lr_decay_start_step=args.lr_decay_start_step,
         lr_num_decay_steps=args.lr_num_decay_steps,
@@ -317,10 +209,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         num_batches=args.num_batches,
         seed=args.numpy_rand_seed,
         cuda_graph=args.cuda_graph,
+        bf16=args.bf16,
+        adapt_threads=args.adapt_threads,
         num_workers=args.num_workers,
         test_freq=args.test_freq,
+        test_num_workers=args.test_num_workers,
+        target_auc=args.mlperf_auc_threshold,
+        target_accuracy=args.mlperf_acc_threshold,
         print_freq=args.print_freq,
         print_time=args.print_time,
+        print_wall_time=args.print_wall_time,
         print_precision=args.print_precision,
         progress=args.progress,
         save_model=args.save_model,
@@ -359,6 +257,7 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
         ),
         dataset=dataset,
         progress=args.progress,
+        placement=args.data_on_device,
     )
 
 
@@ -428,6 +327,7 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
     and the architecture in list form (``table_sizes``, ``bottom_mlp``, ``top_mlp``, ``loss_weights_pair``)."""
     flags = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     flags["embedding_update"] = run.train.embedding_update
+    flags["max_ind_range"] = run.data.dataset.max_ind_range if run.data.dataset is not None else 0
     if run.data.dataset is not None:
         flags["data_split"] = run.data.dataset.split
     flags["table_sizes"] = list(run.model.table_sizes)
@@ -439,9 +339,11 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
 
 def validate(args: argparse.Namespace) -> Run:
     """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
+    notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
     model = model_config(args)
     check_counts(args)
     train = train_config(args)
+    reporting = reporting_config(args)
     check_run_files(args)
     dataset = dataset_config(args) if args.data_generation == "dataset" else None
     data = data_config(args, model, dataset)
@@ -463,6 +365,8 @@ def validate(args: argparse.Namespace) -> Run:
         dist_timeout=args.dist_timeout,
         mixed_dimension=reduction.mixed_dimension_config(args),
         quantize_bits=quantize_bits,
+        reporting=reporting,
+        notes=tuple(notes),
     )
     return replace(run, flags=flags_snapshot(args, run))
 
@@ -499,7 +403,7 @@ def describe(model: DLRM, data: DataBundle) -> None:
     )
 
 
-def prepare(run: Run, parallel: Parallel) -> tuple[DataBundle, Trainer]:
+def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tuple[DataBundle, Trainer]:
     """Data, model and trainer, with ``--load-model`` taken over: the steps that may fail on one process alone.
 
     For ``--inference-only`` the model is the checkpoint's (its architecture
@@ -522,10 +426,26 @@ def prepare(run: Run, parallel: Parallel) -> tuple[DataBundle, Trainer]:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     else:
         model = parallel.build_model(config, seed=run.train.seed)
-    trainer = Trainer(run.train, data, model, parallel, flags=run.flags)
+    data, placement = place_data(
+        data, run.data.placement, parallel.device, reserve_bytes(model, run.train), parallel.share, run.data.progress
+    )
+    log(f"input: {placement.reason}")
+    watching = (
+        observers(run.reporting, run.data.eval_split, parallel.device.type == "cuda", mlperf)
+        if parallel.is_main
+        else []
+    )
+    trainer = Trainer(run.train, data, model, parallel, flags=run.flags, observers=watching)
     if ckpt is not None:
         trainer.load(ckpt, run.load_model, evaluate_only=run.inference_only)
     return data, trainer
+
+
+def reserve_bytes(model: DLRM, train: TrainConfig) -> int:
+    """Device memory to leave free beside data held there: the optimizer's state (one or two copies of the
+    parameters, allocated later) and room for activations, CUDA graphs and the allocator's slack."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    return parameters * STATE_SLOTS[train.optimizer] + ACTIVATION_RESERVE
 
 
 def read_load_model(path: str) -> dict:
@@ -538,17 +458,30 @@ def read_load_model(path: str) -> dict:
 
 def train_and_save(run: Run, trainer: Trainer) -> dict:
     """Train, write the checkpoints the flags ask for, and return the final test metrics."""
+    if run.reporting.debug_mode:
+        print_architecture(trainer.model)
+        print_batches(trainer.data, trainer.batches_per_epoch)
+        print_parameters(trainer.model, "initial")
     log("time/loss/accuracy (if enabled):")
     trainer.train()
     final = trainer.history[-1] if trainer.history else trainer.test()
+    if run.reporting.debug_mode:
+        print_parameters(trainer.model, "updated")
     if run.train.save_model:
         trainer.save()
         log(f"saved {run.train.save_model}")
-    if run.save_collapsed:
+    if run.save_collapsed or run.reporting.save_onnx:
         state = trainer.state()  # gathered on rank 0
-        if trainer.parallel.is_main:
-            atomic_save(collapsed_checkpoint(state.to_checkpoint()), run.save_collapsed)
-        log(f"saved {run.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+        collapsed = collapsed_checkpoint(state.to_checkpoint()) if trainer.parallel.is_main else {}
+        if run.save_collapsed:
+            if trainer.parallel.is_main:
+                atomic_save(collapsed, run.save_collapsed)
+            log(f"saved {run.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+        if run.reporting.save_onnx and trainer.parallel.is_main:
+            from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
+
+            report = export_onnx(model_from_checkpoint(collapsed), ONNX_FILE)
+            log(f"saved {ONNX_FILE} (the inference model; onnxruntime max abs diff {report['max_abs_diff']:.3g})")
     return final
 
 
@@ -562,10 +495,22 @@ def execute(run: Run) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
         torch.backends.cudnn.allow_tf32 = run.tf32
     with distributed.session(run.use_gpu, run.dist_backend, run.dist_timeout, run.train.optimizer) as parallel:
-        data, trainer = parallel.agree(lambda: prepare(run, parallel))
+        for line in run.notes:
+            log(line)
+        mlperf = MLPerfLog() if run.reporting.mlperf_logging and parallel.is_main else None
+        if mlperf is not None:
+            mlperf.start()
+        data, trainer = parallel.agree(lambda: prepare(run, parallel, mlperf))
         describe(trainer.model, data)
         for line in parallel.summary():
             log(line)
+        if mlperf is not None:
+            mlperf.run_started(
+                run.train.seed,
+                run.data.batch_size,
+                mlperf_hyperparameters(run.train),
+                {"train_samples": data.train.num_samples, "eval_samples": data.test.num_samples},
+            )
         final = trainer.test() if run.inference_only else train_and_save(run, trainer)
         payload = trainer.results(final, trainer.validate(final))
         if run.inference_only and run.load_model:
@@ -577,6 +522,18 @@ def execute(run: Run) -> dict:
             write_json(run.results_json, payload)
             log(f"results written to {run.results_json}")
         return payload
+
+
+def mlperf_hyperparameters(train: TrainConfig) -> dict[str, object]:
+    """The hyperparameter keys MLPerf's DLRM logs."""
+    return {
+        "opt_base_learning_rate": train.learning_rate,
+        "opt_learning_rate_warmup_steps": train.lr_num_warmup_steps,
+        "sgd_opt_base_learning_rate": train.learning_rate,
+        "lr_decay_start_steps": train.lr_decay_start_step,
+        "sgd_opt_learning_rate_decay_steps": train.lr_num_decay_steps,
+        "sgd_opt_learning_rate_decay_poly_power": 2,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

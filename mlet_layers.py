@@ -277,7 +277,15 @@ class EmbeddingTables(nn.Module):
         return pooled.view(self.num_tables, features.batch_size, -1)
 
     def forward(self, features: SparseFeatures) -> Tensor:
-        """Pooled embeddings, ``B x T x d``."""
+        """Pooled embeddings, ``B x T x d``, in float32 (also under autocast: see ``mlet/training/precision.py``)."""
+        device_type = self.weight.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self.embed(features)
+        return self.embed(features)
+
+    def embed(self, features: SparseFeatures) -> Tensor:
+        """:meth:`forward`'s lookup and projection."""
         if self._fused_mlet_path(features):
             ids = self.global_indices(features)
             return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(

@@ -86,7 +86,7 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
     trainer = Trainer(run.train, data, model, parallel)
     batches = [
         b.pin_memory().to(parallel.device, non_blocking=True) if args.use_gpu else b
-        for b in parallel.shards(itertools.islice(data.train.batches(0), args.distinct_batches))
+        for b in itertools.islice(parallel.batches(data.train, 0), args.distinct_batches)
     ]
     sync = torch.cuda.synchronize if args.use_gpu else (lambda: None)
     for i in range(args.warmup):

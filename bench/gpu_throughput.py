@@ -10,7 +10,8 @@ random one-hot batches. For each d and batch size it times, in one process:
 * ``autograd``   dlrm-mlet's fused tables with sparse gradients + torch SGD;
 * ``fused``      the table update fused into the backward (eager);
 * ``graph``      fused + the whole step replayed from a CUDA graph (the default path);
-* ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in).
+* ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in);
+* ``graph_bf16`` the same with the MLPs and interaction in bfloat16 (``--bf16``; opt-in).
 
 Data already on the GPU (4 rotating batches). ``--pipeline`` adds the real input
 pipeline: ``dlrm_mlet.Trainer`` reading shuffled batches from memory-mapped
@@ -49,7 +50,7 @@ from mlet.training.processes import SingleProcess
 from mlet.training.train_step import GraphedTrainStep, TrainStep
 from mlet.training.trainer import Trainer
 
-VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32")
+VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32", "graph_bf16")
 
 
 def make_batches(sizes: list[int], batch: int, count: int, device: torch.device, seed: int = 0) -> list[Batch]:
@@ -104,12 +105,12 @@ def reference_step(sizes: list[int], dim: int, hidden: int, device: torch.device
 
 
 def our_step(model: DLRM, variant: str) -> TrainStep:
-    """dlrm-mlet's step for ``variant`` (autograd, fused, graph, graph_tf32)."""
+    """dlrm-mlet's step for ``variant`` (autograd, fused, graph, graph_tf32, graph_bf16)."""
     fused = model.tables if variant != "autograd" else None
     opt = build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused)
     loss_fn = F.binary_cross_entropy_with_logits
     if variant.startswith("graph"):
-        return GraphedTrainStep(model, loss_fn, opt)
+        return GraphedTrainStep(model, loss_fn, opt, bf16=variant == "graph_bf16")
     return TrainStep(model, loss_fn, opt)
 
 

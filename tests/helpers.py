@@ -125,6 +125,7 @@ RESUME_FLAGS = [
     "--test-freq=5",
     "--test-data-size=128",
     "--progress=false",
+    "--adapt-threads=false",  # bit for bit needs the same thread count all along (mlet/training/cpu_threads.py)
 ]
 
 

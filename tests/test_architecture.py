@@ -26,8 +26,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 SUBLAYERS: dict[str, list[str]] = {
     # inside a layer, an order too: the click model under the raw files under the sources
-    "data": ["mlet.data.synthetic", "mlet.data.preprocessing", "mlet.data.flags", "mlet.data.sources"],
+    "data": [
+        "mlet.data.synthetic",
+        "mlet.data.preprocessing",
+        "mlet.data.flags",
+        "mlet.data.sources",
+        "mlet.data.device",
+    ],
     "model": ["mlet.model", "mlet_layers", "dlrm_model"],
+    # the command-line helpers under the command files
     "commands": ["mlet.cli", "dlrm_mlet", "data_utils", "checkpoint"],
 }
 

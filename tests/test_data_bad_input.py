@@ -195,7 +195,7 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
         ("sample", ["--data-split=by-day"], "--data-split: by-day is not a split of kaggle"),
         ("sample", ["--arch-mlp-bot=4-8-4"], "--arch-mlp-bot: must start with 13 for kaggle"),
         ("sample", ["--cat-min-count=0"], "--cat-min-count: must be >= 1"),
-        ("sample", ["--max-ind-range=-1"], "--max-ind-range: must be >= 0"),
+        ("sample", ["--max-ind-range=-2"], "--max-ind-range: must be >= 0"),
         (
             "sample",
             ["--arch-embedding-size=10-10"],

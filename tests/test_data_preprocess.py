@@ -13,8 +13,9 @@ from helpers import sample_file
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache as preprocess
-from mlet.data.preprocessing.cache import SplitPlan, prepare
+from mlet.data.preprocessing.cache import prepare
 from mlet.data.preprocessing.raw_data import MISSING
+from mlet.data.preprocessing.splits import SplitPlan
 from mlet.data.preprocessing.vocabulary import IdLimits, KeyTable, Vocabulary
 
 

@@ -29,7 +29,7 @@ import torch
 from helpers import ROOT, random_inputs, small_config
 
 import dlrm_mlet
-from mlet.core.batch import Batch
+from mlet.core.batch import Batch, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 from mlet.parallel.distributed import MultiProcess
@@ -42,7 +42,7 @@ from mlet.parallel.equivalence import (
     step_losses,
 )
 from mlet.parallel.process_group import communication_failure
-from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, local_sizes, sample_range, table_bytes
+from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, table_bytes
 from mlet_layers import EmbeddingTables
 
 RUN_TIMEOUT_S = 120
@@ -137,7 +137,14 @@ def runner(tmp_path):
 # -- equivalence -----------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "scenario", ["mlet-sgd-4-tables", "baseline-sgd-1-table", "mlet-adagrad-3-tables", "baseline-adam-4-tables"]
+    "scenario",
+    [
+        "mlet-sgd-4-tables",
+        "baseline-sgd-1-table",
+        "mlet-adagrad-3-tables",
+        "baseline-adam-4-tables",
+        "mlet-sgd-4-tables-on-device",
+    ],
 )
 def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
     """30 steps, uneven last batches: per-step losses, final parameters and optimizer state to 1e-5; same AUC."""
@@ -351,7 +358,7 @@ def test_shard_keeps_own_samples_and_own_tables() -> None:
     process = MultiProcess.__new__(MultiProcess)
     process.rank, process.world_size = 1, 2
     process.layout = (config, ShardingPlan(((0, 2), (1, 3)), (1, 1, 1, 1)))
-    shard = process.shard(Batch(dense, features, labels))
+    shard = process.share.of(Batch(dense, features, labels))
     assert shard.size == 7 and torch.equal(shard.labels, labels[4:]) and torch.equal(shard.dense, dense[4:])
     expected = features.select_tables([1, 3])
     assert torch.equal(shard.sparse.features.indices, expected.indices) and torch.equal(

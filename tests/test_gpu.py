@@ -105,3 +105,54 @@ def test_gpu_checkpoint_evaluates_on_cpu(tmp_path, capsys) -> None:
     assert cpu_final["samples"] == gpu_results["final"]["samples"]
     assert cpu_final["logloss"] == pytest.approx(gpu_results["final"]["logloss"], abs=1e-6)
     assert cpu_final["auc"] == pytest.approx(gpu_results["final"]["auc"], abs=1e-4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("generation", [[], ["--data-generation=random", "--num-indices-per-lookup=3"]])
+def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) -> None:
+    flags = [*override_flags(FLAGS, *generation), "--use-gpu"]
+    host = train([*flags, "--data-on-device=off"], tmp_path, "host")
+    device = train([*flags, "--data-on-device=on"], tmp_path, "device")
+    assert_close_runs(host, device)
+
+
+# Smooth enough to compare: 120 steps of 256 samples, 4096 test samples (on the CPU, fp32 and bf16 end 0.0004 apart).
+BF16_FLAGS = [
+    "--data-generation=synthetic",
+    "--synthetic-rank=4",
+    "--arch-embedding-size=500-80-20-7",
+    "--arch-sparse-feature-size=4",
+    "--mlet-hidden=16",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=256",
+    "--num-batches=60",
+    "--nepochs=2",
+    "--learning-rate=1.0",
+    "--test-data-size=4096",
+    "--test-freq=20",
+    "--progress=false",
+    "--use-gpu",
+]
+
+
+@pytest.mark.timeout(300)
+def test_bf16_on_the_gpu_trains_like_float32_and_resumes(tmp_path, monkeypatch, capsys) -> None:
+    """bfloat16 rounds the GPU's unordered row sums' last-bit differences up to its own 8 bits, so runs are
+    compared by their metrics (bit-exact resume under --bf16 is tested on the CPU)."""
+    fp32 = train(BF16_FLAGS, tmp_path, "fp32")[1]["final"]
+    bf16_ckpt, bf16 = train([*BF16_FLAGS, "--bf16"], tmp_path, "bf16")
+    assert bf16["final"]["logloss"] == pytest.approx(fp32["logloss"], abs=5e-3)
+    assert bf16["final"]["auc"] == pytest.approx(fp32["auc"], abs=0.01) and fp32["auc"] > 0.55  # both learn
+    assert all(t.dtype == torch.float32 for t in bf16_ckpt["model"].values())
+    ckpt, out = tmp_path / "run.pt", tmp_path / "r.json"
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, 50)
+        assert run_cli([*BF16_FLAGS, "--bf16", f"--save-model={ckpt}", "--save-freq=50"], capsys)[0] == 130
+    resume = [*BF16_FLAGS, "--bf16", f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={out}"]
+    code, _, err = run_cli(resume, capsys)
+    assert code == 0, err
+    resumed = json.loads(out.read_text())
+    assert load_checkpoint(ckpt)["position"] == bf16_ckpt["position"]
+    assert [h["iteration"] for h in resumed["history"]] == [h["iteration"] for h in bf16["history"]]
+    assert resumed["final"]["logloss"] == pytest.approx(bf16["final"]["logloss"], abs=5e-3)

@@ -2,9 +2,9 @@
 
 Upstream DLRM's names, meanings and defaults: ``--qr-flag``, ``--qr-threshold``,
 ``--qr-collisions``, ``--qr-operation``; ``--md-flag``, ``--md-threshold``,
-``--md-temperature``, ``--md-round-dims``; ``--quantize-emb-with-bit``. Here
-they are added to ``dlrm_mlet.py``'s parser, checked (one line naming the
-flag), and turned into configs: quotient-remainder settings go straight into
+``--md-temperature``, ``--md-round-dims``; ``--quantize-emb-with-bit``
+(defined in :mod:`mlet.cli.parser`). Here they are checked (one line naming
+the flag) and turned into configs: quotient-remainder settings go straight into
 the ``ModelConfig``; mixed-dimension widths need the data's popularity, so
 :func:`with_md_widths` sets them once the data is built. What the methods
 do: docs/training.md.
@@ -17,8 +17,9 @@ import math
 from dataclasses import replace
 
 from dlrm_model import DLRM
-from mlet.core.config import QR_OPERATIONS, MixedDimensionConfig, ModelConfig
-from mlet.core.errors import UserError, add_bool, require_at_least
+from mlet.cli.parser import NO_QUANTIZATION
+from mlet.core.config import MixedDimensionConfig, ModelConfig
+from mlet.core.errors import UserError, require_at_least
 from mlet.core.launch import launched_world_size
 from mlet.model.mixed_dimension import effective_rows, md_widths
 from mlet.serving import quantize
@@ -26,35 +27,6 @@ from mlet.training.checkpoints import dashed
 from mlet.training.processes import Parallel
 
 QUANTIZE_BITS = (4, 8)
-NO_QUANTIZATION = 32
-
-
-def add_reduction_flags(parser: argparse.ArgumentParser) -> None:
-    """The quotient-remainder, mixed-dimension and quantization flags, with upstream's defaults."""
-    qr = parser.add_argument_group("quotient-remainder tables (upstream's --qr-*)")
-    add_bool(qr, "--qr-flag", False, "store each table of more than --qr-threshold rows as a quotient-remainder pair")
-    qr.add_argument("--qr-threshold", type=int, default=200, help="tables with more rows than this get the pair")
-    qr.add_argument("--qr-collisions", type=int, default=4, help="rows of the remainder table (ids sharing a quotient)")
-    qr.add_argument(
-        "--qr-operation",
-        choices=QR_OPERATIONS,
-        default="mult",
-        help="how the two rows combine (concat: each half d/2 wide)",
-    )
-    md = parser.add_argument_group("mixed-dimension tables (upstream's --md-*)")
-    add_bool(md, "--md-flag", False, "give each table a width from its popularity, projected to d")
-    md.add_argument("--md-threshold", type=int, default=200, help="tables of at most this many rows keep d")
-    md.add_argument("--md-temperature", type=float, default=0.3, help="alpha: width ~ (rows per query) ** -alpha")
-    add_bool(md, "--md-round-dims", False, "round the widths to powers of 2")
-    parser.add_argument(
-        "--quantize-emb-with-bit",
-        type=str,
-        default=str(NO_QUANTIZATION),
-        help=(
-            "4 or 8: row-wise quantized tables at evaluation (--inference-only: the model evaluated; "
-            "training: also evaluated so after training, into the results' 'quantized'; 8-4 for both); 32: none"
-        ),
-    )
 
 
 def parse_quantize_bits(text: str, inference_only: bool) -> tuple[int, ...]:

@@ -1,13 +1,14 @@
 """A mini-batch as every layer sees it: dense features, categorical bags, labels.
 
 The bottom of the project: data sources make these, models and training
-steps consume them, and the multi-process code shards them. Nothing here
+steps consume them. In a multi-process run each process takes a
+:class:`Share` of every global batch, a :class:`BatchShard`. Nothing here
 imports the rest of the project.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -104,6 +105,93 @@ class Batch:
         return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
 
 
+def local_sizes(batch_size: int, world_size: int) -> list[int]:
+    """Samples of a global batch that each process takes: as even as possible, the first ones one more."""
+    base, extra = divmod(batch_size, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``[lo, hi)``: the samples of a global batch that belong to ``rank``."""
+    sizes = local_sizes(batch_size, world_size)
+    lo = sum(sizes[:rank])
+    return lo, lo + sizes[rank]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one process of a multi-process run needs of each global batch: its contiguous
+    slice of the samples (``rank`` of ``world_size``) and, for all samples, the bags of the
+    ``tables`` it owns (global table numbers, in its order). Sources that can read only
+    this much yield :class:`BatchShard` objects."""
+
+    rank: int
+    world_size: int
+    tables: tuple[int, ...]
+
+    def samples(self, batch_size: int) -> tuple[int, int]:
+        """``[lo, hi)`` of this process's samples in a global batch of ``batch_size``."""
+        return sample_range(batch_size, self.world_size, self.rank)
+
+    def of(self, batch: Batch) -> BatchShard:
+        """This process's share of a whole batch (what a source that reads everything gives)."""
+        lo, hi = self.samples(batch.size)
+        features = batch.sparse.select_tables(self.tables) if self.tables else None
+        return BatchShard(batch.dense[lo:hi], OwnedBags(features, batch.size), batch.labels[lo:hi])
+
+
+@dataclass
+class OwnedBags:
+    """The bags of the tables a rank owns, for every sample of the global batch.
+
+    ``features`` is ``None`` on a rank that owns no table.
+    """
+
+    features: SparseFeatures | None
+    batch_size: int
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> OwnedBags:
+        """Copy to ``device``."""
+        moved = None if self.features is None else self.features.to(device, non_blocking=non_blocking)
+        return OwnedBags(moved, self.batch_size)
+
+    def pin_memory(self) -> OwnedBags:
+        """Page-locked copy."""
+        return OwnedBags(None if self.features is None else self.features.pin_memory(), self.batch_size)
+
+
+@dataclass
+class BatchShard:
+    """One rank's share of a global batch.
+
+    ``dense`` and ``labels`` hold this rank's samples; ``sparse`` the owned
+    tables' bags for all samples. ``size`` is the number of samples in the
+    *global* batch, as :attr:`mlet.core.batch.Batch.size`, so code that counts
+    samples or divides the loss by ``batch.size`` works on either.
+    """
+
+    dense: Tensor
+    sparse: OwnedBags
+    labels: Tensor
+
+    @property
+    def size(self) -> int:
+        """Samples in the global batch this shard belongs to."""
+        return self.sparse.batch_size
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchShard:
+        """Copy to ``device``."""
+        return BatchShard(
+            self.dense.to(device, non_blocking=non_blocking),
+            self.sparse.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> BatchShard:
+        """Page-locked copy for asynchronous copies to a GPU."""
+        return BatchShard(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
+
+
 class StepBatch(Protocol):
     """What a training step and evaluation need of a batch: a :class:`Batch`, or one process's share of
     a global batch (``mlet.parallel.sharding.BatchShard``, whose ``sparse`` holds the owned tables' bags)."""
@@ -120,3 +208,7 @@ class StepBatch(Protocol):
     def to(self, device: torch.device | str, non_blocking: bool = False) -> StepBatch:
         """Copy to ``device``."""
         ...
+
+
+Batches = Generator[StepBatch, None, None]
+"""What batch sources yield: a generator (stopping early closes it, and what it started)."""

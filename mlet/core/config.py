@@ -18,7 +18,7 @@ OPTIMIZERS = ("sgd", "adagrad", "adam")
 FUSED_OPTIMIZERS = ("sgd", "adagrad")
 LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
-DATA_SETS = ("kaggle", "avazu")
+DATA_SETS = ("kaggle", "terabyte", "avazu")
 EVAL_SPLITS = ("test", "val")
 QR_OPERATIONS = ("mult", "add", "concat")
 
@@ -212,6 +212,8 @@ class DatasetConfig:
     cat_min_count: int = 1
     max_ind_range: int = 0
     skip_bad_rows: bool = False
+    sub_sample_rate: float = 0.0
+    randomize: str = "total"
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ class DataConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     dataset: DatasetConfig | None = None
     progress: bool = True
+    placement: str = "auto"  # --data-on-device: hold the data in device memory (auto, on, off)
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,11 @@ class TrainConfig:
 
     ``embedding_update`` is resolved (``fused`` or ``autograd``, never ``auto``);
     ``num_batches`` caps the batches of an epoch (0: all); ``num_workers`` -1
-    means the device's default (see ``mlet.training.trainer.batch_workers``).
+    means the device's default (see ``mlet.training.trainer.batch_workers``),
+    ``test_num_workers`` -1 the same as ``num_workers``. ``loss_threshold`` t
+    in (0, 0.5) clamps predicted probabilities to [t, 1 - t] in the loss
+    (upstream's ``--loss-threshold``). ``target_auc``/``target_accuracy`` > 0
+    stop training at the first test that reaches them.
     """
 
     optimizer: str = "sgd"
@@ -256,6 +263,7 @@ class TrainConfig:
     embedding_update: str = "fused"
     loss_function: str = "bce"
     loss_weights: tuple[float, float] = (1.0, 1.0)
+    loss_threshold: float = 0.0
     lr_num_warmup_steps: int = 0
     lr_decay_start_step: int = 0
     lr_num_decay_steps: int = 0
@@ -263,11 +271,17 @@ class TrainConfig:
     num_batches: int = 0
     seed: int = 123
     cuda_graph: bool = True
+    bf16: bool = False  # MLPs and interaction in bfloat16 (mlet/training/precision.py)
+    adapt_threads: bool = True  # on a CPU, fewer threads while other processes use the cores (cpu_threads.py)
     num_workers: int = -1
     # testing, logging and checkpoints
     test_freq: int = -1
+    test_num_workers: int = -1
+    target_auc: float = 0.0
+    target_accuracy: float = 0.0
     print_freq: int = 0
     print_time: bool = False
+    print_wall_time: bool = False
     print_precision: int = 5
     progress: bool = True
     save_model: str = ""

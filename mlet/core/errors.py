@@ -90,8 +90,30 @@ def add_bool(parser: argparse._ActionsContainer, flag: str, default: bool, help:
     parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
 
+class DefaultOnceFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that states each flag's default once: ``(default: X)`` is added unless the help text already says
+    ``default`` (flags whose default needs words, e.g. a sentinel, say it in their help). Switches show on/off."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
+            return text
+        if action.default is None or action.default == "":
+            return f"{text} (default: none)"
+        value = (
+            {True: "on", False: "off"}.get(action.default, action.default)
+            if isinstance(action.default, bool)
+            else action.default
+        )
+        return f"{text} (default: {value})"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line, without the usage block."""
+    """argparse that reports bad flags as one line, without the usage block; help states each default once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultOnceFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # The processes of a torchrun launch parse the same flags: rank 0 alone reports.

@@ -10,9 +10,12 @@ from typing import Any
 from mlet.core.config import DATA_SETS, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.cache import DEFAULT_SPLIT, SPLIT_CHOICES
+from mlet.data.preprocessing.days import day_files
 from mlet.data.preprocessing.raw_data import check_input_file
 
 DATA_SPLITS = ("dlrm", "random-811", "by-day")
+RANDOMIZE = ("total", "day", "none")
+DEFAULT_MAX_IND_RANGE = {"terabyte": 40_000_000}  # upstream's Terabyte scripts (MLPerf: run_and_time.sh)
 
 
 def add_dataset_flags(group: argparse._ActionsContainer) -> None:
@@ -22,7 +25,10 @@ def add_dataset_flags(group: argparse._ActionsContainer) -> None:
         "--raw-data-file",
         type=str,
         default="",
-        help="the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV), Avazu train",
+        help=(
+            "the raw download (plain or .gz): Criteo-Kaggle train.txt (or the competition CSV); Criteo Terabyte: "
+            "the day_ prefix (e.g. ./input/day) or the folder of day_0 ... day_23; Avazu train (default: none)"
+        ),
     )
     group.add_argument(
         "--processed-data-file",
@@ -38,11 +44,25 @@ def add_dataset_flags(group: argparse._ActionsContainer) -> None:
         choices=DATA_SPLITS,
         default=None,
         help=(
-            "kaggle: dlrm (default; days 1-6 train, day 7 test/val) or random-811; "
-            "avazu: random-811 (default) or by-day (last day held out)"
+            "kaggle: dlrm (days 1-6 train, day 7 test/val) or random-811; terabyte: dlrm (days 0-22 train, day 23 "
+            "test/val); avazu: random-811 or by-day (last day held out) (default: dlrm, or random-811 for avazu)"
         ),
     )
-    group.add_argument("--data-split-seed", type=int, default=0, help="seed of the random-811 split")
+    group.add_argument(
+        "--data-split-seed", type=int, default=0, help="seed of the random-811 split and of --data-sub-sample-rate"
+    )
+    group.add_argument(
+        "--data-sub-sample-rate",
+        type=float,
+        default=0.0,
+        help="drop this share of the negative training rows at preprocessing, seeded (upstream's; 0: keep all)",
+    )
+    group.add_argument(
+        "--data-randomize",
+        choices=RANDOMIZE,
+        default="total",
+        help="training order each epoch: total (all rows shuffled), day (shuffled within each day), none (file order)",
+    )
     group.add_argument(
         "--cat-min-count",
         type=int,
@@ -50,7 +70,13 @@ def add_dataset_flags(group: argparse._ActionsContainer) -> None:
         help="values seen fewer times in training share one 'rare' index with unseen values",
     )
     group.add_argument(
-        "--max-ind-range", type=int, default=0, help="cap tables at R rows: id mod R, as upstream DLRM (0: off)"
+        "--max-ind-range",
+        type=int,
+        default=None,
+        help=(
+            "cap tables at R rows: id mod R, as upstream DLRM; 0 or -1: off "
+            "(default: 40000000 for terabyte, as upstream's Terabyte scripts; off otherwise)"
+        ),
     )
     group.add_argument(
         "--skip-bad-rows",
@@ -70,13 +96,25 @@ def dataset_config(args: argparse.Namespace) -> DatasetConfig:
         )
     if args.cat_min_count < 1:
         raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")
-    if args.max_ind_range < 0:
-        raise UserError(f"--max-ind-range: must be >= 0 (0: off), got {args.max_ind_range}")
+    if args.max_ind_range is not None and args.max_ind_range < -1:
+        raise UserError(f"--max-ind-range: must be >= 0 (0 or -1: off), got {args.max_ind_range}")
+    if not 0.0 <= args.data_sub_sample_rate < 1.0:
+        raise UserError(f"--data-sub-sample-rate: must be in [0, 1), got {args.data_sub_sample_rate}")
     if not args.raw_data_file and not args.processed_data_file:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
-    if args.raw_data_file:
+    if args.raw_data_file and args.data_set == "terabyte":
+        day_files(args.raw_data_file)
+    elif args.raw_data_file:
         check_input_file(args.raw_data_file)
-    return recorded_dataset_config({**vars(args), "data_split": split})
+    resolved = {"data_split": split, "max_ind_range": max_ind_range(args.data_set, args.max_ind_range)}
+    return recorded_dataset_config({**vars(args), **resolved})
+
+
+def max_ind_range(data_set: str, value: int | None) -> int:
+    """``--max-ind-range`` resolved: the data set's default when not given, 0 for off (0 or -1)."""
+    if value is None:
+        return DEFAULT_MAX_IND_RANGE.get(data_set, 0)
+    return max(value, 0)
 
 
 def recorded_dataset_config(flags: Mapping[str, Any]) -> DatasetConfig:
@@ -89,6 +127,8 @@ def recorded_dataset_config(flags: Mapping[str, Any]) -> DatasetConfig:
         split=flags["data_split"],
         split_seed=flags["data_split_seed"],
         cat_min_count=flags["cat_min_count"],
-        max_ind_range=flags["max_ind_range"],
+        max_ind_range=max_ind_range(flags["data_set"], flags["max_ind_range"]),
         skip_bad_rows=flags["skip_bad_rows"],
+        sub_sample_rate=flags.get("data_sub_sample_rate", 0.0),
+        randomize=flags.get("data_randomize", "total"),
     )

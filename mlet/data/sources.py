@@ -16,37 +16,86 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from mlet.core.batch import Batch, SparseFeatures
+from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures
 from mlet.core.config import DataConfig, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
-from mlet.data.preprocessing.cache import dense_transform, prepare
+from mlet.data.preprocessing.cache import prepare_dataset
+from mlet.data.preprocessing.splits import dense_transform
+from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
 TRAIN, TEST, VAL = 0, 1, 2
 
 
 class BatchSource(Protocol):
-    """Batches of one split: a length (batches per epoch) and the batches of an epoch from any batch on."""
+    """Batches of one split: a length (batches per epoch) and the batches of an epoch from any batch on.
+
+    ``device`` is where the batches are made: ``None`` for host memory (the
+    training loop pins and copies them), a device for data held there.
+    """
 
     num_samples: int
+    device: torch.device | None
 
     def __len__(self) -> int: ...
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
-        """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers`` threads."""
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
+        """Batches ``start..`` of ``epoch``, the same for the same seed and epoch, assembled by ``workers``
+        threads; with ``share``, only that process's part of each (a :class:`BatchShard`)."""
         ...
+
+
+class EpochOrders:
+    """Each epoch's row permutation (seeded by ``(seed, epoch)``), made in a background thread one epoch ahead.
+
+    numpy's permutation of a Kaggle-size training split takes about half a
+    second: made when the epoch starts, it would stall the first batch of
+    every epoch. The first epoch's starts when the source is made (while the
+    model is built), each next one when its predecessor is asked for.
+    """
+
+    def __init__(self, num_rows: int, seed: int, days: Sequence[int] | None = None) -> None:
+        self.num_rows, self.seed, self.days = num_rows, seed, days
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="epoch-order")
+        self.pending: dict[int, Future[np.ndarray]] = {}
+        self.start(0)
+
+    def start(self, epoch: int) -> None:
+        """Begin making ``epoch``'s permutation (once)."""
+        if epoch not in self.pending:
+            self.pending[epoch] = self.pool.submit(self.permutation, epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The permutation of ``epoch``, made now (with ``days``, the row counts of consecutive days: one within
+        each day, the days in order, as upstream's ``--data-randomize=day``)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.days is None:
+            return rng.permutation(self.num_rows)
+        starts = np.cumsum([0, *self.days[:-1]])
+        return np.concatenate([start + rng.permutation(n) for start, n in zip(starts, self.days)])
+
+    def get(self, epoch: int) -> np.ndarray:
+        """The permutation of ``epoch``; the next epoch's is begun, earlier ones (a resumed run skips them) dropped."""
+        for earlier in [e for e in self.pending if e < epoch]:
+            self.pending.pop(earlier).cancel()
+        self.start(epoch)
+        self.start(epoch + 1)
+        return self.pending.pop(epoch).result()
 
 
 class RandomSource:
     """``--data-generation=random``: batches made on the fly, identical every epoch."""
+
+    device: torch.device | None = None  # host memory
 
     def __init__(self, batches: RandomBatches) -> None:
         self.random = batches
@@ -55,9 +104,14 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.random)
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
-        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads."""
-        yield from ordered_map(self.make_batch, range(start, len(self)), workers)
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
+        """Batches ``start..`` (the same in every epoch), made by ``workers`` threads.
+
+        With ``share`` each whole batch is made and then cut: a random batch's
+        bags come from one generator across tables, so a table's bags cannot be made alone.
+        """
+        made = ordered_map(self.make_batch, range(start, len(self)), workers)
+        yield from made if share is None else (share.of(batch) for batch in made)
 
     def make_batch(self, index: int) -> Batch:
         """Batch ``index``."""
@@ -69,10 +123,16 @@ class ArraySource:
 
     ``dense``: N x D float32, ``ids``: N x T integer ids, ``labels``: N.
     With ``shuffle`` the rows are permuted by a generator seeded with
-    ``(seed, epoch)``; the last batch may be smaller (nothing is dropped).
+    ``(seed, epoch)`` (with ``days``, the row counts of consecutive days, only
+    within each day, the days in order: upstream's ``--data-randomize=day``);
+    the last batch may be smaller (nothing is dropped).
     A batch's rows are read in increasing order (cheap on memory maps), and
-    ``id_transform`` (e.g. :class:`vocabulary.IdLimits`) maps its B x T ids.
+    ``id_transform`` (:class:`~mlet.data.preprocessing.vocabulary.IdLimits`) maps its B x T ids.
+    A process's :class:`Share` reads only its samples' dense features and
+    labels and its tables' ids.
     """
+
+    device: torch.device | None = None  # host memory
 
     def __init__(
         self,
@@ -82,7 +142,8 @@ class ArraySource:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
-        id_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        id_transform: IdLimits | None = None,
+        days: Sequence[int] | None = None,
     ) -> None:
         if not (len(dense) == len(ids) == len(labels)):
             raise ValueError(f"row counts differ: dense {len(dense)}, ids {len(ids)}, labels {len(labels)}")
@@ -91,21 +152,26 @@ class ArraySource:
         self.shuffle, self.seed = shuffle, seed
         self.id_transform = id_transform
         self.num_samples = len(labels)
+        self.days = list(days) if days is not None else None
+        if self.days is not None and sum(self.days) != self.num_samples:
+            raise ValueError(f"days hold {sum(self.days)} rows, the arrays {self.num_samples}")
+        self.orders = EpochOrders(self.num_samples, seed, self.days) if shuffle else None
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray | None:
         """Row order of ``epoch`` (``None``: file order)."""
-        if not self.shuffle:
-            return None
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return self.orders.get(epoch) if self.orders is not None else None
 
-    def batches(self, epoch: int, start: int = 0, workers: int = 1) -> Iterator[Batch]:
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
         order = self.order(epoch)
         selections = (self.rows_of(order, i) for i in range(start, len(self)))
-        yield from ordered_map(self.make_batch, selections, workers)
+        if share is None:
+            yield from ordered_map(self.make_batch, selections, workers)
+        else:
+            yield from ordered_map(lambda rows: self.make_share(rows, share), selections, workers)
 
     def rows_of(self, order: np.ndarray | None, index: int) -> slice | np.ndarray:
         """Rows of batch ``index`` under ``order`` (sorted: cheap reads from memory maps)."""
@@ -114,12 +180,30 @@ class ArraySource:
 
     def make_batch(self, rows: slice | np.ndarray) -> Batch:
         """The batch of the given rows (copied out of the arrays, which may be read-only memory maps)."""
-        ids = take_rows(self.ids, rows)
-        if self.id_transform is not None:
-            ids = self.id_transform(ids)
+        dense, labels = self.dense_and_labels(rows)
+        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(self.ids_of(rows))), labels)
+
+    def make_share(self, rows: slice | np.ndarray, share: Share) -> BatchShard:
+        """One process's part of the batch of ``rows``: its samples' dense features and labels, its tables' ids."""
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        lo, hi = share.samples(count)
+        mine = slice(rows.start + lo, rows.start + hi) if isinstance(rows, slice) else rows[lo:hi]
+        dense, labels = self.dense_and_labels(mine)
+        features = SparseFeatures.from_ids(torch.from_numpy(self.ids_of(rows, share.tables))) if share.tables else None
+        return BatchShard(dense, OwnedBags(features, count), labels)
+
+    def dense_and_labels(self, rows: slice | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense features (float32) and labels (float32) of ``rows``."""
         dense = torch.from_numpy(take_rows(self.dense, rows).astype(np.float32, copy=False))
         labels = torch.from_numpy(take_rows(self.labels, rows).astype(np.float32, copy=False))
-        return Batch(dense, SparseFeatures.from_ids(torch.from_numpy(ids)), labels)
+        return dense, labels
+
+    def ids_of(self, rows: slice | np.ndarray, tables: Sequence[int] | None = None) -> np.ndarray:
+        """Ids of ``rows`` (``B x T``, or the columns of ``tables``), limited by ``id_transform``."""
+        ids = take_rows(self.ids, rows)
+        if tables is not None:
+            ids = ids[:, list(tables)]
+        return self.id_transform(ids, tables) if self.id_transform is not None else ids
 
 
 def take_rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
@@ -229,15 +313,7 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     Table sizes come from the data; sizes given in ``config`` (an explicit
     ``--arch-embedding-size``) must equal them. ``test_samples`` caps the evaluated rows.
     """
-    data = prepare(
-        dataset.raw_data_file,
-        dataset.processed_data_file,
-        dataset.data_set,
-        dataset.split,
-        dataset.split_seed,
-        dataset.skip_bad_rows,
-        config.progress,
-    )
+    data = prepare_dataset(dataset, config.progress)
     limits = data.limits(dataset.cat_min_count, dataset.max_ind_range)
     sizes = limits.table_sizes
     if config.table_sizes is not None and list(config.table_sizes) != sizes:
@@ -247,14 +323,21 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
             " leave the flag out to use them"
         )
 
-    def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None) -> ArraySource:
+    def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None, days=None) -> ArraySource:
         dense, ids, labels = data.split(split)
         if limit is not None:
             dense, ids, labels = dense[:limit], ids[:limit], labels[:limit]
-        return ArraySource(dense, ids, labels, batch_size, shuffle=shuffle, seed=config.seed, id_transform=limits)
+        return ArraySource(
+            dense, ids, labels, batch_size, shuffle=shuffle, seed=config.seed, id_transform=limits, days=days
+        )
 
+    days = data.training_days() if dataset.randomize == "day" else None
+    if dataset.randomize == "day" and days is None:
+        raise UserError(
+            f"--data-randomize=day: the {dataset.split} split of {dataset.data_set} has no days; use total or none"
+        )
     evaluate = config.eval_split
-    train = source("train", config.batch_size, shuffle=True)
+    train = source("train", config.batch_size, shuffle=dataset.randomize != "none", days=days)
     val = source("val", config.test_batch_size, False, config.test_samples)
     test = val if evaluate == "val" else source("test", config.test_batch_size, False, config.test_samples)
     if not test.num_samples:

@@ -11,7 +11,7 @@ The design (what each process does, gradient scaling, checkpoints, errors): docs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,24 +22,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dlrm_model import DLRM, ModelConfig
-from mlet.core.batch import Batch
+from mlet.core.batch import Batches, OwnedBags, Share, local_sizes
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_world_size
-from mlet.core.pipeline import prefetch
+from mlet.data.sources import BatchSource
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
-from mlet.parallel.sharding import (
-    BatchShard,
-    OwnedBags,
-    RowLayout,
-    ShardingPlan,
-    local_sizes,
-    sample_range,
-    table_bytes,
-)
+from mlet.parallel.sharding import RowLayout, ShardingPlan, table_bytes
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
-from mlet.training.processes import Parallel, SingleProcess
+from mlet.training.processes import Parallel, SingleProcess, feed
 from mlet_layers import EmbeddingTables
 
 # Parameters split across ranks (dim 0: table rows, or one projection per table); the rest are replicated.
@@ -366,16 +358,14 @@ class MultiProcess:
             ) from None
         return model
 
-    def shard(self, batch: Batch) -> BatchShard:
-        """This rank's share of a global batch (done on the host, before any copy to a device)."""
-        lo, hi = sample_range(batch.size, self.world_size, self.rank)
-        tables = self.plan.tables_of_rank[self.rank]
-        features = batch.sparse.select_tables(tables) if tables else None
-        return BatchShard(batch.dense[lo:hi], OwnedBags(features, batch.size), batch.labels[lo:hi])
+    @property
+    def share(self) -> Share:
+        """What this process needs of each global batch: its samples, its tables' bags."""
+        return Share(self.rank, self.world_size, tuple(self.plan.tables_of_rank[self.rank]))
 
-    def shards(self, batches: Iterable[Batch]) -> Iterator[BatchShard]:
-        """:meth:`shard` of each batch."""
-        return (self.shard(batch) for batch in batches)
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
+        """This process's share of each global batch, read as such from ``source`` (no process reads it all)."""
+        return source.batches(epoch, start, workers, share=self.share)
 
     def all_sum(self, value: Tensor | float) -> Tensor:
         """Sum of ``value`` over the ranks (e.g. the losses' shares); a collective."""
@@ -383,19 +373,18 @@ class MultiProcess:
         dist.all_reduce(total, group=self.comm.group)
         return total
 
-    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
         """CTR metrics over the whole test set: predictions are gathered in sample order and
         the metrics computed once, on rank 0, then shared with every rank."""
         sizes: list[int] = []
 
-        def counted(source: Iterable[Batch]) -> Iterator[Batch]:
-            for batch in source:
+        def counted(shares: Batches) -> Batches:
+            for batch in shares:
                 sizes.append(batch.size)
                 yield batch
 
-        probs, labels = predict(
-            model, prefetch(self.shards(counted(batches)), pin=self.device.type == "cuda"), self.device
-        )
+        shares = feed(source, counted(self.batches(source, 0, 0, workers)), self.device)
+        probs, labels = predict(model, shares, self.device, bf16)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]
         dist.broadcast_object_list(result, src=0)
@@ -471,6 +460,8 @@ def session(use_gpu: bool, backend: str | None, timeout_s: int, optimizer: str) 
     device = agree(lambda: training_device(backend, use_gpu))
     # NCCL on GPUs gets a group of its own; gloo training shares the default group
     group = dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)) if device.type == "cuda" else None
+    if group is not None:  # NCCL connects lazily, at its first collective: here, not inside the first training step
+        dist.all_reduce(torch.zeros(1, device=device), group=group)
     comm = Comm(dist.get_rank(), dist.get_world_size(), device, group)
     try:
         yield MultiProcess(comm, optimizer, "nccl" if group is not None else "gloo")

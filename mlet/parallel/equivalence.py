@@ -68,6 +68,13 @@ SCENARIOS = {
         "--optimizer=adam",
         "--learning-rate=0.01",
     ],
+    # the data held on the device: each process keeps only its tables' ids and cuts its share of every batch there
+    "mlet-sgd-4-tables-on-device": [
+        "--data-generation=synthetic",
+        "--arch-embedding-size=50-7-300-2",
+        "--mlet-hidden=16",
+        "--data-on-device=on",
+    ],
 }
 RESUME_SCENARIO = "mlet-adagrad-3-tables"
 

@@ -15,10 +15,8 @@ import torch
 from torch import Tensor
 
 from dlrm_model import ModelConfig
-from mlet.core.batch import SparseFeatures
+from mlet.training.optimizers import STATE_SLOTS
 
-# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
-STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
 # A table may go to a rank holding up to this much more than the byte-greedy choice if that evens out lookups.
 BYTE_SLACK = 0.02
 
@@ -108,72 +106,6 @@ def format_bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def local_sizes(batch_size: int, world_size: int) -> list[int]:
-    """Samples of a global batch that each rank takes: as even as possible, the first ranks one more."""
-    base, extra = divmod(batch_size, world_size)
-    return [base + (1 if r < extra else 0) for r in range(world_size)]
-
-
-def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]:
-    """``[lo, hi)``: the samples of a global batch that belong to ``rank``."""
-    sizes = local_sizes(batch_size, world_size)
-    lo = sum(sizes[:rank])
-    return lo, lo + sizes[rank]
-
-
-# -- a rank's share of a batch -------------------------------------------------
-@dataclass
-class OwnedBags:
-    """The bags of the tables a rank owns, for every sample of the global batch.
-
-    ``features`` is ``None`` on a rank that owns no table.
-    """
-
-    features: SparseFeatures | None
-    batch_size: int
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> OwnedBags:
-        """Copy to ``device``."""
-        moved = None if self.features is None else self.features.to(device, non_blocking=non_blocking)
-        return OwnedBags(moved, self.batch_size)
-
-    def pin_memory(self) -> OwnedBags:
-        """Page-locked copy."""
-        return OwnedBags(None if self.features is None else self.features.pin_memory(), self.batch_size)
-
-
-@dataclass
-class BatchShard:
-    """One rank's share of a global batch.
-
-    ``dense`` and ``labels`` hold this rank's samples; ``sparse`` the owned
-    tables' bags for all samples. ``size`` is the number of samples in the
-    *global* batch, as :attr:`mlet.core.batch.Batch.size`, so code that counts
-    samples or divides the loss by ``batch.size`` works on either.
-    """
-
-    dense: Tensor
-    sparse: OwnedBags
-    labels: Tensor
-
-    @property
-    def size(self) -> int:
-        """Samples in the global batch this shard belongs to."""
-        return self.sparse.batch_size
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchShard:
-        """Copy to ``device``."""
-        return BatchShard(
-            self.dense.to(device, non_blocking=non_blocking),
-            self.sparse.to(device, non_blocking=non_blocking),
-            self.labels.to(device, non_blocking=non_blocking),
-        )
-
-    def pin_memory(self) -> BatchShard:
-        """Page-locked copy for asynchronous copies to a GPU."""
-        return BatchShard(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
 
 
 @dataclass(frozen=True)

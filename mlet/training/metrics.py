@@ -10,19 +10,23 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from mlet.core.batch import StepBatch
+from mlet.training.precision import autocast
 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, batches: Iterable[StepBatch], device: torch.device
+    model: torch.nn.Module, batches: Iterable[StepBatch], device: torch.device, bf16: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Click probabilities and labels for every sample of ``batches`` (no padding, no truncation)."""
+    """Click probabilities and labels for every sample of ``batches`` (no padding, no truncation);
+    ``bf16``: the forward pass as ``--bf16`` trains it."""
     was_training = model.training
     model.eval()
     probs, labels = [], []
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
-        probs.append(torch.sigmoid(model(batch.dense, batch.sparse)).float())
+        with autocast(device, bf16):
+            logits = model(batch.dense, batch.sparse)
+        probs.append(torch.sigmoid(logits.float()))
         labels.append(batch.labels)
     model.train(was_training)
     if not probs:

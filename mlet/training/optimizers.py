@@ -14,6 +14,8 @@ from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
 from mlet_layers import EmbeddingTables
 
+# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
+STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
 MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 
@@ -225,9 +227,10 @@ class FusedOptimizer:
         self.dense.step()
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate (a device-side fill: no host sync, graph-safe)."""
-        self.lr.fill_(lr)
-        self.param_groups[0]["lr"] = lr
+        """Set the learning rate (a device-side fill, only when it changes: no host sync, graph-safe)."""
+        if lr != self.param_groups[0]["lr"]:
+            self.lr.fill_(lr)
+            self.param_groups[0]["lr"] = lr
 
     def state_dict(self) -> dict:
         """Name-keyed state, as :meth:`CombinedOptimizer.state_dict`."""

@@ -9,16 +9,17 @@ for runs under torchrun (sharded tables, replicated MLPs; docs/distributed.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
 from dlrm_model import DLRM
-from mlet.core.batch import Batch, StepBatch
+from mlet.core.batch import Batches, Share
 from mlet.core.config import ModelConfig
 from mlet.core.pipeline import prefetch
+from mlet.data.sources import BatchSource
 from mlet.training.checkpoints import model_from_checkpoint
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
@@ -34,6 +35,11 @@ class Parallel(Protocol):
     is_main: bool
     device: torch.device
 
+    @property
+    def share(self) -> Share | None:
+        """What this process reads of each global batch (``None``: all of it)."""
+        ...
+
     def build_model(self, config: ModelConfig, seed: int) -> DLRM:
         """This process's part of a freshly initialised model."""
         ...
@@ -46,16 +52,17 @@ class Parallel(Protocol):
         """The optimizer as the training loop uses it (saving and loading whole-model state)."""
         ...
 
-    def shards(self, batches: Iterable[Batch]) -> Iterable[StepBatch]:
-        """This process's share of each global batch."""
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
+        """This process's part of each batch ``start..`` of ``epoch`` of ``source``."""
         ...
 
     def all_sum(self, value: Tensor | float) -> Tensor | float:
         """``value`` summed over the processes."""
         ...
 
-    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
-        """CTR metrics over every sample of ``batches``."""
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
+        """CTR metrics over every sample of ``source`` (``bf16``: the forward passes as ``--bf16`` trains),
+        its batches assembled by ``workers`` threads."""
         ...
 
     def agree(self, step: Callable[[], T]) -> T:
@@ -75,6 +82,7 @@ class SingleProcess:
     """A one-process run: the training loop's hooks do nothing special."""
 
     rank, world_size, is_main = 0, 1, True
+    share: Share | None = None
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device if device is not None else torch.device("cpu")
@@ -93,17 +101,18 @@ class SingleProcess:
         """The model a checkpoint holds, on this device."""
         return model_from_checkpoint(ckpt, self.device)
 
-    def shards(self, batches: Iterable[Batch]) -> Iterable[Batch]:
-        """The batches as they are."""
-        return batches
+    def batches(self, source: BatchSource, epoch: int, start: int = 0, workers: int = 1) -> Batches:
+        """The whole batches."""
+        return source.batches(epoch, start, workers)
 
     def all_sum(self, value: Tensor | float) -> Tensor | float:
         """The value itself (there is no other process)."""
         return value
 
-    def evaluate(self, model: DLRM, batches: Iterable[Batch]) -> dict:
-        """CTR metrics over every sample of ``batches``."""
-        return ctr_metrics(*predict(model, prefetch(iter(batches), pin=self.device.type == "cuda"), self.device))
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
+        """CTR metrics over every sample of ``source``."""
+        batches = feed(source, self.batches(source, 0, 0, workers), self.device)
+        return ctr_metrics(*predict(model, batches, self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""
@@ -116,3 +125,18 @@ class SingleProcess:
     def record(self) -> dict | None:
         """Nothing to store in checkpoints and results."""
         return None
+
+
+def feed(source: BatchSource, batches: Batches, device: torch.device) -> Batches:
+    """``batches`` as a loop takes them: host batches made ahead by a thread (page-locked for a GPU); batches
+    cut on the device as they are asked for (a few kernel launches: a thread would only add a hand-over
+    and contention for the interpreter lock with the loop that launches the step)."""
+    if source.device is not None:
+        return batches
+    return prefetch(batches, pin=needs_pinning(source, device))
+
+
+def needs_pinning(source: BatchSource, device: torch.device) -> bool:
+    """Whether ``source``'s batches travel to ``device`` (host batches to a GPU): then they are page-locked,
+    for asynchronous copies."""
+    return device.type == "cuda" and source.device is None

@@ -238,7 +238,15 @@ MUST_MATCH_DATA = {"numpy_rand_seed", "mini_batch_size", "data_generation", "num
 MUST_MATCH_BY_GENERATION = {
     "random": {"data_size", "num_indices_per_lookup", "num_indices_per_lookup_fixed"},
     "synthetic": {"data_size"},
-    "dataset": {"data_set", "data_split", "data_split_seed", "cat_min_count", "max_ind_range"},
+    "dataset": {
+        "data_set",
+        "data_split",
+        "data_split_seed",
+        "cat_min_count",
+        "max_ind_range",
+        "data_sub_sample_rate",
+        "data_randomize",
+    },
 }
 """Flags that define the training-data stream of each ``--data-generation``; the others do not touch it."""
 MUST_MATCH_PREFIXES = {"random": (), "synthetic": ("synthetic_",), "dataset": ()}
@@ -255,6 +263,13 @@ BOOKKEEPING = {
     "inference_only",
     "dist_backend",  # the process layout: a checkpoint resumes in any world size
     "dist_timeout",
+    "print_wall_time",
+    "test_num_workers",
+    "tensor_board_filename",
+    "enable_profiling",
+    "mlperf_logging",
+    "debug_mode",
+    "save_onnx",
 }
 ARCHITECTURE_ARGS = {
     "arch_sparse_feature_size",

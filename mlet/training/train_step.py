@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mlet.core.batch import StepBatch
+from mlet.training.precision import autocast
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,15 +40,21 @@ def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:
 
 
 class TrainStep:
-    """One eager optimisation step: forward, loss, backward, update."""
+    """One eager optimisation step: forward, loss, backward, update (``bf16``: see ``precision.py``)."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer) -> None:
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False) -> None:
+        self.model, self.loss_fn, self.optimizer, self.bf16 = model, loss_fn, optimizer, bf16
+        self.device = next(model.parameters()).device
+
+    def logits(self, batch: StepBatch) -> Tensor:
+        """The model's float32 logits for ``batch``."""
+        with autocast(self.device, self.bf16):
+            logits = self.model(batch.dense, batch.sparse)
+        return logits.float()
 
     def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch`` (already on the model's device); returns the detached loss."""
-        logits = self.model(batch.dense, batch.sparse)
-        loss = batch_loss(self.loss_fn, logits, batch)
+        loss = batch_loss(self.loss_fn, self.logits(batch), batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -85,8 +92,8 @@ class GraphedTrainStep(TrainStep):
     (``FusedOptimizer``), since a replay cannot see Python floats change.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, warmup: int = 3) -> None:
-        super().__init__(model, loss_fn, optimizer)
+    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False, warmup: int = 3) -> None:
+        super().__init__(model, loss_fn, optimizer, bf16)
         self.warmup = warmup
         self.shape: object = None
         self.warmed = 0
@@ -124,8 +131,7 @@ class GraphedTrainStep(TrainStep):
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            logits = self.model(self.static_batch.dense, self.static_batch.sparse)
-            loss = batch_loss(self.loss_fn, logits, self.static_batch)
+            loss = batch_loss(self.loss_fn, self.logits(self.static_batch), self.static_batch)
             loss.backward()
             self.optimizer.step()
             self.static_loss = loss.detach()
@@ -135,8 +141,8 @@ class GraphedTrainStep(TrainStep):
             static.copy_(new, non_blocking=True)
 
 
-def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool) -> TrainStep:
+def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool, bf16: bool = False) -> TrainStep:
     """A graphed step where asked for and possible (CUDA, fused optimizer), else eager."""
     if cuda_graph:
-        return GraphedTrainStep(model, loss_fn, optimizer)
-    return TrainStep(model, loss_fn, optimizer)
+        return GraphedTrainStep(model, loss_fn, optimizer, bf16)
+    return TrainStep(model, loss_fn, optimizer, bf16)

@@ -13,7 +13,9 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,11 +28,12 @@ from mlet.core.batch import StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
-from mlet.core.pipeline import prefetch
 from mlet.data.sources import DataBundle
+from mlet.training import cpu_threads
 from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
+from mlet.training.observers import Observer, TrainPoint
 from mlet.training.optimizers import LRPolicy, build_optimizer
-from mlet.training.processes import Parallel, SingleProcess
+from mlet.training.processes import Parallel, SingleProcess, feed
 from mlet.training.state import (
     Position,
     TrainingState,
@@ -44,6 +47,18 @@ from mlet.training.train_step import make_train_step
 
 
 def loss_function(config: TrainConfig, device: torch.device):
+    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch), with ``--loss-threshold``'s clamp."""
+    loss = base_loss(config, device)
+    t = config.loss_threshold
+    if not 0.0 < t < 0.5:
+        return loss
+    # upstream clamps the probability p to [t, 1 - t]; on logits that is [logit(t), -logit(t)] (same gradients: none
+    # beyond the bounds)
+    bound = math.log((1 - t) / t)
+    return lambda logits, labels: loss(logits.clamp(-bound, bound), labels)
+
+
+def base_loss(config: TrainConfig, device: torch.device):
     """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
     if config.loss_function == "mse":
         return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
@@ -64,6 +79,14 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
     if num_workers >= 0:
         return max(1, num_workers)
     return 4 if device.type == "cuda" else 1
+
+
+def steady_rate(windows: list[tuple[int, float]]) -> float | None:
+    """The median samples/s of the logged windows: the run's pace once started, without the one-time costs that
+    fall in a few windows (the first: CUDA graph capture, kernel compilation; an epoch's last, smaller batch,
+    which runs eagerly); ``None`` with fewer than three windows."""
+    rates = [n / t for n, t in windows if t > 0]
+    return statistics.median(rates) if len(rates) >= 3 else None
 
 
 def parameter_report(model: DLRM) -> dict:
@@ -118,9 +141,11 @@ class Trainer:
         model: DLRM,
         parallel: Parallel | None = None,
         flags: dict | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config, self.data, self.model = config, data, model
         self.parallel = parallel if parallel is not None else SingleProcess()
+        self.observers = list(observers)
         self.device = self.parallel.device
         self.flags = dict(flags or {})
         fused_tables = model.table_modules() if config.embedding_update == "fused" else None
@@ -133,14 +158,16 @@ class Trainer:
         )
         self.loss_fn = loss_function(config, self.device)
         use_graph = config.cuda_graph and self.device.type == "cuda" and fused_tables is not None
-        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph)
+        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph, bf16=config.bf16)
         self.batches_per_epoch = min(config.num_batches, len(data.train)) if config.num_batches > 0 else len(data.train)
         self.print_freq = config.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_time, self.train_samples = 0.0, 0
+        self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
+        self.stopped: dict | None = None  # the threshold a test reached (training stops there)
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -238,10 +265,12 @@ class Trainer:
     def evaluate(self, source, model: DLRM | None = None) -> dict:
         """AUC, log loss, accuracy and sample count of the model (or ``model``, e.g. a quantized copy) on every
         sample of ``source``."""
+        workers = self.config.test_num_workers if self.config.test_num_workers >= 0 else self.config.num_workers
+        evaluated = self.model if model is None else model
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
-            **self.parallel.evaluate(self.model if model is None else model, source.batches(0)),
+            **self.parallel.evaluate(evaluated, source, self.config.bf16, batch_workers(workers, self.device)),
         }
 
     def validate(self, final: dict) -> dict | None:
@@ -257,8 +286,11 @@ class Trainer:
         return {**self.evaluate(self.data.val), "epoch": final["epoch"], "iteration": final["iteration"]}
 
     def test(self) -> dict:
-        """Evaluate on the whole test set, log, and remember the best AUC."""
+        """Evaluate on the whole test set, log, remember the best AUC, and note a stop threshold reached."""
+        progress = self.epoch + 1 + self.batch / max(self.batches_per_epoch, 1)
+        self.notify("testing", progress)
         result = self.evaluate(self.data.test)
+        self.notify("tested", result, progress)
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
@@ -270,10 +302,40 @@ class Trainer:
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
+        self.check_targets(result)
         return result
 
+    def check_targets(self, result: dict) -> None:
+        """Stop training (:attr:`stopped`) when ``result`` reaches ``--mlperf-auc-threshold`` or
+        ``--mlperf-acc-threshold``; log when."""
+        for metric, target, flag in (
+            ("auc", self.config.target_auc, "--mlperf-auc-threshold"),
+            ("accuracy", self.config.target_accuracy, "--mlperf-acc-threshold"),
+        ):
+            value = result.get(metric)
+            if self.stopped is None and target > 0 and value is not None and value >= target:
+                self.stopped = {
+                    "flag": flag,
+                    "metric": metric,
+                    "threshold": target,
+                    "value": value,
+                    "epoch": result["epoch"],
+                    "iteration": result["iteration"],
+                    "train_seconds": self.train_time,
+                }
+                log(
+                    f"{flag} {target} reached: test {metric} {value:.{self.config.print_precision - 1}f} at iteration"
+                    f" {result['iteration']} (epoch {result['epoch']}, {self.train_time:.1f} s of training);"
+                    " stop training"
+                )
+
+    def notify(self, event: str, *values) -> None:
+        """Call ``event`` on every observer."""
+        for observer in self.observers:
+            getattr(observer, event)(*values)
+
     def train(self) -> None:
-        """Run the remaining epochs."""
+        """Run the remaining epochs (on a CPU with as many threads as other processes leave cores: cpu_threads.py)."""
         total = self.config.nepochs * self.batches_per_epoch
         show = self.config.progress and self.parallel.is_main
         bar = tqdm(
@@ -284,13 +346,18 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        while self.epoch < self.config.nepochs:
-            self.run_epoch(bar)
-            self.epoch, self.batch = self.epoch + 1, 0
+        with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
+            while self.epoch < self.config.nepochs and self.stopped is None:
+                self.notify("epoch_started", self.epoch)
+                self.run_epoch(bar, threads)
+                self.notify("epoch_ended", self.epoch)
+                if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
+                    self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
+        self.notify("finished", self.stopped is not None)
 
-    def run_epoch(self, bar: tqdm) -> None:
-        """Train on the rest of the current epoch.
+    def run_epoch(self, bar: tqdm, threads: cpu_threads.ThreadGovernor | None = None) -> None:
+        """Train on the rest of the current epoch (``threads``: adjusts the CPU thread count between steps).
 
         ``train_time`` counts wall time spent waiting for and training on
         batches; testing and checkpointing are excluded.
@@ -299,30 +366,34 @@ class Trainer:
         loss_sum: torch.Tensor | float = 0.0
         loss_count, window_time, window_samples = 0, 0.0, 0
         workers = batch_workers(config.num_workers, self.device)
-        batches = prefetch(
-            iter(self.parallel.shards(self.data.train.batches(self.epoch, self.batch, workers))),
-            pin=self.device.type == "cuda",
-        )
+        train = self.data.train
+        batches = feed(train, self.parallel.batches(train, self.epoch, self.batch, workers), self.device)
         last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
                 break
             batch = batch.to(self.device, non_blocking=True)
             loss = self.step(batch)
+            if threads is not None:
+                threads.tick()
             loss_sum, loss_count = loss_sum + loss, loss_count + 1
             self.batch, self.iteration = self.batch + 1, self.iteration + 1
             self.train_samples += batch.size
             window_samples += batch.size
             bar.update(1)
+            self.notify("stepped", self.iteration)
             if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
                 loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
                 now = time.perf_counter()
                 self.train_time, window_time = self.train_time + now - last, window_time + now - last
+                self.windows.append((window_samples, window_time))
                 self.log_train(loss_value, loss_count, window_time, window_samples)
                 loss_sum, loss_count, window_time, window_samples, last = 0.0, 0, 0.0, 0, now
             if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
                 self.test()
                 last = time.perf_counter()
+                if self.stopped is not None:
+                    break
             if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
                 self.save()
                 last = time.perf_counter()
@@ -331,16 +402,19 @@ class Trainer:
             self.test()
 
     def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
-        """Upstream's 'Finished training it' line."""
+        """Upstream's 'Finished training it' line (and the point for the observers)."""
         timing = (
             f" {1000 * elapsed / steps:.2f} ms/it, {samples / elapsed:,.0f} samples/s,"
             if self.config.print_time
             else ""
         )
+        wall = f" ({time.strftime('%H:%M')})" if self.config.print_wall_time else ""
         log(
             f"Finished training it {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},{timing} "
-            f"loss {loss:.{self.config.print_precision + 1}f}"
+            f"loss {loss:.{self.config.print_precision + 1}f}{wall}"
         )
+        rate = self.lr_policy.lr(self.iteration - 1)
+        self.notify("trained", TrainPoint(self.iteration, self.epoch, loss, rate, samples / max(elapsed, 1e-9)))
 
     def results(self, final: dict, val: dict | None = None) -> dict:
         """The ``--results-json`` payload (``val``: :meth:`validate`'s metrics)."""
@@ -350,6 +424,7 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,
+            "steady_samples_per_second": steady_rate(self.windows),
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
@@ -361,4 +436,5 @@ class Trainer:
             "torch": torch.__version__,
             "args": self.flags,
             "checkpoint": self.loaded,
+            "stopped": self.stopped,
         }

@@ -35,237 +35,38 @@ import datetime
 import hashlib
 import itertools
 import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import DTypeLike
 from tqdm import tqdm
 
+from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
-from mlet.data.preprocessing.raw_data import (
-    COLUMNS,
-    ERROR_NAMES,
-    SKIP_HINT,
-    Layout,
-    ParsedBlock,
-    count_lines,
-    detect_layout,
-    is_gzip,
-    read_blocks,
-    splitmix64,
+from mlet.data.preprocessing import days
+from mlet.data.preprocessing.arrays import NpyWriter, renumber_file
+from mlet.data.preprocessing.raw_data import Layout, ParsedBlock, detect_layout, read_blocks
+from mlet.data.preprocessing.splits import (
+    TRAIN,
+    BadRows,
+    Log,
+    check_rows,
+    dense_transform,
+    plan_split,
+    sub_sample_keep,
 )
 from mlet.data.preprocessing.vocabulary import IdLimits, Vocabulary
 
 FORMAT = "dlrm-mlet-processed"
 VERSION = 1
 SPLITS = ("train", "test", "val")
-TRAIN, TEST, VAL = 0, 1, 2
-SPLIT_CHOICES = {"kaggle": ("dlrm", "random-811"), "avazu": ("random-811", "by-day")}
-DEFAULT_SPLIT = {"kaggle": "dlrm", "avazu": "random-811"}
-DENSE_INPUTS = {"kaggle": 13, "avazu": 1}  # Avazu: one constant 1.0 (see Processed.split)
-Log = Callable[[str], None]
-
-
-# -- splits ----------------------------------------------------------------------
-
-
-def dense_transform(counts: np.ndarray) -> np.ndarray:
-    """Upstream DLRM's dense rule: negatives and missing (-1) to 0, then log(x + 1)."""
-    return np.log1p(np.maximum(counts, 0)).astype(np.float32)
-
-
-@dataclass
-class SplitPlan:
-    """Which split each row goes to.
-
-    * ``dlrm`` (upstream DLRM's Kaggle split): the ``total`` data rows are cut
-      into 7 "days" by line count (the first ``total % 7`` days one row longer);
-      days 1-6 train; day 7's first half (rounded up) test, second half validation.
-    * ``random-811``: each row independently, by a hash of its row index and
-      ``seed``: train 80%, test 10%, validation 10%.
-    * ``by-day`` (Avazu): rows of the last date in the file are held out, the
-      first half (rounded up, in file order) test, the rest validation.
-    """
-
-    kind: str
-    seed: int = 0
-    total: int = 0
-    last_date: int = -1
-    held_out: int = 0
-    details: dict = field(default_factory=dict)
-
-    def assigner(self) -> Callable[[ParsedBlock], np.ndarray]:
-        """A function giving each parsed row of successive blocks its split (0 train, 1 test, 2 val)."""
-        if self.kind == "dlrm":
-            per_day, extra = divmod(self.total, 7)
-            days = [per_day + (d < extra) for d in range(7)]
-            train_end = sum(days[:6])
-            test_end = train_end + math.ceil(days[6] / 2)
-            self.details = {"days": days, "train_end": train_end, "test_end": test_end}
-            return lambda block: np.searchsorted([train_end, test_end], block.rows, side="right").astype(np.uint8)
-        if self.kind == "random-811":
-            salt = np.uint64((self.seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
-            buckets = np.array([TRAIN] * 8 + [TEST, VAL], np.uint8)
-            return lambda block: buckets[splitmix64(block.rows.astype(np.uint64) ^ salt) % np.uint64(10)]
-        test_rows, seen = math.ceil(self.held_out / 2), 0
-        self.details = {"last_date": self.last_date, "held_out": self.held_out}
-
-        def by_day(block: ParsedBlock) -> np.ndarray:
-            nonlocal seen
-            held = block.dates == self.last_date
-            position = seen + np.cumsum(held) - 1
-            seen += int(held.sum())
-            return np.where(held, np.where(position < test_rows, TEST, VAL), TRAIN).astype(np.uint8)
-
-        return by_day
-
-
-def plan_split(path: Path, layout: Layout, kind: str, seed: int, progress: bool, log: Log) -> SplitPlan:
-    """The :class:`SplitPlan`, after whatever pre-scan the split needs."""
-    if kind == "random-811":
-        return SplitPlan(kind, seed=seed)
-    start = time.perf_counter()
-    if kind == "dlrm":
-        size = None if is_gzip(path) else path.stat().st_size
-        with tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc="counting lines",
-            disable=None if progress else True,
-            leave=False,
-        ) as bar:
-            total = count_lines(path, progress=bar) - layout.header_lines
-        log(f"  counted {total:,} rows in {time.perf_counter() - start:.1f} s")
-        return SplitPlan(kind, total=total)
-    dates: dict[int, int] = {}
-    for block in read_blocks(path, layout, columns=["hour"]):
-        values, counts = np.unique(block.dates[block.good], return_counts=True)
-        for v, c in zip(values.tolist(), counts.tolist()):
-            dates[v] = dates.get(v, 0) + c
-    if not dates:
-        raise UserError(f"{path}: no row has a valid hour, cannot split by day")
-    last = max(dates)
-    log(f"  {len(dates)} days; last day {last} ({dates[last]:,} rows) held out; {time.perf_counter() - start:.1f} s")
-    return SplitPlan(kind, last_date=last, held_out=dates[last])
-
-
-# -- bad rows --------------------------------------------------------------------
-
-
-@dataclass
-class BadRows:
-    """Bad rows skipped under ``--skip-bad-rows``: counts by kind and the first lines of each."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    first_lines: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        """All bad rows."""
-        return sum(self.counts.values())
-
-    def add(self, kind: str, count: int, lines: list[int]) -> None:
-        """Count ``count`` rows of one kind, the first of them at the given (1-based) lines."""
-        if count:
-            self.counts[kind] = self.counts.get(kind, 0) + count
-            self.first_lines[kind] = sorted(self.first_lines.get(kind, []) + lines)[:5]
-
-    def summary(self) -> str:
-        """One line: how many of each kind, and where the first was."""
-        parts = [f"{n:,} {kind} (first at line {self.first_lines[kind][0]})" for kind, n in sorted(self.counts.items())]
-        return f"skipped {self.total:,} bad rows: " + ", ".join(parts)
-
-    def to_dict(self) -> dict:
-        """For the metadata."""
-        return {
-            "total": self.total,
-            "by_kind": dict(sorted(self.counts.items())),
-            "first_lines": dict(sorted(self.first_lines.items())),
-        }
-
-
-def check_rows(block: ParsedBlock, path: Path, layout: Layout, skip: bool, bad: BadRows | None) -> np.ndarray:
-    """The mask of good parsed rows; a bad row stops with ``FILE:LINE: what is wrong`` unless ``skip``."""
-    errors = np.flatnonzero(~block.good)
-    if not len(errors) and not block.wrong_width:
-        return block.good
-    line = layout.header_lines + 1  # 1-based line of data row 0
-    if not skip:
-        first_value = (int(block.rows[errors[0]]), block.error_message(int(errors[0]), layout)) if len(errors) else None
-        first_width = (
-            (block.wrong_width[0][0], f"{block.wrong_width[0][1]} fields, expected {layout.expected()}")
-            if block.wrong_width
-            else None
-        )
-        row, what = min(x for x in (first_value, first_width) if x is not None)
-        raise UserError(f"{path}:{row + line}: {what} {SKIP_HINT}")
-    if bad is not None:
-        bad.add(ERROR_NAMES[COLUMNS], len(block.wrong_width), [r + line for r, _ in block.wrong_width[:5]])
-        for kind in np.unique(block.errors[errors]).tolist():
-            rows = block.rows[errors[block.errors[errors] == kind]]
-            bad.add(ERROR_NAMES[kind], len(rows), (rows[:5] + line).tolist())
-    return block.good
-
-
-# -- writing -----------------------------------------------------------------------
-
-
-class NpyWriter:
-    """Appends rows to an ``.npy`` file whose row count is known only at the end (the header is patched then)."""
-
-    def __init__(self, path: Path, dtype: DTypeLike, width: int | None) -> None:
-        self.path, self.dtype, self.width, self.rows = path, np.dtype(dtype), width, 0
-        self.file = open(path, "wb")  # noqa: SIM115 (open across many writes; closed by close())
-        self.data_offset = self._write_header()
-
-    def _write_header(self) -> int:
-        shape = (self.rows,) if self.width is None else (self.rows, self.width)
-        self.file.seek(0)
-        np.lib.format.write_array_header_1_0(
-            self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
-        )
-        return self.file.tell()
-
-    def write(self, block: np.ndarray) -> None:
-        """Append rows."""
-        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
-        self.rows += len(block)
-
-    def close(self) -> None:
-        """Write the final shape into the header (same length: numpy pads headers to 64 bytes) and close."""
-        end = self.file.tell()
-        if self._write_header() != self.data_offset:
-            raise RuntimeError(f"{self.path}: the .npy header changed length")
-        self.file.seek(end)
-        self.file.close()
-
-
-def renumber_file(path: Path, renumbering: list[np.ndarray], chunk_rows: int = 1 << 18) -> None:
-    """Map column ``t`` of an N x T int32 ``.npy`` file through ``renumbering[t]``, in place, chunk by chunk.
-
-    Plain reads and writes rather than a memory map, so that the process does
-    not hold the file's pages (peak RSS stays at one chunk).
-    """
-    with open(path, "r+b") as f:
-        np.lib.format.read_magic(f)
-        (rows, width), _, dtype = np.lib.format.read_array_header_1_0(f)
-        start = f.tell()
-        row_bytes = width * dtype.itemsize
-        for lo in range(0, rows, chunk_rows):
-            n = min(chunk_rows, rows - lo)
-            f.seek(start + lo * row_bytes)
-            block = np.fromfile(f, dtype, n * width).reshape(n, width)
-            for t, table in enumerate(renumbering):
-                block[:, t] = table[block[:, t]]
-            f.seek(start + lo * row_bytes)
-            block.tofile(f)
+SPLIT_CHOICES = {"kaggle": ("dlrm", "random-811"), "terabyte": ("dlrm",), "avazu": ("random-811", "by-day")}
+DEFAULT_SPLIT = {"kaggle": "dlrm", "terabyte": "dlrm", "avazu": "random-811"}
+DENSE_INPUTS = {"kaggle": 13, "terabyte": 13, "avazu": 1}  # Avazu: one constant 1.0 (see Processed.split)
 
 
 # -- the two passes ------------------------------------------------------------------
@@ -286,58 +87,86 @@ def progress_bar(total: int | None, desc: str, enabled: bool) -> tqdm:
 
 @dataclass
 class FirstPass:
-    """What reading the raw file gave: the vocabulary, good rows per split, rows read, bad rows."""
+    """What reading a raw file gave: the vocabulary, good rows per split, rows read, bad rows, rows sub-sampled
+    away."""
 
     vocab: Vocabulary
     rows: list[int]
     physical: int
     bad: BadRows
+    dropped: int = 0
+    train_rows_per_day: list[int] | None = None
 
 
-def read_pass(path: Path, layout: Layout, plan: SplitPlan, skip: bool, directory: Path, progress: bool) -> FirstPass:
+@dataclass(frozen=True)
+class Reading:
+    """How to read one raw file in pass 1: which split each row goes to, where each split's arrays go (a
+    file stem per split, ``None``: that split gets no rows), ``--data-sub-sample-rate`` and its salt."""
+
+    assign: Callable[[ParsedBlock], np.ndarray]
+    outputs: tuple[str | None, str | None, str | None] = SPLITS
+    total: int | None = None
+    sub_sample_rate: float = 0.0
+    salt: int = 0
+    day_of: Callable[[np.ndarray], np.ndarray] | None = None
+    days: int = 0
+
+
+def read_pass(path: Path, layout: Layout, reading: Reading, skip: bool, directory: Path, progress: bool) -> FirstPass:
     """Pass 1, the only one over the text: check rows, index and count values, write each split's arrays.
 
     The categorical arrays hold provisional indices until :func:`renumber_pass`.
     """
     features = len(layout.categorical_features)
     writers = [
-        [
-            NpyWriter(directory / f"{name}.dense.npy", np.float32, len(layout.dense_features)),
-            NpyWriter(directory / f"{name}.cat.npy", np.int32, features),
-            NpyWriter(directory / f"{name}.label.npy", np.uint8, None),
-        ]
-        for name in SPLITS
+        None
+        if stem is None
+        else (
+            NpyWriter(directory / f"{stem}.dense.npy", np.float32, len(layout.dense_features)),
+            NpyWriter(directory / f"{stem}.cat.npy", np.int32, features),
+            NpyWriter(directory / f"{stem}.label.npy", np.uint8, None),
+        )
+        for stem in reading.outputs
     ]
-    vocab, physical, bad = Vocabulary(features), 0, BadRows()
-    assign = plan.assigner()
+    opened = [w for group in writers if group is not None for w in group]
+    vocab, physical, bad, dropped = Vocabulary(features), 0, BadRows(), 0
+    per_day = np.zeros(reading.days, np.int64)
     try:
-        with progress_bar(plan.total or None, "pass 1/2: reading", progress) as bar:
+        with progress_bar(reading.total, f"pass 1/2: reading {path.name}", progress) as bar:
             for block in read_blocks(path, layout):
                 good = check_rows(block, path, layout, skip, bad)
-                split = assign(block)[good]
-                ids = vocab.index(block.keys[:, good], counted=split == TRAIN)
-                dense, labels = dense_transform(block.counts[good]), block.labels[good]
-                for s, (dense_out, cat_out, label_out) in enumerate(writers):
-                    mine = split == s
-                    dense_out.write(dense[mine])
-                    cat_out.write(ids[mine])
-                    label_out.write(labels[mine])
+                split = reading.assign(block)
+                keep = good & sub_sample_keep(
+                    block.rows, block.labels, split == TRAIN, reading.sub_sample_rate, reading.salt
+                )
+                dropped += int(good.sum() - keep.sum())
+                split = split[keep]
+                if reading.day_of is not None:
+                    trained = block.rows[keep][split == TRAIN]
+                    per_day += np.bincount(reading.day_of(trained), minlength=reading.days)[: reading.days]
+                ids = vocab.index(block.keys[:, keep], counted=split == TRAIN)
+                dense, labels = dense_transform(block.counts[keep]), block.labels[keep]
+                for s, group in enumerate(writers):
+                    if group is not None:
+                        mine = split == s
+                        for writer, values in zip(group, (dense, ids, labels)):
+                            writer.write(values[mine])
                 physical += len(block.rows) + len(block.wrong_width)
                 bar.update(len(block.rows) + len(block.wrong_width))
     except BaseException:
-        for group in writers:
-            for writer in group:
-                writer.file.close()  # the files go with the temporary directory
+        for writer in opened:
+            writer.file.close()  # the files go with the temporary directory
         raise
-    for group in writers:
-        for writer in group:
-            writer.close()
-    if plan.kind == "dlrm" and physical != plan.total:
+    for writer in opened:
+        writer.close()
+    if reading.total is not None and physical != reading.total:
         raise UserError(
-            f"{path}: read {physical:,} rows but counted {plan.total:,} lines; "
+            f"{path}: read {physical:,} rows but counted {reading.total:,} lines; "
             "did the file change, or does it use CR-only line ends?"
         )
-    return FirstPass(vocab, [w[2].rows for w in writers], physical, bad)
+    rows = [0 if group is None else group[2].rows for group in writers]
+    train_days = [int(n) for n in per_day if n] if reading.day_of is not None else None
+    return FirstPass(vocab, rows, physical, bad, dropped, train_days)
 
 
 def renumber_pass(first: FirstPass, directory: Path, progress: bool) -> None:
@@ -368,14 +197,34 @@ def fingerprint(path: Path, samples: int = 16, chunk: int = 1 << 16) -> str:
     return digest.hexdigest()
 
 
-def source_info(path: Path) -> dict:
-    """What identifies the raw file."""
-    return {"path": str(path.resolve()), "size": path.stat().st_size, "fingerprint": fingerprint(path)}
+def source_info(path: Path, data_set: str = "kaggle") -> dict:
+    """What identifies the raw file (Terabyte: the day files together, by their sizes and fingerprints)."""
+    if data_set != "terabyte":
+        return {"path": str(path.resolve()), "size": path.stat().st_size, "fingerprint": fingerprint(path)}
+    files = days.day_files(str(path))
+    digest = hashlib.blake2b(digest_size=16)
+    for file in files:
+        digest.update(f"{file.name}:{file.stat().st_size}:{fingerprint(file)};".encode())
+    return {
+        "path": str(path.resolve()),
+        "size": sum(file.stat().st_size for file in files),
+        "fingerprint": digest.hexdigest(),
+        "files": [file.name for file in files],
+    }
 
 
-def cache_settings(data_set: str, split: str, split_seed: int) -> dict:
-    """The settings the processed data depend on."""
-    return {"data_set": data_set, "data_split": split, "split_seed": split_seed if split == "random-811" else None}
+def cache_settings(data_set: str, split: str, split_seed: int, sub_sample_rate: float = 0.0) -> dict:
+    """The settings the processed data depend on (the sub-sampling keys only when it is on, so that caches made
+    before it existed stay valid)."""
+    seeded = split == "random-811" or sub_sample_rate > 0
+    settings: dict[str, object] = {
+        "data_set": data_set,
+        "data_split": split,
+        "split_seed": split_seed if seeded else None,
+    }
+    if sub_sample_rate > 0:
+        settings["sub_sample_rate"] = sub_sample_rate
+    return settings
 
 
 def read_meta(directory: Path) -> dict | None:
@@ -468,10 +317,47 @@ def install(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def single_file(
+    raw: Path, layout: Layout, settings: dict, skip: bool, tmp: Path, progress: bool, log: Log
+) -> tuple[FirstPass, dict]:
+    """Both passes over one raw file (Kaggle, Avazu) into ``tmp``; the result and the split's details."""
+    start = time.perf_counter()
+    plan = plan_split(raw, layout, settings["data_split"], settings["split_seed"] or 0, progress, log)
+    reading = Reading(
+        plan.assigner(),
+        total=plan.total if plan.kind == "dlrm" else None,
+        sub_sample_rate=settings.get("sub_sample_rate", 0.0),
+        salt=settings["split_seed"] or 0,
+        day_of=plan.day_of() if plan.kind == "dlrm" else None,
+        days=7,
+    )
+    first = read_pass(raw, layout, reading, skip, tmp, progress)
+    read = time.perf_counter() - start
+    log(f"  pass 1/2: {first.physical:,} rows in {read:.1f} s ({first.physical / read:,.0f} rows/s)")
+    check_training_rows(first, raw, settings, log)
+    renumber_pass(first, tmp, progress)
+    details = dict(plan.details)
+    if first.train_rows_per_day is not None:
+        details["train_rows_per_day"] = first.train_rows_per_day
+    return first, details
+
+
+def check_training_rows(first: FirstPass, raw: Path | str, settings: dict, log: Log) -> None:
+    """Log the bad rows skipped; refuse data without training rows."""
+    if first.bad.total:
+        log(f"  {first.bad.summary()}")
+    if not first.rows[0]:
+        raise UserError(
+            f"{raw}: no training rows in the {settings['data_split']} split "
+            f"({first.physical:,} rows read, {first.bad.total:,} bad)"
+        )
+
+
 def build(
     raw: Path, directory: Path, layout: Layout, settings: dict, source: dict, skip: bool, progress: bool, log: Log
 ) -> dict:
-    """Preprocess ``raw`` into ``directory`` (through a temporary sibling); returns the metadata."""
+    """Preprocess ``raw`` (a file; for Terabyte the day prefix) into ``directory`` (through a temporary
+    sibling); returns the metadata."""
     start = time.perf_counter()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -482,21 +368,12 @@ def build(
     except OSError as error:
         raise UserError(f"--processed-data-file: cannot create {directory}: {error.strerror}") from None
     try:
-        plan = plan_split(raw, layout, settings["data_split"], settings["split_seed"] or 0, progress, log)
-        first = read_pass(raw, layout, plan, skip, tmp, progress)
-        vocab, rows, physical, bad = first.vocab, first.rows, first.physical, first.bad
-        read = time.perf_counter()
-        log(f"  pass 1/2: {physical:,} rows in {read - start:.1f} s ({physical / (read - start):,.0f} rows/s)")
-        if bad.total:
-            log(f"  {bad.summary()}")
-        if not rows[0]:
-            raise UserError(
-                f"{raw}: no training rows in the {settings['data_split']} split "
-                f"({physical:,} rows read, {bad.total:,} bad)"
-            )
-        renumber_pass(first, tmp, progress)
-        np.save(tmp / "vocab_keys.npy", np.concatenate(vocab.keys))
-        np.save(tmp / "vocab_counts.npy", np.concatenate(vocab.counts))
+        if settings["data_set"] == "terabyte":
+            first, details = days.build_days(str(raw), layout, settings, skip, tmp, progress, log)
+        else:
+            first, details = single_file(raw, layout, settings, skip, tmp, progress, log)
+        np.save(tmp / "vocab_keys.npy", np.concatenate(first.vocab.keys))
+        np.save(tmp / "vocab_counts.npy", np.concatenate(first.vocab.counts))
         seconds = time.perf_counter() - start
         meta = {
             "format": FORMAT,
@@ -504,23 +381,26 @@ def build(
             "settings": settings,
             "source": {**source, "layout": layout.name},
             "features": {"dense": list(layout.dense_features), "categorical": list(layout.categorical_features)},
-            "rows": dict(zip(SPLITS, rows)),
-            "physical_rows": physical,
-            "split": plan.details,
-            "vocabulary_sizes": vocab.sizes,
-            "bad_rows": bad.to_dict(),
+            "rows": dict(zip(SPLITS, first.rows)),
+            "physical_rows": first.physical,
+            "sub_sampled_away": first.dropped,
+            "split": details,
+            "vocabulary_sizes": first.vocab.sizes,
+            "bad_rows": first.bad.to_dict(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "seconds": round(seconds, 2),
-            "rows_per_second": round(physical / seconds),
+            "rows_per_second": round(first.physical / seconds),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         install(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    rows = first.rows
+    dropped = f" ({first.dropped:,} negative training rows sub-sampled away)" if first.dropped else ""
     log(
-        f"  done: {physical:,} rows in {seconds:.1f} s ({physical / seconds:,.0f} rows/s); "
-        f"train {rows[0]:,}, test {rows[1]:,}, val {rows[2]:,}"
+        f"  done: {first.physical:,} rows in {seconds:.1f} s ({first.physical / seconds:,.0f} rows/s); "
+        f"train {rows[0]:,}, test {rows[1]:,}, val {rows[2]:,}{dropped}"
     )
     return meta
 
@@ -557,6 +437,10 @@ class Processed:
         """The id limits (and so table sizes) for ``--cat-min-count`` and ``--max-ind-range``."""
         return IdLimits.from_counts(self.vocabulary_counts(), min_count, max_ind_range)
 
+    def training_days(self) -> list[int] | None:
+        """Training rows of each day, in order (for ``--data-randomize=day``); None if the split has no days."""
+        return self.meta.get("split", {}).get("train_rows_per_day")
+
     @property
     def dense_inputs(self) -> int:
         """Width of the dense input (the bottom MLP's first width)."""
@@ -572,12 +456,14 @@ def prepare(
     skip_bad_rows: bool = False,
     progress: bool = True,
     log: Log = tqdm.write,
+    sub_sample_rate: float = 0.0,
 ) -> Processed:
-    """The processed data for these settings: reused when valid, else built from ``raw``."""
+    """The processed data for these settings: reused when valid, else built from ``raw`` (Terabyte: the day
+    prefix or folder)."""
     if not raw and not processed:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
-    directory = Path(processed) if processed else Path(f"{raw}.processed")
-    settings = cache_settings(data_set, split, split_seed)
+    directory = Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
+    settings = cache_settings(data_set, split, split_seed, sub_sample_rate)
     meta = read_meta(directory)
     if not raw:
         if meta is None:
@@ -592,8 +478,8 @@ def prepare(
         if (damage := damaged_file(directory, meta)) is not None:
             raise UserError(f"--processed-data-file: {directory}: {damage}; give --raw-data-file to rebuild it")
         return Processed(directory, meta)
-    layout = detect_layout(raw, data_set)
-    source = source_info(Path(raw))
+    layout = days.day_layout(raw) if data_set == "terabyte" else detect_layout(raw, data_set)
+    source = source_info(Path(raw), data_set)
     reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
     if reason is None and meta is not None:
         skipped = (
@@ -604,3 +490,18 @@ def prepare(
     check_target(directory, meta)
     log(f"preprocessing {raw} into {directory}: {reason}")
     return Processed(directory, build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log))
+
+
+def prepare_dataset(dataset: DatasetConfig, progress: bool = True, log: Log = tqdm.write) -> Processed:
+    """:func:`prepare` for a checked :class:`~mlet.core.config.DatasetConfig`."""
+    return prepare(
+        dataset.raw_data_file,
+        dataset.processed_data_file,
+        dataset.data_set,
+        dataset.split,
+        dataset.split_seed,
+        dataset.skip_bad_rows,
+        progress,
+        log,
+        dataset.sub_sample_rate,
+    )

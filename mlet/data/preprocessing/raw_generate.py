@@ -12,6 +12,10 @@ and is tested without the real data:
   left empty at the rates of the real file, in the groups in which they go
   missing together there (:data:`KAGGLE_MISSING`); some zero counts of I2 are
   written as -1..-3, as in the real I2 (they read back as 0).
+* Terabyte (``day_0`` ... day files, each in the Kaggle layout): the same
+  as Kaggle with Criteo Terabyte's cardinalities times ``--scale``; each
+  day is ``--rows`` rows of the same click model, drawn with the day's own
+  seed (:meth:`RawGenerator.write_days`).
 * Avazu (``train`` CSV layout): header, ``id`` (a 64-bit hash), ``click``,
   ``hour`` spread evenly and in order over the 10 days 14102100-14103023, and
   the 21 categorical columns with Avazu's cardinalities times ``--scale``
@@ -66,6 +70,35 @@ KAGGLE_CARDINALITIES = (
     286181,
     105,
     142572,
+)
+# Distinct values of C1-C26 over the 24 days of Criteo Terabyte, as commonly published (e.g. with MLPerf's DLRM).
+TERABYTE_CARDINALITIES = (
+    227605432,
+    39060,
+    17295,
+    7424,
+    20265,
+    3,
+    7122,
+    1543,
+    63,
+    130229467,
+    3067956,
+    405282,
+    10,
+    2209,
+    11938,
+    155,
+    4,
+    976,
+    14,
+    292775614,
+    40790948,
+    187188510,
+    590152,
+    12973,
+    108,
+    36,
 )
 # Distinct values of Avazu's 21 categorical columns (file order), as commonly published for the full train file.
 AVAZU_CARDINALITIES = (
@@ -156,23 +189,25 @@ class RawGenerator:
     """The click model for one data set's raw format; see the module docstring."""
 
     def __init__(self, data_set: str, rows: int, seed: int = 0, scale: float = 0.01, **model: Any) -> None:
-        if data_set not in ("kaggle", "avazu"):
+        if data_set not in ("kaggle", "terabyte", "avazu"):
             raise ValueError(f"unknown data set {data_set}")
         self.data_set, self.rows, self.seed = data_set, int(rows), seed
-        full = KAGGLE_CARDINALITIES if data_set == "kaggle" else AVAZU_CARDINALITIES
-        knobs = model if data_set == "kaggle" else {"dense_std": 0.0, **model}
+        self.day = 0  # Terabyte: the day being written (its own draws)
+        full = {"kaggle": KAGGLE_CARDINALITIES, "terabyte": TERABYTE_CARDINALITIES}.get(data_set, AVAZU_CARDINALITIES)
+        criteo = data_set != "avazu"
+        knobs = model if criteo else {"dense_std": 0.0, **model}
         self.config = ClickModelConfig(
-            table_sizes=scaled_sizes(full, scale), dense_features=13 if data_set == "kaggle" else 1, seed=seed, **knobs
+            table_sizes=scaled_sizes(full, scale), dense_features=13 if criteo else 1, seed=seed, **knobs
         )
         self.model = ClickModel(self.config)
         self.salts = np.random.default_rng([seed, 8191]).integers(0, 2**32, len(full)).tolist()
 
     def chunks(self) -> Iterator[WrittenRows]:
-        """The rows of the file, in order, in the click model's chunks
+        """The rows of the file (of day :attr:`day`), in order, in the click model's chunks
         (``mlet.data.synthetic.SAMPLE_CHUNK`` rows)."""
-        rng = np.random.default_rng([self.seed, 524287])
+        rng = np.random.default_rng([self.seed, 524287, self.day])
         start = 0
-        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1):
+        for counts, ids, labels in self.model.sample_chunks(self.rows, seed=1 + self.day):
             n = len(labels)
             if self.data_set == "avazu":
                 slot = (np.arange(start, start + n) * (24 * DAYS)) // max(self.rows, 1)
@@ -207,7 +242,7 @@ class RawGenerator:
     def table(self, rows: WrittenRows, first_row: int) -> pa.Table:
         """The chunk as an arrow table with the file's columns."""
         ids = rows.ids
-        if self.data_set == "kaggle":
+        if self.data_set != "avazu":
             columns = {"label": pa.array(rows.labels)}
             for i, name in enumerate(KAGGLE_DENSE):
                 columns[name] = pa.array(rows.counts[:, i], mask=rows.missing[:, i])
@@ -227,7 +262,7 @@ class RawGenerator:
         """Write the file (gzip-compressed if the name ends in ``.gz``)."""
         options = pcsv.WriteOptions(
             include_header=self.data_set == "avazu",
-            delimiter="\t" if self.data_set == "kaggle" else ",",
+            delimiter="," if self.data_set == "avazu" else "\t",
             quoting_style="none",
             quoting_header="none",
         )
@@ -242,6 +277,18 @@ class RawGenerator:
                 first += len(rows.labels)
             if writer is not None:
                 writer.close()
+
+    def write_days(self, prefix: str, days: int) -> list[Path]:
+        """Terabyte: ``PREFIX_0`` ... ``PREFIX_{days-1}`` of :attr:`rows` rows each (``PREFIX.gz``: ``PREFIX_i.gz``,
+        gzip-compressed, as downloaded)."""
+        stem, ext = (prefix[:-3], ".gz") if prefix.endswith(".gz") else (prefix, "")
+        paths = []
+        for day in range(days):
+            self.day = day
+            paths.append(Path(f"{stem}_{day}{ext}"))
+            self.write(paths[-1])
+        self.day = 0
+        return paths
 
 
 def model_defaults() -> dict[str, float]:

@@ -6,7 +6,7 @@ appearance, and those indices are what the first pass writes; counts are kept
 over training rows only. :meth:`Vocabulary.freeze` then numbers the values
 for good: id 1 is the most frequent training value, ties broken by key, and
 0 is shared by values never seen in training; the written indices are
-renumbered in place (:func:`cache.renumber_file`), which reads binary
+renumbered in place (:func:`arrays.renumber_file`), which reads binary
 arrays instead of parsing text a second time.
 
 With ids in decreasing frequency, ``--cat-min-count N`` is a per-feature
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -124,9 +125,10 @@ class KeyTable:
 class Vocabulary:
     """Per-feature provisional indices and training counts, then final ids by decreasing count."""
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(self, num_features: int, count_dtype: type = np.int32) -> None:
         self.tables = [KeyTable() for _ in range(num_features)]
-        self._counts = [np.zeros(1024, np.int32) for _ in range(num_features)]  # < 2**31 rows
+        # int32 (< 2**31 rows) keeps np.add.at fast; merged day vocabularies (Terabyte's billions of rows) use int64
+        self._counts: list[np.ndarray] = [np.zeros(1024, count_dtype) for _ in range(num_features)]
         self.keys: list[np.ndarray] = []  # after freeze: values in id order (id 1 first)
         self.counts: list[np.ndarray] = []
         self.renumbering: list[np.ndarray] = []  # after freeze: provisional index -> id
@@ -154,6 +156,24 @@ class Vocabulary:
 
         list(self._pool.map(one, range(len(self.tables))))
         return out
+
+    def provisional(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Before :meth:`freeze`: each feature's values and training counts, by provisional index."""
+        return [t.keys() for t in self.tables], [c[: len(t)].copy() for t, c in zip(self.tables, self._counts)]
+
+    def merge(self, keys: list[np.ndarray], counts: list[np.ndarray]) -> list[np.ndarray]:
+        """Add another vocabulary's distinct values (each feature's keys, with their training counts); returns
+        their provisional indices here, per feature. Values are numbered in the order they are merged."""
+        indices = []
+        for t, (table, feature_keys, feature_counts) in enumerate(zip(self.tables, keys, counts)):
+            index = table.index(feature_keys)
+            if len(table) > len(self._counts[t]):
+                grown = np.zeros(max(len(table), 2 * len(self._counts[t])), self._counts[t].dtype)
+                grown[: len(self._counts[t])] = self._counts[t]
+                self._counts[t] = grown
+            self._counts[t][index] += feature_counts  # distinct keys: no repeated index
+            indices.append(index)
+        return indices
 
     def freeze(self) -> None:
         """Number the values seen in training by decreasing count (ties by key) from 1; others get 0."""
@@ -213,9 +233,10 @@ class IdLimits:
             out.append(np.bincount(ids, weights=np.asarray(c, np.float64), minlength=size))
         return out
 
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        """Limited ids of a batch (B x T)."""
-        out = np.where(ids > self.keep, 0, ids)
+    def __call__(self, ids: np.ndarray, tables: Sequence[int] | None = None) -> np.ndarray:
+        """Limited ids of a batch (B x T, or B x len(tables): the columns of those features)."""
+        keep = self.keep if tables is None else self.keep[list(tables)]
+        out = np.where(ids > keep, 0, ids)
         if self.modulus:
             out %= self.modulus
         return out

@@ -1,0 +1,218 @@
+"""Training data held in device memory: loaded once, then every batch is cut on the device.
+
+A processed Criteo-Kaggle set is 45.8M rows of 13 dense float32, 26 int32 ids
+and a label: about 7.4 GB, a twentieth of an H200. Held there, a batch is
+three gathers by row number (no host work, no copy per step), so the input
+path stops being the limit of a fast training step (docs/performance.md).
+
+* :class:`DeviceArraySource` holds an :class:`~mlet.data.sources.ArraySource`'s
+  rows. Its batches are the host source's, row for row: the same numpy
+  permutation of the epoch (made on the host, one epoch ahead, in a
+  thread, and copied once per epoch), the same rows sorted within each batch, the same
+  limited ids (the id limits are applied while loading).
+* :class:`DeviceBatchList` holds every batch of a
+  :class:`~mlet.data.sources.RandomSource` (random batches are the same each
+  epoch), made once.
+
+:func:`place_data` decides (``--data-on-device auto|on|off``) and loads, with
+a progress bar. In a multi-process run each process holds the dense features
+and labels of every row (any row can fall in its slice of a batch) but only
+its own tables' ids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
+from mlet.data.sources import ArraySource, BatchSource, DataBundle, EpochOrders, RandomSource
+
+LOAD_CHUNK_ROWS = 1 << 20
+PLACEMENTS = ("auto", "on", "off")
+
+
+class DeviceArraySource:
+    """The rows of an :class:`ArraySource` in device memory; the same batches, cut on the device.
+
+    ``ids`` holds the columns of ``tables`` (all tables when ``None``), already limited; ``orders``: the
+    host source's permutations (begun already), else new ones.
+    """
+
+    def __init__(
+        self,
+        dense: Tensor,
+        ids: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        tables: tuple[int, ...] | None = None,
+        orders: EpochOrders | None = None,
+    ) -> None:
+        self.dense, self.ids, self.labels = dense, ids, labels
+        self.batch_size, self.shuffle, self.seed, self.tables = int(batch_size), shuffle, seed, tables
+        self.num_samples = labels.shape[0]
+        self.device: torch.device | None = labels.device
+        self.orders = orders or (EpochOrders(self.num_samples, seed) if shuffle else None)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def order(self, epoch: int) -> Tensor | None:
+        """Row order of ``epoch`` on the device (``None``: file order): :meth:`ArraySource.order`'s permutation."""
+        if self.orders is None:
+            return None
+        return torch.from_numpy(self.orders.get(epoch)).to(self.device)
+
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
+        """Batches ``start..`` of ``epoch`` (``workers`` is ignored: there is no host work to spread)."""
+        order = self.order(epoch)
+        for index in range(start, len(self)):
+            lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, self.num_samples)
+            rows = torch.arange(lo, hi, device=self.device) if order is None else order[lo:hi].sort().values
+            yield self.make_batch(rows) if share is None else self.make_share(rows, share)
+
+    def make_batch(self, rows: Tensor) -> Batch:
+        """The batch of ``rows`` (all tables)."""
+        features = SparseFeatures.from_ids(self.ids.index_select(0, rows))
+        return Batch(self.dense.index_select(0, rows), features, self.labels.index_select(0, rows))
+
+    def make_share(self, rows: Tensor, share: Share) -> BatchShard:
+        """One process's part of the batch of ``rows``: its samples' dense features and labels, its tables' bags."""
+        if self.tables is not None and tuple(share.tables) != self.tables:
+            raise ValueError(f"this process holds the ids of tables {self.tables}, the share asks for {share.tables}")
+        lo, hi = share.samples(rows.numel())
+        mine = rows[lo:hi]
+        columns = self.ids if self.tables is not None else self.ids[:, list(share.tables)]
+        features = SparseFeatures.from_ids(columns.index_select(0, rows)) if share.tables else None
+        return BatchShard(
+            self.dense.index_select(0, mine), OwnedBags(features, rows.numel()), self.labels.index_select(0, mine)
+        )
+
+
+class DeviceBatchList:
+    """Every batch of a :class:`RandomSource` (the same in every epoch), made once and kept on the device."""
+
+    def __init__(self, batches: list[StepBatch], num_samples: int, device: torch.device, share: Share | None) -> None:
+        self.stored, self.num_samples, self.share = batches, num_samples, share
+        self.device: torch.device | None = device
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
+        """The stored batches ``start..``: whole, or the one process's share they were made for."""
+        if share != self.share:
+            raise ValueError(f"these batches were kept for share {self.share}, not {share}")
+        yield from self.stored[start:]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the run's data lives, and why (for the log)."""
+
+    on_device: bool
+    reason: str
+
+
+def source_bytes(source: BatchSource, share: Share | None) -> int:
+    """Device bytes of ``source``'s data (dense and labels of every row; ids of the share's tables)."""
+    if isinstance(source, ArraySource):
+        columns = source.ids.shape[1] if share is None else len(share.tables)
+        return source.num_samples * (source.dense.shape[1] * 4 + columns * 4 + 4)
+    if isinstance(source, RandomSource):
+        random = source.random
+        bag = random.indices_per_lookup if random.fixed else (random.indices_per_lookup + 1) / 2
+        tables = len(random.table_sizes) if share is None else len(share.tables)
+        per_sample = random.dense_features * 4 + 4 + tables * (bag * 8 + 8)
+        return int(source.num_samples * per_sample)
+    return 0
+
+
+def bundle_sources(bundle: DataBundle) -> list[BatchSource]:
+    """The distinct sources of a bundle (the test split may be the validation split)."""
+    sources: list[BatchSource] = []
+    for source in (bundle.train, bundle.test, bundle.val):
+        if source is not None and all(source is not seen for seen in sources):
+            sources.append(source)
+    return sources
+
+
+def decide(mode: str, device: torch.device, needed: int, free: int | None, reserve: int) -> Placement:
+    """Whether to hold the data on ``device`` under ``--data-on-device=mode``.
+
+    ``auto``: on a GPU when the data fits beside the model (``reserve`` bytes)
+    in the free memory; never on a CPU, where host memory already holds it.
+    """
+    size = f"{needed / 2**30:.2f} GiB of data"
+    if mode == "off":
+        return Placement(False, f"host memory (--data-on-device=off; {size})")
+    if mode == "on":
+        return Placement(True, f"{device} memory (--data-on-device=on; {size})")
+    if device.type != "cuda":
+        return Placement(False, f"host memory (--data-on-device=auto: on a CPU the host holds it already; {size})")
+    room = (free or 0) - reserve
+    if needed <= room:
+        return Placement(
+            True, f"{device} memory (--data-on-device=auto: {size} fit in {room / 2**30:.1f} GiB left beside the model)"
+        )
+    return Placement(
+        False, f"host memory (--data-on-device=auto: {size} do not fit in {room / 2**30:.1f} GiB beside the model)"
+    )
+
+
+def place_data(
+    bundle: DataBundle, mode: str, device: torch.device, reserve: int, share: Share | None = None, progress: bool = True
+) -> tuple[DataBundle, Placement]:
+    """The bundle as ``mode`` places it on ``device`` (``reserve``: bytes the model needs there), and why."""
+    sources = bundle_sources(bundle)
+    needed = sum(source_bytes(source, share) for source in sources)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    placement = decide(mode, device, needed, free, reserve)
+    if not placement.on_device:
+        return bundle, placement
+    moved = {id(source): to_device(source, device, share, progress) for source in sources}
+    val = moved[id(bundle.val)] if bundle.val is not None else None
+    return replace(bundle, train=moved[id(bundle.train)], test=moved[id(bundle.test)], val=val), placement
+
+
+def to_device(source: BatchSource, device: torch.device, share: Share | None, progress: bool) -> BatchSource:
+    """``source`` held on ``device`` (arrays in chunks, with a progress bar; random batches made once)."""
+    if isinstance(source, ArraySource):
+        return load_arrays(source, device, share, progress)
+    if isinstance(source, RandomSource):
+        batches = [batch.to(device) for batch in source.batches(0, share=share)]
+        return DeviceBatchList(batches, source.num_samples, device, share)
+    raise TypeError(f"cannot hold a {type(source).__name__} on a device")
+
+
+def load_arrays(source: ArraySource, device: torch.device, share: Share | None, progress: bool) -> DeviceArraySource:
+    """Copy an :class:`ArraySource`'s rows to ``device`` in chunks of :data:`LOAD_CHUNK_ROWS`, limiting the ids."""
+    tables = tuple(share.tables) if share is not None else None
+    n, columns = source.num_samples, source.ids.shape[1] if tables is None else len(tables)
+    dense = torch.empty((n, source.dense.shape[1]), dtype=torch.float32, device=device)
+    ids = torch.empty((n, columns), dtype=torch.int32, device=device)
+    labels = torch.empty(n, dtype=torch.float32, device=device)
+    bar = tqdm(
+        total=n,
+        unit="rows",
+        unit_scale=True,
+        desc=f"loading onto {device}",
+        disable=None if progress else True,
+        leave=False,
+    )
+    for lo in range(0, n, LOAD_CHUNK_ROWS):
+        rows = slice(lo, min(lo + LOAD_CHUNK_ROWS, n))
+        chunk_dense, chunk_labels = source.dense_and_labels(rows)
+        dense[rows].copy_(chunk_dense)
+        labels[rows].copy_(chunk_labels)
+        ids[rows].copy_(torch.from_numpy(source.ids_of(rows, tables).astype(np.int32, copy=False)))
+        bar.update(rows.stop - rows.start)
+    bar.close()
+    return DeviceArraySource(dense, ids, labels, source.batch_size, source.shuffle, source.seed, tables, source.orders)

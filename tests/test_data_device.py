@@ -1,0 +1,162 @@
+"""Data held on the device, and each process reading only its share: the same batches as the host path.
+
+Run on the CPU with the CPU as the "device" (the logic is device-independent);
+tests/test_gpu.py repeats the command-line comparison on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+
+from mlet.core.batch import Batch, BatchShard, Share
+from mlet.data.device import DeviceArraySource, decide, load_arrays, place_data, to_device
+from mlet.data.preprocessing.vocabulary import IdLimits
+from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
+from mlet.data.synthetic import RandomBatches
+from mlet.training.trainer import steady_rate
+
+CPU = torch.device("cpu")
+
+
+def array_source(rows: int = 1003, tables: int = 4, batch: int = 64, limits: IdLimits | None = None) -> ArraySource:
+    rng = np.random.default_rng(5)
+    dense = rng.random((rows, 13), dtype=np.float32)
+    ids = rng.integers(0, 60, (rows, tables), dtype=np.int32)
+    labels = rng.integers(0, 2, rows).astype(np.float32)
+    return ArraySource(dense, ids, labels, batch, shuffle=True, seed=11, id_transform=limits)
+
+
+def tensors(batch: Batch | BatchShard) -> list[torch.Tensor]:
+    """Every tensor of a batch or share, in a fixed order (an absent bag set as an empty tensor)."""
+    features = batch.sparse.features if isinstance(batch, BatchShard) else batch.sparse
+    bags = [features.indices, features.offsets] if features is not None else [torch.empty(0)]
+    return [batch.dense, batch.labels, *bags, torch.tensor([batch.size])]
+
+
+def assert_same_batches(a, b) -> None:
+    a, b = list(a), list(b)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        for s, t in zip(tensors(x), tensors(y), strict=True):
+            assert s.dtype == t.dtype and torch.equal(s, t)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        None,
+        IdLimits(np.array([40, 10, 59, 3], np.int32), modulus=0),
+        IdLimits(np.array([40, 10, 59, 3], np.int32), modulus=7),
+    ],
+)
+def test_device_source_gives_the_host_batches_row_for_row(limits) -> None:
+    host = array_source(limits=limits)
+    device = load_arrays(host, CPU, share=None, progress=False)
+    assert len(device) == len(host) == 16
+    for epoch, start in ((0, 0), (1, 0), (3, 5)):
+        assert_same_batches(host.batches(epoch, start), device.batches(epoch, start))
+
+
+@pytest.mark.parametrize("world, tables", [(2, ((0, 2), (1, 3))), (3, ((3,), (), (2, 0, 1)))])
+def test_each_process_reads_only_its_share_and_gets_what_the_whole_batch_would_give(world, tables) -> None:
+    host = array_source(limits=IdLimits(np.array([40, 10, 59, 3], np.int32), modulus=5))
+    for rank in range(world):
+        share = Share(rank, world, tables[rank])
+        expected = [share.of(batch) for batch in host.batches(2)]
+        assert_same_batches(expected, host.batches(2, share=share))
+        assert_same_batches(expected, load_arrays(host, CPU, share, progress=False).batches(2, share=share))
+
+
+def test_a_share_reads_fewer_ids_and_rows() -> None:
+    host = array_source()
+    share = Share(1, 2, (3,))
+    part = next(iter(load_arrays(host, CPU, share, progress=False).batches(0, share=share)))
+    whole = next(iter(host.batches(0)))
+    assert part.dense.shape[0] == whole.size // 2 and part.sparse.features.indices.numel() == whole.size
+    assert load_arrays(host, CPU, share, progress=False).ids.shape == (host.num_samples, 1)
+
+
+def test_random_batches_are_made_once_and_kept() -> None:
+    random = RandomSource(RandomBatches(300, 64, (50, 7, 30), 13, indices_per_lookup=3, fixed=False, seed=4))
+    kept = to_device(random, CPU, None, progress=False)
+    assert_same_batches(random.batches(0), kept.batches(2))
+    share = Share(0, 2, (1,))
+    kept_share = to_device(random, CPU, share, False)
+    assert_same_batches((share.of(b) for b in random.batches(0)), kept_share.batches(1, share=share))
+    with pytest.raises(ValueError, match="kept for share"):
+        next(kept_share.batches(0))  # whole batches were not kept
+
+
+def test_placement_policy() -> None:
+    gib = 2**30
+    cuda = torch.device("cuda", 0)
+    assert not decide("auto", CPU, gib, None, 0).on_device  # the host already holds it
+    assert decide("on", CPU, gib, None, 0).on_device
+    assert not decide("off", cuda, gib, 100 * gib, 0).on_device
+    fits = decide("auto", cuda, 8 * gib, 40 * gib, 30 * gib)
+    assert fits.on_device and "8.00 GiB" in fits.reason
+    assert not decide("auto", cuda, 8 * gib, 40 * gib, 33 * gib).on_device
+
+
+def test_placing_a_bundle_keeps_a_shared_test_and_validation_source_shared() -> None:
+    source = array_source()
+    bundle = DataBundle(array_source(), source, [60] * 4, 13, "test", val=source)
+    placed, placement = place_data(bundle, "on", CPU, reserve=0, share=None, progress=False)
+    assert placement.on_device and isinstance(placed.train, DeviceArraySource)
+    assert placed.test is placed.val and isinstance(placed.test, DeviceArraySource)
+    same, kept = place_data(bundle, "off", CPU, reserve=0, share=None, progress=False)
+    assert same is bundle and not kept.on_device
+
+
+TINY = [
+    "--arch-embedding-size=300-40-9-120",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=25",
+    "--nepochs=2",
+    "--test-data-size=200",
+    "--learning-rate=0.2",
+    "--print-freq=1",
+    "--print-precision=9",
+    "--progress=false",
+    "--adapt-threads=false",  # the two runs are compared bit for bit
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "generation",
+    [["--data-generation=synthetic", "--mlet-hidden=16"], ["--data-generation=random", "--optimizer=adagrad"]],
+)
+def test_command_line_trains_the_same_with_data_on_the_device(generation, tmp_path, capsys) -> None:
+    results = {}
+    for placement in ("off", "on"):
+        out = tmp_path / f"{placement}.json"
+        code, stdout, err = run_cli(
+            [*TINY, *generation, f"--data-on-device={placement}", f"--results-json={out}"], capsys
+        )
+        assert code == 0, err
+        assert f"input: {'cpu' if placement == 'on' else 'host'} memory (--data-on-device={placement}" in stdout
+        losses = [line.rsplit(" ", 1)[1] for line in stdout.splitlines() if line.startswith("Finished training it")]
+        results[placement] = (losses, json.loads(out.read_text())["final"])
+    assert len(results["on"][0]) == 50 and results["on"] == results["off"]
+
+
+def test_epoch_orders_are_numpys_permutations_made_ahead() -> None:
+    orders = EpochOrders(1000, seed=3)
+    for epoch in (0, 1, 2, 5):  # a resumed run may start at a later epoch
+        assert np.array_equal(orders.get(epoch), np.random.default_rng([3, epoch]).permutation(1000))
+    assert set(orders.pending) == {6}  # the next epoch is under way; skipped ones are dropped
+
+
+def test_steady_rate_is_the_median_window_rate() -> None:
+    warm_up, steady, last_batch = (1000, 2.0), (1000, 0.5), (100, 0.2)
+    assert steady_rate([warm_up, steady, steady, steady, last_batch]) == 2000.0
+    assert steady_rate([warm_up, steady]) is None

@@ -1,0 +1,161 @@
+"""What a run reports besides its log: TensorBoard scalars, a profiler trace, MLPerf lines, stop thresholds,
+wall time, debug output, ONNX at the end."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import run_cli
+from test_cli import TINY
+
+
+def mllog(out: str) -> list[dict]:
+    """The MLPerf records of a log."""
+    return [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith(":::MLLOG ")]
+
+
+def test_tensorboard_scalars_read_back(tmp_path, capsys) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    board = tmp_path / "tb"
+    code, _, err = run_cli([*TINY, "--print-freq=3", "--test-freq=6", f"--tensor-board-filename={board}"], capsys)
+    assert code == 0, err
+    events = event_accumulator.EventAccumulator(str(board))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == {
+        "Train/Loss",
+        "Train/LearningRate",
+        "Train/SamplesPerSecond",
+        "Test/AUC",
+        "Test/LogLoss",
+        "Test/Acc",
+    }
+    assert [e.step for e in events.Scalars("Train/Loss")] == [3, 6, 9, 12]
+    assert all(e.value == pytest.approx(0.1) for e in events.Scalars("Train/LearningRate"))
+    assert all(e.value > 0 for e in events.Scalars("Train/SamplesPerSecond"))
+    assert [e.step for e in events.Scalars("Test/AUC")] == [6, 12]
+    assert all(0 <= e.value <= 1 for e in events.Scalars("Test/Acc"))
+
+
+def test_tensorboard_logs_the_same_losses_as_the_log(tmp_path, capsys) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    board = tmp_path / "tb"
+    code, out, _ = run_cli([*TINY, "--print-freq=4", "--eval-split=val", f"--tensor-board-filename={board}"], capsys)
+    assert code == 0
+    logged = [float(m) for m in re.findall(r"Finished training it \d+/12 of epoch 0, loss (\S+)", out)]
+    events = event_accumulator.EventAccumulator(str(board))
+    events.Reload()
+    assert [round(e.value, 6) for e in events.Scalars("Train/Loss")] == pytest.approx(logged, abs=1e-6)
+    assert "Val/AUC" in events.Tags()["scalars"]  # the reported split is named
+
+
+def test_missing_tensorboard_is_one_line(monkeypatch, capsys) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    code, out, err = run_cli([*TINY, "--tensor-board-filename=tb"], capsys)
+    assert code == 2 and "Finished training" not in out
+    assert err.strip() == (
+        "dlrm_mlet.py: error: --tensor-board-filename: needs the tensorboard package "
+        "(pip install tensorboard, or pip install 'dlrm-mlet[tensorboard]')"
+    )
+
+
+def test_profiling_writes_a_trace_and_the_top_ops(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*TINY, "--enable-profiling", "--tensor-board-filename=tb"], capsys)
+    assert code == 0, err
+    trace = json.loads((tmp_path / "dlrm_mlet.json").read_text())
+    names = {event.get("name", "") for event in trace["traceEvents"]}
+    assert any(name.startswith("aten::") for name in names)  # ops of the profiled steps
+    table = (tmp_path / "dlrm_mlet.prof").read_text()
+    assert "Self CPU" in table and "aten::" in table
+    assert (tmp_path / "tb" / "dlrm_mlet.pt.trace.json").read_bytes() == (tmp_path / "dlrm_mlet.json").read_bytes()
+    assert "profiling: 5 training steps after the first 2" in out and "Self CPU" in out
+
+
+def test_profiling_a_run_shorter_than_the_window(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli([*TINY, "--num-batches=4", "--enable-profiling"], capsys)
+    assert code == 0 and "profiling: 2 training steps after the first 2" in out
+    assert (tmp_path / "dlrm_mlet.json").exists()
+
+
+def test_auc_threshold_stops_training_and_says_when(tmp_path, capsys) -> None:
+    out_json = tmp_path / "r.json"
+    code, out, err = run_cli(
+        [*TINY, "--test-freq=4", "--mlperf-auc-threshold=0.01", f"--results-json={out_json}"], capsys
+    )
+    assert code == 0, err
+    assert "Finished training it 5/" not in out  # stopped at the first test, iteration 4
+    assert re.search(r"--mlperf-auc-threshold 0.01 reached: test auc \S+ at iteration 4 \(epoch 0", out)
+    result = json.loads(out_json.read_text())
+    assert result["iterations"] == 4 and result["final"]["iteration"] == 4
+    assert result["stopped"]["flag"] == "--mlperf-auc-threshold" and result["stopped"]["iteration"] == 4
+
+
+def test_unreached_threshold_trains_to_the_end(tmp_path, capsys) -> None:
+    out_json = tmp_path / "r.json"
+    code, _, _ = run_cli([*TINY, "--test-freq=4", "--mlperf-acc-threshold=1.0", f"--results-json={out_json}"], capsys)
+    result = json.loads(out_json.read_text())
+    assert code == 0 and result["iterations"] == 12 and result["stopped"] is None
+
+
+def test_mlperf_log_lines(capsys) -> None:
+    code, out, _ = run_cli([*TINY, "--nepochs=2", "--test-freq=6", "--mlperf-logging"], capsys)
+    assert code == 0
+    records = mllog(out)
+    keys = [r["key"] for r in records]
+    for key in ("cache_clear", "init_start", "init_stop", "run_start", "seed", "global_batch_size"):
+        assert key in keys
+    assert keys.index("init_start") < keys.index("init_stop") < keys.index("run_start") < keys.index("epoch_start")
+    assert keys.count("epoch_start") == keys.count("epoch_stop") == 2
+    evals = [r for r in records if r["key"] == "eval_accuracy"]
+    assert [r["metadata"]["epoch_num"] for r in evals] == [1.5, 2.0, 2.5, 3.0]
+    assert all(0 <= r["value"] <= 1 for r in evals)
+    assert records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "aborted"
+    assert all(
+        r["time_ms"] > 1.6e12 and r["event_type"] in ("POINT_IN_TIME", "INTERVAL_START", "INTERVAL_END")
+        for r in records
+    )
+
+
+def test_mlperf_run_stop_success_when_the_target_is_reached(capsys) -> None:
+    code, out, _ = run_cli([*TINY, "--test-freq=6", "--mlperf-logging", "--mlperf-auc-threshold=0.01"], capsys)
+    records = mllog(out)
+    assert code == 0 and records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "success"
+
+
+def test_print_wall_time(capsys) -> None:
+    code, out, _ = run_cli([*TINY, "--print-wall-time"], capsys)
+    lines = [line for line in out.splitlines() if line.startswith("Finished training it")]
+    assert code == 0 and lines and all(re.search(r"loss \S+ \(\d\d:\d\d\)$", line) for line in lines)
+
+
+def test_debug_mode_prints_architecture_batches_and_parameters(capsys) -> None:
+    code, out, _ = run_cli([*TINY, "--mini-batch-size=2", "--num-batches=3", "--debug-mode"], capsys)
+    assert code == 0
+    assert "model arch:" in out and "mlp bot arch 2 layers, with input to output dimensions: 13-8-4" in out
+    assert [line for line in out.splitlines() if line.startswith("mini-batch:")] == [
+        f"mini-batch: {i}" for i in range(3)
+    ]
+    assert out.index("initial parameters") < out.index("time/loss") < out.index("updated parameters")
+    assert "tables.weight:" in out
+
+
+@pytest.mark.slow
+def test_save_onnx_writes_the_inference_model(tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*TINY, "--mlet-hidden=8", "--save-onnx"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "dlrm_mlet.onnx").stat().st_size > 0 and "saved dlrm_mlet.onnx" in out
