@@ -75,6 +75,26 @@ def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: b
     assert_close_runs(cpu, gpu)
 
 
+REDUCTIONS = {
+    "qr": ["--qr-flag", "--qr-threshold=50", "--qr-collisions=4"],
+    "md": ["--md-flag", "--md-threshold=50", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-8-8"],
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("reduction", sorted(REDUCTIONS))
+@pytest.mark.parametrize("hidden", [0, 16])
+@pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
+def test_gpu_reduced_tables_train_like_cpu(reduction: str, hidden: int, graph: bool, tmp_path) -> None:
+    """Quotient-remainder and mixed-dimension tables (the composite groups, each with its fused update, inside a
+    CUDA graph or not) train on the GPU as on the CPU; with data on the device too."""
+    flags = override_flags(FLAGS, f"--mlet-hidden={hidden}", *REDUCTIONS[reduction])
+    cpu = train(flags, tmp_path, "cpu")
+    gpu = train([*flags, "--use-gpu", f"--cuda-graph={graph}", "--data-on-device=on"], tmp_path, "gpu")
+    assert gpu[1]["device"].startswith("cuda")
+    assert_close_runs(cpu, gpu)
+
+
 @pytest.mark.timeout(300)
 def test_gpu_interrupted_run_resumes(tmp_path, monkeypatch, capsys) -> None:
     flags = [*FLAGS, "--use-gpu"]
