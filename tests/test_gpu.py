@@ -138,20 +138,18 @@ def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) ->
 
 # Smooth enough to compare: 120 steps of 256 samples, 4096 test samples (on the CPU, fp32 and bf16 end 0.0004 apart).
 BF16_FLAGS = [
-    "--data-generation=synthetic",
-    "--synthetic-rank=4",
-    "--arch-embedding-size=500-80-20-7",
-    "--arch-sparse-feature-size=4",
-    "--mlet-hidden=16",
-    "--arch-mlp-bot=13-8-4",
-    "--arch-mlp-top=8-1",
-    "--mini-batch-size=256",
-    "--num-batches=60",
-    "--nepochs=2",
-    "--learning-rate=1.0",
-    "--test-data-size=4096",
-    "--test-freq=20",
-    "--progress=false",
+    *override_flags(
+        FLAGS,
+        "--mini-batch-size=256",
+        "--num-batches=60",
+        "--optimizer=sgd",
+        "--learning-rate=1.0",
+        "--lr-num-warmup-steps=0",
+        "--lr-decay-start-step=0",
+        "--lr-num-decay-steps=0",
+        "--test-data-size=4096",
+        "--test-freq=20",
+    ),
     "--use-gpu",
 ]
 

@@ -20,6 +20,14 @@ MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 
 
+def check_same_optimizer(saved: dict, name: str) -> None:
+    """Refuse optimizer state saved by another optimizer (its slots would be read as this one's)."""
+    if saved.get("optimizer") != name:
+        raise ValueError(
+            f"checkpoint was trained with --optimizer={saved.get('optimizer')}, this run uses --optimizer={name}"
+        )
+
+
 class CombinedOptimizer:
     """Several torch optimizers stepped, zeroed, saved and restored as one.
 
@@ -66,11 +74,7 @@ class CombinedOptimizer:
 
     def load_state_dict(self, saved: dict) -> None:
         """Restore :meth:`state_dict` output (parameters missing from it start fresh)."""
-        if saved.get("optimizer") != self.name:
-            raise ValueError(
-                f"checkpoint was trained with --optimizer={saved.get('optimizer')}, "
-                f"this run uses --optimizer={self.name}"
-            )
+        check_same_optimizer(saved, self.name)
         for opt in self.optimizers:
             current = opt.state_dict()
             by_position = {}
@@ -242,11 +246,7 @@ class FusedOptimizer:
 
     def load_state_dict(self, saved: dict) -> None:
         """Restore name-keyed state (from either optimizer implementation)."""
-        if saved.get("optimizer") != self.name:
-            raise ValueError(
-                f"checkpoint was trained with --optimizer={saved.get('optimizer')}, "
-                f"this run uses --optimizer={self.name}"
-            )
+        check_same_optimizer(saved, self.name)
         tables = {table_name: rows.state for table_name, rows in self.table_rows.items()}
         targets = {**dict(zip(self.dense_names, self.dense.states)), **tables}
         for name, target in targets.items():
