@@ -181,6 +181,35 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     )
 
 
+def test_a_same_size_edit_the_sampled_fingerprint_misses_rebuilds_the_cache(tmp_path) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_bytes(sample_file("criteo_kaggle_train_head1999.txt").read_bytes() * 8)  # ~3.9 MB: sampled in part
+    target = tmp_path / "processed"
+    quiet_prepare(raw, target)
+    data, before = bytearray(raw.read_bytes()), preprocess.fingerprint(raw)
+    stat = raw.stat()
+    line_starts = [i + 1 for i in range(1 << 20, len(data) - (1 << 20)) if data[i] == ord("\n")]
+    for start in line_starts:  # a label the fingerprint does not read
+        data[start] ^= 1  # 0 <-> 1
+        raw.write_bytes(data)
+        if preprocess.fingerprint(raw) == before:
+            break
+        data[start] ^= 1
+    else:
+        pytest.fail("every label is sampled")
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # edited a second later
+    logs: list[str] = []
+    rebuilt = quiet_prepare(raw, target, logs=logs)
+    assert "the raw file was modified since" in logs[0] and "same size and sampled content" in logs[0], logs
+    row = data[:start].count(b"\n")  # the edited row's index: train (days 1-6 of 13,992 rows)
+    assert rebuilt.split("train")[2][row] == data[start] - ord("0")
+    assert quiet_prepare(raw, target, logs=logs) and logs[-1].startswith("using processed data")
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))  # touched, same content: still a change
+    logs.clear()
+    quiet_prepare(raw, target, logs=logs)
+    assert "the raw file was modified since" in logs[0]
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "short"])
 def test_a_damaged_cache_is_rebuilt_from_the_raw_file_or_reported(damage: str, tmp_path) -> None:
     raw = tmp_path / "train.txt"

@@ -2,9 +2,9 @@
 
 :func:`prepare` is the entry point. It reuses the processed data in the
 ``--processed-data-file`` directory when that was made from the same raw file
-(size and a sampled content fingerprint) with the same settings, and otherwise
-(re)builds it, saying why. A build streams the raw file (:mod:`raw_data`) in
-bounded memory:
+(size, modification time and a sampled content fingerprint) with the same
+settings, and otherwise (re)builds it, saying why. A build streams the raw
+file (:mod:`raw_data`) in bounded memory:
 
 0. plan the split: ``dlrm`` counts the file's lines (bytes only); Avazu's
    ``by-day`` reads the ``hour`` column to find the last day;
@@ -198,9 +198,16 @@ def fingerprint(path: Path, samples: int = 16, chunk: int = 1 << 16) -> str:
 
 
 def source_info(path: Path, data_set: str = "kaggle") -> dict:
-    """What identifies the raw file (Terabyte: the day files together, by their sizes and fingerprints)."""
+    """What identifies the raw file: its path, size, modification time (ns) and sampled :func:`fingerprint`
+    (Terabyte: the day files together, by their sizes and fingerprints, and each one's modification time)."""
     if data_set != "terabyte":
-        return {"path": str(path.resolve()), "size": path.stat().st_size, "fingerprint": fingerprint(path)}
+        stat = path.stat()
+        return {
+            "path": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "fingerprint": fingerprint(path),
+        }
     files = days.day_files(str(path))
     digest = hashlib.blake2b(digest_size=16)
     for file in files:
@@ -208,9 +215,39 @@ def source_info(path: Path, data_set: str = "kaggle") -> dict:
     return {
         "path": str(path.resolve()),
         "size": sum(file.stat().st_size for file in files),
+        "mtime_ns": [file.stat().st_mtime_ns for file in files],
         "fingerprint": digest.hexdigest(),
         "files": [file.name for file in files],
     }
+
+
+def modified_text(mtime_ns: int | list[int]) -> str:
+    """A modification time for a log line (local time, to the second; of day files, the newest)."""
+    newest = max(mtime_ns) if isinstance(mtime_ns, list) else mtime_ns
+    return datetime.datetime.fromtimestamp(newest / 1e9).isoformat(sep=" ", timespec="seconds")
+
+
+def source_change(old: dict, new: dict) -> str | None:
+    """Why the raw file ``new`` (:func:`source_info`) is not the one a cache was made from (``old``), or None.
+
+    Size first, then the sampled content, then the modification time: a
+    same-size edit between the sampled chunks changes only the last, so any
+    change of it counts, even where size and sampled content agree (a copy
+    without ``cp -p``, a ``touch``): rebuilding costs minutes, a stale cache
+    wrong results.
+    """
+    if old["size"] != new["size"]:
+        return f"it was made from another raw file ({old['path']}, {old['size']:,} bytes; now {new['size']:,} bytes)"
+    if old["fingerprint"] != new["fingerprint"]:
+        return f"it was made from another raw file ({old['path']}: same size, different content)"
+    if "mtime_ns" not in old:
+        return "it does not record the raw file's modification time (made before that was compared)"
+    if old["mtime_ns"] != new["mtime_ns"]:
+        return (
+            f"the raw file was modified since ({old['path']}: same size and sampled content, "
+            f"modified {modified_text(old['mtime_ns'])} -> {modified_text(new['mtime_ns'])})"
+        )
+    return None
 
 
 def cache_settings(data_set: str, split: str, split_seed: int, sub_sample_rate: float = 0.0) -> dict:
@@ -252,11 +289,8 @@ def why_rebuild(meta: dict | None, directory: Path, settings: dict, source: dict
     if meta["settings"] != settings:
         changed = [f"{k} {meta['settings'].get(k)} -> {v}" for k, v in settings.items() if meta["settings"].get(k) != v]
         return "it was made with other settings (" + ", ".join(changed) + ")"
-    old = meta["source"]
-    if old["size"] != source["size"]:
-        return f"it was made from another raw file ({old['path']}, {old['size']:,} bytes; now {source['size']:,} bytes)"
-    if old["fingerprint"] != source["fingerprint"]:
-        return f"it was made from another raw file ({old['path']}: same size, different content)"
+    if (change := source_change(meta["source"], source)) is not None:
+        return change
     if meta["bad_rows"]["total"] and not skip:
         return f"it skipped {meta['bad_rows']['total']:,} bad rows (--skip-bad-rows), which is off now"
     return damaged_file(directory, meta)
