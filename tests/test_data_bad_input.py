@@ -119,6 +119,26 @@ def test_skip_bad_rows_skips_counts_and_records_each_kind(case: str, tmp_path, c
     assert sum(meta["rows"].values()) == 99 and meta["physical_rows"] == 100
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_empty_lines_at_the_end_of_a_file_are_not_rows(skip: bool, tmp_path, capsys) -> None:
+    lines = sample_lines("criteo_kaggle_train_head1999.txt")
+    clean, trailing = tmp_path / "clean.txt", tmp_path / "train.txt"
+    clean.write_text("\n".join(lines) + "\n")
+    trailing.write_text("\n".join(lines) + "\n\n\n")
+    flags = ["--skip-bad-rows"] if skip else []
+    metas = []
+    for raw in (clean, trailing):
+        code, out, err = preprocess_main(raw, tmp_path / raw.stem, "kaggle", capsys, *flags)
+        assert code == 0 and "skipped" not in out, err
+        metas.append(json.loads((tmp_path / raw.stem / "p" / "meta.json").read_text()))
+    assert metas[1]["rows"] == metas[0]["rows"] == {"train": 1714, "test": 143, "val": 142}  # the 7 days as before
+    assert metas[1]["split"] == metas[0]["split"] and metas[1]["bad_rows"]["total"] == 0
+    assert metas[1]["physical_rows"] == 1999
+    trailing.write_text("\n".join([*lines, "", lines[0]]) + "\n")  # an empty line before a row: an error
+    code, _, err = preprocess_main(trailing, tmp_path / "middle", "kaggle", capsys)
+    assert code == 2 and one_error_line(err).startswith(f"data_utils.py: error: {trailing}:2000: empty line")
+
+
 def test_the_first_bad_line_is_reported_and_all_kinds_are_counted(tmp_path, capsys) -> None:
     lines = sample_lines("criteo_kaggle_train_sample100.txt")
     for i, case in zip([80, 30, 31, 60, 61, 70, 90, 95], KAGGLE_BAD):

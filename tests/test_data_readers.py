@@ -196,10 +196,36 @@ def test_field_decoders() -> None:
     )  # Tuesday, Thursday
 
 
-def test_count_lines_counts_a_last_line_without_newline(tmp_path) -> None:
-    for data, lines in [(b"a\nb\n", 2), (b"a\nb", 2), (b"a\r\nb\r\n", 2), (b"\n", 1), (b"x", 1)]:
+def test_count_lines_counts_a_last_line_without_newline_and_not_empty_lines_at_the_end(tmp_path) -> None:
+    cases = [
+        (b"a\nb\n", 2),
+        (b"a\nb", 2),
+        (b"a\r\nb\r\n", 2),
+        (b"x", 1),
+        (b"a\nb\n\n", 2),
+        (b"a\r\nb\r\n\r\n\r\n", 2),
+        (b"a\n\nb\n\n", 3),
+        (b"\n", 0),
+    ]
+    for data, lines in cases:
         (tmp_path / "f").write_bytes(data)
-        assert raw_data.count_lines(tmp_path / "f") == lines
+        assert raw_data.count_lines(tmp_path / "f", chunk=3) == raw_data.count_lines(tmp_path / "f") == lines, data
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_empty_lines_at_the_end_are_not_rows_but_in_the_middle_are_errors(line_end: str, tmp_path) -> None:
+    lines = [line.rstrip("\r") for line in shared("criteo_kaggle_train_sample100.txt").read_text().splitlines()]
+    path = tmp_path / "train.txt"
+    clean = read_all(shared("criteo_kaggle_train_sample100.txt"), "kaggle")
+    for tail in (1, 3, 3000):  # 3000: over several blocks of empty lines only
+        path.write_text(line_end.join(lines) + line_end * (tail + 1), newline="")
+        got = read_all(path, "kaggle", block_bytes=4096)
+        assert got["rows"].tolist() == list(range(100)) and not got["errors"].any() and not got["wrong_width"]
+        assert np.array_equal(got["keys"], clean["keys"]) and np.array_equal(got["labels"], clean["labels"])
+    path.write_text(line_end.join([*lines[:99], *[""] * 3000, lines[99]]) + line_end, newline="")
+    got = read_all(path, "kaggle", block_bytes=4096)
+    empty = np.flatnonzero(got["errors"])
+    assert empty.tolist() == list(range(99, 3099)) and got["rows"][-1] == 3099
 
 
 def test_a_gzip_file_is_recognised_by_content_not_name(tmp_path) -> None:

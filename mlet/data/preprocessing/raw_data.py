@@ -13,9 +13,11 @@ Three layouts are read (:data:`LAYOUTS`):
   :func:`parse_hour` for why), the 21 other columns are categorical.
 
 Any of them may be gzip-compressed and may end lines in LF or CRLF, with or
-without a newline after the last row. :func:`detect_layout` looks at the first
-line and refuses, with one clear line, what cannot be training data (a missing,
-empty or unlabelled file, a directory, the other data set's file).
+without a newline after the last row; empty lines at the end of a file are
+not rows (elsewhere an empty line is a bad row). :func:`detect_layout` looks
+at the first line and refuses, with one clear line, what cannot be training
+data (a missing, empty or unlabelled file, a directory, the other data set's
+file).
 
 :func:`read_blocks` streams a file in blocks through pyarrow's CSV reader (every
 field read as bytes, in C++, in a background thread) and decodes each block
@@ -34,7 +36,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,18 +221,24 @@ def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list
 
 
 def count_lines(path: str | Path, chunk: int = 1 << 24, progress=None) -> int:
-    """Physical lines in the file (a last line without a newline counts), reading bytes only."""
-    lines, last = 0, b"\n"
+    """Lines in the file up to its last non-empty one, reading bytes only: a last line without a newline
+    counts, empty lines at the end of the file (LF or CRLF) do not (they are not rows; see
+    :func:`without_trailing_empty_lines`)."""
+    newlines, lines = 0, 0
     with open_stream(path) as stream:
         while True:
             data = stream.read(chunk)
             if not data:
                 break
-            lines += data.count(b"\n")
-            last = data[-1:]
+            end = len(data)
+            while end and data[end - 1] in b"\r\n":
+                end -= 1
+            if end:  # a line with content ends in this chunk: the lines so far end with it
+                lines = newlines + data.count(b"\n", 0, end) + 1
+            newlines += data.count(b"\n")
             if progress is not None:
                 progress.update(len(data))
-    return lines + (last != b"\n")
+    return lines
 
 
 # -- layout detection -----------------------------------------------------------
@@ -429,6 +437,30 @@ class ParsedBlock:
         """Mask of the parsed rows without errors."""
         return self.errors == GOOD
 
+    def trailing_empty(self) -> int:
+        """How many parsed rows at the end of the block are empty lines (after its last rejected row)."""
+        last_rejected = max((row for row, _ in self.wrong_width), default=-1)
+        kept = np.flatnonzero((self.errors != COLUMNS) | (self.rows <= last_rejected))
+        return len(self.rows) - (int(kept[-1]) + 1 if len(kept) else 0)
+
+    def has_content(self) -> bool:
+        """Whether the block holds a line that is not empty (a parsed row or a rejected one)."""
+        return self.trailing_empty() < len(self.rows) + len(self.wrong_width)
+
+    def head(self, n: int) -> ParsedBlock:
+        """The block's first ``n`` parsed rows (and all its rejected rows)."""
+        return replace(
+            self,
+            rows=self.rows[:n],
+            labels=self.labels[:n],
+            counts=self.counts[:n],
+            keys=self.keys[:, :n],
+            dates=self.dates[:n],
+            errors=self.errors[:n],
+            error_field=self.error_field[:n],
+            batch=self.batch.slice(0, n) if self.batch is not None else None,
+        )
+
     def error_message(self, i: int, layout: Layout) -> str:
         """What is wrong with parsed row ``i``."""
         assert self.batch is not None, "error messages need the parsed batch"
@@ -571,6 +603,24 @@ def parse_batch(batch: pa.RecordBatch, layout: Layout, rows: np.ndarray) -> Pars
     )
 
 
+def without_trailing_empty_lines(blocks: Iterator[ParsedBlock]) -> Iterator[ParsedBlock]:
+    """``blocks`` less the empty lines at the end of the file: those are not rows (an empty line before a
+    row with content stays an error).
+
+    A block is held back until a later one holds content; blocks of empty lines
+    only are held with it. At the end, the held block loses its trailing empty
+    lines and the blocks held after it are dropped.
+    """
+    held: list[ParsedBlock] = []
+    for block in blocks:
+        if held and block.has_content():
+            yield from held
+            held = []
+        held.append(block)
+    if held:
+        yield held[0].head(len(held[0].rows) - held[0].trailing_empty())
+
+
 def read_blocks(
     path: str | Path, layout: Layout, columns: Sequence[str] | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> Iterator[ParsedBlock]:
@@ -589,4 +639,4 @@ def read_blocks(
             block.wrong_width = rejected
             yield block
 
-    yield from prefetch(parsed(), depth=2)
+    yield from prefetch(without_trailing_empty_lines(parsed()), depth=2)
