@@ -88,6 +88,16 @@ KAGGLE_BAD = {
     ),
     "label not 0/1": (lambda line: set_field(line, 0, "2"), "label is '2', expected 0 or 1", "label not 0/1"),
     "empty label": (lambda line: set_field(line, 0, ""), "label is '', expected 0 or 1", "label not 0/1"),
+    "hex count": (
+        lambda line: set_field(line, 5, "0x10"),
+        "I5 is '0x10', expected an integer or empty",
+        "non-integer count",
+    ),
+    "count out of range": (
+        lambda line: set_field(line, 5, "99999999999999999999"),
+        "I5 is '99999999999999999999', out of range: expected an integer of at most 18 digits",
+        "integer out of range",
+    ),
 }
 
 

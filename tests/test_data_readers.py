@@ -182,9 +182,12 @@ def test_field_decoders() -> None:
     keys, bad = raw_data.parse_hex(pa.array(["0000000a", None, "FFFFFFFF", "12345g78", "abc", "deadbeef"]))
     assert bad.tolist() == [False, False, False, True, True, False]
     assert keys.tolist() == [10, int(MISSING), 2**32 - 1, int(MISSING), int(MISSING), 0xDEADBEEF]
-    values, missing, bad = raw_data.parse_int(pa.array(["12", None, "-3", "1.5", "x", "99999999999999999999"]))
+    values, missing, bad, out_of_range = raw_data.parse_int(
+        pa.array(["12", None, "-3", "1.5", "x", "99999999999999999999"])
+    )
     assert values[:3].tolist() == [12, 0, -3] and missing.tolist() == [False, True, False, False, False, False]
-    assert bad.tolist() == [False, False, False, True, True, True]
+    assert bad.tolist() == [False, False, False, True, True, False]
+    assert out_of_range.tolist() == [False, False, False, False, False, True]
     labels, bad = raw_data.parse_label(pa.array(["0", "1", "2", None, "10", "/"]))
     assert labels[:2].tolist() == [0, 1] and bad.tolist() == [False, False, True, True, True, True]
     hour, weekday, date, bad = raw_data.parse_hour(
@@ -194,6 +197,39 @@ def test_field_decoders() -> None:
     assert (
         hour[:2].tolist() == [0, 23] and weekday[:2].tolist() == [1, 3] and date[:2].tolist() == [141021, 141030]
     )  # Tuesday, Thursday
+
+
+INTEGER_RULE = {  # field: value, or "bad" (not an integer) or "range" (more than 18 significant digits)
+    "007": 7,
+    "-5": -5,
+    "-0": 0,
+    "999999999999999999": 10**18 - 1,
+    "-999999999999999999": -(10**18) + 1,
+    "0000000000000000000001": 1,
+    "0x10": "bad",
+    "0X1f": "bad",
+    "+5": "bad",
+    "-": "bad",
+    " 5": "bad",
+    "1e3": "bad",
+    "1.": "bad",
+    "1/2": "bad",
+    "1000000000000000000": "range",
+    "9223372036854775807": "range",
+    "-9223372036854775808": "range",
+    "99999999999999999999": "range",
+}
+
+
+@pytest.mark.parametrize("text", INTEGER_RULE)
+def test_one_integer_rule_on_the_fast_path_and_the_fallback(text: str) -> None:
+    """Alone, a field takes pyarrow's whole-column cast where it can; beside a bad field, the fallback."""
+    expected = INTEGER_RULE[text]
+    for column in ([text], [text, "x"], ["1", text, "2"]):
+        values, missing, bad, out_of_range = raw_data.parse_int(pa.array(column))
+        i = column.index(text)
+        assert not missing[i] and bool(bad[i]) == (expected == "bad") and bool(out_of_range[i]) == (expected == "range")
+        assert values[i] == (expected if isinstance(expected, int) else 0), column
 
 
 def test_count_lines_counts_a_last_line_without_newline_and_not_empty_lines_at_the_end(tmp_path) -> None:

@@ -21,11 +21,12 @@ file).
 
 :func:`read_blocks` streams a file in blocks through pyarrow's CSV reader (every
 field read as bytes, in C++, in a background thread) and decodes each block
-column by column with numpy: labels, integer counts, 8-hex-digit categories as
-32-bit numbers, Avazu hours. Nothing loops over rows in Python. A row that does
-not fit the layout is not dropped here: it is flagged with an error kind and
-the column at fault (:class:`ParsedBlock`), so the caller can stop with
-``FILE:LINE: what is wrong`` or skip and count it.
+column by column with numpy: labels, integer counts (:func:`parse_int` states
+the one rule), 8-hex-digit categories as 32-bit numbers, Avazu hours. Nothing
+loops over rows in Python. A row that does not fit the layout is not dropped
+here: it is flagged with an error kind and the column at fault
+(:class:`ParsedBlock`), so the caller can stop with ``FILE:LINE: what is
+wrong`` or skip and count it.
 
 Categorical values become int64 *keys*: the 32-bit value of a hex string, the
 integer of an integer column, :data:`MISSING` for an empty field.
@@ -35,9 +36,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +54,7 @@ MISSING = np.int64(-(2**63) + 1)  # key of an empty categorical field (the hash 
 DEFAULT_BLOCK_BYTES = 1 << 23
 
 # Error kinds of a bad row (0: good). The messages say what was expected.
-GOOD, COLUMNS, LABEL, COUNT, CATEGORY, INTEGER, HOUR = range(7)
+GOOD, COLUMNS, LABEL, COUNT, CATEGORY, INTEGER, HOUR, RANGE = range(8)
 ERROR_NAMES = {
     COLUMNS: "wrong column count",
     LABEL: "label not 0/1",
@@ -59,6 +62,7 @@ ERROR_NAMES = {
     CATEGORY: "non-hex category",
     INTEGER: "non-integer value",
     HOUR: "bad hour",
+    RANGE: "integer out of range",
 }
 SKIP_HINT = "(--skip-bad-rows skips and counts such rows)"
 
@@ -353,20 +357,48 @@ def parse_hex(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return keys, bad
 
 
-def parse_int(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decimal integer fields -> (int64 values with 0 for empty, missing mask, bad mask).
+MAX_DIGITS = 18  # integers: |x| < 10**18, inside int64 and clear of MISSING and the hash tables' free key
 
-    pyarrow's cast parses the whole column; only when it fails are the bad
-    fields found (anything but an optional minus and 1-18 digits) and blanked.
+
+class Integers(NamedTuple):
+    """Decoded integer fields: values (0 where empty, bad or out of range) and three masks."""
+
+    values: np.ndarray
+    missing: np.ndarray  # empty field
+    bad: np.ndarray  # not an integer
+    out_of_range: np.ndarray  # an integer of more than MAX_DIGITS significant digits
+
+
+def parse_int(arr: pa.Array) -> Integers:
+    """Decimal integer fields, by one rule (docs/data.md): an optional minus sign, then decimal digits
+    (leading zeros allowed) of at most :data:`MAX_DIGITS` significant digits.
+
+    Anything else is not an integer (``0x10``, ``+5``, ``1.5``, ``1e3``,
+    spaces); more digits are out of range. pyarrow's cast parses a whole
+    column in C++, but it also takes ``0x`` hex and 19-digit values, so its
+    result is used only where every byte lies in ``-./0123456789`` (two
+    reductions, not a lookup per byte; the cast refuses ``.`` and ``/``) and
+    every value is in range, the normal case. Otherwise the fields are sorted
+    out here.
     """
     missing = np.asarray(arr.is_null())
-    try:
-        values = pc.fill_null(pc.cast(arr, pa.int64()), 0)
-        return values.to_numpy(), missing, np.zeros(len(arr), bool)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        good = pc.fill_null(pc.match_substring_regex(arr, r"^-?[0-9]{1,18}$"), True)
-        values = pc.fill_null(pc.cast(pc.if_else(good, arr, pa.scalar(None, pa.string())), pa.int64()), 0)
-        return values.to_numpy(), missing, ~np.asarray(good)
+    offsets, data = string_buffers(arr)
+    text = data[offsets[0] : offsets[-1]]
+    if not len(text) or (text.min() >= ord("-") and text.max() <= ord("9")):
+        try:
+            values = pc.fill_null(pc.cast(arr, pa.int64()), 0).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = None
+        if values is not None and (
+            not len(values) or -(10**MAX_DIGITS) < values.min() <= values.max() < 10**MAX_DIGITS
+        ):
+            none = np.zeros(len(arr), bool)
+            return Integers(values, missing, none, none)
+    digits = np.asarray(pc.fill_null(pc.match_substring_regex(arr, r"^-?[0-9]+$"), True))
+    significant = np.asarray(pc.fill_null(pc.binary_length(pc.ascii_ltrim(arr, characters="-0")), 0))
+    in_range = digits & (significant <= MAX_DIGITS)
+    values = pc.fill_null(pc.cast(pc.if_else(in_range, arr, pa.scalar(None, pa.string())), pa.int64()), 0)
+    return Integers(values.to_numpy(), missing, ~digits, ~in_range & digits)
 
 
 def parse_label(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -392,9 +424,9 @@ def parse_hour(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     whatever the split; categorical rather than dense because neither is
     monotone in its effect (night vs. evening, weekday vs. weekend).
     """
-    values, missing, bad = parse_int(arr)
+    values, missing, bad, out_of_range = parse_int(arr)
     offsets, _ = string_buffers(arr)
-    bad = bad | missing | (np.diff(offsets) != 8) | (values < 0)
+    bad = bad | out_of_range | missing | (np.diff(offsets) != 8) | (values < 0)
     yymmdd, hh = np.divmod(values, 100)
     yy, mmdd = np.divmod(yymmdd, 10000)
     mm, dd = np.divmod(mmdd, 100)
@@ -468,6 +500,8 @@ class ParsedBlock:
         if kind == COLUMNS:
             return f"empty line, expected {layout.expected()}"
         text = field_text(self.batch.column(int(self.error_field[i])), i)
+        if kind == RANGE:
+            return f"{name} is '{text}', out of range: expected an integer of at most {MAX_DIGITS} digits"
         expected = {
             LABEL: "0 or 1",
             COUNT: "an integer or empty",
@@ -576,17 +610,19 @@ def parse_batch(batch: pa.RecordBatch, layout: Layout, rows: np.ndarray) -> Pars
                 flag(blank, COLUMNS, index)
             flag(bad, LABEL, index)
         elif kind == "count":
-            values, _, bad = parse_int(arr)
+            values, _, bad, out_of_range = parse_int(arr)
             counts.append(values)
             flag(bad, COUNT, index)
+            flag(out_of_range, RANGE, index)
         elif kind == "hex":
             key, bad = parse_hex(arr)
             keys.append(key)
             flag(bad, CATEGORY, index)
         elif kind == "int":
-            values, missing, bad = parse_int(arr)
-            keys.append(np.where(missing | bad, MISSING, values))
+            values, missing, bad, out_of_range = parse_int(arr)
+            keys.append(np.where(missing | bad | out_of_range, MISSING, values))
             flag(bad, INTEGER, index)
+            flag(out_of_range, RANGE, index)
         elif kind == "hour":
             hour, weekday, dates, bad = parse_hour(arr)
             keys.extend([hour, weekday])
