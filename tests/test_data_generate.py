@@ -199,6 +199,21 @@ def test_generate_creates_the_output_folder(tmp_path, capsys) -> None:
     assert len(out.read_text().splitlines()) == 50
 
 
+def test_ctrl_c_in_generate_prints_one_line_and_leaves_no_file(tmp_path, capsys, monkeypatch) -> None:
+    table = RawGenerator.table
+
+    def interrupted(self, rows, first):
+        if first:  # Ctrl-C after the first chunk (65,536 rows) was written
+            raise KeyboardInterrupt
+        return table(self, rows, first)
+
+    monkeypatch.setattr(RawGenerator, "table", interrupted)
+    out = tmp_path / "train.txt"
+    argv = ["generate", "kaggle", "--rows", "100000", "--out", str(out), "--scale", "0.001"]
+    assert data_utils.command_line(argv) == 130
+    assert capsys.readouterr().err == "data_utils.py: interrupted\n" and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import sample_file
+from helpers import ROOT, sample_file
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache as preprocess
@@ -256,6 +258,35 @@ def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         quiet_prepare(raw, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
+
+
+INTERRUPTED_PREPROCESS = """
+import os, signal, sys, time
+import data_utils
+from mlet.data.preprocessing import cache
+check_rows = cache.check_rows
+def interrupted(*args, **kwargs):  # Ctrl-C while pass 1 reads, its reader threads running
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)
+    return check_rows(*args, **kwargs)
+cache.check_rows = interrupted
+sys.exit(data_utils.command_line(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_in_preprocess_prints_one_line_and_leaves_no_cache(tmp_path) -> None:
+    raw = sample_file("criteo_kaggle_train_head1999.txt")
+    argv = ["preprocess", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=false"]
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_PREPROCESS, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 130 and done.stderr == "data_utils.py: interrupted\n", done.stderr
+    assert os.listdir(tmp_path) == []  # no cache, no temporary
 
 
 def test_cache_location_errors(tmp_path) -> None:

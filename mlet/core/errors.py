@@ -121,10 +121,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
-    """Run ``action`` for a command line: 0, or 2 after one ``PROG: error: ...`` line for a :class:`UserError`."""
+    """Run ``action`` for a command line: 0; 2 after one ``PROG: error: ...`` line for a :class:`UserError`;
+    130 after one ``PROG: interrupted`` line on Ctrl-C, as training ends (the action cleans up what it leaves)."""
     try:
         action()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return 0

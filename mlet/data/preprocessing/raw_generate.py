@@ -29,6 +29,7 @@ tests can check that preprocessing recovers exactly these samples.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,7 +260,8 @@ class RawGenerator:
         return pa.table(columns)
 
     def write(self, path: str | Path) -> None:
-        """Write the file (gzip-compressed if the name ends in ``.gz``)."""
+        """Write the file (gzip-compressed if the name ends in ``.gz``), through a temporary sibling renamed
+        into place at the end: an interrupted run leaves no partial file."""
         options = pcsv.WriteOptions(
             include_header=self.data_set == "avazu",
             delimiter="," if self.data_set == "avazu" else "\t",
@@ -267,16 +269,22 @@ class RawGenerator:
             quoting_header="none",
         )
         compression = "gzip" if str(path).endswith(".gz") else None
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         first, writer = 0, None
-        with pa.output_stream(str(path), compression=compression) as sink:
-            for rows in self.chunks():
-                table = self.table(rows, first)
-                if writer is None:
-                    writer = pcsv.CSVWriter(sink, table.schema, write_options=options)
-                writer.write_table(table)
-                first += len(rows.labels)
-            if writer is not None:
-                writer.close()
+        try:
+            with pa.output_stream(str(tmp), compression=compression) as sink:
+                for rows in self.chunks():
+                    table = self.table(rows, first)
+                    if writer is None:
+                        writer = pcsv.CSVWriter(sink, table.schema, write_options=options)
+                    writer.write_table(table)
+                    first += len(rows.labels)
+                if writer is not None:
+                    writer.close()
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def write_days(self, prefix: str, days: int) -> list[Path]:
         """Terabyte: ``PREFIX_0`` ... ``PREFIX_{days-1}`` of :attr:`rows` rows each (``PREFIX.gz``: ``PREFIX_i.gz``,
