@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from helpers import override_flags, run_cli, sample_lines
 
@@ -252,6 +253,32 @@ def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], mes
     code, _, err = run_cli(override_flags(argv, *(f.format(raw=raw) for f in flags)), capsys)
     assert code == 2
     assert one_error_line(err).startswith(message.format(raw=raw))
+
+
+def test_upstream_processed_npz_is_named_as_upstreams_format(tmp_path, capsys) -> None:
+    npz = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
+    zeros = np.zeros((4, 26), np.int32)
+    np.savez_compressed(npz, X_int=zeros[:, :13], X_cat=zeros, y=zeros[:, 0], counts=np.ones(26, np.int32))
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_sample100.txt")))
+    named = f"--processed-data-file: {npz} is upstream DLRM's processed .npz (X_int, X_cat, y"
+    for argv in (
+        override_flags(dataset_argv("kaggle", raw, tmp_path), f"--processed-data-file={npz}"),
+        override_flags(dataset_argv("kaggle", raw, tmp_path), f"--processed-data-file={npz}", "--raw-data-file="),
+    ):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and one_error_line(err).startswith(named), err
+        assert "give the raw train.txt as --raw-data-file and a new directory here" in err
+    code, _, err = run_cli(dataset_argv("kaggle", npz, tmp_path), capsys)
+    assert code == 2 and one_error_line(err).startswith(f"--raw-data-file: {npz}: is upstream DLRM's processed .npz")
+    code = data_utils.command_line(["preprocess", f"--raw-data-file={raw}", f"--processed-data-file={npz}"])
+    assert code == 2 and named in capsys.readouterr().err
+    other = tmp_path / "other.npz"
+    np.savez(other, a=zeros)  # any other file is just a file
+    code, _, err = run_cli(
+        override_flags(dataset_argv("kaggle", raw, tmp_path), f"--processed-data-file={other}"), capsys
+    )
+    assert code == 2 and one_error_line(err).startswith(f"--processed-data-file: {other} is a file")
 
 
 def test_avazu_bottom_mlp_takes_one_constant_input(tmp_path, capsys) -> None:

@@ -49,7 +49,14 @@ from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import days
 from mlet.data.preprocessing.arrays import NpyWriter, renumber_file
-from mlet.data.preprocessing.raw_data import Layout, ParsedBlock, detect_layout, read_blocks
+from mlet.data.preprocessing.raw_data import (
+    UPSTREAM_NPZ,
+    Layout,
+    ParsedBlock,
+    detect_layout,
+    is_upstream_npz,
+    read_blocks,
+)
 from mlet.data.preprocessing.splits import (
     TRAIN,
     BadRows,
@@ -497,6 +504,11 @@ def prepare(
     if not raw and not processed:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
     directory = Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
+    if is_upstream_npz(directory):
+        raise UserError(
+            f"--processed-data-file: {directory} is {UPSTREAM_NPZ}; this project keeps its processed data in a "
+            "directory of its own: give the raw train.txt as --raw-data-file and a new directory here"
+        )
     settings = cache_settings(data_set, split, split_seed, sub_sample_rate)
     meta = read_meta(directory)
     if not raw:

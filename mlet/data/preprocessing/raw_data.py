@@ -193,8 +193,27 @@ def is_gzip(path: str | Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+UPSTREAM_NPZ_ARRAYS = ("X_int", "X_cat", "y")
+UPSTREAM_NPZ = "upstream DLRM's processed .npz (X_int, X_cat, y: its data_utils.py's format, not read here)"
+
+
+def is_upstream_npz(path: str | Path) -> bool:
+    """Whether ``path`` is a processed file of upstream DLRM's ``data_utils.py`` (an ``.npz`` holding
+    :data:`UPSTREAM_NPZ_ARRAYS`, e.g. ``kaggleAdDisplayChallenge_processed.npz``)."""
+    p = Path(path)
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return False
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = {name.removesuffix(".npy") for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return set(UPSTREAM_NPZ_ARRAYS) <= names
+
+
 def check_input_file(path: str | Path, flag: str = "--raw-data-file") -> Path:
-    """``path`` as a readable, non-empty regular file, else a one-line :class:`UserError`."""
+    """``path`` as a readable, non-empty regular file (and not upstream's processed ``.npz``), else a one-line
+    :class:`UserError`."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{flag}: {p}: no such file")
@@ -204,6 +223,11 @@ def check_input_file(path: str | Path, flag: str = "--raw-data-file") -> Path:
         raise UserError(f"{flag}: {p}: not readable (permission denied)")
     if p.stat().st_size == 0:
         raise UserError(f"{flag}: {p}: file is empty")
+    if is_upstream_npz(p):
+        raise UserError(
+            f"{flag}: {p}: is {UPSTREAM_NPZ}; give the raw download it was made from "
+            "(Criteo-Kaggle train.txt), which is preprocessed into this project's cache"
+        )
     return p
 
 
