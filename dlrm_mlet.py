@@ -390,7 +390,7 @@ def describe(model: DLRM, data: DataBundle) -> None:
     kind = reduction.describe_tables(config)
     log(
         f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), "
-        f"test {data.test.num_samples:,}"
+        f"{data.eval_split} {data.test.num_samples:,}"
     )
     log(
         f"model: {len(data.table_sizes)} tables ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), "
@@ -456,6 +456,14 @@ def read_load_model(path: str) -> dict:
         raise UserError(f"--load-model {error}") from None
 
 
+def inference_tables(config: ModelConfig) -> str:
+    """What an inference checkpoint of a model with ``config`` holds (for the log line of ``--save-collapsed``)."""
+    if config.mlet_hidden:
+        return f"MLET tables collapsed from K={config.mlet_hidden} to n x d={config.dim}; no optimizer state"
+    tables = reduction.describe_tables(config)
+    return f"the tables as trained ({tables}, d={config.dim}), nothing to collapse; no optimizer state"
+
+
 def train_and_save(run: Run, trainer: Trainer) -> dict:
     """Train, write the checkpoints the flags ask for, and return the final test metrics."""
     if run.reporting.debug_mode:
@@ -476,7 +484,7 @@ def train_and_save(run: Run, trainer: Trainer) -> dict:
         if run.save_collapsed:
             if trainer.parallel.is_main:
                 atomic_save(collapsed, run.save_collapsed)
-            log(f"saved {run.save_collapsed} (inference checkpoint: collapsed tables, no optimizer state)")
+            log(f"saved {run.save_collapsed} (inference checkpoint: {inference_tables(trainer.model.config)})")
         if run.reporting.save_onnx and trainer.parallel.is_main:
             from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, override_flags, run_cli
 
 import dlrm_mlet
 from mlet.core.errors import UserError
@@ -186,6 +188,32 @@ def test_results_json_contents(tmp_path, capsys) -> None:
     )
     assert result["args"]["mlet_hidden"] == 16 and result["model_config"]["mlet_hidden"] == 16
     assert "Testing at - 5/12 of epoch 0" in stdout and "Finished training it 12/12 of epoch 0" in stdout
+
+
+def test_save_collapsed_says_what_it_wrote(tmp_path, capsys) -> None:
+    for hidden, said in [(0, "the tables as trained (plain, d=4), nothing to collapse"), (8, "collapsed from K=8 to")]:
+        saved = tmp_path / f"c{hidden}.pt"
+        code, out, err = run_cli([*TINY, f"--mlet-hidden={hidden}", f"--save-collapsed={saved}"], capsys)
+        assert code == 0, err
+        assert f"saved {saved} (inference checkpoint: " in out and said in out
+        assert ("MLET" in out.split(f"saved {saved}")[1]) == bool(hidden)
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal (tqdm draws its bars only on one)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_evaluation_shows_a_progress_bar_on_a_terminal(progress: bool, monkeypatch, capsys) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = override_flags(TINY, "--test-data-size=100", "--test-mini-batch-size=10", f"--progress={progress}")
+    assert dlrm_mlet.main(argv) == 0
+    bars = terminal.getvalue()
+    assert ("evaluating on test:" in bars and "/10 [" in bars) == progress, bars[-500:]  # 10 test batches
 
 
 @pytest.mark.slow

@@ -321,6 +321,7 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     )
     assert code == 0, err
     assert "using processed data" in out and "evaluating on val" in out
+    assert "Validating at - " in out and "Testing at" not in out and ", val 142" in out
     assert json.loads(out_json.read_text())["final"]["samples"] == meta["rows"]["val"] == 142
     code, out, err = run_cli(
         dataset_argv("kaggle", raw, tmp_path, "--test-data-size=50", f"--results-json={out_json}"), capsys

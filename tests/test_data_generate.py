@@ -258,10 +258,12 @@ def test_eval_split_val_on_generated_data_uses_another_stream(generation: str, t
         "--progress=false",
     ]
     finals = {}
-    for split in ("test", "val"):
+    for split, said in [("test", "Testing at - 3/3 of epoch 0"), ("val", "Validating at - 3/3 of epoch 0")]:
         out = tmp_path / f"{split}.json"
         assert dlrm_mlet.main([*common, f"--eval-split={split}", f"--results-json={out}"]) == 0
         finals[split] = json.loads(out.read_text())["final"]
-    assert "evaluating on a validation stream" in capsys.readouterr().out
+        log = capsys.readouterr().out
+        assert said in log and f"{split} 300" in log and ("Testing at" in log) == (split == "test")
+    assert "evaluating on a validation stream" in log
     assert finals["test"]["samples"] == finals["val"]["samples"] == 300
     assert finals["test"]["logloss"] != finals["val"]["logloss"]  # same model, other samples

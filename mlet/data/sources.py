@@ -223,8 +223,9 @@ class DataBundle:
 
     ``test`` is what the reported metrics are computed on: the test split, or
     the validation split under ``--eval-split=val`` (to choose settings
-    without looking at test). ``val`` is the validation split when the run
-    has one (data sets always; generated data only under ``--eval-split=val``).
+    without looking at test); ``eval_split`` names which. ``val`` is the
+    validation split when the run has one (data sets always; generated data
+    only under ``--eval-split=val``).
     """
 
     train: BatchSource
@@ -235,6 +236,7 @@ class DataBundle:
     val: BatchSource | None = None
     id_counts: Callable[[], list[np.ndarray]] | None = None
     """Training counts of every row of each table (``None``: uniform random ids, no counts to speak of)."""
+    eval_split: str = "test"
 
 
 def click_model_config(config: DataConfig, table_sizes: Sequence[int]) -> ClickModelConfig:
@@ -298,7 +300,16 @@ def build_data(config: DataConfig) -> DataBundle:
         desc += "; evaluating on a validation stream"
     counts = functools.partial(array_counts, train, table_sizes) if isinstance(train, ArraySource) else None
     val = test if evaluate == VAL else None
-    return DataBundle(train, test, table_sizes, config.dense_features, desc, val=val, id_counts=counts)
+    return DataBundle(
+        train,
+        test,
+        table_sizes,
+        config.dense_features,
+        desc,
+        val=val,
+        id_counts=counts,
+        eval_split="val" if evaluate == VAL else "test",
+    )
 
 
 def array_counts(source: ArraySource, table_sizes: Sequence[int]) -> list[np.ndarray]:
@@ -352,4 +363,4 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
         f" evaluating on {evaluate}"
     )
     counts = functools.partial(limits.table_counts, data.vocabulary_counts())
-    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val, id_counts=counts)
+    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val, id_counts=counts, eval_split=evaluate)

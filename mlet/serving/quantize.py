@@ -222,9 +222,9 @@ def evaluate_quantized(trainer: Trainer, bits: int) -> dict:
     """The trained model with ``bits``-bit tables, evaluated on the run's test (and validation) split: the
     results' ``quantized`` entry (``bits``, ``final``, ``val``, ``parameters``)."""
     model = quantize_model(trainer.model, bits)
-    final = trainer.evaluate(trainer.data.test, model)
+    final = trainer.evaluate(trainer.data.test, trainer.data.eval_split, model)
     val = trainer.data.val
-    val_metrics = None if val is None else final if val is trainer.data.test else trainer.evaluate(val, model)
+    val_metrics = None if val is None else final if val is trainer.data.test else trainer.evaluate(val, "val", model)
     report = parameter_report(model)
     served, full = report["embedding_inference_bytes"], trainer.model.tables.inference_bytes()
     log(

@@ -60,9 +60,17 @@ class Parallel(Protocol):
         """``value`` summed over the processes."""
         ...
 
-    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
+    def evaluate(
+        self,
+        model: DLRM,
+        source: BatchSource,
+        bf16: bool = False,
+        workers: int = 1,
+        progress: Callable[[Batches], Batches] | None = None,
+    ) -> dict:
         """CTR metrics over every sample of ``source`` (``bf16``: the forward passes as ``--bf16`` trains),
-        its batches assembled by ``workers`` threads."""
+        its batches assembled by ``workers`` threads and passed through ``progress`` (a bar) on their way
+        to the model."""
         ...
 
     def agree(self, step: Callable[[], T]) -> T:
@@ -109,10 +117,17 @@ class SingleProcess:
         """The value itself (there is no other process)."""
         return value
 
-    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool = False, workers: int = 1) -> dict:
+    def evaluate(
+        self,
+        model: DLRM,
+        source: BatchSource,
+        bf16: bool = False,
+        workers: int = 1,
+        progress: Callable[[Batches], Batches] | None = None,
+    ) -> dict:
         """CTR metrics over every sample of ``source``."""
         batches = feed(source, self.batches(source, 0, 0, workers), self.device)
-        return ctr_metrics(*predict(model, batches, self.device, bf16))
+        return ctr_metrics(*predict(model, progress(batches) if progress else batches, self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dlrm_model import DLRM
-from mlet.core.batch import StepBatch
+from mlet.core.batch import Batches, StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
@@ -262,16 +262,32 @@ class Trainer:
         self.optimizer.set_lr(self.lr_policy.lr(self.iteration))
         return self.train_step(batch)
 
-    def evaluate(self, source, model: DLRM | None = None) -> dict:
+    def evaluate(self, source, split: str, model: DLRM | None = None) -> dict:
         """AUC, log loss, accuracy and sample count of the model (or ``model``, e.g. a quantized copy) on every
-        sample of ``source``."""
+        sample of ``source`` (the ``split`` named on the progress bar, which only rank 0 shows, on a terminal,
+        with ``--progress``)."""
         workers = self.config.test_num_workers if self.config.test_num_workers >= 0 else self.config.num_workers
-        evaluated = self.model if model is None else model
-        return {
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            **self.parallel.evaluate(evaluated, source, self.config.bf16, batch_workers(workers, self.device)),
-        }
+        show = self.config.progress and self.parallel.is_main
+
+        def progress(batches: Batches) -> Batches:
+            yield from tqdm(
+                batches,
+                total=len(source),
+                desc=f"evaluating on {split}",
+                unit=" batches",
+                disable=None if show else True,
+                dynamic_ncols=True,
+                leave=False,
+            )
+
+        metrics = self.parallel.evaluate(
+            self.model if model is None else model,
+            source,
+            self.config.bf16,
+            batch_workers(workers, self.device),
+            progress,
+        )
+        return {"epoch": self.epoch, "iteration": self.iteration, **metrics}
 
     def validate(self, final: dict) -> dict | None:
         """Metrics on the validation split for the model of ``final`` (None without a validation split).
@@ -283,21 +299,23 @@ class Trainer:
             return None
         if self.data.val is self.data.test:
             return dict(final)
-        return {**self.evaluate(self.data.val), "epoch": final["epoch"], "iteration": final["iteration"]}
+        return {**self.evaluate(self.data.val, "val"), "epoch": final["epoch"], "iteration": final["iteration"]}
 
     def test(self) -> dict:
-        """Evaluate on the whole test set, log, remember the best AUC, and note a stop threshold reached."""
+        """Evaluate on the whole test set (the validation split under ``--eval-split=val``), log, remember the
+        best AUC, and note a stop threshold reached."""
         progress = self.epoch + 1 + self.batch / max(self.batches_per_epoch, 1)
         self.notify("testing", progress)
-        result = self.evaluate(self.data.test)
+        result = self.evaluate(self.data.test, self.data.eval_split)
         self.notify("tested", result, progress)
         self.history.append(result)
         if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
             self.best = result
         precision = self.config.print_precision
         best_accuracy = max((h["accuracy"] for h in self.history if not math.isnan(h["accuracy"])), default=math.nan)
+        verb = "Validating" if self.data.eval_split == "val" else "Testing"  # upstream's line names test
         log(
-            f"Testing at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
+            f"{verb} at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
             f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
             f" best accuracy {100 * best_accuracy:3.3f} %"
