@@ -7,6 +7,14 @@ embedding update (as ``dlrm_mlet.py`` trains), random one-hot batches in memory.
 
 * training samples/s, baseline and MLET at the same d, batch 128 and 2048,
   interleaved rounds, medians; the overhead is MLET's time over the baseline's;
+* at ``--cli-dims`` x ``--cli-batches`` (d=16, batch 2048), beside those
+  step-only figures and in the same rounds' fashion: steps on the batches
+  ``--data-generation=random`` makes by default (bags of 1-10 ids), and the
+  command line itself, ``dlrm_mlet.py --data-generation=random`` in a fresh
+  process with ``--cli-steps`` batches, read from its results JSON
+  (``train_samples_per_second``, what users see), with one-hot bags
+  (``--num-indices-per-lookup=1 --num-indices-per-lookup-fixed``) and with
+  the default bags; same thread count (``OMP_NUM_THREADS``);
 * inference samples/s (forward, no gradient) of the collapsed model (plain
   ``n x d`` tables, what is served) and of the two-layer model;
 * peak RSS, each in a fresh process: training (model, SGD, steps) of the
@@ -27,13 +35,20 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
-from common import RESULTS, harness_sgd_step, median_of_rounds, run_child, save, table, time_steps
+from common import RESULTS, ROOT, harness_sgd_step, median_of_rounds, run_child, save, table, time_steps
 from reference_dlrm import random_one_hot, scaled_cardinalities
 
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import Batch, SparseFeatures
+from mlet.data.synthetic import RandomBatches
 
 GPU_RESULTS = RESULTS / "gpu_final_h100.json"
 
@@ -50,6 +65,44 @@ def batches(sizes: list[int], batch: int, count: int = 4) -> list[Batch]:
         dense, ids, labels = random_one_hot(sizes, batch, 13, seed)
         out.append(Batch(dense, SparseFeatures.from_ids(ids), labels))
     return out
+
+
+def random_bags(sizes: list[int], batch: int, count: int = 4) -> list[Batch]:
+    """``count`` batches as ``--data-generation=random`` makes them by default (1-10 ids per bag)."""
+    maker = RandomBatches(count * batch, batch, sizes, 13, indices_per_lookup=10, fixed=False, seed=123)
+    return [Batch(*maker.make_batch(i)) for i in range(count)]
+
+
+def cli_timer(sizes: list[int], dim: int, hidden: int, batch: int, one_hot: bool, args: argparse.Namespace):
+    """A timer of the command line: ``dlrm_mlet.py --data-generation=random`` with these tables and widths in
+    a fresh process (``--threads`` OpenMP threads); returns seconds per batch from its
+    ``train_samples_per_second`` (training only: set-up and the test pass are not in it)."""
+    bags = ["--num-indices-per-lookup=1", "--num-indices-per-lookup-fixed"] if one_hot else []
+
+    def run() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp) / "run.json"
+            argv = [
+                "--data-generation=random",
+                f"--arch-embedding-size={'-'.join(map(str, sizes))}",
+                f"--arch-sparse-feature-size={dim}",
+                f"--arch-mlp-bot=13-512-256-64-{dim}",
+                "--arch-mlp-top=512-256-1",
+                f"--mini-batch-size={batch}",
+                f"--num-batches={args.cli_steps}",
+                f"--mlet-hidden={hidden}",
+                f"--test-data-size={batch}",
+                "--progress=false",
+                f"--results-json={results}",
+                *bags,
+            ]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            subprocess.run(
+                [sys.executable, str(ROOT / "dlrm_mlet.py"), *argv], check=True, env=env, capture_output=True
+            )
+            return batch / json.loads(results.read_text())["train_samples_per_second"]
+
+    return run
 
 
 def train_timer(model: DLRM, data: list[Batch], steps: int):
@@ -80,22 +133,43 @@ def timed_pair_row(dim: int, batch: int, timers: dict, rounds: int, ratio: tuple
     return row
 
 
+def step_pair(sizes: list[int], dim: int, hidden: int, data: list[Batch], steps: int) -> dict:
+    """Step timers of the baseline and MLET at width ``dim`` on ``data``."""
+    return {
+        "baseline": train_timer(DLRM(config(sizes, dim, 0), seed=0), data, steps),
+        "mlet": train_timer(DLRM(config(sizes, dim, hidden), seed=0), data, steps),
+    }
+
+
+def timer_pairs(sizes: list[int], dim: int, hidden: int, batch: int, args: argparse.Namespace) -> Iterator:
+    """``(what is timed, baseline and MLET timers)`` at (d, batch), made one pair at a time: steps on one-hot
+    batches; at the command line's configurations also steps on its default bags and the command line itself
+    (one-hot and default bags)."""
+    steps = max(3, args.samples // batch)
+    yield "steps, one-hot batches", step_pair(sizes, dim, hidden, batches(sizes, batch), steps)
+    if dim not in args.cli_dims or batch not in args.cli_batches:
+        return
+    yield "steps, default random bags (1-10 ids)", step_pair(sizes, dim, hidden, random_bags(sizes, batch), steps)
+    for one_hot, what in [(True, "one-hot"), (False, "default bags")]:
+        timers = {
+            name: cli_timer(sizes, dim, k, batch, one_hot, args) for name, k in [("baseline", 0), ("mlet", hidden)]
+        }
+        yield f"command line, {what}", timers
+
+
 def training_rows(
     sizes: list[int], dims: list[int], hidden: int, batch_sizes: list[int], args: argparse.Namespace
 ) -> list[dict]:
-    """Training samples/s of baseline and MLET at each (d, batch), and MLET's time ratio."""
+    """Training samples/s of baseline and MLET at each (d, batch) and of each :func:`timer_pairs`, and MLET's
+    time ratio."""
     rows = []
     for dim in dims:
         for batch in batch_sizes:
-            data = batches(sizes, batch)
-            steps = max(3, args.samples // batch)
-            timers = {
-                "baseline": train_timer(DLRM(config(sizes, dim, 0), seed=0), data, steps),
-                "mlet": train_timer(DLRM(config(sizes, dim, hidden), seed=0), data, steps),
-            }
-            rows.append(timed_pair_row(dim, batch, timers, args.rounds, ("mlet_time_ratio", "mlet", "baseline")))
-            del timers
-            gc.collect()
+            for what, timers in timer_pairs(sizes, dim, hidden, batch, args):
+                row = timed_pair_row(dim, batch, timers, args.rounds, ("mlet_time_ratio", "mlet", "baseline"))
+                rows.append({"timed": what, **row})
+                del timers
+                gc.collect()
     return rows
 
 
@@ -219,18 +293,19 @@ def mib(n: float) -> str:
 
 
 def overhead_table(rows: list[dict]) -> str:
-    """Markdown table of baseline vs MLET training rows (CPU here, or the GPU results)."""
+    """Markdown table of baseline vs MLET training rows (CPU here, or the GPU results, which time steps)."""
     cells = [
         [
             r["d"],
             r["batch"],
+            r.get("timed", "steps"),
             round(r["baseline_samples_per_s"]),
             round(r["mlet_samples_per_s"]),
             f"{r['mlet_time_ratio']:.2f}x",
         ]
         for r in rows
     ]
-    return table(cells, ["d", "batch", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"])
+    return table(cells, ["d", "batch", "timed", "baseline samples/s", "MLET samples/s", "MLET time / baseline time"])
 
 
 def markdown(payload: dict) -> str:
@@ -251,6 +326,11 @@ def markdown(payload: dict) -> str:
         f"medians of {a['rounds']} interleaved rounds of about {a['samples']:,} samples",
         "",
         "## Training: MLET vs baseline at the same d (the paper: about 1.25x)",
+        "",
+        "`steps`: training steps on batches in memory. `command line`: `dlrm_mlet.py --data-generation=random` "
+        f"in a fresh process ({a.get('cli_steps')} batches, {a['threads']} OpenMP thread(s)), its "
+        "`train_samples_per_second`; `one-hot` adds `--num-indices-per-lookup=1 --num-indices-per-lookup-fixed`, "
+        "`default bags` is what the command line makes without them (1-10 ids per bag).",
         "",
         overhead_table(payload["training"]),
     ]
@@ -314,6 +394,9 @@ def main() -> None:
     )
     p.add_argument("--memory-batch", type=int, default=2048)
     p.add_argument("--memory-steps", type=int, default=5)
+    p.add_argument("--cli-dims", type=int, nargs="*", default=[16], help="d of the command-line rows")
+    p.add_argument("--cli-batches", type=int, nargs="*", default=[2048], help="batches of the command-line rows")
+    p.add_argument("--cli-steps", type=int, default=60, help="training batches of each command-line run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     sizes = scaled_cardinalities(args.scale)
@@ -334,6 +417,9 @@ def main() -> None:
             "memory_scale",
             "memory_batch",
             "memory_steps",
+            "cli_dims",
+            "cli_batches",
+            "cli_steps",
         )
     }
     payload = {
