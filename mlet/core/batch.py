@@ -8,7 +8,7 @@ imports the rest of the project.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -211,4 +211,5 @@ class StepBatch(Protocol):
 
 
 Batches = Generator[StepBatch, None, None]
+Bar = Callable[[Batches], Batches]  # what the batches of an evaluation pass through on their way (a progress bar)
 """What batch sources yield: a generator (stopping early closes it, and what it started)."""

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dlrm_model import DLRM, ModelConfig
-from mlet.core.batch import Batches, OwnedBags, Share, local_sizes
+from mlet.core.batch import Bar, Batches, OwnedBags, Share, local_sizes
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_world_size
 from mlet.data.sources import BatchSource
@@ -373,17 +373,10 @@ class MultiProcess:
         dist.all_reduce(total, group=self.comm.group)
         return total
 
-    def evaluate(
-        self,
-        model: DLRM,
-        source: BatchSource,
-        bf16: bool = False,
-        workers: int = 1,
-        progress: Callable[[Batches], Batches] | None = None,
-    ) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool, workers: int, bar: Bar) -> dict:
         """CTR metrics over the whole test set: predictions are gathered in sample order and
-        the metrics computed once, on rank 0, then shared with every rank (``progress``: a bar over this
-        process's shares)."""
+        the metrics computed once, on rank 0, then shared with every rank (``bar``: wraps this process's
+        shares)."""
         sizes: list[int] = []
 
         def counted(shares: Batches) -> Batches:
@@ -392,7 +385,7 @@ class MultiProcess:
                 yield batch
 
         shares = feed(source, counted(self.batches(source, 0, 0, workers)), self.device)
-        probs, labels = predict(model, progress(shares) if progress else shares, self.device, bf16)
+        probs, labels = predict(model, bar(shares), self.device, bf16)
         gathered = self.gather_samples(np.stack([probs, labels]), sizes)
         result = [ctr_metrics(gathered[0], gathered[1]) if gathered is not None else None]
         dist.broadcast_object_list(result, src=0)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from dlrm_model import DLRM
-from mlet.core.batch import Batches, Share
+from mlet.core.batch import Bar, Batches, Share
 from mlet.core.config import ModelConfig
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import BatchSource
@@ -60,17 +60,10 @@ class Parallel(Protocol):
         """``value`` summed over the processes."""
         ...
 
-    def evaluate(
-        self,
-        model: DLRM,
-        source: BatchSource,
-        bf16: bool = False,
-        workers: int = 1,
-        progress: Callable[[Batches], Batches] | None = None,
-    ) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool, workers: int, bar: Bar) -> dict:
         """CTR metrics over every sample of ``source`` (``bf16``: the forward passes as ``--bf16`` trains),
-        its batches assembled by ``workers`` threads and passed through ``progress`` (a bar) on their way
-        to the model."""
+        its batches assembled by ``workers`` threads and passed through ``bar`` on their way to the
+        model."""
         ...
 
     def agree(self, step: Callable[[], T]) -> T:
@@ -117,17 +110,10 @@ class SingleProcess:
         """The value itself (there is no other process)."""
         return value
 
-    def evaluate(
-        self,
-        model: DLRM,
-        source: BatchSource,
-        bf16: bool = False,
-        workers: int = 1,
-        progress: Callable[[Batches], Batches] | None = None,
-    ) -> dict:
+    def evaluate(self, model: DLRM, source: BatchSource, bf16: bool, workers: int, bar: Bar) -> dict:
         """CTR metrics over every sample of ``source``."""
         batches = feed(source, self.batches(source, 0, 0, workers), self.device)
-        return ctr_metrics(*predict(model, progress(batches) if progress else batches, self.device, bf16))
+        return ctr_metrics(*predict(model, bar(batches), self.device, bf16))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""
