@@ -147,6 +147,13 @@ def flip_first_label(raw) -> None:
     raw.write_bytes((b"1" if data[:1] == b"0" else b"0") + data[1:])
 
 
+def forget_mtime(target) -> None:
+    """Make the cache in ``target`` look like one made before the modification time was recorded."""
+    meta = json.loads((target / "meta.json").read_text())
+    del meta["source"]["mtime_ns"]
+    (target / "meta.json").write_text(json.dumps(meta))
+
+
 def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
     raw = tmp_path / "train.txt"
     raw.write_bytes(sample_file("criteo_kaggle_train_head1999.txt").read_bytes())
@@ -168,6 +175,7 @@ def test_cache_is_reused_and_rebuilt_with_a_reason(tmp_path) -> None:
         (lambda: flip_first_label(raw), dict(split="random-811"), "same size, different content"),
         (lambda: (target / "meta.json").unlink(), dict(split="random-811"), "no complete processed data"),
         (lambda: None, dict(split="random-811", split_seed=5), "split_seed 0 -> 5"),
+        (lambda: forget_mtime(target), dict(split="random-811", split_seed=5), "does not record the raw file's mod"),
     ]
     for change, kw, reason in cases:
         change()

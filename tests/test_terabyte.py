@@ -114,6 +114,23 @@ def test_a_changed_sub_sample_rate_rebuilds_the_cache(days, tmp_path) -> None:
     assert any("other settings" in line and "sub_sample_rate" in line for line in said), said
 
 
+def test_a_touched_day_file_rebuilds_the_cache(days, tmp_path) -> None:
+    folder, _ = days
+    said: list[str] = []
+    prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=said.append)
+    day = folder / "day_1.gz"
+    stat = day.stat()
+    try:
+        os.utime(day, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, modified a second later
+        prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=said.append)
+    finally:
+        os.utime(day, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert any("the raw file was modified since" in line for line in said), said
+    said.clear()
+    prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=said.append)
+    assert not any("modified since" in line for line in said)  # the restored time: rebuilt once more, then reused
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
