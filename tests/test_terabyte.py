@@ -126,9 +126,10 @@ def test_a_touched_day_file_rebuilds_the_cache(days, tmp_path) -> None:
     finally:
         os.utime(day, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert any("the raw file was modified since" in line for line in said), said
-    said.clear()
-    prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=said.append)
-    assert not any("modified since" in line for line in said)  # the restored time: rebuilt once more, then reused
+    for _ in range(2):  # the restored time is a change too: rebuilt once more, then reused
+        said.clear()
+        prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=said.append)
+    assert said[0].startswith("using processed data"), said
 
 
 @pytest.mark.parametrize(
