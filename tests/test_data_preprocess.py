@@ -271,13 +271,13 @@ def test_a_failed_build_leaves_the_old_cache_and_no_temporary(tmp_path, monkeypa
 INTERRUPTED_PREPROCESS = """
 import os, signal, sys, time
 import data_utils
-from mlet.data.preprocessing import cache
-check_rows = cache.check_rows
+from mlet.data.preprocessing import passes
+check_rows = passes.check_rows
 def interrupted(*args, **kwargs):  # Ctrl-C while pass 1 reads, its reader threads running
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(10)
     return check_rows(*args, **kwargs)
-cache.check_rows = interrupted
+passes.check_rows = interrupted
 sys.exit(data_utils.command_line(sys.argv[1:]))
 """
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.arrays import create_npy, read_rows, write_rows_at
+from mlet.data.preprocessing.passes import FirstPass, Reading, check_training_rows, read_pass
 from mlet.data.preprocessing.raw_data import LAYOUTS, Layout, check_input_file, detect_layout
 from mlet.data.preprocessing.splits import TEST, TRAIN, BadRows
 from mlet.data.preprocessing.vocabulary import Vocabulary
@@ -114,8 +115,6 @@ class DayResult:
 def read_day(job: DayJob) -> DayResult:
     """Pass 1 over one day file (in a worker process): its arrays with the day's provisional ids, and its
     vocabulary (values and training counts by provisional index) in ``dayN.vocab.npz``."""
-    from mlet.data.preprocessing.cache import Reading, read_pass
-
     split = TEST if job.held_out else TRAIN
     outputs: list[str | None] = [None, None, None]
     outputs[split] = f"day{job.day}"
@@ -224,8 +223,6 @@ def default_workers(days: int) -> int:
 def build_days(raw: str, layout: Layout, settings: dict, skip: bool, directory: Path, progress: bool, log: Log):
     """Preprocess the day files of ``raw`` into ``directory``; returns the first-pass result (with the frozen,
     merged vocabulary) and the split's details, as :func:`cache.single_file` does."""
-    from mlet.data.preprocessing.cache import FirstPass, check_training_rows
-
     files = day_files(raw)
     workers = default_workers(len(files))
     note = "" if len(files) == DAYS else f" (the full data set has {DAYS})"
