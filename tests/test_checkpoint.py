@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 import checkpoint
 import dlrm_mlet
@@ -411,6 +412,21 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
     collapsed = checkpoint.summary(load_checkpoint(runs["mlet_collapsed"]), runs["mlet_collapsed"])
     assert collapsed["parameters"] == s["parameters"]  # the saving stays visible after collapsing
     assert collapsed["stored_parameter_bytes"] == s["parameters"]["inference"]["bytes"]
+
+
+def test_info_piped_into_head_ends_quietly(runs) -> None:
+    """``checkpoint.py info CKPT | head``: the reader is gone before the output comes (closed at once, while the
+    command still imports torch), so the first write meets a closed pipe; no traceback, the shell's SIGPIPE code."""
+    reader = subprocess.Popen(
+        [sys.executable, str(ROOT / "checkpoint.py"), "info", "--json", str(runs["mlet"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()
+    assert reader.wait(timeout=60) == 141
+    assert reader.stderr.read() == b""
 
 
 def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:

@@ -122,7 +122,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
     """Run ``action`` for a command line: 0; 2 after one ``PROG: error: ...`` line for a :class:`UserError`;
-    130 after one ``PROG: interrupted`` line on Ctrl-C, as training ends (the action cleans up what it leaves)."""
+    130 after one ``PROG: interrupted`` line on Ctrl-C, as training ends (the action cleans up what it leaves);
+    141 (a shell's code for SIGPIPE) without a word when the reader of the output went away (``... | head``)."""
     try:
         action()
     except UserError as error:
@@ -131,4 +132,8 @@ def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would report the closed pipe there: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
