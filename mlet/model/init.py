@@ -47,6 +47,15 @@ def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
     target.copy_(values)
 
 
+def fill_on(target: Tensor, fill: Callable[[Tensor], object], on_device: bool) -> None:
+    """``fill(target)`` in place: with a generator on ``target``'s device, or (not ``on_device``) through
+    :func:`fill_from_cpu`."""
+    if on_device:
+        fill(target)
+    else:
+        fill_from_cpu(target, fill)
+
+
 def table_seed(seed: int, table: int, salt: int = 0) -> int:
     """Seed of one table's initialisation: independent of how tables are sharded."""
     return (seed * 1_000_003 + table * 7919 + salt * 104_729 + 12_345) % (2**63)

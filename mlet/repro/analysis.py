@@ -34,7 +34,27 @@ def singular_values(matrix: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected a matrix, got shape {tuple(matrix.shape)}")
     if matrix.numel() == 0:
         return np.zeros(0)
+    if matrix.is_cuda:
+        return gram_singular_values(matrix)
     return torch.linalg.svdvals(matrix.detach().double().cpu()).numpy()
+
+
+def gram_singular_values(matrix: torch.Tensor, chunk: int = 1 << 20) -> np.ndarray:
+    """Singular values of a 2-D tensor from its small Gram matrix (``W^T W`` of a tall one), summed in float64
+    on the tensor's device in row chunks, largest first.
+
+    For the full-size tables of a GPU (millions of rows): no copy to the host
+    and no SVD of the tall matrix. Values below about 1e-8 of the largest are
+    lost to the squaring; the effective rank does not see them.
+    """
+    w = matrix.detach()
+    if w.shape[0] < w.shape[1]:
+        w = w.t()
+    gram = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device)
+    for part in w.split(chunk):
+        rows = part.double()
+        gram += rows.t() @ rows
+    return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(0).cpu().numpy()
 
 
 def effective_rank(values: np.ndarray) -> float:
