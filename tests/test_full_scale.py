@@ -1,0 +1,164 @@
+"""The full-scale reproduction's machinery, small and on the CPU: the click model generated as tensors, the
+in-process pieces (order, budget, resume), the in-memory rank analysis and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
+from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
+from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL
+from mlet.data.synthetic import ClickModel, ClickModelConfig
+from mlet.repro import full_scale
+from mlet.repro.analysis import gram_singular_values
+from mlet.repro.experiments import load_run_dir
+from mlet_layers import EmbeddingTables
+
+ROWS, SCALE = 30_000, 0.0005
+GRID = [
+    "--baseline-dims", "4", "8", "--mlet-dims", "4", "--seeds", "1", "2", "--optimizers", "sgd",
+    "--lrs", "sgd=0.2,0.8", "--mlp-bot-prefix", "13-8",
+]  # fmt: skip
+TRAIN = ["--", "--arch-mlp-top=8-1", "--mini-batch-size=512", "--test-mini-batch-size=4096", "--adapt-threads=false"]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """A small generated data set (the same for every test here)."""
+    return kaggle_rows(ROWS, seed=3, scale=SCALE, device="cpu", chunk=1 << 13)
+
+
+def piece_args(run_dir, *extra: str) -> list[str]:
+    """The command line of a small CPU piece."""
+    return ["--run-dir", str(run_dir), "--rows", str(ROWS), "--scale", str(SCALE), "--device", "cpu", *extra, *GRID,
+            *TRAIN]  # fmt: skip
+
+
+def test_the_same_seed_gives_the_same_rows_and_another_seed_others(rows):
+    again = kaggle_rows(ROWS, seed=3, scale=SCALE, device="cpu", chunk=1 << 12)  # other chunks: other draws
+    same = kaggle_rows(ROWS, seed=3, scale=SCALE, device="cpu", chunk=1 << 13)
+    other = kaggle_rows(ROWS, seed=4, scale=SCALE, device="cpu", chunk=1 << 13)
+    assert same.checksum_text == rows.checksum_text
+    assert torch.equal(same.ids, rows.ids) and torch.equal(same.dense, rows.dense)
+    assert other.checksum_text != rows.checksum_text
+    assert again.checksum_text != rows.checksum_text
+
+
+def test_split_is_upstreams_seven_days():
+    # 100 rows: days of 15, 15, 14, 14, 14, 14, 14; six days train, half of the last (rounded up) test
+    assert split_bounds(100) == (86, 93)
+    assert split_bounds(700) == (600, 650)
+
+
+def test_vocabulary_numbers_training_values_by_frequency(rows):
+    train = rows.ids[: rows.train_end].long()
+    for t, size in enumerate(rows.table_sizes):
+        counts = rows.train_counts[t]
+        assert len(counts) == size and int(counts[0]) == 0  # 0: unseen in training
+        assert int(counts.sum()) == rows.train_end
+        assert bool((counts[1:] > 0).all()) and bool((counts[1:-1] >= counts[2:]).all())  # decreasing
+        assert torch.equal(torch.bincount(train[:, t], minlength=size), counts)
+        assert int(rows.ids[:, t].max()) < size and int(train[:, t].min()) >= 1
+    assert int(rows.ids[rows.train_end :].min()) >= 0
+
+
+def test_blank_fields_at_kaggles_rates(rows):
+    # C22 is blank in 81.6% of rows: its blank value is the most frequent one, id 1
+    share = dict(KAGGLE_MISSING)[("C22",)]
+    c22 = KAGGLE_CATEGORICAL.index("C22")
+    assert abs(float(rows.train_counts[c22][1]) / rows.train_end - share) < 0.02
+    # I12 is blank in 77.7% of rows: a blank count reads as 0, so log(1 + count) is 0 at least that often
+    assert float((rows.dense[:, 11] == 0).float().mean()) >= share * 0.9
+
+
+def test_device_model_matches_the_cpu_model_in_distribution():
+    config = ClickModelConfig(table_sizes=(3, 50, 2000), seed=5)
+    cpu, device = ClickModel(config), DeviceClickModel(config, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    _, ids, labels = device.sample(40_000, gen)
+    _, cpu_ids, cpu_labels = cpu.sample(40_000, seed=1)
+    assert abs(float(labels.double().mean()) - float(cpu_labels.mean())) < 0.02
+    # Zipf popularity: the most popular value of the 3-value table holds p(rank 0) of the samples
+    expected = float(zipf_cdf(3, config.zipf_exponent, torch.device("cpu"))[0])
+    top = torch.bincount(ids[:, 0], minlength=3).max().item() / len(ids)
+    cpu_top = np.bincount(cpu_ids[:, 0], minlength=3).max() / len(cpu_ids)
+    assert abs(top - expected) < 0.01 and abs(cpu_top - expected) < 0.01
+
+
+def test_gram_singular_values_equal_the_svd():
+    matrix = torch.randn(500, 6, dtype=torch.float64) @ torch.diag(torch.tensor([5.0, 3, 1, 0.5, 0.1, 0.01], dtype=torch.float64))
+    expected = torch.linalg.svdvals(matrix).numpy()
+    assert np.allclose(gram_singular_values(matrix.float(), chunk=64), expected, rtol=1e-4, atol=1e-6)
+    assert np.allclose(gram_singular_values(matrix.t()), expected, rtol=1e-6)  # a wide matrix too
+
+
+def test_tables_initialised_on_their_device_draw_the_same_distribution():
+    plain = EmbeddingTables([40, 7], 4, hidden=8, seed=None)
+    plain.reset_parameters(3)
+    on_device = EmbeddingTables([40, 7], 4, hidden=8, seed=None)
+    on_device.reset_parameters(3, on_device=True)
+    # on a CPU the tables' own generator is the CPU one: the very same values
+    assert torch.equal(plain.weight, on_device.weight) and torch.equal(plain.w2, on_device.w2)
+    assert float(on_device.table_weight(0).detach().abs().max()) <= math.sqrt(1 / 40)
+
+
+def test_priority_puts_the_headline_first(tmp_path):
+    _, settings = full_scale.parse(piece_args(tmp_path / "run"))
+    todo = full_scale.wanted(settings)
+    names = [s.name for s in todo]
+    assert names[:3] == ["sgd_base_d4_lr0.2_s1", "sgd_mlet_d4_k64_lr0.2_s1", "sgd_base_d8_lr0.2_s1"]
+    assert all(s.seed == 1 for s in todo[:6]) and all(s.seed == 2 for s in todo[6:])
+
+
+@pytest.mark.slow
+def test_pieces_resume_and_report(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # no time left after generating the data: nothing trains, the session is recorded
+    assert full_scale.main(piece_args(run_dir, "--budget-s", "0.001")) == 0
+    assert "0 runs finished, 0 failed, 12 still to do" in capsys.readouterr().out
+    assert not list((run_dir / "results").glob("*.json"))
+    assert full_scale.main(piece_args(run_dir, "--budget-s", "300")) == 0
+    names = {r.spec.name for r in load_run_dir(run_dir)}
+    # the initial grid (3 configs x 2 rates x 2 seeds), plus widening where a rate at an edge was best
+    assert {f"sgd_{c}_lr{lr}_s{s}" for c in ("base_d4", "base_d8", "mlet_d4_k64") for lr in ("0.2", "0.8")
+            for s in (1, 2)} <= names  # fmt: skip
+    payload = json.loads((run_dir / "results" / "sgd_base_d4_lr0.2_s1.json").read_text())
+    assert payload["full_scale"]["checksum"] == kaggle_rows(ROWS, 1, SCALE, "cpu").checksum_text
+    assert payload["args"]["table_sizes"] == payload["model_config"]["table_sizes"]
+    assert math.isfinite(payload["val"]["auc"]) and payload["val"]["auc"] != payload["final"]["auc"]
+    # rank entries for the first seed's paper-rate runs only
+    entries = sorted(p.name for p in (run_dir / "rank" / "sgd").glob("*.json"))
+    assert entries == ["sgd_base_d4_lr0.2_s1.json", "sgd_base_d8_lr0.2_s1.json", "sgd_mlet_d4_k64_lr0.2_s1.json"]
+    sessions = json.loads((run_dir / "sweep.json").read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[0]["data_checksum"] == sessions[1]["data_checksum"]
+    # a third start finds nothing to do and trains nothing
+    assert full_scale.main(piece_args(run_dir)) == 0
+    assert "0 runs finished, 0 failed, 0 still to do" in capsys.readouterr().out
+    assert full_scale.main(piece_args(run_dir, "--report")) == 0
+    assert (run_dir / "summary.md").exists() and (run_dir / "rank" / "sgd" / "rank.png").exists()
+    rank = (run_dir / "rank" / "sgd" / "rank.md").read_text()
+    assert "AUC >= 1000" in rank and "MLET d=4 K=64 (sgd, lr 0.2, seed 1)" in rank
+
+
+NO_CUDA = ["--device", "cuda"] if not torch.cuda.is_available() else ["--rows", "3"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--scale", "0"], "--scale: must be in (0, 1]"),
+        (["--budget-s", "-1"], "--budget-s: must be > 0"),
+        (["--frequency-edges", "10,5"], "--frequency-edges: expected increasing"),
+        (["--rows", "3"], "--rows"),
+        (NO_CUDA, NO_CUDA[0]),
+    ],
+)
+def test_bad_flags_are_one_line(tmp_path, capsys, flag, message):
+    assert full_scale.main(["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flag, *GRID, *TRAIN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("full_scale.py: error: ") and message in err and "\n" not in err
