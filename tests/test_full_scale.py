@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
-from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL
+from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
 from mlet.repro import full_scale
 from mlet.repro.analysis import gram_singular_values
@@ -91,7 +91,9 @@ def test_device_model_matches_the_cpu_model_in_distribution():
 
 
 def test_gram_singular_values_equal_the_svd():
-    matrix = torch.randn(500, 6, dtype=torch.float64) @ torch.diag(torch.tensor([5.0, 3, 1, 0.5, 0.1, 0.01], dtype=torch.float64))
+    matrix = torch.randn(500, 6, dtype=torch.float64) @ torch.diag(
+        torch.tensor([5.0, 3, 1, 0.5, 0.1, 0.01], dtype=torch.float64)
+    )
     expected = torch.linalg.svdvals(matrix).numpy()
     assert np.allclose(gram_singular_values(matrix.float(), chunk=64), expected, rtol=1e-4, atol=1e-6)
     assert np.allclose(gram_singular_values(matrix.t()), expected, rtol=1e-6)  # a wide matrix too

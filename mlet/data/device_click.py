@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from mlet.data.device import DeviceArraySource
-from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, scaled_sizes
 from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, scaled_sizes
 from mlet.data.sources import DataBundle
 from mlet.data.synthetic import ClickModelConfig
 
@@ -113,7 +113,9 @@ class DeviceClickModel:
         dense_term = (torch.log1p(dense_counts.double()) - self.dense_location) @ self.dense_weights
         logits = self.intercept + cfg.interaction_std * pairwise + cfg.bias_std * biases + cfg.dense_std * dense_term
         if cfg.noise_std:
-            logits = logits + cfg.noise_std * torch.randn(len(ids), generator=gen, device=self.device, dtype=torch.float64)
+            logits = logits + cfg.noise_std * torch.randn(
+                len(ids), generator=gen, device=self.device, dtype=torch.float64
+            )
         return logits
 
     def solve_intercept(self, gen: torch.Generator) -> float:

@@ -51,16 +51,17 @@ from mlet_layers import EmbeddingTables
 PROG = "full_scale.py"
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
 # The grid of the issue, with the embedded default's learning-rate grids (so the two compare side by side).
-DEFAULT_GRID = (
-    "--baseline-dims 4 8 16 32 64 --mlet-dims 4 8 16 --mlet-hidden 64 --seeds 1 2 --optimizers sgd adagrad "
-    "--lrs sgd=0.2,0.8,3.2 adagrad=0.0125,0.05,0.2 --paper-lr sgd=0.2 adagrad=0.05 "
-    "--mlp-bot-prefix 13-512-256-64 --tests-per-epoch 4 --checkpoints paper"
-).split()
+DEFAULT_GRID = [
+    "--baseline-dims", "4", "8", "16", "32", "64", "--mlet-dims", "4", "8", "16", "--mlet-hidden", "64",
+    "--seeds", "1", "2", "--optimizers", "sgd", "adagrad",
+    "--lrs", "sgd=0.2,0.8,3.2", "adagrad=0.0125,0.05,0.2", "--paper-lr", "sgd=0.2", "adagrad=0.05",
+    "--mlp-bot-prefix", "13-512-256-64", "--tests-per-epoch", "4", "--checkpoints", "paper",
+]  # fmt: skip
 # Every run's training flags: the paper's DLRM (top 512-256-1), one batch size for all (docs/reproducing.md).
-DEFAULT_TRAIN = (
-    "--data-generation=synthetic --arch-mlp-top=512-256-1 --mini-batch-size=2048 --test-mini-batch-size=65536 "
-    "--progress=false --print-time"
-).split()
+DEFAULT_TRAIN = [
+    "--data-generation=synthetic", "--arch-mlp-top=512-256-1", "--mini-batch-size=2048",
+    "--test-mini-batch-size=65536", "--progress=false", "--print-time",
+]  # fmt: skip
 
 
 @dataclass
@@ -117,9 +118,7 @@ def run_flags(spec: RunSpec, settings: sweep.Settings, extra: Sequence[str] = ()
     return [*argv, *extra]
 
 
-def build_trainer(
-    spec: RunSpec, piece: Piece, extra: Sequence[str] = ()
-) -> tuple[dlrm_mlet.Run, Trainer]:
+def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[dlrm_mlet.Run, Trainer]:
     """The run's checked flags and its trainer: data served from the piece's rows, tables initialised on the
     device (CPU generators for a CPU device)."""
     settings, device = piece.settings, piece.device
@@ -135,7 +134,11 @@ def build_trainer(
     tables = EmbeddingTables.from_config(config, seed=None, device=device)
     tables.reset_parameters(run.train.seed, on_device=device.type == "cuda")
     model = DLRM(config, seed=run.train.seed, device=device, tables=tables)
-    flags = {**(run.flags or {}), "table_sizes": list(data.table_sizes), "arch_embedding_size": dashed(data.table_sizes)}
+    flags = {
+        **(run.flags or {}),
+        "table_sizes": list(data.table_sizes),
+        "arch_embedding_size": dashed(data.table_sizes),
+    }
     return run, Trainer(run.train, data, model, SingleProcess(device), flags=flags)
 
 
