@@ -294,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep.Settings]:
-    """This command's flags and the sweep's settings (a :class:`UserError` names a bad flag)."""
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep.Settings | None]:
+    """This command's flags and the sweep's settings (None for ``--report``, which reads the run directory
+    alone); a :class:`UserError` names a bad flag."""
     argv = list(sys.argv[1:] if argv is None else argv)
     dashes = argv.index("--") if "--" in argv else len(argv)
     args, rest = build_parser().parse_known_args(argv[:dashes])
@@ -304,6 +305,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep.Setting
         raise UserError(f"--scale: must be in (0, 1], got {args.scale}")
     if args.budget_s <= 0:
         raise UserError(f"--budget-s: must be > 0, got {args.budget_s}")
+    if args.report:
+        return args, None
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu for a small test)")
@@ -322,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    if args.report:
-        return report(settings.run_dir)
+    if settings is None:
+        return report(args.run_dir)
     if args.dry_run:
         todo = wanted(settings)
         print(f"{PROG}: {len(todo)} runs to do (more may follow from widening)")
