@@ -32,6 +32,7 @@ SUBLAYERS: dict[str, list[str]] = {
         "mlet.data.flags",
         "mlet.data.sources",
         "mlet.data.device",
+        "mlet.data.device_click",
     ],
     "model": ["mlet.model", "mlet_layers", "dlrm_model"],
     # the command-line helpers under the command files
