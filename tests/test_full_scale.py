@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
 from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
@@ -165,3 +166,12 @@ def test_bad_flags_are_one_line(tmp_path, capsys, flag, message):
     assert full_scale.main(["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flag, *GRID, *TRAIN]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("full_scale.py: error: ") and message in err and "\n" not in err
+
+
+def test_a_piece_on_other_rows_is_refused_unless_accepted(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"settings": {}, "sessions": [{"data_checksum": "ids 1"}]}))
+    full_scale.check_data(tmp_path, "ids 1", accept=False)  # the same rows: fine
+    with pytest.raises(UserError, match="checksum 'ids 1', this piece generated 'ids 2'"):
+        full_scale.check_data(tmp_path, "ids 2", accept=False)
+    full_scale.check_data(tmp_path, "ids 2", accept=True)
+    full_scale.check_data(tmp_path / "fresh", "ids 2", accept=False)  # no earlier pieces

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mlet.data import synthetic
 from mlet.data.device import DeviceArraySource
 from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, scaled_sizes
@@ -139,9 +140,14 @@ class DeviceClickModel:
 
 
 def zipf_cdf(n: int, exponent: float, device: torch.device) -> Tensor:
-    """Cumulative probabilities of ranks ``0..n-1`` under p(k) ~ (k + 1)^-exponent, float64 on ``device``."""
-    cdf = torch.arange(1, n + 1, device=device, dtype=torch.float64).pow_(-exponent).cumsum_(0)
-    return cdf / cdf[-1]
+    """:func:`mlet.data.synthetic.zipf_cdf` (float64, summed on the host) on ``device``.
+
+    Summed on the host because a GPU's parallel prefix sum may add in another
+    order from one call to the next: the last bit of a boundary then moves,
+    and with it the id of a sample drawn right on it (seen on an H200: two
+    generations of the same rows differed in one id).
+    """
+    return torch.from_numpy(synthetic.zipf_cdf(n, exponent)).to(device)
 
 
 def blank_fields(counts: Tensor, ids: Tensor, sizes: Tensor, gen: torch.Generator) -> None:

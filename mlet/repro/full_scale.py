@@ -42,7 +42,7 @@ from dlrm_model import DLRM
 from mlet.core.errors import UserError, require_at_least
 from mlet.data.device_click import KAGGLE_ROWS, DeviceRows, device_bundle, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep
-from mlet.repro.experiments import Config, RunSpec
+from mlet.repro.experiments import Config, RunSpec, sweep_record
 from mlet.training.checkpoints import dashed
 from mlet.training.processes import SingleProcess
 from mlet.training.trainer import Trainer, write_json
@@ -74,6 +74,7 @@ class Piece:
     budget_s: float
     edges: list[int]
     started: float
+    accept_data_change: bool = False
 
 
 # -- which runs, in which order -------------------------------------------------------------
@@ -193,6 +194,7 @@ def run_logged(spec: RunSpec, piece: Piece) -> int:
 def run_piece(piece: Piece) -> dict:
     """Run the wanted runs in :func:`priority` order while the next one fits in the budget; returns counts."""
     settings = piece.settings
+    check_data(settings.run_dir, piece.rows.checksum_text, piece.accept_data_change)
     manifest = sweep.Manifest(settings)
     manifest.session.update(device=device_name(piece.device), data_seconds=round(piece.rows.seconds, 1))
     manifest.session["data_checksum"] = piece.rows.checksum_text
@@ -221,6 +223,19 @@ def run_piece(piece: Piece) -> dict:
     finally:
         manifest.finish(counts)
     return counts
+
+
+def check_data(run_dir: Path, checksum: str, accept: bool) -> None:
+    """Refuse to add runs on other rows than the earlier pieces' (their ``data_checksum`` in ``sweep.json``),
+    unless ``accept`` (``--accept-data-change``)."""
+    record = sweep_record(run_dir) or {}
+    earlier = {s["data_checksum"] for s in record.get("sessions", []) if s.get("data_checksum")}
+    if earlier - {checksum} and not accept:
+        raise UserError(
+            f"--run-dir {run_dir}: its runs were trained on data with checksum {sorted(earlier)[0]!r}, this piece "
+            f"generated {checksum!r} (another GPU kind, torch version or generator); give another --run-dir, "
+            "or --accept-data-change to mix them"
+        )
 
 
 def device_name(device: torch.device) -> str:
@@ -285,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure-batches", type=int, nargs="*", default=[], help="time training steps at these batches")
     p.add_argument("--measure-steps", type=int, default=400, help="timed steps per batch size")
     p.add_argument("--step-rates-json", type=Path, default=None, help="where the step rates go (JSON)")
+    p.add_argument(
+        "--accept-data-change",
+        action="store_true",
+        help="continue a run directory whose earlier pieces generated other rows (other data checksum)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs still to do, in order; train nothing")
     p.add_argument(
         "--report",
@@ -338,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = kaggle_rows(args.rows, args.data_seed, args.scale, device)
     print(f"{PROG}: data in {rows.seconds:.1f} s: {rows.describe()}")
     print(f"{PROG}: data checksum: {rows.checksum_text}")
-    piece = Piece(settings, rows, device, args.budget_s, edges, started)
+    piece = Piece(settings, rows, device, args.budget_s, edges, started, args.accept_data_change)
     if args.measure_batches:
         configs = [Config(16), min(c for c in settings.configs if c.is_mlet)]
         rates = measure_steps(piece, args.measure_batches, configs, args.measure_steps)
@@ -346,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = {"device": device_name(device), "tf32": False, "rows": rows.rows, "rates": rates}
             args.step_rates_json.parent.mkdir(parents=True, exist_ok=True)
             args.step_rates_json.write_text(json.dumps(record, indent=1) + "\n")
-    counts = run_piece(piece)
+    try:
+        counts = run_piece(piece)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     print(
         f"{PROG}: {counts['finished']} runs finished, {counts['failed']} failed, {counts['left']} still to do "
         f"(more may follow from widening); {time.perf_counter() - started:.0f} s in all"
