@@ -41,7 +41,7 @@ import dlrm_mlet
 from dlrm_model import DLRM
 from mlet.core.errors import UserError, require_at_least
 from mlet.data.device_click import KAGGLE_ROWS, DeviceRows, device_bundle, kaggle_rows
-from mlet.repro import full_scale_rank, summary, sweep
+from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
 from mlet.training.checkpoints import dashed
 from mlet.training.processes import SingleProcess
@@ -68,7 +68,7 @@ DEFAULT_TRAIN = [
 class Piece:
     """One call's work: the grid's settings, the rows on the device, and the time allowed for training."""
 
-    settings: sweep.Settings
+    settings: sweep_plan.Settings
     rows: DeviceRows
     device: torch.device
     budget_s: float
@@ -80,7 +80,7 @@ class Piece:
 # -- which runs, in which order -------------------------------------------------------------
 
 
-def priority(spec: RunSpec, settings: sweep.Settings) -> tuple:
+def priority(spec: RunSpec, settings: sweep_plan.Settings) -> tuple:
     """Sort key: first seed first; paper rates before tuned ones; optimizers in their order; baselines and the
     narrowest MLET config before the other MLET configs; then config and rate."""
     narrowest = min((c for c in settings.configs if c.is_mlet), default=None)
@@ -96,26 +96,26 @@ def priority(spec: RunSpec, settings: sweep.Settings) -> tuple:
     )
 
 
-def wanted(settings: sweep.Settings) -> list[RunSpec]:
+def wanted(settings: sweep_plan.Settings) -> list[RunSpec]:
     """The runs still to do, in :func:`priority` order: the initial grid, the widening the first seed's runs
-    already call for, and the widening (or missing seeds) of every seed (:func:`sweep.widened_specs`)."""
+    already call for, and the widening (or missing seeds) of every seed (:func:`sweep_plan.widened_specs`)."""
     first = replace(settings, seeds=settings.seeds[:1])
-    specs = [*sweep.initial_specs(settings), *sweep.widened_specs(first), *sweep.widened_specs(settings)]
-    todo = [s for s in dict.fromkeys(specs) if not sweep.finished(s, settings.run_dir)]
+    specs = [*sweep_plan.initial_specs(settings), *sweep_plan.widened_specs(first), *sweep_plan.widened_specs(settings)]
+    todo = [s for s in dict.fromkeys(specs) if not sweep_plan.finished(s, settings.run_dir)]
     return sorted(todo, key=lambda s: priority(s, settings))
 
 
 # -- one run ------------------------------------------------------------------------------------
 
 
-def test_freq(settings: sweep.Settings, rows: DeviceRows, batch_size: int) -> int:
+def test_freq(settings: sweep_plan.Settings, rows: DeviceRows, batch_size: int) -> int:
     """Steps between test points: ``--tests-per-epoch`` per epoch, as ``sweep.py`` sets it."""
     return max(1, math.ceil(math.ceil(rows.train_end / batch_size) / settings.tests_per_epoch))
 
 
-def run_flags(spec: RunSpec, settings: sweep.Settings, extra: Sequence[str] = ()) -> list[str]:
+def run_flags(spec: RunSpec, settings: sweep_plan.Settings, extra: Sequence[str] = ()) -> list[str]:
     """The ``dlrm_mlet.py`` flags of a run, as ``sweep.py`` gives them (no checkpoint file: see the module)."""
-    argv = [a for a in sweep.run_argv(spec, settings, None) if not a.startswith("--save-collapsed=")]
+    argv = [a for a in sweep_plan.run_argv(spec, settings, None) if not a.startswith("--save-collapsed=")]
     return [*argv, *extra]
 
 
@@ -165,7 +165,7 @@ def train_one(spec: RunSpec, piece: Piece) -> None:
     final = trainer.history[-1] if trainer.history else trainer.test()
     payload = {**trainer.results(final, trainer.validate(final)), "full_scale": data_record(piece)}
     write_json(run.results_json, payload)
-    if sweep.wants_checkpoint(spec, piece.settings):
+    if sweep_plan.wants_checkpoint(spec, piece.settings):
         entry = full_scale_rank.analyze_model(spec, trainer.model, piece.rows, piece.device, piece.edges)
         full_scale_rank.write_entry(piece.settings.run_dir, spec, entry)
     del trainer
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep.Settings | None]:
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Settings | None]:
     """This command's flags and the sweep's settings (None for ``--report``, which reads the run directory
     alone); a :class:`UserError` names a bad flag."""
     argv = list(sys.argv[1:] if argv is None else argv)
