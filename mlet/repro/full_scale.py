@@ -4,7 +4,7 @@
 
 Where ``scripts/sweep.py`` starts one ``dlrm_mlet.py`` per run on a raw text
 file, a piece here generates the click model once on the device at Kaggle's
-size (:mod:`mlet.data.device_click`: 45.8M rows, 15.7M table rows seen in
+size (:mod:`mlet.data.device_click`: 45.8M rows, 15.4M table rows seen in
 training), then trains run after run in-process with the rows kept there and
 the tables initialised there, until its time budget would be overrun. Each run
 writes the same results JSON as a ``dlrm_mlet.py`` run (``RUN_DIR/results/``,
