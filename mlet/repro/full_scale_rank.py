@@ -28,6 +28,7 @@ from mlet.repro.analysis import frequency_metrics, parse_edges, rarest_id_counts
 from mlet.repro.experiments import RunSpec, lr_text
 from mlet.repro.rank_analysis import has_non_finite_weights, markdown, plot
 from mlet.training.metrics import ctr_metrics, predict
+from mlet_layers import EmbeddingTables
 
 RANK_DIR = "rank"
 EVAL_BATCH = 1 << 16
@@ -46,6 +47,7 @@ def analyze_model(spec: RunSpec, model: DLRM, rows: DeviceRows, device: torch.de
     and over the rows seen at least ``edges[-1]`` times in training; test AUC by the rarest id's training count."""
     inference = model.collapse() if model.config.mlet_hidden else model
     tables = inference.tables
+    assert isinstance(tables, EmbeddingTables), "the full-scale grid trains plain and MLET tables only"
     counts = [c.cpu().numpy() for c in rows.train_counts]
     weights = [tables.table_weight(t) for t in range(tables.num_tables)]
     test = slice(rows.train_end, rows.test_end)
