@@ -174,3 +174,18 @@ def test_bf16_on_the_gpu_trains_like_float32_and_resumes(tmp_path, monkeypatch, 
     assert load_checkpoint(ckpt)["position"] == bf16_ckpt["position"]
     assert [h["iteration"] for h in resumed["history"]] == [h["iteration"] for h in bf16["history"]]
     assert resumed["final"]["logloss"] == pytest.approx(bf16["final"]["logloss"], abs=5e-3)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
+def test_profiling_on_the_gpu_records_its_kernels(graph: bool, tmp_path, monkeypatch, capsys) -> None:
+    """``--enable-profiling --use-gpu``: the trace holds the GPU's kernels (replayed from the CUDA graph or
+    launched one by one) and the top-ops table is sorted by their time."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*FLAGS, "--use-gpu", f"--cuda-graph={graph}", "--enable-profiling"], capsys)
+    assert code == 0, err
+    trace = json.loads((tmp_path / "dlrm_mlet.json").read_text())
+    assert any(event.get("cat") == "kernel" for event in trace["traceEvents"])
+    table = (tmp_path / "dlrm_mlet.prof").read_text()
+    assert "Self CUDA" in table
+    assert "profiling: 5 training steps after the first 2" in out
