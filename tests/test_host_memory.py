@@ -17,10 +17,35 @@ needs_madvise_mode = pytest.mark.skipif(THP_MODE != "madvise", reason="only in '
 TABLE_ROWS = 300_000  # x 64 floats = 73 MiB: above glibc's largest mmap threshold (32 MiB), so fresh untouched memory
 
 
+def advised_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of ``tensor``'s memory in mappings that carry the kernel's huge-page advice (``hg`` in VmFlags)."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    total, inside = 0, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                inside = max(0, min(hi, end) - max(lo, start))
+            elif fields[0] == "VmFlags:" and "hg" in fields[1:]:
+                total += inside
+    return total
+
+
+def advised_for_huge_pages(tensor: torch.Tensor) -> bool:
+    """Whether the advice covers the tensor but for the partial huge pages at its two ends."""
+    return advised_bytes(tensor) >= tensor.numel() * tensor.element_size() - 2 * host_memory.HUGE_PAGE_BYTES
+
+
+# How much of advised memory the kernel backs with huge pages depends on the free 2 MiB blocks it finds at the
+# first touch: on a machine busy with other jobs it backed 13 of the 36 pages of a table (CI, 2026-11-30). So the
+# tests below check the advice (what this project controls) and that huge pages back at least part of it.
 @needs_thp
 def test_tables_are_backed_by_huge_pages():
     tables = EmbeddingTables([TABLE_ROWS - 1000, 1000], dim=4, hidden=64, seed=0)
-    assert host_memory.huge_page_bytes(tables.weight) >= 16 * host_memory.HUGE_PAGE_BYTES
+    assert advised_for_huge_pages(tables.weight)
+    assert host_memory.huge_page_bytes(tables.weight) >= host_memory.HUGE_PAGE_BYTES
 
 
 @needs_thp
@@ -29,7 +54,8 @@ def test_adagrad_state_of_a_table_is_on_huge_pages_and_zero():
     state = adagrad_state(weight)["sum"]
     assert state.shape == weight.shape and state.dtype == weight.dtype
     assert not state.any()
-    assert host_memory.huge_page_bytes(state) >= 4 * host_memory.HUGE_PAGE_BYTES
+    assert advised_for_huge_pages(state)
+    assert host_memory.huge_page_bytes(state) >= host_memory.HUGE_PAGE_BYTES
 
 
 @needs_madvise_mode
