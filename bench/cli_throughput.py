@@ -37,7 +37,7 @@ from common import print_table, save
 from gpu_throughput import bench_one
 
 from mlet.data.preprocessing.cache import FORMAT, SPLITS, VERSION
-from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 
 PRECISION_FLAGS = {"fp32": [], "tf32": ["--tf32"], "bf16": ["--bf16"]}

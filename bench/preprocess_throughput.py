@@ -73,7 +73,8 @@ def report(start, labels, counts, keys):
 
 READERS = {
     "pyarrow + numpy (ours)": """
-from mlet.data.preprocessing.raw_data import MISSING, detect_layout, read_blocks
+from mlet.data.preprocessing.layouts import detect_layout
+from mlet.data.preprocessing.raw_data import MISSING, read_blocks
 start = begin()
 parts = [(b.labels, b.counts, b.keys) for b in read_blocks(FILE, detect_layout(FILE, "kaggle"))]
 labels = np.concatenate([p[0] for p in parts])

@@ -11,7 +11,7 @@ import torch
 import data_utils
 import dlrm_mlet
 from mlet.data.preprocessing.cache import SPLITS, prepare
-from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import (
     KAGGLE_CARDINALITIES,
     KAGGLE_MISSING,

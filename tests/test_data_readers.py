@@ -12,8 +12,9 @@ import pytest
 from helpers import SHARED_DATA
 
 from mlet.core.errors import UserError
-from mlet.data.preprocessing import raw_data
-from mlet.data.preprocessing.raw_data import MISSING, detect_layout, read_blocks
+from mlet.data.preprocessing import layouts, raw_data
+from mlet.data.preprocessing.layouts import detect_layout
+from mlet.data.preprocessing.raw_data import MISSING, read_blocks
 
 KAGGLE_FILES = {
     "criteo_kaggle_train_sample100.txt": 100,
@@ -104,8 +105,8 @@ def test_avazu_samples_parse_to_the_right_values(name: str, rows: int) -> None:
         datetime.date(2000 + int(h[:2]), int(h[2:4]), int(h[4:6])).weekday() for h in hours
     ]
     assert got["dates"].tolist() == [int(h[:6]) for h in hours]
-    columns = raw_data.AVAZU_COLUMNS[3:]
-    expected = [[int(v, 16) if c in raw_data.AVAZU_HEX else int(v) for c, v in zip(columns, r[3:])] for r in ref]
+    columns = layouts.AVAZU_COLUMNS[3:]
+    expected = [[int(v, 16) if c in layouts.AVAZU_HEX else int(v) for c, v in zip(columns, r[3:])] for r in ref]
     assert got["keys"][:, 2:].tolist() == expected
 
 
@@ -122,7 +123,7 @@ def test_gzip_input_reads_like_the_plain_file(tmp_path) -> None:
         f.write(plain.read_bytes())
     a, b = read_all(plain, "kaggle"), read_all(packed, "kaggle")
     assert all(np.array_equal(a[k], b[k]) for k in ("labels", "counts", "keys"))
-    assert raw_data.count_lines(packed) == raw_data.count_lines(plain) == 100
+    assert layouts.count_lines(packed) == layouts.count_lines(plain) == 100
 
 
 @pytest.mark.parametrize(
@@ -140,7 +141,7 @@ def test_files_that_are_not_training_data_are_refused(name: str, data_set: str, 
 
 def test_unlabelled_avazu_and_competition_test_files_are_refused(tmp_path) -> None:
     avazu = tmp_path / "avazu_test.csv"
-    header = [c for c in raw_data.AVAZU_COLUMNS if c != "click"]
+    header = [c for c in layouts.AVAZU_COLUMNS if c != "click"]
     avazu.write_text(",".join(header) + "\n")
     with pytest.raises(UserError, match="unlabelled test file"):
         detect_layout(avazu, "avazu")
@@ -245,7 +246,7 @@ def test_count_lines_counts_a_last_line_without_newline_and_not_empty_lines_at_t
     ]
     for data, lines in cases:
         (tmp_path / "f").write_bytes(data)
-        assert raw_data.count_lines(tmp_path / "f", chunk=3) == raw_data.count_lines(tmp_path / "f") == lines, data
+        assert layouts.count_lines(tmp_path / "f", chunk=3) == layouts.count_lines(tmp_path / "f") == lines, data
 
 
 @pytest.mark.parametrize("line_end", ["\n", "\r\n"])
@@ -271,5 +272,5 @@ def test_a_gzip_file_is_recognised_by_content_not_name(tmp_path) -> None:
         shutil.copyfileobj(f, out)
     renamed = tmp_path / "train"
     packed.rename(renamed)
-    assert raw_data.is_gzip(renamed) and detect_layout(renamed, "avazu").name == "avazu"
+    assert layouts.is_gzip(renamed) and detect_layout(renamed, "avazu").name == "avazu"
     assert len(read_all(renamed, "avazu")["labels"]) == 100

@@ -12,7 +12,7 @@ import torch
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
-from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL
+from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
 from mlet.repro import full_scale

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from mlet.data import synthetic
 from mlet.data.device import DeviceArraySource
-from mlet.data.preprocessing.raw_data import KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, KAGGLE_MISSING, scaled_sizes
 from mlet.data.sources import DataBundle
 from mlet.data.synthetic import ClickModelConfig

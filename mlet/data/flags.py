@@ -11,7 +11,7 @@ from mlet.core.config import DATA_SETS, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.cache import DEFAULT_SPLIT, SPLIT_CHOICES
 from mlet.data.preprocessing.days import day_files
-from mlet.data.preprocessing.raw_data import check_input_file
+from mlet.data.preprocessing.layouts import check_input_file
 
 DATA_SPLITS = ("dlrm", "random-811", "by-day")
 RANDOMIZE = ("total", "day", "none")

@@ -47,6 +47,7 @@ from tqdm import tqdm
 from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import days
+from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
     SPLITS,
     FirstPass,
@@ -55,7 +56,6 @@ from mlet.data.preprocessing.passes import (
     read_pass,
     renumber_pass,
 )
-from mlet.data.preprocessing.raw_data import UPSTREAM_NPZ, Layout, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.splits import (
     Log,
     plan_split,

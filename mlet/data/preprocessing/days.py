@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.arrays import create_npy, read_rows, write_rows_at
+from mlet.data.preprocessing.layouts import LAYOUTS, Layout, check_input_file, detect_layout
 from mlet.data.preprocessing.passes import FirstPass, Reading, check_training_rows, read_pass
-from mlet.data.preprocessing.raw_data import LAYOUTS, Layout, check_input_file, detect_layout
 from mlet.data.preprocessing.splits import TEST, TRAIN, BadRows
 from mlet.data.preprocessing.vocabulary import Vocabulary
 

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.arrays import NpyWriter, renumber_file
-from mlet.data.preprocessing.raw_data import Layout, ParsedBlock, read_blocks
+from mlet.data.preprocessing.layouts import Layout
+from mlet.data.preprocessing.raw_data import ParsedBlock, read_blocks
 from mlet.data.preprocessing.splits import TRAIN, BadRows, Log, check_rows, dense_transform, sub_sample_keep
 from mlet.data.preprocessing.vocabulary import Vocabulary
 

@@ -40,7 +40,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from mlet.core.config import SyntheticConfig
-from mlet.data.preprocessing.raw_data import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE, splitmix64
+from mlet.data.preprocessing.layouts import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE
+from mlet.data.preprocessing.raw_data import splitmix64
 from mlet.data.synthetic import ClickModel, ClickModelConfig
 
 # Distinct values of C1-C26 in the full Criteo-Kaggle train.txt (../shared/data/README.md).

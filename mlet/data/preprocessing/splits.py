@@ -19,17 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mlet.core.errors import UserError
-from mlet.data.preprocessing.raw_data import (
-    COLUMNS,
-    ERROR_NAMES,
-    SKIP_HINT,
-    Layout,
-    ParsedBlock,
-    count_lines,
-    is_gzip,
-    read_blocks,
-    splitmix64,
-)
+from mlet.data.preprocessing.layouts import Layout, count_lines, is_gzip
+from mlet.data.preprocessing.raw_data import COLUMNS, ERROR_NAMES, SKIP_HINT, ParsedBlock, read_blocks, splitmix64
 
 TRAIN, TEST, VAL = 0, 1, 2
 Log = Callable[[str], None]
