@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from dlrm_model import ModelConfig
+from mlet.cli.reduction import stored_tables
 from mlet.core.config import TableConfig
 from mlet.core.errors import OneLineParser, UserError, check_distinct_outputs, check_output_file, run_reporting_errors
 from mlet.serving.quantize import BITS, packed_width, quantized_checkpoint, size_change
@@ -277,10 +278,10 @@ def cmd_collapse(args: argparse.Namespace) -> None:
     before = Path(args.input).stat().st_size
     atomic_save(out, args.output)
     after = Path(args.output).stat().st_size
-    print(
-        f"wrote {args.output}: inference checkpoint, "
-        f"K={trained_hidden(out)} -> plain d={out['model_config']['dim']} tables, {mib(before)} -> {mib(after)}"
-    )
+    hidden, bits = trained_hidden(out), (out.get("quantized") or {}).get("bits")
+    collapsed = f"K={hidden} -> " if hidden else ""
+    tables = stored_tables(ModelConfig.from_dict(out["model_config"]), bits)
+    print(f"wrote {args.output}: inference checkpoint, {collapsed}{tables}, {mib(before)} -> {mib(after)}")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

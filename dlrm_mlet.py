@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -412,6 +413,7 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
     """
     data = build_data(run.data)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
+    reduction.check_qr_sizes(config)
     if run.mixed_dimension is not None:
         config = reduction.with_md_widths(config, run.mixed_dimension, data.id_counts() if data.id_counts else None)
         source = "training id counts" if data.id_counts else "table sizes (uniform ids)"
@@ -419,13 +421,18 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
         log(f"mixed dimensions: widths {dashed(config.md_dims)} (from {source}, alpha {alpha})")
     ckpt = read_load_model(run.load_model) if run.load_model else None
     if ckpt is not None and run.inference_only:
+        if run.reporting.save_onnx and (ckpt.get("quantized") or run.quantize_bits):
+            raise UserError(
+                "--save-onnx: the evaluated model has row-wise quantized tables, which are not exported to ONNX;"
+                " export the float checkpoint (without --quantize-emb-with-bit)"
+            )
         try:
             check_evaluation(ckpt, config)
             model = reduction.evaluated_model(ckpt, run.quantize_bits, parallel)
         except (UserError, ValueError, RuntimeError) as error:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     else:
-        model = parallel.build_model(config, seed=run.train.seed)
+        model = build_model(parallel, config, run.train.seed)
     data, placement = place_data(
         data, run.data.placement, parallel.device, reserve_bytes(model, run.train), parallel.share, run.data.progress
     )
@@ -439,6 +446,24 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
     if ckpt is not None:
         trainer.load(ckpt, run.load_model, evaluate_only=run.inference_only)
     return data, trainer
+
+
+def build_model(parallel: Parallel, config: ModelConfig, seed: int) -> DLRM:
+    """The model the flags describe; a model larger than the memory it goes to is one line, not torch's
+    allocator error."""
+    try:
+        return parallel.build_model(config, seed=seed)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not isinstance(error, torch.OutOfMemoryError) and "allocate" not in str(error):
+            raise
+        where = "GPU" if parallel.device.type == "cuda" else "machine"
+        asked = re.search(r"allocate (\d+) bytes", str(error))
+        detail = f"one tensor of {int(asked.group(1)) / 2**30:,.1f} GiB" if asked else one_line(error)
+        raise UserError(
+            f"--arch-embedding-size: the model does not fit in this {where}'s memory ({detail}); use"
+            " fewer or smaller tables (--max-ind-range, --cat-min-count), a smaller --arch-sparse-feature-size or"
+            " --mlet-hidden, or quotient-remainder tables (--qr-flag)"
+        ) from None
 
 
 def reserve_bytes(model: DLRM, train: TrainConfig) -> int:
@@ -458,10 +483,10 @@ def read_load_model(path: str) -> dict:
 
 def inference_tables(config: ModelConfig) -> str:
     """What an inference checkpoint of a model with ``config`` holds (for the log line of ``--save-collapsed``)."""
+    tables = reduction.stored_tables(config)
     if config.mlet_hidden:
-        return f"MLET tables collapsed from K={config.mlet_hidden} to n x d={config.dim}; no optimizer state"
-    tables = reduction.describe_tables(config)
-    return f"the tables as trained ({tables}, d={config.dim}), nothing to collapse; no optimizer state"
+        return f"MLET tables collapsed from K={config.mlet_hidden} to {tables}; no optimizer state"
+    return f"the tables as trained ({tables}), nothing to collapse; no optimizer state"
 
 
 def train_and_save(run: Run, trainer: Trainer) -> dict:
@@ -486,11 +511,17 @@ def train_and_save(run: Run, trainer: Trainer) -> dict:
                 atomic_save(collapsed, run.save_collapsed)
             log(f"saved {run.save_collapsed} (inference checkpoint: {inference_tables(trainer.model.config)})")
         if run.reporting.save_onnx and trainer.parallel.is_main:
-            from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
-
-            report = export_onnx(model_from_checkpoint(collapsed), ONNX_FILE)
-            log(f"saved {ONNX_FILE} (the inference model; onnxruntime max abs diff {report['max_abs_diff']:.3g})")
+            save_onnx(model_from_checkpoint(collapsed))
     return final
+
+
+def save_onnx(model: DLRM) -> None:
+    """``--save-onnx``: write the inference model (two-layer MLET tables collapsed) as ONNX, checked against
+    onnxruntime."""
+    from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
+
+    report = export_onnx(model.collapse(), ONNX_FILE)
+    log(f"saved {ONNX_FILE} (the inference model; onnxruntime max abs diff {report['max_abs_diff']:.3g})")
 
 
 def execute(run: Run) -> dict:
@@ -524,6 +555,8 @@ def execute(run: Run) -> dict:
         if run.inference_only and run.load_model:
             payload["checkpoint"] = {**(payload["checkpoint"] or {}), "file_bytes": os.path.getsize(run.load_model)}
             quantize.log_served_sizes(trainer.model, run.load_model)
+            if run.reporting.save_onnx and parallel.is_main:
+                save_onnx(trainer.model)  # as upstream: the evaluated model is exported too
         elif run.quantize_bits:
             payload["quantized"] = [quantize.evaluate_quantized(trainer, bits) for bits in run.quantize_bits]
         if run.results_json and parallel.is_main:

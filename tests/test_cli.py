@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import ROOT, override_flags, run_cli
 
+import checkpoint
 import dlrm_mlet
 from mlet.core.errors import UserError
 from mlet.training.trainer import write_json
@@ -62,6 +63,9 @@ TINY = [
         (["--synthetic-positive-rate=1"], "--synthetic-positive-rate"),
         (["--qr-flag", "--qr-collisions=0"], "--qr-collisions: must be >= 1, got 0"),
         (["--qr-threshold=-1"], "--qr-threshold"),
+        (["--qr-flag", "--qr-threshold=100", "--qr-collisions=2000"], "--qr-collisions: 2000 leaves table 0's pair"),
+        (["--qr-flag", "--qr-threshold=100", f"--qr-collisions={10**12}"], "no smaller than its"),
+        (["--arch-embedding-size=1000000000000-5-5"], "--arch-embedding-size: the model does not fit in this machine"),
         (
             ["--qr-flag", "--qr-operation=concat", "--arch-sparse-feature-size=3", "--arch-mlp-bot=13-8-3"],
             "d must be even",
@@ -190,13 +194,25 @@ def test_results_json_contents(tmp_path, capsys) -> None:
     assert "Testing at - 5/12 of epoch 0" in stdout and "Finished training it 12/12 of epoch 0" in stdout
 
 
-def test_save_collapsed_says_what_it_wrote(tmp_path, capsys) -> None:
-    for hidden, said in [(0, "the tables as trained (plain, d=4), nothing to collapse"), (8, "collapsed from K=8 to")]:
-        saved = tmp_path / f"c{hidden}.pt"
-        code, out, err = run_cli([*TINY, f"--mlet-hidden={hidden}", f"--save-collapsed={saved}"], capsys)
-        assert code == 0, err
-        assert f"saved {saved} (inference checkpoint: " in out and said in out
-        assert ("MLET" in out.split(f"saved {saved}")[1]) == bool(hidden)
+@pytest.mark.parametrize(
+    ("flags", "said", "tables"),
+    [
+        ([], "the tables as trained (plain d=4 tables), nothing to collapse", "plain d=4 tables"),
+        (["--mlet-hidden=8"], "MLET tables collapsed from K=8 to plain d=4 tables; no optimizer state", "K=8 -> plain"),
+        (
+            ["--mlet-hidden=8", "--qr-flag", "--qr-threshold=100"],
+            "MLET tables collapsed from K=8 to plain d=4 tables (quotient-remainder mult x4 on 1 table)",
+            "K=8 -> plain d=4 tables (quotient-remainder mult x4 on 1 table)",
+        ),
+    ],
+)
+def test_save_collapsed_and_collapse_say_what_they_wrote(flags: list[str], said: str, tables: str, tmp_path, capsys):
+    saved, trained = tmp_path / "c.pt", tmp_path / "m.pt"
+    code, out, err = run_cli([*TINY, *flags, f"--save-collapsed={saved}", f"--save-model={trained}"], capsys)
+    assert code == 0, err
+    assert f"saved {saved} (inference checkpoint: {said}" in out
+    assert checkpoint.main(["collapse", str(trained), str(tmp_path / "again.pt")]) == 0
+    assert f"inference checkpoint, {tables}" in capsys.readouterr().out
 
 
 class Terminal(io.StringIO):

@@ -246,3 +246,8 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     again = json.loads((tmp_path / "eval2.json").read_text())
     assert again["final"]["auc"] == results["final"]["auc"] and again["final"]["logloss"] == results["final"]["logloss"]
     np.testing.assert_equal(again["parameters"], results["parameters"])
+    # training from it: one line (its packed tables have no gradient), not torch's state_dict size mismatch
+    train_flags = [f for f in flags if f not in ("--inference-only",) and not f.startswith("--results-json")]
+    code, out, err = run_cli(train_flags, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds int4 row-wise quantized tables, which do not train: evaluate it with --inference-only" in err

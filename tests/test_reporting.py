@@ -156,6 +156,18 @@ def test_debug_mode_prints_architecture_batches_and_parameters(capsys) -> None:
 def test_save_onnx_writes_the_inference_model(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli([*TINY, "--mlet-hidden=8", "--save-onnx"], capsys)
+    code, out, err = run_cli([*TINY, "--mlet-hidden=8", "--save-onnx", "--save-model=m.pt"], capsys)
     assert code == 0, err
     assert (tmp_path / "dlrm_mlet.onnx").stat().st_size > 0 and "saved dlrm_mlet.onnx" in out
+    # with --inference-only the evaluated model is exported too (as upstream), its MLET tables collapsed
+    (tmp_path / "dlrm_mlet.onnx").unlink()
+    code, out, err = run_cli([*TINY, "--mlet-hidden=8", "--save-onnx", "--load-model=m.pt", "--inference-only"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "dlrm_mlet.onnx").stat().st_size > 0 and "saved dlrm_mlet.onnx" in out
+    # quantized tables are not exported: one line, before the evaluation
+    code, out, err = run_cli(
+        [*TINY, "--mlet-hidden=8", "--load-model=m.pt", "--inference-only", "--save-onnx", "--quantize-emb-with-bit=8"],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "--save-onnx: the evaluated model has row-wise quantized tables" in err

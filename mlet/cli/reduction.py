@@ -99,6 +99,21 @@ def with_qr(config: ModelConfig, args: argparse.Namespace) -> ModelConfig:
     )
 
 
+def check_qr_sizes(config: ModelConfig) -> None:
+    """Refuse ``--qr-collisions`` where a quotient-remainder pair would not be smaller than its table (the
+    quotient's ``ceil(n / c)`` rows plus the remainder's ``c``)."""
+    if not config.qr_flag:
+        return
+    c = config.qr_collisions
+    for t, n in enumerate(config.table_sizes):
+        if n > config.qr_threshold and math.ceil(n / c) + c >= n:
+            raise UserError(
+                f"--qr-collisions: {c} leaves table {t}'s pair ({math.ceil(n / c):,} quotient + {c:,} remainder rows)"
+                f" no smaller than its {n:,} rows; use a value well below that (about sqrt(rows) is the smallest pair)"
+                " or raise --qr-threshold"
+            )
+
+
 def popularity_rows(table_sizes: list[int], counts: list | None) -> list[float]:
     """Each table's rows per query: the :func:`effective_rows` of its training counts (table sizes without
     counts, as upstream)."""
@@ -137,7 +152,17 @@ def describe_tables(config: ModelConfig) -> str:
     parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
     tables = config.table_configs()
     if pairs := sum(t.kind == "qr" for t in tables):
-        parts.append(f"quotient-remainder {config.qr_operation} x{config.qr_collisions} on {pairs} tables")
+        on = f"{pairs} table" if pairs == 1 else f"{pairs} tables"
+        parts.append(f"quotient-remainder {config.qr_operation} x{config.qr_collisions} on {on}")
     if config.md_dims:
         parts.append(f"mixed dimensions {dashed(config.md_dims)}")
     return ", ".join(parts)
+
+
+def stored_tables(config: ModelConfig, bits: int | None = None) -> str:
+    """What the inference tables of a model with ``config`` are (MLET collapsed), e.g. ``plain d=4 tables`` or
+    ``plain d=4 tables (quotient-remainder mult x4 on 2 tables), int8 row-wise``."""
+    kind, *reductions = describe_tables(config.collapsed()).split(", ")
+    details = f" ({'; '.join(reductions)})" if reductions else ""
+    precision = f", int{bits} row-wise" if bits else ""
+    return f"{kind} d={config.dim} tables{details}{precision}"

@@ -157,7 +157,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
         "--quantize-emb-with-bit",
         "4 or 8: row-wise quantized tables (torch's quantized embedding bags) for evaluation; training stays float",
     ),
-    _works("--save-onnx", "writes dlrm_mlet.onnx (the inference model: MLET tables collapsed)"),
+    _works(
+        "--save-onnx",
+        "writes dlrm_mlet.onnx (the inference model: MLET tables collapsed), after training or of the"
+        " --inference-only model",
+    ),
     _works("--use-gpu"),
     ForeignFlag(
         "--local_rank",

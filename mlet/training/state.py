@@ -218,6 +218,12 @@ def check_evaluation(ckpt: dict, wanted: ModelConfig) -> None:
 
 def check_training(ckpt: dict, wanted: ModelConfig) -> None:
     """Check that a checkpoint can start or resume training of the flags' architecture."""
+    quantized = ckpt.get("quantized")
+    if quantized:
+        raise UserError(
+            f"checkpoint holds int{quantized.get('bits')} row-wise quantized tables, which do not train: evaluate it"
+            " with --inference-only, or train from the float checkpoint it was quantized from"
+        )
     if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
         raise UserError(
             "--mlet-hidden: checkpoint is an inference checkpoint "
