@@ -341,6 +341,7 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
 def validate(args: argparse.Namespace) -> Run:
     """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
+    notes += reduction.unused_reduction_flags(args, build_parser().parse_args([]))
     model = model_config(args)
     check_counts(args)
     train = train_config(args)

@@ -261,3 +261,11 @@ def test_lr_schedule_flags_run(capsys) -> None:
         [*TINY, "--lr-num-warmup-steps=3", "--lr-decay-start-step=5", "--lr-num-decay-steps=4"], capsys
     )
     assert code == 0, err
+
+
+def test_reduction_settings_without_their_switch_are_named(capsys) -> None:
+    code, out, err = run_cli([*TINY, "--qr-collisions=8", "--md-temperature=0.5", "--md-flag=false"], capsys)
+    assert code == 0, err
+    assert "--qr-collisions: ignored without --qr-flag" in out and "--md-temperature: ignored without --md-flag" in out
+    code, out, err = run_cli([*TINY, "--qr-flag", "--qr-threshold=100", "--qr-collisions=8"], capsys)
+    assert code == 0 and "ignored without" not in out, err

@@ -47,6 +47,27 @@ def parse_quantize_bits(text: str, inference_only: bool) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
+SWITCHED_BY = {
+    "--qr-threshold": "qr_flag",
+    "--qr-collisions": "qr_flag",
+    "--qr-operation": "qr_flag",
+    "--md-threshold": "md_flag",
+    "--md-temperature": "md_flag",
+    "--md-round-dims": "md_flag",
+}
+
+
+def unused_reduction_flags(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
+    """One log line for each ``--qr-*`` / ``--md-*`` setting given without the switch that uses it (upstream
+    ignores them silently)."""
+    lines = []
+    for flag, switch in SWITCHED_BY.items():
+        dest = flag[2:].replace("-", "_")
+        if getattr(args, dest) != getattr(defaults, dest) and not getattr(args, switch):
+            lines.append(f"{flag}: ignored without --{switch.replace('_', '-')}")
+    return lines
+
+
 def check_reduction_flags(args: argparse.Namespace, dim: int, bottom_mlp: list[int]) -> None:
     """The quotient-remainder and mixed-dimension flags: bounds, and what they need of d and of the run."""
     require_at_least(
