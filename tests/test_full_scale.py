@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
-from mlet.repro import full_scale
+from mlet.repro import full_scale, sweep
 from mlet.repro.analysis import gram_singular_values
 from mlet.repro.experiments import load_run_dir
 from mlet_layers import EmbeddingTables
@@ -160,12 +164,124 @@ NO_CUDA = ["--device", "cuda"] if not torch.cuda.is_available() else ["--rows", 
         (["--frequency-edges", "10,5"], "--frequency-edges: expected increasing"),
         (["--rows", "3"], "--rows"),
         (NO_CUDA, NO_CUDA[0]),
+        (["--device", "tpu"], "--device: expected cpu or cuda[:N], got 'tpu'"),
+        (["--qr-dims", "4"], "--qr-dims: the full-scale grid compares plain tables with MLET only"),
+        (["--mlet-qr-dims", "4"], "--mlet-qr-dims: the full-scale grid compares"),
+        (["--md-dims", "4"], "--md-dims: the full-scale grid compares"),
+        (["--mlet-md-dims", "4"], "--mlet-md-dims: the full-scale grid compares"),
+        (["--quantize-bits", "8"], "--quantize-bits: the full-scale grid compares"),
+        (["--jobs", "2"], "--jobs: the full-scale runs train one after another in this process"),
     ],
 )
 def test_bad_flags_are_one_line(tmp_path, capsys, flag, message):
-    assert full_scale.main(["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flag, *GRID, *TRAIN]) == 2
+    dashes = flag.index("--") if "--" in flag else len(flag)  # flags after -- go to every run
+    argv = ["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flag[:dashes], *GRID, *TRAIN, *flag[dashes + 1 :]]
+    assert full_scale.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("full_scale.py: error: ") and message in err and "\n" not in err
+    if "grid compares" in message:
+        assert "scripts/reproduce.sh's embedded default compares" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("grid", "flag"),
+    [(["--qr-dims", "4"], "--qr-flag"), (["--md-dims", "4"], "--md-flag"), (["--quantize-bits", "8"], "--quantize")],
+)
+def test_build_trainer_refuses_what_it_would_not_build(tmp_path, rows, grid, flag):
+    # settings made past full_scale.parse's refusal: build_trainer itself refuses, never trains plain tables
+    args = sweep.build_parser().parse_args(["--run-dir", str(tmp_path), *GRID, *grid, *TRAIN])
+    args.train_flags = [*full_scale.DEFAULT_TRAIN, *args.train_flags]
+    settings = sweep.settings_from_args(args)
+    piece = full_scale.Piece(settings, rows, torch.device("cpu"), 10.0, [10, 100], 0.0)
+    spec = next(s for s in full_scale.wanted(settings) if s.config.method or flag == "--quantize")
+    with pytest.raises(UserError, match=f"^{flag}.*: the full-scale grid compares plain tables with MLET only"):
+        full_scale.build_trainer(spec, piece)
+
+
+def test_errors_carry_this_commands_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        full_scale.main(piece_args(tmp_path / "run", "--bogus"))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "full_scale.py: error: unrecognized arguments: --bogus\n"
+    assert full_scale.main(["--run-dir", str(tmp_path / "missing"), "--report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("full_scale.py: error: --run-dir ") and "no such folder" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("session", "flag", "old"),
+    [
+        ({"rows": ROWS + 1, "scale": SCALE, "data_seed": 1}, "--rows", ROWS + 1),
+        ({"rows": ROWS, "scale": 0.001, "data_seed": 1}, "--scale", 0.001),
+        ({"rows": ROWS, "scale": SCALE, "data_seed": 2}, "--data-seed", 2),
+    ],
+)
+def test_other_data_flags_on_a_run_dir_are_refused_before_generating(tmp_path, capsys, monkeypatch, session, flag, old):
+    run_dir = tmp_path / "run"
+    _, settings = full_scale.parse(piece_args(run_dir))
+    assert settings is not None
+    later = {"started": "then"}  # a later session without the data flags (a piece that was cut short) is skipped
+    record = {"settings": settings.to_dict(), "sessions": [session, later]}
+    run_dir.mkdir()
+    (run_dir / "sweep.json").write_text(json.dumps(record, default=str))
+    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    assert full_scale.main(piece_args(run_dir)) == 2
+    err = capsys.readouterr().err
+    new = {"--rows": ROWS, "--scale": SCALE, "--data-seed": 1}[flag]
+    assert err.startswith(f"full_scale.py: error: {flag}: the runs in --run-dir {run_dir} were trained on data ")
+    assert f"with {flag} {old}, this piece gives {flag} {new}; give {flag} {old}" in err and err.count("\n") == 1
+
+
+def test_data_flags_of_an_older_run_dir_come_from_its_results(tmp_path, capsys, monkeypatch):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bad.json").write_text("{")
+    (tmp_path / "results" / "sgd_base_d4_lr0.2_s1.json").write_text(
+        json.dumps({"full_scale": {"rows": ROWS, "data_seed": 1, "checksum": "ids 1"}})
+    )
+    assert full_scale.earlier_data(tmp_path) == {"rows": ROWS, "data_seed": 1}
+    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    assert full_scale.main(piece_args(tmp_path, "--data-seed", "5")) == 2
+    assert "--data-seed: the runs in --run-dir" in capsys.readouterr().err
+    assert full_scale.earlier_data(tmp_path / "new") == {}
+
+
+INTERRUPTED_PIECE = """
+import os, signal, sys, time
+from mlet.repro import full_scale
+train_one = full_scale.train_one
+started = []
+def interrupted(spec, piece):  # Ctrl-C in the second run
+    started.append(spec.name)
+    if len(started) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+    return train_one(spec, piece)
+full_scale.train_one = interrupted
+sys.exit(full_scale.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_in_a_piece_prints_one_line_and_records_the_piece(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["--run-dir", str(run_dir), "--rows", "5000", "--scale", str(SCALE), "--device", "cpu", "--budget-s",
+            "300", *GRID, *TRAIN]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_PIECE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    message = "full_scale.py: interrupted; finished runs are kept, the same command continues with the rest\n"
+    assert done.returncode == 130 and done.stderr.endswith(message) and "Traceback" not in done.stderr, done.stderr
+    assert [p.name for p in (run_dir / "results").glob("*.json")] == ["sgd_base_d4_lr0.2_s1.json"]
+    session = json.loads((run_dir / "sweep.json").read_text())["sessions"][-1]
+    assert (session["finished"], session["failed"], session["left"], session["interrupted"]) == (1, 0, 11, True)
+    assert (session["rows"], session["scale"], session["data_seed"]) == (5000, SCALE, 1)
+    log = (run_dir / "logs" / "sgd_mlet_d4_k64_lr0.2_s1.log").read_text()
+    assert log.endswith("full_scale.py: interrupted\n")
 
 
 def test_a_piece_on_other_rows_is_refused_unless_accepted(tmp_path):

@@ -120,20 +120,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
-def run_reporting_errors(prog: str, action: Callable[[], object]) -> int:
-    """Run ``action`` for a command line: 0; 2 after one ``PROG: error: ...`` line for a :class:`UserError`;
-    130 after one ``PROG: interrupted`` line on Ctrl-C, as training ends (the action cleans up what it leaves);
-    141 (a shell's code for SIGPIPE) without a word when the reader of the output went away (``... | head``)."""
+def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Run ``action`` for a command line: its exit code (0 for None); 2 after one ``PROG: error: ...`` line for a
+    :class:`UserError`; 130 after one ``PROG: INTERRUPTED`` line on Ctrl-C, as training ends (the action cleans
+    up what it leaves); 141 (a shell's code for SIGPIPE) without a word when the reader of the output went away
+    (``... | head``)."""
     try:
-        action()
+        code = action()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Python flushes stdout again at exit and would report the closed pipe there: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return code or 0

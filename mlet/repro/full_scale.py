@@ -39,7 +39,8 @@ import torch
 
 import dlrm_mlet
 from dlrm_model import DLRM
-from mlet.core.errors import UserError, require_at_least
+from mlet.core.config import ModelConfig
+from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
 from mlet.data.device_click import KAGGLE_ROWS, DeviceRows, device_bundle, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
@@ -75,6 +76,28 @@ class Piece:
     edges: list[int]
     started: float
     accept_data_change: bool = False
+    scale: float = 1.0
+
+
+# Sweep flags the in-process runner does not honour (refused, not ignored), with their namespace names and why.
+PAPER_QUESTION = (
+    "the full-scale grid compares plain tables with MLET only (the paper's question); scripts/reproduce.sh's "
+    "embedded default compares quotient-remainder, mixed-dimension and quantized tables"
+)
+ONE_AT_A_TIME = "the full-scale runs train one after another in this process, on the device; leave it out"
+UNHONOURED = {
+    "--qr-dims": ("qr_dims", PAPER_QUESTION),
+    "--mlet-qr-dims": ("mlet_qr_dims", PAPER_QUESTION),
+    "--qr-collisions": ("qr_collisions", PAPER_QUESTION),
+    "--md-dims": ("md_dims", PAPER_QUESTION),
+    "--mlet-md-dims": ("mlet_md_dims", PAPER_QUESTION),
+    "--md-temperatures": ("md_temperatures", PAPER_QUESTION),
+    "--quantize-bits": ("quantize_bits", PAPER_QUESTION),
+    "--jobs": ("jobs", ONE_AT_A_TIME),
+    "--threads": ("threads", ONE_AT_A_TIME),
+}
+# What a piece records of its data flags in sweep.json (and a results JSON in its full_scale block).
+DATA_FLAGS = {"rows": "--rows", "scale": "--scale", "data_seed": "--data-seed"}
 
 
 # -- which runs, in which order -------------------------------------------------------------
@@ -128,6 +151,7 @@ def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tup
     run = dlrm_mlet.run_config(run_flags(spec, settings, [f"--test-freq={freq}", *extra]))
     data = device_bundle(piece.rows, run.data.batch_size, run.data.test_batch_size, run.train.seed)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
+    check_in_process(run, config)
     torch.manual_seed(run.train.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
@@ -143,12 +167,24 @@ def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tup
     return run, Trainer(run.train, data, model, SingleProcess(device), flags=flags)
 
 
+def check_in_process(run: dlrm_mlet.Run, config: ModelConfig) -> None:
+    """A :class:`UserError` unless ``run`` trains plain or MLET tables and evaluates them as trained: the tables
+    here are built as :class:`EmbeddingTables` (never quotient-remainder or mixed-dimension ones, which need
+    their own tables and, for mixed dimensions, the training counts) and nothing evaluates quantized tables."""
+    if config.is_composite or config.qr_flag or config.md_dims or run.mixed_dimension is not None:
+        flag = "--qr-flag" if config.qr_flag else "--md-flag"
+        raise UserError(f"{flag}: {PAPER_QUESTION}")
+    if run.quantize_bits:
+        raise UserError(f"--quantize-emb-with-bit: {PAPER_QUESTION}")
+
+
 def data_record(piece: Piece) -> dict:
     """What a results JSON records of the generated data (``full_scale``)."""
     rows = piece.rows
     return {
         "generator": "mlet.data.device_click.kaggle_rows",
         "rows": rows.rows,
+        "scale": piece.scale,
         "data_seed": rows.seed,
         "model_table_sizes": rows.model_table_sizes,
         "split": {"train": rows.train_end, "test": rows.test_end - rows.train_end, "val": rows.rows - rows.test_end},
@@ -185,6 +221,9 @@ def run_logged(spec: RunSpec, piece: Piece) -> int:
         except (UserError, RuntimeError, ValueError) as error:
             print(f"{PROG}: error: {type(error).__name__}: {error}")
             return 1
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted")
+            raise
     return 0
 
 
@@ -197,6 +236,7 @@ def run_piece(piece: Piece) -> dict:
     check_data(settings.run_dir, piece.rows.checksum_text, piece.accept_data_change)
     manifest = sweep.Manifest(settings)
     manifest.session.update(device=device_name(piece.device), data_seconds=round(piece.rows.seconds, 1))
+    manifest.session.update(rows=piece.rows.rows, scale=piece.scale, data_seed=piece.rows.seed)
     manifest.session["data_checksum"] = piece.rows.checksum_text
     counts: dict = {"finished": 0, "failed": 0, "left": 0}
     failed: set[str] = set()
@@ -220,9 +260,42 @@ def run_piece(piece: Piece) -> dict:
             if not done:
                 failed.add(spec.name)
             print(f"{PROG}: {spec.name}: {status} in {seconds:.1f} s ({elapsed + seconds:.0f} s of the piece)")
+    except KeyboardInterrupt:  # the runs not finished are still to do (the one interrupted among them)
+        counts.update(left=len([s for s in wanted(settings) if s.name not in failed]), interrupted=True)
+        raise
     finally:
         manifest.finish(counts)
     return counts
+
+
+def earlier_data(run_dir: Path) -> dict:
+    """The data flags (``rows``, ``scale``, ``data_seed``) of the run directory's earlier pieces: the latest
+    piece record in ``sweep.json`` that has them, else the ``full_scale`` block of a results JSON (directories
+    from before the pieces recorded them: rows and data seed); empty for a new directory."""
+    record = sweep_record(run_dir) or {}
+    for session in reversed(record.get("sessions", [])):
+        if all(key in session for key in DATA_FLAGS):
+            return {key: session[key] for key in DATA_FLAGS}
+    for path in sorted((Path(run_dir) / "results").glob("*.json")):
+        try:
+            block = json.loads(path.read_text()).get("full_scale") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if block:
+            return {key: block[key] for key in DATA_FLAGS if key in block}
+    return {}
+
+
+def check_data_flags(run_dir: Path, flags: dict) -> None:
+    """Refuse, before generating anything, a piece whose ``--rows``, ``--scale`` or ``--data-seed`` differ from
+    the earlier pieces' in ``run_dir`` (``flags``: :data:`DATA_FLAGS`' keys): its runs would not compare."""
+    for key, old in earlier_data(run_dir).items():
+        if old != flags[key]:
+            flag = DATA_FLAGS[key]
+            raise UserError(
+                f"{flag}: the runs in --run-dir {run_dir} were trained on data generated with {flag} {old}, this "
+                f"piece gives {flag} {flags[key]}; give {flag} {old}, or another --run-dir"
+            )
 
 
 def check_data(run_dir: Path, checksum: str, accept: bool) -> None:
@@ -289,12 +362,12 @@ def time_steps(trainer: Trainer, steps: int) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """This command's own flags; the rest go to ``sweep.py``'s parser (after :data:`DEFAULT_GRID`)."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="results/, logs/, rank/, sweep.json")
     p.add_argument("--rows", type=int, default=KAGGLE_ROWS, help="rows generated (train, test and validation)")
     p.add_argument("--scale", type=float, default=1.0, help="table cardinalities as a share of Kaggle's")
     p.add_argument("--data-seed", type=int, default=1, help="seed of the click model and its samples")
-    p.add_argument("--device", default="cuda", help="cuda (the GPU) or cpu (small tests)")
+    p.add_argument("--device", default="cuda", help="cuda[:N] (the GPU) or cpu (small tests)")
     p.add_argument("--budget-s", type=float, default=480.0, help="no run starts that would end past this")
     p.add_argument("--frequency-edges", default="10,100,1000", help="bins of the rarest-id training count")
     p.add_argument("--measure-batches", type=int, nargs="*", default=[], help="time training steps at these batches")
@@ -315,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Settings | None]:
-    """This command's flags and the sweep's settings (None for ``--report``, which reads the run directory
-    alone); a :class:`UserError` names a bad flag."""
+    """This command's flags (``device`` made a :class:`torch.device`) and the sweep's settings (None for
+    ``--report``, which reads the run directory alone); a :class:`UserError` names a bad flag."""
     argv = list(sys.argv[1:] if argv is None else argv)
     dashes = argv.index("--") if "--" in argv else len(argv)
     args, rest = build_parser().parse_known_args(argv[:dashes])
@@ -327,24 +400,44 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
         raise UserError(f"--budget-s: must be > 0, got {args.budget_s}")
     if args.report:
         return args, None
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu for a small test)")
-    train = [*DEFAULT_TRAIN, *(["--use-gpu"] if device.type == "cuda" else []), *argv[dashes + 1 :]]
-    sweep_args = sweep.build_parser().parse_args([*DEFAULT_GRID, "--run-dir", str(args.run_dir), *rest, "--", *train])
+    args.device = parse_device(args.device)
+    train = [*DEFAULT_TRAIN, *(["--use-gpu"] if args.device.type == "cuda" else []), *argv[dashes + 1 :]]
+    parser = sweep.build_parser(prog=PROG)
+    sweep_args = parser.parse_args([*DEFAULT_GRID, "--run-dir", str(args.run_dir), *rest, "--", *train])
+    for flag, (dest, why) in UNHONOURED.items():
+        if getattr(sweep_args, dest) != parser.get_default(dest):
+            raise UserError(f"{flag}: {why}")
     settings = sweep.settings_from_args(sweep_args)
     sweep.check_run_dir(settings)
+    check_data_flags(args.run_dir, {"rows": args.rows, "scale": args.scale, "data_seed": args.data_seed})
     return args, settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1."""
+def parse_device(text: str) -> torch.device:
+    """``--device``: ``cpu``, or ``cuda``/``cuda:N`` of a GPU this machine has."""
     try:
-        args, settings = parse(argv)
-        edges = full_scale_rank.checked_edges(args.frequency_edges)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        device = torch.device(text)
+    except RuntimeError:
+        device = torch.device("meta")  # refused below, with the rest
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: expected cpu or cuda[:N], got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {text}: no CUDA device is available (use --device cpu for a small test)")
+    if device.index is not None and device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1, Ctrl-C
+    with one line and exit code 130 (the piece's record in ``sweep.json`` says so)."""
+    return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
+
+
+def run_command(argv: Sequence[str] | None) -> int:
+    """Check the flags, then the report, the list of runs, or a piece (step rates first when asked)."""
+    args, settings = parse(argv)
+    edges = full_scale_rank.checked_edges(args.frequency_edges)
     if settings is None:
         return report(args.run_dir)
     if args.dry_run:
@@ -354,11 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(spec.name)
         return 0
     started = time.perf_counter()
-    device = torch.device(args.device)
+    device = args.device
     rows = kaggle_rows(args.rows, args.data_seed, args.scale, device)
     print(f"{PROG}: data in {rows.seconds:.1f} s: {rows.describe()}")
     print(f"{PROG}: data checksum: {rows.checksum_text}")
-    piece = Piece(settings, rows, device, args.budget_s, edges, started, args.accept_data_change)
+    piece = Piece(settings, rows, device, args.budget_s, edges, started, args.accept_data_change, args.scale)
     if args.measure_batches:
         configs = [Config(16), min(c for c in settings.configs if c.is_mlet)]
         rates = measure_steps(piece, args.measure_batches, configs, args.measure_steps)
@@ -366,11 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record = {"device": device_name(device), "tf32": False, "rows": rows.rows, "rates": rates}
             args.step_rates_json.parent.mkdir(parents=True, exist_ok=True)
             args.step_rates_json.write_text(json.dumps(record, indent=1) + "\n")
-    try:
-        counts = run_piece(piece)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    counts = run_piece(piece)
     print(
         f"{PROG}: {counts['finished']} runs finished, {counts['failed']} failed, {counts['left']} still to do "
         f"(more may follow from widening); {time.perf_counter() - started:.0f} s in all"
@@ -379,11 +468,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(run_dir: Path) -> int:
-    """The summary (``summarize.py RUN_DIR``) and the rank reports of the finished runs (on any machine)."""
-    code = summary.main([str(run_dir)])
+    """The summary (as ``summarize.py RUN_DIR`` writes it) and the rank reports of the finished runs (on any
+    machine); a :class:`UserError` names the run directory."""
+    if not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir}: no such folder (--report reads the results of earlier pieces)")
+    print(summary.summarize_sweep(run_dir, run_dir, summary.paper_lrs_of(run_dir, [])))
     for folder in full_scale_rank.write_reports(run_dir):
         print(f"{PROG}: wrote {folder / 'rank.md'}")
-    return code
+    return 0
 
 
 def cli() -> None:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import dlrm_mlet
 from mlet.core.config import DataConfig
-from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
 from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,
@@ -266,9 +266,9 @@ def parse_rates(items: Sequence[str], flag: str, many: bool) -> dict[str, list[f
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line (``prog`` names the command in its errors: ``full_scale.py`` reuses it)."""
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, required=True, help="where results/, logs/, checkpoints/ and sweep.json go")
     p.add_argument("--baseline-dims", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64])
     p.add_argument("--mlet-dims", type=int, nargs="*", default=[2, 4, 8, 16])
@@ -463,16 +463,22 @@ def prepare_data(settings: Settings) -> int | None:
     return max(1, math.ceil(batches / settings.tests_per_epoch))
 
 
+RESUMABLE = "interrupted; finished runs are kept, the same command continues with the rest"
+"""What ``sweep.py`` and ``full_scale.py`` say on Ctrl-C."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1."""
+    """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1, Ctrl-C
+    with one line and exit code 130."""
     args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-        check_run_dir(settings)
-        test_freq = prepare_data(settings)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(PROG, lambda: run_command(args), interrupted=RESUMABLE)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Check the flags, then run the sweep (or list its runs); 1 when a run failed."""
+    settings = settings_from_args(args)
+    check_run_dir(settings)
+    test_freq = prepare_data(settings)
     todo = pending(initial_specs(settings), settings.run_dir)
     print(
         f"{PROG}: {len(settings.configs)} configs x {len(settings.optimizers)} optimizers "
@@ -483,14 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(spec.name)
         return 0
     start = time.perf_counter()
-    try:
-        totals = sweep(settings, test_freq=test_freq)
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished runs are kept, the same command continues with the rest", file=sys.stderr)
-        return 130
+    totals = sweep(settings, test_freq=test_freq)
     print(
         f"{PROG}: {totals['finished']} runs finished, {totals['failed']} failed, {totals['skipped']} skipped "
         f"(done before) in {time.perf_counter() - start:.0f} s"
