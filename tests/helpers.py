@@ -7,6 +7,8 @@ import functools
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(
     os.environ.get("DLRM_MLET_SAMPLES", ROOT.parent / "shared" / "data")
 )  # the real sample rows (see its README)
+
+
+def run_snippet(code: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run Python ``code`` with ``argv`` in a child process from the repository root (its ``mlet`` first on the
+    path); its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def sample_lines(name: str) -> list[str]:

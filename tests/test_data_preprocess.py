@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import ROOT, sample_file
+from helpers import run_snippet, sample_file
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache as preprocess
@@ -285,14 +283,7 @@ sys.exit(data_utils.command_line(sys.argv[1:]))
 def test_ctrl_c_in_preprocess_prints_one_line_and_leaves_no_cache(tmp_path) -> None:
     raw = sample_file("criteo_kaggle_train_head1999.txt")
     argv = ["preprocess", f"--raw-data-file={raw}", f"--processed-data-file={tmp_path / 'p'}", "--progress=false"]
-    done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_PREPROCESS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_snippet(INTERRUPTED_PREPROCESS, argv, timeout=60)
     assert done.returncode == 130 and done.stderr == "data_utils.py: interrupted\n", done.stderr
     assert os.listdir(tmp_path) == []  # no cache, no temporary
 

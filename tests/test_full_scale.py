@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import run_snippet
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
@@ -266,14 +263,7 @@ def test_ctrl_c_in_a_piece_prints_one_line_and_records_the_piece(tmp_path):
     run_dir = tmp_path / "run"
     argv = ["--run-dir", str(run_dir), "--rows", "5000", "--scale", str(SCALE), "--device", "cpu", "--budget-s",
             "300", *GRID, *TRAIN]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_PIECE, *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_snippet(INTERRUPTED_PIECE, argv, timeout=300)
     message = "full_scale.py: interrupted; finished runs are kept, the same command continues with the rest\n"
     assert done.returncode == 130 and done.stderr.endswith(message) and "Traceback" not in done.stderr, done.stderr
     assert [p.name for p in (run_dir / "results").glob("*.json")] == ["sgd_base_d4_lr0.2_s1.json"]
