@@ -119,6 +119,20 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+# A few batches of random data through a tiny model: for command-line behaviour, not learning.
+TINY = [
+    "--data-generation=random",
+    "--arch-embedding-size=200-30-5",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=12",
+    "--learning-rate=0.1",
+    "--progress=false",
+]
+
+
 # Two epochs of 10 batches of the synthetic click model (shuffled per epoch), MLET,
 # Adagrad (optimizer state matters), warm-up and decay (the LR depends on the iteration).
 RESUME_FLAGS = [

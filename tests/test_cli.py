@@ -8,24 +8,12 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, override_flags, run_cli
+from helpers import ROOT, TINY, override_flags, run_cli
 
 import checkpoint
 import dlrm_mlet
 from mlet.core.errors import UserError
 from mlet.training.trainer import write_json
-
-TINY = [
-    "--data-generation=random",
-    "--arch-embedding-size=200-30-5",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=13-8-4",
-    "--arch-mlp-top=8-1",
-    "--mini-batch-size=32",
-    "--num-batches=12",
-    "--learning-rate=0.1",
-    "--progress=false",
-]
 
 
 @pytest.mark.parametrize(

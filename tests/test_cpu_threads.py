@@ -13,21 +13,12 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, TINY, override_flags, run_cli
 
 from mlet.training import cpu_threads
 from mlet.training.cpu_threads import USER_VARIABLES, ThreadGovernor, busy_ticks, threads_for, user_setting
 
-TINY = [
-    "--data-generation=random",
-    "--arch-embedding-size=200-30-5",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=13-8-4",
-    "--arch-mlp-top=8-1",
-    "--mini-batch-size=32",
-    "--num-batches=4",
-    "--progress=false",
-]
+FOUR_BATCHES = override_flags(TINY, "--num-batches=4")
 STAT = """cpu  900 0 90 9000 9 0 9 9 0 0
 cpu0 100 1 10 1000 50 2 3 4 0 0
 cpu1 200 0 20 2000 60 0 0 0 7 0
@@ -176,21 +167,21 @@ def test_adapting_changes_torch_threads_on_this_thread_and_restores_them(monkeyp
 def test_the_default_run_adapts_and_leaves_the_count_as_it_was(capsys, monkeypatch) -> None:
     clear_user_variables(monkeypatch)
     start = torch.get_num_threads()
-    code, out, _ = run_cli(TINY, capsys)
+    code, out, _ = run_cli(FOUR_BATCHES, capsys)
     assert code == 0 and f"cpu threads: {start}, fewer while other processes use" in out
     assert torch.get_num_threads() == start
 
 
 def test_the_off_switch_keeps_the_count(capsys, monkeypatch) -> None:
     clear_user_variables(monkeypatch)
-    code, out, _ = run_cli([*TINY, "--adapt-threads=false"], capsys)
+    code, out, _ = run_cli([*FOUR_BATCHES, "--adapt-threads=false"], capsys)
     assert code == 0 and f"cpu threads: {torch.get_num_threads()} (fixed: --adapt-threads=false)" in out
 
 
 def test_a_users_threading_variable_is_respected(capsys, monkeypatch) -> None:
     clear_user_variables(monkeypatch)
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-    code, out, _ = run_cli(TINY, capsys)
+    code, out, _ = run_cli(FOUR_BATCHES, capsys)
     assert code == 0 and "(fixed: OMP_WAIT_POLICY=passive is set)" in out
 
 
@@ -202,7 +193,7 @@ def test_a_users_omp_num_threads_is_the_count_the_run_trains_with() -> None:
     )
     env = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", code, *TINY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *FOUR_BATCHES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "cpu threads: 1 (fixed: OMP_NUM_THREADS=1 is set)" in done.stdout and "threads after 1" in done.stdout

@@ -7,8 +7,7 @@ import json
 import re
 
 import pytest
-from helpers import run_cli
-from test_cli import TINY
+from helpers import TINY, run_cli
 
 
 def mllog(out: str) -> list[dict]:

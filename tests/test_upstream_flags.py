@@ -6,8 +6,7 @@ import argparse
 
 import pytest
 import torch
-from helpers import ROOT, run_cli
-from test_cli import TINY
+from helpers import ROOT, TINY, run_cli
 
 import checkpoint
 import data_utils
