@@ -516,12 +516,12 @@ def train_and_save(run: Run, trainer: Trainer) -> dict:
     return final
 
 
-def save_onnx(model: DLRM) -> None:
-    """``--save-onnx``: write the inference model (two-layer MLET tables collapsed) as ONNX, checked against
+def save_onnx(inference_model: DLRM) -> None:
+    """``--save-onnx``: write the inference model (MLET tables already collapsed) as ONNX, checked against
     onnxruntime."""
     from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
 
-    report = export_onnx(model.collapse(), ONNX_FILE)
+    report = export_onnx(inference_model, ONNX_FILE)
     log(f"saved {ONNX_FILE} (the inference model; onnxruntime max abs diff {report['max_abs_diff']:.3g})")
 
 
@@ -557,7 +557,7 @@ def execute(run: Run) -> dict:
             payload["checkpoint"] = {**(payload["checkpoint"] or {}), "file_bytes": os.path.getsize(run.load_model)}
             quantize.log_served_sizes(trainer.model, run.load_model)
             if run.reporting.save_onnx and parallel.is_main:
-                save_onnx(trainer.model)  # as upstream: the evaluated model is exported too
+                save_onnx(trainer.model.collapse())  # as upstream: the evaluated model is exported too
         elif run.quantize_bits:
             payload["quantized"] = [quantize.evaluate_quantized(trainer, bits) for bits in run.quantize_bits]
         if run.results_json and parallel.is_main:

@@ -170,20 +170,25 @@ def evaluated_model(ckpt: dict, quantize_bits: tuple[int, ...], parallel: Parall
 
 def describe_tables(config: ModelConfig) -> str:
     """``plain``, ``MLET K=64``, plus the quotient-remainder and mixed-dimension tables, for the log."""
-    parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
-    tables = config.table_configs()
-    if pairs := sum(t.kind == "qr" for t in tables):
+    kind = f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"
+    return ", ".join([kind, *reduction_parts(config)])
+
+
+def reduction_parts(config: ModelConfig) -> list[str]:
+    """The quotient-remainder and mixed-dimension tables of ``config``, a phrase each (none for plain tables)."""
+    parts = []
+    if pairs := sum(t.kind == "qr" for t in config.table_configs()):
         on = f"{pairs} table" if pairs == 1 else f"{pairs} tables"
         parts.append(f"quotient-remainder {config.qr_operation} x{config.qr_collisions} on {on}")
     if config.md_dims:
         parts.append(f"mixed dimensions {dashed(config.md_dims)}")
-    return ", ".join(parts)
+    return parts
 
 
 def stored_tables(config: ModelConfig, bits: int | None = None) -> str:
     """What the inference tables of a model with ``config`` are (MLET collapsed), e.g. ``plain d=4 tables`` or
     ``plain d=4 tables (quotient-remainder mult x4 on 2 tables), int8 row-wise``."""
-    kind, *reductions = describe_tables(config.collapsed()).split(", ")
+    reductions = reduction_parts(config.collapsed())
     details = f" ({'; '.join(reductions)})" if reductions else ""
     precision = f", int{bits} row-wise" if bits else ""
-    return f"{kind} d={config.dim} tables{details}{precision}"
+    return f"plain d={config.dim} tables{details}{precision}"
