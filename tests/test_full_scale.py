@@ -9,16 +9,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import run_snippet
+from helpers import fake_payload, run_snippet
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
-from mlet.repro import full_scale, sweep
+from mlet.repro import full_scale, full_scale_pool, full_scale_run, sweep, sweep_plan
 from mlet.repro.analysis import gram_singular_values
-from mlet.repro.experiments import load_run_dir
+from mlet.repro.experiments import Config, RunSpec, load_run_dir
 from mlet_layers import EmbeddingTables
 
 ROWS, SCALE = 30_000, 0.0005
@@ -167,7 +167,9 @@ NO_CUDA = ["--device", "cuda"] if not torch.cuda.is_available() else ["--rows", 
         (["--md-dims", "4"], "--md-dims: the full-scale grid compares"),
         (["--mlet-md-dims", "4"], "--mlet-md-dims: the full-scale grid compares"),
         (["--quantize-bits", "8"], "--quantize-bits: the full-scale grid compares"),
-        (["--jobs", "2"], "--jobs: the full-scale runs train one after another in this process"),
+        (["--jobs", "2"], "--jobs: the full-scale runs train one at a time per --device entry"),
+        (["--device", "cpu,meta"], "--device: expected cpu or cuda[:N], got 'meta'"),
+        (["--device", "cpu,cpu", "--measure-batches", "512"], "--measure-batches: the step rates are timed on one"),
     ],
 )
 def test_bad_flags_are_one_line(tmp_path, capsys, flag, message):
@@ -190,10 +192,10 @@ def test_build_trainer_refuses_what_it_would_not_build(tmp_path, rows, grid, fla
     args = sweep.build_parser().parse_args(["--run-dir", str(tmp_path), *GRID, *grid, *TRAIN])
     args.train_flags = [*full_scale.DEFAULT_TRAIN, *args.train_flags]
     settings = sweep.settings_from_args(args)
-    piece = full_scale.Piece(settings, rows, torch.device("cpu"), 10.0, [10, 100], 0.0)
+    piece = full_scale_run.Piece(settings, rows, torch.device("cpu"), [10, 100])
     spec = next(s for s in full_scale.wanted(settings) if s.config.method or flag == "--quantize")
     with pytest.raises(UserError, match=f"^{flag}.*: the full-scale grid compares plain tables with MLET only"):
-        full_scale.build_trainer(spec, piece)
+        full_scale_run.build_trainer(spec, piece)
 
 
 def test_errors_carry_this_commands_name(tmp_path, capsys):
@@ -245,8 +247,8 @@ def test_data_flags_of_an_older_run_dir_come_from_its_results(tmp_path, capsys, 
 
 INTERRUPTED_PIECE = """
 import os, signal, sys, time
-from mlet.repro import full_scale
-train_one = full_scale.train_one
+from mlet.repro import full_scale, full_scale_run
+train_one = full_scale_run.train_one
 started = []
 def interrupted(spec, piece):  # Ctrl-C in the second run
     started.append(spec.name)
@@ -254,7 +256,7 @@ def interrupted(spec, piece):  # Ctrl-C in the second run
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(10)
     return train_one(spec, piece)
-full_scale.train_one = interrupted
+full_scale_run.train_one = interrupted
 sys.exit(full_scale.main(sys.argv[1:]))
 """
 
@@ -281,3 +283,71 @@ def test_a_piece_on_other_rows_is_refused_unless_accepted(tmp_path):
         full_scale.check_data(tmp_path, "ids 2", accept=False)
     full_scale.check_data(tmp_path, "ids 2", accept=True)
     full_scale.check_data(tmp_path / "fresh", "ids 2", accept=False)  # no earlier pieces
+
+
+def write_fake_result(run_dir, spec: RunSpec, peak: float) -> None:
+    """A finished run's results JSON (AUC peaking at rate ``peak``)."""
+    path = sweep_plan.result_path(spec, run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fake_payload(spec, peak)))
+
+
+def test_a_config_widens_only_once_its_first_seed_tried_every_initial_rate(tmp_path):
+    # runs end out of order on several workers: 0.8 (the upper edge) done before 0.2 must not widen to 3.2 yet
+    run_dir = tmp_path / "run"
+    _, settings = full_scale.parse(piece_args(run_dir))
+    assert settings is not None
+    write_fake_result(run_dir, RunSpec("sgd", Config(4), 0.8, 1), peak=3.2)
+    assert "sgd_base_d4_lr3.2_s1" not in [s.name for s in full_scale.wanted(settings)]
+    write_fake_result(run_dir, RunSpec("sgd", Config(4), 0.2, 1), peak=3.2)
+    names = [s.name for s in full_scale.wanted(settings)]
+    assert "sgd_base_d4_lr3.2_s1" in names and "sgd_base_d4_lr0.8_s1" not in names
+    assert "sgd_base_d8_lr3.2_s1" not in names  # its seed 1 has tried nothing yet
+
+
+ONE_SEED = [*GRID[: GRID.index("--seeds")], "--seeds", "1", *GRID[GRID.index("--optimizers") :]]
+
+
+@pytest.mark.slow
+def test_workers_on_several_devices_train_what_one_process_trains(tmp_path, capsys):
+    runs = {}
+    for name, devices in (("one", "cpu"), ("two", "cpu,cpu")):
+        run_dir = tmp_path / name
+        argv = ["--run-dir", str(run_dir), "--rows", str(ROWS), "--scale", str(SCALE), "--device", devices,
+                *ONE_SEED, *TRAIN]  # fmt: skip
+        assert full_scale.main(argv) == 0
+        runs[name] = {r.spec.name: r for r in load_run_dir(run_dir)}
+    out = capsys.readouterr().out
+    assert "on cpu x2 workers (cpu, cpu): synthetic click model" in out
+    assert runs["one"].keys() == runs["two"].keys() and len(runs["one"]) >= 6  # 3 configs x 2 rates, widened
+    for name, run in runs["one"].items():
+        assert runs["two"][name].test_auc == pytest.approx(run.test_auc, abs=1e-6), name
+        assert runs["two"][name].val_auc == pytest.approx(run.val_auc, abs=1e-6), name
+    session = json.loads((tmp_path / "two" / "sweep.json").read_text())["sessions"][-1]
+    assert session["device"] == "cpu x2 workers (cpu, cpu)" and session["finished"] == len(runs["two"])
+    ranks = sorted(p.name for p in (tmp_path / "two" / "rank" / "sgd").glob("*.json"))
+    assert ranks == sorted(p.name for p in (tmp_path / "one" / "rank" / "sgd").glob("*.json")) and ranks
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys):
+    _, settings = full_scale.parse(piece_args(tmp_path / "run"))
+    assert settings is not None
+    plan = full_scale_pool.Plan(settings, [10, 100], SCALE)
+    workers = full_scale_pool.Workers(plan, [torch.device("cpu")] * 2, full_scale_pool.DataFlags(ROWS, 1, SCALE))
+    try:
+        first, second = full_scale.wanted(settings)[:2]
+        workers.start(first)
+        workers.processes[0].kill()  # mid-run: building and training take seconds
+        ended = workers.wait()
+        assert (ended.spec, ended.code) == (first, 1)
+        assert "the worker on cpu stopped: its process ended with exit code -9" in capsys.readouterr().out
+        assert workers.idle()
+        workers.start(second)
+        assert workers.busy == {1: second}  # the live worker
+        ended = workers.wait()
+        assert (ended.spec, ended.code) == (second, 0) and sweep_plan.finished(second, settings.run_dir)
+        assert workers.idle() and workers.dead == {0}
+    finally:
+        workers.close()
+    assert not any(p.is_alive() for p in workers.processes)

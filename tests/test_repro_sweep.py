@@ -8,45 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import fake_payload
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
 from mlet.repro import sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
-
-
-def fake_payload(spec: RunSpec, peak: float) -> dict:
-    """A results JSON as dlrm_mlet.py writes it: AUC peaks at ``peak`` (in steps of 4x) and grows with d (MLET:
-    as 4x wider)."""
-    width = spec.config.dim * (4 if spec.config.is_mlet else 1)
-    auc = 0.70 + 0.01 * math.log2(width) - 0.005 * math.log(spec.lr / peak, 4) ** 2 + 0.0005 * spec.seed
-    metrics = {"epoch": 0, "iteration": 10, "auc": auc, "logloss": 0.5 - auc / 10, "accuracy": 0.7, "samples": 100}
-    return {
-        "final": metrics,
-        "val": {**metrics, "auc": auc - 0.001},
-        "best": metrics,
-        "history": [{**metrics, "iteration": 5, "auc": auc - 0.01}, metrics],
-        "train_samples_per_second": 1000.0,
-        "iterations": 10,
-        "parameters": {
-            "embedding_inference_bytes": 400 * spec.config.dim,
-            "embedding_training_bytes": 400 * (spec.config.hidden or spec.config.dim),
-        },
-        "args": {
-            "arch_sparse_feature_size": spec.config.dim,
-            "mlet_hidden": spec.config.hidden,
-            "optimizer": spec.optimizer,
-            "learning_rate": spec.lr,
-            "numpy_rand_seed": spec.seed,
-            "arch_mlp_bot": f"13-8-{spec.config.dim}",
-            "arch_mlp_top": "8-1",
-            "mini_batch_size": 32,
-            "nepochs": 1,
-        },
-        "data": "fake",
-        "device": "cpu",
-        "torch": "fake",
-    }
 
 
 class FakeTrainer:

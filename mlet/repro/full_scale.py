@@ -25,31 +25,22 @@ every seed), and the other seeds last. See docs/reproducing.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-import dlrm_mlet
-from dlrm_model import DLRM
-from mlet.core.config import ModelConfig
 from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
-from mlet.data.device_click import KAGGLE_ROWS, DeviceRows, device_bundle, kaggle_rows
+from mlet.data.device_click import KAGGLE_ROWS, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
-from mlet.training.checkpoints import dashed
-from mlet.training.processes import SingleProcess
-from mlet.training.trainer import Trainer, write_json
-from mlet_layers import EmbeddingTables
+from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers
+from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, device_name, measure_steps
 
-PROG = "full_scale.py"
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
 # The grid of the issue, with the embedded default's learning-rate grids (so the two compare side by side).
 DEFAULT_GRID = [
@@ -65,26 +56,8 @@ DEFAULT_TRAIN = [
 ]  # fmt: skip
 
 
-@dataclass
-class Piece:
-    """One call's work: the grid's settings, the rows on the device, and the time allowed for training."""
-
-    settings: sweep_plan.Settings
-    rows: DeviceRows
-    device: torch.device
-    budget_s: float
-    edges: list[int]
-    started: float
-    accept_data_change: bool = False
-    scale: float = 1.0
-
-
 # Sweep flags the in-process runner does not honour (refused, not ignored), with their namespace names and why.
-PAPER_QUESTION = (
-    "the full-scale grid compares plain tables with MLET only (the paper's question); scripts/reproduce.sh's "
-    "embedded default compares quotient-remainder, mixed-dimension and quantized tables"
-)
-ONE_AT_A_TIME = "the full-scale runs train one after another in this process, on the device; leave it out"
+ONE_AT_A_TIME = "the full-scale runs train one at a time per --device entry; name a device twice for two workers"
 UNHONOURED = {
     "--qr-dims": ("qr_dims", PAPER_QUESTION),
     "--mlet-qr-dims": ("mlet_qr_dims", PAPER_QUESTION),
@@ -121,146 +94,58 @@ def priority(spec: RunSpec, settings: sweep_plan.Settings) -> tuple:
 
 def wanted(settings: sweep_plan.Settings) -> list[RunSpec]:
     """The runs still to do, in :func:`priority` order: the initial grid, the widening the first seed's runs
-    already call for, and the widening (or missing seeds) of every seed (:func:`sweep_plan.widened_specs`)."""
+    already call for, and the widening (or missing seeds) of every seed (:func:`sweep_plan.widened_specs`).
+
+    A config widens only once its first seed has finished every initial rate: runs end out of order when
+    several workers train at once, and a grid read half-done would widen toward an edge it has not tried."""
     first = replace(settings, seeds=settings.seeds[:1])
-    specs = [*sweep_plan.initial_specs(settings), *sweep_plan.widened_specs(first), *sweep_plan.widened_specs(settings)]
-    todo = [s for s in dict.fromkeys(specs) if not sweep_plan.finished(s, settings.run_dir)]
-    return sorted(todo, key=lambda s: priority(s, settings))
-
-
-# -- one run ------------------------------------------------------------------------------------
-
-
-def test_freq(settings: sweep_plan.Settings, rows: DeviceRows, batch_size: int) -> int:
-    """Steps between test points: ``--tests-per-epoch`` per epoch, as ``sweep.py`` sets it."""
-    return max(1, math.ceil(math.ceil(rows.train_end / batch_size) / settings.tests_per_epoch))
-
-
-def run_flags(spec: RunSpec, settings: sweep_plan.Settings, extra: Sequence[str] = ()) -> list[str]:
-    """The ``dlrm_mlet.py`` flags of a run, as ``sweep.py`` gives them (no checkpoint file: see the module)."""
-    argv = [a for a in sweep_plan.run_argv(spec, settings, None) if not a.startswith("--save-collapsed=")]
-    return [*argv, *extra]
-
-
-def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[dlrm_mlet.Run, Trainer]:
-    """The run's checked flags and its trainer: data served from the piece's rows, tables initialised on the
-    device (CPU generators for a CPU device)."""
-    settings, device = piece.settings, piece.device
-    probe = dlrm_mlet.run_config(run_flags(spec, settings, extra))
-    freq = test_freq(settings, piece.rows, probe.data.batch_size)
-    run = dlrm_mlet.run_config(run_flags(spec, settings, [f"--test-freq={freq}", *extra]))
-    data = device_bundle(piece.rows, run.data.batch_size, run.data.test_batch_size, run.train.seed)
-    config = replace(run.model, table_sizes=tuple(data.table_sizes))
-    check_in_process(run, config)
-    torch.manual_seed(run.train.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = run.tf32
-        torch.backends.cudnn.allow_tf32 = run.tf32
-    tables = EmbeddingTables.from_config(config, seed=None, device=device)
-    tables.reset_parameters(run.train.seed, on_device=device.type == "cuda")
-    model = DLRM(config, seed=run.train.seed, device=device, tables=tables)
-    flags = {
-        **(run.flags or {}),
-        "table_sizes": list(data.table_sizes),
-        "arch_embedding_size": dashed(data.table_sizes),
-    }
-    return run, Trainer(run.train, data, model, SingleProcess(device), flags=flags)
-
-
-def check_in_process(run: dlrm_mlet.Run, config: ModelConfig) -> None:
-    """A :class:`UserError` unless ``run`` trains plain or MLET tables and evaluates them as trained: the tables
-    here are built as :class:`EmbeddingTables` (never quotient-remainder or mixed-dimension ones, which need
-    their own tables and, for mixed dimensions, the training counts) and nothing evaluates quantized tables."""
-    if config.is_composite or config.qr_flag or config.md_dims or run.mixed_dimension is not None:
-        flag = "--qr-flag" if config.qr_flag else "--md-flag"
-        raise UserError(f"{flag}: {PAPER_QUESTION}")
-    if run.quantize_bits:
-        raise UserError(f"--quantize-emb-with-bit: {PAPER_QUESTION}")
-
-
-def data_record(piece: Piece) -> dict:
-    """What a results JSON records of the generated data (``full_scale``)."""
-    rows = piece.rows
-    return {
-        "generator": "mlet.data.device_click.kaggle_rows",
-        "rows": rows.rows,
-        "scale": piece.scale,
-        "data_seed": rows.seed,
-        "model_table_sizes": rows.model_table_sizes,
-        "split": {"train": rows.train_end, "test": rows.test_end - rows.train_end, "val": rows.rows - rows.test_end},
-        "checksum": rows.checksum_text,
-        "device_name": device_name(piece.device),
-    }
-
-
-def train_one(spec: RunSpec, piece: Piece) -> None:
-    """Train one run, write its results JSON (and, for the first seed's paper-rate runs, its rank entry)."""
-    run, trainer = build_trainer(spec, piece)
-    dlrm_mlet.describe(trainer.model, trainer.data)
-    trainer.train()
-    final = trainer.history[-1] if trainer.history else trainer.test()
-    payload = {**trainer.results(final, trainer.validate(final)), "full_scale": data_record(piece)}
-    write_json(run.results_json, payload)
-    if sweep_plan.wants_checkpoint(spec, piece.settings):
-        entry = full_scale_rank.analyze_model(spec, trainer.model, piece.rows, piece.device, piece.edges)
-        full_scale_rank.write_entry(piece.settings.run_dir, spec, entry)
-    del trainer
-    gc.collect()
-    if piece.device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def run_logged(spec: RunSpec, piece: Piece) -> int:
-    """:func:`train_one` with its log in ``RUN_DIR/logs/NAME.log``; 0, or 1 after an error (noted in the log)."""
-    log_path = Path(piece.settings.run_dir) / "logs" / f"{spec.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as out, contextlib.redirect_stdout(out):
-        print(f"# {spec.name}: in-process run of {PROG}; flags {' '.join(run_flags(spec, piece.settings))}")
-        try:
-            train_one(spec, piece)
-        except (UserError, RuntimeError, ValueError) as error:
-            print(f"{PROG}: error: {type(error).__name__}: {error}")
-            return 1
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted")
-            raise
-    return 0
+    initial = [s for s in sweep_plan.initial_specs(settings) if not sweep_plan.finished(s, settings.run_dir)]
+    undecided = {(s.optimizer, s.config) for s in initial if s.seed == settings.seeds[0]}
+    widened = [
+        s
+        for s in [*sweep_plan.widened_specs(first), *sweep_plan.widened_specs(settings)]
+        if (s.optimizer, s.config) not in undecided and not sweep_plan.finished(s, settings.run_dir)
+    ]
+    return sorted(dict.fromkeys([*initial, *widened]), key=lambda s: priority(s, settings))
 
 
 # -- a piece ------------------------------------------------------------------------------------
 
 
-def run_piece(piece: Piece) -> dict:
-    """Run the wanted runs in :func:`priority` order while the next one fits in the budget; returns counts."""
-    settings = piece.settings
-    check_data(settings.run_dir, piece.rows.checksum_text, piece.accept_data_change)
+def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget_s: float, started: float) -> dict:
+    """Start the wanted runs in :func:`priority` order on the runner's idle workers while the next one would end
+    within the budget (judged by the longest run so far); returns counts (finished, failed, left)."""
     manifest = sweep.Manifest(settings)
-    manifest.session.update(device=device_name(piece.device), data_seconds=round(piece.rows.seconds, 1))
-    manifest.session.update(rows=piece.rows.rows, scale=piece.scale, data_seed=piece.rows.seed)
-    manifest.session["data_checksum"] = piece.rows.checksum_text
+    data = runner.data
+    manifest.session.update(device=data.devices, data_seconds=round(data.seconds, 1))
+    manifest.session.update(rows=data.rows, scale=data.scale, data_seed=data.seed)
+    manifest.session["data_checksum"] = data.checksum
     counts: dict = {"finished": 0, "failed": 0, "left": 0}
     failed: set[str] = set()
+    running: set[str] = set()
     longest = 0.0
     try:
         while True:
-            todo = [s for s in wanted(settings) if s.name not in failed]
-            elapsed = time.perf_counter() - piece.started
-            if not todo or elapsed + 1.2 * longest > piece.budget_s:
+            todo = [s for s in wanted(settings) if s.name not in failed | running]
+            while todo and runner.idle() and time.perf_counter() - started + 1.2 * longest <= budget_s:
+                spec = todo.pop(0)
+                runner.start(spec)
+                running.add(spec.name)
+            if not running:
                 counts["left"] = len(todo)
                 break
-            spec = todo[0]
-            start = time.perf_counter()
-            code = run_logged(spec, piece)
-            seconds = time.perf_counter() - start
-            longest = max(longest, seconds)
-            status = sweep.run_status(spec, code, settings.run_dir)
-            manifest.record(spec, status, seconds)
+            ended = runner.wait()
+            running.discard(ended.spec.name)
+            longest = max(longest, ended.seconds)
+            status = sweep.run_status(ended.spec, ended.code, settings.run_dir)
+            manifest.record(ended.spec, status, ended.seconds)
             done = status.startswith("finished")
             counts["finished" if done else "failed"] += 1
             if not done:
-                failed.add(spec.name)
-            print(f"{PROG}: {spec.name}: {status} in {seconds:.1f} s ({elapsed + seconds:.0f} s of the piece)")
-    except KeyboardInterrupt:  # the runs not finished are still to do (the one interrupted among them)
+                failed.add(ended.spec.name)
+            elapsed = time.perf_counter() - started
+            print(f"{PROG}: {ended.spec.name}: {status} in {ended.seconds:.1f} s ({elapsed:.0f} s of the piece)")
+    except KeyboardInterrupt:  # the runs not finished are still to do (the ones interrupted among them)
         counts.update(left=len([s for s in wanted(settings) if s.name not in failed]), interrupted=True)
         raise
     finally:
@@ -311,52 +196,6 @@ def check_data(run_dir: Path, checksum: str, accept: bool) -> None:
         )
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or ``cpu``."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def measure_steps(piece: Piece, batches: Sequence[int], configs: Sequence[Config], steps: int) -> list[dict]:
-    """Training steps per second at each batch size (data on the device, the run's precision), after a warm-up
-    of ``steps // 4`` steps; the mean over ``steps`` steps."""
-    rows = []
-    optimizer = piece.settings.optimizers[0]
-    for config in configs:
-        for batch in batches:
-            spec = RunSpec(optimizer, config, piece.settings.paper_lrs[optimizer], piece.settings.seeds[0])
-            _, trainer = build_trainer(spec, piece, [f"--mini-batch-size={batch}"])
-            timed = time_steps(trainer, steps)
-            rows.append({"model": config.title, "batch": batch, **timed})
-            print(
-                f"{PROG}: step rate {config.title}, batch {batch}: {timed['ms_per_step']:.3f} ms/step, "
-                f"{timed['samples_per_second'] / 1e6:.2f}M samples/s, an epoch of "
-                f"{piece.rows.train_end:,} samples in {piece.rows.train_end / timed['samples_per_second']:.0f} s"
-            )
-            del trainer
-            gc.collect()
-    return rows
-
-
-def time_steps(trainer: Trainer, steps: int) -> dict:
-    """Time ``steps`` steps of ``trainer`` on its first training batches (after ``steps // 4`` warm-up steps)."""
-    device = trainer.device
-    batches = trainer.data.train.batches(0)
-    warmup = max(1, steps // 4)
-    for _ in range(warmup):
-        trainer.step(next(batches))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, samples = time.perf_counter(), 0
-    for _ in range(steps):
-        batch = next(batches)
-        trainer.step(batch)
-        samples += batch.size
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"steps": steps, "ms_per_step": 1000 * seconds / steps, "samples_per_second": samples / seconds}
-
-
 # -- command line -------------------------------------------------------------------------------
 
 
@@ -367,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=KAGGLE_ROWS, help="rows generated (train, test and validation)")
     p.add_argument("--scale", type=float, default=1.0, help="table cardinalities as a share of Kaggle's")
     p.add_argument("--data-seed", type=int, default=1, help="seed of the click model and its samples")
-    p.add_argument("--device", default="cuda", help="cuda[:N] (the GPU) or cpu (small tests)")
+    p.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda[:N] (the GPU) or cpu (small tests); a comma-separated list trains on each at once, one worker "
+        "process per entry (cuda:0,cuda:1; a GPU named twice gets two workers)",
+    )
     p.add_argument("--budget-s", type=float, default=480.0, help="no run starts that would end past this")
     p.add_argument("--frequency-edges", default="10,100,1000", help="bins of the rarest-id training count")
     p.add_argument("--measure-batches", type=int, nargs="*", default=[], help="time training steps at these batches")
@@ -388,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Settings | None]:
-    """This command's flags (``device`` made a :class:`torch.device`) and the sweep's settings (None for
-    ``--report``, which reads the run directory alone); a :class:`UserError` names a bad flag."""
+    """This command's flags (``devices``: ``--device`` as a list of :class:`torch.device`) and the sweep's
+    settings (None for ``--report``, which reads the run directory alone); a :class:`UserError` names a bad
+    flag."""
     argv = list(sys.argv[1:] if argv is None else argv)
     dashes = argv.index("--") if "--" in argv else len(argv)
     args, rest = build_parser().parse_known_args(argv[:dashes])
@@ -400,8 +245,11 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
         raise UserError(f"--budget-s: must be > 0, got {args.budget_s}")
     if args.report:
         return args, None
-    args.device = parse_device(args.device)
-    train = [*DEFAULT_TRAIN, *(["--use-gpu"] if args.device.type == "cuda" else []), *argv[dashes + 1 :]]
+    args.devices = parse_devices(args.device)
+    if args.measure_batches and len(args.devices) > 1:
+        raise UserError("--measure-batches: the step rates are timed on one device; give one --device")
+    cuda = args.devices[0].type == "cuda"
+    train = [*DEFAULT_TRAIN, *(["--use-gpu"] if cuda else []), *argv[dashes + 1 :]]
     parser = sweep.build_parser(prog=PROG)
     sweep_args = parser.parse_args([*DEFAULT_GRID, "--run-dir", str(args.run_dir), *rest, "--", *train])
     for flag, (dest, why) in UNHONOURED.items():
@@ -411,6 +259,14 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
     sweep.check_run_dir(settings)
     check_data_flags(args.run_dir, {"rows": args.rows, "scale": args.scale, "data_seed": args.data_seed})
     return args, settings
+
+
+def parse_devices(text: str) -> list[torch.device]:
+    """``--device``: one device, or a comma-separated list (one worker each; all CPU or all CUDA)."""
+    devices = [parse_device(part) for part in text.split(",")]
+    if len({d.type for d in devices}) > 1:
+        raise UserError(f"--device {text}: give CUDA devices only, or the CPU only")
+    return devices
 
 
 def parse_device(text: str) -> torch.device:
@@ -447,24 +303,43 @@ def run_command(argv: Sequence[str] | None) -> int:
             print(spec.name)
         return 0
     started = time.perf_counter()
-    device = args.device
-    rows = kaggle_rows(args.rows, args.data_seed, args.scale, device)
-    print(f"{PROG}: data in {rows.seconds:.1f} s: {rows.describe()}")
-    print(f"{PROG}: data checksum: {rows.checksum_text}")
-    piece = Piece(settings, rows, device, args.budget_s, edges, started, args.accept_data_change, args.scale)
-    if args.measure_batches:
-        configs = [Config(16), min(c for c in settings.configs if c.is_mlet)]
-        rates = measure_steps(piece, args.measure_batches, configs, args.measure_steps)
-        if args.step_rates_json is not None:
-            record = {"device": device_name(device), "tf32": False, "rows": rows.rows, "rates": rates}
-            args.step_rates_json.parent.mkdir(parents=True, exist_ok=True)
-            args.step_rates_json.write_text(json.dumps(record, indent=1) + "\n")
-    counts = run_piece(piece)
+    runner = start_runner(args, settings, edges)
+    try:
+        data = runner.data
+        print(f"{PROG}: data in {data.seconds:.1f} s on {data.devices}: {data.description}")
+        print(f"{PROG}: data checksum: {data.checksum}")
+        check_data(settings.run_dir, data.checksum, args.accept_data_change)
+        if args.measure_batches and isinstance(runner, InProcess):
+            write_step_rates(args, runner.piece, settings)
+        counts = run_piece(settings, runner, args.budget_s, started)
+    finally:
+        runner.close()
     print(
         f"{PROG}: {counts['finished']} runs finished, {counts['failed']} failed, {counts['left']} still to do "
         f"(more may follow from widening); {time.perf_counter() - started:.0f} s in all"
     )
     return 1 if counts["failed"] else 0
+
+
+def start_runner(args: argparse.Namespace, settings: sweep_plan.Settings, edges: list[int]) -> InProcess | Workers:
+    """The rows generated here and the runs trained here for one ``--device``; a worker process per entry
+    (each generating its rows) for several."""
+    data = DataFlags(args.rows, args.data_seed, args.scale)
+    if len(args.devices) > 1:
+        return Workers(Plan(settings, edges, args.scale), args.devices, data)
+    device = args.devices[0]
+    return InProcess(Piece(settings, kaggle_rows(data.rows, data.seed, data.scale, device), device, edges, data.scale))
+
+
+def write_step_rates(args: argparse.Namespace, piece: Piece, settings: sweep_plan.Settings) -> None:
+    """``--measure-batches``: time steps of the 16-wide baseline and the narrowest MLET config at each batch size
+    (printed; written to ``--step-rates-json`` when given)."""
+    configs = [Config(16), min(c for c in settings.configs if c.is_mlet)]
+    rates = measure_steps(piece, args.measure_batches, configs, args.measure_steps)
+    if args.step_rates_json is not None:
+        record = {"device": device_name(piece.device), "tf32": False, "rows": piece.rows.rows, "rates": rates}
+        args.step_rates_json.parent.mkdir(parents=True, exist_ok=True)
+        args.step_rates_json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def report(run_dir: Path) -> int:

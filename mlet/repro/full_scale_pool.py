@@ -1,0 +1,213 @@
+"""Where a full-scale piece trains its runs: in this process on one device, or in one worker process per device.
+
+Both runners have the same three calls: :meth:`start` a run on an idle worker,
+:meth:`wait` for the next run to end, :meth:`close`. :class:`InProcess` trains
+in the calling process (one run at a time; the rows it was given).
+:class:`Workers` starts one process per ``--device`` entry; each generates its
+own copy of the rows on its device (the generator is deterministic: the copies
+are checked to have the same checksum) and trains the runs it is sent, one at a
+time. Naming a GPU twice runs two workers on it: the device is time-shared, so
+one trains while the other evaluates on the host (scikit-learn's AUC over 3.3M
+test samples takes seconds), which keeps the GPU busier.
+
+The parent alone decides which run goes where and writes ``sweep.json``; each
+worker writes its runs' results JSONs and logs, as the in-process runner does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue
+from typing import Any
+
+import torch
+
+from mlet.core.errors import UserError
+from mlet.data.device_click import DeviceRows, kaggle_rows
+from mlet.repro import sweep_plan
+from mlet.repro.experiments import RunSpec
+from mlet.repro.full_scale_run import PROG, Piece, device_name, run_logged
+
+# How often the parent looks whether a silent worker is still alive (seconds).
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class DataFlags:
+    """What generates a piece's rows (``--rows``, ``--data-seed``, ``--scale``): each worker generates its own."""
+
+    rows: int
+    seed: int
+    scale: float
+
+    def generate(self, device: torch.device) -> DeviceRows:
+        """The rows on ``device``."""
+        return kaggle_rows(self.rows, self.seed, self.scale, device)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every worker's runs share besides the rows: the grid's settings, the rank bins, the table scale."""
+
+    settings: sweep_plan.Settings
+    edges: list[int]
+    scale: float
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What ``sweep.json`` records of a piece's rows, and the line the piece prints about them."""
+
+    devices: str
+    seconds: float
+    rows: int
+    seed: int
+    scale: float
+    checksum: str
+    description: str
+
+    @classmethod
+    def of(cls, rows: DeviceRows, devices: str, scale: float) -> DataInfo:
+        """The record of ``rows`` (generated on ``devices`` with tables at ``scale`` of Kaggle's)."""
+        return cls(devices, rows.seconds, rows.rows, rows.seed, scale, rows.checksum_text, rows.describe())
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A run that ended: 0 or 1 as :func:`run_logged` returns it, and its wall time."""
+
+    spec: RunSpec
+    code: int
+    seconds: float
+
+
+class InProcess:
+    """Trains the runs in this process, one at a time, on the piece's rows."""
+
+    def __init__(self, piece: Piece) -> None:
+        self.piece = piece
+        self.queued: RunSpec | None = None
+        self.data = DataInfo.of(piece.rows, device_name(piece.device), piece.scale)
+
+    def idle(self) -> bool:
+        """Whether a run may start now."""
+        return self.queued is None
+
+    def start(self, spec: RunSpec) -> None:
+        """Queue ``spec``; it trains in :meth:`wait`."""
+        self.queued = spec
+
+    def wait(self) -> Ended:
+        """Train the queued run."""
+        spec, self.queued = self.queued, None
+        assert spec is not None, "wait() without a started run"
+        start = time.perf_counter()
+        code = run_logged(spec, self.piece)
+        return Ended(spec, code, time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Workers:
+    """One spawned process per device entry, each with its own rows; runs go to whichever worker is idle."""
+
+    def __init__(self, plan: Plan, devices: list[torch.device], data: DataFlags) -> None:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self.ended: Queue = context.Queue()
+        self.tasks: list[Queue] = [context.Queue() for _ in devices]
+        self.processes: list[SpawnProcess] = [
+            context.Process(target=work, args=(plan, str(device), data, tasks, self.ended, index), daemon=True)
+            for index, (device, tasks) in enumerate(zip(devices, self.tasks, strict=True))
+        ]
+        self.devices = devices
+        self.busy: dict[int, RunSpec] = {}
+        self.dead: set[int] = set()
+        for process in self.processes:
+            process.start()
+        try:
+            self.data = self.check_ready()
+        except BaseException:  # a failed or interrupted start leaves no worker behind
+            self.close()
+            raise
+
+    def check_ready(self) -> DataInfo:
+        """Wait until every worker has its rows; they must be the same rows (a :class:`UserError` otherwise)."""
+        infos: dict[int, DataInfo] = {}
+        while len(infos) < len(self.processes):
+            kind, index, payload = self.receive()
+            if kind == "failed":
+                raise UserError(f"--device {self.devices[index]}: generating the rows failed: {payload}")
+            infos[index] = payload
+        checksums = {info.checksum for info in infos.values()}
+        if len(checksums) > 1:
+            raise UserError(f"--device: the devices generated different rows (checksums {sorted(checksums)})")
+        first = infos[0]
+        names = ", ".join(sorted({device_name(d) for d in self.devices}))
+        devices = f"{names} x{len(self.devices)} workers ({', '.join(str(d) for d in self.devices)})"
+        slowest = max(info.seconds for info in infos.values())
+        return replace(first, devices=devices, seconds=slowest)
+
+    def idle(self) -> bool:
+        """Whether a live worker is free."""
+        return len(self.busy) + len(self.dead) < len(self.processes)
+
+    def start(self, spec: RunSpec) -> None:
+        """Send ``spec`` to the first idle worker."""
+        index = next(i for i in range(len(self.processes)) if i not in self.busy and i not in self.dead)
+        self.busy[index] = spec
+        self.tasks[index].put(spec)
+
+    def wait(self) -> Ended:
+        """The next run to end; a worker that died mid-run ends its run as failed (exit code 1)."""
+        while True:
+            kind, index, payload = self.receive()
+            spec = self.busy.pop(index, None)
+            if kind == "ended":
+                return payload
+            print(f"{PROG}: the worker on {self.devices[index]} stopped: {payload}", flush=True)
+            if spec is not None:
+                return Ended(spec, 1, 0.0)
+
+    def receive(self) -> tuple[str, int, Any]:
+        """The next message of any worker; a worker found dead reports ``failed`` (once)."""
+        while True:
+            try:
+                return self.ended.get(timeout=POLL_S)
+            except queue.Empty:
+                for index, process in enumerate(self.processes):
+                    if index not in self.dead and not process.is_alive():
+                        self.dead.add(index)
+                        return "failed", index, f"its process ended with exit code {process.exitcode}"
+
+    def close(self) -> None:
+        """Stop the workers (an idle one ends when told; a busy one is terminated)."""
+        for index, tasks in enumerate(self.tasks):
+            if index not in self.busy:
+                tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=10 if not self.busy else 0.1)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+
+def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Queue, index: int) -> None:
+    """A worker process: generate the rows on the device, then train each run it is sent until told to stop."""
+    device = torch.device(device_text)
+    try:
+        rows = data.generate(device)
+        piece = Piece(plan.settings, rows, device, plan.edges, plan.scale)
+        ended.put(("ready", index, DataInfo.of(rows, device_text, plan.scale)))
+        while (spec := tasks.get()) is not None:
+            start = time.perf_counter()
+            code = run_logged(spec, piece)
+            ended.put(("ended", index, Ended(spec, code, time.perf_counter() - start)))
+    except (RuntimeError, ValueError) as error:  # generating the rows failed (run_logged catches its own)
+        ended.put(("failed", index, f"{type(error).__name__}: {error}"))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process: the parent records the piece
+        return
