@@ -38,7 +38,7 @@ from mlet.core.errors import OneLineParser, UserError, require_at_least, run_rep
 from mlet.data.device_click import KAGGLE_ROWS, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
-from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers
+from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, use_device
 from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, device_name, measure_steps
 
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
@@ -327,7 +327,7 @@ def start_runner(args: argparse.Namespace, settings: sweep_plan.Settings, edges:
     data = DataFlags(args.rows, args.data_seed, args.scale)
     if len(args.devices) > 1:
         return Workers(Plan(settings, edges, args.scale), args.devices, data)
-    device = args.devices[0]
+    device = use_device(args.devices[0])
     return InProcess(Piece(settings, kaggle_rows(data.rows, data.seed, data.scale, device), device, edges, data.scale))
 
 

@@ -196,9 +196,17 @@ class Workers:
                 process.join()
 
 
+def use_device(device: torch.device) -> torch.device:
+    """Make ``device`` this process's current CUDA device (Triton kernels launch on the current one, whatever
+    their tensors' device); returns it."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Queue, index: int) -> None:
     """A worker process: generate the rows on the device, then train each run it is sent until told to stop."""
-    device = torch.device(device_text)
+    device = use_device(torch.device(device_text))
     try:
         rows = data.generate(device)
         piece = Piece(plan.settings, rows, device, plan.edges, plan.scale)
