@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -361,12 +362,19 @@ def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None
         host = sessions[-1] if sessions else {}
         lines.append(
             f"- sweep: {len(sessions)} session(s), {wall / 60:.1f} min wall in all, {run_seconds / 60:.1f} run-minutes;"
-            f" {record['settings'].get('jobs')} runs at a time, "
-            f"{record['settings'].get('threads')} torch thread(s) each;"
-            f" host {host.get('host')} ({host.get('cpus')} CPUs), "
+            f" {how_runs_ran(record)}; host {host.get('host')} ({host.get('cpus')} CPUs), "
             f"first session started {sessions[0].get('started') if sessions else '?'}"
         )
     return lines
+
+
+def how_runs_ran(record: dict) -> str:
+    """``sweep.py``'s jobs and threads, or the devices of ``full_scale.py``'s pieces (with how many pieces each)."""
+    devices = Counter(s["device"] for s in record.get("sessions", []) if s.get("device"))
+    if devices:
+        return "pieces on " + ", ".join(f"{device} ({n})" for device, n in devices.items())
+    settings = record["settings"]
+    return f"{settings.get('jobs')} runs at a time, {settings.get('threads')} torch thread(s) each"
 
 
 def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[RunResult], list[str]]:
