@@ -351,3 +351,12 @@ def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys)
     finally:
         workers.close()
     assert not any(p.is_alive() for p in workers.processes)
+
+
+def test_a_dry_run_lists_a_gpu_grid_on_a_machine_without_the_gpus(tmp_path, capsys):
+    # the list of runs left needs no device: a GPU run directory can be read on a laptop
+    argv = ["--run-dir", str(tmp_path / "run"), "--device", "cuda:0,cuda:7", "--dry-run", *GRID, *TRAIN]
+    assert full_scale.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("full_scale.py: 12 runs to do") and "\nsgd_base_d4_lr0.2_s1\n" in out
+    assert not (tmp_path / "run").exists()

@@ -245,7 +245,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
         raise UserError(f"--budget-s: must be > 0, got {args.budget_s}")
     if args.report:
         return args, None
-    args.devices = parse_devices(args.device)
+    args.devices = parse_devices(args.device, present=not args.dry_run)  # a dry run lists; it needs no GPU
     if args.measure_batches and len(args.devices) > 1:
         raise UserError("--measure-batches: the step rates are timed on one device; give one --device")
     cuda = args.devices[0].type == "cuda"
@@ -261,25 +261,28 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
     return args, settings
 
 
-def parse_devices(text: str) -> list[torch.device]:
-    """``--device``: one device, or a comma-separated list (one worker each; all CPU or all CUDA)."""
-    devices = [parse_device(part) for part in text.split(",")]
+def parse_devices(text: str, present: bool = True) -> list[torch.device]:
+    """``--device``: one device, or a comma-separated list (one worker each; all CPU or all CUDA); ``present``:
+    each must exist on this machine."""
+    devices = [parse_device(part, present) for part in text.split(",")]
     if len({d.type for d in devices}) > 1:
         raise UserError(f"--device {text}: give CUDA devices only, or the CPU only")
     return devices
 
 
-def parse_device(text: str) -> torch.device:
-    """``--device``: ``cpu``, or ``cuda``/``cuda:N`` of a GPU this machine has."""
+def parse_device(text: str, present: bool = True) -> torch.device:
+    """``--device``: ``cpu``, or ``cuda``/``cuda:N`` (``present``: of a GPU this machine has)."""
     try:
         device = torch.device(text)
     except RuntimeError:
         device = torch.device("meta")  # refused below, with the rest
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device: expected cpu or cuda[:N], got {text!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if not present or device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
         raise UserError(f"--device {text}: no CUDA device is available (use --device cpu for a small test)")
-    if device.index is not None and device.type == "cuda" and device.index >= torch.cuda.device_count():
+    if device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
