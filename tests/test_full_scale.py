@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import fake_payload, run_snippet
+from helpers import ROOT, fake_payload, run_snippet
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
-from mlet.repro import full_scale, full_scale_pool, full_scale_run, sweep, sweep_plan
+from mlet.repro import full_scale, full_scale_pool, full_scale_run, summary, sweep, sweep_plan
 from mlet.repro.analysis import gram_singular_values
 from mlet.repro.experiments import Config, RunSpec, load_run_dir
 from mlet_layers import EmbeddingTables
@@ -340,7 +346,8 @@ def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys)
         workers.start(first)
         workers.processes[0].kill()  # mid-run: building and training take seconds
         ended = workers.wait()
-        assert (ended.spec, ended.code) == (first, 1)
+        assert (ended.spec, ended.code) == (first, -9) and ended.seconds > 0  # the worker's exit code, its time
+        assert sweep.run_status(first, ended.code, settings.run_dir) == "failed (exit code -9)"
         assert "the worker on cpu stopped: its process ended with exit code -9" in capsys.readouterr().out
         assert workers.idle()
         workers.start(second)
@@ -353,10 +360,135 @@ def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys)
     assert not any(p.is_alive() for p in workers.processes)
 
 
-def test_a_dry_run_lists_a_gpu_grid_on_a_machine_without_the_gpus(tmp_path, capsys):
-    # the list of runs left needs no device: a GPU run directory can be read on a laptop
-    argv = ["--run-dir", str(tmp_path / "run"), "--device", "cuda:0,cuda:7", "--dry-run", *GRID, *TRAIN]
+def test_a_second_piece_at_once_on_a_run_dir_is_refused(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    with full_scale.only_piece(run_dir):  # a piece training there
+        assert full_scale.main(piece_args(run_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"full_scale.py: error: --run-dir {run_dir}: another piece is training in it; wait for")
+    assert err.count("\n") == 1 and not (run_dir / "sweep.json").exists()
+    with full_scale.only_piece(run_dir):  # held by the piece alone, released when it ends
+        pass
+
+
+def test_a_dry_run_lists_the_runs_for_devices_this_machine_lacks(tmp_path, capsys):
+    # planning a GPU grid on a laptop: the list needs no device (its runs' flags still say --use-gpu)
+    argv = ["--run-dir", str(tmp_path / "run"), "--device", "cuda:0,cuda:63", "--dry-run", *GRID, *TRAIN]
     assert full_scale.main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("full_scale.py: 12 runs to do") and "\nsgd_base_d4_lr0.2_s1\n" in out
     assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_names_the_pieces_of_each_device():
+    one, six = "NVIDIA H200", "NVIDIA H200 x6 workers (cuda:0, cuda:1, cuda:0, cuda:1, cuda:0, cuda:1)"
+    sessions = [{"device": one}, {"device": six}, {"started": "killed before its data"}, {"device": six}]
+    assert summary.how_runs_ran({"settings": {}, "sessions": sessions}) == f"1 piece on {one}, 2 pieces on {six}"
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+
+
+SNIPPET_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # as run_snippet's, whose pipes a live worker would hold open
+SIGNALLED_PIECE = """
+import json, os, signal, sys
+from mlet.repro import full_scale, full_scale_pool
+check_ready = full_scale_pool.Workers.check_ready
+def ctrl_c_at_start(self):  # Ctrl-C while the workers start (a terminal's reaches every process of the group)
+    with open(sys.argv[1], "w") as out:
+        json.dump([process.pid for process in self.processes], out)
+    for process in self.processes:
+        os.kill(process.pid, signal.SIGINT)
+    return check_ready(self)
+full_scale_pool.Workers.check_ready = ctrl_c_at_start
+sys.exit(full_scale.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
+    # a Ctrl-C while the workers start is the parent's alone (no traceback of theirs); a worker killed mid-run
+    # fails its run; SIGTERM to the piece (a batch system, timeout) ends it as Ctrl-C does: one line, the piece
+    # recorded, no worker left behind
+    run_dir, pids = tmp_path / "run", tmp_path / "pids.json"
+    argv = ["--run-dir", str(run_dir), "--rows", "5000", "--scale", str(SCALE), "--device", "cpu,cpu",
+            "--budget-s", "600", *ONE_SEED, *TRAIN, "--nepochs=10000"]  # fmt: skip
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        command = [sys.executable, "-c", SIGNALLED_PIECE, str(pids), *argv]
+        piece = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT, env=SNIPPET_ENV)
+    workers: list[int] = []
+    try:
+        wait_for(lambda: len(list((run_dir / "logs").glob("*.log"))) == 2 or piece.poll() is not None, "two runs")
+        workers = json.loads(pids.read_text())
+        assert piece.poll() is None, err.read_text()
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: "stopped" in out.read_text() or piece.poll() is not None, "the dead worker noticed")
+        children = [int(pid) for pid in Path(f"/proc/{piece.pid}/task/{piece.pid}/children").read_text().split()]
+        piece.send_signal(signal.SIGTERM)
+        assert piece.wait(timeout=60) == 130, err.read_text()
+        # the worker and multiprocessing's resource tracker (which would warn of what a worker left) end too
+        wait_for(lambda: not any(running(pid) for pid in children), "the piece's processes to end", timeout=30)
+    finally:
+        for pid in [piece.pid, *workers]:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert (
+        err.read_text()
+        == "full_scale.py: interrupted; finished runs are kept, the same command continues with the rest\n"
+    )
+    assert "the worker on cpu stopped: its process ended with exit code -9" in out.read_text()
+    record = json.loads((run_dir / "sweep.json").read_text())
+    assert record["runs"] == {
+        "sgd_base_d4_lr0.2_s1": {**record["runs"]["sgd_base_d4_lr0.2_s1"], "status": "failed (exit code -9)"}
+    }
+    session = record["sessions"][-1]
+    assert (session["finished"], session["failed"], session["interrupted"]) == (0, 1, True)
+    assert (run_dir / "logs" / "sgd_mlet_d4_k64_lr0.2_s1.log").read_text().endswith("full_scale.py: interrupted\n")
+
+
+ORPHANED_WORKERS = """
+import json, os, signal, sys
+from mlet.repro import full_scale, full_scale_pool
+args, settings = full_scale.parse(sys.argv[2:])
+data = full_scale_pool.DataFlags(args.rows, args.data_seed, args.scale)
+workers = full_scale_pool.Workers(full_scale_pool.Plan(settings, [10], args.scale), args.devices, data)
+with open(sys.argv[1], "w") as out:
+    json.dump([process.pid for process in workers.processes], out)
+os.kill(os.getpid(), signal.SIGKILL)  # the parent killed (out of memory, SIGKILL): nothing of its own cleans up
+"""
+
+
+@pytest.mark.slow
+def test_idle_workers_end_when_their_parent_is_killed(tmp_path):
+    pids = tmp_path / "pids.json"
+    argv = piece_args(tmp_path / "run")
+    argv[argv.index("--device") + 1] = "cpu,cpu"
+    with open(tmp_path / "err.txt", "w") as err:  # not a pipe: a worker left running would hold it open
+        command = [sys.executable, "-c", ORPHANED_WORKERS, str(pids), *argv]
+        code = subprocess.call(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=SNIPPET_ENV, timeout=300)
+    assert code == -signal.SIGKILL, (tmp_path / "err.txt").read_text()
+    workers = json.loads(pids.read_text())
+    try:
+        wait_for(lambda: not any(running(pid) for pid in workers), "the workers to end", timeout=30)
+    finally:
+        for pid in workers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -25,10 +25,14 @@ every seed), and the other seeds last. See docs/reproducing.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +42,7 @@ from mlet.core.errors import OneLineParser, UserError, require_at_least, run_rep
 from mlet.data.device_click import KAGGLE_ROWS, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
-from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, use_device
+from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, handling, interrupt, use_device
 from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, device_name, measure_steps
 
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
@@ -289,8 +293,10 @@ def parse_device(text: str, present: bool = True) -> torch.device:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1, Ctrl-C
-    with one line and exit code 130 (the piece's record in ``sweep.json`` says so)."""
-    return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
+    and SIGTERM with one line and exit code 130 (the piece's record in ``sweep.json`` says so; no worker is
+    left)."""
+    with handling(signal.SIGTERM, interrupt):  # SIGTERM's default would end this process alone, not its workers
+        return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
 
 
 def run_command(argv: Sequence[str] | None) -> int:
@@ -305,6 +311,31 @@ def run_command(argv: Sequence[str] | None) -> int:
         for spec in todo:
             print(spec.name)
         return 0
+    with only_piece(settings.run_dir):
+        return train_piece(args, settings, edges)
+
+
+@contextlib.contextmanager
+def only_piece(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` while this piece runs (a lock on the folder): a second piece there at once is refused, as
+    it would train the same runs and each would overwrite the other's sessions in ``sweep.json``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"--run-dir {run_dir}: another piece is training in it; wait for it to end (two at once would train "
+                "the same runs; one piece trains on several devices with a --device list)"
+            ) from None
+        yield
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def train_piece(args: argparse.Namespace, settings: sweep_plan.Settings, edges: list[int]) -> int:
+    """Generate the rows (step rates first when asked), train a piece; 1 when a run failed."""
     started = time.perf_counter()
     runner = start_runner(args, settings, edges)
     try:

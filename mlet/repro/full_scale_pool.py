@@ -12,19 +12,26 @@ test samples takes seconds), which keeps the GPU busier.
 
 The parent alone decides which run goes where and writes ``sweep.json``; each
 worker writes its runs' results JSONs and logs, as the in-process runner does.
+A worker does not outlive its piece: SIGTERM ends it as Ctrl-C does (its run's
+log says ``interrupted``), and one whose parent was killed ends after its run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceRows, kaggle_rows
@@ -127,8 +134,12 @@ class Workers:
         self.devices = devices
         self.busy: dict[int, RunSpec] = {}
         self.dead: set[int] = set()
-        for process in self.processes:
-            process.start()
+        self.ready: set[int] = set()
+        self.started: dict[int, float] = {}
+        # started with Ctrl-C ignored (one during a worker's imports would print its traceback); work() restores it
+        with handling(signal.SIGINT, signal.SIG_IGN):
+            for process in self.processes:
+                process.start()
         try:
             self.data = self.check_ready()
         except BaseException:  # a failed or interrupted start leaves no worker behind
@@ -143,6 +154,7 @@ class Workers:
             if kind == "failed":
                 raise UserError(f"--device {self.devices[index]}: generating the rows failed: {payload}")
             infos[index] = payload
+            self.ready.add(index)
         checksums = {info.checksum for info in infos.values()}
         if len(checksums) > 1:
             raise UserError(f"--device: the devices generated different rows (checksums {sorted(checksums)})")
@@ -160,10 +172,12 @@ class Workers:
         """Send ``spec`` to the first idle worker."""
         index = next(i for i in range(len(self.processes)) if i not in self.busy and i not in self.dead)
         self.busy[index] = spec
+        self.started[index] = time.perf_counter()
         self.tasks[index].put(spec)
 
     def wait(self) -> Ended:
-        """The next run to end; a worker that died mid-run ends its run as failed (exit code 1)."""
+        """The next run to end; a worker that died mid-run ends its run as failed, with the worker's exit code
+        (-9: killed) and the time the run had."""
         while True:
             kind, index, payload = self.receive()
             spec = self.busy.pop(index, None)
@@ -171,7 +185,8 @@ class Workers:
                 return payload
             print(f"{PROG}: the worker on {self.devices[index]} stopped: {payload}", flush=True)
             if spec is not None:
-                return Ended(spec, 1, 0.0)
+                code = self.processes[index].exitcode or 1
+                return Ended(spec, code, time.perf_counter() - self.started[index])
 
     def receive(self) -> tuple[str, int, Any]:
         """The next message of any worker; a worker found dead reports ``failed`` (once)."""
@@ -185,14 +200,18 @@ class Workers:
                         return "failed", index, f"its process ended with exit code {process.exitcode}"
 
     def close(self) -> None:
-        """Stop the workers (an idle one ends when told; a busy one is terminated)."""
-        for index, tasks in enumerate(self.tasks):
-            if index not in self.busy:
-                tasks.put(None)
-        for process in self.processes:
-            process.join(timeout=10 if not self.busy else 0.1)
+        """Stop the workers: an idle one ends when told; a busy one, or one still generating its rows, is
+        terminated (it ends as on Ctrl-C); one that does not end within 10 s is killed."""
+        waiting = [i for i in self.ready if i not in self.busy]
+        for index in waiting:
+            self.tasks[index].put(None)
+        for index, process in enumerate(self.processes):
+            process.join(timeout=10 if index in waiting else 0.1)
             if process.is_alive():
                 process.terminate()
+                process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
                 process.join()
 
 
@@ -204,18 +223,53 @@ def use_device(device: torch.device) -> torch.device:
     return device
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: end as Ctrl-C does (``terminate()``, a batch system's or ``timeout``'s SIGTERM)."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def handling(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for signal ``signum`` while inside, the old one after; off the main thread (which alone may set
+    them), nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, old)
+
+
+def next_task(tasks: Queue) -> RunSpec | None:
+    """The next run sent; None when told to stop, or when the parent is gone (killed: nobody would tell)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return tasks.get(timeout=POLL_S)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
 def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Queue, index: int) -> None:
     """A worker process: generate the rows on the device, then train each run it is sent until told to stop."""
-    device = use_device(torch.device(device_text))
     try:
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # started with Ctrl-C ignored (Workers)
+        # tqdm's default lock is a named semaphore, which a killed worker would leave to the resource tracker (and
+        # its warning on stderr); the runs' bars are off, one process' lock is enough
+        tqdm.set_lock(threading.RLock())
+        device = use_device(torch.device(device_text))
         rows = data.generate(device)
         piece = Piece(plan.settings, rows, device, plan.edges, plan.scale)
         ended.put(("ready", index, DataInfo.of(rows, device_text, plan.scale)))
-        while (spec := tasks.get()) is not None:
+        while (spec := next_task(tasks)) is not None:
             start = time.perf_counter()
             code = run_logged(spec, piece)
             ended.put(("ended", index, Ended(spec, code, time.perf_counter() - start)))
     except (RuntimeError, ValueError) as error:  # generating the rows failed (run_logged catches its own)
         ended.put(("failed", index, f"{type(error).__name__}: {error}"))
-    except KeyboardInterrupt:  # Ctrl-C reaches every process: the parent records the piece
+    except KeyboardInterrupt:  # Ctrl-C reaches every process, SIGTERM too: the parent records the piece
         return

@@ -372,7 +372,7 @@ def how_runs_ran(record: dict) -> str:
     """``sweep.py``'s jobs and threads, or the devices of ``full_scale.py``'s pieces (with how many pieces each)."""
     devices = Counter(s["device"] for s in record.get("sessions", []) if s.get("device"))
     if devices:
-        return "pieces on " + ", ".join(f"{device} ({n})" for device, n in devices.items())
+        return ", ".join(f"{n} piece{'s' if n > 1 else ''} on {device}" for device, n in devices.items())
     settings = record["settings"]
     return f"{settings.get('jobs')} runs at a time, {settings.get('threads')} torch thread(s) each"
 
