@@ -175,6 +175,8 @@ NO_CUDA = ["--device", "cuda"] if not torch.cuda.is_available() else ["--rows", 
         (["--quantize-bits", "8"], "--quantize-bits: the full-scale grid compares"),
         (["--jobs", "2"], "--jobs: the full-scale runs train one at a time per --device entry"),
         (["--device", "cpu,meta"], "--device: expected cpu or cuda[:N], got 'meta'"),
+        (["--", "--budget-s", "5"], "--budget-s 5: not a dlrm_mlet.py flag (the flags after -- go to every run;"),
+        (["--step-rates-json", "rates.json"], "--step-rates-json: holds the rates --measure-batches times"),
         (["--device", "cpu,cpu", "--measure-batches", "512"], "--measure-batches: the step rates are timed on one"),
     ],
 )

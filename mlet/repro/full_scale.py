@@ -43,7 +43,7 @@ from mlet.data.device_click import KAGGLE_ROWS, kaggle_rows
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
 from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, handling, interrupt, use_device
-from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, device_name, measure_steps
+from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, check_run_flags, device_name, measure_steps
 
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
 # The grid of the issue, with the embedded default's learning-rate grids (so the two compare side by side).
@@ -250,6 +250,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
     if args.report:
         return args, None
     args.devices = parse_devices(args.device, present=not args.dry_run)  # a dry run lists; it needs no GPU
+    if args.step_rates_json is not None and not args.measure_batches:
+        raise UserError("--step-rates-json: holds the rates --measure-batches times; give --measure-batches too")
     if args.measure_batches and len(args.devices) > 1:
         raise UserError("--measure-batches: the step rates are timed on one device; give one --device")
     cuda = args.devices[0].type == "cuda"
@@ -261,6 +263,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
             raise UserError(f"{flag}: {why}")
     settings = sweep.settings_from_args(sweep_args)
     sweep.check_run_dir(settings)
+    if not args.dry_run:  # a dry run only lists the runs (of a GPU grid, on any machine)
+        check_run_flags(settings)
     check_data_flags(args.run_dir, {"rows": args.rows, "scale": args.scale, "data_seed": args.data_seed})
     return args, settings
 

@@ -62,6 +62,21 @@ def run_flags(spec: RunSpec, settings: sweep_plan.Settings, extra: Sequence[str]
     return [*argv, *extra]
 
 
+def check_run_flags(settings: sweep_plan.Settings) -> None:
+    """Check the runs' flags once, as ``dlrm_mlet.py`` would, before any data is generated: a bad flag after
+    ``--`` (or one of this command's own put there) would otherwise fail every run of the piece."""
+    spec = sweep_plan.initial_specs(settings)[0]
+    argv = [a for a in run_flags(spec, settings) if not a.startswith("--results-json=")]  # it would make folders
+    _, unknown = dlrm_mlet.build_parser().parse_known_args(argv)
+    if unknown:
+        raise UserError(
+            f"{' '.join(unknown)}: not a dlrm_mlet.py flag (the flags after -- go to every run; {PROG}'s own go "
+            "before --)"
+        )
+    run = dlrm_mlet.run_config(argv)
+    check_in_process(run, run.model)
+
+
 def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[dlrm_mlet.Run, Trainer]:
     """The run's checked flags and its trainer: data served from the piece's rows, tables initialised on the
     device (CPU generators for a CPU device)."""
