@@ -6,6 +6,7 @@ tests/test_gpu.py repeats the command-line comparison on a GPU.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from mlet.data.device import DeviceArraySource, decide, load_arrays, place_data,
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
+from mlet.training.train_step import GraphedTrainStep
 from mlet.training.trainer import steady_rate
 
 CPU = torch.device("cpu")
@@ -160,3 +162,29 @@ def test_steady_rate_is_the_median_window_rate() -> None:
     warm_up, steady, last_batch = (1000, 2.0), (1000, 0.5), (100, 0.2)
     assert steady_rate([warm_up, steady, steady, steady, last_batch]) == 2000.0
     assert steady_rate([warm_up, steady]) is None
+
+
+def test_one_hot_batches_share_one_offsets_tensor() -> None:
+    # the offsets of one-id bags depend only on the shape: made once, not once per step
+    device = load_arrays(array_source(), CPU, share=None, progress=False)
+    first, second, *_ = device.batches(0)
+    assert first.sparse.offsets is second.sparse.offsets
+    assert torch.equal(first.sparse.offsets, torch.arange(64 * 4 + 1))
+
+
+def test_graph_inputs_skip_only_the_tensor_copied_in_last_and_unchanged() -> None:
+    step = GraphedTrainStep(torch.nn.Linear(1, 1), loss_fn=None, optimizer=None)
+    source = array_source()
+    first, second, third = list(source.batches(0))[:3]
+    step.static_batch = copy.deepcopy(first)
+    static = tensors(step.static_batch)
+    step._load(second)
+    assert all(torch.equal(s, t) for s, t in zip(static, tensors(second)))
+    offsets = third.sparse.offsets
+    assert offsets is second.sparse.offsets  # the shared one: not copied again
+    step.static_batch.sparse.offsets.zero_()  # (a copy would restore it)
+    step._load(third)
+    assert not torch.equal(static[3], offsets) and torch.equal(static[0], third.dense)
+    offsets.add_(0)  # written in place: its version changes, so it is copied in again
+    step._load(third)
+    assert torch.equal(static[3], offsets)

@@ -8,6 +8,7 @@ imports the rest of the project.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,8 +43,7 @@ class SparseFeatures:
         """One id per table and sample: ``ids`` is ``B x T`` (any integer dtype)."""
         batch_size, num_tables = ids.shape
         indices = ids.t().contiguous().view(-1).long()  # 6x faster on CPU than reshape-then-convert
-        offsets = torch.arange(batch_size * num_tables + 1, dtype=torch.int64, device=ids.device)
-        return cls(indices, offsets, num_tables, one_hot=True)
+        return cls(indices, one_hot_offsets(batch_size * num_tables, ids.device), num_tables, one_hot=True)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
         """Copy to ``device``."""
@@ -116,6 +116,13 @@ def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]
     sizes = local_sizes(batch_size, world_size)
     lo = sum(sizes[:rank])
     return lo, lo + sizes[rank]
+
+
+@functools.lru_cache(maxsize=16)
+def one_hot_offsets(bags: int, device: torch.device) -> Tensor:
+    """``0, 1, ..., bags``: the offsets of ``bags`` one-id bags, made once per size and device and shared (read
+    only) by every batch of that shape; on a GPU, a kernel and a graph input copy fewer per step."""
+    return torch.arange(bags + 1, dtype=torch.int64, device=device)
 
 
 @dataclass(frozen=True)

@@ -73,10 +73,11 @@ class DeviceArraySource:
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch`` (``workers`` is ignored: there is no host work to spread)."""
         order = self.order(epoch)
+        if order is None:  # file order
+            order = torch.arange(self.num_samples, device=self.device)
+        rows = batch_rows(order, self.batch_size)
         for index in range(start, len(self)):
-            lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, self.num_samples)
-            rows = torch.arange(lo, hi, device=self.device) if order is None else order[lo:hi].sort().values
-            yield self.make_batch(rows) if share is None else self.make_share(rows, share)
+            yield self.make_batch(rows[index]) if share is None else self.make_share(rows[index], share)
 
     def make_batch(self, rows: Tensor) -> Batch:
         """The batch of ``rows`` (all tables)."""
@@ -94,6 +95,16 @@ class DeviceArraySource:
         return BatchShard(
             self.dense.index_select(0, mine), OwnedBags(features, rows.numel()), self.labels.index_select(0, mine)
         )
+
+
+def batch_rows(order: Tensor, batch_size: int) -> list[Tensor]:
+    """Each batch's rows under ``order``, sorted (the rows the host source reads for it): the whole epoch in one
+    sort, where a sort per batch cost a few kernels per training step."""
+    full = order.numel() // batch_size * batch_size
+    rows = list(order[:full].view(-1, batch_size).sort(dim=1).values.unbind(0))
+    if full < order.numel():
+        rows.append(order[full:].sort().values)
+    return rows
 
 
 class DeviceBatchList:

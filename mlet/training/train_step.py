@@ -100,6 +100,7 @@ class GraphedTrainStep(TrainStep):
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: StepBatch | None = None
         self.static_loss: Tensor | None = None
+        self.loaded: list[tuple[Tensor, int]] = []  # each input last copied in, with its version then
 
     def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
@@ -137,8 +138,14 @@ class GraphedTrainStep(TrainStep):
             self.static_loss = loss.detach()
 
     def _load(self, batch: StepBatch) -> None:
-        for static, new in zip(batch_tensors(self.static_batch), batch_tensors(batch)):
+        """Copy ``batch`` into the graph's inputs, except a tensor that is the very one copied in last time and
+        unchanged since (the shared one-hot offsets): its copy would write the same values."""
+        tensors = batch_tensors(batch)
+        for i, (static, new) in enumerate(zip(batch_tensors(self.static_batch), tensors)):
+            if i < len(self.loaded) and self.loaded[i][0] is new and self.loaded[i][1] == new._version:
+                continue
             static.copy_(new, non_blocking=True)
+        self.loaded = [(t, t._version) for t in tensors]  # held: an id could otherwise be reused
 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool, bf16: bool = False) -> TrainStep:
