@@ -232,7 +232,7 @@ def test_other_data_flags_on_a_run_dir_are_refused_before_generating(tmp_path, c
     record = {"settings": settings.to_dict(), "sessions": [session, later]}
     run_dir.mkdir()
     (run_dir / "sweep.json").write_text(json.dumps(record, default=str))
-    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    monkeypatch.setattr(full_scale_pool, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
     assert full_scale.main(piece_args(run_dir)) == 2
     err = capsys.readouterr().err
     new = {"--rows": ROWS, "--scale": SCALE, "--data-seed": 1}[flag]
@@ -247,7 +247,7 @@ def test_data_flags_of_an_older_run_dir_come_from_its_results(tmp_path, capsys, 
         json.dumps({"full_scale": {"rows": ROWS, "data_seed": 1, "checksum": "ids 1"}})
     )
     assert full_scale.earlier_data(tmp_path) == {"rows": ROWS, "data_seed": 1}
-    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    monkeypatch.setattr(full_scale_pool, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
     assert full_scale.main(piece_args(tmp_path, "--data-seed", "5")) == 2
     assert "--data-seed: the runs in --run-dir" in capsys.readouterr().err
     assert full_scale.earlier_data(tmp_path / "new") == {}
@@ -341,7 +341,7 @@ def test_workers_on_several_devices_train_what_one_process_trains(tmp_path, caps
 def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys):
     _, settings = full_scale.parse(piece_args(tmp_path / "run"))
     assert settings is not None
-    plan = full_scale_pool.Plan(settings, [10, 100], SCALE)
+    plan = full_scale_pool.Plan(settings, [10, 100])
     workers = full_scale_pool.Workers(plan, [torch.device("cpu")] * 2, full_scale_pool.DataFlags(ROWS, 1, SCALE))
     try:
         first, second = full_scale.wanted(settings)[:2]
@@ -364,7 +364,7 @@ def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys)
 
 def test_a_second_piece_at_once_on_a_run_dir_is_refused(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(full_scale, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
+    monkeypatch.setattr(full_scale_pool, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
     with full_scale.only_piece(run_dir):  # a piece training there
         assert full_scale.main(piece_args(run_dir)) == 2
     err = capsys.readouterr().err
@@ -471,7 +471,7 @@ import json, os, signal, sys
 from mlet.repro import full_scale, full_scale_pool
 args, settings = full_scale.parse(sys.argv[2:])
 data = full_scale_pool.DataFlags(args.rows, args.data_seed, args.scale)
-workers = full_scale_pool.Workers(full_scale_pool.Plan(settings, [10], args.scale), args.devices, data)
+workers = full_scale_pool.Workers(full_scale_pool.Plan(settings, [10]), args.devices, data)
 with open(sys.argv[1], "w") as out:
     json.dump([process.pid for process in workers.processes], out)
 os.kill(os.getpid(), signal.SIGKILL)  # the parent killed (out of memory, SIGKILL): nothing of its own cleans up

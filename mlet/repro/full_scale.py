@@ -1,12 +1,14 @@
-"""The paper's grid at Criteo-Kaggle scale on one GPU: every run in one process, in resumable pieces.
+"""The paper's grid at Criteo-Kaggle scale on the GPU, in resumable pieces (on one device or several at once).
 
     PYTHONPATH=. python3 scripts/full_scale.py --budget-s 480     # on the GPU machine; again to continue
 
 Where ``scripts/sweep.py`` starts one ``dlrm_mlet.py`` per run on a raw text
 file, a piece here generates the click model once on the device at Kaggle's
 size (:mod:`mlet.data.device_click`: 45.8M rows, 15.4M table rows seen in
-training), then trains run after run in-process with the rows kept there and
-the tables initialised there, until its time budget would be overrun. Each run
+training), then trains run after run with the rows kept there and the tables
+initialised there, until its time budget would be overrun: in this process for
+one ``--device``, in one worker process per entry for a list
+(:mod:`mlet.repro.full_scale_pool`). Each run
 writes the same results JSON as a ``dlrm_mlet.py`` run (``RUN_DIR/results/``,
 read by ``scripts/summarize.py``) and its log (``RUN_DIR/logs/``); the first
 seed's runs at the paper rates also write their effective ranks and
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 
 from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
-from mlet.data.device_click import KAGGLE_ROWS, kaggle_rows
+from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec, sweep_record
 from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, handling, interrupt, use_device
@@ -364,9 +366,9 @@ def start_runner(args: argparse.Namespace, settings: sweep_plan.Settings, edges:
     (each generating its rows) for several."""
     data = DataFlags(args.rows, args.data_seed, args.scale)
     if len(args.devices) > 1:
-        return Workers(Plan(settings, edges, args.scale), args.devices, data)
+        return Workers(Plan(settings, edges), args.devices, data)
     device = use_device(args.devices[0])
-    return InProcess(Piece(settings, kaggle_rows(data.rows, data.seed, data.scale, device), device, edges, data.scale))
+    return InProcess(Piece(settings, data.generate(device), device, edges, data.scale))
 
 
 def write_step_rates(args: argparse.Namespace, piece: Piece, settings: sweep_plan.Settings) -> None:

@@ -58,11 +58,10 @@ class DataFlags:
 
 @dataclass(frozen=True)
 class Plan:
-    """What every worker's runs share besides the rows: the grid's settings, the rank bins, the table scale."""
+    """What every worker's runs share besides the rows: the grid's settings and the rank analysis' bins."""
 
     settings: sweep_plan.Settings
     edges: list[int]
-    scale: float
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,7 @@ class InProcess:
         """Train the queued run."""
         spec, self.queued = self.queued, None
         assert spec is not None, "wait() without a started run"
-        start = time.perf_counter()
-        code = run_logged(spec, self.piece)
-        return Ended(spec, code, time.perf_counter() - start)
+        return timed_run(spec, self.piece)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -215,6 +212,13 @@ class Workers:
                 process.join()
 
 
+def timed_run(spec: RunSpec, piece: Piece) -> Ended:
+    """Train ``spec`` on ``piece`` (:func:`run_logged`); how it ended and its wall time."""
+    start = time.perf_counter()
+    code = run_logged(spec, piece)
+    return Ended(spec, code, time.perf_counter() - start)
+
+
 def use_device(device: torch.device) -> torch.device:
     """Make ``device`` this process's current CUDA device (Triton kernels launch on the current one, whatever
     their tensors' device); returns it."""
@@ -263,12 +267,10 @@ def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Que
         tqdm.set_lock(threading.RLock())
         device = use_device(torch.device(device_text))
         rows = data.generate(device)
-        piece = Piece(plan.settings, rows, device, plan.edges, plan.scale)
-        ended.put(("ready", index, DataInfo.of(rows, device_text, plan.scale)))
+        piece = Piece(plan.settings, rows, device, plan.edges, data.scale)
+        ended.put(("ready", index, DataInfo.of(rows, device_text, data.scale)))
         while (spec := next_task(tasks)) is not None:
-            start = time.perf_counter()
-            code = run_logged(spec, piece)
-            ended.put(("ended", index, Ended(spec, code, time.perf_counter() - start)))
+            ended.put(("ended", index, timed_run(spec, piece)))
     except (RuntimeError, ValueError) as error:  # generating the rows failed (run_logged catches its own)
         ended.put(("failed", index, f"{type(error).__name__}: {error}"))
     except KeyboardInterrupt:  # Ctrl-C reaches every process, SIGTERM too: the parent records the piece
