@@ -73,9 +73,10 @@ class DeviceArraySource:
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
         """Batches ``start..`` of ``epoch`` (``workers`` is ignored: there is no host work to spread)."""
         order = self.order(epoch)
-        if order is None:  # file order
-            order = torch.arange(self.num_samples, device=self.device)
-        rows = batch_rows(order, self.batch_size)
+        if order is None:  # file order: each batch's rows are a range, sorted already
+            rows = list(torch.arange(self.num_samples, device=self.device).split(self.batch_size))
+        else:
+            rows = batch_rows(order, self.batch_size)
         for index in range(start, len(self)):
             yield self.make_batch(rows[index]) if share is None else self.make_share(rows[index], share)
 
