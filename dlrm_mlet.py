@@ -196,6 +196,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     embedding_update = args.embedding_update
     if embedding_update == "auto":
         embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
+    if args.compile != "none" and not (args.use_gpu and args.cuda_graph and embedding_update == "fused"):
+        raise UserError(
+            f"--compile={args.compile}: compiles the CUDA-graph training step, which needs --use-gpu, --cuda-graph"
+            " and the fused embedding update"
+        )
     return TrainConfig(
         optimizer=args.optimizer,
         learning_rate=args.learning_rate,
@@ -211,6 +216,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         seed=args.numpy_rand_seed,
         cuda_graph=args.cuda_graph,
         bf16=args.bf16,
+        compile=args.compile,
         adapt_threads=args.adapt_threads,
         num_workers=args.num_workers,
         test_freq=args.test_freq,

@@ -13,12 +13,36 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlet.core.batch import SparseFeatures
 from mlet.core.config import INTERACTIONS, ModelConfig
+from mlet.kernels import triton_interaction
 from mlet.model.composite import TableModule
 from mlet_layers import EmbeddingTables, build_tables, table_seed
+
+GPU_ALIGN = 8
+"""On a GPU the MLPs' first layers take inputs whose width is rounded up to a
+multiple of this (zero columns): cuBLAS's tensor-core kernels need rows of 16
+bytes, and Kaggle's 13 dense features and the dot interaction's 367 columns
+(d=16, 26 tables) otherwise get its slow unaligned kernels (``bench/NOTES.md``)."""
+
+
+def pad_columns(x: Tensor, multiple: int) -> Tensor:
+    """``x`` (B x n) with zero columns appended up to a multiple of ``multiple`` columns."""
+    extra = -x.shape[1] % multiple
+    return F.pad(x, (0, extra)) if extra else x
+
+
+def run_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
+    """``mlp(x)``, where ``x`` may carry zero columns beyond the first layer's inputs (an aligned width):
+    the first layer's weight is padded with as many zero columns, which adds nothing to its products."""
+    first = mlp[0]
+    assert isinstance(first, nn.Linear)
+    extra = x.shape[1] - first.in_features
+    weight = F.pad(first.weight, (0, extra)) if extra else first.weight
+    return mlp[1:](F.linear(x, weight, first.bias))
 
 
 def make_mlp(widths: Sequence[int], seed: int, salt: int, last_activation: bool) -> nn.Sequential:
@@ -50,18 +74,23 @@ class Interaction(nn.Module):
         super().__init__()
         if kind not in INTERACTIONS:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got '{kind}'")
-        self.kind = kind
+        self.kind, self.itself = kind, itself
         num_features = num_tables + 1
         rows, cols = torch.tril_indices(num_features, num_features, offset=0 if itself else -1)
         self.register_buffer("flat_pairs", rows * num_features + cols, persistent=False)
 
-    def forward(self, dense: Tensor, embedded: Tensor) -> Tensor:
-        """``dense``: B x d, ``embedded``: B x T x d."""
+    def forward(self, dense: Tensor, embedded: Tensor, align: int = 1) -> Tensor:
+        """``dense``: B x d, ``embedded``: B x T x d; the output's width is rounded up to a multiple of
+        ``align`` with zero columns. On a GPU the dot interaction is one Triton kernel each way
+        (``mlet/kernels/triton_interaction.py``)."""
         if self.kind == "cat":
-            return torch.cat([dense, embedded.flatten(1)], dim=1)
+            return pad_columns(torch.cat([dense, embedded.flatten(1)], dim=1), align)
+        if triton_interaction.supported(dense, embedded):
+            width = dense.shape[1] + len(self.flat_pairs)
+            return triton_interaction.dot_interaction(dense, embedded, self.itself, width + (-width % align))
         features = torch.cat([dense.unsqueeze(1), embedded], dim=1)
         products = torch.bmm(features, features.transpose(1, 2)).flatten(1)
-        return torch.cat([dense, products.index_select(1, self.flat_pairs)], dim=1)
+        return pad_columns(torch.cat([dense, products.index_select(1, self.flat_pairs)], dim=1), align)
 
 
 class DLRM(nn.Module):
@@ -92,8 +121,11 @@ class DLRM(nn.Module):
         return self.logits(dense, self.tables(sparse))
 
     def logits(self, dense: Tensor, embedded: Tensor) -> Tensor:
-        """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``)."""
-        return self.top(self.interaction(self.bottom(dense), embedded)).squeeze(-1)
+        """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``); on a GPU
+        with the first layers' inputs padded to aligned widths (:data:`GPU_ALIGN`)."""
+        align = GPU_ALIGN if dense.is_cuda else 1
+        bottom = run_mlp(self.bottom, pad_columns(dense, align))
+        return run_mlp(self.top, self.interaction(bottom, embedded, align)).squeeze(-1)
 
     def collapse(self) -> DLRM:
         """The same outputs with MLET folded: a baseline DLRM (plain d-wide tables), or for composite tables the

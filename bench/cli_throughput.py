@@ -40,8 +40,14 @@ from mlet.data.preprocessing.cache import FORMAT, SPLITS, VERSION
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 
-PRECISION_FLAGS = {"fp32": [], "tf32": ["--tf32"], "bf16": ["--bf16"]}
-STEP_VARIANT = {"fp32": "graph", "tf32": "graph_tf32", "bf16": "graph_bf16"}
+PRECISION_FLAGS = {
+    "fp32": [],
+    "tf32": ["--tf32"],
+    "bf16": ["--bf16"],
+    "tf32_compiled": ["--tf32", "--compile=default"],
+    "bf16_compiled": ["--bf16", "--compile=default"],
+}
+STEP_VARIANT = {name: "graph" if name == "fp32" else f"graph_{name}" for name in PRECISION_FLAGS}
 ZIPF_EXPONENT = 1.05
 
 

@@ -11,7 +11,10 @@ random one-hot batches. For each d and batch size it times, in one process:
 * ``fused``      the table update fused into the backward (eager);
 * ``graph``      fused + the whole step replayed from a CUDA graph (the default path);
 * ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in);
-* ``graph_bf16`` the same with the MLPs and interaction in bfloat16 (``--bf16``; opt-in).
+* ``graph_bf16`` the same with the MLPs and interaction in bfloat16 (``--bf16``; opt-in);
+* ``graph_tf32_compiled``, ``graph_bf16_compiled``: those two with the MLPs
+  under torch.compile (``--compile=default``; opt-in). ``first_steps_s`` is
+  the time of the first five steps (compilation, capture).
 
 Data already on the GPU (4 rotating batches). ``--pipeline`` adds the real input
 pipeline: ``dlrm_mlet.Trainer`` reading shuffled batches from memory-mapped
@@ -50,7 +53,16 @@ from mlet.training.processes import SingleProcess
 from mlet.training.train_step import GraphedTrainStep, TrainStep
 from mlet.training.trainer import Trainer
 
-VARIANTS = ("reference", "autograd", "fused", "graph", "graph_tf32", "graph_bf16")
+VARIANTS = (
+    "reference",
+    "autograd",
+    "fused",
+    "graph",
+    "graph_tf32",
+    "graph_bf16",
+    "graph_tf32_compiled",
+    "graph_bf16_compiled",
+)
 
 
 def make_batches(sizes: list[int], batch: int, count: int, device: torch.device, seed: int = 0) -> list[Batch]:
@@ -105,12 +117,13 @@ def reference_step(sizes: list[int], dim: int, hidden: int, device: torch.device
 
 
 def our_step(model: DLRM, variant: str) -> TrainStep:
-    """dlrm-mlet's step for ``variant`` (autograd, fused, graph, graph_tf32, graph_bf16)."""
+    """dlrm-mlet's step for ``variant`` (one of :data:`VARIANTS` but the reference)."""
     fused = model.tables if variant != "autograd" else None
     opt = build_optimizer("sgd", 0.1, model.sparse_parameters(), model.dense_parameters(), fused)
     loss_fn = F.binary_cross_entropy_with_logits
     if variant.startswith("graph"):
-        return GraphedTrainStep(model, loss_fn, opt, bf16=variant == "graph_bf16")
+        compile_mode = "default" if variant.endswith("_compiled") else "none"
+        return GraphedTrainStep(model, loss_fn, opt, bf16="bf16" in variant, compile=compile_mode)
     return TrainStep(model, loss_fn, opt)
 
 
@@ -124,13 +137,18 @@ def bench_one(
     for variant in args.variants:
         if variant.startswith("graph") and device.type != "cuda":
             continue
-        torch.backends.cuda.matmul.allow_tf32 = variant == "graph_tf32"
+        torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
         if variant == "reference":
             step = reference_step(sizes, dim, hidden, device)
             steps = max(10, args.steps // 5)  # slow: fewer steps are as precise
         else:
             step = our_step(DLRM(config, seed=0, device=device), variant)
             steps = args.steps
+        started = time.perf_counter()
+        for i in range(5):
+            step(batches[i % len(batches)])
+        sync(device)
+        first_steps = time.perf_counter() - started
         seconds = statistics.median(timed(step, batches, steps, warmup=5, device=device) for _ in range(args.rounds))
         rows.append(
             {
@@ -140,6 +158,7 @@ def bench_one(
                 "variant": variant,
                 "ms_per_step": 1000 * seconds,
                 "samples_per_s": batch / seconds,
+                "first_steps_s": first_steps,
             }
         )
         print(rows[-1], flush=True)

@@ -39,6 +39,8 @@ from mlet.training.trainer import write_json
         (["--load-model=nope.pt"], "--load-model nope.pt: no such checkpoint file"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-collapsed=b.pt"], "--save-collapsed"),
         (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
+        (["--compile=default"], "--compile=default: compiles the CUDA-graph training step, which needs --use-gpu"),
+        (["--compile=fast"], "--compile"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-model=b.pt"], "--save-model"),
         (["--numpy-rand-seed=-1"], "--numpy-rand-seed"),
         ([f"--numpy-rand-seed={2**64}"], "--numpy-rand-seed"),

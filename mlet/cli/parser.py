@@ -10,7 +10,7 @@ import argparse
 
 from mlet.cli.reporting import add_reporting_flags
 from mlet.cli.upstream import add_foreign_flags
-from mlet.core.config import DATA_GENERATIONS, INTERACTIONS, LOSSES, OPTIMIZERS, QR_OPERATIONS
+from mlet.core.config import COMPILE_MODES, DATA_GENERATIONS, INTERACTIONS, LOSSES, OPTIMIZERS, QR_OPERATIONS
 from mlet.core.errors import OneLineParser, add_bool
 from mlet.data.device import PLACEMENTS
 from mlet.data.flags import add_dataset_flags
@@ -194,6 +194,13 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         "--bf16",
         False,
         "mixed precision: MLPs and interaction in bfloat16, tables, optimizer state and master weights in float32",
+    )
+    train.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="none",
+        help="torch.compile the GPU step's MLPs (fuses their elementwise kernels and bias sums; needs the CUDA-graph"
+        " step); compiling takes seconds at start (default) or minutes (max-autotune)",
     )
 
 

@@ -13,6 +13,9 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+COMPILE_MODES = ("none", "default", "max-autotune")
+"""``--compile``: no compilation, or torch.compile's mode (``max-autotune`` without its own CUDA graphs: the
+step is one CUDA graph already)."""
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 FUSED_OPTIMIZERS = ("sgd", "adagrad")
@@ -272,6 +275,7 @@ class TrainConfig:
     seed: int = 123
     cuda_graph: bool = True
     bf16: bool = False  # MLPs and interaction in bfloat16 (mlet/training/precision.py)
+    compile: str = "none"  # torch.compile of the graphed step's MLPs and loss (COMPILE_MODES; train_step.py)
     adapt_threads: bool = True  # on a CPU, fewer threads while other processes use the cores (cpu_threads.py)
     num_workers: int = -1
     # testing, logging and checkpoints

@@ -14,9 +14,11 @@ embedding all-to-all and the MLP gradients' all-reduce,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +82,29 @@ def batch_shape(batch: object) -> object:
     return batch
 
 
+def compiled_logits(model: nn.Module, mode: str) -> Callable | None:
+    """``model.logits`` (MLPs and interaction) under ``torch.compile`` in ``--compile`` mode ``mode``, or None for
+    ``none``. One static shape (the graphed batch's); ``max-autotune`` without torch's own CUDA graphs, since
+    the whole step is captured in one already."""
+    if mode == "none":
+        return None
+    logits = cast(Callable, model.logits)  # DLRM's method (typed as nn.Module's attributes are)
+    return torch.compile(logits, dynamic=False, mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else None)
+
+
+@contextlib.contextmanager
+def logits_from(model: nn.Module, logits: Callable | None) -> Iterator[None]:
+    """Inside the block ``model`` computes its logits with ``logits`` (the compiled ones), where given."""
+    if logits is None:
+        yield
+        return
+    object.__setattr__(model, "logits", logits)  # the instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del model.logits
+
+
 class GraphedTrainStep(TrainStep):
     """:class:`TrainStep` replayed from a CUDA graph for the first full batch shape seen.
 
@@ -90,10 +115,15 @@ class GraphedTrainStep(TrainStep):
     real training step: capture itself runs nothing, the replay that follows
     it does. The optimizer must keep its learning rate on the device
     (``FusedOptimizer``), since a replay cannot see Python floats change.
+    With ``compile`` (``--compile``) the captured shape's MLPs run compiled
+    (the first warm-up step compiles them); other shapes run them eagerly.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False, warmup: int = 3) -> None:
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False, warmup: int = 3, compile: str = "none"
+    ) -> None:
         super().__init__(model, loss_fn, optimizer, bf16)
+        self.compiled = compiled_logits(model, compile)
         self.warmup = warmup
         self.shape: object = None
         self.warmed = 0
@@ -121,7 +151,7 @@ class GraphedTrainStep(TrainStep):
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), logits_from(self.model, self.compiled):
             loss = super().__call__(batch)
         torch.cuda.current_stream().wait_stream(side)
         return loss
@@ -131,7 +161,7 @@ class GraphedTrainStep(TrainStep):
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), logits_from(self.model, self.compiled):
             loss = batch_loss(self.loss_fn, self.logits(self.static_batch), self.static_batch)
             loss.backward()
             self.optimizer.step()
@@ -148,8 +178,11 @@ class GraphedTrainStep(TrainStep):
         self.loaded = [(t, t._version) for t in tensors]  # held: an id could otherwise be reused
 
 
-def make_train_step(model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool, bf16: bool = False) -> TrainStep:
-    """A graphed step where asked for and possible (CUDA, fused optimizer), else eager."""
+def make_train_step(
+    model: nn.Module, loss_fn: LossFn, optimizer, cuda_graph: bool, bf16: bool = False, compile: str = "none"
+) -> TrainStep:
+    """A graphed step where asked for and possible (CUDA, fused optimizer), else eager (``compile`` needs the
+    graphed one: the command line refuses it otherwise)."""
     if cuda_graph:
-        return GraphedTrainStep(model, loss_fn, optimizer, bf16)
+        return GraphedTrainStep(model, loss_fn, optimizer, bf16, compile=compile)
     return TrainStep(model, loss_fn, optimizer, bf16)

@@ -158,7 +158,9 @@ class Trainer:
         )
         self.loss_fn = loss_function(config, self.device)
         use_graph = config.cuda_graph and self.device.type == "cuda" and fused_tables is not None
-        self.train_step = make_train_step(model, self.loss_fn, self.optimizer, cuda_graph=use_graph, bf16=config.bf16)
+        self.train_step = make_train_step(
+            model, self.loss_fn, self.optimizer, cuda_graph=use_graph, bf16=config.bf16, compile=config.compile
+        )
         self.batches_per_epoch = min(config.num_batches, len(data.train)) if config.num_batches > 0 else len(data.train)
         self.print_freq = config.print_freq or max(1, self.batches_per_epoch // 20)
         self.epoch, self.batch, self.iteration = 0, 0, 0
