@@ -218,51 +218,57 @@ def main() -> None:
             for p in args.precisions
             if 1 in args.gpus
         }
-        rows = []
+        rows: list[dict] = []
+        payload = {"rows_in_data": args.rows, "table_rows": sum(meta["vocabulary_sizes"]), "rows": rows}
         for m in args.models:
             for batch in args.batches:
                 for precision in args.precisions:
                     for placement in args.inputs:
                         for gpus in args.gpus:
-                            result = cli_run(
-                                directory,
-                                models[m],
-                                batch,
-                                "on" if placement == "device" else "off",
-                                precision,
-                                gpus,
-                                Path(tmp, "r.json"),
-                            )
-                            cli, steady = result["train_samples_per_second"], result["steady_samples_per_second"]
-                            step = steps.get((m, batch, precision))
-                            row = {
-                                "model": models[m]["name"],
-                                "batch": batch,
-                                "precision": precision,
-                                "input": placement,
-                                "gpus": gpus,
-                                "cli_samples_per_s": cli,
-                                "step_only_samples_per_s": step,
-                                "cli_steady_samples_per_s": steady,
-                                "cli_vs_step": cli / step if step and gpus == 1 else None,
-                                "steady_vs_step": steady / step if step and gpus == 1 else None,
-                                "train_samples": result["train_samples"],
-                                "wall_s": result["wall_s"],
-                                "input_line": result["input_line"],
-                                "log_tail": result["log"].splitlines()[-25:],
-                            }
-                            rows.append(row)
-                            print(json.dumps(row), flush=True)
-    for row in rows:
-        same = ("model", "batch", "precision", "input")
-        one = next((r for r in rows if r["gpus"] == 1 and all(r[k] == row[k] for k in same)), None)
-        row["vs_1_gpu"] = row["cli_samples_per_s"] / one["cli_samples_per_s"] if one else None
-        row["steady_vs_1_gpu"] = row["cli_steady_samples_per_s"] / one["cli_steady_samples_per_s"] if one else None
+                            setting = {"model": models[m], "batch": batch, "precision": precision, "gpus": gpus}
+                            rows.append(measure(directory, setting, placement, steps.get((m, batch, precision)), tmp))
+                            print(json.dumps(rows[-1]), flush=True)
+                            save(args.out, payload)  # after every run: a cut-off benchmark keeps what it measured
+    add_gpu_ratios(rows)
     columns = ["model", "batch", "precision", "input", "gpus", "cli_samples_per_s", "cli_steady_samples_per_s"]
     columns += ["step_only_samples_per_s", "cli_vs_step", "steady_vs_step", "vs_1_gpu", "steady_vs_1_gpu"]
     print_table(rows, columns)
-    payload = {"rows_in_data": args.rows, "table_rows": sum(meta["vocabulary_sizes"]), "rows": rows}
     print(f"wrote {save(args.out, payload)}")
+
+
+def measure(directory: Path, setting: dict, placement: str, step: float | None, tmp: str) -> dict:
+    """One command-line run's row: its rates beside the step alone (``step``), or the error it ended with."""
+    model, batch, precision, gpus = setting["model"], setting["batch"], setting["precision"], setting["gpus"]
+    row = {"model": model["name"], "batch": batch, "precision": precision, "input": placement, "gpus": gpus}
+    try:
+        result = cli_run(
+            directory, model, batch, "on" if placement == "device" else "off", precision, gpus, Path(tmp, "r.json")
+        )
+    except RuntimeError as error:
+        return {**row, "error": str(error)[-3000:]}
+    cli, steady = result["train_samples_per_second"], result["steady_samples_per_second"]
+    return {
+        **row,
+        "cli_samples_per_s": cli,
+        "step_only_samples_per_s": step,
+        "cli_steady_samples_per_s": steady,
+        "cli_vs_step": cli / step if step and gpus == 1 else None,
+        "steady_vs_step": steady / step if step and gpus == 1 else None,
+        "train_samples": result["train_samples"],
+        "wall_s": result["wall_s"],
+        "input_line": result["input_line"],
+        "log_tail": result["log"].splitlines()[-25:],
+    }
+
+
+def add_gpu_ratios(rows: list[dict]) -> None:
+    """Each measured row's rates over the same configuration's on one GPU."""
+    same = ("model", "batch", "precision", "input")
+    for row in rows:
+        one = next((r for r in rows if r["gpus"] == 1 and all(r[k] == row[k] for k in same)), None)
+        measured = one is not None and "error" not in one and "error" not in row
+        row["vs_1_gpu"] = row["cli_samples_per_s"] / one["cli_samples_per_s"] if measured else None
+        row["steady_vs_1_gpu"] = row["cli_steady_samples_per_s"] / one["cli_steady_samples_per_s"] if measured else None
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Where a training step's GPU time goes: kernel totals for one eager fused step.
+"""Where a training step's GPU time goes: kernel totals for one step of a ``gpu_throughput.py`` variant.
 
-    python bench/gpu_profile.py [--dim 16] [--batch 8192] [--hidden 64]
+    python bench/gpu_profile.py [--dim 16] [--batch 8192] [--hidden 64] [--variant fused]
 
 Prints, for the baseline and the MLET model, the kernels sorted by total GPU
-time over 20 steps (Kaggle cardinalities, random one-hot batches). Used to
-pick and check the levers recorded in bench/NOTES.md.
+time over 20 steps (Kaggle cardinalities, random one-hot batches), and how
+many kernels a step runs. The ``graph`` variants are profiled as they run, from
+the CUDA graph's replays. Used to pick and check the levers recorded in
+bench/NOTES.md.
 """
 
 from __future__ import annotations
@@ -12,20 +14,21 @@ from __future__ import annotations
 import argparse
 
 import torch
-from gpu_throughput import make_batches, our_step
+from gpu_throughput import VARIANTS, make_batches, our_step
 from reference_dlrm import scaled_cardinalities
 from torch.profiler import ProfilerActivity, profile
 
 from dlrm_model import DLRM, ModelConfig
 
 
-def kernel_table(dim: int, hidden: int, batch: int, scale: float, steps: int = 20) -> None:
-    """Profile ``steps`` eager fused steps and print the top kernels."""
+def kernel_table(dim: int, hidden: int, batch: int, scale: float, variant: str, steps: int = 20) -> None:
+    """Profile ``steps`` steps of ``variant`` and print the top kernels."""
     sizes = scaled_cardinalities(scale)
     device = torch.device("cuda")
     batches = make_batches(sizes, batch, 4, device)
     config = ModelConfig(tuple(sizes), dim, (13, 512, 256, 64, dim), (512, 256, 1), mlet_hidden=hidden)
-    step = our_step(DLRM(config, seed=0, device=device), "fused")
+    torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
+    step = our_step(DLRM(config, seed=0, device=device), variant)
     for i in range(5):
         step(batches[i % 4])
     torch.cuda.synchronize()
@@ -37,7 +40,9 @@ def kernel_table(dim: int, hidden: int, batch: int, scale: float, steps: int = 2
     key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     total = sum(getattr(e, key) for e in events)
     model_name = f"MLET K={hidden}" if hidden else "baseline"
-    print(f"\n== {model_name} d={dim} batch={batch}: {total / steps / 1000:.3f} ms GPU time per step")
+    kernels = sum(e.count for e in events if getattr(e, key) > 0) / steps
+    per_step = f"{total / steps / 1000:.3f} ms GPU time, {kernels:.0f} kernels"
+    print(f"\n== {model_name} d={dim} batch={batch} {variant}: {per_step} per step")
     for e in sorted(events, key=lambda e: -getattr(e, key))[:25]:
         us = getattr(e, key) / steps
         if us > 0:
@@ -51,9 +56,10 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--variant", default="fused", choices=[v for v in VARIANTS if v not in ("reference", "autograd")])
     args = p.parse_args()
     for hidden in (0, args.hidden):
-        kernel_table(args.dim, hidden, args.batch, args.scale)
+        kernel_table(args.dim, hidden, args.batch, args.scale, args.variant)
 
 
 if __name__ == "__main__":

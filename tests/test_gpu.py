@@ -96,10 +96,12 @@ def test_gpu_reduced_tables_train_like_cpu(reduction: str, hidden: int, graph: b
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 @pytest.mark.parametrize("hidden", [0, 16])
-def test_compiled_step_trains_like_the_uncompiled_one(hidden: int, tmp_path) -> None:
-    """--compile=default (the MLPs under torch.compile, inside the CUDA graph) trains as the plain graphed step."""
-    flags = [*override_flags(FLAGS, f"--mlet-hidden={hidden}"), "--use-gpu"]
+def test_compiled_step_trains_like_the_uncompiled_one(optimizer: str, hidden: int, tmp_path) -> None:
+    """--compile=default (the MLPs and the dense update under torch.compile, inside the CUDA graph) trains as the
+    plain graphed step."""
+    flags = [*override_flags(FLAGS, f"--mlet-hidden={hidden}", f"--optimizer={optimizer}"), "--use-gpu"]
     assert_close_runs(train(flags, tmp_path, "plain"), train([*flags, "--compile=default"], tmp_path, "compiled"))
 
 

@@ -251,6 +251,11 @@ class ShardedOptimizer:
         """Set the learning rate."""
         self.inner.set_lr(lr)
 
+    def compile_dense_update(self, mode: str) -> None:
+        """Compile the inner (fused) optimizer's dense update (``--compile``)."""
+        assert isinstance(self.inner, FusedOptimizer), "--compile needs the fused embedding update"
+        self.inner.compile_dense_update(mode)
+
     def state_dict(self) -> dict:
         """All state on rank 0 (``state`` is empty elsewhere); a collective."""
         local = self.inner.state_dict()["state"]

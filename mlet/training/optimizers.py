@@ -4,7 +4,7 @@ and upstream DLRM's learning-rate policy (linear warm-up, polynomial decay).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 
 from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
+from mlet.training.compilation import compiled
 from mlet_layers import EmbeddingTables
 
 # Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
@@ -219,6 +220,7 @@ class FusedOptimizer:
             module.row_update = rows
         self.dense_names = list(dense)
         self.dense = DenseUpdate(name, list(dense.values()), self.lr)
+        self.dense_step: Callable[[], None] = self.dense.step
         self.param_groups = [{"params": list(dense.values()), "lr": lr}]
 
     def zero_grad(self) -> None:
@@ -228,7 +230,12 @@ class FusedOptimizer:
 
     def step(self) -> None:
         """Update the dense parameters (the tables were updated during backward)."""
-        self.dense.step()
+        self.dense_step()
+
+    def compile_dense_update(self, mode: str) -> None:
+        """Run the dense update under ``--compile`` mode ``mode``: one fused kernel instead of two ``foreach``
+        passes, whose few thread blocks leave most of a GPU idle."""
+        self.dense_step = compiled(self.dense.step, mode)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate (a device-side fill, only when it changes: no host sync, graph-safe)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mlet.core.batch import StepBatch
+from mlet.training.compilation import compiled
 from mlet.training.precision import autocast
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -83,13 +84,10 @@ def batch_shape(batch: object) -> object:
 
 
 def compiled_logits(model: nn.Module, mode: str) -> Callable | None:
-    """``model.logits`` (MLPs and interaction) under ``torch.compile`` in ``--compile`` mode ``mode``, or None for
-    ``none``. One static shape (the graphed batch's); ``max-autotune`` without torch's own CUDA graphs, since
-    the whole step is captured in one already."""
+    """``model.logits`` (MLPs and interaction) under ``--compile`` mode ``mode``, or None for ``none``."""
     if mode == "none":
         return None
-    logits = cast(Callable, model.logits)  # DLRM's method (typed as nn.Module's attributes are)
-    return torch.compile(logits, dynamic=False, mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else None)
+    return compiled(cast(Callable, model.logits), mode)  # DLRM's method (typed as nn.Module's attributes are)
 
 
 @contextlib.contextmanager
@@ -115,8 +113,9 @@ class GraphedTrainStep(TrainStep):
     real training step: capture itself runs nothing, the replay that follows
     it does. The optimizer must keep its learning rate on the device
     (``FusedOptimizer``), since a replay cannot see Python floats change.
-    With ``compile`` (``--compile``) the captured shape's MLPs run compiled
-    (the first warm-up step compiles them); other shapes run them eagerly.
+    With ``compile`` (``--compile``, ``compilation.py``) the captured shape's
+    MLPs run compiled (the first warm-up step compiles them; other shapes run
+    them eagerly), and so does the optimizer's dense update.
     """
 
     def __init__(
@@ -124,6 +123,8 @@ class GraphedTrainStep(TrainStep):
     ) -> None:
         super().__init__(model, loss_fn, optimizer, bf16)
         self.compiled = compiled_logits(model, compile)
+        if compile != "none":
+            optimizer.compile_dense_update(compile)
         self.warmup = warmup
         self.shape: object = None
         self.warmed = 0
