@@ -183,13 +183,14 @@ def cli_run(directory: Path, model: dict, batch: int, placement: str, precision:
     return {**json.loads(out.read_text()), "wall_s": wall, "input_line": input_line, "log": done.stdout}
 
 
-def step_only(model: dict, batch: int, precision: str) -> float:
-    """Samples/s of the graphed step alone (random one-hot batches already on the GPU), Kaggle's cardinalities."""
+def step_only(model: dict, batch: int, precision: str) -> float | None:
+    """Samples/s of the graphed step alone (random one-hot batches already on the GPU), Kaggle's cardinalities;
+    None where it failed (its error is printed)."""
     options = argparse.Namespace(variants=[STEP_VARIANT[precision]], steps=100, rounds=3)
     [row] = bench_one(list(KAGGLE_CARDINALITIES), model["dim"], model["hidden"], batch, options, torch.device("cuda"))
     gc.collect()
     torch.cuda.empty_cache()
-    return row["samples_per_s"]
+    return row.get("samples_per_s")
 
 
 def main() -> None:

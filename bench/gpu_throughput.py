@@ -137,37 +137,39 @@ def bench_one(
     for variant in args.variants:
         if variant.startswith("graph") and device.type != "cuda":
             continue
-        torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
-        if variant == "reference":
-            step = reference_step(sizes, dim, hidden, device)
-            steps = max(10, args.steps // 5)  # slow: fewer steps are as precise
-        else:
-            step = our_step(DLRM(config, seed=0, device=device), variant)
-            steps = args.steps
-        started = time.perf_counter()
-        for i in range(5):
-            step(batches[i % len(batches)])
-        sync(device)
-        first_steps = time.perf_counter() - started
-        seconds = statistics.median(timed(step, batches, steps, warmup=5, device=device) for _ in range(args.rounds))
-        rows.append(
-            {
-                "model": f"MLET K={hidden}" if hidden else "baseline",
-                "d": dim,
-                "batch": batch,
-                "variant": variant,
-                "ms_per_step": 1000 * seconds,
-                "samples_per_s": batch / seconds,
-                "first_steps_s": first_steps,
-            }
-        )
+        row = {"model": f"MLET K={hidden}" if hidden else "baseline", "d": dim, "batch": batch, "variant": variant}
+        try:
+            row.update(time_variant(sizes, config, variant, batches, args, device))
+        except RuntimeError as error:  # a failed variant is reported, the others are still timed
+            row["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
+        rows.append(row)
         print(rows[-1], flush=True)
-        del step
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     torch.backends.cuda.matmul.allow_tf32 = False
     return rows
+
+
+def time_variant(
+    sizes: list[int], config: ModelConfig, variant: str, batches: list[Batch], args, device: torch.device
+) -> dict:
+    """Seconds per step of one variant (median of ``args.rounds``), and how long its first five steps took."""
+    torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
+    if variant == "reference":
+        step = reference_step(sizes, config.dim, config.mlet_hidden, device)
+        steps = max(10, args.steps // 5)  # slow: fewer steps are as precise
+    else:
+        step = our_step(DLRM(config, seed=0, device=device), variant)
+        steps = args.steps
+    started = time.perf_counter()
+    for i in range(5):
+        step(batches[i % len(batches)])
+    sync(device)
+    first_steps = time.perf_counter() - started
+    seconds = statistics.median(timed(step, batches, steps, warmup=5, device=device) for _ in range(args.rounds))
+    batch = batches[0].size
+    return {"ms_per_step": 1000 * seconds, "samples_per_s": batch / seconds, "first_steps_s": first_steps}
 
 
 def loss_curve_check(sizes: list[int], dim: int, hidden: int, device: torch.device, steps: int = 100) -> float:
@@ -224,8 +226,9 @@ def pipeline_throughput(sizes: list[int], dim: int, hidden: int, batch: int, row
 
 def add_ratios(rows: list[dict]) -> None:
     """Each row's speed-up over the reference and MLET's cost over the baseline (same d, batch, variant)."""
-    index = {(r["model"], r["d"], r["batch"], r["variant"]): r for r in rows}
-    for r in rows:
+    measured = [r for r in rows if "error" not in r]
+    index = {(r["model"], r["d"], r["batch"], r["variant"]): r for r in measured}
+    for r in measured:
         ref = index.get((r["model"], r["d"], r["batch"], "reference"))
         if ref:
             r["speedup_vs_reference"] = r["samples_per_s"] / ref["samples_per_s"]

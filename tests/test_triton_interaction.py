@@ -27,6 +27,11 @@ def inputs(batch: int, tables: int, dim: int, seed: int, dense_dtype: torch.dtyp
     return dense, embedded
 
 
+def inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``order``."""
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
 def torch_interaction(layer: Interaction, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
     """PyTorch's ops, whatever the device: the kernels switched off."""
     saved = tk.INTERPRET_ON_CPU
@@ -48,6 +53,7 @@ def torch_interaction(layer: Interaction, dense: torch.Tensor, embedded: torch.T
     [
         (5, 3, 4, False, 1),  # d below the kernels' 16-wide tiles
         (7, 26, 16, False, 8),  # Criteo: 367 columns padded to 368
+        (37, 26, 16, False, 8),  # several programs of 8 samples, the last one partly empty
         (4, 26, 16, True, 8),  # with the diagonal: 394 -> 400
         (3, 5, 40, False, 1),  # d over two passes of 32 columns
         (2, 70, 8, True, 8),  # 71 vectors: the 128-wide tile
@@ -57,6 +63,9 @@ def torch_interaction(layer: Interaction, dense: torch.Tensor, embedded: torch.T
 def test_kernel_matches_pytorch(batch: int, tables: int, dim: int, itself: bool, align: int) -> None:
     layer = Interaction(tables, "dot", itself).to(DEVICE)
     dense, embedded = inputs(batch, tables, dim, seed=batch + tables)
+    if tables > 1:  # the tables' output is a view: T x B x d underneath (plain), T x d x B (MLET's projection)
+        underneath = (1, 0, 2) if batch % 2 else (1, 2, 0)
+        embedded = embedded.detach().permute(underneath).contiguous().permute(inverse(underneath)).requires_grad_()
     ref_dense, ref_embedded = (t.detach().clone().requires_grad_() for t in (dense, embedded))
     out = layer(dense, embedded, align)
     expected = torch_interaction(layer, ref_dense, ref_embedded)

@@ -5,14 +5,14 @@ vector with the table vectors, a batched product of 27 x 16 matrices, pick the
 lower triangle (``index_select``), concatenate the dense vector in front; its
 backward adds ``index_add`` into a zeroed buffer (23 us per step at batch
 8192 on an H200, more than the forward's product), two batched products and
-the concatenations' slices (``bench/NOTES.md``). Here one program per sample
-loads the sample's ``T + 1`` vectors once, forms their products with
-``tl.dot`` and writes the output row - dense vector, lower triangle and the
+the concatenations' slices (``bench/NOTES.md``). Here a program takes a block
+of samples, accumulates their vectors' products column by column in
+registers and writes each output row - dense vector, lower triangle and the
 zero columns that round its width up to an aligned one - directly; the
-backward reads the triangle back as a symmetric matrix and multiplies it by
-the same vectors. Products accumulate in float32 (TF32 exactly when
-``--tf32`` lets PyTorch's matmuls use it); the output has the dense vector's
-dtype (bfloat16 under ``--bf16``), the gradients their inputs' dtypes.
+backward reads the triangle back as a symmetric matrix S and forms S @ V the
+same way. The products are float32 multiply-adds (no TF32: there are too few
+of them for tensor cores to matter); the output has the dense vector's dtype
+(bfloat16 under ``--bf16``), the gradients their inputs' dtypes and layouts.
 """
 
 from __future__ import annotations
@@ -23,30 +23,29 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from mlet.kernels.triton_kernels import dot_precision, triton, usable
+from mlet.kernels.triton_kernels import triton, usable
 
 if triton is not None:
     import triton.language as tl
 
     # Helpers the kernels call: module globals, where Triton resolves the names a kernel uses.
     @triton.jit
-    def _load_features(x, e, b, kk, f, num_features, d, s_xb, s_eb, s_et):
-        """The sample's vectors as rows (FP x BD, float32): row 0 the dense vector, rows 1..T the tables'."""
-        k_ok = kk < d
-        dense = tl.load(x + b * s_xb + kk, mask=k_ok, other=0.0).to(tl.float32)
-        table = tl.maximum(f - 1, 0).to(tl.int64)
-        rows_ok = (f >= 1) & (f < num_features)
-        tables = tl.load(
-            e + b * s_eb + table[:, None] * s_et + kk[None, :], mask=rows_ok[:, None] & k_ok[None, :], other=0.0
-        ).to(tl.float32)
-        return dense, tl.where((f == 0)[:, None], dense[None, :], tables)
-
-    @triton.jit
     def _pair_position(i, j, ITSELF: tl.constexpr):  # noqa: N803
         """Column (after the dense vector) of the product of vectors i >= j, in ``tril_indices`` order."""
         if ITSELF:
             return i * (i + 1) // 2 + j
         return i * (i - 1) // 2 + j
+
+    @triton.jit
+    def _vector_column(x, e, b, b_ok, f, k, num_features, s_xb, s_xd, s_eb, s_et, s_ed):
+        """Column ``k`` of each sample's vectors (BB x FP, float32): vector 0 the dense one, 1..T the tables'."""
+        dense = tl.load(x + b * s_xb + k * s_xd, mask=b_ok, other=0.0).to(tl.float32)
+        table = tl.maximum(f - 1, 0).to(tl.int64)
+        table_ok = (f >= 1) & (f < num_features)
+        tables = tl.load(
+            e + b[:, None] * s_eb + table[None, :] * s_et + k * s_ed, mask=b_ok[:, None] & table_ok[None, :], other=0.0
+        ).to(tl.float32)
+        return tl.where((f == 0)[None, :], dense[:, None], tables)
 
 
 MAX_FEATURES = 128
@@ -74,36 +73,45 @@ def _kernels() -> SimpleNamespace:
         x,
         e,
         out,
+        batch,
         num_features,
         d,
         width,
         padded_width,
         s_xb,
+        s_xd,
         s_eb,
         s_et,
+        s_ed,
+        BB: tl.constexpr,  # noqa: N803
         FP: tl.constexpr,  # noqa: N803
         BD: tl.constexpr,  # noqa: N803
         PAD: tl.constexpr,  # noqa: N803
         ITSELF: tl.constexpr,  # noqa: N803
-        PRECISION: tl.constexpr,  # noqa: N803
     ):
-        b = tl.program_id(0).to(tl.int64)
+        b = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+        b_ok = b < batch
         f = tl.arange(0, FP)
+        products = tl.zeros((BB, FP, FP), dtype=tl.float32)
+        for k in range(0, d):
+            column = _vector_column(x, e, b, b_ok, f, k, num_features, s_xb, s_xd, s_eb, s_et, s_ed)
+            products += column[:, :, None] * column[:, None, :]
         row = out + b * padded_width
-        products = tl.zeros((FP, FP), dtype=tl.float32)
         for k0 in range(0, d, BD):
             kk = k0 + tl.arange(0, BD)
-            dense, features = _load_features(x, e, b, kk, f, num_features, d, s_xb, s_eb, s_et)
-            products += tl.dot(features, tl.trans(features), input_precision=PRECISION)
-            tl.store(row + kk, dense.to(out.dtype.element_ty), mask=kk < d)
-        i, j = f[:, None], f[None, :]
+            mask = b_ok[:, None] & (kk < d)[None, :]
+            dense = tl.load(x + b[:, None] * s_xb + kk[None, :] * s_xd, mask=mask)
+            tl.store(row[:, None] + kk[None, :], dense.to(out.dtype.element_ty), mask=mask)
+        i, j = f[None, :, None], f[None, None, :]
         if ITSELF:  # noqa: SIM108 - a branch on a constexpr, resolved when the kernel compiles
             keep = (j <= i) & (i < num_features)
         else:
             keep = (j < i) & (i < num_features)
-        tl.store(row + d + _pair_position(i, j, ITSELF), products.to(out.dtype.element_ty), mask=keep)
+        position = d + _pair_position(i, j, ITSELF)
+        tl.store(row[:, None, None] + position, products.to(out.dtype.element_ty), mask=keep & b_ok[:, None, None])
         p = width + tl.arange(0, PAD)
-        tl.store(row + p, tl.zeros((PAD,), dtype=out.dtype.element_ty), mask=p < padded_width)
+        zeros = tl.zeros((BB, PAD), dtype=out.dtype.element_ty)
+        tl.store(row[:, None] + p[None, :], zeros, mask=b_ok[:, None] & (p < padded_width)[None, :])
 
     @triton.jit
     def _interaction_backward_kernel(
@@ -112,53 +120,72 @@ def _kernels() -> SimpleNamespace:
         grad,
         grad_x,
         grad_e,
+        batch,
         num_features,
         d,
         padded_width,
         s_xb,
+        s_xd,
         s_eb,
         s_et,
+        s_ed,
+        s_gxb,
+        s_gxd,
+        s_geb,
+        s_get,
+        s_ged,
+        BB: tl.constexpr,  # noqa: N803
         FP: tl.constexpr,  # noqa: N803
         BD: tl.constexpr,  # noqa: N803
         ITSELF: tl.constexpr,  # noqa: N803
-        PRECISION: tl.constexpr,  # noqa: N803
     ):
-        b = tl.program_id(0).to(tl.int64)
-        f = tl.arange(0, FP)
-        row = grad + b * padded_width
-        i, j = f[:, None], f[None, :]
-        valid = (i < num_features) & (j < num_features)
-        if not ITSELF:
-            valid = valid & (i != j)
         # The gradient of sum_{i>=j} g_ij <v_i, v_j> with respect to the vectors is S @ V, S symmetric with
         # S_ij = S_ji = g_ij off the diagonal and S_ii = 2 g_ii.
-        position = _pair_position(tl.maximum(i, j), tl.minimum(i, j), ITSELF)
-        s = tl.load(row + d + position, mask=valid, other=0.0).to(tl.float32)
-        s = tl.where(i == j, 2.0 * s, s)
+        b = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+        b_ok = b < batch
+        f = tl.arange(0, FP)
+        row = grad + b * padded_width
         table = tl.maximum(f - 1, 0).to(tl.int64)
         table_ok = (f >= 1) & (f < num_features)
         for k0 in range(0, d, BD):
             kk = k0 + tl.arange(0, BD)
             k_ok = kk < d
-            _, features = _load_features(x, e, b, kk, f, num_features, d, s_xb, s_eb, s_et)
-            grad_features = tl.dot(s, features, input_precision=PRECISION)
-            direct = tl.load(row + kk, mask=k_ok, other=0.0).to(tl.float32)
-            through_products = tl.sum(tl.where((f == 0)[:, None], grad_features, 0.0), axis=0)
-            tl.store(grad_x + b * d + kk, (direct + through_products).to(grad_x.dtype.element_ty), mask=k_ok)
+            acc = tl.zeros((BB, FP, BD), dtype=tl.float32)
+            for jj in range(0, num_features):
+                valid = f < num_features
+                if not ITSELF:
+                    valid = valid & (f != jj)
+                position = d + _pair_position(tl.maximum(f, jj), tl.minimum(f, jj), ITSELF)
+                s = tl.load(row[:, None] + position[None, :], mask=b_ok[:, None] & valid[None, :], other=0.0)
+                s = tl.where((f == jj)[None, :], 2.0 * s.to(tl.float32), s.to(tl.float32))
+                mask = b_ok[:, None] & k_ok[None, :]
+                dense = tl.load(x + b[:, None] * s_xb + kk[None, :] * s_xd, mask=mask & (jj == 0), other=0.0)
+                vector_j = e + b[:, None] * s_eb + (jj - 1) * s_et + kk[None, :] * s_ed
+                tables = tl.load(vector_j, mask=mask & (jj > 0), other=0.0)
+                vector = dense.to(tl.float32) + tables.to(tl.float32)  # vector jj of each sample (one load is masked)
+                acc += s[:, :, None] * vector[:, None, :]
+            mask = b_ok[:, None] & k_ok[None, :]
+            direct = tl.load(row[:, None] + kk[None, :], mask=mask, other=0.0).to(tl.float32)
+            through_products = tl.sum(tl.where((f == 0)[None, :, None], acc, 0.0), axis=1)
             tl.store(
-                grad_e + b * (num_features - 1) * d + table[:, None] * d + kk[None, :],
-                grad_features.to(grad_e.dtype.element_ty),
-                mask=table_ok[:, None] & k_ok[None, :],
+                grad_x + b[:, None] * s_gxb + kk[None, :] * s_gxd,
+                (direct + through_products).to(grad_x.dtype.element_ty),
+                mask=mask,
+            )
+            tl.store(
+                grad_e + b[:, None, None] * s_geb + table[None, :, None] * s_get + kk[None, None, :] * s_ged,
+                acc.to(grad_e.dtype.element_ty),
+                mask=b_ok[:, None, None] & table_ok[None, :, None] & k_ok[None, None, :],
             )
 
     return SimpleNamespace(forward=_interaction_forward_kernel, backward=_interaction_backward_kernel)
 
 
-def _tiles(num_features: int, d: int) -> tuple[int, int, int]:
-    """Block sizes: FP vectors (>= 16 for ``tl.dot``), BD columns per pass, and warps."""
-    fp = max(16, triton.next_power_of_2(num_features))
-    bd = 16 if fp >= 64 else min(32, max(16, triton.next_power_of_2(d)))
-    return fp, bd, 4 if fp <= 32 else 8
+def _tiles(num_features: int, d: int) -> tuple[int, int, int, int]:
+    """Samples per program (BB), vectors padded to a power of two (FP), columns per pass (BD), and warps: a
+    program's BB x FP x FP products stay within 8,192 registers' worth."""
+    fp = triton.next_power_of_2(num_features)
+    return max(1, 8192 // (fp * fp)), fp, min(16, triton.next_power_of_2(d)), 4 if fp <= 32 else 8
 
 
 class DotInteraction(torch.autograd.Function):
@@ -169,15 +196,14 @@ class DotInteraction(torch.autograd.Function):
         batch, num_tables, d = embedded.shape
         num_features = num_tables + 1
         width = d + pair_count(num_features, itself)
-        dense, embedded = dense.contiguous(), embedded.contiguous()
         out = dense.new_empty(batch, padded_width)
-        fp, bd, warps = _tiles(num_features, d)
+        bb, fp, bd, warps = _tiles(num_features, d)
         pad = triton.next_power_of_2(max(1, padded_width - width))
         if batch:
-            _kernels().forward[(batch,)](
-                dense, embedded, out, num_features, d, width, padded_width,
-                dense.stride(0), embedded.stride(0), embedded.stride(1),
-                FP=fp, BD=bd, PAD=pad, ITSELF=itself, PRECISION=dot_precision(), num_warps=warps,
+            _kernels().forward[(triton.cdiv(batch, bb),)](
+                dense, embedded, out, batch, num_features, d, width, padded_width,
+                *dense.stride(), *embedded.stride(),
+                BB=bb, FP=fp, BD=bd, PAD=pad, ITSELF=itself, num_warps=warps,
             )  # fmt: skip
         ctx.save_for_backward(dense, embedded)
         ctx.itself = itself
@@ -188,13 +214,15 @@ class DotInteraction(torch.autograd.Function):
         dense, embedded = ctx.saved_tensors
         batch, num_tables, d = embedded.shape
         grad = grad.contiguous()
+        # The inputs are read in any layout (the tables' output is a transposed view, MLET's one with the batch
+        # innermost); empty_like gives their gradients the same layouts, so nothing is copied either way.
         grad_dense, grad_embedded = torch.empty_like(dense), torch.empty_like(embedded)
-        fp, bd, warps = _tiles(num_tables + 1, d)
+        bb, fp, bd, warps = _tiles(num_tables + 1, d)
         if batch:
-            _kernels().backward[(batch,)](
-                dense, embedded, grad, grad_dense, grad_embedded, num_tables + 1, d, grad.shape[1],
-                dense.stride(0), embedded.stride(0), embedded.stride(1),
-                FP=fp, BD=bd, ITSELF=ctx.itself, PRECISION=dot_precision(), num_warps=warps,
+            _kernels().backward[(triton.cdiv(batch, bb),)](
+                dense, embedded, grad, grad_dense, grad_embedded, batch, num_tables + 1, d, grad.shape[1],
+                *dense.stride(), *embedded.stride(), *grad_dense.stride(), *grad_embedded.stride(),
+                BB=bb, FP=fp, BD=bd, ITSELF=ctx.itself, num_warps=warps,
             )  # fmt: skip
         return grad_dense, grad_embedded, None, None
 
