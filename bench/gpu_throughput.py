@@ -257,11 +257,12 @@ def main() -> None:
         args.dims, args.batches, args.steps, args.rounds = [16], [2048], 10, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = scaled_cardinalities(args.scale)
-    rows = []
+    rows: list[dict] = []
     for dim in args.dims:
         for batch in args.batches:
             for hidden in (0, args.hidden):
                 rows += bench_one(sizes, dim, hidden, batch, args, device)
+                save(args.out, {"table_rows": sum(sizes), "rows": rows})  # a cut-off run keeps what it measured
     if args.pipeline:
         for hidden in (0, args.hidden):
             for batch in args.batches:
