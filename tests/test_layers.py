@@ -9,6 +9,7 @@ from helpers import random_inputs, small_config, train_random_steps
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
 from mlet.training.optimizers import build_optimizer
+from mlet.training.train_step import compiled_logits, logits_from
 from mlet_layers import EmbeddingTables, parse_projection_init
 
 
@@ -149,3 +150,25 @@ def test_batch_with_wrong_table_count_is_reported() -> None:
     tables = EmbeddingTables([5, 5], 4)
     with pytest.raises(ValueError, match="3 sparse features, the model 2 tables"):
         tables(SparseFeatures.from_ids(torch.zeros(4, 3, dtype=torch.int64)))
+
+
+def test_compiled_logits_are_used_only_inside_the_block_and_the_method_comes_back() -> None:
+    """``--compile`` hands the graphed step's forward a compiled ``logits``: the model uses it inside
+    ``logits_from`` (and only there, also when the block fails), and ``none`` compiles nothing."""
+    model = DLRM(small_config(hidden=0), seed=0)
+    dense, features = random_inputs(model.config, batch=4, seed=1)
+    plain = model(dense, features)
+    calls = []
+
+    def stand_in(dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        calls.append(embedded.shape)
+        return torch.zeros(dense.shape[0])
+
+    assert compiled_logits(model, "none") is None
+    with logits_from(model, stand_in):
+        assert torch.equal(model(dense, features), torch.zeros(4))
+    assert calls == [(4, len(model.config.table_sizes), model.config.dim)]
+    with pytest.raises(RuntimeError), logits_from(model, stand_in):
+        raise RuntimeError("a failed capture")
+    torch.testing.assert_close(model(dense, features), plain)
+    assert "logits" not in vars(model)

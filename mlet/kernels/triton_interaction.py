@@ -183,9 +183,11 @@ def _kernels() -> SimpleNamespace:
 
 def _tiles(num_features: int, d: int) -> tuple[int, int, int, int]:
     """Samples per program (BB), vectors padded to a power of two (FP), columns per pass (BD), and warps: a
-    program's BB x FP x FP products stay within 8,192 registers' worth."""
+    program's BB x FP x FP products (forward) and BB x FP x BD gradients (backward) stay within 8,192 values,
+    and BB within 64 (Criteo's 27 vectors: 8 samples a program)."""
     fp = triton.next_power_of_2(num_features)
-    return max(1, 8192 // (fp * fp)), fp, min(16, triton.next_power_of_2(d)), 4 if fp <= 32 else 8
+    bd = min(16, triton.next_power_of_2(d))
+    return min(64, max(1, 8192 // (fp * max(fp, bd)))), fp, bd, 4 if fp <= 32 else 8
 
 
 class DotInteraction(torch.autograd.Function):
