@@ -236,8 +236,8 @@ FLAGS: tuple[ForeignFlag, ...] = (
     ),
     _refused("--concat-og-features", "concatenating the unprojected features is not supported", origin=FORK),
     _refused("--wide-feat-sel", "wide features are not supported", takes_value=True, origin=FORK),
-    _refused("--fp16", "half precision is not supported; on GPU, --tf32 speeds up the matrix products", origin=FORK),
-    _refused("--enable_amp", "mixed precision (apex) is not supported; on GPU, see --tf32", origin=FORK),
+    _refused("--fp16", "float16 is not supported; on GPU, --bf16 trains the MLPs in bfloat16", origin=FORK),
+    _refused("--enable_amp", "apex mixed precision is not supported; on GPU, see --bf16 (torch autocast)", origin=FORK),
     _refused(
         "--apex-mode",
         "mixed precision (apex) is not supported; only O0 (off, the fork's default) is accepted",
