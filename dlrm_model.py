@@ -35,14 +35,19 @@ def pad_columns(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, extra)) if extra else x
 
 
-def run_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
-    """``mlp(x)``, where ``x`` may carry zero columns beyond the first layer's inputs (an aligned width):
-    the first layer's weight is padded with as many zero columns, which adds nothing to its products."""
+def run_mlp(mlp: nn.Sequential, x: Tensor, align: int = 1) -> Tensor:
+    """``mlp(x)``; with ``align`` > 1 the first layer runs on ``x`` padded with zero columns to a multiple of
+    ``align`` (unless it comes padded, as the interaction kernels write it) and on its weight padded with as
+    many zero columns, which add nothing to the products. An empty MLP passes ``x`` through."""
+    if not len(mlp):
+        return x
     first = mlp[0]
     assert isinstance(first, nn.Linear)
-    extra = x.shape[1] - first.in_features
-    weight = F.pad(first.weight, (0, extra)) if extra else first.weight
-    return mlp[1:](F.linear(x, weight, first.bias))
+    aligned = first.in_features + (-first.in_features % align)
+    if x.shape[1] not in (first.in_features, aligned):
+        raise ValueError(f"the MLP's first layer takes {first.in_features} input columns, got {x.shape[1]}")
+    weight = F.pad(first.weight, (0, aligned - first.in_features)) if aligned > first.in_features else first.weight
+    return mlp[1:](F.linear(pad_columns(x, align), weight, first.bias))
 
 
 def make_mlp(widths: Sequence[int], seed: int, salt: int, last_activation: bool) -> nn.Sequential:
@@ -124,8 +129,8 @@ class DLRM(nn.Module):
         """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``); on a GPU
         with the first layers' inputs padded to aligned widths (:data:`GPU_ALIGN`)."""
         align = GPU_ALIGN if dense.is_cuda else 1
-        bottom = run_mlp(self.bottom, pad_columns(dense, align))
-        return run_mlp(self.top, self.interaction(bottom, embedded, align)).squeeze(-1)
+        bottom = run_mlp(self.bottom, dense, align)
+        return run_mlp(self.top, self.interaction(bottom, embedded, align), align).squeeze(-1)
 
     def collapse(self) -> DLRM:
         """The same outputs with MLET folded: a baseline DLRM (plain d-wide tables), or for composite tables the

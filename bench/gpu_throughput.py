@@ -140,7 +140,7 @@ def bench_one(
         row = {"model": f"MLET K={hidden}" if hidden else "baseline", "d": dim, "batch": batch, "variant": variant}
         try:
             row.update(time_variant(sizes, config, variant, batches, args, device))
-        except RuntimeError as error:  # a failed variant is reported, the others are still timed
+        except Exception as error:  # any failure of a variant is reported, the others are still timed
             row["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
         rows.append(row)
         print(rows[-1], flush=True)

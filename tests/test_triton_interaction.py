@@ -55,7 +55,7 @@ def torch_interaction(layer: Interaction, dense: torch.Tensor, embedded: torch.T
         (7, 26, 16, False, 8),  # Criteo: 367 columns padded to 368
         (37, 26, 16, False, 8),  # several programs of 8 samples, the last one partly empty
         (4, 26, 16, True, 8),  # with the diagonal: 394 -> 400
-        (3, 5, 40, False, 1),  # d over two passes of 32 columns
+        (3, 5, 40, False, 1),  # d over three passes of 16 columns
         (2, 70, 8, True, 8),  # 71 vectors: the 128-wide tile
         (3, 0, 4, False, 8),  # a process that owns no table: the dense vector alone
     ],
@@ -107,6 +107,15 @@ def test_kernels_run_only_where_triton_may_and_the_vectors_fit(monkeypatch) -> N
     assert not ti.supported(dense, torch.zeros(2, ti.MAX_FEATURES, 4))
 
 
+@needs_triton
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize(("dense_shape", "embedded_shape"), [((4, 8), (4, 3, 16)), ((4, 16), (2, 3, 16))])
+def test_kernel_refuses_inputs_that_do_not_fit(dense_shape, embedded_shape) -> None:
+    """A dense vector of another width or batch than the tables' is refused before any kernel writes."""
+    with pytest.raises(ValueError, match="dot interaction: dense"):
+        ti.dot_interaction(torch.zeros(dense_shape), torch.zeros(embedded_shape), False, 64)
+
+
 def test_pair_count_is_the_triangle_the_layer_keeps() -> None:
     for tables in (0, 1, 26):
         for itself in (False, True):
@@ -115,21 +124,25 @@ def test_pair_count_is_the_triangle_the_layer_keeps() -> None:
 
 def test_padded_inputs_give_the_first_layer_the_same_outputs_and_gradients() -> None:
     """``run_mlp`` on an input padded with zero columns (the GPU's aligned widths) is the plain MLP: outputs and
-    every parameter's gradient to rounding, and the parameters keep their shapes (checkpoints do not change)."""
+    every parameter's gradient to rounding, and the parameters keep their shapes (checkpoints do not change).
+    An input of another width is refused, padded or not; an empty MLP passes its input through."""
     mlp = make_mlp([13, 32, 8], seed=0, salt=0, last_activation=True)
     x = torch.randn(64, 13, generator=torch.Generator().manual_seed(0))
     plain = mlp(x)
     plain.square().sum().backward()
     plain_grads = [p.grad.clone() for p in mlp.parameters()]
     mlp.zero_grad()
-    padded_input = pad_columns(x, 8)
-    assert padded_input.shape == (64, 16)
-    padded = run_mlp(mlp, padded_input)
+    assert pad_columns(x, 8).shape == (64, 16)
+    padded = run_mlp(mlp, x, 8)
     padded.square().sum().backward()
     torch.testing.assert_close(padded, plain, rtol=1e-6, atol=1e-6)
     for p, expected in zip(mlp.parameters(), plain_grads):
         assert p.grad.shape == p.shape
         torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=1e-6)
+    for width in (12, 14):
+        with pytest.raises(ValueError, match="takes 13 input columns, got"):
+            run_mlp(mlp, torch.zeros(2, width), 8)
+    assert run_mlp(torch.nn.Sequential(), x, 8) is x
 
 
 @needs_triton
@@ -147,7 +160,7 @@ def test_model_with_kernels_and_aligned_widths_trains_as_plain_model(make_model,
     plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     monkeypatch.setattr(tk, "INTERPRET_ON_CPU", True)
-    aligned = run_mlp(model.top, model.interaction(run_mlp(model.bottom, pad_columns(dense, 8)), embedded, 8))
+    aligned = run_mlp(model.top, model.interaction(run_mlp(model.bottom, dense, 8), embedded, 8), 8)
     aligned.squeeze(-1).sum().backward()
     torch.testing.assert_close(aligned.squeeze(-1), plain, rtol=1e-5, atol=1e-5)
     for name, expected in plain_grads.items():

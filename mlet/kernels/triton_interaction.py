@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mlet.kernels.triton_kernels import triton, usable
 
@@ -160,7 +161,8 @@ def _kernels() -> SimpleNamespace:
                 s = tl.where((f == jj)[None, :], 2.0 * s.to(tl.float32), s.to(tl.float32))
                 mask = b_ok[:, None] & k_ok[None, :]
                 dense = tl.load(x + b[:, None] * s_xb + kk[None, :] * s_xd, mask=mask & (jj == 0), other=0.0)
-                vector_j = e + b[:, None] * s_eb + (jj - 1) * s_et + kk[None, :] * s_ed
+                table_j = tl.zeros((1,), dtype=tl.int64) + (jj - 1)  # int64: x stride can pass 2**31 (MLET's layout)
+                vector_j = e + b[:, None] * s_eb + table_j[None, :] * s_et + kk[None, :] * s_ed
                 tables = tl.load(vector_j, mask=mask & (jj > 0), other=0.0)
                 vector = dense.to(tl.float32) + tables.to(tl.float32)  # vector jj of each sample (one load is masked)
                 acc += s[:, :, None] * vector[:, None, :]
@@ -198,6 +200,11 @@ class DotInteraction(torch.autograd.Function):
         batch, num_tables, d = embedded.shape
         num_features = num_tables + 1
         width = d + pair_count(num_features, itself)
+        if dense.shape != (batch, d) or padded_width < width:
+            raise ValueError(
+                f"dot interaction: dense {tuple(dense.shape)} and embedded {tuple(embedded.shape)} need a dense"
+                f" B x d, embedded B x T x d and an output of at least {width} columns (asked for {padded_width})"
+            )
         out = dense.new_empty(batch, padded_width)
         bb, fp, bd, warps = _tiles(num_features, d)
         pad = triton.next_power_of_2(max(1, padded_width - width))
@@ -212,6 +219,7 @@ class DotInteraction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
         dense, embedded = ctx.saved_tensors
         batch, num_tables, d = embedded.shape
