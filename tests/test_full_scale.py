@@ -442,7 +442,9 @@ def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
         workers = json.loads(pids.read_text())
         assert piece.poll() is None, err.read_text()
         os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: "stopped" in out.read_text() or piece.poll() is not None, "the dead worker noticed")
+        # its run's line comes once the run is recorded (the worker's "stopped" line comes before that)
+        recorded = "sgd_base_d4_lr0.2_s1: failed (exit code -9)"
+        wait_for(lambda: recorded in out.read_text() or piece.poll() is not None, "the dead worker's run recorded")
         children = [int(pid) for pid in Path(f"/proc/{piece.pid}/task/{piece.pid}/children").read_text().split()]
         piece.send_signal(signal.SIGTERM)
         assert piece.wait(timeout=60) == 130, err.read_text()
