@@ -29,9 +29,14 @@ bytes, and Kaggle's 13 dense features and the dot interaction's 367 columns
 (d=16, 26 tables) otherwise get its slow unaligned kernels (``bench/NOTES.md``)."""
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``n``."""
+    return n + (-n % multiple)
+
+
 def pad_columns(x: Tensor, multiple: int) -> Tensor:
     """``x`` (B x n) with zero columns appended up to a multiple of ``multiple`` columns."""
-    extra = -x.shape[1] % multiple
+    extra = round_up(x.shape[1], multiple) - x.shape[1]
     return F.pad(x, (0, extra)) if extra else x
 
 
@@ -43,7 +48,7 @@ def run_mlp(mlp: nn.Sequential, x: Tensor, align: int = 1) -> Tensor:
         return x
     first = mlp[0]
     assert isinstance(first, nn.Linear)
-    aligned = first.in_features + (-first.in_features % align)
+    aligned = round_up(first.in_features, align)
     if x.shape[1] not in (first.in_features, aligned):
         raise ValueError(f"the MLP's first layer takes {first.in_features} input columns, got {x.shape[1]}")
     weight = F.pad(first.weight, (0, aligned - first.in_features)) if aligned > first.in_features else first.weight
@@ -91,8 +96,8 @@ class Interaction(nn.Module):
         if self.kind == "cat":
             return pad_columns(torch.cat([dense, embedded.flatten(1)], dim=1), align)
         if triton_interaction.supported(dense, embedded):
-            width = dense.shape[1] + len(self.flat_pairs)
-            return triton_interaction.dot_interaction(dense, embedded, self.itself, width + (-width % align))
+            width = round_up(dense.shape[1] + len(self.flat_pairs), align)
+            return triton_interaction.dot_interaction(dense, embedded, self.itself, width)
         features = torch.cat([dense.unsqueeze(1), embedded], dim=1)
         products = torch.bmm(features, features.transpose(1, 2)).flatten(1)
         return pad_columns(torch.cat([dense, products.index_select(1, self.flat_pairs)], dim=1), align)

@@ -199,8 +199,8 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         "--compile",
         choices=COMPILE_MODES,
         default="none",
-        help="torch.compile the GPU step's MLPs (fuses their elementwise kernels and bias sums; needs the CUDA-graph"
-        " step); compiling takes seconds at start (default) or minutes (max-autotune)",
+        help="torch.compile the GPU step's MLPs and dense update (fuses their elementwise kernels and bias sums; needs"
+        " the CUDA-graph step); compiling takes seconds at start (default) or minutes (max-autotune)",
     )
 
 

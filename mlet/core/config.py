@@ -275,7 +275,7 @@ class TrainConfig:
     seed: int = 123
     cuda_graph: bool = True
     bf16: bool = False  # MLPs and interaction in bfloat16 (mlet/training/precision.py)
-    compile: str = "none"  # torch.compile of the graphed step's MLPs and loss (COMPILE_MODES; train_step.py)
+    compile: str = "none"  # torch.compile of the graphed step's MLPs and dense update (COMPILE_MODES)
     adapt_threads: bool = True  # on a CPU, fewer threads while other processes use the cores (cpu_threads.py)
     num_workers: int = -1
     # testing, logging and checkpoints
