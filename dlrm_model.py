@@ -133,9 +133,16 @@ class DLRM(nn.Module):
     def logits(self, dense: Tensor, embedded: Tensor) -> Tensor:
         """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``); on a GPU
         with the first layers' inputs padded to aligned widths (:data:`GPU_ALIGN`)."""
-        align = GPU_ALIGN if dense.is_cuda else 1
-        bottom = run_mlp(self.bottom, dense, align)
-        return run_mlp(self.top, self.interaction(bottom, embedded, align), align).squeeze(-1)
+        return self.head(self.bottom_features(dense), embedded)
+
+    def bottom_features(self, dense: Tensor) -> Tensor:
+        """The bottom MLP's output (``B x d``): the interaction's dense vector."""
+        return run_mlp(self.bottom, dense, GPU_ALIGN if dense.is_cuda else 1)
+
+    def head(self, features: Tensor, embedded: Tensor) -> Tensor:
+        """Interaction and top MLP: logits (``B``) from the bottom MLP's ``features`` and ``embedded``."""
+        align = GPU_ALIGN if features.is_cuda else 1
+        return run_mlp(self.top, self.interaction(features, embedded, align), align).squeeze(-1)
 
     def collapse(self) -> DLRM:
         """The same outputs with MLET folded: a baseline DLRM (plain d-wide tables), or for composite tables the

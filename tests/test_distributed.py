@@ -29,10 +29,11 @@ import torch
 from helpers import ROOT, random_inputs, small_config
 
 import dlrm_mlet
+from dlrm_model import make_mlp
 from mlet.core.batch import Batch, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
-from mlet.parallel.distributed import MultiProcess
+from mlet.parallel.distributed import GradientSum, MultiProcess
 from mlet.parallel.equivalence import (
     TOLERANCE,
     Outcome,
@@ -389,3 +390,44 @@ def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:
     assert merged.segments == (((0, 5),), ((5, 9),))
     with pytest.raises(ValueError, match="expected 14 rows"):
         merged.take(full[:3], 0)
+
+
+# -- the replicated gradients' all-reduce --------------------------------------
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo default group of this process alone."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_gradient_sum_starts_inside_backward_and_waits_for_every_gradient(monkeypatch) -> None:
+    """The all-reduce starts in backward, once the last MLP gradient is accumulated (so that it overlaps the
+    tables' backward); a backward that leaves a parameter without gradient starts nothing, and the update's
+    ``finish`` then refuses in one line."""
+    mlp = make_mlp([3, 4, 1], seed=0, salt=0, last_activation=False)
+    params = list(mlp.parameters())
+    gradient_sum = GradientSum(params, None)
+    in_backward = []
+    all_reduce = torch.distributed.all_reduce
+
+    def recording(*args, **kwargs):
+        in_backward.append(torch._C._current_graph_task_id() != -1)
+        return all_reduce(*args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", recording)
+    x = torch.randn(5, 3)
+    mlp(x).sum().backward()
+    assert in_backward == [True]
+    expected = [p.grad.clone() for p in params]
+    gradient_sum.finish()
+    for param, grad in zip(params, expected):
+        torch.testing.assert_close(param.grad, grad)  # one process: the sum is its own gradient
+    for param in params:
+        param.grad = None
+    gradient_sum.reset()
+    mlp[0](x).sum().backward()  # the last layer gets no gradient
+    assert in_backward == [True] and gradient_sum.pending is None
+    with pytest.raises(RuntimeError, match="has no gradient"):
+        gradient_sum.finish()

@@ -9,7 +9,7 @@ from helpers import random_inputs, small_config, train_random_steps
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
 from mlet.training.optimizers import build_optimizer
-from mlet.training.train_step import compiled_logits, logits_from
+from mlet.training.train_step import COMPILED_PARTS, compiled_from, compiled_parts
 from mlet_layers import EmbeddingTables, parse_projection_init
 
 
@@ -152,23 +152,31 @@ def test_batch_with_wrong_table_count_is_reported() -> None:
         tables(SparseFeatures.from_ids(torch.zeros(4, 3, dtype=torch.int64)))
 
 
-def test_compiled_logits_are_used_only_inside_the_block_and_the_method_comes_back() -> None:
-    """``--compile`` hands the graphed step's forward a compiled ``logits``: the model uses it inside
-    ``logits_from`` (and only there, also when the block fails), and ``none`` compiles nothing."""
+def test_compiled_parts_are_used_only_inside_the_block_and_the_methods_come_back() -> None:
+    """``--compile`` hands the graphed step's forward a compiled bottom MLP and head (interaction + top MLP):
+    the model uses them inside ``compiled_from`` (and only there, also when the block fails), together they
+    give the model's logits, and ``none`` compiles nothing."""
     model = DLRM(small_config(hidden=0), seed=0)
     dense, features = random_inputs(model.config, batch=4, seed=1)
     plain = model(dense, features)
     calls = []
 
-    def stand_in(dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        calls.append(embedded.shape)
-        return torch.zeros(dense.shape[0])
+    def stand_in(name: str):
+        def part(*tensors: torch.Tensor) -> torch.Tensor:
+            calls.append((name, [tuple(t.shape) for t in tensors]))
+            return getattr(DLRM, name)(model, *tensors)
 
-    assert compiled_logits(model, "none") is None
-    with logits_from(model, stand_in):
-        assert torch.equal(model(dense, features), torch.zeros(4))
-    assert calls == [(4, len(model.config.table_sizes), model.config.dim)]
-    with pytest.raises(RuntimeError), logits_from(model, stand_in):
+        return part
+
+    assert compiled_parts(model, "none") is None
+    parts = {name: stand_in(name) for name in COMPILED_PARTS}
+    with compiled_from(model, parts):
+        torch.testing.assert_close(model(dense, features), plain)
+    tables, dim = len(model.config.table_sizes), model.config.dim
+    assert calls == [("bottom_features", [(4, dense.shape[1])]), ("head", [(4, dim), (4, tables, dim)])]
+    with pytest.raises(RuntimeError), compiled_from(model, parts):
         raise RuntimeError("a failed capture")
+    assert not set(COMPILED_PARTS) & set(vars(model))
+    calls.clear()
     torch.testing.assert_close(model(dense, features), plain)
-    assert "logits" not in vars(model)
+    assert calls == []

@@ -120,6 +120,58 @@ def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
     return full
 
 
+# -- summing the replicated gradients -------------------------------------------
+class GradientSum:
+    """The MLPs' gradients summed over the processes: one all-reduce of one flat buffer.
+
+    Each process's loss is its share of the global mean, so the sum is the
+    gradient of the global mean (DDP would average). The all-reduce starts as
+    soon as backward has accumulated the last of these gradients (a
+    post-accumulate-grad hook), so that it runs while the tables' backward
+    still computes; :meth:`finish`, before the dense update, waits for it.
+    Shapes are static, so a CUDA graph can hold it all.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:
+        self.params, self.group = list(params), group
+        self.accumulated: set[int] = set()  # ids of the parameters whose gradient this backward has accumulated
+        self.pending: tuple[Tensor, dist.Work | None] | None = None
+        for param in self.params:
+            param.register_post_accumulate_grad_hook(self.accumulate)
+
+    def reset(self) -> None:
+        """Forget a backward that ended without :meth:`finish` (a new forward begins)."""
+        self.accumulated.clear()
+
+    def accumulate(self, param: Tensor) -> None:
+        """Hook: ``param``'s gradient is complete; the last one starts the all-reduce."""
+        self.accumulated.add(id(param))
+        if len(self.accumulated) == len(self.params):
+            self.accumulated.clear()
+            self.start()
+
+    def start(self) -> None:
+        """Start the all-reduce of the current gradients (after the current stream's work so far)."""
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            raise RuntimeError("a replicated parameter has no gradient: the ranks' all-reduce buffers would differ")
+        flat = torch.cat([g.reshape(-1) for g in grads if g is not None])
+        self.pending = (flat, dist.all_reduce(flat, group=self.group, async_op=True))
+
+    def finish(self) -> None:
+        """Wait for the all-reduce (starting it if backward did not) and put the sums in the gradients."""
+        if self.pending is None:
+            self.start()
+        assert self.pending is not None
+        flat, work = self.pending
+        self.pending = None
+        if work is not None:
+            work.wait()
+        for param, summed in zip(self.params, flat.split([p.numel() for p in self.params])):
+            assert param.grad is not None
+            param.grad.copy_(summed.view_as(param.grad))
+
+
 # -- the sharded model ---------------------------------------------------------
 class DistributedDLRM(DLRM):
     """DLRM whose tables are sharded over the ranks and whose MLPs are replicated.
@@ -145,6 +197,9 @@ class DistributedDLRM(DLRM):
         }
         self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
         self.layouts: dict[int, ExchangeLayout] = {}
+        replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
+        self.gradient_sum = GradientSum(replicated, comm.group)
+        self.exchange_stream = torch.cuda.Stream(comm.device) if comm.device.type == "cuda" else None
 
     def exchange_layout(self, batch_size: int) -> ExchangeLayout:
         """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
@@ -164,27 +219,31 @@ class DistributedDLRM(DLRM):
             )
         return self.layouts[batch_size]
 
-    def sum_replicated_gradients(self) -> None:
-        """Sum the MLPs' gradients over the processes: one all-reduce of one flat buffer.
-
-        Each process's loss is its share of the global mean, so the sum is the
-        gradient of the global mean (DDP would average). Shapes are static, so
-        a CUDA graph can hold it.
-        """
-        replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
-        grads = [p.grad for p in replicated if p.grad is not None]
-        if len(grads) != len(replicated):
-            raise RuntimeError("a replicated parameter has no gradient: the ranks' all-reduce buffers would differ")
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self.comm.group)
-        for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
-            grad.copy_(summed.view_as(grad))
-
     def forward(self, dense: Tensor, sparse: OwnedBags) -> Tensor:  # type: ignore[override]  # a rank's bags, not SparseFeatures
-        """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all."""
+        """Logits of this rank's samples: ``dense`` holds them, ``sparse`` the owned tables' bags of all.
+
+        The bottom MLP runs before the exchange, so that backward (latest first)
+        starts the reverse all-to-all before the bottom MLP's backward, and the
+        gradients' all-reduce (:class:`GradientSum`) queues behind it.
+        """
+        self.gradient_sum.reset()
         pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
-        embedded = EmbeddingExchange.apply(pooled, self.exchange_layout(sparse.batch_size))
-        return self.logits(dense, embedded)
+        layout = self.exchange_layout(sparse.batch_size)
+        if self.exchange_stream is None:
+            features = self.bottom_features(dense)
+            return self.head(features, EmbeddingExchange.apply(pooled, layout))
+        current = torch.cuda.current_stream(self.comm.device)
+        pooled_ready = current.record_event()
+        features = self.bottom_features(dense)
+        # The all-to-all on a stream of its own, beside the bottom MLP; its backward runs on the same stream
+        # (autograd's rule), beside the bottom MLP's backward. No tensor crosses the streams unguarded: `pooled`
+        # is referenced until the current stream has waited for the exchange, and the received vectors are
+        # first read on the current stream after that wait.
+        with torch.cuda.stream(self.exchange_stream):
+            self.exchange_stream.wait_event(pooled_ready)
+            embedded = EmbeddingExchange.apply(pooled, layout)
+        current.wait_stream(self.exchange_stream)
+        return self.head(features, embedded)
 
     def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
         """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
@@ -244,7 +303,7 @@ class ShardedOptimizer:
 
     def step(self) -> None:
         """Sum the replicated gradients over the ranks, then update this rank's parameters."""
-        self.model.sum_replicated_gradients()
+        self.model.gradient_sum.finish()
         self.inner.step()
 
     def set_lr(self, lr: float) -> None:

@@ -83,24 +83,31 @@ def batch_shape(batch: object) -> object:
     return batch
 
 
-def compiled_logits(model: nn.Module, mode: str) -> Callable | None:
-    """``model.logits`` (MLPs and interaction) under ``--compile`` mode ``mode``, or None for ``none``."""
+COMPILED_PARTS = ("bottom_features", "head")
+"""The model's methods ``--compile`` compiles: together they are ``DLRM.logits`` (MLPs and interaction), and
+a multi-process model runs its embedding exchange between them."""
+
+
+def compiled_parts(model: nn.Module, mode: str) -> dict[str, Callable] | None:
+    """:data:`COMPILED_PARTS` of ``model`` under ``--compile`` mode ``mode``, or None for ``none``."""
     if mode == "none":
         return None
-    return compiled(cast(Callable, model.logits), mode)  # DLRM's method (typed as nn.Module's attributes are)
+    return {name: compiled(cast(Callable, getattr(model, name)), mode) for name in COMPILED_PARTS}
 
 
 @contextlib.contextmanager
-def logits_from(model: nn.Module, logits: Callable | None) -> Iterator[None]:
-    """Inside the block ``model`` computes its logits with ``logits`` (the compiled ones), where given."""
-    if logits is None:
+def compiled_from(model: nn.Module, parts: dict[str, Callable] | None) -> Iterator[None]:
+    """Inside the block ``model`` computes its logits with the compiled ``parts``, where given."""
+    if parts is None:
         yield
         return
-    object.__setattr__(model, "logits", logits)  # the instance attribute shadows the method
+    for name, part in parts.items():
+        object.__setattr__(model, name, part)  # the instance attribute shadows the method
     try:
         yield
     finally:
-        del model.logits
+        for name in parts:
+            delattr(model, name)
 
 
 class GraphedTrainStep(TrainStep):
@@ -122,7 +129,7 @@ class GraphedTrainStep(TrainStep):
         self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False, warmup: int = 3, compile: str = "none"
     ) -> None:
         super().__init__(model, loss_fn, optimizer, bf16)
-        self.compiled = compiled_logits(model, compile)
+        self.compiled = compiled_parts(model, compile)
         if compile != "none":
             optimizer.compile_dense_update(compile)
         self.warmup = warmup
@@ -152,7 +159,7 @@ class GraphedTrainStep(TrainStep):
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), logits_from(self.model, self.compiled):
+        with torch.cuda.stream(side), compiled_from(self.model, self.compiled):
             loss = super().__call__(batch)
         torch.cuda.current_stream().wait_stream(side)
         return loss
@@ -162,7 +169,7 @@ class GraphedTrainStep(TrainStep):
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), logits_from(self.model, self.compiled):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), compiled_from(self.model, self.compiled):
             loss = batch_loss(self.loss_fn, self.logits(self.static_batch), self.static_batch)
             loss.backward()
             self.optimizer.step()
