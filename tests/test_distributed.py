@@ -30,10 +30,10 @@ from helpers import ROOT, random_inputs, small_config
 
 import dlrm_mlet
 from dlrm_model import make_mlp
-from mlet.core.batch import Batch, local_sizes, sample_range
+from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
-from mlet.parallel.distributed import GradientSum, MultiProcess
+from mlet.parallel.distributed import DistributedDLRM, EmbeddingExchange, GradientSum, MultiProcess
 from mlet.parallel.equivalence import (
     TOLERANCE,
     Outcome,
@@ -42,7 +42,7 @@ from mlet.parallel.equivalence import (
     scenario_flags,
     step_losses,
 )
-from mlet.parallel.process_group import communication_failure
+from mlet.parallel.process_group import Comm, communication_failure
 from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, table_bytes
 from mlet_layers import EmbeddingTables
 
@@ -431,3 +431,29 @@ def test_gradient_sum_starts_inside_backward_and_waits_for_every_gradient(monkey
     assert in_backward == [True] and gradient_sum.pending is None
     with pytest.raises(RuntimeError, match="has no gradient"):
         gradient_sum.finish()
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_backward_sends_the_embeddings_back_before_the_gradient_all_reduce(monkeypatch) -> None:
+    """The order the overlap relies on: the bottom MLP runs before the exchange, so backward (latest first) starts
+    the reverse all-to-all before the bottom MLP's backward, and the all-reduce, started when the bottom MLP's
+    gradients are complete, queues behind it on the communicator and runs beside the tables' backward."""
+    config = small_config(hidden=8)
+    comm = Comm(0, 1, torch.device("cpu"), None)
+    model = DistributedDLRM(config, comm, ShardingPlan.balanced(table_bytes(config, "sgd"), 1), seed=0)
+    order: list[str] = []
+    exchange_backward, start = EmbeddingExchange.backward, GradientSum.start
+
+    def logged_backward(ctx, grad):
+        order.append("all-to-all back")
+        return exchange_backward(ctx, grad)
+
+    def logged_start(self):
+        order.append("all-reduce")
+        return start(self)
+
+    monkeypatch.setattr(EmbeddingExchange, "backward", staticmethod(logged_backward))
+    monkeypatch.setattr(GradientSum, "start", logged_start)
+    dense, features = random_inputs(config, batch=6, seed=2)
+    model(dense, OwnedBags(features, 6)).sum().backward()
+    assert order == ["all-to-all back", "all-reduce"]
