@@ -23,15 +23,12 @@ import argparse
 import functools
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import print_table, save
+from common import print_table, save, self_launching, torchrun_rows
 
 TABLES, DIM = 26, 16
 MLP_GRADIENT_VALUES = 475_985  # bottom 13-512-256-64-16 + top 367-512-256-1, weights and biases
@@ -93,11 +90,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def driver(args: argparse.Namespace, argv: list[str]) -> None:
     """Launch the ranks, then print and save rank 0's table."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rows.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.procs}"]
-        subprocess.run([*command, __file__, *argv, "--worker", f"--out={out}"], check=True)
-        results = json.loads(out.read_text())
+    results = torchrun_rows(__file__, args.procs, argv)
     print_table(results, ["collective", "global_batch", "MiB", "us", "local_copy_us", "vs_local_copy"])
     print(f"wrote {save('collectives_gpu', {'processes': args.procs, 'rows': results})}")
 
@@ -107,13 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, default=2, help="processes, one GPU each")
     p.add_argument("--batches", type=int, nargs="+", default=[2048, 8192, 32768, 131072], help="global batches")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        worker(args)
-    else:
-        driver(args, sys.argv[1:])
+    self_launching(p, worker, driver)
 
 
 if __name__ == "__main__":

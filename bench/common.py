@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -10,6 +11,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,3 +140,28 @@ def harness_sgd_step(model, lr: float):
 
     optimizer = build_optimizer("sgd", lr, model.sparse_parameters(), model.dense_parameters(), model.tables)
     return TrainStep(model, F.binary_cross_entropy_with_logits, optimizer)
+
+
+def self_launching(parser: argparse.ArgumentParser, worker: Callable, driver: Callable) -> None:
+    """Main of a benchmark that launches itself under torchrun: with ``--worker`` (given by
+    :func:`torchrun_rows`) run ``worker(args)``, else ``driver(args, argv)``."""
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+    else:
+        driver(args, sys.argv[1:])
+
+
+def torchrun_rows(script: str, nproc: int, argv: list[str]) -> list:
+    """Run ``script argv`` as ``nproc`` torchrun workers (one thread each unless ``OMP_NUM_THREADS`` says
+    otherwise); the JSON rows its rank 0 wrote to ``--out``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        command += [script, *argv, "--worker", f"--out={out}"]
+        print("$", " ".join(command), flush=True)
+        threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        subprocess.run(command, check=True, env={**os.environ, **threads})
+        return json.loads(out.read_text())

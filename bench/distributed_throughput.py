@@ -23,17 +23,13 @@ import argparse
 import gc
 import itertools
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from common import print_table, save
+from common import print_table, save, self_launching, torchrun_rows
 from reference_dlrm import scaled_cardinalities
 
 import dlrm_mlet
@@ -139,26 +135,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def driver(args: argparse.Namespace, argv: list[str]) -> None:
     """Launch the workers for each process count, then tabulate and write the results."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for nproc in args.procs:
-            out = Path(tmp) / f"rows{nproc}.json"
-            command = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={nproc}",
-                __file__,
-                *argv,
-                "--worker",
-                f"--out={out}",
-            ]
-            print("$", " ".join(command), flush=True)
-            subprocess.run(
-                command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            )
-            rows += json.loads(out.read_text())
+    rows = [row for nproc in args.procs for row in torchrun_rows(__file__, nproc, argv)]
     single: dict[tuple, float] = {}
     for r in rows:
         if r["processes"] == 1:
@@ -189,13 +166,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--distinct-batches", type=int, default=4, help="batches made up front and cycled")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        worker(args)
-    else:
-        driver(args, sys.argv[1:])
+    self_launching(p, worker, driver)
 
 
 if __name__ == "__main__":
