@@ -426,11 +426,17 @@ def test_gradient_sum_starts_inside_backward_and_waits_for_every_gradient(monkey
         torch.testing.assert_close(param.grad, grad)  # one process: the sum is its own gradient
     for param in params:
         param.grad = None
-    gradient_sum.reset()
     mlp[0](x).sum().backward()  # the last layer gets no gradient
     assert in_backward == [True] and gradient_sum.pending is None
     with pytest.raises(RuntimeError, match="has no gradient"):
         gradient_sum.finish()
+    # A new forward resets: the first layer's gradients of that backward do not count towards the next one, which
+    # starts the all-reduce once, after its own last gradient (else it would start with the first layer at None).
+    for param in params:
+        param.grad = None
+    gradient_sum.reset()
+    mlp(x).sum().backward()
+    assert in_backward == [True, True]
 
 
 @pytest.mark.usefixtures("one_process_group")
@@ -455,5 +461,8 @@ def test_backward_sends_the_embeddings_back_before_the_gradient_all_reduce(monke
     monkeypatch.setattr(EmbeddingExchange, "backward", staticmethod(logged_backward))
     monkeypatch.setattr(GradientSum, "start", logged_start)
     dense, features = random_inputs(config, batch=6, seed=2)
-    model(dense, OwnedBags(features, 6)).sum().backward()
+    model.bottom_features(dense).sum().backward()  # a backward of the bottom MLP alone: no all-reduce
+    for param in model.parameters():
+        param.grad = None
+    model(dense, OwnedBags(features, 6)).sum().backward()  # the forward forgets the bottom MLP's earlier gradients
     assert order == ["all-to-all back", "all-reduce"]

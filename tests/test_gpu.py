@@ -16,6 +16,7 @@ from helpers import RESUME_FLAGS as FLAGS
 from helpers import interrupt_after_save, override_flags, run_cli
 
 import dlrm_mlet
+from mlet.parallel import equivalence
 from mlet.training.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -199,3 +200,19 @@ def test_profiling_on_the_gpu_records_its_kernels(graph: bool, tmp_path, monkeyp
     table = (tmp_path / "dlrm_mlet.prof").read_text()
     assert "Self CUDA" in table
     assert "profiling: 5 training steps after the first 2" in out
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize(
+    ("scenario", "extra"),
+    [
+        ("mlet-sgd-4-tables", ["--compile=default"]),  # the compiled MLPs, with the exchange between them
+        ("baseline-sgd-1-table", ["--embedding-update=fused"]),  # a rank owns no table; graphed fused update
+    ],
+)
+def test_two_gpus_train_like_one(scenario: str, extra: list[str], tmp_path) -> None:
+    """Two GPUs (NCCL; the all-to-all on its own stream and the hook-started all-reduce, all in the CUDA graph)
+    give the losses, parameters and AUC of one."""
+    run = equivalence.subprocess_runner(use_gpu=True, timeout=300)
+    row = equivalence.compare_scenario(scenario, lambda nproc, flags: run(nproc, [*flags, *extra]), tmp_path, nproc=2)
+    assert equivalence.worst(row) <= equivalence.TOLERANCE, row

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 import numpy as np
 import torch
@@ -135,13 +136,14 @@ class GradientSum:
     def __init__(self, params: Sequence[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:
         self.params, self.group = list(params), group
         self.accumulated: set[int] = set()  # ids of the parameters whose gradient this backward has accumulated
-        self.pending: tuple[Tensor, dist.Work | None] | None = None
+        self.pending: PendingSum | None = None
         for param in self.params:
             param.register_post_accumulate_grad_hook(self.accumulate)
 
     def reset(self) -> None:
-        """Forget a backward that ended without :meth:`finish` (a new forward begins)."""
+        """Forget a backward that ended without :meth:`finish`, and its all-reduce (a new forward begins)."""
         self.accumulated.clear()
+        self.pending = None
 
     def accumulate(self, param: Tensor) -> None:
         """Hook: ``param``'s gradient is complete; the last one starts the all-reduce."""
@@ -152,24 +154,32 @@ class GradientSum:
 
     def start(self) -> None:
         """Start the all-reduce of the current gradients (after the current stream's work so far)."""
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
+        if any(p.grad is None for p in self.params):
             raise RuntimeError("a replicated parameter has no gradient: the ranks' all-reduce buffers would differ")
-        flat = torch.cat([g.reshape(-1) for g in grads if g is not None])
-        self.pending = (flat, dist.all_reduce(flat, group=self.group, async_op=True))
+        grads = [cast(Tensor, p.grad) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.pending = PendingSum(grads, flat, dist.all_reduce(flat, group=self.group, async_op=True))
 
     def finish(self) -> None:
-        """Wait for the all-reduce (starting it if backward did not) and put the sums in the gradients."""
+        """Wait for the all-reduce (starting it if backward did not) and put the sums in the gradients it read."""
         if self.pending is None:
             self.start()
         assert self.pending is not None
-        flat, work = self.pending
-        self.pending = None
-        if work is not None:
-            work.wait()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        sums = [summed.view_as(grad) for summed, grad in zip(flat.split([g.numel() for g in grads]), grads)]
-        torch._foreach_copy_(grads, sums)  # one kernel on a GPU, where 14 copies were 14
+        pending, self.pending = self.pending, None
+        if pending.work is not None:
+            pending.work.wait()
+        sizes = [g.numel() for g in pending.grads]
+        sums = [summed.view_as(grad) for summed, grad in zip(pending.flat.split(sizes), pending.grads)]
+        torch._foreach_copy_(pending.grads, sums)  # one kernel for all, instead of a copy per parameter
+
+
+@dataclass(frozen=True)
+class PendingSum:
+    """An all-reduce under way: the gradients it read, their flat copy being summed, and its handle."""
+
+    grads: list[Tensor]
+    flat: Tensor
+    work: dist.Work | None
 
 
 # -- the sharded model ---------------------------------------------------------
@@ -228,22 +238,24 @@ class DistributedDLRM(DLRM):
         """
         self.gradient_sum.reset()
         pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
-        layout = self.exchange_layout(sparse.batch_size)
-        if self.exchange_stream is None:
-            features = self.bottom_features(dense)
-            return self.head(features, EmbeddingExchange.apply(pooled, layout))
-        current = torch.cuda.current_stream(self.comm.device)
-        pooled_ready = current.record_event()
+        ready = torch.cuda.current_stream(self.comm.device).record_event() if self.exchange_stream is not None else None
         features = self.bottom_features(dense)
-        # The all-to-all on a stream of its own, beside the bottom MLP; its backward runs on the same stream
-        # (autograd's rule), beside the bottom MLP's backward. No tensor crosses the streams unguarded: `pooled`
-        # is referenced until the current stream has waited for the exchange, and the received vectors are
-        # first read on the current stream after that wait.
+        return self.head(features, self.exchange(pooled, self.exchange_layout(sparse.batch_size), ready))
+
+    def exchange(self, pooled: Tensor, layout: ExchangeLayout, pooled_ready: torch.cuda.Event | None) -> Tensor:
+        """The all-to-all of the pooled vectors (:class:`EmbeddingExchange`); on a GPU on a stream of its own,
+        which starts at ``pooled_ready`` (the event after the tables, before the bottom MLP) and which the
+        current stream then waits for."""
+        if self.exchange_stream is None or pooled_ready is None:
+            return EmbeddingExchange.apply(pooled, layout)
+        # Its backward runs on the same stream (autograd's rule), beside the bottom MLP's backward. No tensor
+        # crosses the streams unguarded: `pooled` is referenced until the current stream has waited for the
+        # exchange, and the received vectors are first read on the current stream after that wait.
         with torch.cuda.stream(self.exchange_stream):
             self.exchange_stream.wait_event(pooled_ready)
             embedded = EmbeddingExchange.apply(pooled, layout)
-        current.wait_stream(self.exchange_stream)
-        return self.head(features, embedded)
+        torch.cuda.current_stream(self.comm.device).wait_stream(self.exchange_stream)
+        return embedded
 
     def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
         """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
