@@ -5,8 +5,9 @@ embeddings (forward, and their gradients back) and one all-reduce of the MLP
 gradients. On one host their cost is mostly a fixed latency, which does not
 shrink with the batch: it is what limits the speed-up of two GPUs at small
 global batches. For each global batch this times, per collective, the
-all-to-all of one step's embeddings (Kaggle's 26 tables, d=16, float32:
-``batch x 26 x 16 x 4`` bytes in all) and the all-reduce of the MLPs' gradients
+all-to-all of one step's embeddings (Kaggle's 26 tables shared by the N
+processes, d=16, float32: each process sends its tables' vectors of the whole
+batch, ``batch x 26/N x 16 x 4`` bytes) and the all-reduce of the MLPs' gradients
 (bottom 13-512-256-64-16, top 367-512-256-1: 476k float32), beside a copy of
 the same bytes within one GPU (``vs_local_copy``: how many times slower the
 collective is than moving its bytes locally), in the same run.
@@ -57,7 +58,7 @@ def row(collective: str, batch: int | None, data: torch.Tensor, run: Callable[[]
     return {
         "collective": collective,
         "global_batch": batch,
-        "MiB": data.numel() * data.element_size() / 2**20,
+        "MiB": data.numel() * data.element_size() / 2**20,  # what one process sends (all-to-all) or sums
         "us": us,
         "local_copy_us": local,
         "vs_local_copy": us / local,
@@ -70,8 +71,9 @@ def rows(batches: list[int]) -> list[dict]:
     torch.cuda.set_device(device)
     results = []
     for batch in batches:
-        values = batch * TABLES * DIM
-        send = torch.randn(values - values % dist.get_world_size(), device=device)
+        world = dist.get_world_size()
+        values = batch * TABLES * DIM // world  # one process's tables' share
+        send = torch.randn(values - values % world, device=device)
         run = functools.partial(dist.all_to_all_single, torch.empty_like(send), send)
         results.append(row("all_to_all (embeddings)", batch, send, run))
     gradients = torch.randn(MLP_GRADIENT_VALUES, device=device)
