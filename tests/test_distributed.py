@@ -458,6 +458,7 @@ def test_backward_sends_the_embeddings_back_before_the_gradient_all_reduce(monke
         order.append("all-reduce")
         return start(self)
 
+    model.load_state_dict(model.state_dict(), assign=True)  # new parameter objects: the hooks must follow them
     monkeypatch.setattr(EmbeddingExchange, "backward", staticmethod(logged_backward))
     monkeypatch.setattr(GradientSum, "start", logged_start)
     dense, features = random_inputs(config, batch=6, seed=2)

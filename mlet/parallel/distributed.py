@@ -207,8 +207,7 @@ class DistributedDLRM(DLRM):
         }
         self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
         self.layouts: dict[int, ExchangeLayout] = {}
-        replicated = [p for name, p in self.named_parameters() if name not in SHARDED]
-        self.gradient_sum = GradientSum(replicated, comm.group)
+        self.gradient_sum = self.sum_of_replicated_gradients()
         self.exchange_stream = torch.cuda.Stream(comm.device) if comm.device.type == "cuda" else None
 
     def exchange_layout(self, batch_size: int) -> ExchangeLayout:
@@ -281,7 +280,14 @@ class DistributedDLRM(DLRM):
                 local[name] = self.row_layouts[name].take(tensor, self.comm.rank) if name in SHARDED else tensor
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None
-        return super().load_state_dict(local, strict=strict, assign=assign)
+        loaded = super().load_state_dict(local, strict=strict, assign=assign)
+        if assign:  # new parameter objects: the gradient hooks must follow them
+            self.gradient_sum = self.sum_of_replicated_gradients()
+        return loaded
+
+    def sum_of_replicated_gradients(self) -> GradientSum:
+        """The all-reduce of the MLPs' gradients, hooked to the current parameters."""
+        return GradientSum([p for name, p in self.named_parameters() if name not in SHARDED], self.comm.group)
 
     def collapse(self) -> DistributedDLRM:
         """The same model with each owned MLET table folded into a plain one (no communication)."""
