@@ -33,7 +33,7 @@ from dlrm_model import make_mlp
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
-from mlet.parallel.distributed import DistributedDLRM, EmbeddingExchange, GradientSum, MultiProcess
+from mlet.parallel.distributed import DistributedDLRM, EmbeddingExchange, ExchangeLayout, GradientSum, MultiProcess
 from mlet.parallel.equivalence import (
     TOLERANCE,
     Outcome,
@@ -390,6 +390,27 @@ def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:
     assert merged.segments == (((0, 5),), ((5, 9),))
     with pytest.raises(ValueError, match="expected 14 rows"):
         merged.take(full[:3], 0)
+
+
+def test_exchange_rows_turn_table_major_lookups_into_rank_blocks_and_back() -> None:
+    sizes, owned, dim = [2, 3], 4, 2
+    pooled = torch.randn(owned, sum(sizes), dim)  # owned x B x d, as the tables look the rows up
+    # what rank r must receive: its samples (the r-th range of the batch), sample-major
+    blocks = [pooled[:, sum(sizes[:r]) : sum(sizes[: r + 1])].transpose(0, 1).reshape(-1) for r in range(2)]
+    rows = ExchangeLayout.send_rows(sizes, owned)
+    assert torch.equal(pooled.view(-1, dim)[rows].view(-1), torch.cat(blocks))
+    assert torch.equal(torch.cat(blocks).view(-1, dim)[torch.argsort(rows)].view_as(pooled), pooled)
+
+
+def test_exchange_rows_put_owner_major_blocks_in_table_order_and_back() -> None:
+    tables_of_rank = ((0, 3), (), (1, 2, 4))
+    batch, dim = 3, 2
+    model_order = torch.randn(batch, 5, dim)  # b x T x d, as the interaction reads it
+    # what the all-to-all delivers: each owner's block, b x tables(o) x d, one after the other
+    received = torch.cat([model_order[:, list(ts)].reshape(-1) for ts in tables_of_rank])
+    rows = ExchangeLayout.received_rows(batch, tables_of_rank)
+    assert torch.equal(received.view(-1, dim)[rows].view(batch, 5, dim), model_order)
+    assert torch.equal(model_order.view(-1, dim)[torch.argsort(rows)].view(-1), received)
 
 
 # -- the replicated gradients' all-reduce --------------------------------------

@@ -43,6 +43,15 @@ def test_gather_rows_equals_indexing() -> None:
     assert torch.equal(tk.gather_rows(weight, ids), weight[ids])
 
 
+def test_take_rows_equals_indexing_for_any_rows_and_layout() -> None:
+    x = randn(40, 16, seed=4)
+    rows = torch.randperm(40, generator=gen(5)).to(DEVICE)
+    assert torch.equal(tk.take_rows(x, rows), x[rows])
+    assert tk.take_rows(x, rows[:0]).shape == (0, 16)
+    columns_strided = randn(16, 40, seed=6).t()  # not the kernel's layout: index_select takes it
+    assert torch.equal(tk.take_rows(columns_strided, rows), columns_strided[rows])
+
+
 def test_scatter_sub_rows_with_repeated_rows() -> None:
     weight = randn(50, 7, seed=2)
     ids = torch.tensor([3, 9, 3, 3, 49, 0], device=DEVICE)

@@ -27,6 +27,7 @@ from mlet.core.batch import Bar, Batches, OwnedBags, Share, local_sizes
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_world_size
 from mlet.data.sources import BatchSource
+from mlet.kernels.triton_kernels import take_rows
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
 from mlet.parallel.sharding import RowLayout, ShardingPlan, table_bytes
@@ -43,10 +44,16 @@ GATHER_CHUNK_BYTES = 64 << 20
 # -- the embedding exchange ----------------------------------------------------
 @dataclass(frozen=True)
 class ExchangeLayout:
-    """Split sizes of one all-to-all for a global batch of a given size.
+    """Split sizes of one all-to-all for a global batch of a given size, and the row orders on each side.
 
-    Rank ``o`` sends rank ``r`` the embeddings of ``r``'s samples for ``o``'s
-    tables: ``local_sizes[r] x tables(o) x d`` values, sample-major.
+    The owner's tables give their vectors table-major (``owned x B x d``, as
+    they look them up); rank ``o`` sends rank ``r`` the vectors of ``r``'s
+    samples for ``o``'s tables, ``local_sizes[r] x tables(o) x d`` values,
+    sample-major; the interaction reads ``b x T x d``. Each reordering is one
+    row gather (of ``d`` values): ``send_row`` picks the send buffer's rows
+    from the tables' output, ``received_row`` the model's rows from the
+    received buffer, and their inverses (``pooled_row``, ``sent_row``) take
+    the gradients back the same way.
     """
 
     send_splits: list[int]
@@ -56,41 +63,63 @@ class ExchangeLayout:
     owned: int
     num_tables: int
     dim: int
-    owner_tables: tuple[Tensor, ...]  # global ids of each rank's tables, on the device
+    send_row: Tensor  # (B * owned,) int64 rows of the tables' output, on the device
+    pooled_row: Tensor  # its inverse permutation
+    received_row: Tensor  # (local_batch * num_tables,) rows of the received buffer
+    sent_row: Tensor  # its inverse permutation
     group: dist.ProcessGroup | None
+
+    @staticmethod
+    def received_rows(local_batch: int, tables_of_rank: Sequence[Sequence[int]]) -> Tensor:
+        """Row of the received buffer (owner-major blocks of ``local_batch x len(tables)``) that holds
+        each sample's vector of each table, in ``local_batch x T`` order (CPU, int64)."""
+        num_tables = sum(len(tables) for tables in tables_of_rank)
+        rows = torch.empty(local_batch, num_tables, dtype=torch.int64)
+        first = 0  # the block's first row in the received buffer
+        samples = torch.arange(local_batch).unsqueeze(1)
+        for tables in tables_of_rank:
+            if tables:
+                position = torch.arange(len(tables)).unsqueeze(0)
+                rows[:, list(tables)] = first + samples * len(tables) + position
+            first += local_batch * len(tables)
+        return rows.view(-1)
+
+    @staticmethod
+    def send_rows(sizes: Sequence[int], owned: int) -> Tensor:
+        """Row of the tables' output (``owned x B``) for each row of the send buffer (rank-major blocks
+        of ``sizes[r] x owned``) (CPU, int64)."""
+        batch = sum(sizes)
+        samples = torch.arange(batch).unsqueeze(1)  # rank r's samples are the r-th range of the batch
+        return (torch.arange(owned).unsqueeze(0) * batch + samples).view(-1)
 
 
 class EmbeddingExchange(torch.autograd.Function):
-    """All-to-all of pooled embeddings: ``B x owned x d`` on each owner -> ``b x T x d`` on each rank.
+    """All-to-all of pooled embeddings: ``owned x B x d`` on each owner -> ``b x T x d`` on each rank.
 
     Backward sends each rank's embedding gradients back to the owners with the
-    reverse all-to-all. On a rank that owns no table the input is an empty
-    tensor that requires grad, so that its backward still takes part.
+    reverse all-to-all, and returns them table-major like the input, so that
+    the tables' backward gets them without a copy. On a rank that owns no table
+    the input is an empty tensor that requires grad, so that its backward still
+    takes part. The row orders are :class:`ExchangeLayout`'s.
     """
 
     @staticmethod
     def forward(ctx, pooled: Tensor, layout: ExchangeLayout) -> Tensor:
         ctx.layout = layout
+        outgoing = take_rows(pooled.reshape(-1, layout.dim), layout.send_row)
         received = pooled.new_empty(sum(layout.recv_splits))
-        dist.all_to_all_single(
-            received, pooled.contiguous().view(-1), layout.recv_splits, layout.send_splits, group=layout.group
-        )
-        out = pooled.new_empty(layout.local_batch, layout.num_tables, layout.dim)
-        for block, tables in zip(received.split(layout.recv_splits), layout.owner_tables):
-            if tables.numel():
-                out.index_copy_(1, tables, block.view(layout.local_batch, tables.numel(), layout.dim))
-        return out
+        dist.all_to_all_single(received, outgoing.view(-1), layout.recv_splits, layout.send_splits, group=layout.group)
+        rows = take_rows(received.view(-1, layout.dim), layout.received_row)
+        return rows.view(layout.local_batch, layout.num_tables, layout.dim)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         layout: ExchangeLayout = ctx.layout
-        outgoing = grad.new_empty(sum(layout.recv_splits))
-        for block, tables in zip(outgoing.split(layout.recv_splits), layout.owner_tables):
-            if tables.numel():
-                torch.index_select(grad, 1, tables, out=block.view(layout.local_batch, tables.numel(), layout.dim))
+        outgoing = take_rows(grad.reshape(-1, layout.dim), layout.sent_row)
         incoming = grad.new_empty(sum(layout.send_splits))
-        dist.all_to_all_single(incoming, outgoing, layout.send_splits, layout.recv_splits, group=layout.group)
-        return incoming.view(layout.batch_size, layout.owned, layout.dim), None
+        dist.all_to_all_single(incoming, outgoing.view(-1), layout.send_splits, layout.recv_splits, group=layout.group)
+        pooled = take_rows(incoming.view(-1, layout.dim), layout.pooled_row)
+        return pooled.view(layout.owned, layout.batch_size, layout.dim), None
 
 
 # -- gathering and splitting sharded tensors -----------------------------------
@@ -205,7 +234,6 @@ class DistributedDLRM(DLRM):
             "tables.weight": RowLayout.of_tables(plan, config.table_sizes),
             "tables.projection": RowLayout.of_tables(plan, [1] * len(config.table_sizes)),
         }
-        self.owner_tables = tuple(torch.tensor(ts, dtype=torch.int64, device=comm.device) for ts in plan.tables_of_rank)
         self.layouts: dict[int, ExchangeLayout] = {}
         self.gradient_sum = self.sum_of_replicated_gradients()
         self.exchange_stream = torch.cuda.Stream(comm.device) if comm.device.type == "cuda" else None
@@ -215,6 +243,8 @@ class DistributedDLRM(DLRM):
         if batch_size not in self.layouts:
             sizes = local_sizes(batch_size, self.comm.world_size)
             owned, dim, me = self.tables.num_tables, self.config.dim, self.comm.rank
+            send_row = ExchangeLayout.send_rows(sizes, owned)
+            received_row = ExchangeLayout.received_rows(sizes[me], self.plan.tables_of_rank)
             self.layouts[batch_size] = ExchangeLayout(
                 send_splits=[b * owned * dim for b in sizes],
                 recv_splits=[sizes[me] * len(ts) * dim for ts in self.plan.tables_of_rank],
@@ -223,7 +253,10 @@ class DistributedDLRM(DLRM):
                 owned=owned,
                 num_tables=len(self.config.table_sizes),
                 dim=dim,
-                owner_tables=self.owner_tables,
+                send_row=send_row.to(self.comm.device),
+                pooled_row=torch.argsort(send_row).to(self.comm.device),
+                received_row=received_row.to(self.comm.device),
+                sent_row=torch.argsort(received_row).to(self.comm.device),
                 group=self.comm.group,
             )
         return self.layouts[batch_size]
@@ -236,7 +269,13 @@ class DistributedDLRM(DLRM):
         gradients' all-reduce (:class:`GradientSum`) queues behind it.
         """
         self.gradient_sum.reset()
-        pooled = self.tables(sparse.features) if self.tables.num_tables else self.no_tables(dense, sparse.batch_size)
+        # table-major, as the tables look the rows up: the exchange's row gathers reorder it, and its
+        # gradient comes back in this layout (no transposing copy either way)
+        pooled = (
+            self.tables(sparse.features).transpose(0, 1)
+            if self.tables.num_tables
+            else self.no_tables(dense, sparse.batch_size)
+        )
         ready = torch.cuda.current_stream(self.comm.device).record_event() if self.exchange_stream is not None else None
         features = self.bottom_features(dense)
         return self.head(features, self.exchange(pooled, self.exchange_layout(sparse.batch_size), ready))
@@ -258,7 +297,7 @@ class DistributedDLRM(DLRM):
 
     def no_tables(self, dense: Tensor, batch_size: int) -> Tensor:
         """What a rank without tables sends: nothing, but in the autograd graph, so its backward all-to-all runs."""
-        return dense.new_zeros(batch_size, 0, self.config.dim).requires_grad_()
+        return dense.new_zeros(0, batch_size, self.config.dim).requires_grad_()
 
     def state_dict(self) -> dict[str, Tensor]:  # type: ignore[override]
         """The whole model in single-process layout, on the CPU, on rank 0 (``{}`` elsewhere).
