@@ -15,11 +15,11 @@ import torch
 from helpers import run_cli
 
 from mlet.core.batch import Batch, BatchShard, Share
-from mlet.data.device import DeviceArraySource, decide, load_arrays, place_data, to_device
+from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, place_data, to_device
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
-from mlet.training.train_step import GraphedTrainStep
+from mlet.training.train_step import GraphedTrainStep, batch_tensors
 from mlet.training.trainer import steady_rate
 
 CPU = torch.device("cpu")
@@ -33,8 +33,9 @@ def array_source(rows: int = 1003, tables: int = 4, batch: int = 64, limits: IdL
     return ArraySource(dense, ids, labels, batch, shuffle=True, seed=11, id_transform=limits)
 
 
-def tensors(batch: Batch | BatchShard) -> list[torch.Tensor]:
+def tensors(batch: Batch | BatchShard | RowsBatch) -> list[torch.Tensor]:
     """Every tensor of a batch or share, in a fixed order (an absent bag set as an empty tensor)."""
+    batch = batch.cut() if isinstance(batch, RowsBatch) else batch
     features = batch.sparse.features if isinstance(batch, BatchShard) else batch.sparse
     bags = [features.indices, features.offsets] if features is not None else [torch.empty(0)]
     return [batch.dense, batch.labels, *bags, torch.tensor([batch.size])]
@@ -170,6 +171,22 @@ def test_one_hot_batches_share_one_offsets_tensor() -> None:
     first, second, *_ = device.batches(0)
     assert first.sparse.offsets is second.sparse.offsets
     assert torch.equal(first.sparse.offsets, torch.arange(64 * 4 + 1))
+
+
+def test_a_device_batch_is_its_row_numbers_until_read() -> None:
+    """What a graphed step copies in and captures: only the row numbers are the batch's own tensors; a graph's
+    copy of it shares the arrays; its tensors are the source's cut of those rows."""
+    source = load_arrays(array_source(), CPU, share=None, progress=False)
+    batch = next(iter(source.batches(1)))
+    assert isinstance(batch, RowsBatch) and batch_tensors(batch) == [batch.rows] and batch.size == 64
+    graph_copy = copy.deepcopy(batch)
+    assert (
+        graph_copy.source is source and graph_copy.rows is not batch.rows and torch.equal(graph_copy.rows, batch.rows)
+    )
+    assert_same_batches([graph_copy], [source.make_batch(batch.rows)])
+    assert batch.to("cpu") is batch
+    with pytest.raises(ValueError, match="cannot move to meta"):
+        batch.to("meta")
 
 
 def test_graph_inputs_skip_only_the_tensor_copied_in_last_and_unchanged() -> None:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import RESUME_FLAGS as FLAGS
-from helpers import interrupt_after_save, override_flags, run_cli
+from helpers import interrupt_after_save, override_flags, run_cli, small_config
 
 import dlrm_mlet
+from dlrm_model import DLRM
+from mlet.data.device import RowsBatch, load_arrays
+from mlet.data.sources import ArraySource
 from mlet.parallel import equivalence
 from mlet.training.checkpoints import load_checkpoint
+from mlet.training.optimizers import build_optimizer
+from mlet.training.train_step import GraphedTrainStep, TrainStep, batch_tensors
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -145,6 +151,32 @@ def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) ->
     host = train([*flags, "--data-on-device=off"], tmp_path, "host")
     device = train([*flags, "--data-on-device=on"], tmp_path, "device")
     assert_close_runs(host, device)
+
+
+def test_graphed_steps_cut_device_rows_inside_the_graph_and_train_like_eager_steps() -> None:
+    """A batch of device-resident rows is cut inside the captured step: the graph's only input is the row
+    numbers, and its replays train as eager steps on the same batches, cut the ordinary way."""
+    cuda = torch.device("cuda")
+    config = small_config(hidden=8)
+    rng = np.random.default_rng(3)
+    rows = 4096
+    ids = np.stack([rng.integers(0, n, rows) for n in config.table_sizes], axis=1).astype(np.int32)
+    host = ArraySource(rng.random((rows, 13), dtype=np.float32), ids, rng.integers(0, 2, rows).astype(np.float32), 256)
+    source = load_arrays(host, cuda, share=None, progress=False)
+    models = [DLRM(config, seed=4, device=cuda) for _ in range(2)]
+    optimizers = [
+        build_optimizer("sgd", 0.1, m.sparse_parameters(), m.dense_parameters(), fused_tables=m.tables) for m in models
+    ]
+    eager = TrainStep(models[0], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[0])
+    graphed = GraphedTrainStep(models[1], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[1])
+    batches = list(source.batches(0))
+    assert all(isinstance(batch, RowsBatch) for batch in batches)
+    for batch in batches:
+        expected = eager(source.make_batch(batch.rows))
+        assert float(graphed(batch)) == pytest.approx(float(expected), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+    assert graphed.graph is not None and batch_tensors(graphed.static_batch) == [graphed.static_batch.rows]
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, **TOLERANCE)
 
 
 # Smooth enough to compare: 120 steps of 256 samples, 4096 test samples (on the CPU, fp32 and bf16 end 0.0004 apart).

@@ -203,9 +203,20 @@ class StepBatch(Protocol):
     """What a training step and evaluation need of a batch: a :class:`Batch`, or one process's share of
     a global batch (``mlet.parallel.sharding.BatchShard``, whose ``sparse`` holds the owned tables' bags)."""
 
-    dense: Tensor
-    sparse: Any
-    labels: Tensor
+    @property
+    def dense(self) -> Tensor:
+        """This process's samples' dense features."""
+        ...
+
+    @property
+    def sparse(self) -> Any:
+        """The bags (:class:`SparseFeatures`, or a share's :class:`OwnedBags`)."""
+        ...
+
+    @property
+    def labels(self) -> Tensor:
+        """This process's samples' labels."""
+        ...
 
     @property
     def size(self) -> int:

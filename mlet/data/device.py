@@ -78,7 +78,7 @@ class DeviceArraySource:
         else:
             rows = batch_rows(order, self.batch_size)
         for index in range(start, len(self)):
-            yield self.make_batch(rows[index]) if share is None else self.make_share(rows[index], share)
+            yield RowsBatch(rows[index], self, share)
 
     def make_batch(self, rows: Tensor) -> Batch:
         """The batch of ``rows`` (all tables)."""
@@ -96,6 +96,64 @@ class DeviceArraySource:
         return BatchShard(
             self.dense.index_select(0, mine), OwnedBags(features, rows.numel()), self.labels.index_select(0, mine)
         )
+
+
+@dataclass(eq=False)
+class RowsBatch:
+    """A batch of a :class:`DeviceArraySource`: its row numbers, cut into tensors when they are first read.
+
+    ``rows`` is the only tensor it holds, so a graphed training step
+    (``mlet/training/train_step.py``) that captures a step on a ``RowsBatch``
+    captures its cut too: each replay then takes only the row numbers as its
+    input, and the step runs no kernel outside the graph but the copy of those
+    (the cut itself is three gathers, a transpose and the ids' conversion to
+    int64, plus the copies of their results into the graph's inputs).
+    """
+
+    rows: Tensor
+    source: DeviceArraySource
+    share: Share | None
+
+    def __post_init__(self) -> None:
+        self._cut: Batch | BatchShard | None = None
+
+    def cut(self) -> Batch | BatchShard:
+        """The batch (or this process's share of it), cut on first use."""
+        if self._cut is None:
+            rows, share = self.rows, self.share
+            self._cut = self.source.make_batch(rows) if share is None else self.source.make_share(rows, share)
+        return self._cut
+
+    @property
+    def dense(self) -> Tensor:
+        """This process's samples' dense features."""
+        return self.cut().dense
+
+    @property
+    def sparse(self) -> SparseFeatures | OwnedBags:
+        """The bags (a share's: its tables' bags of every sample)."""
+        return self.cut().sparse
+
+    @property
+    def labels(self) -> Tensor:
+        """This process's samples' labels."""
+        return self.cut().labels
+
+    @property
+    def size(self) -> int:
+        """Samples in the (global) batch."""
+        return self.rows.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RowsBatch:
+        """Itself: its rows and arrays are on the device already."""
+        target, here = torch.device(device), self.rows.device
+        if target.type != here.type or target.index not in (None, here.index):
+            raise ValueError(f"a batch of device-resident rows on {self.rows.device} cannot move to {device}")
+        return self
+
+    def __deepcopy__(self, memo: dict) -> RowsBatch:
+        """A batch of a copy of the rows, from the same arrays (a graph's own input: the arrays are not copied)."""
+        return RowsBatch(self.rows.clone(), self.source, self.share)
 
 
 def batch_rows(order: Tensor, batch_size: int) -> list[Tensor]:
