@@ -4,6 +4,8 @@ A processed Criteo-Kaggle set is 45.8M rows of 13 dense float32, 26 int32 ids
 and a label: about 7.4 GB, a twentieth of an H200. Held there, a batch is
 three gathers by row number (no host work, no copy per step), so the input
 path stops being the limit of a fast training step (docs/performance.md).
+A batch is yielded as its row numbers (:class:`RowsBatch`) and cut when
+first read, so a graphed step captures the cut and replays it.
 
 * :class:`DeviceArraySource` holds an :class:`~mlet.data.sources.ArraySource`'s
   rows. Its batches are the host source's, row for row: the same numpy
