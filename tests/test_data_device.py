@@ -19,7 +19,7 @@ from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, 
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
-from mlet.training.train_step import GraphedTrainStep, batch_tensors
+from mlet.training.train_step import GraphedTrainStep, batch_shape, batch_tensors
 from mlet.training.trainer import steady_rate
 
 CPU = torch.device("cpu")
@@ -175,18 +175,36 @@ def test_one_hot_batches_share_one_offsets_tensor() -> None:
 
 def test_a_device_batch_is_its_row_numbers_until_read() -> None:
     """What a graphed step copies in and captures: only the row numbers are the batch's own tensors; a graph's
-    copy of it shares the arrays; its tensors are the source's cut of those rows."""
+    copy of it shares the arrays and is cut anew (inside the capture), even from a batch read already."""
     source = load_arrays(array_source(), CPU, share=None, progress=False)
     batch = next(iter(source.batches(1)))
     assert isinstance(batch, RowsBatch) and batch_tensors(batch) == [batch.rows] and batch.size == 64
+    assert batch.dense is batch.dense  # cut once
     graph_copy = copy.deepcopy(batch)
-    assert (
-        graph_copy.source is source and graph_copy.rows is not batch.rows and torch.equal(graph_copy.rows, batch.rows)
-    )
+    assert graph_copy.source is source and graph_copy.rows is not batch.rows
+    assert torch.equal(graph_copy.rows, batch.rows) and graph_copy.dense is not batch.dense
     assert_same_batches([graph_copy], [source.make_batch(batch.rows)])
     assert batch.to("cpu") is batch
     with pytest.raises(ValueError, match="cannot move to meta"):
         batch.to("meta")
+
+
+def test_a_device_batch_replays_a_graph_only_of_its_own_shape_source_and_share() -> None:
+    host = array_source(rows=1003, batch=64)  # 15 full batches and one of 43
+    source = load_arrays(host, CPU, share=None, progress=False)
+    twin = load_arrays(host, CPU, share=None, progress=False)  # the same values in other arrays
+    first, second, *_, last = source.batches(0)
+    assert batch_shape(first) == batch_shape(second) != batch_shape(last)
+    assert batch_shape(first) != batch_shape(next(iter(twin.batches(0))))
+    share = Share(0, 2, (0, 1, 2, 3))
+    assert batch_shape(first) != batch_shape(next(iter(source.batches(0, share=share))))
+
+
+def test_a_source_holding_every_table_cuts_a_shares_tables() -> None:
+    host = array_source()
+    share = Share(1, 2, (3, 1))
+    every_table = load_arrays(host, CPU, share=None, progress=False)
+    assert_same_batches([share.of(batch) for batch in host.batches(2)], every_table.batches(2, share=share))
 
 
 def test_graph_inputs_skip_only_the_tensor_copied_in_last_and_unchanged() -> None:

@@ -392,25 +392,33 @@ def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:
         merged.take(full[:3], 0)
 
 
-def test_exchange_rows_turn_table_major_lookups_into_rank_blocks_and_back() -> None:
-    sizes, owned, dim = [2, 3], 4, 2
-    pooled = torch.randn(owned, sum(sizes), dim)  # owned x B x d, as the tables look the rows up
-    # what rank r must receive: its samples (the r-th range of the batch), sample-major
-    blocks = [pooled[:, sum(sizes[:r]) : sum(sizes[: r + 1])].transpose(0, 1).reshape(-1) for r in range(2)]
-    rows = ExchangeLayout.send_rows(sizes, owned)
-    assert torch.equal(pooled.view(-1, dim)[rows].view(-1), torch.cat(blocks))
-    assert torch.equal(torch.cat(blocks).view(-1, dim)[torch.argsort(rows)].view_as(pooled), pooled)
+def test_exchange_layouts_deliver_each_ranks_vectors_and_return_each_owners_gradients() -> None:
+    """The all-to-all simulated with each rank's :class:`ExchangeLayout`: 3 ranks, an uneven batch (4, 3, 3
+    samples), a rank without tables, tables not in ascending order; forward and backward."""
+    tables_of_rank, batch, dim = ((3, 0), (), (1, 2, 4)), 10, 2
+    layouts = [ExchangeLayout.of(batch, tables_of_rank, r, dim, torch.device("cpu"), None) for r in range(3)]
+    embedded = torch.randn(batch, 5, dim)  # every sample's vector of every table
+    starts = [0, 4, 7, 10]
 
+    def all_to_all(buffers: list[torch.Tensor], splits: str) -> list[torch.Tensor]:
+        chunks = [buf.split(getattr(layout, splits)) for buf, layout in zip(buffers, layouts)]
+        return [torch.cat([chunks[sender][receiver] for sender in range(3)]) for receiver in range(3)]
 
-def test_exchange_rows_put_owner_major_blocks_in_table_order_and_back() -> None:
-    tables_of_rank = ((0, 3), (), (1, 2, 4))
-    batch, dim = 3, 2
-    model_order = torch.randn(batch, 5, dim)  # b x T x d, as the interaction reads it
-    # what the all-to-all delivers: each owner's block, b x tables(o) x d, one after the other
-    received = torch.cat([model_order[:, list(ts)].reshape(-1) for ts in tables_of_rank])
-    rows = ExchangeLayout.received_rows(batch, tables_of_rank)
-    assert torch.equal(received.view(-1, dim)[rows].view(batch, 5, dim), model_order)
-    assert torch.equal(model_order.view(-1, dim)[torch.argsort(rows)].view(-1), received)
+    pooled = [embedded[:, list(tables)].transpose(0, 1) for tables in tables_of_rank]  # owned x B x d, as looked up
+    sent = [p.reshape(-1, dim)[layout.send_row].view(-1) for p, layout in zip(pooled, layouts)]
+    received = all_to_all(sent, "send_splits")
+    for r, layout in enumerate(layouts):
+        out = received[r].view(-1, dim)[layout.received_row].view(layout.local_batch, 5, dim)
+        assert torch.equal(out, embedded[starts[r] : starts[r + 1]])
+
+    grads = torch.randn(batch, 5, dim)
+    outgoing = [
+        grads[starts[r] : starts[r + 1]].reshape(-1, dim)[layout.sent_row].view(-1) for r, layout in enumerate(layouts)
+    ]
+    incoming = all_to_all(outgoing, "recv_splits")
+    for o, (tables, layout) in enumerate(zip(tables_of_rank, layouts)):
+        back = incoming[o].view(-1, dim)[layout.pooled_row].view(len(tables), batch, dim)
+        assert torch.equal(back, grads[:, list(tables)].transpose(0, 1))
 
 
 # -- the replicated gradients' all-reduce --------------------------------------

@@ -200,8 +200,9 @@ class BatchShard:
 
 
 class StepBatch(Protocol):
-    """What a training step and evaluation need of a batch: a :class:`Batch`, or one process's share of
-    a global batch (``mlet.parallel.sharding.BatchShard``, whose ``sparse`` holds the owned tables' bags)."""
+    """What a training step and evaluation need of a batch: a :class:`Batch`, one process's share of
+    a global batch (:class:`BatchShard`, whose ``sparse`` holds the owned tables' bags), or either one
+    cut from device-resident rows when first read (``mlet.data.device.RowsBatch``)."""
 
     @property
     def dense(self) -> Tensor:

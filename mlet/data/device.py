@@ -2,7 +2,7 @@
 
 A processed Criteo-Kaggle set is 45.8M rows of 13 dense float32, 26 int32 ids
 and a label: about 7.4 GB, a twentieth of an H200. Held there, a batch is
-three gathers by row number (no host work, no copy per step), so the input
+three gathers by row number (no host work), so the input
 path stops being the limit of a fast training step (docs/performance.md).
 A batch is yielded as its row numbers (:class:`RowsBatch`) and cut when
 first read, so a graphed step captures the cut and replays it.
@@ -60,6 +60,7 @@ class DeviceArraySource:
         self.dense, self.ids, self.labels = dense, ids, labels
         self.batch_size, self.shuffle, self.seed, self.tables = int(batch_size), shuffle, seed, tables
         self.num_samples = labels.shape[0]
+        self.column_index: dict[tuple[int, ...], Tensor] = {}
         self.device: torch.device | None = labels.device
         self.orders = orders or (EpochOrders(self.num_samples, seed) if shuffle else None)
 
@@ -87,14 +88,23 @@ class DeviceArraySource:
         features = SparseFeatures.from_ids(self.ids.index_select(0, rows))
         return Batch(self.dense.index_select(0, rows), features, self.labels.index_select(0, rows))
 
+    def columns(self, tables: tuple[int, ...]) -> Tensor:
+        """``tables`` as a device index, made once: a list would be copied from the host at every cut,
+        which a CUDA graph's capture does not allow."""
+        if tables not in self.column_index:
+            self.column_index[tables] = torch.tensor(tables, dtype=torch.int64, device=self.device)
+        return self.column_index[tables]
+
     def make_share(self, rows: Tensor, share: Share) -> BatchShard:
         """One process's part of the batch of ``rows``: its samples' dense features and labels, its tables' bags."""
         if self.tables is not None and tuple(share.tables) != self.tables:
             raise ValueError(f"this process holds the ids of tables {self.tables}, the share asks for {share.tables}")
         lo, hi = share.samples(rows.numel())
         mine = rows[lo:hi]
-        columns = self.ids if self.tables is not None else self.ids[:, list(share.tables)]
-        features = SparseFeatures.from_ids(columns.index_select(0, rows)) if share.tables else None
+        ids = self.ids.index_select(0, rows)
+        if self.tables is None:  # all tables held: keep the share's columns (of the batch's rows only)
+            ids = ids.index_select(1, self.columns(share.tables))
+        features = SparseFeatures.from_ids(ids) if share.tables else None
         return BatchShard(
             self.dense.index_select(0, mine), OwnedBags(features, rows.numel()), self.labels.index_select(0, mine)
         )
@@ -106,10 +116,10 @@ class RowsBatch:
 
     ``rows`` is the only tensor it holds, so a graphed training step
     (``mlet/training/train_step.py``) that captures a step on a ``RowsBatch``
-    captures its cut too: each replay then takes only the row numbers as its
-    input, and the step runs no kernel outside the graph but the copy of those
-    (the cut itself is three gathers, a transpose and the ids' conversion to
-    int64, plus the copies of their results into the graph's inputs).
+    captures its cut too (three gathers, the ids' transpose and int64
+    conversion): each replay takes only the row numbers as its input. Before,
+    those five kernels and three copies into the graph's inputs ran outside
+    the graph at every step.
     """
 
     rows: Tensor

@@ -69,6 +69,36 @@ class ExchangeLayout:
     sent_row: Tensor  # its inverse permutation
     group: dist.ProcessGroup | None
 
+    @classmethod
+    def of(
+        cls,
+        batch_size: int,
+        tables_of_rank: Sequence[Sequence[int]],
+        rank: int,
+        dim: int,
+        device: torch.device,
+        group: dist.ProcessGroup | None,
+    ) -> ExchangeLayout:
+        """The layout of ``rank`` for a global batch of ``batch_size`` under a plan's ``tables_of_rank``."""
+        sizes = local_sizes(batch_size, len(tables_of_rank))
+        owned = len(tables_of_rank[rank])
+        send_row = cls.send_rows(batch_size, owned)
+        received_row = cls.received_rows(sizes[rank], tables_of_rank)
+        return cls(
+            send_splits=[b * owned * dim for b in sizes],
+            recv_splits=[sizes[rank] * len(tables) * dim for tables in tables_of_rank],
+            batch_size=batch_size,
+            local_batch=sizes[rank],
+            owned=owned,
+            num_tables=sum(len(tables) for tables in tables_of_rank),
+            dim=dim,
+            send_row=send_row.to(device),
+            pooled_row=torch.argsort(send_row).to(device),
+            received_row=received_row.to(device),
+            sent_row=torch.argsort(received_row).to(device),
+            group=group,
+        )
+
     @staticmethod
     def received_rows(local_batch: int, tables_of_rank: Sequence[Sequence[int]]) -> Tensor:
         """Row of the received buffer (owner-major blocks of ``local_batch x len(tables)``) that holds
@@ -85,12 +115,13 @@ class ExchangeLayout:
         return rows.view(-1)
 
     @staticmethod
-    def send_rows(sizes: Sequence[int], owned: int) -> Tensor:
+    def send_rows(batch_size: int, owned: int) -> Tensor:
         """Row of the tables' output (``owned x B``) for each row of the send buffer (rank-major blocks
-        of ``sizes[r] x owned``) (CPU, int64)."""
-        batch = sum(sizes)
-        samples = torch.arange(batch).unsqueeze(1)  # rank r's samples are the r-th range of the batch
-        return (torch.arange(owned).unsqueeze(0) * batch + samples).view(-1)
+        of each rank's samples x ``owned``) (CPU, int64). Each rank's samples are a consecutive range of
+        the batch (:func:`~mlet.core.batch.sample_range`), so the blocks, one after the other, are the
+        batch's samples in order."""
+        samples = torch.arange(batch_size).unsqueeze(1)
+        return (torch.arange(owned).unsqueeze(0) * batch_size + samples).view(-1)
 
 
 class EmbeddingExchange(torch.autograd.Function):
@@ -241,23 +272,9 @@ class DistributedDLRM(DLRM):
     def exchange_layout(self, batch_size: int) -> ExchangeLayout:
         """The all-to-all splits for a global batch of ``batch_size`` (cached)."""
         if batch_size not in self.layouts:
-            sizes = local_sizes(batch_size, self.comm.world_size)
-            owned, dim, me = self.tables.num_tables, self.config.dim, self.comm.rank
-            send_row = ExchangeLayout.send_rows(sizes, owned)
-            received_row = ExchangeLayout.received_rows(sizes[me], self.plan.tables_of_rank)
-            self.layouts[batch_size] = ExchangeLayout(
-                send_splits=[b * owned * dim for b in sizes],
-                recv_splits=[sizes[me] * len(ts) * dim for ts in self.plan.tables_of_rank],
-                batch_size=batch_size,
-                local_batch=sizes[me],
-                owned=owned,
-                num_tables=len(self.config.table_sizes),
-                dim=dim,
-                send_row=send_row.to(self.comm.device),
-                pooled_row=torch.argsort(send_row).to(self.comm.device),
-                received_row=received_row.to(self.comm.device),
-                sent_row=torch.argsort(received_row).to(self.comm.device),
-                group=self.comm.group,
+            comm = self.comm
+            self.layouts[batch_size] = ExchangeLayout.of(
+                batch_size, self.plan.tables_of_rank, comm.rank, self.config.dim, comm.device, comm.group
             )
         return self.layouts[batch_size]
 

@@ -129,9 +129,9 @@ class SingleProcess:
 
 
 def feed(source: BatchSource, batches: Batches, device: torch.device) -> Batches:
-    """``batches`` as a loop takes them: host batches made ahead by a thread (page-locked for a GPU); batches
-    cut on the device as they are asked for (a few kernel launches: a thread would only add a hand-over
-    and contention for the interpreter lock with the loop that launches the step)."""
+    """``batches`` as a loop takes them: host batches made ahead by a thread (page-locked for a GPU);
+    device batches as they are (their rows, cut when first read, inside the CUDA graph for a graphed
+    step: a thread would only add a hand-over and contention for the interpreter lock)."""
     if source.device is not None:
         return batches
     return prefetch(batches, pin=needs_pinning(source, device))

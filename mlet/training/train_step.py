@@ -65,7 +65,8 @@ class TrainStep:
 
 
 def batch_tensors(batch: object) -> list[Tensor]:
-    """Every tensor of a batch (:class:`Batch`, or a process's ``BatchShard``), in field order."""
+    """Every tensor of a batch (:class:`Batch`, or a process's ``BatchShard``), in field order; of a
+    ``RowsBatch`` (``mlet/data/device.py``) only its rows: the cut happens inside the graph."""
     if isinstance(batch, Tensor):
         return [batch]
     if dataclasses.is_dataclass(batch):
@@ -75,7 +76,8 @@ def batch_tensors(batch: object) -> list[Tensor]:
 
 def batch_shape(batch: object) -> object:
     """What a captured graph is specific to: every tensor's shape and the other fields
-    (sample counts, table counts, one-hot or not), as a hashable value."""
+    (sample counts, table counts, one-hot or not), as a hashable value. A ``RowsBatch``'s source
+    compares by identity: the graph reads that source's arrays."""
     if isinstance(batch, Tensor):
         return tuple(batch.shape)
     if dataclasses.is_dataclass(batch):
