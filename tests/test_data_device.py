@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, 
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
-from mlet.training.train_step import GraphedTrainStep, batch_shape, batch_tensors
+from mlet.training.train_step import GraphedTrainStep, TrainStep, batch_shape, batch_tensors
 from mlet.training.trainer import steady_rate
 
 CPU = torch.device("cpu")
@@ -205,6 +206,34 @@ def test_a_source_holding_every_table_cuts_a_shares_tables() -> None:
     share = Share(1, 2, (3, 1))
     every_table = load_arrays(host, CPU, share=None, progress=False)
     assert_same_batches([share.of(batch) for batch in host.batches(2)], every_table.batches(2, share=share))
+
+
+def test_graph_follows_the_batch_shape_until_captured_then_keeps_it(monkeypatch) -> None:
+    """A resumed run may start on an epoch's last, smaller batch: the capture must still be of the full shape."""
+    step = GraphedTrainStep(torch.nn.Linear(1, 1), loss_fn=None, optimizer=None, warmup=2)
+    calls: list = []
+
+    def capture(batch: torch.Tensor) -> None:
+        calls.append(("capture", len(batch)))
+        step.graph = SimpleNamespace(replay=lambda: calls.append(("replay", len(step.static_batch))))
+        step.static_batch, step.static_loss = batch, torch.zeros(())
+
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, batch: calls.append(("eager", len(batch))))
+    monkeypatch.setattr(step, "_side_stream_step", lambda batch: calls.append(("warm", len(batch))))
+    monkeypatch.setattr(step, "_capture", capture)
+    monkeypatch.setattr(step, "_load", lambda batch: None)
+    for size in (43, 64, 64, 64, 64, 43, 64):
+        step(torch.zeros(size))
+    assert calls == [
+        ("warm", 43),
+        ("warm", 64),
+        ("warm", 64),
+        ("capture", 64),
+        ("replay", 64),
+        ("replay", 64),
+        ("eager", 43),
+        ("replay", 64),
+    ]
 
 
 def test_graph_inputs_skip_only_the_tensor_copied_in_last_and_unchanged() -> None:

@@ -113,9 +113,12 @@ def compiled_from(model: nn.Module, parts: dict[str, Callable] | None) -> Iterat
 
 
 class GraphedTrainStep(TrainStep):
-    """:class:`TrainStep` replayed from a CUDA graph for the first full batch shape seen.
+    """:class:`TrainStep` replayed from a CUDA graph for the first batch shape seen ``warmup + 1`` times in a row.
 
-    The first ``warmup`` steps of that shape run eagerly on a side stream
+    Until the capture, a batch of another shape (the last, smaller batch of an
+    epoch that a resumed run starts with) restarts the warm-up on its shape, so
+    that one odd batch cannot leave a whole run eager. The first ``warmup``
+    steps of a shape run eagerly on a side stream
     (this initialises cuBLAS handles and lazily allocated state, as CUDA-graph
     capture requires); the next one is captured and replayed; later ones only
     copy the batch into the graph's static inputs and replay. Every step is a
@@ -144,9 +147,10 @@ class GraphedTrainStep(TrainStep):
 
     def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
-        if self.shape is None:
-            self.shape = batch_shape(batch)
-        if batch_shape(batch) != self.shape:
+        shape = batch_shape(batch)
+        if self.graph is None and shape != self.shape:  # not captured yet: warm up on the newest shape
+            self.shape, self.warmed = shape, 0
+        if shape != self.shape:
             return super().__call__(batch)
         if self.graph is None:
             if self.warmed < self.warmup:
