@@ -232,7 +232,7 @@ def main() -> None:
                             save(args.out, payload)  # after every run: a cut-off benchmark keeps what it measured
     add_gpu_ratios(rows)
     columns = ["model", "batch", "precision", "input", "gpus", "cli_samples_per_s", "cli_steady_samples_per_s"]
-    columns += ["step_only_samples_per_s", "cli_vs_step", "steady_vs_step", "vs_1_gpu", "steady_vs_1_gpu"]
+    columns += ["step_only_samples_per_s", "cli_vs_step", "steady_vs_step", "one_time_s", "vs_1_gpu", "steady_vs_1_gpu"]
     print_table(rows, columns)
     print(f"wrote {save(args.out, payload)}")
 
@@ -255,6 +255,7 @@ def measure(directory: Path, setting: dict, placement: str, step: float | None, 
         "cli_steady_samples_per_s": steady,
         "cli_vs_step": cli / step if step and gpus == 1 else None,
         "steady_vs_step": steady / step if step and gpus == 1 else None,
+        "one_time_s": result["one_time_seconds"],
         "train_samples": result["train_samples"],
         "wall_s": result["wall_s"],
         "input_line": result["input_line"],

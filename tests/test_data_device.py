@@ -21,7 +21,7 @@ from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
 from mlet.training.train_step import GraphedTrainStep, TrainStep, batch_shape, batch_tensors
-from mlet.training.trainer import steady_rate
+from mlet.training.trainer import one_time_seconds, steady_rate
 
 CPU = torch.device("cpu")
 
@@ -164,6 +164,9 @@ def test_steady_rate_is_the_median_window_rate() -> None:
     warm_up, steady, last_batch = (1000, 2.0), (1000, 0.5), (100, 0.2)
     assert steady_rate([warm_up, steady, steady, steady, last_batch]) == 2000.0
     assert steady_rate([warm_up, steady]) is None
+    # the warm-up window's 1000 samples take 0.5 s at the steady 2000/s: 1.5 s more; the last batch's 0.15 s more
+    assert one_time_seconds([warm_up, steady, steady, steady, last_batch]) == pytest.approx(1.65)
+    assert one_time_seconds([warm_up, steady]) is None
 
 
 def test_one_hot_batches_share_one_offsets_tensor() -> None:

@@ -89,6 +89,15 @@ def steady_rate(windows: list[tuple[int, float]]) -> float | None:
     return statistics.median(rates) if len(rates) >= 3 else None
 
 
+def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
+    """Training seconds beyond what the samples take at the :func:`steady_rate`: the run's one-time costs
+    (kernel compilation, CUDA graph capture, eager warm-up and last batches); ``None`` without a steady rate."""
+    rate = steady_rate(windows)
+    if rate is None:
+        return None
+    return sum(t for _, t in windows) - sum(n for n, _ in windows) / rate
+
+
 def parameter_report(model: DLRM) -> dict:
     """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
     exact packed bytes)."""
@@ -445,6 +454,7 @@ class Trainer:
             "history": self.history,
             "train_samples_per_second": self.train_samples / self.train_time if self.train_time else None,
             "steady_samples_per_second": steady_rate(self.windows),
+            "one_time_seconds": one_time_seconds(self.windows),
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
