@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -211,31 +212,44 @@ def test_a_source_holding_every_table_cuts_a_shares_tables() -> None:
     assert_same_batches([share.of(batch) for batch in host.batches(2)], every_table.batches(2, share=share))
 
 
-def test_graph_follows_the_batch_shape_until_captured_then_keeps_it(monkeypatch) -> None:
-    """A resumed run may start on an epoch's last, smaller batch: the capture must still be of the full shape."""
+@dataclass
+class ShapedBatch:
+    """Stands for a batch: its samples, and its bags' total length (multi-hot bags vary the shape)."""
+
+    size: int
+    ids: torch.Tensor
+
+
+def test_graph_is_of_the_first_full_batch_shape_even_after_a_short_batch(monkeypatch) -> None:
+    """A resumed run may start on an epoch's last, smaller batch: the capture must still be of the full shape.
+    Batches of the same size but other bag lengths (multi-hot) do not restart the warm-up."""
     step = GraphedTrainStep(torch.nn.Linear(1, 1), loss_fn=None, optimizer=None, warmup=2)
     calls: list = []
 
-    def capture(batch: torch.Tensor) -> None:
-        calls.append(("capture", len(batch)))
-        step.graph = SimpleNamespace(replay=lambda: calls.append(("replay", len(step.static_batch))))
+    def record(kind: str, batch: ShapedBatch) -> None:
+        calls.append((kind, batch.size, len(batch.ids)))
+
+    def capture(batch: ShapedBatch) -> None:
+        record("capture", batch)
+        step.graph = SimpleNamespace(replay=lambda: record("replay", step.static_batch))
         step.static_batch, step.static_loss = batch, torch.zeros(())
 
-    monkeypatch.setattr(TrainStep, "__call__", lambda self, batch: calls.append(("eager", len(batch))))
-    monkeypatch.setattr(step, "_side_stream_step", lambda batch: calls.append(("warm", len(batch))))
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, batch: record("eager", batch))
+    monkeypatch.setattr(step, "_side_stream_step", lambda batch: record("warm", batch))
     monkeypatch.setattr(step, "_capture", capture)
     monkeypatch.setattr(step, "_load", lambda batch: None)
-    for size in (43, 64, 64, 64, 64, 43, 64):
-        step(torch.zeros(size))
+    for size, bags in ((43, 43), (64, 64), (64, 70), (64, 64), (64, 64), (64, 64), (43, 43), (64, 64)):
+        step(ShapedBatch(size, torch.zeros(bags)))
     assert calls == [
-        ("warm", 43),
-        ("warm", 64),
-        ("warm", 64),
-        ("capture", 64),
-        ("replay", 64),
-        ("replay", 64),
-        ("eager", 43),
-        ("replay", 64),
+        ("warm", 43, 43),
+        ("warm", 64, 64),
+        ("eager", 64, 70),
+        ("warm", 64, 64),
+        ("capture", 64, 64),
+        ("replay", 64, 64),
+        ("replay", 64, 64),
+        ("eager", 43, 43),
+        ("replay", 64, 64),
     ]
 
 

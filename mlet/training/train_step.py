@@ -113,12 +113,12 @@ def compiled_from(model: nn.Module, parts: dict[str, Callable] | None) -> Iterat
 
 
 class GraphedTrainStep(TrainStep):
-    """:class:`TrainStep` replayed from a CUDA graph for the first batch shape seen ``warmup + 1`` times in a row.
+    """:class:`TrainStep` replayed from a CUDA graph for the first full batch shape seen.
 
-    Until the capture, a batch of another shape (the last, smaller batch of an
-    epoch that a resumed run starts with) restarts the warm-up on its shape, so
-    that one odd batch cannot leave a whole run eager. The first ``warmup``
-    steps of a shape run eagerly on a side stream
+    Until the capture, a larger batch than the one warming up (after the last,
+    smaller batch of an epoch that a resumed run starts with) restarts the
+    warm-up on its shape, so that one short batch cannot leave a whole run
+    eager. The first ``warmup`` steps of that shape run eagerly on a side stream
     (this initialises cuBLAS handles and lazily allocated state, as CUDA-graph
     capture requires); the next one is captured and replayed; later ones only
     copy the batch into the graph's static inputs and replay. Every step is a
@@ -139,6 +139,7 @@ class GraphedTrainStep(TrainStep):
             optimizer.compile_dense_update(compile)
         self.warmup = warmup
         self.shape: object = None
+        self.shape_size = 0  # samples in a batch of that shape
         self.warmed = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: StepBatch | None = None
@@ -148,8 +149,8 @@ class GraphedTrainStep(TrainStep):
     def __call__(self, batch: StepBatch) -> Tensor:
         """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
         shape = batch_shape(batch)
-        if self.graph is None and shape != self.shape:  # not captured yet: warm up on the newest shape
-            self.shape, self.warmed = shape, 0
+        if self.graph is None and (self.shape is None or batch.size > self.shape_size):  # not captured: a fuller one
+            self.shape, self.shape_size, self.warmed = shape, batch.size, 0
         if shape != self.shape:
             return super().__call__(batch)
         if self.graph is None:
