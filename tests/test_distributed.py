@@ -33,7 +33,7 @@ from dlrm_model import make_mlp
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
-from mlet.parallel.distributed import DistributedDLRM, EmbeddingExchange, ExchangeLayout, GradientSum, MultiProcess
+from mlet.parallel.distributed import MultiProcess
 from mlet.parallel.equivalence import (
     TOLERANCE,
     Outcome,
@@ -42,7 +42,10 @@ from mlet.parallel.equivalence import (
     scenario_flags,
     step_losses,
 )
+from mlet.parallel.exchange import EmbeddingExchange, ExchangeLayout
+from mlet.parallel.gradient_sum import GradientSum
 from mlet.parallel.process_group import Comm, communication_failure
+from mlet.parallel.sharded_model import DistributedDLRM
 from mlet.parallel.sharding import BYTE_SLACK, RowLayout, ShardingPlan, table_bytes
 from mlet_layers import EmbeddingTables
 

@@ -1,7 +1,7 @@
 """The processes of a run: torchrun's launch environment, process groups, and
 errors shared between processes (so that every process stops with the
 failing one's message instead of waiting for it).
-``mlet/parallel/distributed.py`` builds the sharded model and the training
+``sharded_model.py`` builds the sharded model and ``distributed.py`` the training
 session on top of this.
 """
 

@@ -2,7 +2,7 @@
 tables, each process's share of a global batch, and the row layout of sharded
 tensors (used to gather checkpoints into the single-process layout and to
 split them again). Pure bookkeeping, no communication:
-``mlet/parallel/distributed.py`` does the talking.
+the modules beside it do the talking.
 """
 
 from __future__ import annotations

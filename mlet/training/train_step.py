@@ -9,7 +9,7 @@ and replayed with one launch. Batches of another shape (the last, smaller
 batch of an epoch; multi-hot bags of another total length) run eagerly.
 Under ``torchrun`` the graph also holds the step's collectives (the
 embedding all-to-all and the MLP gradients' all-reduce,
-``mlet/parallel/distributed.py``), whose shapes are static too.
+``mlet/parallel/exchange.py``, ``gradient_sum.py``), whose shapes are static too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:
     """The mean loss of ``batch``, or this process's share of it when ``batch`` holds part of a
     global batch of ``batch.size`` samples: the local mean weighted by the local share, so the
-    shares of all processes add up to the global mean (see ``mlet/parallel/distributed.py``)."""
+    shares of all processes add up to the global mean (see ``mlet/parallel/gradient_sum.py``)."""
     local = batch.labels.numel()
     if local == batch.size:
         return loss_fn(logits, batch.labels)
