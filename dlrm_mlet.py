@@ -9,50 +9,35 @@ too. Run python dlrm_mlet.py --help.
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
 from dlrm_model import DLRM
 from mlet.cli import reduction
+from mlet.cli.configs import Run, validate
 from mlet.cli.debug import print_architecture, print_batches, print_parameters
-from mlet.cli.parser import DEFAULT_EMBEDDING_SIZE, PROG, build_parser
-from mlet.cli.reporting import ONNX_FILE, Reporting, observers, reporting_config
-from mlet.cli.upstream import check_foreign_flags
+from mlet.cli.parser import PROG, build_parser
+from mlet.cli.reporting import ONNX_FILE, observers
 from mlet.core.config import (
-    FUSED_OPTIMIZERS,
-    DataConfig,
-    DatasetConfig,
-    MixedDimensionConfig,
     ModelConfig,
-    SyntheticConfig,
     TrainConfig,
 )
 from mlet.core.errors import (
     UserError,
-    check_distinct_outputs,
-    check_output_file,
-    check_seed,
     one_line,
-    require_at_least,
 )
-from mlet.core.launch import is_main_process, log
+from mlet.core.launch import log
 from mlet.data.device import place_data
-from mlet.data.flags import dataset_config
-from mlet.data.preprocessing.cache import DENSE_INPUTS
 from mlet.data.sources import DataBundle, build_data
-from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import distributed, process_group
 from mlet.serving import quantize
 from mlet.training.checkpoints import (
     atomic_save,
-    check_file,
     collapsed_checkpoint,
     dashed,
     load_checkpoint,
@@ -63,332 +48,8 @@ from mlet.training.optimizers import STATE_SLOTS
 from mlet.training.processes import Parallel
 from mlet.training.state import check_evaluation
 from mlet.training.trainer import Trainer, parameter_report, write_json
-from mlet_layers import parse_projection_init
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
-
-
-def parse_dashed(flag: str, text: str, minimum: int = 1) -> list[int]:
-    """``"13-512-256"`` -> ``[13, 512, 256]``; each value at least ``minimum``."""
-    try:
-        values = [int(v) for v in text.split("-")]
-    except ValueError:
-        raise UserError(f"{flag}: expected dash-separated integers, got '{text}'") from None
-    bad = [v for v in values if v < minimum]
-    if bad:
-        raise UserError(f"{flag}: every value must be >= {minimum}, got {bad[0]} in '{text}'")
-    return values
-
-
-@dataclass(frozen=True)
-class Run:
-    """One invocation, checked: the typed configs, the command's own files and devices, and the flag snapshot.
-
-    ``model.table_sizes`` are the flags' (for a data set, :func:`prepare` puts
-    the data's in their place); ``notes`` are the log lines of upstream flags
-    accepted as no-ops; ``flags`` is what checkpoints and results keep of the
-    command line (``args``), with the values the checks resolved.
-    """
-
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig
-    inference_only: bool = False
-    load_model: str = ""
-    save_collapsed: str = ""
-    results_json: str = ""
-    use_gpu: bool = False
-    tf32: bool = False
-    dist_backend: str | None = None
-    dist_timeout: int = process_group.DEFAULT_TIMEOUT_S
-    reporting: Reporting = field(default_factory=Reporting)
-    notes: tuple[str, ...] = ()
-    flags: dict | None = None
-    mixed_dimension: MixedDimensionConfig | None = None
-    quantize_bits: tuple[int, ...] = ()
-
-
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    """The architecture the flags describe (the tables of ``--arch-embedding-size``, or its default); checked."""
-    d = args.arch_sparse_feature_size
-    if d < 1:
-        raise UserError(f"--arch-sparse-feature-size: must be >= 1, got {d}")
-    table_sizes = parse_dashed(
-        "--arch-embedding-size",
-        DEFAULT_EMBEDDING_SIZE if args.arch_embedding_size is None else args.arch_embedding_size,
-    )
-    bottom_mlp = parse_dashed("--arch-mlp-bot", args.arch_mlp_bot)
-    top_mlp = parse_dashed("--arch-mlp-top", args.arch_mlp_top)
-    reduction.check_reduction_flags(args, d, bottom_mlp)
-    if len(bottom_mlp) < 2 or bottom_mlp[-1] != d:
-        raise UserError(
-            f"--arch-mlp-bot: must have at least two widths and end in d={d} (--arch-sparse-feature-size), "
-            f"got '{args.arch_mlp_bot}'"
-        )
-    if top_mlp[-1] != 1:
-        raise UserError(f"--arch-mlp-top: must end in 1 (one click logit), got '{args.arch_mlp_top}'")
-    if args.mlet_hidden < 0:
-        raise UserError(f"--mlet-hidden: must be >= 0 (0 for plain tables), got {args.mlet_hidden}")
-    if 0 < args.mlet_hidden < d:
-        raise UserError(
-            f"--mlet-hidden: K={args.mlet_hidden} is smaller than d={d}; "
-            "MLET's inner width must be >= --arch-sparse-feature-size"
-        )
-    try:
-        parse_projection_init(args.mlet_init)
-    except ValueError as error:
-        raise UserError(f"--mlet-init: {error}") from None
-    config = ModelConfig(
-        table_sizes=tuple(table_sizes),
-        dim=d,
-        bottom_mlp=tuple(bottom_mlp),
-        top_mlp=tuple(top_mlp),
-        mlet_hidden=args.mlet_hidden,
-        mlet_init=args.mlet_init,
-        interaction=args.arch_interaction_op,
-        interaction_itself=args.arch_interaction_itself,
-    )
-    return reduction.with_qr(config, args)
-
-
-def check_counts(args: argparse.Namespace) -> None:
-    """The flags that count things: bounds, rates, seeds."""
-    require_at_least(
-        [
-            ("--mini-batch-size", args.mini_batch_size, 1),
-            ("--nepochs", args.nepochs, 1),
-            ("--num-indices-per-lookup", args.num_indices_per_lookup, 1),
-            ("--data-size", args.data_size, 1),
-            ("--num-batches", args.num_batches, 0),
-            ("--print-freq", args.print_freq, 0),
-            ("--print-precision", args.print_precision, 1),
-            ("--save-freq", args.save_freq, 0),
-            ("--num-workers", args.num_workers, -1),
-            ("--test-num-workers", args.test_num_workers, -1),
-            ("--lr-num-warmup-steps", args.lr_num_warmup_steps, 0),
-            ("--lr-decay-start-step", args.lr_decay_start_step, 0),
-            ("--lr-num-decay-steps", args.lr_num_decay_steps, 0),
-            ("--dist-timeout", args.dist_timeout, 1),
-        ]
-    )
-    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
-        raise UserError(f"--learning-rate: must be a positive number, got {args.learning_rate}")
-    check_seed("--numpy-rand-seed", args.numpy_rand_seed)
-    if args.test_mini_batch_size == 0 or args.test_mini_batch_size < -1:
-        raise UserError(
-            f"--test-mini-batch-size: must be >= 1 (or -1: --mini-batch-size), got {args.test_mini_batch_size}"
-        )
-    if args.test_data_size is not None and args.test_data_size < 1:
-        raise UserError(f"--test-data-size: must be >= 1, got {args.test_data_size}")
-    if not 0.0 <= args.loss_threshold < 0.5:
-        raise UserError(f"--loss-threshold: must be in [0, 0.5) (0: off), got {args.loss_threshold}")
-    if args.lr_num_decay_steps and args.lr_decay_start_step < args.lr_num_warmup_steps:
-        raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """How to train, log and checkpoint (``--embedding-update=auto`` resolved); checked."""
-    loss_weights = parse_loss_weights(args.loss_weights)
-    if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
-        raise UserError(
-            f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}"
-        )
-    embedding_update = args.embedding_update
-    if embedding_update == "auto":
-        embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
-    if args.compile != "none" and not (args.use_gpu and args.cuda_graph and embedding_update == "fused"):
-        raise UserError(
-            f"--compile={args.compile}: compiles the CUDA-graph training step, which needs --use-gpu, --cuda-graph"
-            " and the fused embedding update"
-        )
-    return TrainConfig(
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        embedding_update=embedding_update,
-        loss_function=args.loss_function,
-        loss_weights=loss_weights,
-        loss_threshold=args.loss_threshold,
-        lr_num_warmup_steps=args.lr_num_warmup_steps,
-        lr_decay_start_step=args.lr_decay_start_step,
-        lr_num_decay_steps=args.lr_num_decay_steps,
-        nepochs=args.nepochs,
-        num_batches=args.num_batches,
-        seed=args.numpy_rand_seed,
-        cuda_graph=args.cuda_graph,
-        bf16=args.bf16,
-        compile=args.compile,
-        adapt_threads=args.adapt_threads,
-        num_workers=args.num_workers,
-        test_freq=args.test_freq,
-        test_num_workers=args.test_num_workers,
-        target_auc=args.mlperf_auc_threshold,
-        target_accuracy=args.mlperf_acc_threshold,
-        print_freq=args.print_freq,
-        print_time=args.print_time,
-        print_wall_time=args.print_wall_time,
-        print_precision=args.print_precision,
-        progress=args.progress,
-        save_model=args.save_model,
-        save_freq=args.save_freq,
-    )
-
-
-def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetConfig | None) -> DataConfig:
-    """Where batches come from: generated data of ``model``'s tables, or ``dataset`` (its sizes checked
-    against an explicit ``--arch-embedding-size``, and its dense width against ``--arch-mlp-bot``)."""
-    if dataset is not None and model.bottom_mlp[0] != DENSE_INPUTS[dataset.data_set]:
-        why = (
-            "the 13 counts I1-I13"
-            if dataset.data_set == "kaggle"
-            else "one constant input, as Avazu has no dense features"
-        )
-        raise UserError(
-            f"--arch-mlp-bot: must start with {DENSE_INPUTS[dataset.data_set]} for {dataset.data_set} ({why}), "
-            f"got '{args.arch_mlp_bot}'"
-        )
-    explicit_sizes = dataset is None or args.arch_embedding_size is not None
-    return DataConfig(
-        generation=args.data_generation,
-        table_sizes=model.table_sizes if explicit_sizes else None,
-        dense_features=model.bottom_mlp[0],
-        batch_size=args.mini_batch_size,
-        test_batch_size=args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size,
-        train_samples=args.num_batches * args.mini_batch_size if args.num_batches > 0 else args.data_size,
-        test_samples=args.test_data_size,
-        indices_per_lookup=args.num_indices_per_lookup,
-        indices_per_lookup_fixed=args.num_indices_per_lookup_fixed,
-        seed=args.numpy_rand_seed,
-        eval_split=args.eval_split,
-        synthetic=SyntheticConfig(
-            **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}
-        ),
-        dataset=dataset,
-        progress=args.progress,
-        placement=args.data_on_device,
-    )
-
-
-def check_run_files(args: argparse.Namespace) -> None:
-    """What the run reads and how it runs: the checkpoint to load, the combination of output flags, the device."""
-    if args.inference_only and not args.load_model:
-        raise UserError("--inference-only: needs --load-model (the checkpoint to evaluate)")
-    if args.load_model:
-        try:
-            check_file(args.load_model)
-        except UserError as error:
-            raise UserError(f"--load-model {error}") from None
-    if args.save_freq and not args.save_model:
-        raise UserError("--save-freq: needs --save-model (the checkpoint to write)")
-    if args.inference_only and args.save_collapsed:
-        raise UserError(
-            "--save-collapsed: not with --inference-only; "
-            "collapse a saved checkpoint with: python checkpoint.py collapse IN OUT"
-        )
-    if args.inference_only and args.save_model:
-        raise UserError(
-            "--save-model: not with --inference-only (nothing is trained); "
-            "collapse a checkpoint with: python checkpoint.py collapse IN OUT"
-        )
-    if args.use_gpu and not torch.cuda.is_available():
-        raise UserError("--use-gpu: no CUDA device is available")
-    process_group.check_backend(args.dist_backend, args.use_gpu)
-
-
-def validate_outputs(args: argparse.Namespace) -> None:
-    """The files the run writes: distinct, and writable now rather than after training (checked by the writing
-    process)."""
-    outputs = {
-        "--save-model": args.save_model,
-        "--save-collapsed": args.save_collapsed,
-        "--results-json": args.results_json,
-    }
-    check_distinct_outputs(outputs)
-    if args.load_model:
-        check_distinct_outputs(
-            {
-                "--load-model": args.load_model,
-                "--results-json": args.results_json,
-                "--save-collapsed": args.save_collapsed,
-            }
-        )
-    if is_main_process():
-        for flag, path in outputs.items():
-            if path:
-                check_output_file(flag, path)
-
-
-def parse_loss_weights(text: str) -> tuple[float, float]:
-    """``--loss-weights`` ``"w0-w1"`` (weights of negatives and positives for wbce)."""
-    parts = text.split("-")
-    try:
-        w0, w1 = (float(v) for v in parts)
-    except ValueError:
-        raise UserError(f"--loss-weights: expected two dash-separated numbers like 1.0-3.0, got '{text}'") from None
-    if w0 < 0 or w1 < 0:
-        raise UserError(f"--loss-weights: weights must be >= 0, got '{text}'")
-    return w0, w1
-
-
-def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
-    """The flags as checkpoints and results keep them: every flag's value (those the checks resolve, resolved)
-    and the architecture in list form (``table_sizes``, ``bottom_mlp``, ``top_mlp``, ``loss_weights_pair``)."""
-    flags = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-    flags["embedding_update"] = run.train.embedding_update
-    flags["max_ind_range"] = run.data.dataset.max_ind_range if run.data.dataset is not None else 0
-    if run.data.dataset is not None:
-        flags["data_split"] = run.data.dataset.split
-    flags["table_sizes"] = list(run.model.table_sizes)
-    flags["bottom_mlp"] = list(run.model.bottom_mlp)
-    flags["top_mlp"] = list(run.model.top_mlp)
-    flags["loss_weights_pair"] = list(run.train.loss_weights)
-    return flags
-
-
-def validate(args: argparse.Namespace) -> Run:
-    """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
-    notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
-    notes += reduction.unused_reduction_flags(args, build_parser().parse_args([]))
-    model = model_config(args)
-    check_counts(args)
-    train = train_config(args)
-    reporting = reporting_config(args)
-    check_run_files(args)
-    dataset = dataset_config(args) if args.data_generation == "dataset" else None
-    data = data_config(args, model, dataset)
-    check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
-    quantize_bits = reduction.parse_quantize_bits(args.quantize_emb_with_bit, args.inference_only)
-    reduction.check_quantize_run(quantize_bits, args.use_gpu)
-    validate_outputs(args)
-    run = Run(
-        model=model,
-        data=data,
-        train=train,
-        inference_only=args.inference_only,
-        load_model=args.load_model,
-        save_collapsed=args.save_collapsed,
-        results_json=args.results_json,
-        use_gpu=args.use_gpu,
-        tf32=args.tf32,
-        dist_backend=args.dist_backend,
-        dist_timeout=args.dist_timeout,
-        mixed_dimension=reduction.mixed_dimension_config(args),
-        quantize_bits=quantize_bits,
-        reporting=reporting,
-        notes=tuple(notes),
-    )
-    return replace(run, flags=flags_snapshot(args, run))
-
-
-def run_config(argv: Sequence[str]) -> Run:
-    """The checked :class:`Run` of a command line (for code that starts runs the way ``dlrm_mlet.py`` does)."""
-    return validate(build_parser().parse_args(argv))
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and check ``argv``; a bad flag raises :class:`UserError` (or exits, for argparse's own checks)."""
-    args = build_parser().parse_args(argv)
-    validate(args)
-    return args
 
 
 def describe(model: DLRM, data: DataBundle) -> None:

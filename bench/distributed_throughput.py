@@ -32,7 +32,7 @@ import torch.distributed as dist
 from common import print_table, save, self_launching, torchrun_rows
 from reference_dlrm import scaled_cardinalities
 
-import dlrm_mlet
+from mlet.cli import configs
 from mlet.data.sources import build_data
 from mlet.parallel import (
     distributed,
@@ -76,7 +76,7 @@ def slowest(seconds: float) -> float:
 
 def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, graph: bool) -> dict:
     """Seconds per training step of one configuration (median of rounds, slowest rank)."""
-    run = dlrm_mlet.run_config(model_flags(args, hidden, batch, graph))
+    run = configs.run_config(model_flags(args, hidden, batch, graph))
     data = build_data(run.data)
     model = parallel.build_model(run.model, seed=0)
     trainer = Trainer(run.train, data, model, parallel)
@@ -120,7 +120,7 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
 
 def worker(args: argparse.Namespace) -> None:
     """Under torchrun: time every configuration; rank 0 writes the rows to ``--out``."""
-    base = dlrm_mlet.run_config(model_flags(args, args.hidden[0], args.batches[0]))
+    base = configs.run_config(model_flags(args, args.hidden[0], args.batches[0]))
     with distributed.session(base.use_gpu, base.dist_backend, base.dist_timeout, base.train.optimizer) as parallel:
         rows = []
         graphs = [True, False] if args.use_gpu else [False]

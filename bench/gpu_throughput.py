@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from common import print_table, save
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
-import dlrm_mlet
 from dlrm_model import DLRM, ModelConfig
+from mlet.cli import configs
 from mlet.core.batch import Batch, SparseFeatures
 from mlet.data.sources import ArraySource, DataBundle
 from mlet.training.optimizers import build_optimizer
@@ -207,7 +207,7 @@ def pipeline_throughput(sizes: list[int], dim: int, hidden: int, batch: int, row
             "--print-freq=1000000",
             *(["--use-gpu"] if device.type == "cuda" else []),
         ]
-        run = dlrm_mlet.run_config(argv)
+        run = configs.run_config(argv)
         model = DLRM(run.model, seed=0, device=device)
         trainer = Trainer(run.train, data, model, SingleProcess(device))
         start = time.perf_counter()

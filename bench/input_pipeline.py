@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from common import ROOT, save, table
 
-import dlrm_mlet
 from dlrm_model import DLRM
+from mlet.cli import configs
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
 from mlet.training.trainer import Trainer
@@ -50,7 +50,7 @@ def per_batch(batches, count: int) -> float:
 
 def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int) -> dict:
     """Data and model timings at one batch size."""
-    run = dlrm_mlet.run_config(
+    run = configs.run_config(
         [
             "--data-generation=dataset",
             f"--raw-data-file={raw}",

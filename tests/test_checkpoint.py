@@ -22,6 +22,7 @@ from helpers import ROOT
 
 import checkpoint
 import dlrm_mlet
+from mlet.cli import configs
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
@@ -350,7 +351,7 @@ def test_collapsed_checkpoint_contents(runs) -> None:
 
 
 def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(runs) -> None:
-    data = build_data(dlrm_mlet.run_config([*TINY, f"--mlet-hidden={K}"]).data)
+    data = build_data(configs.run_config([*TINY, f"--mlet-hidden={K}"]).data)
     two_layer = model_from_checkpoint(load_checkpoint(runs["mlet"]))
     collapsed = model_from_checkpoint(load_checkpoint(runs["mlet_collapsed"]))
     assert two_layer.tables.is_mlet and not collapsed.tables.is_mlet

@@ -12,6 +12,7 @@ from helpers import ROOT, TINY, override_flags, run_cli
 
 import checkpoint
 import dlrm_mlet
+from mlet.cli import configs
 from mlet.core.errors import UserError
 from mlet.training.trainer import write_json
 
@@ -129,13 +130,13 @@ def test_gpu_flag_without_gpu_is_reported(capsys) -> None:
 
 def test_upstream_bool_flags_parse_false() -> None:
     """Upstream's type=bool made '--flag=False' true; here it is false."""
-    assert dlrm_mlet.parse_args([*TINY, "--arch-interaction-itself=False"]).arch_interaction_itself is False
-    assert dlrm_mlet.parse_args([*TINY, "--arch-interaction-itself"]).arch_interaction_itself is True
-    assert dlrm_mlet.parse_args([*TINY, "--round-targets=1"]).round_targets is True
+    assert configs.parse_args([*TINY, "--arch-interaction-itself=False"]).arch_interaction_itself is False
+    assert configs.parse_args([*TINY, "--arch-interaction-itself"]).arch_interaction_itself is True
+    assert configs.parse_args([*TINY, "--round-targets=1"]).round_targets is True
 
 
 def test_run_config_fills_architecture() -> None:
-    run = dlrm_mlet.run_config([*TINY, "--mlet-hidden=16"])
+    run = configs.run_config([*TINY, "--mlet-hidden=16"])
     config = run.model
     assert config.table_sizes == (200, 30, 5) and config.bottom_mlp == (13, 8, 4) and config.top_mlp == (8, 1)
     assert config.mlet_hidden == 16 and config.interaction_width() == 4 + 6
@@ -148,7 +149,7 @@ def test_run_config_fills_architecture() -> None:
 
 def test_parse_args_raises_user_error_not_traceback() -> None:
     with pytest.raises(UserError, match="--arch-mlp-bot"):
-        dlrm_mlet.parse_args([*TINY, "--arch-mlp-bot=13-8-5"])
+        configs.parse_args([*TINY, "--arch-mlp-bot=13-8-5"])
 
 
 def test_results_json_contents(tmp_path, capsys) -> None:

@@ -30,6 +30,7 @@ from helpers import ROOT, random_inputs, small_config
 
 import dlrm_mlet
 from dlrm_model import make_mlp
+from mlet.cli import configs
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
@@ -225,7 +226,7 @@ def missing_checkpoint_on_rank_one(rank: int) -> None:
         raise UserError(f"{path}: no such checkpoint file")
 
     if rank == 1:
-        dlrm_mlet.check_file = absent
+        configs.check_file = absent
 
 
 def unreadable_checkpoint_on_rank_one(rank: int) -> None:

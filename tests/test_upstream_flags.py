@@ -11,6 +11,7 @@ from helpers import ROOT, TINY, run_cli
 import checkpoint
 import data_utils
 import dlrm_mlet
+from mlet.cli import configs
 from mlet.cli.upstream import FLAGS, FORK, UPSTREAM, WORKS
 from mlet.core.config import TrainConfig
 from mlet.training.trainer import loss_function
@@ -209,8 +210,8 @@ def test_torch_launch_rank_flags_are_accepted(capsys) -> None:
 
 
 def test_fork_optim_is_optimizer() -> None:
-    assert dlrm_mlet.parse_args([*TINY, "--optim=adagrad"]).optimizer == "adagrad"
-    assert dlrm_mlet.parse_args(TINY).optimizer == "sgd"
+    assert configs.parse_args([*TINY, "--optim=adagrad"]).optimizer == "adagrad"
+    assert configs.parse_args(TINY).optimizer == "sgd"
 
 
 def test_loss_threshold_clamps_probabilities_as_upstream() -> None:

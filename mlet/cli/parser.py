@@ -1,4 +1,4 @@
-"""The ``dlrm_mlet.py`` command line: its flags, in groups (checked and turned into configs by ``dlrm_mlet.validate``).
+"""The ``dlrm_mlet.py`` command line: its flags, in groups (checked and turned into configs by ``mlet/cli/configs.py``).
 
 Upstream DLRM's flags keep their names and meanings; the upstream and MLET-fork
 flags that are no-ops or refused here come from :mod:`mlet.cli.upstream`.
