@@ -29,6 +29,11 @@ bytes, and Kaggle's 13 dense features and the dot interaction's 367 columns
 (d=16, 26 tables) otherwise get its slow unaligned kernels (``bench/NOTES.md``)."""
 
 
+def alignment(x: Tensor) -> int:
+    """The width multiple of an MLP input ``x``: :data:`GPU_ALIGN` on a GPU, else 1 (no padding)."""
+    return GPU_ALIGN if x.is_cuda else 1
+
+
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is at least ``n``."""
     return n + (-n % multiple)
@@ -137,12 +142,15 @@ class DLRM(nn.Module):
 
     def bottom_features(self, dense: Tensor) -> Tensor:
         """The bottom MLP's output (``B x d``): the interaction's dense vector."""
-        return run_mlp(self.bottom, dense, GPU_ALIGN if dense.is_cuda else 1)
+        return run_mlp(self.bottom, dense, alignment(dense))
 
     def head(self, features: Tensor, embedded: Tensor) -> Tensor:
         """Interaction and top MLP: logits (``B``) from the bottom MLP's ``features`` and ``embedded``."""
-        align = GPU_ALIGN if features.is_cuda else 1
-        return run_mlp(self.top, self.interaction(features, embedded, align), align).squeeze(-1)
+        return self.top_logits(self.interaction(features, embedded, alignment(features)))
+
+    def top_logits(self, interactions: Tensor) -> Tensor:
+        """The top MLP: logits (``B``) from the interaction's output."""
+        return run_mlp(self.top, interactions, alignment(interactions)).squeeze(-1)
 
     def collapse(self) -> DLRM:
         """The same outputs with MLET folded: a baseline DLRM (plain d-wide tables), or for composite tables the

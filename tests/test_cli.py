@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 
 import pytest
@@ -145,6 +146,16 @@ def test_run_config_fills_architecture() -> None:
         8,
         4,
     ]  # as checkpoints record them
+
+
+def test_the_command_line_starts_without_importing_the_compiler_or_scikit_learn() -> None:
+    """``--help``, a flag error and a run without ``--compile`` do not wait for ``torch._dynamo``, inductor
+    or scikit-learn (seconds of imports: each is imported where it is used)."""
+    heavy = ["torch._dynamo", "torch._inductor", "sklearn"]
+    code = f"import sys, dlrm_mlet; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_parse_args_raises_user_error_not_traceback() -> None:

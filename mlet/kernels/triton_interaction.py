@@ -54,7 +54,6 @@ MAX_FEATURES = 128
 of products in registers. Wider interactions use PyTorch's ops."""
 
 
-@torch.compiler.disable  # under --compile the kernels run as they are, between the compiled MLPs
 def supported(dense: Tensor, embedded: Tensor) -> bool:
     """True when the kernels can compute this interaction (device, and at most :data:`MAX_FEATURES` vectors)."""
     return usable(dense, embedded) and embedded.shape[1] + 1 <= MAX_FEATURES
@@ -237,7 +236,6 @@ class DotInteraction(torch.autograd.Function):
         return grad_dense, grad_embedded, None, None
 
 
-@torch.compiler.disable
 def dot_interaction(dense: Tensor, embedded: Tensor, itself: bool, padded_width: int) -> Tensor:
     """The dot interaction of ``dense`` (B x d) and ``embedded`` (B x T x d), ``padded_width`` columns wide
     (at least ``d`` + the products; the columns beyond are zero). Needs :func:`supported`."""

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
 
 from mlet.core.batch import StepBatch
 from mlet.training.precision import autocast
@@ -42,6 +41,10 @@ def ctr_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     NaN would otherwise count as a "no click" prediction). Labels are rounded
     to 0/1 (upstream's ``--round-targets``) for all three.
     """
+    # imported here: scikit-learn takes about a second to import, which --help, a flag error and a run that
+    # never evaluates need not wait for
+    from sklearn.metrics import log_loss, roc_auc_score
+
     hard = np.round(labels)
     finite = bool(np.isfinite(probs).all())
     both_classes = len(np.unique(hard)) == 2

@@ -85,9 +85,10 @@ def batch_shape(batch: object) -> object:
     return batch
 
 
-COMPILED_PARTS = ("bottom_features", "head")
-"""The model's methods ``--compile`` compiles: together they are ``DLRM.logits`` (MLPs and interaction), and
-a multi-process model runs its embedding exchange between them."""
+COMPILED_PARTS = ("bottom_features", "top_logits")
+"""The model's methods ``--compile`` compiles: its two MLPs. The interaction (Triton kernels on a GPU) and a
+multi-process model's embedding exchange run uncompiled between them: inside a compiled part each would only
+break the traced graph."""
 
 
 def compiled_parts(model: nn.Module, mode: str) -> dict[str, Callable] | None:
