@@ -23,19 +23,14 @@ from mlet.cli.configs import Run, validate
 from mlet.cli.debug import print_architecture, print_batches, print_parameters
 from mlet.cli.parser import PROG, build_parser
 from mlet.cli.reporting import ONNX_FILE, observers
-from mlet.core.config import (
-    ModelConfig,
-    TrainConfig,
-)
-from mlet.core.errors import (
-    UserError,
-    one_line,
-)
+from mlet.core.config import ModelConfig, TrainConfig
+from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
 from mlet.data.device import place_data
 from mlet.data.sources import DataBundle, build_data
 from mlet.parallel import distributed, process_group
 from mlet.serving import quantize
+from mlet.training import metrics
 from mlet.training.checkpoints import (
     atomic_save,
     collapsed_checkpoint,
@@ -212,6 +207,7 @@ def execute(run: Run) -> dict:
         for line in parallel.summary():
             log(line)
         if mlperf is not None:
+            metrics.load_metric_functions()
             mlperf.run_started(
                 run.train.seed,
                 run.data.batch_size,

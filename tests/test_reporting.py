@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
-from helpers import TINY, run_cli
+from helpers import ROOT, TINY, run_cli
 
 
 def mllog(out: str) -> list[dict]:
@@ -126,6 +128,24 @@ def test_mlperf_log_lines(capsys) -> None:
         r["time_ms"] > 1.6e12 and r["event_type"] in ("POINT_IN_TIME", "INTERVAL_START", "INTERVAL_END")
         for r in records
     )
+
+
+def test_mlperf_timing_starts_after_scikit_learn_is_imported() -> None:
+    """With ``--mlperf-logging`` the metrics' import (about a second) happens before ``run_start``, not inside
+    the timed run's first evaluation. In a fresh process: elsewhere in the suite scikit-learn is loaded."""
+    code = (
+        "import sys, dlrm_mlet\n"
+        "from mlet.training.observers import MLPerfLog\n"
+        "started = MLPerfLog.run_started\n"
+        "def run_started(self, *args):\n"
+        "    print('sklearn.metrics loaded at run_start:', 'sklearn.metrics' in sys.modules)\n"
+        "    started(self, *args)\n"
+        "MLPerfLog.run_started = run_started\n"
+        f"sys.exit(dlrm_mlet.main({[*TINY, '--mlperf-logging']!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sklearn.metrics loaded at run_start: True" in done.stdout
 
 
 def test_mlperf_run_stop_success_when_the_target_is_reached(capsys) -> None:

@@ -37,9 +37,7 @@ from mlet.data.flags import dataset_config
 from mlet.data.preprocessing.cache import DENSE_INPUTS
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import process_group
-from mlet.training.checkpoints import (
-    check_file,
-)
+from mlet.training.checkpoints import check_file
 from mlet_layers import parse_projection_init
 
 

@@ -238,5 +238,7 @@ class DotInteraction(torch.autograd.Function):
 
 def dot_interaction(dense: Tensor, embedded: Tensor, itself: bool, padded_width: int) -> Tensor:
     """The dot interaction of ``dense`` (B x d) and ``embedded`` (B x T x d), ``padded_width`` columns wide
-    (at least ``d`` + the products; the columns beyond are zero). Needs :func:`supported`."""
+    (at least ``d`` + the products; the columns beyond are zero). Needs :func:`supported`. Not for code that
+    ``torch.compile`` traces: ``--compile`` runs it between the compiled MLPs (``COMPILED_PARTS`` in
+    ``mlet/training/train_step.py``)."""
     return DotInteraction.apply(dense, embedded, itself, padded_width)

@@ -22,7 +22,7 @@ import torch
 
 import dlrm_mlet
 from dlrm_model import DLRM
-from mlet.cli import configs
+from mlet.cli.configs import Run, run_config
 from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceRows, device_bundle
@@ -74,17 +74,17 @@ def check_run_flags(settings: sweep_plan.Settings) -> None:
             f"{' '.join(unknown)}: not a dlrm_mlet.py flag (the flags after -- go to every run; {PROG}'s own go "
             "before --)"
         )
-    run = configs.run_config(argv)
+    run = run_config(argv)
     check_in_process(run, run.model)
 
 
-def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[configs.Run, Trainer]:
+def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[Run, Trainer]:
     """The run's checked flags and its trainer: data served from the piece's rows, tables initialised on the
     device (CPU generators for a CPU device)."""
     settings, device = piece.settings, piece.device
-    probe = configs.run_config(run_flags(spec, settings, extra))
+    probe = run_config(run_flags(spec, settings, extra))
     freq = test_freq(settings, piece.rows, probe.data.batch_size)
-    run = configs.run_config(run_flags(spec, settings, [f"--test-freq={freq}", *extra]))
+    run = run_config(run_flags(spec, settings, [f"--test-freq={freq}", *extra]))
     data = device_bundle(piece.rows, run.data.batch_size, run.data.test_batch_size, run.train.seed)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
     check_in_process(run, config)
@@ -103,7 +103,7 @@ def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tup
     return run, Trainer(run.train, data, model, SingleProcess(device), flags=flags)
 
 
-def check_in_process(run: configs.Run, config: ModelConfig) -> None:
+def check_in_process(run: Run, config: ModelConfig) -> None:
     """A :class:`UserError` unless ``run`` trains plain or MLET tables and evaluates them as trained: the tables
     here are built as :class:`EmbeddingTables` (never quotient-remainder or mixed-dimension ones, which need
     their own tables and, for mixed dimensions, the training counts) and nothing evaluates quantized tables."""

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from dlrm_model import DLRM
-from mlet.cli import configs
+from mlet.cli.configs import data_config
 from mlet.core.config import DataConfig, ModelConfig
 from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.core.pipeline import prefetch
@@ -77,7 +77,7 @@ def recorded_data_config(flags: dict, model: ModelConfig) -> DataConfig:
     """The data a checkpoint was trained on, from its recorded flags and model (test split, no progress bars)."""
     args = argparse.Namespace(**{**flags, "eval_split": "test", "progress": False})
     dataset = recorded_dataset_config(flags) if flags["data_generation"] == "dataset" else None
-    return configs.data_config(args, model, dataset)
+    return data_config(args, model, dataset)
 
 
 class FrequencyData:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mlet.cli import configs
+from mlet.cli.configs import run_config
 from mlet.core.config import DataConfig
 from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
 from mlet.data.sources import build_data
@@ -452,7 +452,7 @@ def prepare_data(settings: Settings) -> int | None:
     spec = RunSpec(
         settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0]
     )
-    run = configs.run_config(run_argv(spec, settings, None))
+    run = run_config(run_argv(spec, settings, None))
     check_tuning_data(run.data, settings)
     train_samples = build_data(run.data).train.num_samples if run.data.dataset is not None else run.data.train_samples
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):

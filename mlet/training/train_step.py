@@ -86,9 +86,10 @@ def batch_shape(batch: object) -> object:
 
 
 COMPILED_PARTS = ("bottom_features", "top_logits")
-"""The model's methods ``--compile`` compiles: its two MLPs. The interaction (Triton kernels on a GPU) and a
-multi-process model's embedding exchange run uncompiled between them: inside a compiled part each would only
-break the traced graph."""
+"""The model's methods ``--compile`` compiles: its two MLPs. The interaction and a multi-process model's
+embedding exchange run uncompiled between them: inside a compiled part the interaction's Triton kernels and
+the exchange's collectives would only break the traced graph. (The PyTorch interaction, used for ``cat``,
+over 127 vectors or without Triton, runs eagerly as well; no GPU run of those was timed.)"""
 
 
 def compiled_parts(model: nn.Module, mode: str) -> dict[str, Callable] | None:
