@@ -41,8 +41,9 @@ from mlet.training.checkpoints import (
 from mlet.training.observers import MLPerfLog
 from mlet.training.optimizers import STATE_SLOTS
 from mlet.training.processes import Parallel
+from mlet.training.results import parameter_report, write_json
 from mlet.training.state import check_evaluation
-from mlet.training.trainer import Trainer, parameter_report, write_json
+from mlet.training.trainer import Trainer
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 

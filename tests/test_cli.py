@@ -15,7 +15,7 @@ import checkpoint
 import dlrm_mlet
 from mlet.cli import configs
 from mlet.core.errors import UserError
-from mlet.training.trainer import write_json
+from mlet.training.results import write_json
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, 
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
+from mlet.training.results import one_time_seconds, steady_rate
 from mlet.training.train_step import GraphedTrainStep, TrainStep, batch_shape, batch_tensors
-from mlet.training.trainer import one_time_seconds, steady_rate
 
 CPU = torch.device("cpu")
 

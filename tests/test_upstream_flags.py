@@ -14,7 +14,7 @@ import dlrm_mlet
 from mlet.cli import configs
 from mlet.cli.upstream import FLAGS, FORK, UPSTREAM, WORKS
 from mlet.core.config import TrainConfig
-from mlet.training.trainer import loss_function
+from mlet.training.losses import loss_function
 
 # Every flag of upstream's dlrm_s_pytorch.py (its argparse block) and the fork's own flags.
 UPSTREAM_FLAGS = [

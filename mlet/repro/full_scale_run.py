@@ -30,7 +30,8 @@ from mlet.repro import full_scale_rank, sweep_plan
 from mlet.repro.experiments import Config, RunSpec
 from mlet.training.checkpoints import dashed
 from mlet.training.processes import SingleProcess
-from mlet.training.trainer import Trainer, write_json
+from mlet.training.results import write_json
+from mlet.training.trainer import Trainer
 from mlet_layers import EmbeddingTables
 
 PROG = "full_scale.py"

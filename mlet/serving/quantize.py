@@ -38,7 +38,8 @@ from mlet.core.launch import log
 from mlet.model import lookup
 from mlet.model.composite import CompositeTables, GroupSpec, TableModule
 from mlet.training.checkpoints import FORMAT, INFERENCE, VERSION, trained_hidden
-from mlet.training.trainer import Trainer, parameter_report
+from mlet.training.results import parameter_report
+from mlet.training.trainer import Trainer
 from mlet_layers import EmbeddingTables
 
 BITS = (8, 4)

@@ -9,18 +9,12 @@ writes checkpoints (:meth:`Trainer.state`) and reads them back (:meth:`Trainer.l
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from dlrm_model import DLRM
@@ -30,10 +24,12 @@ from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
 from mlet.data.sources import DataBundle
 from mlet.training import cpu_threads
-from mlet.training.checkpoints import TRAINING, atomic_save, bytes_report, trained_hidden
+from mlet.training.checkpoints import TRAINING, atomic_save, trained_hidden
+from mlet.training.losses import loss_function
 from mlet.training.observers import Observer, TrainPoint
 from mlet.training.optimizers import LRPolicy, build_optimizer
 from mlet.training.processes import Parallel, SingleProcess, feed
+from mlet.training.results import one_time_seconds, parameter_report, steady_rate
 from mlet.training.state import (
     Position,
     TrainingState,
@@ -46,92 +42,12 @@ from mlet.training.state import (
 from mlet.training.train_step import make_train_step
 
 
-def loss_function(config: TrainConfig, device: torch.device):
-    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch), with ``--loss-threshold``'s clamp."""
-    loss = base_loss(config, device)
-    t = config.loss_threshold
-    if not 0.0 < t < 0.5:
-        return loss
-    # upstream clamps the probability p to [t, 1 - t]; on logits that is [logit(t), -logit(t)] (same gradients: none
-    # beyond the bounds)
-    bound = math.log((1 - t) / t)
-    return lambda logits, labels: loss(logits.clamp(-bound, bound), labels)
-
-
-def base_loss(config: TrainConfig, device: torch.device):
-    """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
-    if config.loss_function == "mse":
-        return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)
-    if config.loss_function == "bce":
-        return F.binary_cross_entropy_with_logits
-    weights = torch.tensor(config.loss_weights, device=device)
-
-    def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        return (per_sample * weights[labels.round().long()]).mean()
-
-    return weighted_bce
-
-
 def batch_workers(num_workers: int, device: torch.device) -> int:
     """Threads assembling training batches: ``--num-workers``, or (-1) 1 on CPU, where the
     cores train the model, and 4 on GPU, where one thread cannot keep up (docs/performance.md)."""
     if num_workers >= 0:
         return max(1, num_workers)
     return 4 if device.type == "cuda" else 1
-
-
-def steady_rate(windows: list[tuple[int, float]]) -> float | None:
-    """The median samples/s of the logged windows: the run's pace once started, without the one-time costs that
-    fall in a few windows (the first: CUDA graph capture, kernel compilation; an epoch's last, smaller batch,
-    which runs eagerly); ``None`` with fewer than three windows."""
-    rates = [n / t for n, t in windows if t > 0]
-    return statistics.median(rates) if len(rates) >= 3 else None
-
-
-def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
-    """Training seconds beyond what the samples take at the :func:`steady_rate`: the run's one-time costs
-    (kernel compilation, CUDA graph capture, eager warm-up and last batches); ``None`` without a steady rate."""
-    rate = steady_rate(windows)
-    if rate is None:
-        return None
-    return sum(t for _, t in windows) - sum(n for n, _ in windows) / rate
-
-
-def parameter_report(model: DLRM) -> dict:
-    """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
-    exact packed bytes)."""
-    elem = next(model.bottom.parameters()).element_size()
-    report = bytes_report(model.config.parameter_counts(), elem)
-    served = int(model.tables.inference_bytes())
-    report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
-    report["embedding_inference_bytes"] = served
-    return report
-
-
-def json_safe(value):
-    """NaN/inf -> None, recursively, so the results file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write ``payload`` atomically as strict JSON (:class:`UserError` naming ``path`` if it cannot be written)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, target)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write the results ({error.strerror or error})") from None
 
 
 class Trainer:

@@ -1,0 +1,69 @@
+"""What a run's ``--results-json`` holds beside its metrics: the steady training rate and the one-time
+seconds (from the logged windows), the parameter and byte counts, and the file written atomically as strict
+JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from dlrm_model import DLRM
+from mlet.core.errors import UserError
+from mlet.training.checkpoints import bytes_report
+
+
+def steady_rate(windows: list[tuple[int, float]]) -> float | None:
+    """The median samples/s of the logged windows: the run's pace once started, without the one-time costs that
+    fall in a few windows (the first: CUDA graph capture, kernel compilation; an epoch's last, smaller batch,
+    which runs eagerly); ``None`` with fewer than three windows."""
+    rates = [n / t for n, t in windows if t > 0]
+    return statistics.median(rates) if len(rates) >= 3 else None
+
+
+def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
+    """Training seconds beyond what the samples take at the :func:`steady_rate`: the run's one-time costs
+    (kernel compilation, CUDA graph capture, eager warm-up and last batches); ``None`` without a steady rate."""
+    rate = steady_rate(windows)
+    if rate is None:
+        return None
+    return sum(t for _, t in windows) - sum(n for n, _ in windows) / rate
+
+
+def parameter_report(model: DLRM) -> dict:
+    """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
+    exact packed bytes)."""
+    elem = next(model.bottom.parameters()).element_size()
+    report = bytes_report(model.config.parameter_counts(), elem)
+    served = int(model.tables.inference_bytes())
+    report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
+    report["embedding_inference_bytes"] = served
+    return report
+
+
+def json_safe(value):
+    """NaN/inf -> None, recursively, so the results file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` atomically as strict JSON (:class:`UserError` naming ``path`` if it cannot be written)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write the results ({error.strerror or error})") from None
