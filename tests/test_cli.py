@@ -15,7 +15,9 @@ import checkpoint
 import dlrm_mlet
 from mlet.cli import configs
 from mlet.core.errors import UserError
+from mlet.training import trainer as trainer_module
 from mlet.training.results import write_json
+from mlet.training.train_step import TrainStep
 
 
 @pytest.mark.parametrize(
@@ -156,6 +158,32 @@ def test_the_command_line_starts_without_importing_the_compiler_or_scikit_learn(
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("eager_share", [1.0, 0.25])
+def test_a_run_whose_graphed_steps_run_mostly_eagerly_says_so_once(eager_share: float, monkeypatch, capsys) -> None:
+    """When more than a quarter of an epoch's steps miss the captured shape, the log says so, once per run."""
+    counted = 0
+
+    class CountingStep(TrainStep):
+        def __call__(self, batch):
+            nonlocal counted
+            counted += 1
+            self.other_shape_steps += counted % round(1 / eager_share) == 0  # every step, or every fourth
+            return super().__call__(batch)
+
+    monkeypatch.setattr(
+        trainer_module,
+        "make_train_step",
+        lambda model, loss_fn, optimizer, **_: CountingStep(model, loss_fn, optimizer),
+    )
+    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
+    assert code == 0, err
+    notes = [line for line in out.splitlines() if "ran eagerly" in line]
+    if eager_share == 1.0:
+        assert len(notes) == 1 and "--num-indices-per-lookup-fixed" in notes[0], out
+    else:
+        assert notes == []
 
 
 def test_parse_args_raises_user_error_not_traceback() -> None:

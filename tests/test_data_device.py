@@ -251,6 +251,7 @@ def test_graph_is_of_the_first_full_batch_shape_even_after_a_short_batch(monkeyp
         ("eager", 43, 43),
         ("replay", 64, 64),
     ]
+    assert step.other_shape_steps == 2  # the two eager steps of a shape other than the captured one
 
 
 def test_graph_inputs_skip_only_the_tensor_copied_in_last_and_unchanged() -> None:

@@ -43,11 +43,16 @@ def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:
 
 
 class TrainStep:
-    """One eager optimisation step: forward, loss, backward, update (``bf16``: see ``precision.py``)."""
+    """One eager optimisation step: forward, loss, backward, update (``bf16``: see ``precision.py``).
+
+    ``other_shape_steps`` counts the steps a graphed step (:class:`GraphedTrainStep`) ran eagerly because
+    their batch's shape was not the captured one; it stays 0 here, where no step is meant to be replayed.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer, bf16: bool = False) -> None:
         self.model, self.loss_fn, self.optimizer, self.bf16 = model, loss_fn, optimizer, bf16
         self.device = next(model.parameters()).device
+        self.other_shape_steps = 0
 
     def logits(self, batch: StepBatch) -> Tensor:
         """The model's float32 logits for ``batch``."""
@@ -154,6 +159,7 @@ class GraphedTrainStep(TrainStep):
         if self.graph is None and (self.shape is None or batch.size > self.shape_size):  # not captured: a fuller one
             self.shape, self.shape_size, self.warmed = shape, batch.size, 0
         if shape != self.shape:
+            self.other_shape_steps += 1
             return super().__call__(batch)
         if self.graph is None:
             if self.warmed < self.warmup:

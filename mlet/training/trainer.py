@@ -50,6 +50,18 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
+def eager_steps_note(eager: int, steps: int) -> str | None:
+    """The log line for an epoch whose graphed step ran more than a quarter of its ``steps`` eagerly
+    (``eager``: batches not of the captured shape, which replay cannot take); else ``None``."""
+    if steps == 0 or 4 * eager <= steps:
+        return None
+    return (
+        f"cuda graph: {eager:,} of the epoch's {steps:,} steps ran eagerly, their batches not of the captured"
+        " shape (multi-hot bags of varying total length: random data keeps one shape with"
+        " --num-indices-per-lookup-fixed)"
+    )
+
+
 class Trainer:
     """The training loop: steps, periodic logging, testing and checkpointing.
 
@@ -95,6 +107,7 @@ class Trainer:
         self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
+        self.noted_eager = False  # whether the log said that the graphed step ran mostly eagerly
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -294,12 +307,21 @@ class Trainer:
         with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
             while self.epoch < self.config.nepochs and self.stopped is None:
                 self.notify("epoch_started", self.epoch)
+                eager, steps = self.train_step.other_shape_steps, self.iteration
                 self.run_epoch(bar, threads)
+                self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps)
                 self.notify("epoch_ended", self.epoch)
                 if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
                     self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
         self.notify("finished", self.stopped is not None)
+
+    def note_eager_steps(self, eager: int, steps: int) -> None:
+        """Log once per run that the graphed step ran most of an epoch eagerly (:func:`eager_steps_note`)."""
+        note = eager_steps_note(eager, steps)
+        if note is not None and not self.noted_eager:
+            log(note)
+            self.noted_eager = True
 
     def run_epoch(self, bar: tqdm, threads: cpu_threads.ThreadGovernor | None = None) -> None:
         """Train on the rest of the current epoch (``threads``: adjusts the CPU thread count between steps).
