@@ -107,7 +107,7 @@ class Trainer:
         self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
-        self.noted_eager = False  # whether the log said that the graphed step ran mostly eagerly
+        self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -317,7 +317,7 @@ class Trainer:
         self.notify("finished", self.stopped is not None)
 
     def note_eager_steps(self, eager: int, steps: int) -> None:
-        """Log once per run that the graphed step ran most of an epoch eagerly (:func:`eager_steps_note`)."""
+        """Log, once per run, that the graphed step ran over a quarter of an epoch eagerly (see eager_steps_note)."""
         note = eager_steps_note(eager, steps)
         if note is not None and not self.noted_eager:
             log(note)
