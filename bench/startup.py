@@ -8,11 +8,13 @@ lines are stamped with the seconds since its launch. The phases are read from th
 * ``build_s``: to the ``cpu threads:`` line (the trainer: optimizer and step; ``--compile`` imports torch's
   compiler here);
 * ``first_step_s``: the first step alone (its ``ms/it``: ``--print-freq=1``);
-* ``steps_s``: all the steps, the first included; ``test_s``: the evaluation after them;
-* ``exit_s``: the last line to the process's exit; ``wall_s``: launch to exit.
+* ``steps_s``: all the steps, the first included; ``test_s``: the evaluation after them (its ``Testing at``
+  or ``Validating at`` line);
+* ``exit_s``: from that line to the process's exit (results, checkpoints, shut-down); ``wall_s``: launch to exit.
 
-A cold run has empty cache folders; the warm run repeats it on the folders it filled. The baseline is the run
-without ``--compile`` on warm caches, in the same invocation: ``vs_baseline`` is each run's wall time over it.
+A cold run has empty cache folders; the warm run repeats it on the folders it filled. With ``--repeats N`` each
+pair runs N times (fresh folders each time) and every phase is the median. The baseline is the run without
+``--compile`` on warm caches, in the same invocation: ``vs_baseline`` is each row's wall time over it.
 
     python3 bench/startup.py                      # a GPU: none and --compile=default, cold and warm
     python3 bench/startup.py --compile none       # a CPU (no --compile there)
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,9 @@ from cli_throughput import processed_data
 from common import print_table, save
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKS = {"input": "input: ", "built": "cpu threads: ", "step": "Finished training it ", "test": "Testing at "}
+MARKS = {"input": ("input: ",), "built": ("cpu threads: ",), "step": ("Finished training it ",)}
+TESTED = ("Testing at ", "Validating at ")  # the evaluation's line (upstream names test; --eval-split=val)
+PHASES = ["start_s", "build_s", "first_step_s", "steps_s", "test_s", "exit_s", "wall_s"]
 FIRST_STEP = re.compile(r"Finished training it 1/\d+ of epoch 0, ([\d.,]+) ms/it")
 
 
@@ -90,19 +95,39 @@ def stamped_run(argv: list[str], caches: Path) -> tuple[list[tuple[float, str]],
     return lines, wall
 
 
+def marked(lines: list[tuple[float, str]], starts: tuple[str, ...], what: str) -> list[float]:
+    """The times of the lines that start with one of ``starts``; a run without one is an error naming ``what``."""
+    times = [t for t, line in lines if line.startswith(starts)]
+    if not times:
+        tail = "\n".join(line for _, line in lines[-10:])
+        raise RuntimeError(f"the run printed no {what} line ({' / '.join(starts)}); its last lines:\n{tail}")
+    return times
+
+
 def phases(lines: list[tuple[float, str]], wall: float) -> dict:
     """The phases of a run (see the module docstring) from its stamped lines."""
-    first = {name: next(t for t, line in lines if line.startswith(mark)) for name, mark in MARKS.items()}
-    last_step = max(t for t, line in lines if line.startswith(MARKS["step"]))
-    first_step = next(float(m.group(1).replace(",", "")) for _, line in lines if (m := FIRST_STEP.search(line)))
+    first = {name: marked(lines, starts, name)[0] for name, starts in MARKS.items()}
+    last_step = marked(lines, MARKS["step"], "step")[-1]
+    tested = marked(lines, TESTED, "evaluation")[-1]  # the last: --test-freq may test during the steps too
+    first_step = [float(m.group(1).replace(",", "")) for _, line in lines if (m := FIRST_STEP.search(line))]
+    if not first_step or tested < last_step:
+        raise RuntimeError("the run's log has no first-step timing (--print-freq=1) or no evaluation after its steps")
     return {
         "start_s": first["input"],
         "build_s": first["built"] - first["input"],
-        "first_step_s": first_step / 1000,
+        "first_step_s": first_step[0] / 1000,
         "steps_s": last_step - first["built"],
-        "test_s": first["test"] - last_step,
-        "exit_s": wall - first["test"],
+        "test_s": tested - last_step,
+        "exit_s": wall - tested,
         "wall_s": wall,
+    }
+
+
+def median_row(runs: list[dict]) -> dict:
+    """Each phase's median over ``runs`` (the repeats of one compile mode and cache state)."""
+    return {
+        **{k: runs[0][k] for k in ("compile", "caches")},
+        **{p: statistics.median(r[p] for r in runs) for p in PHASES},
     }
 
 
@@ -117,26 +142,41 @@ def main() -> None:
         "--compile", nargs="+", choices=("none", "default"), default=["none", "default"] if gpu else ["none"]
     )
     parser.add_argument("--extra", default="--bf16" if gpu else "", help="more dlrm_mlet.py flags, one string")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each cold/warm pair (phases: medians)")
     parser.add_argument("--out", default="startup")
     args = parser.parse_args()
     if "default" in args.compile and not gpu:
         parser.error("--compile default needs a GPU (dlrm_mlet.py compiles only the graphed GPU step)")
-    rows: list[dict] = []
+    if "none" not in args.compile:
+        parser.error("--compile must include none: the warm uncompiled run is the baseline")
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "processed")
         processed_data(data, args.rows)
-        for mode in args.compile:
-            argv = run_flags(data, args.batch, args.steps, gpu, [*args.extra.split(), f"--compile={mode}"])
-            for caches in ("cold", "warm"):  # the warm run reuses the folders the cold one filled
-                lines, wall = stamped_run(argv, Path(tmp, f"caches_{mode}"))
-                rows.append({"compile": mode, "caches": caches, **phases(lines, wall)})
-                print(rows[-1], flush=True)
+        for repeat in range(args.repeats):
+            for mode in args.compile:
+                argv = run_flags(data, args.batch, args.steps, gpu, [*args.extra.split(), f"--compile={mode}"])
+                for caches in ("cold", "warm"):  # the warm run reuses the folders the cold one filled
+                    lines, wall = stamped_run(argv, Path(tmp, f"caches_{mode}_{repeat}"))
+                    runs.append({"compile": mode, "caches": caches, **phases(lines, wall)})
+                    print(runs[-1], flush=True)
+    rows = [
+        median_row([r for r in runs if (r["compile"], r["caches"]) == key])
+        for key in dict.fromkeys((r["compile"], r["caches"]) for r in runs)
+    ]
     baseline = next(r["wall_s"] for r in rows if r["compile"] == "none" and r["caches"] == "warm")
     for row in rows:
         row["vs_baseline"] = row["wall_s"] / baseline
-    columns = ["compile", "caches", "start_s", "build_s", "first_step_s", "steps_s", "test_s", "exit_s", "wall_s"]
-    print_table(rows, [*columns, "vs_baseline"])
-    payload = {"rows_in_data": args.rows, "batch": args.batch, "steps": args.steps, "extra": args.extra, "rows": rows}
+    print_table(rows, ["compile", "caches", *PHASES, "vs_baseline"])
+    payload = {
+        "rows_in_data": args.rows,
+        "batch": args.batch,
+        "steps": args.steps,
+        "extra": args.extra,
+        "repeats": args.repeats,
+        "rows": rows,
+        "runs": runs,
+    }
     print(f"wrote {save(args.out, payload)}")
 
 

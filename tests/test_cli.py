@@ -18,6 +18,7 @@ from mlet.core.errors import UserError
 from mlet.training import trainer as trainer_module
 from mlet.training.results import write_json
 from mlet.training.train_step import TrainStep
+from mlet.training.trainer import eager_steps_note
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,9 @@ def test_the_command_line_starts_without_importing_the_compiler_or_scikit_learn(
 
 
 @pytest.mark.parametrize("eager_share", [1.0, 0.25])
-def test_a_run_whose_graphed_steps_run_mostly_eagerly_says_so_once(eager_share: float, monkeypatch, capsys) -> None:
+def test_a_run_whose_graphed_steps_run_eagerly_over_a_quarter_of_an_epoch_says_so_once(
+    eager_share: float, monkeypatch, capsys
+) -> None:
     """When more than a quarter of an epoch's steps miss the captured shape, the log says so, once per run."""
     counted = 0
 
@@ -184,6 +187,14 @@ def test_a_run_whose_graphed_steps_run_mostly_eagerly_says_so_once(eager_share: 
         assert len(notes) == 1 and "--num-indices-per-lookup-fixed" in notes[0], out
     else:
         assert notes == []
+
+
+def test_one_eager_step_of_an_epoch_is_no_reason_for_the_note() -> None:
+    """An epoch's last, smaller batch runs eagerly in every graphed run: alone it says nothing, even in the
+    few steps a resumed run trains of an epoch."""
+    assert eager_steps_note(1, 2, epoch=3) is None
+    assert eager_steps_note(2, 7, epoch=3) is not None and "epoch 3" in eager_steps_note(2, 7, epoch=3)
+    assert eager_steps_note(2, 8, epoch=3) is None
 
 
 def test_parse_args_raises_user_error_not_traceback() -> None:

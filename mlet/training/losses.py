@@ -4,14 +4,19 @@ as upstream DLRM defines them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from mlet.core.config import TrainConfig
 
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""``loss(logits, labels)``: the batch's mean loss."""
 
-def loss_function(config: TrainConfig, device: torch.device):
+
+def loss_function(config: TrainConfig, device: torch.device) -> LossFn:
     """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch), with ``--loss-threshold``'s clamp."""
     loss = base_loss(config, device)
     t = config.loss_threshold
@@ -23,7 +28,7 @@ def loss_function(config: TrainConfig, device: torch.device):
     return lambda logits, labels: loss(logits.clamp(-bound, bound), labels)
 
 
-def base_loss(config: TrainConfig, device: torch.device):
+def base_loss(config: TrainConfig, device: torch.device) -> LossFn:
     """``loss(logits, labels)`` for ``--loss-function`` (mean over the batch)."""
     if config.loss_function == "mse":
         return lambda logits, labels: F.mse_loss(torch.sigmoid(logits), labels)

@@ -44,7 +44,7 @@ def parameter_report(model: DLRM) -> dict:
     return report
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """NaN/inf -> None, recursively, so the results file is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -25,9 +25,8 @@ from torch import Tensor, nn
 
 from mlet.core.batch import StepBatch
 from mlet.training.compilation import compiled
+from mlet.training.losses import LossFn
 from mlet.training.precision import autocast
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:

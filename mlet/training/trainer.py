@@ -50,13 +50,15 @@ def batch_workers(num_workers: int, device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
-def eager_steps_note(eager: int, steps: int) -> str | None:
-    """The log line for an epoch whose graphed step ran more than a quarter of its ``steps`` eagerly
-    (``eager``: batches not of the captured shape, which replay cannot take); else ``None``."""
-    if steps == 0 or 4 * eager <= steps:
+def eager_steps_note(eager: int, steps: int, epoch: int) -> str | None:
+    """The log line for an epoch whose graphed step ran more than a quarter of its ``steps`` (this process's, in
+    ``epoch``) eagerly (``eager``: batches not of the captured shape, which replay cannot take); else ``None``.
+    One such step is an epoch's last, smaller batch, so one alone says nothing (a resumed run may train only a
+    few steps of an epoch)."""
+    if eager <= 1 or 4 * eager <= steps:
         return None
     return (
-        f"cuda graph: {eager:,} of the epoch's {steps:,} steps ran eagerly, their batches not of the captured"
+        f"cuda graph: {eager:,} of {steps:,} steps of epoch {epoch} ran eagerly, their batches not of the captured"
         " shape (multi-hot bags of varying total length: random data keeps one shape with"
         " --num-indices-per-lookup-fixed)"
     )
@@ -307,18 +309,18 @@ class Trainer:
         with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
             while self.epoch < self.config.nepochs and self.stopped is None:
                 self.notify("epoch_started", self.epoch)
-                eager, steps = self.train_step.other_shape_steps, self.iteration
+                eager, steps, epoch = self.train_step.other_shape_steps, self.iteration, self.epoch
                 self.run_epoch(bar, threads)
-                self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps)
+                self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps, epoch)
                 self.notify("epoch_ended", self.epoch)
                 if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
                     self.epoch, self.batch = self.epoch + 1, 0
         bar.close()
         self.notify("finished", self.stopped is not None)
 
-    def note_eager_steps(self, eager: int, steps: int) -> None:
+    def note_eager_steps(self, eager: int, steps: int, epoch: int) -> None:
         """Log, once per run, that the graphed step ran over a quarter of an epoch eagerly (see eager_steps_note)."""
-        note = eager_steps_note(eager, steps)
+        note = eager_steps_note(eager, steps, epoch)
         if note is not None and not self.noted_eager:
             log(note)
             self.noted_eager = True
