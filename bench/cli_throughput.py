@@ -143,24 +143,32 @@ def processed_data(directory: Path, rows: int) -> dict:
     return meta
 
 
-def cli_run(directory: Path, model: dict, batch: int, placement: str, precision: str, gpus: int, out: Path) -> dict:
-    """One epoch of ``dlrm_mlet.py`` on ``gpus`` GPUs (torchrun for more than one); its results JSON and wall time."""
-    flags = [
+def cache_run_flags(directory: Path, dim: int, batch: int, test_samples: int) -> list[str]:
+    """``dlrm_mlet.py`` flags of a run on the processed cache in ``directory`` (this benchmark's model at width
+    ``dim``, batch ``batch``, tested on ``test_samples``), logging its time; the caller adds device and run flags."""
+    return [
         "--data-generation=dataset",
         "--data-set=kaggle",
         f"--processed-data-file={directory}",
-        f"--arch-sparse-feature-size={model['dim']}",
-        f"--arch-mlp-bot=13-512-256-64-{model['dim']}",
+        f"--arch-sparse-feature-size={dim}",
+        f"--arch-mlp-bot=13-512-256-64-{dim}",
         "--arch-mlp-top=512-256-1",
-        f"--mlet-hidden={model['hidden']}",
         f"--mini-batch-size={batch}",
         "--test-mini-batch-size=65536",
-        "--test-data-size=262144",
+        f"--test-data-size={test_samples}",
         "--learning-rate=0.1",
-        "--use-gpu",
-        f"--data-on-device={placement}",
         "--progress=false",
         "--print-time",
+    ]
+
+
+def cli_run(directory: Path, model: dict, batch: int, placement: str, precision: str, gpus: int, out: Path) -> dict:
+    """One epoch of ``dlrm_mlet.py`` on ``gpus`` GPUs (torchrun for more than one); its results JSON and wall time."""
+    flags = [
+        *cache_run_flags(directory, model["dim"], batch, test_samples=262144),
+        f"--mlet-hidden={model['hidden']}",
+        "--use-gpu",
+        f"--data-on-device={placement}",
         f"--results-json={out}",
         *PRECISION_FLAGS[precision],
     ]

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from cli_throughput import processed_data
+from cli_throughput import cache_run_flags, processed_data
 from common import print_table, save
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,18 +49,7 @@ def run_flags(data: Path, batch: int, steps: int, gpu: bool, extra: list[str]) -
     """The command line of one run: ``steps`` steps of ``batch`` on the cache at ``data``, each step logged."""
     device = ["--use-gpu", "--data-on-device=on"] if gpu else []
     return [
-        "--data-generation=dataset",
-        "--data-set=kaggle",
-        f"--processed-data-file={data}",
-        "--arch-sparse-feature-size=16",
-        "--arch-mlp-bot=13-512-256-64-16",
-        "--arch-mlp-top=512-256-1",
-        f"--mini-batch-size={batch}",
-        "--test-mini-batch-size=65536",
-        "--test-data-size=65536",
-        "--learning-rate=0.1",
-        "--progress=false",
-        "--print-time",
+        *cache_run_flags(data, 16, batch, test_samples=65536),
         "--print-freq=1",
         f"--num-batches={steps}",
         *device,
