@@ -66,20 +66,31 @@ class _LookupWithRowUpdate(torch.autograd.Function):
     row to ``update`` (the fused optimizer), which writes the new rows straight
     into the weight. No sparse gradient tensor, no coalescing, no separate
     optimizer pass over the table; every shape is static, so the whole step
-    can be captured in a CUDA graph.
+    can be captured in a CUDA graph. ``id_weights`` (per-id weights of padded
+    bags, ``SparseFeatures.padded``) scale each id's row and its gradient.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, ids: Tensor, offsets: Tensor, update: RowUpdate, one_hot: bool) -> Tensor:
-        ctx.save_for_backward(ids, offsets)
+    def forward(
+        ctx,
+        weight: Tensor,
+        ids: Tensor,
+        offsets: Tensor,
+        update: RowUpdate,
+        one_hot: bool,
+        id_weights: Tensor | None,
+    ) -> Tensor:
+        ctx.save_for_backward(ids, offsets, id_weights)
         ctx.update, ctx.one_hot = update, one_hot
         if one_hot and triton_kernels.usable(weight):
             return triton_kernels.gather_rows(weight, ids)
-        return F.embedding_bag(ids, weight, offsets, mode="sum", include_last_offset=True)
+        return F.embedding_bag(
+            ids, weight, offsets, mode="sum", include_last_offset=True, per_sample_weights=id_weights
+        )
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None]:
-        ids, offsets = ctx.saved_tensors
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None, None]:
+        ids, offsets, id_weights = ctx.saved_tensors
         num_bags = offsets.numel() - 1
         if ctx.one_hot:
             ctx.update(ids, grad_pooled)  # one id per bag: the bag gradient is the id's
@@ -87,8 +98,11 @@ class _LookupWithRowUpdate(torch.autograd.Function):
             bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(
                 offsets.diff(), output_size=ids.numel()
             )
-            ctx.update(ids, grad_pooled.index_select(0, bag_of_id))
-        return None, None, None, None, None
+            grads = grad_pooled.index_select(0, bag_of_id)
+            if id_weights is not None:
+                grads.mul_(id_weights.unsqueeze(1))  # padding ids: a zero gradient
+            ctx.update(ids, grads)
+        return None, None, None, None, None, None
 
 
 class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
@@ -273,10 +287,18 @@ class EmbeddingTables(nn.Module):
             raise ValueError(f"batch has {features.num_tables} sparse features, the model {self.num_tables} tables")
         ids = self.global_indices(features)
         if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
-            pooled = _LookupWithRowUpdate.apply(self.weight, ids, features.offsets, self.row_update, features.one_hot)
+            pooled = _LookupWithRowUpdate.apply(
+                self.weight, ids, features.offsets, self.row_update, features.one_hot, features.weights
+            )
         else:
             pooled = F.embedding_bag(
-                ids, self.weight, features.offsets, mode="sum", sparse=self.sparse, include_last_offset=True
+                ids,
+                self.weight,
+                features.offsets,
+                mode="sum",
+                sparse=self.sparse,
+                include_last_offset=True,
+                per_sample_weights=features.weights,
             )
         return pooled.view(self.num_tables, features.batch_size, -1)
 

@@ -189,6 +189,26 @@ def test_a_run_whose_graphed_steps_run_eagerly_over_a_quarter_of_an_epoch_says_s
         assert notes == []
 
 
+def test_a_run_whose_graphed_step_pads_multi_hot_bags_says_so_once(monkeypatch, capsys) -> None:
+    class PaddingStep(TrainStep):
+        padded_bag_length = 7
+
+    monkeypatch.setattr(
+        trainer_module,
+        "make_train_step",
+        lambda model, loss_fn, optimizer, **_: PaddingStep(model, loss_fn, optimizer),
+    )
+    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
+    assert code == 0, err
+    assert [line for line in out.splitlines() if "padded" in line] == [
+        "cuda graph: multi-hot bags padded to 7 ids each (the longest the data makes; padding ids weigh 0), so that"
+        " one graph replays batches of every total"
+    ]
+    monkeypatch.undo()  # the eager step on the CPU pads nothing
+    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
+    assert code == 0 and "padded" not in out, err
+
+
 def test_one_eager_step_of_an_epoch_is_no_reason_for_the_note() -> None:
     """An epoch's last, smaller batch runs eagerly in every graphed run: alone it says nothing, even in the
     few steps a resumed run trains of an epoch."""

@@ -25,13 +25,19 @@ class SparseFeatures:
     ``t``, sample ``b``) is ``indices[offsets[t * B + b] : offsets[t * B + b + 1]]``.
     ``offsets`` therefore has ``T * B + 1`` entries and ends with ``len(indices)``.
     ``one_hot`` promises exactly one id per bag (``offsets`` is ``0..T*B``),
-    which lets the backward skip mapping ids to bags.
+    which lets the backward skip mapping ids to bags. ``max_bag``, where the
+    source knows it, is its promise that no bag holds more ids (random data's
+    ``--num-indices-per-lookup``). ``weights``, when given, scales each id's
+    row in its bag's sum: :meth:`padded` gives padding ids weight 0 (only the
+    plain and MLET tables, ``mlet_layers.EmbeddingTables``, read it).
     """
 
     indices: Tensor
     offsets: Tensor
     num_tables: int
     one_hot: bool = False
+    max_bag: int | None = None
+    weights: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -47,16 +53,44 @@ class SparseFeatures:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
         """Copy to ``device``."""
-        return SparseFeatures(
-            self.indices.to(device, non_blocking=non_blocking),
-            self.offsets.to(device, non_blocking=non_blocking),
-            self.num_tables,
-            self.one_hot,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> SparseFeatures:
         """Page-locked copy, for asynchronous host-to-device transfers."""
-        return SparseFeatures(self.indices.pin_memory(), self.offsets.pin_memory(), self.num_tables, self.one_hot)
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> SparseFeatures:
+        """The same bags with ``fn`` applied to each tensor."""
+        weights = None if self.weights is None else fn(self.weights)
+        return SparseFeatures(fn(self.indices), fn(self.offsets), self.num_tables, self.one_hot, self.max_bag, weights)
+
+    def padded(self) -> SparseFeatures:
+        """The same bags, each padded to ``max_bag`` ids with ids of weight 0.
+
+        Bag ``k`` takes positions ``k * max_bag ..``: its own ids first, then
+        copies of its first id (id 0 for an empty bag) of weight 0, whose sum
+        adds rows times 0 and whose gradients are 0 (a no-op for the fused SGD
+        and Adagrad row updates). Batches of one size padded so have one shape
+        whatever their ids' total, so a CUDA graph captured on one replays the
+        others (``mlet/training/train_step.py``); every bag the same length
+        also keeps the lookup's work even across bags. Nothing is read back
+        to the host: ``max_bag`` is trusted, not checked.
+        """
+        if self.max_bag is None:
+            raise ValueError("padding bags needs max_bag, the most ids a bag of the source holds")
+        bags, count, width = self.offsets.numel() - 1, self.indices.numel(), self.max_bag
+        device = self.indices.device
+        starts, lengths = self.offsets[:-1], self.offsets.diff()
+        bag_of_id = torch.arange(bags, device=device).repeat_interleave(lengths, output_size=count)
+        rank_in_bag = torch.arange(count, device=device) - starts.index_select(0, bag_of_id)
+        position = bag_of_id * width + rank_in_bag
+        # a bag's slots start as copies of its first id (id 0 if it is empty): the padding adds no rows to update
+        first = self.indices.index_select(0, starts.clamp(max=count - 1)) if count else torch.zeros_like(lengths)
+        filler = torch.where(lengths > 0, first, 0).repeat_interleave(width, output_size=bags * width)
+        indices = filler.index_copy_(0, position, self.indices)
+        real = torch.ones(count, dtype=torch.float32, device=device) if self.weights is None else self.weights
+        weights = torch.zeros(bags * width, dtype=torch.float32, device=device).index_copy_(0, position, real)
+        return SparseFeatures(indices, one_hot_offsets(bags, device, width), self.num_tables, False, width, weights)
 
     def table_boundaries(self) -> Tensor:
         """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""
@@ -66,17 +100,21 @@ class SparseFeatures:
         """The bags of a subset of tables, in the order given (used for sharding)."""
         bounds = self.table_boundaries().tolist()
         batch = self.batch_size
-        index_parts, offset_parts, start = [], [], 0
+        index_parts, weight_parts, offset_parts, start = [], [], [], 0
         for t in tables:
             lo, hi = bounds[t], bounds[t + 1]
             index_parts.append(self.indices[lo:hi])
+            if self.weights is not None:
+                weight_parts.append(self.weights[lo:hi])
             offset_parts.append(self.offsets[t * batch : (t + 1) * batch] - lo + start)
             start += hi - lo
-        empty = self.indices[:0]
-        indices = torch.cat(index_parts) if index_parts else empty
+        indices = torch.cat(index_parts) if index_parts else self.indices[:0]
+        weights = None
+        if self.weights is not None:
+            weights = torch.cat(weight_parts) if weight_parts else self.weights[:0]
         end = torch.tensor([start], dtype=self.offsets.dtype, device=self.offsets.device)
         offsets = torch.cat([*offset_parts, end])
-        return SparseFeatures(indices, offsets, len(tables), self.one_hot)
+        return SparseFeatures(indices, offsets, len(tables), self.one_hot, self.max_bag, weights)
 
 
 @dataclass
@@ -119,10 +157,11 @@ def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]
 
 
 @functools.lru_cache(maxsize=16)
-def one_hot_offsets(bags: int, device: torch.device) -> Tensor:
-    """``0, 1, ..., bags``: the offsets of ``bags`` one-id bags, made once per size and device and shared (read
-    only) by every batch of that shape; on a GPU, a kernel and a graph input copy fewer per step."""
-    return torch.arange(bags + 1, dtype=torch.int64, device=device)
+def one_hot_offsets(bags: int, device: torch.device, width: int = 1) -> Tensor:
+    """``0, 1, ..., bags``: the offsets of ``bags`` one-id bags (of ``width`` ids each: times ``width``), made
+    once per size and device and shared (read only) by every batch of that shape; on a GPU, a kernel and a
+    graph input copy fewer per step."""
+    return torch.arange(bags + 1, dtype=torch.int64, device=device) * width
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class RandomBatches:
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
         labels = torch.randint(0, 2, (size,), generator=gen).float()
         one_hot = self.fixed and self.indices_per_lookup == 1
-        return dense, SparseFeatures(indices, offsets, num_tables, one_hot), labels
+        return dense, SparseFeatures(indices, offsets, num_tables, one_hot, max_bag=self.indices_per_lookup), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, SparseFeatures, torch.Tensor]]:
         for i in range(len(self)):

@@ -274,7 +274,7 @@ class CompositeTables(nn.Module):
         div = divisor.repeat_interleave(lengths, output_size=total)
         mod = modulus.repeat_interleave(lengths, output_size=total)
         ids = torch.remainder(torch.div(chosen.indices, div, rounding_mode="floor"), mod)
-        return SparseFeatures(ids, chosen.offsets, count, False)
+        return SparseFeatures(ids, chosen.offsets, count, False, chosen.max_bag, chosen.weights)
 
     def _one_hot_offsets(self, bags: int, device: torch.device) -> Tensor:
         """``0..bags``, cached per size and kept: each group has its own size, and a captured CUDA graph may

@@ -5,8 +5,11 @@ backward, updates); on a GPU, launching them from Python costs more than
 running them. With the fused embedding update (``optimizers.FusedOptimizer``)
 every shape in the step is static for a given batch shape, so the whole step
 - forward, backward, table and dense updates - is captured in one CUDA graph
-and replayed with one launch. Batches of another shape (the last, smaller
-batch of an epoch; multi-hot bags of another total length) run eagerly.
+and replayed with one launch. Multi-hot bags whose total length varies from
+batch to batch are padded to one length with ids of weight 0, where the
+source promises a longest bag and the tables read weights (plain and MLET
+tables). Batches of another shape (the last, smaller batch of an epoch;
+other multi-hot bags of another total) run eagerly.
 Under ``torchrun`` the graph also holds the step's collectives (the
 embedding all-to-all and the MLP gradients' all-reduce,
 ``mlet/parallel/exchange.py``, ``gradient_sum.py``), whose shapes are static too.
@@ -23,10 +26,11 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from mlet.core.batch import StepBatch
+from mlet.core.batch import SparseFeatures, StepBatch
 from mlet.training.compilation import compiled
 from mlet.training.losses import LossFn
 from mlet.training.precision import autocast
+from mlet_layers import EmbeddingTables
 
 
 def batch_loss(loss_fn: LossFn, logits: Tensor, batch: StepBatch) -> Tensor:
@@ -53,6 +57,11 @@ class TrainStep:
         self.device = next(model.parameters()).device
         self.other_shape_steps = 0
 
+    @property
+    def padded_bag_length(self) -> int | None:
+        """The ids every multi-hot bag is padded to (a graphed step's, :class:`GraphedTrainStep`); None: none is."""
+        return None
+
     def logits(self, batch: StepBatch) -> Tensor:
         """The model's float32 logits for ``batch``."""
         with autocast(self.device, self.bf16):
@@ -78,14 +87,42 @@ def batch_tensors(batch: object) -> list[Tensor]:
     return []
 
 
-def batch_shape(batch: object) -> object:
+def batch_shape(batch: object, any_bag_length: bool = False) -> object:
     """What a captured graph is specific to: every tensor's shape and the other fields
     (sample counts, table counts, one-hot or not), as a hashable value. A ``RowsBatch``'s source
-    compares by identity: the graph reads that source's arrays."""
+    compares by identity: the graph reads that source's arrays. ``any_bag_length``: multi-hot bags
+    of any total length count as one shape, given their longest bag (they can be padded to one,
+    :func:`padded_bags`)."""
     if isinstance(batch, Tensor):
         return tuple(batch.shape)
+    if any_bag_length and isinstance(batch, SparseFeatures) and not batch.one_hot and batch.max_bag is not None:
+        return ("bags", tuple(batch.offsets.shape), batch.num_tables, batch.max_bag, batch.weights is None)
     if dataclasses.is_dataclass(batch):
-        return tuple(batch_shape(getattr(batch, field.name)) for field in dataclasses.fields(batch))
+        return tuple(batch_shape(getattr(batch, field.name), any_bag_length) for field in dataclasses.fields(batch))
+    return batch
+
+
+def multi_hot_bags(batch: object) -> list[SparseFeatures]:
+    """The batch's multi-hot bags (none for one-hot ones)."""
+    if isinstance(batch, SparseFeatures):
+        return [] if batch.one_hot else [batch]
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return [bags for field in dataclasses.fields(batch) for bags in multi_hot_bags(getattr(batch, field.name))]
+    return []
+
+
+def bag_ids(batch: object) -> int:
+    """How many ids the batch's multi-hot bags hold (0 for one-hot bags or none)."""
+    return sum(bags.indices.numel() for bags in multi_hot_bags(batch))
+
+
+def padded_bags(batch: object) -> object:
+    """``batch`` with each of its multi-hot bags padded to its longest possible (``SparseFeatures.padded``)."""
+    if isinstance(batch, SparseFeatures):
+        return batch if batch.one_hot else batch.padded()
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type) and multi_hot_bags(batch):
+        fields = {field.name: padded_bags(getattr(batch, field.name)) for field in dataclasses.fields(batch)}
+        return dataclasses.replace(batch, **fields)
     return batch
 
 
@@ -134,6 +171,13 @@ class GraphedTrainStep(TrainStep):
     With ``compile`` (``--compile``, ``compilation.py``) the captured shape's
     MLPs run compiled (the first warm-up step compiles them; other shapes run
     them eagerly), and so does the optimizer's dense update.
+
+    Multi-hot bags: when the ids' total varied over the warm-up, the source
+    promises a longest bag (``SparseFeatures.max_bag``) and the model's tables
+    read per-id weights (``EmbeddingTables``; not the quotient-remainder and
+    mixed-dimension ones, whose per-table cut is made on the host), every bag
+    is padded to that length (:func:`padded_bags`), so the one graph takes
+    every batch. Fixed-length bags keep their length, unpadded.
     """
 
     def __init__(
@@ -147,28 +191,54 @@ class GraphedTrainStep(TrainStep):
         self.shape: object = None
         self.shape_size = 0  # samples in a batch of that shape
         self.warmed = 0
+        self.pads_bags = isinstance(getattr(model, "tables", None), EmbeddingTables)
+        self.bag_totals: set[int] = set()  # the multi-hot ids' totals of that shape's batches before the capture
+        self.bag_total = 0  # the total the graph takes, unpadded
+        self.padded = False  # whether each bag is padded to its longest possible instead
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: StepBatch | None = None
         self.static_loss: Tensor | None = None
         self.loaded: list[tuple[Tensor, int]] = []  # each input last copied in, with its version then
 
     def __call__(self, batch: StepBatch) -> Tensor:
-        """Train on ``batch``: replay if it has the captured shape, else run eagerly."""
-        shape = batch_shape(batch)
+        """Train on ``batch``: replay if it has (or is padded to) the captured shape, else run eagerly."""
+        shape = batch_shape(batch, any_bag_length=self.pads_bags)
         if self.graph is None and (self.shape is None or batch.size > self.shape_size):  # not captured: a fuller one
-            self.shape, self.shape_size, self.warmed = shape, batch.size, 0
+            self.shape, self.shape_size, self.warmed, self.bag_totals = shape, batch.size, 0, set()
         if shape != self.shape:
-            self.other_shape_steps += 1
-            return super().__call__(batch)
+            return self._eager(batch)
         if self.graph is None:
+            self.bag_totals.add(bag_ids(batch))
             if self.warmed < self.warmup:
                 self.warmed += 1
                 return self._side_stream_step(batch)
-            self._capture(batch)
-        self._load(batch)
+            bags = multi_hot_bags(batch)
+            self.padded = len(self.bag_totals) > 1 and all(b.max_bag is not None for b in bags) and self.pads_bags
+            self.bag_total = bag_ids(batch)
+        fitted = self._fitted(batch)
+        if fitted is None:
+            return self._eager(batch)
+        if self.graph is None:
+            self._capture(fitted)  # (the batch that sets the padded total always fits it)
+        self._load(fitted)
         assert self.graph is not None and self.static_loss is not None
         self.graph.replay()
         return self.static_loss
+
+    @property
+    def padded_bag_length(self) -> int | None:
+        """The ids every multi-hot bag is padded to, once captured; None: none is."""
+        return multi_hot_bags(self.static_batch)[0].max_bag if self.padded else None
+
+    def _eager(self, batch: StepBatch) -> Tensor:
+        self.other_shape_steps += 1
+        return super().__call__(batch)
+
+    def _fitted(self, batch: StepBatch) -> StepBatch | None:
+        """``batch`` as the graph takes it (padded, where its bags are), or None if it does not fit."""
+        if self.padded:
+            return cast(StepBatch, padded_bags(batch))  # (the shape holds the longest bag: it fits)
+        return batch if bag_ids(batch) == self.bag_total else None
 
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()

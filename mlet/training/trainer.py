@@ -59,8 +59,8 @@ def eager_steps_note(eager: int, steps: int, epoch: int) -> str | None:
         return None
     return (
         f"cuda graph: {eager:,} of {steps:,} steps of epoch {epoch} ran eagerly, their batches not of the captured"
-        " shape (multi-hot bags of varying total length: random data keeps one shape with"
-        " --num-indices-per-lookup-fixed)"
+        " shape (multi-hot bags of varying total length, padded to one only for plain and MLET tables, not"
+        " --qr-flag or --md-flag ones: random data keeps one shape with --num-indices-per-lookup-fixed)"
     )
 
 
@@ -110,6 +110,7 @@ class Trainer:
         self.loaded: dict | None = None  # what --load-model loaded
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
         self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
+        self.noted_padding = False  # whether it said that the graphed step pads multi-hot bags
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -312,6 +313,7 @@ class Trainer:
                 eager, steps, epoch = self.train_step.other_shape_steps, self.iteration, self.epoch
                 self.run_epoch(bar, threads)
                 self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps, epoch)
+                self.note_padding()
                 self.notify("epoch_ended", self.epoch)
                 if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
                     self.epoch, self.batch = self.epoch + 1, 0
@@ -324,6 +326,16 @@ class Trainer:
         if note is not None and not self.noted_eager:
             log(note)
             self.noted_eager = True
+
+    def note_padding(self) -> None:
+        """Log, once per run, that the graphed step pads multi-hot bags (see ``train_step.GraphedTrainStep``)."""
+        length = self.train_step.padded_bag_length
+        if length is not None and not self.noted_padding:
+            log(
+                f"cuda graph: multi-hot bags padded to {length} ids each (the longest the data makes; padding ids"
+                " weigh 0), so that one graph replays batches of every total"
+            )
+            self.noted_padding = True
 
     def run_epoch(self, bar: tqdm, threads: cpu_threads.ThreadGovernor | None = None) -> None:
         """Train on the rest of the current epoch (``threads``: adjusts the CPU thread count between steps).
