@@ -161,6 +161,18 @@ def test_the_command_line_starts_without_importing_the_compiler_or_scikit_learn(
     assert done.stdout.strip() == "[]"
 
 
+def two_epochs_with_step(step_class: type[TrainStep], monkeypatch, capsys) -> str:
+    """The log of two epochs of tiny random data whose training step is a ``step_class``."""
+    monkeypatch.setattr(
+        trainer_module,
+        "make_train_step",
+        lambda model, loss_fn, optimizer, **_: step_class(model, loss_fn, optimizer),
+    )
+    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
+    assert code == 0, err
+    return out
+
+
 @pytest.mark.parametrize("eager_share", [1.0, 0.25])
 def test_a_run_whose_graphed_steps_run_eagerly_over_a_quarter_of_an_epoch_says_so_once(
     eager_share: float, monkeypatch, capsys
@@ -175,13 +187,7 @@ def test_a_run_whose_graphed_steps_run_eagerly_over_a_quarter_of_an_epoch_says_s
             self.other_shape_steps += counted % round(1 / eager_share) == 0  # every step, or every fourth
             return super().__call__(batch)
 
-    monkeypatch.setattr(
-        trainer_module,
-        "make_train_step",
-        lambda model, loss_fn, optimizer, **_: CountingStep(model, loss_fn, optimizer),
-    )
-    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
-    assert code == 0, err
+    out = two_epochs_with_step(CountingStep, monkeypatch, capsys)
     notes = [line for line in out.splitlines() if "ran eagerly" in line]
     if eager_share == 1.0:
         assert len(notes) == 1 and "--num-indices-per-lookup-fixed" in notes[0], out
@@ -193,13 +199,7 @@ def test_a_run_whose_graphed_step_pads_multi_hot_bags_says_so_once(monkeypatch, 
     class PaddingStep(TrainStep):
         padded_bag_length = 7
 
-    monkeypatch.setattr(
-        trainer_module,
-        "make_train_step",
-        lambda model, loss_fn, optimizer, **_: PaddingStep(model, loss_fn, optimizer),
-    )
-    code, out, err = run_cli([*TINY, "--nepochs=2"], capsys)
-    assert code == 0, err
+    out = two_epochs_with_step(PaddingStep, monkeypatch, capsys)
     assert [line for line in out.splitlines() if "padded" in line] == [
         "cuda graph: multi-hot bags padded to 7 ids each (the longest the data makes; padding ids weigh 0), so that"
         " one graph replays batches of every total"
