@@ -9,6 +9,7 @@ last step, one-time costs included). ``vs_eager`` is a row's steady rate over th
 model in the same invocation.
 
     python3 bench/multi_hot.py                     # a GPU: both models, batch 2048, 600 batches
+    python3 bench/multi_hot.py --gpus 2            # the same under torchrun on two GPUs (tables sharded)
     python3 bench/multi_hot.py --models small --batches 40 --batch 256    # a quick look (CPU: eager only)
 
 Writes bench/results/multi_hot.json (or ``--out``).
@@ -57,8 +58,9 @@ VARIANTS = {
 NOTES = ("cuda graph:",)  # the log's own lines on padding and eager steps
 
 
-def run(model: str, variant: str, batch: int, batches: int, gpu: bool, out: Path) -> dict:
-    """One run; its rates, one-time seconds and the log's CUDA-graph notes."""
+def run(model: str, variant: str, batch: int, batches: int, gpus: int, out: Path) -> dict:
+    """One run on ``gpus`` GPUs (0: the CPU; torchrun for more than one); its rates, one-time seconds and the
+    log's CUDA-graph notes."""
     flags, bag = MODELS[model]
     fixed, extra = VARIANTS[variant]
     argv = [
@@ -74,11 +76,12 @@ def run(model: str, variant: str, batch: int, batches: int, gpu: bool, out: Path
         f"--print-freq={max(1, batches // 12)}",
         "--progress=false",
         f"--results-json={out}",
-        *(["--use-gpu"] if gpu else []),
+        *(["--use-gpu"] if gpus else []),
         *extra,
     ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     done = subprocess.run(
-        [sys.executable, "-m", "dlrm_mlet", *argv],
+        [*(launcher if gpus > 1 else [sys.executable]), "-m", "dlrm_mlet", *argv],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -90,6 +93,7 @@ def run(model: str, variant: str, batch: int, batches: int, gpu: bool, out: Path
     notes = [line for line in done.stdout.splitlines() if line.startswith(NOTES)]
     return {
         "model": model,
+        "gpus": gpus,
         "bags": variant,
         "steady": result["steady_samples_per_second"],
         "whole": result["train_samples_per_second"],
@@ -105,14 +109,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS, reverse=True))
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=600)
+    parser.add_argument("--gpus", type=int, default=1 if gpu else 0, help="GPUs of each run (0: the CPU)")
     parser.add_argument("--out", default="multi_hot")
     args = parser.parse_args()
-    variants = list(VARIANTS) if gpu else ["random, eager"]  # no CUDA graph on a CPU
+    if args.gpus > torch.cuda.device_count():
+        parser.error(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()}")
+    variants = list(VARIANTS) if args.gpus else ["random, eager"]  # no CUDA graph on a CPU
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for variant in variants:
-                rows.append(run(model, variant, args.batch, args.batches, gpu, Path(tmp, "results.json")))
+                rows.append(run(model, variant, args.batch, args.batches, args.gpus, Path(tmp, "results.json")))
                 print(rows[-1], flush=True)
     for row in rows:
         eager = next(r["steady"] for r in rows if r["model"] == row["model"] and r["bags"] == "random, eager")
@@ -120,7 +127,7 @@ def main() -> None:
     shown = [
         {**row, "steady": f"{row['steady'] / 1e6:.2f}M/s", "whole": f"{row['whole'] / 1e6:.2f}M/s"} for row in rows
     ]
-    print_table(shown, ["model", "bags", "steady", "whole", "one_time_s", "vs_eager"])
+    print_table(shown, ["model", "gpus", "bags", "steady", "whole", "one_time_s", "vs_eager"])
     models = {m: MODELS[m] for m in args.models}
     payload = {"batch": args.batch, "batches": args.batches, "models": models, "rows": rows}
     print(f"wrote {save(args.out, payload)}")
