@@ -12,7 +12,7 @@ model in the same invocation.
     python3 bench/multi_hot.py --gpus 2            # the same under torchrun on two GPUs (tables sharded)
     python3 bench/multi_hot.py --models small --batches 40 --batch 256    # a quick look (CPU: eager only)
 
-Writes bench/results/multi_hot.json (or ``--out``).
+Writes bench/results/multi_hot.json (multi_hot_2gpu.json for ``--gpus 2``; or ``--out``).
 """
 
 from __future__ import annotations
@@ -110,10 +110,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=600)
     parser.add_argument("--gpus", type=int, default=1 if gpu else 0, help="GPUs of each run (0: the CPU)")
-    parser.add_argument("--out", default="multi_hot")
+    parser.add_argument("--out", help="results name (default multi_hot, multi_hot_2gpu for --gpus 2)")
     args = parser.parse_args()
     if args.gpus > torch.cuda.device_count():
         parser.error(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()}")
+    out = args.out or ("multi_hot" if args.gpus <= 1 else f"multi_hot_{args.gpus}gpu")
     variants = list(VARIANTS) if args.gpus else ["random, eager"]  # no CUDA graph on a CPU
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +131,7 @@ def main() -> None:
     print_table(shown, ["model", "gpus", "bags", "steady", "whole", "one_time_s", "vs_eager"])
     models = {m: MODELS[m] for m in args.models}
     payload = {"batch": args.batch, "batches": args.batches, "models": models, "rows": rows}
-    print(f"wrote {save(args.out, payload)}")
+    print(f"wrote {save(out, payload)}")
 
 
 if __name__ == "__main__":

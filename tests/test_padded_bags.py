@@ -16,11 +16,13 @@ import torch
 from helpers import random_inputs, small_config
 
 from dlrm_model import DLRM
-from mlet.core.batch import Batch, SparseFeatures
+from mlet.core.batch import Batch, Share, SparseFeatures
 from mlet.core.config import ModelConfig
 from mlet.data.synthetic import RandomBatches
+from mlet.serving.quantize import quantize_tables
 from mlet.training.optimizers import build_optimizer
-from mlet.training.train_step import GraphedTrainStep, TrainStep, bag_ids, padded_bags
+from mlet.training.train_step import GraphedTrainStep, TrainStep, bag_id_count, padded_bags
+from mlet_layers import EmbeddingTables
 
 LOSS = torch.nn.functional.binary_cross_entropy_with_logits
 
@@ -54,6 +56,37 @@ def test_padding_gives_every_bag_its_longest_length_with_weight_zero_copies_of_i
     assert padded.to("cpu").max_bag == 3 and features.select_tables([0]).max_bag == 3
     with pytest.raises(ValueError, match="needs max_bag"):
         dataclasses.replace(features, max_bag=None).padded()
+    with pytest.raises(RuntimeError, match="a bag holds more than max_bag=1 ids"):
+        dataclasses.replace(features, max_bag=1).padded()  # a broken promise fails (on a GPU: asynchronously)
+    with pytest.raises(ValueError, match="one-hot bags take no per-id weights"):
+        SparseFeatures(torch.tensor([1]), torch.tensor([0, 1]), 1, one_hot=True, weights=torch.ones(1))
+
+
+def test_padded_bags_of_no_ids_embed_as_zeros_and_quantized_tables_refuse_weights() -> None:
+    config = small_config()
+    model = DLRM(config, seed=1)
+    empty = SparseFeatures(torch.zeros(0, dtype=torch.int64), torch.zeros(4 * 3 + 1, dtype=torch.int64), 4, max_bag=2)
+    padded = empty.padded()
+    assert padded.indices.tolist() == [0] * 24 and padded.weights.sum() == 0
+    with torch.no_grad():
+        assert torch.equal(model.tables(padded), torch.zeros(3, 4, config.dim))
+        with pytest.raises(ValueError, match="quantized tables take no per-id weights"):
+            quantize_tables(model.tables, 8)(padded)
+
+
+def test_a_shares_owned_bags_pad_and_embed_as_before() -> None:
+    """A process's share of a batch (multi-process runs): its owned tables' bags pad; a share without tables
+    passes through."""
+    config = small_config(hidden=16)
+    batch = random_batch(config, 5)
+    share = Share(0, 2, (3, 1)).of(batch)
+    padded = padded_bags(share)
+    assert torch.equal(padded.dense, share.dense) and padded.sparse.batch_size == share.sparse.batch_size
+    owned = EmbeddingTables.from_config(config, seed=2, table_ids=(3, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(owned(padded.sparse.features), owned(share.sparse.features), rtol=0, atol=0)
+    nothing = Share(1, 2, ()).of(batch)
+    assert padded_bags(nothing) is nothing
 
 
 def test_random_data_promises_its_longest_bag() -> None:
@@ -119,11 +152,15 @@ def fake_graph(monkeypatch, step: GraphedTrainStep) -> list[str]:
     return calls
 
 
-def test_graphed_step_pads_bags_of_varying_length_into_one_graph(monkeypatch) -> None:
-    """After the warm-up, every bag of a full-size batch is padded to its longest and the batch replayed;
-    the losses and the model are those of eager steps on the unpadded batches."""
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_graphed_step_pads_bags_of_varying_length_into_one_graph(optimizer: str, monkeypatch) -> None:
+    """From the first warm-up batch with short bags on, every bag of a full-size batch is padded to its longest
+    and, after the warm-up, replayed; the losses and the model are those of eager steps on the unpadded batches."""
     config = small_config(hidden=16)
-    (eager_model, eager_opt), (graphed_model, graphed_opt) = fused_model(config, "sgd"), fused_model(config, "sgd")
+    (eager_model, eager_opt), (graphed_model, graphed_opt) = (
+        fused_model(config, optimizer),
+        fused_model(config, optimizer),
+    )
     reference = TrainStep(eager_model, LOSS, eager_opt)
     step = GraphedTrainStep(graphed_model, LOSS, graphed_opt, warmup=3)
     calls = fake_graph(monkeypatch, step)
@@ -132,9 +169,9 @@ def test_graphed_step_pads_bags_of_varying_length_into_one_graph(monkeypatch) ->
         expected = reference(batch)
         assert torch.equal(step(batch), expected)
     assert calls == ["warm"] * 3 + ["capture"] + ["replay"] * 7 + ["eager"]  # the last, smaller batch
-    assert step.padded and step.padded_bag_length == 4 and step.static_batch.sparse.indices.numel() == 48 * 4 * 4
+    assert step.padding and step.padded_bag_length == 4 and step.static_batch.sparse.indices.numel() == 48 * 4 * 4
     assert step.other_shape_steps == 1
-    assert len({bag_ids(b) for b in batches[:10]}) > 5  # the totals did vary
+    assert len({bag_id_count(b) for b in batches[:10]}) > 5  # the totals did vary
     for (name, a), b in zip(eager_model.named_parameters(), graphed_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
@@ -153,19 +190,47 @@ def test_graphed_step_runs_bags_of_another_longest_length_eagerly(monkeypatch) -
     assert step.other_shape_steps == 2
 
 
+def fixed_batch(config: ModelConfig, seed: int, size: int = 48, bag: int = 2) -> Batch:
+    """Upstream's fixed-length random bags: every bag holds ``bag`` ids (all tables have at least as many rows)."""
+    source = RandomBatches(size, size, config.table_sizes, 13, indices_per_lookup=bag, fixed=True, seed=seed)
+    return Batch(*source.make_batch(0))
+
+
 def test_graphed_step_keeps_fixed_length_bags_unpadded(monkeypatch) -> None:
-    """Bags of one total over the warm-up (fixed-length bags) are captured as they are; a batch of
-    another total then runs eagerly, as a batch of another shape."""
+    """Bags that all hold their longest (fixed-length bags) are captured as they are; a batch of another
+    total then runs eagerly, as a batch of another shape."""
     config = small_config()
     model, optimizer = fused_model(config, "sgd")
     step = GraphedTrainStep(model, LOSS, optimizer, warmup=2)
     calls = fake_graph(monkeypatch, step)
-    fixed = random_batch(config, 0)
-    for _ in range(4):
-        step(fixed)
-    step(random_batch(config, 1))
+    for seed in range(4):
+        step(fixed_batch(config, seed))
+    step(random_batch(config, 1, bag=2))
     assert calls == ["warm", "warm", "capture", "replay", "replay", "eager"]
-    assert not step.padded and step.static_batch.sparse.weights is None and step.padded_bag_length is None
+    assert not step.padding and step.static_batch.sparse.weights is None and step.padded_bag_length is None
+
+
+def test_short_bags_after_fixed_ones_get_one_padded_warm_up_step_before_the_capture(monkeypatch) -> None:
+    """The capture must not be the first run of the padded step (its kernels, e.g. the weighted lookup, would
+    first launch inside it): short bags seen only when the warm-up is done add one padded warm-up step."""
+    config = small_config()
+    model, optimizer = fused_model(config, "sgd")
+    step = GraphedTrainStep(model, LOSS, optimizer, warmup=2)
+    calls = fake_graph(monkeypatch, step)
+    warmed: list[bool] = []
+    run = step._side_stream_step
+    monkeypatch.setattr(
+        step, "_side_stream_step", lambda batch: warmed.append(batch.sparse.weights is not None) or run(batch)
+    )
+    for batch in (
+        fixed_batch(config, 0),
+        fixed_batch(config, 1),
+        random_batch(config, 2, bag=2),
+        random_batch(config, 3, bag=2),
+    ):
+        step(batch)
+    assert calls == ["warm", "warm", "warm", "capture", "replay"]
+    assert warmed == [False, False, True] and step.padding
 
 
 def test_quotient_remainder_tables_are_not_padded(monkeypatch) -> None:
@@ -175,8 +240,8 @@ def test_quotient_remainder_tables_are_not_padded(monkeypatch) -> None:
     step = GraphedTrainStep(model, LOSS, optimizer, warmup=1)
     calls = fake_graph(monkeypatch, step)
     first, second = random_batch(model.config, 0), random_batch(model.config, 1)
-    assert bag_ids(first) != bag_ids(second)
+    assert bag_id_count(first) != bag_id_count(second)
     for batch in (first, first, second, first):
         step(batch)
     assert calls == ["warm", "capture", "replay", "eager", "replay"]
-    assert not step.pads_bags and not step.padded
+    assert not step.pads_bags and not step.padding

@@ -28,8 +28,8 @@ class SparseFeatures:
     which lets the backward skip mapping ids to bags. ``max_bag``, where the
     source knows it, is its promise that no bag holds more ids (random data's
     ``--num-indices-per-lookup``). ``weights``, when given, scales each id's
-    row in its bag's sum: :meth:`padded` gives padding ids weight 0 (only the
-    plain and MLET tables, ``mlet_layers.EmbeddingTables``, read it).
+    row in its bag's sum: :meth:`padded` gives padding ids weight 0. The plain,
+    MLET and composite tables read it; quantized serving tables refuse it.
     """
 
     indices: Tensor
@@ -38,6 +38,10 @@ class SparseFeatures:
     one_hot: bool = False
     max_bag: int | None = None
     weights: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.one_hot and self.weights is not None:
+            raise ValueError("one-hot bags take no per-id weights (the one-hot lookups do not read them)")
 
     @property
     def batch_size(self) -> int:
@@ -49,7 +53,7 @@ class SparseFeatures:
         """One id per table and sample: ``ids`` is ``B x T`` (any integer dtype)."""
         batch_size, num_tables = ids.shape
         indices = ids.t().contiguous().view(-1).long()  # 6x faster on CPU than reshape-then-convert
-        return cls(indices, one_hot_offsets(batch_size * num_tables, ids.device), num_tables, one_hot=True)
+        return cls(indices, even_offsets(batch_size * num_tables, ids.device), num_tables, one_hot=True)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseFeatures:
         """Copy to ``device``."""
@@ -74,13 +78,15 @@ class SparseFeatures:
         whatever their ids' total, so a CUDA graph captured on one replays the
         others (``mlet/training/train_step.py``); every bag the same length
         also keeps the lookup's work even across bags. Nothing is read back
-        to the host: ``max_bag`` is trusted, not checked.
+        to the host: a bag longer than ``max_bag`` (a source breaking its
+        promise) fails an asynchronous check on the device.
         """
         if self.max_bag is None:
             raise ValueError("padding bags needs max_bag, the most ids a bag of the source holds")
         bags, count, width = self.offsets.numel() - 1, self.indices.numel(), self.max_bag
         device = self.indices.device
         starts, lengths = self.offsets[:-1], self.offsets.diff()
+        torch._assert_async((lengths <= width).all(), f"a bag holds more than max_bag={width} ids")
         bag_of_id = torch.arange(bags, device=device).repeat_interleave(lengths, output_size=count)
         rank_in_bag = torch.arange(count, device=device) - starts.index_select(0, bag_of_id)
         position = bag_of_id * width + rank_in_bag
@@ -90,7 +96,7 @@ class SparseFeatures:
         indices = filler.index_copy_(0, position, self.indices)
         real = torch.ones(count, dtype=torch.float32, device=device) if self.weights is None else self.weights
         weights = torch.zeros(bags * width, dtype=torch.float32, device=device).index_copy_(0, position, real)
-        return SparseFeatures(indices, one_hot_offsets(bags, device, width), self.num_tables, False, width, weights)
+        return SparseFeatures(indices, even_offsets(bags, device, width), self.num_tables, False, width, weights)
 
     def table_boundaries(self) -> Tensor:
         """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""
@@ -157,8 +163,8 @@ def sample_range(batch_size: int, world_size: int, rank: int) -> tuple[int, int]
 
 
 @functools.lru_cache(maxsize=16)
-def one_hot_offsets(bags: int, device: torch.device, width: int = 1) -> Tensor:
-    """``0, 1, ..., bags``: the offsets of ``bags`` one-id bags (of ``width`` ids each: times ``width``), made
+def even_offsets(bags: int, device: torch.device, width: int = 1) -> Tensor:
+    """``0, width, ..., bags * width``: the offsets of ``bags`` bags of ``width`` ids each (1: one-hot), made
     once per size and device and shared (read only) by every batch of that shape; on a GPU, a kernel and a
     graph input copy fewer per step."""
     return torch.arange(bags + 1, dtype=torch.int64, device=device) * width

@@ -124,6 +124,8 @@ class QuantizedTables(nn.Module):
 
     def forward(self, features: SparseFeatures) -> Tensor:
         """Pooled (summed) rows of every bag, ``B x T x dim``."""
+        if features.weights is not None:
+            raise ValueError("quantized tables take no per-id weights (padded bags are for training steps)")
         rows = lookup.global_rows(features, self.row_offsets, self._shift_cache)
         pooled = self.lookup_op(self.weight, rows, features.offsets, False, 0, False, None, None, True)
         return pooled[:, : self.dim].reshape(self.num_tables, features.batch_size, self.dim).transpose(0, 1)

@@ -143,7 +143,9 @@ class RowAdagrad:
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
         self.state["step"] += 1
-        sorted_rows, order = torch.sort(rows, stable=True)  # repeats sum in batch order: padding adds its 0 last
+        # stable: a row's gradients sum in batch order, so the zeros of padding ids (SparseFeatures.padded) change
+        # nothing, not even the rounding
+        sorted_rows, order = torch.sort(rows, stable=True)
         starts = torch.ones_like(sorted_rows, dtype=torch.bool)
         starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
         segment = starts.cumsum(0) - 1

@@ -77,14 +77,19 @@ class TrainStep:
         return loss.detach()
 
 
+def fields_of(batch: object) -> list[tuple[str, object]]:
+    """``(name, value)`` of each field of a dataclass instance (a batch or a part of one); ``[]`` for anything else."""
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return [(field.name, getattr(batch, field.name)) for field in dataclasses.fields(batch)]
+    return []
+
+
 def batch_tensors(batch: object) -> list[Tensor]:
     """Every tensor of a batch (:class:`Batch`, or a process's ``BatchShard``), in field order; of a
     ``RowsBatch`` (``mlet/data/device.py``) only its rows: the cut happens inside the graph."""
     if isinstance(batch, Tensor):
         return [batch]
-    if dataclasses.is_dataclass(batch):
-        return [t for field in dataclasses.fields(batch) for t in batch_tensors(getattr(batch, field.name))]
-    return []
+    return [t for _, value in fields_of(batch) for t in batch_tensors(value)]
 
 
 def batch_shape(batch: object, any_bag_length: bool = False) -> object:
@@ -98,7 +103,7 @@ def batch_shape(batch: object, any_bag_length: bool = False) -> object:
     if any_bag_length and isinstance(batch, SparseFeatures) and not batch.one_hot and batch.max_bag is not None:
         return ("bags", tuple(batch.offsets.shape), batch.num_tables, batch.max_bag, batch.weights is None)
     if dataclasses.is_dataclass(batch):
-        return tuple(batch_shape(getattr(batch, field.name), any_bag_length) for field in dataclasses.fields(batch))
+        return tuple(batch_shape(value, any_bag_length) for _, value in fields_of(batch))
     return batch
 
 
@@ -106,24 +111,36 @@ def multi_hot_bags(batch: object) -> list[SparseFeatures]:
     """The batch's multi-hot bags (none for one-hot ones)."""
     if isinstance(batch, SparseFeatures):
         return [] if batch.one_hot else [batch]
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return [bags for field in dataclasses.fields(batch) for bags in multi_hot_bags(getattr(batch, field.name))]
-    return []
+    return [bags for _, value in fields_of(batch) for bags in multi_hot_bags(value)]
 
 
-def bag_ids(batch: object) -> int:
+def bag_id_count(batch: object) -> int:
     """How many ids the batch's multi-hot bags hold (0 for one-hot bags or none)."""
     return sum(bags.indices.numel() for bags in multi_hot_bags(batch))
+
+
+def short_bags(batch: object) -> bool:
+    """Whether a multi-hot bag of the batch holds fewer ids than its source's longest (``max_bag``): the bags'
+    lengths vary, so their totals do (fixed-length bags all hold ``max_bag``)."""
+    return any(
+        bags.max_bag is not None and bags.indices.numel() < (bags.offsets.numel() - 1) * bags.max_bag
+        for bags in multi_hot_bags(batch)
+    )
+
+
+def paddable(batch: object) -> bool:
+    """Whether every multi-hot bag of the batch promises its longest length (and there is one)."""
+    bags = multi_hot_bags(batch)
+    return bool(bags) and all(b.max_bag is not None for b in bags)
 
 
 def padded_bags(batch: object) -> object:
     """``batch`` with each of its multi-hot bags padded to its longest possible (``SparseFeatures.padded``)."""
     if isinstance(batch, SparseFeatures):
         return batch if batch.one_hot else batch.padded()
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type) and multi_hot_bags(batch):
-        fields = {field.name: padded_bags(getattr(batch, field.name)) for field in dataclasses.fields(batch)}
-        return dataclasses.replace(batch, **fields)
-    return batch
+    if not multi_hot_bags(batch):
+        return batch
+    return dataclasses.replace(batch, **{name: padded_bags(value) for name, value in fields_of(batch)})  # type: ignore[type-var]
 
 
 COMPILED_PARTS = ("bottom_features", "top_logits")
@@ -172,12 +189,14 @@ class GraphedTrainStep(TrainStep):
     MLPs run compiled (the first warm-up step compiles them; other shapes run
     them eagerly), and so does the optimizer's dense update.
 
-    Multi-hot bags: when the ids' total varied over the warm-up, the source
-    promises a longest bag (``SparseFeatures.max_bag``) and the model's tables
-    read per-id weights (``EmbeddingTables``; not the quotient-remainder and
-    mixed-dimension ones, whose per-table cut is made on the host), every bag
-    is padded to that length (:func:`padded_bags`), so the one graph takes
-    every batch. Fixed-length bags keep their length, unpadded.
+    Multi-hot bags: when the source promises a longest bag
+    (``SparseFeatures.max_bag``), a warm-up batch had shorter ones (their
+    totals vary) and the model's tables are ``EmbeddingTables`` (not the
+    quotient-remainder and mixed-dimension ones, whose per-table cut is made
+    on the host), every bag is padded to that length (:func:`padded_bags`),
+    so the one graph takes every batch; one more warm-up step runs padded
+    before the capture, so that the capture launches no kernel for the first
+    time. Fixed-length bags keep their length, unpadded.
     """
 
     def __init__(
@@ -192,9 +211,9 @@ class GraphedTrainStep(TrainStep):
         self.shape_size = 0  # samples in a batch of that shape
         self.warmed = 0
         self.pads_bags = isinstance(getattr(model, "tables", None), EmbeddingTables)
-        self.bag_totals: set[int] = set()  # the multi-hot ids' totals of that shape's batches before the capture
-        self.bag_total = 0  # the total the graph takes, unpadded
-        self.padded = False  # whether each bag is padded to its longest possible instead
+        self.padding = False  # whether each multi-hot bag is padded to its longest possible
+        self.warmed_padded = False  # whether a warm-up step ran padded
+        self.bag_total = 0  # unpadded: the multi-hot ids' total the graph takes
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: StepBatch | None = None
         self.static_loss: Tensor | None = None
@@ -204,22 +223,22 @@ class GraphedTrainStep(TrainStep):
         """Train on ``batch``: replay if it has (or is padded to) the captured shape, else run eagerly."""
         shape = batch_shape(batch, any_bag_length=self.pads_bags)
         if self.graph is None and (self.shape is None or batch.size > self.shape_size):  # not captured: a fuller one
-            self.shape, self.shape_size, self.warmed, self.bag_totals = shape, batch.size, 0, set()
+            self.shape, self.shape_size, self.warmed = shape, batch.size, 0
+            self.padding = self.warmed_padded = False
         if shape != self.shape:
             return self._eager(batch)
         if self.graph is None:
-            self.bag_totals.add(bag_ids(batch))
-            if self.warmed < self.warmup:
+            self.padding = self.padding or (self.pads_bags and paddable(batch) and short_bags(batch))
+            if self.warmed < self.warmup or (self.padding and not self.warmed_padded):
                 self.warmed += 1
-                return self._side_stream_step(batch)
-            bags = multi_hot_bags(batch)
-            self.padded = len(self.bag_totals) > 1 and all(b.max_bag is not None for b in bags) and self.pads_bags
-            self.bag_total = bag_ids(batch)
+                self.warmed_padded = self.padding
+                return self._side_stream_step(cast(StepBatch, padded_bags(batch)) if self.padding else batch)
+            self.bag_total = bag_id_count(batch)
         fitted = self._fitted(batch)
         if fitted is None:
             return self._eager(batch)
         if self.graph is None:
-            self._capture(fitted)  # (the batch that sets the padded total always fits it)
+            self._capture(fitted)
         self._load(fitted)
         assert self.graph is not None and self.static_loss is not None
         self.graph.replay()
@@ -228,7 +247,7 @@ class GraphedTrainStep(TrainStep):
     @property
     def padded_bag_length(self) -> int | None:
         """The ids every multi-hot bag is padded to, once captured; None: none is."""
-        return multi_hot_bags(self.static_batch)[0].max_bag if self.padded else None
+        return multi_hot_bags(self.static_batch)[0].max_bag if self.padding and self.graph is not None else None
 
     def _eager(self, batch: StepBatch) -> Tensor:
         self.other_shape_steps += 1
@@ -236,9 +255,9 @@ class GraphedTrainStep(TrainStep):
 
     def _fitted(self, batch: StepBatch) -> StepBatch | None:
         """``batch`` as the graph takes it (padded, where its bags are), or None if it does not fit."""
-        if self.padded:
+        if self.padding:
             return cast(StepBatch, padded_bags(batch))  # (the shape holds the longest bag: it fits)
-        return batch if bag_ids(batch) == self.bag_total else None
+        return batch if bag_id_count(batch) == self.bag_total else None
 
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
