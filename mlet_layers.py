@@ -26,7 +26,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,14 @@ class ProjectedRowUpdate(Protocol):
 
     def scatter_projected(self, rows: Tensor, grad_out: Tensor, projection: Tensor) -> None:
         """Update ``rows`` from ``grad_out[t, b] @ projection[t].T`` (see ``RowSGD.scatter_projected``)."""
+
+
+@runtime_checkable
+class BagRowUpdate(Protocol):
+    """A row update that takes a multi-hot backward's bag gradients whole (``optimizers.RowSGD``)."""
+
+    def scatter_bags(self, rows: Tensor, grad_pooled: Tensor, bag_of_row: Tensor, scales: Tensor | None) -> None:
+        """Update ``rows[i]`` from ``grad_pooled[bag_of_row[i]] * scales[i]`` (see ``RowSGD.scatter_bags``)."""
 
 
 class _LookupWithRowUpdate(torch.autograd.Function):
@@ -98,6 +106,9 @@ class _LookupWithRowUpdate(torch.autograd.Function):
             bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(
                 offsets.diff(), output_size=ids.numel()
             )
+            if isinstance(ctx.update, BagRowUpdate) and triton_kernels.usable(grad_pooled):
+                ctx.update.scatter_bags(ids, grad_pooled, bag_of_id, id_weights)  # no per-id gradient rows stored
+                return None, None, None, None, None, None
             grads = grad_pooled.index_select(0, bag_of_id)
             if id_weights is not None:
                 grads.mul_(id_weights.unsqueeze(1))  # padding ids: a zero gradient

@@ -61,6 +61,22 @@ def test_scatter_sub_rows_with_repeated_rows() -> None:
     torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_scatter_sub_rows_takes_each_ids_source_row_and_scale() -> None:
+    """A multi-hot backward's form: each id takes its bag's gradient row, times its weight; an id of weight 0
+    (padding) adds nothing, not even a signed zero."""
+    weight = randn(50, 7, seed=6)
+    ids = torch.tensor([3, 9, 3, 3, 49, 0, 12], device=DEVICE)
+    bag_grads = randn(3, 7, seed=7)
+    sources = torch.tensor([0, 0, 1, 2, 2, 1, 0], device=DEVICE)
+    scales = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 1.0, 0.0], device=DEVICE)
+    expected = weight.clone().index_add_(0, ids, bag_grads[sources] * scales[:, None] * -0.25)
+    weight[12] = -0.0
+    expected[12] = -0.0
+    tk.scatter_sub_rows(weight, ids, bag_grads, torch.tensor(0.25, device=DEVICE), sources, scales)
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(weight[12].signbit(), torch.ones(7, dtype=torch.bool, device=DEVICE))  # untouched
+
+
 @pytest.mark.parametrize(
     ("groups", "m", "k", "n", "splits"), [(3, 50, 64, 4, 1), (2, 33, 20, 16, 1), (2, 64, 300, 5, 3)]
 )

@@ -81,20 +81,33 @@ def _kernels() -> SimpleNamespace:
         weight,
         ids,
         grads,
+        sources,
+        scales,
         lr,
         n,
         width,
         stride_w,
         stride_g,
+        GATHERED: tl.constexpr,  # noqa: N803
+        SCALED: tl.constexpr,  # noqa: N803
         BLOCK_N: tl.constexpr,  # noqa: N803
         BLOCK_W: tl.constexpr,  # noqa: N803
     ):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_W)
         row_ok = rows < n
+        if SCALED:
+            scale = tl.load(scales + rows, mask=row_ok, other=0.0)
+            row_ok = row_ok & (scale != 0.0)  # weight 0 (padding): no add, no memory traffic
+        else:
+            scale = tl.full((BLOCK_N,), 1.0, tl.float32)
+        if GATHERED:  # noqa: SIM108  (a branch on a constexpr, chosen when the kernel is compiled)
+            src = tl.load(sources + rows, mask=row_ok, other=0).to(tl.int64)
+        else:
+            src = rows.to(tl.int64)
         mask = row_ok[:, None] & (cols < width)[None, :]
         dst = tl.load(ids + rows, mask=row_ok, other=0).to(tl.int64)
-        g = tl.load(grads + rows.to(tl.int64)[:, None] * stride_g + cols[None, :], mask=mask) * -tl.load(lr)
+        g = tl.load(grads + src[:, None] * stride_g + cols[None, :], mask=mask) * (scale * -tl.load(lr))[:, None]
         tl.atomic_add(weight + dst[:, None] * stride_w + cols[None, :], g, mask=mask, sem="relaxed")
 
     @triton.jit
@@ -233,13 +246,38 @@ def take_rows(x: Tensor, rows: Tensor) -> Tensor:
     return x.index_select(0, rows)
 
 
-def scatter_sub_rows(weight: Tensor, ids: Tensor, grads: Tensor, lr: Tensor) -> None:
-    """``weight.index_add_(0, ids, grads * -lr)`` in place (an SGD row update); ``lr`` a one-element tensor."""
+def scatter_sub_rows(
+    weight: Tensor,
+    ids: Tensor,
+    grads: Tensor,
+    lr: Tensor,
+    sources: Tensor | None = None,
+    scales: Tensor | None = None,
+) -> None:
+    """``weight.index_add_(0, ids, grads * -lr)`` in place (an SGD row update); ``lr`` a one-element tensor.
+
+    ``sources``: the row of ``grads`` each id takes (default: its own position), so a multi-hot backward
+    hands each bag's gradient to its ids without materialising one row per id; ``scales``: a factor per id
+    (per-id weights of padded bags, ``SparseFeatures.padded``), an id of factor 0 adding nothing.
+    """
     n, width = ids.numel(), weight.shape[1]
     block_w = _block(width, 1)
     block_n = max(1, 4096 // block_w)
     _kernels().scatter_sub[(triton.cdiv(n, block_n),)](
-        weight, ids, grads, lr, n, width, weight.stride(0), grads.stride(0), BLOCK_N=block_n, BLOCK_W=block_w
+        weight,
+        ids,
+        grads,
+        ids if sources is None else sources,  # (not read without GATHERED)
+        grads if scales is None else scales,  # (not read without SCALED)
+        lr,
+        n,
+        width,
+        weight.stride(0),
+        grads.stride(0),
+        GATHERED=sources is not None,
+        SCALED=scales is not None,
+        BLOCK_N=block_n,
+        BLOCK_W=block_w,
     )
 
 

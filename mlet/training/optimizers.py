@@ -120,6 +120,15 @@ class RowSGD:
             add_rows(self.weight, rows, grads.mul_(-self.lr))
 
     @torch.no_grad()
+    def scatter_bags(
+        self, rows: torch.Tensor, grad_pooled: torch.Tensor, bag_of_row: torch.Tensor, scales: torch.Tensor | None
+    ) -> None:
+        """Multi-hot update in one Triton kernel (callers check ``triton_kernels.usable``):
+        ``w[rows[i]] -= lr * scales[i] * grad_pooled[bag_of_row[i]]``, no per-id gradient rows stored; an id of
+        scale 0 (padding) adds nothing."""
+        triton_kernels.scatter_sub_rows(self.weight, rows, grad_pooled.contiguous(), self.lr, bag_of_row, scales)
+
+    @torch.no_grad()
     def scatter_projected(self, rows: torch.Tensor, grad_out: torch.Tensor, projection: torch.Tensor) -> None:
         """MLET one-hot update from the projected gradient in one Triton kernel (callers check
         ``triton_kernels.usable``): ``w[rows[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``."""
