@@ -10,7 +10,9 @@ import torch
 from helpers import random_inputs, train_random_steps
 
 import mlet_layers
+from mlet.core.batch import SparseFeatures
 from mlet.kernels import triton_kernels as tk
+from mlet.model import lookup
 from mlet.training.optimizers import build_optimizer
 
 pytestmark = pytest.mark.skipif(tk.triton is None, reason="triton is not installed")
@@ -59,6 +61,17 @@ def test_scatter_sub_rows_with_repeated_rows() -> None:
     expected = weight.clone().index_add_(0, ids, grads * -0.25)
     tk.scatter_sub_rows(weight, ids, grads, torch.tensor(0.25, device=DEVICE))
     torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_padding_bags_in_one_kernel_equals_the_torch_padding() -> None:
+    """The kernel's layout is ``SparseFeatures.padded``'s: ids, weights and offsets, empty bags included."""
+    lengths = torch.tensor([3, 0, 1, 10, 7, 0, 2, 10, 5])
+    indices = torch.randint(0, 1000, (int(lengths.sum()),), generator=gen(8))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    features = SparseFeatures(indices.to(DEVICE), offsets.to(DEVICE), num_tables=3, max_bag=10)
+    expected, got = features.padded(), lookup.padded(features)
+    assert torch.equal(got.indices, expected.indices) and torch.equal(got.weights, expected.weights)
+    assert torch.equal(got.offsets, expected.offsets) and (got.num_tables, got.max_bag) == (3, 10)
 
 
 def test_scatter_sub_rows_takes_each_ids_source_row_and_scale() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -79,14 +79,12 @@ class SparseFeatures:
         others (``mlet/training/train_step.py``); every bag the same length
         also keeps the lookup's work even across bags. Nothing is read back
         to the host: a bag longer than ``max_bag`` (a source breaking its
-        promise) fails an asynchronous check on the device.
+        promise) fails an asynchronous check on the device. On a GPU,
+        ``mlet.model.lookup.padded`` makes the same in one kernel.
         """
-        if self.max_bag is None:
-            raise ValueError("padding bags needs max_bag, the most ids a bag of the source holds")
-        bags, count, width = self.offsets.numel() - 1, self.indices.numel(), self.max_bag
-        device = self.indices.device
+        width = self.checked_max_bag()
+        bags, count, device = self.offsets.numel() - 1, self.indices.numel(), self.indices.device
         starts, lengths = self.offsets[:-1], self.offsets.diff()
-        torch._assert_async((lengths <= width).all(), f"a bag holds more than max_bag={width} ids")
         bag_of_id = torch.arange(bags, device=device).repeat_interleave(lengths, output_size=count)
         rank_in_bag = torch.arange(count, device=device) - starts.index_select(0, bag_of_id)
         position = bag_of_id * width + rank_in_bag
@@ -96,7 +94,24 @@ class SparseFeatures:
         indices = filler.index_copy_(0, position, self.indices)
         real = torch.ones(count, dtype=torch.float32, device=device) if self.weights is None else self.weights
         weights = torch.zeros(bags * width, dtype=torch.float32, device=device).index_copy_(0, position, real)
-        return SparseFeatures(indices, even_offsets(bags, device, width), self.num_tables, False, width, weights)
+        return self.padded_as(indices, weights)
+
+    def checked_max_bag(self) -> int:
+        """``max_bag``, required, with an asynchronous device-side check that no bag is longer."""
+        if self.max_bag is None:
+            raise ValueError("padding bags needs max_bag, the most ids a bag of the source holds")
+        torch._assert_async(
+            (self.offsets.diff() <= self.max_bag).all(), f"a bag holds more than max_bag={self.max_bag} ids"
+        )
+        return self.max_bag
+
+    def padded_as(self, indices: Tensor, weights: Tensor) -> SparseFeatures:
+        """These bags in :meth:`padded`'s layout, given its ``indices`` and ``weights``."""
+        width = cast(int, self.max_bag)
+        bags = self.offsets.numel() - 1
+        return SparseFeatures(
+            indices, even_offsets(bags, indices.device, width), self.num_tables, False, width, weights
+        )
 
     def table_boundaries(self) -> Tensor:
         """``T + 1`` positions in ``indices`` where each table's ids start (and the end)."""

@@ -111,6 +111,30 @@ def _kernels() -> SimpleNamespace:
         tl.atomic_add(weight + dst[:, None] * stride_w + cols[None, :], g, mask=mask, sem="relaxed")
 
     @triton.jit
+    def _pad_bags_kernel(
+        indices,
+        offsets,
+        out_ids,
+        out_weights,
+        bags,
+        WIDTH: tl.constexpr,  # noqa: N803
+        BLOCK_B: tl.constexpr,  # noqa: N803
+        BLOCK_L: tl.constexpr,  # noqa: N803
+    ):
+        bag = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        bag_ok = bag < bags
+        start = tl.load(offsets + bag, mask=bag_ok, other=0)
+        length = tl.load(offsets + bag + 1, mask=bag_ok, other=0) - start
+        slot = tl.arange(0, BLOCK_L)
+        keep = bag_ok[:, None] & (slot < WIDTH)[None, :]
+        real = keep & (slot[None, :] < length[:, None])
+        first = tl.load(indices + start, mask=bag_ok & (length > 0), other=0)  # an empty bag's padding: id 0
+        ids = tl.where(real, tl.load(indices + start[:, None] + slot[None, :], mask=real, other=0), first[:, None])
+        dst = bag.to(tl.int64)[:, None] * WIDTH + slot[None, :]
+        tl.store(out_ids + dst, ids, mask=keep)
+        tl.store(out_weights + dst, real.to(tl.float32), mask=keep)
+
+    @triton.jit
     def _grouped_matmul_kernel(
         a,
         b,
@@ -220,6 +244,7 @@ def _kernels() -> SimpleNamespace:
     return SimpleNamespace(
         gather=_gather_rows_kernel,
         scatter_sub=_scatter_sub_rows_kernel,
+        pad_bags=_pad_bags_kernel,
         grouped=_grouped_matmul_kernel,
         project_scatter_sub=_project_scatter_sub_kernel,
     )
@@ -279,6 +304,21 @@ def scatter_sub_rows(
         BLOCK_N=block_n,
         BLOCK_W=block_w,
     )
+
+
+def pad_bags(indices: Tensor, offsets: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """``SparseFeatures.padded``'s ids and weights in one kernel: bag ``k`` (``indices[offsets[k]:offsets[k+1]]``,
+    at most ``width`` ids) at ``k * width``, its ids of weight 1, then copies of its first id (0 if it is
+    empty) of weight 0."""
+    bags = offsets.numel() - 1
+    ids = torch.empty(bags * width, dtype=indices.dtype, device=indices.device)
+    weights = torch.empty(bags * width, dtype=torch.float32, device=indices.device)
+    block_l = _block(width, 1)
+    block_b = max(1, 2048 // block_l)
+    _kernels().pad_bags[(triton.cdiv(bags, block_b),)](
+        indices, offsets, ids, weights, bags, WIDTH=width, BLOCK_B=block_b, BLOCK_L=block_l
+    )
+    return ids, weights
 
 
 def project_scatter_sub(

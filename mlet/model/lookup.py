@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from mlet.core.batch import SparseFeatures
+from mlet.kernels import triton_kernels
 
 
 def global_rows(features: SparseFeatures, row_offsets: Tensor, shift_cache: dict[tuple, Tensor]) -> Tensor:
@@ -24,3 +25,12 @@ def one_hot_shift(row_offsets: Tensor, batch_size: int, cache: dict[tuple, Tenso
         cache.clear()
         cache[key] = row_offsets[:-1].repeat_interleave(batch_size)
     return cache[key]
+
+
+def padded(features: SparseFeatures) -> SparseFeatures:
+    """``features.padded()``: every bag padded to ``max_bag`` ids with ids of weight 0; on a GPU in one Triton
+    kernel (some twenty small PyTorch kernels otherwise, a step's padding outside its CUDA graph)."""
+    if features.weights is None and features.indices.numel() and triton_kernels.usable(features.indices):
+        ids, weights = triton_kernels.pad_bags(features.indices, features.offsets, features.checked_max_bag())
+        return features.padded_as(ids, weights)
+    return features.padded()

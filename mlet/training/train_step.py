@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mlet.core.batch import SparseFeatures, StepBatch
+from mlet.model import lookup
 from mlet.training.compilation import compiled
 from mlet.training.losses import LossFn
 from mlet.training.precision import autocast
@@ -137,7 +138,7 @@ def paddable(batch: object) -> bool:
 def padded_bags(batch: object) -> object:
     """``batch`` with each of its multi-hot bags padded to its longest possible (``SparseFeatures.padded``)."""
     if isinstance(batch, SparseFeatures):
-        return batch if batch.one_hot else batch.padded()
+        return batch if batch.one_hot else lookup.padded(batch)
     if not multi_hot_bags(batch):
         return batch
     return dataclasses.replace(batch, **{name: padded_bags(value) for name, value in fields_of(batch)})  # type: ignore[type-var]
