@@ -39,7 +39,7 @@ from mlet.training.checkpoints import (
     model_from_checkpoint,
 )
 from mlet.training.observers import MLPerfLog
-from mlet.training.optimizers import STATE_SLOTS
+from mlet.training.optimizers import state_bytes
 from mlet.training.processes import Parallel
 from mlet.training.results import parameter_report, write_json
 from mlet.training.state import check_evaluation
@@ -131,10 +131,10 @@ def build_model(parallel: Parallel, config: ModelConfig, seed: int) -> DLRM:
 
 
 def reserve_bytes(model: DLRM, train: TrainConfig) -> int:
-    """Device memory to leave free beside data held there: the optimizer's state (one or two copies of the
+    """Device memory to leave free beside data held there: the optimizer's state (up to two copies of the
     parameters, allocated later) and room for activations, CUDA graphs and the allocator's slack."""
-    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    return parameters * STATE_SLOTS[train.optimizer] + ACTIVATION_RESERVE
+    sparse, dense = model.sparse_parameters().values(), model.dense_parameters().values()
+    return state_bytes(train.optimizer, list(sparse), list(dense)) + ACTIVATION_RESERVE
 
 
 def read_load_model(path: str) -> dict:

@@ -44,6 +44,7 @@ from mlet.training.trainer import eager_steps_note
         (["--load-model=nope.pt"], "--load-model nope.pt: no such checkpoint file"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-collapsed=b.pt"], "--save-collapsed"),
         (["--optimizer=adam", "--embedding-update=fused"], "--embedding-update"),
+        (["--optimizer=rwsadagrad", "--embedding-update=autograd"], "--optimizer rwsadagrad runs only with the fused"),
         (["--compile=default"], "--compile=default: compiles the CUDA-graph training step, which needs --use-gpu"),
         (["--compile=fast"], "--compile"),
         (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-model=b.pt"], "--save-model"),

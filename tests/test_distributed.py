@@ -36,6 +36,7 @@ from mlet.core.errors import UserError
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 from mlet.parallel.distributed import MultiProcess
 from mlet.parallel.equivalence import (
+    RESUME_SCENARIO,
     TOLERANCE,
     Outcome,
     compare_resume,
@@ -147,6 +148,7 @@ def runner(tmp_path):
         "mlet-sgd-4-tables",
         "baseline-sgd-1-table",
         "mlet-adagrad-3-tables",
+        "mlet-rwsadagrad-2-tables",
         "baseline-adam-4-tables",
         "mlet-sgd-4-tables-on-device",
     ],
@@ -161,9 +163,11 @@ def test_two_processes_train_like_one(scenario: str, runner, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_checkpoints_resume_across_world_sizes(runner, tmp_path) -> None:
-    """Adagrad, 3 tables: a 1-process checkpoint continued by 2 processes, a 2-process one by 1 and by 3."""
-    rows = compare_resume(runner, tmp_path, nproc=2, resume_nproc=3)
+@pytest.mark.parametrize("scenario", [RESUME_SCENARIO, "mlet-rwsadagrad-2-tables"])
+def test_checkpoints_resume_across_world_sizes(scenario: str, runner, tmp_path) -> None:
+    """Adagrad, 3 tables (per-element state), and row-wise Adagrad, 2 tables (a value per row; 3 processes
+    leave one without tables): a 1-process checkpoint continued by 2 processes, a 2-process one by 1 and by 3."""
+    rows = compare_resume(runner, tmp_path, nproc=2, resume_nproc=3, name=scenario)
     assert len(rows) == 3
     for row in rows:
         assert row["params"] <= TOLERANCE and row["optimizer_state"] <= TOLERANCE, row

@@ -37,6 +37,10 @@ the root of the squared sums): on an H100 about one run in five left one table e
 OUTLIER_ATOL = (
     1e-2  # ... up to this much (a step is up to --learning-rate 0.3); a wrong kernel moves far more, and more elements
 )
+ROW_WISE_OUTLIER_SHARE = 5e-3
+"""Row-wise Adagrad magnifies it more: each row moves by its gradient over the root of one accumulator, so a
+row whose gradients nearly cancel moves whole. On the CPU, gradients perturbed by a relative 1e-6 left 86 of
+9,712 elements of this test's table beyond the tolerance (Adagrad: 1); an H200 against the CPU, 18."""
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -46,34 +50,32 @@ def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
     return load_checkpoint(out / f"{name}.pt"), json.loads((out / f"{name}.json").read_text())
 
 
-def assert_close_but_outliers(a, b, where: str) -> None:
-    """``a`` and ``b`` within :data:`TOLERANCE` except on at most :data:`OUTLIER_SHARE` of the
+def assert_close_but_outliers(a, b, where: str, share: float = OUTLIER_SHARE) -> None:
+    """``a`` and ``b`` within :data:`TOLERANCE` except on at most ``share`` of the
     elements (none in tensors under 1,000 elements), which stay within :data:`OUTLIER_ATOL`."""
     a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
     assert a.shape == b.shape, f"{where}: shapes {tuple(a.shape)} and {tuple(b.shape)}"
     outliers = int((~torch.isclose(a, b, **TOLERANCE)).sum())
-    assert outliers <= int(a.numel() * OUTLIER_SHARE), (
-        f"{where}: {outliers} of {a.numel()} elements differ beyond {TOLERANCE}"
-    )
+    assert outliers <= int(a.numel() * share), f"{where}: {outliers} of {a.numel()} elements differ beyond {TOLERANCE}"
     torch.testing.assert_close(a, b, rtol=0.0, atol=OUTLIER_ATOL, msg=lambda m: f"{where}: {m}")
 
 
-def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict], share: float = OUTLIER_SHARE) -> None:
     """Same weights, optimizer state and test log loss, to float32 rounding accumulated over 20 steps."""
     (ckpt_a, results_a), (ckpt_b, results_b) = a, b
     assert ckpt_a["position"] == ckpt_b["position"]
     for name, value in ckpt_a["model"].items():
-        assert_close_but_outliers(value, ckpt_b["model"][name], name)
+        assert_close_but_outliers(value, ckpt_b["model"][name], name, share)
     for name, state in ckpt_a["optimizer"]["state"].items():
         for key, value in state.items():
-            assert_close_but_outliers(value, ckpt_b["optimizer"]["state"][name][key], f"{name}.{key}")
+            assert_close_but_outliers(value, ckpt_b["optimizer"]["state"][name][key], f"{name}.{key}", share)
     losses_a = [h["logloss"] for h in results_a["history"]]
     losses_b = [h["logloss"] for h in results_b["history"]]
     assert losses_a == pytest.approx(losses_b, abs=1e-4)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad"])
 @pytest.mark.parametrize("hidden", [0, 16])
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
 def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: bool, tmp_path) -> None:
@@ -81,7 +83,7 @@ def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: b
     cpu = train(flags, tmp_path, "cpu")
     gpu = train([*flags, "--use-gpu", f"--cuda-graph={graph}"], tmp_path, "gpu")
     assert gpu[1]["device"].startswith("cuda") and cpu[1]["device"] == "cpu"
-    assert_close_runs(cpu, gpu)
+    assert_close_runs(cpu, gpu, ROW_WISE_OUTLIER_SHARE if optimizer == "rwsadagrad" else OUTLIER_SHARE)
 
 
 REDUCTIONS = {

@@ -116,3 +116,61 @@ def test_state_moves_between_fused_and_torch_optimizers(make_model) -> None:
     )
     back.load_state_dict(torch_opt.state_dict())
     assert torch.equal(back.state_dict()["state"]["top.0.weight"]["sum"], saved["state"]["top.0.weight"]["sum"])
+
+
+def row_wise_adagrad_reference(weight: torch.Tensor, momentum: torch.Tensor, rows, grads, lr: float) -> None:
+    """Upstream DLRM's row-wise sparse Adagrad written out: coalesce the row gradients, add each row's mean
+    squared gradient to its accumulator, step by the gradient over the accumulator's root (eps 1e-10)."""
+    coalesced = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, weight.shape).coalesce()
+    for row, g in zip(coalesced.indices()[0].tolist(), coalesced.values(), strict=True):
+        momentum[row] += g.pow(2).mean()
+        weight[row] -= lr * g / (momentum[row].sqrt() + 1e-10)
+
+
+def test_fused_row_wise_adagrad_follows_upstreams_rule() -> None:
+    """Repeated rows sum first, the accumulator is one float a row, untouched rows stay, three steps."""
+    from mlet.training.optimizers import RowWiseAdagrad
+
+    weight = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    expected, momentum = weight.clone(), torch.zeros(6)
+    fused = RowWiseAdagrad(weight, torch.tensor(0.5))
+    for step, rows in enumerate([[4, 1, 4, 4, 0], [1, 5, 1], [4, 4]]):
+        ids = torch.tensor(rows)
+        grads = torch.randn(len(rows), 3, generator=torch.Generator().manual_seed(step + 1))
+        fused(ids, grads.clone())
+        row_wise_adagrad_reference(expected, momentum, ids, grads, 0.5)
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.state["momentum"], momentum, rtol=1e-6, atol=1e-7)
+    assert fused.state["momentum"].shape == (6,) and float(fused.state["step"]) == 3
+    assert torch.equal(weight[[2, 3]], torch.randn(6, 3, generator=torch.Generator().manual_seed(0))[[2, 3]])
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_row_wise_adagrad_state_roundtrip_continues_exactly(make_model, hidden: int) -> None:
+    """Tables row-wise, MLPs (and MLET's projection) element-wise as upstream; saved state continues exactly."""
+    model = make_model(hidden, seed=2)
+    opt = build_optimizer("rwsadagrad", 0.1, model.sparse_parameters(), model.dense_parameters(), model.tables)
+    train_random_steps(model, opt, 3, bag=3)
+    saved_model, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    assert saved_state["state"]["tables.weight"]["momentum"].shape == (model.tables.weight.shape[0],)
+    assert saved_state["state"]["bottom.0.weight"]["sum"].shape == model.bottom[0].weight.shape
+    straight = train_random_steps(model, opt, 3, first=3, bag=3)
+    resumed_model = make_model(hidden, seed=9)
+    resumed_model.load_state_dict(saved_model)
+    resumed = build_optimizer(
+        "rwsadagrad", 0.1, resumed_model.sparse_parameters(), resumed_model.dense_parameters(), resumed_model.tables
+    )
+    resumed.load_state_dict(saved_state)
+    assert train_random_steps(resumed_model, resumed, 3, first=3, bag=3) == straight
+    with pytest.raises(ValueError, match="runs with the fused table update only"):
+        build_optimizer("rwsadagrad", 0.1, model.sparse_parameters(), model.dense_parameters())
+
+
+def test_state_bytes_count_row_wise_state_per_row() -> None:
+    from mlet.training.optimizers import state_bytes
+
+    table, mlp = torch.zeros(1000, 16), torch.zeros(64, 13)
+    assert state_bytes("sgd", [table], [mlp]) == 0
+    assert state_bytes("adagrad", [table], [mlp]) == 4 * (16000 + 832)
+    assert state_bytes("rwsadagrad", [table], [mlp]) == 4 * (1000 + 832)
+    assert state_bytes("adam", [table], [mlp]) == 8 * (16000 + 832)

@@ -18,6 +18,7 @@ from mlet.cli.reporting import Reporting, reporting_config
 from mlet.cli.upstream import check_foreign_flags
 from mlet.core.config import (
     FUSED_OPTIMIZERS,
+    TORCH_OPTIMIZERS,
     DataConfig,
     DatasetConfig,
     MixedDimensionConfig,
@@ -165,6 +166,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
         raise UserError(
             f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}"
+        )
+    if args.embedding_update == "autograd" and args.optimizer not in TORCH_OPTIMIZERS:
+        raise UserError(
+            f"--embedding-update=autograd: --optimizer {args.optimizer} runs only with the fused table update"
+            " (--embedding-update=fused or auto)"
         )
     embedding_update = args.embedding_update
     if embedding_update == "auto":

@@ -127,7 +127,10 @@ FLAGS: tuple[ForeignFlag, ...] = (
     ),
     _works("--max-ind-range", "id mod R, applied to the frequency-ranked ids; default 40M for terabyte"),
     _works("--data-sub-sample-rate", "drops that share of the negative training rows (seeded); terabyte and kaggle"),
-    _works("--num-indices-per-lookup"),
+    _works(
+        "--num-indices-per-lookup",
+        "same meaning; on a GPU, bags of random length are padded to it so that the CUDA graph replays them",
+    ),
     _works("--num-indices-per-lookup-fixed"),
     _works("--num-workers", "threads assembling batches (upstream: DataLoader processes); default 1 on CPU, 4 on GPU"),
     _no_op("--memory-map", "the processed data is always memory-mapped here"),
@@ -141,7 +144,7 @@ FLAGS: tuple[ForeignFlag, ...] = (
         "the dense parameters are one copy per process, kept equal by gradient all-reduce",
         takes_value=True,
     ),
-    _works("--optimizer", "sgd and adagrad as upstream, and adam; rwsadagrad is not supported"),
+    _works("--optimizer", "sgd, adagrad and rwsadagrad (row-wise sparse Adagrad) as upstream, also on a GPU, and adam"),
     _no_op(
         "--dataset-multiprocessing",
         "preprocessing always uses the cores it has (Terabyte: one process per day file)",

@@ -17,8 +17,9 @@ COMPILE_MODES = ("none", "default", "max-autotune")
 """``--compile``: no compilation, or torch.compile's mode (``max-autotune`` without its own CUDA graphs: the
 step is one CUDA graph already)."""
 INTERACTIONS = ("dot", "cat")
-OPTIMIZERS = ("sgd", "adagrad", "adam")
-FUSED_OPTIMIZERS = ("sgd", "adagrad")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "rwsadagrad")
+FUSED_OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")  # the table update inside the backward
+TORCH_OPTIMIZERS = ("sgd", "adagrad", "adam")  # sparse gradients and torch's optimizers (--embedding-update=autograd)
 LOSSES = ("bce", "mse", "wbce")
 DATA_GENERATIONS = ("random", "synthetic", "dataset")
 DATA_SETS = ("kaggle", "terabyte", "avazu")

@@ -61,6 +61,14 @@ SCENARIOS = {
         "--optimizer=adagrad",
         "--num-indices-per-lookup=3",
     ],
+    # row-wise Adagrad (one accumulator a row), multi-hot MLET: 2 tables, so a third rank owns none
+    "mlet-rwsadagrad-2-tables": [
+        "--data-generation=random",
+        "--arch-embedding-size=50-300",
+        "--mlet-hidden=16",
+        "--optimizer=rwsadagrad",
+        "--num-indices-per-lookup=3",
+    ],
     # SparseAdam for the tables, Adam for the rest
     "baseline-adam-4-tables": [
         "--data-generation=random",
@@ -160,13 +168,15 @@ def compare_scenario(name: str, run: Runner, workdir: Path, nproc: int) -> dict:
     }
 
 
-def compare_resume(run: Runner, workdir: Path, nproc: int, resume_nproc: int | None = None) -> list[dict]:
-    """Save after one epoch in one layout, finish in another, compare with a straight one-process run.
+def compare_resume(
+    run: Runner, workdir: Path, nproc: int, resume_nproc: int | None = None, name: str = RESUME_SCENARIO
+) -> list[dict]:
+    """Save after one epoch in one layout, finish in another, compare with a straight one-process run
+    (scenario ``name``).
 
     Continues a 1-process checkpoint in ``nproc`` processes, an ``nproc`` checkpoint
     in 1 process and, if given, in ``resume_nproc`` processes.
     """
-    name = RESUME_SCENARIO
     straight = workdir / f"{name}-straight.pt"
     run_checked(run, 1, scenario_flags(name, [f"--save-model={straight}"]))
     halves = {}

@@ -55,6 +55,14 @@ def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
     return full
 
 
+def row_state(value: object, param: Tensor) -> bool:
+    """Whether an optimizer state entry holds one value (or one row) per row of ``param``: per element
+    (``param``'s shape) or per row (row-wise Adagrad's ``momentum``, one dimension)."""
+    if not torch.is_tensor(value) or not value.dim() or value.shape[0] != param.shape[0]:
+        return False
+    return value.shape == param.shape or value.dim() == 1
+
+
 # -- the sharded model ---------------------------------------------------------
 class DistributedDLRM(DLRM):
     """DLRM whose tables are sharded over the ranks and whose MLPs are replicated.
@@ -170,8 +178,9 @@ class ShardedOptimizer:
     """The optimizer of a :class:`DistributedDLRM` (torch's or the fused one) whose saved
     state is in single-process layout.
 
-    State tensors shaped like a sharded parameter (Adagrad's ``sum``, Adam's
-    moments) are gathered row by row like the parameter; small entries
+    State tensors with a sharded parameter's rows (Adagrad's ``sum``, Adam's
+    moments: its shape; row-wise Adagrad's ``momentum``: one value a row) are
+    gathered row by row like the parameter; small entries
     (``step``) come from a rank that owns tables; replicated parameters' state
     is rank 0's (the summed gradients keep the ranks equal). Stepping is the inner optimizer's.
     """
@@ -221,19 +230,21 @@ class ShardedOptimizer:
     def gather_state(self, name: str, param: Tensor, entries: dict) -> dict:
         """One sharded parameter's state, gathered (on rank 0)."""
         comm = self.model.comm
-        rows = {k: v for k, v in entries.items() if torch.is_tensor(v) and v.shape == param.shape}
+        rows = {k: v for k, v in entries.items() if row_state(v, param)}
         small = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows
         }  # pickled to every rank
+        trailing = {k: tuple(v.shape[1:]) for k, v in rows.items()}
         inventory: list = [None] * comm.world_size
-        dist.all_gather_object(inventory, (sorted(rows), small, param.shape[0] > 0))
-        owners = [(keys, values) for keys, values, has_rows in inventory if has_rows]
-        keys = sorted({k for keys, _ in owners for k in keys})
-        if any(set(keys) - set(owner_keys) for owner_keys, _ in owners):
-            raise RuntimeError(f"optimizer state of {name} differs between ranks: {[sorted(k) for k, _ in owners]}")
+        dist.all_gather_object(inventory, (trailing, small, param.shape[0] > 0))
+        owners = [(shapes, values) for shapes, values, has_rows in inventory if has_rows]
+        keys = sorted({k for shapes, _ in owners for k in shapes})
+        if any(set(keys) - set(shapes) for shapes, _ in owners):
+            raise RuntimeError(f"optimizer state of {name} differs between ranks: {[sorted(s) for s, _ in owners]}")
         merged: dict = next((values for _, values in owners if values), {})
+        shapes: dict[str, tuple[int, ...]] = next((shapes for shapes, _ in owners), {})
         for key in keys:
-            local = rows.get(key, param.detach()[:0])  # a rank without rows may hold no such state
+            local = rows.get(key, param.new_empty((0, *shapes[key])))  # a rank without rows may hold no such state
             merged = {**merged, key: gather_rows(local, self.model.row_layouts[name], comm)}
         return merged
 
@@ -248,11 +259,8 @@ class ShardedOptimizer:
 
     def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
         """This rank's rows of a full-layout state entry; other entries unchanged."""
-        if (
-            torch.is_tensor(value)
-            and value.dim() == param.dim()
-            and value.shape[0] == layout.full_rows
-            and value.shape[1:] == param.shape[1:]
-        ):
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != layout.full_rows:
+            return value
+        if value.shape[1:] == param.shape[1:] or value.dim() == 1:  # per element, or per row
             return layout.take(value, self.model.comm.rank)
         return value

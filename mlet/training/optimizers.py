@@ -10,13 +10,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS
+from mlet.core.config import FUSED_OPTIMIZERS, OPTIMIZERS, TORCH_OPTIMIZERS
 from mlet.kernels import host_memory, triton_kernels
 from mlet.training.compilation import compiled
 from mlet_layers import EmbeddingTables
 
-# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments).
-STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2}
+# Tensors of per-element state each optimizer keeps for a table (Adagrad: sum; Adam: two moments) and, for
+# row-wise Adagrad, per row: one float (its dense parameters take Adagrad's one per element).
+STATE_SLOTS = {"sgd": 0, "adagrad": 1, "adam": 2, "rwsadagrad": 0}
+ROW_STATE_SLOTS = {"rwsadagrad": 1}
+DENSE_STATE_SLOTS = {**STATE_SLOTS, "rwsadagrad": 1}
+
+
+def state_bytes(optimizer: str, sparse: Sequence[torch.Tensor], dense: Sequence[torch.Tensor]) -> int:
+    """Bytes of ``optimizer``'s state for these table (``sparse``) and dense parameters (float32)."""
+    per_row = ROW_STATE_SLOTS.get(optimizer, 0)
+    tables = sum(p.numel() * STATE_SLOTS[optimizer] + p.shape[0] * per_row for p in sparse)
+    return 4 * (tables + sum(p.numel() for p in dense) * DENSE_STATE_SLOTS[optimizer])
+
+
 MIN_DECAYED_LR = 1e-7
 ADAGRAD_EPS = 1e-10  # torch.optim.Adagrad's default
 
@@ -135,15 +147,28 @@ class RowSGD:
         triton_kernels.project_scatter_sub(self.weight, rows, grad_out, projection, self.lr)
 
 
-class RowAdagrad:
-    """Fused Adagrad on table rows, equal to ``torch.optim.Adagrad`` on a sparse gradient.
+def summed_by_row(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` sorted, and for each the sum of the gradients of all its occurrences (repeated per occurrence).
 
-    Each row's gradient is the sum over its occurrences; the sum is formed
-    without ``unique`` (which has a data-dependent size): occurrences are
-    sorted, segment-summed into a buffer of static size, and every occurrence
-    of a row writes the same new values, so the result does not depend on
-    which write lands last.
+    Formed without ``unique`` (which has a data-dependent size): occurrences
+    are sorted, segment-summed into a buffer of static size, and the sums read
+    back per occurrence. A caller that writes new values for every occurrence
+    of a row writes the same ones, so the result does not depend on which
+    write lands last.
     """
+    # stable: a row's gradients sum in batch order, so the zeros of padding ids (SparseFeatures.padded) change
+    # nothing, not even the rounding
+    sorted_rows, order = torch.sort(rows, stable=True)
+    starts = torch.ones_like(sorted_rows, dtype=torch.bool)
+    starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    segment = starts.cumsum(0) - 1
+    totals = add_rows(torch.zeros_like(grads), segment, grads.index_select(0, order))
+    return sorted_rows, totals.index_select(0, segment)
+
+
+class RowAdagrad:
+    """Fused Adagrad on table rows, equal to ``torch.optim.Adagrad`` on a sparse gradient: one accumulated
+    squared gradient per element. Each row's gradient is the sum over its occurrences (:func:`summed_by_row`)."""
 
     def __init__(self, weight: torch.Tensor, lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
         self.weight, self.lr, self.eps = weight, lr, eps
@@ -152,18 +177,38 @@ class RowAdagrad:
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
         self.state["step"] += 1
-        # stable: a row's gradients sum in batch order, so the zeros of padding ids (SparseFeatures.padded) change
-        # nothing, not even the rounding
-        sorted_rows, order = torch.sort(rows, stable=True)
-        starts = torch.ones_like(sorted_rows, dtype=torch.bool)
-        starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
-        segment = starts.cumsum(0) - 1
-        totals = add_rows(torch.zeros_like(grads), segment, grads.index_select(0, order))
-        g = totals.index_select(0, segment)
+        sorted_rows, g = summed_by_row(rows, grads)
         accumulated = self.state["sum"].index_select(0, sorted_rows).addcmul_(g, g)
         step = g.div_(accumulated.sqrt().add_(self.eps)).mul_(self.lr)
         self.state["sum"].index_copy_(0, sorted_rows, accumulated)
         self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
+
+
+class RowWiseAdagrad:
+    """Fused row-wise Adagrad on table rows (upstream DLRM's ``--optimizer=rwsadagrad``, ``optim/rwsadagrad.py``):
+    one accumulator per row, ``m[r] += mean(g_r ** 2)``, then ``w[r] -= lr * g_r / (sqrt(m[r]) + eps)``, with
+    ``g_r`` the row's gradient summed over its occurrences (:func:`summed_by_row`). Its state is a float per row,
+    not per element: 1/d of Adagrad's (1/K for MLET's K-wide rows)."""
+
+    def __init__(self, weight: torch.Tensor, lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
+        self.weight, self.lr, self.eps = weight, lr, eps
+        self.state = {
+            "step": torch.zeros((), dtype=torch.float32, device=weight.device),
+            "momentum": host_memory.zeros_like_table(weight[:, 0]),
+        }
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
+        self.state["step"] += 1
+        sorted_rows, g = summed_by_row(rows, grads)
+        momentum = self.state["momentum"].index_select(0, sorted_rows).add_(g.square().mean(1))
+        step = g.mul_((momentum.sqrt().add_(self.eps)).reciprocal_().mul_(self.lr).unsqueeze(1))
+        self.state["momentum"].index_copy_(0, sorted_rows, momentum)
+        self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
+
+
+ROW_UPDATES = {"sgd": RowSGD, "adagrad": RowAdagrad, "rwsadagrad": RowWiseAdagrad}
+"""The fused optimizers' table-row updates."""
 
 
 class DenseUpdate:
@@ -175,6 +220,7 @@ class DenseUpdate:
     """
 
     def __init__(self, name: str, params: list[nn.Parameter], lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
+        name = "adagrad" if name == "rwsadagrad" else name  # row-wise only for table rows, as upstream
         self.name, self.params, self.lr, self.eps = name, params, lr, eps
         self.states = [adagrad_state(p) if name == "adagrad" else {} for p in params]
 
@@ -200,7 +246,7 @@ class DenseUpdate:
 
 
 class FusedOptimizer:
-    """SGD/Adagrad with the table update fused into the backward (see ``RowSGD``/``RowAdagrad``).
+    """SGD/Adagrad/row-wise Adagrad with the table update fused into the backward (``ROW_UPDATES``).
 
     Same interface and the same name-keyed state format as
     :class:`CombinedOptimizer`, so checkpoints move freely between the two.
@@ -224,9 +270,9 @@ class FusedOptimizer:
         self.name = name
         device = next(iter([*sparse.values(), *dense.values()])).device if sparse or dense else torch.device("cpu")
         self.lr = torch.tensor(float(lr), device=device)
-        self.table_rows: dict[str, RowSGD | RowAdagrad] = {}
+        self.table_rows: dict[str, RowSGD | RowAdagrad | RowWiseAdagrad] = {}
         for (table_name, weight), module in zip(sparse.items(), modules):
-            rows = RowAdagrad(weight, self.lr) if name == "adagrad" else RowSGD(weight, self.lr)
+            rows = ROW_UPDATES[name](weight, self.lr)
             self.table_rows[table_name] = rows
             module.row_update = rows
         self.dense_names = list(dense)
@@ -283,10 +329,10 @@ def build_optimizer(
     """Optimizer over named parameters; ``sparse`` ones get sparse row gradients.
 
     With ``fused_tables`` (the ``EmbeddingTables`` owning the sparse weight, or one module per sparse weight):
-    a :class:`FusedOptimizer` (sgd/adagrad) that updates table rows inside
+    a :class:`FusedOptimizer` (sgd/adagrad/rwsadagrad) that updates table rows inside
     the backward. Otherwise torch optimizers: ``sgd`` / ``adagrad`` one over
     everything (both take sparse gradients); ``adam``: ``SparseAdam`` for the
-    tables, ``Adam`` for the rest.
+    tables, ``Adam`` for the rest; row-wise Adagrad has no torch optimizer here.
     """
     if fused_tables is not None:
         return FusedOptimizer(name, lr, fused_tables, sparse, dense)
@@ -302,6 +348,10 @@ def build_optimizer(
             torch.optim.Adam(list(dense.values()), lr=lr),
         ]
         return CombinedOptimizer(name, optimizers, names)
+    if name in OPTIMIZERS:
+        raise ValueError(
+            f"--optimizer {name} runs with the fused table update only (torch's: {', '.join(TORCH_OPTIMIZERS)})"
+        )
     raise ValueError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 
