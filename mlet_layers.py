@@ -52,6 +52,7 @@ RowUpdate = Callable[[Tensor, Tensor], None]
 given one gradient row per occurrence (rows may repeat; their gradients add)."""
 
 
+@runtime_checkable
 class ProjectedRowUpdate(Protocol):
     """A row update that also takes MLET's gradient before the projection (``optimizers.RowSGD``)."""
 
@@ -71,7 +72,8 @@ class _LookupWithRowUpdate(torch.autograd.Function):
     """Sum-pooled lookup whose backward updates the looked-up rows in place.
 
     The weight gets no ``.grad``: its backward hands each occurrence's gradient
-    row to ``update`` (the fused optimizer), which writes the new rows straight
+    row to ``update`` (the fused optimizer; on a GPU, SGD takes multi-hot bags'
+    gradients whole, ``BagRowUpdate``), which writes the new rows straight
     into the weight. No sparse gradient tensor, no coalescing, no separate
     optimizer pass over the table; every shape is static, so the whole step
     can be captured in a CUDA graph. ``id_weights`` (per-id weights of padded
@@ -340,7 +342,7 @@ class EmbeddingTables(nn.Module):
             and features.one_hot
             and torch.is_grad_enabled()
             and self.weight.requires_grad
-            and hasattr(self.row_update, "scatter_projected")
+            and isinstance(self.row_update, ProjectedRowUpdate)
             and triton_kernels.usable(self.weight)
         )
 

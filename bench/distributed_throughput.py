@@ -33,6 +33,7 @@ from common import print_table, save, self_launching, torchrun_rows
 from reference_dlrm import scaled_cardinalities
 
 from mlet.cli import configs
+from mlet.core.config import OPTIMIZERS
 from mlet.data.sources import build_data
 from mlet.parallel import (
     distributed,
@@ -161,7 +162,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 0], help="MLET K (0: baseline)")
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--scale", type=float, default=1.0, help="scale Kaggle's cardinalities (1.0: real, 33.8M rows)")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adagrad", "adam"))
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--steps", type=int, default=30, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5)

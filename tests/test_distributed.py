@@ -348,6 +348,9 @@ def test_table_bytes_count_the_real_parameters() -> None:
     tables = EmbeddingTables(config.table_sizes, config.dim, config.mlet_hidden)
     assert sum(table_bytes(config, "sgd")) == tables.parameter_bytes()
     assert sum(table_bytes(config, "adam")) == 3 * tables.parameter_bytes()
+    projection = len(config.table_sizes) * config.mlet_hidden * config.dim
+    row_wise = tables.parameter_bytes() + 4 * sum(config.table_sizes) + 4 * projection  # a float a row; W2 per element
+    assert sum(table_bytes(config, "rwsadagrad")) == row_wise
 
 
 @pytest.mark.parametrize("batch", [1, 7, 33, 64])

@@ -37,10 +37,11 @@ the root of the squared sums): on an H100 about one run in five left one table e
 OUTLIER_ATOL = (
     1e-2  # ... up to this much (a step is up to --learning-rate 0.3); a wrong kernel moves far more, and more elements
 )
-ROW_WISE_OUTLIER_SHARE = 5e-3
-"""Row-wise Adagrad magnifies it more: each row moves by its gradient over the root of one accumulator, so a
-row whose gradients nearly cancel moves whole. On the CPU, gradients perturbed by a relative 1e-6 left 86 of
-9,712 elements of this test's table beyond the tolerance (Adagrad: 1); an H200 against the CPU, 18."""
+ROW_WISE_OUTLIER_SHARE = 1e-2
+"""Row-wise Adagrad magnifies it more, in its tables: each row moves by its gradient over the root of one
+accumulator, so a row whose gradients nearly cancel moves whole. On the CPU, gradients perturbed by a relative
+1e-6 left 86 of 9,712 elements of this test's table beyond the tolerance (Adagrad: 1); an H200 against the
+CPU, 18 in one of three runs. Its table rows and their accumulators get this share (the MLPs keep the other)."""
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -51,8 +52,8 @@ def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
 
 
 def assert_close_but_outliers(a, b, where: str, share: float = OUTLIER_SHARE) -> None:
-    """``a`` and ``b`` within :data:`TOLERANCE` except on at most ``share`` of the
-    elements (none in tensors under 1,000 elements), which stay within :data:`OUTLIER_ATOL`."""
+    """``a`` and ``b`` within :data:`TOLERANCE` except on at most ``share`` of the elements (rounded
+    down: none in a tensor of fewer than ``1 / share``), which stay within :data:`OUTLIER_ATOL`."""
     a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
     assert a.shape == b.shape, f"{where}: shapes {tuple(a.shape)} and {tuple(b.shape)}"
     outliers = int((~torch.isclose(a, b, **TOLERANCE)).sum())
@@ -60,15 +61,20 @@ def assert_close_but_outliers(a, b, where: str, share: float = OUTLIER_SHARE) ->
     torch.testing.assert_close(a, b, rtol=0.0, atol=OUTLIER_ATOL, msg=lambda m: f"{where}: {m}")
 
 
-def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict], share: float = OUTLIER_SHARE) -> None:
-    """Same weights, optimizer state and test log loss, to float32 rounding accumulated over 20 steps."""
+def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict], table_share: float = OUTLIER_SHARE) -> None:
+    """Same weights, optimizer state and test log loss, to float32 rounding accumulated over 20 steps
+    (``table_share``: the outlier share of the tables' rows and their state)."""
     (ckpt_a, results_a), (ckpt_b, results_b) = a, b
     assert ckpt_a["position"] == ckpt_b["position"]
+
+    def share(name: str) -> float:
+        return table_share if name.startswith("tables.weight") else OUTLIER_SHARE
+
     for name, value in ckpt_a["model"].items():
-        assert_close_but_outliers(value, ckpt_b["model"][name], name, share)
+        assert_close_but_outliers(value, ckpt_b["model"][name], name, share(name))
     for name, state in ckpt_a["optimizer"]["state"].items():
         for key, value in state.items():
-            assert_close_but_outliers(value, ckpt_b["optimizer"]["state"][name][key], f"{name}.{key}", share)
+            assert_close_but_outliers(value, ckpt_b["optimizer"]["state"][name][key], f"{name}.{key}", share(name))
     losses_a = [h["logloss"] for h in results_a["history"]]
     losses_b = [h["logloss"] for h in results_b["history"]]
     assert losses_a == pytest.approx(losses_b, abs=1e-4)

@@ -108,7 +108,7 @@ def test_padded_bags_embed_as_the_bags(tables: str) -> None:
             torch.testing.assert_close(model.tables(features.padded()), model.tables(features), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad"])
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_steps_on_padded_bags_train_as_steps_on_the_bags(optimizer: str, hidden: int) -> None:
     """The fused row updates of padding ids (gradient 0) change nothing: SGD and Adagrad, plain and MLET."""
@@ -152,7 +152,7 @@ def fake_graph(monkeypatch, step: GraphedTrainStep) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rwsadagrad"])
 def test_graphed_step_pads_bags_of_varying_length_into_one_graph(optimizer: str, monkeypatch) -> None:
     """From the first warm-up batch with short bags on, every bag of a full-size batch is padded to its longest
     and, after the warm-up, replayed; the losses and the model are those of eager steps on the unpadded batches."""

@@ -13,7 +13,7 @@ import mlet_layers
 from mlet.core.batch import SparseFeatures
 from mlet.kernels import triton_kernels as tk
 from mlet.model import lookup
-from mlet.training.optimizers import build_optimizer
+from mlet.training.optimizers import RowSGD, build_optimizer
 
 pytestmark = pytest.mark.skipif(tk.triton is None, reason="triton is not installed")
 
@@ -69,9 +69,18 @@ def test_padding_bags_in_one_kernel_equals_the_torch_padding() -> None:
     indices = torch.randint(0, 1000, (int(lengths.sum()),), generator=gen(8))
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     features = SparseFeatures(indices.to(DEVICE), offsets.to(DEVICE), num_tables=3, max_bag=10)
-    expected, got = features.padded(), lookup.padded(features)
-    assert torch.equal(got.indices, expected.indices) and torch.equal(got.weights, expected.weights)
-    assert torch.equal(got.offsets, expected.offsets) and (got.num_tables, got.max_bag) == (3, 10)
+    expected = features.padded()
+    ids, weights = tk.pad_bags(features.indices, features.offsets, 10)
+    assert torch.equal(ids, expected.indices) and torch.equal(weights, expected.weights)
+    got = lookup.padded(features)  # the kernel's, not the PyTorch layout's (which would give the same)
+    assert torch.equal(got.indices, ids) and torch.equal(got.offsets, expected.offsets)
+    assert (got.num_tables, got.max_bag) == (3, 10)
+
+
+def test_padding_on_a_kernel_device_takes_the_kernel(monkeypatch) -> None:
+    features = SparseFeatures(torch.tensor([4, 2]).to(DEVICE), torch.tensor([0, 1, 2]).to(DEVICE), 1, max_bag=3)
+    monkeypatch.setattr(SparseFeatures, "padded", lambda self: pytest.fail("the PyTorch padding ran"))
+    assert lookup.padded(features).indices.tolist() == [4, 4, 4, 2, 2, 2]
 
 
 def test_scatter_sub_rows_takes_each_ids_source_row_and_scale() -> None:
@@ -160,16 +169,21 @@ def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
 
 
 @cpu_interpreter_only
-@pytest.mark.parametrize("hidden", [0, 16])
-def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch, hidden: int) -> None:
-    """Five SGD steps: kernels (interpreted) vs the PyTorch ops they replace."""
+@pytest.mark.parametrize(("hidden", "bag"), [(0, 1), (16, 1), (0, 4), (16, 4)])
+def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch, hidden: int, bag: int) -> None:
+    """Five SGD steps: kernels (interpreted) vs the PyTorch ops they replace; multi-hot bags (``bag`` 4) take
+    the update fed the bag gradients (``RowSGD.scatter_bags``)."""
     reference = make_model(hidden, seed=5)
     model = copy.deepcopy(reference)
     losses = {}
+    bag_updates = []
+    scatter_bags = RowSGD.scatter_bags
+    monkeypatch.setattr(RowSGD, "scatter_bags", lambda *a: bag_updates.append(1) or scatter_bags(*a))
     for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
         monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
         opt = build_optimizer("sgd", 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
-        losses[name] = train_random_steps(net, opt, 5, batch=24)
+        losses[name] = train_random_steps(net, opt, 5, batch=24, bag=bag)
+    assert len(bag_updates) == (5 if bag > 1 else 0)
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)

@@ -166,7 +166,7 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         choices=("auto", "fused", "autograd"),
         default="auto",
         help=(
-            "fused: table rows updated inside the backward (sgd, adagrad); "
+            "fused: table rows updated inside the backward (sgd, adagrad, rwsadagrad); "
             "autograd: sparse gradients + torch optimizer; auto: fused where supported"
         ),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -94,7 +94,7 @@ class SparseFeatures:
         indices = filler.index_copy_(0, position, self.indices)
         real = torch.ones(count, dtype=torch.float32, device=device) if self.weights is None else self.weights
         weights = torch.zeros(bags * width, dtype=torch.float32, device=device).index_copy_(0, position, real)
-        return self.padded_as(indices, weights)
+        return self.padded_as(indices, weights, width)
 
     def checked_max_bag(self) -> int:
         """``max_bag``, required, with an asynchronous device-side check that no bag is longer."""
@@ -105,9 +105,8 @@ class SparseFeatures:
         )
         return self.max_bag
 
-    def padded_as(self, indices: Tensor, weights: Tensor) -> SparseFeatures:
-        """These bags in :meth:`padded`'s layout, given its ``indices`` and ``weights``."""
-        width = cast(int, self.max_bag)
+    def padded_as(self, indices: Tensor, weights: Tensor, width: int) -> SparseFeatures:
+        """These bags in :meth:`padded`'s layout, given its ``indices`` and ``weights`` (``width`` ids a bag)."""
         bags = self.offsets.numel() - 1
         return SparseFeatures(
             indices, even_offsets(bags, indices.device, width), self.num_tables, False, width, weights

@@ -31,6 +31,7 @@ def padded(features: SparseFeatures) -> SparseFeatures:
     """``features.padded()``: every bag padded to ``max_bag`` ids with ids of weight 0; on a GPU in one Triton
     kernel (some twenty small PyTorch kernels otherwise, a step's padding outside its CUDA graph)."""
     if features.weights is None and features.indices.numel() and triton_kernels.usable(features.indices):
-        ids, weights = triton_kernels.pad_bags(features.indices, features.offsets, features.checked_max_bag())
-        return features.padded_as(ids, weights)
+        width = features.checked_max_bag()
+        ids, weights = triton_kernels.pad_bags(features.indices, features.offsets, width)
+        return features.padded_as(ids, weights, width)
     return features.padded()

@@ -202,13 +202,16 @@ class RowWiseAdagrad:
         self.state["step"] += 1
         sorted_rows, g = summed_by_row(rows, grads)
         momentum = self.state["momentum"].index_select(0, sorted_rows).add_(g.square().mean(1))
-        step = g.mul_((momentum.sqrt().add_(self.eps)).reciprocal_().mul_(self.lr).unsqueeze(1))
+        step = g.div_(momentum.sqrt().add_(self.eps).unsqueeze(1)).mul_(self.lr)
         self.state["momentum"].index_copy_(0, sorted_rows, momentum)
         self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
 
 
 ROW_UPDATES = {"sgd": RowSGD, "adagrad": RowAdagrad, "rwsadagrad": RowWiseAdagrad}
 """The fused optimizers' table-row updates."""
+DENSE_UPDATES = {"sgd": "sgd", "adagrad": "adagrad", "rwsadagrad": "adagrad"}
+"""Their dense parameters' update (:class:`DenseUpdate`): row-wise Adagrad is row-wise for table rows only,
+as upstream's."""
 
 
 class DenseUpdate:
@@ -220,7 +223,6 @@ class DenseUpdate:
     """
 
     def __init__(self, name: str, params: list[nn.Parameter], lr: torch.Tensor, eps: float = ADAGRAD_EPS) -> None:
-        name = "adagrad" if name == "rwsadagrad" else name  # row-wise only for table rows, as upstream
         self.name, self.params, self.lr, self.eps = name, params, lr, eps
         self.states = [adagrad_state(p) if name == "adagrad" else {} for p in params]
 
@@ -276,7 +278,7 @@ class FusedOptimizer:
             self.table_rows[table_name] = rows
             module.row_update = rows
         self.dense_names = list(dense)
-        self.dense = DenseUpdate(name, list(dense.values()), self.lr)
+        self.dense = DenseUpdate(DENSE_UPDATES[name], list(dense.values()), self.lr)
         self.dense_step: Callable[[], None] = self.dense.step
         self.param_groups = [{"params": list(dense.values()), "lr": lr}]
 
