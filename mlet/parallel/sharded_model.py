@@ -55,12 +55,12 @@ def gather_rows(local: Tensor, layout: RowLayout, comm: Comm) -> Tensor | None:
     return full
 
 
-def row_state(value: object, param: Tensor) -> bool:
-    """Whether an optimizer state entry holds one value (or one row) per row of ``param``: per element
-    (``param``'s shape) or per row (row-wise Adagrad's ``momentum``, one dimension)."""
-    if not torch.is_tensor(value) or not value.dim() or value.shape[0] != param.shape[0]:
+def row_state(value: object, param: Tensor, rows: int) -> bool:
+    """Whether an optimizer state entry holds, for each of ``rows`` rows of ``param`` (this rank's, or the full
+    layout's), a row like the parameter's (per element) or one value (row-wise Adagrad's ``momentum``)."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != rows:
         return False
-    return value.shape == param.shape or value.dim() == 1
+    return value.shape[1:] == param.shape[1:] or value.dim() == 1
 
 
 # -- the sharded model ---------------------------------------------------------
@@ -230,7 +230,7 @@ class ShardedOptimizer:
     def gather_state(self, name: str, param: Tensor, entries: dict) -> dict:
         """One sharded parameter's state, gathered (on rank 0)."""
         comm = self.model.comm
-        rows = {k: v for k, v in entries.items() if row_state(v, param)}
+        rows = {k: v for k, v in entries.items() if row_state(v, param, param.shape[0])}
         small = {
             k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in entries.items() if k not in rows
         }  # pickled to every rank
@@ -259,8 +259,6 @@ class ShardedOptimizer:
 
     def split(self, value: object, layout: RowLayout, param: Tensor) -> object:
         """This rank's rows of a full-layout state entry; other entries unchanged."""
-        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != layout.full_rows:
-            return value
-        if value.shape[1:] == param.shape[1:] or value.dim() == 1:  # per element, or per row
+        if isinstance(value, Tensor) and row_state(value, param, layout.full_rows):
             return layout.take(value, self.model.comm.rank)
         return value

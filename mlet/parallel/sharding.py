@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dlrm_model import ModelConfig
-from mlet.training.optimizers import DENSE_STATE_SLOTS, ROW_STATE_SLOTS, STATE_SLOTS
+from mlet.training.optimizers import DENSE_STATE_SLOTS, table_state_elements
 
 # A table may go to a rank holding up to this much more than the byte-greedy choice if that evens out lookups.
 BYTE_SLACK = 0.02
@@ -25,9 +25,11 @@ BYTE_SLACK = 0.02
 def table_bytes(config: ModelConfig, optimizer: str, element_size: int = 4) -> list[int]:
     """Training bytes of each table: its rows (K-wide for MLET, else d-wide), its K x d projection for MLET,
     and the optimizer's state of both (per element, or per row for row-wise Adagrad's rows)."""
-    row_elements = config.table_width * (1 + STATE_SLOTS[optimizer]) + ROW_STATE_SLOTS.get(optimizer, 0)
+    width = config.table_width
     projection = config.mlet_hidden * config.dim * (1 + DENSE_STATE_SLOTS[optimizer])
-    return [(n * row_elements + projection) * element_size for n in config.table_sizes]
+    return [
+        (n * width + table_state_elements(optimizer, n, width) + projection) * element_size for n in config.table_sizes
+    ]
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class ShardingPlan:
             )
         loads = [self.rank_bytes(r) for r in range(self.world_size)]
         imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
-        state = f" + {optimizer} state" if STATE_SLOTS[optimizer] or optimizer in ROW_STATE_SLOTS else ""
+        state = f" + {optimizer} state" if table_state_elements(optimizer, 1, 1) else ""
         return (
             f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, "
             f"balanced by training bytes (rows + projections{state}),"

@@ -4,6 +4,7 @@ and upstream DLRM's learning-rate policy (linear warm-up, polynomial decay).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,10 +23,14 @@ ROW_STATE_SLOTS = {"rwsadagrad": 1}
 DENSE_STATE_SLOTS = {**STATE_SLOTS, "rwsadagrad": 1}
 
 
+def table_state_elements(optimizer: str, rows: int, width: int) -> int:
+    """Elements of ``optimizer``'s state for a table of ``rows`` x ``width``: per element, or per row."""
+    return rows * (width * STATE_SLOTS[optimizer] + ROW_STATE_SLOTS.get(optimizer, 0))
+
+
 def state_bytes(optimizer: str, sparse: Sequence[torch.Tensor], dense: Sequence[torch.Tensor]) -> int:
     """Bytes of ``optimizer``'s state for these table (``sparse``) and dense parameters (float32)."""
-    per_row = ROW_STATE_SLOTS.get(optimizer, 0)
-    tables = sum(p.numel() * STATE_SLOTS[optimizer] + p.shape[0] * per_row for p in sparse)
+    tables = sum(table_state_elements(optimizer, p.shape[0], math.prod(p.shape[1:])) for p in sparse)
     return 4 * (tables + sum(p.numel() for p in dense) * DENSE_STATE_SLOTS[optimizer])
 
 

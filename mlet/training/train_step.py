@@ -214,7 +214,7 @@ class GraphedTrainStep(TrainStep):
         self.pads_bags = isinstance(getattr(model, "tables", None), EmbeddingTables)
         self.padding = False  # whether each multi-hot bag is padded to its longest possible
         self.warmed_padded = False  # whether a warm-up step ran padded
-        self.bag_total = 0  # unpadded: the multi-hot ids' total the graph takes
+        self.bag_total: int | None = None  # unpadded multi-hot bags: the ids' total the graph takes
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: StepBatch | None = None
         self.static_loss: Tensor | None = None
@@ -234,7 +234,7 @@ class GraphedTrainStep(TrainStep):
                 self.warmed += 1
                 self.warmed_padded = self.padding
                 return self._side_stream_step(cast(StepBatch, padded_bags(batch)) if self.padding else batch)
-            self.bag_total = bag_id_count(batch)
+            self.bag_total = bag_id_count(batch) if multi_hot_bags(batch) else None  # one-hot: the shape says all
         fitted = self._fitted(batch)
         if fitted is None:
             return self._eager(batch)
@@ -258,7 +258,7 @@ class GraphedTrainStep(TrainStep):
         """``batch`` as the graph takes it (padded, where its bags are), or None if it does not fit."""
         if self.padding:
             return cast(StepBatch, padded_bags(batch))  # (the shape holds the longest bag: it fits)
-        return batch if bag_id_count(batch) == self.bag_total else None
+        return batch if self.bag_total is None or bag_id_count(batch) == self.bag_total else None
 
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
