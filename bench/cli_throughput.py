@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import print_table, save
+from common import print_table, save, zipf_ids
 from gpu_throughput import bench_one
 
 from mlet.data.preprocessing.cache import FORMAT, SPLITS, VERSION
@@ -46,17 +46,9 @@ PRECISION_FLAGS = {
     "bf16": ["--bf16"],
     "tf32_compiled": ["--tf32", "--compile=default"],
     "bf16_compiled": ["--bf16", "--compile=default"],
+    "bf16_tf32_compiled": ["--bf16", "--tf32", "--compile=default"],
 }
 STEP_VARIANT = {name: "graph" if name == "fp32" else f"graph_{name}" for name in PRECISION_FLAGS}
-ZIPF_EXPONENT = 1.05
-
-
-def zipf_ids(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` ids in ``1..n`` whose popularity falls as ``id ** -ZIPF_EXPONENT`` (the continuous law's inverse
-    CDF)."""
-    u = rng.random(count)
-    a = 1.0 - ZIPF_EXPONENT
-    return np.minimum(((((n + 1.0) ** a - 1.0) * u + 1.0) ** (1.0 / a)).astype(np.int64), n)
 
 
 def table_column(n: int, train_rows: int, total: int, rng: np.random.Generator) -> np.ndarray:
@@ -192,9 +184,9 @@ def cli_run(directory: Path, model: dict, batch: int, placement: str, precision:
 
 
 def step_only(model: dict, batch: int, precision: str) -> float | None:
-    """Samples/s of the graphed step alone (random one-hot batches already on the GPU), Kaggle's cardinalities;
-    None where it failed (its error is printed)."""
-    options = argparse.Namespace(variants=[STEP_VARIANT[precision]], steps=100, rounds=3)
+    """Samples/s of the graphed step alone (random one-hot batches already on the GPU, uniform ids: on the H200
+    the step took the same time on Zipf ids), Kaggle's cardinalities; None where it failed (its error is printed)."""
+    options = argparse.Namespace(variants=[STEP_VARIANT[precision]], steps=100, rounds=3, ids="uniform")
     [row] = bench_one(list(KAGGLE_CARDINALITIES), model["dim"], model["hidden"], batch, options, torch.device("cuda"))
     gc.collect()
     torch.cuda.empty_cache()

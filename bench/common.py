@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: machine facts, timing, child processes with peak RSS, tables, result files."""
+"""Shared benchmark plumbing: machine facts, timing, child processes with peak RSS, tables, result files, skewed ids."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -165,3 +167,16 @@ def torchrun_rows(script: str, nproc: int, argv: list[str]) -> list:
         threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         subprocess.run(command, check=True, env={**os.environ, **threads})
         return json.loads(out.read_text())
+
+
+ZIPF_EXPONENT = 1.05
+"""Skew of the benchmarks' click-like ids (the real logs' popular values repeat: a quarter of the 26 x 1,999
+lookups in Criteo-Kaggle's first rows are distinct rows)."""
+
+
+def zipf_ids(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` ids in ``1..n`` whose popularity falls as ``id ** -ZIPF_EXPONENT`` (the continuous law's inverse
+    CDF)."""
+    u = rng.random(count)
+    a = 1.0 - ZIPF_EXPONENT
+    return np.minimum(((((n + 1.0) ** a - 1.0) * u + 1.0) ** (1.0 / a)).astype(np.int64), n)

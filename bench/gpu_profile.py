@@ -21,11 +21,13 @@ from torch.profiler import ProfilerActivity, profile
 from dlrm_model import DLRM, ModelConfig
 
 
-def kernel_table(dim: int, hidden: int, batch: int, scale: float, variant: str, steps: int = 20) -> None:
+def kernel_table(
+    dim: int, hidden: int, batch: int, scale: float, variant: str, id_law: str = "uniform", steps: int = 20
+) -> None:
     """Profile ``steps`` steps of ``variant`` and print the top kernels."""
     sizes = scaled_cardinalities(scale)
     device = torch.device("cuda")
-    batches = make_batches(sizes, batch, 4, device)
+    batches = make_batches(sizes, batch, 4, device, id_law=id_law)
     config = ModelConfig(tuple(sizes), dim, (13, 512, 256, 64, dim), (512, 256, 1), mlet_hidden=hidden)
     torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
     step = our_step(DLRM(config, seed=0, device=device), variant)
@@ -42,7 +44,7 @@ def kernel_table(dim: int, hidden: int, batch: int, scale: float, variant: str, 
     model_name = f"MLET K={hidden}" if hidden else "baseline"
     kernels = sum(e.count for e in events if getattr(e, key) > 0) / steps
     per_step = f"{total / steps / 1000:.3f} ms GPU time, {kernels:.0f} kernels"
-    print(f"\n== {model_name} d={dim} batch={batch} {variant}: {per_step} per step")
+    print(f"\n== {model_name} d={dim} batch={batch} {variant}, {id_law} ids: {per_step} per step")
     for e in sorted(events, key=lambda e: -getattr(e, key))[:25]:
         us = getattr(e, key) / steps
         if us > 0:
@@ -57,9 +59,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--variant", default="fused", choices=[v for v in VARIANTS if v not in ("reference", "autograd")])
+    p.add_argument("--ids", choices=("uniform", "zipf"), default="uniform", help="how the batches' ids are drawn")
     args = p.parse_args()
     for hidden in (0, args.hidden):
-        kernel_table(args.dim, hidden, args.batch, args.scale, args.variant)
+        kernel_table(args.dim, hidden, args.batch, args.scale, args.variant, args.ids)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ random one-hot batches. For each d and batch size it times, in one process:
 * ``graph_tf32`` the same with TF32 matrix products (``--tf32``; opt-in);
 * ``graph_bf16`` the same with the MLPs and interaction in bfloat16 (``--bf16``; opt-in);
 * ``graph_tf32_compiled``, ``graph_bf16_compiled``: those two with the MLPs
-  under torch.compile (``--compile=default``; opt-in). ``first_steps_s`` is
+  under torch.compile (``--compile=default``; opt-in);
+* ``graph_bf16_tf32_compiled``: ``--bf16 --tf32 --compile``: also the float32
+  products outside autocast in TF32 (MLET's projection kernels among them). ``first_steps_s`` is
   the time of the first five steps (compilation, capture).
 
 Data already on the GPU (4 rotating batches). ``--pipeline`` adds the real input
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import print_table, save
+from common import print_table, save, zipf_ids
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
 from dlrm_model import DLRM, ModelConfig
@@ -62,19 +64,33 @@ VARIANTS = (
     "graph_bf16",
     "graph_tf32_compiled",
     "graph_bf16_compiled",
+    "graph_bf16_tf32_compiled",
 )
 
 
-def make_batches(sizes: list[int], batch: int, count: int, device: torch.device, seed: int = 0) -> list[Batch]:
-    """``count`` random one-hot batches on ``device``."""
+def make_batches(
+    sizes: list[int], batch: int, count: int, device: torch.device, seed: int = 0, id_law: str = "uniform"
+) -> list[Batch]:
+    """``count`` random one-hot batches on ``device``; ``id_law``: ``uniform`` over each table's rows, or ``zipf``
+    (popular rows repeat, as in click logs: ``common.zipf_ids``)."""
     gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        ids = torch.stack([torch.randint(0, n, (batch,), generator=gen) for n in sizes], dim=1)
+        if id_law == "zipf":
+            ids = torch.from_numpy(np.stack([zipf_ids(n, batch, rng) - 1 for n in sizes], axis=1))
+        else:
+            ids = torch.stack([torch.randint(0, n, (batch,), generator=gen) for n in sizes], dim=1)
         dense = torch.rand(batch, 13, generator=gen)
         labels = torch.randint(0, 2, (batch,), generator=gen).float()
         out.append(Batch(dense, SparseFeatures.from_ids(ids), labels).to(device))
     return out
+
+
+def distinct_share(batches: list[Batch]) -> float:
+    """Share of the batches' lookups that are distinct rows of their table (what MLET's step touches)."""
+    distinct = sum(ids.unique().numel() for b in batches for ids in b.sparse.indices.view(b.sparse.num_tables, -1))
+    return distinct / sum(b.sparse.indices.numel() for b in batches)
 
 
 def sync(device: torch.device) -> None:
@@ -131,13 +147,15 @@ def bench_one(
     sizes: list[int], dim: int, hidden: int, batch: int, args: argparse.Namespace, device: torch.device
 ) -> list[dict]:
     """Time every variant for one (d, K, batch)."""
-    batches = make_batches(sizes, batch, 4, device)
+    batches = make_batches(sizes, batch, 4, device, id_law=args.ids)
+    distinct = distinct_share(batches)
     config = ModelConfig(tuple(sizes), dim, (13, 512, 256, 64, dim), (512, 256, 1), mlet_hidden=hidden)
     rows = []
     for variant in args.variants:
         if variant.startswith("graph") and device.type != "cuda":
             continue
         row = {"model": f"MLET K={hidden}" if hidden else "baseline", "d": dim, "batch": batch, "variant": variant}
+        row.update(ids=args.ids, distinct_lookups=distinct)
         try:
             row.update(time_variant(sizes, config, variant, batches, args, device))
         except Exception as error:  # any failure of a variant is reported, the others are still timed
@@ -246,6 +264,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batches", type=int, nargs="+", default=[2048, 8192])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--ids", choices=("uniform", "zipf"), default="uniform", help="how the batches' ids are drawn")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pipeline", action="store_true", help="also time the real input pipeline (d=16)")

@@ -1,5 +1,6 @@
-"""The AUC cost of the faster precisions: the same training runs in float32, TF32 (``--tf32``) and bfloat16
-(``--bf16``) on one GPU, over several seeds.
+"""The AUC cost of the faster precisions: the same training runs in float32, TF32 (``--tf32``), bfloat16
+(``--bf16``) and both (``--bf16 --tf32``: the float32 products outside autocast, MLET's projection among
+them, in TF32) on one GPU, over several seeds.
 
 Trains on a Criteo-Kaggle-format file of the synthetic click model (26
 tables at 1% of Kaggle's cardinalities; written and preprocessed once, then
@@ -8,7 +9,7 @@ default GPU path, for a baseline and an MLET model, and reports test AUC and
 log loss per precision (mean over seeds), the change against float32 with its
 spread, and samples/s side by side.
 
-    python3 bench/precision_auc.py [--samples 2000000] [--seeds 1 2 3] [--precisions fp32 tf32 bf16]
+    python3 bench/precision_auc.py [--samples 2000000] [--seeds 1 2 3] [--precisions fp32 tf32 bf16 bf16_tf32]
 
 Writes bench/results/precision_auc.json (bench/results/tf32_auc.json is the
 earlier TF32-only run).
@@ -31,7 +32,7 @@ MODELS = {
     "baseline d=16": ["--arch-sparse-feature-size=16", "--arch-mlp-bot=13-512-256-64-16"],
     "MLET d=4 K=64": ["--arch-sparse-feature-size=4", "--arch-mlp-bot=13-512-256-64-4", "--mlet-hidden=64"],
 }
-PRECISION_FLAGS = {"fp32": [], "tf32": ["--tf32"], "bf16": ["--bf16"]}
+PRECISION_FLAGS = {"fp32": [], "tf32": ["--tf32"], "bf16": ["--bf16"], "bf16_tf32": ["--bf16", "--tf32"]}
 
 
 def write_data(samples: int, directory: Path) -> Path:
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISION_FLAGS), default=list(PRECISION_FLAGS))
+    parser.add_argument("--out", default="precision_auc", help="result file name under bench/results/")
     args = parser.parse_args()
     precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]  # the reference always runs
     rows = []
@@ -106,7 +108,7 @@ def main() -> None:
             rows += compare(name, runs)
     columns = ["model", "precision", "auc", "auc_change_vs_fp32", "auc_change_stdev", "logloss", "samples_per_s"]
     print_table(rows, columns)
-    print(f"wrote {save('precision_auc', {'samples': args.samples, 'seeds': args.seeds, 'rows': rows})}")
+    print(f"wrote {save(args.out, {'samples': args.samples, 'seeds': args.seeds, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ this times, for each d, every (BLOCK_M, BLOCK_K, warps) of
 
 each against the launch ``triton_kernels`` uses now (``vs_current`` > 1: faster).
 
-    python bench/triton_tuning.py [--batch 8192] [--dims 4 16 64] [--hidden 64] [--out triton_tuning]
+    python bench/triton_tuning.py [--batch 8192] [--dims 4 16 64] [--hidden 64] [--tf32] [--out triton_tuning]
+
+``--tf32``: the kernels' products in TF32, as under ``--tf32`` (the default: IEEE float32, as under ``--bf16``
+alone, whose autocast leaves MLET's projection in float32).
 
 Writes bench/results/triton_tuning.json.
 """
@@ -36,8 +39,9 @@ LAUNCHES = list(itertools.product((32, 64, 128), (16, 32, 64), (2, 4, 8)))
 
 
 def microseconds(fn: Callable[[], object]) -> float:
-    """Median time of one call."""
-    return 1000 * triton.testing.do_bench(fn)
+    """Median time of one call, replayed from a CUDA graph: an eager call's Python launch (tens of us) would
+    hide these kernels' own times (it made identical launches differ by up to 2x before)."""
+    return 1000 * triton.testing.do_bench_cudagraph(fn)
 
 
 def sweep_kernel(name: str, launch_fn: Callable[..., object], base: dict, hidden: int) -> list[dict]:
@@ -77,7 +81,7 @@ def step_tensors(dim: int, hidden: int, batch: int) -> SimpleNamespace:
         grad_out=torch.randn(batch, len(sizes), dim, device=device).transpose(0, 1),  # as autograd hands it over
         projection=torch.randn(len(sizes), hidden, dim, device=device),
         lr=torch.tensor(0.0, device=device),  # the table stays as it is between launches
-        base={"d": dim, "K": hidden, "batch": batch},
+        base={"d": dim, "K": hidden, "batch": batch, "precision": tk.dot_precision()},
     )
 
 
@@ -154,12 +158,14 @@ def main() -> None:
     p.add_argument(
         "--splits-only", action="store_true", help="only the weight gradient's split counts (no launch sweep)"
     )
+    p.add_argument("--tf32", action="store_true", help="TF32 products (default: IEEE float32)")
     args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # what the kernels' dot_precision() reads
     rows = []
     for dim in args.dims:
         operands = step_tensors(dim, args.hidden, args.batch)
         rows += sweep_splits(operands) if args.splits_only else sweep_launches(operands) + sweep_splits(operands)
-    columns = ["kernel", "d", "K", "batch", "BLOCK_M", "BLOCK_K", "warps", "splits", "us", "vs_current"]
+    columns = ["kernel", "d", "K", "batch", "precision", "BLOCK_M", "BLOCK_K", "warps", "splits", "us", "vs_current"]
     print_table([r for r in rows if r["BLOCK_M"] == "current"], columns)
     print_table(best_launches([r for r in rows if "splits" not in r]), columns)
     print(f"wrote {save(args.out, {'rows': rows})}")

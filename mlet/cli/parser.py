@@ -193,7 +193,8 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         train,
         "--bf16",
         False,
-        "mixed precision: MLPs and interaction in bfloat16, tables, optimizer state and master weights in float32",
+        "mixed precision: MLPs and interaction in bfloat16, tables, optimizer state and master weights in float32"
+        " (MLET's projection too: add --tf32 for its products in TF32)",
     )
     train.add_argument(
         "--compile",
