@@ -18,7 +18,9 @@ random one-hot batches. For each d and batch size it times, in one process:
   products outside autocast in TF32 (MLET's projection kernels among them). ``first_steps_s`` is
   the time of the first five steps (compilation, capture).
 
-Data already on the GPU (4 rotating batches). ``--pipeline`` adds the real input
+Data already on the GPU (4 rotating batches; ids uniform over each table's
+rows, or with ``--ids zipf`` skewed as click logs are, popular rows repeating;
+each row records the share of distinct lookups). ``--pipeline`` adds the real input
 pipeline: ``dlrm_mlet.Trainer`` reading shuffled batches from memory-mapped
 arrays, with the prefetch thread, pinned memory and asynchronous copies.
 It also checks that the graph path's loss curve equals the autograd path's
