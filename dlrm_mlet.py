@@ -48,13 +48,14 @@ from mlet.training.trainer import Trainer
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 
 
-def describe(model: DLRM, data: DataBundle) -> None:
-    """Start-of-run summary."""
+def describe(model: DLRM, data: DataBundle, batches_per_epoch: int) -> None:
+    """Start-of-run summary; ``batches_per_epoch``: what an epoch trains (``--num-batches`` may cap it)."""
     report = parameter_report(model)
     config = model.config
     kind = reduction.describe_tables(config)
+    capped = f", {batches_per_epoch} an epoch (--num-batches)" if batches_per_epoch < len(data.train) else ""
     log(
-        f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches), "
+        f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches{capped}), "
         f"{data.eval_split} {data.test.num_samples:,}"
     )
     log(
@@ -82,7 +83,7 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
         config = reduction.with_md_widths(config, run.mixed_dimension, data.id_counts() if data.id_counts else None)
         source = "training id counts" if data.id_counts else "table sizes (uniform ids)"
         alpha = run.mixed_dimension.temperature
-        log(f"mixed dimensions: widths {dashed(config.md_dims)} (from {source}, alpha {alpha})")
+        log(f"mixed dimensions: widths {reduction.md_widths_in_effect(config)} (from {source}, alpha {alpha})")
     ckpt = read_load_model(run.load_model) if run.load_model else None
     if ckpt is not None and run.inference_only:
         if run.reporting.save_onnx and (ckpt.get("quantized") or run.quantize_bits):
@@ -204,7 +205,7 @@ def execute(run: Run) -> dict:
         if mlperf is not None:
             mlperf.start()
         data, trainer = parallel.agree(lambda: prepare(run, parallel, mlperf))
-        describe(trainer.model, data)
+        describe(trainer.model, data, trainer.batches_per_epoch)
         for line in parallel.summary():
             log(line)
         if mlperf is not None:

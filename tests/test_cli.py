@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT, TINY, override_flags, run_cli
+from helpers import ROOT, TINY, override_flags, run_cli, sample_file
 
 import checkpoint
 import dlrm_mlet
@@ -331,3 +332,23 @@ def test_reduction_settings_without_their_switch_are_named(capsys) -> None:
     assert "--qr-collisions: ignored without --qr-flag" in out and "--md-temperature: ignored without --md-flag" in out
     code, out, err = run_cli([*TINY, "--qr-flag", "--qr-threshold=100", "--qr-collisions=8"], capsys)
     assert code == 0 and "ignored without" not in out, err
+
+
+def test_the_data_line_says_when_num_batches_caps_an_epoch(tmp_path, capsys) -> None:
+    """On a data set ``--num-batches`` caps each epoch: the start-of-run line says so beside the full count."""
+    argv = [
+        "--data-generation=dataset",
+        "--data-set=kaggle",
+        f"--raw-data-file={sample_file('criteo_kaggle_train_head1999.txt')}",
+        f"--processed-data-file={tmp_path / 'p'}",
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=32",
+        "--num-batches=3",
+        "--progress=false",
+    ]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    batches = int(re.search(r"train [\d,]+ samples \((\d+) batches, 3 an epoch \(--num-batches\)\)", out).group(1))
+    assert batches > 3

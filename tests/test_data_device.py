@@ -168,6 +168,8 @@ def test_steady_rate_is_the_median_window_rate() -> None:
     # the warm-up window's 1000 samples take 0.5 s at the steady 2000/s: 1.5 s more; the last batch's 0.15 s more
     assert one_time_seconds([warm_up, steady, steady, steady, last_batch]) == pytest.approx(1.65)
     assert one_time_seconds([warm_up, steady]) is None
+    # no one-time cost at all, and a first window faster than the median: 0, not a negative time
+    assert one_time_seconds([(1000, 0.45), steady, steady, steady]) == 0.0
 
 
 def test_one_hot_batches_share_one_offsets_tensor() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +81,22 @@ def test_prefetch_stops_when_the_consumer_stops() -> None:
     stream.close()
     count = len(produced)
     assert count < 20
+    # the producer has left by the time close() returns (none is left running into the interpreter's exit)
+    assert not any(t.name == "batch-prefetch" for t in threading.enumerate())
+
+
+def test_a_stopped_prefetch_waits_for_the_batch_its_producer_is_assembling() -> None:
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_items():
+        yield 0
+        started.set()
+        time.sleep(0.3)  # assembling the next batch when the consumer stops
+        finished.set()
+        yield 1
+
+    stream = prefetch(slow_items(), depth=1)
+    assert next(stream) == 0
+    started.wait(5)
+    stream.close()
+    assert finished.is_set()

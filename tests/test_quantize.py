@@ -205,6 +205,27 @@ def test_quantize_refusals_are_one_line(float_checkpoints, tmp_path, capsys) -> 
     assert err.count("\n") == 0 and "holds 8-bit quantized tables" in err
 
 
+def test_evaluating_a_two_layer_mlet_checkpoint_reports_the_tables_it_holds(float_checkpoints, capsys) -> None:
+    """Evaluated as trained, a two-layer checkpoint's tables in memory are W1 and W2, not the collapsed n x d."""
+    flags = [
+        "--data-generation=random",
+        f"--arch-embedding-size={'-'.join(map(str, SIZES))}",
+        "--arch-sparse-feature-size=4",
+        "--mlet-hidden=16",
+        "--arch-mlp-bot=13-16-4",
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=64",
+        "--num-batches=2",
+        "--progress=false",
+        "--inference-only",
+        f"--load-model={float_checkpoints['mlet']}",
+    ]
+    code, out, err = run_cli(flags, capsys)
+    assert code == 0, err
+    two_layer, collapsed = sum(SIZES) * 16 * 4 + len(SIZES) * 16 * 4 * 4, sum(SIZES) * 4 * 4
+    assert f"tables {two_layer:,} bytes in memory (two-layer MLET; collapsed: {collapsed:,} bytes" in out
+
+
 def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_checkpoints, tmp_path, capsys) -> None:
     q4 = tmp_path / "q4.pt"
     assert checkpoint.main(["quantize", str(float_checkpoints["collapsed"]), str(q4), "--bits", "4"]) == 0

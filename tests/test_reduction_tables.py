@@ -271,6 +271,28 @@ def test_training_run_uses_popularity_widths(tmp_path, capsys) -> None:
     assert f"mixed dimensions: widths {'-'.join(map(str, widths))}" in capsys.readouterr().out
 
 
+def test_mixed_dimensions_log_the_widths_in_effect_beside_quotient_remainder_tables(capsys) -> None:
+    """A quotient-remainder table takes precedence over its mixed dimension (as upstream's): the log says ``qr``
+    for it, not a width it does not have."""
+    import dlrm_mlet
+
+    argv = [
+        "--data-generation=random",
+        "--arch-embedding-size=1000-500-20",
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=16",
+        "--num-batches=2",
+        "--md-flag",
+        "--qr-flag",
+        "--progress=false",
+    ]
+    assert dlrm_mlet.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mixed dimensions: widths qr-qr-4 " in out and "mixed dimensions qr-qr-4" in out
+
+
 def test_train_random_steps_runs_on_composite_models() -> None:
     model = DLRM(config("qr-mult"), seed=0)
     opt = build_optimizer("sgd", 0.5, model.sparse_parameters(), model.dense_parameters(), model.table_modules())

@@ -23,7 +23,6 @@ from mlet.core.errors import UserError, require_at_least
 from mlet.core.launch import launched_world_size
 from mlet.model.mixed_dimension import effective_rows, md_widths
 from mlet.serving import quantize
-from mlet.training.checkpoints import dashed
 from mlet.training.processes import Parallel
 
 QUANTIZE_BITS = (4, 8)
@@ -181,8 +180,14 @@ def reduction_parts(config: ModelConfig) -> list[str]:
         on = f"{pairs} table" if pairs == 1 else f"{pairs} tables"
         parts.append(f"quotient-remainder {config.qr_operation} x{config.qr_collisions} on {on}")
     if config.md_dims:
-        parts.append(f"mixed dimensions {dashed(config.md_dims)}")
+        parts.append(f"mixed dimensions {md_widths_in_effect(config)}")
     return parts
+
+
+def md_widths_in_effect(config: ModelConfig) -> str:
+    """The stored row widths of a mixed-dimension model, ``qr`` for a quotient-remainder table (which takes
+    precedence over its mixed dimension, as upstream's), e.g. ``qr-qr-4``."""
+    return "-".join("qr" if t.kind == "qr" else str(t.width) for t in config.table_configs())
 
 
 def stored_tables(config: ModelConfig, bits: int | None = None) -> str:

@@ -238,14 +238,19 @@ def evaluate_quantized(trainer: Trainer, bits: int) -> dict:
 
 
 def log_served_sizes(model: DLRM, path: str) -> None:
-    """The evaluated model's exact sizes: its tables in memory (packed ones for a quantized model) and ``path``."""
+    """The evaluated model's exact sizes: its tables in memory (packed ones for a quantized model; a two-layer
+    MLET model's ``W1`` and ``W2``, with the collapsed size beside them) and ``path``."""
     kinds = {m.bits for m in model.modules() if isinstance(m, QuantizedTables)} or {32}
     precision = "float32" if kinds == {32} else "/".join(f"int{b}" for b in sorted(kinds)) + " row-wise"
     tables = model.tables.inference_bytes()
+    collapsed = ""
+    if model.config.mlet_hidden:  # evaluated as trained: the tables in memory are the two layers
+        collapsed = f" (two-layer MLET; collapsed: {tables:,} bytes, checkpoint.py collapse)"
+        tables = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("tables."))
     total = tables + sum(
         p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("tables.")
     )
     log(
-        f"served model: {precision} tables {tables:,} bytes in memory, {total:,} bytes with the MLPs; "
+        f"served model: {precision} tables {tables:,} bytes in memory{collapsed}, {total:,} bytes with the MLPs; "
         f"{path}: {Path(path).stat().st_size:,} bytes on disk"
     )

@@ -26,11 +26,13 @@ def steady_rate(windows: list[tuple[int, float]]) -> float | None:
 
 def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
     """Training seconds beyond what the samples take at the :func:`steady_rate`: the run's one-time costs
-    (kernel compilation, CUDA graph capture, eager warm-up and last batches); ``None`` without a steady rate."""
+    (kernel compilation, CUDA graph capture, eager warm-up and last batches); ``None`` without a steady rate.
+    At least 0: where there are none, windows faster than the median (noise) would make the difference
+    negative."""
     rate = steady_rate(windows)
     if rate is None:
         return None
-    return sum(t for _, t in windows) - sum(n for n, _ in windows) / rate
+    return max(0.0, sum(t for _, t in windows) - sum(n for n, _ in windows) / rate)
 
 
 def parameter_report(model: DLRM) -> dict:
