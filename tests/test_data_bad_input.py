@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 
@@ -128,6 +129,31 @@ def test_skip_bad_rows_skips_counts_and_records_each_kind(case: str, tmp_path, c
     meta = json.loads((tmp_path / "p" / "meta.json").read_text())
     assert meta["bad_rows"] == {"total": 1, "by_kind": {kind: 1}, "first_lines": {kind: [57]}}
     assert sum(meta["rows"].values()) == 99 and meta["physical_rows"] == 100
+
+
+def damaged_gzip(path, damage: str) -> None:
+    """A gzip of 20 copies of the Kaggle head sample, cut short or with 25 bytes overwritten: its first 64 KiB
+    (what the layout is detected from) still read, the rest of the stream does not."""
+    text = ("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")) + "\n") * 20
+    data = bytearray(gzip.compress(text.encode(), mtime=0))
+    if damage == "truncated":
+        del data[len(data) // 2 :]
+    else:
+        data[30000:30025] = b"\xa5" * 25
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("split", ["dlrm", "random-811"])
+def test_a_damaged_gzip_gives_one_line_from_every_pass(damage: str, split: str, tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt.gz"
+    damaged_gzip(raw, damage)
+    code, _, err = preprocess_main(raw, tmp_path, "kaggle", capsys, f"--data-split={split}")
+    assert code == 2 and "Traceback" not in err and f"{raw}: cannot read: " in err, err
+    if split == "dlrm":  # the line count (the dlrm split's first pass) and training's path
+        code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path), capsys)
+        assert code == 2 and one_error_line(err).startswith(f"{raw}: cannot read: "), err
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.parametrize("skip", [False, True])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,16 @@ def check_input_file(path: str | Path, flag: str = "--raw-data-file") -> Path:
     return p
 
 
+READ_ERRORS = (pa.ArrowInvalid, OSError, EOFError, zlib.error)
+"""What reading a raw file's bytes raises when the file is damaged (a truncated or corrupt gzip stream, an I/O
+error): :func:`cannot_read` turns them into one line."""
+
+
+def cannot_read(path: str | Path, error: BaseException) -> UserError:
+    """The one-line error for a raw file whose bytes cannot be read (``FILE: cannot read: why``)."""
+    return UserError(f"{path}: cannot read: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+
+
 def open_stream(path: str | Path) -> pa.NativeFile:
     """A pyarrow input stream of the file's bytes, gunzipped in C++ if it is gzip."""
     return pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
@@ -190,8 +201,8 @@ def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list
     try:
         with opener(path, "rb") as f:
             head = f.read(limit)
-    except (OSError, EOFError) as error:
-        raise UserError(f"{path}: cannot read: {error}") from None
+    except READ_ERRORS as error:
+        raise cannot_read(path, error) from None
     lines = head.split(b"\n")[:count]
     return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines if line.strip()]
 
@@ -199,21 +210,25 @@ def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list
 def count_lines(path: str | Path, chunk: int = 1 << 24, progress=None) -> int:
     """Lines in the file up to its last non-empty one, reading bytes only: a last line without a newline
     counts, empty lines at the end of the file (LF or CRLF) do not (they are not rows; see
-    :func:`without_trailing_empty_lines`)."""
+    :func:`without_trailing_empty_lines`). A damaged file (e.g. a truncated gzip) is a one-line
+    :class:`UserError`."""
     newlines, lines = 0, 0
-    with open_stream(path) as stream:
-        while True:
-            data = stream.read(chunk)
-            if not data:
-                break
-            end = len(data)
-            while end and data[end - 1] in b"\r\n":
-                end -= 1
-            if end:  # a line with content ends in this chunk: the lines so far end with it
-                lines = newlines + data.count(b"\n", 0, end) + 1
-            newlines += data.count(b"\n")
-            if progress is not None:
-                progress.update(len(data))
+    try:
+        with open_stream(path) as stream:
+            while True:
+                data = stream.read(chunk)
+                if not data:
+                    break
+                end = len(data)
+                while end and data[end - 1] in b"\r\n":
+                    end -= 1
+                if end:  # a line with content ends in this chunk: the lines so far end with it
+                    lines = newlines + data.count(b"\n", 0, end) + 1
+                newlines += data.count(b"\n")
+                if progress is not None:
+                    progress.update(len(data))
+    except READ_ERRORS as error:
+        raise cannot_read(path, error) from None
     return lines
 
 

@@ -44,7 +44,7 @@ import pyarrow.csv as pcsv
 
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
-from mlet.data.preprocessing.layouts import Layout, open_stream
+from mlet.data.preprocessing.layouts import READ_ERRORS, Layout, cannot_read, open_stream
 
 MISSING = np.int64(-(2**63) + 1)  # key of an empty categorical field (the hash tables use -2**63 for "free")
 DEFAULT_BLOCK_BYTES = 1 << 23
@@ -356,8 +356,8 @@ def _arrow_batches(
         with open_stream(path) as stream:
             for batch in pcsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert):
                 yield (batch, *numbers.place(batch.num_rows))
-    except (pa.ArrowInvalid, OSError, EOFError) as error:
-        raise UserError(f"{path}: cannot read: {str(error).splitlines()[0]}") from None
+    except READ_ERRORS as error:
+        raise cannot_read(path, error) from None
     rest = numbers.flush()
     if rest:
         yield None, np.zeros(0, np.int64), rest
