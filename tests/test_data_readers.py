@@ -88,6 +88,28 @@ def test_crlf_competition_csv_and_missing_final_newline_read_as_the_tsv() -> Non
     assert shared("criteo_kaggle_competition_train_head1999.csv").read_bytes().count(b"\r\n") == 2000
 
 
+@pytest.mark.parametrize(
+    ("name", "data_set"),
+    [
+        ("criteo_kaggle_competition_train_head1999.csv", "kaggle"),
+        ("criteo_kaggle_train_head1999.txt", "kaggle"),
+        ("avazu_train_head100.csv", "avazu"),
+    ],
+)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_utf8_byte_order_mark_is_skipped(name: str, data_set: str, compressed: bool, tmp_path) -> None:
+    path = shared(name)
+    marked = tmp_path / (name + (".gz" if compressed else ""))
+    data = b"\xef\xbb\xbf" + path.read_bytes()
+    marked.write_bytes(gzip.compress(data) if compressed else data)
+    assert detect_layout(marked, data_set) == detect_layout(path, data_set)
+    plain, with_mark = read_all(path, data_set), read_all(marked, data_set)
+    assert not with_mark["errors"].any() and not with_mark["wrong_width"]
+    for key in ("rows", "labels", "counts", "keys"):
+        assert np.array_equal(plain[key], with_mark[key])
+    assert layouts.count_lines(marked) == layouts.count_lines(path)
+
+
 @pytest.mark.parametrize(("name", "rows"), AVAZU_FILES.items())
 def test_avazu_samples_parse_to_the_right_values(name: str, rows: int) -> None:
     path = shared(name)

@@ -195,15 +195,19 @@ def open_stream(path: str | Path) -> pa.NativeFile:
     return pa.input_stream(str(path), compression="gzip" if is_gzip(path) else None)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"  # what some editors and exports put first; pyarrow's CSV reader skips it too
+
+
 def first_lines(path: str | Path, limit: int = 1 << 16, count: int = 20) -> list[str]:
-    """Up to ``count`` first lines (without line ends) of a plain or gzip file, from its first ``limit`` bytes."""
+    """Up to ``count`` first lines (without line ends, nor a UTF-8 byte-order mark) of a plain or gzip file, from
+    its first ``limit`` bytes."""
     opener = gzip.open if is_gzip(path) else open
     try:
         with opener(path, "rb") as f:
             head = f.read(limit)
     except READ_ERRORS as error:
         raise cannot_read(path, error) from None
-    lines = head.split(b"\n")[:count]
+    lines = head.removeprefix(UTF8_BOM).split(b"\n")[:count]
     return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines if line.strip()]
 
 
