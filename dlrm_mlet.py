@@ -42,7 +42,7 @@ from mlet.training.observers import MLPerfLog
 from mlet.training.optimizers import state_bytes
 from mlet.training.processes import Parallel
 from mlet.training.results import parameter_report, write_json
-from mlet.training.state import check_evaluation
+from mlet.training.state import check_evaluation, check_resume_flags
 from mlet.training.trainer import Trainer
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
@@ -76,6 +76,12 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
     checked against the flags first); otherwise it is built from the flags
     and the trainer resumes or starts from the checkpoint.
     """
+    ckpt = read_load_model(run.load_model) if run.load_model else None
+    if ckpt is not None and not run.inference_only:
+        try:  # before the data: a flag that changes the data is refused before any preprocessing
+            check_resume_flags(ckpt, run.flags)
+        except (UserError, ValueError) as error:
+            raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     data = build_data(run.data)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
     reduction.check_qr_sizes(config)
@@ -84,7 +90,6 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
         source = "training id counts" if data.id_counts else "table sizes (uniform ids)"
         alpha = run.mixed_dimension.temperature
         log(f"mixed dimensions: widths {reduction.md_widths_in_effect(config)} (from {source}, alpha {alpha})")
-    ckpt = read_load_model(run.load_model) if run.load_model else None
     if ckpt is not None and run.inference_only:
         if run.reporting.save_onnx and (ckpt.get("quantized") or run.quantize_bits):
             raise UserError(

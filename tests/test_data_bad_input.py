@@ -281,6 +281,19 @@ def test_bad_data_set_flags_and_files_give_one_line(setup, flags: list[str], mes
     assert one_error_line(err).startswith(message.format(raw=raw))
 
 
+def test_randomize_by_day_without_days_is_refused_before_preprocessing(tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_sample100.txt")))
+    assert preprocess_main(raw, tmp_path, "kaggle", capsys)[0] == 0
+    made = (tmp_path / "p" / "meta.json").read_text()
+    argv = dataset_argv("kaggle", raw, tmp_path, "--data-split=random-811", "--data-randomize=day")
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and one_error_line(err) == (
+        "--data-randomize=day: the random-811 split of kaggle has no days; use total or none"
+    )
+    assert "preprocessing" not in out and (tmp_path / "p" / "meta.json").read_text() == made  # the dlrm data stay
+
+
 def test_upstream_processed_npz_is_named_as_upstreams_format(tmp_path, capsys) -> None:
     npz = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
     zeros = np.zeros((4, 26), np.int32)
@@ -360,9 +373,11 @@ def test_resuming_a_data_set_run_compares_the_data_set_flags(tmp_path, capsys) -
     raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
     saved = tmp_path / "m.pt"
     assert run_cli(dataset_argv("kaggle", raw, tmp_path, f"--save-model={saved}"), capsys)[0] == 0
-    for flag in ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811"):
-        code, _, err = run_cli(dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={saved}"), capsys)
+    made = (tmp_path / "p" / "meta.json").read_text()
+    for flag in ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811", "--data-sub-sample-rate=0.5"):
+        code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={saved}"), capsys)
         assert code == 2 and f"--load-model {saved}: {flag.split('=')[0]}: checkpoint has " in err, err
+        assert "preprocessing" not in out and (tmp_path / "p" / "meta.json").read_text() == made  # refused first
     code, out, err = run_cli(
         dataset_argv("kaggle", raw, tmp_path, "--data-size=10", "--num-indices-per-lookup=3", f"--load-model={saved}"),
         capsys,

@@ -9,7 +9,7 @@ from typing import Any
 
 from mlet.core.config import DATA_SETS, DatasetConfig
 from mlet.core.errors import UserError
-from mlet.data.preprocessing.cache import DEFAULT_SPLIT, SPLIT_CHOICES
+from mlet.data.preprocessing.cache import DAY_SPLITS, DEFAULT_SPLIT, SPLIT_CHOICES
 from mlet.data.preprocessing.days import day_files
 from mlet.data.preprocessing.layouts import check_input_file
 
@@ -93,6 +93,10 @@ def dataset_config(args: argparse.Namespace) -> DatasetConfig:
         raise UserError(
             f"--data-split: {split} is not a split of {args.data_set}; "
             f"choose {' or '.join(SPLIT_CHOICES[args.data_set])}"
+        )
+    if args.data_randomize == "day" and split not in DAY_SPLITS:
+        raise UserError(
+            f"--data-randomize=day: the {split} split of {args.data_set} has no days; use total or none"
         )
     if args.cat_min_count < 1:
         raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")

@@ -332,6 +332,14 @@ def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> l
     return changes
 
 
+def check_resume_flags(ckpt: dict, flags: dict) -> None:
+    """Refuse, before any data is prepared, a training checkpoint that the flags cannot resume: the
+    :func:`resume_flag_changes` check on the checkpoint's saved flags (``Trainer.resume`` makes it again and logs
+    the allowed changes). Inference checkpoints give weights only and compare no flags."""
+    if ckpt.get("kind") == TRAINING:
+        resume_flag_changes(ckpt.get("args") or {}, flags, Position.from_dict(ckpt["position"]))
+
+
 def check_data_position(position: Position, train_samples: int, batches_per_epoch: int) -> None:
     """Refuse to resume when the training data differ in size from the checkpoint's (the position would not
     point to the same batch)."""

@@ -65,6 +65,7 @@ from mlet.data.preprocessing.vocabulary import IdLimits
 FORMAT = "dlrm-mlet-processed"
 VERSION = 1
 SPLIT_CHOICES = {"kaggle": ("dlrm", "random-811"), "terabyte": ("dlrm",), "avazu": ("random-811", "by-day")}
+DAY_SPLITS = ("dlrm",)  # the splits whose training rows come in days (for --data-randomize=day)
 DEFAULT_SPLIT = {"kaggle": "dlrm", "terabyte": "dlrm", "avazu": "random-811"}
 DENSE_INPUTS = {"kaggle": 13, "terabyte": 13, "avazu": 1}  # Avazu: one constant 1.0 (see Processed.split)
 
