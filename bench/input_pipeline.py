@@ -6,7 +6,9 @@ Reads the training split of a processed Kaggle-format data set (preprocessing
 ``--file`` first if ``--processed`` holds nothing) exactly as training does
 (:class:`mlet.data.sources.ArraySource`: a seeded permutation per epoch, each batch's
 rows gathered in increasing order from the memory maps, ids limited, bags
-built), alone and through the prefetch thread, at batch 2048 and 128. In the
+built, ids checked against the vocabulary), alone and through the prefetch thread, at batch 2048 and 128;
+in the same run the batches without the id check (the cost of refusing a damaged ``cat.npy``), and the
+check alone on each batch's ids. In the
 same run it times the training step (forward, backward, SGD) of the Kaggle
 model of the issue's example (d=4, MLET K=64, bottom 13-512-256-64-4, top
 512-256-1, tables sized by the data). The target: batches at least 5x faster
@@ -27,7 +29,7 @@ from common import ROOT, save, table
 from dlrm_model import DLRM
 from mlet.cli import configs
 from mlet.core.pipeline import prefetch
-from mlet.data.sources import build_data
+from mlet.data.sources import ArraySource, build_data
 from mlet.training.trainer import Trainer
 
 MODEL = [
@@ -48,6 +50,24 @@ def per_batch(batches, count: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def id_check_cost(source: ArraySource, batches: int) -> tuple[float, float]:
+    """Seconds per batch of ``source`` without its id check (best of 3 epochs), and of the check alone on each
+    of ``batches`` batches' ids."""
+    bounds, source.id_bounds = source.id_bounds, None
+    try:
+        unchecked = min(per_batch(source.batches(epoch), batches) for epoch in (8, 9, 10))
+        order = source.order(11)
+        selections = [source.rows_of(order, i) for i in range(min(batches, len(source)))]
+        gathered = [(source.ids_of(rows), rows) for rows in selections]
+    finally:
+        source.id_bounds = bounds
+    assert bounds is not None, "a processed data set's source checks its ids"
+    start = time.perf_counter()
+    for ids, rows in gathered:
+        bounds.check(ids, rows)
+    return unchecked, (time.perf_counter() - start) / len(gathered)
+
+
 def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int) -> dict:
     """Data and model timings at one batch size."""
     run = configs.run_config(
@@ -66,6 +86,7 @@ def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int)
         per_batch(data.train.batches(epoch), batches) for epoch in (1, 2, 3)
     )  # best of 3: the machine is shared
     through_thread = min(per_batch(prefetch(data.train.batches(epoch)), batches) for epoch in (4, 5, 6))
+    unchecked, check = id_check_cost(data.train, batches)
     model = DLRM(replace(run.model, table_sizes=tuple(data.table_sizes)), seed=0)
     trainer = Trainer(run.train, data, model)
     ready = list(itertools.islice(data.train.batches(7), steps + 2))
@@ -83,6 +104,9 @@ def measure(processed: str, raw: str, batch_size: int, batches: int, steps: int)
         "data_ms_per_batch_first_touch": first_touch * 1e3,
         "data_batches_per_second": 1 / direct,
         "prefetched_ms_per_batch": through_thread * 1e3,
+        "unchecked_data_ms_per_batch": unchecked * 1e3,
+        "id_check_us_per_batch": check * 1e6,
+        "id_check_share_of_data": check / direct,
         "step_ms": step * 1e3,
         "ratio_step_over_data": step / direct,
         "table_rows": sum(data.table_sizes),
@@ -118,6 +142,8 @@ def main() -> None:
             f"{r['data_ms_per_batch']:.2f}",
             f"{r['data_batches_per_second']:,.0f}",
             f"{r['prefetched_ms_per_batch']:.2f}",
+            f"{r['unchecked_data_ms_per_batch']:.2f}",
+            f"{r['id_check_us_per_batch']:.0f} ({r['id_check_share_of_data']:.1%})",
             f"{r['step_ms']:.1f}",
             f"{r['ratio_step_over_data']:.1f}x",
         ]
@@ -129,7 +155,18 @@ def main() -> None:
     )
     print(
         table(
-            rows, ["batch", "first-touch ms", "data ms/batch", "batches/s", "via prefetch ms", "step ms", "step / data"]
+            rows,
+            [
+                "batch",
+                "first-touch ms",
+                "data ms/batch",
+                "batches/s",
+                "via prefetch ms",
+                "unchecked ms",
+                "id check us (of data)",
+                "step ms",
+                "step / data",
+            ],
         )
     )
     print(f"\nwrote {saved.relative_to(ROOT)}")

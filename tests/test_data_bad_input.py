@@ -294,6 +294,26 @@ def test_randomize_by_day_without_days_is_refused_before_preprocessing(tmp_path,
     assert "preprocessing" not in out and (tmp_path / "p" / "meta.json").read_text() == made  # the dlrm data stay
 
 
+@pytest.mark.parametrize(("value", "placement"), [(-16, "off"), (-16, "on"), ("too large", "off")])
+def test_a_damaged_id_in_processed_data_is_refused_naming_file_and_row(value, placement: str, tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    assert preprocess_main(raw, tmp_path, "kaggle", capsys)[0] == 0
+    cat = tmp_path / "p" / "train.cat.npy"
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    ids = np.load(cat, mmap_mode="r+")
+    ids[46, 22] = value if value != "too large" else meta["vocabulary_sizes"][22] + 1
+    bad, bound = int(ids[46, 22]), meta["vocabulary_sizes"][22]
+    ids.flush()
+    del ids
+    argv = override_flags(dataset_argv("kaggle", raw, tmp_path), f"--data-on-device={placement}", "--num-batches=0")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and one_error_line(err) == (
+        f"{cat}: row 46: id {bad} of C23 is outside 0..{bound} (its vocabulary); the processed data are damaged: "
+        f"delete {tmp_path / 'p'} and give --raw-data-file to rebuild them"
+    )
+
+
 def test_upstream_processed_npz_is_named_as_upstreams_format(tmp_path, capsys) -> None:
     npz = tmp_path / "kaggleAdDisplayChallenge_processed.npz"
     zeros = np.zeros((4, 26), np.int32)

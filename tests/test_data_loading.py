@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map, prefetch
+from mlet.data.preprocessing.vocabulary import IdBounds
 from mlet.data.sources import ArraySource
 
 
@@ -100,3 +103,19 @@ def test_a_stopped_prefetch_waits_for_the_batch_its_producer_is_assembling() -> 
     started.wait(5)
     stream.close()
     assert finished.is_set()
+
+
+def test_id_bounds_check_every_batch_and_share_and_name_the_row() -> None:
+    ids = np.tile(np.array([[0, 5, 2]], np.int32), (40, 1))
+    bounds = IdBounds(np.array([3, 5, 2], np.uint32), Path("p/train.cat.npy"), ("C1", "C2", "C3"))
+    source = ArraySource(np.zeros((40, 1), np.float32), ids, np.zeros(40), 8, shuffle=True, id_bounds=bounds)
+    assert sum(len(b.labels) for b in source.batches(0, workers=2)) == 40  # every id at its bound is fine
+    ids[29, 2] = 3  # one past C3's vocabulary
+    with pytest.raises(UserError, match=r"^p/train.cat.npy: row 29: id 3 of C3 is outside 0..2 \(its vocabulary\)"):
+        list(source.batches(0, workers=2))
+    ids[29, 2], ids[17, 0] = 2, -1
+    with pytest.raises(UserError, match=r"row 17: id -1 of C1 is outside 0..3"):
+        source.ids_of(np.arange(10, 20), tables=[0])  # a process's tables
+    assert source.ids_of(np.arange(10, 20), tables=[1, 2]).shape == (10, 2)  # its tables are sound
+    with pytest.raises(UserError, match=r"row 17: id -1 of C1"):
+        bounds.check(ids.astype(np.int64)[10:20], slice(10, 20))

@@ -95,9 +95,7 @@ def dataset_config(args: argparse.Namespace) -> DatasetConfig:
             f"choose {' or '.join(SPLIT_CHOICES[args.data_set])}"
         )
     if args.data_randomize == "day" and split not in DAY_SPLITS:
-        raise UserError(
-            f"--data-randomize=day: the {split} split of {args.data_set} has no days; use total or none"
-        )
+        raise UserError(f"--data-randomize=day: the {split} split of {args.data_set} has no days; use total or none")
     if args.cat_min_count < 1:
         raise UserError(f"--cat-min-count: must be >= 1, got {args.cat_min_count}")
     if args.max_ind_range is not None and args.max_ind_range < -1:

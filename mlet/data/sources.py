@@ -30,7 +30,7 @@ from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
 from mlet.data.preprocessing.cache import prepare_dataset
 from mlet.data.preprocessing.splits import dense_transform
-from mlet.data.preprocessing.vocabulary import IdLimits
+from mlet.data.preprocessing.vocabulary import IdBounds, IdLimits
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
 TRAIN, TEST, VAL = 0, 1, 2
@@ -127,7 +127,8 @@ class ArraySource:
     within each day, the days in order: upstream's ``--data-randomize=day``);
     the last batch may be smaller (nothing is dropped).
     A batch's rows are read in increasing order (cheap on memory maps), and
-    ``id_transform`` (:class:`~mlet.data.preprocessing.vocabulary.IdLimits`) maps its B x T ids.
+    ``id_transform`` (:class:`~mlet.data.preprocessing.vocabulary.IdLimits`) maps its B x T ids,
+    after ``id_bounds`` (:class:`~mlet.data.preprocessing.vocabulary.IdBounds`, processed files) checks them.
     A process's :class:`Share` reads only its samples' dense features and
     labels and its tables' ids.
     """
@@ -144,13 +145,14 @@ class ArraySource:
         seed: int = 0,
         id_transform: IdLimits | None = None,
         days: Sequence[int] | None = None,
+        id_bounds: IdBounds | None = None,
     ) -> None:
         if not (len(dense) == len(ids) == len(labels)):
             raise ValueError(f"row counts differ: dense {len(dense)}, ids {len(ids)}, labels {len(labels)}")
         self.dense, self.ids, self.labels = dense, ids, labels
         self.batch_size = int(batch_size)
         self.shuffle, self.seed = shuffle, seed
-        self.id_transform = id_transform
+        self.id_transform, self.id_bounds = id_transform, id_bounds
         self.num_samples = len(labels)
         self.days = list(days) if days is not None else None
         if self.days is not None and sum(self.days) != self.num_samples:
@@ -203,6 +205,8 @@ class ArraySource:
         ids = take_rows(self.ids, rows)
         if tables is not None:
             ids = ids[:, list(tables)]
+        if self.id_bounds is not None:
+            self.id_bounds.check(ids, rows, tables)
         return self.id_transform(ids, tables) if self.id_transform is not None else ids
 
 
@@ -338,8 +342,9 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
         dense, ids, labels = data.split(split)
         if limit is not None:
             dense, ids, labels = dense[:limit], ids[:limit], labels[:limit]
+        bounds = data.id_bounds(split)
         return ArraySource(
-            dense, ids, labels, batch_size, shuffle=shuffle, seed=config.seed, id_transform=limits, days=days
+            dense, ids, labels, batch_size, shuffle, config.seed, id_transform=limits, days=days, id_bounds=bounds
         )
 
     days = data.training_days() if dataset.randomize == "day" else None

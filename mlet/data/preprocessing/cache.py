@@ -60,7 +60,7 @@ from mlet.data.preprocessing.splits import (
     Log,
     plan_split,
 )
-from mlet.data.preprocessing.vocabulary import IdLimits
+from mlet.data.preprocessing.vocabulary import IdBounds, IdLimits
 
 FORMAT = "dlrm-mlet-processed"
 VERSION = 1
@@ -341,6 +341,12 @@ class Processed:
         if arrays[0].shape[1] == 0:
             arrays[0] = np.broadcast_to(np.ones((1, 1), np.float32), (len(arrays[2]), 1))
         return arrays[0], arrays[1], arrays[2]
+
+    def id_bounds(self, name: str) -> IdBounds:
+        """The ids that split ``name``'s ``cat.npy`` may hold (checked on every batch)."""
+        sizes = np.asarray(self.meta["vocabulary_sizes"], np.uint32)
+        features = tuple(self.meta.get("features", {}).get("categorical", ()))
+        return IdBounds(sizes, self.directory / f"{name}.cat.npy", features)
 
     def vocabulary_counts(self) -> list[np.ndarray]:
         """Each feature's training counts in id order."""

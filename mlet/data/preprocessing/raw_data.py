@@ -42,7 +42,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.preprocessing.layouts import READ_ERRORS, Layout, cannot_read, open_stream
 

@@ -21,8 +21,12 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
+
+from mlet.core.errors import UserError
 
 THREADS = min(4, os.cpu_count() or 1)
 
@@ -240,3 +244,41 @@ class IdLimits:
         if self.modulus:
             out %= self.modulus
         return out
+
+
+@dataclass(frozen=True)
+class IdBounds:
+    """The ids a processed ``S.cat.npy`` may hold: ``0..V`` of feature ``t`` (``V``: its vocabulary size, 0 the
+    shared index of rare and unseen values); any other id means the file is damaged.
+
+    Checked on every batch's ids as they are gathered (host batches in the
+    assembly thread, data held on a device chunk by chunk as it is loaded), so
+    a damaged file stops with one line instead of reading another table's row.
+    One comparison of the ids, read as unsigned, with ``V`` per column: a
+    negative id reads as a large one.
+    """
+
+    upper: np.ndarray  # V per feature, uint32
+    file: Path
+    features: tuple[str, ...] = ()
+
+    def check(self, ids: np.ndarray, rows: slice | np.ndarray, tables: Sequence[int] | None = None) -> None:
+        """Refuse ``ids`` (the ``B x T`` ids of ``rows``, or the columns of ``tables``) if one is out of bounds."""
+        upper = self.upper if tables is None else self.upper[list(tables)]
+        unsigned = ids.view(np.uint32) if ids.dtype == np.int32 else ids.astype(np.int64).astype(np.uint64)
+        if (unsigned > upper).any():
+            self.refuse(ids, rows, upper, tables)
+
+    def refuse(
+        self, ids: np.ndarray, rows: slice | np.ndarray, upper: np.ndarray, tables: Sequence[int] | None
+    ) -> NoReturn:
+        """The one-line error naming the file, the row and feature of the first bad id."""
+        i, t = np.argwhere((ids.astype(np.int64) < 0) | (ids.astype(np.int64) > upper))[0]
+        row = rows.start + int(i) if isinstance(rows, slice) else int(rows[i])
+        feature = int(t) if tables is None else list(tables)[t]
+        name = self.features[feature] if feature < len(self.features) else f"feature {feature + 1}"
+        raise UserError(
+            f"{self.file}: row {row:,}: id {int(ids[i, t])} of {name} is outside 0..{int(upper[t]):,} (its "
+            f"vocabulary); the processed data are damaged: delete {self.file.parent} and give --raw-data-file to "
+            "rebuild them"
+        )
