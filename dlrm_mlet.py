@@ -79,7 +79,7 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
     ckpt = read_load_model(run.load_model) if run.load_model else None
     if ckpt is not None and not run.inference_only:
         try:  # before the data: a flag that changes the data is refused before any preprocessing
-            check_resume_flags(ckpt, run.flags)
+            check_resume_flags(ckpt, run.flags or {})
         except (UserError, ValueError) as error:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     data = build_data(run.data)
