@@ -153,6 +153,76 @@ def test_unwritable_checkpoint_path_is_one_line(tmp_path) -> None:
         atomic_save({"x": 1}, tmp_path / "file" / "ckpt.pt")
 
 
+def full_disk_save(obj: object, handle, *args, **kwargs) -> None:
+    """``torch.save`` on a full disk, as torch 2.13 reports it: its zip writer's RuntimeError, raised while the
+    OSError of the failed write is being handled."""
+    handle.write(b"PK\x03\x04partial")
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+def test_full_disk_is_one_line_with_the_errno_text_and_no_temporary(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(torch, "save", lambda obj, handle, *a, **k: full_disk_save(obj, handle))
+    # from None only hides the context from tracebacks: the OSError is still the RuntimeError's __context__
+    with pytest.raises(UserError) as raised:
+        atomic_save({"x": 1}, tmp_path / "a.pt")
+    assert str(raised.value) == f"{tmp_path / 'a.pt'}: cannot write the checkpoint (No space left on device)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_that_are_not_about_writing_are_not_disguised(monkeypatch, tmp_path) -> None:
+    def broken_save(obj, handle, *args, **kwargs):
+        raise RuntimeError("a bug, not a full disk")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="a bug"):
+        atomic_save({"x": 1}, tmp_path / "a.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+# The real torch writer meeting a write that fails mid-file: a file-size limit makes write() fail with EFBIG
+# (SIGXFSZ ignored), as a full disk makes it fail with ENOSPC.
+FILE_SIZE_LIMIT = r"""
+import resource, signal, sys
+import torch
+from mlet.core.errors import UserError
+from mlet.training.checkpoints import atomic_save
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    atomic_save({"x": torch.zeros(100_000)}, sys.argv[1])
+except UserError as error:
+    print(error)
+"""
+
+
+def test_a_write_failing_inside_torch_is_one_line_with_the_errno_text(tmp_path) -> None:
+    target = tmp_path / "big.pt"
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{target}: cannot write the checkpoint (File too large)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_at_every_checkpoint_writer_is_one_line(runs, monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setattr(torch, "save", lambda obj, handle, *a, **k: full_disk_save(obj, handle))
+    out = tmp_path / "c.pt"
+    assert checkpoint.main(["collapse", str(runs["mlet"]), str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"checkpoint.py: error: {out}: cannot write the checkpoint (No space left on device)"
+    ]
+    for flag in ("--save-model", "--save-collapsed"):
+        target = tmp_path / f"{flag[2:]}.pt"
+        assert dlrm_mlet.main([*TINY, "--num-batches=1", f"{flag}={target}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"dlrm_mlet.py: error: {target}: cannot write the checkpoint (No space left on device)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_saved_files_get_normal_permissions(tmp_path) -> None:
     atomic_save({"x": 1}, tmp_path / "a.pt")
     umask = os.umask(0)
@@ -477,7 +547,21 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         },
         negative,
     )
+    damaged = tmp_path / "damaged.pt"
+    atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.full((1000,), 7.0)}, damaged)
+    content = bytearray(damaged.read_bytes())
+    at = content.index(torch.full((4,), 7.0).numpy().tobytes()) + 64
+    content[at : at + 16] = bytes(16)  # 16 bytes of the tensor's data flipped to zeros, as dd ... conv=notrunc does
+    damaged.write_bytes(bytes(content))
+    upstream = tmp_path / "upstream.pt"  # the keys of upstream DLRM's --save-model
+    upstream_layout = {"state_dict": {"emb_l.0.weight": torch.zeros(3, 2)}, "nepochs": 1, "opt_state_dict": {}}
+    torch.save({**upstream_layout, "iter": 10, "train_loss": 0.5}, upstream)
+    upstream_numpy = tmp_path / "upstream_numpy.pt"  # with --mlperf-logging, upstream stores numpy metrics
+    torch.save({**upstream_layout, "test_auc": np.float64(0.5)}, upstream_numpy)
     return {
+        "damaged": (damaged, "damaged checkpoint (CRC mismatch in archive/data/0)"),
+        "upstream": (upstream, "is upstream DLRM's checkpoint (state_dict, opt_state_dict, nepochs"),
+        "upstream_numpy": (upstream_numpy, "is upstream DLRM's checkpoint"),
         "json": (json_file, "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"),
         "mismatched": (
             mismatched,
@@ -495,7 +579,22 @@ def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "directory", "text", "json", "torn", "foreign", "newer", "malformed", "mismatched", "negative"]
+    "case",
+    [
+        "missing",
+        "directory",
+        "text",
+        "json",
+        "torn",
+        "damaged",
+        "upstream",
+        "upstream_numpy",
+        "foreign",
+        "newer",
+        "malformed",
+        "mismatched",
+        "negative",
+    ],
 )
 def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     path, message = broken_files(tmp_path)[case]
@@ -510,6 +609,22 @@ def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
     assert dlrm_mlet.main([f"--load-model={path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_checkpoints_saved_without_crc_load(runs, tmp_path) -> None:
+    """torch writes CRC 0 when saving with compute_crc32 off: such members are not checked, the file loads."""
+    from torch.utils.serialization import config
+
+    ckpt = load_checkpoint(runs["baseline"])
+    config.save.compute_crc32 = False
+    try:
+        torch.save(ckpt, tmp_path / "no_crc.pt")
+    finally:
+        config.save.compute_crc32 = True
+    assert checkpoints.damaged_member(tmp_path / "no_crc.pt") is None
+    assert torch.equal(
+        load_checkpoint(tmp_path / "no_crc.pt")["model"]["tables.weight"], ckpt["model"]["tables.weight"]
+    )
 
 
 def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys) -> None:

@@ -90,6 +90,26 @@ def exported(tmp_path_factory) -> dict:
     }
 
 
+@pytest.mark.slow
+def test_a_run_checks_its_own_file_when_another_exports_to_the_same_name(tmp_path, monkeypatch) -> None:
+    """Two runs exporting ``dlrm_mlet.onnx`` in one folder: the other run's file lands at the name while this one
+    checks its model; this run still checks (and then puts in place) its own file."""
+    ours, theirs = trained_looking(0, seed=5), trained_looking(0, seed=6)
+    export_onnx(theirs, tmp_path / "theirs.onnx")
+    target = tmp_path / "dlrm_mlet.onnx"
+    real_verify = onnx_export.verify
+
+    def racing_verify(model, path, *args, **kwargs):
+        (tmp_path / "theirs.onnx").replace(target)  # the other run renames its model into place meanwhile
+        return real_verify(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "verify", racing_verify)
+    report = export_onnx(ours, target)
+    assert report["max_abs_diff"] <= 1e-5
+    assert real_verify(ours, target) <= 1e-5  # ours is what stays at the name
+    assert [p.name for p in tmp_path.iterdir()] == ["dlrm_mlet.onnx"]  # no staging folder left
+
+
 def input_output_dims(model: onnx.ModelProto) -> dict[str, list]:
     return {
         v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import ROOT, TINY, run_cli
@@ -89,6 +90,98 @@ def test_profiling_a_run_shorter_than_the_window(tmp_path, monkeypatch, capsys) 
     code, out, _ = run_cli([*TINY, "--num-batches=4", "--enable-profiling"], capsys)
     assert code == 0 and "profiling: 2 training steps after the first 2" in out
     assert (tmp_path / "dlrm_mlet.json").exists()
+
+
+def test_profiler_that_cannot_write_logs_one_line_and_training_goes_on(tmp_path, capsys) -> None:
+    import torch
+
+    from mlet.training.profiling import SKIPPED_STEPS, StepProfiler
+
+    (tmp_path / "afile").write_text("")
+    profiler = StepProfiler(str(tmp_path / "afile" / "p"), steps=1)  # its files would go under a regular file
+    for iteration in range(SKIPPED_STEPS + 2):
+        torch.ones(4).sum()
+        profiler.stepped(iteration)
+    assert profiler.state == "written"
+    assert f"profiling: cannot write {tmp_path / 'afile' / 'p.prof'} (Not a directory); training goes on" in (
+        capsys.readouterr().out
+    )
+
+
+def reporting_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
+    """Reporting flags whose files cannot be written (run in ``tmp_path``), and the line each gives."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dlrm_mlet.onnx").mkdir()
+    (tmp_path / "dlrm_mlet.json").mkdir()
+    return {
+        "board-is-save-model": (
+            ["--save-model=a.pt", "--tensor-board-filename=a.pt"],
+            "--tensor-board-filename a.pt: same file as --save-model; one would overwrite the other",
+        ),
+        "board-is-a-file": (
+            ["--tensor-board-filename=afile"],
+            "--tensor-board-filename afile: is a file; give a folder",
+        ),
+        "board-under-a-file": (
+            ["--tensor-board-filename=afile/tb"],
+            "--tensor-board-filename afile/tb: afile is a file, not a folder",
+        ),
+        "onnx-is-a-folder": (
+            ["--save-onnx"],
+            f"--save-onnx {tmp_path / 'dlrm_mlet.onnx'}: is a folder; give a file name",
+        ),
+        "onnx-is-save-model": (
+            ["--save-model=dlrm_mlet.onnx", "--save-onnx"],
+            f"--save-onnx {tmp_path / 'dlrm_mlet.onnx'}: same file as --save-model",
+        ),
+        "trace-is-a-folder": (
+            ["--enable-profiling"],
+            f"--enable-profiling {tmp_path / 'dlrm_mlet.json'}: is a folder; give a file name",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "board-is-save-model",
+        "board-is-a-file",
+        "board-under-a-file",
+        "onnx-is-a-folder",
+        "onnx-is-save-model",
+        "trace-is-a-folder",
+    ],
+)
+def test_reporting_outputs_are_checked_before_training(case: str, tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    flags, message = reporting_cases(tmp_path)[case]
+    code, out, err = run_cli([*TINY, *flags], capsys)
+    assert code == 2 and "time/loss" not in out
+    assert err.count("\n") == 1 and err.startswith(f"dlrm_mlet.py: error: {message}"), err
+
+
+@pytest.mark.parametrize(
+    ("flag", "folder"), [("--tensor-board-filename=tb", "tb"), ("--save-onnx", "."), ("--enable-profiling", ".")]
+)
+def test_a_read_only_folder_is_one_line_before_training(flag: str, folder: str, tmp_path, monkeypatch, capsys) -> None:
+    """A folder that refuses new files (a read-only file system; as root, permission bits do not refuse)."""
+    import tempfile
+
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir or ".").resolve() == (tmp_path / folder).resolve():
+            raise OSError(30, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, out, err = run_cli([*TINY, flag], capsys)
+    assert code == 2 and "time/loss" not in out
+    assert err.count("\n") == 1 and err.startswith(f"dlrm_mlet.py: error: {flag.split('=')[0]} ")
+    assert err.rstrip().endswith("cannot write there (Read-only file system)"), err
 
 
 def test_auc_threshold_stops_training_and_says_when(tmp_path, capsys) -> None:

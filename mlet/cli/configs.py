@@ -14,7 +14,7 @@ import torch
 
 from mlet.cli import reduction
 from mlet.cli.parser import DEFAULT_EMBEDDING_SIZE, build_parser
-from mlet.cli.reporting import Reporting, reporting_config
+from mlet.cli.reporting import Reporting, check_reporting_files, reporting_config, reporting_files
 from mlet.cli.upstream import check_foreign_flags
 from mlet.core.config import (
     FUSED_OPTIMIZERS,
@@ -273,15 +273,15 @@ def check_run_files(args: argparse.Namespace) -> None:
     process_group.check_backend(args.dist_backend, args.use_gpu)
 
 
-def validate_outputs(args: argparse.Namespace) -> None:
-    """The files the run writes: distinct, and writable now rather than after training (checked by the writing
-    process)."""
+def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
+    """The files and folders the run writes: distinct, and writable now rather than after training (checked by
+    the writing process)."""
     outputs = {
         "--save-model": args.save_model,
         "--save-collapsed": args.save_collapsed,
         "--results-json": args.results_json,
     }
-    check_distinct_outputs(outputs)
+    check_distinct_outputs({**outputs, **reporting_files(reporting)})
     if args.load_model:
         check_distinct_outputs(
             {
@@ -294,6 +294,7 @@ def validate_outputs(args: argparse.Namespace) -> None:
         for flag, path in outputs.items():
             if path:
                 check_output_file(flag, path)
+        check_reporting_files(reporting)
 
 
 def parse_loss_weights(text: str) -> tuple[float, float]:
@@ -337,7 +338,7 @@ def validate(args: argparse.Namespace) -> Run:
     check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
     quantize_bits = reduction.parse_quantize_bits(args.quantize_emb_with_bit, args.inference_only)
     reduction.check_quantize_run(quantize_bits, args.use_gpu)
-    validate_outputs(args)
+    validate_outputs(args, reporting)
     run = Run(
         model=model,
         data=data,

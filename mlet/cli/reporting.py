@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from mlet.core.errors import UserError, add_bool
+from mlet.core.errors import UserError, add_bool, check_output_file, check_writable_folder
 from mlet.training.observers import MLPerfLog, Observer, TensorBoardWriter, check_tensorboard
 from mlet.training.profiling import DEFAULT_STEPS, SKIPPED_STEPS, StepProfiler
 
@@ -81,6 +82,29 @@ def reporting_config(args: argparse.Namespace) -> Reporting:
         debug_mode=args.debug_mode,
         save_onnx=args.save_onnx,
     )
+
+
+def reporting_files(reporting: Reporting) -> dict[str, str]:
+    """``{flag: path}`` of the files the reporting flags write (the profiler's trace and the ONNX model go into the
+    current folder, under upstream's fixed names), for the check that a run's outputs are distinct."""
+    files = {"--tensor-board-filename": reporting.tensorboard_dir}
+    if reporting.profiling:
+        files["--enable-profiling"] = str(Path.cwd() / f"{PROFILE_PREFIX}.json")
+    if reporting.save_onnx:
+        files["--save-onnx"] = str(Path.cwd() / ONNX_FILE)
+    return files
+
+
+def check_reporting_files(reporting: Reporting) -> None:
+    """Fail before training, naming the flag, if the reporting flags' files cannot be written: the TensorBoard
+    folder (created now), the profiler's files and the ONNX model in the current folder."""
+    if reporting.tensorboard_dir:
+        check_writable_folder("--tensor-board-filename", reporting.tensorboard_dir)
+    if reporting.profiling:
+        for suffix in (".json", ".prof"):
+            check_output_file("--enable-profiling", str(Path.cwd() / f"{PROFILE_PREFIX}{suffix}"))
+    if reporting.save_onnx:
+        check_output_file("--save-onnx", str(Path.cwd() / ONNX_FILE))
 
 
 def observers(reporting: Reporting, eval_split: str, cuda: bool, mlperf: MLPerfLog | None) -> list[Observer]:

@@ -45,12 +45,29 @@ def check_output_file(flag: str, path: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
-    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    _probe_folder(flag, path, target.parent, prefix=f".{target.name}.")
+
+
+def check_writable_folder(flag: str, path: str) -> None:
+    """Fail now, not after hours of work, if files cannot be written into the folder ``path``.
+
+    Creates it (and its parents) and writes and removes a probe file in it.
+    The :class:`UserError` names ``flag`` and says why: the path or a parent is
+    a file, or the folder refuses new files.
+    """
+    check_output_folder(flag, path)
+    _probe_folder(flag, path, Path(path), prefix=".probe.")
+
+
+def _probe_folder(flag: str, path: str, folder: Path, prefix: str) -> None:
+    """Create ``folder`` (of ``flag``'s ``path``) and write and remove a probe file in it; a :class:`UserError`
+    when a parent is a file or the folder refuses files."""
+    blocking = next((parent for parent in (folder, *folder.parents) if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise UserError(f"{flag} {path}: {blocking} is a file, not a folder")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=prefix, suffix=".probe", dir=folder)
     except OSError as error:
         raise UserError(f"{flag} {path}: cannot write there ({error.strerror or error})") from None
     os.close(handle)

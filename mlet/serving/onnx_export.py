@@ -33,6 +33,8 @@ import itertools
 import logging
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -219,13 +221,14 @@ def to_onnx_program(model: DLRM) -> torch.onnx.ONNXProgram:
     return program
 
 
-def verify(model: DLRM, path: str | os.PathLike) -> float:
+def verify(model: DLRM, path: str | os.PathLike, shown: str | os.PathLike | None = None) -> float:
     """Largest ``|onnxruntime - torch|`` over ``VERIFY_BATCH_SIZES`` with multi-hot bags.
 
     NaN (or infinity) when onnxruntime's outputs are not finite where torch's
     are: a non-finite difference is never taken for agreement. Raises
-    :class:`UserError` when torch's own outputs are not finite (the model's
-    weights diverged), as there is then nothing to compare with.
+    :class:`UserError`, naming ``shown`` (default ``path``), when torch's own
+    outputs are not finite (the model's weights diverged), as there is then
+    nothing to compare with.
     """
     import onnxruntime
 
@@ -238,7 +241,7 @@ def verify(model: DLRM, path: str | os.PathLike) -> float:
             expected = torch.sigmoid(model(dense, features)).numpy()
         if not np.isfinite(expected).all():
             raise UserError(
-                f"{path}: written, but not checked: the model's outputs are not finite (diverged weights?); "
+                f"{shown or path}: written, but not checked: the model's outputs are not finite (diverged weights?); "
                 "--no-verify skips the check"
             )
         (got,) = session.run(
@@ -262,20 +265,18 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
     """Write ``model`` as ONNX to ``path``; returns what was written and, with ``verify_outputs``, the
     onnxruntime check.
 
-    Raises :class:`UserError` if the path cannot be written, onnxruntime disagrees with torch beyond
-    ``VERIFY_TOLERANCE`` or either's outputs are not finite (the file is written then).
+    The model is written into a private temporary folder beside ``path``, checked there and then renamed into
+    place (its external data first), so a run checks its own file even when another run exports to the same
+    name, and a reader never sees a half-written model. Raises :class:`UserError` if the path cannot be
+    written, onnxruntime disagrees with torch beyond ``VERIFY_TOLERANCE`` or either's outputs are not finite
+    (the file is put in place then).
     """
     model = model.cpu().eval()
     if isinstance(model.tables, CompositeTables):
         model = model.collapse()  # the same function; the export holds the inference tables
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD
     program = to_onnx_program(model)
-    try:
-        program.save(target, external_data=external)
-    except OSError as error:
-        raise UserError(f"{target}: cannot write the ONNX model ({error.strerror or error})") from None
     data = target.with_name(target.name + ".data")
     report: dict[str, object] = {
         "path": str(target),
@@ -283,8 +284,35 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
         "max_abs_diff": None,
         "batch_sizes": list(VERIFY_BATCH_SIZES),
     }
-    if verify_outputs:
-        difference = verify(model, target)
-        check_agreement(target, difference)
-        report["max_abs_diff"] = difference
+    staging = staging_folder(target)
+    failure: UserError | None = None
+    try:
+        staged = staging / target.name
+        try:
+            program.save(staged, external_data=external)
+        except OSError as error:
+            raise UserError(f"{target}: cannot write the ONNX model ({error.strerror or error})") from None
+        if verify_outputs:
+            try:
+                report["max_abs_diff"] = difference = verify(model, staged, shown=target)
+                check_agreement(target, difference)
+            except UserError as error:
+                failure = error
+        if external:
+            os.replace(staged.with_name(data.name), data)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if failure is not None:
+        raise failure
     return report
+
+
+def staging_folder(target: Path) -> Path:
+    """A new private folder beside ``target`` (``.NAME.XXXXXXXX.tmp``) to write and check it in; a
+    :class:`UserError` if the folder cannot be made."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as error:
+        raise UserError(f"{target}: cannot write the ONNX model ({error.strerror or error})") from None

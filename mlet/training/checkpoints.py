@@ -23,7 +23,7 @@ import socket
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -89,6 +89,32 @@ def _file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
+WRITER_ERRORS = ("PytorchStreamWriter", "inline_container")
+"""Marks of torch's zip writer in the text of the ``RuntimeError`` it raises when a write fails."""
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why ``torch.save`` could not write, in a few words, or ``None`` for an error that is not about writing.
+
+    An ``OSError``, or a ``RuntimeError`` of torch's zip writer: torch 2.13 reports a full disk as
+    ``[enforce fail at inline_container.cc:...] . unexpected pos ...``, raised while the ``OSError``
+    (``No space left on device``) it follows is its context; that errno text is what is said.
+    """
+    if not isinstance(error, (OSError, RuntimeError)):
+        return None
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for link in chain:
+        if isinstance(link, OSError):
+            return link.strerror or str(link) or type(link).__name__
+    if any(mark in str(error) for mark in WRITER_ERRORS):
+        return str(error).strip().splitlines()[0]
+    return None
+
+
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename over it, fsync the folder.
 
@@ -112,10 +138,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         os.replace(tmp, target)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) or (
-            isinstance(error, RuntimeError) and "PytorchStreamWriter" in str(error)
-        ):  # e.g. a full disk
-            detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        if (detail := write_failure(error)) is not None:  # e.g. a full disk
             raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -146,17 +169,80 @@ def check_file(path: str | os.PathLike) -> Path:
     return p
 
 
+CRC_CHUNK = 1 << 24
+"""Bytes read at a time by :func:`damaged_member`."""
+UPSTREAM_CHECKPOINT = (
+    "upstream DLRM's checkpoint (state_dict, opt_state_dict, nepochs: its dlrm_s_pytorch.py's --save-model format, "
+    "not read here)"
+)
+
+
+def damaged_member(path: Path) -> str | None:
+    """What is damaged in the zip archive at ``path`` (a member whose bytes do not match their CRC-32, or that
+    cannot be read), or ``None``.
+
+    One pass over the file. A member stored with CRC 0 is not checked: torch writes 0 when saving with
+    ``torch.utils.serialization.config.save.compute_crc32 = False``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:
+                    continue
+                try:
+                    with archive.open(info) as member:
+                        while member.read(CRC_CHUNK):
+                            pass
+                except zipfile.BadZipFile as error:
+                    return f"CRC mismatch in {info.filename}" if "CRC" in str(error) else f"{info.filename}: {error}"
+                except EOFError:
+                    return f"{info.filename} is cut short"
+    except (OSError, zipfile.BadZipFile) as error:
+        return str(error)
+    return None
+
+
+def looks_upstream(has: Callable[[str], bool]) -> bool:
+    """Whether a file whose top-level keys ``has`` tells is upstream DLRM's (or the MLET fork's) ``--save-model``
+    checkpoint: ``state_dict`` beside ``nepochs`` or ``opt_state_dict``."""
+    return has("state_dict") and (has("nepochs") or has("opt_state_dict"))
+
+
+def upstream_pickle(path: Path) -> bool:
+    """Whether the pickle of the zip archive at ``path`` names upstream DLRM's checkpoint keys (read as bytes,
+    never unpickled: for a file whose pickle was refused)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            pickled = archive.read(name) if name is not None else b""
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return looks_upstream(lambda key: key.encode() in pickled)
+
+
+def upstream_error(path: Path) -> UserError:
+    """The one line for upstream DLRM's checkpoint: what it is, why it is not read, what to do."""
+    return UserError(
+        f"{path}: is {UPSTREAM_CHECKPOINT}: its weights bear upstream's module names and it stores no architecture,"
+        " so it is neither resumed nor evaluated here; train with dlrm_mlet.py (the same flags) and --save-model"
+    )
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Read a checkpoint without executing code from it.
 
     ``mmap`` maps the tensors from the file instead of reading them (for
     inspecting or converting large checkpoints). Raises :class:`UserError` for a
-    missing file, a file that is not a checkpoint of this tool, a newer format,
-    or one whose pickle holds anything but tensors and plain data (a possibly
-    malicious file: it is refused and nothing in it runs).
+    missing file, a damaged one (a member whose CRC-32 does not match: one pass
+    over the file), a file that is not a checkpoint of this tool (upstream
+    DLRM's is named as such), a newer format, or one whose pickle holds anything
+    but tensors and plain data (a possibly malicious file: it is refused and
+    nothing in it runs).
     """
     p = check_file(path)
     is_zip = zipfile.is_zipfile(p)
+    if is_zip and (damage := damaged_member(p)) is not None:
+        raise UserError(f"{p}: damaged checkpoint ({damage})")
     if not is_zip:
         with p.open("rb") as handle:
             head = handle.read(4)
@@ -166,21 +252,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise UserError(
                 f"{p}: not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"
             )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
-            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
-    except pickle.UnpicklingError as error:
-        raise UserError(
-            f"{p}: refused: the file's pickle holds more than tensors and plain data, "
-            f"and loading it could run code ({_refusal_reason(error)})"
-        ) from None
-    except Exception as error:  # torch raises many types for files that are not checkpoints
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UserError(
-            f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})"
-        ) from None
+    ckpt = _unpickle(p, map_location, mmap and is_zip)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        if isinstance(ckpt, dict) and looks_upstream(ckpt.__contains__):
+            raise upstream_error(p)
         raise UserError(f"{p}: not a dlrm-mlet checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
         raise UserError(
@@ -190,6 +265,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if problem:
         raise UserError(f"{p}: malformed checkpoint ({problem})")
     return ckpt
+
+
+def _unpickle(p: Path, map_location: str | torch.device, mmap: bool) -> object:
+    """``torch.load(weights_only=True)`` of ``p``; what it refuses or cannot read is a :class:`UserError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about unusual pickle protocols before refusing
+            return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        if upstream_pickle(p):  # upstream's metrics may be numpy scalars
+            raise upstream_error(p) from None
+        raise UserError(
+            f"{p}: refused: the file's pickle holds more than tensors and plain data, "
+            f"and loading it could run code ({_refusal_reason(error)})"
+        ) from None
+    except Exception as error:  # torch raises many types for files that are not checkpoints
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(
+            f"{p}: not a readable checkpoint ({type(error).__name__}{': ' + detail if detail else ''})"
+        ) from None
 
 
 def structure_problem(ckpt: dict) -> str | None:

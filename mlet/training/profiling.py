@@ -56,22 +56,35 @@ class StepProfiler(Observer):
             log(f"profiling: the run ended within the first {SKIPPED_STEPS} steps, before anything was recorded")
 
     def write(self) -> None:
-        """Stop the profiler; write the Chrome trace and the top-ops table, and print the table."""
+        """Stop the profiler; write the Chrome trace and the top-ops table, and print the table.
+
+        The command line checked the folder before training; should writing fail anyway (the disk filled, the
+        folder's permissions changed), one line says so and training goes on.
+        """
         self.profiler.stop()
         self.state = "written"
-        trace = Path(f"{self.prefix}.json")
-        self.profiler.export_chrome_trace(str(trace))
         sort = "self_cuda_time_total" if self.cuda else "self_cpu_time_total"
         table = self.profiler.key_averages().table(sort_by=sort, row_limit=TOP_OPS)
-        Path(f"{self.prefix}.prof").write_text(table + "\n")
-        copies = ""
-        if self.tensorboard_dir:
-            target = Path(self.tensorboard_dir) / f"{self.prefix}.pt.trace.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(trace, target)
-            copies = f" and {target}"
+        try:
+            written = self.write_files(table)
+        except OSError as error:
+            where = error.filename or "the trace"
+            log(f"profiling: cannot write {where} ({error.strerror or error}); training goes on")
+            return
         log(
             f"profiling: {self.recorded} training steps after the first {SKIPPED_STEPS}; "
-            f"trace {trace}{copies}, top ops {self.prefix}.prof:"
+            f"trace {written}, top ops {self.prefix}.prof:"
         )
         log(table)
+
+    def write_files(self, table: str) -> str:
+        """Write the trace, its TensorBoard copy and the table; returns where the trace went, for the log."""
+        Path(f"{self.prefix}.prof").write_text(table + "\n")  # first: torch's trace export only logs its failures
+        trace = Path(f"{self.prefix}.json")
+        self.profiler.export_chrome_trace(str(trace))
+        if not self.tensorboard_dir:
+            return str(trace)
+        target = Path(self.tensorboard_dir) / f"{self.prefix}.pt.trace.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trace, target)
+        return f"{trace} and {target}"
