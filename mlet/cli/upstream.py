@@ -189,7 +189,10 @@ FLAGS: tuple[ForeignFlag, ...] = (
     ),
     _works("--tensor-board-filename", "TensorBoard scalars in that folder; off unless given (upstream: always)"),
     _works("--save-model", "same meaning; the checkpoint resumes exactly and holds more (see docs/checkpoints.md)"),
-    _works("--load-model"),
+    _works(
+        "--load-model",
+        "same meaning; upstream's own checkpoints are named and refused (other module names, no architecture stored)",
+    ),
     _works("--mlperf-logging", "MLPerf :::MLLOG lines; the thresholds below also work without it"),
     _works("--mlperf-acc-threshold", "stops training at a test whose accuracy reaches it"),
     _works("--mlperf-auc-threshold", "stops training at a test whose AUC reaches it"),
