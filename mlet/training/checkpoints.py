@@ -3,8 +3,10 @@
 :func:`atomic_save` writes to a temporary file beside the target, fsyncs and
 renames it over the target (a kill mid-save leaves the previous version;
 :func:`remove_stale_temporaries` clears a dead writer's leftovers).
-:func:`load_checkpoint` reads with ``torch.load(weights_only=True)``, so a
-pickle that names anything but tensors and plain data is refused, and
+:func:`load_checkpoint` first checks every zip member against its CRC-32
+(:func:`damaged_member`: one pass over the file), then reads with
+``torch.load(weights_only=True)``, so a pickle that names anything but
+tensors and plain data is refused; upstream DLRM's checkpoint is named as such; and
 :func:`structure_problem` names what is missing or mistyped before anything
 is built. :func:`model_from_checkpoint` rebuilds the model;
 :func:`collapsed_checkpoint` folds MLET's ``W1 @ W2`` into the inference
