@@ -57,13 +57,65 @@ def test_table_gradients_are_sparse(make_model) -> None:
     assert not model.tables.projection.grad.is_sparse
 
 
-def test_lr_policy_warmup_hold_decay_floor() -> None:
-    policy = LRPolicy(base_lr=1.0, warmup_steps=4, decay_start=6, decay_steps=4)
-    lrs = [policy.lr(s) for s in range(12)]
-    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert lrs[4:7] == [1.0, 1.0, 1.0]
-    assert lrs[7:10] == [0.5625, 0.25, 0.0625]
-    assert lrs[10] == lrs[11] == 1e-7
+class UpstreamSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Upstream DLRM's LRPolicyScheduler rules, restated: the rate comes from torch's step count,
+    which is 1 before the first optimizer step; outside warm-up and decay the last rate set holds."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, decay_start: int, decay_steps: int) -> None:
+        self.warmup, self.decay_start, self.decay_steps = warmup, decay_start, decay_steps
+        self.held: list[float] = []
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        count, bases = self._step_count, self.base_lrs
+        if count < self.warmup:
+            self.held = [b * count / self.warmup for b in bases]
+        elif self.decay_start <= count < self.decay_start + self.decay_steps:
+            scale = ((self.decay_steps - (count - self.decay_start)) / self.decay_steps) ** 2
+            self.held = [max(1e-7, b * scale) for b in bases]
+        elif self.decay_steps == 0:
+            return list(bases)
+        return self.held
+
+
+def upstream_rates(base: float, warmup: int, decay_start: int, decay_steps: int, steps: int) -> list[float]:
+    """The rate of each of ``steps`` optimizer steps, stepping the scheduler after each, as upstream's loop."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    schedule = UpstreamSchedule(optimizer, warmup, decay_start, decay_steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+@pytest.mark.parametrize(
+    ("warmup", "decay_start", "decay_steps"), [(4, 4, 5), (0, 0, 3), (0, 1, 4), (4, 10, 0), (0, 0, 0), (2, 2, 1)]
+)
+def test_lr_policy_matches_upstream_step_by_step(warmup: int, decay_start: int, decay_steps: int) -> None:
+    """Where upstream's warm-up leads straight into the decay (or there is no decay), every step is upstream's."""
+    policy = LRPolicy(0.1, warmup, decay_start, decay_steps)
+    expected = upstream_rates(0.1, warmup, decay_start, decay_steps, 24)
+    assert [policy.lr(s) for s in range(24)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_lr_policy_decays_on_upstreams_steps_and_holds_the_last_rate() -> None:
+    """The trial's case (warm-up 4, decay from 10 over 5 steps): upstream's rates from step 9 on; the one
+    documented difference is the base rate, not upstream's last warm-up rate, between warm-up and decay."""
+    policy = LRPolicy(base_lr=0.1, warmup_steps=4, decay_start=10, decay_steps=5)
+    ours = [policy.lr(s) for s in range(20)]
+    upstream = upstream_rates(0.1, 4, 10, 5, 20)
+    assert ours[9:] == pytest.approx(upstream[9:], rel=1e-12)
+    assert ours[9:16] == pytest.approx([0.1, 0.064, 0.036, 0.016, 0.004, 0.004, 0.004])
+    assert ours[:9] == pytest.approx([0.025, 0.05, 0.075] + [0.1] * 6)
+    assert upstream[3:9] == pytest.approx([0.075] * 6)
+
+
+def test_lr_policy_floor() -> None:
+    """The decayed rate never falls below 1e-7 (upstream's minimum), nor above a base under it."""
+    assert LRPolicy(1e-4, 0, 0, 1000).lr(998) == 1e-7
+    assert LRPolicy(1e-9, 0, 0, 10).lr(50) == 1e-9
     assert LRPolicy(0.3).lr(10_000) == 0.3
 
 

@@ -175,7 +175,12 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
     train.add_argument("--nepochs", type=int, default=1, help="epochs over the training data")
     train.add_argument("--lr-num-warmup-steps", type=int, default=0, help="steps of linear warm-up (0: none)")
     train.add_argument("--lr-decay-start-step", type=int, default=0, help="step where the polynomial decay starts")
-    train.add_argument("--lr-num-decay-steps", type=int, default=0, help="steps of decay to 1e-7 (0: no decay)")
+    train.add_argument(
+        "--lr-num-decay-steps",
+        type=int,
+        default=0,
+        help="steps of polynomial decay (0: none); its last rate holds after",
+    )
     train.add_argument(
         "--numpy-rand-seed", type=int, default=123, help="seed of everything: data, initialisation, shuffling"
     )

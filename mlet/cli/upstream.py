@@ -206,7 +206,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
     ),
     _works("--lr-num-warmup-steps"),
     _works("--lr-decay-start-step"),
-    _works("--lr-num-decay-steps", "same meaning; the rate holds the base rate between warm-up and decay"),
+    _works(
+        "--lr-num-decay-steps",
+        "same meaning, upstream's rate at every step, but the base rate holds between warm-up and decay "
+        "(upstream: the last warm-up rate)",
+    ),
     # the MLET authors' fork (benghaem/dlrm_mlet): its own flags
     _refused("--enable-linp", MLET_HINT, origin=FORK),
     _refused("--enable-linp-up", "the up-projection after MLET is not part of MLET here; " + MLET_HINT, origin=FORK),

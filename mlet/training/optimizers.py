@@ -364,12 +364,17 @@ def build_optimizer(
 
 @dataclass(frozen=True)
 class LRPolicy:
-    """Upstream DLRM's schedule, without its quirks.
+    """Upstream DLRM's schedule (its ``LRPolicyScheduler``), iteration by iteration.
 
-    Step ``s`` (0-based) uses ``base * scale(s)``: ``(s + 1) / warmup`` during the
-    first ``warmup`` steps; 1 until ``decay_start``; then ``((D - k) / D) ** 2``
-    for the ``k``-th of ``D = decay_steps`` steps, floored at ``1e-7 / base``
-    (upstream's minimum learning rate), and held at that floor afterwards.
+    Upstream's torch scheduler has stepped once before the first optimizer step, so
+    step ``s`` (0-based) uses its count ``c = s + 1``. Step ``s`` uses ``base * scale``:
+    ``c / warmup`` while ``c < warmup``; with ``D = decay_steps > 0`` and ``c >= decay_start``,
+    ``((D - k) / D) ** 2`` with ``k = c - decay_start`` (so the decay's first step, at
+    ``s = decay_start - 1``, is still the base rate), floored at 1e-7 (upstream's minimum),
+    and after the decay the last decayed rate (``base / D**2``) holds; otherwise the base rate.
+    One deliberate difference: between warm-up and decay the base rate holds, where upstream
+    holds its last warm-up rate, ``(warmup - 1) / warmup`` of the base (and fails when there
+    is no warm-up step to hold).
     """
 
     base_lr: float
@@ -378,11 +383,12 @@ class LRPolicy:
     decay_steps: int = 0
 
     def lr(self, step: int) -> float:
-        """Learning rate of step ``step``."""
-        if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
-        if self.decay_steps > 0 and step >= self.decay_start:
-            done = min(step - self.decay_start, self.decay_steps)
+        """Learning rate of step ``step`` (0-based)."""
+        count = step + 1
+        if count < self.warmup_steps:
+            return self.base_lr * count / self.warmup_steps
+        if self.decay_steps > 0 and count >= self.decay_start:
+            done = min(count - self.decay_start, self.decay_steps - 1)
             return max(
                 self.base_lr * ((self.decay_steps - done) / self.decay_steps) ** 2, min(MIN_DECAYED_LR, self.base_lr)
             )
