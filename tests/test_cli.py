@@ -352,3 +352,14 @@ def test_the_data_line_says_when_num_batches_caps_an_epoch(tmp_path, capsys) -> 
     assert code == 0, err
     batches = int(re.search(r"train [\d,]+ samples \((\d+) batches, 3 an epoch \(--num-batches\)\)", out).group(1))
     assert batches > 3
+
+
+def test_flags_that_change_nothing_here_are_named(capsys) -> None:
+    """--mlet-init without MLET, and the GPU's --tf32 and --data-on-device=on without --use-gpu, each get a line."""
+    code, out, err = run_cli([*TINY, "--mlet-init=xavier", "--tf32", "--data-on-device=on"], capsys)
+    assert code == 0, err
+    assert "--mlet-init: ignored without --mlet-hidden" in out
+    assert "--tf32: ignored without --use-gpu" in out
+    assert "--data-on-device=on: without --use-gpu the data stays in host memory" in out
+    assert not configs.run_config([*TINY, "--mlet-init=xavier", "--mlet-hidden=8"]).notes
+    assert not configs.run_config([*TINY, "--mlet-init=normal", "--tf32=false", "--data-on-device=off"]).notes

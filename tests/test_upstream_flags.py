@@ -14,6 +14,7 @@ import dlrm_mlet
 from mlet.cli import configs
 from mlet.cli.upstream import FLAGS, FORK, UPSTREAM, WORKS
 from mlet.core.config import TrainConfig
+from mlet.core.errors import UserError
 from mlet.training.losses import loss_function
 
 # Every flag of upstream's dlrm_s_pytorch.py (its argparse block) and the fork's own flags.
@@ -210,8 +211,19 @@ def test_torch_launch_rank_flags_are_accepted(capsys) -> None:
 
 
 def test_fork_optim_is_optimizer() -> None:
-    assert configs.parse_args([*TINY, "--optim=adagrad"]).optimizer == "adagrad"
-    assert configs.parse_args(TINY).optimizer == "sgd"
+    """--optim names the optimizer alone or beside an --optimizer that agrees; the snapshot keeps the one name."""
+    for flags in (["--optim=adagrad"], ["--optimizer=adagrad"], ["--optim=adagrad", "--optimizer=adagrad"]):
+        run = configs.run_config([*TINY, *flags])
+        assert run.train.optimizer == "adagrad" and run.flags is not None
+        assert run.flags["optimizer"] == "adagrad" and "optim" not in run.flags
+    assert configs.run_config(TINY).train.optimizer == "sgd"
+
+
+@pytest.mark.parametrize("flags", [["--optimizer=adagrad", "--optim=sgd"], ["--optim=adagrad", "--optimizer=sgd"]])
+def test_fork_optim_disagreeing_with_optimizer_is_refused(flags: list[str]) -> None:
+    """Giving both names with different values stops with one line, whichever comes last (argparse kept the last)."""
+    with pytest.raises(UserError, match=r"^--optim: the MLET fork's name of --optimizer.*give one of the two$"):
+        configs.run_config([*TINY, *flags])
 
 
 def test_loss_threshold_clamps_probabilities_as_upstream() -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from mlet.cli import reduction
-from mlet.cli.parser import DEFAULT_EMBEDDING_SIZE, build_parser
+from mlet.cli.parser import DEFAULT_EMBEDDING_SIZE, DEFAULT_OPTIMIZER, build_parser
 from mlet.cli.reporting import Reporting, check_reporting_files, reporting_config, reporting_files
 from mlet.cli.upstream import check_foreign_flags
 from mlet.core.config import (
@@ -160,28 +160,54 @@ def check_counts(args: argparse.Namespace) -> None:
         raise UserError("--lr-decay-start-step: must not come before the end of warm-up (--lr-num-warmup-steps)")
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """How to train, log and checkpoint (``--embedding-update=auto`` resolved); checked."""
-    loss_weights = parse_loss_weights(args.loss_weights)
-    if args.embedding_update == "fused" and args.optimizer not in FUSED_OPTIMIZERS:
+def resolve_optimizer(args: argparse.Namespace) -> str:
+    """``--optimizer``, or the MLET fork's ``--optim`` naming it; given both, they must agree."""
+    if args.optimizer is not None and args.optim is not None and args.optimizer != args.optim:
         raise UserError(
-            f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {args.optimizer}"
+            f"--optim: the MLET fork's name of --optimizer, given as {args.optim} beside --optimizer={args.optimizer};"
+            " give one of the two"
         )
-    if args.embedding_update == "autograd" and args.optimizer not in TORCH_OPTIMIZERS:
+    return args.optimizer or args.optim or DEFAULT_OPTIMIZER
+
+
+def ignored_flag_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
+    """One log line for each flag given where it changes nothing: MLET's ``--mlet-init`` without MLET, the GPU's
+    ``--tf32`` on a CPU, and ``--data-on-device=on`` on a CPU (no device memory beside the host's)."""
+    lines = []
+    if args.mlet_init != defaults.mlet_init and not args.mlet_hidden:
+        lines.append("--mlet-init: ignored without --mlet-hidden (it initialises MLET's projection)")
+    if args.tf32 and not args.use_gpu:
+        lines.append("--tf32: ignored without --use-gpu (TF32 is a GPU's matrix format)")
+    if args.data_on_device == "on" and not args.use_gpu:
+        lines.append(
+            "--data-on-device=on: without --use-gpu the data stays in host memory (batches are cut from it as on a GPU)"
+        )
+    return lines
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """How to train, log and checkpoint (``--optim`` and ``--embedding-update=auto`` resolved); checked."""
+    loss_weights = parse_loss_weights(args.loss_weights)
+    optimizer = resolve_optimizer(args)
+    if args.embedding_update == "fused" and optimizer not in FUSED_OPTIMIZERS:
         raise UserError(
-            f"--embedding-update=autograd: --optimizer {args.optimizer} runs only with the fused table update"
+            f"--embedding-update=fused: supports --optimizer {' or '.join(FUSED_OPTIMIZERS)}, not {optimizer}"
+        )
+    if args.embedding_update == "autograd" and optimizer not in TORCH_OPTIMIZERS:
+        raise UserError(
+            f"--embedding-update=autograd: --optimizer {optimizer} runs only with the fused table update"
             " (--embedding-update=fused or auto)"
         )
     embedding_update = args.embedding_update
     if embedding_update == "auto":
-        embedding_update = "fused" if args.optimizer in FUSED_OPTIMIZERS else "autograd"
+        embedding_update = "fused" if optimizer in FUSED_OPTIMIZERS else "autograd"
     if args.compile != "none" and not (args.use_gpu and args.cuda_graph and embedding_update == "fused"):
         raise UserError(
             f"--compile={args.compile}: compiles the CUDA-graph training step, which needs --use-gpu, --cuda-graph"
             " and the fused embedding update"
         )
     return TrainConfig(
-        optimizer=args.optimizer,
+        optimizer=optimizer,
         learning_rate=args.learning_rate,
         embedding_update=embedding_update,
         loss_function=args.loss_function,
@@ -313,6 +339,8 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
     """The flags as checkpoints and results keep them: every flag's value (those the checks resolve, resolved)
     and the architecture in list form (``table_sizes``, ``bottom_mlp``, ``top_mlp``, ``loss_weights_pair``)."""
     flags = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    flags["optimizer"] = run.train.optimizer
+    del flags["optim"]
     flags["embedding_update"] = run.train.embedding_update
     flags["max_ind_range"] = run.data.dataset.max_ind_range if run.data.dataset is not None else 0
     if run.data.dataset is not None:
@@ -327,7 +355,8 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
 def validate(args: argparse.Namespace) -> Run:
     """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
-    notes += reduction.unused_reduction_flags(args, build_parser().parse_args([]))
+    defaults = build_parser().parse_args([])
+    notes += reduction.unused_reduction_flags(args, defaults) + ignored_flag_notes(args, defaults)
     model = model_config(args)
     check_counts(args)
     train = train_config(args)

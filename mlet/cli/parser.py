@@ -19,6 +19,7 @@ from mlet.parallel import process_group
 PROG = "dlrm_mlet.py"
 DEFAULT_EMBEDDING_SIZE = "4-3-2"
 NO_QUANTIZATION = 32  # --quantize-emb-with-bit: float tables, upstream's default
+DEFAULT_OPTIMIZER = "sgd"
 DESCRIPTION = """dlrm-mlet: train DLRM with plain or MLET (two-layer) embedding tables.
 
 Upstream DLRM's flags keep their names and meanings (docs/upstream.md: every
@@ -153,13 +154,17 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         default=0.0,
         help="t in (0, 0.5): clamp predicted probabilities to [t, 1-t] in the loss, as upstream (default: 0, off)",
     )
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer of tables and MLPs")
+    train.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help=f"optimizer of tables and MLPs (default: {DEFAULT_OPTIMIZER})",
+    )
     train.add_argument(
         "--optim",
         choices=OPTIMIZERS,
-        dest="optimizer",
-        default=argparse.SUPPRESS,
-        help="the MLET fork's name of --optimizer (default: as --optimizer)",
+        default=None,
+        help="the MLET fork's name of --optimizer (default: as --optimizer; both given must agree)",
     )
     train.add_argument(
         "--embedding-update",

@@ -236,7 +236,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
         accepted=("none",),
         origin=FORK,
     ),
-    _works("--optim", "the fork's name of --optimizer (sgd, adagrad)", origin=FORK),
+    _works(
+        "--optim",
+        "the fork's name of --optimizer (sgd, adagrad); given beside --optimizer, the two must agree",
+        origin=FORK,
+    ),
     _refused("--dump-emb-init", "use --save-model (the checkpoint holds the tables)", origin=FORK),
     _refused("--enable-rp", "random projections are not supported; MLET is --mlet-hidden", origin=FORK),
     _refused("--rp-file", "random projections are not supported; MLET is --mlet-hidden", takes_value=True, origin=FORK),
