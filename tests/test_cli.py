@@ -37,6 +37,10 @@ from mlet.training.trainer import eager_steps_note
         (["--loss-function=wbce", "--loss-weights=1.0"], "--loss-weights"),
         (["--inference-only"], "--inference-only"),
         (["--round-targets=maybe"], "--round-targets"),
+        (["--rand-data-dist=bogus"], "--rand-data-dist"),
+        (["--rand-data-dist=gaussian", "--rand-data-sigma=0"], "--rand-data-sigma: must be > 0"),
+        (["--rand-data-dist=gaussian", "--rand-data-min=5", "--rand-data-max=2"], "--rand-data-max: must be >="),
+        (["--rand-data-mu=nan"], "--rand-data-mu: must be a finite number"),
         (["--lr-num-warmup-steps=10", "--lr-decay-start-step=5", "--lr-num-decay-steps=5"], "--lr-decay-start-step"),
         (["--mini-batch-size=0"], "--mini-batch-size"),
         (["--save-freq=5"], "--save-freq"),
@@ -352,6 +356,24 @@ def test_the_data_line_says_when_num_batches_caps_an_epoch(tmp_path, capsys) -> 
     assert code == 0, err
     batches = int(re.search(r"train [\d,]+ samples \((\d+) batches, 3 an epoch \(--num-batches\)\)", out).group(1))
     assert batches > 3
+
+
+def test_random_data_draws_as_the_flags_say(capsys) -> None:
+    """Upstream's --rand-data-* and --round-targets reach the random data (the log names how it is drawn); their
+    settings without gaussian ids, or without random data, are named as ignored."""
+    code, out, err = run_cli([*TINY, "--rand-data-dist=gaussian", "--rand-data-max=20", "--rand-data-sigma=4"], capsys)
+    assert code == 0, err
+    assert "random (gaussian ids (mu the middle, sigma 4, within [0, 20]), soft labels)" in out
+    assert "ignored" not in out
+    code, out, err = run_cli([*TINY, "--round-targets", "--rand-data-mu=3"], capsys)
+    assert code == 0, err
+    assert (
+        "random (uniform ids, 0/1 labels)" in out and "--rand-data-mu: ignored without --rand-data-dist=gaussian" in out
+    )
+    run = configs.run_config([*TINY, "--rand-data-dist=gaussian", "--rand-data-min=1", "--rand-data-mu=2"])
+    assert (run.data.random.distribution, run.data.random.low, run.data.random.mu) == ("gaussian", 1.0, 2.0)
+    synthetic = configs.run_config([*TINY, "--data-generation=synthetic", "--rand-data-dist=gaussian"])
+    assert synthetic.notes == ("--rand-data-dist: ignored: only --data-generation=random draws ids",)
 
 
 def test_flags_that_change_nothing_here_are_named(capsys) -> None:

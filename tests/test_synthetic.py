@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dlrm_mlet
+from mlet.core.config import RandomConfig
 from mlet.data import synthetic as synthetic_data
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
@@ -58,6 +59,46 @@ def test_random_batches_any_order_and_bag_sizes() -> None:
     assert lengths.min() >= 1 and lengths.max() <= 3
     bounds = sparse.table_boundaries()
     assert sparse.indices[bounds[1] :].max() < 5
+
+
+def upstream_gaussian_ids(draws: np.ndarray, low: float, high: float, rows: np.ndarray) -> np.ndarray:
+    """Upstream's rule on standard-normal-scaled ``draws``: clip to [low, high], truncate (astype); and here the
+    table's rows bound them too."""
+    return np.minimum(np.clip(draws, low, high).astype(np.int64), rows - 1)
+
+
+@pytest.mark.parametrize(("low", "high", "mu", "sigma"), [(0.0, 1.0, -1.0, 1.0), (2.0, 40.0, 9.5, 6.0)])
+def test_gaussian_ids_follow_upstreams_rule(low: float, high: float, mu: float, sigma: float) -> None:
+    """Each id is N(mu, sigma) (mu -1: the middle of [low, high]) clipped and truncated as upstream's numpy code
+    does, on the same draws; a table smaller than --rand-data-max bounds its ids."""
+    random = RandomConfig("gaussian", low, high, mu, sigma)
+    source = RandomBatches(10, 10, [100], 13, random=random)
+    rows = torch.tensor([100] * 3000 + [7] * 3000)
+    ids = source.draw_ids(rows, torch.Generator().manual_seed(5))
+    centre = (low + high) / 2 if mu == -1 else mu
+    draws = torch.randn(6000, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * sigma + centre
+    np.testing.assert_array_equal(ids.numpy(), upstream_gaussian_ids(draws.numpy(), low, high, rows.numpy()))
+    assert ids.min() >= low and ids[:3000].max() <= high and ids[3000:].max() <= 6
+    if mu != -1:  # mostly inside [low, high]: the mean of truncated N(9.5, 6) is near 9
+        assert abs(ids[:3000].float().mean().item() - 9.0) < 0.5
+
+
+def test_random_ids_uniform_by_default_and_gaussian_when_asked() -> None:
+    """Uniform ids spread over the table; gaussian ids of upstream's defaults (N(0.5, 1) within [0, 1]) are 0 or 1."""
+    uniform = RandomBatches(2000, 2000, [1000], 13, indices_per_lookup=1).make_batch(0)[1].indices
+    assert uniform.max() > 900 and uniform.unique().numel() > 500
+    gaussian = RandomBatches(2000, 2000, [1000], 13, indices_per_lookup=1, random=RandomConfig("gaussian"))
+    ids = gaussian.make_batch(0)[1].indices
+    assert set(ids.unique().tolist()) == {0, 1}
+
+
+def test_random_labels_soft_unless_rounded() -> None:
+    """Upstream's labels: a uniform draw per sample, rounded to 0/1 with --round-targets (the same draws)."""
+    soft = RandomBatches(4000, 4000, [50], 13, seed=3).make_batch(0)[2]
+    hard = RandomBatches(4000, 4000, [50], 13, seed=3, random=RandomConfig(round_targets=True)).make_batch(0)[2]
+    assert soft.min() >= 0 and soft.max() < 1 and soft.unique().numel() > 3000
+    assert torch.equal(hard, soft.round()) and set(hard.unique().tolist()) == {0.0, 1.0}
+    assert abs(hard.mean().item() - 0.5) < 0.05
 
 
 def train_synthetic(tmp_path, dim: int) -> dict:

@@ -23,6 +23,7 @@ from mlet.core.config import (
     DatasetConfig,
     MixedDimensionConfig,
     ModelConfig,
+    RandomConfig,
     SyntheticConfig,
     TrainConfig,
 )
@@ -238,6 +239,47 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+GAUSSIAN_ID_FLAGS = ("--rand-data-min", "--rand-data-max", "--rand-data-mu", "--rand-data-sigma")
+"""Upstream's settings of gaussian random ids (``--rand-data-dist=gaussian``)."""
+
+
+def random_config(args: argparse.Namespace) -> RandomConfig:
+    """How random data draws ids and labels (upstream's ``--rand-data-*``, ``--round-targets``); checked."""
+    for flag in GAUSSIAN_ID_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not math.isfinite(value):
+            raise UserError(f"{flag}: must be a finite number, got {value}")
+    if args.rand_data_sigma <= 0:
+        raise UserError(f"--rand-data-sigma: must be > 0, got {args.rand_data_sigma}")
+    if args.rand_data_max < args.rand_data_min:
+        raise UserError(
+            f"--rand-data-max: must be >= --rand-data-min ({args.rand_data_min:g}), got {args.rand_data_max:g}"
+        )
+    return RandomConfig(
+        distribution=args.rand_data_dist,
+        low=args.rand_data_min,
+        high=args.rand_data_max,
+        mu=args.rand_data_mu,
+        sigma=args.rand_data_sigma,
+        round_targets=args.round_targets,
+    )
+
+
+def random_id_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
+    """One log line for each ``--rand-data-*`` setting that draws nothing: without random data, or a gaussian
+    setting with uniform ids (upstream ignores them silently)."""
+    given = [
+        flag
+        for flag in ("--rand-data-dist", *GAUSSIAN_ID_FLAGS)
+        if getattr(args, flag[2:].replace("-", "_")) != getattr(defaults, flag[2:].replace("-", "_"))
+    ]
+    if args.data_generation != "random":
+        return [f"{flag}: ignored: only --data-generation=random draws ids" for flag in given]
+    if args.rand_data_dist != "gaussian":
+        return [f"{flag}: ignored without --rand-data-dist=gaussian" for flag in given]
+    return []
+
+
 def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetConfig | None) -> DataConfig:
     """Where batches come from: generated data of ``model``'s tables, or ``dataset`` (its sizes checked
     against an explicit ``--arch-embedding-size``, and its dense width against ``--arch-mlp-bot``)."""
@@ -267,6 +309,7 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
         synthetic=SyntheticConfig(
             **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}
         ),
+        random=random_config(args),
         dataset=dataset,
         progress=args.progress,
         placement=args.data_on_device,
@@ -357,6 +400,7 @@ def validate(args: argparse.Namespace) -> Run:
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
     defaults = build_parser().parse_args([])
     notes += reduction.unused_reduction_flags(args, defaults) + ignored_flag_notes(args, defaults)
+    notes += random_id_notes(args, defaults)
     model = model_config(args)
     check_counts(args)
     train = train_config(args)

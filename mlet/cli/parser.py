@@ -10,7 +10,15 @@ import argparse
 
 from mlet.cli.reporting import add_reporting_flags
 from mlet.cli.upstream import add_foreign_flags
-from mlet.core.config import COMPILE_MODES, DATA_GENERATIONS, INTERACTIONS, LOSSES, OPTIMIZERS, QR_OPERATIONS
+from mlet.core.config import (
+    COMPILE_MODES,
+    DATA_GENERATIONS,
+    INTERACTIONS,
+    LOSSES,
+    OPTIMIZERS,
+    QR_OPERATIONS,
+    RANDOM_ID_DISTRIBUTIONS,
+)
 from mlet.core.errors import OneLineParser, add_bool
 from mlet.data.device import PLACEMENTS
 from mlet.data.flags import add_dataset_flags
@@ -124,7 +132,13 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--num-workers", type=int, default=-1, help="threads assembling training batches (-1: 1 on CPU, 4 on GPU)"
     )
-    add_bool(data, "--round-targets", False, "round labels to 0/1 (metrics always use rounded labels)")
+    add_bool(
+        data,
+        "--round-targets",
+        False,
+        "random data: 0/1 labels (otherwise soft labels, uniform in [0, 1), as upstream); metrics always round labels",
+    )
+    add_random_id_flags(data)
     data.add_argument(
         "--data-on-device",
         choices=PLACEMENTS,
@@ -140,6 +154,22 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     synth.add_argument("--synthetic-dense-std", type=float, default=0.5, help="logit weight of the dense term")
     synth.add_argument("--synthetic-noise-std", type=float, default=0.0, help="extra Gaussian logit noise")
     synth.add_argument("--synthetic-positive-rate", type=float, default=0.25, help="target share of clicks")
+
+
+def add_random_id_flags(data: argparse._ActionsContainer) -> None:
+    """How ``--data-generation=random`` draws ids: upstream's ``--rand-data-*`` flags and defaults."""
+    data.add_argument(
+        "--rand-data-dist",
+        choices=RANDOM_ID_DISTRIBUTIONS,
+        default="uniform",
+        help="random ids: uniform over each table, or gaussian (N(mu, sigma) within [min, max] and the table)",
+    )
+    data.add_argument("--rand-data-min", type=float, default=0.0, help="gaussian ids: the smallest id")
+    data.add_argument("--rand-data-max", type=float, default=1.0, help="gaussian ids: the largest id")
+    data.add_argument(
+        "--rand-data-mu", type=float, default=-1.0, help="gaussian ids: the mean (default: -1, the middle of min-max)"
+    )
+    data.add_argument("--rand-data-sigma", type=float, default=1.0, help="gaussian ids: the standard deviation")
 
 
 def add_training_flags(train: argparse._ActionsContainer) -> None:

@@ -25,6 +25,7 @@ DATA_GENERATIONS = ("random", "synthetic", "dataset")
 DATA_SETS = ("kaggle", "terabyte", "avazu")
 EVAL_SPLITS = ("test", "val")
 QR_OPERATIONS = ("mult", "add", "concat")
+RANDOM_ID_DISTRIBUTIONS = ("uniform", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,24 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class RandomConfig:
+    """Upstream's random data (``--data-generation=random``; see :class:`mlet.data.synthetic.RandomBatches`).
+
+    ``distribution`` of the ids: ``uniform`` over each table, or ``gaussian``: N(``mu``, ``sigma``) (``mu``
+    -1: the middle of [``low``, ``high``]) clipped to [``low``, ``high``] and to the table, then truncated to an
+    integer (upstream's ``--rand-data-*``). ``round_targets``: labels 0 or 1; otherwise each label is a uniform
+    draw in [0, 1), upstream's soft labels.
+    """
+
+    distribution: str = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    mu: float = -1.0
+    sigma: float = 1.0
+    round_targets: bool = False
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     """A real data set (``--data-generation=dataset``): which file, which split, which vocabulary."""
 
@@ -244,6 +263,7 @@ class DataConfig:
     seed: int = 123
     eval_split: str = "test"
     synthetic: SyntheticConfig = SyntheticConfig()
+    random: RandomConfig = RandomConfig()
     dataset: DatasetConfig | None = None
     progress: bool = True
     placement: str = "auto"  # --data-on-device: hold the data in device memory (auto, on, off)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures
-from mlet.core.config import DataConfig, DatasetConfig
+from mlet.core.config import DataConfig, DatasetConfig, RandomConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
 from mlet.data.preprocessing.cache import prepare_dataset
@@ -266,6 +266,16 @@ def test_samples(config: DataConfig) -> int:
     return config.test_samples if config.test_samples is not None else min(max(config.train_samples // 4, 1), 1 << 18)
 
 
+def random_description(random: RandomConfig) -> str:
+    """The log's words for upstream-style random data: how its ids and labels are drawn."""
+    if random.distribution == "gaussian":
+        mu = "the middle" if random.mu == -1 else f"{random.mu:g}"
+        ids = f"gaussian ids (mu {mu}, sigma {random.sigma:g}, within [{random.low:g}, {random.high:g}])"
+    else:
+        ids = "uniform ids"
+    return f"random ({ids}, {'0/1' if random.round_targets else 'soft'} labels)"
+
+
 def build_data(config: DataConfig) -> DataBundle:
     """The train and evaluation sources ``config`` describes."""
     if config.dataset is not None:
@@ -284,10 +294,11 @@ def build_data(config: DataConfig) -> DataBundle:
             indices_per_lookup=config.indices_per_lookup,
             fixed=config.indices_per_lookup_fixed,
             seed=config.seed,
+            random=config.random,
         )
         train = RandomSource(RandomBatches(train_n, config.batch_size, split=TRAIN, **common))
         test = RandomSource(RandomBatches(test_n, config.test_batch_size, split=evaluate, **common))
-        desc = "random (uniform ids, random labels)"
+        desc = random_description(config.random)
     else:
         model = ClickModel(click_model_config(config, table_sizes))
         samples = synthetic_source(model, train_n, TRAIN, config.batch_size, shuffle=True, seed=config.seed)

@@ -1,7 +1,8 @@
 """Generated data: upstream-style random batches and the synthetic click model.
 
 * :class:`RandomBatches` is DLRM's ``--data-generation=random``: uniform dense
-  features, uniform ids, random 0/1 labels; for speed runs, nothing to learn.
+  features, uniform (or upstream's gaussian) ids, uniform soft labels (0/1 with
+  ``--round-targets``); for speed runs, nothing to learn.
 * :class:`ClickModel` is ``--data-generation=synthetic``: a click log with a
   planted signal, on which the paper's question (does a wider, or a two-layer,
   embedding learn more?) can be asked without the real data. Each categorical
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from mlet.core.batch import SparseFeatures
-from mlet.core.config import SyntheticConfig
+from mlet.core.config import RandomConfig, SyntheticConfig
 from mlet.core.errors import UserError
 
 DENSE_FEATURES = 13
@@ -46,7 +47,8 @@ class RandomBatches:
     """Upstream DLRM's random data, generated per batch (any batch, any order).
 
     Bags hold between 1 and ``indices_per_lookup`` ids (exactly that many when
-    ``fixed``), as upstream's ``--num-indices-per-lookup[-fixed]``.
+    ``fixed``), as upstream's ``--num-indices-per-lookup[-fixed]``; ``random``
+    says how ids and labels are drawn (:class:`~mlet.core.config.RandomConfig`).
     """
 
     def __init__(
@@ -59,7 +61,9 @@ class RandomBatches:
         fixed: bool = True,
         seed: int = 0,
         split: int = 0,
+        random: RandomConfig | None = None,
     ) -> None:
+        self.random = random or RandomConfig()
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.table_sizes = torch.tensor(list(table_sizes), dtype=torch.int64)
@@ -83,17 +87,27 @@ class RandomBatches:
             lengths = torch.randint(1, self.indices_per_lookup + 1, (num_tables, size), generator=gen)
         lengths = torch.minimum(lengths, self.table_sizes[:, None])
         table_of_index = torch.arange(num_tables).repeat_interleave(lengths.sum(1))
-        indices = (
-            torch.rand(table_of_index.numel(), generator=gen, dtype=torch.float64) * self.table_sizes[table_of_index]
-        ).long()
+        indices = self.draw_ids(self.table_sizes[table_of_index], gen)
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.flatten().cumsum(0)])
-        labels = torch.randint(0, 2, (size,), generator=gen).float()
+        labels = torch.rand(size, generator=gen)
+        if self.random.round_targets:
+            labels = labels.round()
         one_hot = self.fixed and self.indices_per_lookup == 1
         return dense, SparseFeatures(indices, offsets, num_tables, one_hot, max_bag=self.indices_per_lookup), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, SparseFeatures, torch.Tensor]]:
         for i in range(len(self)):
             yield self.make_batch(i)
+
+    def draw_ids(self, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One id for each entry of ``rows`` (the rows of the table it indexes), drawn as ``random`` says."""
+        if self.random.distribution == "uniform":
+            return (torch.rand(rows.numel(), generator=gen, dtype=torch.float64) * rows).long()
+        r = self.random
+        mu = (r.low + r.high) / 2 if r.mu == -1 else r.mu
+        draws = torch.randn(rows.numel(), generator=gen, dtype=torch.float64) * r.sigma + mu
+        ids = draws.clamp(r.low, r.high).long()  # truncated toward zero, as upstream's astype(int64)
+        return torch.minimum(ids.clamp(min=0), rows - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
