@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT
+from helpers import TINY as RANDOM_TINY
 
 import checkpoint
 import dlrm_mlet
@@ -690,3 +691,37 @@ def test_rng_state_roundtrip() -> None:
     restore_rng_state(saved)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+# -- the best model (--save-best) ------------------------------------------------------
+
+
+def test_save_best_keeps_the_model_of_the_best_test(tmp_path, capsys) -> None:
+    """--save-best writes a checkpoint at each test that improves the best AUC (the model upstream's --save-model
+    keeps): evaluated, it gives the best AUC; --save-model still holds the last state."""
+    flags = [*RANDOM_TINY, "--test-freq=2", "--numpy-rand-seed=2"]
+    best, last, out = tmp_path / "best.pt", tmp_path / "last.pt", tmp_path / "run.json"
+    code = dlrm_mlet.main([*flags, f"--save-best={best}", f"--save-model={last}", f"--results-json={out}"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    results = json.loads(out.read_text())
+    aucs = [h["auc"] for h in results["history"]]
+    improvements = sum(auc > max(aucs[:i], default=-1.0) for i, auc in enumerate(aucs))
+    assert 1 < improvements < len(aucs) and stdout.count(f"saved {best} (best auc)") == improvements
+    assert results["best"]["iteration"] < results["final"]["iteration"]  # this seed's best test is not its last
+    assert load_checkpoint(best)["position"]["iteration"] == results["best"]["iteration"]
+    assert evaluate(flags, best, tmp_path / "b.json", capsys)["final"]["auc"] == results["best"]["auc"]
+    assert evaluate(flags, last, tmp_path / "l.json", capsys)["final"]["auc"] == results["final"]["auc"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--save-best=a.pt", "--save-model=./a.pt"], "--save-best"),
+        (["--inference-only", f"--load-model={ROOT / 'README.md'}", "--save-best=b.pt"], "--save-best: not with"),
+        ([f"--load-model={ROOT / 'README.md'}", f"--save-best={ROOT / 'README.md'}"], "--save-best"),
+    ],
+)
+def test_save_best_conflicts_are_one_line(flags: list[str], named: str) -> None:
+    with pytest.raises(UserError, match=named):
+        configs.run_config([*RANDOM_TINY, *flags])

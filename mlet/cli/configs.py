@@ -236,6 +236,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         progress=args.progress,
         save_model=args.save_model,
         save_freq=args.save_freq,
+        save_best=args.save_best,
     )
 
 
@@ -332,11 +333,12 @@ def check_run_files(args: argparse.Namespace) -> None:
             "--save-collapsed: not with --inference-only; "
             "collapse a saved checkpoint with: python checkpoint.py collapse IN OUT"
         )
-    if args.inference_only and args.save_model:
-        raise UserError(
-            "--save-model: not with --inference-only (nothing is trained); "
-            "collapse a checkpoint with: python checkpoint.py collapse IN OUT"
-        )
+    for flag, path in (("--save-model", args.save_model), ("--save-best", args.save_best)):
+        if args.inference_only and path:
+            raise UserError(
+                f"{flag}: not with --inference-only (nothing is trained); "
+                "collapse a checkpoint with: python checkpoint.py collapse IN OUT"
+            )
     if args.use_gpu and not torch.cuda.is_available():
         raise UserError("--use-gpu: no CUDA device is available")
     process_group.check_backend(args.dist_backend, args.use_gpu)
@@ -347,6 +349,7 @@ def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
     the writing process)."""
     outputs = {
         "--save-model": args.save_model,
+        "--save-best": args.save_best,
         "--save-collapsed": args.save_collapsed,
         "--results-json": args.results_json,
     }
@@ -355,6 +358,7 @@ def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
         check_distinct_outputs(
             {
                 "--load-model": args.load_model,
+                "--save-best": args.save_best,
                 "--results-json": args.results_json,
                 "--save-collapsed": args.save_collapsed,
             }

@@ -284,6 +284,13 @@ def add_checkpoint_flags(ckpt: argparse._ActionsContainer) -> None:
         "--save-freq", type=int, default=0, help="also checkpoint every N iterations (0: at the end only)"
     )
     ckpt.add_argument(
+        "--save-best",
+        type=str,
+        default="",
+        help="also write the checkpoint of the model at each test that improves the best AUC here (the model"
+        " upstream's --save-model keeps)",
+    )
+    ckpt.add_argument(
         "--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint"
     )
     ckpt.add_argument(

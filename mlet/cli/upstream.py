@@ -190,7 +190,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
         "upstream itself stops with an error for it (it needs pytorchviz); use --enable-profiling",
     ),
     _works("--tensor-board-filename", "TensorBoard scalars in that folder; off unless given (upstream: always)"),
-    _works("--save-model", "same meaning; the checkpoint resumes exactly and holds more (see docs/checkpoints.md)"),
+    _works(
+        "--save-model",
+        "the latest state (at the end and every --save-freq), for an exact resume; upstream writes it at each test"
+        " that beats its best accuracy, the best model: that is --save-best here (see docs/checkpoints.md)",
+    ),
     _works(
         "--load-model",
         "same meaning; upstream's own checkpoints are named and refused (other module names, no architecture stored)",

@@ -311,3 +311,4 @@ class TrainConfig:
     progress: bool = True
     save_model: str = ""
     save_freq: int = 0
+    save_best: str = ""  # also checkpoint the model here at each test that improves the best AUC

@@ -260,6 +260,7 @@ BOOKKEEPING = {
     "load_model",
     "save_model",
     "save_freq",
+    "save_best",
     "save_collapsed",
     "results_json",
     "print_freq",

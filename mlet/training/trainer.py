@@ -142,11 +142,12 @@ class Trainer:
             distributed=self.parallel.record(),
         )
 
-    def save(self) -> None:
-        """Write the resumable checkpoint (``--save-model``); every process gathers, rank 0 writes."""
+    def save(self, path: str | None = None) -> None:
+        """Write the resumable checkpoint to ``path`` (default: ``--save-model``); every process gathers, rank 0
+        writes."""
         state = self.state()
         if self.parallel.is_main:
-            atomic_save(state.to_checkpoint(), self.config.save_model)
+            atomic_save(state.to_checkpoint(), path or self.config.save_model)
 
     def load(self, ckpt: dict, path: str, evaluate_only: bool = False) -> None:
         """Take over a ``--load-model`` checkpoint: resume it, start from its weights, or (``evaluate_only``)
@@ -246,13 +247,14 @@ class Trainer:
 
     def test(self) -> dict:
         """Evaluate on the whole test set (the validation split under ``--eval-split=val``), log, remember the
-        best AUC, and note a stop threshold reached."""
+        best AUC (``--save-best``: checkpoint its model), and note a stop threshold reached."""
         progress = self.epoch + 1 + self.batch / max(self.batches_per_epoch, 1)
         self.notify("testing", progress)
         result = self.evaluate(self.data.test, self.data.eval_split)
         self.notify("tested", result, progress)
         self.history.append(result)
-        if self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"]):
+        improved = self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"])
+        if improved:
             self.best = result
         precision = self.config.print_precision
         best_accuracy = max((h["accuracy"] for h in self.history if not math.isnan(h["accuracy"])), default=math.nan)
@@ -263,6 +265,9 @@ class Trainer:
             f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
+        if improved and self.config.save_best:
+            self.save(self.config.save_best)
+            log(f"saved {self.config.save_best} (best auc)")
         self.check_targets(result)
         return result
 
