@@ -253,16 +253,16 @@ class Trainer:
         result = self.evaluate(self.data.test, self.data.eval_split)
         self.notify("tested", result, progress)
         self.history.append(result)
-        improved = self.best is None or (result["auc"] or -1) > (self.best["auc"] or -1) or math.isnan(self.best["auc"])
-        if improved:
-            self.best = result
+        previous = self.best
+        improved = previous is None or (result["auc"] or -1) > (previous["auc"] or -1) or math.isnan(previous["auc"])
+        best = self.best = result if improved or previous is None else previous
         precision = self.config.print_precision
         best_accuracy = max((h["accuracy"] for h in self.history if not math.isnan(h["accuracy"])), default=math.nan)
         verb = "Validating" if self.data.eval_split == "val" else "Testing"  # upstream's line names test
         log(
             f"{verb} at - {self.batch}/{self.batches_per_epoch} of epoch {self.epoch},"
             f" loss {result['logloss']:.{precision + 1}f}, auc {result['auc']:.{precision - 1}f},"
-            f" best auc {self.best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
+            f" best auc {best['auc']:.{precision - 1}f}, accuracy {100 * result['accuracy']:3.3f} %,"
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
         if improved and self.config.save_best:
