@@ -112,7 +112,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
         "--data-generation",
         choices=DATA_GENERATIONS,
         default="random",
-        help="random: upstream's uniform ids and labels; synthetic: the click model; dataset: --data-set's files",
+        help="random: upstream's random ids and labels; synthetic: the click model; dataset: --data-set's files",
     )
     data.add_argument("--data-size", type=int, default=1, help="training samples of generated data")
     data.add_argument(
