@@ -39,9 +39,16 @@ OUTLIER_ATOL = (
 )
 ROW_WISE_OUTLIER_SHARE = 1e-2
 """Row-wise Adagrad magnifies it more, in its tables: each row moves by its gradient over the root of one
-accumulator, so a row whose gradients nearly cancel moves whole. On the CPU, gradients perturbed by a relative
-1e-6 left 86 of 9,712 elements of this test's table beyond the tolerance (Adagrad: 1); an H200 against the
-CPU, 18 in one of three runs. Its table rows and their accumulators get this share (the MLPs keep the other)."""
+accumulator, so a row whose gradients nearly cancel moves by about the learning rate, one way or the other.
+On the CPU, gradients perturbed by a relative 1e-6 left 86 of 9,712 elements of this test's table beyond the
+tolerance (Adagrad: 1); an H200 against the CPU, 18 in one of three runs while the schedule's last steps ran
+at 1e-7. Under upstream's schedule they keep base / D**2 (0.003 here), and an H200 left 548-557 (MLET, CUDA
+graph) in the order the tests run, 0-2 in other orders, some beyond :data:`OUTLIER_ATOL`. Its table rows and
+their accumulators get this share (the MLPs keep the other), and its runs the smaller :data:`ROW_WISE_RATE`."""
+ROW_WISE_RATE = 0.05
+"""Row-wise Adagrad's learning rate in the GPU-against-CPU runs: its differences scale with the rate (a
+near-cancelling row moves by about the rate), and 0.3 let them exceed :data:`OUTLIER_ATOL` under upstream's
+schedule."""
 
 
 def train(flags: list[str], out, name: str) -> tuple[dict, dict]:
@@ -85,7 +92,8 @@ def assert_close_runs(a: tuple[dict, dict], b: tuple[dict, dict], table_share: f
 @pytest.mark.parametrize("hidden", [0, 16])
 @pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
 def test_gpu_training_matches_cpu_training(optimizer: str, hidden: int, graph: bool, tmp_path) -> None:
-    flags = override_flags(FLAGS, f"--optimizer={optimizer}", f"--mlet-hidden={hidden}")
+    rate = [f"--learning-rate={ROW_WISE_RATE}"] if optimizer == "rwsadagrad" else []
+    flags = override_flags(FLAGS, f"--optimizer={optimizer}", f"--mlet-hidden={hidden}", *rate)
     cpu = train(flags, tmp_path, "cpu")
     gpu = train([*flags, "--use-gpu", f"--cuda-graph={graph}"], tmp_path, "gpu")
     assert gpu[1]["device"].startswith("cuda") and cpu[1]["device"] == "cpu"
