@@ -204,3 +204,13 @@ def fake_payload(spec: RunSpec, peak: float) -> dict:
         "device": "cpu",
         "torch": "fake",
     }
+
+
+def full_disk_save(obj: object, handle, *args, **kwargs) -> None:
+    """``torch.save`` on a full disk, as torch 2.13 reports it: its zip writer's RuntimeError, raised while the
+    OSError of the failed write is being handled."""
+    handle.write(b"PK\x03\x04partial")
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None

@@ -40,7 +40,7 @@ from mlet.training.trainer import eager_steps_note
         (["--rand-data-dist=bogus"], "--rand-data-dist"),
         (["--rand-data-dist=gaussian", "--rand-data-sigma=0"], "--rand-data-sigma: must be > 0"),
         (["--rand-data-dist=gaussian", "--rand-data-min=5", "--rand-data-max=2"], "--rand-data-max: must be >="),
-        (["--rand-data-mu=nan"], "--rand-data-mu: must be a finite number"),
+        (["--rand-data-dist=gaussian", "--rand-data-mu=nan"], "--rand-data-mu: must be a finite number"),
         (["--lr-num-warmup-steps=10", "--lr-decay-start-step=5", "--lr-num-decay-steps=5"], "--lr-decay-start-step"),
         (["--mini-batch-size=0"], "--mini-batch-size"),
         (["--save-freq=5"], "--save-freq"),
@@ -374,6 +374,12 @@ def test_random_data_draws_as_the_flags_say(capsys) -> None:
     assert (run.data.random.distribution, run.data.random.low, run.data.random.mu) == ("gaussian", 1.0, 2.0)
     synthetic = configs.run_config([*TINY, "--data-generation=synthetic", "--rand-data-dist=gaussian"])
     assert synthetic.notes == ("--rand-data-dist: ignored: only --data-generation=random draws ids",)
+    # settings that draw nothing are not checked either (upstream accepts them): named as ignored
+    uniform = configs.run_config([*TINY, "--rand-data-sigma=0", "--rand-data-max=-1"])
+    assert uniform.notes == (
+        "--rand-data-max: ignored without --rand-data-dist=gaussian",
+        "--rand-data-sigma: ignored without --rand-data-dist=gaussian",
+    )
 
 
 def test_flags_that_change_nothing_here_are_named(capsys) -> None:

@@ -138,6 +138,14 @@ def reporting_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
             ["--enable-profiling"],
             f"--enable-profiling {tmp_path / 'dlrm_mlet.json'}: is a folder; give a file name",
         ),
+        "top-ops-is-save-model": (
+            ["--save-model=dlrm_mlet.prof", "--enable-profiling"],
+            f"--enable-profiling (top ops) {tmp_path / 'dlrm_mlet.prof'}: same file as --save-model",
+        ),
+        "onnx-data-is-results": (
+            ["--results-json=dlrm_mlet.onnx.data", "--save-onnx"],
+            f"--save-onnx (external data) {tmp_path / 'dlrm_mlet.onnx.data'}: same file as --results-json",
+        ),
     }
 
 
@@ -150,6 +158,8 @@ def reporting_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
         "onnx-is-a-folder",
         "onnx-is-save-model",
         "trace-is-a-folder",
+        "top-ops-is-save-model",
+        "onnx-data-is-results",
     ],
 )
 def test_reporting_outputs_are_checked_before_training(case: str, tmp_path, monkeypatch, capsys) -> None:

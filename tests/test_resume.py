@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from helpers import RESUME_FLAGS as FLAGS
-from helpers import ROOT, interrupt_after_save, run_cli
+from helpers import ROOT, TINY, interrupt_after_save, run_cli
 
 import dlrm_mlet
 from mlet.training.checkpoints import load_checkpoint
@@ -177,6 +177,19 @@ def test_resume_refuses_flags_that_change_the_data_stream_or_optimizer(
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "named"), [("--rand-data-dist=gaussian", "--rand-data-dist"), ("--round-targets", "--round-targets")]
+)
+def test_resume_of_random_data_refuses_another_draw_of_ids_or_labels(change: str, named: str, tmp_path, capsys) -> None:
+    """Random data's id distribution and label rounding define its training stream, as the click model's flags do."""
+    flags = [*TINY, "--numpy-rand-seed=3"]
+    path = tmp_path / "random.pt"
+    assert dlrm_mlet.main([*flags, f"--save-model={path}"]) == 0
+    code, _, err = run_cli([*flags, change, "--nepochs=2", f"--load-model={path}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{named}: checkpoint has " in err
+
+
 def test_resume_refuses_training_data_of_another_size(early_checkpoint: str, tmp_path, capsys) -> None:
     """A change of the training data that no compared flag names is still caught, by the data's size."""
     ckpt = load_checkpoint(early_checkpoint)
@@ -204,6 +217,23 @@ def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoin
     )
     resumed = load_checkpoint(out_ckpt)
     assert resumed["position"]["iteration"] == 6 and resumed["lr_schedule"]["base_lr"] == 0.1
+
+
+def test_a_checkpoint_of_an_earlier_schedule_rule_is_resumed_with_a_line(
+    early_checkpoint: str, tmp_path, capsys
+) -> None:
+    """Same schedule flags, another next rate: the checkpoint was written under the schedule's earlier rule (the
+    decay one iteration later, 1e-7 after it); the resumed run says its rates differ. A plain resume says nothing."""
+    ckpt = load_checkpoint(early_checkpoint)
+    ckpt["lr_schedule"]["next_lr"] *= 0.5
+    edited = tmp_path / "old_rule.pt"
+    torch.save(ckpt, edited)
+    code, out, err = run_cli([*EARLY, "--nepochs=2", f"--load-model={edited}"], capsys)
+    assert code == 0, err
+    assert "learning rate: the checkpoint's next step was to train at" in out
+    code, out, err = run_cli([*EARLY, "--nepochs=2", f"--load-model={early_checkpoint}"], capsys)
+    assert code == 0, err
+    assert "learning rate: the checkpoint's" not in out
 
 
 def test_checkpoint_holds_rng_schedule_and_position(early_checkpoint: str) -> None:

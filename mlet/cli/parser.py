@@ -43,7 +43,9 @@ def build_parser() -> OneLineParser:
     add_model_flags(p.add_argument_group("model"))
     add_reduction_flags(p)
     add_data_flags(p)
-    add_training_flags(p.add_argument_group("training"))
+    training = p.add_argument_group("training")
+    add_training_flags(training)
+    add_device_flags(training)
     test = p.add_argument_group("testing and logging")
     add_testing_flags(test)
     add_reporting_flags(test)
@@ -219,9 +221,6 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
     train.add_argument(
         "--numpy-rand-seed", type=int, default=123, help="seed of everything: data, initialisation, shuffling"
     )
-    add_bool(train, "--use-gpu", False, "train on the (first) CUDA device")
-    add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
-    add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise)")
     add_bool(
         train,
         "--adapt-threads",
@@ -229,6 +228,13 @@ def add_training_flags(train: argparse._ActionsContainer) -> None:
         "on a CPU, train with fewer threads while other processes use the cores (false: a fixed count, as exact resumes"
         " need)",
     )
+
+
+def add_device_flags(train: argparse._ActionsContainer) -> None:
+    """Where and in what precision the step runs: the GPU, its CUDA graph, TF32, bfloat16, ``torch.compile``."""
+    add_bool(train, "--use-gpu", False, "train on the (first) CUDA device")
+    add_bool(train, "--cuda-graph", True, "on GPU with the fused update, replay each training step from a CUDA graph")
+    add_bool(train, "--tf32", False, "allow TF32 matrix products on GPU (faster, less precise)")
     add_bool(
         train,
         "--bf16",
@@ -287,8 +293,8 @@ def add_checkpoint_flags(ckpt: argparse._ActionsContainer) -> None:
         "--save-best",
         type=str,
         default="",
-        help="also write the checkpoint of the model at each test that improves the best AUC here (the model"
-        " upstream's --save-model keeps)",
+        help="also write the checkpoint of the model at each test that improves the best AUC here (upstream's"
+        " --save-model keeps the best model by test accuracy)",
     )
     ckpt.add_argument(
         "--load-model", type=str, default="", help="resume from (or, with --inference-only, evaluate) this checkpoint"

@@ -89,9 +89,11 @@ def reporting_files(reporting: Reporting) -> dict[str, str]:
     current folder, under upstream's fixed names), for the check that a run's outputs are distinct."""
     files = {"--tensor-board-filename": reporting.tensorboard_dir}
     if reporting.profiling:
-        files["--enable-profiling"] = str(Path.cwd() / f"{PROFILE_PREFIX}.json")
+        files["--enable-profiling (trace)"] = str(Path.cwd() / f"{PROFILE_PREFIX}.json")
+        files["--enable-profiling (top ops)"] = str(Path.cwd() / f"{PROFILE_PREFIX}.prof")
     if reporting.save_onnx:
         files["--save-onnx"] = str(Path.cwd() / ONNX_FILE)
+        files["--save-onnx (external data)"] = str(Path.cwd() / f"{ONNX_FILE}.data")
     return files
 
 

@@ -193,7 +193,7 @@ FLAGS: tuple[ForeignFlag, ...] = (
     _works(
         "--save-model",
         "the latest state (at the end and every --save-freq), for an exact resume; upstream writes it at each test"
-        " that beats its best accuracy, the best model: that is --save-best here (see docs/checkpoints.md)",
+        " that beats its best accuracy, the best model: that is --save-best here, by AUC (see docs/checkpoints.md)",
     ),
     _works(
         "--load-model",

@@ -102,8 +102,9 @@ def write_failure(error: BaseException) -> str | None:
     ``[enforce fail at inline_container.cc:...] . unexpected pos ...``, raised while the ``OSError``
     (``No space left on device``) it follows is its context; that errno text is what is said.
     """
-    if not isinstance(error, (OSError, RuntimeError)):
-        return None
+    writer_error = isinstance(error, RuntimeError) and any(mark in str(error) for mark in WRITER_ERRORS)
+    if not (isinstance(error, OSError) or writer_error):
+        return None  # another RuntimeError (say, an object torch cannot serialise) is not disguised as a write
     chain: list[BaseException] = []
     link: BaseException | None = error
     while link is not None and link not in chain:
@@ -112,9 +113,7 @@ def write_failure(error: BaseException) -> str | None:
     for link in chain:
         if isinstance(link, OSError):
             return link.strerror or str(link) or type(link).__name__
-    if any(mark in str(error) for mark in WRITER_ERRORS):
-        return str(error).strip().splitlines()[0]
-    return None
+    return str(error).strip().splitlines()[0]
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:

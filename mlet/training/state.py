@@ -242,7 +242,7 @@ def check_training(ckpt: dict, wanted: ModelConfig) -> None:
 # allowed and logged (the run continues with the new values).
 MUST_MATCH_DATA = {"numpy_rand_seed", "mini_batch_size", "data_generation", "num_batches"}
 MUST_MATCH_BY_GENERATION = {
-    "random": {"data_size", "num_indices_per_lookup", "num_indices_per_lookup_fixed"},
+    "random": {"data_size", "num_indices_per_lookup", "num_indices_per_lookup_fixed", "round_targets"},
     "synthetic": {"data_size"},
     "dataset": {
         "data_set",
@@ -255,7 +255,7 @@ MUST_MATCH_BY_GENERATION = {
     },
 }
 """Flags that define the training-data stream of each ``--data-generation``; the others do not touch it."""
-MUST_MATCH_PREFIXES = {"random": (), "synthetic": ("synthetic_",), "dataset": ()}
+MUST_MATCH_PREFIXES = {"random": ("rand_data_",), "synthetic": ("synthetic_",), "dataset": ()}
 BOOKKEEPING = {
     "load_model",
     "save_model",

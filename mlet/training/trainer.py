@@ -64,6 +64,20 @@ def eager_steps_note(eager: int, steps: int, epoch: int) -> str | None:
     )
 
 
+def schedule_rule_note(saved: dict, policy: LRPolicy, iteration: int) -> str | None:
+    """A line for a checkpoint whose schedule settings equal this run's but whose next rate does not: it was
+    written under an earlier rule of the schedule (before it followed upstream's step count, 2026-12-01), so the
+    resumed run's rates differ from those of the run it continues."""
+    saved_next, now = saved.get("next_lr"), policy.lr(iteration)
+    same_settings = all(saved.get(name) == value for name, value in asdict(policy).items())
+    if not same_settings or saved_next is None or math.isclose(saved_next, now, rel_tol=1e-12):
+        return None
+    return (
+        f"learning rate: the checkpoint's next step was to train at {saved_next:g}, this version's schedule gives"
+        f" {now:g} at iteration {iteration} (the checkpoint predates the schedule's upstream step count)"
+    )
+
+
 class Trainer:
     """The training loop: steps, periodic logging, testing and checkpointing.
 
@@ -199,6 +213,8 @@ class Trainer:
             restore_rng_state(state.rng)
         if changes:
             log(f"resuming with changed flags (the run continues with the new values): {', '.join(changes)}")
+        if note := schedule_rule_note(state.lr_schedule, self.lr_policy, self.iteration):
+            log(note)
 
     # -- steps ---------------------------------------------------------------
     def step(self, batch: StepBatch) -> torch.Tensor:
