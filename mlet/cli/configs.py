@@ -32,6 +32,7 @@ from mlet.core.errors import (
     check_distinct_outputs,
     check_output_file,
     check_seed,
+    flag_value,
     require_at_least,
 )
 from mlet.core.launch import is_main_process
@@ -263,7 +264,7 @@ def random_config(args: argparse.Namespace) -> RandomConfig:
 def check_gaussian_settings(args: argparse.Namespace) -> None:
     """Gaussian ids need finite settings, a positive sigma and ``--rand-data-max >= --rand-data-min``."""
     for flag in GAUSSIAN_ID_FLAGS:
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = flag_value(args, flag)
         if not math.isfinite(value):
             raise UserError(f"{flag}: must be a finite number, got {value}")
     if args.rand_data_sigma <= 0:
@@ -280,7 +281,7 @@ def random_id_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> l
     given = [
         flag
         for flag in ("--rand-data-dist", *GAUSSIAN_ID_FLAGS)
-        if getattr(args, flag[2:].replace("-", "_")) != getattr(defaults, flag[2:].replace("-", "_"))
+        if flag_value(args, flag) != flag_value(defaults, flag)
     ]
     if args.data_generation != "random":
         return [f"{flag}: ignored: only --data-generation=random draws ids" for flag in given]
@@ -315,9 +316,7 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
         indices_per_lookup_fixed=args.num_indices_per_lookup_fixed,
         seed=args.numpy_rand_seed,
         eval_split=args.eval_split,
-        synthetic=SyntheticConfig(
-            **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()}
-        ),
+        synthetic=SyntheticConfig(**{field: flag_value(args, flag) for flag, field in MODEL_FLAGS.items()}),
         random=random_config(args),
         dataset=dataset,
         progress=args.progress,
@@ -420,7 +419,7 @@ def validate(args: argparse.Namespace) -> Run:
     check_run_files(args)
     dataset = dataset_config(args) if args.data_generation == "dataset" else None
     data = data_config(args, model, dataset)
-    check_model_flags({field: getattr(args, flag[2:].replace("-", "_")) for flag, field in MODEL_FLAGS.items()})
+    check_model_flags({field: flag_value(args, flag) for flag, field in MODEL_FLAGS.items()})
     quantize_bits = reduction.parse_quantize_bits(args.quantize_emb_with_bit, args.inference_only)
     reduction.check_quantize_run(quantize_bits, args.use_gpu)
     validate_outputs(args, reporting)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from dlrm_model import DLRM
 from mlet.cli.parser import NO_QUANTIZATION
 from mlet.core.config import MixedDimensionConfig, ModelConfig
-from mlet.core.errors import UserError, require_at_least
+from mlet.core.errors import UserError, flag_value, require_at_least
 from mlet.core.launch import launched_world_size
 from mlet.model.mixed_dimension import effective_rows, md_widths
 from mlet.serving import quantize
@@ -61,8 +61,7 @@ def unused_reduction_flags(args: argparse.Namespace, defaults: argparse.Namespac
     ignores them silently)."""
     lines = []
     for flag, switch in SWITCHED_BY.items():
-        dest = flag[2:].replace("-", "_")
-        if getattr(args, dest) != getattr(defaults, dest) and not getattr(args, switch):
+        if flag_value(args, flag) != flag_value(defaults, flag) and not getattr(args, switch):
             lines.append(f"{flag}: ignored without --{switch.replace('_', '-')}")
     return lines
 

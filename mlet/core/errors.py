@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class UserError(Exception):
@@ -90,6 +90,11 @@ def check_distinct_outputs(outputs: dict[str, str]) -> None:
         if resolved in seen:
             raise UserError(f"{flag} {path}: same file as {seen[resolved]}; one would overwrite the other")
         seen[resolved] = flag
+
+
+def flag_value(args: argparse.Namespace, flag: str) -> Any:
+    """The value ``args`` holds for ``flag`` (``--rand-data-mu`` -> ``args.rand_data_mu``)."""
+    return getattr(args, flag[2:].replace("-", "_"))
 
 
 def str2bool(value: str) -> bool:
