@@ -105,14 +105,13 @@ def write_failure(error: BaseException) -> str | None:
     writer_error = isinstance(error, RuntimeError) and any(mark in str(error) for mark in WRITER_ERRORS)
     if not (isinstance(error, OSError) or writer_error):
         return None  # another RuntimeError (say, an object torch cannot serialise) is not disguised as a write
-    chain: list[BaseException] = []
+    seen: list[BaseException] = []
     link: BaseException | None = error
-    while link is not None and link not in chain:
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    for link in chain:
+    while link is not None and link not in seen:  # the error, then what it was raised from or while handling
         if isinstance(link, OSError):
             return link.strerror or str(link) or type(link).__name__
+        seen.append(link)
+        link = link.__cause__ or link.__context__
     return str(error).strip().splitlines()[0]
 
 
