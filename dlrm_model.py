@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from mlet.core.batch import SparseFeatures
 from mlet.core.config import INTERACTIONS, ModelConfig
 from mlet.kernels import triton_interaction
+from mlet.model import streams
 from mlet.model.composite import TableModule
 from mlet_layers import EmbeddingTables, build_tables, table_seed
 
@@ -132,8 +133,13 @@ class DLRM(nn.Module):
         self.to(device)
 
     def forward(self, dense: Tensor, sparse: SparseFeatures) -> Tensor:
-        """Logits of shape ``B``."""
-        return self.logits(dense, self.tables(sparse))
+        """Logits of shape ``B``. On a GPU the tables run on a stream of their own beside the bottom MLP, and so
+        does their backward (``mlet/model/streams.py``)."""
+        if not streams.side_stream_usable(dense):
+            return self.logits(dense, self.tables(sparse))
+        embedded = streams.tables_beside(self.tables, sparse)
+        features = self.bottom_features(dense)  # queued on the current stream while the tables run
+        return self.head(features, streams.joined(embedded))
 
     def logits(self, dense: Tensor, embedded: Tensor) -> Tensor:
         """Bottom MLP, interaction and top MLP on the pooled embeddings ``embedded`` (``B x T x d``); on a GPU

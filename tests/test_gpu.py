@@ -22,6 +22,7 @@ from mlet.core.batch import Batch
 from mlet.data.device import RowsBatch, load_arrays
 from mlet.data.sources import ArraySource
 from mlet.data.synthetic import RandomBatches
+from mlet.model import streams
 from mlet.parallel import equivalence
 from mlet.training.checkpoints import load_checkpoint
 from mlet.training.optimizers import build_optimizer
@@ -223,6 +224,44 @@ def test_graphed_steps_pad_random_length_bags_into_one_graph_and_train_like_cpu_
     assert graphed.other_shape_steps == 1  # the last, smaller batch
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b.cpu(), **TOLERANCE)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+@pytest.mark.parametrize("graph", [True, False], ids=["cuda-graph", "eager"])
+def test_tables_run_beside_the_bottom_mlp_and_train_as_on_one_stream(hidden: int, graph: bool, monkeypatch) -> None:
+    """On a GPU the tables run on their own stream (forward, and through autograd their backward with the row
+    updates): a model trained that way, in a CUDA graph or not, follows one trained with everything on the
+    current stream, step by step."""
+    cuda = torch.device("cuda")
+    config = small_config(hidden=hidden)
+    source = RandomBatches(12 * 256, 256, config.table_sizes, 13, indices_per_lookup=1, fixed=True, seed=2)
+    models = [DLRM(config, seed=4, device=cuda) for _ in range(2)]
+    steps = [
+        (GraphedTrainStep if graph else TrainStep)(
+            m,
+            torch.nn.functional.binary_cross_entropy_with_logits,
+            build_optimizer("sgd", 0.1, m.sparse_parameters(), m.dense_parameters(), fused_tables=m.tables),
+        )
+        for m in models
+    ]
+    table_calls_on: list[torch.cuda.Stream] = []
+    forward = models[0].tables.forward
+
+    def recording(sparse):
+        table_calls_on.append(torch.cuda.current_stream())
+        return forward(sparse)
+
+    monkeypatch.setattr(models[0].tables, "forward", recording)
+    for dense, sparse, labels in source:
+        batch = Batch(dense, sparse, labels).to(cuda)
+        beside = float(steps[0](batch))
+        with monkeypatch.context() as one_stream:
+            one_stream.setattr(streams, "side_stream_usable", lambda dense: False)
+            alone = float(steps[1](batch))
+        assert beside == pytest.approx(alone, rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+    assert table_calls_on and all(s == streams.table_stream(cuda) for s in table_calls_on)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, **TOLERANCE)
 
 
 # Smooth enough to compare: 120 steps of 256 samples, 4096 test samples (on the CPU, fp32 and bf16 end 0.0004 apart).
