@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -300,104 +301,104 @@ def test_info_piped_into_head_ends_quietly(runs) -> None:
     assert reader.stderr.read() == b""
 
 
-def broken_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
-    """Files that are not usable checkpoints, and the message each gives."""
-    text = tmp_path / "notes.txt"
-    text.write_text("hello\n")
+def _saved(path: Path, content: dict) -> Path:
+    torch.save(content, path)
+    return path
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _torn(tmp_path: Path) -> Path:
     torn = tmp_path / "torn.pt"
     atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.zeros(1000)}, torn)
     torn.write_bytes(torn.read_bytes()[:1500])
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    newer = tmp_path / "newer.pt"
-    torch.save({"format": FORMAT, "version": VERSION + 1}, newer)
-    malformed = tmp_path / "malformed.pt"
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": "training",
-            "model_config": {"dim": 4},
-            "model": {"tables.weight": torch.zeros(3, 4)},
-        },
-        malformed,
-    )
-    json_file = tmp_path / "run.json"
-    json_file.write_text('{"auc": 0.8}\n')
-    config = {"table_sizes": [10, 5], "dim": 4, "bottom_mlp": [13, 4], "top_mlp": [1]}
-    mismatched = tmp_path / "mismatched.pt"
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": "inference",
-            "model_config": config,
-            "model": {"tables.weight": torch.zeros(3, 4)},
-        },
-        mismatched,
-    )
-    negative = tmp_path / "negative.pt"
-    torch.save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": "inference",
-            "model_config": {**config, "dim": -4},
-            "model": {"tables.weight": torch.zeros(15, 4)},
-        },
-        negative,
-    )
+    return torn
+
+
+def _damaged(tmp_path: Path) -> Path:
+    """16 bytes of a tensor's data flipped to zeros, as ``dd ... conv=notrunc`` does."""
     damaged = tmp_path / "damaged.pt"
     atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.full((1000,), 7.0)}, damaged)
     content = bytearray(damaged.read_bytes())
     at = content.index(torch.full((4,), 7.0).numpy().tobytes()) + 64
-    content[at : at + 16] = bytes(16)  # 16 bytes of the tensor's data flipped to zeros, as dd ... conv=notrunc does
+    content[at : at + 16] = bytes(16)
     damaged.write_bytes(bytes(content))
-    upstream = tmp_path / "upstream.pt"  # the keys of upstream DLRM's --save-model
-    upstream_layout = {"state_dict": {"emb_l.0.weight": torch.zeros(3, 2)}, "nepochs": 1, "opt_state_dict": {}}
-    torch.save({**upstream_layout, "iter": 10, "train_loss": 0.5}, upstream)
-    upstream_numpy = tmp_path / "upstream_numpy.pt"  # with --mlperf-logging, upstream stores numpy metrics
-    torch.save({**upstream_layout, "test_auc": np.float64(0.5)}, upstream_numpy)
-    return {
-        "damaged": (damaged, "damaged checkpoint (CRC mismatch in archive/data/0)"),
-        "upstream": (upstream, "is upstream DLRM's checkpoint (state_dict, opt_state_dict, nepochs"),
-        "upstream_numpy": (upstream_numpy, "is upstream DLRM's checkpoint"),
-        "json": (json_file, "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)"),
-        "mismatched": (
-            mismatched,
-            "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)",
+    return damaged
+
+
+UPSTREAM_LAYOUT = {"state_dict": {"emb_l.0.weight": torch.zeros(3, 2)}, "nepochs": 1, "opt_state_dict": {}}
+"""The keys of upstream DLRM's ``--save-model``."""
+SMALL_CONFIG = {"table_sizes": [10, 5], "dim": 4, "bottom_mlp": [13, 4], "top_mlp": [1]}
+HEADER = {"format": FORMAT, "version": VERSION}
+
+BROKEN_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "missing": (lambda tmp: tmp / "nope.pt", "no such checkpoint file"),
+    "directory": (lambda tmp: tmp, "is not a file"),
+    "text": (lambda tmp: _written(tmp / "notes.txt", "hello\n"), "not a readable checkpoint"),
+    "json": (
+        lambda tmp: _written(tmp / "run.json", '{"auc": 0.8}\n'),
+        "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)",
+    ),
+    "torn": (_torn, "not a readable checkpoint (a truncated or damaged zip archive)"),
+    "damaged": (_damaged, "damaged checkpoint (CRC mismatch in archive/data/0)"),
+    "upstream": (
+        lambda tmp: _saved(tmp / "upstream.pt", {**UPSTREAM_LAYOUT, "iter": 10, "train_loss": 0.5}),
+        "is upstream DLRM's checkpoint (state_dict, opt_state_dict, nepochs",
+    ),
+    "upstream_numpy": (  # with --mlperf-logging, upstream stores numpy metrics
+        lambda tmp: _saved(tmp / "upstream_numpy.pt", {**UPSTREAM_LAYOUT, "test_auc": np.float64(0.5)}),
+        "is upstream DLRM's checkpoint",
+    ),
+    "foreign": (
+        lambda tmp: _saved(tmp / "foreign.pt", {"state_dict": {"w": torch.zeros(2)}}),
+        "not a dlrm-mlet checkpoint",
+    ),
+    "newer": (
+        lambda tmp: _saved(tmp / "newer.pt", {"format": FORMAT, "version": VERSION + 1}),
+        f"checkpoint format {VERSION + 1}",
+    ),
+    "malformed": (
+        lambda tmp: _saved(
+            tmp / "malformed.pt",
+            {**HEADER, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}},
         ),
-        "negative": (negative, "malformed checkpoint (model_config holds a size below 1)"),
-        "missing": (tmp_path / "nope.pt", "no such checkpoint file"),
-        "directory": (tmp_path, "is not a file"),
-        "text": (text, "not a readable checkpoint"),
-        "torn": (torn, "not a readable checkpoint (a truncated or damaged zip archive)"),
-        "foreign": (foreign, "not a dlrm-mlet checkpoint"),
-        "newer": (newer, f"checkpoint format {VERSION + 1}"),
-        "malformed": (malformed, "malformed checkpoint (no valid model_config)"),
-    }
+        "malformed checkpoint (no valid model_config)",
+    ),
+    "mismatched": (
+        lambda tmp: _saved(
+            tmp / "mismatched.pt",
+            {
+                **HEADER,
+                "kind": "inference",
+                "model_config": SMALL_CONFIG,
+                "model": {"tables.weight": torch.zeros(3, 4)},
+            },
+        ),
+        "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)",
+    ),
+    "negative": (
+        lambda tmp: _saved(
+            tmp / "negative.pt",
+            {
+                **HEADER,
+                "kind": "inference",
+                "model_config": {**SMALL_CONFIG, "dim": -4},
+                "model": {"tables.weight": torch.zeros(15, 4)},
+            },
+        ),
+        "malformed checkpoint (model_config holds a size below 1)",
+    ),
+}
+"""Files that are not usable checkpoints: how to make each in a folder, and the message it gives."""
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "missing",
-        "directory",
-        "text",
-        "json",
-        "torn",
-        "damaged",
-        "upstream",
-        "upstream_numpy",
-        "foreign",
-        "newer",
-        "malformed",
-        "mismatched",
-        "negative",
-    ],
-)
+@pytest.mark.parametrize("case", list(BROKEN_FILES))
 def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
-    path, message = broken_files(tmp_path)[case]
+    make, message = BROKEN_FILES[case]
+    path = make(tmp_path)
     for argv in (
         ["info", str(path)],
         ["collapse", str(path), str(tmp_path / "o.pt")],
