@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 import data_utils
 import dlrm_mlet
+from mlet.core.errors import UserError
+from mlet.data.preprocessing.vocabulary import IdBounds, IdLimits
 from mlet.data.sources import ArraySource
 from mlet.repro import rank_analysis as analyze_rank
 from mlet.repro.analysis import (
@@ -22,6 +25,7 @@ from mlet.repro.analysis import (
     singular_values,
     table_spectra,
     training_counts,
+    transformed_ids,
 )
 from mlet.training.checkpoints import atomic_save, load_checkpoint
 from mlet.training.metrics import ctr_metrics
@@ -95,7 +99,11 @@ def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
     assert rarest_id_counts(test_ids, counts).tolist() == [3, 1, 0, 2]  # the rarest id decides; unseen counts 0
     # a transform (as IdLimits) is applied before counting
     folded = ArraySource(
-        np.zeros((5, 1), np.float32), train_ids, np.zeros(5), batch_size=2, id_transform=lambda ids: np.minimum(ids, 1)
+        np.zeros((5, 1), np.float32),
+        train_ids,
+        np.zeros(5),
+        batch_size=2,
+        id_transform=lambda ids, tables=None: np.minimum(ids, 1),
     )
     assert [c.tolist() for c in training_counts(folded, [2, 3])] == [[4, 1], [3, 2, 0]]
 
@@ -112,6 +120,24 @@ def test_rare_and_frequent_split_on_a_tiny_data_set() -> None:
     for bad in ("100,10", "0,5", "x"):
         with pytest.raises(ValueError):
             parse_edges(bad)
+
+
+@pytest.mark.parametrize(("bad", "row"), [(7, 3), (-1, 4)])
+def test_the_analysis_refuses_ids_outside_their_vocabulary_naming_file_row_and_feature(bad: int, row: int) -> None:
+    """A damaged processed file: an id past its vocabulary (which the id limits would fold into the rare row) or
+    a negative one stops the counts with the reader's one line, as training's batches do."""
+    ids = np.array([[1, 2], [2, 0], [1, 1], [0, 2], [2, 2]], np.int32)
+    ids[row, 1] = bad
+    bounds = IdBounds(np.array([2, 2], np.uint32), Path("p/train.cat.npy"), ("C1", "C2"))
+    limits = IdLimits.from_counts([np.array([5, 1]), np.array([4, 3])], min_count=2, modulus=0)
+    source = ArraySource(np.zeros((5, 1), np.float32), ids, np.zeros(5), 2, id_transform=limits, id_bounds=bounds)
+    message = rf"^p/train.cat.npy: row {row}: id {bad} of C2 is outside 0..2 \(its vocabulary\)"
+    with pytest.raises(UserError, match=message):
+        training_counts(source, limits.table_sizes, chunk=2)
+    with pytest.raises(UserError, match=message):
+        transformed_ids(source, slice(0, 5))
+    ids[row, 1] = 2  # sound again; C1's id 2, seen once in training, is rare
+    assert [c.tolist() for c in training_counts(source, limits.table_sizes)] == [[3, 2], [1, 1, 3]]
 
 
 def test_diverged_predictions_give_nan_metrics_not_an_error() -> None:

@@ -109,11 +109,10 @@ def table_spectra(weights: Sequence[torch.Tensor], frequent_rows: Sequence[np.nd
 
 
 def transformed_ids(source: ArraySource, rows: slice) -> np.ndarray:
-    """The ids of ``rows`` as the model sees them (after the source's id transform), int64."""
-    ids = source.ids[rows]
-    if source.id_transform is not None:
-        ids = source.id_transform(ids)
-    return np.asarray(ids, dtype=np.int64)
+    """The ids of ``rows`` as the model sees them, int64: read as a batch's are (a processed file's ids checked
+    against their vocabulary, :class:`~mlet.data.preprocessing.vocabulary.IdBounds`, then the source's id
+    transform), so a damaged file stops with one line naming it, the row and the feature."""
+    return np.asarray(source.ids_of(rows), dtype=np.int64)
 
 
 def training_counts(source: ArraySource, table_sizes: Sequence[int], chunk: int = 1 << 18) -> list[np.ndarray]:
