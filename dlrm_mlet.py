@@ -19,7 +19,7 @@ import torch
 
 from dlrm_model import DLRM
 from mlet.cli import reduction
-from mlet.cli.configs import Run, validate
+from mlet.cli.configs import Run, check_evaluated_data, validate
 from mlet.cli.debug import print_architecture, print_batches, print_parameters
 from mlet.cli.parser import PROG, build_parser
 from mlet.cli.reporting import ONNX_FILE, observers
@@ -77,9 +77,12 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
     and the trainer resumes or starts from the checkpoint.
     """
     ckpt = read_load_model(run.load_model) if run.load_model else None
-    if ckpt is not None and not run.inference_only:
+    if ckpt is not None:
         try:  # before the data: a flag that changes the data is refused before any preprocessing
-            check_resume_flags(ckpt, run.flags or {})
+            if run.inference_only:
+                check_evaluated_data(ckpt, run.flags or {})
+            else:
+                check_resume_flags(ckpt, run.flags or {})
         except (UserError, ValueError) as error:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     data = build_data(run.data)

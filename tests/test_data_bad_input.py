@@ -388,13 +388,17 @@ def test_a_matching_embedding_size_is_accepted_and_eval_split_val_is_reported(tm
     assert code == 0 and json.loads(out_json.read_text())["final"]["samples"] == 50
 
 
+DATA_SET_FLAGS = ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811", "--data-sub-sample-rate=0.5")
+"""Data-set flags that a checkpoint's data differ in (resume and --inference-only compare them)."""
+
+
 def test_resuming_a_data_set_run_compares_the_data_set_flags(tmp_path, capsys) -> None:
     raw = tmp_path / "train.txt"
     raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
     saved = tmp_path / "m.pt"
     assert run_cli(dataset_argv("kaggle", raw, tmp_path, f"--save-model={saved}"), capsys)[0] == 0
     made = (tmp_path / "p" / "meta.json").read_text()
-    for flag in ("--cat-min-count=2", "--max-ind-range=50", "--data-split=random-811", "--data-sub-sample-rate=0.5"):
+    for flag in DATA_SET_FLAGS:
         code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={saved}"), capsys)
         assert code == 2 and f"--load-model {saved}: {flag.split('=')[0]}: checkpoint has " in err, err
         assert "preprocessing" not in out and (tmp_path / "p" / "meta.json").read_text() == made  # refused first
@@ -404,3 +408,38 @@ def test_resuming_a_data_set_run_compares_the_data_set_flags(tmp_path, capsys) -
     )
     assert code == 0, err  # flags of generated data do not touch a data set's stream
     assert "--data-size=10 (checkpoint: 1)" in out and "--num-indices-per-lookup=3 (checkpoint: 10)" in out
+
+
+def test_evaluating_a_data_set_checkpoint_compares_the_data_set_flags(tmp_path, capsys) -> None:
+    """--inference-only on another split (or other id limits) would score other rows, or read other table rows
+    for their ids: refused before any preprocessing, as resuming is; the checkpoint's own data is evaluated."""
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    saved, collapsed = tmp_path / "m.pt", tmp_path / "c.pt"
+    trained = dataset_argv("kaggle", raw, tmp_path, f"--save-model={saved}", f"--save-collapsed={collapsed}")
+    assert run_cli(trained, capsys)[0] == 0
+    made = (tmp_path / "p" / "meta.json").read_text()
+    for checkpoint in (saved, collapsed):
+        for flag in DATA_SET_FLAGS:
+            evaluate = dataset_argv("kaggle", raw, tmp_path, flag, f"--load-model={checkpoint}", "--inference-only")
+            code, out, err = run_cli(evaluate, capsys)
+            assert code == 2 and f"--load-model {checkpoint}: {flag.split('=')[0]}: checkpoint was trained with " in err
+            assert "give the checkpoint's value" in err and err.count("\n") == 1, err
+            assert "preprocessing" not in out and (tmp_path / "p" / "meta.json").read_text() == made  # refused first
+    # the split seed seeds nothing in the dlrm split; the training order is not the evaluated data
+    same = dataset_argv("kaggle", raw, tmp_path, "--data-split-seed=5", "--data-randomize=none")
+    code, out, err = run_cli([*same, f"--load-model={collapsed}", "--inference-only"], capsys)
+    assert code == 0 and "Testing at" in out, err
+
+
+def test_evaluating_on_another_split_with_tables_of_the_same_sizes_is_refused(tmp_path, capsys) -> None:
+    """Tables capped by --max-ind-range have the same sizes in every split, so the architecture check cannot see
+    the other split: the data-set flags are compared first."""
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    saved = tmp_path / "m.pt"
+    assert run_cli(dataset_argv("kaggle", raw, tmp_path, "--max-ind-range=2", f"--save-model={saved}"), capsys)[0] == 0
+    other = dataset_argv("kaggle", raw, tmp_path / "other", "--max-ind-range=2", "--data-split=random-811")
+    code, _, err = run_cli([*other, f"--load-model={saved}", "--inference-only"], capsys)
+    assert code == 2 and "--data-split: checkpoint was trained with dlrm, the flags give random-811" in err, err
+    assert not (tmp_path / "other").exists()  # refused before preprocessing

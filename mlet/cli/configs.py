@@ -37,10 +37,10 @@ from mlet.core.errors import (
 )
 from mlet.core.launch import is_main_process
 from mlet.data.flags import dataset_config
-from mlet.data.preprocessing.cache import DENSE_INPUTS
+from mlet.data.preprocessing.cache import DENSE_INPUTS, cache_settings
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import process_group
-from mlet.training.checkpoints import check_file
+from mlet.training.checkpoints import check_file, flag_name
 from mlet_layers import parse_projection_init
 
 
@@ -375,6 +375,43 @@ def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
             if path:
                 check_output_file(flag, path)
         check_reporting_files(reporting)
+
+
+def evaluated_data(flags: dict) -> dict[str, object]:
+    """``{flag: value}`` of the recorded ``flags`` that decide what ``--inference-only`` scores on a data set:
+    which rows its test and validation splits hold, and which table row each id reads (the vocabulary is
+    numbered by the training split's counts, then limited by ``--cat-min-count`` and ``--max-ind-range``).
+    ``--data-split-seed`` counts only where it seeds something (the settings the processed data depend on)."""
+    if flags.get("data_generation") != "dataset" or "data_split" not in flags:
+        return {"--data-generation": flags.get("data_generation")}
+    settings = cache_settings(
+        flags["data_set"], flags["data_split"], flags["data_split_seed"], flags.get("data_sub_sample_rate", 0.0)
+    )
+    return {
+        "--data-generation": "dataset",
+        "--data-set": settings["data_set"],
+        "--data-split": settings["data_split"],
+        "--data-sub-sample-rate": settings.get("sub_sample_rate", 0.0),
+        **{flag_name(dest): flags[dest] for dest in ("cat_min_count", "max_ind_range")},
+        "--data-split-seed": settings["split_seed"],  # last: the flags above say why it seeds or not
+    }
+
+
+def check_evaluated_data(ckpt: dict, flags: dict) -> None:
+    """For ``--inference-only``: refuse, before any data is prepared, a data-set flag that differs from the
+    checkpoint's recorded one (:func:`evaluated_data`), as an architecture that differs is refused; a checkpoint
+    that records no flags is not compared."""
+    saved = ckpt.get("args") or {}
+    if "data_generation" not in saved:
+        return
+    recorded, given = evaluated_data(saved), evaluated_data(flags)
+    for flag, old in recorded.items():
+        if flag in given and given[flag] != old:
+            raise UserError(
+                f"{flag}: checkpoint was trained with {old}, the flags give {given[flag]}; evaluating it would"
+                " score other rows, or read other table rows for their ids (ids are numbered by the training"
+                " split's vocabulary): give the checkpoint's value"
+            )
 
 
 def parse_loss_weights(text: str) -> tuple[float, float]:
