@@ -12,38 +12,47 @@ What a checkpoint holds, resume, collapse and the ONNX model: docs/checkpoints.m
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import math
-import os
-import sys
-import textwrap
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
 
-import torch
+with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
+    import argparse
+    import contextlib
+    import json
+    import math
+    import os
+    import sys
+    import textwrap
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
 
-from dlrm_model import ModelConfig
-from mlet.cli.reduction import stored_tables
-from mlet.core.config import TableConfig
-from mlet.core.errors import OneLineParser, UserError, check_distinct_outputs, check_output_file, run_reporting_errors
-from mlet.serving.quantize import BITS, packed_width, quantized_checkpoint, size_change
-from mlet.training.checkpoints import (
-    FORMAT,
-    INFERENCE,
-    TRAINING,
-    atomic_save,
-    bytes_report,
-    collapsed_checkpoint,
-    dashed,
-    element_size,
-    flag_name,
-    load_checkpoint,
-    model_from_checkpoint,
-    trained_hidden,
-    training_config,
-)
+    import torch
+
+    from dlrm_model import ModelConfig
+    from mlet.cli.reduction import stored_tables
+    from mlet.core.config import TableConfig
+    from mlet.core.errors import (
+        OneLineParser,
+        UserError,
+        check_distinct_outputs,
+        check_output_file,
+        run_reporting_errors,
+    )
+    from mlet.serving.quantize import BITS, packed_width, quantized_checkpoint, size_change
+    from mlet.training.checkpoints import (
+        FORMAT,
+        INFERENCE,
+        TRAINING,
+        atomic_save,
+        bytes_report,
+        collapsed_checkpoint,
+        dashed,
+        element_size,
+        flag_name,
+        load_checkpoint,
+        model_from_checkpoint,
+        trained_hidden,
+        training_config,
+    )
 
 PROG = "checkpoint.py"
 

@@ -11,25 +11,28 @@ cache through :mod:`mlet.data.sources`. As a script::
 
 from __future__ import annotations
 
-import argparse
-import math
-import sys
-from collections.abc import Sequence
+from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
 
-from mlet.core.config import DATA_SETS
-from mlet.core.errors import (
-    OneLineParser,
-    UserError,
-    add_bool,
-    check_output_file,
-    check_seed,
-    require_at_least,
-    run_reporting_errors,
-)
-from mlet.data.flags import add_dataset_flags, dataset_config
-from mlet.data.preprocessing.cache import prepare_dataset
-from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
-from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
+with interrupt_exits("data_utils.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
+    import argparse
+    import math
+    import sys
+    from collections.abc import Sequence
+
+    from mlet.core.config import DATA_SETS
+    from mlet.core.errors import (
+        OneLineParser,
+        UserError,
+        add_bool,
+        check_output_file,
+        check_seed,
+        require_at_least,
+        run_reporting_errors,
+    )
+    from mlet.data.flags import add_dataset_flags, dataset_config
+    from mlet.data.preprocessing.cache import prepare_dataset
+    from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
+    from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 
 
 def command_line_parser() -> argparse.ArgumentParser:

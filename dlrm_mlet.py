@@ -9,41 +9,44 @@ too. Run python dlrm_mlet.py --help.
 
 from __future__ import annotations
 
-import os
-import re
-import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
 
-import torch
+with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
+    import os
+    import re
+    import sys
+    from collections.abc import Sequence
+    from dataclasses import replace
 
-from dlrm_model import DLRM
-from mlet.cli import reduction
-from mlet.cli.configs import Run, check_evaluated_data, validate
-from mlet.cli.debug import print_architecture, print_batches, print_parameters
-from mlet.cli.parser import PROG, build_parser
-from mlet.cli.reporting import ONNX_FILE, observers
-from mlet.core.config import ModelConfig, TrainConfig
-from mlet.core.errors import UserError, one_line
-from mlet.core.launch import log
-from mlet.data.device import place_data
-from mlet.data.sources import DataBundle, build_data
-from mlet.parallel import distributed, process_group
-from mlet.serving import quantize
-from mlet.training import metrics
-from mlet.training.checkpoints import (
-    atomic_save,
-    collapsed_checkpoint,
-    dashed,
-    load_checkpoint,
-    model_from_checkpoint,
-)
-from mlet.training.observers import MLPerfLog
-from mlet.training.optimizers import state_bytes
-from mlet.training.processes import Parallel
-from mlet.training.results import parameter_report, write_json
-from mlet.training.state import check_evaluation, check_resume_flags
-from mlet.training.trainer import Trainer
+    import torch
+
+    from dlrm_model import DLRM
+    from mlet.cli import reduction
+    from mlet.cli.configs import Run, check_evaluated_data, validate
+    from mlet.cli.debug import print_architecture, print_batches, print_parameters
+    from mlet.cli.parser import PROG, build_parser
+    from mlet.cli.reporting import ONNX_FILE, observers
+    from mlet.core.config import ModelConfig, TrainConfig
+    from mlet.core.errors import UserError, one_line
+    from mlet.core.launch import log
+    from mlet.data.device import place_data
+    from mlet.data.sources import DataBundle, build_data
+    from mlet.parallel import distributed, process_group
+    from mlet.serving import quantize
+    from mlet.training import metrics
+    from mlet.training.checkpoints import (
+        atomic_save,
+        collapsed_checkpoint,
+        dashed,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
+    from mlet.training.observers import MLPerfLog
+    from mlet.training.optimizers import state_bytes
+    from mlet.training.processes import Parallel
+    from mlet.training.results import parameter_report, write_json
+    from mlet.training.state import check_evaluation, check_resume_flags
+    from mlet.training.trainer import Trainer
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 

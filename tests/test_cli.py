@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -391,3 +393,45 @@ def test_flags_that_change_nothing_here_are_named(capsys) -> None:
     assert "--data-on-device=on: without --use-gpu the data stays in host memory" in out
     assert not configs.run_config([*TINY, "--mlet-init=xavier", "--mlet-hidden=8"]).notes
     assert not configs.run_config([*TINY, "--mlet-init=normal", "--tf32=false", "--data-on-device=off"]).notes
+
+
+INTERRUPTED_IMPORT = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while torch imports, the command's main not yet reached
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [
+        (["dlrm_mlet.py", "--help"], dlrm_mlet.PROG),
+        (["-c", "import dlrm_mlet; dlrm_mlet.cli()"], dlrm_mlet.PROG),  # as the dlrm-mlet console command starts
+        (["checkpoint.py", "info", "x.pt"], checkpoint.PROG),
+        (["data_utils.py", "--help"], "data_utils.py"),
+    ],
+)
+def test_ctrl_c_while_the_modules_import_ends_as_in_the_run(command: list[str], prog: str, tmp_path) -> None:
+    """A stand-in torch, first on the path, sends the process SIGINT as it is imported: the same one line and
+    exit status 130 as a Ctrl-C later in the run (``main``), not a traceback."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(INTERRUPTED_IMPORT)
+    done = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal: Ctrl-C not ignored
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, f"{prog}: interrupted\n", "")
+
+
+def test_ctrl_c_in_the_run_gives_the_line_and_status_of_ctrl_c_in_the_imports(monkeypatch, capsys) -> None:
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlrm_mlet, "validate", interrupted)
+    assert dlrm_mlet.main([*TINY]) == 130
+    assert capsys.readouterr().err == f"{dlrm_mlet.PROG}: interrupted\n"

@@ -4,10 +4,11 @@ command line shares (bounds, seeds, output files)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -160,3 +161,18 @@ def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupte
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return code or 0
+
+
+@contextlib.contextmanager
+def interrupt_exits(prog: str) -> Iterator[None]:
+    """Ctrl-C inside the block ends the process as a Ctrl-C later in the command does: one ``PROG: interrupted``
+    line on stderr and exit status 130, no traceback.
+
+    For the imports at the top of a command's file (torch's take a second or more), which run before its ``main``
+    can catch anything; this module imports the standard library only, so it is loaded before them.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
