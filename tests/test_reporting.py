@@ -108,6 +108,67 @@ def test_profiler_that_cannot_write_logs_one_line_and_training_goes_on(tmp_path,
     )
 
 
+def test_runs_sharing_a_folder_profile_into_their_own_files(tmp_path, monkeypatch, capsys) -> None:
+    """Two runs with their own --save-model (or --profile-prefix) in one folder: distinct profiler files, and the
+    log says where each went; without either, upstream's fixed names in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    logs = {}
+    for name, flags in (
+        ("a", ["--save-model=runs/a.pt"]),
+        ("b", ["--save-model=runs/b.pt"]),
+        ("c", ["--profile-prefix=prof/c"]),
+        ("default", []),
+    ):
+        code, out, err = run_cli([*TINY, "--num-batches=4", "--enable-profiling", *flags], capsys)
+        assert code == 0, err
+        logs[name] = out
+    for name, prefix in (("a", "runs/a.profile"), ("b", "runs/b.profile"), ("c", "prof/c"), ("default", "dlrm_mlet")):
+        assert f"trace {prefix}.json, top ops {prefix}.prof:" in logs[name]
+        assert "Self CPU" in (tmp_path / f"{prefix}.prof").read_text()
+        assert json.loads((tmp_path / f"{prefix}.json").read_text())["traceEvents"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "a.profile.json",
+        "a.profile.prof",
+        "a.pt",
+        "b.profile.json",
+        "b.profile.prof",
+        "b.pt",
+    ]
+    code, out, err = run_cli([*TINY, "--num-batches=4", "--profile-prefix=prof/d"], capsys)
+    assert code == 0 and "--profile-prefix: ignored without --enable-profiling" in out, err
+    assert not (tmp_path / "prof" / "d.json").exists()
+    code, out, err = run_cli([*TINY, "--enable-profiling", "--profile-prefix=prof/"], capsys)
+    assert code == 2 and err.strip() == (
+        "dlrm_mlet.py: error: --profile-prefix: prof/ ends in a folder; add a file-name stem, e.g. prof/run"
+        " (writes run.json and run.prof there)"
+    )
+
+
+def test_a_profiler_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch, capsys) -> None:
+    """A trace export that fails half-way leaves the earlier run's trace as it was (and no temporary): the files
+    are written under a temporary name and renamed into place; the line names the file, not the temporary."""
+    import torch
+
+    from mlet.training.profiling import SKIPPED_STEPS, StepProfiler
+
+    (tmp_path / "p.json").write_text('{"traceEvents": ["the earlier run"]}')
+    profiler = StepProfiler(str(tmp_path / "p"), steps=1)
+
+    def half_written(path: str) -> None:
+        Path(path).write_text('{"traceEvents": [')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(profiler.profiler, "export_chrome_trace", half_written)
+    for iteration in range(SKIPPED_STEPS + 2):
+        torch.ones(4).sum()
+        profiler.stepped(iteration)
+    assert (tmp_path / "p.json").read_text() == '{"traceEvents": ["the earlier run"]}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.prof"]
+    assert f"profiling: cannot write {tmp_path / 'p.json'} (No space left on device); training goes on" in (
+        capsys.readouterr().out
+    )
+
+
 def reporting_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
     """Reporting flags whose files cannot be written (run in ``tmp_path``), and the line each gives."""
     (tmp_path / "afile").write_text("")
@@ -139,7 +200,7 @@ def reporting_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
             f"--enable-profiling {tmp_path / 'dlrm_mlet.json'}: is a folder; give a file name",
         ),
         "top-ops-is-save-model": (
-            ["--save-model=dlrm_mlet.prof", "--enable-profiling"],
+            ["--save-model=dlrm_mlet.prof", "--enable-profiling", "--profile-prefix=dlrm_mlet"],
             f"--enable-profiling (top ops) {tmp_path / 'dlrm_mlet.prof'}: same file as --save-model",
         ),
         "onnx-data-is-results": (

@@ -173,11 +173,14 @@ def resolve_optimizer(args: argparse.Namespace) -> str:
 
 
 def ignored_flag_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
-    """One log line for each flag given where it changes nothing: MLET's ``--mlet-init`` without MLET, the GPU's
-    ``--tf32`` on a CPU, and ``--data-on-device=on`` on a CPU (no device memory beside the host's)."""
+    """One log line for each flag given where it changes nothing: MLET's ``--mlet-init`` without MLET,
+    ``--profile-prefix`` without profiling, the GPU's ``--tf32`` on a CPU, and ``--data-on-device=on`` on a CPU (no
+    device memory beside the host's)."""
     lines = []
     if args.mlet_init != defaults.mlet_init and not args.mlet_hidden:
         lines.append("--mlet-init: ignored without --mlet-hidden (it initialises MLET's projection)")
+    if args.profile_prefix and not args.enable_profiling:
+        lines.append("--profile-prefix: ignored without --enable-profiling (it names the profiler's files)")
     if args.tf32 and not args.use_gpu:
         lines.append("--tf32: ignored without --use-gpu (TF32 is a GPU's matrix format)")
     if args.data_on_device == "on" and not args.use_gpu:

@@ -29,8 +29,16 @@ def add_reporting_flags(group: argparse._ActionsContainer) -> None:
         group,
         "--enable-profiling",
         False,
-        f"profile {DEFAULT_STEPS} training steps after the first {SKIPPED_STEPS}: Chrome trace {PROFILE_PREFIX}.json "
-        f"and top-ops table {PROFILE_PREFIX}.prof in the current folder",
+        f"profile {DEFAULT_STEPS} training steps after the first {SKIPPED_STEPS}: Chrome trace PREFIX.json "
+        "and top-ops table PREFIX.prof (--profile-prefix)",
+    )
+    group.add_argument(
+        "--profile-prefix",
+        type=str,
+        default="",
+        help="where --enable-profiling writes: PREFIX.json and PREFIX.prof (default: the --save-model path without "
+        f"its suffix, plus .profile, e.g. runs/a.profile for runs/a.pt; without --save-model {PROFILE_PREFIX} in the "
+        "current folder, as upstream's fixed names)",
     )
     add_bool(group, "--mlperf-logging", False, "print MLPerf :::MLLOG lines (init, run, epochs, evaluations, stop)")
     group.add_argument(
@@ -60,6 +68,7 @@ class Reporting:
 
     tensorboard_dir: str = ""
     profiling: bool = False
+    profile_prefix: str = PROFILE_PREFIX
     mlperf_logging: bool = False
     debug_mode: bool = False
     save_onnx: bool = False
@@ -78,19 +87,39 @@ def reporting_config(args: argparse.Namespace) -> Reporting:
     return Reporting(
         tensorboard_dir=args.tensor_board_filename,
         profiling=args.enable_profiling,
+        profile_prefix=profile_prefix(args.profile_prefix, args.save_model),
         mlperf_logging=args.mlperf_logging,
         debug_mode=args.debug_mode,
         save_onnx=args.save_onnx,
     )
 
 
+def profile_prefix(given: str, save_model: str) -> str:
+    """``--profile-prefix``, or its default: the ``--save-model`` path without its suffix plus ``.profile`` (runs
+    with their own checkpoints profile into their own files), else upstream's fixed stem in the current folder.
+    A prefix ending in a slash is refused: it would name hidden files ``.json`` and ``.prof`` in that folder."""
+    if not given:
+        return f"{Path(save_model).with_suffix('')}.profile" if save_model else PROFILE_PREFIX
+    if given.endswith("/"):
+        raise UserError(
+            f"--profile-prefix: {given} ends in a folder; add a file-name stem, e.g. {given}run"
+            " (writes run.json and run.prof there)"
+        )
+    return given
+
+
+def profile_files(reporting: Reporting) -> dict[str, str]:
+    """``{what: path}`` of the profiler's files: the trace and the top-ops table."""
+    return {"trace": f"{reporting.profile_prefix}.json", "top ops": f"{reporting.profile_prefix}.prof"}
+
+
 def reporting_files(reporting: Reporting) -> dict[str, str]:
-    """``{flag: path}`` of the files the reporting flags write (the profiler's trace and the ONNX model go into the
-    current folder, under upstream's fixed names), for the check that a run's outputs are distinct."""
+    """``{flag: path}`` of the files the reporting flags write (the profiler's under ``--profile-prefix``, the ONNX
+    model in the current folder under upstream's fixed name), for the check that a run's outputs are distinct."""
     files = {"--tensor-board-filename": reporting.tensorboard_dir}
     if reporting.profiling:
-        files["--enable-profiling (trace)"] = str(Path.cwd() / f"{PROFILE_PREFIX}.json")
-        files["--enable-profiling (top ops)"] = str(Path.cwd() / f"{PROFILE_PREFIX}.prof")
+        for what, path in profile_files(reporting).items():
+            files[f"--enable-profiling ({what})"] = str(Path.cwd() / path)
     if reporting.save_onnx:
         files["--save-onnx"] = str(Path.cwd() / ONNX_FILE)
         files["--save-onnx (external data)"] = str(Path.cwd() / f"{ONNX_FILE}.data")
@@ -103,8 +132,8 @@ def check_reporting_files(reporting: Reporting) -> None:
     if reporting.tensorboard_dir:
         check_writable_folder("--tensor-board-filename", reporting.tensorboard_dir)
     if reporting.profiling:
-        for suffix in (".json", ".prof"):
-            check_output_file("--enable-profiling", str(Path.cwd() / f"{PROFILE_PREFIX}{suffix}"))
+        for path in profile_files(reporting).values():
+            check_output_file("--enable-profiling", str(Path.cwd() / path))
     if reporting.save_onnx:
         check_output_file("--save-onnx", str(Path.cwd() / ONNX_FILE))
 
@@ -115,7 +144,7 @@ def observers(reporting: Reporting, eval_split: str, cuda: bool, mlperf: MLPerfL
     if reporting.tensorboard_dir:
         found.append(TensorBoardWriter(reporting.tensorboard_dir, eval_split))
     if reporting.profiling:
-        found.append(StepProfiler(PROFILE_PREFIX, cuda=cuda, tensorboard_dir=reporting.tensorboard_dir))
+        found.append(StepProfiler(reporting.profile_prefix, cuda=cuda, tensorboard_dir=reporting.tensorboard_dir))
     if mlperf is not None:
         found.append(mlperf)
     return found

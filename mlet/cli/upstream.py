@@ -184,7 +184,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
     _works("--print-time"),
     _works("--print-wall-time", "adds the wall-clock time (HH:MM) to the training log lines"),
     _works("--debug-mode", "prints the architecture, the training batches and the parameters before and after"),
-    _works("--enable-profiling", "a torch.profiler trace of a few steps (dlrm_mlet.json) and the top ops"),
+    _works(
+        "--enable-profiling",
+        "a torch.profiler trace of a few steps and the top ops (dlrm_mlet.json and .prof; under --save-model's stem,"
+        " or --profile-prefix)",
+    ),
     _refused(
         "--plot-compute-graph",
         "upstream itself stops with an error for it (it needs pytorchviz); use --enable-profiling",

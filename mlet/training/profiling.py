@@ -6,14 +6,22 @@ when training on a GPU, with CUDA activity. Written at the end of the window
 (or of the run, if it is shorter):
 
 * ``PREFIX.json``: the Chrome trace (chrome://tracing, Perfetto; with
-  ``--tensor-board-filename DIR`` also ``DIR/PREFIX.pt.trace.json``, which
+  ``--tensor-board-filename DIR`` also ``DIR/NAME.pt.trace.json``, ``NAME`` the prefix's file name, which
   TensorBoard's PyTorch profiler plugin reads);
 * ``PREFIX.prof``: the top ops by self time, also printed.
+
+Each is written under a temporary name of this process and renamed into place,
+so two runs given the same prefix never leave a torn or mixed file (the last
+one's stays).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
@@ -78,13 +86,34 @@ class StepProfiler(Observer):
         log(table)
 
     def write_files(self, table: str) -> str:
-        """Write the trace, its TensorBoard copy and the table; returns where the trace went, for the log."""
-        Path(f"{self.prefix}.prof").write_text(table + "\n")  # first: torch's trace export only logs its failures
+        """Write the table, the trace and its TensorBoard copy, each atomically; returns where the trace went, for
+        the log."""
+        replace_atomically(Path(f"{self.prefix}.prof"), lambda tmp: tmp.write_text(table + "\n"))
         trace = Path(f"{self.prefix}.json")
-        self.profiler.export_chrome_trace(str(trace))
+        replace_atomically(trace, lambda tmp: self.profiler.export_chrome_trace(str(tmp)))
         if not self.tensorboard_dir:
             return str(trace)
-        target = Path(self.tensorboard_dir) / f"{self.prefix}.pt.trace.json"
+        target = Path(self.tensorboard_dir) / f"{Path(self.prefix).name}.pt.trace.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trace, target)
+        replace_atomically(target, lambda tmp: shutil.copyfile(trace, tmp))
         return f"{trace} and {target}"
+
+
+def replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file of this process beside ``target``, then rename it over ``target``: a reader,
+    or another run writing the same name, sees the old file or a whole new one, never a torn or mixed one.
+
+    A temporary that ``write`` did not create (torch's trace export logs its failures instead of raising) is an
+    ``OSError`` naming ``target``; the temporary is removed whatever happens.
+    """
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if not tmp.exists():
+            raise FileNotFoundError(errno.ENOENT, "not written", str(target))
+        os.replace(tmp, target)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(target)) from error
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

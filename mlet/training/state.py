@@ -274,6 +274,7 @@ BOOKKEEPING = {
     "test_num_workers",
     "tensor_board_filename",
     "enable_profiling",
+    "profile_prefix",
     "mlperf_logging",
     "debug_mode",
     "save_onnx",
