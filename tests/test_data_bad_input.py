@@ -11,6 +11,7 @@ import pytest
 from helpers import override_flags, run_cli, sample_lines
 
 import data_utils
+from mlet.data.preprocessing.cache import read_meta
 
 MODEL = [
     "--arch-sparse-feature-size=4",
@@ -256,7 +257,7 @@ def test_bad_avazu_rows(case: str, tmp_path, capsys) -> None:
         (
             "sample",
             ["--arch-embedding-size=10-10"],
-            "--arch-embedding-size: '10-10' does not match the data's table sizes",
+            "--arch-embedding-size: gives 2 tables, the data have 26 categorical features (C1 ... C26)",
         ),
         ("sample", ["--processed-data-file={raw}"], "--processed-data-file: {raw} is a file"),
     ],
@@ -443,3 +444,45 @@ def test_evaluating_on_another_split_with_tables_of_the_same_sizes_is_refused(tm
     code, _, err = run_cli([*other, f"--load-model={saved}", "--inference-only"], capsys)
     assert code == 2 and "--data-split: checkpoint was trained with dlrm, the flags give random-811" in err, err
     assert not (tmp_path / "other").exists()  # refused before preprocessing
+
+
+def test_arch_embedding_size_is_checked_as_soon_as_the_data_sizes_are_known(tmp_path, capsys) -> None:
+    """What no data can match (another number of tables, a table past --max-ind-range) is refused before any
+    preprocessing; other sizes as soon as pass 1 has counted the values (a line; the build goes on and is kept),
+    and at once where the processed data exist. Each line names the flag, the table and both sizes."""
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    processed = tmp_path / "p"
+    for sizes, extra, message in (
+        ("-".join(["5"] * 25), [], "--arch-embedding-size: gives 25 tables, the data have 26 categorical features"),
+        (
+            "-".join(["5"] * 2 + ["100"] + ["5"] * 23),
+            ["--max-ind-range=50"],
+            "--arch-embedding-size: table 3 (C3) has 100 rows, more than any table of the data can have under"
+            " --max-ind-range=50 (it caps every table at 50 rows)",
+        ),
+    ):
+        code, out, err = run_cli(
+            dataset_argv("kaggle", raw, tmp_path, f"--arch-embedding-size={sizes}", *extra), capsys
+        )
+        assert code == 2 and one_error_line(err).startswith(message), err
+        assert not processed.exists() and "preprocessing" not in out  # refused before reading the raw file
+
+    wrong = "-".join(["7"] * 26)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, f"--arch-embedding-size={wrong}"), capsys)
+    line = one_error_line(err)
+    found = re.search(r"the data's sizes: ([\d-]+)\)", line)
+    assert code == 2 and found is not None, err
+    sizes = found.group(1).split("-")
+    first = next(t for t, n in enumerate(sizes) if n != "7")
+    assert line.startswith(
+        f"--arch-embedding-size: table {first + 1} (C{first + 1}) has 7 rows, the data's has {int(sizes[first]):,}"
+    )
+    notice = f"{line}; preprocessing goes on, so that the next run reuses it, then this run stops"
+    assert out.index("pass 1/2: ") < out.index(notice) < out.index("  done: ")  # after pass 1, the build goes on
+    assert read_meta(processed) is not None  # the processed data are kept
+
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, f"--arch-embedding-size={wrong}"), capsys)
+    assert code == 2 and one_error_line(err) == line and "using processed data" in out and "preprocessing" not in out
+    right = dataset_argv("kaggle", raw, tmp_path, f"--arch-embedding-size={found.group(1)}")
+    assert run_cli(right, capsys)[0] == 0

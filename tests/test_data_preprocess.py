@@ -95,6 +95,22 @@ def test_id_limits_on_a_batch() -> None:
     assert capped.table_sizes == [2, 2] and capped(np.array([[3, 2]], np.int32)).tolist() == [[1, 0]]
 
 
+def test_table_sizes_are_known_from_the_counts_of_pass_1_before_the_ids_are_numbered() -> None:
+    """The vocabulary's training counts before freeze (provisional order, values seen only in test/val counted 0)
+    give the table sizes the numbered vocabulary gives, for every min-count and modulus."""
+    vocab = Vocabulary(2)
+    keys = np.array([[5, 5, 5, 7, 7, 9, 13, 11], [1, 2, 2, 2, 3, 3, 3, 3]], np.int64)
+    vocab.index(keys, counted=np.array([True] * 7 + [False]))  # the last row is a test row: 11 never trained
+    before = vocab.training_counts()
+    assert [c.tolist() for c in before] == [[3, 2, 1, 1, 0], [1, 3, 3]]
+    unordered = [c.copy() for c in before]
+    vocab.freeze()
+    assert [c.tolist() for c in vocab.training_counts()] == [[3, 2, 1, 1], [3, 3, 1]]  # in id order now
+    for min_count, modulus in ((1, 0), (2, 0), (3, 0), (4, 0), (1, 2), (2, 3)):
+        early = IdLimits.from_unordered_counts(unordered, min_count, modulus)
+        assert early.table_sizes == IdLimits.from_counts(vocab.counts, min_count, modulus).table_sizes
+
+
 @pytest.mark.parametrize(
     ("total", "expected"), [(1999, (1714, 143, 142)), (7, (6, 1, 0)), (70, (60, 5, 5)), (13, (12, 1, 0))]
 )

@@ -36,7 +36,7 @@ from mlet.core.errors import (
     require_at_least,
 )
 from mlet.core.launch import is_main_process
-from mlet.data.flags import dataset_config
+from mlet.data.flags import check_given_table_sizes, dataset_config
 from mlet.data.preprocessing.cache import DENSE_INPUTS, cache_settings
 from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 from mlet.parallel import process_group
@@ -307,6 +307,8 @@ def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetCo
             f"got '{args.arch_mlp_bot}'"
         )
     explicit_sizes = dataset is None or args.arch_embedding_size is not None
+    if dataset is not None and explicit_sizes:
+        check_given_table_sizes(model.table_sizes, dataset)
     return DataConfig(
         generation=args.data_generation,
         table_sizes=model.table_sizes if explicit_sizes else None,

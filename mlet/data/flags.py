@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlet.core.config import DATA_SETS, DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.cache import DAY_SPLITS, DEFAULT_SPLIT, SPLIT_CHOICES
 from mlet.data.preprocessing.days import day_files
-from mlet.data.preprocessing.layouts import check_input_file
+from mlet.data.preprocessing.layouts import categorical_features, check_input_file
 
 DATA_SPLITS = ("dlrm", "random-811", "by-day")
 RANDOMIZE = ("total", "day", "none")
@@ -134,3 +134,42 @@ def recorded_dataset_config(flags: Mapping[str, Any]) -> DatasetConfig:
         sub_sample_rate=flags.get("data_sub_sample_rate", 0.0),
         randomize=flags.get("data_randomize", "total"),
     )
+
+
+def table_size_mismatch(given: Sequence[int], found: Sequence[int], features: Sequence[str]) -> str | None:
+    """The line naming ``--arch-embedding-size``, the first table whose size differs from the data's (``found``,
+    one per feature of ``features``) and both sizes; None when they agree."""
+    if len(given) != len(found):
+        return table_count_mismatch(len(given), features)
+    for t, (mine, theirs) in enumerate(zip(given, found)):
+        if mine != theirs:
+            return (
+                f"--arch-embedding-size: table {t + 1} ({features[t]}) has {mine:,} rows, the data's has {theirs:,}"
+                f" (the data's sizes: {'-'.join(map(str, found))}); leave the flag out to use them"
+            )
+    return None
+
+
+def table_count_mismatch(count: int, features: Sequence[str]) -> str:
+    """The line for an ``--arch-embedding-size`` of ``count`` tables where the data have one per feature."""
+    return (
+        f"--arch-embedding-size: gives {count} tables, the data have {len(features)} categorical features"
+        f" ({features[0]} ... {features[-1]}), one table each; leave the flag out to use the data's sizes"
+    )
+
+
+def check_given_table_sizes(sizes: Sequence[int], dataset: DatasetConfig) -> None:
+    """Refuse, before any data is read, an explicit ``--arch-embedding-size`` that no preprocessing of
+    ``dataset`` can match: another number of tables than the data set's categorical features, or a table larger
+    than ``--max-ind-range`` lets any be. The sizes themselves are compared once the data's are known
+    (:func:`~mlet.data.sources.dataset_bundle`)."""
+    features = categorical_features(dataset.data_set)
+    if len(sizes) != len(features):
+        raise UserError(table_count_mismatch(len(sizes), features))
+    cap = dataset.max_ind_range
+    for t, size in enumerate(sizes):
+        if cap and size > cap:
+            raise UserError(
+                f"--arch-embedding-size: table {t + 1} ({features[t]}) has {size:,} rows, more than any table of the"
+                f" data can have under --max-ind-range={cap} (it caps every table at {cap:,} rows)"
+            )

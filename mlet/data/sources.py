@@ -23,13 +23,17 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures
 from mlet.core.config import DataConfig, DatasetConfig, RandomConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
+from mlet.data.flags import table_size_mismatch
 from mlet.data.preprocessing.cache import prepare_dataset
-from mlet.data.preprocessing.splits import dense_transform
+from mlet.data.preprocessing.layouts import categorical_features
+from mlet.data.preprocessing.passes import VocabularyCheck
+from mlet.data.preprocessing.splits import Log, dense_transform
 from mlet.data.preprocessing.vocabulary import IdBounds, IdLimits
 from mlet.data.synthetic import ClickModel, ClickModelConfig, RandomBatches
 
@@ -333,21 +337,37 @@ def array_counts(source: ArraySource, table_sizes: Sequence[int]) -> list[np.nda
     return [np.bincount(ids[:, t], minlength=n) for t, n in enumerate(table_sizes)]
 
 
+def size_notice(given: Sequence[int], dataset: DatasetConfig, log: Log) -> VocabularyCheck:
+    """For a build of the processed data: once pass 1 has counted the values (the earliest the data's table sizes
+    are known), one line if ``given`` (an explicit ``--arch-embedding-size``) differs from them. The build goes
+    on: stopping would throw away what the next run, with the flag fixed, reuses."""
+
+    def check(counts: list[np.ndarray]) -> None:
+        found = IdLimits.from_unordered_counts(counts, dataset.cat_min_count, dataset.max_ind_range).table_sizes
+        mismatch = table_size_mismatch(given, found, categorical_features(dataset.data_set))
+        if mismatch is not None:
+            log(f"{mismatch}; preprocessing goes on, so that the next run reuses it, then this run stops")
+
+    return check
+
+
 def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     """Sources over the processed (and, if needed, first preprocessed) data set.
 
     Table sizes come from the data; sizes given in ``config`` (an explicit
-    ``--arch-embedding-size``) must equal them. ``test_samples`` caps the evaluated rows.
+    ``--arch-embedding-size``) must equal them: compared as soon as the data's
+    are known (processed data reused: at once; built now: a line after pass 1,
+    the refusal once the processed data are in place for the next run).
+    ``test_samples`` caps the evaluated rows.
     """
-    data = prepare_dataset(dataset, config.progress)
+    given = config.table_sizes
+    data = prepare_dataset(
+        dataset, config.progress, vocabulary_check=None if given is None else size_notice(given, dataset, tqdm.write)
+    )
     limits = data.limits(dataset.cat_min_count, dataset.max_ind_range)
     sizes = limits.table_sizes
-    if config.table_sizes is not None and list(config.table_sizes) != sizes:
-        raise UserError(
-            f"--arch-embedding-size: '{'-'.join(map(str, config.table_sizes))}' does not match "
-            f"the data's table sizes {'-'.join(map(str, sizes))};"
-            " leave the flag out to use them"
-        )
+    if given is not None and (mismatch := table_size_mismatch(given, sizes, data.categorical_features)) is not None:
+        raise UserError(mismatch)
 
     def source(split: str, batch_size: int, shuffle: bool, limit: int | None = None, days=None) -> ArraySource:
         dense, ids, labels = data.split(split)

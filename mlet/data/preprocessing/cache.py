@@ -47,11 +47,12 @@ from tqdm import tqdm
 from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import days
-from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, detect_layout, is_upstream_npz
+from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
     SPLITS,
     FirstPass,
     Reading,
+    VocabularyCheck,
     check_training_rows,
     read_pass,
     renumber_pass,
@@ -244,9 +245,17 @@ def install(tmp: Path, directory: Path) -> None:
 
 
 def single_file(
-    raw: Path, layout: Layout, settings: dict, skip: bool, tmp: Path, progress: bool, log: Log
+    raw: Path,
+    layout: Layout,
+    settings: dict,
+    skip: bool,
+    tmp: Path,
+    progress: bool,
+    log: Log,
+    vocabulary_check: VocabularyCheck | None = None,
 ) -> tuple[FirstPass, dict]:
-    """Both passes over one raw file (Kaggle, Avazu) into ``tmp``; the result and the split's details."""
+    """Both passes over one raw file (Kaggle, Avazu) into ``tmp``; the result and the split's details
+    (``vocabulary_check``: see :func:`~mlet.data.preprocessing.passes.check_training_rows`)."""
     start = time.perf_counter()
     plan = plan_split(raw, layout, settings["data_split"], settings["split_seed"] or 0, progress, log)
     reading = Reading(
@@ -260,7 +269,7 @@ def single_file(
     first = read_pass(raw, layout, reading, skip, tmp, progress)
     read = time.perf_counter() - start
     log(f"  pass 1/2: {first.physical:,} rows in {read:.1f} s ({first.physical / read:,.0f} rows/s)")
-    check_training_rows(first, raw, settings, log)
+    check_training_rows(first, raw, settings, log, vocabulary_check)
     renumber_pass(first, tmp, progress)
     details = dict(plan.details)
     if first.train_rows_per_day is not None:
@@ -269,10 +278,18 @@ def single_file(
 
 
 def build(
-    raw: Path, directory: Path, layout: Layout, settings: dict, source: dict, skip: bool, progress: bool, log: Log
+    raw: Path,
+    directory: Path,
+    layout: Layout,
+    settings: dict,
+    source: dict,
+    skip: bool,
+    progress: bool,
+    log: Log,
+    vocabulary_check: VocabularyCheck | None = None,
 ) -> dict:
     """Preprocess ``raw`` (a file; for Terabyte the day prefix) into ``directory`` (through a temporary
-    sibling); returns the metadata."""
+    sibling); returns the metadata. ``vocabulary_check`` sees the training counts after pass 1."""
     start = time.perf_counter()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -284,9 +301,9 @@ def build(
         raise UserError(f"--processed-data-file: cannot create {directory}: {error.strerror}") from None
     try:
         if settings["data_set"] == "terabyte":
-            first, details = days.build_days(str(raw), layout, settings, skip, tmp, progress, log)
+            first, details = days.build_days(str(raw), layout, settings, skip, tmp, progress, log, vocabulary_check)
         else:
-            first, details = single_file(raw, layout, settings, skip, tmp, progress, log)
+            first, details = single_file(raw, layout, settings, skip, tmp, progress, log, vocabulary_check)
         np.save(tmp / "vocab_keys.npy", np.concatenate(first.vocab.keys))
         np.save(tmp / "vocab_counts.npy", np.concatenate(first.vocab.counts))
         seconds = time.perf_counter() - start
@@ -345,8 +362,14 @@ class Processed:
     def id_bounds(self, name: str) -> IdBounds:
         """The ids that split ``name``'s ``cat.npy`` may hold (checked on every batch)."""
         sizes = np.asarray(self.meta["vocabulary_sizes"], np.uint32)
-        features = tuple(self.meta.get("features", {}).get("categorical", ()))
-        return IdBounds(sizes, self.directory / f"{name}.cat.npy", features)
+        return IdBounds(sizes, self.directory / f"{name}.cat.npy", self.categorical_features)
+
+    @property
+    def categorical_features(self) -> tuple[str, ...]:
+        """The categorical features' names, in column order (data processed before they were recorded: the data
+        set's)."""
+        recorded = tuple(self.meta.get("features", {}).get("categorical", ()))
+        return recorded or categorical_features(self.meta["settings"]["data_set"])
 
     def vocabulary_counts(self) -> list[np.ndarray]:
         """Each feature's training counts in id order."""
@@ -378,9 +401,10 @@ def prepare(
     progress: bool = True,
     log: Log = tqdm.write,
     sub_sample_rate: float = 0.0,
+    vocabulary_check: VocabularyCheck | None = None,
 ) -> Processed:
     """The processed data for these settings: reused when valid, else built from ``raw`` (Terabyte: the day
-    prefix or folder)."""
+    prefix or folder; ``vocabulary_check`` sees the training counts as soon as they are known, after pass 1)."""
     if not raw and not processed:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
     directory = Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
@@ -415,10 +439,16 @@ def prepare(
         return Processed(directory, meta)
     check_target(directory, meta)
     log(f"preprocessing {raw} into {directory}: {reason}")
-    return Processed(directory, build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log))
+    built = build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check)
+    return Processed(directory, built)
 
 
-def prepare_dataset(dataset: DatasetConfig, progress: bool = True, log: Log = tqdm.write) -> Processed:
+def prepare_dataset(
+    dataset: DatasetConfig,
+    progress: bool = True,
+    log: Log = tqdm.write,
+    vocabulary_check: VocabularyCheck | None = None,
+) -> Processed:
     """:func:`prepare` for a checked :class:`~mlet.core.config.DatasetConfig`."""
     return prepare(
         dataset.raw_data_file,
@@ -430,4 +460,5 @@ def prepare_dataset(dataset: DatasetConfig, progress: bool = True, log: Log = tq
         progress,
         log,
         dataset.sub_sample_rate,
+        vocabulary_check,
     )

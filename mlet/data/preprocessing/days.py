@@ -40,7 +40,7 @@ from tqdm import tqdm
 from mlet.core.errors import UserError
 from mlet.data.preprocessing.arrays import create_npy, read_rows, write_rows_at
 from mlet.data.preprocessing.layouts import LAYOUTS, Layout, check_input_file, detect_layout
-from mlet.data.preprocessing.passes import FirstPass, Reading, check_training_rows, read_pass
+from mlet.data.preprocessing.passes import FirstPass, Reading, VocabularyCheck, check_training_rows, read_pass
 from mlet.data.preprocessing.splits import TEST, TRAIN, BadRows
 from mlet.data.preprocessing.vocabulary import Vocabulary
 
@@ -220,9 +220,19 @@ def default_workers(days: int) -> int:
     return max(1, min(days, int(configured) if configured else (os.cpu_count() or 1) // 2))
 
 
-def build_days(raw: str, layout: Layout, settings: dict, skip: bool, directory: Path, progress: bool, log: Log):
+def build_days(
+    raw: str,
+    layout: Layout,
+    settings: dict,
+    skip: bool,
+    directory: Path,
+    progress: bool,
+    log: Log,
+    vocabulary_check: VocabularyCheck | None = None,
+):
     """Preprocess the day files of ``raw`` into ``directory``; returns the first-pass result (with the frozen,
-    merged vocabulary) and the split's details, as :func:`cache.single_file` does."""
+    merged vocabulary) and the split's details, as :func:`cache.single_file` does (``vocabulary_check``: see
+    :func:`~mlet.data.preprocessing.passes.check_training_rows`)."""
     files = day_files(raw)
     workers = default_workers(len(files))
     note = "" if len(files) == DAYS else f" (the full data set has {DAYS})"
@@ -252,7 +262,7 @@ def build_days(raw: str, layout: Layout, settings: dict, skip: bool, directory: 
     held = placements(results)[-2:]
     rows = [sum(r.rows for r in results[:-1]), held[0][2] - held[0][1], held[1][2] - held[1][1]]
     first = FirstPass(vocab, rows, sum(r.physical for r in results), bad, sum(r.dropped for r in results))
-    check_training_rows(first, raw, settings, log)
+    check_training_rows(first, raw, settings, log, vocabulary_check)
     assemble(directory, results, maps, len(layout.dense_features), workers)
     details = {
         "days": [r.rows for r in results],

@@ -132,6 +132,14 @@ LAYOUTS = {
     ),
 }
 
+DATA_SET_LAYOUT = {"kaggle": "kaggle-tsv", "terabyte": "kaggle-tsv", "avazu": "avazu"}
+"""A layout of each data set (Kaggle's CSV has the same features as its TSV; Terabyte's days are Kaggle's TSV)."""
+
+
+def categorical_features(data_set: str) -> tuple[str, ...]:
+    """The categorical features of ``data_set``'s processed arrays, in column order: one table each."""
+    return LAYOUTS[DATA_SET_LAYOUT[data_set]].categorical_features
+
 
 # -- files -------------------------------------------------------------------
 

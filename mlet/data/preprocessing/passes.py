@@ -23,6 +23,10 @@ from mlet.data.preprocessing.vocabulary import Vocabulary
 
 SPLITS = ("train", "test", "val")
 
+VocabularyCheck = Callable[[list[np.ndarray]], None]
+"""Called with each feature's training counts once pass 1 has read every row (any order of the values): the
+earliest point where the data's table sizes are known."""
+
 
 def progress_bar(total: int | None, desc: str, enabled: bool) -> tqdm:
     """A rows progress bar with a rows/s rate (off when not on a terminal)."""
@@ -130,8 +134,11 @@ def renumber_pass(first: FirstPass, directory: Path, progress: bool) -> None:
             bar.update(rows)
 
 
-def check_training_rows(first: FirstPass, raw: Path | str, settings: dict, log: Log) -> None:
-    """Log the bad rows skipped; refuse data without training rows."""
+def check_training_rows(
+    first: FirstPass, raw: Path | str, settings: dict, log: Log, vocabulary_check: VocabularyCheck | None = None
+) -> None:
+    """Log the bad rows skipped; refuse data without training rows; then ``vocabulary_check`` the training
+    counts."""
     if first.bad.total:
         log(f"  {first.bad.summary()}")
     if not first.rows[0]:
@@ -139,3 +146,5 @@ def check_training_rows(first: FirstPass, raw: Path | str, settings: dict, log: 
             f"{raw}: no training rows in the {settings['data_split']} split "
             f"({first.physical:,} rows read, {first.bad.total:,} bad)"
         )
+    if vocabulary_check is not None:
+        vocabulary_check(first.vocab.training_counts())

@@ -179,6 +179,13 @@ class Vocabulary:
             indices.append(index)
         return indices
 
+    def training_counts(self) -> list[np.ndarray]:
+        """Each feature's training counts: by provisional index before :meth:`freeze` (values seen only outside
+        training count 0), in id order after it."""
+        if self.counts:
+            return self.counts
+        return [c[: len(t)] for t, c in zip(self.tables, self._counts)]
+
     def freeze(self) -> None:
         """Number the values seen in training by decreasing count (ties by key) from 1; others get 0."""
         for table, all_counts in zip(self.tables, self._counts):
@@ -217,6 +224,13 @@ class IdLimits:
     def from_counts(cls, counts: list[np.ndarray], min_count: int, modulus: int) -> IdLimits:
         """Limits for the per-feature counts in id (decreasing) order."""
         keep = np.array([int(np.searchsorted(-np.asarray(c), -min_count, side="right")) for c in counts], np.int32)
+        return cls(keep, modulus)
+
+    @classmethod
+    def from_unordered_counts(cls, counts: list[np.ndarray], min_count: int, modulus: int) -> IdLimits:
+        """The same limits from counts in any order (a vocabulary not yet numbered): the values kept, counted
+        (:meth:`from_counts` finds them by bisection in id order)."""
+        keep = np.array([int(np.count_nonzero(np.asarray(c) >= min_count)) for c in counts], np.int32)
         return cls(keep, modulus)
 
     @property
