@@ -3,6 +3,7 @@ wall time, debug output, ONNX at the end."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, TINY, run_cli
+
+from mlet.core.files import replace_atomically
 
 
 def mllog(out: str) -> list[dict]:
@@ -354,3 +357,21 @@ def test_save_onnx_writes_the_inference_model(tmp_path, monkeypatch, capsys) -> 
     )
     assert code == 2 and err.count("\n") == 1
     assert "--save-onnx: the evaluated model has row-wise quantized tables" in err
+
+
+def test_replace_atomically_keeps_the_old_file_when_a_write_fails(tmp_path) -> None:
+    """A write that fails half-way leaves the previous file whole and no temporary; the error names the target.
+    A write that succeeds replaces the file."""
+    target = tmp_path / "results.json"
+    target.write_text("old\n")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("ne")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        replace_atomically(target, half_then_fail)
+    assert raised.value.filename == str(target)
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    replace_atomically(target, lambda tmp: tmp.write_text("new\n"))
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

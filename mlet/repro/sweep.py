@@ -43,6 +43,7 @@ from tqdm import tqdm
 from mlet.cli.configs import run_config
 from mlet.core.config import DataConfig
 from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
+from mlet.core.files import replace_atomically
 from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,
@@ -141,9 +142,8 @@ class Manifest:
     def write(self) -> None:
         """Replace the file atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        text = json.dumps(self.data, indent=1) + "\n"
+        replace_atomically(self.path, lambda tmp: tmp.write_text(text))
 
 
 def now() -> str:

@@ -17,15 +17,12 @@ one's stays).
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
+from mlet.core.files import replace_atomically
 from mlet.core.launch import log
 from mlet.training.observers import Observer
 
@@ -97,23 +94,3 @@ class StepProfiler(Observer):
         target.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(target, lambda tmp: shutil.copyfile(trace, tmp))
         return f"{trace} and {target}"
-
-
-def replace_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file of this process beside ``target``, then rename it over ``target``: a reader,
-    or another run writing the same name, sees the old file or a whole new one, never a torn or mixed one.
-
-    A temporary that ``write`` did not create (torch's trace export logs its failures instead of raising) is an
-    ``OSError`` naming ``target``; the temporary is removed whatever happens.
-    """
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        if not tmp.exists():
-            raise FileNotFoundError(errno.ENOENT, "not written", str(target))
-        os.replace(tmp, target)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(target)) from error
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)

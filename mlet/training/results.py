@@ -4,15 +4,14 @@ JSON."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
 from dlrm_model import DLRM
 from mlet.core.errors import UserError
+from mlet.core.files import replace_atomically
 from mlet.training.checkpoints import bytes_report
 
 
@@ -60,12 +59,9 @@ def json_safe(value: object) -> object:
 def write_json(path: str, payload: dict) -> None:
     """Write ``payload`` atomically as strict JSON (:class:`UserError` naming ``path`` if it cannot be written)."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+    text = json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, target)
+        replace_atomically(target, lambda tmp: tmp.write_text(text))
     except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write the results ({error.strerror or error})") from None

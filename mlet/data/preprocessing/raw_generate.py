@@ -29,7 +29,6 @@ tests can check that preprocessing recovers exactly these samples.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from mlet.core.config import SyntheticConfig
+from mlet.core.files import replace_atomically
 from mlet.data.preprocessing.layouts import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_data import splitmix64
 from mlet.data.synthetic import ClickModel, ClickModelConfig
@@ -270,10 +270,9 @@ class RawGenerator:
             quoting_header="none",
         )
         compression = "gzip" if str(path).endswith(".gz") else None
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        first, writer = 0, None
-        try:
+
+        def write_rows(tmp: Path) -> None:
+            first, writer = 0, None
             with pa.output_stream(str(tmp), compression=compression) as sink:
                 for rows in self.chunks():
                     table = self.table(rows, first)
@@ -283,9 +282,8 @@ class RawGenerator:
                     first += len(rows.labels)
                 if writer is not None:
                     writer.close()
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        replace_atomically(Path(path), write_rows)
 
     def write_days(self, prefix: str, days: int) -> list[Path]:
         """Terabyte: ``PREFIX_0`` ... ``PREFIX_{days-1}`` of :attr:`rows` rows each (``PREFIX.gz``: ``PREFIX_i.gz``,
