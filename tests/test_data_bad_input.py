@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import override_flags, run_cli, sample_lines
+from helpers import RESUME_FLAGS, TINY, override_flags, run_cli, sample_lines
 
 import data_utils
 from mlet.data.preprocessing.cache import read_meta
@@ -486,3 +486,23 @@ def test_arch_embedding_size_is_checked_as_soon_as_the_data_sizes_are_known(tmp_
     assert code == 2 and one_error_line(err) == line and "using processed data" in out and "preprocessing" not in out
     right = dataset_argv("kaggle", raw, tmp_path, f"--arch-embedding-size={found.group(1)}")
     assert run_cli(right, capsys)[0] == 0
+
+
+def test_evaluating_a_synthetic_data_checkpoint_compares_its_click_model(tmp_path, capsys) -> None:
+    """Synthetic data of another click model (another seed or --synthetic-* flag) is not the data the checkpoint
+    learned: --inference-only refuses it; the same model is evaluated. Random data is scored whatever it draws
+    (upstream times inference on it with any seed)."""
+    saved = tmp_path / "m.pt"
+    synthetic = override_flags(RESUME_FLAGS, "--nepochs=1")
+    assert run_cli([*synthetic, f"--save-model={saved}"], capsys)[0] == 0
+    for flag, recorded in (("--numpy-rand-seed=5", "123"), ("--synthetic-rank=2", "4")):
+        code, _, err = run_cli([*synthetic, flag, f"--load-model={saved}", "--inference-only"], capsys)
+        name = flag.split("=")[0]
+        assert code == 2 and f"{name}: checkpoint was trained with {recorded}, the flags give " in err, err
+        assert "another click model" in err and err.count("\n") == 1, err
+    code, out, err = run_cli([*synthetic, f"--load-model={saved}", "--inference-only"], capsys)
+    assert code == 0 and "Testing at" in out, err
+    random = tmp_path / "r.pt"
+    assert run_cli([*TINY, f"--save-model={random}"], capsys)[0] == 0
+    code, out, err = run_cli([*TINY, "--numpy-rand-seed=5", f"--load-model={random}", "--inference-only"], capsys)
+    assert code == 0 and "Testing at" in out, err

@@ -383,12 +383,19 @@ def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
 
 
 def evaluated_data(flags: dict) -> dict[str, object]:
-    """``{flag: value}`` of the recorded ``flags`` that decide what ``--inference-only`` scores on a data set:
-    which rows its test and validation splits hold, and which table row each id reads (the vocabulary is
-    numbered by the training split's counts, then limited by ``--cat-min-count`` and ``--max-ind-range``).
-    ``--data-split-seed`` counts only where it seeds something (the settings the processed data depend on)."""
-    if flags.get("data_generation") != "dataset" or "data_split" not in flags:
-        return {"--data-generation": flags.get("data_generation")}
+    """``{flag: value}`` of the recorded ``flags`` that decide what ``--inference-only`` scores.
+
+    On a data set: which rows its test and validation splits hold, and which table row each id reads (the
+    vocabulary is numbered by the training split's counts, then limited by ``--cat-min-count`` and
+    ``--max-ind-range``); ``--data-split-seed`` counts only where it seeds something (the settings the processed
+    data depend on). On synthetic data: the click model (its ``--synthetic-*`` flags and ``--numpy-rand-seed``).
+    Random data is scored on whatever it draws (upstream times inference on it with any seed)."""
+    generation = flags.get("data_generation")
+    if generation == "synthetic":
+        model = {flag_name(dest): value for dest, value in sorted(flags.items()) if dest.startswith("synthetic_")}
+        return {"--data-generation": generation, **model, "--numpy-rand-seed": flags.get("numpy_rand_seed")}
+    if generation != "dataset" or "data_split" not in flags:
+        return {"--data-generation": generation}
     settings = cache_settings(
         flags["data_set"], flags["data_split"], flags["data_split_seed"], flags.get("data_sub_sample_rate", 0.0)
     )
@@ -402,20 +409,28 @@ def evaluated_data(flags: dict) -> dict[str, object]:
     }
 
 
+EVALUATED_DATA_REASON = {
+    "dataset": "score other rows, or read other table rows for their ids (ids are numbered by the training split's"
+    " vocabulary)",
+    "synthetic": "score samples of another click model than the one it learned",
+}
+"""Why ``--inference-only`` refuses a flag of :func:`evaluated_data` that differs, by ``--data-generation``."""
+
+
 def check_evaluated_data(ckpt: dict, flags: dict) -> None:
-    """For ``--inference-only``: refuse, before any data is prepared, a data-set flag that differs from the
-    checkpoint's recorded one (:func:`evaluated_data`), as an architecture that differs is refused; a checkpoint
-    that records no flags is not compared."""
+    """For ``--inference-only``: refuse, before any data is prepared, a flag of :func:`evaluated_data` that
+    differs from the checkpoint's recorded one, as an architecture that differs is refused; a checkpoint that
+    records no flags is not compared."""
     saved = ckpt.get("args") or {}
     if "data_generation" not in saved:
         return
     recorded, given = evaluated_data(saved), evaluated_data(flags)
+    reason = EVALUATED_DATA_REASON.get(saved["data_generation"], "score other data than it was trained on")
     for flag, old in recorded.items():
         if flag in given and given[flag] != old:
             raise UserError(
                 f"{flag}: checkpoint was trained with {old}, the flags give {given[flag]}; evaluating it would"
-                " score other rows, or read other table rows for their ids (ids are numbered by the training"
-                " split's vocabulary): give the checkpoint's value"
+                f" {reason}: give the checkpoint's value"
             )
 
 
