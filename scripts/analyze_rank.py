@@ -3,7 +3,10 @@
 The code is mlet/repro/rank_analysis.py; see docs/reproducing.md.
 """
 
-from mlet.repro.rank_analysis import cli
+from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
+
+with interrupt_exits("analyze_rank.py"):  # Ctrl-C while the modules import (torch: seconds): one line, status 130
+    from mlet.repro.rank_analysis import cli
 
 if __name__ == "__main__":
     cli()

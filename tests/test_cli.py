@@ -409,6 +409,10 @@ time.sleep(30)
         (["-c", "import dlrm_mlet; dlrm_mlet.cli()"], dlrm_mlet.PROG),  # as the dlrm-mlet console command starts
         (["checkpoint.py", "info", "x.pt"], checkpoint.PROG),
         (["data_utils.py", "--help"], "data_utils.py"),
+        *[
+            ([f"scripts/{name}", "--help"], name)
+            for name in ("sweep.py", "full_scale.py", "summarize.py", "analyze_rank.py")
+        ],
     ],
 )
 def test_ctrl_c_while_the_modules_import_ends_as_in_the_run(command: list[str], prog: str, tmp_path) -> None:
