@@ -53,7 +53,7 @@ def tables_beside(tables: Callable[[SparseFeatures], Tensor], sparse: SparseFeat
     """``tables(sparse)`` on the side stream of the ids' device, after the current stream's work so far (which
     made the batch); the current stream waits for it at :func:`joined`."""
     stream = table_stream(sparse.indices.device)
-    stream.wait_stream(torch.cuda.current_stream())
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
     for ids in (sparse.indices, sparse.offsets, sparse.weights):
         if ids is not None:
             ids.record_stream(stream)
@@ -64,7 +64,7 @@ def tables_beside(tables: Callable[[SparseFeatures], Tensor], sparse: SparseFeat
 def joined(embedded: Tensor) -> Tensor:
     """``embedded`` (from :func:`tables_beside`) for the current stream, which first waits for the side
     stream's work so far."""
-    current = torch.cuda.current_stream()
+    current = torch.cuda.current_stream(embedded.device)
     current.wait_stream(table_stream(embedded.device))
     embedded.record_stream(current)
     return embedded
