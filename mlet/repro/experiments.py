@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
 
 PROTOCOLS = ("paper", "tuned")
@@ -121,6 +122,10 @@ class Config:
         elif self.method == "md":
             parts.append(f"MD a={self.temperature:g}")
         return " + ".join(parts) or "baseline"
+
+    def method_at(self, bits: int | None) -> str:
+        """:attr:`method_name` at a precision: ``MLET K=64 + QR c=4``, ``baseline int8`` (``bits`` None: float32)."""
+        return self.method_name + ("" if bits is None else f" int{bits}")
 
     @property
     def title(self) -> str:
@@ -248,6 +253,7 @@ class RunResult:
     path: str = ""
     shared: dict = field(default_factory=dict)  # shared_args of the run's flags
     quantized: dict[int, dict] = field(default_factory=dict)
+    bits: int | None = None  # the precision of the tables scored: None float32, 8/4 quantized
 
     def variant(self, bits: int | None) -> RunResult:
         """This run as the model with ``bits``-bit quantized tables (its metrics and served bytes); ``None``: as
@@ -263,6 +269,7 @@ class RunResult:
             inference_embedding_bytes=q["inference_embedding_bytes"],
             history=[],
             quantized={},
+            bits=bits,
         )
 
 
@@ -272,12 +279,19 @@ def number(value: float | int | str | None) -> float:
 
 
 def spec_from_payload(payload: dict) -> RunSpec:
-    """The run a results JSON describes, from its recorded flags (not from its file name)."""
+    """The run a results JSON describes, from its recorded flags (not from its file name); for an evaluation
+    (``--inference-only``), the model of its checkpoint: the built model's tables and the MLET width it was
+    trained with, whatever the flags of the evaluation said."""
     args = payload["args"]
     dim, hidden = int(args["arch_sparse_feature_size"]), int(args["mlet_hidden"])
-    if args.get("qr_flag"):
-        config = Config(dim, hidden, "qr", collisions=int(args["qr_collisions"]))
-    elif args.get("md_flag"):
+    qr, md, collisions = args.get("qr_flag"), args.get("md_flag"), args.get("qr_collisions")
+    built, loaded = payload.get("model_config"), payload.get("checkpoint") or {}
+    if args.get("inference_only") and built and "trained_mlet_hidden" in loaded:
+        hidden = int(loaded["trained_mlet_hidden"] or 0)
+        qr, md, collisions = built.get("qr_flag"), bool(built.get("md_dims")), built.get("qr_collisions")
+    if qr:
+        config = Config(dim, hidden, "qr", collisions=int(collisions))
+    elif md:
         config = Config(dim, hidden, "md", temperature=float(args["md_temperature"]))
     else:
         config = Config(dim, hidden)
@@ -304,7 +318,32 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
         path=path,
         shared=shared_args(payload["args"]),
         quantized={int(q["bits"]): quantized_metrics(q) for q in payload.get("quantized") or []},
+        bits=evaluated_bits(payload),
     )
+
+
+def evaluated_bits(payload: dict) -> int | None:
+    """The bits of the quantized tables an evaluation scored (``--inference-only`` on a checkpoint of
+    ``checkpoint.py quantize``, or with ``--quantize-emb-with-bit``); None for float tables. Told by the served
+    embedding bytes: row-wise packed rows (``d + 8`` or ``ceil(d / 2) + 4`` bytes) never take the ``4 d``
+    bytes of float32 ones, so the bytes match at most one precision (:func:`quantized_bytes`)."""
+    if not payload["args"].get("inference_only") or "model_config" not in payload:
+        return None
+    served = int(payload["parameters"]["embedding_inference_bytes"])
+    config = ModelConfig.from_dict(payload["model_config"])
+    return next((bits for bits in (8, 4) if quantized_bytes(config, bits) == served), None)
+
+
+def quantized_bytes(config: ModelConfig, bits: int) -> int:
+    """Served embedding bytes of ``config``'s collapsed tables quantized to ``bits`` (``mlet.serving.quantize``'s
+    packed rows; mixed-dimension projections stay float32)."""
+    from mlet.serving.quantize import packed_width  # imports torch and the model: only for evaluations
+
+    total = 0
+    for table in config.table_configs():
+        total += sum(rows * packed_width(table.width, bits) for rows in table.parts)
+        total += 4 * table.width * table.dim if table.projected else 0
+    return total
 
 
 def quantized_metrics(entry: dict) -> dict:

@@ -43,7 +43,7 @@ class Point:
     @property
     def method(self) -> str:
         """``MLET K=64 + QR c=4``, with ``int8`` / ``int4`` for quantized tables."""
-        return self.config.method_name + ("" if self.bits is None else f" int{self.bits}")
+        return self.config.method_at(self.bits)
 
     @property
     def panel(self) -> tuple[str, str]:

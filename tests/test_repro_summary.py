@@ -1,0 +1,91 @@
+"""scripts/summarize.py on results files and on sweeps whose grid leaves something out: labels, refusals, notes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import fake_payload
+
+from mlet.core.config import ModelConfig
+from mlet.repro import summary as summarize
+from mlet.repro.experiments import Config, RunSpec
+
+# Three tables of 1000, 500 and 20 rows at d=4: 1520 rows, so 1520 * 4 * 4 bytes in float32, 1520 * (4 + 8) in
+# int8 (d bytes, float32 scale and bias) and 1520 * (2 + 4) in int4 (d/2 bytes, float16 scale and bias).
+TABLES = (1000, 500, 20)
+SERVED = {None: 24320, 8: 18240, 4: 9120}
+
+
+def write(path: Path, payload: dict) -> Path:
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def trained(config: Config, **flags: object) -> dict:
+    """A training run's results JSON with the method's flags recorded as dlrm_mlet.py records them."""
+    payload = fake_payload(RunSpec("sgd", config, 0.2, 1), 0.2)
+    payload["args"] |= {
+        "qr_flag": config.method == "qr",
+        "qr_collisions": config.collisions or 4,
+        "md_flag": config.method == "md",
+        "md_temperature": config.temperature or 0.3,
+        **flags,
+    }
+    return payload
+
+
+def evaluation(bits: int | None, trained_hidden: int, **flags: object) -> dict:
+    """``--inference-only`` of a collapsed (``bits`` None) or quantized checkpoint of a model trained with MLET of
+    ``trained_hidden``: the model as built (collapsed, plain tables) and its served bytes; the evaluation's flags
+    need not repeat the trained ones."""
+    payload = trained(Config(4), inference_only=True, **flags)
+    payload["model_config"] = ModelConfig(table_sizes=TABLES, dim=4, bottom_mlp=(13, 16, 4), top_mlp=(16, 1)).to_dict()
+    payload["parameters"]["embedding_inference_bytes"] = SERVED[bits]
+    payload["checkpoint"] = {"path": "m.pt", "kind": "inference", "trained_mlet_hidden": trained_hidden}
+    return payload
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The printed table's rows by run name: their cells."""
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells[1:] for cells in rows[1:]}
+
+
+def test_results_files_are_labelled_by_method_and_precision_as_in_the_sweep_summary(tmp_path, capsys) -> None:
+    files = {
+        "qr": trained(Config(4, 0, "qr", collisions=4)),
+        "md": trained(Config(4, 0, "md", temperature=0.3)),
+        "mletqr": trained(Config(4, 16, "qr", collisions=4)),
+        "mletmd": trained(Config(4, 16, "md", temperature=0.25)),
+        "plain": trained(Config(4)),
+        "ev_q8": evaluation(8, 16, mlet_hidden=16),
+        "ev_q4": evaluation(4, 16, mlet_hidden=0),  # the flags of the evaluation need not name MLET
+        "ev_c": evaluation(None, 16),
+        "ev_plain_q8": evaluation(8, 0),
+    }
+    paths = [str(write(tmp_path / f"{name}.json", payload)) for name, payload in files.items()]
+    assert summarize.main(paths) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert {name: cells[0] for name, cells in rows.items()} == {
+        "qr": "QR c=4",
+        "md": "MD a=0.3",
+        "mletqr": "MLET K=16 + QR c=4",
+        "mletmd": "MLET K=16 + MD a=0.25",
+        "plain": "baseline",
+        "ev_q8": "MLET K=16 int8",
+        "ev_q4": "MLET K=16 int4",
+        "ev_c": "MLET K=16",
+        "ev_plain_q8": "baseline int8",
+    }
+    assert rows["ev_q8"][5] == "17.8 KiB" and rows["ev_c"][5] == "23.8 KiB"
+
+
+def test_results_files_show_the_int8_and_int4_evaluations_of_a_training_run(tmp_path, capsys) -> None:
+    payload = trained(Config(4, 16))
+    payload["quantized"] = [
+        {"bits": b, "final": {"auc": auc}, "val": {}, "parameters": {"embedding_inference_bytes": 10}}
+        for b, auc in ((8, 0.7123), (4, 0.7001))
+    ]
+    assert summarize.main([str(write(tmp_path / "run.json", payload))]) == 0
+    assert table_rows(capsys.readouterr().out)["run"][-1] == "0.7123 / 0.7001"
