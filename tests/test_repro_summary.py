@@ -9,6 +9,7 @@ from helpers import fake_payload
 
 from mlet.core.config import ModelConfig
 from mlet.repro import summary as summarize
+from mlet.repro import sweep
 from mlet.repro.experiments import Config, RunSpec
 
 # Three tables of 1000, 500 and 20 rows at d=4: 1520 rows, so 1520 * 4 * 4 bytes in float32, 1520 * (4 + 8) in
@@ -89,3 +90,44 @@ def test_results_files_show_the_int8_and_int4_evaluations_of_a_training_run(tmp_
     ]
     assert summarize.main([str(write(tmp_path / "run.json", payload))]) == 0
     assert table_rows(capsys.readouterr().out)["run"][-1] == "0.7123 / 0.7001"
+
+
+class FakeTrainer:
+    """Stands in for dlrm_mlet.py in a sweep: writes each run's results JSON (AUC peaking at the rate 3.2)."""
+
+    def __call__(self, spec: RunSpec, argv: list[str], log: Path) -> int:
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json="))
+        Path(out).write_text(json.dumps(fake_payload(spec, 3.2)))
+        return 0
+
+
+def run_sweep(run_dir: Path, *flags: str) -> None:
+    """A small sweep (SGD, seed 1, MLET K=16 at d=2) of the fake trainer; ``flags``: more sweep.py flags."""
+    argv = ["--run-dir", str(run_dir), "--mlet-dims", "2", "--mlet-hidden", "16", "--seeds", "1"]
+    argv += ["--optimizers", "sgd", "--max-widen", "3", *flags, "--", "--data-generation=synthetic"]
+    sweep.sweep(sweep.settings_from_args(sweep.build_parser().parse_args(argv)), runner=FakeTrainer())
+
+
+def test_a_paper_rate_asked_for_that_no_run_used_is_refused(tmp_path, capsys) -> None:
+    run_sweep(tmp_path, "--baseline-dims", "2", "8", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2")
+    capsys.readouterr()
+    out = tmp_path / "o3"
+    assert summarize.main([str(tmp_path), "--paper-lr", "sgd=0.5", "--no-plots", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "summarize.py: error: --paper-lr sgd=0.5: no sgd runs at the paper rate 0.5 (rates run: 0.2, 0.8, 3.2, 12.8)\n"
+    )
+    assert not out.exists()
+    assert summarize.main([str(tmp_path), "--paper-lr", "adam=0.001", "--no-plots", "--out", str(out)]) == 2
+    assert "--paper-lr adam=...: the sweep has no adam runs (it ran sgd)" in capsys.readouterr().err
+    assert summarize.main([str(tmp_path), "--paper-lr", "sgd=0.8", "--no-plots", "--out", str(out)]) == 0
+    assert "| paper | sgd | baseline d=8 | 0.8 |" in (out / "summary.md").read_text()
+
+
+def test_a_sweep_that_never_ran_its_paper_rate_says_so(tmp_path, capsys) -> None:
+    run_sweep(tmp_path, "--baseline-dims", "2", "8", "--protocols", "tuned", "--lrs", "sgd=0.8,3.2")
+    capsys.readouterr()
+    assert summarize.main([str(tmp_path), "--no-plots"]) == 0
+    gap = "no sgd runs at the paper rate 0.2 (rates run: 0.8, 3.2, 12.8)"
+    assert f"summarize.py: warning: {tmp_path}: {gap}: the summary has no paper rows for it" in capsys.readouterr().err
+    markdown = (tmp_path / "summary.md").read_text()
+    assert f"- **no paper rows**: {gap}" in markdown and "| paper |" not in markdown

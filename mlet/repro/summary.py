@@ -30,7 +30,7 @@ import json
 import math
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from mlet.core.errors import UserError, check_output_folder
@@ -49,6 +49,7 @@ from mlet.repro.experiments import (
     load_run_dir,
     lr_text,
     results_dir,
+    round_lr,
     select,
     size_text,
     sweep_record,
@@ -346,6 +347,29 @@ def paper_lrs_of(run_dir: Path, overrides: Sequence[str]) -> dict[str, float]:
     return lrs
 
 
+def paper_rate_gaps(results: Sequence[RunResult], paper_lrs: dict[str, float]) -> dict[str, str]:
+    """By optimizer with runs but none at its paper rate (so no ``paper`` rows): why, with the rates that ran."""
+    gaps = {}
+    for optimizer in sorted({r.spec.optimizer for r in results}):
+        rates = ", ".join(lr_text(lr) for lr in sorted({r.spec.lr for r in results if r.spec.optimizer == optimizer}))
+        rate = paper_lrs.get(optimizer)
+        if rate is None:
+            gaps[optimizer] = f"no paper rate for {optimizer} (give --paper-lr {optimizer}=RATE; rates run: {rates})"
+        elif round_lr(rate) not in {r.spec.lr for r in results if r.spec.optimizer == optimizer}:
+            gaps[optimizer] = f"no {optimizer} runs at the paper rate {lr_text(rate)} (rates run: {rates})"
+    return gaps
+
+
+def check_paper_rates(results: Sequence[RunResult], paper_lrs: dict[str, float], asked: Collection[str]) -> None:
+    """Refuse a ``--paper-lr`` rate that no run of the sweep used (its ``paper`` rows would all be missing)."""
+    ran, gaps = sorted({r.spec.optimizer for r in results}), paper_rate_gaps(results, paper_lrs)
+    for optimizer in sorted(asked):
+        if optimizer not in ran:
+            raise UserError(f"--paper-lr {optimizer}=...: the sweep has no {optimizer} runs (it ran {', '.join(ran)})")
+        if gap := gaps.get(optimizer):
+            raise UserError(f"--paper-lr {optimizer}={lr_text(paper_lrs[optimizer])}: {gap}")
+
+
 def sweep_facts(run_dir: Path, results: Sequence[RunResult], record: dict | None) -> list[str]:
     """Lines on what the sweep ran on: data, runs, wall time, machine."""
     lines = [f"- runs: {len(results)} results in `{results_dir(run_dir)}`"]
@@ -415,8 +439,13 @@ def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settin
     return lines
 
 
-def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True) -> str:
-    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown."""
+def summarize_sweep(
+    run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True, asked: Collection[str] = ()
+) -> str:
+    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown.
+
+    ``asked``: the optimizers whose paper rate the user gave (``--paper-lr``): a rate no run used is refused;
+    one from ``sweep.json`` without runs is a warning on stderr and a line in ``summary.md``."""
     check_output_folder("--out", out)
     record = sweep_record(run_dir)  # None: results copied together by hand
     settings = record["settings"] if record else None
@@ -426,6 +455,10 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
             f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)"
         )
     check_comparable(results)
+    check_paper_rates(results, paper_lrs, asked)
+    gaps = paper_rate_gaps(results, paper_lrs)
+    for gap in gaps.values():
+        print(f"{PROG}: warning: {run_dir}: {gap}: the summary has no paper rows for it", file=sys.stderr)
     selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
     if not selections:
         raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
@@ -437,6 +470,7 @@ def summarize_sweep(run_dir: Path, out: Path, paper_lrs: dict[str, float], plots
         "",
         *sweep_facts(run_dir, results, record),
         *coverage_lines(results, left_out, settings),
+        *(f"- **no paper rows**: {gap}" for gap in gaps.values()),
         "",
         "## Headline: the d-reduction factor",
         "",
@@ -523,7 +557,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = args.paths[0]
             print(
                 summarize_sweep(
-                    run_dir, args.out or run_dir, paper_lrs_of(run_dir, args.paper_lr), plots=not args.no_plots
+                    run_dir,
+                    args.out or run_dir,
+                    paper_lrs_of(run_dir, args.paper_lr),
+                    plots=not args.no_plots,
+                    asked={item.partition("=")[0] for item in args.paper_lr},
                 )
             )
         else:
