@@ -131,3 +131,22 @@ def test_a_sweep_that_never_ran_its_paper_rate_says_so(tmp_path, capsys) -> None
     assert f"summarize.py: warning: {tmp_path}: {gap}: the summary has no paper rows for it" in capsys.readouterr().err
     markdown = (tmp_path / "summary.md").read_text()
     assert f"- **no paper rows**: {gap}" in markdown and "| paper |" not in markdown
+
+
+def test_results_files_refuse_the_sweep_only_flags_and_a_directory_among_them(tmp_path, capsys) -> None:
+    files = [str(write(tmp_path / f"{name}.json", trained(Config(4, k)))) for name, k in (("plain", 0), ("mlet", 16))]
+    (tmp_path / "repro").mkdir()
+    for argv, message in [
+        ([*files, "--out", str(tmp_path / "sj")], "--out: only for a sweep directory; the table of results files is"),
+        ([*files, "--paper-lr", "sgd=0.2"], "--paper-lr: only for a sweep directory"),
+        (
+            [str(tmp_path / "repro"), files[1]],
+            f"{tmp_path / 'repro'}: a directory among 2 paths (give one sweep directory, or results JSON files, not",
+        ),
+        ([str(tmp_path / "none.json"), files[1]], f"{tmp_path / 'none.json'}: no such results file (give one"),
+    ]:
+        assert summarize.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"summarize.py: error: {message}") and captured.err.count("\n") == 1
+        assert captured.out == ""
+    assert not (tmp_path / "sj").exists()

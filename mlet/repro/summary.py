@@ -533,6 +533,21 @@ def summarize_sweep(
     return markdown
 
 
+def check_results_files(paths: Sequence[Path], out: Path | None, paper_lr: Sequence[str]) -> None:
+    """Refuse, in one line, what the results-files mode cannot honour: a directory among the files, a path that
+    does not exist, and the sweep-only ``--out`` and ``--paper-lr`` (the table is printed: redirect it)."""
+    accepted = "give one sweep directory, or results JSON files"
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"{path}: a directory among {len(paths)} paths ({accepted}, not both)")
+        if not path.is_file():
+            raise UserError(f"{path}: no such results file ({accepted})")
+    if out is not None:
+        raise UserError("--out: only for a sweep directory; the table of results files is printed (redirect it)")
+    if paper_lr:
+        raise UserError("--paper-lr: only for a sweep directory; results files are tabled at their own rates")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -541,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="where summary.md, summary.json and the plots go (default: the sweep directory)",
+        help="where summary.md, summary.json and the plots go (default: the sweep directory; "
+        "results files print their table instead)",
     )
     p.add_argument(
         "--paper-lr",
@@ -565,9 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         else:
-            missing = [p for p in args.paths if not p.is_file()]
-            if missing:
-                raise UserError(f"{missing[0]}: no such results file (give one sweep directory or results JSON files)")
+            check_results_files(args.paths, args.out, args.paper_lr)
             print(run_table(load_results(args.paths)))
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
