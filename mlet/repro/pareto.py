@@ -123,6 +123,7 @@ def pareto_table(all_points: Sequence[Point]) -> str:
         panel = [p for p in all_points if p.panel == panel_key]
         marks = levels(panel)
         if not marks:
+            out += [f"**{panel_key[0]} protocol, {panel_key[1]}**: {no_levels_text(panel)}", ""]
             continue
         header = " | ".join(f">= baseline d={m.config.dim} ({m.auc:.4f}, {size_text(m.bytes)})" for m in marks)
         out += [f"**{panel_key[0]} protocol, {panel_key[1]}**", "", f"| method | {header} |"]
@@ -137,6 +138,17 @@ def pareto_table(all_points: Sequence[Point]) -> str:
             out.append(f"| {row['method']} | {' | '.join(cells)} |")
         out.append("")
     return "\n".join(out)
+
+
+def no_levels_text(panel: Sequence[Point]) -> str:
+    """Why a panel has no AUC levels: the float baselines it has, none at :data:`LEVEL_DIMS`."""
+    dims = sorted({p.config.dim for p in panel if p.config.is_baseline and p.bits is None and math.isfinite(p.auc)})
+    wanted = ", ".join(map(str, LEVEL_DIMS[:-1])) + f" or {LEVEL_DIMS[-1]}"
+    have = ", ".join(f"d={d}" for d in dims) or "none"
+    return (
+        f"no AUC levels: no float baseline at d={wanted} has a finite AUC here (float baselines: {have}); "
+        "the frontier below still compares every method"
+    )
 
 
 def frontier_lines(all_points: Sequence[Point]) -> list[str]:
