@@ -13,7 +13,8 @@
 # Without it: the embedded default. A synthetic click log in the data set's raw
 # format is generated (ROWS rows, table sizes at SCALE of the real ones) and a
 # reduced grid runs (MLET K=64 only, seeds 1 2, a smaller DLRM, batch 256),
-# 2 runs at a time with 1 torch thread each: under 45 minutes on 2 CPU cores.
+# 2 runs at a time with 1 torch thread each: 57 minutes on 2 quiet CPU cores
+# (Kaggle format, measured 2026-11-30; docs/reproducing.md).
 #
 # Flags after RAW_FILE override the grid (e.g. --seeds 1 2 3 --mlet-hidden 32 64);
 # flags after -- go to every training run (e.g. -- --nepochs=2).
