@@ -6,12 +6,17 @@
 #   inference embedding size and speed.
 # About 4 minutes on 2 quiet CPU cores. Usage: [LR=1.0] bash scripts/quickstart.sh [RUN_DIR] [ROWS]
 # LR: the SGD learning rate of all three runs (1.0 suits the baselines; the paper's protocol uses 0.1-0.2).
+# RUN_DIR may be relative to the caller's directory (default: the repository's runs/quickstart).
 set -euo pipefail
+CALLER_DIR=$PWD
+# A path as given by the caller, made absolute against the caller's directory (the script works from the repository root).
+from_caller() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_DIR/$1" ;; esac; }
+RUN_DIR=runs/quickstart
+if [ -n "${1:-}" ]; then RUN_DIR=$(from_caller "$1"); fi
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-RUN_DIR=${1:-runs/quickstart}
 ROWS=${2:-2333334}  # upstream's split: 6/7 train (2M samples), 1/14 test, 1/14 validation
-PY=.venv/bin/python
+if [ -z "${PY:-}" ]; then bash scripts/setup.sh; fi  # PY: another Python (the tests' stand-in), used as it is
+PY=${PY:-.venv/bin/python}
 mkdir -p "$RUN_DIR"
 [ -f "$RUN_DIR/train.txt" ] || $PY data_utils.py generate kaggle --rows "$ROWS" --seed 1 --scale 0.001 --out "$RUN_DIR/train.txt"
 COMMON=(--data-generation=dataset --data-set=kaggle "--raw-data-file=$RUN_DIR/train.txt" "--processed-data-file=$RUN_DIR/processed"

@@ -27,7 +27,11 @@ set -euo pipefail
 CALLER_DIR=$PWD
 # A path as given by the caller, made absolute against the caller's directory (the script works from the repository root).
 from_caller() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_DIR/$1" ;; esac; }
-DATA_SET=${1:?usage: bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep flags] [-- training flags]}
+if [ $# = 0 ]; then
+  echo "usage: bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep.py flags ...] [-- dlrm_mlet.py flags ...]" >&2
+  exit 2
+fi
+DATA_SET=$1
 shift
 case "$DATA_SET" in
   kaggle) NAME=criteo_kaggle; DENSE=13 ;;
