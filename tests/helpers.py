@@ -214,3 +214,31 @@ def full_disk_save(obj: object, handle, *args, **kwargs) -> None:
         raise OSError(28, "No space left on device")
     except OSError:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'
+"""A stand-in for a shell script's ``PY``: records each command it would run (one file per call, one argument a
+line) instead of running it."""
+
+
+def run_script(
+    script: str, caller_dir: Path, *argv: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """``bash scripts/SCRIPT ARGV...`` started in ``caller_dir`` with ``PY`` the :data:`RECORDER` (and ``env``
+    added, the caller's ``RUN_DIR`` left out); the result and the recorded calls."""
+    calls = caller_dir / "calls"
+    calls.mkdir()
+    python = caller_dir / "record_python"
+    python.write_text(RECORDER)
+    python.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k != "RUN_DIR"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *argv],
+        cwd=caller_dir,
+        env={**base, "PY": str(python), "CALLS": str(calls), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    recorded = [(calls / str(i)).read_text().splitlines() for i in range(len(list(calls.iterdir())))]
+    return done, recorded

@@ -8,15 +8,12 @@ under a second.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
-from helpers import ROOT
+from helpers import ROOT, run_script
 
 from mlet.repro import sweep
-
-RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'
 
 
 def reproduce(
@@ -24,22 +21,7 @@ def reproduce(
 ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     """``RUN_DIR=run_dir bash scripts/reproduce.sh ARGV...`` started in ``caller_dir``, with ``PY`` recording;
     the result and the recorded calls."""
-    calls = caller_dir / "calls"
-    calls.mkdir()
-    python = caller_dir / "record_python"
-    python.write_text(RECORDER)
-    python.chmod(0o755)
-    env = {**os.environ, "PY": str(python), "CALLS": str(calls), "RUN_DIR": run_dir, **(extra_env or {})}
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "reproduce.sh"), *argv],
-        cwd=caller_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    recorded = [(calls / str(i)).read_text().splitlines() for i in range(len(list(calls.iterdir())))]
-    return done, recorded
+    return run_script("reproduce.sh", caller_dir, *argv, env={"RUN_DIR": run_dir, **(extra_env or {})})
 
 
 def test_relative_raw_file_and_run_dir_are_the_callers_and_the_real_grid_keeps_d4_checkpoints(tmp_path) -> None:

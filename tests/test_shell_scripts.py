@@ -1,38 +1,11 @@
 """scripts/quickstart.sh and reproduce.sh through bash: paths from the caller's directory, usage lines.
 
-``PY`` is a stand-in that records each command the script would run (one file per call, one argument a line)
-instead of running it, so these tests take well under a second.
+``PY`` is ``helpers.RECORDER``, which records the commands instead of running them: well under a second.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
-from helpers import ROOT
-
-RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'
-
-
-def run_script(script: str, caller_dir: Path, *argv: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    """``bash scripts/SCRIPT ARGV...`` started in ``caller_dir`` with ``PY`` recording; the result and the calls."""
-    calls = caller_dir / "calls"
-    calls.mkdir()
-    python = caller_dir / "record_python"
-    python.write_text(RECORDER)
-    python.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "RUN_DIR"} | {"PY": str(python), "CALLS": str(calls)}
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *argv],
-        cwd=caller_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    recorded = [(calls / str(i)).read_text().splitlines() for i in range(len(list(calls.iterdir())))]
-    return done, recorded
+from helpers import ROOT, run_script
 
 
 def test_quickstart_takes_a_relative_run_dir_from_the_callers_directory(tmp_path) -> None:
