@@ -329,6 +329,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     """``export-onnx IN OUT``."""
     from mlet.serving.onnx_export import export_onnx  # onnx is imported only when exporting
 
+    check_distinct_outputs({"IN": args.input, "OUT": args.output, "OUT (external data)": f"{args.output}.data"})
     check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
     with about(args.input):

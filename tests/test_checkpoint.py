@@ -451,13 +451,31 @@ def test_command_line_usage_errors_are_one_line(capsys) -> None:
         assert len(err) == 1 and err[0].startswith("checkpoint.py")
 
 
-def test_collapse_refuses_to_write_over_its_input(runs, tmp_path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("command", "extra"), [("collapse", []), ("quantize", ["--bits=8"]), ("export-onnx", ["--no-verify"])]
+)
+@pytest.mark.parametrize("alias", ["same", "dotted", "symlink"])
+def test_commands_refuse_to_write_over_their_input(command, extra, alias, runs, tmp_path, capsys) -> None:
+    source = runs["mlet_collapsed" if command == "quantize" else "mlet"]
     target = tmp_path / "t.pt"
-    target.write_bytes(runs["mlet"].read_bytes())
-    assert checkpoint.main(["collapse", str(target), str(tmp_path / "." / "t.pt")]) == 2
+    target.write_bytes(source.read_bytes())
+    out = {"same": target, "dotted": tmp_path / "." / "t.pt", "symlink": tmp_path / "link.pt"}[alias]
+    if alias == "symlink":
+        out.symlink_to(target)
+    assert checkpoint.main([command, str(target), str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "same file as IN" in err[0]
-    assert target.read_bytes() == runs["mlet"].read_bytes()
+    assert err == [f"checkpoint.py: error: OUT {out}: same file as IN; one would overwrite the other"]
+    assert target.read_bytes() == source.read_bytes()
+
+
+def test_export_onnx_refuses_external_data_over_its_input(runs, tmp_path, capsys) -> None:
+    target = tmp_path / "m.onnx.data"  # a checkpoint that OUT's external data (OUT.data) would replace
+    target.write_bytes(runs["mlet"].read_bytes())
+    assert checkpoint.main(["export-onnx", str(target), str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    line = f"checkpoint.py: error: OUT (external data) {target}: same file as IN; one would overwrite the other"
+    assert err == [line]
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_collapse_reports_the_input_size_before_writing(runs, tmp_path, capsys) -> None:

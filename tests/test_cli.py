@@ -122,15 +122,32 @@ def test_results_that_cannot_be_written_late_are_one_error_and_leave_no_temporar
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_results_json_may_not_overwrite_the_loaded_checkpoint(tmp_path, capsys) -> None:
-    checkpoint = tmp_path / "m.pt"
+@pytest.mark.parametrize(
+    ("name", "flags", "flag"),
+    [
+        ("m.pt", ["--inference-only", "--results-json=m.pt"], "--results-json"),
+        ("dlrm_mlet.onnx", ["--inference-only", "--save-onnx"], "--save-onnx"),
+        ("dlrm_mlet.onnx.data", ["--inference-only", "--save-onnx"], "--save-onnx (external data)"),
+        ("m.prof", ["--inference-only", "--enable-profiling", "--profile-prefix=m"], "--enable-profiling (top ops)"),
+        ("m.pt", ["--save-model=n.pt", "--save-collapsed=m.pt"], "--save-collapsed"),
+        ("m.pt", ["--save-model=n.pt", "--save-best=m.pt"], "--save-best"),
+    ],
+)
+def test_outputs_may_not_overwrite_the_loaded_checkpoint(name, flags, flag, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_cli([*TINY, f"--save-model={name}"], capsys)[0] == 0
+    before = (tmp_path / name).read_bytes()
+    code, out, err = run_cli([*TINY, f"--load-model={name}", *flags], capsys)
+    assert code == 2 and "time/loss" not in out and len(err.strip().splitlines()) == 1, err
+    assert f"error: {flag} " in err and "same file as --load-model; one would overwrite the other" in err
+    assert (tmp_path / name).read_bytes() == before
+
+
+def test_save_model_may_name_the_loaded_checkpoint(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "m.pt"  # resuming writes the continued run over the file it loaded
     assert run_cli([*TINY, f"--save-model={checkpoint}"], capsys)[0] == 0
-    before = checkpoint.read_bytes()
-    code, _, err = run_cli(
-        [*TINY, f"--load-model={checkpoint}", "--inference-only", f"--results-json={checkpoint}"], capsys
-    )
-    assert code == 2 and "--results-json" in err and "same file as --load-model" in err
-    assert checkpoint.read_bytes() == before
+    assert run_cli([*TINY, "--nepochs=2", f"--load-model={checkpoint}", f"--save-model={checkpoint}"], capsys)[0] == 0
+    assert torch.load(checkpoint, weights_only=True)["position"]["epoch"] == 2
 
 
 def test_gpu_flag_without_gpu_is_reported(capsys) -> None:

@@ -357,24 +357,19 @@ def check_run_files(args: argparse.Namespace) -> None:
 
 
 def validate_outputs(args: argparse.Namespace, reporting: Reporting) -> None:
-    """The files and folders the run writes: distinct, and writable now rather than after training (checked by
-    the writing process)."""
+    """The files and folders the run writes: distinct, none of them (but ``--save-model``) the loaded checkpoint,
+    and writable now rather than after training (checked by the writing process)."""
     outputs = {
         "--save-model": args.save_model,
         "--save-best": args.save_best,
         "--save-collapsed": args.save_collapsed,
         "--results-json": args.results_json,
     }
-    check_distinct_outputs({**outputs, **reporting_files(reporting)})
-    if args.load_model:
-        check_distinct_outputs(
-            {
-                "--load-model": args.load_model,
-                "--save-best": args.save_best,
-                "--results-json": args.results_json,
-                "--save-collapsed": args.save_collapsed,
-            }
-        )
+    written = {**outputs, **reporting_files(reporting)}
+    check_distinct_outputs(written)
+    if args.load_model:  # every output but --save-model, which a resumed run writes over the file it loaded
+        replaced = {flag: path for flag, path in written.items() if flag != "--save-model"}
+        check_distinct_outputs({"--load-model": args.load_model, **replaced})
     if is_main_process():
         for flag, path in outputs.items():
             if path:
