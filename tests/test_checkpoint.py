@@ -172,7 +172,7 @@ def test_architecture_mismatch_is_one_line_naming_the_flag(flags: list[str], nam
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--mlet-hidden=8"], f"--mlet-hidden: checkpoint was trained with {K}, the flags give 8"),
+        (["--mlet-hidden=8"], f"--mlet-hidden: checkpoint holds MLET tables trained with K={K} (collapsed)"),
         ([f"--mlet-hidden={K}", "--arch-mlp-top=16-1"], "--arch-mlp-top"),
         (["--arch-embedding-size=60000-3000-499"], "--arch-embedding-size"),
     ],
@@ -183,10 +183,58 @@ def test_inference_flags_mismatch_is_one_line(flags: list[str], named: str, runs
     assert code == 2 and len(err) == 1 and f"--load-model {runs['mlet_collapsed']}: {named}" in err[0]
 
 
-def test_mlet_training_cannot_resume_from_a_collapsed_checkpoint(runs, capsys) -> None:
-    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", f"--load-model={runs['mlet_collapsed']}"])
+def derived_checkpoint(runs: dict[str, Path], source: str, steps: list[str], out: Path) -> Path:
+    """``runs[source]`` passed through ``checkpoint.py`` ``steps`` (``collapse``, ``quantize`` to int8) in ``out``."""
+    path = runs[source]
+    for step in steps:
+        target = out / f"{path.stem}.{step}.pt"
+        assert checkpoint.main([step, str(path), str(target), *(["--bits=8"] if step == "quantize" else [])]) == 0
+        path = target
+    return path
+
+
+TWO_WAYS = f"give {K} (the training flags) or 0 (a baseline's) to evaluate it"
+PLAIN = "the flags give 48; give 0 to evaluate it"
+
+
+@pytest.mark.parametrize(
+    ("source", "steps", "message", "accepted"),
+    [
+        ("baseline", [], f"plain tables (trained with 0), {PLAIN}", [0]),
+        ("baseline", ["collapse"], f"plain tables (trained with 0), {PLAIN}", [0]),
+        ("baseline", ["quantize"], f"plain tables (trained with 0, int8-quantized), {PLAIN}", [0]),
+        ("mlet", [], f"MLET tables trained with K={K}, the flags give 48; {TWO_WAYS}", [K, 0]),
+        ("mlet", ["collapse"], f"MLET tables trained with K={K} (collapsed), the flags give 48; {TWO_WAYS}", [K, 0]),
+        (
+            "mlet",
+            ["collapse", "quantize"],
+            f"MLET tables trained with K={K} (collapsed, int8-quantized), the flags give 48; {TWO_WAYS}",
+            [K, 0],
+        ),
+    ],
+)
+def test_inference_with_another_mlet_hidden_names_the_values_that_evaluate_it(
+    source: str, steps: list[str], message: str, accepted: list[int], runs, tmp_path, capsys
+) -> None:
+    path = derived_checkpoint(runs, source, steps, tmp_path)
+    capsys.readouterr()
+    code = dlrm_mlet.main([*TINY, "--mlet-hidden=48", f"--load-model={path}", "--inference-only"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--mlet-hidden: checkpoint is an inference checkpoint" in err[0]
+    assert code == 2 and err == [f"dlrm_mlet.py: error: --load-model {path}: --mlet-hidden: checkpoint holds {message}"]
+    for hidden in accepted:  # the values the line names evaluate it
+        assert dlrm_mlet.main([*TINY, f"--mlet-hidden={hidden}", f"--load-model={path}", "--inference-only"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "tables"), [("mlet", f"MLET tables trained with K={K} (collapsed)"), ("baseline", "plain tables")]
+)
+def test_mlet_training_cannot_start_from_a_collapsed_checkpoint(source, tables, runs, tmp_path, capsys) -> None:
+    path = derived_checkpoint(runs, source, ["collapse"], tmp_path)
+    capsys.readouterr()
+    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", f"--load-model={path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"--mlet-hidden: checkpoint is an inference checkpoint of {tables}" in err[0] and "K=0" not in err[0]
 
 
 def test_plain_training_starts_from_a_collapsed_checkpoint(runs, tmp_path, capsys) -> None:

@@ -197,19 +197,35 @@ def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
     return None
 
 
+def trained_tables(ckpt: dict) -> str:
+    """A checkpoint's tables as the ``--mlet-hidden`` checks name them: ``plain tables (trained with 0)``,
+    ``MLET tables trained with K=16``, and what was done to them since (``(collapsed, int8-quantized)``)."""
+    k = trained_hidden(ckpt)
+    bits = (ckpt.get("quantized") or {}).get("bits")
+    since = [
+        *(["collapsed"] if k and ckpt.get("kind") == INFERENCE else []),
+        *([f"int{bits}-quantized"] if bits else []),
+    ]
+    if not k:
+        return f"plain tables ({', '.join(['trained with 0', *since])})"
+    return f"MLET tables trained with K={k}" + (f" ({', '.join(since)})" if since else "")
+
+
 def check_evaluation(ckpt: dict, wanted: ModelConfig) -> None:
     """Check the flags of ``--inference-only`` against a checkpoint.
 
     The architecture flags must agree, except that ``--mlet-hidden`` may give
     either the training K (the training command's flags) or 0 (a baseline
-    command's flags), for collapsed and two-layer checkpoints alike.
+    command's flags), for collapsed and two-layer checkpoints alike; a plain
+    checkpoint takes 0 only.
     """
     saved = ModelConfig.from_dict(ckpt["model_config"])
     k = trained_hidden(ckpt)
     if wanted.mlet_hidden not in (0, k):
+        accepted = f"{k} (the training flags) or 0 (a baseline's)" if k else "0"
         raise UserError(
-            f"--mlet-hidden: checkpoint was trained with {k}, the flags give {wanted.mlet_hidden} "
-            f"(give {k} or 0 to evaluate it)"
+            f"--mlet-hidden: checkpoint holds {trained_tables(ckpt)}, the flags give {wanted.mlet_hidden}; "
+            f"give {accepted} to evaluate it"
         )
     mismatch = describe_mismatch(saved, replace(wanted, mlet_hidden=saved.mlet_hidden))
     if mismatch:
@@ -226,9 +242,8 @@ def check_training(ckpt: dict, wanted: ModelConfig) -> None:
         )
     if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
         raise UserError(
-            "--mlet-hidden: checkpoint is an inference checkpoint "
-            f"(plain d-wide tables collapsed from K={trained_hidden(ckpt)}, no optimizer state);"
-            " MLET training cannot resume from it: evaluate it with --inference-only, "
+            f"--mlet-hidden: checkpoint is an inference checkpoint of {trained_tables(ckpt)}, without optimizer"
+            " state; MLET training cannot start from it: evaluate it with --inference-only, "
             "or fine-tune it as a plain model with --mlet-hidden=0"
         )
     mismatch = describe_mismatch(ModelConfig.from_dict(ckpt["model_config"]), wanted)
