@@ -50,6 +50,7 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
         flag_name,
         load_checkpoint,
         model_from_checkpoint,
+        refuse_quantized,
         trained_hidden,
         training_config,
     )
@@ -299,8 +300,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
     with about(args.input):
-        if ckpt.get("quantized") is not None:
-            raise UserError(f"already quantized (int{ckpt['quantized']['bits']}); quantize the float checkpoint")
+        refuse_quantized(ckpt, "quantizing")
         hidden = ModelConfig.from_dict(ckpt["model_config"]).mlet_hidden
         if hidden:
             raise UserError(
@@ -333,6 +333,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
     with about(args.input):
+        refuse_quantized(ckpt, "the ONNX export")
         model = model_from_checkpoint(ckpt)
     report = export_onnx(model, args.output, verify_outputs=args.verify)
     where = f", weights in {report['external_data']}" if report["external_data"] else ""

@@ -40,6 +40,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
         dashed,
         load_checkpoint,
         model_from_checkpoint,
+        refuse_quantized,
     )
     from mlet.training.observers import MLPerfLog
     from mlet.training.optimizers import state_bytes
@@ -97,12 +98,14 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
         alpha = run.mixed_dimension.temperature
         log(f"mixed dimensions: widths {reduction.md_widths_in_effect(config)} (from {source}, alpha {alpha})")
     if ckpt is not None and run.inference_only:
-        if run.reporting.save_onnx and (ckpt.get("quantized") or run.quantize_bits):
+        if run.reporting.save_onnx and run.quantize_bits:
             raise UserError(
                 "--save-onnx: the evaluated model has row-wise quantized tables, which are not exported to ONNX;"
                 " export the float checkpoint (without --quantize-emb-with-bit)"
             )
         try:
+            if run.reporting.save_onnx:
+                refuse_quantized(ckpt, "--save-onnx (the ONNX export)")
             check_evaluation(ckpt, config)
             model = reduction.evaluated_model(ckpt, run.quantize_bits, parallel)
         except (UserError, ValueError, RuntimeError) as error:

@@ -12,7 +12,9 @@ import torch
 from helpers import random_inputs, run_cli, small_config
 
 import checkpoint
+import dlrm_mlet
 from dlrm_model import DLRM
+from mlet.repro import rank_analysis
 from mlet.serving.quantize import (
     QuantizedTables,
     model_from_checkpoint,
@@ -140,6 +142,17 @@ def test_quantized_auc_close_to_float_on_the_synthetic_set(tmp_path) -> None:
     assert results["parameters"]["embedding_inference_bytes"] == rows * 8 * 4
 
 
+RANDOM_FLAGS = [
+    "--data-generation=random",
+    f"--arch-embedding-size={'-'.join(map(str, SIZES))}",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-16-4",
+    "--arch-mlp-top=8-1",
+    "--progress=false",
+]
+"""dlrm_mlet.py's flags for the plain (or collapsed) models of :func:`float_checkpoints`, on random data."""
+
+
 @pytest.fixture(scope="module")
 def float_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A two-layer MLET training checkpoint, its collapsed one, and a mixed-dimension one."""
@@ -194,15 +207,55 @@ def test_quantize_refusals_are_one_line(float_checkpoints, tmp_path, capsys) -> 
     assert checkpoint.main(["quantize", str(float_checkpoints["collapsed"]), str(q8), "--bits", "8"]) == 0
     capsys.readouterr()
     assert checkpoint.main(["quantize", str(q8), str(tmp_path / "again.pt"), "--bits", "4"]) == 2
-    assert "already quantized (int8)" in capsys.readouterr().err
+    assert (
+        f"{q8}: holds int8 row-wise quantized tables; quantizing needs the float checkpoint" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exit_:
         checkpoint.main(["quantize", str(q8), str(tmp_path / "x.pt"), "--bits", "3"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--bits: invalid choice: 3" in err
-    assert checkpoint.main(["export-onnx", str(q8), str(tmp_path / "q.onnx")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "holds 8-bit quantized tables" in err
+
+
+REFUSED = "needs the float checkpoint it was quantized from (dlrm_mlet.py --inference-only evaluates this one as it is)"
+
+
+def test_each_command_refusing_a_quantized_checkpoint_names_it_and_what_it_needs(
+    float_checkpoints, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    q8 = tmp_path / "q8.pt"
+    assert checkpoint.main(["quantize", str(float_checkpoints["collapsed"]), str(q8), "--bits", "8"]) == 0
+    capsys.readouterr()
+    flags = [*RANDOM_FLAGS, "--num-batches=2", f"--load-model={q8}"]
+    held = f"{q8}: holds int8 row-wise quantized tables"
+    refusals = {
+        "checkpoint.py: error": [
+            (lambda: checkpoint.main(["export-onnx", str(q8), "q.onnx"]), f"{held}; the ONNX export {REFUSED}"),
+            (lambda: checkpoint.main(["quantize", str(q8), "q4.pt", "--bits=4"]), f"{held}; quantizing {REFUSED}"),
+        ],
+        "analyze_rank.py: error": [
+            (
+                lambda: rank_analysis.main([str(q8), "--out=rk", "--no-frequency"]),
+                f"{held}; the rank analysis {REFUSED}",
+            )
+        ],
+        "dlrm_mlet.py: error": [
+            (lambda: dlrm_mlet.main(flags), f"--load-model {held}; training {REFUSED}"),
+            (
+                lambda: dlrm_mlet.main([*flags, "--inference-only", "--save-onnx"]),
+                f"--load-model {held}; --save-onnx (the ONNX export) {REFUSED}",
+            ),
+        ],
+    }
+    for prog, cases in refusals.items():
+        for command, line in cases:
+            assert command() == 2
+            assert capsys.readouterr().err.strip().splitlines() == [f"{prog}: {line}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q8.pt"]  # nothing written
+    # collapse copies it (nothing to fold), as docs/checkpoints.md says: not refused
+    assert checkpoint.main(["collapse", str(q8), "c.pt"]) == 0
+    assert load_checkpoint(tmp_path / "c.pt")["quantized"]["bits"] == 8
 
 
 def test_evaluating_a_two_layer_mlet_checkpoint_reports_the_tables_it_holds(float_checkpoints, capsys) -> None:
@@ -230,14 +283,9 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     q4 = tmp_path / "q4.pt"
     assert checkpoint.main(["quantize", str(float_checkpoints["collapsed"]), str(q4), "--bits", "4"]) == 0
     flags = [
-        "--data-generation=random",
-        f"--arch-embedding-size={'-'.join(map(str, SIZES))}",
-        "--arch-sparse-feature-size=4",
-        "--arch-mlp-bot=13-16-4",
-        "--arch-mlp-top=8-1",
+        *RANDOM_FLAGS,
         "--mini-batch-size=64",
         "--num-batches=4",
-        "--progress=false",
         "--inference-only",
         f"--load-model={q4}",
         f"--results-json={tmp_path / 'eval.json'}",
@@ -271,4 +319,4 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     train_flags = [f for f in flags if f not in ("--inference-only",) and not f.startswith("--results-json")]
     code, out, err = run_cli(train_flags, capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "holds int4 row-wise quantized tables, which do not train: evaluate it with --inference-only" in err
+    assert f"holds int4 row-wise quantized tables; training {REFUSED}" in err

@@ -43,7 +43,7 @@ from mlet.repro.analysis import (
     training_counts,
     transformed_ids,
 )
-from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, trained_hidden
+from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, refuse_quantized, trained_hidden
 from mlet.training.metrics import ctr_metrics, predict
 from mlet_layers import EmbeddingTables
 
@@ -111,6 +111,7 @@ class FrequencyData:
 def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -> dict:
     """Spectra and (unless ``edges`` is None) rare/frequent metrics of one checkpoint."""
     ckpt = load_checkpoint(path)
+    refuse_quantized(ckpt, "the rank analysis", path)
     model = inference_model(ckpt)
     tables = model.tables
     if not isinstance(tables, EmbeddingTables):

@@ -352,17 +352,28 @@ def format_version(ckpt: dict) -> int:
     return VERSION if config.is_composite or ckpt.get("quantized") is not None else PLAIN_VERSION
 
 
+def refuse_quantized(ckpt: dict, use: str, path: str | os.PathLike | None = None) -> None:
+    """A :class:`UserError` (prefixed with ``path`` when given) if ``ckpt`` holds quantized tables, which ``use``
+    (what the command does: ``training``, ``the ONNX export``, ...) cannot take: it needs the float checkpoint
+    the quantized one was made from; the quantized one is only evaluated."""
+    quantized = ckpt.get("quantized")
+    if quantized is None:
+        return
+    where = f"{path}: " if path is not None else ""
+    raise UserError(
+        f"{where}holds int{quantized.get('bits')} row-wise quantized tables; {use} needs the float checkpoint it"
+        " was quantized from (dlrm_mlet.py --inference-only evaluates this one as it is)"
+    )
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLRM:
-    """Rebuild the (float) model a checkpoint holds; quantized checkpoints are ``mlet.serving.quantize``'s.
+    """Rebuild the (float) model a checkpoint holds; quantized checkpoints are ``mlet.serving.quantize``'s
+    (commands refuse them first with :func:`refuse_quantized`, naming what they do).
 
     The tables are not initialised (their storage is replaced by the saved
     tensors), so a large model is not built twice.
     """
-    if ckpt.get("quantized") is not None:
-        raise UserError(
-            f"holds {ckpt['quantized'].get('bits')}-bit quantized tables: evaluate it with dlrm_mlet.py "
-            "--inference-only (it serves as is; it is not trained, collapsed or exported)"
-        )
+    refuse_quantized(ckpt, "the float model")
     config = ModelConfig.from_dict(ckpt["model_config"])
     model = DLRM(config, seed=0, device=device, tables=build_tables(config, seed=None, device=device))
     assign = torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in ckpt["model"].values())

@@ -25,7 +25,16 @@ from torch import Tensor
 
 from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
-from mlet.training.checkpoints import FORMAT, INFERENCE, TRAINING, dashed, flag_name, format_version, trained_hidden
+from mlet.training.checkpoints import (
+    FORMAT,
+    INFERENCE,
+    TRAINING,
+    dashed,
+    flag_name,
+    format_version,
+    refuse_quantized,
+    trained_hidden,
+)
 
 
 @dataclass(frozen=True)
@@ -234,12 +243,7 @@ def check_evaluation(ckpt: dict, wanted: ModelConfig) -> None:
 
 def check_training(ckpt: dict, wanted: ModelConfig) -> None:
     """Check that a checkpoint can start or resume training of the flags' architecture."""
-    quantized = ckpt.get("quantized")
-    if quantized:
-        raise UserError(
-            f"checkpoint holds int{quantized.get('bits')} row-wise quantized tables, which do not train: evaluate it"
-            " with --inference-only, or train from the float checkpoint it was quantized from"
-        )
+    refuse_quantized(ckpt, "training")
     if ckpt.get("kind") == INFERENCE and wanted.mlet_hidden:
         raise UserError(
             f"--mlet-hidden: checkpoint is an inference checkpoint of {trained_tables(ckpt)}, without optimizer"
