@@ -37,7 +37,7 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
         check_output_file,
         run_reporting_errors,
     )
-    from mlet.serving.quantize import BITS, packed_width, quantized_checkpoint, size_change
+    from mlet.serving.quantize import BITS, ROW_OVERHEAD, packed_width, quantized_checkpoint, size_change
     from mlet.training.checkpoints import (
         FORMAT,
         INFERENCE,
@@ -205,9 +205,7 @@ def format_summary(s: dict) -> str:
             "parameters",
             f"training {params['training']['count']:,} ({mib(train_b)}), "
             f"inference {params['inference']['count']:,} ({mib(infer_b)}):"
-            f" inference is {train_b / infer_b:.2f}x smaller"
-            + (" (MLET collapsed)" if k else "")
-            + (f" (int{quantized['bits']} tables)" if quantized else ""),
+            f" inference is {size_change(train_b, infer_b, inference_cause(k, quantized), larger_because(quantized))}",
         ),
         (
             "embeddings",
@@ -251,6 +249,18 @@ def format_summary(s: dict) -> str:
         or ["args        -"]
     )
     return "\n".join(lines)
+
+
+def inference_cause(hidden: int, quantized: dict | None) -> str:
+    """What makes a checkpoint's inference model differ in size from its training one: ``(MLET collapsed)``,
+    ``(int8 tables)``, both, or nothing."""
+    causes = [*(["MLET collapsed"] if hidden else []), *([f"int{quantized['bits']} tables"] if quantized else [])]
+    return f"({', '.join(causes)})" if causes else ""
+
+
+def larger_because(quantized: dict | None) -> str:
+    """Why inference could be larger than training: only row-wise quantized tables' per-row scales and biases."""
+    return ROW_OVERHEAD if quantized else ""
 
 
 def describe_kinds(config: ModelConfig) -> str:

@@ -16,11 +16,13 @@ import dlrm_mlet
 from dlrm_model import DLRM
 from mlet.repro import rank_analysis
 from mlet.serving.quantize import (
+    ROW_OVERHEAD,
     QuantizedTables,
     model_from_checkpoint,
     packed_width,
     prepack,
     quantize_model,
+    size_change,
     unpack,
 )
 from mlet.training.checkpoints import FORMAT, atomic_save, collapsed_checkpoint, load_checkpoint
@@ -215,6 +217,44 @@ def test_quantize_refusals_are_one_line(float_checkpoints, tmp_path, capsys) -> 
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--bits: invalid choice: 3" in err
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "cause", "expected"),
+    [
+        (400, 100, "", "4.00x smaller"),
+        (400, 300, "(int8 tables)", "1.33x smaller (int8 tables)"),
+        (100, 124, "(int8 tables)", f"1.24x larger (int8 tables): {ROW_OVERHEAD}"),
+        (400, 400, "(int8 tables)", "the same size"),
+        (100_000, 99_904, "", "96 bytes smaller"),  # 1.00x would say nothing
+        (100_000, 100_096, "", f"96 bytes larger: {ROW_OVERHEAD}"),
+    ],
+)
+def test_size_change_wording(before: int, after: int, cause: str, expected: str) -> None:
+    assert size_change(before, after, cause) == expected
+
+
+def test_info_and_quantize_word_a_larger_model_alike(float_checkpoints, tmp_path, capsys) -> None:
+    """Narrow mixed-dimension tables grow when quantized: quantize and info both say larger, and why."""
+    q8 = tmp_path / "md8.pt"
+    assert checkpoint.main(["quantize", str(float_checkpoints["md"]), str(q8), "--bits", "8"]) == 0
+    assert f"x larger: {ROW_OVERHEAD})" in capsys.readouterr().out
+    assert checkpoint.main(["info", str(q8)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("parameters"))
+    params = checkpoint.summary(load_checkpoint(q8), q8)["parameters"]
+    training, inference = params["training"]["bytes"], params["inference"]["bytes"]
+    assert inference > training and "smaller" not in line
+    assert line.endswith(f"inference is {inference / training:.2f}x larger (int8 tables): {ROW_OVERHEAD}")
+
+
+def test_info_of_a_model_that_collapse_leaves_unchanged_says_the_same_size(tmp_path, capsys) -> None:
+    config = small_config(0, sizes=SIZES)
+    ckpt = {"format": FORMAT, "version": 2, "kind": "training", "model_config": config.to_dict()}
+    ckpt |= {"model": DLRM(config, seed=0).state_dict(), "optimizer": {"optimizer": "sgd", "state": {}}}
+    atomic_save(collapsed_checkpoint({**ckpt, "position": {"epoch": 0, "batch": 0, "iteration": 0}}), tmp_path / "c.pt")
+    assert checkpoint.main(["info", str(tmp_path / "c.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "inference is the same size\n" in out and "1.00x" not in out
 
 
 REFUSED = "needs the float checkpoint it was quantized from (dlrm_mlet.py --inference-only evaluates this one as it is)"

@@ -55,11 +55,21 @@ def packed_width(dim: int, bits: int) -> int:
     return dim + 8 if bits == 8 else (dim + 1) // 2 + 4
 
 
-def size_change(float_bytes: int, quantized_bytes: int) -> str:
-    """``3.76x smaller`` or, where per-row scales and biases outweigh narrow rows, ``1.15x larger``."""
-    if quantized_bytes <= float_bytes:
-        return f"{float_bytes / quantized_bytes:.2f}x smaller"
-    return f"{quantized_bytes / float_bytes:.2f}x larger: each row's scale and bias outweigh its few values"
+ROW_OVERHEAD = "each row's scale and bias outweigh its few values"
+"""Why row-wise quantized tables can be larger than float ones (narrow rows)."""
+
+
+def size_change(before: int, after: int, cause: str = "", larger_because: str = ROW_OVERHEAD) -> str:
+    """How ``after`` bytes compare with ``before``, the one wording of ``quantize``, ``info`` and the run's log:
+    ``3.76x smaller``, ``1.24x larger: <larger_because>``, ``the same size``, or, where the ratio rounds to
+    1.00x, the difference in bytes (``96 bytes smaller``). ``cause`` (e.g. ``(int8 tables)``) follows the
+    comparison, before the reason."""
+    if after == before:
+        return "the same size"
+    word, ratio = ("smaller", before / after) if after < before else ("larger", after / before)
+    amount = f"{ratio:.2f}x" if f"{ratio:.2f}" != "1.00" else f"{abs(before - after):,} bytes"
+    text = f"{amount} {word}" + (f" {cause}" if cause else "")
+    return f"{text}: {larger_because}" if word == "larger" and larger_because else text
 
 
 def prepack(rows: Tensor, bits: int) -> Tensor:
