@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, fake_payload
+from helpers import ROOT, fake_payload, sample_file
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
@@ -517,3 +517,23 @@ def interrupted_run(tmp_path: Path) -> tuple[int | None, int | None]:
         runner.interrupt()
         thread.join(timeout=30)
     return codes[0], runner(spec, endless, tmp_path / "b.log")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "message"),
+    [
+        ("13-x", "--mlp-bot-prefix: expected dash-separated integers, got '13-x'"),
+        (
+            "12-64",
+            "--mlp-bot-prefix: must start with 13 for kaggle (the 13 counts I1-I13), got '12-64' "
+            "(each run's --arch-mlp-bot is it with d appended: 12-64-4)",
+        ),
+    ],
+)
+def test_a_bad_bottom_mlp_prefix_is_named_as_typed(prefix: str, message: str, tmp_path, capsys) -> None:
+    argv = ["--run-dir", str(tmp_path / "run"), "--dry-run", "--baseline-dims", "4", "--mlet-dims",
+            "--mlp-bot-prefix", prefix, "--", "--data-generation=dataset", "--data-set=kaggle",
+            f"--raw-data-file={sample_file('criteo_kaggle_train_head1999.txt')}",
+            f"--processed-data-file={tmp_path / 'processed'}"]  # fmt: skip
+    assert sweep.main(argv) == 2
+    assert capsys.readouterr().err == f"sweep.py: error: {message}\n"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mlet.cli.configs import run_config
+from mlet.cli.configs import parse_dashed, run_config
 from mlet.core.config import DataConfig
 from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
 from mlet.core.files import replace_atomically
@@ -502,6 +502,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if bad:
         raise UserError(f"{bad[0].split('=', 1)[0]}: set by the sweep for each run; leave it out of the flags after --")
     check_output_folder("--run-dir", args.run_dir)
+    parse_dashed("--mlp-bot-prefix", args.mlp_bot_prefix)
     methods = {
         "qr": (args.qr_dims, args.mlet_qr_dims, args.qr_collisions),
         "md": (args.md_dims, args.mlet_md_dims, args.md_temperatures),
@@ -580,7 +581,10 @@ def prepare_data(settings: Settings) -> int | None:
     spec = RunSpec(
         settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0]
     )
-    run = run_config(run_argv(spec, settings, None))
+    try:
+        run = run_config(run_argv(spec, settings, None))
+    except UserError as error:
+        raise in_sweep_terms(error, settings, spec.config.dim) from None
     check_tuning_data(run.data, settings)
     train_samples = build_data(run.data).train.num_samples if run.data.dataset is not None else run.data.train_samples
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
@@ -589,6 +593,18 @@ def prepare_data(settings: Settings) -> int | None:
     if run.train.num_batches:
         batches = min(batches, run.train.num_batches)
     return max(1, math.ceil(batches / settings.tests_per_epoch))
+
+
+def in_sweep_terms(error: UserError, settings: Settings, d: int) -> UserError:
+    """A refusal of the runs' ``--arch-mlp-bot`` in the terms of ``--mlp-bot-prefix``, which makes it (``d``: the
+    width the sweep appended); other refusals as they are."""
+    flag = "--arch-mlp-bot: "
+    text = str(error)
+    if not text.startswith(flag):
+        return error
+    prefix = settings.mlp_bot_prefix
+    reason = text.removeprefix(flag).replace(f"'{prefix}-{d}'", f"'{prefix}'")
+    return UserError(f"--mlp-bot-prefix: {reason} (each run's --arch-mlp-bot is it with d appended: {prefix}-{d})")
 
 
 RESUMABLE = "interrupted; finished runs are kept, the same command continues with the rest"
