@@ -54,7 +54,9 @@ for arg in "$@"; do
   if [ "$arg" = "--" ] && [ $seen_dashes = 0 ]; then seen_dashes=1; continue; fi
   if [ $seen_dashes = 1 ]; then TRAIN_FLAGS+=("$arg"); else SWEEP_FLAGS+=("$arg"); fi
 done
-mkdir -p "$RUN_DIR"
+DRY_RUN=0
+for flag in "${SWEEP_FLAGS[@]}"; do [ "$flag" = --dry-run ] && DRY_RUN=1; done
+[ $DRY_RUN = 1 ] || mkdir -p "$RUN_DIR"  # a dry run lists the runs still to do: it writes nothing
 start=$(date +%s)
 
 if [ -n "$RAW" ]; then
@@ -65,7 +67,9 @@ else
   ROWS=${ROWS:-400000}
   SCALE=${SCALE:-0.001}
   RAW=$RUN_DIR/synthetic_${DATA_SET}_${ROWS}rows_scale${SCALE}.txt  # other ROWS/SCALE: another file, and sweep.py refuses the mix
-  if [ ! -f "$RAW" ]; then
+  if [ $DRY_RUN = 1 ] && [ ! -f "$RAW" ]; then
+    echo "reproduce.sh: dry run: the data would be generated first ($RAW, $ROWS rows at scale $SCALE)"
+  elif [ ! -f "$RAW" ]; then
     "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
     mv "$RAW.tmp" "$RAW"
   fi
@@ -79,9 +83,7 @@ fi
   "${GRID[@]}" "${SWEEP_FLAGS[@]}" -- \
   --data-generation=dataset "--data-set=$DATA_SET" "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" \
   --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}"
-for flag in "${SWEEP_FLAGS[@]}"; do
-  if [ "$flag" = --dry-run ]; then echo "reproduce.sh: dry run (the sweep's --dry-run): nothing trained, summarized or analysed"; exit 0; fi
-done
+if [ $DRY_RUN = 1 ]; then echo "reproduce.sh: dry run (the sweep's --dry-run): nothing generated, trained, summarized or analysed"; exit 0; fi
 "$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
 # Effective rank and rare/frequent ids: the first seed's paper-rate checkpoints of each optimizer.
 for opt in sgd adagrad; do

@@ -37,7 +37,7 @@ def test_relative_raw_file_and_run_dir_are_the_callers_and_the_real_grid_keeps_d
         f"--raw-data-file={caller / 'data' / 'train.txt'}" in call
         and f"--processed-data-file={caller / 'my_run' / 'processed'}" in call
     )
-    assert (caller / "my_run").is_dir() and not (ROOT / "my_run").exists()
+    assert not (caller / "my_run").exists() and not (ROOT / "my_run").exists()  # a dry run writes nothing
     args = sweep.build_parser().parse_args(call[1:])  # what the real sweep makes of it
     assert args.run_dir == caller / "my_run" and args.checkpoint_dims == [4] and args.dry_run
 
@@ -66,7 +66,6 @@ def test_the_embedded_default_names_its_data_by_rows_and_scale(tmp_path) -> None
     done, calls = reproduce(
         caller / "my_run",
         "kaggle",
-        "--dry-run",
         run_dir=str(caller / "my_run"),
         extra_env={"ROWS": "4000", "SCALE": "0.0005"},
     )
@@ -75,3 +74,14 @@ def test_the_embedded_default_names_its_data_by_rows_and_scale(tmp_path) -> None
         generate[:2] == ["data_utils.py", "generate"]
         and f"{raw.with_name('synthetic_kaggle_4000rows_scale0.0005.txt')}.tmp" in generate
     )
+
+
+def test_a_dry_run_of_the_embedded_default_generates_nothing(tmp_path) -> None:
+    caller = tmp_path.resolve()
+    done, calls = reproduce(caller, "kaggle", "--dry-run", run_dir="my_run", extra_env={"ROWS": "3000"})
+    assert done.returncode == 0, done.stderr
+    (sweep_call,) = calls  # no data_utils.py generate
+    raw = caller / "my_run" / "synthetic_kaggle_3000rows_scale0.001.txt"
+    assert sweep_call[0] == "scripts/sweep.py" and f"--raw-data-file={raw}" in sweep_call
+    assert f"the data would be generated first ({raw}, 3000 rows at scale 0.001)" in done.stdout
+    assert not (caller / "my_run").exists() and not (ROOT / "my_run").exists()

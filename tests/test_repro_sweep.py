@@ -537,3 +537,19 @@ def test_a_bad_bottom_mlp_prefix_is_named_as_typed(prefix: str, message: str, tm
             f"--processed-data-file={tmp_path / 'processed'}"]  # fmt: skip
     assert sweep.main(argv) == 2
     assert capsys.readouterr().err == f"sweep.py: error: {message}\n"
+
+
+def test_a_dry_run_reads_no_data_and_writes_nothing(tmp_path, capsys) -> None:
+    raw = tmp_path / "train.txt"
+    raw.write_bytes(sample_file("criteo_kaggle_train_head1999.txt").read_bytes())
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["--run-dir", str(tmp_path / "run"), "--dry-run", "--baseline-dims", "4", "--mlet-dims", "--seeds", "1",
+            "--optimizers", "sgd", "--", "--data-generation=dataset", "--data-set=kaggle", f"--raw-data-file={raw}",
+            f"--processed-data-file={tmp_path / 'processed'}"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["sgd_base_d4_lr0.05_s1", "sgd_base_d4_lr0.2_s1",
+                                                        "sgd_base_d4_lr0.8_s1"]  # fmt: skip
+    assert sorted(tmp_path.rglob("*")) == before  # no processed data, no run folder
+    raw.unlink()  # listing needs no data: a missing raw file is noted, not refused
+    assert sweep.main(argv) == 0
+    assert f"sweep.py: --raw-data-file: {raw}: no such file (a run would need it" in capsys.readouterr().out

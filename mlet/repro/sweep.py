@@ -570,22 +570,32 @@ def check_tuning_data(data: DataConfig, settings: Settings) -> None:
         )
 
 
-def prepare_data(settings: Settings) -> int | None:
+def prepare_data(settings: Settings, dry_run: bool = False) -> int | None:
     """Check the training flags once (as ``dlrm_mlet.py`` would), preprocess a data set once, and return
     ``--test-freq``.
 
     Preprocessing here, before any run starts, keeps parallel runs from
     building the same cache at the same time. None when ``--test-freq`` is
-    among the training flags.
+    among the training flags, and for a ``dry_run``, which checks the flags
+    alone: it reads no data and writes nothing (not even the runs' output
+    folders).
     """
     spec = RunSpec(
         settings.optimizers[0], settings.configs[0], settings.initial_lrs(settings.optimizers[0])[0], settings.seeds[0]
     )
+    argv = run_argv(spec, settings, None)
+    if dry_run:  # checking an output file makes its folder
+        argv = [a for a in argv if not a.startswith(("--results-json=", "--save-collapsed="))]
     try:
-        run = run_config(run_argv(spec, settings, None))
+        run = run_config(argv)
     except UserError as error:
+        if dry_run and str(error).startswith("--raw-data-file"):  # listing needs no data
+            print(f"{PROG}: {error} (a run would need it; the dry run lists the runs without it)")
+            return None
         raise in_sweep_terms(error, settings, spec.config.dim) from None
     check_tuning_data(run.data, settings)
+    if dry_run:
+        return None
     train_samples = build_data(run.data).train.num_samples if run.data.dataset is not None else run.data.train_samples
     if any(f.split("=", 1)[0] == "--test-freq" for f in settings.train_flags):
         return None
@@ -622,7 +632,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Check the flags, then run the sweep (or list its runs); 1 when a run failed."""
     settings = settings_from_args(args)
     check_run_dir(settings)
-    test_freq = prepare_data(settings)
+    test_freq = prepare_data(settings, dry_run=args.dry_run)
     todo = pending(initial_specs(settings), settings.run_dir)
     print(
         f"{PROG}: {len(settings.configs)} configs x {len(settings.optimizers)} optimizers "
