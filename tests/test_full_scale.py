@@ -496,3 +496,16 @@ def test_idle_workers_end_when_their_parent_is_killed(tmp_path):
         for pid in workers:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_dir_of_another_device_is_refused_in_the_devices_terms(tmp_path, capsys):
+    # --device cuda adds --use-gpu to every run's flags: the refusal names --device, not the flag lists
+    run_dir = tmp_path / "run"
+    _, settings = full_scale.parse(["--run-dir", str(run_dir), "--device", "cpu", "--dry-run", *GRID, *TRAIN])
+    assert settings is not None
+    sweep.Manifest(settings)  # as a piece on the CPU leaves it
+    assert full_scale.main(["--run-dir", str(run_dir), "--device", "cuda:0", "--dry-run", *GRID, *TRAIN]) == 2
+    assert capsys.readouterr().err == (
+        f"full_scale.py: error: --run-dir {run_dir}: its runs were trained otherwise: --device cuda:0 where it had "
+        "--device cpu; finished runs would be taken for this sweep's: give another --run-dir (or the same flags)\n"
+    )

@@ -199,18 +199,29 @@ def test_summarize_command_line(tmp_path, capsys) -> None:
     assert "no results JSONs" in capsys.readouterr().err
 
 
-def test_a_run_dir_of_other_training_flags_is_refused(tmp_path) -> None:
+def test_a_run_dir_of_other_training_flags_is_refused_naming_the_differences(tmp_path) -> None:
     sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
     sweep.check_run_dir(make_settings(tmp_path, "--protocols", "paper", "--seeds", "1", "2", "3"))  # a wider grid: fine
     other = sweep.settings_from_args(
         sweep.build_parser().parse_args(
-            ["--run-dir", str(tmp_path), "--", "--data-generation=synthetic", "--mini-batch-size=64"]
+            ["--run-dir", str(tmp_path), "--", "--data-generation=random", "--mini-batch-size=64", "--use-gpu"]
         )
     )
-    with pytest.raises(UserError, match=r"^--run-dir .*: its sweep ran with train_flags .*give another --run-dir"):
+    with pytest.raises(UserError) as refused:
         sweep.check_run_dir(other)
-    with pytest.raises(UserError, match="mlp_bot_prefix"):
+    assert str(refused.value) == (
+        f"--run-dir {tmp_path}: its runs were trained otherwise: --data-generation=random where it had "
+        "--data-generation=synthetic; this sweep adds --mini-batch-size=64; this sweep adds --use-gpu; finished runs "
+        "would be taken for this sweep's: give another --run-dir (or the same flags)"
+    )
+    with pytest.raises(UserError, match=r"=64; --device cuda:1 where it had --device cpu; finished"):
+        sweep.check_run_dir(other, sources={"--use-gpu": ("--device cuda:1", "--device cpu")})
+    with pytest.raises(UserError, match=r"otherwise: --mlp-bot-prefix 13-32 where it had 13-512-256-64; finished"):
         sweep.check_run_dir(make_settings(tmp_path, "--protocols", "paper", "--mlp-bot-prefix", "13-32"))
+    fewer = make_settings(tmp_path, "--protocols", "paper")
+    fewer.train_flags = []
+    with pytest.raises(UserError, match=r"otherwise: this sweep leaves out --data-generation=synthetic; finished"):
+        sweep.check_run_dir(fewer)
 
 
 def test_a_damaged_results_json_is_run_again(tmp_path) -> None:

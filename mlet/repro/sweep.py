@@ -535,22 +535,68 @@ SETUP_KEYS: dict[str, list | None] = {"train_flags": None, "mlp_bot_prefix": Non
 """What every run of a sweep directory shares, with the value a sweep.json without the key stands for."""
 
 
-def check_run_dir(settings: Settings) -> None:
+def check_run_dir(settings: Settings, sources: dict[str, tuple[str, str]] | None = None) -> None:
     """Refuse a ``--run-dir`` whose earlier sweep trained with other flags: its finished runs would count as
-    this sweep's."""
+    this sweep's. The refusal names the differences only (:func:`setup_changes`); ``sources`` maps a training
+    flag a command adds itself to the option that adds it and the option that leaves it out
+    (``{"--use-gpu": ("--device cuda", "--device cpu")}``)."""
     try:
         record = sweep_record(settings.run_dir)
     except UserError as error:
         raise UserError(f"--run-dir: {error}; give another --run-dir") from None
     if record is None:
         return
-    old, new = record["settings"], settings.to_dict()
-    for key, default in SETUP_KEYS.items():
-        if old.get(key, default) != new[key]:
-            raise UserError(
-                f"--run-dir {settings.run_dir}: its sweep ran with {key} {old.get(key)}, this one gives {new[key]};"
-                " finished runs would be taken for this sweep's: give another --run-dir (or the same flags)"
-            )
+    changes = setup_changes(record["settings"], settings.to_dict(), sources or {})
+    if changes:
+        raise UserError(
+            f"--run-dir {settings.run_dir}: its runs were trained otherwise: {'; '.join(changes)}; finished runs "
+            "would be taken for this sweep's: give another --run-dir (or the same flags)"
+        )
+
+
+def setup_changes(old: dict, new: dict, sources: dict[str, tuple[str, str]]) -> list[str]:
+    """What differs between two sweeps' :data:`SETUP_KEYS` (``sweep.json`` settings), in the flags' terms:
+    ``--mlp-bot-prefix 13-32 where it had 13-64``, ``this sweep adds --nepochs=2``, ``--device cuda where it had
+    --device cpu`` (a training flag in ``sources``)."""
+    changes = []
+    for key, flag in (("mlp_bot_prefix", "--mlp-bot-prefix"), ("quantize_bits", "--quantize-bits")):
+        before, after = old.get(key, SETUP_KEYS[key]), new[key]
+        if before != after:
+            changes.append(f"{flag} {option_text(after)} where it had {option_text(before)}")
+    before, after = flag_values(old.get("train_flags") or []), flag_values(new["train_flags"])
+    for flag in dict.fromkeys([*before, *after]):
+        if flag in sources and (flag in before) != (flag in after):
+            present, absent = sources[flag]
+            changes.append(f"{present} where it had {absent}" if flag in after else f"{absent} where it had {present}")
+        elif flag not in before:
+            changes.append(f"this sweep adds {flag_text(flag, after[flag])}")
+        elif flag not in after:
+            changes.append(f"this sweep leaves out {flag_text(flag, before[flag])}")
+        elif before[flag] != after[flag]:
+            changes.append(f"{flag_text(flag, after[flag])} where it had {flag_text(flag, before[flag])}")
+    return changes
+
+
+def flag_values(flags: Sequence[str]) -> dict[str, str | None]:
+    """``["--nepochs=2", "--use-gpu"]`` -> ``{"--nepochs": "2", "--use-gpu": None}`` (a repeated flag: its last
+    value, as argparse takes it)."""
+    values: dict[str, str | None] = {}
+    for text in flags:
+        flag, equals, value = text.partition("=")
+        values[flag] = value if equals else None
+    return values
+
+
+def flag_text(flag: str, value: str | None) -> str:
+    """A training flag as typed: ``--nepochs=2``, ``--use-gpu``."""
+    return flag if value is None else f"{flag}={value}"
+
+
+def option_text(value: object) -> str:
+    """A sweep option's value as typed: ``13-64``, ``8 4``, ``none`` (no values)."""
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
 
 
 def check_tuning_data(data: DataConfig, settings: Settings) -> None:
