@@ -298,3 +298,31 @@ def test_analyze_rank_rejects_a_negative_top_tables(tiny_runs, capsys) -> None:
     )
     assert capsys.readouterr().err == "analyze_rank.py: error: --top-tables: must be >= 0, got -1\n"
     assert not (tiny_runs / "rank_top").exists()
+
+
+@pytest.mark.slow
+def test_analyze_rank_uses_the_processed_data_when_the_raw_file_moved(tiny_runs, tmp_path, capsys) -> None:
+    def moved(name: str, processed: Path) -> Path:
+        """base.pt as if its raw file had moved to tmp_path/gone.txt (processed data recorded in ``processed``)."""
+        ckpt = load_checkpoint(tiny_runs / "base.pt")
+        ckpt["args"] = {
+            **ckpt["args"],
+            "raw_data_file": str(tmp_path / "gone.txt"),
+            "processed_data_file": str(processed),
+        }
+        atomic_save(ckpt, tmp_path / name)
+        return tmp_path / name
+
+    out = tmp_path / "rank"
+    assert analyze_rank.main([str(moved("cached.pt", tiny_runs / "processed")), "--out", str(out)]) == 0
+    result = json.loads((out / "rank.json").read_text())[0]
+    final = json.loads((tiny_runs / "base.json").read_text())["final"]
+    assert result["overall"]["auc"] == pytest.approx(final["auc"], abs=1e-6) and result["frequency"]
+    capsys.readouterr()
+    lost = moved("lost.pt", tmp_path / "nothing")
+    assert analyze_rank.main([str(lost), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"analyze_rank.py: error: {lost}: the raw data file this checkpoint was trained on, {tmp_path / 'gone.txt'}, "
+        f"is missing, and there are no processed data in {tmp_path / 'nothing'}; put the file back to measure the "
+        "rare/frequent ids, or use --no-frequency\n"
+    )

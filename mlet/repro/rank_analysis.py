@@ -33,6 +33,7 @@ from mlet.core.config import DataConfig, ModelConfig
 from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.core.pipeline import prefetch
 from mlet.data.flags import recorded_dataset_config
+from mlet.data.preprocessing.cache import read_meta
 from mlet.data.sources import ArraySource, build_data
 from mlet.repro.analysis import (
     data_key,
@@ -97,7 +98,13 @@ class FrequencyData:
         if key not in self.cache:
             if saved["data_generation"] == "random":
                 raise UserError(f"{path}: trained on random data (no id frequencies to speak of); use --no-frequency")
-            data = build_data(recorded_data_config(saved, ModelConfig.from_dict(ckpt["model_config"])))
+            flags = available_data(saved, path)
+            try:
+                data = build_data(recorded_data_config(flags, ModelConfig.from_dict(ckpt["model_config"])))
+            except UserError as error:  # its words are the training flags': say whose
+                raise UserError(
+                    f"{path}: its training data (as the checkpoint records them): {error}; or use --no-frequency"
+                ) from None
             train, test = data.train, data.test
             assert isinstance(train, ArraySource) and isinstance(test, ArraySource), (
                 "synthetic and data-set samples are arrays"
@@ -106,6 +113,22 @@ class FrequencyData:
             rarest = rarest_id_counts(transformed_ids(test, slice(0, test.num_samples)), counts)
             self.cache[key] = (test, rarest, counts)
         return self.cache[key]
+
+
+def available_data(flags: dict, path: Path) -> dict:
+    """A checkpoint's recorded training flags, pointed at the data there are: a data set's raw file that moved
+    away leaves its processed cache, which is used alone (as a run given only ``--processed-data-file`` does);
+    without either, a :class:`UserError` naming the checkpoint and the missing file."""
+    raw = flags.get("raw_data_file")
+    if flags["data_generation"] != "dataset" or not raw or flags.get("data_set") == "terabyte" or Path(raw).exists():
+        return flags  # Terabyte's is a prefix of day files: its own checks name them
+    processed = flags.get("processed_data_file") or f"{str(raw).rstrip('/')}.processed"
+    if read_meta(Path(processed)) is None:
+        raise UserError(
+            f"{path}: the raw data file this checkpoint was trained on, {raw}, is missing, and there are no processed "
+            f"data in {processed}; put the file back to measure the rare/frequent ids, or use --no-frequency"
+        )
+    return {**flags, "raw_data_file": None, "processed_data_file": processed}
 
 
 def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -> dict:
