@@ -22,7 +22,7 @@ from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, 
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL
 from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
-from mlet.repro import full_scale, full_scale_pool, full_scale_run, summary, sweep, sweep_plan
+from mlet.repro import full_scale, full_scale_pool, full_scale_run, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.analysis import gram_singular_values
 from mlet.repro.experiments import Config, RunSpec, load_run_dir
 from mlet_layers import EmbeddingTables
@@ -349,7 +349,7 @@ def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys)
         workers.processes[0].kill()  # mid-run: building and training take seconds
         ended = workers.wait()
         assert (ended.spec, ended.code) == (first, -9) and ended.seconds > 0  # the worker's exit code, its time
-        assert sweep.run_status(first, ended.code, settings.run_dir) == "failed (exit code -9)"
+        assert sweep_runs.run_status(first, ended.code, settings.run_dir) == "failed (exit code -9)"
         assert "the worker on cpu stopped: its process ended with exit code -9" in capsys.readouterr().out
         assert workers.idle()
         workers.start(second)
@@ -503,7 +503,7 @@ def test_a_run_dir_of_another_device_is_refused_in_the_devices_terms(tmp_path, c
     run_dir = tmp_path / "run"
     _, settings = full_scale.parse(["--run-dir", str(run_dir), "--device", "cpu", "--dry-run", *GRID, *TRAIN])
     assert settings is not None
-    sweep.Manifest(settings)  # as a piece on the CPU leaves it
+    sweep_runs.Manifest(settings)  # as a piece on the CPU leaves it
     assert full_scale.main(["--run-dir", str(run_dir), "--device", "cuda:0", "--dry-run", *GRID, *TRAIN]) == 2
     assert capsys.readouterr().err == (
         f"full_scale.py: error: --run-dir {run_dir}: its runs were trained otherwise: --device cuda:0 where it had "

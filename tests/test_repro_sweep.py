@@ -18,7 +18,7 @@ from helpers import ROOT, fake_payload, sample_file
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
-from mlet.repro import sweep, sweep_plan
+from mlet.repro import sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
 
 
@@ -510,7 +510,7 @@ def test_the_runner_interrupts_its_runs_and_starts_no_more(tmp_path) -> None:
 def interrupted_run(tmp_path: Path) -> tuple[int | None, int | None]:
     """A subprocess runner's endless run, interrupted once it trains (its exit code), and the run it is asked for
     next (None: not started)."""
-    runner = sweep.subprocess_runner(threads=1)
+    runner = sweep_runs.subprocess_runner(threads=1)
     spec = RunSpec("sgd", Config(2), 0.2, 1)
     endless = ["--data-generation=synthetic", "--arch-embedding-size=20-10", "--data-size=256",
                "--mini-batch-size=32", "--nepochs=100000", "--progress=false", "--arch-sparse-feature-size=2",

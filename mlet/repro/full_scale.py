@@ -42,7 +42,7 @@ import torch
 
 from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
 from mlet.data.device_click import KAGGLE_ROWS
-from mlet.repro import full_scale_rank, summary, sweep, sweep_plan
+from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, sweep_record
 from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, handling, interrupt, use_device
 from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, check_run_flags, device_name, measure_steps
@@ -121,7 +121,7 @@ def wanted(settings: sweep_plan.Settings) -> list[RunSpec]:
 def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget_s: float, started: float) -> dict:
     """Start the wanted runs in :func:`priority` order on the runner's idle workers while the next one would end
     within the budget (judged by the longest run so far); returns counts (finished, failed, left)."""
-    manifest = sweep.Manifest(settings)
+    manifest = sweep_runs.Manifest(settings)
     data = runner.data
     manifest.session.update(device=data.devices, data_seconds=round(data.seconds, 1))
     manifest.session.update(rows=data.rows, scale=data.scale, data_seed=data.seed)
@@ -143,7 +143,7 @@ def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget
             ended = runner.wait()
             running.discard(ended.spec.name)
             longest = max(longest, ended.seconds)
-            status = sweep.run_status(ended.spec, ended.code, settings.run_dir)
+            status = sweep_runs.run_status(ended.spec, ended.code, settings.run_dir)
             manifest.record(ended.spec, status, ended.seconds)
             done = status.startswith("finished")
             counts["finished" if done else "failed"] += 1
