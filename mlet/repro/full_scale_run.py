@@ -26,7 +26,7 @@ from mlet.cli.configs import Run, run_config
 from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceRows, device_bundle
-from mlet.repro import full_scale_rank, sweep, sweep_plan
+from mlet.repro import full_scale_rank, sweep_plan
 from mlet.repro.experiments import Config, RunSpec
 from mlet.training.checkpoints import dashed
 from mlet.training.processes import SingleProcess
@@ -78,7 +78,7 @@ def check_run_flags(settings: sweep_plan.Settings) -> None:
     try:
         run = run_config(argv)
     except UserError as error:
-        raise sweep.in_sweep_terms(error, settings, spec.config.dim) from None
+        raise sweep_plan.in_sweep_terms(error, settings, spec.config.dim) from None
     check_in_process(run, run.model)
 
 

@@ -45,6 +45,7 @@ from mlet.repro.experiments import (
 )
 from mlet.repro.sweep_plan import (
     Settings,
+    in_sweep_terms,
     initial_specs,
     pending,
     run_argv,
@@ -400,18 +401,6 @@ def prepare_data(settings: Settings, dry_run: bool = False) -> int | None:
     if run.train.num_batches:
         batches = min(batches, run.train.num_batches)
     return max(1, math.ceil(batches / settings.tests_per_epoch))
-
-
-def in_sweep_terms(error: UserError, settings: Settings, d: int) -> UserError:
-    """A refusal of the runs' ``--arch-mlp-bot`` in the terms of ``--mlp-bot-prefix``, which makes it (``d``: the
-    width the sweep appended); other refusals as they are."""
-    flag = "--arch-mlp-bot: "
-    text = str(error)
-    if not text.startswith(flag):
-        return error
-    prefix = settings.mlp_bot_prefix
-    reason = text.removeprefix(flag).replace(f"'{prefix}-{d}'", f"'{prefix}'")
-    return UserError(f"--mlp-bot-prefix: {reason} (each run's --arch-mlp-bot is it with d appended: {prefix}-{d})")
 
 
 RESUMABLE = "interrupted; finished runs are kept, the same command continues with the rest"

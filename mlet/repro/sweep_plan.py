@@ -187,3 +187,15 @@ def run_argv(spec: RunSpec, settings: Settings, test_freq: int | None) -> list[s
     if wants_checkpoint(spec, settings):
         argv.append(f"--save-collapsed={Path(settings.run_dir) / 'checkpoints' / (spec.name + '.pt')}")
     return argv
+
+
+def in_sweep_terms(error: UserError, settings: Settings, d: int) -> UserError:
+    """A refusal of the runs' ``--arch-mlp-bot`` in the terms of ``--mlp-bot-prefix``, which makes it (``d``: the
+    width the sweep appended); other refusals as they are."""
+    flag = "--arch-mlp-bot: "
+    text = str(error)
+    if not text.startswith(flag):
+        return error
+    prefix = settings.mlp_bot_prefix
+    reason = text.removeprefix(flag).replace(f"'{prefix}-{d}'", f"'{prefix}'")
+    return UserError(f"--mlp-bot-prefix: {reason} (each run's --arch-mlp-bot is it with d appended: {prefix}-{d})")
