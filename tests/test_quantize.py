@@ -336,6 +336,7 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     ckpt = load_checkpoint(q4)
     assert results["parameters"]["embedding_inference_bytes"] == ckpt["quantized"]["embedding_bytes"] == sum(SIZES) * 6
     assert results["checkpoint"]["file_bytes"] == q4.stat().st_size
+    assert results["served_bits"] == 4
     assert 0 <= results["final"]["auc"] <= 1
     assert (
         f"int4 row-wise tables {sum(SIZES) * 6:,} bytes in memory" in out
@@ -355,6 +356,7 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     again = json.loads((tmp_path / "eval2.json").read_text())
     assert again["final"]["auc"] == results["final"]["auc"] and again["final"]["logloss"] == results["final"]["logloss"]
     np.testing.assert_equal(again["parameters"], results["parameters"])
+    assert again["served_bits"] == 4  # quantized at evaluation: recorded all the same
     # training from it: one line (its packed tables have no gradient), not torch's state_dict size mismatch
     train_flags = [f for f in flags if f not in ("--inference-only",) and not f.startswith("--results-json")]
     code, out, err = run_cli(train_flags, capsys)

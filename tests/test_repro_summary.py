@@ -82,6 +82,16 @@ def test_results_files_are_labelled_by_method_and_precision_as_in_the_sweep_summ
     assert rows["ev_q8"][5] == "17.8 KiB" and rows["ev_c"][5] == "23.8 KiB"
 
 
+def test_an_evaluation_is_labelled_by_its_recorded_bits(tmp_path, capsys) -> None:
+    """Results written since the bits are recorded (``served_bits``) are labelled by them, not by the bytes."""
+    recorded = evaluation(8, 16) | {"served_bits": 4}  # the bytes alone would say int8
+    floats = evaluation(8, 16) | {"served_bits": None}
+    paths = [str(write(tmp_path / f"{name}.json", p)) for name, p in (("recorded", recorded), ("floats", floats))]
+    assert summarize.main(paths) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["recorded"][0] == "MLET K=16 int4" and rows["floats"][0] == "MLET K=16"
+
+
 def test_results_files_show_the_int8_and_int4_evaluations_of_a_training_run(tmp_path, capsys) -> None:
     payload = trained(Config(4, 16))
     payload["quantized"] = [

@@ -324,10 +324,15 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
 
 def evaluated_bits(payload: dict) -> int | None:
     """The bits of the quantized tables an evaluation scored (``--inference-only`` on a checkpoint of
-    ``checkpoint.py quantize``, or with ``--quantize-emb-with-bit``); None for float tables. Told by the served
-    embedding bytes: row-wise packed rows (``d + 8`` or ``ceil(d / 2) + 4`` bytes) never take the ``4 d``
-    bytes of float32 ones, so the bytes match at most one precision (:func:`quantized_bytes`)."""
-    if not payload["args"].get("inference_only") or "model_config" not in payload:
+    ``checkpoint.py quantize``, or with ``--quantize-emb-with-bit``); None for float tables. Recorded as
+    ``served_bits`` since 2026-12-01; in older files told by the served embedding bytes: row-wise packed rows
+    (``d + 8`` or ``ceil(d / 2) + 4`` bytes) never take the ``4 d`` bytes of float32 ones, so the bytes match
+    at most one precision (:func:`quantized_bytes`)."""
+    if not payload["args"].get("inference_only"):
+        return None
+    if "served_bits" in payload:
+        return payload["served_bits"]
+    if "model_config" not in payload:
         return None
     served = int(payload["parameters"]["embedding_inference_bytes"])
     config = ModelConfig.from_dict(payload["model_config"])

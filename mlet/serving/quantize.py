@@ -247,11 +247,17 @@ def evaluate_quantized(trainer: Trainer, bits: int) -> dict:
     return {"bits": bits, "final": final, "val": val_metrics, "parameters": report}
 
 
+def served_bits(model: DLRM) -> int | None:
+    """The bits of ``model``'s quantized tables (every quantized table of a model has the same); None for float
+    tables."""
+    return next((m.bits for m in model.modules() if isinstance(m, QuantizedTables)), None)
+
+
 def log_served_sizes(model: DLRM, path: str) -> None:
     """The evaluated model's exact sizes: its tables in memory (packed ones for a quantized model; a two-layer
     MLET model's ``W1`` and ``W2``, with the collapsed size beside them) and ``path``."""
-    kinds = {m.bits for m in model.modules() if isinstance(m, QuantizedTables)} or {32}
-    precision = "float32" if kinds == {32} else "/".join(f"int{b}" for b in sorted(kinds)) + " row-wise"
+    bits = served_bits(model)
+    precision = "float32" if bits is None else f"int{bits} row-wise"
     tables = model.tables.inference_bytes()
     collapsed = ""
     if model.config.mlet_hidden:  # evaluated as trained: the tables in memory are the two layers
