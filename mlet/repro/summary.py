@@ -351,11 +351,12 @@ def paper_rate_gaps(results: Sequence[RunResult], paper_lrs: dict[str, float]) -
     """By optimizer with runs but none at its paper rate (so no ``paper`` rows): why, with the rates that ran."""
     gaps = {}
     for optimizer in sorted({r.spec.optimizer for r in results}):
-        rates = ", ".join(lr_text(lr) for lr in sorted({r.spec.lr for r in results if r.spec.optimizer == optimizer}))
+        lrs = {r.spec.lr for r in results if r.spec.optimizer == optimizer}
+        rates = ", ".join(lr_text(lr) for lr in sorted(lrs))
         rate = paper_lrs.get(optimizer)
         if rate is None:
             gaps[optimizer] = f"no paper rate for {optimizer} (give --paper-lr {optimizer}=RATE; rates run: {rates})"
-        elif round_lr(rate) not in {r.spec.lr for r in results if r.spec.optimizer == optimizer}:
+        elif round_lr(rate) not in lrs:
             gaps[optimizer] = f"no {optimizer} runs at the paper rate {lr_text(rate)} (rates run: {rates})"
     return gaps
 
