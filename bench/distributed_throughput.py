@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from common import print_table, save, self_launching, torchrun_rows
 from reference_dlrm import scaled_cardinalities
+from torch.profiler import ProfilerActivity, profile
 
 from mlet.cli import configs
 from mlet.core.config import OPTIMIZERS
@@ -63,6 +64,7 @@ def model_flags(args: argparse.Namespace, hidden: int, batch: int, graph: bool =
         "--progress=false",
         f"--cuda-graph={graph}",
         *(["--use-gpu"] if args.use_gpu else []),
+        *args.flags.split(),
     ]
 
 
@@ -99,6 +101,9 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
         sync()
         rounds.append(slowest((time.perf_counter() - start) / args.steps))
     seconds = statistics.median(rounds)
+    if args.trace_dir:
+        name = f"{trace_name(hidden, batch, graph)}.{parallel.world_size}p.rank{parallel.rank}.json"
+        trace_steps(trainer, batches, sync, args.trace_dir / name)
     row = {
         "model": f"MLET K={hidden}" if hidden else "baseline",
         "d": args.dim,
@@ -119,12 +124,30 @@ def time_config(args: argparse.Namespace, parallel, hidden: int, batch: int, gra
     return row
 
 
+def trace_name(hidden: int, batch: int, graph: bool) -> str:
+    """The trace files' stem of one configuration."""
+    return f"{'mlet' if hidden else 'baseline'}_{batch}_{'graph' if graph else 'eager'}"
+
+
+def trace_steps(trainer: Trainer, batches: list, sync, path: Path, steps: int = 10) -> None:
+    """Write a Chrome trace (CPU and GPU activity) of ``steps`` more steps to ``path``; read it with
+    ``bench/stream_timeline.py``."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            trainer.step(batches[i % len(batches)])
+        sync()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+
+
 def worker(args: argparse.Namespace) -> None:
     """Under torchrun: time every configuration; rank 0 writes the rows to ``--out``."""
-    base = configs.run_config(model_flags(args, args.hidden[0], args.batches[0]))
+    base = configs.run_config(model_flags(args, args.hidden[0], args.batches[0], graph=args.use_gpu))
     with distributed.session(base.use_gpu, base.dist_backend, base.dist_timeout, base.train.optimizer) as parallel:
         rows = []
-        graphs = [True, False] if args.use_gpu else [False]
+        graphs = [True, False] if args.use_gpu and args.eager else [args.use_gpu]
         for hidden, batch, graph in itertools.product(args.hidden, args.batches, graphs):
             rows.append(time_config(args, parallel, hidden, batch, graph))
             if parallel.is_main:
@@ -148,8 +171,13 @@ def driver(args: argparse.Namespace, argv: list[str]) -> None:
     print_table(
         rows, ["model", "processes", "step", "global_batch", "samples_per_s", "ms_per_step", "speedup_vs_best_1"]
     )
-    name = f"distributed_throughput_{'gpu' if args.use_gpu else 'cpu'}"
-    extra = {"table_rows": sum(scaled_cardinalities(args.scale)), "scale": args.scale, "optimizer": args.optimizer}
+    name = args.results or f"distributed_throughput_{'gpu' if args.use_gpu else 'cpu'}"
+    extra = {
+        "flags": args.flags,
+        "table_rows": sum(scaled_cardinalities(args.scale)),
+        "scale": args.scale,
+        "optimizer": args.optimizer,
+    }
     print(f"wrote {save(name, {**extra, 'rows': rows})}")
 
 
@@ -167,6 +195,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--distinct-batches", type=int, default=4, help="batches made up front and cycled")
+    p.add_argument("--flags", default="", help="more dlrm_mlet.py flags for every run, e.g. '--bf16 --compile'")
+    p.add_argument(
+        "--eager", action=argparse.BooleanOptionalAction, default=True, help="on GPUs, also time the eager step"
+    )
+    p.add_argument("--results", default="", help="name of the results JSON (default distributed_throughput_{gpu,cpu})")
+    p.add_argument("--trace-dir", type=Path, default=None, help="write a Chrome trace of 10 steps per run and rank")
     self_launching(p, worker, driver)
 
 
