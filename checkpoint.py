@@ -35,6 +35,7 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
         UserError,
         check_distinct_outputs,
         check_output_file,
+        exit_status,
         run_reporting_errors,
     )
     from mlet.serving.quantize import BITS, ROW_OVERHEAD, packed_width, quantized_checkpoint, size_change
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``dlrm-mlet-checkpoint`` console command (``python checkpoint.py``)."""
-    sys.exit(main())
+    sys.exit(exit_status(PROG, main))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ with interrupt_exits("data_utils.py"):  # Ctrl-C while the modules import (torch
         add_bool,
         check_output_file,
         check_seed,
+        exit_status,
         require_at_least,
         run_reporting_errors,
     )
@@ -102,7 +103,7 @@ def preprocess_command(args: argparse.Namespace) -> None:
 
 def cli() -> None:
     """The ``dlrm-mlet-data`` console command (``python data_utils.py``)."""
-    sys.exit(command_line())
+    sys.exit(exit_status("data_utils.py", command_line))
 
 
 if __name__ == "__main__":

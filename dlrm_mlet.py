@@ -27,7 +27,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.cli.parser import PROG, build_parser
     from mlet.cli.reporting import ONNX_FILE, observers
     from mlet.core.config import ModelConfig, TrainConfig
-    from mlet.core.errors import UserError, one_line
+    from mlet.core.errors import UserError, exit_status, one_line, report_interrupt
     from mlet.core.launch import log
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
@@ -279,14 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupt(PROG)
     return 0
 
 
 def cli() -> None:
     """The ``dlrm-mlet`` console command (``python dlrm_mlet.py``)."""
-    process_group.exit_process(main())
+    process_group.exit_process(exit_status(PROG, main))
 
 
 if __name__ == "__main__":

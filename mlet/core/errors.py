@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -154,8 +156,7 @@ def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupte
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
+        return report_interrupt(prog, interrupted)
     except BrokenPipeError:
         # Python flushes stdout again at exit and would report the closed pipe there: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -174,5 +175,50 @@ def interrupt_exits(prog: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        ignore_interrupts()  # the process ends here: a second Ctrl-C must not turn status 130 into death by SIGINT
+        raise SystemExit(report_interrupt(prog)) from None
+
+
+INTERRUPTED = 130
+"""A command's exit status after Ctrl-C (a shell's: 128 + SIGINT)."""
+
+_interrupt_reported = False
+"""Whether :func:`report_interrupt` wrote its line since :func:`exit_status` started the command."""
+
+
+def report_interrupt(prog: str, message: str = "interrupted") -> int:
+    """One ``PROG: message`` line on stderr for Ctrl-C; :data:`INTERRUPTED`, the exit status to return."""
+    global _interrupt_reported
+    _interrupt_reported = True  # before the line: a second Ctrl-C while it is written must not write it twice
+    sys.stderr.write(f"{prog}: {message}\n")  # one write: a second Ctrl-C cannot come between the text and its end
+    return INTERRUPTED
+
+
+def ignore_interrupts() -> None:
+    """Ctrl-C (SIGINT) does nothing from now on (in the main thread, the only one that may set handlers).
+
+    For a process on its way out: CPython ends a process whose ``__main__`` ends with an uncaught
+    KeyboardInterrupt by killing itself with SIGINT (status -2 to ``subprocess``, not 130), so a second Ctrl-C
+    while the first one's line is printed or the interpreter exits would change the status.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def exit_status(prog: str, main: Callable[[], int]) -> int:
+    """``main()``'s exit status, for a command's ``cli`` to exit with; Ctrl-C is ignored from then on.
+
+    ``main`` reports its own Ctrl-C (:func:`run_reporting_errors`); a KeyboardInterrupt that escapes it (a second
+    Ctrl-C while the first one's line is printed, or one in a step ``main`` does not guard) is
+    :data:`INTERRUPTED` too, with the one ``PROG: interrupted`` line unless ``main`` wrote its own. Kept out of
+    ``main`` itself, which tests and other code call in-process and whose Ctrl-C must keep working afterwards.
+    """
+    global _interrupt_reported
+    _interrupt_reported = False
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        ignore_interrupts()
+        return INTERRUPTED if _interrupt_reported else report_interrupt(prog)
+    ignore_interrupts()
+    return code

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
+from mlet.core.errors import OneLineParser, UserError, exit_status, require_at_least, run_reporting_errors
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, sweep_record
@@ -396,4 +396,4 @@ def report(run_dir: Path) -> int:
 
 def cli() -> None:
     """``python scripts/full_scale.py``."""
-    sys.exit(main())
+    sys.exit(exit_status(PROG, main))

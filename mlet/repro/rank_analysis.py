@@ -30,7 +30,7 @@ from tqdm import tqdm
 from dlrm_model import DLRM
 from mlet.cli.configs import data_config
 from mlet.core.config import DataConfig, ModelConfig
-from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.core.errors import UserError, check_output_folder, exit_status, require_at_least
 from mlet.core.pipeline import prefetch
 from mlet.data.flags import recorded_dataset_config
 from mlet.data.preprocessing.cache import read_meta
@@ -340,4 +340,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``dlrm-mlet-analyze-rank`` console command (``python scripts/analyze_rank.py``)."""
-    sys.exit(main())
+    sys.exit(exit_status(PROG, main))

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from mlet.core.errors import UserError, check_output_folder
+from mlet.core.errors import UserError, check_output_folder, exit_status
 from mlet.repro import pareto
 from mlet.repro.experiments import (
     MATCH_RULES,
@@ -592,4 +592,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``dlrm-mlet-summarize`` console command (``python scripts/summarize.py``)."""
-    sys.exit(main())
+    sys.exit(exit_status(PROG, main))

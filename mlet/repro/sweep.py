@@ -34,7 +34,14 @@ from pathlib import Path
 
 from mlet.cli.configs import parse_dashed, run_config
 from mlet.core.config import DataConfig
-from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
+from mlet.core.errors import (
+    OneLineParser,
+    UserError,
+    check_output_folder,
+    exit_status,
+    require_at_least,
+    run_reporting_errors,
+)
 from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,
@@ -439,4 +446,4 @@ def run_command(args: argparse.Namespace) -> int:
 
 def cli() -> None:
     """The ``dlrm-mlet-sweep`` console command (``python scripts/sweep.py``)."""
-    sys.exit(main())
+    sys.exit(exit_status(PROG, main))
