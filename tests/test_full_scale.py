@@ -277,11 +277,55 @@ def test_ctrl_c_in_a_piece_prints_one_line_and_records_the_piece(tmp_path):
     message = "full_scale.py: interrupted; finished runs are kept, the same command continues with the rest\n"
     assert done.returncode == 130 and done.stderr.endswith(message) and "Traceback" not in done.stderr, done.stderr
     assert [p.name for p in (run_dir / "results").glob("*.json")] == ["sgd_base_d4_lr0.2_s1.json"]
-    session = json.loads((run_dir / "sweep.json").read_text())["sessions"][-1]
+    record = json.loads((run_dir / "sweep.json").read_text())
+    statuses = {name: run["status"] for name, run in record["runs"].items()}
+    assert statuses == {"sgd_base_d4_lr0.2_s1": "finished", "sgd_mlet_d4_k64_lr0.2_s1": "interrupted"}
+    session = record["sessions"][-1]
     assert (session["finished"], session["failed"], session["left"], session["interrupted"]) == (1, 0, 11, True)
     assert (session["rows"], session["scale"], session["data_seed"]) == (5000, SCALE, 1)
     log = (run_dir / "logs" / "sgd_mlet_d4_k64_lr0.2_s1.log").read_text()
     assert log.endswith("full_scale.py: interrupted\n")
+
+
+class TwoWorkersInterrupted:
+    """A stand-in :class:`full_scale_pool.Workers` of two workers: Ctrl-C comes while both train, the first
+    having written its results just before it."""
+
+    data = full_scale_pool.DataInfo("cpu x2 workers (cpu, cpu)", 0.0, ROWS, 1, SCALE, "ids 1", "")
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.busy, self.closed = run_dir, [], 0
+
+    def idle(self) -> bool:
+        return len(self.busy) < 2
+
+    def start(self, spec: RunSpec) -> None:
+        self.busy.append(spec)
+
+    def wait(self):
+        write_fake_result(self.run_dir, self.busy[0], 0.2)
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_ctrl_c_on_workers_records_the_runs_in_flight(tmp_path):
+    # as scripts/sweep.py: each run in flight at Ctrl-C is listed, interrupted, or finished if its results are in
+    run_dir = tmp_path / "run"
+    _, settings = full_scale.parse(piece_args(run_dir, "--dry-run"))
+    runner = TwoWorkersInterrupted(run_dir)
+    with pytest.raises(KeyboardInterrupt):
+        full_scale.run_piece(settings, runner, budget_s=300, started=time.perf_counter())
+    first, second = (spec.name for spec in runner.busy)
+    record = json.loads((run_dir / "sweep.json").read_text())
+    assert {name: run["status"] for name, run in record["runs"].items()} == {
+        first: "finished",
+        second: "interrupted",
+    }
+    assert runner.closed == 1  # the workers stopped before their runs were judged
+    session = record["sessions"][-1]
+    assert (session["finished"], session["failed"], session["left"], session["interrupted"]) == (1, 0, 11, True)
 
 
 def test_a_piece_on_other_rows_is_refused_unless_accepted(tmp_path):
@@ -460,9 +504,9 @@ def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
     )
     assert "the worker on cpu stopped: its process ended with exit code -9" in out.read_text()
     record = json.loads((run_dir / "sweep.json").read_text())
-    assert record["runs"] == {
-        "sgd_base_d4_lr0.2_s1": {**record["runs"]["sgd_base_d4_lr0.2_s1"], "status": "failed (exit code -9)"}
-    }
+    statuses = {name: run["status"] for name, run in record["runs"].items()}
+    # the other worker's run, in flight at SIGTERM, is listed as interrupted
+    assert statuses == {"sgd_base_d4_lr0.2_s1": "failed (exit code -9)", "sgd_mlet_d4_k64_lr0.2_s1": "interrupted"}
     session = record["sessions"][-1]
     assert (session["finished"], session["failed"], session["interrupted"]) == (0, 1, True)
     assert (run_dir / "logs" / "sgd_mlet_d4_k64_lr0.2_s1.log").read_text().endswith("full_scale.py: interrupted\n")

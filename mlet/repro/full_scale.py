@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,20 +128,20 @@ def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget
     manifest.session["data_checksum"] = data.checksum
     counts: dict = {"finished": 0, "failed": 0, "left": 0}
     failed: set[str] = set()
-    running: set[str] = set()
+    running: dict[str, tuple[RunSpec, float]] = {}  # the runs in flight, with when they started
     longest = 0.0
     try:
         while True:
-            todo = [s for s in wanted(settings) if s.name not in failed | running]
+            todo = [s for s in wanted(settings) if s.name not in failed | running.keys()]
             while todo and runner.idle() and time.perf_counter() - started + 1.2 * longest <= budget_s:
                 spec = todo.pop(0)
                 runner.start(spec)
-                running.add(spec.name)
+                running[spec.name] = spec, time.perf_counter()
             if not running:
                 counts["left"] = len(todo)
                 break
             ended = runner.wait()
-            running.discard(ended.spec.name)
+            running.pop(ended.spec.name, None)
             longest = max(longest, ended.seconds)
             status = sweep_runs.run_status(ended.spec, ended.code, settings.run_dir)
             manifest.record(ended.spec, status, ended.seconds)
@@ -152,11 +152,25 @@ def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget
             elapsed = time.perf_counter() - started
             print(f"{PROG}: {ended.spec.name}: {status} in {ended.seconds:.1f} s ({elapsed:.0f} s of the piece)")
     except KeyboardInterrupt:  # the runs not finished are still to do (the ones interrupted among them)
+        runner.close()  # the runs in flight end first: one whose results are written by then is finished
+        counts["finished"] += record_interrupted(running.values(), settings.run_dir, manifest)
         counts.update(left=len([s for s in wanted(settings) if s.name not in failed]), interrupted=True)
         raise
     finally:
         manifest.finish(counts)
     return counts
+
+
+def record_interrupted(in_flight: Iterable[tuple[RunSpec, float]], run_dir: Path, manifest: sweep_runs.Manifest) -> int:
+    """Record the runs in flight at Ctrl-C (``(spec, start time)``, their workers stopped) in ``sweep.json`` as
+    ``scripts/sweep.py`` records its own: ``interrupted``, or ``finished`` when their results were written;
+    returns how many finished."""
+    finished = 0
+    for spec, start in in_flight:
+        status = sweep_runs.run_status(spec, None, run_dir, interrupted=True)
+        manifest.record(spec, status, time.perf_counter() - start)
+        finished += status.startswith("finished")
+    return finished
 
 
 def earlier_data(run_dir: Path) -> dict:

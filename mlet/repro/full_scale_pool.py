@@ -133,6 +133,7 @@ class Workers:
         self.dead: set[int] = set()
         self.ready: set[int] = set()
         self.started: dict[int, float] = {}
+        self.closed = False
         # started with Ctrl-C ignored (one during a worker's imports would print its traceback); work() restores it
         with handling(signal.SIGINT, signal.SIG_IGN):
             for process in self.processes:
@@ -198,7 +199,11 @@ class Workers:
 
     def close(self) -> None:
         """Stop the workers: an idle one ends when told; a busy one, or one still generating its rows, is
-        terminated (it ends as on Ctrl-C); one that does not end within 10 s is killed."""
+        terminated (it ends as on Ctrl-C); one that does not end within 10 s is killed. Once: later calls do
+        nothing."""
+        if self.closed:
+            return
+        self.closed = True
         waiting = [i for i in self.ready if i not in self.busy]
         for index in waiting:
             self.tasks[index].put(None)

@@ -132,13 +132,15 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def run_status(spec: RunSpec, code: int, run_dir: Path, interrupted: bool = False) -> str:
+def run_status(spec: RunSpec, code: int | None, run_dir: Path, interrupted: bool = False) -> str:
     """How a run ended, for ``sweep.json``: finished (diverged, when its test AUC is not finite), failed, or
     interrupted (``interrupted``: it ended after the sweep's Ctrl-C; finished if its results were written, as the
-    next session will take them)."""
+    next session will take them). ``code``: the run's exit code; None for a run in this process (full_scale.py)
+    that Ctrl-C cut short, which has none."""
     results = readable_results(run_dir, [result_path(spec, run_dir)]) if code == 0 or interrupted else []
     if not results:
-        return f"{'interrupted' if interrupted else 'failed'} (exit code {code})"
+        ended = "interrupted" if interrupted else "failed"
+        return ended if code is None else f"{ended} (exit code {code})"
     return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
 
 
