@@ -46,7 +46,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.training.optimizers import state_bytes
     from mlet.training.processes import Parallel
     from mlet.training.results import parameter_report, write_json
-    from mlet.training.state import check_evaluation, check_resume_flags
+    from mlet.training.state import check_evaluation, check_resume_flags, data_files_note
     from mlet.training.trainer import Trainer
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
@@ -90,6 +90,8 @@ def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tu
         except (UserError, ValueError) as error:
             raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     data = build_data(run.data)
+    if ckpt is not None and (note := data_files_note(ckpt, data.files)) is not None:
+        log(note)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
     reduction.check_qr_sizes(config)
     if run.mixed_dimension is not None:

@@ -8,8 +8,10 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from helpers import RESUME_FLAGS, TINY, override_flags, run_cli, sample_lines
 
+import checkpoint as checkpoint_command
 import data_utils
 from mlet.data.preprocessing.cache import read_meta
 
@@ -444,6 +446,54 @@ def test_evaluating_on_another_split_with_tables_of_the_same_sizes_is_refused(tm
     code, _, err = run_cli([*other, f"--load-model={saved}", "--inference-only"], capsys)
     assert code == 2 and "--data-split: checkpoint was trained with dlrm, the flags give random-811" in err, err
     assert not (tmp_path / "other").exists()  # refused before preprocessing
+
+
+NOT_THE_DATA = "is not the data the checkpoint was trained on"
+
+
+def test_evaluating_or_resuming_on_another_data_file_is_noted(tmp_path, capsys) -> None:
+    """Another data set file is allowed (a day's data; tables capped by --max-ind-range have the same sizes), with
+    a line naming both files; a moved copy of the same file (same sampled fingerprint) gets none, and resuming
+    no longer lists the paths as changed flags."""
+    lines = sample_lines("criteo_kaggle_train_head1999.txt")
+    raw, other, moved = tmp_path / "train.txt", tmp_path / "day1.txt", tmp_path / "moved" / "train.txt"
+    raw.write_text("\n".join(lines))
+    other.write_text("\n".join(reversed(lines)))
+    moved.parent.mkdir()
+    moved.write_text(raw.read_text())  # a copy: other path and modification time, same content
+    saved, collapsed, quantized = tmp_path / "m.pt", tmp_path / "c.pt", tmp_path / "q.pt"
+    trained = dataset_argv("kaggle", raw, tmp_path, "--max-ind-range=2", f"--save-model={saved}")
+    assert run_cli([*trained, f"--save-collapsed={collapsed}"], capsys)[0] == 0
+    assert checkpoint_command.main(["quantize", str(collapsed), str(quantized), "--bits", "8"]) == 0
+    for checkpoint in (saved, collapsed, quantized):
+        same = dataset_argv("kaggle", moved, tmp_path / "moved", "--max-ind-range=2", f"--load-model={checkpoint}")
+        code, out, err = run_cli([*same, "--inference-only"], capsys)
+        assert code == 0 and NOT_THE_DATA not in out, err
+        evaluated = dataset_argv("kaggle", other, tmp_path / "o", "--max-ind-range=2", f"--load-model={checkpoint}")
+        code, out, err = run_cli([*evaluated, "--inference-only"], capsys)
+        note = f"--raw-data-file: {other} {NOT_THE_DATA}, {raw} (other content: the sampled fingerprints of the raw"
+        assert code == 0 and note in out, err
+    resumed = dataset_argv("kaggle", other, tmp_path / "o", "--max-ind-range=2", f"--load-model={saved}")
+    code, out, err = run_cli(resumed, capsys)
+    assert code == 0 and f"--raw-data-file: {other} {NOT_THE_DATA}, {raw}" in out, err
+    assert "--raw-data-file=" not in out and "--processed-data-file=" not in out  # not a changed flag
+
+
+def test_a_checkpoint_without_data_files_compares_the_processed_directories(tmp_path, capsys) -> None:
+    """Older checkpoints record no fingerprint: the processed directory, by path, tells the data apart."""
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    saved = tmp_path / "m.pt"
+    assert run_cli(dataset_argv("kaggle", raw, tmp_path, f"--save-model={saved}"), capsys)[0] == 0
+    ckpt = torch.load(saved, weights_only=False)
+    assert ckpt.pop("data_files")["fingerprint"] == read_meta(tmp_path / "p")["source"]["fingerprint"]
+    torch.save(ckpt, saved)
+    code, out, err = run_cli(dataset_argv("kaggle", raw, tmp_path, f"--load-model={saved}", "--inference-only"), capsys)
+    assert code == 0 and NOT_THE_DATA not in out, err
+    elsewhere = dataset_argv("kaggle", raw, tmp_path / "q", f"--load-model={saved}", "--inference-only")
+    code, out, err = run_cli(elsewhere, capsys)
+    assert code == 0, err
+    assert f"--raw-data-file: {raw} {NOT_THE_DATA}, {raw} (the checkpoint records no fingerprint" in out
 
 
 def test_arch_embedding_size_is_checked_as_soon_as_the_data_sizes_are_known(tmp_path, capsys) -> None:

@@ -30,7 +30,7 @@ from mlet.core.config import DataConfig, DatasetConfig, RandomConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import ordered_map
 from mlet.data.flags import table_size_mismatch
-from mlet.data.preprocessing.cache import prepare_dataset
+from mlet.data.preprocessing.cache import files_record, prepare_dataset
 from mlet.data.preprocessing.layouts import categorical_features
 from mlet.data.preprocessing.passes import VocabularyCheck
 from mlet.data.preprocessing.splits import Log, dense_transform
@@ -245,6 +245,8 @@ class DataBundle:
     id_counts: Callable[[], list[np.ndarray]] | None = None
     """Training counts of every row of each table (``None``: uniform random ids, no counts to speak of)."""
     eval_split: str = "test"
+    files: dict | None = None
+    """A data set's files (:func:`~mlet.data.preprocessing.cache.files_record`); None for generated data."""
 
 
 def click_model_config(config: DataConfig, table_sizes: Sequence[int]) -> ClickModelConfig:
@@ -399,4 +401,7 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
         f" evaluating on {evaluate}"
     )
     counts = functools.partial(limits.table_counts, data.vocabulary_counts())
-    return DataBundle(train, test, sizes, data.dense_inputs, desc, val=val, id_counts=counts, eval_split=evaluate)
+    files = files_record(dataset.raw_data_file, dataset.processed_data_file, data.meta["source"]["fingerprint"])
+    return DataBundle(
+        train, test, sizes, data.dense_inputs, desc, val=val, id_counts=counts, eval_split=evaluate, files=files
+    )

@@ -33,7 +33,7 @@ from mlet.core.config import DataConfig, ModelConfig
 from mlet.core.errors import UserError, check_output_folder, exit_status, require_at_least
 from mlet.core.pipeline import prefetch
 from mlet.data.flags import recorded_dataset_config
-from mlet.data.preprocessing.cache import read_meta
+from mlet.data.preprocessing.cache import processed_directory, read_meta
 from mlet.data.sources import ArraySource, build_data
 from mlet.repro.analysis import (
     data_key,
@@ -122,7 +122,7 @@ def available_data(flags: dict, path: Path) -> dict:
     raw = flags.get("raw_data_file")
     if flags["data_generation"] != "dataset" or not raw or flags.get("data_set") == "terabyte" or Path(raw).exists():
         return flags  # Terabyte's is a prefix of day files: its own checks name them
-    processed = flags.get("processed_data_file") or f"{str(raw).rstrip('/')}.processed"
+    processed = str(processed_directory(raw, flags.get("processed_data_file")))
     if read_meta(Path(processed)) is None:
         raise UserError(
             f"{path}: the raw data file this checkpoint was trained on, {raw}, is missing, and there are no processed "

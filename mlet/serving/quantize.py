@@ -195,7 +195,9 @@ def quantized_checkpoint(ckpt: dict, bits: int, model: DLRM) -> dict:
     quantized = quantize_model(model, bits)
     history = ckpt.get("history") or []
     kept = {
-        k: ckpt[k] for k in ("position", "args", "train_time", "train_samples", "data", "collapsed_from") if k in ckpt
+        k: ckpt[k]
+        for k in ("position", "args", "train_time", "train_samples", "data", "data_files", "collapsed_from")
+        if k in ckpt
     }
     return {
         "format": FORMAT,

@@ -443,7 +443,9 @@ def collapsed_checkpoint(ckpt: dict) -> dict:
     config = model.config
     plain = model.collapse()
     kept = {
-        k: ckpt[k] for k in ("position", "history", "best", "args", "train_time", "train_samples", "data") if k in ckpt
+        k: ckpt[k]
+        for k in ("position", "history", "best", "args", "train_time", "train_samples", "data", "data_files")
+        if k in ckpt
     }
     collapsed = {
         "format": FORMAT,

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
+from mlet.data.preprocessing.cache import files_record
 from mlet.training.checkpoints import (
     FORMAT,
     INFERENCE,
@@ -96,6 +97,7 @@ class TrainingState:
     train_samples: int = 0
     flags: dict = field(default_factory=dict)
     data: str = ""
+    data_files: dict | None = None
     distributed: dict | None = None
     torch_version: str = str(torch.__version__)
 
@@ -118,6 +120,7 @@ class TrainingState:
             "train_samples": self.train_samples,
             "args": self.flags,
             "data": self.data,
+            "data_files": self.data_files,
             "torch": self.torch_version,
         }
         return {**ckpt, "version": format_version(ckpt)}
@@ -138,6 +141,7 @@ class TrainingState:
             train_samples=ckpt.get("train_samples", 0),
             flags=ckpt.get("args") or {},
             data=ckpt.get("data", ""),
+            data_files=ckpt.get("data_files"),
             distributed=ckpt.get("distributed"),
             torch_version=ckpt.get("torch", ""),
         )
@@ -298,6 +302,9 @@ BOOKKEEPING = {
     "debug_mode",
     "save_onnx",
 }
+DATA_FILES = {"raw_data_file", "processed_data_file"}
+"""Where a data set lies: not compared as flags (a file may move, a day's file may stand in for another);
+:func:`data_files_note` compares what the files hold."""
 ARCHITECTURE_ARGS = {
     "arch_sparse_feature_size",
     "arch_embedding_size",
@@ -332,7 +339,7 @@ def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> l
     generation = str(saved_flags.get("data_generation"))
     must_match = MUST_MATCH_DATA | MUST_MATCH_BY_GENERATION.get(generation, set())
     prefixes = MUST_MATCH_PREFIXES.get(generation, ())
-    skipped = BOOKKEEPING | ARCHITECTURE_ARGS | DERIVED
+    skipped = BOOKKEEPING | ARCHITECTURE_ARGS | DERIVED | DATA_FILES
     for dest in sorted(saved_flags.keys() & flags.keys() - skipped):
         old, new = saved_flags[dest], flags[dest]
         if old == new:
@@ -351,6 +358,49 @@ def resume_flag_changes(saved_flags: dict, flags: dict, position: Position) -> l
             )
         changes.append(f"{flag}={new} (checkpoint: {old})")
     return changes
+
+
+def recorded_data_files(ckpt: dict) -> dict | None:
+    """The data set files a checkpoint was trained on (:func:`~mlet.data.preprocessing.cache.files_record`): as
+    recorded, else (older checkpoints) from its flags, resolved here, without a fingerprint; None for generated
+    data."""
+    if ckpt.get("data_files"):
+        return ckpt["data_files"]
+    flags = ckpt.get("args") or {}
+    if flags.get("data_generation") != "dataset":
+        return None
+    return files_record(flags.get("raw_data_file"), flags.get("processed_data_file"), None)
+
+
+def data_files_note(ckpt: dict, files: dict | None) -> str | None:
+    """A log line when this run's data set ``files`` are not those ``ckpt`` was trained on, else None.
+
+    Evaluating or resuming a checkpoint on another file can be meant (a moved file, a day's data), so it is a
+    notice, not a refusal (the data-set flags and the table sizes are compared and refused elsewhere). Where both
+    record the raw file's sampled fingerprint, equal ones mean the same content (a moved or copied file: no line);
+    an older checkpoint records none, and then the processed directories are compared by path.
+    """
+    saved = recorded_data_files(ckpt)
+    if saved is None or files is None:
+        return None
+    if saved.get("fingerprint") and files.get("fingerprint"):
+        if saved["fingerprint"] == files["fingerprint"]:
+            return None
+        why = "other content: the sampled fingerprints of the raw files differ"
+    elif saved["processed_data_file"] == files["processed_data_file"]:
+        return None
+    else:
+        why = "the checkpoint records no fingerprint of its data, so the same content elsewhere cannot be told"
+    flag = "--raw-data-file" if files["raw_data_file"] else "--processed-data-file"
+    return (
+        f"{flag}: {where_data_lies(files)} is not the data the checkpoint was trained on, {where_data_lies(saved)}"
+        f" ({why})"
+    )
+
+
+def where_data_lies(files: dict) -> str:
+    """The raw file of a :func:`recorded_data_files` record, else its processed directory."""
+    return files["raw_data_file"] or files["processed_data_file"]
 
 
 def check_resume_flags(ckpt: dict, flags: dict) -> None:

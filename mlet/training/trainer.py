@@ -153,6 +153,7 @@ class Trainer:
             train_samples=self.train_samples,
             flags=self.flags,
             data=self.data.description,
+            data_files=self.data.files,
             distributed=self.parallel.record(),
         )
 

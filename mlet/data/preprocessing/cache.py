@@ -157,6 +157,23 @@ def cache_settings(data_set: str, split: str, split_seed: int, sub_sample_rate: 
     return settings
 
 
+def processed_directory(raw: str | None, processed: str | None) -> Path:
+    """Where the processed data of ``--raw-data-file`` ``raw`` are: ``--processed-data-file`` when given, else
+    beside the raw file (``RAW.processed``)."""
+    return Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
+
+
+def files_record(raw: str | None, processed: str | None, fingerprint: str | None) -> dict:
+    """Which files a data set's rows come from, as checkpoints record them: the raw file (``--raw-data-file``,
+    resolved; empty when only processed data were given), the processed directory (resolved) and the raw file's
+    sampled :func:`fingerprint` (its content, wherever it lies; None where unknown)."""
+    return {
+        "raw_data_file": str(Path(raw).resolve()) if raw else "",
+        "processed_data_file": str(processed_directory(raw, processed).resolve()),
+        "fingerprint": fingerprint,
+    }
+
+
 def read_meta(directory: Path) -> dict | None:
     """The metadata of a complete processed directory, else None."""
     try:
@@ -407,7 +424,7 @@ def prepare(
     prefix or folder; ``vocabulary_check`` sees the training counts as soon as they are known, after pass 1)."""
     if not raw and not processed:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
-    directory = Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
+    directory = processed_directory(raw, processed)
     if is_upstream_npz(directory):
         raise UserError(
             f"--processed-data-file: {directory} is {UPSTREAM_NPZ}; this project keeps its processed data in a "
