@@ -179,6 +179,7 @@ def format_summary(s: dict) -> str:
     pos = s["position"] or {}
     params = s["parameters"]
     train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
+    table_train_b, table_infer_b = params["embedding_training_bytes"], params["embedding_inference_bytes"]
     trained_as = describe_kinds(trained)
     stored_as = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
     if stored.is_composite:
@@ -205,12 +206,13 @@ def format_summary(s: dict) -> str:
         (
             "parameters",
             f"training {params['training']['count']:,} ({mib(train_b)}), "
-            f"inference {params['inference']['count']:,} ({mib(infer_b)}):"
-            f" inference is {size_change(train_b, infer_b, inference_cause(k, quantized), larger_because(quantized))}",
+            f"inference {params['inference']['count']:,} ({mib(infer_b)}): the whole model at inference is "
+            + size_change(train_b, infer_b, inference_cause(k, quantized), larger_because(quantized)),
         ),
         (
             "embeddings",
-            f"training {mib(params['embedding_training_bytes'])}, inference {mib(params['embedding_inference_bytes'])}",
+            f"training {mib(table_train_b)}, inference {mib(table_infer_b)}: the tables at inference are "
+            + size_change(table_train_b, table_infer_b, inference_cause(k, quantized), larger_because(quantized)),
         ),
         *(
             [
@@ -323,9 +325,12 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     atomic_save(out, args.output)
     q = out["quantized"]
     before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    trained, elem = training_config(out), element_size(out)
+    whole = [served_report(trained, elem, quantized)["inference"]["bytes"] for quantized in (None, q)]
     print(
-        f"wrote {args.output}: int{args.bits} row-wise tables, {q['float_embedding_bytes']:,} -> "
-        f"{q['embedding_bytes']:,} bytes ({size_change(q['float_embedding_bytes'], q['embedding_bytes'])}); "
+        f"wrote {args.output}: int{args.bits} row-wise tables; the tables {q['float_embedding_bytes']:,} -> "
+        f"{q['embedding_bytes']:,} bytes ({size_change(q['float_embedding_bytes'], q['embedding_bytes'])}), "
+        f"the whole model {whole[0]:,} -> {whole[1]:,} bytes ({size_change(whole[0], whole[1], larger_because='')}); "
         f"file {mib(before)} -> {mib(after)}"
     )
 

@@ -312,7 +312,8 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
     assert checkpoint.main(["info", str(runs["mlet_collapsed"])]) == 0
     out = capsys.readouterr().out
     assert f"inference (collapsed from MLET K={K}; no optimizer state)" in out
-    assert "inference is" in out and "x smaller (MLET collapsed)" in out
+    assert "the whole model at inference is" in out and "x smaller (MLET collapsed)" in out
+    assert "the tables at inference are" in out
     assert "--mlet-hidden=32" in out and "--arch-embedding-size=60000-3000-500" in out
     assert "final auc" in out and "best auc" in out
     assert "60,000" in out and "32x4" in out

@@ -235,16 +235,23 @@ def test_size_change_wording(before: int, after: int, cause: str, expected: str)
 
 
 def test_info_and_quantize_word_a_larger_model_alike(float_checkpoints, tmp_path, capsys) -> None:
-    """Narrow mixed-dimension tables grow when quantized: quantize and info both say larger, and why."""
+    """Narrow mixed-dimension tables grow when quantized: quantize and info both say larger, and why, each naming
+    what it compares, the tables or the whole model, with the same ratio for each."""
     q8 = tmp_path / "md8.pt"
     assert checkpoint.main(["quantize", str(float_checkpoints["md"]), str(q8), "--bits", "8"]) == 0
-    assert f"x larger: {ROW_OVERHEAD})" in capsys.readouterr().out
+    wrote = capsys.readouterr().out
     assert checkpoint.main(["info", str(q8)]) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("parameters"))
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     params = checkpoint.summary(load_checkpoint(q8), q8)["parameters"]
-    training, inference = params["training"]["bytes"], params["inference"]["bytes"]
-    assert inference > training and "smaller" not in line
-    assert line.endswith(f"inference is {inference / training:.2f}x larger (int8 tables): {ROW_OVERHEAD}")
+    tables = params["embedding_training_bytes"], params["embedding_inference_bytes"]
+    whole = params["training"]["bytes"], params["inference"]["bytes"]
+    table_ratio, whole_ratio = f"{tables[1] / tables[0]:.2f}x", f"{whole[1] / whole[0]:.2f}x"
+    assert table_ratio != whole_ratio  # two numbers, each said of what it measures
+    assert f"the tables {tables[0]:,} -> {tables[1]:,} bytes ({table_ratio} larger: {ROW_OVERHEAD})" in wrote
+    assert f"the whole model {whole[0]:,} -> {whole[1]:,} bytes ({whole_ratio} larger); file " in wrote
+    reason = f"larger (int8 tables): {ROW_OVERHEAD}"
+    assert lines["embeddings"].endswith(f": the tables at inference are {table_ratio} {reason}")
+    assert lines["parameters"].endswith(f": the whole model at inference is {whole_ratio} {reason}")
 
 
 def test_info_of_a_model_that_collapse_leaves_unchanged_says_the_same_size(tmp_path, capsys) -> None:
@@ -254,7 +261,8 @@ def test_info_of_a_model_that_collapse_leaves_unchanged_says_the_same_size(tmp_p
     atomic_save(collapsed_checkpoint({**ckpt, "position": {"epoch": 0, "batch": 0, "iteration": 0}}), tmp_path / "c.pt")
     assert checkpoint.main(["info", str(tmp_path / "c.pt")]) == 0
     out = capsys.readouterr().out
-    assert "inference is the same size\n" in out and "1.00x" not in out
+    assert "the whole model at inference is the same size\n" in out and "1.00x" not in out
+    assert "the tables at inference are the same size\n" in out
 
 
 REFUSED = "needs the float checkpoint it was quantized from (dlrm_mlet.py --inference-only evaluates this one as it is)"
