@@ -375,3 +375,31 @@ def test_replace_atomically_keeps_the_old_file_when_a_write_fails(tmp_path) -> N
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     replace_atomically(target, lambda tmp: tmp.write_text("new\n"))
     assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_every_reporting_output_is_checked_distinct_and_writable(tmp_path, monkeypatch) -> None:
+    """The files the reporting flags write, as the distinctness check lists them, are the ones probed before
+    training (but the ONNX model's external data, written only past 2 GiB beside the probed model)."""
+    from mlet.cli import reporting
+
+    monkeypatch.chdir(tmp_path)
+    checked: dict[str, str] = {}
+    monkeypatch.setattr(reporting, "check_output_file", lambda flag, path: checked.setdefault(path, flag))
+    monkeypatch.setattr(reporting, "check_writable_folder", lambda flag, path: checked.setdefault(path, flag))
+    every = reporting.Reporting(tensorboard_dir="tb", profiling=True, profile_prefix="p", save_onnx=True)
+    reporting.check_reporting_files(every)
+    onnx = str(tmp_path / reporting.ONNX_FILE)
+    assert reporting.reporting_files(every) == {
+        "--tensor-board-filename": "tb",
+        "--enable-profiling (trace)": str(tmp_path / "p.json"),
+        "--enable-profiling (top ops)": str(tmp_path / "p.prof"),
+        "--save-onnx": onnx,
+        "--save-onnx (external data)": f"{onnx}.data",
+    }
+    assert checked == {
+        "tb": "--tensor-board-filename",
+        str(tmp_path / "p.json"): "--enable-profiling",
+        str(tmp_path / "p.prof"): "--enable-profiling",
+        onnx: "--save-onnx",
+    }
+    assert not any(reporting.reporting_files(reporting.Reporting()).values())  # nothing asked, nothing written

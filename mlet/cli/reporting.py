@@ -113,29 +113,57 @@ def profile_files(reporting: Reporting) -> dict[str, str]:
     return {"trace": f"{reporting.profile_prefix}.json", "top ops": f"{reporting.profile_prefix}.prof"}
 
 
-def reporting_files(reporting: Reporting) -> dict[str, str]:
-    """``{flag: path}`` of the files the reporting flags write (the profiler's under ``--profile-prefix``, the ONNX
-    model in the current folder under upstream's fixed name), for the check that a run's outputs are distinct."""
-    files = {"--tensor-board-filename": reporting.tensorboard_dir}
+@dataclass(frozen=True)
+class Output:
+    """A file or folder a reporting flag writes."""
+
+    flag: str
+    path: str
+    what: str = ""
+    """Which of the flag's outputs, where it writes several (``trace``, ``external data``)."""
+    folder: bool = False
+    """A folder the run writes files into (TensorBoard's), not a file."""
+    probed: bool = True
+    """Checked writable before training; not the ONNX model's external data, written (beside the model, whose folder
+    is probed) only for models over 2 GiB."""
+
+    @property
+    def label(self) -> str:
+        """The flag, with which of its outputs where it writes several (``--enable-profiling (trace)``)."""
+        return f"{self.flag} ({self.what})" if self.what else self.flag
+
+
+def reporting_outputs(reporting: Reporting) -> list[Output]:
+    """The files and folders the reporting flags write: the TensorBoard folder, the profiler's files under
+    ``--profile-prefix``, the ONNX model (and its external data) in the current folder under upstream's fixed name.
+    The one list that both the distinctness check (:func:`reporting_files`) and the writability check
+    (:func:`check_reporting_files`) read, so that a new output cannot be left out of either."""
+    outputs = [Output("--tensor-board-filename", reporting.tensorboard_dir, folder=True)]
     if reporting.profiling:
-        for what, path in profile_files(reporting).items():
-            files[f"--enable-profiling ({what})"] = str(Path.cwd() / path)
+        outputs += [
+            Output("--enable-profiling", str(Path.cwd() / path), what)
+            for what, path in profile_files(reporting).items()
+        ]
     if reporting.save_onnx:
-        files["--save-onnx"] = str(Path.cwd() / ONNX_FILE)
-        files["--save-onnx (external data)"] = str(Path.cwd() / f"{ONNX_FILE}.data")
-    return files
+        onnx = str(Path.cwd() / ONNX_FILE)
+        outputs += [Output("--save-onnx", onnx), Output("--save-onnx", f"{onnx}.data", "external data", probed=False)]
+    return [output for output in outputs if output.path]
+
+
+def reporting_files(reporting: Reporting) -> dict[str, str]:
+    """``{flag: path}`` of the files the reporting flags write (:func:`reporting_outputs`), for the check that a
+    run's outputs are distinct."""
+    return {output.label: output.path for output in reporting_outputs(reporting)}
 
 
 def check_reporting_files(reporting: Reporting) -> None:
-    """Fail before training, naming the flag, if the reporting flags' files cannot be written: the TensorBoard
-    folder (created now), the profiler's files and the ONNX model in the current folder."""
-    if reporting.tensorboard_dir:
-        check_writable_folder("--tensor-board-filename", reporting.tensorboard_dir)
-    if reporting.profiling:
-        for path in profile_files(reporting).values():
-            check_output_file("--enable-profiling", str(Path.cwd() / path))
-    if reporting.save_onnx:
-        check_output_file("--save-onnx", str(Path.cwd() / ONNX_FILE))
+    """Fail before training, naming the flag, if the reporting flags' files cannot be written
+    (:func:`reporting_outputs`): the TensorBoard folder (created now), the profiler's files and the ONNX model."""
+    for output in reporting_outputs(reporting):
+        if output.folder:
+            check_writable_folder(output.flag, output.path)
+        elif output.probed:
+            check_output_file(output.flag, output.path)
 
 
 def observers(reporting: Reporting, eval_split: str, cuda: bool, mlperf: MLPerfLog | None) -> list[Observer]:
