@@ -37,7 +37,7 @@ from mlet.core.errors import UserError
 from mlet.core.launch import log
 from mlet.model import lookup
 from mlet.model.composite import CompositeTables, GroupSpec, TableModule
-from mlet.training.checkpoints import FORMAT, INFERENCE, VERSION, trained_hidden
+from mlet.training.checkpoints import FORMAT, INFERENCE, RUN_RECORD, VERSION, trained_hidden
 from mlet.training.results import parameter_report
 from mlet.training.trainer import Trainer
 from mlet_layers import EmbeddingTables
@@ -194,11 +194,7 @@ def quantized_checkpoint(ckpt: dict, bits: int, model: DLRM) -> dict:
     position kept; the float model's last metrics under ``quantized.float_final`` (they are not this model's)."""
     quantized = quantize_model(model, bits)
     history = ckpt.get("history") or []
-    kept = {
-        k: ckpt[k]
-        for k in ("position", "args", "train_time", "train_samples", "data", "data_files", "collapsed_from")
-        if k in ckpt
-    }
+    kept = {k: ckpt[k] for k in (*RUN_RECORD, "collapsed_from") if k in ckpt}  # not the float model's metrics
     return {
         "format": FORMAT,
         "version": VERSION,

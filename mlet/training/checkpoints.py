@@ -40,6 +40,9 @@ VERSION = 3
 """Format version read up to; written as :func:`format_version` says."""
 PLAIN_VERSION = 2
 """What plain and MLET checkpoints are written as: readers of version 2 load them unchanged."""
+RUN_RECORD = ("position", "args", "train_time", "train_samples", "data", "data_files")
+"""Checkpoint entries that describe the training run (where it stopped, its flags, data and time); every
+checkpoint made from another (collapsed, quantized) keeps them."""
 TRAINING, INFERENCE = "training", "inference"
 
 # -- writing -----------------------------------------------------------------
@@ -442,11 +445,7 @@ def collapsed_checkpoint(ckpt: dict) -> dict:
     model = model_from_checkpoint(ckpt, device=next(iter(ckpt["model"].values())).device)
     config = model.config
     plain = model.collapse()
-    kept = {
-        k: ckpt[k]
-        for k in ("position", "history", "best", "args", "train_time", "train_samples", "data", "data_files")
-        if k in ckpt
-    }
+    kept = {k: ckpt[k] for k in (*RUN_RECORD, "history", "best") if k in ckpt}  # the same model's metrics
     collapsed = {
         "format": FORMAT,
         "version": PLAIN_VERSION,
