@@ -205,6 +205,8 @@ class GraphedTrainStep(TrainStep):
     ) -> None:
         super().__init__(model, loss_fn, optimizer, bf16)
         self.compiled = compiled_parts(model, compile)
+        # the loss forward and backward: some fifteen one-microsecond kernels eager, a few fused
+        self.compiled_loss = compiled(loss_fn, compile) if compile != "none" else None
         if compile != "none":
             optimizer.compile_dense_update(compile)
         self.warmup = warmup
@@ -263,17 +265,31 @@ class GraphedTrainStep(TrainStep):
     def _side_stream_step(self, batch: StepBatch) -> Tensor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), compiled_from(self.model, self.compiled):
+        with torch.cuda.stream(side), self._compiled():
             loss = super().__call__(batch)
         torch.cuda.current_stream().wait_stream(side)
         return loss
+
+    @contextlib.contextmanager
+    def _compiled(self) -> Iterator[None]:
+        """Inside the block the step runs its compiled parts (``--compile``): the model's MLPs and the loss. Only
+        the captured shape's warm-up and capture use them; other shapes run eagerly (no recompiling)."""
+        with compiled_from(self.model, self.compiled):
+            if self.compiled_loss is None:
+                yield
+                return
+            eager, self.loss_fn = self.loss_fn, self.compiled_loss
+            try:
+                yield
+            finally:
+                self.loss_fn = eager
 
     def _capture(self, batch: StepBatch) -> None:
         self.static_batch = copy.deepcopy(batch)  # the graph's own input tensors
         self.optimizer.zero_grad()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch thread's pinned allocations must not invalidate the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), compiled_from(self.model, self.compiled):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), self._compiled():
             loss = batch_loss(self.loss_fn, self.logits(self.static_batch), self.static_batch)
             loss.backward()
             self.optimizer.step()
