@@ -73,23 +73,40 @@ def describe(model: DLRM, data: DataBundle, batches_per_epoch: int) -> None:
     )
 
 
-def prepare(run: Run, parallel: Parallel, mlperf: MLPerfLog | None = None) -> tuple[DataBundle, Trainer]:
-    """Data, model and trainer, with ``--load-model`` taken over: the steps that may fail on one process alone.
+def checked_load_model(run: Run) -> dict | None:
+    """The ``--load-model`` checkpoint (``None`` without the flag), its flags checked against this run's before
+    the data is read: a flag that changes the data is refused before any preprocessing."""
+    if not run.load_model:
+        return None
+    ckpt = read_load_model(run.load_model)
+    try:
+        if run.inference_only:
+            check_evaluated_data(ckpt, run.flags or {})
+        else:
+            check_resume_flags(ckpt, run.flags or {})
+    except (UserError, ValueError) as error:
+        raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
+    return ckpt
+
+
+def read_data(run: Run, parallel: Parallel) -> DataBundle:
+    """The run's data, on every process. A data set is preprocessed on first use; under torchrun one process
+    does it and the others then reuse it (``process_group.in_turns``), rather than all at once into one folder."""
+    if run.data.dataset is None:
+        return parallel.agree(lambda: build_data(run.data))
+    return process_group.in_turns(lambda: build_data(run.data))
+
+
+def prepare(
+    run: Run, parallel: Parallel, ckpt: dict | None, data: DataBundle, mlperf: MLPerfLog | None = None
+) -> tuple[DataBundle, Trainer]:
+    """Model and trainer for ``data``, with the ``--load-model`` checkpoint ``ckpt`` taken over: the steps that may
+    fail on one process alone.
 
     For ``--inference-only`` the model is the checkpoint's (its architecture
     checked against the flags first); otherwise it is built from the flags
     and the trainer resumes or starts from the checkpoint.
     """
-    ckpt = read_load_model(run.load_model) if run.load_model else None
-    if ckpt is not None:
-        try:  # before the data: a flag that changes the data is refused before any preprocessing
-            if run.inference_only:
-                check_evaluated_data(ckpt, run.flags or {})
-            else:
-                check_resume_flags(ckpt, run.flags or {})
-        except (UserError, ValueError) as error:
-            raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
-    data = build_data(run.data)
     if ckpt is not None and (note := data_files_note(ckpt, data.files)) is not None:
         log(note)
     config = replace(run.model, table_sizes=tuple(data.table_sizes))
@@ -220,7 +237,9 @@ def execute(run: Run) -> dict:
         mlperf = MLPerfLog() if run.reporting.mlperf_logging and parallel.is_main else None
         if mlperf is not None:
             mlperf.start()
-        data, trainer = parallel.agree(lambda: prepare(run, parallel, mlperf))
+        ckpt = parallel.agree(lambda: checked_load_model(run))
+        data = read_data(run, parallel)
+        data, trainer = parallel.agree(lambda: prepare(run, parallel, ckpt, data, mlperf))
         describe(trainer.model, data, trainer.batches_per_epoch)
         for line in parallel.summary():
             log(line)

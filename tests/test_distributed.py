@@ -33,7 +33,8 @@ from dlrm_model import make_mlp
 from mlet.cli import configs
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
-from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
+from mlet.data.preprocessing import cache
+from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, RawGenerator
 from mlet.parallel.distributed import MultiProcess
 from mlet.parallel.equivalence import (
     RESUME_SCENARIO,
@@ -288,6 +289,58 @@ def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
         and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ")
         and "another process has probably failed" in lines[0]
     )
+
+
+def kaggle_flags(raw: Path, processed: Path) -> list[str]:
+    """A tiny model trained on a raw Kaggle-format file, preprocessed into ``processed`` on first use."""
+    return [
+        "--data-generation=dataset",
+        "--data-set=kaggle",
+        f"--raw-data-file={raw}",
+        f"--processed-data-file={processed}",
+        "--arch-sparse-feature-size=4",
+        "--arch-mlp-bot=13-8-4",
+        "--arch-mlp-top=8-1",
+        "--mini-batch-size=64",
+        "--num-batches=3",
+        "--progress=false",
+    ]
+
+
+def no_build_on_rank_one(rank: int) -> None:
+    """Fault: rank 1 may not build the processed data (it is to reuse rank 0's)."""
+
+    def refused(*args, **kwargs) -> dict:
+        raise UserError("rank 1 built the processed data")
+
+    if rank == 1:
+        cache.build = refused
+
+
+def test_data_set_is_preprocessed_by_one_rank_and_reused_by_the_others(tmp_path) -> None:
+    raw, processed = tmp_path / "train.txt", tmp_path / "processed"
+    RawGenerator("kaggle", 3000, seed=3, scale=0.001).write(raw)
+    ranks = run_ranks(2, kaggle_flags(raw, processed), tmp_path, fault=no_build_on_rank_one)
+    assert [o.code for o in ranks] == [0, 0], ranks[0].stderr + ranks[1].stderr
+    assert ranks[0].stdout.count(f"preprocessing {raw} into {processed}") == 1
+    assert ranks[1].stdout == "" and ranks[1].stderr == ""
+    assert (processed / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_bad_row_in_a_raw_file_is_reported_once_without_a_rank(tmp_path) -> None:
+    raw = tmp_path / "train.txt"
+    RawGenerator("kaggle", 3000, seed=3, scale=0.001).write(raw)
+    lines = raw.read_text().splitlines()
+    lines[99] = "0\tabc" + lines[99][lines[99].index("\t", 2) :]
+    raw.write_text("\n".join(lines) + "\n")
+    ranks = run_ranks(2, kaggle_flags(raw, tmp_path / "processed"), tmp_path)
+    assert [o.code for o in ranks] == [2, 2]
+    assert ranks[0].stderr.strip().splitlines() == [
+        f"dlrm_mlet.py: error: {raw}:100: I1 is 'abc', expected an integer or empty "
+        "(--skip-bad-rows skips and counts such rows)"
+    ]
+    assert ranks[1].stderr == "" and "preprocessing" not in ranks[1].stdout
 
 
 @pytest.mark.slow

@@ -24,6 +24,11 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def launched_local_rank() -> int:
+    """This process's rank on its host, from torchrun's ``LOCAL_RANK`` (0 when not launched by torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main_process() -> bool:
     """True in a single-process run and on rank 0 of a multi-process one: the process that prints and writes."""
     if dist.is_available() and dist.is_initialized():

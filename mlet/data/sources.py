@@ -23,11 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures
 from mlet.core.config import DataConfig, DatasetConfig, RandomConfig
 from mlet.core.errors import UserError
+from mlet.core.launch import is_main_process, log
 from mlet.core.pipeline import ordered_map
 from mlet.data.flags import table_size_mismatch
 from mlet.data.preprocessing.cache import files_record, prepare_dataset
@@ -363,8 +363,11 @@ def dataset_bundle(config: DataConfig, dataset: DatasetConfig) -> DataBundle:
     ``test_samples`` caps the evaluated rows.
     """
     given = config.table_sizes
-    data = prepare_dataset(
-        dataset, config.progress, vocabulary_check=None if given is None else size_notice(given, dataset, tqdm.write)
+    data = prepare_dataset(  # printed by the process that prints (rank 0 under torchrun)
+        dataset,
+        config.progress and is_main_process(),
+        log=log,
+        vocabulary_check=None if given is None else size_notice(given, dataset, log),
     )
     limits = data.limits(dataset.cat_min_count, dataset.max_ind_range)
     sizes = limits.table_sizes

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from mlet.core.errors import UserError
-from mlet.core.launch import launched_rank, launched_world_size
+from mlet.core.launch import launched_local_rank, launched_rank, launched_world_size
 
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 1800
@@ -133,6 +133,17 @@ def agree(step: Callable[[], T]) -> T:
         result = step()
     except Exception as caught:  # shared below, then raised on every rank
         error = caught
+    share_failure(error)
+    return result
+
+
+def share_failure(error: Exception | None, ran: bool = True) -> None:
+    """Every process says how its step went (``error``; ``ran``: whether it had one, see :func:`in_turns`); if
+    any failed, every process raises the first failure as a :class:`SharedError`. A collective.
+
+    The message keeps its ``rank R:`` prefix unless every process that ran the step failed alike and rank 0
+    was among them (what one process hit, the others would too).
+    """
     message = (
         None
         if error is None
@@ -140,16 +151,38 @@ def agree(step: Callable[[], T]) -> T:
         if isinstance(error, UserError)
         else f"{type(error).__name__}: {first_line(error)}"
     )
-    messages: list = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, message)
-    failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+    reports: list = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (ran, message))
+    runners = [rank for rank, (did, _) in enumerate(reports) if did]
+    failed = [(rank, text) for rank, (_, text) in enumerate(reports) if text is not None]
     if not failed:
-        return result
+        return
     if error is not None and not isinstance(error, UserError):
         traceback.print_exception(error)
-    everywhere = len(failed) == len(messages) and len({text for _, text in failed}) == 1
+    alike = len(failed) == len(runners) and len({text for _, text in failed}) == 1
     rank, text = failed[0]
-    raise SharedError(text if everywhere else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
+    raise SharedError(text if alike and 0 in runners else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
+
+
+def in_turns(step: Callable[[], T]) -> T:
+    """Run ``step`` once on every process, in three turns: rank 0 first, then each other host's first process,
+    then the rest; a failure in a turn stops every process there, with its message (as :func:`agree`).
+
+    For work that fills a cache on disk that the later turns reuse (the processed data): one process makes it on
+    a disk all hosts share, or one per host on local disks, instead of every process at once into the same
+    folder. The processes waiting for a turn wait as any collective does, up to ``--dist-timeout``.
+    """
+    if not is_multi_process():
+        return step()
+    first_here = launched_local_rank() == 0
+    turns = (dist.get_rank() == 0, dist.get_rank() != 0 and first_here, not first_here)
+    done: list[T] = []
+    for mine in turns:
+        if mine:
+            done.append(agree(step))
+        else:
+            share_failure(None, ran=False)
+    return done[0]
 
 
 COMMUNICATION_WORDS = re.compile(
