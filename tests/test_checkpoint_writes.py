@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import ROOT, full_disk_save
 
-from mlet.core.errors import UserError
+from mlet.core.errors import Terminated, UserError
 from mlet.training import checkpoints
 from mlet.training.checkpoints import FORMAT, VERSION, atomic_save
 
@@ -170,12 +170,42 @@ def test_errors_that_are_not_about_writing_are_not_disguised(monkeypatch, tmp_pa
         atomic_save({"x": 1}, tmp_path / "a.pt")
 
 
+class InterruptedFile:
+    """A file whose third write raises ``stop`` (Ctrl-C or SIGTERM arriving while torch writes)."""
+
+    def __init__(self, handle, stop: KeyboardInterrupt) -> None:
+        self.handle, self.stop, self.writes = handle, stop, 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            raise self.stop
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), Terminated()], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_inside_the_writer_is_given_back_not_reported_as_a_failed_write(
+    stop: KeyboardInterrupt, monkeypatch, tmp_path
+) -> None:
+    """torch's zip writer turns it into a ``RuntimeError`` (``unexpected pos``): the run ends as interrupted, not
+    with 'cannot write the checkpoint', and no temporary file is left."""
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, handle, *a, **k: save(obj, InterruptedFile(handle, stop), *a, **k))
+    with pytest.raises(KeyboardInterrupt) as raised:
+        atomic_save({"x": torch.zeros(10_000)}, tmp_path / "a.pt")
+    assert raised.value is stop
+    assert list(tmp_path.iterdir()) == []
+
+
 # The real torch writer meeting a write that fails mid-file: a file-size limit makes write() fail with EFBIG
 # (SIGXFSZ ignored), as a full disk makes it fail with ENOSPC.
 FILE_SIZE_LIMIT = r"""
 import resource, signal, sys
 import torch
-from mlet.core.errors import UserError
+from mlet.core.errors import Terminated, UserError
 from mlet.training.checkpoints import atomic_save
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

@@ -222,3 +222,27 @@ def exit_status(prog: str, main: Callable[[], int]) -> int:
         return INTERRUPTED if _interrupt_reported else report_interrupt(prog)
     ignore_interrupts()
     return code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system ending a job, torchrun stopping its other processes), raised as Ctrl-C is,
+    so that a command ends the same way: the same clean-up (no temporary file left), then one line."""
+
+
+def terminate(signum: int, frame: object) -> NoReturn:
+    """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
+    raise Terminated
+
+
+@contextlib.contextmanager
+def handling(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for signal ``signum`` while inside, the old one after; off the main thread (which alone may set
+    them), nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, old)

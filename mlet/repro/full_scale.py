@@ -40,11 +40,19 @@ from pathlib import Path
 
 import torch
 
-from mlet.core.errors import OneLineParser, UserError, exit_status, require_at_least, run_reporting_errors
+from mlet.core.errors import (
+    OneLineParser,
+    UserError,
+    exit_status,
+    handling,
+    require_at_least,
+    run_reporting_errors,
+    terminate,
+)
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, sweep_record
-from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, handling, interrupt, use_device
+from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, use_device
 from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, check_run_flags, device_name, measure_steps
 
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
@@ -316,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1, Ctrl-C
     and SIGTERM with one line and exit code 130 (the piece's record in ``sweep.json`` says so; no worker is
     left)."""
-    with handling(signal.SIGTERM, interrupt):  # SIGTERM's default would end this process alone, not its workers
+    with handling(signal.SIGTERM, terminate):  # SIGTERM's default would end this process alone, not its workers
         return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
 
 

@@ -18,13 +18,11 @@ log says ``interrupted``), and one whose parent was killed ends after its run.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
@@ -33,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mlet.core.errors import UserError
+from mlet.core.errors import UserError, handling, terminate
 from mlet.data.device_click import DeviceRows, kaggle_rows
 from mlet.repro import sweep_plan
 from mlet.repro.experiments import RunSpec
@@ -232,25 +230,6 @@ def use_device(device: torch.device) -> torch.device:
     return device
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler: end as Ctrl-C does (``terminate()``, a batch system's or ``timeout``'s SIGTERM)."""
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def handling(signum: int, handler: Any) -> Iterator[None]:
-    """``handler`` for signal ``signum`` while inside, the old one after; off the main thread (which alone may set
-    them), nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signum, old)
-
-
 def next_task(tasks: Queue) -> RunSpec | None:
     """The next run sent; None when told to stop, or when the parent is gone (killed: nobody would tell)."""
     parent = multiprocessing.parent_process()
@@ -265,7 +244,7 @@ def next_task(tasks: Queue) -> RunSpec | None:
 def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Queue, index: int) -> None:
     """A worker process: generate the rows on the device, then train each run it is sent until told to stop."""
     try:
-        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGTERM, terminate)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # started with Ctrl-C ignored (Workers)
         # tqdm's default lock is a named semaphore, which a killed worker would leave to the resource tracker (and
         # its warning on stderr); the runs' bars are off, one process' lock is enough

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -98,6 +98,23 @@ WRITER_ERRORS = ("PytorchStreamWriter", "inline_container")
 """Marks of torch's zip writer in the text of the ``RuntimeError`` it raises when a write fails."""
 
 
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what it was raised from or while handling, and so on."""
+    seen: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in seen:
+        yield link
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+
+
+def interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (:class:`~mlet.core.errors.Terminated`) behind ``error``, if any: torch's zip
+    writer turns one that arrives while it writes into a ``RuntimeError`` (``unexpected pos``) raised while
+    handling it."""
+    return next((link for link in error_chain(error) if isinstance(link, KeyboardInterrupt)), None)
+
+
 def write_failure(error: BaseException) -> str | None:
     """Why ``torch.save`` could not write, in a few words, or ``None`` for an error that is not about writing.
 
@@ -108,13 +125,9 @@ def write_failure(error: BaseException) -> str | None:
     writer_error = isinstance(error, RuntimeError) and any(mark in str(error) for mark in WRITER_ERRORS)
     if not (isinstance(error, OSError) or writer_error):
         return None  # another RuntimeError (say, an object torch cannot serialise) is not disguised as a write
-    seen: list[BaseException] = []
-    link: BaseException | None = error
-    while link is not None and link not in seen:  # the error, then what it was raised from or while handling
+    for link in error_chain(error):
         if isinstance(link, OSError):
             return link.strerror or str(link) or type(link).__name__
-        seen.append(link)
-        link = link.__cause__ or link.__context__
     return str(error).strip().splitlines()[0]
 
 
@@ -141,6 +154,8 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         os.replace(tmp, target)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if (stop := interruption(error)) is not None and stop is not error:  # not a failed write: Ctrl-C, SIGTERM
+            raise stop from None
         if (detail := write_failure(error)) is not None:  # e.g. a full disk
             raise UserError(f"{target}: cannot write the checkpoint ({detail})") from None
         raise
