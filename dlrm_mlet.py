@@ -14,6 +14,7 @@ from mlet.core.errors import interrupt_exits  # the standard library only: loade
 with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import os
     import re
+    import signal
     import sys
     from collections.abc import Sequence
     from dataclasses import replace
@@ -27,8 +28,17 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.cli.parser import PROG, build_parser
     from mlet.cli.reporting import ONNX_FILE, observers
     from mlet.core.config import ModelConfig, TrainConfig
-    from mlet.core.errors import UserError, exit_status, one_line, report_interrupt
-    from mlet.core.launch import log
+    from mlet.core.errors import (
+        TERMINATED,
+        Terminated,
+        UserError,
+        exit_status,
+        handling,
+        one_line,
+        report_interrupt,
+        terminate,
+    )
+    from mlet.core.launch import launched_rank, log
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import distributed, process_group
@@ -287,9 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     only, so the processes join first and share what failed.
     """
     try:
-        args = build_parser().parse_args(argv)
-        process_group.start(args.dist_timeout)
-        execute(process_group.agree(lambda: validate(args)))
+        with handling(signal.SIGTERM, terminate):  # ends as Ctrl-C does: no temporary file left, one line
+            args = build_parser().parse_args(argv)
+            process_group.start(args.dist_timeout)
+            execute(process_group.agree(lambda: validate(args)))
     except UserError as error:
         if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)
@@ -299,9 +310,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return report_interrupt(PROG)
+    except KeyboardInterrupt as stop:
+        return stopped(stop)
     return 0
+
+
+def stopped(stop: KeyboardInterrupt) -> int:
+    """The exit status after Ctrl-C (130) or SIGTERM (143), and one line saying which. Under torchrun every process
+    gets the signal (torchrun passes it on), so rank 0 alone says it."""
+    if isinstance(stop, Terminated):
+        return report_interrupt(PROG, "terminated (SIGTERM)", TERMINATED, say=launched_rank() == 0)
+    return report_interrupt(PROG, say=launched_rank() == 0)
 
 
 def cli() -> None:

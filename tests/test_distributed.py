@@ -11,11 +11,13 @@ runs them on GPUs too.
 from __future__ import annotations
 
 import faulthandler
+import functools
 import io
 import json
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -289,6 +291,65 @@ def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
         and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: ")
         and "another process has probably failed" in lines[0]
     )
+
+
+class SignalOnWrite:
+    """A file that sends this process ``signum`` at its third write (inside ``torch.save``'s zip writer)."""
+
+    def __init__(self, handle, signum: int) -> None:
+        self.handle, self.signum, self.writes = handle, signum, 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            os.kill(os.getpid(), self.signum)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def signal_at_second_save(signum: int, rank: int) -> None:
+    """Fault: ``signum`` reaches every process at the second checkpoint, as torchrun passes a signal on to all;
+    rank 0 gets it while torch writes the file, rank 1 once it has sent its share."""
+    saves: list[int] = []
+    if rank == 0:
+        write = torch.save
+
+        def interrupted_write(obj, handle, *args, **kwargs) -> None:
+            saves.append(1)
+            write(obj, SignalOnWrite(handle, signum) if len(saves) == 2 else handle, *args, **kwargs)
+
+        torch.save = interrupted_write
+    else:
+        save = dlrm_mlet.Trainer.save
+
+        def interrupted_save(self, *args, **kwargs) -> None:
+            save(self, *args, **kwargs)
+            saves.append(1)
+            if len(saves) == 2:
+                os.kill(os.getpid(), signum)
+
+        dlrm_mlet.Trainer.save = interrupted_save
+
+
+@pytest.mark.parametrize(
+    ("signum", "line", "code"),
+    [(signal.SIGINT, "dlrm_mlet.py: interrupted", 130), (signal.SIGTERM, "dlrm_mlet.py: terminated (SIGTERM)", 143)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_to_every_rank_ends_the_run_with_one_line_and_the_last_checkpoint(
+    signum: int, line: str, code: int, tmp_path
+) -> None:
+    from mlet.training.checkpoints import load_checkpoint
+
+    path = tmp_path / "ckpts" / "run.pt"
+    argv = scenario_flags("mlet-sgd-4-tables", ["--save-freq=3", f"--save-model={path}"])
+    ranks = run_ranks(2, argv, tmp_path, fault=functools.partial(signal_at_second_save, signum))
+    assert [o.code for o in ranks] == [code, code]
+    assert ranks[0].stderr.strip() == line and ranks[1].stderr == ""
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # the half-written temporary is gone
+    assert load_checkpoint(path)["position"]["iteration"] == 3
 
 
 def kaggle_flags(raw: Path, processed: Path) -> list[str]:

@@ -181,17 +181,21 @@ def interrupt_exits(prog: str) -> Iterator[None]:
 
 INTERRUPTED = 130
 """A command's exit status after Ctrl-C (a shell's: 128 + SIGINT)."""
+TERMINATED = 143
+"""A command's exit status after SIGTERM, where it ends as on Ctrl-C (:class:`Terminated`; a shell's: 128 + 15)."""
 
 _interrupt_reported = False
 """Whether :func:`report_interrupt` wrote its line since :func:`exit_status` started the command."""
 
 
-def report_interrupt(prog: str, message: str = "interrupted") -> int:
-    """One ``PROG: message`` line on stderr for Ctrl-C; :data:`INTERRUPTED`, the exit status to return."""
+def report_interrupt(prog: str, message: str = "interrupted", status: int = INTERRUPTED, say: bool = True) -> int:
+    """One ``PROG: message`` line on stderr for Ctrl-C (or SIGTERM; none where ``say`` is false: another process
+    of the run says it); ``status``, the exit status to return."""
     global _interrupt_reported
     _interrupt_reported = True  # before the line: a second Ctrl-C while it is written must not write it twice
-    sys.stderr.write(f"{prog}: {message}\n")  # one write: a second Ctrl-C cannot come between the text and its end
-    return INTERRUPTED
+    if say:
+        sys.stderr.write(f"{prog}: {message}\n")  # one write: a second Ctrl-C cannot come between text and end
+    return status
 
 
 def ignore_interrupts() -> None:
