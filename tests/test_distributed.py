@@ -352,6 +352,22 @@ def test_a_signal_to_every_rank_ends_the_run_with_one_line_and_the_last_checkpoi
     assert load_checkpoint(path)["position"]["iteration"] == 3
 
 
+@pytest.mark.parametrize("mpi_rank", ["0", "1"])
+def test_an_mpirun_launch_is_refused_once_before_any_work(mpi_rank: str, monkeypatch, tmp_path) -> None:
+    """Upstream's other launcher: mpirun's processes have no torchrun environment, and would each train alone."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", mpi_rank)
+    out = in_process(scenario_flags("mlet-sgd-4-tables", [f"--save-model={tmp_path / 'a.pt'}"]))
+    assert out.code == 2 and out.stdout == "" and not (tmp_path / "a.pt").exists()
+    if mpi_rank == "0":
+        assert out.stderr.startswith("dlrm_mlet.py: error: OMPI_COMM_WORLD_SIZE=2: started by mpirun")
+        assert "torchrun --nproc_per_node=2 dlrm_mlet.py" in out.stderr and out.stderr.count("\n") == 1
+    else:
+        assert out.stderr == ""
+
+
 def kaggle_flags(raw: Path, processed: Path) -> list[str]:
     """A tiny model trained on a raw Kaggle-format file, preprocessed into ``processed`` on first use."""
     return [

@@ -176,7 +176,11 @@ FLAGS: tuple[ForeignFlag, ...] = (
         takes_value=True,
         aliases=("--local-rank", "--local"),
     ),
-    _works("--dist-backend"),
+    _works(
+        "--dist-backend",
+        "gloo and nccl, as upstream (default: nccl with --use-gpu, else gloo); upstream's mpi and ccl are not offered,"
+        " and an mpirun launch is refused: launch with torchrun",
+    ),
     _works("--print-freq", "same meaning; the default is about 20 lines per epoch here, every iteration upstream"),
     _works("--test-freq"),
     _works("--test-mini-batch-size"),

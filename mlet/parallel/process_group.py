@@ -93,12 +93,37 @@ def start(timeout_s: int) -> None:
     failing on one process alone reaches them all (:func:`agree`). Training
     traffic on GPUs gets a NCCL group of its own (:func:`session`).
     """
+    refuse_mpi_launch()
     if launched_world_size() <= 1 or dist.is_initialized():
         return
     try:
         dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
     except (RuntimeError, ValueError) as error:
         raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
+
+
+MPI_LAUNCH = {  # what mpirun sets in each process it starts (Intel MPI / MPICH, Open MPI, MVAPICH2): size, rank
+    "PMI_SIZE": "PMI_RANK",
+    "OMPI_COMM_WORLD_SIZE": "OMPI_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_SIZE": "MV2_COMM_WORLD_RANK",
+}
+
+
+def refuse_mpi_launch() -> None:
+    """Refuse a launch by ``mpirun`` (upstream DLRM's other launcher), which sets no torchrun environment: every
+    process would train the whole model alone and write the same files. A :class:`SharedError` on every process,
+    printed by MPI's rank 0 alone."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    for size_name, rank_name in MPI_LAUNCH.items():
+        size = os.environ.get(size_name, "")
+        if size.isdigit() and int(size) > 1:
+            raise SharedError(
+                f"{size_name}={size}: started by mpirun, which this command does not join into one run (each of the"
+                f" {size} processes would train alone and write the same files); launch with torchrun instead:"
+                f" torchrun --nproc_per_node={size} dlrm_mlet.py ...",
+                print_here=os.environ.get(rank_name, "0") == "0",
+            )
 
 
 def training_device(backend: str | None, use_gpu: bool) -> torch.device:
