@@ -266,7 +266,7 @@ def execute(run: Run) -> dict:
         if run.inference_only and run.load_model:
             payload["checkpoint"] = {**(payload["checkpoint"] or {}), "file_bytes": os.path.getsize(run.load_model)}
             payload["served_bits"] = quantize.served_bits(trainer.model)  # None: float32 tables
-            quantize.log_served_sizes(trainer.model, run.load_model)
+            quantize.log_served_sizes(trainer.model, run.load_model, lambda count: int(parallel.all_sum(count)))
             if run.reporting.save_onnx and parallel.is_main:
                 save_onnx(trainer.model.collapse())  # as upstream: the evaluated model is exported too
         elif run.quantize_bits:

@@ -197,6 +197,8 @@ def test_distributed_checkpoint_is_complete_and_collapses(runner, tmp_path) -> N
         map(float, re.search(r"loss ([0-9.]+), auc ([0-9.]+)", out).groups()) for out in (one.stdout, two.stdout)
     )
     assert abs(loss1 - loss2) <= 1e-6 and abs(auc1 - auc2) <= 1e-6
+    served = [re.search(r"served model: .* bytes with the MLPs", out) for out in (one.stdout, two.stdout)]
+    assert served[0] and served[1] and served[0].group(0) == served[1].group(0)  # the whole model's, not a share
 
 
 # -- what rank 0 alone prints and writes; errors ---------------------------------

@@ -24,7 +24,7 @@ projections and the MLPs left in float32. :func:`quantized_checkpoint` and
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -251,16 +251,21 @@ def served_bits(model: DLRM) -> int | None:
     return next((m.bits for m in model.modules() if isinstance(m, QuantizedTables)), None)
 
 
-def log_served_sizes(model: DLRM, path: str) -> None:
+def log_served_sizes(model: DLRM, path: str, all_tables: Callable[[int], int] = int) -> None:
     """The evaluated model's exact sizes: its tables in memory (packed ones for a quantized model; a two-layer
-    MLET model's ``W1`` and ``W2``, with the collapsed size beside them) and ``path``."""
+    MLET model's ``W1`` and ``W2``, with the collapsed size beside them) and ``path``.
+
+    ``all_tables`` turns this process's table bytes into the whole model's (under torchrun, where each process
+    holds its tables: the sum over the processes, a collective; the MLPs are the same in each)."""
     bits = served_bits(model)
     precision = "float32" if bits is None else f"int{bits} row-wise"
-    tables = model.tables.inference_bytes()
+    tables = all_tables(model.tables.inference_bytes())
     collapsed = ""
     if model.config.mlet_hidden:  # evaluated as trained: the tables in memory are the two layers
         collapsed = f" (two-layer MLET; collapsed: {tables:,} bytes, checkpoint.py collapse)"
-        tables = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("tables."))
+        tables = all_tables(
+            sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("tables."))
+        )
     total = tables + sum(
         p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("tables.")
     )
