@@ -62,9 +62,11 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
 
 
-def describe(model: DLRM, data: DataBundle, batches_per_epoch: int) -> None:
-    """Start-of-run summary; ``batches_per_epoch``: what an epoch trains (``--num-batches`` may cap it)."""
-    report = parameter_report(model)
+def describe(trainer: Trainer) -> None:
+    """Start-of-run summary of the trainer's data and model (on every process: the table bytes are summed over
+    them); an epoch's batches are what it trains (``--num-batches`` may cap it)."""
+    model, data, batches_per_epoch = trainer.model, trainer.data, trainer.batches_per_epoch
+    report = parameter_report(model, trainer.parallel.all_sum)
     config = model.config
     kind = reduction.describe_tables(config)
     capped = f", {batches_per_epoch} an epoch (--num-batches)" if batches_per_epoch < len(data.train) else ""
@@ -250,7 +252,7 @@ def execute(run: Run) -> dict:
         ckpt = parallel.agree(lambda: checked_load_model(run))
         data = read_data(run, parallel)
         data, trainer = parallel.agree(lambda: prepare(run, parallel, ckpt, data, mlperf))
-        describe(trainer.model, data, trainer.batches_per_epoch)
+        describe(trainer)
         for line in parallel.summary():
             log(line)
         if mlperf is not None:
@@ -266,7 +268,7 @@ def execute(run: Run) -> dict:
         if run.inference_only and run.load_model:
             payload["checkpoint"] = {**(payload["checkpoint"] or {}), "file_bytes": os.path.getsize(run.load_model)}
             payload["served_bits"] = quantize.served_bits(trainer.model)  # None: float32 tables
-            quantize.log_served_sizes(trainer.model, run.load_model, lambda count: int(parallel.all_sum(count)))
+            quantize.log_served_sizes(trainer.model, run.load_model, parallel.all_sum)
             if run.reporting.save_onnx and parallel.is_main:
                 save_onnx(trainer.model.collapse())  # as upstream: the evaluated model is exported too
         elif run.quantize_bits:

@@ -217,6 +217,8 @@ def test_rank_zero_alone_prints_and_states_the_plan(tmp_path) -> None:
     )
     payload = json.loads(results.read_text())
     assert payload["distributed"]["world_size"] == 2 and payload["final"]["samples"] == 101
+    config = payload["model_config"]  # the whole model's collapsed tables, not rank 0's share
+    assert payload["parameters"]["embedding_inference_bytes"] == sum(config["table_sizes"]) * config["dim"] * 4
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def data_record(piece: Piece) -> dict:
 def train_one(spec: RunSpec, piece: Piece) -> None:
     """Train one run, write its results JSON (and, for the first seed's paper-rate runs, its rank entry)."""
     run, trainer = build_trainer(spec, piece)
-    dlrm_mlet.describe(trainer.model, trainer.data, trainer.batches_per_epoch)
+    dlrm_mlet.describe(trainer)
     trainer.train()
     final = trainer.history[-1] if trainer.history else trainer.test()
     payload = {**trainer.results(final, trainer.validate(final)), "full_scale": data_record(piece)}

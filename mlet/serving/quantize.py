@@ -251,19 +251,23 @@ def served_bits(model: DLRM) -> int | None:
     return next((m.bits for m in model.modules() if isinstance(m, QuantizedTables)), None)
 
 
-def log_served_sizes(model: DLRM, path: str, all_tables: Callable[[int], int] = int) -> None:
+def log_served_sizes(model: DLRM, path: str, all_sum: Callable[[int], Tensor | float] | None = None) -> None:
     """The evaluated model's exact sizes: its tables in memory (packed ones for a quantized model; a two-layer
     MLET model's ``W1`` and ``W2``, with the collapsed size beside them) and ``path``.
 
-    ``all_tables`` turns this process's table bytes into the whole model's (under torchrun, where each process
-    holds its tables: the sum over the processes, a collective; the MLPs are the same in each)."""
+    ``all_sum``: under torchrun, where each process holds its own tables, the sum over the processes
+    (``Parallel.all_sum``, a collective) that makes the table bytes the whole model's; the MLPs are in each."""
+
+    def whole(count: int) -> int:
+        return int(all_sum(count) if all_sum is not None else count)
+
     bits = served_bits(model)
     precision = "float32" if bits is None else f"int{bits} row-wise"
-    tables = all_tables(model.tables.inference_bytes())
+    tables = whole(model.tables.inference_bytes())
     collapsed = ""
     if model.config.mlet_hidden:  # evaluated as trained: the tables in memory are the two layers
         collapsed = f" (two-layer MLET; collapsed: {tables:,} bytes, checkpoint.py collapse)"
-        tables = all_tables(
+        tables = whole(
             sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("tables."))
         )
     total = tables + sum(

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+
+from torch import Tensor
 
 from dlrm_model import DLRM
 from mlet.core.errors import UserError
@@ -34,12 +37,14 @@ def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
     return max(0.0, sum(t for _, t in windows) - sum(n for n, _ in windows) / rate)
 
 
-def parameter_report(model: DLRM) -> dict:
+def parameter_report(model: DLRM, all_sum: Callable[[int], Tensor | float] | None = None) -> dict:
     """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
-    exact packed bytes)."""
+    exact packed bytes). ``all_sum``: under torchrun, where each process holds its own tables, the sum over the
+    processes (``Parallel.all_sum``, a collective) that makes the served bytes the whole model's."""
     elem = next(model.bottom.parameters()).element_size()
     report = bytes_report(model.config.parameter_counts(), elem)
-    served = int(model.tables.inference_bytes())
+    served = model.tables.inference_bytes()
+    served = int(all_sum(served) if all_sum is not None else served)
     report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
     report["embedding_inference_bytes"] = served
     return report

@@ -432,7 +432,7 @@ class Trainer:
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
-            "parameters": parameter_report(self.model),
+            "parameters": parameter_report(self.model, self.parallel.all_sum),
             "model_config": self.model.config.to_dict(),
             "data": self.data.description,
             "device": str(self.device),
