@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -214,6 +215,23 @@ def full_disk_save(obj: object, handle, *args, **kwargs) -> None:
         raise OSError(28, "No space left on device")
     except OSError:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+class InterruptedFile:
+    """A file that calls ``interrupt`` (raise Ctrl-C, send a signal) at its third write: inside ``torch.save``'s
+    zip writer, halfway through a checkpoint."""
+
+    def __init__(self, handle, interrupt: Callable[[], None]) -> None:
+        self.handle, self.interrupt, self.writes = handle, interrupt, 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            self.interrupt()
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$CALLS/$(ls "$CALLS" | wc -l)"\n'

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, full_disk_save
+from helpers import ROOT, InterruptedFile, full_disk_save
 
 from mlet.core.errors import Terminated, UserError
 from mlet.training import checkpoints
@@ -170,22 +170,6 @@ def test_errors_that_are_not_about_writing_are_not_disguised(monkeypatch, tmp_pa
         atomic_save({"x": 1}, tmp_path / "a.pt")
 
 
-class InterruptedFile:
-    """A file whose third write raises ``stop`` (Ctrl-C or SIGTERM arriving while torch writes)."""
-
-    def __init__(self, handle, stop: KeyboardInterrupt) -> None:
-        self.handle, self.stop, self.writes = handle, stop, 0
-
-    def write(self, data) -> int:
-        self.writes += 1
-        if self.writes == 3:
-            raise self.stop
-        return self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
 @pytest.mark.parametrize("stop", [KeyboardInterrupt(), Terminated()], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_inside_the_writer_is_given_back_not_reported_as_a_failed_write(
     stop: KeyboardInterrupt, monkeypatch, tmp_path
@@ -193,7 +177,14 @@ def test_an_interrupt_inside_the_writer_is_given_back_not_reported_as_a_failed_w
     """torch's zip writer turns it into a ``RuntimeError`` (``unexpected pos``): the run ends as interrupted, not
     with 'cannot write the checkpoint', and no temporary file is left."""
     save = torch.save
-    monkeypatch.setattr(torch, "save", lambda obj, handle, *a, **k: save(obj, InterruptedFile(handle, stop), *a, **k))
+
+    def interrupt() -> None:
+        raise stop
+
+    def interrupted_save(obj, handle, *args, **kwargs) -> None:
+        save(obj, InterruptedFile(handle, interrupt), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt) as raised:
         atomic_save({"x": torch.zeros(10_000)}, tmp_path / "a.pt")
     assert raised.value is stop

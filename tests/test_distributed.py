@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, random_inputs, small_config
+from helpers import ROOT, InterruptedFile, random_inputs, small_config
 
 import dlrm_mlet
 from dlrm_model import make_mlp
@@ -297,22 +297,6 @@ def test_error_mid_run_stops_the_other_rank(tmp_path) -> None:
     )
 
 
-class SignalOnWrite:
-    """A file that sends this process ``signum`` at its third write (inside ``torch.save``'s zip writer)."""
-
-    def __init__(self, handle, signum: int) -> None:
-        self.handle, self.signum, self.writes = handle, signum, 0
-
-    def write(self, data) -> int:
-        self.writes += 1
-        if self.writes == 3:
-            os.kill(os.getpid(), self.signum)
-        return self.handle.write(data)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
 def signal_at_second_save(signum: int, rank: int) -> None:
     """Fault: ``signum`` reaches every process at the second checkpoint, as torchrun passes a signal on to all;
     rank 0 gets it while torch writes the file, rank 1 once it has sent its share."""
@@ -322,7 +306,8 @@ def signal_at_second_save(signum: int, rank: int) -> None:
 
         def interrupted_write(obj, handle, *args, **kwargs) -> None:
             saves.append(1)
-            write(obj, SignalOnWrite(handle, signum) if len(saves) == 2 else handle, *args, **kwargs)
+            stop = InterruptedFile(handle, lambda: os.kill(os.getpid(), signum))
+            write(obj, stop if len(saves) == 2 else handle, *args, **kwargs)
 
         torch.save = interrupted_write
     else:
