@@ -134,6 +134,7 @@ def summary(ckpt: dict, path: str | os.PathLike) -> dict:
         "final": history[-1] if history else None,
         "best": ckpt.get("best"),
         "args": ckpt.get("args") or {},
+        "distributed": ckpt.get("distributed"),
     }
 
 
@@ -201,6 +202,7 @@ def format_summary(s: dict) -> str:
             f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, "
             f"interaction {trained.interaction}",
         ),
+        *([("processes", processes_line(s["distributed"]))] if s.get("distributed") else []),
         ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
         ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),
         (
@@ -252,6 +254,19 @@ def format_summary(s: dict) -> str:
         or ["args        -"]
     )
     return "\n".join(lines)
+
+
+def processes_line(distributed: dict) -> str:
+    """Who held which tables in the multi-process run that wrote the checkpoint (stored in one-process layout)."""
+    plan = distributed.get("plan") or {}
+    owners = "; ".join(
+        f"rank {rank}: tables {','.join(map(str, tables)) or 'none'}"
+        for rank, tables in enumerate(plan.get("tables_of_rank") or [])
+    )
+    return (
+        f"trained by {distributed.get('world_size')} ({distributed.get('backend')}){': ' + owners if owners else ''};"
+        " stored whole, loads in any number of processes"
+    )
 
 
 def inference_cause(hidden: int, quantized: dict | None) -> str:

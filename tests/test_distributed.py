@@ -30,6 +30,7 @@ import pytest
 import torch
 from helpers import ROOT, InterruptedFile, random_inputs, small_config
 
+import checkpoint
 import dlrm_mlet
 from dlrm_model import make_mlp
 from mlet.cli import configs
@@ -187,6 +188,10 @@ def test_distributed_checkpoint_is_complete_and_collapses(runner, tmp_path) -> N
     assert ckpt["model"]["tables.projection"].shape == (3, 16, 4)
     assert ckpt["optimizer"]["state"]["tables.weight"]["sum"].shape == (357, 16)
     assert ckpt["distributed"]["plan"]["tables_of_rank"] == [[2], [0, 1]]
+    info = io.StringIO()
+    with redirect_stdout(info):
+        assert checkpoint.main(["info", str(path)]) == 0
+    assert "\nprocesses   trained by 2 (gloo): rank 0: tables 2; rank 1: tables 0,1; stored whole" in info.getvalue()
     model = model_from_checkpoint(ckpt)
     dense, features = random_inputs(model.config, batch=8, seed=0, bag=2)
     torch.testing.assert_close(model.collapse()(dense, features), model(dense, features), rtol=1e-5, atol=1e-6)
