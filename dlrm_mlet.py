@@ -12,6 +12,7 @@ from __future__ import annotations
 from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
 
 with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
+    import contextlib
     import os
     import re
     import signal
@@ -38,6 +39,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
         report_interrupt,
         terminate,
     )
+    from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
@@ -243,9 +245,12 @@ def execute(run: Run) -> dict:
     if run.use_gpu:
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
         torch.backends.cudnn.allow_tf32 = run.tf32
-    with distributed.session(run.use_gpu, run.dist_backend, run.dist_timeout, run.train.optimizer) as parallel:
+    session = distributed.session(run.use_gpu, run.dist_backend, run.dist_timeout, run.train.optimizer)
+    with session as parallel, contextlib.ExitStack() as held:
         for line in run.notes:
             log(line)
+        if run.train.save_model:  # a second run writing the same checkpoint is refused, not left to replace it
+            process_group.on_rank_zero(lambda: held.enter_context(sole_writer("--save-model", run.train.save_model)))
         mlperf = MLPerfLog() if run.reporting.mlperf_logging and parallel.is_main else None
         if mlperf is not None:
             mlperf.start()

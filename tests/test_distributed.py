@@ -36,6 +36,7 @@ from dlrm_model import make_mlp
 from mlet.cli import configs
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.core.errors import UserError
+from mlet.core.files import sole_writer
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, RawGenerator
 from mlet.parallel.distributed import MultiProcess
@@ -360,6 +361,21 @@ def test_an_mpirun_launch_is_refused_once_before_any_work(mpi_rank: str, monkeyp
         assert "torchrun --nproc_per_node=2 dlrm_mlet.py" in out.stderr and out.stderr.count("\n") == 1
     else:
         assert out.stderr == ""
+
+
+def test_a_second_run_writing_the_same_checkpoint_is_refused_once(tmp_path) -> None:
+    path = tmp_path / "ckpts" / "run.pt"
+    argv = scenario_flags("mlet-sgd-4-tables", ["--num-batches=2", f"--save-model={path}"])
+    with sole_writer("--save-model", str(path)):  # the first run, still writing
+        ranks = run_ranks(2, argv, tmp_path)
+    assert [o.code for o in ranks] == [2, 2] and not path.exists()
+    assert ranks[0].stderr.strip() == (
+        f"dlrm_mlet.py: error: --save-model {path}: another run is writing it (pid {os.getpid()} on "
+        f"{socket.gethostname()}); wait for it to end, or give another file"
+    )
+    assert ranks[1].stderr == ""
+    assert in_process(argv).code == 0  # once the first has ended
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # no lock file left
 
 
 def kaggle_flags(raw: Path, processed: Path) -> list[str]:

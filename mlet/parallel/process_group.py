@@ -189,6 +189,15 @@ def share_failure(error: Exception | None, ran: bool = True) -> None:
     raise SharedError(text if alike and 0 in runners else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
 
 
+def on_rank_zero(step: Callable[[], object]) -> None:
+    """Run ``step`` on rank 0 alone (the process that writes) while the others wait; a failure stops every
+    process, with its message and no rank in front (as :func:`agree`)."""
+    if not is_multi_process() or dist.get_rank() == 0:
+        agree(step)
+    else:
+        share_failure(None, ran=False)
+
+
 def in_turns(step: Callable[[], T]) -> T:
     """Run ``step`` once on every process, in three turns: rank 0 first, then each other host's first process,
     then the rest; a failure in a turn stops every process there, with its message (as :func:`agree`).
