@@ -522,13 +522,18 @@ def test_only_collective_failures_become_one_line_errors() -> None:
     assert communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 4x2)")) is None
     assert communication_failure(ValueError("Connection closed by peer")) is None
     failure = communication_failure(
-        RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29063")
+        RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:29063. This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF!"
+        )
     )
-    assert (
-        failure is not None
-        and str(failure).startswith("torch.distributed: [third_party/gloo")
-        and "--dist-timeout" in str(failure)
+    assert failure is not None and str(failure) == (
+        "torch.distributed: Connection closed by peer [127.0.0.1]:29063 (another process has probably failed: see "
+        "its message; --dist-timeout sets how long collectives wait)"
     )
+    timeout = communication_failure(RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting"))
+    assert timeout is not None and str(timeout).startswith("torch.distributed: Timed out waiting (another process")
 
 
 def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:

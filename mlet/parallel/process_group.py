@@ -240,9 +240,19 @@ def communication_failure(error: BaseException) -> UserError | None:
     ):
         return None
     return UserError(
-        f"torch.distributed: {first_line(error)} (another process has probably failed: see its message; "
-        "--dist-timeout sets how long collectives wait)"
+        f"torch.distributed: {backend_words(first_line(error))} (another process has probably failed: see its "
+        "message; --dist-timeout sets how long collectives wait)"
     )
+
+
+SOURCE_PLACE = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
+BACKEND_ADVICE = re.compile(r"\.?\s+This is typically caused by .*$")
+
+
+def backend_words(text: str) -> str:
+    """A backend's error message without the C++ source place in front and gloo's advice after it
+    (``[.../pair.cc:553] Connection closed by peer [127.0.0.1]:30343. This is typically caused ...``)."""
+    return BACKEND_ADVICE.sub("", SOURCE_PLACE.sub("", text)) or text
 
 
 def first_line(error: BaseException) -> str:
