@@ -24,7 +24,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
 
     from dlrm_model import DLRM
     from mlet.cli import reduction
-    from mlet.cli.configs import Run, check_evaluated_data, validate
+    from mlet.cli.configs import Run, check_evaluated_data, flag_differences, validate
     from mlet.cli.debug import print_architecture, print_batches, print_parameters
     from mlet.cli.parser import PROG, build_parser
     from mlet.cli.reporting import ONNX_FILE, observers
@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with handling(signal.SIGTERM, terminate):  # ends as Ctrl-C does: no temporary file left, one line
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
-            execute(process_group.agree(lambda: validate(args)))
+            run = process_group.agree(lambda: validate(args))
+            process_group.same_as_rank_zero(run.flags or {}, flag_differences)
+            execute(run)
     except UserError as error:
         if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)

@@ -273,6 +273,32 @@ def test_error_on_one_rank_stops_all_with_its_message(fault: Fault, message: str
     assert ranks[1].stderr == "" and "Finished training" not in ranks[0].stdout
 
 
+def other_flags_on_rank_one(rank: int) -> None:
+    """Fault: rank 1 is started with another --learning-rate and another --results-json path (a host whose
+    command line differs)."""
+    if rank == 1:
+        validate = dlrm_mlet.validate
+
+        def changed(args):
+            args.learning_rate, args.results_json = 0.5, args.results_json + ".elsewhere"
+            return validate(args)
+
+        dlrm_mlet.validate = changed
+
+
+def test_processes_started_with_other_flags_are_refused_once(tmp_path) -> None:
+    """Unrefused, they trained different models without a word (a learning rate, a table size) or died in a
+    mismatched collective (a batch size); a path (here --results-json) may differ, its presence may not."""
+    argv = scenario_flags("mlet-sgd-4-tables", [f"--results-json={tmp_path / 'r.json'}"])
+    rate = re.findall(r"--learning-rate=(\S+)", " ".join(argv))[-1]  # the last one given counts
+    ranks = run_ranks(2, argv, tmp_path, fault=other_flags_on_rank_one)
+    assert [o.code for o in ranks] == [2, 2] and ranks[1].stderr == ""
+    assert ranks[0].stderr.strip() == (
+        f"dlrm_mlet.py: error: rank 1: started with other flags than rank 0: --learning-rate=0.5 (rank 0: {rate});"
+        " give every process the same flags"
+    )
+
+
 def failing_step_on_rank_one(rank: int) -> None:
     """Fault: rank 1 fails in its fifth training step."""
     if rank == 1:

@@ -458,6 +458,44 @@ def flags_snapshot(args: argparse.Namespace, run: Run) -> dict:
     return flags
 
 
+PATH_FLAGS = frozenset(
+    {
+        "raw_data_file",
+        "processed_data_file",
+        "load_model",
+        "save_model",
+        "save_best",
+        "save_collapsed",
+        "results_json",
+        "tensor_board_filename",
+        "profile_prefix",
+    }
+)
+"""Files each host may name its own way (the same data or checkpoint at another path; what rank 0 alone writes):
+the processes of a run must agree on whether each is given, not on its path."""
+LOCAL_FLAGS = frozenset({"num_workers", "test_num_workers", "progress", "adapt_threads"})
+"""A process's own threads and progress bars."""
+DERIVED_FLAGS = frozenset({"table_sizes", "bottom_mlp", "top_mlp", "loss_weights_pair"})
+"""Entries of the flag snapshot made from other flags (not flags of their own)."""
+
+
+def flag_differences(first: dict, mine: dict) -> str | None:
+    """How this process's flag snapshot ``mine`` differs from rank 0's ``first`` (up to three flags, in one line),
+    or ``None``: under torchrun every process must be given the same flags (but :data:`LOCAL_FLAGS`, and the paths
+    of :data:`PATH_FLAGS`), or they train different models or stop in a mismatched collective."""
+
+    def shared(flags: dict) -> dict:
+        return {k: bool(v) if k in PATH_FLAGS else v for k, v in flags.items() if k not in LOCAL_FLAGS | DERIVED_FLAGS}
+
+    theirs, ours = shared(first), shared(mine)
+    differ = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+    if not differ:
+        return None
+    listed = ", ".join(f"{flag_name(key)}={ours.get(key)} (rank 0: {theirs.get(key)})" for key in differ[:3])
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    return f"started with other flags than rank 0: {listed}{more}; give every process the same flags"
+
+
 def validate(args: argparse.Namespace) -> Run:
     """Check the flags and build the run's configs; a :class:`UserError` names the first bad flag."""
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size

@@ -189,6 +189,21 @@ def share_failure(error: Exception | None, ran: bool = True) -> None:
     raise SharedError(text if alike and 0 in runners else f"rank {rank}: {text}", print_here=dist.get_rank() == 0)
 
 
+def same_as_rank_zero(value: T, differences: Callable[[T, T], str | None]) -> None:
+    """Compare every process's ``value`` with rank 0's: where ``differences(rank 0's, this one's)`` names any,
+    every process stops (as :func:`agree`, the message prefixed ``rank R:``). A collective."""
+    if not is_multi_process():
+        return
+    first = [value]
+    dist.broadcast_object_list(first, src=0)
+
+    def compare() -> None:
+        if (text := differences(first[0], value)) is not None:
+            raise UserError(text)
+
+    agree(compare)
+
+
 def on_rank_zero(step: Callable[[], object]) -> None:
     """Run ``step`` on rank 0 alone (the process that writes) while the others wait; a failure stops every
     process, with its message and no rank in front (as :func:`agree`)."""
