@@ -299,6 +299,17 @@ def test_processes_started_with_other_flags_are_refused_once(tmp_path) -> None:
     )
 
 
+def test_flags_that_may_differ_between_processes() -> None:
+    first = configs.run_config(scenario_flags("mlet-sgd-4-tables", ["--save-model=a.pt"])).flags or {}
+    alike = ["--save-model=/elsewhere/a.pt", "--local-rank=1", "--num-workers=3", "--progress=false"]
+    assert configs.flag_differences(first, configs.run_config(scenario_flags("mlet-sgd-4-tables", alike)).flags) is None
+    other = configs.run_config(scenario_flags("mlet-sgd-4-tables", ["--mini-batch-size=8"])).flags or {}
+    assert configs.flag_differences(first, other) == (
+        "started with other flags than rank 0: --mini-batch-size=8 (rank 0: 33), "
+        "--save-model not given (rank 0: given); give every process the same flags"
+    )
+
+
 def failing_step_on_rank_one(rank: int) -> None:
     """Fault: rank 1 fails in its fifth training step."""
     if rank == 1:

@@ -473,8 +473,9 @@ PATH_FLAGS = frozenset(
 )
 """Files each host may name its own way (the same data or checkpoint at another path; what rank 0 alone writes):
 the processes of a run must agree on whether each is given, not on its path."""
-LOCAL_FLAGS = frozenset({"num_workers", "test_num_workers", "progress", "adapt_threads"})
-"""A process's own threads and progress bars."""
+LOCAL_FLAGS = frozenset({"num_workers", "test_num_workers", "progress", "adapt_threads", "local_rank"})
+"""A process's own threads, progress bars and upstream's --local_rank (which ``torch.distributed.launch`` gives
+each process its own)."""
 DERIVED_FLAGS = frozenset({"table_sizes", "bottom_mlp", "top_mlp", "loss_weights_pair"})
 """Entries of the flag snapshot made from other flags (not flags of their own)."""
 
@@ -485,13 +486,20 @@ def flag_differences(first: dict, mine: dict) -> str | None:
     of :data:`PATH_FLAGS`), or they train different models or stop in a mismatched collective."""
 
     def shared(flags: dict) -> dict:
-        return {k: bool(v) if k in PATH_FLAGS else v for k, v in flags.items() if k not in LOCAL_FLAGS | DERIVED_FLAGS}
+        return {
+            k: ("given" if v else "not given") if k in PATH_FLAGS else v
+            for k, v in flags.items()
+            if k not in LOCAL_FLAGS | DERIVED_FLAGS
+        }
 
     theirs, ours = shared(first), shared(mine)
     differ = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
     if not differ:
         return None
-    listed = ", ".join(f"{flag_name(key)}={ours.get(key)} (rank 0: {theirs.get(key)})" for key in differ[:3])
+    listed = ", ".join(
+        f"{flag_name(key)}{' ' if key in PATH_FLAGS else '='}{ours.get(key)} (rank 0: {theirs.get(key)})"
+        for key in differ[:3]
+    )
     more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
     return f"started with other flags than rank 0: {listed}{more}; give every process the same flags"
 
