@@ -518,6 +518,7 @@ def test_plan_with_more_ranks_than_tables() -> None:
     assert plan.tables_of_rank == ((0,), ())
     text = plan.describe([10], "sgd")
     assert "rank 0: tables 0 (1 table, 10 rows" in text and "rank 1: tables none (0 tables, 0 rows, 0 B)" in text
+    assert text.startswith("sharding plan: 1 table on 2 processes, ")
 
 
 def test_table_bytes_count_the_real_parameters() -> None:

@@ -93,7 +93,8 @@ class ShardingPlan:
         imbalance = max(loads) / (sum(loads) / len(loads)) if sum(loads) else 1.0
         state = f" + {optimizer} state" if table_state_elements(optimizer, 1, 1) else ""
         return (
-            f"sharding plan: {len(table_sizes)} tables on {self.world_size} processes, "
+            f"sharding plan: {len(table_sizes)} table{'' if len(table_sizes) == 1 else 's'} on {self.world_size}"
+            " processes, "
             f"balanced by training bytes (rows + projections{state}),"
             f" then by table count: {'; '.join(parts)}; largest/mean bytes {imbalance:.2f}"
         )
