@@ -30,13 +30,11 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.cli.reporting import ONNX_FILE, observers
     from mlet.core.config import ModelConfig, TrainConfig
     from mlet.core.errors import (
-        TERMINATED,
-        Terminated,
         UserError,
         exit_status,
         handling,
         one_line,
-        report_interrupt,
+        stopped,
         terminate,
     )
     from mlet.core.files import sole_writer
@@ -319,17 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:
-        return stopped(stop)
+    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143): under torchrun every process gets it
+        return stopped(PROG, stop, say=launched_rank() == 0)
     return 0
-
-
-def stopped(stop: KeyboardInterrupt) -> int:
-    """The exit status after Ctrl-C (130) or SIGTERM (143), and one line saying which. Under torchrun every process
-    gets the signal (torchrun passes it on), so rank 0 alone says it."""
-    if isinstance(stop, Terminated):
-        return report_interrupt(PROG, "terminated (SIGTERM)", TERMINATED, say=launched_rank() == 0)
-    return report_interrupt(PROG, say=launched_rank() == 0)
 
 
 def cli() -> None:

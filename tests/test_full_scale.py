@@ -491,7 +491,7 @@ def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
         wait_for(lambda: recorded in out.read_text() or piece.poll() is not None, "the dead worker's run recorded")
         children = [int(pid) for pid in Path(f"/proc/{piece.pid}/task/{piece.pid}/children").read_text().split()]
         piece.send_signal(signal.SIGTERM)
-        assert piece.wait(timeout=60) == 130, err.read_text()
+        assert piece.wait(timeout=60) == 143, err.read_text()
         # the worker and multiprocessing's resource tracker (which would warn of what a worker left) end too
         wait_for(lambda: not any(running(pid) for pid in children), "the piece's processes to end", timeout=30)
     finally:
@@ -500,7 +500,7 @@ def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     assert (
         err.read_text()
-        == "full_scale.py: interrupted; finished runs are kept, the same command continues with the rest\n"
+        == "full_scale.py: terminated (SIGTERM); finished runs are kept, the same command continues with the rest\n"
     )
     assert "the worker on cpu stopped: its process ended with exit code -9" in out.read_text()
     record = json.loads((run_dir / "sweep.json").read_text())

@@ -148,15 +148,16 @@ class OneLineParser(argparse.ArgumentParser):
 def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupted: str = "interrupted") -> int:
     """Run ``action`` for a command line: its exit code (0 for None); 2 after one ``PROG: error: ...`` line for a
     :class:`UserError`; 130 after one ``PROG: INTERRUPTED`` line on Ctrl-C, as training ends (the action cleans
-    up what it leaves); 141 (a shell's code for SIGPIPE) without a word when the reader of the output went away
-    (``... | head``)."""
+    up what it leaves), and 143 after one line on SIGTERM, which ends the action as Ctrl-C does (:func:`stopped`);
+    141 (a shell's code for SIGPIPE) without a word when the reader of the output went away (``... | head``)."""
     try:
-        code = action()
+        with handling(signal.SIGTERM, terminate):  # SIGTERM's default would leave the action's temporaries
+            code = action()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return report_interrupt(prog, interrupted)
+    except KeyboardInterrupt as stop:
+        return stopped(prog, stop, interrupted)
     except BrokenPipeError:
         # Python flushes stdout again at exit and would report the closed pipe there: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -221,9 +222,10 @@ def exit_status(prog: str, main: Callable[[], int]) -> int:
     _interrupt_reported = False
     try:
         code = main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         ignore_interrupts()
-        return INTERRUPTED if _interrupt_reported else report_interrupt(prog)
+        status = TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+        return status if _interrupt_reported else stopped(prog, stop)
     ignore_interrupts()
     return code
 
@@ -236,6 +238,42 @@ class Terminated(KeyboardInterrupt):
 def terminate(signum: int, frame: object) -> NoReturn:
     """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
     raise Terminated
+
+
+def stopped(prog: str, stop: KeyboardInterrupt, interrupted: str = "interrupted", say: bool = True) -> int:
+    """The exit status of a command that ``stop`` ended, after its one line (none where ``say`` is false):
+    Ctrl-C's ``PROG: INTERRUPTED`` and 130; SIGTERM's (:class:`Terminated`) the same line with its first word
+    ``interrupted`` as ``terminated (SIGTERM)``, and 143."""
+    if isinstance(stop, Terminated):
+        return report_interrupt(prog, interrupted.replace("interrupted", "terminated (SIGTERM)", 1), TERMINATED, say)
+    return report_interrupt(prog, interrupted, INTERRUPTED, say)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while inside and come on leaving (the first one, to the handler from before): for a
+    few steps that must all happen or none (renaming a new file and its companion, a new folder over an old one).
+
+    Their Python handlers are swapped for ones that note them (a blocked signal mask would not do: the kernel
+    gives a process's signal to any thread that does not block it, and Python runs the handler in the main thread
+    anyway). Off the main thread, where no handler runs, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    old = {signum: signal.signal(signum, lambda number, frame: came.append(number)) for signum in HELD}
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if came:
+            signal.raise_signal(came[0])
+
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+"""The signals :func:`signals_held` holds."""
 
 
 @contextlib.contextmanager

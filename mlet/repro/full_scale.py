@@ -31,7 +31,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,10 +43,8 @@ from mlet.core.errors import (
     OneLineParser,
     UserError,
     exit_status,
-    handling,
     require_at_least,
     run_reporting_errors,
-    terminate,
 )
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
@@ -322,10 +319,9 @@ def parse_device(text: str, present: bool = True) -> torch.device:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit code 2, failed runs with exit code 1, Ctrl-C
-    and SIGTERM with one line and exit code 130 (the piece's record in ``sweep.json`` says so; no worker is
-    left)."""
-    with handling(signal.SIGTERM, terminate):  # SIGTERM's default would end this process alone, not its workers
-        return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
+    and SIGTERM with one line and exit code 130 or 143 (the piece's record in ``sweep.json`` says so; no worker is
+    left: SIGTERM's default would end this process alone, not its workers)."""
+    return run_reporting_errors(PROG, lambda: run_command(argv), interrupted=sweep.RESUMABLE)
 
 
 def run_command(argv: Sequence[str] | None) -> int:

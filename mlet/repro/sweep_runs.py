@@ -22,9 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from mlet.core.errors import Terminated, terminate
 from mlet.core.files import replace_atomically
 from mlet.repro.experiments import RunSpec, sweep_record
 from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv
@@ -145,7 +147,9 @@ def run_status(spec: RunSpec, code: int | None, run_dir: Path, interrupted: bool
 
 
 class CtrlC:
-    """Ctrl-C (SIGINT) while runs are in flight, noted instead of raised, so that no bookkeeping is cut short.
+    """Ctrl-C (SIGINT), or SIGTERM where the command ends on it as on Ctrl-C (its handler is
+    :func:`~mlet.core.errors.terminate`), while runs are in flight: noted instead of raised, so that no bookkeeping
+    is cut short.
 
     :meth:`seen` answers from any thread at once: Python runs its signal
     handler on the main thread only, when that next runs Python code, while
@@ -157,6 +161,8 @@ class CtrlC:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.pipe: tuple[int, int] | None = None
+        self.noted: dict[int, Any] = {}  # the signals handled here, with their handlers before
+        self.terminated = False
 
     def __enter__(self) -> CtrlC:
         main = threading.current_thread() is threading.main_thread()
@@ -165,28 +171,39 @@ class CtrlC:
             for fd in self.pipe:
                 os.set_blocking(fd, False)
             self.old_fd = signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
-            signal.signal(signal.SIGINT, lambda signum, frame: self.note())
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signum == signal.SIGINT or signal.getsignal(signum) is terminate:
+                    self.noted[signum] = signal.signal(signum, lambda number, frame: self.note(number))
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pipe is not None:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for signum, handler in self.noted.items():
+                signal.signal(signum, handler)
             signal.set_wakeup_fd(self.old_fd)
             for fd in self.pipe:
                 os.close(fd)
             self.pipe = None
 
-    def note(self) -> None:
-        """Take Ctrl-C as come."""
+    def note(self, signum: int = signal.SIGINT) -> None:
+        """Take Ctrl-C (or SIGTERM: ``signum``) as come."""
+        self.terminated |= signum == signal.SIGTERM
         self.event.set()
 
     def seen(self) -> bool:
-        """Whether Ctrl-C came since entering."""
+        """Whether Ctrl-C (or SIGTERM) came since entering."""
         if not self.event.is_set() and self.pipe is not None:
             with contextlib.suppress(OSError):  # BlockingIOError: nothing came; a closed pipe: already left
-                if signal.SIGINT in os.read(self.pipe[0], 64):
-                    self.event.set()
+                come = os.read(self.pipe[0], 64)
+                if signal.SIGTERM in come and signal.SIGTERM in self.noted:
+                    self.note(signal.SIGTERM)
+                elif signal.SIGINT in come:
+                    self.note()
         return self.event.is_set()
+
+    def stop(self) -> KeyboardInterrupt:
+        """What to raise once the runs in flight are recorded: SIGTERM's :class:`Terminated`, or Ctrl-C."""
+        return Terminated() if self.terminated else KeyboardInterrupt()
 
 
 def run_specs(
@@ -219,8 +236,8 @@ def run_specs(
         return code, time.perf_counter() - start
 
     def note(future: Future) -> None:
-        if isinstance(future.exception(), KeyboardInterrupt):  # a stand-in runner's Ctrl-C (tests)
-            ctrl_c.note()
+        if isinstance(stop := future.exception(), KeyboardInterrupt):  # a stand-in runner's Ctrl-C (tests)
+            ctrl_c.note(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
             return
         code, seconds = future.result()
         if code is not None:  # started (and ended)
@@ -246,7 +263,7 @@ def run_specs(
                 for future in wait(in_flight).done:
                     note(future)
         if ctrl_c.seen():
-            raise KeyboardInterrupt
+            raise ctrl_c.stop()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failed

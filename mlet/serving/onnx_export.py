@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
-from mlet.core.errors import UserError
+from mlet.core.errors import UserError, signals_held
 from mlet.data.synthetic import RandomBatches
 from mlet.model.composite import CompositeTables, GroupSpec
 from mlet_layers import EmbeddingTables
@@ -298,9 +298,10 @@ def export_onnx(model: DLRM, path: str | os.PathLike, verify_outputs: bool = Tru
                 check_agreement(target, difference)
             except UserError as error:
                 failure = error
-        if external:
-            os.replace(staged.with_name(data.name), data)
-        os.replace(staged, target)
+        with signals_held():  # Ctrl-C and SIGTERM wait: a model is never put beside another's external data
+            if external:
+                os.replace(staged.with_name(data.name), data)
+            os.replace(staged, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if failure is not None:

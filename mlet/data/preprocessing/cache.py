@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mlet.core.config import DatasetConfig
-from mlet.core.errors import UserError
+from mlet.core.errors import UserError, signals_held
 from mlet.data.preprocessing import days
 from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
@@ -242,8 +242,8 @@ def check_target(directory: Path, meta: dict | None) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary build directories left by killed runs (their process is gone)."""
-    for tmp in directory.parent.glob(f".{directory.name}.tmp-*"):
+    """Delete temporary build directories and replaced old ones left by killed runs (their process is gone)."""
+    for tmp in [*directory.parent.glob(f".{directory.name}.tmp-*"), *directory.parent.glob(f".{directory.name}.old-*")]:
         try:
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
         except (ValueError, ProcessLookupError):
@@ -252,13 +252,13 @@ def remove_stale_temporaries(directory: Path) -> None:
             pass
 
 
-def install(tmp: Path, directory: Path) -> None:
-    """Move the finished build into place, replacing an old processed directory."""
-    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+def install(tmp: Path, directory: Path, old: Path) -> None:
+    """Move the finished build into place, an old processed directory aside to ``old`` (for the caller to remove).
+    Ctrl-C and SIGTERM wait for both renames: ``directory`` is the old data or the new, never missing."""
+    with signals_held():
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
 
 
 def single_file(
@@ -312,6 +312,7 @@ def build(
         directory.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(directory)
         tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as error:
@@ -341,10 +342,10 @@ def build(
             "rows_per_second": round(first.physical / seconds),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        install(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        install(tmp, directory, old)
+    finally:  # also when interrupted: the build, or the data it replaced
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
     rows = first.rows
     dropped = f" ({first.dropped:,} negative training rows sub-sampled away)" if first.dropped else ""
     log(
