@@ -11,9 +11,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 import dlrm_mlet
@@ -260,3 +262,12 @@ def run_script(
     )
     recorded = [(calls / str(i)).read_text().splitlines() for i in range(len(list(calls.iterdir())))]
     return done, recorded
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.1)

@@ -1,18 +1,23 @@
 """SIGTERM (kill, a batch system) ends every command as Ctrl-C does: one line, exit status 143, no temporary
-file and nothing half-written left."""
+file and nothing half-written left; two runs building the same processed cache at once take turns."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
-from helpers import TINY, run_snippet
+from helpers import ROOT, TINY, run_snippet, wait_for
 
 import dlrm_mlet
-from mlet.core.errors import Terminated, handling, terminate
+from mlet.core.errors import Terminated, UserError, handling, terminate
+from mlet.core.files import one_at_a_time, sole_writer
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import RawGenerator
 from mlet.repro.sweep import RESUMABLE
@@ -133,3 +138,80 @@ def test_sigterm_as_a_rebuilt_cache_is_put_in_place_waits_for_it(tmp_path, monke
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
     assert cache.read_meta(target)["settings"]["data_split"] == "random-811"
+
+
+BUILD_HELD = """
+import sys, time
+from pathlib import Path
+from mlet.data.preprocessing import cache
+import data_utils
+renumber_pass = cache.renumber_pass
+def held(*args, **kwargs):  # the first run's build goes on once the second run says that it waits for it
+    Path(sys.argv[1]).touch()
+    deadline = time.monotonic() + 120
+    while not Path(sys.argv[2]).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return renumber_pass(*args, **kwargs)
+cache.renumber_pass = held
+sys.exit(data_utils.command_line(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_building_the_same_cache_waits_for_the_first_and_uses_its_build(tmp_path) -> None:
+    raw = raw_kaggle_file(tmp_path / "raw.txt")
+    target = tmp_path / "cache" / "processed"
+    argv = ["preprocess", "--data-set=kaggle", f"--raw-data-file={raw}", f"--processed-data-file={target}",
+            "--progress=false"]  # fmt: skip
+    building, go = tmp_path / "building", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outputs = [tmp_path / "first.txt", tmp_path / "second.txt"]
+    with open(outputs[0], "w") as out:
+        command = [sys.executable, "-c", BUILD_HELD, str(building), str(go), *argv]
+        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    second = None
+    try:
+        wait_for(lambda: building.exists() or first.poll() is not None, "the first run's build")
+        with open(outputs[1], "w") as out:
+            command = [sys.executable, "data_utils.py", *argv]
+            second = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        waits = f"waiting for another run's build of {target} (pid {first.pid} on {socket.gethostname()})"
+        wait_for(lambda: waits in outputs[1].read_text() or second.poll() is not None, "the second run to wait")
+        go.touch()
+        codes = [first.wait(timeout=120), second.wait(timeout=120)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    said = [path.read_text() for path in outputs]
+    assert codes == [0, 0], said
+    assert f"preprocessing {raw} into {target}" in said[0] and waits not in said[0]
+    assert waits in said[1] and f"using processed data in {target}" in said[1] and "preprocessing" not in said[1]
+    assert os.listdir(target.parent) == ["processed"]  # no build left aside, no lock file
+
+
+def test_a_waiter_whose_lock_file_was_removed_locks_the_new_one(tmp_path) -> None:
+    """The holder removes the lock file as it leaves; a run that waited on that file must not take it as locked
+    (a third run would lock the file now there at the same time): it locks the new one, which refuses others."""
+    target = tmp_path / "processed"
+    waits, inside, leave = threading.Event(), threading.Event(), threading.Event()
+    holders: list[str] = []
+
+    def second_run() -> None:
+        with one_at_a_time(target, lambda holder: (holders.append(holder), waits.set())):
+            inside.set()
+            leave.wait(60)
+
+    with one_at_a_time(target, lambda holder: pytest.fail("nobody holds it yet")):
+        waiter = threading.Thread(target=second_run)
+        waiter.start()
+        assert waits.wait(60)
+    try:
+        assert inside.wait(60)
+        with pytest.raises(UserError, match="another run is writing it"), sole_writer("--flag", str(target)):
+            pass
+    finally:
+        leave.set()
+        waiter.join(60)
+    assert holders == [f"pid {os.getpid()} on {socket.gethostname()}"]
+    assert os.listdir(tmp_path) == []

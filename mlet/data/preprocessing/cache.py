@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from tqdm import tqdm
 
 from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError, signals_held
+from mlet.core.files import one_at_a_time
 from mlet.data.preprocessing import days
 from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
@@ -432,33 +434,50 @@ def prepare(
             "directory of its own: give the raw train.txt as --raw-data-file and a new directory here"
         )
     settings = cache_settings(data_set, split, split_seed, sub_sample_rate)
-    meta = read_meta(directory)
     if not raw:
-        if meta is None:
-            raise UserError(
-                f"--processed-data-file: {directory} holds no processed data; give --raw-data-file to make it"
-            )
-        if meta["settings"] != settings or meta.get("version") != VERSION:
-            raise UserError(
-                f"--processed-data-file: {directory} was made with {meta['settings']} (version {meta.get('version')}); "
-                "give --raw-data-file to rebuild it"
-            )
-        if (damage := damaged_file(directory, meta)) is not None:
-            raise UserError(f"--processed-data-file: {directory}: {damage}; give --raw-data-file to rebuild it")
-        return Processed(directory, meta)
+        return processed_only(directory, settings)
     layout = days.day_layout(raw) if data_set == "terabyte" else detect_layout(raw, data_set)
     source = source_info(Path(raw), data_set)
-    reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
-    if reason is None and meta is not None:
-        skipped = (
-            f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
-        )
-        log(f"using processed data in {directory} (made {meta.get('created')} from {meta['source']['path']}{skipped})")
-        return Processed(directory, meta)
-    check_target(directory, meta)
-    log(f"preprocessing {raw} into {directory}: {reason}")
-    built = build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check)
+    with one_at_a_time(
+        directory, lambda holder: waiting(log, f"waiting for another run's build of {directory} ({holder})")
+    ):
+        # one run at a time checks and builds: one that waited finds the other's build, and uses it
+        meta = read_meta(directory)
+        reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
+        if reason is None and meta is not None:
+            skipped = (
+                f"; {meta['bad_rows']['total']:,} bad rows were skipped making it" if meta["bad_rows"]["total"] else ""
+            )
+            made = f"made {meta.get('created')} from {meta['source']['path']}{skipped}"
+            log(f"using processed data in {directory} ({made})")
+            return Processed(directory, meta)
+        check_target(directory, meta)
+        log(f"preprocessing {raw} into {directory}: {reason}")
+        built = build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check)
     return Processed(directory, built)
+
+
+def waiting(log: Log, line: str) -> None:
+    """``log`` the ``line`` that says why this run waits, shown now (not held in an output file's buffer)."""
+    log(line)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+
+
+def processed_only(directory: Path, settings: dict) -> Processed:
+    """The processed data in ``directory`` without a raw file to make them from: a :class:`UserError` unless they
+    are complete and made with ``settings``."""
+    meta = read_meta(directory)
+    if meta is None:
+        raise UserError(f"--processed-data-file: {directory} holds no processed data; give --raw-data-file to make it")
+    if meta["settings"] != settings or meta.get("version") != VERSION:
+        raise UserError(
+            f"--processed-data-file: {directory} was made with {meta['settings']} (version {meta.get('version')}); "
+            "give --raw-data-file to rebuild it"
+        )
+    if (damage := damaged_file(directory, meta)) is not None:
+        raise UserError(f"--processed-data-file: {directory}: {damage}; give --raw-data-file to rebuild it")
+    return Processed(directory, meta)
 
 
 def prepare_dataset(
