@@ -16,7 +16,7 @@ import pytest
 from helpers import ROOT, TINY, run_snippet, wait_for
 
 import dlrm_mlet
-from mlet.core.errors import Terminated, UserError, handling, terminate
+from mlet.core.errors import HELD, Terminated, UserError, handling, signals_held, terminate
 from mlet.core.files import one_at_a_time, sole_writer
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import RawGenerator
@@ -215,3 +215,27 @@ def test_a_waiter_whose_lock_file_was_removed_locks_the_new_one(tmp_path) -> Non
         waiter.join(60)
     assert holders == [f"pid {os.getpid()} on {socket.gethostname()}"]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("landing", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_as_held_handlers_are_put_back_leaves_none_on_the_temporary_one(monkeypatch, landing, when) -> None:
+    """A Ctrl-C that lands as one handler is put back (``signal.signal`` runs the pending handlers ``before``
+    installing, Python ``after``) raises out of the restore: every other handler is back all the same."""
+    originals = {signum: signal.getsignal(signum) for signum in HELD}
+    real, raised = signal.signal, []
+
+    def restore_interrupted(signum: int, handler):
+        if signum == landing and handler is originals[signum] and not raised:
+            raised.append(signum)
+            if when == "after":
+                real(signum, handler)
+            raise KeyboardInterrupt
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", restore_interrupted)
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        pass
+    monkeypatch.undo()
+    assert raised == [landing]
+    assert {signum: signal.getsignal(signum) for signum in HELD} == originals

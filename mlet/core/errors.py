@@ -262,18 +262,40 @@ def signals_held() -> Iterator[None]:
         yield
         return
     came: list[int] = []
-    old = {signum: signal.signal(signum, lambda number, frame: came.append(number)) for signum in HELD}
+    old: dict[int, Any] = {}
     try:
+        for signum in HELD:
+            old[signum] = signal.signal(signum, lambda number, frame: came.append(number))
         yield
     finally:
-        for signum, handler in old.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        restore_handlers(old)
         if came:
             signal.raise_signal(came[0])
 
 
 HELD = (signal.SIGINT, signal.SIGTERM)
 """The signals :func:`signals_held` holds."""
+
+
+def restore_handlers(old: dict[int, Any]) -> None:
+    """Put back each signal's handler from before (``{signum: handler}``; None, one set outside Python, as the
+    default), every one of them, SIGINT last.
+
+    A signal that comes meanwhile runs its handler as soon as that is back (or before: :func:`signal.signal`
+    first runs the pending ones), and Ctrl-C's raises: the handlers not yet back are put back all the same (else
+    one signal would stay on a temporary handler for the rest of the process), then the first such exception is
+    raised."""
+    todo = sorted(old, key=lambda signum: signum == signal.SIGINT)
+    came: BaseException | None = None
+    while todo:
+        try:
+            while todo:
+                signal.signal(todo[0], signal.SIG_DFL if old[todo[0]] is None else old[todo[0]])
+                todo.pop(0)
+        except BaseException as error:  # raised below, once every handler is back
+            came = came or error
+    if came is not None:
+        raise came
 
 
 @contextlib.contextmanager
