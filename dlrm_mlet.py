@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only, so the processes join first and share what failed.
     """
     try:
-        with handling(signal.SIGTERM, terminate):  # ends as Ctrl-C does: no temporary file left, one line
+        with handling({signal.SIGTERM: terminate}):  # ends as Ctrl-C does: no temporary file left, one line
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))

@@ -21,6 +21,7 @@ from mlet.core.files import one_at_a_time, sole_writer
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import RawGenerator
 from mlet.repro.sweep import RESUMABLE
+from mlet.repro.sweep_runs import CtrlC
 
 TERMINATED_WRITE = """
 import importlib, os, signal, sys
@@ -133,7 +134,7 @@ def test_sigterm_as_a_rebuilt_cache_is_put_in_place_waits_for_it(tmp_path, monke
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(os, "replace", terminated_between)
-    with handling(signal.SIGTERM, terminate), pytest.raises(Terminated):
+    with handling({signal.SIGTERM: terminate}), pytest.raises(Terminated):
         cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=lambda line: None)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
@@ -239,3 +240,30 @@ def test_a_signal_as_held_handlers_are_put_back_leaves_none_on_the_temporary_one
     monkeypatch.undo()
     assert raised == [landing]
     assert {signum: signal.getsignal(signum) for signum in HELD} == originals
+
+
+@pytest.mark.parametrize("swap", ["handling", "held", "ctrl-c"])
+def test_a_handler_set_outside_python_is_put_back_as_the_default(monkeypatch, swap) -> None:
+    """``signal.signal`` gives None for a handler installed outside Python: putting it back must not fail (it
+    raised TypeError), and the signal gets its default handler."""
+    originals = {signum: signal.getsignal(signum) for signum in HELD}
+    real = signal.signal
+
+    def set_outside_python(signum: int, handler):
+        old = real(signum, handler)
+        return None if signum == signal.SIGINT and old is originals[signum] else old
+
+    monkeypatch.setattr(signal, "signal", set_outside_python)
+    swapped = {
+        "handling": lambda: handling({signal.SIGINT: signal.SIG_IGN}),
+        "held": signals_held,
+        "ctrl-c": CtrlC,
+    }[swap]
+    try:
+        with swapped():
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        monkeypatch.undo()
+        real(signal.SIGINT, originals[signal.SIGINT])
+    assert signal.getsignal(signal.SIGTERM) is originals[signal.SIGTERM]

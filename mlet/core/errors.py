@@ -151,7 +151,7 @@ def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupte
     up what it leaves), and 143 after one line on SIGTERM, which ends the action as Ctrl-C does (:func:`stopped`);
     141 (a shell's code for SIGPIPE) without a word when the reader of the output went away (``... | head``)."""
     try:
-        with handling(signal.SIGTERM, terminate):  # SIGTERM's default would leave the action's temporaries
+        with handling({signal.SIGTERM: terminate}):  # SIGTERM's default would leave the action's temporaries
             code = action()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -258,17 +258,11 @@ def signals_held() -> Iterator[None]:
     gives a process's signal to any thread that does not block it, and Python runs the handler in the main thread
     anyway). Off the main thread, where no handler runs, nothing changes.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     came: list[int] = []
-    old: dict[int, Any] = {}
     try:
-        for signum in HELD:
-            old[signum] = signal.signal(signum, lambda number, frame: came.append(number))
-        yield
+        with handling(dict.fromkeys(HELD, lambda number, frame: came.append(number))):
+            yield
     finally:
-        restore_handlers(old)
         if came:
             signal.raise_signal(came[0])
 
@@ -299,14 +293,17 @@ def restore_handlers(old: dict[int, Any]) -> None:
 
 
 @contextlib.contextmanager
-def handling(signum: int, handler: Any) -> Iterator[None]:
-    """``handler`` for signal ``signum`` while inside, the old one after; off the main thread (which alone may set
-    them), nothing."""
+def handling(handlers: dict[int, Any]) -> Iterator[dict[int, Any]]:
+    """``handlers`` (``{signum: handler}``) while inside, the old ones after, every one of them whatever comes
+    (:func:`restore_handlers`); gives the old ones. Off the main thread (which alone may set them), nothing (and
+    none given)."""
+    old: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield old
         return
-    old = signal.signal(signum, handler)
     try:
-        yield
+        for signum, handler in handlers.items():
+            old[signum] = signal.signal(signum, handler)
+        yield old
     finally:
-        signal.signal(signum, old)
+        restore_handlers(old)

@@ -133,7 +133,7 @@ class Workers:
         self.started: dict[int, float] = {}
         self.closed = False
         # started with Ctrl-C ignored (one during a worker's imports would print its traceback); work() restores it
-        with handling(signal.SIGINT, signal.SIG_IGN):
+        with handling({signal.SIGINT: signal.SIG_IGN}):
             for process in self.processes:
                 process.start()
         try:

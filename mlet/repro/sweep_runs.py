@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mlet.core.errors import Terminated, terminate
+from mlet.core.errors import Terminated, handling, terminate
 from mlet.core.files import replace_atomically
 from mlet.repro.experiments import RunSpec, sweep_record
 from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv
@@ -162,28 +162,28 @@ class CtrlC:
         self.event = threading.Event()
         self.pipe: tuple[int, int] | None = None
         self.noted: dict[int, Any] = {}  # the signals handled here, with their handlers before
+        self.undo = contextlib.ExitStack()
         self.terminated = False
 
     def __enter__(self) -> CtrlC:
         main = threading.current_thread() is threading.main_thread()
         if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.pipe = os.pipe()
-            for fd in self.pipe:
+            self.pipe = pipe = os.pipe()
+            self.undo.callback(lambda: setattr(self, "pipe", None))
+            for fd in pipe:
                 os.set_blocking(fd, False)
-            self.old_fd = signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                if signum == signal.SIGINT or signal.getsignal(signum) is terminate:
-                    self.noted[signum] = signal.signal(signum, lambda number, frame: self.note(number))
+                self.undo.callback(os.close, fd)
+            self.undo.callback(signal.set_wakeup_fd, signal.set_wakeup_fd(pipe[1], warn_on_full_buffer=False))
+            noted = [
+                s for s in (signal.SIGINT, signal.SIGTERM) if s == signal.SIGINT or signal.getsignal(s) is terminate
+            ]
+            self.noted = self.undo.enter_context(
+                handling(dict.fromkeys(noted, lambda number, frame: self.note(number)))
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.pipe is not None:
-            for signum, handler in self.noted.items():
-                signal.signal(signum, handler)
-            signal.set_wakeup_fd(self.old_fd)
-            for fd in self.pipe:
-                os.close(fd)
-            self.pipe = None
+        self.undo.close()  # the handlers first, then the wakeup descriptor, then the pipe
 
     def note(self, signum: int = signal.SIGINT) -> None:
         """Take Ctrl-C (or SIGTERM: ``signum``) as come."""
