@@ -12,7 +12,7 @@ What a checkpoint holds, resume, collapse and the ONNX model: docs/checkpoints.m
 
 from __future__ import annotations
 
-from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
+from mlet.core.signals import interrupt_exits  # the standard library only: loaded before the imports it guards
 
 with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import argparse
@@ -35,9 +35,9 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
         UserError,
         check_distinct_outputs,
         check_output_file,
-        exit_status,
         run_reporting_errors,
     )
+    from mlet.core.signals import exit_status
     from mlet.serving.quantize import BITS, ROW_OVERHEAD, packed_width, quantized_checkpoint, size_change
     from mlet.training.checkpoints import (
         FORMAT,

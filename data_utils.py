@@ -11,7 +11,7 @@ cache through :mod:`mlet.data.sources`. As a script::
 
 from __future__ import annotations
 
-from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
+from mlet.core.signals import interrupt_exits  # the standard library only: loaded before the imports it guards
 
 with interrupt_exits("data_utils.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import argparse
@@ -26,10 +26,10 @@ with interrupt_exits("data_utils.py"):  # Ctrl-C while the modules import (torch
         add_bool,
         check_output_file,
         check_seed,
-        exit_status,
         require_at_least,
         run_reporting_errors,
     )
+    from mlet.core.signals import exit_status
     from mlet.data.flags import add_dataset_flags, dataset_config
     from mlet.data.preprocessing.cache import prepare_dataset
     from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults

@@ -9,7 +9,7 @@ too. Run python dlrm_mlet.py --help.
 
 from __future__ import annotations
 
-from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
+from mlet.core.signals import interrupt_exits  # the standard library only: loaded before the imports it guards
 
 with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import contextlib
@@ -29,16 +29,10 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.cli.parser import PROG, build_parser
     from mlet.cli.reporting import ONNX_FILE, observers
     from mlet.core.config import ModelConfig, TrainConfig
-    from mlet.core.errors import (
-        UserError,
-        exit_status,
-        handling,
-        one_line,
-        stopped,
-        terminate,
-    )
+    from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
+    from mlet.core.signals import exit_status, handling, stopped, terminate
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import distributed, process_group

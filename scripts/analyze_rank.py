@@ -3,7 +3,7 @@
 The code is mlet/repro/rank_analysis.py; see docs/reproducing.md.
 """
 
-from mlet.core.errors import interrupt_exits  # the standard library only: loaded before the imports it guards
+from mlet.core.signals import interrupt_exits  # the standard library only: loaded before the imports it guards
 
 with interrupt_exits("analyze_rank.py"):  # Ctrl-C while the modules import (torch: seconds): one line, status 130
     from mlet.repro.rank_analysis import cli

@@ -15,7 +15,8 @@ import pytest
 import torch
 from helpers import ROOT, InterruptedFile, full_disk_save
 
-from mlet.core.errors import Terminated, UserError
+from mlet.core.errors import UserError
+from mlet.core.signals import Terminated
 from mlet.training import checkpoints
 from mlet.training.checkpoints import FORMAT, VERSION, atomic_save
 
@@ -196,7 +197,8 @@ def test_an_interrupt_inside_the_writer_is_given_back_not_reported_as_a_failed_w
 FILE_SIZE_LIMIT = r"""
 import resource, signal, sys
 import torch
-from mlet.core.errors import Terminated, UserError
+from mlet.core.errors import UserError
+from mlet.core.signals import Terminated
 from mlet.training.checkpoints import atomic_save
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

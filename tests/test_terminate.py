@@ -16,8 +16,9 @@ import pytest
 from helpers import ROOT, TINY, run_snippet, wait_for
 
 import dlrm_mlet
-from mlet.core.errors import HELD, Terminated, UserError, handling, signals_held, terminate
+from mlet.core.errors import UserError
 from mlet.core.files import one_at_a_time, sole_writer
+from mlet.core.signals import HELD, Terminated, handling, signals_held, terminate
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import RawGenerator
 from mlet.repro.sweep import RESUMABLE
@@ -267,3 +268,11 @@ def test_a_handler_set_outside_python_is_put_back_as_the_default(monkeypatch, sw
         monkeypatch.undo()
         real(signal.SIGINT, originals[signal.SIGINT])
     assert signal.getsignal(signal.SIGTERM) is originals[signal.SIGTERM]
+
+
+def test_the_signals_module_loads_nothing_but_the_standard_library() -> None:
+    """The command files import it before torch, to guard those imports: it must not load them itself."""
+    probe = "import sys, mlet.core.signals; print(*sorted(m for m in sys.modules if m.split('.')[0] in PROJECT))"
+    project = "PROJECT = ('mlet', 'torch', 'numpy'); "
+    done = subprocess.run([sys.executable, "-c", project + probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == ["mlet", "mlet.core", "mlet.core.signals"]

@@ -1,18 +1,19 @@
 """Bad input reported as one line, never a traceback: the exception, the parser, and the checks every
-command line shares (bounds, seeds, output files)."""
+command line shares (bounds, seeds, output files); how a command's errors end it (:func:`run_reporting_errors`).
+Signals and exit statuses: :mod:`mlet.core.signals`."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
+
+from mlet.core.signals import handling, stopped, terminate
 
 
 class UserError(Exception):
@@ -163,147 +164,3 @@ def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupte
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return code or 0
-
-
-@contextlib.contextmanager
-def interrupt_exits(prog: str) -> Iterator[None]:
-    """Ctrl-C inside the block ends the process as a Ctrl-C later in the command does: one ``PROG: interrupted``
-    line on stderr and exit status 130, no traceback.
-
-    For the imports at the top of a command's file (torch's take a second or more), which run before its ``main``
-    can catch anything; this module imports the standard library only, so it is loaded before them.
-    """
-    try:
-        yield
-    except KeyboardInterrupt:
-        ignore_interrupts()  # the process ends here: a second Ctrl-C must not turn status 130 into death by SIGINT
-        raise SystemExit(report_interrupt(prog)) from None
-
-
-INTERRUPTED = 130
-"""A command's exit status after Ctrl-C (a shell's: 128 + SIGINT)."""
-TERMINATED = 143
-"""A command's exit status after SIGTERM, where it ends as on Ctrl-C (:class:`Terminated`; a shell's: 128 + 15)."""
-
-_interrupt_reported = False
-"""Whether :func:`report_interrupt` wrote its line since :func:`exit_status` started the command."""
-
-
-def report_interrupt(prog: str, message: str = "interrupted", status: int = INTERRUPTED, say: bool = True) -> int:
-    """One ``PROG: message`` line on stderr for Ctrl-C (or SIGTERM; none where ``say`` is false: another process
-    of the run says it); ``status``, the exit status to return."""
-    global _interrupt_reported
-    _interrupt_reported = True  # before the line: a second Ctrl-C while it is written must not write it twice
-    if say:
-        sys.stderr.write(f"{prog}: {message}\n")  # one write: a second Ctrl-C cannot come between text and end
-    return status
-
-
-def ignore_interrupts() -> None:
-    """Ctrl-C (SIGINT) does nothing from now on (in the main thread, the only one that may set handlers).
-
-    For a process on its way out: CPython ends a process whose ``__main__`` ends with an uncaught
-    KeyboardInterrupt by killing itself with SIGINT (status -2 to ``subprocess``, not 130), so a second Ctrl-C
-    while the first one's line is printed or the interpreter exits would change the status.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def exit_status(prog: str, main: Callable[[], int]) -> int:
-    """``main()``'s exit status, for a command's ``cli`` to exit with; Ctrl-C is ignored from then on.
-
-    ``main`` reports its own Ctrl-C (:func:`run_reporting_errors`); a KeyboardInterrupt that escapes it (a second
-    Ctrl-C while the first one's line is printed, or one in a step ``main`` does not guard) is
-    :data:`INTERRUPTED` too, with the one ``PROG: interrupted`` line unless ``main`` wrote its own. Kept out of
-    ``main`` itself, which tests and other code call in-process and whose Ctrl-C must keep working afterwards.
-    """
-    global _interrupt_reported
-    _interrupt_reported = False
-    try:
-        code = main()
-    except KeyboardInterrupt as stop:
-        ignore_interrupts()
-        status = TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
-        return status if _interrupt_reported else stopped(prog, stop)
-    ignore_interrupts()
-    return code
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a batch system ending a job, torchrun stopping its other processes), raised as Ctrl-C is,
-    so that a command ends the same way: the same clean-up (no temporary file left), then one line."""
-
-
-def terminate(signum: int, frame: object) -> NoReturn:
-    """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
-    raise Terminated
-
-
-def stopped(prog: str, stop: KeyboardInterrupt, interrupted: str = "interrupted", say: bool = True) -> int:
-    """The exit status of a command that ``stop`` ended, after its one line (none where ``say`` is false):
-    Ctrl-C's ``PROG: INTERRUPTED`` and 130; SIGTERM's (:class:`Terminated`) the same line with its first word
-    ``interrupted`` as ``terminated (SIGTERM)``, and 143."""
-    if isinstance(stop, Terminated):
-        return report_interrupt(prog, interrupted.replace("interrupted", "terminated (SIGTERM)", 1), TERMINATED, say)
-    return report_interrupt(prog, interrupted, INTERRUPTED, say)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait while inside and come on leaving (the first one, to the handler from before): for a
-    few steps that must all happen or none (renaming a new file and its companion, a new folder over an old one).
-
-    Their Python handlers are swapped for ones that note them (a blocked signal mask would not do: the kernel
-    gives a process's signal to any thread that does not block it, and Python runs the handler in the main thread
-    anyway). Off the main thread, where no handler runs, nothing changes.
-    """
-    came: list[int] = []
-    try:
-        with handling(dict.fromkeys(HELD, lambda number, frame: came.append(number))):
-            yield
-    finally:
-        if came:
-            signal.raise_signal(came[0])
-
-
-HELD = (signal.SIGINT, signal.SIGTERM)
-"""The signals :func:`signals_held` holds."""
-
-
-def restore_handlers(old: dict[int, Any]) -> None:
-    """Put back each signal's handler from before (``{signum: handler}``; None, one set outside Python, as the
-    default), every one of them, SIGINT last.
-
-    A signal that comes meanwhile runs its handler as soon as that is back (or before: :func:`signal.signal`
-    first runs the pending ones), and Ctrl-C's raises: the handlers not yet back are put back all the same (else
-    one signal would stay on a temporary handler for the rest of the process), then the first such exception is
-    raised."""
-    todo = sorted(old, key=lambda signum: signum == signal.SIGINT)
-    came: BaseException | None = None
-    while todo:
-        try:
-            while todo:
-                signal.signal(todo[0], signal.SIG_DFL if old[todo[0]] is None else old[todo[0]])
-                todo.pop(0)
-        except BaseException as error:  # raised below, once every handler is back
-            came = came or error
-    if came is not None:
-        raise came
-
-
-@contextlib.contextmanager
-def handling(handlers: dict[int, Any]) -> Iterator[dict[int, Any]]:
-    """``handlers`` (``{signum: handler}``) while inside, the old ones after, every one of them whatever comes
-    (:func:`restore_handlers`); gives the old ones. Off the main thread (which alone may set them), nothing (and
-    none given)."""
-    old: dict[int, Any] = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield old
-        return
-    try:
-        for signum, handler in handlers.items():
-            old[signum] = signal.signal(signum, handler)
-        yield old
-    finally:
-        restore_handlers(old)

@@ -39,13 +39,8 @@ from pathlib import Path
 
 import torch
 
-from mlet.core.errors import (
-    OneLineParser,
-    UserError,
-    exit_status,
-    require_at_least,
-    run_reporting_errors,
-)
+from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
+from mlet.core.signals import exit_status
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, sweep_record

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mlet.core.errors import UserError, handling, terminate
+from mlet.core.errors import UserError
+from mlet.core.signals import handling, terminate
 from mlet.data.device_click import DeviceRows, kaggle_rows
 from mlet.repro import sweep_plan
 from mlet.repro.experiments import RunSpec

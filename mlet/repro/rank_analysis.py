@@ -30,8 +30,9 @@ from tqdm import tqdm
 from dlrm_model import DLRM
 from mlet.cli.configs import data_config
 from mlet.core.config import DataConfig, ModelConfig
-from mlet.core.errors import UserError, check_output_folder, exit_status, require_at_least
+from mlet.core.errors import UserError, check_output_folder, require_at_least
 from mlet.core.pipeline import prefetch
+from mlet.core.signals import exit_status
 from mlet.data.flags import recorded_dataset_config
 from mlet.data.preprocessing.cache import processed_directory, read_meta
 from mlet.data.sources import ArraySource, build_data

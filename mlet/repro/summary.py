@@ -33,7 +33,8 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from mlet.core.errors import UserError, check_output_folder, exit_status
+from mlet.core.errors import UserError, check_output_folder
+from mlet.core.signals import exit_status
 from mlet.repro import pareto
 from mlet.repro.experiments import (
     MATCH_RULES,

@@ -34,14 +34,8 @@ from pathlib import Path
 
 from mlet.cli.configs import parse_dashed, run_config
 from mlet.core.config import DataConfig
-from mlet.core.errors import (
-    OneLineParser,
-    UserError,
-    check_output_folder,
-    exit_status,
-    require_at_least,
-    run_reporting_errors,
-)
+from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
+from mlet.core.signals import exit_status
 from mlet.data.sources import build_data
 from mlet.repro.experiments import (
     PROTOCOLS,

@@ -26,8 +26,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mlet.core.errors import Terminated, handling, terminate
 from mlet.core.files import replace_atomically
+from mlet.core.signals import Terminated, handling, terminate
 from mlet.repro.experiments import RunSpec, sweep_record
 from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv
 
@@ -148,7 +148,7 @@ def run_status(spec: RunSpec, code: int | None, run_dir: Path, interrupted: bool
 
 class CtrlC:
     """Ctrl-C (SIGINT), or SIGTERM where the command ends on it as on Ctrl-C (its handler is
-    :func:`~mlet.core.errors.terminate`), while runs are in flight: noted instead of raised, so that no bookkeeping
+    :func:`~mlet.core.signals.terminate`), while runs are in flight: noted instead of raised, so that no bookkeeping
     is cut short.
 
     :meth:`seen` answers from any thread at once: Python runs its signal

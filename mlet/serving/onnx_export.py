@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
-from mlet.core.errors import UserError, signals_held
+from mlet.core.errors import UserError
+from mlet.core.signals import signals_held
 from mlet.data.synthetic import RandomBatches
 from mlet.model.composite import CompositeTables, GroupSpec
 from mlet_layers import EmbeddingTables

@@ -109,7 +109,7 @@ def error_chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def interruption(error: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM (:class:`~mlet.core.errors.Terminated`) behind ``error``, if any: torch's zip
+    """The Ctrl-C or SIGTERM (:class:`~mlet.core.signals.Terminated`) behind ``error``, if any: torch's zip
     writer turns one that arrives while it writes into a ``RuntimeError`` (``unexpected pos``) raised while
     handling it."""
     return next((link for link in error_chain(error) if isinstance(link, KeyboardInterrupt)), None)

@@ -46,8 +46,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mlet.core.config import DatasetConfig
-from mlet.core.errors import UserError, signals_held
+from mlet.core.errors import UserError
 from mlet.core.files import one_at_a_time
+from mlet.core.signals import signals_held
 from mlet.data.preprocessing import days
 from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
