@@ -3,6 +3,7 @@ file and nothing half-written left; two runs building the same processed cache a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -276,3 +277,24 @@ def test_the_signals_module_loads_nothing_but_the_standard_library() -> None:
     project = "PROJECT = ('mlet', 'torch', 'numpy'); "
     done = subprocess.run([sys.executable, "-c", project + probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.split() == ["mlet", "mlet.core", "mlet.core.signals"]
+
+
+def test_a_failed_install_of_a_rebuilt_cache_puts_the_old_one_back(tmp_path, monkeypatch) -> None:
+    """The old processed data are moved aside, then the new moved in: should that second rename fail, the old
+    data go back (the build's clean-up removed them too, leaving no processed data at all)."""
+    raw = raw_kaggle_file(tmp_path / "raw.txt")
+    target = tmp_path / "processed"
+    cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=lambda line: None)
+    replace = os.replace
+
+    def failing_install(source, destination) -> None:
+        if Path(source).name.startswith(".processed.tmp-"):
+            raise OSError(errno.EIO, "Input/output error")
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", failing_install)
+    with pytest.raises(OSError, match="Input/output error"):
+        cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=lambda line: None)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
+    assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"

@@ -257,11 +257,17 @@ def remove_stale_temporaries(directory: Path) -> None:
 
 def install(tmp: Path, directory: Path, old: Path) -> None:
     """Move the finished build into place, an old processed directory aside to ``old`` (for the caller to remove).
-    Ctrl-C and SIGTERM wait for both renames: ``directory`` is the old data or the new, never missing."""
+    Ctrl-C and SIGTERM wait for both renames: ``directory`` is the old data or the new, never missing; should the
+    second rename fail (an I/O error), the old data go back before the error is raised."""
     with signals_held():
         if directory.exists():
             os.replace(directory, old)
-        os.replace(tmp, directory)
+        try:
+            os.replace(tmp, directory)
+        except BaseException:
+            if old.exists() and not directory.exists():
+                os.replace(old, directory)
+            raise
 
 
 def single_file(
