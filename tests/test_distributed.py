@@ -39,6 +39,7 @@ from mlet.core.errors import UserError
 from mlet.core.files import sole_writer
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES, RawGenerator
+from mlet.parallel import process_group
 from mlet.parallel.distributed import MultiProcess
 from mlet.parallel.equivalence import (
     RESUME_SCENARIO,
@@ -384,13 +385,19 @@ def test_a_signal_to_every_rank_ends_the_run_with_one_line_and_the_last_checkpoi
     assert load_checkpoint(path)["position"]["iteration"] == 3
 
 
+def mpirun_environment(monkeypatch, variables: dict[str, str]) -> None:
+    """This process as one that mpirun started (``variables``), torchrun's and other launchers' variables gone."""
+    launchers = [*process_group.MPI_LAUNCH, *process_group.MPI_LAUNCH.values(), *process_group.MPI_LOCAL_SIZE]
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", *launchers):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize("mpi_rank", ["0", "1"])
 def test_an_mpirun_launch_is_refused_once_before_any_work(mpi_rank: str, monkeypatch, tmp_path) -> None:
     """Upstream's other launcher: mpirun's processes have no torchrun environment, and would each train alone."""
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", mpi_rank)
+    mpirun_environment(monkeypatch, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": mpi_rank})
     out = in_process(scenario_flags("mlet-sgd-4-tables", [f"--save-model={tmp_path / 'a.pt'}"]))
     assert out.code == 2 and out.stdout == "" and not (tmp_path / "a.pt").exists()
     if mpi_rank == "0":
@@ -398,6 +405,23 @@ def test_an_mpirun_launch_is_refused_once_before_any_work(mpi_rank: str, monkeyp
         assert "torchrun --nproc_per_node=2 dlrm_mlet.py" in out.stderr and out.stderr.count("\n") == 1
     else:
         assert out.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("variables", "command"),
+    [
+        ({"OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, "--nnodes=2 --nproc_per_node=4"),
+        ({"PMI_SIZE": "6", "MPI_LOCALNRANKS": "2"}, "--nnodes=3 --nproc_per_node=2"),
+        ({"MV2_COMM_WORLD_SIZE": "4", "MV2_COMM_WORLD_LOCAL_SIZE": "4"}, "--nproc_per_node=4"),
+        ({"OMPI_COMM_WORLD_SIZE": "4"}, "--nproc_per_node=4"),
+    ],
+    ids=["open-mpi-2-hosts", "mpich-3-hosts", "mvapich-1-host", "no-local-size"],
+)
+def test_the_refused_mpirun_launch_suggests_torchrun_per_host(variables, command, monkeypatch) -> None:
+    """mpirun's processes on several hosts: torchrun starts the per-host count on each (it suggested the total)."""
+    mpirun_environment(monkeypatch, variables)
+    with pytest.raises(process_group.SharedError, match=f"torchrun {command} dlrm_mlet.py"):
+        process_group.refuse_mpi_launch()
 
 
 def test_a_second_run_writing_the_same_checkpoint_is_refused_once(tmp_path) -> None:

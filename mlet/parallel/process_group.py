@@ -107,21 +107,28 @@ MPI_LAUNCH = {  # what mpirun sets in each process it starts (Intel MPI / MPICH,
     "OMPI_COMM_WORLD_SIZE": "OMPI_COMM_WORLD_RANK",
     "MV2_COMM_WORLD_SIZE": "MV2_COMM_WORLD_RANK",
 }
+MPI_LOCAL_SIZE = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE")
+"""What mpirun sets for the number of processes on each host (Open MPI, Intel MPI / MPICH, MVAPICH2)."""
 
 
 def refuse_mpi_launch() -> None:
     """Refuse a launch by ``mpirun`` (upstream DLRM's other launcher), which sets no torchrun environment: every
     process would train the whole model alone and write the same files. A :class:`SharedError` on every process,
-    printed by MPI's rank 0 alone."""
+    printed by MPI's rank 0 alone. The torchrun command it suggests starts as many processes on each host as
+    mpirun did (:data:`MPI_LOCAL_SIZE`, else all of them on one)."""
     if "WORLD_SIZE" in os.environ:
         return
     for size_name, rank_name in MPI_LAUNCH.items():
         size = os.environ.get(size_name, "")
         if size.isdigit() and int(size) > 1:
+            local = [int(os.environ[n]) for n in MPI_LOCAL_SIZE if os.environ.get(n, "").isdigit()]
+            per_host = next((n for n in local if 0 < n < int(size)), int(size))
+            hosts = -(-int(size) // per_host)
+            nodes = f"--nnodes={hosts} " if hosts > 1 else ""
             raise SharedError(
                 f"{size_name}={size}: started by mpirun, which this command does not join into one run (each of the"
                 f" {size} processes would train alone and write the same files); launch with torchrun instead:"
-                f" torchrun --nproc_per_node={size} dlrm_mlet.py ...",
+                f" torchrun {nodes}--nproc_per_node={per_host} dlrm_mlet.py ...",
                 print_here=os.environ.get(rank_name, "0") == "0",
             )
 
