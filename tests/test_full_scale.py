@@ -310,11 +310,21 @@ class TwoWorkersInterrupted:
         self.closed += 1
 
 
-def test_ctrl_c_on_workers_records_the_runs_in_flight(tmp_path):
-    # as scripts/sweep.py: each run in flight at Ctrl-C is listed, interrupted, or finished if its results are in
+class InterruptedAgainWhileClosing(TwoWorkersInterrupted):
+    """:class:`TwoWorkersInterrupted` where a second Ctrl-C comes while the workers stop."""
+
+    def close(self) -> None:
+        super().close()
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("workers", [TwoWorkersInterrupted, InterruptedAgainWhileClosing], ids=["once", "twice"])
+def test_ctrl_c_on_workers_records_the_runs_in_flight(tmp_path, workers):
+    # as scripts/sweep.py: each run in flight at Ctrl-C is listed, interrupted, or finished if its results are in;
+    # also when a second Ctrl-C comes while the workers stop (it skipped the bookkeeping)
     run_dir = tmp_path / "run"
     _, settings = full_scale.parse(piece_args(run_dir, "--dry-run"))
-    runner = TwoWorkersInterrupted(run_dir)
+    runner = workers(run_dir)
     with pytest.raises(KeyboardInterrupt):
         full_scale.run_piece(settings, runner, budget_s=300, started=time.perf_counter())
     first, second = (spec.name for spec in runner.busy)

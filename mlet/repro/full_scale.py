@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from mlet.core.errors import OneLineParser, UserError, require_at_least, run_reporting_errors
-from mlet.core.signals import exit_status
+from mlet.core.signals import exit_status, signals_held
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.experiments import Config, RunSpec, sweep_record
@@ -152,9 +152,10 @@ def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget
             elapsed = time.perf_counter() - started
             print(f"{PROG}: {ended.spec.name}: {status} in {ended.seconds:.1f} s ({elapsed:.0f} s of the piece)")
     except KeyboardInterrupt:  # the runs not finished are still to do (the ones interrupted among them)
-        runner.close()  # the runs in flight end first: one whose results are written by then is finished
-        counts["finished"] += record_interrupted(running.values(), settings.run_dir, manifest)
-        counts.update(left=len([s for s in wanted(settings) if s.name not in failed]), interrupted=True)
+        with signals_held():  # a second Ctrl-C while the workers stop (up to 10 s) comes once the runs are recorded
+            runner.close()  # the runs in flight end first: one whose results are written by then is finished
+            counts["finished"] += record_interrupted(running.values(), settings.run_dir, manifest)
+            counts.update(left=len([s for s in wanted(settings) if s.name not in failed]), interrupted=True)
         raise
     finally:
         manifest.finish(counts)
