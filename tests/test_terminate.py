@@ -298,3 +298,20 @@ def test_a_failed_install_of_a_rebuilt_cache_puts_the_old_one_back(tmp_path, mon
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
     assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["summarize", "analyze_rank"])
+def test_sigterm_ends_the_reporting_commands_with_one_line(command: str, checkpoints, tmp_path) -> None:
+    """summarize.py and analyze_rank.py end on SIGTERM as the other commands do (they died with -15, no line)."""
+    if command == "summarize":
+        results = tmp_path / "r.json"
+        assert dlrm_mlet.main([*TINY, "--num-batches=2", f"--results-json={results}"]) == 0
+        argv = ["mlet.repro.summary", "check_results_files", "mlet.repro.summary", str(results)]
+    else:
+        out = tmp_path / "rank"
+        argv = ["mlet.repro.rank_analysis", "checked_edges", "mlet.repro.rank_analysis", str(checkpoints["mlet"])]
+        argv += ["--no-frequency", f"--out={out}"]
+    done = run_snippet(TERMINATED_WRITE, argv, timeout=120)
+    assert (done.returncode, done.stderr) == (143, f"{command}.py: terminated (SIGTERM)\n"), done.stderr
+    assert not (tmp_path / "rank").exists()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from dlrm_model import DLRM
 from mlet.cli.configs import data_config
 from mlet.core.config import DataConfig, ModelConfig
-from mlet.core.errors import UserError, check_output_folder, require_at_least
+from mlet.core.errors import UserError, check_output_folder, require_at_least, run_reporting_errors
 from mlet.core.pipeline import prefetch
 from mlet.core.signals import exit_status
 from mlet.data.flags import recorded_dataset_config
@@ -308,7 +308,7 @@ def checked_edges(args: argparse.Namespace) -> list[int] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    """Entry point; bad input ends with one line on stderr and exit code 2, Ctrl-C with 130, SIGTERM with 143."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="directory for rank.md, rank.json and rank.png")
@@ -318,25 +318,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-frequency", action="store_true", help="only the spectra (no data needed)")
     p.add_argument("--top-tables", type=int, default=6, help="tables shown one by one in rank.md")
     args = p.parse_args(argv)
-    try:
-        edges = checked_edges(args)
-        frequency = FrequencyData()
-        results = [
-            analyze(path, edges, frequency)
-            for path in tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)
-        ]
-        results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
-        warn_diverged(results)
-        args.out.mkdir(parents=True, exist_ok=True)
-        text = markdown(results, args.top_tables)
-        (args.out / "rank.md").write_text(text)
-        (args.out / "rank.json").write_text(json.dumps(results, indent=1) + "\n")
-        plot(results, args.out / "rank.png")
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(PROG, lambda: analyze_checkpoints(args))
+
+
+def analyze_checkpoints(args: argparse.Namespace) -> None:
+    """Analyze the parsed command line's checkpoints, write rank.md, rank.json and rank.png, print the table."""
+    edges = checked_edges(args)
+    frequency = FrequencyData()
+    checkpoints = tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)
+    results = [analyze(path, edges, frequency) for path in checkpoints]
+    results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
+    warn_diverged(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, args.top_tables)
+    (args.out / "rank.md").write_text(text)
+    (args.out / "rank.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.out / "rank.png")
     print(text)
-    return 0
 
 
 def cli() -> None:

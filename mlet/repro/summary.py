@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from mlet.core.errors import UserError, check_output_folder
+from mlet.core.errors import UserError, check_output_folder, run_reporting_errors
 from mlet.core.signals import exit_status
 from mlet.repro import pareto
 from mlet.repro.experiments import (
@@ -551,7 +551,7 @@ def check_results_files(paths: Sequence[Path], out: Path | None, paper_lr: Seque
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit code 2."""
+    """Entry point; bad input ends with one line on stderr and exit code 2, Ctrl-C with 130, SIGTERM with 143."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="a sweep directory, or results JSON files")
     p.add_argument(
@@ -570,25 +570,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
-    try:
-        if len(args.paths) == 1 and args.paths[0].is_dir():
-            run_dir = args.paths[0]
-            print(
-                summarize_sweep(
-                    run_dir,
-                    args.out or run_dir,
-                    paper_lrs_of(run_dir, args.paper_lr),
-                    plots=not args.no_plots,
-                    asked={item.partition("=")[0] for item in args.paper_lr},
-                )
+    return run_reporting_errors(PROG, lambda: summarize(args))
+
+
+def summarize(args: argparse.Namespace) -> None:
+    """Print (and for a sweep directory, write) the summary the parsed command line asks for."""
+    if len(args.paths) == 1 and args.paths[0].is_dir():
+        run_dir = args.paths[0]
+        print(
+            summarize_sweep(
+                run_dir,
+                args.out or run_dir,
+                paper_lrs_of(run_dir, args.paper_lr),
+                plots=not args.no_plots,
+                asked={item.partition("=")[0] for item in args.paper_lr},
             )
-        else:
-            check_results_files(args.paths, args.out, args.paper_lr)
-            print(run_table(load_results(args.paths)))
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        )
+    else:
+        check_results_files(args.paths, args.out, args.paper_lr)
+        print(run_table(load_results(args.paths)))
 
 
 def cli() -> None:
