@@ -35,7 +35,7 @@ class Span:
     @property
     def collective(self) -> bool:
         """Whether it is a communication kernel (NCCL's)."""
-        return self.name.startswith("nccl") or "nccl" in self.name.lower()
+        return "nccl" in self.name.lower()
 
 
 def gpu_spans(path: Path) -> list[Span]:

@@ -205,9 +205,10 @@ class GraphedTrainStep(TrainStep):
     ) -> None:
         super().__init__(model, loss_fn, optimizer, bf16)
         self.compiled = compiled_parts(model, compile)
-        # the loss forward and backward: some fifteen one-microsecond kernels eager, a few fused
-        self.compiled_loss = compiled(loss_fn, compile) if compile != "none" else None
+        self.compiled_loss: LossFn | None = None
         if compile != "none":
+            # the loss forward and backward: some fifteen one-microsecond kernels eager, a few fused
+            self.compiled_loss = compiled(loss_fn, compile)
             optimizer.compile_dense_update(compile)
         self.warmup = warmup
         self.shape: object = None
