@@ -8,6 +8,7 @@ from helpers import random_inputs, small_config, train_random_steps
 
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
+from mlet.model import lookup
 from mlet.training.optimizers import build_optimizer
 from mlet_layers import EmbeddingTables, parse_projection_init
 
@@ -149,3 +150,16 @@ def test_batch_with_wrong_table_count_is_reported() -> None:
     tables = EmbeddingTables([5, 5], 4)
     with pytest.raises(ValueError, match="3 sparse features, the model 2 tables"):
         tables(SparseFeatures.from_ids(torch.zeros(4, 3, dtype=torch.int64)))
+
+
+def test_one_hot_row_shift_of_a_batch_size_outlives_batches_of_other_sizes() -> None:
+    """A CUDA graph captured on one batch size reads that size's row shift at every replay: a batch of another
+    size (an epoch's last batch, a test batch) must not free it (it did, and a GPU run's second epoch looked
+    rows up at freed memory: an illegal memory access, or silently wrong rows)."""
+    row_offsets = torch.tensor([0, 5, 12, 20])
+    cache: dict[tuple, torch.Tensor] = {}
+    captured = lookup.one_hot_shift(row_offsets, 4, cache)
+    for other in (3, 16, 4, 7):
+        lookup.one_hot_shift(row_offsets, other, cache)
+    assert lookup.one_hot_shift(row_offsets, 4, cache) is captured
+    assert captured.tolist() == [0] * 4 + [5] * 4 + [12] * 4

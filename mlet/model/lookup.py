@@ -19,10 +19,16 @@ def global_rows(features: SparseFeatures, row_offsets: Tensor, shift_cache: dict
 
 
 def one_hot_shift(row_offsets: Tensor, batch_size: int, cache: dict[tuple, Tensor]) -> Tensor:
-    """Row offset of each position of a one-hot batch (cached per batch size)."""
+    """Row offset of each position of a one-hot batch (cached per batch size).
+
+    Every size's shift stays cached for the life of ``cache``: a CUDA graph captured on one batch size
+    reads its shift's memory at every replay, so dropping it when a batch of another size comes (an
+    epoch's last, smaller batch; a test batch) would free memory the graph still reads; the next replays
+    then looked rows up at whatever was written there (a run on the GPU ended with an illegal memory
+    access in its second epoch). A source has few batch sizes, so the cache stays small.
+    """
     key = (batch_size, row_offsets.device)
     if key not in cache:
-        cache.clear()
         cache[key] = row_offsets[:-1].repeat_interleave(batch_size)
     return cache[key]
 
