@@ -554,3 +554,18 @@ def test_a_run_dir_of_another_device_is_refused_in_the_devices_terms(tmp_path, c
         f"full_scale.py: error: --run-dir {run_dir}: its runs were trained otherwise: --device cuda:0 where it had "
         "--device cpu; finished runs would be taken for this sweep's: give another --run-dir (or the same flags)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "current", "made"), [("cuda", 1, "cuda:1"), ("cuda:0", 1, "cuda:0"), ("cpu", 1, "cpu")]
+)
+def test_the_default_device_becomes_the_current_cuda_device(monkeypatch, given, current, made):
+    """``--device cuda`` (the default) failed at once on a GPU machine: torch's set_device refuses a device
+    without an index (checked here by torch's own index check, as set_device makes it)."""
+    from torch.cuda._utils import _get_device_index
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(_get_device_index(device)))
+    assert full_scale_pool.use_device(torch.device(given)) == torch.device(made)
+    assert chosen == ([torch.device(made).index] if made != "cpu" else [])

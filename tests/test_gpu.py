@@ -121,17 +121,27 @@ def test_gpu_reduced_tables_train_like_cpu(reduction: str, hidden: int, graph: b
     assert_close_runs(cpu, gpu)
 
 
+TABLE_KINDS = {
+    "plain": ["--mlet-hidden=0"],
+    "mlet": ["--mlet-hidden=16"],
+    "mlet-qr": REDUCTIONS["qr"],
+    "mlet-md": REDUCTIONS["md"],
+    "mlet-multi-hot": ["--data-generation=random", "--num-indices-per-lookup=4"],  # 1..4 ids a bag
+}
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("placement", ["on", "off"])
-@pytest.mark.parametrize("hidden", [0, 16])
-def test_graphed_runs_with_batches_of_other_sizes_train_like_cpu(placement: str, hidden: int, tmp_path) -> None:
+@pytest.mark.parametrize("tables", sorted(TABLE_KINDS))
+def test_graphed_runs_with_batches_of_other_sizes_train_like_cpu(placement: str, tables: str, tmp_path) -> None:
     """The command line with batches of other sizes between the graph's replays: each epoch's smaller last
     batch (300 samples in batches of 32) and the tests (128 samples in batches of 48, every 5 steps); two
-    epochs, data on the device or streamed from the host (the case of
+    epochs, data on the device or streamed from the host, every kind of table (the case of
     :func:`test_graph_replays_after_batches_of_other_sizes_train_like_eager_steps`, as a user runs it)."""
-    flags = override_flags(
-        FLAGS, f"--mlet-hidden={hidden}", "--num-batches=0", "--data-size=300", "--test-mini-batch-size=48"
-    )
+    sizes = ["--num-batches=0", "--data-size=300", "--test-mini-batch-size=48"]
+    # SGD: Adagrad magnifies the GPU's unordered row updates (see OUTLIER_SHARE); on an H200 it left 1-2 of
+    # the mixed-dimension tables' 800 elements beyond the tolerance, in this test's 12-sample last batches
+    flags = override_flags(FLAGS, *sizes, "--optimizer=sgd", *TABLE_KINDS[tables])
     cpu = train(flags, tmp_path, "cpu")
     gpu = train([*flags, "--use-gpu", "--cuda-graph=true", f"--data-on-device={placement}"], tmp_path, "gpu")
     assert gpu[1]["iterations"] == 20

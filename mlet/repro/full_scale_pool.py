@@ -225,8 +225,10 @@ def timed_run(spec: RunSpec, piece: Piece) -> Ended:
 
 def use_device(device: torch.device) -> torch.device:
     """Make ``device`` this process's current CUDA device (Triton kernels launch on the current one, whatever
-    their tensors' device); returns it."""
+    their tensors' device); returns it, with its index (``cuda``, the default ``--device``, is the current
+    device: torch's ``set_device`` refuses a device without an index)."""
     if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
     return device
 
