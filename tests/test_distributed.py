@@ -465,9 +465,22 @@ def no_build_on_rank_one(rank: int) -> None:
         cache.build = refused
 
 
-def test_data_set_is_preprocessed_by_one_rank_and_reused_by_the_others(tmp_path) -> None:
+@pytest.mark.parametrize("before", ["none", "other settings"])
+def test_data_set_is_preprocessed_by_one_rank_and_reused_by_the_others(before: str, tmp_path) -> None:
+    """Rank 0 builds (or rebuilds) the processed data, the other reuses them: the ranks read one cache together,
+    neither keeps the other out (each holds it shared for the run)."""
     raw, processed = tmp_path / "train.txt", tmp_path / "processed"
     RawGenerator("kaggle", 3000, seed=3, scale=0.001).write(raw)
+    if before == "other settings":  # made by an earlier run, which has ended
+        other = ["preprocess", "--data-set=kaggle", "--data-split=random-811", f"--raw-data-file={raw}"]
+        made = subprocess.run(
+            [sys.executable, "data_utils.py", *other, f"--processed-data-file={processed}", "--progress=false"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert made.returncode == 0, made.stderr
     ranks = run_ranks(2, kaggle_flags(raw, processed), tmp_path, fault=no_build_on_rank_one)
     assert [o.code for o in ranks] == [0, 0], ranks[0].stderr + ranks[1].stderr
     assert ranks[0].stdout.count(f"preprocessing {raw} into {processed}") == 1

@@ -1,4 +1,5 @@
-"""Files written whole or not at all; a file that one run alone may write, or that runs make one at a time."""
+"""Files written whole or not at all; a file that one run alone may write, or that runs make one at a time; a file
+that runs read together and one alone may replace."""
 
 from __future__ import annotations
 
@@ -123,10 +124,92 @@ def _lock(handle: IO[str], busy: Callable[[str], object], wait: bool) -> bool:
     return True
 
 
-def _same_file(handle: IO[str], path: Path) -> bool:
+def _same_file(handle: IO[str] | IO[bytes], path: Path) -> bool:
     """Whether ``path`` still names the open file ``handle`` (a lock's holder removes it as it leaves)."""
     try:
         named, held = os.stat(path), os.fstat(handle.fileno())
     except OSError:
         return False
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def hold_shared(path: Path, busy: Callable[[], object]) -> IO[bytes] | None:
+    """``path`` opened and share-locked (``flock``), for as long as the handle stays open: other processes may hold
+    it shared too, none exclusively (see :func:`try_exclusive`). Where a process holds it exclusively, ``busy()`` is
+    called, then this one waits; when the file was replaced meanwhile (its holder renamed a new one into place), the
+    new one is locked. ``None`` where ``path`` is missing or cannot be locked. The kernel drops the lock when the
+    process ends, however it ends (``kill -9`` too)."""
+    while True:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (held open, and locked, by the caller)
+        except OSError:
+            return None
+        try:
+            locked = _lock_shared(handle, busy)
+        except BaseException:
+            handle.close()
+            raise
+        if locked and _same_file(handle, path):
+            return handle
+        handle.close()
+        if not locked:
+            return None
+
+
+def _lock_shared(handle: IO[bytes], busy: Callable[[], object]) -> bool:
+    """Share-lock ``handle``, after ``busy()`` and waiting where another process holds it exclusively."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        busy()
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+    except OSError:
+        return False
+    return True
+
+
+def try_exclusive(handle: IO[bytes], shared: bool) -> bool:
+    """Lock ``handle`` exclusively without waiting (this process holds it ``shared`` already, or not at all):
+    whether no other process holds it. On failure a shared lock is taken back, since a failed conversion drops the
+    one held (``flock(2)``: a conversion is not atomic). Where locks cannot be taken, True."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if shared:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # none holds it exclusively: we hold what lets one in
+        return False
+    except OSError:
+        return True
+
+
+def lock_holders(path: Path) -> list[str]:
+    """The other processes of this host that hold an ``flock`` on ``path`` (from ``/proc/locks``), each as
+    ``pid N on HOST: COMMAND`` (the command cut at 100 characters); empty where none is seen (a process on another
+    host of a shared file system, or no ``/proc``)."""
+    try:
+        inode = os.stat(path).st_ino
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    pids = []
+    for line in table.splitlines():
+        fields = line.split()  # "1: FLOCK ADVISORY READ PID MAJ:MIN:INODE 0 EOF"; "1: -> FLOCK ..." for a waiter
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            pids.append(int(fields[4]))  # the inode alone: in a container the device may be the overlay's
+    host = socket.gethostname()
+    return [f"pid {pid} on {host}: {_command(pid)}" for pid in dict.fromkeys(pids) if pid != os.getpid()]
+
+
+def _command(pid: int) -> str:
+    """Process ``pid``'s command line on one line, cut at 100 characters (``?`` where it cannot be read)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
+    except OSError:
+        return "?"
+    text = " ".join(words) or "?"  # on one line: the code of a `python -c` has several
+    return text if len(text) <= 100 else text[:97] + "..."

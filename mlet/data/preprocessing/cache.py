@@ -16,6 +16,8 @@ file (:mod:`raw_data`) in bounded memory:
 
 Everything is written to a temporary sibling directory that is renamed into
 place at the end: a killed run leaves nothing that a later run would trust.
+Runs take turns to check and build (the build lock); a cache that another run
+reads is not rebuilt (:mod:`readers`).
 
 The processed directory holds, per split ``S`` in train/test/val, ``S.dense.npy``
 (N x D float32, log(1 + max(x, 0)) of the counts, empty = 0), ``S.cat.npy``
@@ -41,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from tqdm import tqdm
@@ -49,7 +52,7 @@ from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.files import one_at_a_time
 from mlet.core.signals import signals_held
-from mlet.data.preprocessing import days
+from mlet.data.preprocessing import days, readers
 from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
 from mlet.data.preprocessing.passes import (
     SPLITS,
@@ -442,7 +445,7 @@ def prepare(
         )
     settings = cache_settings(data_set, split, split_seed, sub_sample_rate)
     if not raw:
-        return processed_only(directory, settings)
+        return processed_only(directory, settings, log)
     layout = days.day_layout(raw) if data_set == "terabyte" else detect_layout(raw, data_set)
     source = source_info(Path(raw), data_set)
     with one_at_a_time(
@@ -457,11 +460,24 @@ def prepare(
             )
             made = f"made {meta.get('created')} from {meta['source']['path']}{skipped}"
             log(f"using processed data in {directory} ({made})")
+            readers.start_reading(directory)  # no rebuild can be under way: this run holds the build lock
             return Processed(directory, meta)
         check_target(directory, meta)
-        log(f"preprocessing {raw} into {directory}: {reason}")
-        built = build(Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check)
+        with readers.replacing(directory, lambda holders: refuse_replacing(directory, str(reason), holders)):
+            log(f"preprocessing {raw} into {directory}: {reason}")
+            built = build(
+                Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check
+            )
     return Processed(directory, built)
+
+
+def refuse_replacing(directory: Path, reason: str, holders: list[str]) -> NoReturn:
+    """The one-line refusal to rebuild the cache in ``directory`` (for ``reason``) that other runs read."""
+    who = "; ".join(holders) if holders else "a process on another host"
+    raise UserError(
+        f"--processed-data-file {directory}: another run is reading it ({who}); this run would rebuild it, since "
+        f"{reason}; give this run another --processed-data-file, or wait for that run to end"
+    )
 
 
 def waiting(log: Log, line: str) -> None:
@@ -471,9 +487,23 @@ def waiting(log: Log, line: str) -> None:
         stream.flush()
 
 
-def processed_only(directory: Path, settings: dict) -> Processed:
+def processed_only(directory: Path, settings: dict, log: Log) -> Processed:
     """The processed data in ``directory`` without a raw file to make them from: a :class:`UserError` unless they
-    are complete and made with ``settings``."""
+    are complete and made with ``settings``. This run reads them from then on, which no rebuild may replace; a
+    rebuild under way is waited for."""
+    was_reading = readers.is_reading(directory)
+    readers.start_reading(directory, lambda: waiting(log, f"waiting for another run's build of {directory}"))
+    try:
+        return check_processed(directory, settings)
+    except UserError:
+        if not was_reading:
+            readers.stop_reading(directory)
+        raise
+
+
+def check_processed(directory: Path, settings: dict) -> Processed:
+    """The processed data in ``directory``, which must be complete and made with ``settings`` (see
+    :func:`processed_only`)."""
     meta = read_meta(directory)
     if meta is None:
         raise UserError(f"--processed-data-file: {directory} holds no processed data; give --raw-data-file to make it")

@@ -1,0 +1,116 @@
+"""A processed cache that a run reads is not replaced under it: a run that would rebuild it (other settings) is
+refused with one line naming the reader; runs with the same settings, and the processes of one torchrun run,
+read it together."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, wait_for
+
+from mlet.core.errors import UserError
+from mlet.data.preprocessing import cache, readers
+from mlet.data.preprocessing.raw_generate import RawGenerator
+
+READER = """
+import sys, time
+from pathlib import Path
+from mlet.data.preprocessing import cache
+raw, target, reading, split = sys.argv[1:5]
+data = cache.prepare(raw or None, target, "kaggle", split, progress=False, log=print)
+dense, ids, labels = data.split("train")
+Path(reading).touch()
+time.sleep(300)  # training: batches are read from the memory maps as it goes
+"""
+
+
+def quiet(line: str) -> None:
+    """A log that prints nothing."""
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+    """A small raw Kaggle-format file."""
+    path = tmp_path / "raw.txt"
+    RawGenerator("kaggle", 600, seed=3).write(path)
+    return path
+
+
+def start_reader(raw: Path | None, target: Path, split: str, tmp: Path) -> subprocess.Popen:
+    """Another run that uses the cache in ``target`` (made from ``raw`` with ``split``) and goes on reading it."""
+    reading = tmp / f"reading-{split}-{len(list(tmp.iterdir()))}"
+    command = [sys.executable, "-c", READER, str(raw or ""), str(target), str(reading), split]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: reading.exists() or reader.poll() is not None, "the reading run")
+    assert reader.poll() is None, reader.stdout.read() if reader.stdout else ""
+    return reader
+
+
+def stop(reader: subprocess.Popen) -> None:
+    """End the reading run as ``kill -9`` does (its lock goes with it)."""
+    reader.send_signal(signal.SIGKILL)
+    reader.wait(60)
+
+
+def test_a_run_that_would_rebuild_a_cache_another_run_reads_is_refused(raw, tmp_path) -> None:
+    target = tmp_path / "processed"
+    reader = start_reader(raw, target, "dlrm", tmp_path)
+    try:
+        made = (target / "train.cat.npy").stat().st_ino
+        with pytest.raises(UserError) as refused:
+            cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=quiet)
+        assert re.fullmatch(
+            f"--processed-data-file {target}: another run is reading it \\(pid {reader.pid} on "
+            f"{re.escape(socket.gethostname())}: {re.escape(sys.executable)} -c .*\\); this run would rebuild it, "
+            "since it was made with other settings \\(data_split dlrm -> random-811, split_seed None -> 0\\); give "
+            "this run another --processed-data-file, or wait for that run to end",
+            str(refused.value),
+        ), str(refused.value)
+        assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
+        assert (target / "train.cat.npy").stat().st_ino == made  # the reader's files are the cache's still
+        # the reader's other processes (a torchrun run's later turns) find the data it reads, with or without raw
+        assert cache.prepare(None, str(target), "kaggle", "dlrm").meta["settings"]["data_split"] == "dlrm"
+        assert (
+            cache.prepare(str(raw), str(target), "kaggle", "dlrm", log=quiet).meta["settings"]["data_split"] == "dlrm"
+        )
+    finally:
+        stop(reader)
+    # once it has ended (kill -9), the cache is rebuilt: this process read it too, and may replace what it reads
+    assert readers.is_reading(target)
+    rebuilt = cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=quiet)
+    assert rebuilt.meta["settings"]["data_split"] == "random-811" and readers.is_reading(target)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("reading")) == ["processed", "raw.txt"]
+
+
+def test_runs_that_read_a_cache_with_the_same_settings_read_it_together(raw, tmp_path) -> None:
+    target = tmp_path / "processed"
+    first = start_reader(raw, target, "dlrm", tmp_path)
+    second = None
+    try:
+        second = start_reader(raw, target, "dlrm", tmp_path)  # would hang, or fail, were it kept out
+        third = start_reader(None, target, "dlrm", tmp_path)
+        stop(third)
+    finally:
+        for reader in (first, second):
+            if reader is not None:
+                stop(reader)
+    assert not readers.is_reading(target)
+
+
+def test_a_run_given_only_the_cache_that_refuses_it_does_not_keep_reading_it(raw, tmp_path) -> None:
+    target = tmp_path / "processed"
+    cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)
+    readers.stop_reading(target)
+    with pytest.raises(UserError, match="was made with"):
+        cache.prepare(None, str(target), "kaggle", "random-811")
+    assert not readers.is_reading(target)
+    reader = start_reader(raw, target, "random-811", tmp_path)  # a rebuild elsewhere is not refused for it
+    stop(reader)
