@@ -13,7 +13,6 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -21,6 +20,7 @@ import torch.distributed as dist
 
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_local_rank, launched_rank, launched_world_size
+from mlet.parallel import joining
 
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 1800
@@ -91,13 +91,14 @@ def start(timeout_s: int) -> None:
     The default group is gloo, on the CPU: it carries errors, metrics and
     checkpoints, and exists before the flags are checked, so that a check
     failing on one process alone reaches them all (:func:`agree`). Training
-    traffic on GPUs gets a NCCL group of its own (:func:`session`).
+    traffic on GPUs gets a NCCL group of its own (:func:`session`). A process
+    whose peers do not come says so (:mod:`joining`).
     """
     refuse_mpi_launch()
     if launched_world_size() <= 1 or dist.is_initialized():
         return
     try:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=max(1, timeout_s)))
+        joining.join(max(1, timeout_s))
     except (RuntimeError, ValueError) as error:
         raise UserError(f"torch.distributed: could not join the other processes: {first_line(error)}") from None
 

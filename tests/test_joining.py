@@ -1,0 +1,90 @@
+"""A process started with torchrun's environment whose peers do not come: one line after a short wait saying what
+it waits for, then at --dist-timeout one line naming the flag (exit status 2), no torch messages; a peer that
+comes late is joined as before."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, TINY, wait_for
+
+from mlet.parallel.joining import duration
+
+TIMEOUT_S = 6
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_rank(rank: int, port: int, out: Path, timeout_s: int = TIMEOUT_S) -> subprocess.Popen:
+    """``dlrm_mlet.py`` as one of 2 processes, started by hand with torchrun's environment; its output to ``out``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    command = [sys.executable, "dlrm_mlet.py", *TINY, "--num-batches=2", f"--dist-timeout={timeout_s}"]
+    with open(out, "w") as handle:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def expected_lines(rank: int, state: str) -> list[str]:
+    """What a process of 2 whose peer never comes prints: the waiting line, then the timeout."""
+    return [
+        f"rank {rank}: waiting for the other processes of the group: {state}; --dist-timeout {TIMEOUT_S} s",
+        f"dlrm_mlet.py: error: rank {rank}: torch.distributed: the other processes did not all join within "
+        f"--dist-timeout ({TIMEOUT_S} s): {state}; start each of the 2 (RANK 0..1, this MASTER_ADDR and "
+        "MASTER_PORT), or give a longer --dist-timeout",
+    ]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_process_whose_peer_never_comes_says_what_it_waits_for_then_stops_at_the_timeout(rank, tmp_path) -> None:
+    """Rank 0 alone hosts the store and counts 1 of 2; rank 1 alone finds nothing at the address."""
+    port, out = free_port(), tmp_path / "out.txt"
+    alone = start_rank(rank, port, out)
+    code = alone.wait(120)
+    state = (
+        f"1 of 2 joined at 127.0.0.1:{port}"
+        if rank == 0
+        else f"nothing answers at 127.0.0.1:{port} yet (rank 0 hosts the group's store there)"
+    )
+    assert (code, out.read_text().splitlines()) == (2, expected_lines(rank, state))
+
+
+def test_a_peer_that_comes_after_the_waiting_line_is_joined(tmp_path) -> None:
+    port, outs = free_port(), [tmp_path / "rank0.txt", tmp_path / "rank1.txt"]
+    first = start_rank(0, port, outs[0], timeout_s=60)
+    second = None
+    try:
+        waits = f"rank 0: waiting for the other processes of the group: 1 of 2 joined at 127.0.0.1:{port}"
+        wait_for(lambda: waits in outs[0].read_text() or first.poll() is not None, "rank 0's waiting line")
+        second = start_rank(1, port, outs[1], timeout_s=60)
+        codes = [first.wait(120), second.wait(120)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    said = [out.read_text() for out in outs]
+    assert codes == [0, 0], said
+    assert said[0].count("waiting for the other processes") == 1 and "Testing at" in said[0]
+    assert said[1] == ""  # it found rank 0 waiting: nothing to say
+
+
+def test_durations_read_as_minutes_when_whole() -> None:
+    assert [duration(s) for s in (1800, 90, 6, 60)] == ["30 min", "90 s", "6 s", "1 min"]
