@@ -8,11 +8,12 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,17 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout} s for {what}")
         time.sleep(0.1)
+
+
+def kill_running(processes: Sequence[subprocess.Popen | None]) -> None:
+    """Kill those of ``processes`` that were started and still run (a test that failed half-way)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, InterruptedFile, random_inputs, small_config
+from helpers import ROOT, InterruptedFile, free_port, random_inputs, small_config
 
 import checkpoint
 import dlrm_mlet
@@ -68,13 +68,6 @@ RANKS.set_forkserver_preload(
 
 
 # -- running ranks -------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault: Fault | None) -> None:
     """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
     os.environ.update(

@@ -5,24 +5,16 @@ comes late is joined as before."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, wait_for
+from helpers import ROOT, TINY, free_port, kill_running, wait_for
 
 from mlet.parallel.joining import duration
 
 TIMEOUT_S = 6
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_rank(rank: int, port: int, out: Path, timeout_s: int = TIMEOUT_S) -> subprocess.Popen:
@@ -77,9 +69,7 @@ def test_a_peer_that_comes_after_the_waiting_line_is_joined(tmp_path) -> None:
         second = start_rank(1, port, outs[1], timeout_s=60)
         codes = [first.wait(120), second.wait(120)]
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
+        kill_running([first, second])
     said = [out.read_text() for out in outs]
     assert codes == [0, 0], said
     assert said[0].count("waiting for the other processes") == 1 and "Testing at" in said[0]

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, run_snippet, wait_for
+from helpers import ROOT, TINY, kill_running, run_snippet, wait_for
 
 import dlrm_mlet
 from mlet.core.errors import UserError
@@ -183,9 +183,7 @@ def test_a_second_run_building_the_same_cache_waits_for_the_first_and_uses_its_b
         go.touch()
         codes = [first.wait(timeout=120), second.wait(timeout=120)]
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
+        kill_running([first, second])
     said = [path.read_text() for path in outputs]
     assert codes == [0, 0], said
     assert f"preprocessing {raw} into {target}" in said[0] and waits not in said[0]

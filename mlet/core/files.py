@@ -107,18 +107,30 @@ def _locked(lock: Path, busy: Callable[[str], object], wait: bool) -> IO[str] | 
 def _lock(handle: IO[str], busy: Callable[[str], object], wait: bool) -> bool:
     """Lock the open lock file ``handle`` (after ``busy(holder)`` and waiting, with ``wait``, where another process
     holds it); whether it is locked now (not where locks cannot be taken, or without ``wait``)."""
+    return _flock(handle, fcntl.LOCK_EX, lambda: busy(_holder(handle)), wait)
+
+
+def _holder(handle: IO[str]) -> str:
+    """Who holds the lock file ``handle``, as its holder wrote it."""
+    handle.seek(0)
+    return handle.read().strip() or "a process"
+
+
+def _flock(handle: IO[str] | IO[bytes], mode: int, busy: Callable[[], object], wait: bool) -> bool:
+    """``flock`` ``handle`` in ``mode`` (``LOCK_EX`` or ``LOCK_SH``), after ``busy()`` and, with ``wait``, waiting
+    where another process holds a lock that keeps it out; whether it is locked now (not where locks cannot be
+    taken)."""
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
-        handle.seek(0)
-        busy(handle.read().strip() or "a process")
+        busy()
         if not wait:
             return False
     except OSError:
         return False
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(handle.fileno(), mode)
     except OSError:
         return False
     return True
@@ -145,7 +157,7 @@ def hold_shared(path: Path, busy: Callable[[], object]) -> IO[bytes] | None:
         except OSError:
             return None
         try:
-            locked = _lock_shared(handle, busy)
+            locked = _flock(handle, fcntl.LOCK_SH, busy, wait=True)
         except BaseException:
             handle.close()
             raise
@@ -154,22 +166,6 @@ def hold_shared(path: Path, busy: Callable[[], object]) -> IO[bytes] | None:
         handle.close()
         if not locked:
             return None
-
-
-def _lock_shared(handle: IO[bytes], busy: Callable[[], object]) -> bool:
-    """Share-lock ``handle``, after ``busy()`` and waiting where another process holds it exclusively."""
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        busy()
-    except OSError:
-        return False
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
-    except OSError:
-        return False
-    return True
 
 
 def try_exclusive(handle: IO[bytes], shared: bool) -> bool:
