@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, wait_for
+from helpers import ROOT, kill_running, wait_for
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache, readers
@@ -28,6 +28,24 @@ data = cache.prepare(raw or None, target, "kaggle", split, progress=False, log=p
 dense, ids, labels = data.split("train")
 Path(reading).touch()
 time.sleep(300)  # training: batches are read from the memory maps as it goes
+"""
+
+
+BUILDER = """
+import sys, time
+from pathlib import Path
+from mlet.data.preprocessing import cache
+raw, target, building, go = sys.argv[1:5]
+renumber_pass = cache.renumber_pass
+def held(*args, **kwargs):  # the build goes on once the other run says that it waits for it
+    Path(building).touch()
+    deadline = time.monotonic() + 120
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return renumber_pass(*args, **kwargs)
+cache.renumber_pass = held
+cache.prepare(raw, target, "kaggle", "dlrm", progress=False, log=print)
+time.sleep(300)  # then trains from it
 """
 
 
@@ -114,3 +132,29 @@ def test_a_run_given_only_the_cache_that_refuses_it_does_not_keep_reading_it(raw
     assert not readers.is_reading(target)
     reader = start_reader(raw, target, "random-811", tmp_path)  # a rebuild elsewhere is not refused for it
     stop(reader)
+
+
+def test_a_run_that_would_rebuild_a_cache_another_run_builds_waits_for_the_build_then_is_refused(raw, tmp_path) -> None:
+    target, building, go = tmp_path / "processed", tmp_path / "building", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", BUILDER, str(raw), str(target), str(building), str(go)]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second, out = None, tmp_path / "second.txt"
+    try:
+        wait_for(lambda: building.exists() or first.poll() is not None, "the first run's build")
+        argv = ["preprocess", "--data-set=kaggle", "--data-split=random-811", f"--raw-data-file={raw}",
+                f"--processed-data-file={target}", "--progress=false"]  # fmt: skip
+        with open(out, "w") as handle:
+            second = subprocess.Popen(
+                [sys.executable, "data_utils.py", *argv], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
+        wait_for(lambda: "waiting for another run's build" in out.read_text() or second.poll() is not None, "the wait")
+        go.touch()
+        code = second.wait(120)
+    finally:
+        kill_running([first, second])
+    said = out.read_text().splitlines()
+    assert code == 2 and said[0].startswith(f"waiting for another run's build of {target} (pid {first.pid} on")
+    assert said[1].startswith(f"data_utils.py: error: --processed-data-file {target}: another run is reading it (pid "
+                              f"{first.pid} on ")  # fmt: skip
+    assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
