@@ -95,11 +95,14 @@ def test_sigterm_while_a_command_writes_ends_it_with_one_line_and_no_temporary(
 
 
 TERMINATED_SWEEP = """
-import os, signal, sys
+import os, signal, sys, time
 from mlet.repro import sweep
 def run(spec, argv, log):  # a run in flight as the sweep gets SIGTERM (kill, a batch system); it ends as runs do
     log.write_text("a run\\n")
     os.kill(os.getpid(), signal.SIGTERM)
+    # a run takes a moment to end on SIGTERM; returning at once raced the signal's delivery to the main thread,
+    # and the worker took the next run before the sweep had seen the signal (the test failed now and then)
+    time.sleep(0.5)
     return 143
 sweep.subprocess_runner = lambda threads: run
 sweep.cli()
