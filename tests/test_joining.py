@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, free_port, kill_running, wait_for
 
-from mlet.parallel.joining import duration
+from mlet.core.errors import UserError
+from mlet.parallel.joining import Rendezvous, duration
 
 TIMEOUT_S = 6
 
@@ -78,3 +79,35 @@ def test_a_peer_that_comes_after_the_waiting_line_is_joined(tmp_path) -> None:
 
 def test_durations_read_as_minutes_when_whole() -> None:
     assert [duration(s) for s in (1800, 90, 6, 60)] == ["30 min", "90 s", "6 s", "1 min"]
+
+
+TORCHRUN_ENV = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def test_each_torchrun_attempt_counts_and_groups_under_its_own_keys(monkeypatch) -> None:
+    """torchrun's agent keeps its store across restarts: a restart's count and gloo group must not read what the
+    previous attempt's processes left there (its addresses: 'Gloo connectFullMesh failed ... Connection refused')."""
+    for name, value in {**TORCHRUN_ENV, "TORCHELASTIC_RESTART_COUNT": "3"}.items():
+        monkeypatch.setenv(name, value)
+    place = Rendezvous.from_environment(60)
+    assert (place.key, place.group_prefix) == ("dlrm_mlet/joined/3", "default_pg/3")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert (place.key, place.group_prefix) == ("dlrm_mlet/joined/0", "default_pg/0")
+
+
+def test_the_waiting_line_names_who_hosts_the_store(monkeypatch) -> None:
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    assert Rendezvous.from_environment(60).host == "rank 0"
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    assert Rendezvous.from_environment(60).host == "torchrun's agent"
+
+
+def test_a_process_with_world_size_but_no_rank_is_one_line(monkeypatch) -> None:
+    """Read as rank 0 it would clash with the real rank 0 over the store's port."""
+    for name, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RANK")
+    with pytest.raises(UserError, match=r"^RANK: not set, though WORLD_SIZE is"):
+        Rendezvous.from_environment(60)

@@ -47,6 +47,10 @@ class Rendezvous:
     def from_environment(cls, timeout_s: int) -> Rendezvous:
         """torchrun's ``MASTER_ADDR`` and ``MASTER_PORT`` (a :class:`UserError` naming one that is missing or bad)."""
         address, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+        if "RANK" not in os.environ:  # read as rank 0, it would clash with the real one over the store's port
+            raise UserError(
+                "RANK: not set, though WORLD_SIZE is; torchrun sets both (with MASTER_ADDR and MASTER_PORT)"
+            )
         if not address:
             raise UserError("MASTER_ADDR: not set; torchrun sets it (with RANK and WORLD_SIZE), or set it yourself")
         if not (port.isdigit() and 0 < int(port) < 2**16):
@@ -64,9 +68,26 @@ class Rendezvous:
         return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
 
     @property
+    def attempt(self) -> str:
+        """torchrun's attempt (its restart count): its agent keeps one store across restarts."""
+        return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+
+    @property
     def key(self) -> str:
-        """The store's count of the processes in (one per restart of torchrun's, whose agent keeps its store)."""
-        return f"dlrm_mlet/joined/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        """The store's count of the processes in, one per attempt."""
+        return f"dlrm_mlet/joined/{self.attempt}"
+
+    @property
+    def group_prefix(self) -> str:
+        """The default group's keys in the store, one set per attempt: a restart's gloo group must not read the
+        addresses that the previous attempt's processes left there (torchrun without --standalone, whose store
+        outlives them, failed so: 'Gloo connectFullMesh failed ... Connection refused')."""
+        return f"default_pg/{self.attempt}"
+
+    @property
+    def host(self) -> str:
+        """Who hosts the store, for the waiting line."""
+        return "torchrun's agent" if self.agent_store else "rank 0"
 
 
 class Patience:
@@ -102,7 +123,7 @@ def join(timeout_s: int) -> None:
         patience.tick(f"{joined} of {place.world_size} joined at {place.where}")
     dist.init_process_group(
         "gloo",
-        store=dist.PrefixStore("default_pg", store),  # as torch's own rendezvous does
+        store=dist.PrefixStore(place.group_prefix, store),
         rank=place.rank,
         world_size=place.world_size,
         timeout=timedelta(seconds=timeout_s),
@@ -114,7 +135,7 @@ def connect(place: Rendezvous, patience: Patience) -> dist.TCPStore:
     hosts = place.rank == 0 and not place.agent_store
     if not hosts:  # torch's client would wait silently, then log its retries and a C++ stack
         while not answers(place.address, place.port):
-            patience.tick(f"nothing answers at {place.where} yet (rank 0 hosts the group's store there)")
+            patience.tick(f"nothing answers at {place.where} yet ({place.host} hosts the group's store there)")
     return dist.TCPStore(
         place.address,
         place.port,
@@ -123,6 +144,7 @@ def connect(place: Rendezvous, patience: Patience) -> dist.TCPStore:
         timeout=timedelta(seconds=place.timeout_s),
         wait_for_workers=False,  # the count above waits for them instead
         multi_tenant=not place.agent_store,
+        use_libuv=os.environ.get("USE_LIBUV", "1") == "1",  # as torch's env:// reads it (0: a known workaround)
     )
 
 
