@@ -4,6 +4,8 @@ read it together."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import signal
@@ -106,6 +108,27 @@ def test_a_run_that_would_rebuild_a_cache_another_run_reads_is_refused(raw, tmp_
     rebuilt = cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=quiet)
     assert rebuilt.meta["settings"]["data_split"] == "random-811" and readers.is_reading(target)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("reading")) == ["processed", "raw.txt"]
+
+
+def test_a_rebuild_is_refused_where_exclusive_locks_need_a_writable_file_as_on_nfs(raw, tmp_path, monkeypatch):
+    """NFS emulates ``flock`` with POSIX locks: an exclusive one on a file open for reading only fails with EBADF,
+    which was taken as 'this file system cannot lock', and the rebuild went ahead under the reader."""
+    target = tmp_path / "processed"
+    reader = start_reader(raw, target, "dlrm", tmp_path)
+    flock = fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    try:
+        with pytest.raises(UserError, match="another run is reading it"):
+            cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=quiet)
+        assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
+    finally:
+        stop(reader)
 
 
 def test_runs_that_read_a_cache_with_the_same_settings_read_it_together(raw, tmp_path) -> None:

@@ -168,19 +168,23 @@ def hold_shared(path: Path, busy: Callable[[], object]) -> IO[bytes] | None:
             return None
 
 
-def try_exclusive(handle: IO[bytes], shared: bool) -> bool:
-    """Lock ``handle`` exclusively without waiting (this process holds it ``shared`` already, or not at all):
-    whether no other process holds it. On failure a shared lock is taken back, since a failed conversion drops the
-    one held (``flock(2)``: a conversion is not atomic). Where locks cannot be taken, True."""
+def try_exclusive(handle: IO[bytes]) -> bool:
+    """Lock ``handle`` exclusively without waiting: whether no other process holds it. Where the file system
+    cannot lock at all (ENOLCK, EOPNOTSUPP, ENOSYS), True. ``handle`` should be open for writing: NFS emulates
+    ``flock`` with POSIX locks, whose exclusive kind a read-only file refuses (EBADF), and that refusal is
+    taken as no lock either, for a file this process may not write."""
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
-        if shared:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # none holds it exclusively: we hold what lets one in
         return False
-    except OSError:
-        return True
+    except OSError as error:
+        if error.errno in UNLOCKABLE:
+            return True
+        raise
+
+
+UNLOCKABLE = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)  # no lock to take here (see try_exclusive)
 
 
 def lock_holders(path: Path) -> list[str]:

@@ -60,15 +60,14 @@ def replacing(directory: Path, refuse: Callable[[list[str]], NoReturn]) -> Itera
     the one there on leaving (if it read the old one or the replacement is done). Where another process reads it,
     ``refuse(holders)`` is called (it raises; ``holders``: see :func:`~mlet.core.files.lock_holders`). The caller
     holds the build lock, so no other process can be replacing it at the same time."""
-    key = _key(directory)
-    reading = key in _held
-    handle = _held.pop(key, None) or _open(directory / "meta.json")
-    if handle is not None and not try_exclusive(handle, shared=reading):
+    reading = is_reading(directory)
+    stop_reading(directory)  # a lock per open file: this process's own shared one would keep the exclusive one out
+    handle = _open(directory / "meta.json")
+    if handle is not None and not try_exclusive(handle):
         holders = lock_holders(directory / "meta.json")
+        handle.close()
         if reading:
-            _held[key] = handle  # share-locked again by try_exclusive
-        else:
-            handle.close()
+            start_reading(directory)  # no rebuild can come meanwhile: the caller holds the build lock
         refuse(holders)
     replaced = False
     try:
@@ -82,8 +81,13 @@ def replacing(directory: Path, refuse: Callable[[list[str]], NoReturn]) -> Itera
 
 
 def _open(path: Path) -> IO[bytes] | None:
-    """``path`` opened for locking; ``None`` where it is missing (nothing reads a cache without it)."""
-    try:
-        return open(path, "rb")
-    except OSError:
-        return None
+    """``path`` opened for an exclusive lock: for writing where this process may (NFS locks it only so), else
+    for reading; ``None`` where it is missing (nothing reads a cache without it)."""
+    for mode in ("r+b", "rb"):
+        try:
+            return open(path, mode)  # closed by the caller
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return None
