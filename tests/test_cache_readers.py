@@ -181,3 +181,11 @@ def test_a_run_that_would_rebuild_a_cache_another_run_builds_waits_for_the_build
     assert said[1].startswith(f"data_utils.py: error: --processed-data-file {target}: another run is reading it (pid "
                               f"{first.pid} on ")  # fmt: skip
     assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
+
+
+def test_the_refusal_names_one_reader_and_counts_the_others(tmp_path) -> None:
+    holders = [f"pid {pid} on host: python -m dlrm_mlet" for pid in (11, 12, 13)]
+    with pytest.raises(UserError) as refused:
+        cache.refuse_replacing(tmp_path, "it was made with other settings", holders)
+    assert "(pid 11 on host: python -m dlrm_mlet and 2 more)" in str(refused.value)
+    assert str(refused.value).count("pid ") == 1

@@ -473,7 +473,9 @@ def prepare(
 
 def refuse_replacing(directory: Path, reason: str, holders: list[str]) -> NoReturn:
     """The one-line refusal to rebuild the cache in ``directory`` (for ``reason``) that other runs read."""
-    who = "; ".join(holders) if holders else "a process on another host"
+    who = "a process on another host"
+    if holders:  # one named: a torchrun run's 8 processes would make the line 8 commands long
+        who = holders[0] + (f" and {len(holders) - 1} more" if len(holders) > 1 else "")
     raise UserError(
         f"--processed-data-file {directory}: another run is reading it ({who}); this run would rebuild it, since "
         f"{reason}; give this run another --processed-data-file, or wait for that run to end"
