@@ -446,6 +446,15 @@ time.sleep(30)
 """
 )
 
+SWALLOWED_IMPORT = """
+import os, signal, time
+try:  # as a library's import that catches everything (numpy's, under torch's): a KeyboardInterrupt would be lost
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while torch imports
+    time.sleep(30)
+except BaseException:
+    pass
+"""
+
 INTERRUPTED_RUN = (
     IMPATIENT_USER
     + """
@@ -490,6 +499,22 @@ def test_ctrl_c_while_the_modules_import_ends_as_in_the_run(command: list[str], 
     line is written and as the interpreter exits changes neither."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text(INTERRUPTED_IMPORT)
+    done = run_command_as_from_a_terminal(command, f"{tmp_path}:{ROOT}")
+    assert (done.returncode, done.stderr, done.stdout) == (130, f"{prog}: interrupted\n", "")
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
+    [(["dlrm_mlet.py", "--help"], dlrm_mlet.PROG), (["checkpoint.py", "info", "x.pt"], checkpoint.PROG)],
+)
+def test_ctrl_c_while_the_modules_import_ends_even_where_the_import_catches_it(
+    command: list[str], prog: str, tmp_path
+) -> None:
+    """A stand-in torch that catches everything its import raises, as the real one's import of numpy can: the
+    Ctrl-C still ends the command with the one line and status 130 (a KeyboardInterrupt there was lost, and the
+    command went on: --help printed, status 0)."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(SWALLOWED_IMPORT)
     done = run_command_as_from_a_terminal(command, f"{tmp_path}:{ROOT}")
     assert (done.returncode, done.stderr, done.stdout) == (130, f"{prog}: interrupted\n", "")
 

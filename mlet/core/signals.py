@@ -7,6 +7,7 @@ The standard library only: the command files import it before torch, to guard th
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -20,13 +21,24 @@ def interrupt_exits(prog: str) -> Iterator[None]:
     line on stderr and exit status 130, no traceback.
 
     For the imports at the top of a command's file (torch's take a second or more), which run before its ``main``
-    can catch anything; this module imports the standard library only, so it is loaded before them.
+    can catch anything; this module imports the standard library only, so it is loaded before them. The process
+    ends in the signal handler itself rather than by a KeyboardInterrupt: raised inside a library's import, that
+    one can be caught on the way (numpy half-imported under torch then failed with an unrelated traceback, or the
+    run went on as if no Ctrl-C had come). Nothing is written yet that an exit this abrupt would leave behind.
     """
-    try:
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # as by nohup or a shell's background job: kept so
+    with handling({} if ignored else {signal.SIGINT: lambda signum, frame: end_interrupted(prog)}):
         yield
-    except KeyboardInterrupt as stop:
-        ignore_interrupts()  # the process ends here: a second Ctrl-C must not turn status 130 into death by SIGINT
-        raise SystemExit(stopped(prog, stop)) from None
+
+
+def end_interrupted(prog: str) -> NoReturn:
+    """End the process now with Ctrl-C's line and exit status, skipping the interpreter's own exit."""
+    ignore_interrupts()  # a second Ctrl-C while the line is written must not run this again
+    code = stopped(prog, KeyboardInterrupt())
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: the status still tells
+            stream.flush()
+    os._exit(code)
 
 
 INTERRUPTED = 130
