@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 from helpers import ROOT, run_cli
 
 import data_utils
+from mlet.core.errors import UserError
 from mlet.data.preprocessing.cache import SPLITS, prepare
 from mlet.data.preprocessing.raw_data import MISSING
 from mlet.data.preprocessing.raw_generate import RawGenerator, scramble
@@ -82,6 +84,17 @@ def test_one_process_and_several_build_the_same_arrays(days, tmp_path, monkeypat
     names = [f"{s}.{p}.npy" for s in SPLITS for p in ("dense", "cat", "label")] + ["vocab_keys.npy", "vocab_counts.npy"]
     for name in names:
         assert (built["1"].directory / name).read_bytes() == (built["2"].directory / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("workers", ["x", "0", "-2", "1.5"])
+def test_a_bad_number_of_reading_processes_is_one_line(workers, days, tmp_path, monkeypatch) -> None:
+    """DLRM_MLET_PREPROCESS_WORKERS that is not a whole number of at least 1: one line naming the variable (it was
+    a ValueError traceback, or quietly one process), and no processed data."""
+    folder, _ = days
+    monkeypatch.setenv("DLRM_MLET_PREPROCESS_WORKERS", workers)
+    with pytest.raises(UserError, match=rf"^DLRM_MLET_PREPROCESS_WORKERS={re.escape(workers)}: expected a whole"):
+        prepare(str(folder), str(tmp_path / "p"), "terabyte", "dlrm", progress=False, log=lambda _: None)
+    assert not (tmp_path / "p").exists()
 
 
 def test_sub_sampling_drops_negative_training_rows_only_and_is_seeded(days, tmp_path) -> None:

@@ -212,12 +212,27 @@ def assemble(directory: Path, results: list[DayResult], maps: list[list[np.ndarr
             (directory / f"day{result.day}.{part}.npy").unlink()
 
 
+WORKERS_VARIABLE = "DLRM_MLET_PREPROCESS_WORKERS"
+
+
 def default_workers(days: int) -> int:
     """Reading processes: one per two cores (one process keeps about 1.5 cores busy: its reader, decoding and
     vocabulary threads; bench/terabyte_preprocess.py), at most one per day; ``DLRM_MLET_PREPROCESS_WORKERS``
     overrides."""
-    configured = os.environ.get("DLRM_MLET_PREPROCESS_WORKERS")
-    return max(1, min(days, int(configured) if configured else (os.cpu_count() or 1) // 2))
+    configured = os.environ.get(WORKERS_VARIABLE)
+    return max(1, min(days, configured_workers(configured) if configured else (os.cpu_count() or 1) // 2))
+
+
+def configured_workers(value: str) -> int:
+    """The reading processes ``DLRM_MLET_PREPROCESS_WORKERS`` asks for: a :class:`UserError` unless a whole number
+    of at least 1 (0 or a typo would otherwise pass for one process, or end in a traceback)."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UserError(f"{WORKERS_VARIABLE}={value}: expected a whole number of reading processes, 1 or more")
+    return workers
 
 
 def build_days(
