@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: set up .venv, lint and type-check, build the wheel, run the test suite.
 # Usage: bash scripts/test.sh [extra pytest arguments]
-#   bash scripts/test.sh -m "not slow"    # the fast subset (about 30 s) while iterating; CI runs everything
+#   bash scripts/test.sh -m "not slow"    # the fast subset (about 2 minutes on 2 cores) while iterating; CI runs everything
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
