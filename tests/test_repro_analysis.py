@@ -18,6 +18,7 @@ from mlet.data.sources import ArraySource
 from mlet.repro import rank_analysis as analyze_rank
 from mlet.repro.analysis import (
     bin_labels,
+    data_key,
     effective_rank,
     frequency_metrics,
     parse_edges,
@@ -326,3 +327,21 @@ def test_analyze_rank_uses_the_processed_data_when_the_raw_file_moved(tiny_runs,
         f"is missing, and there are no processed data in {tmp_path / 'nothing'}; put the file back to measure the "
         "rare/frequent ids, or use --no-frequency\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("generation", "flag", "other"),
+    [
+        ("dataset", "data_sub_sample_rate", 0.875),  # sub-sampled negatives: other training rows, other counts
+        ("dataset", "skip_bad_rows", True),
+        ("synthetic", "synthetic_zipf", 1.2),  # another click model
+        ("synthetic", "synthetic_rank", 4),
+    ],
+)
+def test_runs_on_other_data_do_not_share_their_training_counts(generation: str, flag: str, other: object) -> None:
+    """The rank analysis computes training id counts once per data key: data that differ must not share one (runs
+    with other sub-sampling or another click model were given the first one's counts)."""
+    flags = {"data_generation": generation, "data_set": "kaggle", "data_sub_sample_rate": 0.0,
+             "skip_bad_rows": False, "synthetic_zipf": 1.05, "synthetic_rank": 16, "numpy_rand_seed": 1}  # fmt: skip
+    assert data_key(flags) != data_key({**flags, flag: other})
+    assert data_key(flags) == data_key(dict(flags))

@@ -167,7 +167,9 @@ def frequency_metrics(probs: np.ndarray, labels: np.ndarray, rarest: np.ndarray,
 
 
 def data_key(flags: dict) -> tuple:
-    """What identifies a run's data, from its recorded flags (checkpoints with equal keys share it)."""
+    """What identifies a run's data, from its recorded flags (checkpoints with equal keys share it): the data
+    set's file, split and preprocessing (sub-sampling and skipped rows change the training rows too), or the
+    generated data's size, seed and every ``--synthetic-*`` knob of the click model."""
     names: tuple[str, ...] = (
         "data_generation",
         "data_set",
@@ -177,10 +179,10 @@ def data_key(flags: dict) -> tuple:
         "data_split_seed",
         "cat_min_count",
         "max_ind_range",
+        "data_sub_sample_rate",
+        "skip_bad_rows",
     )
-    names += (
-        ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed")
-        if flags.get("data_generation") != "dataset"
-        else ()
-    )
-    return tuple(str(flags.get(n)) for n in names)
+    if flags.get("data_generation") != "dataset":
+        names += ("data_size", "num_batches", "mini_batch_size", "test_data_size", "numpy_rand_seed")
+        names += tuple(sorted(name for name in flags if name.startswith("synthetic_")))
+    return tuple(f"{n}={flags.get(n)}" for n in names)
