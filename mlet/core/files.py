@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mlet.core.errors import UserError
 
@@ -80,23 +81,13 @@ def _lock_beside(target: Path, busy: Callable[[str], object], wait: bool) -> Ite
 def _locked(lock: Path, busy: Callable[[str], object], wait: bool) -> IO[str] | None:
     """``lock`` opened and locked, stating this process; ``None`` where it cannot be locked. When another process
     holds it, ``busy(holder)`` is called, then (with ``wait``) this one waits for it, else gives up (``None``)."""
-    while True:
-        try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(lock, "a+")  # noqa: SIM115 (held open, and locked, until the lock is left)
-        except OSError:
-            return None
-        try:
-            locked = _lock(handle, busy, wait)
-        except BaseException:
-            handle.close()
-            raise
-        if not locked:
-            handle.close()
-            return None
-        if _same_file(handle, lock):
-            break
-        handle.close()  # its holder removed the file as it left: lock the one there now
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    handle = _open_locked(lock, "a+", fcntl.LOCK_EX, lambda held: busy(_holder(held)), wait)
+    if handle is None:
+        return None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -104,10 +95,26 @@ def _locked(lock: Path, busy: Callable[[str], object], wait: bool) -> IO[str] | 
     return handle
 
 
-def _lock(handle: IO[str], busy: Callable[[str], object], wait: bool) -> bool:
-    """Lock the open lock file ``handle`` (after ``busy(holder)`` and waiting, with ``wait``, where another process
-    holds it); whether it is locked now (not where locks cannot be taken, or without ``wait``)."""
-    return _flock(handle, fcntl.LOCK_EX, lambda: busy(_holder(handle)), wait)
+def _open_locked(path: Path, mode: str, lock: int, busy: Callable[[IO[Any]], object], wait: bool) -> IO[Any] | None:
+    """``path`` opened in ``mode`` and ``flock``-ed in ``lock`` (``LOCK_EX`` or ``LOCK_SH``; ``busy(handle)`` first,
+    then with ``wait`` waiting, where another process keeps it out). Where its holder replaced or removed the file
+    meanwhile, the one there now is locked instead. ``None`` where it cannot be opened or locked, or, without
+    ``wait``, is held."""
+    while True:
+        try:
+            handle = open(path, mode)  # noqa: SIM115 (held open, and locked, by the caller)
+        except OSError:
+            return None
+        try:
+            locked = _flock(handle, lock, functools.partial(busy, handle), wait)
+        except BaseException:
+            handle.close()
+            raise
+        if locked and _same_file(handle, path):
+            return handle
+        handle.close()
+        if not locked:
+            return None
 
 
 def _holder(handle: IO[str]) -> str:
@@ -116,7 +123,7 @@ def _holder(handle: IO[str]) -> str:
     return handle.read().strip() or "a process"
 
 
-def _flock(handle: IO[str] | IO[bytes], mode: int, busy: Callable[[], object], wait: bool) -> bool:
+def _flock(handle: IO[Any], mode: int, busy: Callable[[], object], wait: bool) -> bool:
     """``flock`` ``handle`` in ``mode`` (``LOCK_EX`` or ``LOCK_SH``), after ``busy()`` and, with ``wait``, waiting
     where another process holds a lock that keeps it out; whether it is locked now (not where locks cannot be
     taken)."""
@@ -136,7 +143,7 @@ def _flock(handle: IO[str] | IO[bytes], mode: int, busy: Callable[[], object], w
     return True
 
 
-def _same_file(handle: IO[str] | IO[bytes], path: Path) -> bool:
+def _same_file(handle: IO[Any], path: Path) -> bool:
     """Whether ``path`` still names the open file ``handle`` (a lock's holder removes it as it leaves)."""
     try:
         named, held = os.stat(path), os.fstat(handle.fileno())
@@ -151,21 +158,7 @@ def hold_shared(path: Path, busy: Callable[[], object]) -> IO[bytes] | None:
     called, then this one waits; when the file was replaced meanwhile (its holder renamed a new one into place), the
     new one is locked. ``None`` where ``path`` is missing or cannot be locked. The kernel drops the lock when the
     process ends, however it ends (``kill -9`` too)."""
-    while True:
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 (held open, and locked, by the caller)
-        except OSError:
-            return None
-        try:
-            locked = _flock(handle, fcntl.LOCK_SH, busy, wait=True)
-        except BaseException:
-            handle.close()
-            raise
-        if locked and _same_file(handle, path):
-            return handle
-        handle.close()
-        if not locked:
-            return None
+    return _open_locked(path, "rb", fcntl.LOCK_SH, lambda held: busy(), wait=True)
 
 
 def try_exclusive(handle: IO[bytes]) -> bool:
