@@ -199,6 +199,30 @@ def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) ->
     assert_close_runs(host, device)
 
 
+def eager_and_graphed(config, devices: tuple[torch.device, torch.device], optimizer: str = "sgd"):
+    """An eager step on ``devices[0]`` and a graphed one on ``devices[1]``: two models of one seed, with fused
+    ``optimizer`` updates at rate 0.1."""
+    steps = []
+    for device, step in zip(devices, (TrainStep, GraphedTrainStep), strict=True):
+        model = DLRM(config, seed=4, device=device)
+        fused = build_optimizer(
+            optimizer, 0.1, model.sparse_parameters(), model.dense_parameters(), fused_tables=model.tables
+        )
+        steps.append(step(model, torch.nn.functional.binary_cross_entropy_with_logits, fused))
+    return steps[0], steps[1]
+
+
+def assert_same_loss(got, expected) -> None:
+    """Two steps' losses within :data:`TOLERANCE`."""
+    assert float(got) == pytest.approx(float(expected), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+
+
+def assert_same_parameters(eager: TrainStep, graphed: TrainStep) -> None:
+    """The two steps' models' parameters within :data:`TOLERANCE` (compared on the eager one's device)."""
+    for a, b in zip(eager.model.parameters(), graphed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.to(a.device), **TOLERANCE)
+
+
 def test_graphed_steps_cut_device_rows_inside_the_graph_and_train_like_eager_steps() -> None:
     """A batch of device-resident rows is cut inside the captured step: the graph's only input is the row
     numbers, and its replays train as eager steps on the same batches, cut the ordinary way."""
@@ -209,20 +233,13 @@ def test_graphed_steps_cut_device_rows_inside_the_graph_and_train_like_eager_ste
     ids = np.stack([rng.integers(0, n, rows) for n in config.table_sizes], axis=1).astype(np.int32)
     host = ArraySource(rng.random((rows, 13), dtype=np.float32), ids, rng.integers(0, 2, rows).astype(np.float32), 256)
     source = load_arrays(host, cuda, share=None, progress=False)
-    models = [DLRM(config, seed=4, device=cuda) for _ in range(2)]
-    optimizers = [
-        build_optimizer("sgd", 0.1, m.sparse_parameters(), m.dense_parameters(), fused_tables=m.tables) for m in models
-    ]
-    eager = TrainStep(models[0], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[0])
-    graphed = GraphedTrainStep(models[1], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[1])
+    eager, graphed = eager_and_graphed(config, (cuda, cuda))
     batches = list(source.batches(0))
     assert all(isinstance(batch, RowsBatch) for batch in batches)
     for batch in batches:
-        expected = eager(source.make_batch(batch.rows))
-        assert float(graphed(batch)) == pytest.approx(float(expected), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+        assert_same_loss(graphed(batch), eager(source.make_batch(batch.rows)))
     assert graphed.graph is not None and batch_tensors(graphed.static_batch) == [graphed.static_batch.rows]
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b, **TOLERANCE)
+    assert_same_parameters(eager, graphed)
 
 
 @pytest.mark.parametrize("hidden", [0, 8])
@@ -236,28 +253,22 @@ def test_graph_replays_after_batches_of_other_sizes_train_like_eager_steps(hidde
     config = small_config(hidden=hidden)
     source = RandomBatches(10 * 256, 256, config.table_sizes, 13, seed=2)
     batches = [Batch(dense, sparse, labels).to(cuda) for dense, sparse, labels in source]
-    models = [DLRM(config, seed=4, device=cuda) for _ in range(2)]
-    optimizers = [
-        build_optimizer("sgd", 0.1, m.sparse_parameters(), m.dense_parameters(), fused_tables=m.tables) for m in models
-    ]
-    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
-    eager, graphed = TrainStep(models[0], loss_fn, optimizers[0]), GraphedTrainStep(models[1], loss_fn, optimizers[1])
+    eager, graphed = eager_and_graphed(config, (cuda, cuda))
     for batch in batches[:5]:  # three warm-up steps, the capture, a replay
-        assert float(graphed(batch)) == pytest.approx(float(eager(batch)), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+        assert_same_loss(graphed(batch), eager(batch))
     assert graphed.graph is not None
     test_dense, test_sparse = random_inputs(config, batch=100, seed=5)
     with torch.no_grad():
-        for model in models:
-            model(test_dense.to(cuda), test_sparse.to(cuda))
+        for step in (eager, graphed):
+            step.model(test_dense.to(cuda), test_sparse.to(cuda))
     far = max(config.table_sizes) * 1000
     sizes = [256 * len(config.table_sizes), *range(1, 4096, 7)]
     clobber = [torch.full((n,), far, dtype=torch.int64, device=cuda) for n in sizes for _ in range(4)]
     for batch in batches[5:]:
-        assert float(graphed(batch)) == pytest.approx(float(eager(batch)), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+        assert_same_loss(graphed(batch), eager(batch))
     torch.cuda.synchronize()
     del clobber
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b, **TOLERANCE)
+    assert_same_parameters(eager, graphed)
 
 
 @pytest.mark.parametrize(("hidden", "optimizer"), [(0, "sgd"), (8, "adagrad"), (8, "sgd")])
@@ -270,22 +281,14 @@ def test_graphed_steps_pad_random_length_bags_into_one_graph_and_train_like_cpu_
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     config = small_config(hidden=hidden)
     source = RandomBatches(16 * 256 + 100, 256, config.table_sizes, 13, indices_per_lookup=6, fixed=False, seed=1)
-    models = [DLRM(config, seed=4, device=device) for device in (cpu, cuda)]
-    optimizers = [
-        build_optimizer(optimizer, 0.1, m.sparse_parameters(), m.dense_parameters(), fused_tables=m.tables)
-        for m in models
-    ]
-    eager = TrainStep(models[0], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[0])
-    graphed = GraphedTrainStep(models[1], torch.nn.functional.binary_cross_entropy_with_logits, optimizers[1])
+    eager, graphed = eager_and_graphed(config, (cpu, cuda), optimizer)
     for dense, sparse, labels in source:
         batch = Batch(dense, sparse, labels)
         expected = eager(batch)
-        got = graphed(batch.to(cuda))
-        assert float(got) == pytest.approx(float(expected), rel=TOLERANCE["rtol"], abs=TOLERANCE["atol"])
+        assert_same_loss(graphed(batch.to(cuda)), expected)
     assert graphed.graph is not None and graphed.padding
     assert graphed.other_shape_steps == 1  # the last, smaller batch
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b.cpu(), **TOLERANCE)
+    assert_same_parameters(eager, graphed)
 
 
 @pytest.mark.parametrize("hidden", [0, 8])
