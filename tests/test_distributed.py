@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, InterruptedFile, free_port, random_inputs, small_config
+from helpers import ROOT, InterruptedFile, free_port, random_inputs, small_config, torchrun_environment
 
 import checkpoint
 import dlrm_mlet
@@ -70,14 +70,7 @@ RANKS.set_forkserver_preload(
 # -- running ranks -------------------------------------------------------------
 def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault: Fault | None) -> None:
     """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    os.environ.update(torchrun_environment(rank, world, port))
     torch.set_num_threads(1)
     stacks = open(f"{out}.stacks", "w")  # noqa: SIM115 (open until the process ends)
     faulthandler.dump_traceback_later(RUN_TIMEOUT_S - 15, file=stacks)  # where a hung rank waits

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, free_port, kill_running, wait_for
+from helpers import ROOT, TINY, free_port, kill_running, torchrun_environment, wait_for
 
 from mlet.core.errors import UserError
 from mlet.parallel.joining import Rendezvous, duration
@@ -24,12 +24,7 @@ def start_rank(rank: int, port: int, out: Path, timeout_s: int = TIMEOUT_S) -> s
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": "2",
-        "LOCAL_WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
+        **torchrun_environment(rank, 2, port),
     }
     command = [sys.executable, "dlrm_mlet.py", *TINY, "--num-batches=2", f"--dist-timeout={timeout_s}"]
     with open(out, "w") as handle:
