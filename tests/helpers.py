@@ -298,3 +298,21 @@ def torchrun_environment(rank: int, world: int, port: int) -> dict[str, str]:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+
+
+BUILD_HELD = """
+import sys, time
+from pathlib import Path
+from mlet.data.preprocessing import cache
+building, go = sys.argv[1:3]
+renumber_pass = cache.renumber_pass
+def held(*args, **kwargs):  # the build goes on once the other run says that it waits for it
+    Path(building).touch()
+    deadline = time.monotonic() + 120
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return renumber_pass(*args, **kwargs)
+cache.renumber_pass = held
+"""
+"""The start of a ``python -c`` snippet whose cache build, once begun, touches ``sys.argv[1]`` and waits for the
+file ``sys.argv[2]`` to exist; what follows it runs the build."""

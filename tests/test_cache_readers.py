@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, kill_running, wait_for
+from helpers import BUILD_HELD, ROOT, kill_running, wait_for
 
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache, readers
@@ -33,22 +33,14 @@ time.sleep(300)  # training: batches are read from the memory maps as it goes
 """
 
 
-BUILDER = """
-import sys, time
-from pathlib import Path
-from mlet.data.preprocessing import cache
-raw, target, building, go = sys.argv[1:5]
-renumber_pass = cache.renumber_pass
-def held(*args, **kwargs):  # the build goes on once the other run says that it waits for it
-    Path(building).touch()
-    deadline = time.monotonic() + 120
-    while not Path(go).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return renumber_pass(*args, **kwargs)
-cache.renumber_pass = held
+HELD_BUILDER = (
+    BUILD_HELD
+    + """
+raw, target = sys.argv[3:5]
 cache.prepare(raw, target, "kaggle", "dlrm", progress=False, log=print)
 time.sleep(300)  # then trains from it
 """
+)
 
 
 def quiet(line: str) -> None:
@@ -160,7 +152,7 @@ def test_a_run_given_only_the_cache_that_refuses_it_does_not_keep_reading_it(raw
 def test_a_run_that_would_rebuild_a_cache_another_run_builds_waits_for_the_build_then_is_refused(raw, tmp_path) -> None:
     target, building, go = tmp_path / "processed", tmp_path / "building", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-c", BUILDER, str(raw), str(target), str(building), str(go)]
+    command = [sys.executable, "-c", HELD_BUILDER, str(building), str(go), str(raw), str(target)]
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second, out = None, tmp_path / "second.txt"
     try:

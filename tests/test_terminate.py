@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, kill_running, run_snippet, wait_for
+from helpers import BUILD_HELD, ROOT, TINY, kill_running, run_snippet, wait_for
 
 import dlrm_mlet
 from mlet.core.errors import UserError
@@ -146,21 +146,13 @@ def test_sigterm_as_a_rebuilt_cache_is_put_in_place_waits_for_it(tmp_path, monke
     assert cache.read_meta(target)["settings"]["data_split"] == "random-811"
 
 
-BUILD_HELD = """
-import sys, time
-from pathlib import Path
-from mlet.data.preprocessing import cache
+HELD_PREPROCESS = (
+    BUILD_HELD
+    + """
 import data_utils
-renumber_pass = cache.renumber_pass
-def held(*args, **kwargs):  # the first run's build goes on once the second run says that it waits for it
-    Path(sys.argv[1]).touch()
-    deadline = time.monotonic() + 120
-    while not Path(sys.argv[2]).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return renumber_pass(*args, **kwargs)
-cache.renumber_pass = held
 sys.exit(data_utils.command_line(sys.argv[3:]))
 """
+)
 
 
 @pytest.mark.slow
@@ -173,7 +165,7 @@ def test_a_second_run_building_the_same_cache_waits_for_the_first_and_uses_its_b
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     outputs = [tmp_path / "first.txt", tmp_path / "second.txt"]
     with open(outputs[0], "w") as out:
-        command = [sys.executable, "-c", BUILD_HELD, str(building), str(go), *argv]
+        command = [sys.executable, "-c", HELD_PREPROCESS, str(building), str(go), *argv]
         first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     second = None
     try:
