@@ -24,7 +24,8 @@ from mlet.data.preprocessing.raw_generate import KAGGLE_MISSING
 from mlet.data.synthetic import ClickModel, ClickModelConfig
 from mlet.repro import full_scale, full_scale_pool, full_scale_run, summary, sweep, sweep_plan, sweep_runs
 from mlet.repro.analysis import gram_singular_values
-from mlet.repro.experiments import Config, RunSpec, load_run_dir
+from mlet.repro.experiments import Config, RunSpec
+from mlet.repro.run_results import load_run_dir
 from mlet_layers import EmbeddingTables
 
 ROWS, SCALE = 30_000, 0.0005

@@ -7,20 +7,9 @@ import random
 
 import pytest
 
-from mlet.repro.experiments import (
-    Config,
-    RunResult,
-    RunSpec,
-    best_lr,
-    by_config_and_lr,
-    d_reductions,
-    grid_configs,
-    lr_text,
-    next_lr,
-    parse_run_name,
-    select,
-    widest_matched,
-)
+from mlet.repro.experiments import Config, RunSpec, grid_configs, lr_text, parse_run_name
+from mlet.repro.protocols import best_lr, by_config_and_lr, d_reductions, next_lr, select, widest_matched
+from mlet.repro.run_results import RunResult
 
 
 def result(opt: str, config: Config, lr: float, seed: int, test_auc: float, val_auc: float | None = None) -> RunResult:

@@ -19,7 +19,9 @@ from helpers import ROOT, fake_payload, sample_file
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
 from mlet.repro import sweep, sweep_plan, sweep_runs
-from mlet.repro.experiments import Config, RunSpec, load_run_dir, select
+from mlet.repro.experiments import Config, RunSpec
+from mlet.repro.protocols import select
+from mlet.repro.run_results import load_run_dir
 
 
 class FakeTrainer:

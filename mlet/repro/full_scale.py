@@ -43,9 +43,10 @@ from mlet.core.errors import OneLineParser, UserError, require_at_least, run_rep
 from mlet.core.signals import exit_status, signals_held
 from mlet.data.device_click import KAGGLE_ROWS
 from mlet.repro import full_scale_rank, summary, sweep, sweep_plan, sweep_runs
-from mlet.repro.experiments import Config, RunSpec, sweep_record
+from mlet.repro.experiments import Config, RunSpec
 from mlet.repro.full_scale_pool import DataFlags, InProcess, Plan, Workers, use_device
 from mlet.repro.full_scale_run import PAPER_QUESTION, PROG, Piece, check_run_flags, device_name, measure_steps
+from mlet.repro.run_results import sweep_record
 
 DEFAULT_RUN_DIR = Path("bench/results/repro_full_scale")
 # The grid of the issue, with the embedded default's learning-rate grids (so the two compare side by side).

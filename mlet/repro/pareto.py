@@ -22,7 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mlet.repro.experiments import Config, Selection, size_text
+from mlet.repro.experiments import Config, size_text
+from mlet.repro.protocols import Selection
 
 LEVEL_DIMS = (8, 16, 32, 64)
 PRECISIONS: tuple[int | None, ...] = (None, 8, 4)

@@ -36,25 +36,9 @@ from pathlib import Path
 from mlet.core.errors import UserError, check_output_folder, run_reporting_errors
 from mlet.core.signals import exit_status
 from mlet.repro import pareto
-from mlet.repro.experiments import (
-    MATCH_RULES,
-    PROTOCOLS,
-    Reduction,
-    RunResult,
-    Selection,
-    by_config_and_lr,
-    check_comparable,
-    d_reductions,
-    initial_grid,
-    load_results,
-    load_run_dir,
-    lr_text,
-    results_dir,
-    round_lr,
-    select,
-    size_text,
-    sweep_record,
-)
+from mlet.repro.experiments import MATCH_RULES, PROTOCOLS, initial_grid, lr_text, round_lr, size_text
+from mlet.repro.protocols import Reduction, Selection, by_config_and_lr, d_reductions, select
+from mlet.repro.run_results import RunResult, check_comparable, load_results, load_run_dir, results_dir, sweep_record
 from mlet.training.optimizers import OPTIMIZERS
 
 PROG = "summarize.py"

@@ -37,13 +37,8 @@ from mlet.core.config import DataConfig
 from mlet.core.errors import OneLineParser, UserError, check_output_folder, require_at_least, run_reporting_errors
 from mlet.core.signals import exit_status
 from mlet.data.sources import build_data
-from mlet.repro.experiments import (
-    PROTOCOLS,
-    RunSpec,
-    grid_configs,
-    round_lr,
-    sweep_record,
-)
+from mlet.repro.experiments import PROTOCOLS, RunSpec, grid_configs, round_lr
+from mlet.repro.run_results import sweep_record
 from mlet.repro.sweep_plan import (
     Settings,
     in_sweep_terms,

@@ -12,18 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlet.core.errors import UserError
-from mlet.repro.experiments import (
-    Config,
-    RunResult,
-    RunSpec,
-    best_lr,
-    by_config_and_lr,
-    initial_rates,
-    load_results,
-    next_lr,
-    results_dir,
-    round_lr,
-)
+from mlet.repro.experiments import Config, RunSpec, initial_rates, round_lr
+from mlet.repro.protocols import best_lr, by_config_and_lr, next_lr
+from mlet.repro.run_results import RunResult, load_results, results_dir
 
 
 @dataclass

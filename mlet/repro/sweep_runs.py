@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from mlet.core.files import replace_atomically
 from mlet.core.signals import Terminated, handling, terminate
-from mlet.repro.experiments import RunSpec, sweep_record
+from mlet.repro.experiments import RunSpec
+from mlet.repro.run_results import sweep_record
 from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv
 
 Runner = Callable[[RunSpec, list[str], Path], int | None]
