@@ -1,16 +1,12 @@
-"""Checkpoint files: safe loading, architecture checks, collapse, info, damaged and foreign files, --save-best
-(writing them: test_checkpoint_writes.py)."""
+"""Checkpoint files: architecture checks, collapse, info, damaged and foreign files, --save-best (writing them:
+test_checkpoint_writes.py; files that would run code: test_untrusted_checkpoints.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import pickle
 import random
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,66 +26,6 @@ from mlet.training import checkpoints
 from mlet.training.checkpoints import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
 from mlet.training.metrics import predict
 from mlet.training.state import restore_rng_state, rng_state
-
-# -- safe loading ----------------------------------------------------------------
-
-
-class RunsACommand:
-    """Pickles as a call of ``os.system``: a checkpoint holding it would run the command on a plain ``pickle`` load."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
-def malicious_file(path: Path, marker: Path, zip_format: bool) -> Path:
-    """A file that passes every format check but whose pickle runs ``touch marker``."""
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": "training",
-        "model_config": {},
-        "model": RunsACommand(f"touch {marker}"),
-    }
-    if zip_format:
-        torch.save(payload, path)
-    else:
-        with path.open("wb") as handle:
-            pickle.dump(payload, handle, protocol=2)
-    return path
-
-
-@pytest.mark.parametrize("zip_format", [True, False], ids=["torch-zip", "raw-pickle"])
-def test_malicious_pickle_is_refused_everywhere_and_never_runs(zip_format: bool, tmp_path, capsys) -> None:
-    marker = tmp_path / "MARKER"
-    evil = malicious_file(tmp_path / "evil.pt", marker, zip_format)
-    entry_points = [
-        (dlrm_mlet.main, [f"--load-model={evil}"], "dlrm_mlet.py: error: --load-model"),
-        (dlrm_mlet.main, [f"--load-model={evil}", "--inference-only"], "dlrm_mlet.py: error: --load-model"),
-        (checkpoint.main, ["info", str(evil)], "checkpoint.py: error:"),
-        (checkpoint.main, ["collapse", str(evil), str(tmp_path / "out.pt")], "checkpoint.py: error:"),
-        (checkpoint.main, ["export-onnx", str(evil), str(tmp_path / "out.onnx")], "checkpoint.py: error:"),
-    ]
-    for main, argv, prefix in entry_points:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1, err
-        assert err[0].startswith(f"{prefix} {evil}: refused: ") and "could run code" in err[0], err[0]
-        assert "system" in err[0] or "operand" in err[0]
-        assert not marker.exists()
-    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.onnx").exists()
-    # control: the file really runs the command when loaded the unsafe way
-    control = tmp_path / "CONTROL"
-    with (
-        warnings.catch_warnings(),
-        contextlib.suppress(RuntimeError),
-    ):  # a raw pickle runs, then fails torch's magic-number check
-        warnings.simplefilter("ignore")
-        torch.load(malicious_file(tmp_path / "control.pt", control, zip_format), weights_only=False)
-    assert control.exists()
-
 
 # -- shared tiny runs ------------------------------------------------------------
 
