@@ -178,7 +178,8 @@ def head(path: Path, rows: int) -> Path:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument(
@@ -194,7 +195,188 @@ def main() -> None:
         help="runs of the full preprocessing (the machine is shared: report median and best)",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=["full", "readers", "vocabulary"])
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count, as the tables have always reported)."""
+    return sorted(values)[len(values) // 2]
+
+
+def full_preprocessing(path: Path, repeat: int) -> tuple[dict, list[int]]:
+    """``repeat`` whole preprocessings of ``path``, each in a fresh process: the results entry and the file's
+    vocabulary sizes."""
+    out = path.with_name(path.name + ".processed")
+    runs = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        info, _, rss = run_child(FULL.format(file=str(path), out=str(out)))
+        runs.append(
+            {
+                "seconds": info["seconds"],
+                "rows_per_second": info["rows"] / info["seconds"],
+                "cpu_seconds": info["cpu_seconds"],
+                "rows_per_cpu_second": info["rows"] / info["cpu_seconds"],
+                "peak_rss_bytes": rss,
+                "load_average": os.getloadavg(),
+            }
+        )
+    shutil.rmtree(out, ignore_errors=True)
+    rate = median([r["rows_per_second"] for r in runs])
+    entry = {
+        "rows": info["rows"],
+        "runs": runs,
+        "rows_per_second": rate,
+        "best_rows_per_second": max(r["rows_per_second"] for r in runs),
+        "rows_per_cpu_second": median([r["rows_per_cpu_second"] for r in runs]),
+        "note": (
+            "wall-clock rates depend on other load on the shared machine (load average per run); "
+            "rows per CPU-second does not: on 2 idle cores the wall rate lies between it (no overlap) and twice it"
+        ),
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+        "vocabulary_values": sum(info["vocabulary_sizes"]),
+        "vs_upstream": rate / UPSTREAM["rows_per_second"],
+        "vs_target": rate / TARGET,
+        "full_kaggle_minutes_at_this_rate": FULL_KAGGLE_ROWS / rate / 60,
+    }
+    return entry, info["vocabulary_sizes"]
+
+
+def print_full(entry: dict, path: Path) -> None:
+    """The full preprocessing's table."""
+    rate, runs = entry["rows_per_second"], entry["runs"]
+    print(
+        f"\nfull preprocessing of {entry['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, "
+        f"{len(runs)} runs in fresh processes:"
+    )
+    row = [
+        f"{rate:,.0f}",
+        f"{entry['best_rows_per_second']:,.0f}",
+        f"{entry['rows_per_cpu_second']:,.0f}",
+        f"{entry['peak_rss_bytes'] / 2**30:.2f}",
+        f"{rate / UPSTREAM['rows_per_second']:.1f}x",
+        f"{rate / TARGET:.2f}x",
+        " ".join(f"{r['load_average'][0]:.1f}" for r in runs),
+    ]
+    header = [
+        "median rows/s",
+        "best rows/s",
+        "rows/CPU-s",
+        "peak RSS GiB",
+        "vs upstream 6.1k",
+        "vs target 76k",
+        "load avg (1 min)",
+    ]
+    print(table([row], header))
+
+
+def compare_readers(sample: Path, rounds: int) -> dict:
+    """Every reader of :data:`READERS` on ``sample``, each in a fresh process, in ``rounds`` interleaved rounds (so
+    that other load on the machine hits all alike): rates, peak RSS, and whether they give our arrays."""
+    readers: dict = {}
+    for _ in range(rounds):
+        for name, code in READERS.items():
+            try:
+                info, _, rss = run_child(READER_PRELUDE.format(file=str(sample)) + code)
+            except RuntimeError as error:
+                if "No module named 'pandas'" not in str(error):
+                    raise
+                readers[name] = {"skipped": "pandas is not installed"}
+                continue
+            entry = readers.setdefault(name, {"runs": [], "cpu_runs": [], "peak_rss_bytes": 0})
+            entry["runs"].append(info["rows"] / info["seconds"])
+            entry["cpu_runs"].append(info["rows"] / info["cpu_seconds"])
+            entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], rss)
+            entry["checksum"] = info["checksum"]
+    for entry in readers.values():
+        if "runs" in entry:
+            entry["rows_per_second"] = median(entry["runs"])
+            entry["rows_per_cpu_second"] = median(entry["cpu_runs"])
+    ours = readers["pyarrow + numpy (ours)"]
+    python_loop = readers["python loop per row (upstream)"]["rows_per_second"]
+    for entry in readers.values():
+        if "rows_per_second" in entry:
+            entry["vs_python_loop"] = entry["rows_per_second"] / python_loop
+            entry["same_arrays_as_ours"] = entry["checksum"] == ours["checksum"]
+    return readers
+
+
+def print_readers(readers: dict, compare_rows: int, rounds: int) -> None:
+    """The reader comparison's table."""
+    print(
+        f"\nparsing {compare_rows:,} rows into labels, counts and hex keys "
+        f"(fresh process each; median of {rounds} interleaved rounds):"
+    )
+    rows = [
+        [
+            name,
+            f"{r['rows_per_second']:,.0f}",
+            f"{r['rows_per_cpu_second']:,.0f}",
+            f"{r['vs_python_loop']:.1f}x",
+            f"{r['peak_rss_bytes'] / 2**20:,.0f}",
+            r["same_arrays_as_ours"],
+        ]
+        if "rows_per_second" in r
+        else [name, "-", "-", "-", "-", r["skipped"]]
+        for name, r in readers.items()
+    ]
+    print(table(rows, ["reader", "rows/s", "rows/CPU-s", "vs python loop", "peak RSS MiB", "same arrays"]))
+
+
+def full_scale_vocabulary(vocab_sizes: list[int] | None, full: dict | None) -> dict:
+    """The hash tables at Criteo-Kaggle's cardinalities against the file's (``vocab_sizes``; 26 x 100k without the
+    full run), and, given the ``full`` preprocessing's entry, the projection to the whole Kaggle file."""
+    info, _, rss = run_child(VOCABULARY.format(bench_sizes=vocab_sizes or [100_000] * 26))
+    info["peak_rss_bytes"] = rss
+    kaggle, small = info["full"], info["bench_file"]
+    extra = (kaggle["index_us_per_row"] + kaggle["renumber_us_per_row"]) - (
+        small["index_us_per_row"] + small["renumber_us_per_row"]
+    )
+    info["extra_us_per_row_at_full_cardinality"] = extra
+    if full is not None:
+        projected = FULL_KAGGLE_ROWS * (1 / full["rows_per_second"] + extra * 1e-6)
+        info["projected_full_kaggle_seconds"] = projected
+        info["projected_full_kaggle_rows_per_second"] = FULL_KAGGLE_ROWS / projected
+        info["projected_full_kaggle_peak_rss_bytes"] = (
+            full["peak_rss_bytes"] + kaggle["table_bytes"] - small["table_bytes"]
+        )
+    return info
+
+
+def print_vocabulary(info: dict) -> None:
+    """The vocabulary comparison's table and the projection."""
+    print(
+        "\nvocabulary at Criteo-Kaggle's real cardinalities vs. this file's "
+        "(1M rows of uniformly drawn values, all already known):"
+    )
+    rows = [
+        [
+            name,
+            f"{r['values']:,}",
+            f"{r['build_seconds']:.1f}",
+            f"{r['index_us_per_row']:.2f}",
+            f"{r['renumber_us_per_row']:.2f}",
+            f"{r['table_bytes'] / 2**30:.2f}",
+        ]
+        for name, r in (("full Kaggle", info["full"]), ("this file", info["bench_file"]))
+    ]
+    print(table(rows, ["vocabulary", "values", "build s", "index us/row", "renumber us/row", "tables GiB"]))
+    print(
+        "peak RSS of that process (the full-scale vocabulary and 1M rows of draws): "
+        f"{info['peak_rss_bytes'] / 2**30:.2f} GiB"
+    )
+    if "projected_full_kaggle_seconds" in info:
+        print(
+            f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min "
+            f"({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s; this file's"
+            f" median rate plus {info['extra_us_per_row_at_full_cardinality']:.2f} us/row for the bigger tables), "
+            f"peak RSS {info['projected_full_kaggle_peak_rss_bytes'] / 2**30:.2f} GiB"
+            " (this file's plus the bigger tables)"
+        )
+
+
+def main() -> None:
+    args = parse_args()
     path = Path(args.file)
     generated = ensure_file(path, args.rows, args.scale)
     results: dict = {
@@ -204,170 +386,20 @@ def main() -> None:
             "rows": args.rows,
             "scale": args.scale,
             "generated_seconds": generated,
-        }
+        },
+        "upstream": UPSTREAM,
     }
-    results["upstream"] = UPSTREAM
-
+    vocab_sizes = None
     if "full" not in args.skip:
-        out = path.with_name(path.name + ".processed")
-        runs = []
-        for _ in range(args.repeat):
-            shutil.rmtree(out, ignore_errors=True)
-            info, _, rss = run_child(FULL.format(file=str(path), out=str(out)))
-            runs.append(
-                {
-                    "seconds": info["seconds"],
-                    "rows_per_second": info["rows"] / info["seconds"],
-                    "cpu_seconds": info["cpu_seconds"],
-                    "rows_per_cpu_second": info["rows"] / info["cpu_seconds"],
-                    "peak_rss_bytes": rss,
-                    "load_average": os.getloadavg(),
-                }
-            )
-        rates = sorted(r["rows_per_second"] for r in runs)
-        rate, best, rss = rates[len(rates) // 2], rates[-1], max(r["peak_rss_bytes"] for r in runs)
-        per_cpu = sorted(r["rows_per_cpu_second"] for r in runs)[len(runs) // 2]
-        results["full"] = {
-            "rows": info["rows"],
-            "runs": runs,
-            "rows_per_second": rate,
-            "best_rows_per_second": best,
-            "rows_per_cpu_second": per_cpu,
-            "note": (
-                "wall-clock rates depend on other load on the shared machine (load average per run); "
-                "rows per CPU-second does not: on 2 idle cores the wall rate lies between it (no overlap) and twice it"
-            ),
-            "peak_rss_bytes": rss,
-            "vocabulary_values": sum(info["vocabulary_sizes"]),
-            "vs_upstream": rate / UPSTREAM["rows_per_second"],
-            "vs_target": rate / TARGET,
-            "full_kaggle_minutes_at_this_rate": FULL_KAGGLE_ROWS / rate / 60,
-        }
-        vocab_sizes = info["vocabulary_sizes"]
-        shutil.rmtree(out, ignore_errors=True)
-        print(
-            f"\nfull preprocessing of {info['rows']:,} rows ({path.stat().st_size / 2**30:.2f} GiB), dlrm split, "
-            f"{args.repeat} runs in fresh processes:"
-        )
-        print(
-            table(
-                [
-                    [
-                        f"{rate:,.0f}",
-                        f"{best:,.0f}",
-                        f"{per_cpu:,.0f}",
-                        f"{rss / 2**30:.2f}",
-                        f"{rate / UPSTREAM['rows_per_second']:.1f}x",
-                        f"{rate / TARGET:.2f}x",
-                        " ".join(f"{r['load_average'][0]:.1f}" for r in runs),
-                    ]
-                ],
-                [
-                    "median rows/s",
-                    "best rows/s",
-                    "rows/CPU-s",
-                    "peak RSS GiB",
-                    "vs upstream 6.1k",
-                    "vs target 76k",
-                    "load avg (1 min)",
-                ],
-            )
-        )
-    else:
-        vocab_sizes = None
-
+        results["full"], vocab_sizes = full_preprocessing(path, args.repeat)
+        print_full(results["full"], path)
     if "readers" not in args.skip:
-        sample = head(path, args.compare_rows)
-        readers: dict = {}
-        for _ in range(args.rounds):  # interleaved, so that other load on the machine hits all alike
-            for name, code in READERS.items():
-                try:
-                    info, _, rss = run_child(READER_PRELUDE.format(file=str(sample)) + code)
-                except RuntimeError as error:
-                    if "No module named 'pandas'" not in str(error):
-                        raise
-                    readers[name] = {"skipped": "pandas is not installed"}
-                    continue
-                entry = readers.setdefault(name, {"runs": [], "cpu_runs": [], "peak_rss_bytes": 0})
-                entry["runs"].append(info["rows"] / info["seconds"])
-                entry["cpu_runs"].append(info["rows"] / info["cpu_seconds"])
-                entry["peak_rss_bytes"] = max(entry["peak_rss_bytes"], rss)
-                entry["checksum"] = info["checksum"]
-        for entry in readers.values():
-            if "runs" in entry:
-                entry["rows_per_second"] = sorted(entry["runs"])[len(entry["runs"]) // 2]
-                entry["rows_per_cpu_second"] = sorted(entry["cpu_runs"])[len(entry["cpu_runs"]) // 2]
-        baseline = readers["pyarrow + numpy (ours)"]
-        python_loop = readers["python loop per row (upstream)"]["rows_per_second"]
-        for entry in readers.values():
-            if "rows_per_second" in entry:
-                entry["vs_python_loop"] = entry["rows_per_second"] / python_loop
-                entry["same_arrays_as_ours"] = entry["checksum"] == baseline["checksum"]
+        readers = compare_readers(head(path, args.compare_rows), args.rounds)
         results["readers"] = {"rows": args.compare_rows, "results": readers}
-        print(
-            f"\nparsing {args.compare_rows:,} rows into labels, counts and hex keys "
-            f"(fresh process each; median of {args.rounds} interleaved rounds):"
-        )
-        rows = [
-            [
-                name,
-                f"{r['rows_per_second']:,.0f}",
-                f"{r['rows_per_cpu_second']:,.0f}",
-                f"{r['vs_python_loop']:.1f}x",
-                f"{r['peak_rss_bytes'] / 2**20:,.0f}",
-                r["same_arrays_as_ours"],
-            ]
-            if "rows_per_second" in r
-            else [name, "-", "-", "-", "-", r["skipped"]]
-            for name, r in readers.items()
-        ]
-        print(table(rows, ["reader", "rows/s", "rows/CPU-s", "vs python loop", "peak RSS MiB", "same arrays"]))
-
+        print_readers(readers, args.compare_rows, args.rounds)
     if "vocabulary" not in args.skip:
-        info, _, rss = run_child(VOCABULARY.format(bench_sizes=vocab_sizes or [100_000] * 26))
-        info["peak_rss_bytes"] = rss
-        full, small = info["full"], info["bench_file"]
-        extra = (full["index_us_per_row"] + full["renumber_us_per_row"]) - (
-            small["index_us_per_row"] + small["renumber_us_per_row"]
-        )
-        info["extra_us_per_row_at_full_cardinality"] = extra
-        if "full" in results:
-            projected = FULL_KAGGLE_ROWS * (1 / results["full"]["rows_per_second"] + extra * 1e-6)
-            info["projected_full_kaggle_seconds"] = projected
-            info["projected_full_kaggle_rows_per_second"] = FULL_KAGGLE_ROWS / projected
-            info["projected_full_kaggle_peak_rss_bytes"] = (
-                results["full"]["peak_rss_bytes"] + full["table_bytes"] - small["table_bytes"]
-            )
-        results["full_scale_vocabulary"] = info
-        print(
-            "\nvocabulary at Criteo-Kaggle's real cardinalities vs. this file's "
-            "(1M rows of uniformly drawn values, all already known):"
-        )
-        print(
-            table(
-                [
-                    [
-                        name,
-                        f"{r['values']:,}",
-                        f"{r['build_seconds']:.1f}",
-                        f"{r['index_us_per_row']:.2f}",
-                        f"{r['renumber_us_per_row']:.2f}",
-                        f"{r['table_bytes'] / 2**30:.2f}",
-                    ]
-                    for name, r in (("full Kaggle", full), ("this file", small))
-                ],
-                ["vocabulary", "values", "build s", "index us/row", "renumber us/row", "tables GiB"],
-            )
-        )
-        print(f"peak RSS of that process (the full-scale vocabulary and 1M rows of draws): {rss / 2**30:.2f} GiB")
-        if "projected_full_kaggle_seconds" in info:
-            print(
-                f"projected full Kaggle file: {info['projected_full_kaggle_seconds'] / 60:.1f} min "
-                f"({info['projected_full_kaggle_rows_per_second']:,.0f} rows/s; this file's"
-                f" median rate plus {extra:.2f} us/row for the bigger tables), "
-                f"peak RSS {info['projected_full_kaggle_peak_rss_bytes'] / 2**30:.2f} GiB"
-                " (this file's plus the bigger tables)"
-            )
+        results["full_scale_vocabulary"] = full_scale_vocabulary(vocab_sizes, results.get("full"))
+        print_vocabulary(results["full_scale_vocabulary"])
     saved = save("preprocess_throughput", results)
     print(f"\nwrote {saved.relative_to(ROOT)}")
 
