@@ -212,7 +212,7 @@ def plot_pareto(all_points: Sequence[Point], figure: Callable) -> tuple:
     """Test AUC against inference embedding bytes, every method (colour: table kind; filled: float32, half
     and hollow: int8, int4), configs of a method joined by d, the frontier as a grey step line.
 
-    ``figure(count, width, height)`` makes the panels (``summary.figure``); returns ``(fig, axes)``."""
+    ``figure(count, width, height)`` makes the panels (``summary_plots.figure``); returns ``(fig, axes)``."""
     import matplotlib.cm as cm
 
     panels = sorted({p.panel for p in all_points})

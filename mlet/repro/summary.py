@@ -37,8 +37,9 @@ from mlet.core.errors import UserError, check_output_folder, run_reporting_error
 from mlet.core.signals import exit_status
 from mlet.repro import pareto
 from mlet.repro.experiments import MATCH_RULES, PROTOCOLS, initial_grid, lr_text, round_lr, size_text
-from mlet.repro.protocols import Reduction, Selection, by_config_and_lr, d_reductions, select
+from mlet.repro.protocols import Reduction, Selection, d_reductions, select
 from mlet.repro.run_results import RunResult, check_comparable, load_results, load_run_dir, results_dir, sweep_record
+from mlet.repro.summary_plots import figure, finish, plot_auc_vs_size, plot_auc_vs_step, plot_lr_curves
 from mlet.training.optimizers import OPTIMIZERS
 
 PROG = "summarize.py"
@@ -181,139 +182,6 @@ def reduction_json(r: Reduction) -> dict:
     }
 
 
-# -- plots ----------------------------------------------------------------------------------
-
-
-def panels(selections: Sequence[Selection]) -> list[tuple[str, str]]:
-    """The (protocol, optimizer) pairs present, in a fixed order."""
-    return sorted({(s.protocol, s.optimizer) for s in selections}, key=lambda p: (PROTOCOLS.index(p[0]), p[1]))
-
-
-def finish(fig, axes, path: Path, **legend) -> None:
-    """Grid and legend (``legend``: its keyword arguments) on every panel; write the PNG."""
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(**legend)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def figure(count: int, width: float = 5.5, height: float = 4.2):
-    """A matplotlib figure with ``count`` panels (Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(count, 2)
-    rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    for ax in axes.flat[count:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:count])
-
-
-def plot_auc_vs_size(selections: Sequence[Selection], path: Path) -> None:
-    """Test AUC (mean ± std) against inference embedding bytes: the baseline's d curve, one MLET curve per K."""
-    pairs = panels(selections)
-    fig, axes = figure(len(pairs))
-    for ax, (protocol, optimizer) in zip(axes, pairs):
-        group = [s for s in selections if (s.protocol, s.optimizer) == (protocol, optimizer) and not s.config.method]
-        hidden_values = sorted({s.config.hidden for s in group})
-        for k in hidden_values:
-            points = sorted((s for s in group if s.config.hidden == k), key=lambda s: s.config.dim)
-            x = [p.runs[0].inference_embedding_bytes for p in points]
-            y, err = zip(*(p.stat("test_auc") for p in points))
-            style = {"color": "black", "marker": "o", "linewidth": 2} if k == 0 else {"marker": "s", "linestyle": "--"}
-            ax.errorbar(x, y, yerr=err, capsize=3, label="baseline" if k == 0 else f"MLET K={k}", **style)
-            for p, xi, yi in zip(points, x, y):
-                ax.annotate(
-                    f"d={p.config.dim}", (xi, yi), textcoords="offset points", xytext=(3, -10 if k else 5), fontsize=7
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("inference embedding size (bytes, collapsed tables)")
-        ax.set_ylabel("test AUC (mean ± std over seeds)")
-        ax.set_title(f"{protocol} protocol, {optimizer}")
-    finish(fig, axes, path, fontsize=8)
-
-
-def mean_curve(runs: Sequence[RunResult]) -> tuple[list[int], list[float]]:
-    """Mean test AUC over seeds at each iteration every seed was tested at."""
-    common = set.intersection(*({h["iteration"] for h in r.history} for r in runs)) if runs else set()
-    iterations = sorted(common)
-    values = [
-        sum(next(h["auc"] for h in r.history if h["iteration"] == i) for r in runs) / len(runs) for i in iterations
-    ]
-    return iterations, values
-
-
-def curve_hidden(selections: Sequence[Selection]) -> int:
-    """The MLET K shown in the step plot: 64 (the paper's) if present, else the largest."""
-    ks = {s.config.hidden for s in selections if s.config.is_mlet and not s.config.method}
-    return 64 if 64 in ks else max(ks, default=0)
-
-
-def plot_auc_vs_step(selections: Sequence[Selection], path: Path) -> None:
-    """Test AUC during training (mean over seeds): baselines solid, MLET (one K) dashed, colour by d."""
-    import matplotlib.cm as cm
-
-    pairs = panels(selections)
-    k_shown = curve_hidden(selections)
-    dims = sorted({s.config.dim for s in selections})
-    colors = {d: cm.viridis(i / max(1, len(dims) - 1)) for i, d in enumerate(dims)}
-    fig, axes = figure(len(pairs))
-    for ax, (protocol, optimizer) in zip(axes, pairs):
-        for s in sorted(selections, key=lambda s: s.config):
-            if (
-                (s.protocol, s.optimizer) != (protocol, optimizer)
-                or s.config.hidden not in (0, k_shown)
-                or s.config.method
-            ):
-                continue
-            x, y = mean_curve(s.runs)
-            ax.plot(
-                x,
-                y,
-                color=colors[s.config.dim],
-                linestyle="--" if s.config.is_mlet else "-",
-                marker="." if s.config.is_mlet else None,
-                label=s.config.title,
-            )
-        ax.set_xlabel("training step")
-        ax.set_ylabel("test AUC (mean over seeds)")
-        ax.set_title(f"{protocol} protocol, {optimizer}")
-    finish(fig, axes, path, fontsize=7, ncol=2)
-
-
-def plot_lr_curves(results: Sequence[RunResult], tuned: Sequence[Selection], path: Path) -> None:
-    """Mean validation AUC against learning rate per config; the tuned protocol's choice circled."""
-    import matplotlib.cm as cm
-
-    groups = by_config_and_lr(results)
-    optimizers = sorted({opt for opt, _ in groups})
-    chosen = {(s.optimizer, s.config): s.lr for s in tuned}
-    fig, axes = figure(len(optimizers))
-    for ax, optimizer in zip(axes, optimizers):
-        configs = sorted(c for opt, c in groups if opt == optimizer)
-        for i, config in enumerate(configs):
-            by_lr = groups[(optimizer, config)]
-            lrs = list(by_lr)
-            values = [sum(r.val_auc for r in runs) / len(runs) for runs in by_lr.values()]
-            color = cm.tab20(i % 20)
-            ax.plot(lrs, values, marker="o", linestyle="--" if config.is_mlet else "-", color=color, label=config.title)
-            best = chosen.get((optimizer, config))
-            if best in by_lr:
-                ax.scatter([best], [values[lrs.index(best)]], s=120, facecolors="none", edgecolors=color)
-        ax.set_xscale("log")
-        ticks = sorted({lr for opt, c in groups if opt == optimizer for lr in groups[(opt, c)]})
-        ax.set_xticks(ticks, [lr_text(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("learning rate (missing points: a seed diverged)")
-        ax.set_ylabel("validation AUC (mean over seeds)")
-        ax.set_title(f"{optimizer}: learning-rate grid (circled: tuned choice)")
-    finish(fig, axes, path, fontsize=6, ncol=2)
-
-
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -425,17 +293,34 @@ def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settin
     return lines
 
 
-def summarize_sweep(
-    run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True, asked: Collection[str] = ()
-) -> str:
-    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown.
+HEADLINE_TEXT = (
+    "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' "
+    "(mean test AUC over seeds >= the baseline's; last column: >= the baseline's mean minus its std over seeds), "
+    "and the factor d'/d."
+    " `>=`: it matched the widest baseline of the grid; `none`: not even the narrowest.",
+    "Per-seed factor: the same comparison run by run for equal seeds (0 when a seed matches no baseline).",
+)
+CONFIGS_TEXT = (
+    "Test AUC and log loss: mean ± std over seeds, at the protocol's learning rate "
+    "(`paper`: the optimizer's shared rate;"
+    " `tuned`: the best mean validation AUC of the grid; `(edge)`: still at an edge of the tried grid)."
+)
+METHODS_TEXT = (
+    "For each AUC level (the mean test AUC of the float baseline at d=8, 16, 32, 64), the smallest model of each "
+    "method that reaches it: its width, its inference embedding bytes (collapsed; quantized tables with their "
+    "per-row scales and biases) and how many times smaller than that baseline it is (`-`: no config reaches "
+    "it). Quantized models are the same runs' tables after training, at the rate chosen for the float model."
+)
 
-    ``asked``: the optimizers whose paper rate the user gave (``--paper-lr``): a rate no run used is refused;
-    one from ``sweep.json`` without runs is a warning on stderr and a line in ``summary.md``."""
-    check_output_folder("--out", out)
-    record = sweep_record(run_dir)  # None: results copied together by hand
-    settings = record["settings"] if record else None
-    results, left_out = in_sweep(load_run_dir(run_dir), settings)
+
+def checked_sweep(
+    run_dir: Path, paper_lrs: dict[str, float], asked: Collection[str]
+) -> tuple[dict | None, list[RunResult], list[str], dict[str, str]]:
+    """A sweep directory's record (None: results copied together by hand), its comparable results of the sweep,
+    the names of those left out, and the optimizers without runs at their paper rate (each warned on stderr).
+    ``asked``: see :func:`summarize_sweep`."""
+    record = sweep_record(run_dir)
+    results, left_out = in_sweep(load_run_dir(run_dir), record["settings"] if record else None)
     if not results:
         raise UserError(
             f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)"
@@ -445,6 +330,43 @@ def summarize_sweep(
     gaps = paper_rate_gaps(results, paper_lrs)
     for gap in gaps.values():
         print(f"{PROG}: warning: {run_dir}: {gap}: the summary has no paper rows for it", file=sys.stderr)
+    return record, results, left_out, gaps
+
+
+def write_plots(
+    selections: Sequence[Selection],
+    results: Sequence[RunResult],
+    paper_lrs: dict[str, float],
+    points: Sequence[pareto.Point],
+    out: Path,
+) -> list[str]:
+    """Write the four PNGs into ``out``; the summary's section that shows them."""
+    plot_auc_vs_size(selections, out / "auc_vs_size.png")
+    plot_auc_vs_step(selections, out / "auc_vs_step.png")
+    plot_lr_curves(results, select(results, "tuned", paper_lrs), out / "lr_curves.png")
+    fig, axes = pareto.plot_pareto(points, figure)
+    finish(fig, axes, out / "pareto.png", fontsize=6, ncol=2)
+    images = [
+        ("AUC vs size", "auc_vs_size.png"),
+        ("AUC vs step", "auc_vs_step.png"),
+        ("lr curves", "lr_curves.png"),
+        ("AUC vs bytes, all methods", "pareto.png"),
+    ]
+    lines = ["", "## Plots"]
+    for alt, name in images:
+        lines += ["", f"![{alt}]({name})"]
+    return lines
+
+
+def summarize_sweep(
+    run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True, asked: Collection[str] = ()
+) -> str:
+    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown.
+
+    ``asked``: the optimizers whose paper rate the user gave (``--paper-lr``): a rate no run used is refused;
+    one from ``sweep.json`` without runs is a warning on stderr and a line in ``summary.md``."""
+    check_output_folder("--out", out)
+    record, results, left_out, gaps = checked_sweep(run_dir, paper_lrs, asked)
     selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
     if not selections:
         raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
@@ -455,33 +377,24 @@ def summarize_sweep(
         f"# MLET vs baseline: `{run_dir}`",
         "",
         *sweep_facts(run_dir, results, record),
-        *coverage_lines(results, left_out, settings),
+        *coverage_lines(results, left_out, record["settings"] if record else None),
         *(f"- **no paper rows**: {gap}" for gap in gaps.values()),
         "",
         "## Headline: the d-reduction factor",
         "",
-        "For each MLET width d, the widest baseline d' such that it matches every baseline of width <= d' "
-        "(mean test AUC over seeds >= the baseline's; last column: >= the baseline's mean minus its std over seeds), "
-        "and the factor d'/d."
-        " `>=`: it matched the widest baseline of the grid; `none`: not even the narrowest.",
-        "Per-seed factor: the same comparison run by run for equal seeds (0 when a seed matches no baseline).",
+        *HEADLINE_TEXT,
         "",
         headline_table(reductions["strict"], reductions["within_std"]),
         "",
         "## Every config",
         "",
-        "Test AUC and log loss: mean ± std over seeds, at the protocol's learning rate "
-        "(`paper`: the optimizer's shared rate;"
-        " `tuned`: the best mean validation AUC of the grid; `(edge)`: still at an edge of the tried grid).",
+        CONFIGS_TEXT,
         "",
         config_table(selections),
         "",
         "## All methods: the smallest model at each AUC level",
         "",
-        "For each AUC level (the mean test AUC of the float baseline at d=8, 16, 32, 64), the smallest model of each "
-        "method that reaches it: its width, its inference embedding bytes (collapsed; quantized tables with their "
-        "per-row scales and biases) and how many times smaller than that baseline it is (`-`: no config reaches "
-        "it). Quantized models are the same runs' tables after training, at the rate chosen for the float model.",
+        METHODS_TEXT,
         "",
         pareto.pareto_table(points),
         "Pareto frontier (no other point has both fewer bytes and a higher AUC), smallest first:",
@@ -489,23 +402,7 @@ def summarize_sweep(
         *pareto.frontier_lines(points),
     ]
     if plots:
-        plot_auc_vs_size(selections, out / "auc_vs_size.png")
-        plot_auc_vs_step(selections, out / "auc_vs_step.png")
-        plot_lr_curves(results, select(results, "tuned", paper_lrs), out / "lr_curves.png")
-        fig, axes = pareto.plot_pareto(points, figure)
-        finish(fig, axes, out / "pareto.png", fontsize=6, ncol=2)
-        parts += [
-            "",
-            "## Plots",
-            "",
-            "![AUC vs size](auc_vs_size.png)",
-            "",
-            "![AUC vs step](auc_vs_step.png)",
-            "",
-            "![lr curves](lr_curves.png)",
-            "",
-            "![AUC vs bytes, all methods](pareto.png)",
-        ]
+        parts += write_plots(selections, results, paper_lrs, points, out)
     markdown = "\n".join(parts) + "\n"
     (out / "summary.md").write_text(markdown)
     payload = {
