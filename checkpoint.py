@@ -162,34 +162,39 @@ def _metrics_line(name: str, m: dict | None) -> str:
     )
 
 
-def format_summary(s: dict) -> str:
-    """The human-readable ``info`` table."""
+def kind_text(s: dict, mlet_hidden: int) -> str:
+    """What the file is for: resumable training, or inference from plain, collapsed or quantized tables."""
+    quantized = s.get("quantized")
+    if s["kind"] == TRAINING:
+        return "training (resumable)"
+    if quantized:
+        return f"inference (int{quantized['bits']} row-wise quantized tables; no optimizer state)"
+    if mlet_hidden:
+        return f"inference (collapsed from MLET K={mlet_hidden}; no optimizer state)"
+    return "inference (plain tables; no optimizer state)"
+
+
+def stored_as_text(stored: ModelConfig, quantized: dict | None) -> str:
+    """How the file holds the tables: MLET's two layers, plain tables, or composite ones; quantized or not."""
+    text = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
+    if stored.is_composite:
+        text = f"{describe_kinds(stored)} tables"
+    return text + (f", int{quantized['bits']}" if quantized else "")
+
+
+def summary_rows(s: dict) -> list[tuple[str, str]]:
+    """The ``info`` table's named rows: file, kind, position, model, sizes, metrics."""
     trained, stored = ModelConfig.from_dict(s["trained_model"]), ModelConfig.from_dict(s["stored_model"])
     k = trained.mlet_hidden
     quantized = s.get("quantized")
-    if s["kind"] == TRAINING:
-        kind = "training (resumable)"
-    elif quantized:
-        kind = f"inference (int{quantized['bits']} row-wise quantized tables; no optimizer state)"
-    else:
-        kind = (
-            f"inference (collapsed from MLET K={k}; no optimizer state)"
-            if k
-            else "inference (plain tables; no optimizer state)"
-        )
     pos = s["position"] or {}
     params = s["parameters"]
     train_b, infer_b = params["training"]["bytes"], params["inference"]["bytes"]
     table_train_b, table_infer_b = params["embedding_training_bytes"], params["embedding_inference_bytes"]
-    trained_as = describe_kinds(trained)
-    stored_as = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
-    if stored.is_composite:
-        stored_as = f"{describe_kinds(stored)} tables"
-    if quantized:
-        stored_as += f", int{quantized['bits']}"
+    cause, larger = inference_cause(k, quantized), larger_because(quantized)
     rows = [
         ("file", f"{s['file']} ({mib(s['file_bytes'])})"),
-        ("kind", kind),
+        ("kind", kind_text(s, k)),
         ("format", f"{FORMAT} v{s['version']}, torch {s['torch']}"),
         (
             "position",
@@ -197,63 +202,64 @@ def format_summary(s: dict) -> str:
         ),
         (
             "model",
-            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, {trained_as}"
-            f" (stored as {stored_as});"
+            f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, "
+            f"{describe_kinds(trained)} (stored as {stored_as_text(stored, quantized)});"
             f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, "
             f"interaction {trained.interaction}",
         ),
-        *([("processes", processes_line(s["distributed"]))] if s.get("distributed") else []),
+    ]
+    if s.get("distributed"):
+        rows.append(("processes", processes_line(s["distributed"])))
+    rows += [
         ("optimizer", f"{s['optimizer']} (state {mib(s['optimizer_state_bytes'])})" if s["optimizer"] else "none"),
         ("stored", f"{mib(s['stored_parameter_bytes'])} of parameters"),
         (
             "parameters",
             f"training {params['training']['count']:,} ({mib(train_b)}), "
             f"inference {params['inference']['count']:,} ({mib(infer_b)}): the whole model at inference is "
-            + size_change(train_b, infer_b, inference_cause(k, quantized), larger_because(quantized)),
+            + size_change(train_b, infer_b, cause, larger),
         ),
         (
             "embeddings",
             f"training {mib(table_train_b)}, inference {mib(table_infer_b)}: the tables at inference are "
-            + size_change(table_train_b, table_infer_b, inference_cause(k, quantized), larger_because(quantized)),
+            + size_change(table_train_b, table_infer_b, cause, larger),
         ),
-        *(
-            [
-                (
-                    "quantized",
-                    f"{quantized['layout']}; float model's last test: "
-                    + _metrics_line("final", quantized.get("float_final")),
-                )
-            ]
-            if quantized
-            else []
-        ),
-        ("metrics", _metrics_line("final", s["final"])),
-        ("", _metrics_line("best", s["best"])),
     ]
-    lines = [f"{name:<11} {value}" for name, value in rows]
-    lines.append("")
-    lines.append(f"{'table':>5} {'rows':>14} {'trained as':>18} {'training':>12} {'inference':>12}")
-    for t in s["tables"]:
+    if quantized:
+        float_final = _metrics_line("final", quantized.get("float_final"))
+        rows.append(("quantized", f"{quantized['layout']}; float model's last test: {float_final}"))
+    return [*rows, ("metrics", _metrics_line("final", s["final"])), ("", _metrics_line("best", s["best"]))]
+
+
+def table_lines(tables: list[dict]) -> list[str]:
+    """One line per table: rows, how it was trained, its bytes in training and at inference."""
+    lines = [f"{'table':>5} {'rows':>14} {'trained as':>18} {'training':>12} {'inference':>12}"]
+    for t in tables:
         training, inference = mib(t["training_bytes"]), mib(t["inference_bytes"])
         lines.append(f"{t['table']:>5} {t['rows']:>14,} {t['trained_as']:>18} {training:>12} {inference:>12}")
-    lines.append("")
+    return lines
+
+
+def args_lines(args: dict) -> list[str]:
+    """The recorded flags, wrapped at 120 columns (their values that are plain scalars)."""
     flags = " ".join(
-        f"{flag_name(key)}={value}"
-        for key, value in sorted(s["args"].items())
-        if isinstance(value, (str, int, float, bool))
+        f"{flag_name(key)}={value}" for key, value in sorted(args.items()) if isinstance(value, (str, int, float, bool))
     )
-    lines.extend(
-        textwrap.wrap(
-            flags,
-            width=120,
-            initial_indent="args        ",
-            subsequent_indent=" " * 12,
-            break_on_hyphens=False,
-            break_long_words=False,
-        )
-        or ["args        -"]
+    wrapped = textwrap.wrap(
+        flags,
+        width=120,
+        initial_indent="args        ",
+        subsequent_indent=" " * 12,
+        break_on_hyphens=False,
+        break_long_words=False,
     )
-    return "\n".join(lines)
+    return wrapped or ["args        -"]
+
+
+def format_summary(s: dict) -> str:
+    """The human-readable ``info`` table."""
+    lines = [f"{name:<11} {value}" for name, value in summary_rows(s)]
+    return "\n".join([*lines, "", *table_lines(s["tables"]), "", *args_lines(s["args"])])
 
 
 def processes_line(distributed: dict) -> str:
