@@ -9,15 +9,18 @@
 # Without it: the embedded default. DAYS day files of ROWS rows each are generated in the real layout
 # (Terabyte's cardinalities times SCALE) and the same path runs with a smaller model.
 # Flags after -- go to dlrm_mlet.py (e.g. -- --mlet-hidden=64 --arch-sparse-feature-size=16 ...).
-# RUN_DIR (default runs/criteo_terabyte) and the path may be relative to the caller's directory.
+# RUN_DIR and the path may be relative to the caller's directory; RUN_DIR's default is the repository's
+# runs/criteo_terabyte, wherever the script is started from.
 set -euo pipefail
 CALLER_DIR=$PWD
+# A path as given by the caller, made absolute against the caller's directory (the script works from the repository root).
 from_caller() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_DIR/$1" ;; esac; }
 RAW=""
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then RAW=$(from_caller "$1"); shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
-RUN_DIR=$(from_caller "${RUN_DIR:-runs/criteo_terabyte}")
+if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
 cd "$(dirname "$0")/.."
+RUN_DIR=${RUN_DIR:-runs/criteo_terabyte}
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || bash scripts/setup.sh
 mkdir -p "$RUN_DIR"

@@ -243,10 +243,11 @@ line) instead of running it."""
 
 
 def run_script(
-    script: str, caller_dir: Path, *argv: str, env: dict[str, str] | None = None
+    script: str, caller_dir: Path, *argv: str, env: dict[str, str] | None = None, root: Path = ROOT
 ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    """``bash scripts/SCRIPT ARGV...`` started in ``caller_dir`` with ``PY`` the :data:`RECORDER` (and ``env``
-    added, the caller's ``RUN_DIR`` left out); the result and the recorded calls."""
+    """``bash ROOT/scripts/SCRIPT ARGV...`` started in ``caller_dir`` with ``PY`` the :data:`RECORDER` (and
+    ``env`` added, the caller's ``RUN_DIR`` left out); the result and the recorded calls. ``root`` is the
+    repository the script is in: a copy elsewhere keeps a script's default run directory out of this one."""
     calls = caller_dir / "calls"
     calls.mkdir()
     python = caller_dir / "record_python"
@@ -254,7 +255,7 @@ def run_script(
     python.chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k != "RUN_DIR"}
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *argv],
+        ["bash", str(root / "scripts" / script), *argv],
         cwd=caller_dir,
         env={**base, "PY": str(python), "CALLS": str(calls), **(env or {})},
         capture_output=True,

@@ -1,9 +1,13 @@
-"""scripts/quickstart.sh and reproduce.sh through bash: paths from the caller's directory, usage lines.
+"""scripts/quickstart.sh, reproduce.sh and criteo_terabyte.sh through bash: paths from the caller's directory,
+default run directories in the repository, usage lines.
 
 ``PY`` is ``helpers.RECORDER``, which records the commands instead of running them: well under a second.
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from helpers import ROOT, run_script
 
@@ -32,3 +36,34 @@ def test_reproduce_without_a_data_set_prints_its_usage_line(tmp_path) -> None:
     assert done.stderr == (
         "usage: bash scripts/reproduce.sh kaggle|avazu [RAW_FILE] [sweep.py flags ...] [-- dlrm_mlet.py flags ...]\n"
     )
+
+
+def _repository_copy(tmp_path: Path, script: str) -> tuple[Path, Path]:
+    """A repository holding only ``scripts/SCRIPT``, and a caller's directory beside it: where a default run
+    directory lands can be seen without writing into this repository's runs/."""
+    repo, caller = tmp_path / "repo", tmp_path / "caller"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / script, repo / "scripts" / script)
+    caller.mkdir()
+    return repo.resolve(), caller.resolve()
+
+
+def test_criteo_terabyte_puts_its_default_run_dir_in_the_repository(tmp_path) -> None:
+    repo, caller = _repository_copy(tmp_path, "criteo_terabyte.sh")
+    done, calls = run_script("criteo_terabyte.sh", caller, root=repo)
+    assert done.returncode == 0, done.stderr
+    assert (repo / "runs" / "criteo_terabyte" / "train.log").exists() and not (caller / "runs").exists()
+    generate, train = calls
+    assert generate[-1] == "runs/criteo_terabyte/synthetic_4days_250000rows_scale0.0005/day.gz"
+    assert "--processed-data-file=runs/criteo_terabyte/processed" in train
+
+
+def test_criteo_terabyte_takes_a_relative_run_dir_from_the_callers_directory(tmp_path) -> None:
+    repo, caller = _repository_copy(tmp_path, "criteo_terabyte.sh")
+    done, calls = run_script("criteo_terabyte.sh", caller, "input/day", root=repo, env={"RUN_DIR": "runs/tb"})
+    assert done.returncode == 0, done.stderr
+    run_dir = caller / "runs" / "tb"
+    assert (run_dir / "train.log").exists() and not (repo / "runs").exists()
+    [train] = calls
+    assert f"--raw-data-file={caller / 'input' / 'day'}" in train
+    assert f"--processed-data-file={run_dir / 'processed'}" in train
