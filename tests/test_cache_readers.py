@@ -4,10 +4,12 @@ read it together."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,6 +123,54 @@ def test_a_rebuild_is_refused_where_exclusive_locks_need_a_writable_file_as_on_n
         assert cache.read_meta(target)["settings"]["data_split"] == "dlrm"
     finally:
         stop(reader)
+
+
+def open_files() -> set[str]:
+    """The paths of the files this process has open."""
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return paths
+
+
+def test_a_rebuild_leaves_no_old_directory_where_open_files_cannot_be_removed_as_on_nfs(raw, tmp_path, monkeypatch):
+    """On NFS a file that is still open is not removed (the client renames it to ``.nfsXXXX`` until it is closed),
+    so removing a directory that holds one fails. The rebuild removed the replaced data while it still held their
+    ``meta.json`` open for its lock, and left ``.processed.old-PID/`` behind."""
+    target = tmp_path / "processed"
+    cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)  # this run reads it, then
+    rmtree = shutil.rmtree
+
+    def nfs_rmtree(path, ignore_errors: bool = False) -> None:
+        if any(str(file) in open_files() for file in Path(path).rglob("*")):
+            if not ignore_errors:
+                raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
+            return
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", nfs_rmtree)
+    rebuilt = cache.prepare(str(raw), str(target), "kaggle", "random-811", progress=False, log=quiet)
+    assert rebuilt.meta["settings"]["data_split"] == "random-811" and readers.is_reading(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
+
+
+def test_a_run_removes_the_old_directories_of_ended_rebuilds_and_not_those_of_live_ones(raw, tmp_path) -> None:
+    """What a rebuild could not remove (a file another process of its host still had open, on NFS) goes with the
+    next run that uses the cache once that rebuild's process has ended; one of a live process stays."""
+    target = tmp_path / "processed"
+    cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        ended, running = tmp_path / ".processed.old-999999999", tmp_path / f".processed.old-{live.pid}"
+        for old in (ended, running):
+            old.mkdir()
+            (old / ".nfs0000000000000001").write_bytes(b"")
+        cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)  # uses it, no rebuild
+        assert not ended.exists() and (running / ".nfs0000000000000001").exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_runs_that_read_a_cache_with_the_same_settings_read_it_together(raw, tmp_path) -> None:

@@ -248,7 +248,9 @@ def check_target(directory: Path, meta: dict | None) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary build directories and replaced old ones left by killed runs (their process is gone)."""
+    """Delete temporary build directories and replaced old ones left by killed runs, or by a rebuild on NFS that
+    could not remove a file still open (the client keeps it as ``.nfsXXXX`` until it is closed): those whose
+    process is gone from this host. One of a live process is left alone."""
     for tmp in [*directory.parent.glob(f".{directory.name}.tmp-*"), *directory.parent.glob(f".{directory.name}.old-*")]:
         try:
             os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
@@ -256,6 +258,11 @@ def remove_stale_temporaries(directory: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except PermissionError:
             pass
+
+
+def replaced(directory: Path) -> Path:
+    """Where this process's rebuild of ``directory`` moves the processed data it replaces, until it removes them."""
+    return directory.with_name(f".{directory.name}.old-{os.getpid()}")
 
 
 def install(tmp: Path, directory: Path, old: Path) -> None:
@@ -318,13 +325,12 @@ def build(
     vocabulary_check: VocabularyCheck | None = None,
 ) -> dict:
     """Preprocess ``raw`` (a file; for Terabyte the day prefix) into ``directory`` (through a temporary
-    sibling); returns the metadata. ``vocabulary_check`` sees the training counts after pass 1."""
+    sibling); returns the metadata. The processed data it replaces are moved to :func:`replaced`, for the caller to
+    remove. ``vocabulary_check`` sees the training counts after pass 1."""
     start = time.perf_counter()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(directory)
         tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as error:
@@ -354,10 +360,9 @@ def build(
             "rows_per_second": round(first.physical / seconds),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        install(tmp, directory, old)
-    finally:  # also when interrupted: the build, or the data it replaced
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
+        install(tmp, directory, replaced(directory))
+    finally:  # also when interrupted
+        shutil.rmtree(tmp, ignore_errors=True)
     rows = first.rows
     dropped = f" ({first.dropped:,} negative training rows sub-sampled away)" if first.dropped else ""
     log(
@@ -452,6 +457,7 @@ def prepare(
         directory, lambda holder: waiting(log, f"waiting for another run's build of {directory} ({holder})")
     ):
         # one run at a time checks and builds: one that waited finds the other's build, and uses it
+        remove_stale_temporaries(directory)
         meta = read_meta(directory)
         reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
         if reason is None and meta is not None:
@@ -463,11 +469,16 @@ def prepare(
             readers.start_reading(directory)  # no rebuild can be under way: this run holds the build lock
             return Processed(directory, meta)
         check_target(directory, meta)
-        with readers.replacing(directory, lambda holders: refuse_replacing(directory, str(reason), holders)):
-            log(f"preprocessing {raw} into {directory}: {reason}")
-            built = build(
-                Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check
-            )
+        try:
+            with readers.replacing(directory, lambda holders: refuse_replacing(directory, str(reason), holders)):
+                log(f"preprocessing {raw} into {directory}: {reason}")
+                built = build(
+                    Path(raw), directory, layout, settings, source, skip_bad_rows, progress, log, vocabulary_check
+                )
+        finally:
+            # only once `replacing` has closed the old meta.json (held for its lock): on NFS a file still open is
+            # not removed but renamed to .nfsXXXX, and the old directory would stay
+            shutil.rmtree(replaced(directory), ignore_errors=True)
     return Processed(directory, built)
 
 
