@@ -35,7 +35,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.signals import exit_status, handling, stopped, terminate
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
-    from mlet.parallel import distributed, process_group
+    from mlet.parallel import distributed, process_group, turns
     from mlet.serving import quantize
     from mlet.training import metrics
     from mlet.training.checkpoints import (
@@ -97,10 +97,12 @@ def checked_load_model(run: Run) -> dict | None:
 
 def read_data(run: Run, parallel: Parallel) -> DataBundle:
     """The run's data, on every process. A data set is preprocessed on first use; under torchrun one process
-    does it and the others then reuse it (``process_group.in_turns``), rather than all at once into one folder."""
+    does it and the others then reuse it (``turns.in_turns``), rather than all at once into one folder."""
     if run.data.dataset is None:
         return parallel.agree(lambda: build_data(run.data))
-    return process_group.in_turns(lambda: build_data(run.data))
+    return turns.in_turns(
+        lambda: build_data(run.data), "reading (on first use, preprocessing) the data set", run.dist_timeout
+    )
 
 
 def prepare(

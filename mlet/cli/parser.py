@@ -319,5 +319,6 @@ def add_multi_process_flags(multi: argparse._ActionsContainer) -> None:
         "--dist-timeout",
         type=int,
         default=process_group.DEFAULT_TIMEOUT_S,
-        help="seconds a collective may wait for the other processes",
+        help="seconds a collective may wait for the other processes (a wait for another run's build of the "
+        "processed data is not counted)",
     )

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_rank, launched_world_size
 
+_joined: list[dist.Store] = []  # the store this process met the others at, under its attempt's prefix (one join)
 NOTICE_S = 20.0  # a process that has waited this long (or half --dist-timeout, if less) says what it waits for
 POLL_S = 0.5
 
@@ -128,6 +129,15 @@ def join(timeout_s: int) -> None:
         world_size=place.world_size,
         timeout=timedelta(seconds=timeout_s),
     )
+    _joined[:] = [dist.PrefixStore(f"dlrm_mlet/{place.attempt}", store)]
+
+
+def joined_store() -> dist.Store:
+    """The store this process met the others at (:func:`join`), for waits that are not collectives; its keys are
+    this torchrun attempt's own."""
+    if not _joined:
+        raise RuntimeError("the processes have not joined through mlet.parallel.joining.join")
+    return _joined[0]
 
 
 def connect(place: Rendezvous, patience: Patience) -> dist.TCPStore:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from mlet.core.errors import UserError
-from mlet.core.launch import launched_local_rank, launched_rank, launched_world_size
+from mlet.core.launch import launched_rank, launched_world_size
 from mlet.parallel import joining
 
 BACKENDS = ("gloo", "nccl")
@@ -171,7 +171,8 @@ def agree(step: Callable[[], T]) -> T:
 
 
 def share_failure(error: Exception | None, ran: bool = True) -> None:
-    """Every process says how its step went (``error``; ``ran``: whether it had one, see :func:`in_turns`); if
+    """Every process says how its step went (``error``; ``ran``: whether it had one, see
+    :func:`~mlet.parallel.turns.in_turns`); if
     any failed, every process raises the first failure as a :class:`SharedError`. A collective.
 
     The message keeps its ``rank R:`` prefix unless every process that ran the step failed alike and rank 0
@@ -219,27 +220,6 @@ def on_rank_zero(step: Callable[[], object]) -> None:
         agree(step)
     else:
         share_failure(None, ran=False)
-
-
-def in_turns(step: Callable[[], T]) -> T:
-    """Run ``step`` once on every process, in three turns: rank 0 first, then each other host's first process,
-    then the rest; a failure in a turn stops every process there, with its message (as :func:`agree`).
-
-    For work that fills a cache on disk that the later turns reuse (the processed data): one process makes it on
-    a disk all hosts share, or one per host on local disks, instead of every process at once into the same
-    folder. The processes waiting for a turn wait as any collective does, up to ``--dist-timeout``.
-    """
-    if not is_multi_process():
-        return step()
-    first_here = launched_local_rank() == 0
-    turns = (dist.get_rank() == 0, dist.get_rank() != 0 and first_here, not first_here)
-    done: list[T] = []
-    for mine in turns:
-        if mine:
-            done.append(agree(step))
-        else:
-            share_failure(None, ran=False)
-    return done[0]
 
 
 COMMUNICATION_WORDS = re.compile(

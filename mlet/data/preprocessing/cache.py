@@ -48,6 +48,7 @@ from typing import NoReturn
 import numpy as np
 from tqdm import tqdm
 
+from mlet.core import waits
 from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
 from mlet.core.files import one_at_a_time
@@ -453,10 +454,9 @@ def prepare(
         return processed_only(directory, settings, log)
     layout = days.day_layout(raw) if data_set == "terabyte" else detect_layout(raw, data_set)
     source = source_info(Path(raw), data_set)
-    with one_at_a_time(
-        directory, lambda holder: waiting(log, f"waiting for another run's build of {directory} ({holder})")
-    ):
+    with one_at_a_time(directory, lambda holder: waiting(log, f"another run's build of {directory} ({holder})")):
         # one run at a time checks and builds: one that waited finds the other's build, and uses it
+        waits.done_waiting()
         remove_stale_temporaries(directory)
         meta = read_meta(directory)
         reason = why_rebuild(meta, directory, settings, source, skip_bad_rows)
@@ -493,11 +493,13 @@ def refuse_replacing(directory: Path, reason: str, holders: list[str]) -> NoRetu
     )
 
 
-def waiting(log: Log, line: str) -> None:
-    """``log`` the ``line`` that says why this run waits, shown now (not held in an output file's buffer)."""
-    log(line)
+def waiting(log: Log, what: str) -> None:
+    """``log`` that this run waits for ``what`` (another run's build), shown now (not held in an output file's
+    buffer); the run's other processes, which wait for this one, are told too (:mod:`~mlet.core.waits`)."""
+    log(f"waiting for {what}")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    waits.waiting_for(what)
 
 
 def processed_only(directory: Path, settings: dict, log: Log) -> Processed:
@@ -505,7 +507,8 @@ def processed_only(directory: Path, settings: dict, log: Log) -> Processed:
     are complete and made with ``settings``. This run reads them from then on, which no rebuild may replace; a
     rebuild under way is waited for."""
     was_reading = readers.is_reading(directory)
-    readers.start_reading(directory, lambda: waiting(log, f"waiting for another run's build of {directory}"))
+    readers.start_reading(directory, lambda: waiting(log, f"another run's build of {directory}"))
+    waits.done_waiting()
     try:
         return check_processed(directory, settings)
     except UserError:
