@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import BUILD_HELD, ROOT, kill_running, wait_for
 
+from mlet.core import files
 from mlet.core.errors import UserError
 from mlet.data.preprocessing import cache, readers
 from mlet.data.preprocessing.raw_generate import RawGenerator
@@ -231,3 +232,34 @@ def test_the_refusal_names_one_reader_and_counts_the_others(tmp_path) -> None:
         cache.refuse_replacing(tmp_path, "it was made with other settings", holders)
     assert "(pid 11 on host: python -m dlrm_mlet and 2 more)" in str(refused.value)
     assert str(refused.value).count("pid ") == 1
+
+
+def test_a_reader_is_named_by_the_device_and_inode_of_its_lock_not_the_inode_alone(tmp_path, monkeypatch) -> None:
+    """``/proc/locks`` names a locked file ``MAJ:MIN:INODE``: a lock on a file of another device (another file
+    system) with the same inode number was named as a reader of this one."""
+    meta = tmp_path / "meta.json"
+    meta.write_text("{}")
+    major, minor, inode = files.lock_key(meta)
+    reader, other = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "61"])
+    try:
+        table = tmp_path / "locks"
+        table.write_text(
+            f"1: FLOCK  ADVISORY  READ {reader.pid} {major:02x}:{minor:02x}:{inode} 0 EOF\n"
+            f"2: FLOCK  ADVISORY  READ {other.pid} {major + 1:02x}:{minor:02x}:{inode} 0 EOF\n"
+        )
+        monkeypatch.setattr(files, "LOCKS", table)
+        assert files.lock_holders(meta) == [f"pid {reader.pid} on {socket.gethostname()}: sleep 60"]
+    finally:
+        for process in (reader, other):
+            process.kill()
+            process.wait()
+
+
+def test_the_lock_key_of_a_file_is_the_one_proc_locks_names_its_locks_by(tmp_path) -> None:
+    path = tmp_path / "meta.json"
+    with open(path, "w") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        lines = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+        mine = [fields[5] for fields in lines if fields[1] == "FLOCK" and fields[4] == str(os.getpid())]
+    major, minor, inode = files.lock_key(path)
+    assert f"{major:02x}:{minor:02x}:{inode}" in mine

@@ -180,22 +180,72 @@ def try_exclusive(handle: IO[bytes]) -> bool:
 UNLOCKABLE = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)  # no lock to take here (see try_exclusive)
 
 
+LOCKS = Path("/proc/locks")  # the kernel's table of the locks held on this host
+
+
 def lock_holders(path: Path) -> list[str]:
     """The other processes of this host that hold an ``flock`` on ``path`` (from ``/proc/locks``), each as
     ``pid N on HOST: COMMAND`` (the command cut at 100 characters); empty where none is seen (a process on another
     host of a shared file system, or no ``/proc``)."""
     try:
-        inode = os.stat(path).st_ino
-        table = Path("/proc/locks").read_text()
+        key = lock_key(path)
+        table = LOCKS.read_text()
     except OSError:
         return []
     pids = []
     for line in table.splitlines():
         fields = line.split()  # "1: FLOCK ADVISORY READ PID MAJ:MIN:INODE 0 EOF"; "1: -> FLOCK ..." for a waiter
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
-            pids.append(int(fields[4]))  # the inode alone: in a container the device may be the overlay's
+        if len(fields) >= 6 and fields[1] == "FLOCK" and _locked_file(fields[5]) == key:
+            pids.append(int(fields[4]))
     host = socket.gethostname()
     return [f"pid {pid} on {host}: {_command(pid)}" for pid in dict.fromkeys(pids) if pid != os.getpid()]
+
+
+def _locked_file(field: str) -> tuple[int, int, int] | None:
+    """``(major, minor, inode)`` of a ``/proc/locks`` line's ``MAJ:MIN:INODE`` (the device in hex)."""
+    try:
+        major, minor, inode = field.split(":")
+        return int(major, 16), int(minor, 16), int(inode)
+    except ValueError:
+        return None
+
+
+def lock_key(path: Path) -> tuple[int, int, int]:
+    """``(major, minor, inode)`` by which ``/proc/locks`` names the locks on ``path``: the device of the mount it
+    is on (from ``/proc/self/mountinfo``) and the inode the kernel locks (``/proc/self/fdinfo``), where ``/proc``
+    says; else its ``stat``. The inode alone would match a file of another device, and ``stat``'s device is not the
+    locks' on every file system (a btrfs subvolume's, an overlay's in a container)."""
+    fd = os.open(path, os.O_PATH)
+    try:
+        stat, info = os.fstat(fd), _proc_fields(Path(f"/proc/self/fdinfo/{fd}"))
+    finally:
+        os.close(fd)
+    device = _mount_devices().get(info.get("mnt_id", ""), (os.major(stat.st_dev), os.minor(stat.st_dev)))
+    return *device, int(info.get("ino", stat.st_ino))
+
+
+def _proc_fields(path: Path) -> dict[str, str]:
+    """The ``name: value`` lines of a ``/proc`` file (empty where it cannot be read)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    return {name.strip(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+
+
+def _mount_devices() -> dict[str, tuple[int, int]]:
+    """Each mount's id -> its device (major, minor), from ``/proc/self/mountinfo`` (empty where unreadable)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    devices = {}
+    for line in lines:
+        fields = line.split()  # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw" (decimal device)
+        if len(fields) >= 3 and fields[2].count(":") == 1:
+            major, minor = fields[2].split(":")
+            devices[fields[0]] = (int(major), int(minor))
+    return devices
 
 
 def _command(pid: int) -> str:
