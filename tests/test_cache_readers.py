@@ -156,19 +156,25 @@ def test_a_rebuild_leaves_no_old_directory_where_open_files_cannot_be_removed_as
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw.txt"]
 
 
-def test_a_run_removes_the_old_directories_of_ended_rebuilds_and_not_those_of_live_ones(raw, tmp_path) -> None:
+def test_a_run_removes_the_old_directories_of_ended_rebuilds_of_its_host_and_not_those_of_live_ones(raw, tmp_path):
     """What a rebuild could not remove (a file another process of its host still had open, on NFS) goes with the
-    next run that uses the cache once that rebuild's process has ended; one of a live process stays."""
+    next run that uses the cache once that rebuild's process has ended; one of a live process stays, and so does
+    one of another host sharing the disk (its process may run there), which the older names without a host
+    could not tell (they stay taken for this host's)."""
     target = tmp_path / "processed"
     cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)
     live = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
     try:
-        ended, running = tmp_path / ".processed.old-999999999", tmp_path / f".processed.old-{live.pid}"
-        for old in (ended, running):
+        ended, unnamed = tmp_path / f".processed.old-{host}-999999999", tmp_path / ".processed.tmp-999999998"
+        running = tmp_path / f".processed.old-{host}-{live.pid}"
+        elsewhere = tmp_path / ".processed.tmp-other-host.example-999999997"
+        for old in (ended, unnamed, running, elsewhere):
             old.mkdir()
             (old / ".nfs0000000000000001").write_bytes(b"")
         cache.prepare(str(raw), str(target), "kaggle", "dlrm", progress=False, log=quiet)  # uses it, no rebuild
-        assert not ended.exists() and (running / ".nfs0000000000000001").exists()
+        assert not ended.exists() and not unnamed.exists()
+        assert (running / ".nfs0000000000000001").exists() and (elsewhere / ".nfs0000000000000001").exists()
     finally:
         live.kill()
         live.wait()

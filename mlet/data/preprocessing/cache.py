@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -248,22 +249,40 @@ def check_target(directory: Path, meta: dict | None) -> None:
         )
 
 
+def sibling(directory: Path, kind: str) -> Path:
+    """This process's ``kind`` (``tmp``: a build under way, ``old``: the data a rebuild replaced) directory beside
+    ``directory``: ``.NAME.KIND-HOST-PID``. The host in the name keeps another host's live build on a shared disk
+    from being taken for a dead one of this host."""
+    return directory.with_name(f".{directory.name}.{kind}-{socket.gethostname()}-{os.getpid()}")
+
+
 def remove_stale_temporaries(directory: Path) -> None:
     """Delete temporary build directories and replaced old ones left by killed runs, or by a rebuild on NFS that
-    could not remove a file still open (the client keeps it as ``.nfsXXXX`` until it is closed): those whose
-    process is gone from this host. One of a live process is left alone."""
-    for tmp in [*directory.parent.glob(f".{directory.name}.tmp-*"), *directory.parent.glob(f".{directory.name}.old-*")]:
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
+    could not remove a file still open (the client keeps it as ``.nfsXXXX`` until it is closed): those of this
+    host whose process is gone (``.NAME.KIND-PID``, without a host, as older versions named them: taken for this
+    host's). One of a live process, or of another host, is left alone."""
+    for kind in ("tmp", "old"):
+        prefix = f".{directory.name}.{kind}-"
+        for path in directory.parent.glob(f"{prefix}*"):
+            host, _, pid = path.name.removeprefix(prefix).rpartition("-")
+            if host in ("", socket.gethostname()) and pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's
+    return True
 
 
 def replaced(directory: Path) -> Path:
     """Where this process's rebuild of ``directory`` moves the processed data it replaces, until it removes them."""
-    return directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    return sibling(directory, "old")
 
 
 def install(tmp: Path, directory: Path, old: Path) -> None:
@@ -331,7 +350,7 @@ def build(
     start = time.perf_counter()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+        tmp = sibling(directory, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as error:
