@@ -105,6 +105,8 @@ def test_unwritable_or_clashing_outputs_are_reported_before_training(tmp_path, c
         ([f"--save-model={a_file}/m.pt"], f"--save-model {a_file}/m.pt: {a_file} is a file, not a folder"),
         (["--mlet-hidden=8", f"--save-collapsed={a_file}/c.pt"], "--save-collapsed"),
         ([f"--results-json={tmp_path}"], f"--results-json {tmp_path}: is a folder"),
+        (["--save-model=/"], "--save-model /: is a folder"),  # a path without a name: no traceback deriving from it
+        ([f"--save-model={tmp_path}/."], f"--save-model {tmp_path}/.: is a folder"),
         ([f"--save-model={checkpoint}", f"--results-json={checkpoint}"], "--results-json"),
     ]
     for flags, message in cases:

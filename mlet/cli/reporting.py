@@ -98,8 +98,11 @@ def profile_prefix(given: str, save_model: str) -> str:
     """``--profile-prefix``, or its default: the ``--save-model`` path without its suffix plus ``.profile`` (runs
     with their own checkpoints profile into their own files), else upstream's fixed stem in the current folder.
     A prefix ending in a slash is refused: it would name hidden files ``.json`` and ``.prof`` in that folder."""
+    if not given and not save_model:
+        return PROFILE_PREFIX
     if not given:
-        return f"{Path(save_model).with_suffix('')}.profile" if save_model else PROFILE_PREFIX
+        checkpoint = Path(save_model)  # "." or "/" have no name (no suffix to drop): refused later as folders
+        return f"{checkpoint.with_suffix('') if checkpoint.name else checkpoint}.profile"
     if given.endswith("/"):
         raise UserError(
             f"--profile-prefix: {given} ends in a folder; add a file-name stem, e.g. {given}run"
