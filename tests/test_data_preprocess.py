@@ -321,6 +321,21 @@ def test_cache_location_errors(tmp_path) -> None:
         quiet_prepare(None, tmp_path / "p", split="random-811")
 
 
+def test_cache_in_the_current_directory_is_used_but_never_built(tmp_path, monkeypatch) -> None:
+    raw = sample_file("criteo_kaggle_train_sample100.txt")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(UserError, match=r"--processed-data-file: .*here is the current directory; .* e\.g\. "):
+        quiet_prepare(raw, ".")  # the build's rename would have left the process in a deleted directory
+    with pytest.raises(UserError, match=r"--processed-data-file: /\S* is the file system's root"):
+        quiet_prepare(raw, "/")
+    assert os.listdir(tmp_path) == ["here"] and os.listdir(tmp_path / "here") == []
+    quiet_prepare(raw, tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    assert quiet_prepare(raw, ".").directory == tmp_path / "p"  # made elsewhere, used from inside it
+    assert sorted(os.listdir(tmp_path)) == ["here", "p"]
+
+
 def test_default_processed_directory_is_next_to_the_raw_file(tmp_path) -> None:
     raw = tmp_path / "train.txt"
     raw.write_bytes(sample_file("criteo_kaggle_train_sample100.txt").read_bytes())

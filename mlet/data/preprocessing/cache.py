@@ -167,8 +167,12 @@ def cache_settings(data_set: str, split: str, split_seed: int, sub_sample_rate: 
 
 def processed_directory(raw: str | None, processed: str | None) -> Path:
     """Where the processed data of ``--raw-data-file`` ``raw`` are: ``--processed-data-file`` when given, else
-    beside the raw file (``RAW.processed``)."""
-    return Path(processed) if processed else Path(f"{str(raw).rstrip('/')}.processed")
+    beside the raw file (``RAW.processed``). A path without a name of its own (``.``, ``..``) is made absolute:
+    the build's lock and temporaries go beside the directory, named after it."""
+    if not processed:
+        return Path(f"{str(raw).rstrip('/')}.processed")
+    given = Path(processed)
+    return given if given.name not in ("", "..") else Path(os.path.abspath(given))
 
 
 def files_record(raw: str | None, processed: str | None, fingerprint: str | None) -> dict:
@@ -239,13 +243,21 @@ OWN_FILES = {
 
 
 def check_target(directory: Path, meta: dict | None) -> None:
-    """Refuse to replace anything but processed data (complete or not) or an empty directory."""
+    """Refuse to replace anything but processed data (complete or not) or an empty directory, and the current
+    directory: the build renames a new directory in its place, which would leave this process (and the shell it
+    was started from) in a deleted one."""
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--processed-data-file: {directory} is a file; give a directory for the processed data")
     if directory.is_dir() and meta is None and any(p.name not in OWN_FILES for p in directory.iterdir()):
         raise UserError(
             f"--processed-data-file: {directory} is not empty and holds no processed data (meta.json); "
             "give a new or empty directory"
+        )
+    here = Path.cwd().resolve()
+    if directory.resolve() in (here, *here.parents):
+        raise UserError(
+            f"--processed-data-file: {directory} is the current directory; a build replaces the whole directory: "
+            f"give a new one, e.g. {directory / 'processed'}"
         )
 
 
@@ -463,6 +475,8 @@ def prepare(
     if not raw and not processed:
         raise UserError("--raw-data-file: needed (or the --processed-data-file of data processed before)")
     directory = processed_directory(raw, processed)
+    if not directory.name:
+        raise UserError(f"--processed-data-file: {processed} is the file system's root; give a directory of its own")
     if is_upstream_npz(directory):
         raise UserError(
             f"--processed-data-file: {directory} is {UPSTREAM_NPZ}; this project keeps its processed data in a "
