@@ -336,9 +336,11 @@ def test_cache_in_the_current_directory_is_used_but_never_built(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["here", "p"]
 
 
-def test_default_processed_directory_is_next_to_the_raw_file(tmp_path) -> None:
+def test_default_processed_directory_is_next_to_the_raw_file(tmp_path, monkeypatch) -> None:
     raw = tmp_path / "train.txt"
     raw.write_bytes(sample_file("criteo_kaggle_train_sample100.txt").read_bytes())
     data = prepare(str(raw), None, "kaggle", "dlrm", progress=False, log=lambda _: None)
     assert data.directory == tmp_path / "train.txt.processed" and (data.directory / "meta.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["train.txt", "train.txt.processed"]
+    monkeypatch.chdir(tmp_path)  # a raw path without a name (Terabyte's folder of days as "."): beside it all the same
+    assert preprocess.processed_directory(".", None) == tmp_path.parent / f"{tmp_path.name}.processed"

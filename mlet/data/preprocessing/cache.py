@@ -170,9 +170,13 @@ def processed_directory(raw: str | None, processed: str | None) -> Path:
     beside the raw file (``RAW.processed``). A path without a name of its own (``.``, ``..``) is made absolute:
     the build's lock and temporaries go beside the directory, named after it."""
     if not processed:
-        return Path(f"{str(raw).rstrip('/')}.processed")
-    given = Path(processed)
-    return given if given.name not in ("", "..") else Path(os.path.abspath(given))
+        return Path(f"{named(str(raw)).rstrip('/')}.processed")  # Terabyte's folder "." -> ../FOLDER.processed
+    return Path(named(processed))
+
+
+def named(path: str) -> str:
+    """``path``, made absolute where it has no name of its own (``.``, ``..``, ``DIR/..``)."""
+    return path if Path(path).name not in ("", "..") else os.path.abspath(path)
 
 
 def files_record(raw: str | None, processed: str | None, fingerprint: str | None) -> dict:
