@@ -256,3 +256,14 @@ def test_checkpoint_holds_rng_schedule_and_position(early_checkpoint: str) -> No
     }
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert ckpt["args"]["learning_rate"] == 0.3 and ckpt["best"]["iteration"] == 3
+
+
+def test_rerunning_a_command_says_it_replaces_its_checkpoint(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "m.pt"
+    assert run_cli([*TINY, f"--save-model={checkpoint}"], capsys)[0] == 0
+    code, out, _ = run_cli([*TINY, f"--save-model={checkpoint}"], capsys)  # the same command again, as after Ctrl-C
+    assert code == 0
+    line = f"--save-model {checkpoint}: exists; this run starts over and replaces it at its first save"
+    assert f"{line} (to continue the run saved there instead, add --load-model={checkpoint})" in out
+    code, out, _ = run_cli([*TINY, f"--save-model={checkpoint}", f"--load-model={checkpoint}"], capsys)
+    assert code == 0 and "exists; this run starts over" not in out  # continuing it: nothing to say

@@ -9,6 +9,7 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -188,6 +189,19 @@ def ignored_flag_notes(args: argparse.Namespace, defaults: argparse.Namespace) -
             "--data-on-device=on: without --use-gpu the data stays in host memory (batches are cut from it as on a GPU)"
         )
     return lines
+
+
+def replaced_checkpoint_notes(args: argparse.Namespace) -> list[str]:
+    """A log line where ``--save-model`` names a file that exists and no ``--load-model`` continues it.
+
+    Rerunning a stopped command as it was (upstream's habit) starts over and writes over the checkpoint the stopped
+    run left, hours of training perhaps; the line says so while that can still be undone, and how to continue it."""
+    if not args.save_model or args.load_model or not Path(args.save_model).is_file():
+        return []
+    return [
+        f"--save-model {args.save_model}: exists; this run starts over and replaces it at its first save "
+        f"(to continue the run saved there instead, add --load-model={args.save_model})"
+    ]
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -509,7 +523,7 @@ def validate(args: argparse.Namespace) -> Run:
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
     defaults = build_parser().parse_args([])
     notes += reduction.unused_reduction_flags(args, defaults) + ignored_flag_notes(args, defaults)
-    notes += random_id_notes(args, defaults)
+    notes += random_id_notes(args, defaults) + replaced_checkpoint_notes(args)
     model = model_config(args)
     check_counts(args)
     train = train_config(args)
