@@ -507,6 +507,25 @@ def test_ctrl_c_while_the_modules_import_ends_as_in_the_run(command: list[str], 
 
 @pytest.mark.parametrize(
     ("command", "prog"),
+    [
+        (["dlrm_mlet.py", "--help"], dlrm_mlet.PROG),
+        (["checkpoint.py", "info", "x.pt"], checkpoint.PROG),
+        (["data_utils.py", "--help"], "data_utils.py"),
+    ],
+)
+def test_sigterm_while_the_modules_import_ends_as_in_the_run(command: list[str], prog: str, tmp_path) -> None:
+    """A stand-in torch sends the process SIGTERM as it is imported (a batch system's kill in the first seconds):
+    the run's one line and status 143, where the process used to die with no line at all."""
+    (tmp_path / "torch").mkdir()
+    killed = INTERRUPTED_IMPORT.replace("SIGINT)  # Ctrl-C while torch imports", "SIGTERM)  # while torch imports")
+    assert killed != INTERRUPTED_IMPORT
+    (tmp_path / "torch" / "__init__.py").write_text(killed)
+    done = run_command_as_from_a_terminal(command, f"{tmp_path}:{ROOT}")
+    assert (done.returncode, done.stderr, done.stdout) == (143, f"{prog}: terminated (SIGTERM)\n", "")
+
+
+@pytest.mark.parametrize(
+    ("command", "prog"),
     [(["dlrm_mlet.py", "--help"], dlrm_mlet.PROG), (["checkpoint.py", "info", "x.pt"], checkpoint.PROG)],
 )
 def test_ctrl_c_while_the_modules_import_ends_even_where_the_import_catches_it(

@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 @contextlib.contextmanager
 def interrupt_exits(prog: str) -> Iterator[None]:
     """Ctrl-C inside the block ends the process as a Ctrl-C later in the command does: one ``PROG: interrupted``
-    line on stderr and exit status 130, no traceback.
+    line on stderr and exit status 130, no traceback; SIGTERM likewise, with its own line and 143 (without this it
+    ended the process at once, with no line: a batch system's kill in the first seconds left no word in the log).
 
     For the imports at the top of a command's file (torch's take a second or more), which run before its ``main``
     can catch anything; this module imports the standard library only, so it is loaded before them. The process
@@ -26,15 +27,22 @@ def interrupt_exits(prog: str) -> Iterator[None]:
     one can be caught on the way (numpy half-imported under torch then failed with an unrelated traceback, or the
     run went on as if no Ctrl-C had come). Nothing is written yet that an exit this abrupt would leave behind.
     """
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # as by nohup or a shell's background job: kept so
-    with handling({} if ignored else {signal.SIGINT: lambda signum, frame: end_interrupted(prog)}):
+    stops = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+    handlers: dict[int, Any] = {
+        signum: (lambda signum, frame: end_interrupted(prog, stops[signum]()))
+        for signum in stops
+        if signal.getsignal(signum) != signal.SIG_IGN  # as by nohup or a shell's background job: kept so
+    }
+    with handling(handlers):
         yield
 
 
-def end_interrupted(prog: str) -> NoReturn:
-    """End the process now with Ctrl-C's line and exit status, skipping the interpreter's own exit."""
-    ignore_interrupts()  # a second Ctrl-C while the line is written must not run this again
-    code = stopped(prog, KeyboardInterrupt())
+def end_interrupted(prog: str, stop: KeyboardInterrupt) -> NoReturn:
+    """End the process now with the line and exit status of ``stop`` (Ctrl-C's or SIGTERM's, see :func:`stopped`),
+    skipping the interpreter's own exit."""
+    for signum in HELD:  # a second Ctrl-C or SIGTERM while the line is written must not run this again
+        signal.signal(signum, signal.SIG_IGN)  # (a signal handler: in the main thread, which may set them)
+    code = stopped(prog, stop)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: the status still tells
             stream.flush()
