@@ -314,6 +314,8 @@ def test_cache_location_errors(tmp_path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         quiet_prepare(raw, tmp_path / "file")
+    with pytest.raises(UserError, match=r"cannot create \S*/file/p: \S*/file is a file, not a folder$"):
+        quiet_prepare(raw, tmp_path / "file" / "p")
     with pytest.raises(UserError, match="holds no processed data; give --raw-data-file"):
         quiet_prepare(None, tmp_path / "nothing")
     quiet_prepare(raw, tmp_path / "p")

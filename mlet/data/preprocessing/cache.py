@@ -369,8 +369,10 @@ def build(
         tmp = sibling(directory, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    except OSError as error:
-        raise UserError(f"--processed-data-file: cannot create {directory}: {error.strerror}") from None
+    except OSError as error:  # a file where a folder should be: named (mkdir says only "File exists")
+        blocking = next((parent for parent in directory.parents if parent.exists() and not parent.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking is not None else error.strerror
+        raise UserError(f"--processed-data-file: cannot create {directory}: {why}") from None
     try:
         if settings["data_set"] == "terabyte":
             first, details = days.build_days(str(raw), layout, settings, skip, tmp, progress, log, vocabulary_check)
