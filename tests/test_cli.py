@@ -404,6 +404,26 @@ def test_random_data_draws_as_the_flags_say(capsys) -> None:
     )
 
 
+def test_flags_of_generated_data_that_nothing_reads_are_named() -> None:
+    """--data-size and the bag flags beside a data set, the click model's flags beside random data: each a line
+    (they were accepted without a word); where they generate something, none."""
+    tiny = [flag for flag in TINY if not flag.startswith("--data-generation")]
+    flags = ["--data-size=100", "--num-indices-per-lookup=5", "--num-indices-per-lookup-fixed", "--synthetic-rank=4"]
+    synthetic = configs.run_config([*tiny, "--data-generation=synthetic", *flags])
+    assert synthetic.notes == (
+        "--num-indices-per-lookup: ignored: only --data-generation=random reads it",
+        "--num-indices-per-lookup-fixed: ignored: only --data-generation=random reads it",
+    )
+    random = configs.run_config([*TINY, *flags])
+    assert random.notes == ("--synthetic-rank: ignored: only --data-generation=synthetic reads it",)
+    dataset = [f"--raw-data-file={sample_file('criteo_kaggle_train_sample100.txt')}", "--arch-mlp-bot=13-2"]
+    with_data = configs.run_config(["--data-generation=dataset", "--data-set=kaggle", *dataset, *flags[:2]])
+    assert with_data.notes == (
+        "--data-size: ignored: only --data-generation=random or synthetic reads it",
+        "--num-indices-per-lookup: ignored: only --data-generation=random reads it",
+    )
+
+
 def test_flags_that_change_nothing_here_are_named(capsys) -> None:
     """--mlet-init without MLET, and the GPU's --tf32 and --data-on-device=on without --use-gpu, each get a line."""
     code, out, err = run_cli([*TINY, "--mlet-init=xavier", "--tf32", "--data-on-device=on"], capsys)

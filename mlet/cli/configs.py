@@ -307,6 +307,28 @@ def random_id_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> l
     return []
 
 
+GENERATED_ONLY = {
+    "--data-size": ("random", "synthetic"),
+    "--num-indices-per-lookup": ("random",),
+    "--num-indices-per-lookup-fixed": ("random",),
+}
+"""Flags of generated data and the ``--data-generation`` kinds that read them (a data set's files decide its size)."""
+
+
+def generated_data_notes(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
+    """One log line for each flag of generated data given where nothing reads it: :data:`GENERATED_ONLY`'s, and
+    the click model's ``--synthetic-*`` beside other data (upstream ignores its own ones silently)."""
+    kinds = {
+        **GENERATED_ONLY,
+        **{flag_name(dest): ("synthetic",) for dest in vars(args) if dest.startswith("synthetic_")},
+    }
+    return [
+        f"{flag}: ignored: only --data-generation={' or '.join(readers)} reads it"
+        for flag, readers in kinds.items()
+        if args.data_generation not in readers and flag_value(args, flag) != flag_value(defaults, flag)
+    ]
+
+
 def data_config(args: argparse.Namespace, model: ModelConfig, dataset: DatasetConfig | None) -> DataConfig:
     """Where batches come from: generated data of ``model``'s tables, or ``dataset`` (its sizes checked
     against an explicit ``--arch-embedding-size``, and its dense width against ``--arch-mlp-bot``)."""
@@ -523,7 +545,7 @@ def validate(args: argparse.Namespace) -> Run:
     notes = check_foreign_flags(args)  # first: the fork's MLET flags explain a --arch-sparse-feature-size
     defaults = build_parser().parse_args([])
     notes += reduction.unused_reduction_flags(args, defaults) + ignored_flag_notes(args, defaults)
-    notes += random_id_notes(args, defaults) + replaced_checkpoint_notes(args)
+    notes += random_id_notes(args, defaults) + generated_data_notes(args, defaults) + replaced_checkpoint_notes(args)
     model = model_config(args)
     check_counts(args)
     train = train_config(args)
