@@ -266,4 +266,6 @@ def test_rerunning_a_command_says_it_replaces_its_checkpoint(tmp_path, capsys) -
     line = f"--save-model {checkpoint}: exists; this run starts over and replaces it at its first save"
     assert f"{line} (to continue the run saved there instead, add --load-model={checkpoint})" in out
     code, out, _ = run_cli([*TINY, f"--save-model={checkpoint}", f"--load-model={checkpoint}"], capsys)
-    assert code == 0 and "exists; this run starts over" not in out  # continuing it: nothing to say
+    assert code == 0 and "exists; this run starts over" not in out  # continuing it: nothing to say about that
+    nothing_left = f"--nepochs 1: {checkpoint} has trained 1 epoch already (iteration 12); nothing is left to train"
+    assert nothing_left in out  # but it had finished (the default --nepochs is 1)

@@ -319,6 +319,12 @@ class Trainer:
 
     def train(self) -> None:
         """Run the remaining epochs (on a CPU with as many threads as other processes leave cores: cpu_threads.py)."""
+        if self.loaded is not None and self.epoch >= self.config.nepochs:  # a finished run resumed: say so
+            log(
+                f"--nepochs {self.config.nepochs}: {self.loaded['path']} has trained {self.epoch} epoch"
+                f"{'s' if self.epoch != 1 else ''} already"
+                f" (iteration {self.iteration}); nothing is left to train (a larger --nepochs continues it)"
+            )
         total = self.config.nepochs * self.batches_per_epoch
         show = self.config.progress and self.parallel.is_main
         bar = tqdm(
