@@ -121,8 +121,8 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
         "--test-data-size",
         type=int,
         default=None,
-        help="test samples of generated data (default: a quarter of train, at most 262144); on a data set, the "
-        "validation and test rows evaluated (their first N; default: all)",
+        help="test samples of generated data (default: a quarter of train, at most 262144); on a data set, a cap "
+        "on the validation and test rows evaluated (their first N; none unless given)",
     )
     data.add_argument("--num-batches", type=int, default=0, help="training batches per epoch (0: all)")
     data.add_argument(
