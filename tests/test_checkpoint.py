@@ -83,7 +83,8 @@ def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict
     [
         (
             ["--arch-embedding-size=60000-3000-501"],
-            "--arch-embedding-size: checkpoint has 60000-3000-500, the flags give 60000-3000-501",
+            "--arch-embedding-size: checkpoint has 60000-3000-500, "
+            "this run's tables (the flag's, or the data's without it) are 60000-3000-501",
         ),
         (["--arch-embedding-size=60000-3000"], "--arch-embedding-size"),
         (

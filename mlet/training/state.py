@@ -206,7 +206,9 @@ def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
     for name, flag, fmt in ARCHITECTURE_FLAGS:
         a, b = getattr(saved, name), getattr(wanted, name)
         if a != b:
-            return f"{flag}: checkpoint has {fmt(a)}, the flags give {fmt(b)}"
+            # a data set's tables take the data's sizes where the flag is not given: name both sources
+            given = "this run's tables (the flag's, or the data's without it) are" if name == "table_sizes" else None
+            return f"{flag}: checkpoint has {fmt(a)}, {given or 'the flags give'} {fmt(b)}"
     return None
 
 
