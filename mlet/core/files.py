@@ -183,6 +183,20 @@ UNLOCKABLE = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)  # no l
 LOCKS = Path("/proc/locks")  # the kernel's table of the locks held on this host
 
 
+def process_gone(host: str, pid: int) -> bool:
+    """Whether process ``pid`` of ``host`` has ended, as far as this host can tell: True only for one of this host
+    that no longer runs (another host's may run there: False; so does one of another user here)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, as another user's
+    return False
+
+
 def lock_holders(path: Path) -> list[str]:
     """The other processes of this host that hold an ``flock`` on ``path`` (from ``/proc/locks``), each as
     ``pid N on HOST: COMMAND`` (the command cut at 100 characters); empty where none is seen (a process on another

@@ -33,6 +33,7 @@ import torch
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.config import QR_OPERATIONS
 from mlet.core.errors import UserError
+from mlet.core.files import process_gone
 from mlet_layers import build_tables, table_weight_shapes
 
 FORMAT = "dlrm-mlet-checkpoint"
@@ -53,19 +54,6 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
 
 
-def _writer_is_gone(host: str, pid: int) -> bool:
-    """True if the process that made a temporary file on this host has exited."""
-    if host != socket.gethostname():
-        return False  # another machine's writer (shared file system): leave it alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """Delete temporary files left beside ``target`` by writers that were killed mid-save.
 
@@ -78,7 +66,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     removed = []
     for candidate in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         match = pattern.match(candidate.name)
-        if match and _writer_is_gone(match["host"], int(match["pid"])):
+        if match and process_gone(match["host"], int(match["pid"])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

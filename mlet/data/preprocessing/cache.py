@@ -52,7 +52,7 @@ from tqdm import tqdm
 from mlet.core import waits
 from mlet.core.config import DatasetConfig
 from mlet.core.errors import UserError
-from mlet.core.files import one_at_a_time
+from mlet.core.files import one_at_a_time, process_gone
 from mlet.core.signals import signals_held
 from mlet.data.preprocessing import days, readers
 from mlet.data.preprocessing.layouts import UPSTREAM_NPZ, Layout, categorical_features, detect_layout, is_upstream_npz
@@ -281,19 +281,8 @@ def remove_stale_temporaries(directory: Path) -> None:
         prefix = f".{directory.name}.{kind}-"
         for path in directory.parent.glob(f"{prefix}*"):
             host, _, pid = path.name.removeprefix(prefix).rpartition("-")
-            if host in ("", socket.gethostname()) and pid.isdigit() and not process_alive(int(pid)):
+            if pid.isdigit() and process_gone(host or socket.gethostname(), int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, as another user's
-    return True
 
 
 def replaced(directory: Path) -> Path:
