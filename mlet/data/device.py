@@ -2,8 +2,8 @@
 
 A processed Criteo-Kaggle set is 45.8M rows of 13 dense float32, 26 int32 ids
 and a label: about 7.4 GB, a twentieth of an H200. Held there, a batch is
-three gathers by row number (no host work), so the input
-path stops being the limit of a fast training step (docs/performance.md).
+cut by row number on the device (no host work; one kernel on a GPU), so the
+input path stops being the limit of a fast training step (docs/performance.md).
 A batch is yielded as its row numbers (:class:`RowsBatch`) and cut when
 first read, so a graphed step captures the cut and replays it.
 
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
 from mlet.data.sources import ArraySource, BatchSource, DataBundle, EpochOrders, RandomSource
+from mlet.kernels.triton_batch_cut import cut_batch, cut_usable
 
 LOAD_CHUNK_ROWS = 1 << 20
 PLACEMENTS = ("auto", "on", "off")
@@ -85,6 +86,9 @@ class DeviceArraySource:
 
     def make_batch(self, rows: Tensor) -> Batch:
         """The batch of ``rows`` (all tables)."""
+        if cut_usable(rows, self.ids, self.dense, self.labels):  # one kernel, not five
+            ids, dense, labels = cut_batch(rows, self.ids, self.dense, self.labels)
+            return Batch(dense, SparseFeatures.from_table_major(ids, self.ids.shape[1]), labels)
         features = SparseFeatures.from_ids(self.ids.index_select(0, rows))
         return Batch(self.dense.index_select(0, rows), features, self.labels.index_select(0, rows))
 
@@ -100,10 +104,16 @@ class DeviceArraySource:
         if self.tables is not None and tuple(share.tables) != self.tables:
             raise ValueError(f"this process holds the ids of tables {self.tables}, the share asks for {share.tables}")
         lo, hi = share.samples(rows.numel())
+        # all tables held: keep the share's columns (of the batch's rows only)
+        columns = self.columns(share.tables) if self.tables is None else None
+        if share.tables and cut_usable(rows, self.ids, self.dense, self.labels):  # one kernel, not five
+            ids, dense, labels = cut_batch(rows, self.ids, self.dense, self.labels, columns, (lo, hi))
+            owned = SparseFeatures.from_table_major(ids, len(share.tables))
+            return BatchShard(dense, OwnedBags(owned, rows.numel()), labels)
         mine = rows[lo:hi]
         ids = self.ids.index_select(0, rows)
-        if self.tables is None:  # all tables held: keep the share's columns (of the batch's rows only)
-            ids = ids.index_select(1, self.columns(share.tables))
+        if columns is not None:
+            ids = ids.index_select(1, columns)
         features = SparseFeatures.from_ids(ids) if share.tables else None
         return BatchShard(
             self.dense.index_select(0, mine), OwnedBags(features, rows.numel()), self.labels.index_select(0, mine)
@@ -116,10 +126,10 @@ class RowsBatch:
 
     ``rows`` is the only tensor it holds, so a graphed training step
     (``mlet/training/train_step.py``) that captures a step on a ``RowsBatch``
-    captures its cut too (three gathers, the ids' transpose and int64
-    conversion): each replay takes only the row numbers as its input. Before,
-    those five kernels and three copies into the graph's inputs ran outside
-    the graph at every step.
+    captures its cut too: each replay takes only the row numbers as its input.
+    The cut is one kernel where the Triton kernels run
+    (``mlet/kernels/triton_batch_cut.py``), elsewhere three gathers, the ids'
+    transpose and their int64 conversion.
     """
 
     rows: Tensor

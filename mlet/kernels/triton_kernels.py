@@ -57,7 +57,7 @@ def dot_precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _block(n: int, minimum: int = 16) -> int:
+def block_of(n: int, minimum: int = 16) -> int:
     """Smallest power of two >= ``n`` (and >= ``minimum``)."""
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
 
@@ -254,7 +254,7 @@ def gather_rows(weight: Tensor, ids: Tensor) -> Tensor:
     """``weight[ids]`` (``ids``: 1-D integer tensor)."""
     n, width = ids.numel(), weight.shape[1]
     out = torch.empty(n, width, dtype=weight.dtype, device=weight.device)
-    block_w = _block(width, 1)
+    block_w = block_of(width, 1)
     block_n = max(1, 4096 // block_w)
     _kernels().gather[(triton.cdiv(n, block_n),)](
         weight, ids, out, n, width, weight.stride(0), BLOCK_N=block_n, BLOCK_W=block_w
@@ -286,7 +286,7 @@ def scatter_sub_rows(
     (per-id weights of padded bags, ``SparseFeatures.padded``), an id of factor 0 adding nothing.
     """
     n, width = ids.numel(), weight.shape[1]
-    block_w = _block(width, 1)
+    block_w = block_of(width, 1)
     block_n = max(1, 4096 // block_w)
     _kernels().scatter_sub[(triton.cdiv(n, block_n),)](
         weight,
@@ -313,7 +313,7 @@ def pad_bags(indices: Tensor, offsets: Tensor, width: int) -> tuple[Tensor, Tens
     bags = offsets.numel() - 1
     ids = torch.empty(bags * width, dtype=indices.dtype, device=indices.device)
     weights = torch.empty(bags * width, dtype=torch.float32, device=indices.device)
-    block_l = _block(width, 1)
+    block_l = block_of(width, 1)
     block_b = max(1, 2048 // block_l)
     _kernels().pad_bags[(triton.cdiv(bags, block_b),)](
         indices, offsets, ids, weights, bags, WIDTH=width, BLOCK_B=block_b, BLOCK_L=block_l
@@ -340,7 +340,7 @@ def project_scatter_sub(
     """
     tables, batch, d = grad_out.shape
     k = projection.shape[1]
-    block_k = min(block_k or (16 if d > 32 else 32), _block(k))
+    block_k = min(block_k or (16 if d > 32 else 32), block_of(k))
     ids = ids.contiguous()
     grid = (triton.cdiv(batch, block_m), tables)
     _kernels().project_scatter_sub[grid](
@@ -348,7 +348,7 @@ def project_scatter_sub(
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         projection.stride(0), projection.stride(1), projection.stride(2),
         weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=_block(d), PRECISION=dot_precision(), num_warps=warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_of(d), PRECISION=dot_precision(), num_warps=warps,
     )  # fmt: skip
 
 
@@ -428,8 +428,8 @@ def _grouped(
     k_per_split = triton.cdiv(triton.cdiv(k, splits), 64) * 64
     splits = triton.cdiv(k, k_per_split)
     c = torch.empty(groups, splits, m, n, dtype=torch.float32, device=a.device)
-    block_n = _block(n)
-    block_m = block_m or (64 if m >= 64 else _block(m))
+    block_n = block_of(n)
+    block_m = block_m or (64 if m >= 64 else block_of(m))
     block_k = block_k or (32 if block_n <= 32 else 16)
     grid = (triton.cdiv(m, block_m), groups, splits)
     ids = a if ids is None else ids.contiguous()  # PLAIN never reads it; a valid pointer all the same
