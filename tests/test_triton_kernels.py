@@ -169,10 +169,15 @@ def test_projection_gradients_equal_bmm(projection_fn, d: int) -> None:
 
 
 @cpu_interpreter_only
-@pytest.mark.parametrize(("hidden", "bag"), [(0, 1), (16, 1), (0, 4), (16, 4)])
-def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch, hidden: int, bag: int) -> None:
-    """Five SGD steps: kernels (interpreted) vs the PyTorch ops they replace; multi-hot bags (``bag`` 4) take
-    the update fed the bag gradients (``RowSGD.scatter_bags``)."""
+@pytest.mark.parametrize(
+    ("hidden", "bag", "optimizer"),
+    [(0, 1, "sgd"), (16, 1, "sgd"), (0, 4, "sgd"), (16, 4, "sgd"), (16, 1, "adagrad"), (0, 4, "rwsadagrad")],
+)
+def test_fused_training_with_kernels_equals_pytorch_ops(
+    make_model, monkeypatch, hidden: int, bag: int, optimizer: str
+) -> None:
+    """Five steps: kernels (interpreted) vs the PyTorch ops they replace; multi-hot bags (``bag`` 4) take the SGD
+    update fed the bag gradients (``RowSGD.scatter_bags``); the Adagrads gather their rows with ``take_rows``."""
     reference = make_model(hidden, seed=5)
     model = copy.deepcopy(reference)
     losses = {}
@@ -181,9 +186,9 @@ def test_fused_training_with_kernels_equals_pytorch_ops(make_model, monkeypatch,
     monkeypatch.setattr(RowSGD, "scatter_bags", lambda *a: bag_updates.append(1) or scatter_bags(*a))
     for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
         monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
-        opt = build_optimizer("sgd", 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
+        opt = build_optimizer(optimizer, 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
         losses[name] = train_random_steps(net, opt, 5, batch=24, bag=bag)
-    assert len(bag_updates) == (5 if bag > 1 else 0)
+    assert len(bag_updates) == (5 if bag > 1 and optimizer == "sgd" else 0)
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)

@@ -157,7 +157,9 @@ def summed_by_row(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor
 
     Formed without ``unique`` (which has a data-dependent size): occurrences
     are sorted, segment-summed into a buffer of static size, and the sums read
-    back per occurrence. A caller that writes new values for every occurrence
+    back per occurrence. The row gathers here and in the Adagrad updates are
+    :func:`~mlet.kernels.triton_kernels.take_rows` (on a GPU torch's ``index_select`` moves short rows far
+    below memory speed). A caller that writes new values for every occurrence
     of a row writes the same ones, so the result does not depend on which
     write lands last.
     """
@@ -167,8 +169,8 @@ def summed_by_row(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor
     starts = torch.ones_like(sorted_rows, dtype=torch.bool)
     starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
     segment = starts.cumsum(0) - 1
-    totals = add_rows(torch.zeros_like(grads), segment, grads.index_select(0, order))
-    return sorted_rows, totals.index_select(0, segment)
+    totals = add_rows(torch.zeros_like(grads), segment, triton_kernels.take_rows(grads, order))
+    return sorted_rows, triton_kernels.take_rows(totals, segment)
 
 
 class RowAdagrad:
@@ -183,10 +185,10 @@ class RowAdagrad:
     def __call__(self, rows: torch.Tensor, grads: torch.Tensor) -> None:
         self.state["step"] += 1
         sorted_rows, g = summed_by_row(rows, grads)
-        accumulated = self.state["sum"].index_select(0, sorted_rows).addcmul_(g, g)
+        accumulated = triton_kernels.take_rows(self.state["sum"], sorted_rows).addcmul_(g, g)
         step = g.div_(accumulated.sqrt().add_(self.eps)).mul_(self.lr)
         self.state["sum"].index_copy_(0, sorted_rows, accumulated)
-        self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
+        self.weight.index_copy_(0, sorted_rows, triton_kernels.take_rows(self.weight, sorted_rows).sub_(step))
 
 
 class RowWiseAdagrad:
@@ -209,7 +211,7 @@ class RowWiseAdagrad:
         momentum = self.state["momentum"].index_select(0, sorted_rows).add_(g.square().mean(1))
         step = g.div_(momentum.sqrt().add_(self.eps).unsqueeze(1)).mul_(self.lr)
         self.state["momentum"].index_copy_(0, sorted_rows, momentum)
-        self.weight.index_copy_(0, sorted_rows, self.weight.index_select(0, sorted_rows).sub_(step))
+        self.weight.index_copy_(0, sorted_rows, triton_kernels.take_rows(self.weight, sorted_rows).sub_(step))
 
 
 ROW_UPDATES = {"sgd": RowSGD, "adagrad": RowAdagrad, "rwsadagrad": RowWiseAdagrad}
