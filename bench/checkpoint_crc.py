@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import median_of_rounds, print_table, save
+from common import OUT_HELP, median_of_rounds, print_table, save
 
 from dlrm_model import DLRM, ModelConfig
 from mlet.training.checkpoints import FORMAT, INFERENCE, PLAIN_VERSION, atomic_save, damaged_member, load_checkpoint
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="checkpoint size in GiB")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is kept")
-    parser.add_argument("--out", default="checkpoint_crc", help="results name under bench/results/")
+    parser.add_argument("--out", default="checkpoint_crc", help=OUT_HELP)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as folder:
         path = Path(folder) / "big.pt"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import print_table, save, zipf_ids
+from common import OUT_HELP, print_table, save, zipf_ids
 from gpu_throughput import bench_one
 
 from mlet.data.preprocessing.cache import FORMAT, SPLITS, VERSION
@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISION_FLAGS), default=["fp32", "tf32", "bf16"])
     parser.add_argument("--models", nargs="+", choices=("baseline", "mlet"), default=["baseline"])
     parser.add_argument("--gpus", type=int, nargs="+", default=[1])
-    parser.add_argument("--out", default="cli_throughput")
+    parser.add_argument("--out", default="cli_throughput", help=OUT_HELP)
     args = parser.parse_args()
     models = {
         "baseline": {"name": "baseline d=16", "dim": 16, "hidden": 0},

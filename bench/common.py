@@ -117,12 +117,19 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print(table([[row.get(c, "") for c in columns] for row in rows], columns))
 
 
+OUT_HELP = "results name under bench/results/ (NAME.json), or a path ending in .json"
+"""The benchmarks' ``--out`` help: what :func:`save` accepts."""
+
+
 def save(name: str, payload: dict) -> Path:
-    """Write ``bench/results/NAME.json`` with the machine, command and date added."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write ``bench/results/NAME.json`` with the machine, command and date added; ``name`` may be a path (relative
+    to ``bench/results/``, or absolute), and one ending in ``.json`` gets no second suffix (``--out /tmp/x.json``
+    wrote ``/tmp/x.json.json``)."""
+    stem = name.removesuffix(".json")
+    path = RESULTS / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     full = {
-        "benchmark": name,
+        "benchmark": Path(stem).name,
         "command": command(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),

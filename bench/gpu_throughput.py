@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import print_table, save, zipf_ids
+from common import OUT_HELP, print_table, save, zipf_ids
 from reference_dlrm import ReferenceDLRM, scaled_cardinalities
 
 from dlrm_model import DLRM, ModelConfig
@@ -272,7 +272,7 @@ def main() -> None:
     p.add_argument("--pipeline", action="store_true", help="also time the real input pipeline (d=16)")
     p.add_argument("--pipeline-rows", type=int, default=4_000_000)
     p.add_argument("--quick", action="store_true", help="d=16, batch 2048, few steps")
-    p.add_argument("--out", type=str, default="gpu_throughput")
+    p.add_argument("--out", type=str, default="gpu_throughput", help=OUT_HELP)
     args = p.parse_args()
     if args.quick:
         args.dims, args.batches, args.steps, args.rounds = [16], [2048], 10, 1

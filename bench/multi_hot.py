@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, print_table, save
+from common import OUT_HELP, ROOT, print_table, save
 
 MODELS = {
     # the shape of the small runs: 6 tables of 100k rows, d=16, bags of 1..10 ids
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=600)
     parser.add_argument("--gpus", type=int, default=1 if gpu else 0, help="GPUs of each run (0: the CPU)")
-    parser.add_argument("--out", help="results name (default multi_hot, multi_hot_2gpu for --gpus 2)")
+    parser.add_argument("--out", help=f"{OUT_HELP} (default multi_hot, multi_hot_2gpu for --gpus 2)")
     args = parser.parse_args()
     if args.gpus > torch.cuda.device_count():
         parser.error(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()}")

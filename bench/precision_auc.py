@@ -23,7 +23,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import print_table, save
+from common import OUT_HELP, print_table, save
 
 import data_utils
 import dlrm_mlet
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISION_FLAGS), default=list(PRECISION_FLAGS))
-    parser.add_argument("--out", default="precision_auc", help="result file name under bench/results/")
+    parser.add_argument("--out", default="precision_auc", help=OUT_HELP)
     args = parser.parse_args()
     precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]  # the reference always runs
     rows = []

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from cli_throughput import cache_run_flags, processed_data
-from common import print_table, save
+from common import OUT_HELP, print_table, save
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKS = {"input": ("input: ",), "built": ("cpu threads: ",), "step": ("Finished training it ",)}
@@ -132,7 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--extra", default="--bf16" if gpu else "", help="more dlrm_mlet.py flags, one string")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each cold/warm pair (phases: medians)")
-    parser.add_argument("--out", default="startup")
+    parser.add_argument("--out", default="startup", help=OUT_HELP)
     args = parser.parse_args()
     if "default" in args.compile and not gpu:
         parser.error("--compile default needs a GPU (dlrm_mlet.py compiles only the graphed GPU step)")

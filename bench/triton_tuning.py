@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 import torch
 import triton
-from common import print_table, save
+from common import OUT_HELP, print_table, save
 from reference_dlrm import scaled_cardinalities
 
 from mlet.kernels import triton_kernels as tk
@@ -154,7 +154,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--dims", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--out", default="triton_tuning", help="result name under bench/results/")
+    p.add_argument("--out", default="triton_tuning", help=OUT_HELP)
     p.add_argument(
         "--splits-only", action="store_true", help="only the weight gradient's split counts (no launch sweep)"
     )
