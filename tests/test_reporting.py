@@ -140,11 +140,24 @@ def test_runs_sharing_a_folder_profile_into_their_own_files(tmp_path, monkeypatc
     code, out, err = run_cli([*TINY, "--num-batches=4", "--profile-prefix=prof/d"], capsys)
     assert code == 0 and "--profile-prefix: ignored without --enable-profiling" in out, err
     assert not (tmp_path / "prof" / "d.json").exists()
-    code, out, err = run_cli([*TINY, "--enable-profiling", "--profile-prefix=prof/"], capsys)
-    assert code == 2 and err.strip() == (
-        "dlrm_mlet.py: error: --profile-prefix: prof/ ends in a folder; add a file-name stem, e.g. prof/run"
-        " (writes run.json and run.prof there)"
-    )
+
+
+@pytest.mark.parametrize("prefix", [".", "./", "..", "made/", "made/.", "existing", "existing/"])
+def test_a_profile_prefix_naming_a_folder_puts_the_default_names_in_it(prefix: str, tmp_path, monkeypatch, capsys):
+    """A folder as --profile-prefix (one that exists, or written as one: ``.``, ``..``, a trailing ``/``) holds
+    dlrm_mlet.json and dlrm_mlet.prof; taken as a stem it gave ``..json`` and ``..prof`` (or hidden ``.json``)."""
+    cwd = tmp_path / "cwd"
+    (cwd / "existing").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    code, out, err = run_cli([*TINY, "--num-batches=4", "--enable-profiling", f"--profile-prefix={prefix}"], capsys)
+    assert code == 0, err
+    folder = (cwd / prefix).resolve()
+    assert sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".prof")) == [
+        "dlrm_mlet.json",
+        "dlrm_mlet.prof",
+    ]
+    written = Path(prefix) / "dlrm_mlet"
+    assert f"trace {written}.json, top ops {written}.prof:" in out
 
 
 def test_a_profiler_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def add_reporting_flags(group: argparse._ActionsContainer) -> None:
         "--profile-prefix",
         type=str,
         default="",
-        help="where --enable-profiling writes: PREFIX.json and PREFIX.prof (default: the --save-model path without "
+        help="where --enable-profiling writes: PREFIX.json and PREFIX.prof; a folder (one that exists, or ending in "
+        f"/) puts {PROFILE_PREFIX}.json and {PROFILE_PREFIX}.prof in it (default: the --save-model path without "
         f"its suffix, plus .profile, e.g. runs/a.profile for runs/a.pt; without --save-model {PROFILE_PREFIX} in the "
         "current folder, as upstream's fixed names)",
     )
@@ -97,17 +99,16 @@ def reporting_config(args: argparse.Namespace) -> Reporting:
 def profile_prefix(given: str, save_model: str) -> str:
     """``--profile-prefix``, or its default: the ``--save-model`` path without its suffix plus ``.profile`` (runs
     with their own checkpoints profile into their own files), else upstream's fixed stem in the current folder.
-    A prefix ending in a slash is refused: it would name hidden files ``.json`` and ``.prof`` in that folder."""
+    A prefix that names a folder (an existing one, or one ending in ``/``, ``.`` or ``..``) means the default stem
+    in that folder, ``FOLDER/dlrm_mlet``: taken as a stem it named files ``..json`` and ``..prof``, or hidden
+    ``.json`` and ``.prof``."""
     if not given and not save_model:
         return PROFILE_PREFIX
     if not given:
         checkpoint = Path(save_model)  # "." or "/" have no name (no suffix to drop): refused later as folders
         return f"{checkpoint.with_suffix('') if checkpoint.name else checkpoint}.profile"
-    if given.endswith("/"):
-        raise UserError(
-            f"--profile-prefix: {given} ends in a folder; add a file-name stem, e.g. {given}run"
-            " (writes run.json and run.prof there)"
-        )
+    if os.path.basename(given) in ("", ".", "..") or os.path.isdir(given):
+        return str(Path(given) / PROFILE_PREFIX)
     return given
 
 
