@@ -5,7 +5,7 @@ by :mod:`mlet.data.preprocessing.cache` (see docs/data.md); training reads the
 cache through :mod:`mlet.data.sources`. As a script::
 
     python data_utils.py generate {kaggle,avazu} --rows N --seed S --out FILE [--scale X]
-    python data_utils.py generate terabyte --days N --rows ROWS_PER_DAY --out PREFIX [--scale X]
+    python data_utils.py generate terabyte --days N --rows ROWS_PER_DAY --out PREFIX_OR_FOLDER [--scale X]
     python data_utils.py preprocess --data-set=kaggle --raw-data-file=FILE [--processed-data-file=DIR]
 """
 
@@ -32,7 +32,7 @@ with interrupt_exits("data_utils.py"):  # Ctrl-C while the modules import (torch
     from mlet.core.signals import exit_status
     from mlet.data.flags import add_dataset_flags, dataset_config
     from mlet.data.preprocessing.cache import prepare_dataset
-    from mlet.data.preprocessing.raw_generate import RawGenerator, model_defaults
+    from mlet.data.preprocessing.raw_generate import RawGenerator, day_paths, model_defaults
     from mlet.data.synthetic import MODEL_FLAGS, check_model_flags
 
 
@@ -51,7 +51,7 @@ def command_line_parser() -> argparse.ArgumentParser:
         type=str,
         required=True,
         help="output file, gzip-compressed if it ends in .gz (terabyte: the day prefix, e.g. input/day writes "
-        "input/day_0 ...; input/day.gz writes input/day_0.gz ...)",
+        "input/day_0 ...; input/day.gz writes input/day_0.gz ...; a folder, input or input/, holds day_0 ...)",
     )
     gen.add_argument("--scale", type=float, default=0.01, help="table sizes as a share of the real data set's")
     gen.add_argument("--days", type=int, default=24, help="terabyte: day files to write (24 in the real data set)")
@@ -84,7 +84,7 @@ def generate_command(args: argparse.Namespace) -> None:
     check_model_flags(model)
     generator = RawGenerator(args.data_set, args.rows, args.seed, args.scale, **model)
     if args.data_set == "terabyte":
-        check_output_file("--out", f"{args.out.removesuffix('.gz')}_0")
+        check_output_file("--out", str(day_paths(args.out, 1)[0]))
         paths = generator.write_days(args.out, args.days)
         print(f"wrote {args.days} terabyte day files of {args.rows:,} rows: {paths[0]} ... {paths[-1]}")
         return

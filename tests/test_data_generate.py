@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import data_utils
 import dlrm_mlet
 from mlet.data.preprocessing.cache import SPLITS, prepare
+from mlet.data.preprocessing.days import day_files
 from mlet.data.preprocessing.layouts import KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_generate import (
     KAGGLE_CARDINALITIES,
@@ -197,6 +199,21 @@ def test_generate_creates_the_output_folder(tmp_path, capsys) -> None:
     out = tmp_path / "data" / "new" / "train.txt"
     assert data_utils.command_line(["generate", "kaggle", "--rows", "50", "--out", str(out), "--scale", "0.001"]) == 0
     assert len(out.read_text().splitlines()) == 50
+
+
+@pytest.mark.parametrize(("out", "folder"), [(".", "."), ("input", "input"), ("new/", "new"), ("new/.", "new")])
+def test_generate_terabyte_into_a_folder_writes_upstreams_day_names(
+    out: str, folder: str, tmp_path, capsys, monkeypatch
+) -> None:
+    """A folder as Terabyte's --out (an existing one, or written as one) holds day_0, day_1, ..., which
+    --raw-data-file given that folder reads; the days were named from the folder's path (--out . wrote ._0, ._1)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "input").mkdir()
+    argv = ["generate", "terabyte", "--days", "2", "--rows", "20", "--scale", "0.0001", "--out", out]
+    assert data_utils.command_line(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / folder).iterdir() if p.is_file()) == ["day_0", "day_1"]
+    assert f"day files of 20 rows: {Path(folder) / 'day_0'} ... {Path(folder) / 'day_1'}" in capsys.readouterr().out
+    assert [p.name for p in day_files(folder)] == ["day_0", "day_1"]
 
 
 def test_ctrl_c_in_generate_prints_one_line_and_leaves_no_file(tmp_path, capsys, monkeypatch) -> None:

@@ -51,8 +51,10 @@ Log = Callable[[str], None]
 
 
 def day_prefix(raw: str) -> str:
-    """The path prefix of the day files: ``DIR/day`` for a folder, else ``raw`` itself (``./input/day``)."""
-    return str(Path(raw) / "day") if Path(raw).is_dir() else raw
+    """The path prefix of the day files: ``DIR/day`` for a folder (one that exists, or written as one: ``DIR/``,
+    ``.``, ``..``), else ``raw`` itself (``./input/day``)."""
+    folder = raw.endswith("/") or os.path.basename(raw) in (".", "..") or Path(raw).is_dir()
+    return str(Path(raw) / "day") if folder else raw
 
 
 def day_files(raw: str) -> list[Path]:

@@ -40,6 +40,7 @@ import pyarrow.csv as pcsv
 
 from mlet.core.config import SyntheticConfig
 from mlet.core.files import replace_atomically
+from mlet.data.preprocessing.days import day_prefix
 from mlet.data.preprocessing.layouts import AVAZU_COLUMNS, AVAZU_HEX, KAGGLE_CATEGORICAL, KAGGLE_DENSE
 from mlet.data.preprocessing.raw_data import splitmix64
 from mlet.data.synthetic import ClickModel, ClickModelConfig
@@ -285,17 +286,23 @@ class RawGenerator:
 
         replace_atomically(Path(path), write_rows)
 
-    def write_days(self, prefix: str, days: int) -> list[Path]:
-        """Terabyte: ``PREFIX_0`` ... ``PREFIX_{days-1}`` of :attr:`rows` rows each (``PREFIX.gz``: ``PREFIX_i.gz``,
-        gzip-compressed, as downloaded)."""
-        stem, ext = (prefix[:-3], ".gz") if prefix.endswith(".gz") else (prefix, "")
-        paths = []
-        for day in range(days):
+    def write_days(self, out: str, days: int) -> list[Path]:
+        """Terabyte: the :func:`day_paths` of ``out``, :attr:`rows` rows each."""
+        paths = day_paths(out, days)
+        for day, path in enumerate(paths):
             self.day = day
-            paths.append(Path(f"{stem}_{day}{ext}"))
-            self.write(paths[-1])
+            self.write(path)
         self.day = 0
         return paths
+
+
+def day_paths(out: str, days: int) -> list[Path]:
+    """Terabyte's day files for ``out``: ``PREFIX_0`` ... ``PREFIX_{days-1}`` (``PREFIX.gz``: ``PREFIX_i.gz``,
+    gzip-compressed, as downloaded); in a folder (see :func:`~mlet.data.preprocessing.days.day_prefix`) upstream's
+    ``day_0`` ..., where ``--raw-data-file`` finds them (named from the folder's path they were ``._0`` ...)."""
+    prefix = day_prefix(out)
+    stem, ext = (prefix[:-3], ".gz") if prefix.endswith(".gz") else (prefix, "")
+    return [Path(f"{stem}_{day}{ext}") for day in range(days)]
 
 
 def model_defaults() -> dict[str, float]:
