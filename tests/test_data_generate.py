@@ -240,6 +240,8 @@ def test_ctrl_c_in_generate_prints_one_line_and_leaves_no_file(tmp_path, capsys,
         (["--synthetic-positive-rate", "1"], "--synthetic-positive-rate: must be in (0, 1), got 1.0"),
         (["--synthetic-zipf", "-0.5"], "--synthetic-zipf: must be a finite number >= 0, got -0.5"),
         (["--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
+        (["--out", "{tmp}/new/"], "--out {tmp}/new/: names a folder; give a file name"),  # wrote the file new
+        (["--out", "{tmp}/new/."], "--out {tmp}/new/.: names a folder; give a file name"),
         (["--out", "{tmp}/afile/x.txt"], "--out {tmp}/afile/x.txt: {tmp}/afile is a file, not a folder"),
     ],
 )

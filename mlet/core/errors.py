@@ -43,12 +43,15 @@ def check_output_file(flag: str, path: str) -> None:
 
     Creates the missing parent folders (the file goes there anyway) and
     writes and removes a probe file beside it. The :class:`UserError` names
-    ``flag`` and says why: the path is a folder, a parent is a file, or the
+    ``flag`` and says why: the path is a folder (or written as one, ``new/``,
+    which pathlib would take for the file ``new``), a parent is a file, or the
     folder refuses new files.
     """
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if path.endswith("/") or os.path.basename(path) in (".", ".."):
+        raise UserError(f"{flag} {path}: names a folder; give a file name")
     _probe_folder(flag, path, target.parent, prefix=f".{target.name}.")
 
 
