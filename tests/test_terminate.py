@@ -308,3 +308,48 @@ def test_sigterm_ends_the_reporting_commands_with_one_line(command: str, checkpo
     done = run_snippet(TERMINATED_WRITE, argv, timeout=120)
     assert (done.returncode, done.stderr) == (143, f"{command}.py: terminated (SIGTERM)\n"), done.stderr
     assert not (tmp_path / "rank").exists()
+
+
+TERMINATED_EXIT = """
+import atexit, importlib, signal, sys
+# SIGTERM as the interpreter exits, after the command's main returned: the exit waits for the threads still at work
+# (a dlrm_mlet.py run: the next epoch's shuffle, begun when the data were read; minutes at Criteo Terabyte's size)
+atexit.register(signal.raise_signal, signal.SIGTERM)
+command = importlib.import_module(sys.argv[1])
+sys.argv = [sys.argv[1] + ".py", *sys.argv[2:]]
+command.cli()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "argv", "output"),
+    [
+        ("dlrm_mlet", [*TINY, "--num-batches=2"], "Testing at"),
+        ("data_utils", ["preprocess", "--data-set=kaggle", "--raw-data-file={raw}", "--progress=false"], "rows"),
+        ("checkpoint", ["info", "{mlet}"], "MLET"),
+    ],
+    ids=["dlrm_mlet", "data_utils-preprocess", "checkpoint-info"],
+)
+def test_sigterm_as_a_command_exits_ends_it_with_one_line(
+    module: str, argv: list[str], output: str, checkpoints, tmp_path
+) -> None:
+    """A SIGTERM once the command's main has returned, while the interpreter exits, ends it with the command's one
+    line and status 143: it was back on its default there, and the process died with no line (-15)."""
+    raw = raw_kaggle_file(tmp_path / "raw.txt")
+    flags = [flag.format(raw=raw, **checkpoints) for flag in argv]
+    done = run_snippet(TERMINATED_EXIT, [module, *flags], timeout=120)
+    assert done.returncode == 143 and done.stderr.endswith(f"{module}.py: terminated (SIGTERM)\n"), done.stderr
+    assert done.stderr.count("terminated") == 1 and output in done.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_as_a_terminated_command_exits_adds_no_second_line(checkpoints, tmp_path) -> None:
+    """A second SIGTERM as a command that a first one ended exits: the one line and status 143 (it died with -15)."""
+    snippet = TERMINATED_WRITE.replace("import importlib,", "import atexit, importlib,").replace(
+        "command.cli()", "atexit.register(signal.raise_signal, signal.SIGTERM)\ncommand.cli()"
+    )
+    assert snippet.count("atexit") == 2
+    argv = ["torch", "save", "checkpoint", "collapse", str(checkpoints["mlet"]), str(tmp_path / "model.pt")]
+    done = run_snippet(snippet, argv, timeout=120)
+    assert (done.returncode, done.stderr) == (143, "checkpoint.py: terminated (SIGTERM)\n"), done.stderr

@@ -37,12 +37,12 @@ def interrupt_exits(prog: str) -> Iterator[None]:
         yield
 
 
-def end_interrupted(prog: str, stop: KeyboardInterrupt) -> NoReturn:
-    """End the process now with the line and exit status of ``stop`` (Ctrl-C's or SIGTERM's, see :func:`stopped`),
-    skipping the interpreter's own exit."""
+def end_interrupted(prog: str, stop: KeyboardInterrupt, say: bool = True) -> NoReturn:
+    """End the process now with the line (unless ``say`` is false) and exit status of ``stop`` (Ctrl-C's or
+    SIGTERM's, see :func:`stopped`), skipping the interpreter's own exit."""
     for signum in HELD:  # a second Ctrl-C or SIGTERM while the line is written must not run this again
         signal.signal(signum, signal.SIG_IGN)  # (a signal handler: in the main thread, which may set them)
-    code = stopped(prog, stop)
+    code = stopped(prog, stop, say=say)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: the status still tells
             stream.flush()
@@ -58,19 +58,30 @@ _interrupt_reported = False
 """Whether :func:`stopped` wrote its line since :func:`exit_status` started the command."""
 
 
-def ignore_interrupts() -> None:
-    """Ctrl-C (SIGINT) does nothing from now on (in the main thread, the only one that may set handlers).
+def on_the_way_out(prog: str) -> None:
+    """From now on (in the main thread, the only one that may set handlers) Ctrl-C (SIGINT) does nothing, and
+    SIGTERM ends the process at once with status 143 and the command's one line, unless one was written.
 
-    For a process on its way out: CPython ends a process whose ``__main__`` ends with an uncaught
-    KeyboardInterrupt by killing itself with SIGINT (status -2 to ``subprocess``, not 130), so a second Ctrl-C
-    while the first one's line is printed or the interpreter exits would change the status.
+    For a process on its way out, its command done. Ctrl-C: CPython ends a process whose ``__main__`` ends with an
+    uncaught KeyboardInterrupt by killing itself with SIGINT (status -2 to ``subprocess``, not 130), so a second
+    Ctrl-C while the first one's line is printed or the interpreter exits would change the status. SIGTERM was
+    back on its default once the command's handler was put back, and the interpreter's exit can take long: it
+    waits for the threads still at work (``dlrm_mlet.py``: the next epoch's shuffle, begun as soon as the data
+    are read; minutes at Criteo Terabyte's size), so a SIGTERM there killed the process with no line. It ends
+    in the handler: nothing is left to clean up, and an exception raised during the exit would be lost.
     """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # ignored by whoever started it: kept so
+        signal.signal(
+            signal.SIGTERM, lambda signum, frame: end_interrupted(prog, Terminated(), say=not _interrupt_reported)
+        )
 
 
 def exit_status(prog: str, main: Callable[[], int]) -> int:
-    """``main()``'s exit status, for a command's ``cli`` to exit with; Ctrl-C is ignored from then on.
+    """``main()``'s exit status, for a command's ``cli`` to exit with; from then on Ctrl-C is ignored and SIGTERM
+    ends the process at once (:func:`on_the_way_out`).
 
     ``main`` reports its own Ctrl-C (:func:`~mlet.core.errors.run_reporting_errors`); a KeyboardInterrupt that
     escapes it (a second Ctrl-C while the first one's line is printed, or one in a step ``main`` does not guard)
@@ -83,9 +94,9 @@ def exit_status(prog: str, main: Callable[[], int]) -> int:
     try:
         code = main()
     except KeyboardInterrupt as stop:
-        ignore_interrupts()
+        on_the_way_out(prog)
         return stopped(prog, stop, say=not _interrupt_reported)
-    ignore_interrupts()
+    on_the_way_out(prog)
     return code
 
 
