@@ -353,3 +353,26 @@ def test_sigterm_as_a_terminated_command_exits_adds_no_second_line(checkpoints, 
     argv = ["torch", "save", "checkpoint", "collapse", str(checkpoints["mlet"]), str(tmp_path / "model.pt")]
     done = run_snippet(snippet, argv, timeout=120)
     assert (done.returncode, done.stderr) == (143, "checkpoint.py: terminated (SIGTERM)\n"), done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "argv", "prog"),
+    [
+        ("checkpoint", ["info", "{mlet}"], "checkpoint.py"),
+        ("data_utils", ["generate", "kaggle", "--rows=10", "--out={out}/raw.txt"], "data_utils.py"),
+        ("mlet.repro.summary", ["{out}"], "summarize.py"),
+    ],
+    ids=["checkpoint", "data_utils", "summarize"],
+)
+def test_sigterm_as_a_command_reads_its_flags_ends_it_with_one_line(
+    module: str, argv: list[str], prog: str, checkpoints, tmp_path
+) -> None:
+    """SIGTERM once the flags are parsed, before the command's main sets its handler: the one line and status 143
+    (it died with -15, no line), and nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    flags = [flag.format(out=out, **checkpoints) for flag in argv]
+    done = run_snippet(TERMINATED_WRITE, ["argparse", "ArgumentParser.parse_args", module, *flags], timeout=120)
+    assert (done.returncode, done.stderr) == (143, f"{prog}: terminated (SIGTERM)\n"), done.stderr
+    assert os.listdir(out) == []

@@ -73,15 +73,15 @@ def on_the_way_out(prog: str) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:  # ignored by whoever started it: kept so
-        signal.signal(
-            signal.SIGTERM, lambda signum, frame: end_interrupted(prog, Terminated(), say=not _interrupt_reported)
-        )
+    signal.signal(
+        signal.SIGTERM, lambda signum, frame: end_interrupted(prog, Terminated(), say=not _interrupt_reported)
+    )
 
 
 def exit_status(prog: str, main: Callable[[], int]) -> int:
-    """``main()``'s exit status, for a command's ``cli`` to exit with; from then on Ctrl-C is ignored and SIGTERM
-    ends the process at once (:func:`on_the_way_out`).
+    """``main()``'s exit status, for a command's ``cli`` to exit with. SIGTERM ends ``main`` as Ctrl-C does
+    (:func:`terminate`) from the start, before ``main`` sets its own handler; once it returns, Ctrl-C is ignored and
+    SIGTERM ends the process at once (:func:`on_the_way_out`).
 
     ``main`` reports its own Ctrl-C (:func:`~mlet.core.errors.run_reporting_errors`); a KeyboardInterrupt that
     escapes it (a second Ctrl-C while the first one's line is printed, or one in a step ``main`` does not guard)
@@ -91,6 +91,9 @@ def exit_status(prog: str, main: Callable[[], int]) -> int:
     """
     global _interrupt_reported
     _interrupt_reported = False
+    if threading.current_thread() is threading.main_thread():  # the only one that may set handlers
+        # before main sets its own: SIGTERM while it reads its flags ended the process with no line
+        signal.signal(signal.SIGTERM, terminate)
     try:
         code = main()
     except KeyboardInterrupt as stop:
