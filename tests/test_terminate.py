@@ -376,3 +376,42 @@ def test_sigterm_as_a_command_reads_its_flags_ends_it_with_one_line(
     done = run_snippet(TERMINATED_WRITE, ["argparse", "ArgumentParser.parse_args", module, *flags], timeout=120)
     assert (done.returncode, done.stderr) == (143, f"{prog}: terminated (SIGTERM)\n"), done.stderr
     assert os.listdir(out) == []
+
+
+SPAWNED_WORKER = """
+import multiprocessing, os, signal, time
+from mlet.core.signals import interrupt_exits
+
+with interrupt_exits("command.py"):  # as the command files' imports, which a spawned worker runs again
+    if __name__ == "__mp_main__":
+        os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM to the whole process group as the worker imports
+        time.sleep(30)
+
+
+def work():
+    pass
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("spawn").Process(target=work)
+    worker.start()
+    worker.join()
+    print(worker.exitcode)
+"""
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_ended_as_it_imports_the_command_leaves_the_line_to_its_parent(tmp_path) -> None:
+    """A worker process that multiprocessing spawns (Terabyte's day readers, full_scale.py's runners) imports the
+    command's file again: SIGTERM (or Ctrl-C) to the process group there ends it with status 143 and no line of
+    its own, the command saying its one line (a batch system's kill during Terabyte preprocessing printed it once
+    per reading process too)."""
+    (tmp_path / "command.py").write_text(SPAWNED_WORKER)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "command.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "143\n", ""), done.stderr

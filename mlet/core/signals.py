@@ -26,15 +26,26 @@ def interrupt_exits(prog: str) -> Iterator[None]:
     ends in the signal handler itself rather than by a KeyboardInterrupt: raised inside a library's import, that
     one can be caught on the way (numpy half-imported under torch then failed with an unrelated traceback, or the
     run went on as if no Ctrl-C had come). Nothing is written yet that an exit this abrupt would leave behind.
+    A spawned worker importing the command's file ends without a line (:func:`spawned_worker`).
     """
     stops = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+    say = not spawned_worker()
     handlers: dict[int, Any] = {
-        signum: (lambda signum, frame: end_interrupted(prog, stops[signum]()))
+        signum: (lambda signum, frame: end_interrupted(prog, stops[signum](), say=say))
         for signum in stops
         if signal.getsignal(signum) != signal.SIG_IGN  # as by nohup or a shell's background job: kept so
     }
     with handling(handlers):
         yield
+
+
+def spawned_worker() -> bool:
+    """Whether this process is a worker that :mod:`multiprocessing` started by spawning (Terabyte's day readers,
+    ``full_scale.py``'s runners), now importing the command's file again as ``__mp_main__``: a signal to the
+    process group ends it there too, and the command, its parent, says the one line. (The worker's name is set
+    before that import; ``multiprocessing.parent_process()`` only after it.)"""
+    started = sys.modules.get("multiprocessing")  # not imported yet: the command's own process
+    return started is not None and started.current_process().name != "MainProcess"
 
 
 def end_interrupted(prog: str, stop: KeyboardInterrupt, say: bool = True) -> NoReturn:
