@@ -171,3 +171,23 @@ def test_the_all_methods_section_says_why_a_grid_without_wide_baselines_has_no_l
         "(float baselines: d=2, d=4); the frontier below still compares every method"
     ) in section
     assert "| method |" not in section
+
+
+def test_a_folder_inside_a_sweep_or_its_record_names_the_sweep_directory_to_give(tmp_path, capsys) -> None:
+    # A user who gave RUN_DIR/results (it holds the JSONs), RUN_DIR/logs or RUN_DIR/sweep.json was told "no
+    # results JSONs of the sweep in RUN_DIR/results/results (run scripts/sweep.py first)", or a KeyError.
+    run_sweep(tmp_path / "sweep", "--protocols", "paper", "--lrs", "sgd=0.2")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    write(loose / "a.json", trained(Config(4)))
+    capsys.readouterr()
+    for given, message in [
+        ("sweep/results", f"not a sweep directory (no sweep.json); {tmp_path / 'sweep'} is: give that"),
+        ("sweep/logs", f"not a sweep directory (no sweep.json); {tmp_path / 'sweep'} is: give that"),
+        ("sweep/sweep.json", f"a sweep's record, not a results JSON: give its directory, {tmp_path / 'sweep'}"),
+        ("loose", f"not a sweep directory (no sweep.json or results/); give its 1 results JSON as files ({loose}/*"),
+    ]:
+        assert summarize.main([str(tmp_path / given), "--no-plots"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"summarize.py: error: {tmp_path / given}: {message}"), captured.err
+        assert captured.err.count("\n") == 1

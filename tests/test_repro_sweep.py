@@ -197,7 +197,10 @@ def test_summarize_command_line(tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text("{}")
     assert summarize.main([str(tmp_path / "bad.json")]) == 2
     assert "not a dlrm_mlet.py results JSON" in capsys.readouterr().err
-    assert summarize.main([str(tmp_path / "results")]) == 2  # a directory that is not a sweep
+    assert summarize.main([str(tmp_path / "results")]) == 2  # a directory that is not a sweep: its own is named
+    assert f"not a sweep directory (no sweep.json); {tmp_path} is: give that" in capsys.readouterr().err
+    (tmp_path / "other" / "empty").mkdir(parents=True)  # outside any sweep, no JSONs
+    assert summarize.main([str(tmp_path / "other" / "empty")]) == 2
     assert "no results JSONs" in capsys.readouterr().err
 
 

@@ -148,7 +148,11 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
     results = []
     for path in paths:
         try:
-            results.append(result_from_payload(json.loads(Path(path).read_text()), str(path)))
+            payload = json.loads(Path(path).read_text())
+            if isinstance(payload, dict) and {"settings", "runs"} <= payload.keys() and "final" not in payload:
+                parent = Path(path).parent
+                raise UserError(f"{path}: a sweep's record, not a results JSON: give its directory, {parent}")
+            results.append(result_from_payload(payload, str(path)))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise UserError(f"{path}: not a dlrm_mlet.py results JSON ({type(error).__name__}: {error})") from None
     return results

@@ -313,6 +313,22 @@ METHODS_TEXT = (
 )
 
 
+def why_no_results(run_dir: Path) -> str:
+    """Why ``run_dir`` gives no results of a sweep, and what to give instead: a folder inside a sweep (its
+    ``results/`` or ``logs/``) names the sweep directory; a folder of loose results JSONs, the files."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "sweep.json").is_file():
+        if (run_dir.parent / "sweep.json").is_file():
+            return f"not a sweep directory (no sweep.json); {run_dir.parent} is: give that"
+        loose = sorted(run_dir.glob("*.json"))
+        if loose and not results_dir(run_dir).is_dir():
+            return (
+                f"not a sweep directory (no sweep.json or results/); give its {len(loose)} results JSON"
+                f"{'s' if len(loose) > 1 else ''} as files ({run_dir}/*.json)"
+            )
+    return f"no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)"
+
+
 def checked_sweep(
     run_dir: Path, paper_lrs: dict[str, float], asked: Collection[str]
 ) -> tuple[dict | None, list[RunResult], list[str], dict[str, str]]:
@@ -322,9 +338,7 @@ def checked_sweep(
     record = sweep_record(run_dir)
     results, left_out = in_sweep(load_run_dir(run_dir), record["settings"] if record else None)
     if not results:
-        raise UserError(
-            f"{run_dir}: no results JSONs of the sweep in {results_dir(run_dir)} (run scripts/sweep.py first)"
-        )
+        raise UserError(f"{run_dir}: {why_no_results(run_dir)}")
     check_comparable(results)
     check_paper_rates(results, paper_lrs, asked)
     gaps = paper_rate_gaps(results, paper_lrs)
