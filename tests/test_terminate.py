@@ -109,12 +109,19 @@ sweep.cli()
 """
 
 
+# A sweep started as the background job of a script (``python scripts/sweep.py ... &`` in a non-interactive shell)
+# inherits SIGINT ignored. Its SIGTERM used to go unnoted then: the runs in flight were not recorded and the session
+# had no ``interrupted``.
+SIGINT_IGNORED = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+
+
 @pytest.mark.slow
-def test_sigterm_to_a_sweep_records_its_runs_and_ends_with_one_line(tmp_path) -> None:
+@pytest.mark.parametrize("start", ["", SIGINT_IGNORED], ids=["from-a-terminal", "sigint-ignored"])
+def test_sigterm_to_a_sweep_records_its_runs_and_ends_with_one_line(tmp_path, start) -> None:
     argv = ["--run-dir", str(tmp_path), "--protocols", "paper", "--baseline-dims", "2", "4", "--mlet-dims",
             "--seeds", "1", "--jobs", "1", "--", "--data-generation=synthetic", "--arch-embedding-size=20-10",
             "--data-size=64", "--mini-batch-size=32"]  # fmt: skip
-    done = run_snippet(TERMINATED_SWEEP, argv, timeout=120)
+    done = run_snippet(start + TERMINATED_SWEEP, argv, timeout=120)
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "sweep.py: " + RESUMABLE.replace(
         "interrupted", "terminated (SIGTERM)"

@@ -155,8 +155,9 @@ class CtrlC:
     :meth:`seen` answers from any thread at once: Python runs its signal
     handler on the main thread only, when that next runs Python code, while
     the wakeup file descriptor is written as the signal arrives. Off the main
-    thread, or where SIGINT is ignored or handled by someone else, nothing
-    changes (:meth:`seen` is then true only after :meth:`note`).
+    thread, or where neither signal would end the command (ignored, or
+    handled by someone else), nothing changes (:meth:`seen` is then true only
+    after :meth:`note`); where one would, that one is noted.
     """
 
     def __init__(self) -> None:
@@ -168,16 +169,17 @@ class CtrlC:
 
     def __enter__(self) -> CtrlC:
         main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Each signal is taken over only where it would end the command as Ctrl-C does: SIGINT may be ignored
+        # (a script's background job inherits that) while SIGTERM still ends the sweep.
+        ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: terminate}
+        noted = [number for number, handler in ours.items() if signal.getsignal(number) is handler]
+        if main and noted:
             self.pipe = pipe = os.pipe()
             self.undo.callback(lambda: setattr(self, "pipe", None))
             for fd in pipe:
                 os.set_blocking(fd, False)
                 self.undo.callback(os.close, fd)
             self.undo.callback(signal.set_wakeup_fd, signal.set_wakeup_fd(pipe[1], warn_on_full_buffer=False))
-            noted = [
-                s for s in (signal.SIGINT, signal.SIGTERM) if s == signal.SIGINT or signal.getsignal(s) is terminate
-            ]
             self.noted = self.undo.enter_context(
                 handling(dict.fromkeys(noted, lambda number, frame: self.note(number)))
             )
@@ -198,7 +200,7 @@ class CtrlC:
                 come = os.read(self.pipe[0], 64)
                 if signal.SIGTERM in come and signal.SIGTERM in self.noted:
                     self.note(signal.SIGTERM)
-                elif signal.SIGINT in come:
+                elif signal.SIGINT in come and signal.SIGINT in self.noted:
                     self.note()
         return self.event.is_set()
 
