@@ -292,7 +292,8 @@ def describe_kinds(config: ModelConfig) -> str:
     parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
     pairs = sum(t.kind == "qr" for t in config.table_configs())
     if pairs:
-        parts.append(f"quotient-remainder ({config.qr_operation}, {config.qr_collisions} collisions, {pairs} tables)")
+        tables = f"{pairs} table{'s' * (pairs > 1)}"
+        parts.append(f"quotient-remainder ({config.qr_operation}, {config.qr_collisions} collisions, {tables})")
     if config.md_dims:
         parts.append(f"mixed dimensions {dashed(config.md_dims)}")
     return ", ".join(parts)

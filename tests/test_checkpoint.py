@@ -19,6 +19,7 @@ from helpers import TINY as RANDOM_TINY
 import checkpoint
 import dlrm_mlet
 from mlet.cli import configs
+from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
@@ -544,3 +545,10 @@ def test_full_disk_at_every_checkpoint_writer_is_one_line(runs, monkeypatch, tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"dlrm_mlet.py: error: {target}: cannot write the checkpoint (No space left on device)"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("sizes", "tables"), [((50, 300, 2), "1 table"), ((500, 300, 2), "2 tables")])
+def test_the_kinds_line_counts_quotient_remainder_tables_in_words(sizes, tables) -> None:
+    # export-onnx of a model with one quotient-remainder table said "4 collisions, 1 tables".
+    config = ModelConfig(table_sizes=sizes, dim=4, bottom_mlp=(13, 16, 4), top_mlp=(8, 1), qr_flag=True)
+    assert checkpoint.describe_kinds(config) == f"plain, quotient-remainder (mult, 4 collisions, {tables})"
