@@ -246,6 +246,21 @@ def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
     assert "no such checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_checkpoints_of_the_same_config_are_told_apart_by_their_file(tiny_runs, capsys) -> None:
+    # Two checkpoints trained with the same flags (a run and its copy, or the two-layer and the collapsed file)
+    # gave two rows of rank.md under one label, "MLET d=4 K=16 (sgd, lr 0.5, seed 123)".
+    out = tiny_runs / "rank_same"
+    argv = [str(tiny_runs / "mlet.pt"), str(tiny_runs / "mlet_val.pt"), "--out", str(out), "--no-frequency"]
+    assert analyze_rank.main(argv) == 0, capsys.readouterr().err
+    labels = [r["label"] for r in json.loads((out / "rank.json").read_text())]
+    assert sorted(label.rsplit(" ", 1)[-1] for label in labels) == ["[mlet.pt]", "[mlet_val.pt]"], labels
+    assert all(label.startswith("MLET d=4 K=16 (sgd, lr 0.5, seed ") for label in labels)
+    base = [str(tiny_runs / "base.pt"), *argv[1:]]
+    assert analyze_rank.main(base) == 0  # labels that differ already stay as they were
+    assert "[" not in "".join(r["label"] for r in json.loads((out / "rank.json").read_text()))
+
+
 def diverged_copy(source, target, value: float = math.nan) -> int:
     """``source`` (a collapsed checkpoint) with one weight of its largest table set to ``value``, saved as
     ``target``; returns that table."""

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def checkpoint_label(ckpt: dict, path: Path) -> str:
         f"{kind} ({args.get('optimizer', '?')}, lr {args.get('learning_rate', '?')}, "
         f"seed {args.get('numpy_rand_seed', '?')})"
     )
+
+
+def told_apart(results: Sequence[dict]) -> None:
+    """Add the file name to the labels that two or more checkpoints share (the same flags: a copy of a run, or its
+    two-layer and collapsed files), so that each row of rank.md says which file it is."""
+    counts = Counter(r["label"] for r in results)
+    for r in results:
+        if counts[r["label"]] > 1:
+            r["label"] += f" [{Path(r['checkpoint']).name}]"
 
 
 def has_non_finite_weights(model: DLRM) -> bool:
@@ -328,6 +338,7 @@ def analyze_checkpoints(args: argparse.Namespace) -> None:
     checkpoints = tqdm(args.checkpoints, desc="checkpoints", unit="ckpt", disable=None)
     results = [analyze(path, edges, frequency) for path in checkpoints]
     results.sort(key=lambda r: (r["mlet_hidden"] > 0, r["dim"], r["mlet_hidden"]))
+    told_apart(results)
     warn_diverged(results)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, args.top_tables)
