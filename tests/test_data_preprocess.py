@@ -155,6 +155,25 @@ def test_by_day_split_holds_out_the_last_day(tmp_path) -> None:
     assert sum(random.meta["rows"].values()) == 2000 and random.meta["rows"]["train"] > 1500
 
 
+def test_by_day_split_of_a_file_of_one_day_is_refused_before_the_rows_are_read(tmp_path) -> None:
+    # The first 2994 rows of Avazu's train (all of hour 14102100) logged "1 days; last day 141021 (2,994 rows)
+    # held out", read the whole file, then stopped with "no training rows in the by-day split".
+    from mlet.data.preprocessing.raw_generate import RawGenerator
+
+    ten_days = tmp_path / "ten.csv"
+    RawGenerator("avazu", 2000, seed=3, scale=0.001).write(ten_days)
+    raw = tmp_path / "avazu.csv"
+    raw.write_text("".join(ten_days.read_text().splitlines(keepends=True)[:201]))  # the header, then day 141021
+    logs: list[str] = []
+    with pytest.raises(UserError) as error:
+        quiet_prepare(raw, tmp_path / "p", "avazu", "by-day", logs=logs)
+    assert str(error.value) == (
+        f"{raw}: --data-split=by-day holds out the last day, but every row is of one day, 141021 (200 rows); "
+        "give --data-split=random-811, or a file of two days or more"
+    )
+    assert not any("pass 1" in line for line in logs) and not (tmp_path / "p").exists()
+
+
 def flip_first_label(raw) -> None:
     """Change the file's content, not its size: the first row's label 0 <-> 1."""
     data = raw.read_bytes()

@@ -109,6 +109,11 @@ def plan_split(path: Path, layout: Layout, kind: str, seed: int, progress: bool,
     if not dates:
         raise UserError(f"{path}: no row has a valid hour, cannot split by day")
     last = max(dates)
+    if len(dates) == 1:  # nothing would be left to train on; say so before the pass over the rows
+        raise UserError(
+            f"{path}: --data-split=by-day holds out the last day, but every row is of one day, {last} "
+            f"({dates[last]:,} rows); give --data-split=random-811, or a file of two days or more"
+        )
     log(f"  {len(dates)} days; last day {last} ({dates[last]:,} rows) held out; {time.perf_counter() - start:.1f} s")
     return SplitPlan(kind, last_date=last, held_out=dates[last])
 
