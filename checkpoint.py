@@ -28,7 +28,7 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
     import torch
 
     from dlrm_model import ModelConfig
-    from mlet.cli.reduction import stored_tables
+    from mlet.cli.reduction import describe_tables, stored_tables
     from mlet.core.config import TableConfig
     from mlet.core.errors import (
         OneLineParser,
@@ -178,7 +178,7 @@ def stored_as_text(stored: ModelConfig, quantized: dict | None) -> str:
     """How the file holds the tables: MLET's two layers, plain tables, or composite ones; quantized or not."""
     text = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
     if stored.is_composite:
-        text = f"{describe_kinds(stored)} tables"
+        text = f"{describe_tables(stored)} tables"
     return text + (f", int{quantized['bits']}" if quantized else "")
 
 
@@ -203,7 +203,7 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
         (
             "model",
             f"{len(trained.table_sizes)} tables, {sum(trained.table_sizes):,} rows, d={trained.dim}, "
-            f"{describe_kinds(trained)} (stored as {stored_as_text(stored, quantized)});"
+            f"{describe_tables(trained)} (stored as {stored_as_text(stored, quantized)});"
             f" bottom {dashed(trained.bottom_mlp)}, top {trained.interaction_width()}-{dashed(trained.top_mlp)}, "
             f"interaction {trained.interaction}",
         ),
@@ -287,18 +287,6 @@ def larger_because(quantized: dict | None) -> str:
     return ROW_OVERHEAD if quantized else ""
 
 
-def describe_kinds(config: ModelConfig) -> str:
-    """``plain``, ``MLET K=64``, plus quotient-remainder and mixed dimensions where present."""
-    parts = [f"MLET K={config.mlet_hidden}" if config.mlet_hidden else "plain"]
-    pairs = sum(t.kind == "qr" for t in config.table_configs())
-    if pairs:
-        tables = f"{pairs} table{'s' * (pairs > 1)}"
-        parts.append(f"quotient-remainder ({config.qr_operation}, {config.qr_collisions} collisions, {tables})")
-    if config.md_dims:
-        parts.append(f"mixed dimensions {dashed(config.md_dims)}")
-    return ", ".join(parts)
-
-
 # -- command line ------------------------------------------------------------
 
 
@@ -378,9 +366,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     tables = f"MLET K={model.config.mlet_hidden}" if model.config.mlet_hidden else "plain tables"
     if model.config.is_composite:
         tables = (
-            f"{describe_kinds(model.config.collapsed())}; MLET collapsed first"
+            f"{describe_tables(model.config.collapsed())}; MLET collapsed first"
             if model.config.mlet_hidden
-            else (describe_kinds(model.config))
+            else (describe_tables(model.config))
         )
     print(f"wrote {args.output} ({tables}{where})")
     if report.get("max_abs_diff") is not None:

@@ -19,7 +19,6 @@ from helpers import TINY as RANDOM_TINY
 import checkpoint
 import dlrm_mlet
 from mlet.cli import configs
-from mlet.core.config import ModelConfig
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
@@ -547,8 +546,14 @@ def test_full_disk_at_every_checkpoint_writer_is_one_line(runs, monkeypatch, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("sizes", "tables"), [((50, 300, 2), "1 table"), ((500, 300, 2), "2 tables")])
-def test_the_kinds_line_counts_quotient_remainder_tables_in_words(sizes, tables) -> None:
-    # export-onnx of a model with one quotient-remainder table said "4 collisions, 1 tables".
-    config = ModelConfig(table_sizes=sizes, dim=4, bottom_mlp=(13, 16, 4), top_mlp=(8, 1), qr_flag=True)
-    assert checkpoint.describe_kinds(config) == f"plain, quotient-remainder (mult, 4 collisions, {tables})"
+def test_info_names_the_tables_as_the_training_log_does(tmp_path, capsys) -> None:
+    # checkpoint.py had its own wording: "quotient-remainder (mult, 4 collisions, 1 tables), mixed dimensions
+    # 1-2-4" for a model whose first table is a quotient-remainder pair (it takes precedence over its width),
+    # where the training log and collapse say "quotient-remainder mult x4 on 1 table; mixed dimensions qr-2-4".
+    path = tmp_path / "qrmd.pt"
+    flags = ["--arch-embedding-size=1000-500-20", "--qr-flag", "--qr-threshold=600", "--md-flag", "--md-threshold=100"]
+    assert dlrm_mlet.main([*RANDOM_TINY, *flags, "--num-batches=2", f"--save-model={path}"]) == 0
+    capsys.readouterr()
+    assert checkpoint.main(["info", str(path)]) == 0
+    model = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("model "))
+    assert "plain, quotient-remainder mult x4 on 1 table, mixed dimensions qr-2-4 (stored as " in model, model
