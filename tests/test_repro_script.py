@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from helpers import ROOT, run_script
+from helpers import RECORDER, ROOT, run_script
 
 from mlet.repro import sweep
 
@@ -85,3 +85,27 @@ def test_a_dry_run_of_the_embedded_default_generates_nothing(tmp_path) -> None:
     assert sweep_call[0] == "scripts/sweep.py" and f"--raw-data-file={raw}" in sweep_call
     assert f"the data would be generated first ({raw}, 3000 rows at scale 0.001)" in done.stdout
     assert not (caller / "my_run").exists() and not (ROOT / "my_run").exists()
+
+
+def test_failed_runs_still_get_the_summary_and_the_script_ends_saying_so(tmp_path) -> None:
+    # A run killed by the system (out of memory: exit code -9) made sweep.py exit 1, and set -e ended the script
+    # there, silently: no summary, no rank analysis, nothing said after the sweep's "18 runs finished, 1 failed".
+    caller = tmp_path.resolve()
+    (caller / "train.txt").write_text("stand-in: the recorder never reads it\n")
+    failing = caller / "failing_python"  # records every call as the recorder does; the sweep reports failed runs
+    failing.write_text(RECORDER + '[ "$1" = scripts/sweep.py ] && exit 1\nexit 0\n')
+    failing.chmod(0o755)
+    done, calls = reproduce(caller, "kaggle", "train.txt", run_dir="my_run", extra_env={"PY": str(failing)})
+    assert [call[0] for call in calls] == ["scripts/sweep.py", "scripts/summarize.py"]
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"reproduce.sh: some runs failed (named above; logs in {caller / 'my_run'}/logs); the summary leaves them "
+        "out: the same command retries them"
+    )
+    for code in (2, 130, 143):  # bad flags, Ctrl-C, SIGTERM: the script ends with the sweep, as before
+        stopping = caller / f"python_{code}"
+        stopping.write_text(RECORDER + f'[ "$1" = scripts/sweep.py ] && exit {code}\nexit 0\n')
+        stopping.chmod(0o755)
+        (caller / "calls").rename(caller / f"calls_{code}_before")
+        done, calls = reproduce(caller, "kaggle", "train.txt", run_dir="my_run", extra_env={"PY": str(stopping)})
+        assert done.returncode == code and [call[0] for call in calls] == ["scripts/sweep.py"]
