@@ -569,3 +569,22 @@ def test_a_dry_run_reads_no_data_and_writes_nothing(tmp_path, capsys) -> None:
     raw.unlink()  # listing needs no data: a missing raw file is noted, not refused
     assert sweep.main(argv) == 0
     assert f"sweep.py: --raw-data-file: {raw}: no such file (a run would need it" in capsys.readouterr().out
+
+
+def test_a_grid_that_leaves_out_earlier_seeds_or_configs_warns_that_the_summary_will(tmp_path, capsys) -> None:
+    # A trial added a seed with '--seeds 6' to a directory of seeds 1-5: sweep.json then held seeds [6] only, and
+    # the summary left the 70 earlier runs out, with no word from the sweep that it would.
+    sweep.sweep(make_settings(tmp_path, "--protocols", "paper"), runner=FakeTrainer())
+    capsys.readouterr()
+    argv = ["--run-dir", str(tmp_path), "--baseline-dims", "2", "--mlet-dims", "--seeds", "3", "--optimizers", "sgd"]
+    argv += ["--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", "--protocols", "paper"]
+    assert sweep.main([*argv, "--dry-run", "--", "--data-generation=synthetic"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"sweep.py: warning: --run-dir {tmp_path}: this grid leaves out seeds 1, 2 and configs base_d8, mlet_d2_k16 "
+        "of the last one; summarize.py follows this grid and leaves their runs out (give them again to keep them)\n"
+    )
+    grid = ["--baseline-dims", "2", "8", "--mlet-dims", "2", "--mlet-hidden", "16", "--seeds", "1", "2", "3"]
+    wider = [*argv[:2], *grid, *argv[7:]]
+    assert sweep.main([*wider, "--dry-run", "--", "--data-generation=synthetic"]) == 0  # a grid that grows: no word
+    assert capsys.readouterr().err == ""

@@ -282,6 +282,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, sweep_plan.Se
     settings = sweep.settings_from_args(sweep_args)
     on_gpu, on_cpu = (args.device, "cpu") if cuda else ("cuda", args.device)  # --use-gpu is --device's
     sweep.check_run_dir(settings, sources={"--use-gpu": (f"--device {on_gpu}", f"--device {on_cpu}")})
+    sweep.warn_narrowed(settings)
     if not args.dry_run:  # a dry run only lists the runs (of a GPU grid, on any machine)
         check_run_flags(settings)
     check_data_flags(args.run_dir, {"rows": args.rows, "scale": args.scale, "data_seed": args.data_seed})

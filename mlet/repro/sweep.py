@@ -302,6 +302,27 @@ def check_run_dir(settings: Settings, sources: dict[str, tuple[str, str]] | None
         )
 
 
+def warn_narrowed(settings: Settings) -> None:
+    """One line on stderr where this grid leaves out seeds, configs or optimizers of the run directory's last
+    one: ``sweep.json`` takes this grid, and ``summarize.py`` keeps to it, so their finished runs would drop out
+    of the summary unseen."""
+    record = sweep_record(settings.run_dir)
+    if record is None:
+        return
+    old, new = record["settings"], settings.to_dict()
+    gone = [
+        f"{key} {', '.join(map(str, dropped))}"
+        for key in ("seeds", "configs", "optimizers")
+        if (dropped := [value for value in old.get(key, []) if value not in new[key]])
+    ]
+    if gone:
+        print(
+            f"{PROG}: warning: --run-dir {settings.run_dir}: this grid leaves out {' and '.join(gone)} of the last "
+            "one; summarize.py follows this grid and leaves their runs out (give them again to keep them)",
+            file=sys.stderr,
+        )
+
+
 def setup_changes(old: dict, new: dict, sources: dict[str, tuple[str, str]]) -> list[str]:
     """What differs between two sweeps' :data:`SETUP_KEYS` (``sweep.json`` settings), in the flags' terms:
     ``--mlp-bot-prefix 13-32 where it had 13-64``, ``this sweep adds --nepochs=2``, ``--device cuda where it had
@@ -414,6 +435,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Check the flags, then run the sweep (or list its runs); 1 when a run failed."""
     settings = settings_from_args(args)
     check_run_dir(settings)
+    warn_narrowed(settings)
     test_freq = prepare_data(settings, dry_run=args.dry_run)
     todo = pending(initial_specs(settings), settings.run_dir)
     print(
