@@ -178,7 +178,7 @@ def stored_as_text(stored: ModelConfig, quantized: dict | None) -> str:
     """How the file holds the tables: MLET's two layers, plain tables, or composite ones; quantized or not."""
     text = f"MLET K={stored.mlet_hidden}" if stored.mlet_hidden else "plain d-wide tables"
     if stored.is_composite:
-        text = f"{describe_tables(stored)} tables"
+        text = describe_tables(stored)  # its phrases name the tables already ("... on 2 tables")
     return text + (f", int{quantized['bits']}" if quantized else "")
 
 

@@ -556,4 +556,5 @@ def test_info_names_the_tables_as_the_training_log_does(tmp_path, capsys) -> Non
     capsys.readouterr()
     assert checkpoint.main(["info", str(path)]) == 0
     model = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("model "))
-    assert "plain, quotient-remainder mult x4 on 1 table, mixed dimensions qr-2-4 (stored as " in model, model
+    kinds = "plain, quotient-remainder mult x4 on 1 table, mixed dimensions qr-2-4"
+    assert f"{kinds} (stored as {kinds});" in model, model  # not "... on 1 table, ... qr-2-4 tables"
