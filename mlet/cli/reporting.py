@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlet.core.errors import UserError, add_bool, check_output_file, check_writable_folder
+from mlet.core.errors import UserError, add_bool, check_output_file, check_writable_folder, written_as_folder
 from mlet.training.observers import MLPerfLog, Observer, TensorBoardWriter, check_tensorboard
 from mlet.training.profiling import DEFAULT_STEPS, SKIPPED_STEPS, StepProfiler
 
@@ -107,7 +107,7 @@ def profile_prefix(given: str, save_model: str) -> str:
     if not given:
         checkpoint = Path(save_model)  # "." or "/" have no name (no suffix to drop): refused later as folders
         return f"{checkpoint.with_suffix('') if checkpoint.name else checkpoint}.profile"
-    if os.path.basename(given) in ("", ".", "..") or os.path.isdir(given):
+    if written_as_folder(given) or os.path.isdir(given):
         return str(Path(given) / PROFILE_PREFIX)
     return given
 

@@ -38,6 +38,12 @@ def check_seed(flag: str, seed: int) -> None:
         raise UserError(f"{flag}: must be in [0, 2**63), got {seed}")
 
 
+def written_as_folder(path: str) -> bool:
+    """Whether ``path`` is written as a folder's (``DIR/``, ``.``, ``..``), which :class:`~pathlib.Path` would
+    not tell: it drops a trailing slash, and ``.`` has no name."""
+    return os.path.basename(path) in ("", ".", "..")
+
+
 def check_output_file(flag: str, path: str) -> None:
     """Fail now, not after hours of work, if ``path`` cannot be written as a file.
 
@@ -50,7 +56,7 @@ def check_output_file(flag: str, path: str) -> None:
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{flag} {path}: is a folder; give a file name")
-    if path.endswith("/") or os.path.basename(path) in (".", ".."):
+    if written_as_folder(path):
         raise UserError(f"{flag} {path}: names a folder; give a file name")
     _probe_folder(flag, path, target.parent, prefix=f".{target.name}.")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mlet.core.errors import UserError
+from mlet.core.errors import UserError, written_as_folder
 from mlet.data.preprocessing.arrays import create_npy, read_rows, write_rows_at
 from mlet.data.preprocessing.layouts import LAYOUTS, Layout, check_input_file, detect_layout
 from mlet.data.preprocessing.passes import FirstPass, Reading, VocabularyCheck, check_training_rows, read_pass
@@ -53,7 +53,7 @@ Log = Callable[[str], None]
 def day_prefix(raw: str) -> str:
     """The path prefix of the day files: ``DIR/day`` for a folder (one that exists, or written as one: ``DIR/``,
     ``.``, ``..``), else ``raw`` itself (``./input/day``)."""
-    folder = raw.endswith("/") or os.path.basename(raw) in (".", "..") or Path(raw).is_dir()
+    folder = written_as_folder(raw) or Path(raw).is_dir()
     return str(Path(raw) / "day") if folder else raw
 
 
