@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import ROOT, run_cli
 
 from mlet.core.batch import Batch, BatchShard, Share
 from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, place_data, to_device
@@ -159,6 +162,34 @@ def test_epoch_orders_are_numpys_permutations_made_ahead() -> None:
     for epoch in (0, 1, 2, 5):  # a resumed run may start at a later epoch
         assert np.array_equal(orders.get(epoch), np.random.default_rng([3, epoch]).permutation(1000))
     assert set(orders.pending) == {6}  # the next epoch is under way; skipped ones are dropped
+
+
+def test_a_process_ends_without_waiting_for_an_epoch_order_nobody_asks_for() -> None:
+    """The order of the epoch after the last is begun all the same; the exit must not wait for it (minutes at
+    Terabyte's size, during which a SIGTERM found the process in the interpreter's exit)."""
+    code = (
+        "import time, numpy as np\n"
+        "from mlet.data.sources import EpochOrders\n"
+        "class Slow(EpochOrders):\n"
+        "    def permutation(self, epoch):\n"
+        "        if epoch: time.sleep(60)\n"
+        "        return np.arange(self.num_rows)\n"
+        "Slow(10, seed=0).get(0)\n"  # begins epoch 1's order, then the process ends
+        "print('done', flush=True)\n"
+    )
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_an_error_making_an_epoch_order_reaches_the_caller() -> None:
+    class Failing(EpochOrders):
+        def permutation(self, epoch: int) -> np.ndarray:
+            raise MemoryError(f"epoch {epoch}")
+
+    with pytest.raises(MemoryError, match="epoch 0"):
+        Failing(10, seed=0).get(0)
 
 
 def test_steady_rate_is_the_median_window_rate() -> None:
