@@ -10,6 +10,7 @@ import copy
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ import torch
 from helpers import ROOT, run_cli
 
 from mlet.core.batch import Batch, BatchShard, Share
+from mlet.core.pipeline import prefetch
 from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, place_data, to_device
 from mlet.data.preprocessing.vocabulary import IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
@@ -190,6 +192,25 @@ def test_an_error_making_an_epoch_order_reaches_the_caller() -> None:
 
     with pytest.raises(MemoryError, match="epoch 0"):
         Failing(10, seed=0).get(0)
+
+
+def test_a_host_source_takes_its_epoch_order_on_the_callers_thread() -> None:
+    """Not in the prefetching thread that makes its batches: there a stopped run waited for the order to be made
+    before it could end (the signal's line came seconds to minutes late); the caller's wait ends at the signal."""
+    rng = np.random.default_rng(0)
+    source = ArraySource(rng.random((100, 13), dtype=np.float32), rng.integers(0, 9, (100, 3)), np.ones(100), 10, True)
+    assert source.orders is not None
+    made, takers = source.orders.get, []
+
+    def get(epoch: int) -> np.ndarray:
+        takers.append(threading.current_thread())
+        return made(epoch)
+
+    source.orders.get = get  # type: ignore[method-assign]
+    batches = prefetch(source.batches(0))
+    assert takers == [threading.current_thread()]
+    assert next(batches).size == 10
+    batches.close()
 
 
 def test_steady_rate_is_the_median_window_rate() -> None:

@@ -192,8 +192,17 @@ class ArraySource:
         return self.orders.get(epoch) if self.orders is not None else None
 
     def batches(self, epoch: int, start: int = 0, workers: int = 1, share: Share | None = None) -> Batches:
-        """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order)."""
-        order = self.order(epoch)
+        """Batches ``start..`` of ``epoch``, assembled by ``workers`` threads (same batches, same order).
+
+        The epoch's order is taken here, on the caller's thread, not when the first batch is asked for: a
+        prefetching thread would wait for it there, and a Ctrl-C or SIGTERM meanwhile ended the run only once
+        the order was made (the stopped run waits for its prefetching thread), seconds to minutes after the
+        signal. The caller's wait ends at the signal.
+        """
+        return self.batches_in(self.order(epoch), start, workers, share)
+
+    def batches_in(self, order: np.ndarray | None, start: int, workers: int, share: Share | None) -> Batches:
+        """Batches ``start..`` under ``order`` (:meth:`batches`)."""
         selections = (self.rows_of(order, i) for i in range(start, len(self)))
         if share is None:
             yield from ordered_map(self.make_batch, selections, workers)
