@@ -77,9 +77,10 @@ def on_the_way_out(prog: str) -> None:
     uncaught KeyboardInterrupt by killing itself with SIGINT (status -2 to ``subprocess``, not 130), so a second
     Ctrl-C while the first one's line is printed or the interpreter exits would change the status. SIGTERM was
     back on its default once the command's handler was put back, and the interpreter's exit can take long: it
-    waits for the threads still at work (``dlrm_mlet.py``: the next epoch's shuffle, begun as soon as the data
-    are read; minutes at Criteo Terabyte's size), so a SIGTERM there killed the process with no line. It ends
-    in the handler: nothing is left to clean up, and an exception raised during the exit would be lost.
+    waits for the (non-daemon) threads still at work, so a SIGTERM there killed the process with no line. (The
+    longest such wait found, the shuffle of the epoch after a run's last, is gone: ``EpochOrders`` makes its
+    orders on a daemon thread.) It ends in the handler: nothing is left to clean up, and an exception raised
+    during the exit would be lost.
     """
     if threading.current_thread() is not threading.main_thread():
         return
