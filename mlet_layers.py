@@ -40,11 +40,10 @@ from mlet.model.composite import CompositeTables, GroupSpec
 from mlet.model.init import (  # noqa: F401  (re-exported: the tables' init helpers)
     PROJECTION_INITS,
     fill_from_cpu,
-    fill_on,
     init_projection_,
     parse_projection_init,
-    symmetric_uniform_,
     table_seed,
+    uniform_rows_,
 )
 
 RowUpdate = Callable[[Tensor, Tensor], None]
@@ -265,23 +264,21 @@ class EmbeddingTables(nn.Module):
             raise ValueError("plain tables have no MLET projection")
         return self.projection
 
-    def reset_parameters(self, seed: int, on_device: bool = False) -> None:
+    def reset_parameters(self, seed: int) -> None:
         """DLRM's uniform(+-sqrt(1/n)) rows; ``W2`` per ``projection_init``.
 
-        Drawn from CPU generators whatever the device, so that a seed gives the
-        same initial model on CPU and GPU (on a GPU each table passes through host memory once).
-        ``on_device``: from generators on the tables' device instead (the same distributions, other
-        values; for tables of billions of weights, whose CPU draw takes tens of seconds).
+        Drawn from CPU generators whatever the device, so that a seed gives the same initial model on CPU and
+        GPU; the rows in chunks on all cores (:func:`~mlet.model.init.uniform_rows_`), each chunk copied to a
+        GPU as soon as it is drawn.
         """
-        device = self.weight.device if on_device else torch.device("cpu")
         with torch.no_grad():
-            for t, (n, tid) in enumerate(zip(self.table_sizes, self.table_ids)):
-                bound = math.sqrt(1.0 / n)
-                gen = torch.Generator(device).manual_seed(table_seed(seed, tid))
-                fill_on(self.table_weight(t), functools.partial(symmetric_uniform_, bound=bound, gen=gen), on_device)
-                if self.is_mlet:
-                    gen = torch.Generator(device).manual_seed(table_seed(seed, tid, 1))
-                    fill_on(self.w2[t], functools.partial(self._init_projection, gen=gen), on_device)
+            sizes, ids = self.table_sizes, self.table_ids
+            uniform_rows_(
+                [(self.table_weight(t), math.sqrt(1.0 / sizes[t]), table_seed(seed, ids[t])) for t in range(len(ids))]
+            )
+            for t, tid in enumerate(ids if self.is_mlet else []):
+                gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
+                fill_from_cpu(self.w2[t], functools.partial(self._init_projection, gen=gen))
 
     def _init_projection(self, w2: Tensor, gen: torch.Generator) -> None:
         init_projection_(w2, self.projection_init, gen)

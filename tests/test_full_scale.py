@@ -26,7 +26,6 @@ from mlet.repro import full_scale, full_scale_pool, full_scale_run, summary, swe
 from mlet.repro.analysis import gram_singular_values
 from mlet.repro.experiments import Config, RunSpec
 from mlet.repro.run_results import load_run_dir
-from mlet_layers import EmbeddingTables
 
 ROWS, SCALE = 30_000, 0.0005
 GRID = [
@@ -106,16 +105,6 @@ def test_gram_singular_values_equal_the_svd():
     expected = torch.linalg.svdvals(matrix).numpy()
     assert np.allclose(gram_singular_values(matrix.float(), chunk=64), expected, rtol=1e-4, atol=1e-6)
     assert np.allclose(gram_singular_values(matrix.t()), expected, rtol=1e-6)  # a wide matrix too
-
-
-def test_tables_initialised_on_their_device_draw_the_same_distribution():
-    plain = EmbeddingTables([40, 7], 4, hidden=8, seed=None)
-    plain.reset_parameters(3)
-    on_device = EmbeddingTables([40, 7], 4, hidden=8, seed=None)
-    on_device.reset_parameters(3, on_device=True)
-    # on a CPU the tables' own generator is the CPU one: the very same values
-    assert torch.equal(plain.weight, on_device.weight) and torch.equal(plain.w2, on_device.w2)
-    assert float(on_device.table_weight(0).detach().abs().max()) <= math.sqrt(1 / 40)
 
 
 def test_priority_puts_the_headline_first(tmp_path):

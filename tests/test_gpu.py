@@ -22,7 +22,7 @@ from mlet.core.batch import Batch
 from mlet.data.device import RowsBatch, load_arrays
 from mlet.data.sources import ArraySource
 from mlet.data.synthetic import RandomBatches
-from mlet.model import streams
+from mlet.model import init, streams
 from mlet.parallel import equivalence
 from mlet.training.checkpoints import load_checkpoint
 from mlet.training.optimizers import build_optimizer
@@ -398,3 +398,13 @@ def test_two_gpus_train_like_one(scenario: str, extra: list[str], tmp_path) -> N
     run = equivalence.subprocess_runner(use_gpu=True, timeout=300)
     row = equivalence.compare_scenario(scenario, lambda nproc, flags: run(nproc, [*flags, *extra]), tmp_path, nproc=2)
     assert equivalence.worst(row) <= equivalence.TOLERANCE, row
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_tables_drawn_for_the_gpu_equal_those_drawn_on_the_cpu(hidden: int, monkeypatch) -> None:
+    monkeypatch.setattr(init, "_CHUNK_VALUES", 256)  # tables of many chunks, drawn by many threads
+    config = small_config(hidden)
+    cpu = DLRM(config, seed=6)
+    gpu = DLRM(config, seed=6, device=torch.device("cuda"))
+    for name, value in cpu.state_dict().items():
+        assert torch.equal(gpu.state_dict()[name].cpu(), value), name

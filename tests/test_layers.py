@@ -8,9 +8,9 @@ from helpers import random_inputs, small_config, train_random_steps
 
 from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
-from mlet.model import lookup
+from mlet.model import init, lookup
 from mlet.training.optimizers import build_optimizer
-from mlet_layers import EmbeddingTables, parse_projection_init
+from mlet_layers import EmbeddingTables, parse_projection_init, table_seed
 
 
 def reference_embeddings(tables: EmbeddingTables, features: SparseFeatures) -> torch.Tensor:
@@ -112,6 +112,35 @@ def test_table_init_depends_only_on_seed_and_table_id() -> None:
     bound = (1.0 / 30) ** 0.5
     assert full.table_weight(2).abs().max() <= bound
     assert full.table_weight(2).abs().max() > 0.8 * bound
+
+
+def test_a_table_of_one_chunk_draws_one_generator_stream() -> None:
+    # what EmbeddingTables drew before the rows came in chunks: a seed's tables small enough start as they did
+    tables = EmbeddingTables([500, 70], 8, seed=5)
+    bound = (1.0 / 500) ** 0.5
+    stream = torch.empty(500, 8).uniform_(-bound, bound, generator=torch.Generator().manual_seed(table_seed(5, 0)))
+    assert torch.equal(tables.table_weight(0), stream)
+
+
+def test_table_rows_in_chunks_do_not_depend_on_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(init, "_CHUNK_VALUES", 64)  # 16 rows a chunk at width 4
+    many = EmbeddingTables([100, 7, 40], 4, seed=9)
+    monkeypatch.setattr(init.os, "sched_getaffinity", lambda _: {0})  # one worker: chunk after chunk
+    one = EmbeddingTables([100, 7, 40], 4, seed=9)
+    assert torch.equal(many.weight, one.weight)
+    rows, bound, seed = many.table_weight(0), (1.0 / 100) ** 0.5, table_seed(9, 0)
+    for chunk, start in enumerate(range(0, 100, 16)):
+        gen = torch.Generator().manual_seed(init.chunk_seed(seed, chunk))
+        expected = torch.empty(min(16, 100 - start), 4).uniform_(-bound, bound, generator=gen)
+        assert torch.equal(rows[start : start + 16], expected)
+    assert len({init.chunk_seed(seed, c) for c in range(1000)}) == 1000  # no two chunks of a table share a seed
+
+
+def test_a_failing_chunk_is_reported(monkeypatch) -> None:
+    monkeypatch.setattr(init, "_CHUNK_VALUES", 64)
+    rows = torch.empty(100, 4, dtype=torch.int64)  # uniform_ refuses integer rows, in a worker thread
+    with pytest.raises(RuntimeError):
+        init.uniform_rows_([(rows, 0.1, 1)])
 
 
 @pytest.mark.parametrize(

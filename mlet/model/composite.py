@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from mlet.core.batch import SparseFeatures
 from mlet.core.config import ModelConfig
 from mlet.model import quotient_remainder
-from mlet.model.init import fill_from_cpu, init_projection_, symmetric_uniform_, table_seed
+from mlet.model.init import RowFill, fill_from_cpu, init_projection_, symmetric_uniform_, table_seed, uniform_rows_
 from mlet.model.mixed_dimension import projection_bound
 
 MD_PROJECTION_SALT = 4
@@ -235,14 +235,10 @@ class CompositeTables(nn.Module):
         ``2 * part + 1`` for ``W2``), so a plain feature starts as in a plain model of the same seed.
         """
         with torch.no_grad():
+            uniform_rows_([self.slot_rows(g, s, seed) for g, spec in enumerate(self.plan.groups) for s in spec.slots])
             for g, spec in enumerate(self.plan.groups):
                 group: Any = self.groups[g]  # an EmbeddingTables (mlet_layers.py): table_weight, w2
                 for s in spec.slots:
-                    n = self.config.table_sizes[s.feature]
-                    bound = quotient_remainder.init_bound(n, s.part, self.plan.operation)
-                    gen = torch.Generator().manual_seed(table_seed(seed, s.feature, 2 * s.part))
-                    fill = functools.partial(symmetric_uniform_, bound=bound, gen=gen)
-                    fill_from_cpu(group.table_weight(s.index), fill)
                     if spec.hidden:
                         gen = torch.Generator().manual_seed(table_seed(seed, s.feature, 2 * s.part + 1))
                         init = functools.partial(init_projection_, spec=self.config.mlet_init, gen=gen)
@@ -253,6 +249,12 @@ class CompositeTables(nn.Module):
                             symmetric_uniform_, bound=projection_bound(spec.width, self.dim), gen=gen
                         )
                         fill_from_cpu(self.md_projections[str(g)][s.index], fill)
+
+    def slot_rows(self, g: int, slot: Slot, seed: int) -> RowFill:
+        """A slot's rows, their bound and their seed, for :func:`~mlet.model.init.uniform_rows_`."""
+        bound = quotient_remainder.init_bound(self.config.table_sizes[slot.feature], slot.part, self.plan.operation)
+        group: Any = self.groups[g]
+        return group.table_weight(slot.index), bound, table_seed(seed, slot.feature, 2 * slot.part)
 
     # -- forward ------------------------------------------------------------------------
     def group_features(self, g: int, features: SparseFeatures) -> SparseFeatures:

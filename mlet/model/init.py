@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
 DEFAULT_PROJECTION_STD = 0.25
 PROJECTION_INITS = ("normal", "normal-STD", "xavier")
+_CHUNK_VALUES = 1 << 24
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: consecutive chunks' seeds far apart
 
 
 def parse_projection_init(spec: str) -> tuple[str, float]:
@@ -47,13 +51,53 @@ def fill_from_cpu(target: Tensor, fill: Callable[[Tensor], object]) -> None:
     target.copy_(values)
 
 
-def fill_on(target: Tensor, fill: Callable[[Tensor], object], on_device: bool) -> None:
-    """``fill(target)`` in place: with a generator on ``target``'s device, or (not ``on_device``) through
-    :func:`fill_from_cpu`."""
-    if on_device:
-        fill(target)
-    else:
-        fill_from_cpu(target, fill)
+RowFill = tuple[Tensor, float, int]
+"""One table's rows to draw: ``(rows, bound, seed)`` (:func:`uniform_rows_`)."""
+
+
+def uniform_rows_(fills: Sequence[RowFill]) -> None:
+    """Fill each ``rows`` (2-D, on any device) in place from uniform(-bound, bound), drawn by CPU generators
+    on all cores at once: chunk ``c`` of ``chunk_rows(width)`` rows from seed :func:`chunk_seed`.
+
+    A CPU generator's draw is one thread's work, about 170M values a second: 2.2 s for the Criteo-Kaggle tables
+    at d=16 and 25 s at K=128 when each table is one stream. The chunks of all tables are drawn in parallel
+    (torch releases the GIL while it draws) and each goes to the device as soon as it is drawn. A table of one
+    chunk gets what ``uniform_`` with a generator of ``seed`` draws; the values depend on neither the device nor
+    the number of cores.
+    """
+    chunks = [
+        (rows, bound, seed, start)
+        for rows, bound, seed in fills
+        for start in range(0, len(rows), chunk_rows(rows.shape[1]))
+    ]
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            _draw(*chunk)
+        return
+    with ThreadPoolExecutor(min(len(chunks), len(os.sched_getaffinity(0)))) as pool:
+        list(pool.map(lambda chunk: _draw(*chunk), chunks))  # list(): a worker's error is raised here
+
+
+def _draw(rows: Tensor, bound: float, seed: int, start: int) -> None:
+    """Chunk ``rows[start : start + chunk_rows(width)]`` of :func:`uniform_rows_`."""
+    step = chunk_rows(rows.shape[1])
+    gen = torch.Generator().manual_seed(chunk_seed(seed, start // step))
+    with torch.no_grad():  # grad mode is per thread: a worker's is on
+        part = rows[start : start + step]
+        if part.device.type == "cpu":
+            part.uniform_(-bound, bound, generator=gen)
+        else:
+            part.copy_(torch.empty(part.shape, dtype=part.dtype).uniform_(-bound, bound, generator=gen))
+
+
+def chunk_rows(width: int) -> int:
+    """Rows drawn from one generator by :func:`uniform_rows_`: 16M values (64 MB of float32) a chunk."""
+    return max(1, _CHUNK_VALUES // width)
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of chunk ``chunk`` of a table drawn from ``seed``: ``seed`` itself for the first chunk."""
+    return (seed + chunk * _GOLDEN_GAMMA) % (2**63)
 
 
 def table_seed(seed: int, table: int, salt: int = 0) -> int:

@@ -32,7 +32,6 @@ from mlet.training.checkpoints import dashed
 from mlet.training.processes import SingleProcess
 from mlet.training.results import write_json
 from mlet.training.trainer import Trainer
-from mlet_layers import EmbeddingTables
 
 PROG = "full_scale.py"
 # Why the in-process runner builds plain and MLET tables only (full_scale.py refuses the other methods' flags).
@@ -83,8 +82,8 @@ def check_run_flags(settings: sweep_plan.Settings) -> None:
 
 
 def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tuple[Run, Trainer]:
-    """The run's checked flags and its trainer: data served from the piece's rows, tables initialised on the
-    device (CPU generators for a CPU device)."""
+    """The run's checked flags and its trainer: data served from the piece's rows, the tables drawn as in
+    ``dlrm_mlet.py``."""
     settings, device = piece.settings, piece.device
     probe = run_config(run_flags(spec, settings, extra))
     freq = test_freq(settings, piece.rows, probe.data.batch_size)
@@ -96,9 +95,7 @@ def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tup
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
         torch.backends.cudnn.allow_tf32 = run.tf32
-    tables = EmbeddingTables.from_config(config, seed=None, device=device)
-    tables.reset_parameters(run.train.seed, on_device=device.type == "cuda")
-    model = DLRM(config, seed=run.train.seed, device=device, tables=tables)
+    model = DLRM(config, seed=run.train.seed, device=device)
     flags = {
         **(run.flags or {}),
         "table_sizes": list(data.table_sizes),
@@ -109,7 +106,7 @@ def build_trainer(spec: RunSpec, piece: Piece, extra: Sequence[str] = ()) -> tup
 
 def check_in_process(run: Run, config: ModelConfig) -> None:
     """A :class:`UserError` unless ``run`` trains plain or MLET tables and evaluates them as trained: the tables
-    here are built as :class:`EmbeddingTables` (never quotient-remainder or mixed-dimension ones, which need
+    here are plain or MLET tables (never quotient-remainder or mixed-dimension ones, which need
     their own tables and, for mixed dimensions, the training counts) and nothing evaluates quantized tables."""
     if config.is_composite or config.qr_flag or config.md_dims or run.mixed_dimension is not None:
         flag = "--qr-flag" if config.qr_flag else "--md-flag"
