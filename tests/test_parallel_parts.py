@@ -5,6 +5,11 @@ processes themselves."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import random_inputs, small_config
@@ -220,3 +225,29 @@ def test_backward_sends_the_embeddings_back_before_the_gradient_all_reduce(monke
         param.grad = None
     model(dense, OwnedBags(features, 6)).sum().backward()  # the forward forgets the bottom MLP's earlier gradients
     assert order == ["all-to-all back", "all-reduce"]
+
+
+EXITING = """
+import atexit, sys
+from mlet.parallel.process_group import exit_process
+
+
+class Held:
+    def __del__(self):
+        print("torn down", flush=True)  # the interpreter's teardown frees module globals
+
+
+held = Held()
+atexit.register(print, "exit handler ran")
+print("last line", end="")  # unflushed when exit_process is called
+exit_process(3)
+"""
+
+
+@pytest.mark.parametrize(("world_size", "handlers"), [("1", True), ("2", False)])
+def test_a_command_ends_without_the_interpreters_teardown(world_size: str, handlers: bool) -> None:
+    env = {**os.environ, "WORLD_SIZE": world_size, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", EXITING], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 3
+    assert ("exit handler ran" in done.stdout) == handlers  # one process runs its atexit handlers
+    assert "last line" in done.stdout and "torn down" not in done.stdout

@@ -7,6 +7,8 @@ session on top of this.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import sys
@@ -272,16 +274,21 @@ def wait_for_all(comm: Comm) -> None:
 
 
 def exit_process(code: int) -> None:
-    """End the process with ``code``; a multi-process run skips Python's teardown.
+    """End the process with ``code`` without the interpreter's teardown.
 
-    The process group is never freed in-process: with gloo, freeing it while
-    its worker threads still release finished collectives deadlocks (they
-    need the GIL, which the freeing thread holds while joining them; seen with
-    torch 2.13). And after an error this rank must leave at once, for torchrun
-    to stop the others, even if a peer is blocked in a collective with it.
+    A single process runs its exit handlers (``atexit``: torch's compile workers, logging) first, then leaves.
+    The teardown frees every module's objects one at a time, the CUDA context, graphs and tables included: 1.4 s
+    after a run on an H200 and 0.6 s after a small CPU run, for memory the operating system frees at once. No
+    thread of ours outlives ``main``: its pools close in ``with`` blocks and its prefetching threads are daemons.
+
+    A multi-process run skips the handlers too. Its process group is never freed in-process: with gloo,
+    freeing it while its worker threads still release finished collectives deadlocks (they need the GIL, which
+    the freeing thread holds while joining them; seen with torch 2.13). And after an error this rank must leave
+    at once, for torchrun to stop the others, even if a peer is blocked in a collective with it.
     """
-    if launched_world_size() > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if launched_world_size() == 1:
+        atexit._run_exitfuncs()  # what the interpreter's exit would run first
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader gone away (`| head`): nobody is left to tell
+            stream.flush()
+    os._exit(code)
