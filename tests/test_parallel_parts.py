@@ -251,3 +251,12 @@ def test_a_command_ends_without_the_interpreters_teardown(world_size: str, handl
     assert done.returncode == 3
     assert ("exit handler ran" in done.stdout) == handlers  # one process runs its atexit handlers
     assert "last line" in done.stdout and "torn down" not in done.stdout
+
+
+def test_a_profiled_command_keeps_its_profile(tmp_path) -> None:
+    script, profile = tmp_path / "exiting.py", tmp_path / "out.prof"
+    script.write_text(EXITING)
+    env = {**os.environ, "WORLD_SIZE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "cProfile", "-o", str(profile), str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert profile.stat().st_size > 0, done.stderr  # cProfile writes it once the program has returned
