@@ -10,10 +10,7 @@ process count, the command line trains one epoch and its results JSON gives
 ``train_samples_per_second`` (first to last training step: data loading,
 model building and testing excluded, as users' logs count them). Beside it,
 in the same run, the step alone (``bench/gpu_throughput.py``'s ``graph``
-variants: batches already on the GPU), and the ratio of the two. And where the
-command's wall time went, from the seconds at which its log lines came:
-``startup_s`` (to the line that opens training: imports, data loading, model
-building), ``training_and_test_s`` and ``exit_s`` (after its last line).
+variants: batches already on the GPU), and the ratio of the two.
 
     python3 bench/cli_throughput.py --rows 20000000 --gpus 1                # one H200
     python3 bench/cli_throughput.py --rows 20000000 --gpus 1 2 --batches 8192 32768 --inputs device
@@ -172,35 +169,18 @@ def cli_run(directory: Path, model: dict, batch: int, placement: str, precision:
         if gpus == 1
         else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     )
-    lines, code = stamped_lines([*launcher, "-m", "dlrm_mlet", *flags], {**os.environ, "OMP_NUM_THREADS": "4"})
-    log = "".join(line for _, line in lines)
-    if code != 0:
-        raise RuntimeError(f"dlrm_mlet.py failed ({code}):\n{log[-3000:]}")
-    input_line = next((line.strip() for _, line in lines if line.startswith("input: ")), "")
-    return {**json.loads(out.read_text()), **phases(lines), "input_line": input_line, "log": log}
-
-
-def stamped_lines(command: list[str], env: dict[str, str]) -> tuple[list[tuple[float, str]], int]:
-    """Run ``command``; each line of its output (stdout and stderr together) with the seconds since the start at
-    which it came, a last empty line at its exit, and its exit status."""
     start = time.perf_counter()
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [*launcher, "-m", "dlrm_mlet", *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "4"},
     )
-    assert child.stdout is not None
-    lines = [(time.perf_counter() - start, line) for line in child.stdout]
-    code = child.wait()
-    return [*lines, (time.perf_counter() - start, "")], code
-
-
-def phases(lines: list[tuple[float, str]]) -> dict:
-    """Where a run's wall time went, from its stamped log: up to the line that opens training
-    (``time/loss/accuracy``: imports, data loading, model building), training and testing, and the process's
-    exit after its last line."""
-    opened = next(t for t, line in lines if line.startswith("time/loss/accuracy"))
-    last = lines[-2][0] if len(lines) > 1 else opened
-    wall = lines[-1][0]
-    return {"wall_s": wall, "startup_s": opened, "training_and_test_s": last - opened, "exit_s": wall - last}
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"dlrm_mlet.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    input_line = next((line for line in done.stdout.splitlines() if line.startswith("input: ")), "")
+    return {**json.loads(out.read_text()), "wall_s": wall, "input_line": input_line, "log": done.stdout}
 
 
 def step_only(model: dict, batch: int, precision: str) -> float | None:
@@ -253,7 +233,6 @@ def main() -> None:
     add_gpu_ratios(rows)
     columns = ["model", "batch", "precision", "input", "gpus", "cli_samples_per_s", "cli_steady_samples_per_s"]
     columns += ["step_only_samples_per_s", "cli_vs_step", "steady_vs_step", "one_time_s", "vs_1_gpu", "steady_vs_1_gpu"]
-    columns += ["wall_s", "startup_s", "training_and_test_s", "exit_s"]
     print_table(rows, columns)
     print(f"wrote {save(args.out, payload)}")
 
@@ -279,9 +258,6 @@ def measure(directory: Path, setting: dict, placement: str, step: float | None, 
         "one_time_s": result["one_time_seconds"],
         "train_samples": result["train_samples"],
         "wall_s": result["wall_s"],
-        "startup_s": result["startup_s"],
-        "training_and_test_s": result["training_and_test_s"],
-        "exit_s": result["exit_s"],
         "input_line": result["input_line"],
         "log_tail": result["log"].splitlines()[-25:],
     }
