@@ -20,9 +20,10 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then RAW=$(from_caller "$1"); shift; fi
 [ $# -gt 0 ] && [ "$1" = "--" ] && shift
 if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
 cd "$(dirname "$0")/.."
+source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
 RUN_DIR=${RUN_DIR:-runs/criteo_terabyte}
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || bash scripts/setup.sh
+[ -x "$PY" ] || run_child bash scripts/setup.sh
 mkdir -p "$RUN_DIR"
 if [ -n "$RAW" ]; then
   MODEL=(--arch-sparse-feature-size=128 --arch-mlp-bot=13-512-256-128 --arch-mlp-top=1024-1024-512-256-1
@@ -31,13 +32,13 @@ else
   DAYS=${DAYS:-4} ROWS=${ROWS:-250000} SCALE=${SCALE:-0.0005}
   RAW=$RUN_DIR/synthetic_${DAYS}days_${ROWS}rows_scale${SCALE}/day
   if [ ! -e "${RAW}_$((DAYS - 1)).gz" ]; then
-    "$PY" data_utils.py generate terabyte --days "$DAYS" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.gz"
+    run_child "$PY" data_utils.py generate terabyte --days "$DAYS" --rows "$ROWS" --seed 1 --scale "$SCALE" \
+      --out "$RAW.gz"
   fi
   MODEL=(--arch-sparse-feature-size=16 --arch-mlp-bot=13-64-16 --arch-mlp-top=64-32-1 --test-freq=100 --print-freq=50)
 fi
-"$PY" dlrm_mlet.py --data-generation=dataset --data-set=terabyte "--raw-data-file=$RAW" \
-  "--processed-data-file=$RUN_DIR/processed" --loss-function=bce --round-targets=True --learning-rate=1.0 \
-  --mini-batch-size=2048 --test-mini-batch-size=16384 --print-time --mlperf-auc-threshold=0.8025 \
-  --max-ind-range=40000000 --progress=false "${MODEL[@]}" "--results-json=$RUN_DIR/results.json" "$@" \
-  | tee "$RUN_DIR/train.log"
+run_child --tee "$RUN_DIR/train.log" "$PY" dlrm_mlet.py --data-generation=dataset --data-set=terabyte \
+  "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" --loss-function=bce --round-targets=True \
+  --learning-rate=1.0 --mini-batch-size=2048 --test-mini-batch-size=16384 --print-time --mlperf-auc-threshold=0.8025 \
+  --max-ind-range=40000000 --progress=false "${MODEL[@]}" "--results-json=$RUN_DIR/results.json" "$@"
 echo "criteo_terabyte.sh: done; see $RUN_DIR/train.log and $RUN_DIR/results.json"

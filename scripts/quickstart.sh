@@ -14,22 +14,25 @@ from_caller() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER
 RUN_DIR=runs/quickstart
 if [ -n "${1:-}" ]; then RUN_DIR=$(from_caller "$1"); fi
 cd "$(dirname "$0")/.."
+source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
 ROWS=${2:-2333334}  # upstream's split: 6/7 train (2M samples), 1/14 test, 1/14 validation
-if [ -z "${PY:-}" ]; then bash scripts/setup.sh; fi  # PY: another Python (the tests' stand-in), used as it is
+if [ -z "${PY:-}" ]; then run_child bash scripts/setup.sh; fi  # PY: another Python (the tests' stand-in), used as it is
 PY=${PY:-.venv/bin/python}
 mkdir -p "$RUN_DIR"
-[ -f "$RUN_DIR/train.txt" ] || $PY data_utils.py generate kaggle --rows "$ROWS" --seed 1 --scale 0.001 --out "$RUN_DIR/train.txt"
+[ -f "$RUN_DIR/train.txt" ] ||
+  run_child $PY data_utils.py generate kaggle --rows "$ROWS" --seed 1 --scale 0.001 --out "$RUN_DIR/train.txt"
 COMMON=(--data-generation=dataset --data-set=kaggle "--raw-data-file=$RUN_DIR/train.txt" "--processed-data-file=$RUN_DIR/processed"
         --mini-batch-size=256 "--learning-rate=${LR:-1.0}" --arch-mlp-top=64-32-1 --numpy-rand-seed=1 --test-freq=2000 --print-time)
 
 run() {
   local name=$1; shift
   echo "== $name: $*"
-  $PY dlrm_mlet.py "${COMMON[@]}" "$@" --results-json="$RUN_DIR/$name.json" | tee "$RUN_DIR/$name.log"
+  run_child --tee "$RUN_DIR/$name.log" $PY dlrm_mlet.py "${COMMON[@]}" "$@" --results-json="$RUN_DIR/$name.json"
 }
 
 run baseline_d4 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4
 run baseline_d32 --arch-sparse-feature-size=32 --arch-mlp-bot=13-64-32
 run mlet_d4_k64 --arch-sparse-feature-size=4 --arch-mlp-bot=13-64-4 --mlet-hidden=64
 echo
-$PY scripts/summarize.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" "$RUN_DIR/mlet_d4_k64.json" | tee "$RUN_DIR/summary.md"
+run_child --tee "$RUN_DIR/summary.md" $PY scripts/summarize.py "$RUN_DIR/baseline_d4.json" "$RUN_DIR/baseline_d32.json" \
+  "$RUN_DIR/mlet_d4_k64.json"

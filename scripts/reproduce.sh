@@ -46,9 +46,10 @@ if [ $# -gt 0 ] && [ "${1:0:1}" != "-" ]; then
 fi
 if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
 cd "$(dirname "$0")/.."
+source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
 RUN_DIR=${RUN_DIR:-runs/$NAME}
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || bash scripts/setup.sh
+[ -x "$PY" ] || run_child bash scripts/setup.sh
 SWEEP_FLAGS=() TRAIN_FLAGS=()
 seen_dashes=0
 for arg in "$@"; do
@@ -71,7 +72,7 @@ else
   if [ $DRY_RUN = 1 ] && [ ! -f "$RAW" ]; then
     echo "reproduce.sh: dry run: the data would be generated first ($RAW, $ROWS rows at scale $SCALE)"
   elif [ ! -f "$RAW" ]; then
-    "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
+    run_child "$PY" data_utils.py generate "$DATA_SET" --rows "$ROWS" --seed 1 --scale "$SCALE" --out "$RAW.tmp"
     mv "$RAW.tmp" "$RAW"
   fi
   GRID=(--seeds 1 2 --mlet-hidden 64 --mlp-bot-prefix "$DENSE-64" --max-widen 2 --jobs 2 --threads 1
@@ -82,18 +83,18 @@ fi
 # Exit status 1: some runs failed (each named above). The others are summarized and analysed all the same;
 # any other failure (bad flags 2, Ctrl-C 130, SIGTERM 143) ends the script here.
 sweep_status=0
-"$PY" scripts/sweep.py --run-dir "$RUN_DIR" --checkpoints paper \
+run_child "$PY" scripts/sweep.py --run-dir "$RUN_DIR" --checkpoints paper \
   --lrs sgd=0.2,0.8,3.2 adagrad=0.0125,0.05,0.2 --paper-lr sgd=0.2 adagrad=0.05 --quantize-bits 8 4 \
   "${GRID[@]}" "${SWEEP_FLAGS[@]}" -- \
   --data-generation=dataset "--data-set=$DATA_SET" "--raw-data-file=$RAW" "--processed-data-file=$RUN_DIR/processed" \
   --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}" || sweep_status=$?
 [ $sweep_status = 0 ] || [ $sweep_status = 1 ] || exit $sweep_status
 if [ $DRY_RUN = 1 ]; then echo "reproduce.sh: dry run (the sweep's --dry-run): nothing generated, trained, summarized or analysed"; exit 0; fi
-"$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
+run_child "$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
 # Effective rank and rare/frequent ids: the first seed's paper-rate checkpoints of each optimizer.
 for opt in sgd adagrad; do
   ckpts=("$RUN_DIR"/checkpoints/"$opt"_*.pt)
-  [ -e "${ckpts[0]}" ] && "$PY" scripts/analyze_rank.py "${ckpts[@]}" --out "$RUN_DIR/rank/$opt" > /dev/null
+  [ -e "${ckpts[0]}" ] && run_child "$PY" scripts/analyze_rank.py "${ckpts[@]}" --out "$RUN_DIR/rank/$opt" > /dev/null
 done
 echo "reproduce.sh: done in $(( $(date +%s) - start )) s; see $RUN_DIR/summary.md and $RUN_DIR/rank/*/rank.md"
 if [ $sweep_status = 1 ]; then

@@ -4,12 +4,13 @@
 #   bash scripts/test.sh -m "not slow"    # the fast subset (about 2 minutes on 2 cores) while iterating; CI runs everything
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
+run_child bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy                                   # the library and the commands ([tool.mypy] in pyproject.toml)
+run_child .venv/bin/mypy                         # the library and the commands ([tool.mypy] in pyproject.toml)
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
 .venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir "$wheels" . 2>&1 | grep -v "^WARNING: Location" || true
 ls "$wheels"/dlrm_mlet-*.whl > /dev/null          # `pip install .` would get a wheel
-.venv/bin/python -m pytest -q "$@"
+run_child .venv/bin/python -m pytest -q "$@"

@@ -39,10 +39,11 @@ def test_reproduce_without_a_data_set_prints_its_usage_line(tmp_path) -> None:
 
 
 def _repository_copy(tmp_path: Path, script: str) -> tuple[Path, Path]:
-    """A repository holding only ``scripts/SCRIPT``, and a caller's directory beside it: where a default run
-    directory lands can be seen without writing into this repository's runs/."""
+    """A repository holding only ``scripts/SCRIPT`` (and ``scripts/lib``, which it sources), and a caller's
+    directory beside it: where a default run directory lands can be seen without writing into this repository's
+    runs/."""
     repo, caller = tmp_path / "repo", tmp_path / "caller"
-    (repo / "scripts").mkdir(parents=True)
+    shutil.copytree(ROOT / "scripts" / "lib", repo / "scripts" / "lib")
     shutil.copy(ROOT / "scripts" / script, repo / "scripts" / script)
     caller.mkdir()
     return repo.resolve(), caller.resolve()
