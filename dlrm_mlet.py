@@ -15,7 +15,6 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     import contextlib
     import os
     import re
-    import signal
     import sys
     from collections.abc import Sequence
     from dataclasses import replace
@@ -32,7 +31,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
-    from mlet.core.signals import exit_status, handling, stopped, terminate
+    from mlet.core.signals import exit_status, sigterm_raises, stopped
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import distributed, process_group, turns
@@ -298,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only, so the processes join first and share what failed.
     """
     try:
-        with handling({signal.SIGTERM: terminate}):  # ends as Ctrl-C does: no temporary file left, one line
+        with sigterm_raises():  # ends as Ctrl-C does: no temporary file left, one line
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))

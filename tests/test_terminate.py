@@ -422,3 +422,39 @@ def test_a_spawned_worker_ended_as_it_imports_the_command_leaves_the_line_to_its
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "143\n", ""), done.stderr
+
+
+# A wrapper that ignores SIGTERM for its command (``trap '' TERM`` in a shell script, as ``nohup`` does SIGHUP).
+SIGTERM_IGNORED = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+GENERATE_600 = ["generate", "kaggle", "--rows=600", "--out={out}/raw.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("snippet", "argv", "output"),
+    [
+        (
+            TERMINATED_WRITE,
+            ["argparse", "ArgumentParser.parse_args", "dlrm_mlet", *TINY, "--num-batches=2"],
+            "Testing at",
+        ),
+        (
+            TERMINATED_WRITE,
+            ["mlet.data.preprocessing.raw_generate", "RawGenerator.table", "data_utils", *GENERATE_600],
+            "wrote 600 kaggle rows",
+        ),
+        (TERMINATED_WRITE, ["argparse", "ArgumentParser.parse_args", "checkpoint", "info", "{mlet}"], "MLET"),
+        (TERMINATED_EXIT, ["checkpoint", "info", "{mlet}"], "MLET"),
+    ],
+    ids=["dlrm_mlet-run", "data_utils-writing", "checkpoint-flags", "checkpoint-exiting"],
+)
+def test_a_command_started_with_sigterm_ignored_keeps_it_ignored(
+    snippet: str, argv: list[str], output: str, checkpoints, tmp_path
+) -> None:
+    """SIGTERM ignored by the command's parent stays ignored, as an ignored SIGINT does: a SIGTERM during the run
+    (in the action, while the flags are read, as the process exits) changes nothing. ``exit_status``,
+    ``run_reporting_errors`` and ``dlrm_mlet.main`` set their handler all the same, and the command ended (143)."""
+    flags = [flag.format(out=tmp_path, **checkpoints) for flag in argv]
+    done = run_snippet(SIGTERM_IGNORED + snippet, flags, timeout=120)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert output in done.stdout

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mlet.core.signals import handling, stopped, terminate
+from mlet.core.signals import sigterm_raises, stopped
 
 
 class UserError(Exception):
@@ -161,7 +160,7 @@ def run_reporting_errors(prog: str, action: Callable[[], int | None], interrupte
     up what it leaves), and 143 after one line on SIGTERM, which ends the action as Ctrl-C does (:func:`stopped`);
     141 (a shell's code for SIGPIPE) without a word when the reader of the output went away (``... | head``)."""
     try:
-        with handling({signal.SIGTERM: terminate}):  # SIGTERM's default would leave the action's temporaries
+        with sigterm_raises():  # SIGTERM's default would leave the action's temporaries
             code = action()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -33,10 +33,22 @@ def interrupt_exits(prog: str) -> Iterator[None]:
     handlers: dict[int, Any] = {
         signum: (lambda signum, frame: end_interrupted(prog, stops[signum](), say=say))
         for signum in stops
-        if signal.getsignal(signum) != signal.SIG_IGN  # as by nohup or a shell's background job: kept so
+        if not ignored(signum)
     }
     with handling(handlers):
         yield
+
+
+def ignored(signum: int) -> bool:
+    """Whether this process ignores signal ``signum``, as its parent set it (``trap '' TERM`` in a wrapper script,
+    ``nohup``'s SIGHUP, SIGINT in a shell's background job): the commands keep it ignored, setting no handler."""
+    return signal.getsignal(signum) == signal.SIG_IGN
+
+
+def sigterm_raises() -> contextlib.AbstractContextManager[dict[int, Any]]:
+    """Inside, SIGTERM raises :class:`Terminated` (:func:`terminate`), so that a command ends as on Ctrl-C, unless
+    the process ignores it (:func:`ignored`); the handler from before after (:func:`handling`)."""
+    return handling({} if ignored(signal.SIGTERM) else {signal.SIGTERM: terminate})
 
 
 def spawned_worker() -> bool:
@@ -85,9 +97,10 @@ def on_the_way_out(prog: str) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(
-        signal.SIGTERM, lambda signum, frame: end_interrupted(prog, Terminated(), say=not _interrupt_reported)
-    )
+    if not ignored(signal.SIGTERM):
+        signal.signal(
+            signal.SIGTERM, lambda signum, frame: end_interrupted(prog, Terminated(), say=not _interrupt_reported)
+        )
 
 
 def exit_status(prog: str, main: Callable[[], int]) -> int:
@@ -103,8 +116,9 @@ def exit_status(prog: str, main: Callable[[], int]) -> int:
     """
     global _interrupt_reported
     _interrupt_reported = False
-    if threading.current_thread() is threading.main_thread():  # the only one that may set handlers
-        # before main sets its own: SIGTERM while it reads its flags ended the process with no line
+    if threading.current_thread() is threading.main_thread() and not ignored(signal.SIGTERM):
+        # (the main thread alone may set handlers) before main sets its own: SIGTERM while it reads its flags ended
+        # the process with no line
         signal.signal(signal.SIGTERM, terminate)
     try:
         code = main()
