@@ -68,9 +68,11 @@ def repository_copy(tmp: Path, fake: Path, installed: bool) -> Path:
     return repo
 
 
-def start(script: str, tmp: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
-    """``bash scripts/SCRIPT`` in its own session (as a terminal's job) with the :data:`FAKE` for Python; the
-    process and the folder of the fake's marks, once the long call has started."""
+def start(
+    script: str, tmp: Path, env: dict[str, str] | None = None, ignoring: signal.Signals | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """``bash scripts/SCRIPT`` in its own session (as a terminal's job) with the :data:`FAKE` for Python, started
+    with signal ``ignoring`` ignored; the process and the folder of the fake's marks, once the long call runs."""
     marks = tmp / "marks"
     marks.mkdir()
     fake = tmp / "fake_python"
@@ -90,6 +92,7 @@ def start(script: str, tmp: Path, env: dict[str, str] | None = None) -> tuple[su
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=None if ignoring is None else lambda: signal.signal(ignoring, signal.SIG_IGN),
     )
     try:
         wait_for(lambda: (marks / "pid").exists() or process.poll() is not None, f"{slow} to start", timeout=15)
@@ -161,3 +164,16 @@ def test_a_command_that_finishes_as_sigterm_comes_still_stops_the_script_with_it
     status, err, _ = ended(process, marks)
     assert (status, err[-1]) == (143, "reproduce.sh: terminated (SIGTERM)")
     assert (marks / "calls").read_text().splitlines() == ["scripts/sweep.py"]
+
+
+def test_a_signal_the_script_was_started_with_ignored_stays_ignored(tmp_path) -> None:
+    """``trap '' TERM`` in a wrapper: SIGTERM to the script changes nothing (bash sets no trap on a signal ignored
+    when it started, and the command inherits it ignored); the script still ends on Ctrl-C."""
+    process, marks = start("quickstart.sh", tmp_path, ignoring=signal.SIGTERM)
+    os.kill(process.pid, signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.wait(timeout=1)
+    assert not (marks / "signals").exists()
+    os.kill(process.pid, signal.SIGINT)
+    status, _, _ = ended(process, marks)
+    assert ((marks / "signals").read_text(), status) == ("SIGINT", 130)
