@@ -13,4 +13,6 @@ wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
 .venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir "$wheels" . 2>&1 | grep -v "^WARNING: Location" || true
 ls "$wheels"/dlrm_mlet-*.whl > /dev/null          # `pip install .` would get a wheel
-run_child .venv/bin/python -m pytest -q "$@"
+# At a terminal pytest runs in the foreground as before: --pdb and breakpoint() read the terminal, which a command
+# that run_child starts may not (its process group is not the terminal's); a terminal's Ctrl-C reaches it there.
+if [ -t 0 ]; then .venv/bin/python -m pytest -q "$@"; else run_child .venv/bin/python -m pytest -q "$@"; fi

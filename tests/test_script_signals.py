@@ -34,6 +34,8 @@ for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(number, lambda number, frame: got.append(signal.Signals(number).name))
 (marks / "pid.tmp").write_text(str(os.getpid()))
 (marks / "pid.tmp").rename(marks / "pid")
+if os.environ.get("FAKE_STOP"):  # as a command that reads the terminal from a background process group (SIGTTIN)
+    os.kill(os.getpid(), signal.SIGSTOP)
 while not got:
     time.sleep(0.01)
 time.sleep(0.3)  # a signal passed on twice would come again by now
@@ -83,7 +85,7 @@ def start(
     if script in ("setup.sh", "test.sh"):
         root = repository_copy(tmp, fake, installed=script == "test.sh")  # test.sh: on to ruff and mypy
     (tmp / "train.txt").write_text("stand-in: the fake never reads it\n")
-    base = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "FAKE_EXIT")}
+    base = {k: v for k, v in os.environ.items() if k not in ("RUN_DIR", "FAKE_EXIT", "FAKE_STOP")}
     process = subprocess.Popen(
         ["bash", str(root / "scripts" / script), *(arg.format(tmp=tmp) for arg in argv)],
         cwd=tmp,
@@ -115,13 +117,17 @@ def ended(process: subprocess.Popen, marks: Path) -> tuple[int, list[str], int]:
     return process.returncode, err.splitlines(), pid
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie, ended but not waited for, counts as ended)."""
+def state(pid: int) -> str:
+    """Process ``pid``'s state letter (R, S, T for stopped, Z for ended but not waited for), or "" where gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
-        return False
-    return state != "Z"
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs, or is stopped (a zombie counts as ended)."""
+    return state(pid) not in ("", "Z")
 
 
 LINES = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGINT: "interrupted", signal.SIGHUP: "terminated (SIGHUP)"}
@@ -177,3 +183,14 @@ def test_a_signal_the_script_was_started_with_ignored_stays_ignored(tmp_path) ->
     os.kill(process.pid, signal.SIGINT)
     status, _, _ = ended(process, marks)
     assert ((marks / "signals").read_text(), status) == ("SIGINT", 130)
+
+
+def test_sigterm_reaches_a_command_stopped_as_it_read_the_terminal(tmp_path) -> None:
+    """A command that reads the terminal is stopped (SIGTTIN: its process group is not the terminal's): SIGTERM to
+    the script still ends it (passed on with SIGCONT); before, the script waited for it for good."""
+    process, marks = start("quickstart.sh", tmp_path, env={"FAKE_STOP": "1"})
+    pid = int((marks / "pid").read_text())
+    wait_for(lambda: state(pid) == "T", "the command to stop", timeout=10)
+    os.kill(process.pid, signal.SIGTERM)
+    status, err, _ = ended(process, marks)
+    assert ((marks / "signals").read_text(), status, err[-1]) == ("SIGTERM", 143, "dlrm_mlet.py: terminated (SIGTERM)")

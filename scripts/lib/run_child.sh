@@ -50,8 +50,10 @@ run_child() {
   exit "$status"
 }
 
-# run_child's trap: pass the signal on to the command's process group (noted until the command has started).
+# run_child's trap: pass the signal on to the command's process group (noted until the command has started), then
+# SIGCONT: a command that read the terminal was stopped there (SIGTTIN: its group is not the terminal's) and would
+# get the signal only once continued.
 run_child_pass() {
   RUN_CHILD_SIGNAL=$1 RUN_CHILD_SIGNALS=$((RUN_CHILD_SIGNALS + 1))
-  [ -z "$RUN_CHILD_GROUP" ] || kill -s "$1" -- "-$RUN_CHILD_GROUP" 2> /dev/null || :
+  [ -z "$RUN_CHILD_GROUP" ] || { kill -s "$1" -- "-$RUN_CHILD_GROUP" && kill -s CONT -- "-$RUN_CHILD_GROUP"; } 2> /dev/null || :
 }
