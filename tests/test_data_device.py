@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,9 +22,11 @@ import torch
 from helpers import ROOT, run_cli
 
 from mlet.core.batch import Batch, BatchShard, Share
+from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
+from mlet.data import device as device_module
 from mlet.data.device import DeviceArraySource, RowsBatch, decide, load_arrays, place_data, to_device
-from mlet.data.preprocessing.vocabulary import IdLimits
+from mlet.data.preprocessing.vocabulary import IdBounds, IdLimits
 from mlet.data.sources import ArraySource, DataBundle, EpochOrders, RandomSource
 from mlet.data.synthetic import RandomBatches
 from mlet.training.results import one_time_seconds, steady_rate
@@ -70,6 +73,22 @@ def test_device_source_gives_the_host_batches_row_for_row(limits) -> None:
     assert len(device) == len(host) == 16
     for epoch, start in ((0, 0), (1, 0), (3, 5)):
         assert_same_batches(host.batches(epoch, start), device.batches(epoch, start))
+
+
+def test_data_read_on_several_threads_is_loaded_in_order(monkeypatch) -> None:
+    host = array_source()
+    whole = load_arrays(host, CPU, share=None, progress=False)
+    monkeypatch.setattr(device_module, "LOAD_CHUNK_ROWS", 40)  # 26 chunks, read 4 at a time
+    monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda _: set(range(4)))
+    chunked = load_arrays(host, CPU, share=None, progress=False)
+    for name in ("dense", "ids", "labels"):
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    damaged = np.array(host.ids)
+    damaged[[150, 950], 2] = 999  # two chunks' reads fail: the first row is reported, as by one reader
+    bounds = IdBounds(np.full(4, 59, np.uint32), Path("train.cat.npy"), ("C1", "C2", "C3", "C4"))
+    source = ArraySource(host.dense, damaged, host.labels, 64, shuffle=True, seed=11, id_bounds=bounds)
+    with pytest.raises(UserError, match=r"train\.cat\.npy: row 150: id 999 of C3"):
+        load_arrays(source, CPU, share=None, progress=False)
 
 
 @pytest.mark.parametrize("world, tables", [(2, ((0, 2), (1, 3))), (3, ((3,), (), (2, 0, 1)))])

@@ -25,6 +25,7 @@ its own tables' ids.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,10 +34,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mlet.core.batch import Batch, Batches, BatchShard, OwnedBags, Share, SparseFeatures, StepBatch
+from mlet.core.pipeline import ordered_map
 from mlet.data.sources import ArraySource, BatchSource, DataBundle, EpochOrders, RandomSource
 from mlet.kernels.triton_batch_cut import cut_batch, cut_usable
 
 LOAD_CHUNK_ROWS = 1 << 20
+LOAD_WORKERS = 4  # at most: 2 chunks a thread in flight, 160 MB each at Kaggle's 39 columns
 PLACEMENTS = ("auto", "on", "off")
 
 
@@ -284,6 +287,11 @@ def to_device(source: BatchSource, device: torch.device, share: Share | None, pr
     raise TypeError(f"cannot hold a {type(source).__name__} on a device")
 
 
+def load_workers() -> int:
+    """Threads that read the chunks of :func:`load_arrays`: the process's cores, at most :data:`LOAD_WORKERS`."""
+    return min(LOAD_WORKERS, len(os.sched_getaffinity(0)))
+
+
 def load_arrays(source: ArraySource, device: torch.device, share: Share | None, progress: bool) -> DeviceArraySource:
     """Copy an :class:`ArraySource`'s rows to ``device`` in chunks of :data:`LOAD_CHUNK_ROWS`, limiting the ids."""
     tables = tuple(share.tables) if share is not None else None
@@ -299,12 +307,19 @@ def load_arrays(source: ArraySource, device: torch.device, share: Share | None, 
         disable=None if progress else True,
         leave=False,
     )
-    for lo in range(0, n, LOAD_CHUNK_ROWS):
-        rows = slice(lo, min(lo + LOAD_CHUNK_ROWS, n))
-        chunk_dense, chunk_labels = source.dense_and_labels(rows)
+
+    def read(rows: slice) -> tuple[slice, Tensor, Tensor, Tensor]:
+        """A chunk's rows from the memory maps, its ids checked and limited."""
+        chunk_ids = torch.from_numpy(source.ids_of(rows, tables).astype(np.int32, copy=False))
+        return rows, *source.dense_and_labels(rows), chunk_ids
+
+    chunks = (slice(lo, min(lo + LOAD_CHUNK_ROWS, n)) for lo in range(0, n, LOAD_CHUNK_ROWS))
+    # the chunks are read on several threads (numpy's copies and checks release the GIL), in order: a damaged
+    # id is reported at its first row, as a single reader would
+    for rows, chunk_dense, chunk_labels, chunk_ids in ordered_map(read, chunks, load_workers()):
         dense[rows].copy_(chunk_dense)
         labels[rows].copy_(chunk_labels)
-        ids[rows].copy_(torch.from_numpy(source.ids_of(rows, tables).astype(np.int32, copy=False)))
+        ids[rows].copy_(chunk_ids)
         bar.update(rows.stop - rows.start)
     bar.close()
     return DeviceArraySource(dense, ids, labels, source.batch_size, source.shuffle, source.seed, tables, source.orders)
