@@ -5,20 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, fake_payload, sample_file
+from helpers import fake_payload, sample_file
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
-from mlet.repro import sweep, sweep_plan, sweep_runs
+from mlet.repro import sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec
 from mlet.repro.protocols import select
 from mlet.repro.run_results import load_run_dir
@@ -446,93 +440,6 @@ def test_every_method_is_run_quantized_and_compared(tmp_path) -> None:
         p["inference_embedding_bytes"] for p in frontier
     )
     assert all(b["test_auc_mean"] > a["test_auc_mean"] for a, b in itertools.pairwise(frontier))
-
-
-def ended_by_ctrl_c(run_dir: Path, jobs: int) -> tuple[int, list[str], float]:
-    """Start a real sweep of 6 runs (``jobs`` at a time) in its own process group, send the group Ctrl-C as a
-    terminal does once the first results JSON is written, and return its exit code, its stderr's lines and how
-    many results JSONs there were just after the signal."""
-    argv = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--run-dir", str(run_dir), "--protocols", "paper",
-            "--baseline-dims", "2", "4", "--mlet-dims", "--seeds", "1", "2", "3", "--optimizers", "sgd",
-            "--jobs", str(jobs), "--", "--data-generation=synthetic", "--arch-embedding-size=20-10",
-            "--data-size=256", "--mini-batch-size=32", "--progress=false"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sweep_process = subprocess.Popen(
-        argv,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own group, as a terminal's foreground job
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored (as in a shell's `&`)
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list((run_dir / "results").glob("*.json")):
-            assert sweep_process.poll() is None and time.monotonic() < deadline, sweep_process.stderr
-            time.sleep(0.02)
-        os.killpg(sweep_process.pid, signal.SIGINT)
-        at_signal = len(list((run_dir / "results").glob("*.json")))
-        _, err = sweep_process.communicate(timeout=60)
-    finally:
-        if sweep_process.poll() is None:
-            os.killpg(sweep_process.pid, signal.SIGKILL)
-    return sweep_process.returncode, err.strip().splitlines(), at_signal
-
-
-@pytest.mark.slow
-def test_ctrl_c_starts_no_more_runs_and_records_what_finished(tmp_path) -> None:
-    jobs = 2
-    code, err, at_signal = ended_by_ctrl_c(tmp_path, jobs)
-    assert code == 130 and err[-1] == "sweep.py: " + sweep.RESUMABLE, err
-    results = {p.stem for p in (tmp_path / "results").glob("*.json")}
-    started = {p.stem for p in (tmp_path / "logs").glob("*.log")}
-    # the runs in flight at the signal may end (finished or interrupted); no other run starts
-    assert len(started) <= at_signal + jobs < 6 and len(results) <= at_signal + jobs, (started, results, at_signal)
-    record = json.loads((tmp_path / "sweep.json").read_text())
-    assert set(record["runs"]) == started
-    for name, run in record["runs"].items():
-        assert (run["status"] == "finished") == (name in results), (name, run)
-        assert run["status"] == "finished" or run["status"].startswith("interrupted"), (name, run)
-    session = record["sessions"][-1]
-    assert (session["finished"], session["failed"], session["interrupted"]) == (len(results), 0, True)
-
-
-@pytest.mark.slow
-def test_the_runner_interrupts_its_runs_and_starts_no_more(tmp_path) -> None:
-    # what the sweep does to runs still going GRACE_S after its Ctrl-C (one sent to the sweep alone: kill -INT)
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored (a shell's `&`): nor in the run
-    try:
-        first, second = interrupted_run(tmp_path)
-    finally:
-        signal.signal(signal.SIGINT, old)
-    # 130; -2 (killed by SIGINT) at times, after its one line: CPython's exit status once a KeyboardInterrupt went
-    # through code run by PyRun_String, even if dlrm_mlet.py caught it afterwards
-    assert first in (130, -signal.SIGINT) and (tmp_path / "a.log").read_text().endswith("dlrm_mlet.py: interrupted\n")
-    assert second is None and not (tmp_path / "b.log").exists()
-
-
-def interrupted_run(tmp_path: Path) -> tuple[int | None, int | None]:
-    """A subprocess runner's endless run, interrupted once it trains (its exit code), and the run it is asked for
-    next (None: not started)."""
-    runner = sweep_runs.subprocess_runner(threads=1)
-    spec = RunSpec("sgd", Config(2), 0.2, 1)
-    endless = ["--data-generation=synthetic", "--arch-embedding-size=20-10", "--data-size=256",
-               "--mini-batch-size=32", "--nepochs=100000", "--progress=false", "--arch-sparse-feature-size=2",
-               "--arch-mlp-bot=13-2", "--print-freq=1"]  # fmt: skip
-    codes: list[int | None] = []
-    thread = threading.Thread(target=lambda: codes.append(runner(spec, endless, tmp_path / "a.log")))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        log = tmp_path / "a.log"
-        while not (log.exists() and "Finished training it" in log.read_text()):
-            assert thread.is_alive() and time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        runner.interrupt()
-        thread.join(timeout=30)
-    return codes[0], runner(spec, endless, tmp_path / "b.log")
 
 
 @pytest.mark.parametrize(

@@ -34,12 +34,15 @@ from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_a
 
 Runner = Callable[[RunSpec, list[str], Path], int | None]
 """Runs one spec with its ``dlrm_mlet.py`` flags and log; its exit code, or None when it did not start (the
-sweep was interrupted). May have an ``interrupt()`` method: no run starts after it, the running ones get Ctrl-C."""
+sweep was interrupted). May have an ``interrupt(signum)`` method: no run starts after it, the running ones get
+the signal."""
 POLL_S = 0.2
 """How often the sweep looks for Ctrl-C while waiting for runs (seconds)."""
 GRACE_S = 3.0
 """After Ctrl-C, how long the runs in flight have to end on their own (a terminal's Ctrl-C reaches them too)
 before the sweep sends them one itself."""
+STUBBORN_S = 30.0
+"""How long a run has to end after each signal the sweep sends it before it sends the next, harder one."""
 
 
 # -- running ----------------------------------------------------------------------------
@@ -47,7 +50,8 @@ before the sweep sends them one itself."""
 
 class SubprocessRunner:
     """Runs ``dlrm_mlet.py`` in a child process with ``threads`` torch threads, output to the log; returns its
-    exit code. :meth:`interrupt` starts no more runs and sends Ctrl-C (SIGINT) to the ones running."""
+    exit code. :meth:`interrupt` starts no more runs and sends a signal (Ctrl-C's SIGINT, SIGTERM, SIGKILL) to the
+    ones running."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
@@ -74,13 +78,14 @@ class SubprocessRunner:
                 with self.lock:
                     self.running.discard(process)
 
-    def interrupt(self) -> None:
-        """No run starts from now on; Ctrl-C to those running (they end as ``dlrm_mlet.py`` does on Ctrl-C)."""
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """No run starts from now on; ``signum`` to those running (on SIGINT and SIGTERM they end as
+        ``dlrm_mlet.py`` does on Ctrl-C)."""
         with self.lock:
             self.stopped = True
             for process in self.running:
                 if process.poll() is None:
-                    process.send_signal(signal.SIGINT)
+                    process.send_signal(signum)
 
 
 def subprocess_runner(threads: int) -> SubprocessRunner:
@@ -221,10 +226,9 @@ def run_specs(
     """Run ``specs`` on ``settings.jobs`` workers, adding the finished and failed runs to ``totals`` as they end;
     returns the failed runs' names.
 
-    On Ctrl-C no further run starts; the runs in flight end (they get the
-    terminal's Ctrl-C too; those still running after :data:`GRACE_S` get the
-    runner's ``interrupt()``) and are recorded, ``totals`` gets
-    ``interrupted``, and a KeyboardInterrupt is raised.
+    On Ctrl-C (or SIGTERM) no further run starts; the runs in flight end
+    (:func:`stop_runs`) and are recorded, ``totals`` gets ``interrupted``, and
+    a KeyboardInterrupt is raised.
     """
     for sub in ("results", "logs", *(["checkpoints"] if settings.checkpoints != "none" else [])):
         (Path(settings.run_dir) / sub).mkdir(parents=True, exist_ok=True)
@@ -261,8 +265,7 @@ def run_specs(
                 pool.shutdown(wait=False, cancel_futures=True)
                 totals["interrupted"] = True
                 in_flight = {f for f in waiting if not f.cancelled()}
-                if wait(in_flight, timeout=GRACE_S).not_done:
-                    getattr(runner, "interrupt", lambda: None)()
+                stop_runs(in_flight, runner, signal.SIGTERM if ctrl_c.terminated else signal.SIGINT)
                 for future in wait(in_flight).done:
                     note(future)
         if ctrl_c.seen():
@@ -270,6 +273,31 @@ def run_specs(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failed
+
+
+def stop_runs(in_flight: set[Future], runner: Runner, signum: int) -> None:
+    """End the runs in flight after the sweep's Ctrl-C (``signum`` SIGINT) or SIGTERM; returns once they ended.
+
+    A terminal's Ctrl-C reaches them too; those still running after
+    :data:`GRACE_S` get the sweep's own signal from the runner's ``interrupt``,
+    then, each :data:`STUBBORN_S` later, SIGTERM and SIGKILL. One signal was not
+    enough: a sweep started as a background job (``sweep.py ... &`` in a
+    script) passes SIGINT on ignored to its runs, so after its SIGTERM it
+    waited for them to end on their own, for hours; and a test's run once
+    missed its SIGINT (the sweep would have waited as long). SIGTERM ends a
+    run as Ctrl-C does (one line, exit code 143); SIGKILL loses nothing
+    finished, as results are written whole or not at all.
+    """
+    interrupt = getattr(runner, "interrupt", None)
+    steps = ((GRACE_S, signum), (STUBBORN_S, signal.SIGTERM), (STUBBORN_S, signal.SIGKILL))
+    for seconds, step in steps:
+        left = wait(in_flight, timeout=seconds).not_done
+        if not left or interrupt is None:
+            return
+        if step != signum:
+            tqdm.write(f"{len(left)} run(s) still going {seconds:g} s on: sending {signal.Signals(step).name}")
+        interrupt(step)
+    wait(in_flight)
 
 
 def record_run(
