@@ -90,14 +90,20 @@ run_child "$PY" scripts/sweep.py --run-dir "$RUN_DIR" --checkpoints paper \
   --progress=false --print-time "${MODEL[@]}" "${TRAIN_FLAGS[@]}" || sweep_status=$?
 [ $sweep_status = 0 ] || [ $sweep_status = 1 ] || exit $sweep_status
 if [ $DRY_RUN = 1 ]; then echo "reproduce.sh: dry run (the sweep's --dry-run): nothing generated, trained, summarized or analysed"; exit 0; fi
-run_child "$PY" scripts/summarize.py "$RUN_DIR" > /dev/null
+# Exit status 1: damaged results JSONs were left out (each named); the rest is summarized, and the script goes on.
+summary_status=0
+run_child "$PY" scripts/summarize.py "$RUN_DIR" > /dev/null || summary_status=$?
+[ $summary_status = 0 ] || [ $summary_status = 1 ] || exit $summary_status
 # Effective rank and rare/frequent ids: the first seed's paper-rate checkpoints of each optimizer.
 for opt in sgd adagrad; do
   ckpts=("$RUN_DIR"/checkpoints/"$opt"_*.pt)
   [ -e "${ckpts[0]}" ] && run_child "$PY" scripts/analyze_rank.py "${ckpts[@]}" --out "$RUN_DIR/rank/$opt" > /dev/null
 done
 echo "reproduce.sh: done in $(( $(date +%s) - start )) s; see $RUN_DIR/summary.md and $RUN_DIR/rank/*/rank.md"
+if [ $summary_status = 1 ]; then
+  echo "reproduce.sh: damaged results JSONs (named above) are left out of the summary: the same command runs them again" >&2
+fi
 if [ $sweep_status = 1 ]; then
   echo "reproduce.sh: some runs failed (named above; logs in $RUN_DIR/logs); the summary leaves them out: the same command retries them" >&2
-  exit 1
 fi
+[ $sweep_status = 0 ] && [ $summary_status = 0 ]

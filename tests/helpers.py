@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import math
 import os
 import re
@@ -23,6 +24,7 @@ import dlrm_mlet
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import SparseFeatures
 from mlet.data.preprocessing.raw_generate import RawGenerator
+from mlet.repro import sweep, sweep_plan
 from mlet.repro.experiments import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,3 +319,40 @@ cache.renumber_pass = held
 """
 """The start of a ``python -c`` snippet whose cache build, once begun, touches ``sys.argv[1]`` and waits for the
 file ``sys.argv[2]`` to exist; what follows it runs the build."""
+
+
+class FakeTrainer:
+    """Stands in for dlrm_mlet.py: records the runs and writes their JSON (or fails the names in ``fail``)."""
+
+    def __init__(self, peak: float = 3.2, fail: set[str] | None = None) -> None:
+        self.peak, self.fail, self.calls = peak, fail or set(), []
+
+    def __call__(self, spec: RunSpec, argv: list[str], log: Path) -> int:
+        self.calls.append(spec.name)
+        log.write_text(" ".join(argv))
+        if spec.name in self.fail:
+            return 1
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json="))
+        Path(out).write_text(json.dumps(fake_payload(spec, self.peak)))
+        return 0
+
+
+def make_settings(run_dir: Path, *extra: str) -> sweep_plan.Settings:
+    """A small sweep's settings (baselines d=2 and 8, MLET d=2 K=16, seeds 1 2, SGD at 0.2 and 0.8) in ``run_dir``,
+    ``extra`` sweep flags added, synthetic data."""
+    argv = [
+        "--run-dir",
+        str(run_dir),
+        "--baseline-dims",
+        "2",
+        "8",
+        "--mlet-dims",
+        "2",
+        "--mlet-hidden",
+        "16",
+        "--seeds",
+        "1",
+        "2",
+    ]
+    argv += ["--optimizers", "sgd", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", *extra]
+    return sweep.settings_from_args(sweep.build_parser().parse_args([*argv, "--", "--data-generation=synthetic"]))

@@ -75,8 +75,9 @@ def test_ctrl_c_starts_no_more_runs_and_records_what_finished(tmp_path) -> None:
     record = json.loads((tmp_path / "sweep.json").read_text())
     assert set(record["runs"]) == started
     for name, run in record["runs"].items():
-        assert (run["status"] == "finished") == (name in results), (name, run)
-        assert run["status"] == "finished" or run["status"].startswith("interrupted"), (name, run)
+        # finished: with its exit code when the Ctrl-C came after its results were written
+        assert run["status"].startswith("finished") == (name in results), (name, run)
+        assert run["status"].startswith(("finished", "interrupted")), (name, run)
     session = record["sessions"][-1]
     assert (session["finished"], session["failed"], session["interrupted"]) == (len(results), 0, True)
 

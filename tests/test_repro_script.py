@@ -109,3 +109,22 @@ def test_failed_runs_still_get_the_summary_and_the_script_ends_saying_so(tmp_pat
         (caller / "calls").rename(caller / f"calls_{code}_before")
         done, calls = reproduce(caller, "kaggle", "train.txt", run_dir="my_run", extra_env={"PY": str(stopping)})
         assert done.returncode == code and [call[0] for call in calls] == ["scripts/sweep.py"]
+
+
+def test_damaged_results_still_get_the_rank_analysis_and_the_script_ends_saying_so(tmp_path) -> None:
+    # summarize.py ends with status 1 when it left out damaged results JSONs; set -e ended the script there, with
+    # no rank analysis and no word after summarize's warnings
+    caller = tmp_path.resolve()
+    (caller / "train.txt").write_text("stand-in: the recorder never reads it\n")
+    (caller / "my_run" / "checkpoints").mkdir(parents=True)
+    (caller / "my_run" / "checkpoints" / "sgd_base_d4_lr0.2_s1.pt").write_text("stand-in\n")
+    damaged = caller / "damaged_python"  # records every call; summarize.py reports damaged results JSONs
+    damaged.write_text(RECORDER + '[ "$1" = scripts/summarize.py ] && exit 1\nexit 0\n')
+    damaged.chmod(0o755)
+    done, calls = reproduce(caller, "kaggle", "train.txt", run_dir="my_run", extra_env={"PY": str(damaged)})
+    assert [call[0] for call in calls] == ["scripts/sweep.py", "scripts/summarize.py", "scripts/analyze_rank.py"]
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "reproduce.sh: damaged results JSONs (named above) are left out of the summary: the same command runs "
+        "them again"
+    )

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import fake_payload, sample_file
+from helpers import FakeTrainer, fake_payload, make_settings, sample_file
 
 from mlet.core.errors import UserError
 from mlet.repro import summary as summarize
@@ -16,41 +16,6 @@ from mlet.repro import sweep, sweep_plan
 from mlet.repro.experiments import Config, RunSpec
 from mlet.repro.protocols import select
 from mlet.repro.run_results import load_run_dir
-
-
-class FakeTrainer:
-    """Stands in for dlrm_mlet.py: records the runs and writes their JSON (or fails the names in ``fail``)."""
-
-    def __init__(self, peak: float = 3.2, fail: set[str] | None = None) -> None:
-        self.peak, self.fail, self.calls = peak, fail or set(), []
-
-    def __call__(self, spec: RunSpec, argv: list[str], log: Path) -> int:
-        self.calls.append(spec.name)
-        log.write_text(" ".join(argv))
-        if spec.name in self.fail:
-            return 1
-        out = next(a.split("=", 1)[1] for a in argv if a.startswith("--results-json="))
-        Path(out).write_text(json.dumps(fake_payload(spec, self.peak)))
-        return 0
-
-
-def make_settings(run_dir: Path, *extra: str) -> sweep_plan.Settings:
-    argv = [
-        "--run-dir",
-        str(run_dir),
-        "--baseline-dims",
-        "2",
-        "8",
-        "--mlet-dims",
-        "2",
-        "--mlet-hidden",
-        "16",
-        "--seeds",
-        "1",
-        "2",
-    ]
-    argv += ["--optimizers", "sgd", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", *extra]
-    return sweep.settings_from_args(sweep.build_parser().parse_args([*argv, "--", "--data-generation=synthetic"]))
 
 
 def lrs_run(run_dir: Path) -> dict[str, list[float]]:
@@ -221,16 +186,6 @@ def test_a_run_dir_of_other_training_flags_is_refused_naming_the_differences(tmp
     fewer.train_flags = []
     with pytest.raises(UserError, match=r"otherwise: this sweep leaves out --data-generation=synthetic; finished"):
         sweep.check_run_dir(fewer)
-
-
-def test_a_damaged_results_json_is_run_again(tmp_path) -> None:
-    settings = make_settings(tmp_path)
-    sweep.sweep(settings, runner=FakeTrainer())
-    damaged = tmp_path / "results" / "sgd_base_d2_lr0.8_s1.json"
-    damaged.write_text(damaged.read_text()[:200])  # a killed writer, say
-    again = FakeTrainer()
-    sweep.sweep(settings, runner=again)
-    assert again.calls == ["sgd_base_d2_lr0.8_s1"] and json.loads(damaged.read_text())["final"]["auc"] > 0
 
 
 def test_an_interrupted_sweep_closes_its_session(tmp_path, monkeypatch, capsys) -> None:

@@ -136,6 +136,7 @@ def run_piece(settings: sweep_plan.Settings, runner: InProcess | Workers, budget
             todo = [s for s in wanted(settings) if s.name not in failed | running.keys()]
             while todo and runner.idle() and time.perf_counter() - started + 1.2 * longest <= budget_s:
                 spec = todo.pop(0)
+                sweep_runs.note_damaged(spec, settings.run_dir)
                 runner.start(spec)
                 running[spec.name] = spec, time.perf_counter()
             if not running:

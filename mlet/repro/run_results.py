@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -98,10 +99,49 @@ def result_from_payload(payload: dict, path: str = "") -> RunResult:
             for h in payload.get("history") or []
         ],
         path=path,
-        shared=shared_args(payload["args"]),
+        shared=shared_in_run_dir_terms(payload["args"]),
         quantized={int(q["bits"]): quantized_metrics(q) for q in payload.get("quantized") or []},
         bits=evaluated_bits(payload),
     )
+
+
+def shared_in_run_dir_terms(args: dict) -> dict:
+    """A results JSON's :func:`~mlet.repro.experiments.shared_args`, paths inside its sweep directory (the folder
+    above its ``results/``, from its ``--results-json``) as ``./NAME``: runs of a sweep directory moved or copied
+    between sessions name its data by other paths, and still compare."""
+    shared = shared_args(args)
+    results_json = args.get("results_json")
+    if not isinstance(results_json, str) or Path(results_json).parent.name != "results":
+        return shared
+    run_dir = str(Path(results_json).parent.parent)
+    return {key: in_run_dir(value, run_dir) if isinstance(value, str) else value for key, value in shared.items()}
+
+
+def in_run_dir(value: str, run_dir: str) -> str:
+    """A path as recorded by a sweep in ``run_dir`` (the directory as that sweep named it): ``./NAME`` when it lies
+    inside it, else as it is. Only text with a ``/`` counts as a path (``kaggle`` or ``64-32-1`` is a flag's
+    value); one relative and the other absolute are compared made absolute (both were relative to the directory
+    the sweep ran in)."""
+    if os.sep not in value:
+        return value
+    path, root = value, run_dir
+    if os.path.isabs(path) != os.path.isabs(root):
+        path, root = os.path.abspath(path), os.path.abspath(root)
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    if path == root:
+        return "."
+    prefix = root.rstrip(os.sep) + os.sep
+    return "./" + path.removeprefix(prefix) if path.startswith(prefix) else value
+
+
+def flags_in_run_dir(flags: Iterable[str], run_dir: str) -> list[str]:
+    """Training flags (``--flag=value``) with each value naming a path inside ``run_dir`` as ``./NAME``
+    (:func:`in_run_dir`): how ``sweep.json`` records them, so that a moved sweep directory keeps its setup."""
+    out = []
+    for flag in flags:
+        name, equals, value = flag.partition("=")
+        out.append(f"{name}={in_run_dir(value, run_dir)}" if equals and value else flag)
+    return out
 
 
 def evaluated_bits(payload: dict) -> int | None:
@@ -158,6 +198,19 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
     return results
 
 
+def read_results(paths: Iterable[Path]) -> tuple[list[RunResult], dict[Path, str]]:
+    """The results JSONs among ``paths`` that read as such, and the others (a killed writer, a full disk, an edit)
+    with why, in one line naming the file."""
+    results: list[RunResult] = []
+    damaged: dict[Path, str] = {}
+    for path in paths:
+        try:
+            results += load_results([path])
+        except UserError as error:
+            damaged[Path(path)] = str(error)
+    return results, damaged
+
+
 def sweep_record(run_dir: Path) -> dict | None:
     """A sweep directory's ``sweep.json`` (settings, sessions, runs); None without one, a :class:`UserError`
     naming a damaged one."""
@@ -193,6 +246,12 @@ def results_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "results"
 
 
+def results_files(run_dir: Path) -> list[Path]:
+    """A sweep directory's results JSONs (``results/*.json``; a damaged one set aside as ``.json.damaged`` is not
+    one)."""
+    return sorted(results_dir(run_dir).glob("*.json"))
+
+
 def load_run_dir(run_dir: Path) -> list[RunResult]:
     """Every finished run of a sweep directory."""
-    return load_results(sorted(results_dir(run_dir).glob("*.json")))
+    return load_results(results_files(run_dir))

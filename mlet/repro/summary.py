@@ -38,7 +38,15 @@ from mlet.core.signals import exit_status
 from mlet.repro import pareto
 from mlet.repro.experiments import MATCH_RULES, PROTOCOLS, initial_grid, lr_text, round_lr, size_text
 from mlet.repro.protocols import Reduction, Selection, d_reductions, select
-from mlet.repro.run_results import RunResult, check_comparable, load_results, load_run_dir, results_dir, sweep_record
+from mlet.repro.run_results import (
+    RunResult,
+    check_comparable,
+    load_results,
+    read_results,
+    results_dir,
+    results_files,
+    sweep_record,
+)
 from mlet.repro.summary_plots import figure, finish, plot_auc_vs_size, plot_auc_vs_step, plot_lr_curves
 from mlet.training.optimizers import OPTIMIZERS
 
@@ -273,9 +281,18 @@ def in_sweep(results: Sequence[RunResult], settings: dict | None) -> tuple[list[
     return kept, sorted(Path(r.path).stem for r in results if id(r) not in kept_ids)
 
 
-def coverage_lines(results: Sequence[RunResult], left_out: Sequence[str], settings: dict | None) -> list[str]:
-    """Warnings for the report: runs left out, and runs of the sweep's initial grid with no results yet."""
+def coverage_lines(
+    results: Sequence[RunResult], left_out: Sequence[str], settings: dict | None, damaged: Collection[Path] = ()
+) -> list[str]:
+    """Warnings for the report: runs left out (``damaged``: results JSONs that do not read as one), and runs of
+    the sweep's initial grid with no results yet."""
     lines = []
+    if damaged:
+        lines.append(
+            f"- **left out, damaged** (not readable as results JSONs): "
+            f"{', '.join(f'`{path.name}`' for path in sorted(damaged))}; `sweep.py` runs them again, keeping each "
+            "file as `NAME.json.damaged`"
+        )
     if left_out:
         lines.append(
             f"- **left out** (not in sweep.json's optimizers, configs or seeds): {len(left_out)} results, "
@@ -331,12 +348,15 @@ def why_no_results(run_dir: Path) -> str:
 
 def checked_sweep(
     run_dir: Path, paper_lrs: dict[str, float], asked: Collection[str]
-) -> tuple[dict | None, list[RunResult], list[str], dict[str, str]]:
+) -> tuple[dict | None, list[RunResult], list[str], list[Path], dict[str, str]]:
     """A sweep directory's record (None: results copied together by hand), its comparable results of the sweep,
-    the names of those left out, and the optimizers without runs at their paper rate (each warned on stderr).
-    ``asked``: see :func:`summarize_sweep`."""
+    the names of those left out, its damaged results JSONs and the optimizers without runs at their paper rate
+    (each damaged file and each optimizer warned of on stderr). ``asked``: see :func:`summarize_sweep`."""
     record = sweep_record(run_dir)
-    results, left_out = in_sweep(load_run_dir(run_dir), record["settings"] if record else None)
+    readable, damaged = read_results(results_files(run_dir))
+    for reason in damaged.values():
+        print(f"{PROG}: warning: {reason}: left out of the summary (sweep.py runs it again)", file=sys.stderr)
+    results, left_out = in_sweep(readable, record["settings"] if record else None)
     if not results:
         raise UserError(f"{run_dir}: {why_no_results(run_dir)}")
     check_comparable(results)
@@ -344,7 +364,7 @@ def checked_sweep(
     gaps = paper_rate_gaps(results, paper_lrs)
     for gap in gaps.values():
         print(f"{PROG}: warning: {run_dir}: {gap}: the summary has no paper rows for it", file=sys.stderr)
-    return record, results, left_out, gaps
+    return record, results, left_out, list(damaged), gaps
 
 
 def write_plots(
@@ -380,7 +400,7 @@ def summarize_sweep(
     ``asked``: the optimizers whose paper rate the user gave (``--paper-lr``): a rate no run used is refused;
     one from ``sweep.json`` without runs is a warning on stderr and a line in ``summary.md``."""
     check_output_folder("--out", out)
-    record, results, left_out, gaps = checked_sweep(run_dir, paper_lrs, asked)
+    record, results, left_out, damaged, gaps = checked_sweep(run_dir, paper_lrs, asked)
     selections = [s for protocol in PROTOCOLS for s in select(results, protocol, paper_lrs)]
     if not selections:
         raise UserError(f"{run_dir}: no run at the paper learning rates {paper_lrs} and no tuned selection")
@@ -391,7 +411,7 @@ def summarize_sweep(
         f"# MLET vs baseline: `{run_dir}`",
         "",
         *sweep_facts(run_dir, results, record),
-        *coverage_lines(results, left_out, record["settings"] if record else None),
+        *coverage_lines(results, left_out, record["settings"] if record else None, damaged),
         *(f"- **no paper rows**: {gap}" for gap in gaps.values()),
         "",
         "## Headline: the d-reduction factor",
@@ -446,7 +466,8 @@ def check_results_files(paths: Sequence[Path], out: Path | None, paper_lr: Seque
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input ends with one line on stderr and exit code 2, Ctrl-C with 130, SIGTERM with 143."""
+    """Entry point; bad input ends with one line on stderr and exit code 2, Ctrl-C with 130, SIGTERM with 143; a
+    sweep summarized without its damaged results JSONs with 1, as ``sweep.py`` after failed runs."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="a sweep directory, or results JSON files")
     p.add_argument(
@@ -468,8 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_errors(PROG, lambda: summarize(args))
 
 
-def summarize(args: argparse.Namespace) -> None:
-    """Print (and for a sweep directory, write) the summary the parsed command line asks for."""
+def summarize(args: argparse.Namespace) -> int:
+    """Print (and for a sweep directory, write) the summary the parsed command line asks for; 1 when it left out
+    damaged results JSONs (named on stderr and in ``summary.md``)."""
     if len(args.paths) == 1 and args.paths[0].is_dir():
         run_dir = args.paths[0]
         print(
@@ -481,9 +503,10 @@ def summarize(args: argparse.Namespace) -> None:
                 asked={item.partition("=")[0] for item in args.paper_lr},
             )
         )
-    else:
-        check_results_files(args.paths, args.out, args.paper_lr)
-        print(run_table(load_results(args.paths)))
+        return 1 if read_results(results_files(run_dir))[1] else 0
+    check_results_files(args.paths, args.out, args.paper_lr)
+    print(run_table(load_results(args.paths)))
+    return 0
 
 
 def cli() -> None:

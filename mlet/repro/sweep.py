@@ -44,6 +44,7 @@ from mlet.repro.sweep_plan import (
     in_sweep_terms,
     initial_specs,
     pending,
+    recorded_flags,
     run_argv,
     widened_specs,
 )
@@ -332,7 +333,7 @@ def setup_changes(old: dict, new: dict, sources: dict[str, tuple[str, str]]) -> 
         before, after = old.get(key, SETUP_KEYS[key]), new[key]
         if before != after:
             changes.append(f"{flag} {option_text(after)} where it had {option_text(before)}")
-    before, after = flag_values(old.get("train_flags") or []), flag_values(new["train_flags"])
+    before, after = flag_values(recorded_flags(old)), flag_values(recorded_flags(new))
     for flag in dict.fromkeys([*before, *after]):
         if flag in sources and (flag in before) != (flag in after):
             present, absent = sources[flag]

@@ -6,7 +6,7 @@ JSONs on disk, so a restarted sweep decides the same (docs/reproducing.md).
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 from mlet.core.errors import UserError
 from mlet.repro.experiments import Config, RunSpec, initial_rates, round_lr
 from mlet.repro.protocols import best_lr, by_config_and_lr, next_lr
-from mlet.repro.run_results import RunResult, load_results, results_dir
+from mlet.repro.run_results import RunResult, flags_in_run_dir, read_results, results_dir, results_files
 
 
 @dataclass
@@ -44,9 +44,9 @@ class Settings:
         return initial_rates(self.paper_lrs[optimizer], self.lrs[optimizer], self.protocols)
 
     def to_dict(self) -> dict:
-        """For ``sweep.json``."""
+        """For ``sweep.json``: paths inside the sweep directory relative to it (``./NAME``), so that it may move
+        (:func:`recorded_flags` reads older records, which named it and gave the paths as typed)."""
         return {
-            "run_dir": str(self.run_dir),
             "configs": [c.label for c in self.configs],
             "seeds": self.seeds,
             "optimizers": self.optimizers,
@@ -56,7 +56,7 @@ class Settings:
             "widen_factor": self.widen_factor,
             "max_widen": self.max_widen,
             "mlp_bot_prefix": self.mlp_bot_prefix,
-            "train_flags": self.train_flags,
+            "train_flags": flags_in_run_dir(self.train_flags, str(self.run_dir)),
             "tests_per_epoch": self.tests_per_epoch,
             "jobs": self.jobs,
             "threads": self.threads,
@@ -64,6 +64,13 @@ class Settings:
             "checkpoint_dims": self.checkpoint_dims,
             "quantize_bits": self.quantize_bits,
         }
+
+
+def recorded_flags(settings: dict) -> list[str]:
+    """The training flags of ``sweep.json``'s settings, paths inside the sweep directory as ``./NAME``: a record
+    from before 2026-12-01 names the directory (``run_dir``, as typed then) and gives the paths as typed."""
+    flags = settings.get("train_flags") or []
+    return flags_in_run_dir(flags, settings["run_dir"]) if "run_dir" in settings else list(flags)
 
 
 # -- the grid ---------------------------------------------------------------------------
@@ -118,16 +125,25 @@ def widened_specs(settings: Settings) -> list[RunSpec]:
 def readable_results(run_dir: Path, paths: Sequence[Path] | None = None) -> list[RunResult]:
     """The results JSONs of ``run_dir`` (or ``paths``) that read as such; a damaged one (a killed writer, an
     edit) counts as not run."""
-    results = []
-    for path in sorted(results_dir(run_dir).glob("*.json")) if paths is None else paths:
-        with contextlib.suppress(UserError):
-            results += load_results([path])
-    return results
+    return read_results(results_files(run_dir) if paths is None else paths)[0]
 
 
 def result_path(spec: RunSpec, run_dir: Path) -> Path:
     """Where a run writes its results JSON."""
     return results_dir(run_dir) / f"{spec.name}.json"
+
+
+def set_aside_damaged(spec: RunSpec, run_dir: Path) -> Path | None:
+    """Before a run starts, move a results JSON it left that does not read as one (its run is not finished, so
+    it runs again) to ``NAME.json.damaged`` (``.damaged-2``, ... where taken): the run would replace it, and
+    nothing is deleted. Returns where it went; None where there was none."""
+    path = result_path(spec, run_dir)
+    if not path.exists():
+        return None
+    names = (path.name + (".damaged" if n == 1 else f".damaged-{n}") for n in itertools.count(1))
+    aside = next(path.with_name(name) for name in names if not path.with_name(name).exists())
+    path.rename(aside)
+    return aside
 
 
 def finished(spec: RunSpec, run_dir: Path) -> bool:

@@ -30,7 +30,7 @@ from mlet.core.files import replace_atomically
 from mlet.core.signals import Terminated, handling, terminate
 from mlet.repro.experiments import RunSpec
 from mlet.repro.run_results import sweep_record
-from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv
+from mlet.repro.sweep_plan import Settings, readable_results, result_path, run_argv, set_aside_damaged
 
 Runner = Callable[[RunSpec, list[str], Path], int | None]
 """Runs one spec with its ``dlrm_mlet.py`` flags and log; its exit code, or None when it did not start (the
@@ -141,15 +141,20 @@ def now() -> str:
 
 
 def run_status(spec: RunSpec, code: int | None, run_dir: Path, interrupted: bool = False) -> str:
-    """How a run ended, for ``sweep.json``: finished (diverged, when its test AUC is not finite), failed, or
-    interrupted (``interrupted``: it ended after the sweep's Ctrl-C; finished if its results were written, as the
-    next session will take them). ``code``: the run's exit code; None for a run in this process (full_scale.py)
-    that Ctrl-C cut short, which has none."""
-    results = readable_results(run_dir, [result_path(spec, run_dir)]) if code == 0 or interrupted else []
+    """How a run ended, for ``sweep.json``, as its files tell: finished when its results JSON was written and
+    reads as one (diverged, when its test AUC is not finite; with its exit code, when it was stopped or failed
+    after writing them: the next session takes them as done), else failed or interrupted (``interrupted``: it
+    ended after the sweep's Ctrl-C). ``code``: the run's exit code; None for a run in this process
+    (full_scale.py) that Ctrl-C cut short, which has none. A run starts only without a readable results JSON
+    (:func:`~mlet.repro.sweep_plan.set_aside_damaged`), so one found now is its own."""
+    results = readable_results(run_dir, [result_path(spec, run_dir)])
     if not results:
         ended = "interrupted" if interrupted else "failed"
         return ended if code is None else f"{ended} (exit code {code})"
-    return "finished" if math.isfinite(results[0].test_auc) else "finished (diverged: non-finite metrics)"
+    notes = [] if math.isfinite(results[0].test_auc) else ["diverged: non-finite metrics"]
+    if code:
+        notes.append(f"exit code {code} after writing its results")
+    return "finished" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 class CtrlC:
@@ -238,6 +243,7 @@ def run_specs(
     def one(spec: RunSpec) -> tuple[int | None, float]:
         if ctrl_c.seen():  # a worker taking the next run as Ctrl-C comes: it does not start
             return None, 0.0
+        note_damaged(spec, settings.run_dir)
         start = time.perf_counter()
         code = runner(spec, run_argv(spec, settings, test_freq), Path(settings.run_dir) / "logs" / f"{spec.name}.log")
         return code, time.perf_counter() - start
@@ -273,6 +279,12 @@ def run_specs(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failed
+
+
+def note_damaged(spec: RunSpec, run_dir: Path) -> None:
+    """Set aside the damaged results JSON of a run about to run again (:func:`set_aside_damaged`), saying so."""
+    if (aside := set_aside_damaged(spec, run_dir)) is not None:
+        tqdm.write(f"{spec.name}: its results JSON did not read as one; kept as {aside}, the run runs again")
 
 
 def stop_runs(in_flight: set[Future], runner: Runner, signum: int) -> None:
@@ -311,8 +323,11 @@ def record_run(
         return []
     done = status.startswith("finished")
     totals["finished" if done else "failed"] += 1
-    if done:
-        return []
     log_path = Path(settings.run_dir) / "logs" / (spec.name + ".log")
+    if done:
+        if code:  # the log's last words are the run's, e.g. a SIGTERM's line: say how the sweep took them
+            with open(log_path, "a") as log:
+                log.write(f"# sweep.py: exit code {code} after the results JSON was written: counted as finished\n")
+        return []
     tqdm.write(f"{spec.name}: failed with exit code {code}; see {log_path}")
     return [spec.name]
