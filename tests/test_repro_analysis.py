@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,26 @@ def test_analyze_rank_uses_the_processed_data_when_the_raw_file_moved(tiny_runs,
         f"is missing, and there are no processed data in {tmp_path / 'nothing'}; put the file back to measure the "
         "rare/frequent ids, or use --no-frequency\n"
     )
+
+
+@pytest.mark.slow
+def test_analyze_rank_finds_the_data_of_a_moved_sweep_directory(tiny_runs, tmp_path) -> None:
+    # a sweep directory moved to another disk: its checkpoints record its data where it was, and the analysis
+    # stopped naming the missing raw file
+    old, new = tmp_path / "disk1" / "run", tmp_path / "disk2" / "run"
+    (new / "checkpoints").mkdir(parents=True)
+    shutil.copy2(tiny_runs / "train.txt", new / "train.txt")  # as mv: the processed data stay valid
+    shutil.copytree(tiny_runs / "processed", new / "processed")
+    ckpt = load_checkpoint(tiny_runs / "base.pt")
+    recorded = {"raw_data_file": old / "train.txt", "processed_data_file": old / "processed"}
+    ckpt["args"] = {**ckpt["args"], **{k: str(v) for k, v in recorded.items()}}
+    ckpt["args"]["save_collapsed"] = str(old / "checkpoints" / "base.pt")
+    atomic_save(ckpt, new / "checkpoints" / "base.pt")
+    out = tmp_path / "rank"
+    assert analyze_rank.main([str(new / "checkpoints" / "base.pt"), "--out", str(out)]) == 0
+    result = json.loads((out / "rank.json").read_text())[0]
+    final = json.loads((tiny_runs / "base.json").read_text())["final"]
+    assert result["overall"]["auc"] == pytest.approx(final["auc"], abs=1e-6) and result["frequency"]
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from mlet.repro.analysis import (
     training_counts,
     transformed_ids,
 )
+from mlet.repro.run_results import in_run_dir
 from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, refuse_quantized, trained_hidden
 from mlet.training.metrics import ctr_metrics, predict
 from mlet_layers import EmbeddingTables
@@ -133,6 +134,10 @@ def available_data(flags: dict, path: Path) -> dict:
     raw = flags.get("raw_data_file")
     if flags["data_generation"] != "dataset" or not raw or flags.get("data_set") == "terabyte" or Path(raw).exists():
         return flags  # Terabyte's is a prefix of day files: its own checks name them
+    flags = in_moved_sweep(flags, path)
+    raw = flags["raw_data_file"]
+    if Path(raw).exists():
+        return flags
     processed = str(processed_directory(raw, flags.get("processed_data_file")))
     if read_meta(Path(processed)) is None:
         raise UserError(
@@ -140,6 +145,22 @@ def available_data(flags: dict, path: Path) -> dict:
             f"data in {processed}; put the file back to measure the rare/frequent ids, or use --no-frequency"
         )
     return {**flags, "raw_data_file": None, "processed_data_file": processed}
+
+
+def in_moved_sweep(flags: dict, path: Path) -> dict:
+    """A checkpoint's recorded training flags with its data files that lay inside the sweep directory it was saved
+    in (the folder above its ``checkpoints/``, from ``--save-collapsed``) put at the same place in the one it lies
+    in now: a sweep directory moved or copied elsewhere took its data along."""
+    saved = flags.get("save_collapsed") or flags.get("save_model")
+    if not isinstance(saved, str) or Path(saved).parent.name != "checkpoints" or path.parent.name != "checkpoints":
+        return flags
+    before, now = str(Path(saved).parent.parent), path.parent.parent
+    moved = {}
+    for key in ("raw_data_file", "processed_data_file"):
+        value = flags.get(key)
+        if isinstance(value, str) and (inside := in_run_dir(value, before)).startswith("./"):
+            moved[key] = str(now / inside.removeprefix("./"))
+    return {**flags, **moved}
 
 
 def analyze(path: Path, edges: Sequence[int] | None, frequency: FrequencyData) -> dict:
