@@ -9,11 +9,14 @@ too. Run python dlrm_mlet.py --help.
 
 from __future__ import annotations
 
+import os
+
 from mlet.core.signals import interrupt_exits  # the standard library only: loaded before the imports it guards
+
+STARTED_BY = os.getppid()  # torchrun's agent, read before the imports: it may be killed while they run
 
 with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import contextlib
-    import os
     import re
     import sys
     from collections.abc import Sequence
@@ -34,7 +37,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.signals import exit_status, sigterm_raises, stopped
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
-    from mlet.parallel import distributed, process_group, turns
+    from mlet.parallel import agent_watch, distributed, process_group, turns
     from mlet.serving import quantize
     from mlet.training import metrics
     from mlet.training.checkpoints import (
@@ -298,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         with sigterm_raises():  # ends as Ctrl-C does: no temporary file left, one line
+            agent_watch.watch_agent(PROG, STARTED_BY)  # its SIGTERM, once torchrun is gone, is handled here
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))
