@@ -310,14 +310,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)
+        process_group.said_and_done(2)  # what torchrun's SIGTERM ends now is the freeing of the failed step
         return 2
     except RuntimeError as error:
         if (failure := process_group.communication_failure(error)) is None:
             raise
         print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
+        process_group.said_and_done(1)
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143): under torchrun every process gets it
-        return stopped(PROG, stop, say=launched_rank() == 0)
+        code = stopped(PROG, stop, say=launched_rank() == 0)
+        process_group.said_and_done(code)
+        return code
     return 0
 
 
