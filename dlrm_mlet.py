@@ -52,7 +52,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.training.optimizers import state_bytes
     from mlet.training.processes import Parallel
     from mlet.training.results import parameter_report, write_json
-    from mlet.training.state import check_evaluation, check_resume_flags, data_files_note
+    from mlet.training.state import check_evaluation, check_resume_flags, check_training, data_files_note
     from mlet.training.trainer import Trainer
 
 ACTIVATION_RESERVE = 4 << 30  # bytes kept free for activations, CUDA graphs and the allocator's slack
@@ -92,9 +92,23 @@ def checked_load_model(run: Run) -> dict | None:
             check_evaluated_data(ckpt, run.flags or {})
         else:
             check_resume_flags(ckpt, run.flags or {})
+        check_flag_architecture(ckpt, run)
     except (UserError, ValueError) as error:
         raise UserError(f"--load-model {run.load_model}: {one_line(error)}") from None
     return ckpt
+
+
+def check_flag_architecture(ckpt: dict, run: Run) -> None:
+    """The checks of the checkpoint's model against the flags' (``check_evaluation``, ``check_training``) on what
+    the flags alone decide, before the data is read: a resume given another ``--mlet-hidden`` (or d, MLP,
+    interaction, quotient-remainder flag) was refused only once the data set had been preprocessed (Criteo
+    Terabyte: hours). The table sizes and mixed-dimension widths come from the data: ``prepare`` checks them."""
+    saved = ModelConfig.from_dict(ckpt["model_config"])
+    wanted = replace(run.model, table_sizes=saved.table_sizes, md_dims=saved.md_dims)
+    if run.inference_only:
+        check_evaluation(ckpt, wanted)
+    else:
+        check_training(ckpt, wanted)
 
 
 def read_data(run: Run, parallel: Parallel) -> DataBundle:

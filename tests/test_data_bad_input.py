@@ -448,6 +448,31 @@ def test_evaluating_on_another_split_with_tables_of_the_same_sizes_is_refused(tm
     assert not (tmp_path / "other").exists()  # refused before preprocessing
 
 
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("--mlet-hidden=8", "--mlet-hidden: checkpoint has 16, the flags give 8"),
+        ("--arch-mlp-top=4-1", "--arch-mlp-top: checkpoint has 8-1, the flags give 4-1"),
+    ],
+)
+@pytest.mark.parametrize("evaluate", [False, True])
+def test_another_architecture_is_refused_before_the_data_set_is_preprocessed(
+    tmp_path, capsys, flag: str, says: str, evaluate: bool
+) -> None:
+    """A flag of the model that differs from the checkpoint's was refused only once the data had been read: on
+    first use of a --processed-data-file, after preprocessing the whole raw file (hours for Criteo Terabyte)."""
+    raw = tmp_path / "train.txt"
+    raw.write_text("\n".join(sample_lines("criteo_kaggle_train_head1999.txt")))
+    saved = tmp_path / "m.pt"
+    assert run_cli(dataset_argv("kaggle", raw, tmp_path, "--mlet-hidden=16", f"--save-model={saved}"), capsys)[0] == 0
+    other = [*dataset_argv("kaggle", raw, tmp_path / "other", "--mlet-hidden=16", flag), f"--load-model={saved}"]
+    code, out, err = run_cli([*other, *(["--inference-only"] if evaluate else [])], capsys)
+    assert code == 2 and f"--load-model {saved}: " in err and err.count("\n") == 1, err
+    evaluating_k = evaluate and flag == "--mlet-hidden=8"  # evaluation takes K or 0, and says so
+    assert ("MLET tables trained with K=16, the flags give 8" if evaluating_k else says) in err
+    assert "preprocessing" not in out and not (tmp_path / "other").exists()
+
+
 NOT_THE_DATA = "is not the data the checkpoint was trained on"
 
 
