@@ -70,8 +70,9 @@ def describe(trainer: Trainer) -> None:
         f"data: {data.description}; train {data.train.num_samples:,} samples ({len(data.train)} batches{capped}), "
         f"{data.eval_split} {data.test.num_samples:,}"
     )
+    tables = f"{len(data.table_sizes)} table{'' if len(data.table_sizes) == 1 else 's'}"
     log(
-        f"model: {len(data.table_sizes)} tables ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), "
+        f"model: {tables} ({kind}, d={config.dim}, {sum(data.table_sizes):,} rows), "
         f"bottom {dashed(config.bottom_mlp)},"
         f" top {config.interaction_width()}-{dashed(config.top_mlp)}, interaction {config.interaction}"
     )

@@ -596,3 +596,10 @@ def test_ctrl_c_in_the_run_gives_the_line_and_status_of_ctrl_c_in_the_imports(mo
     assert capsys.readouterr().err == f"{dlrm_mlet.PROG}: interrupted\n"
     # main called in-process leaves Ctrl-C working for its caller (only the command's exit ignores it)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(("sizes", "says"), [("200", "model: 1 table (plain"), ("200-30", "model: 2 tables (plain")])
+def test_the_model_line_counts_its_tables_in_words(sizes: str, says: str, capsys) -> None:
+    """One table was 'model: 1 tables'."""
+    code, out, err = run_cli(override_flags(TINY, f"--arch-embedding-size={sizes}", "--num-batches=1"), capsys)
+    assert code == 0 and says in out, err
