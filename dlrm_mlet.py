@@ -34,7 +34,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
-    from mlet.core.signals import exit_status, sigterm_raises, stopped
+    from mlet.core.signals import TERMINATED, exit_status, sigterm_raises, stopped
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import agent_watch, distributed, process_group, turns
@@ -330,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:
         if (failure := process_group.communication_failure(error)) is None:
             raise
+        if agent_watch.agent_gone():  # the others stopped as torchrun ended, before this one's watch saw it
+            agent_watch.say_agent_gone(PROG)
+            process_group.said_and_done(TERMINATED)
+            return TERMINATED
         print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
         process_group.said_and_done(1)
         return 1

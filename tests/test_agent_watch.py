@@ -11,7 +11,10 @@ import time
 from typing import IO
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, TINY
+
+import dlrm_mlet
+from mlet.parallel import agent_watch
 
 MARK = "DLRM_MLET_TEST_AGENT_WATCH"
 
@@ -33,7 +36,7 @@ LONG_RUN = [  # random data, far more batches than the test waits for
 def test_a_run_whose_torchrun_is_killed_stops_with_one_line(tmp_path) -> None:
     """``kill -9`` of torchrun mid-training: its processes, in sessions of their own, went on to the end of the run
     (here: a million batches), holding the --save-model lock; now each stops within seconds, with rank 0 naming
-    why, and leaves no lock file."""
+    why (also where the other rank stopped first and rank 0's step failed), and leaves no lock file."""
     save = tmp_path / "a.pt"
     command = [
         sys.executable,
@@ -64,8 +67,7 @@ def test_a_run_whose_torchrun_is_killed_stops_with_one_line(tmp_path) -> None:
         agent.kill()
         kill_marked(str(tmp_path))  # ranks left running (without the watch: for a million batches)
     assert f"rank 0: torchrun (pid {agent.pid}), which started this process, has ended" in rest, rest[-3000:]
-    assert "dlrm_mlet.py: terminated (SIGTERM)" in rest
-    assert "Traceback" not in rest
+    assert "Traceback" not in rest and "another process has probably failed" not in rest, rest[-3000:]
     assert not (tmp_path / ".a.pt.lock").exists()
 
 
@@ -87,3 +89,21 @@ def kill_marked(mark: str) -> None:
                     os.kill(int(pid), signal.SIGKILL)
         except OSError:  # gone, or not ours to read
             continue
+
+
+def test_a_collective_that_fails_once_torchrun_is_gone_says_that_torchrun_ended(monkeypatch, capsys) -> None:
+    """The other rank's watch saw torchrun's end first and stopped it, so this rank's step failed before its own
+    watch looked: it said 'another process has probably failed: see its message', and no process had one."""
+    monkeypatch.setattr(agent_watch, "_watching", [os.getppid() + 1])  # an agent that is not the parent now
+    monkeypatch.setattr(agent_watch, "_said", threading.Lock())
+
+    def peer_gone(run) -> None:
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4001")
+
+    monkeypatch.setattr(dlrm_mlet, "execute", peer_gone)
+    assert dlrm_mlet.main(TINY) == 143
+    err = capsys.readouterr().err
+    assert (
+        err == f"dlrm_mlet.py: rank 0: torchrun (pid {os.getppid() + 1}), which started this process, has ended;"
+        " stopping its processes\n"
+    )

@@ -22,7 +22,8 @@ import time
 from mlet.core.launch import launched_local_rank, launched_rank
 
 POLL_S = 0.5
-_watching: list[threading.Thread] = []  # one watch per process
+_watching: list[int] = []  # the agent's pid, once this process watches it (one watch per process)
+_said = threading.Lock()  # taken by the first to write the line: the watch, or a collective that failed meanwhile
 
 
 def started_by_torchrun() -> bool:
@@ -37,20 +38,30 @@ def watch_agent(prog: str, agent: int) -> None:
     parent's pid when the process started; gone already if it differs now), has ended."""
     if not started_by_torchrun() or _watching:
         return
-    watch = threading.Thread(target=stop_when_orphaned, args=(prog, agent), daemon=True, name="agent-watch")
-    _watching.append(watch)
-    watch.start()
+    _watching.append(agent)
+    threading.Thread(target=stop_when_orphaned, args=(prog, agent), daemon=True, name="agent-watch").start()
+
+
+def agent_gone() -> bool:
+    """Whether the watched agent has ended: a collective that fails now failed as the other processes stopped."""
+    return bool(_watching) and os.getppid() != _watching[0]
+
+
+def say_agent_gone(prog: str) -> None:
+    """The line that torchrun has ended, once a host (by its first process) and once a process."""
+    if launched_local_rank() != 0 or not _said.acquire(blocking=False):
+        return
+    sys.stderr.write(
+        f"{prog}: rank {launched_rank()}: torchrun (pid {_watching[0]}), which started this process, has ended;"
+        " stopping its processes\n"
+    )
+    sys.stderr.flush()
 
 
 def stop_when_orphaned(prog: str, agent: int, poll_s: float = POLL_S) -> None:
-    """Wait until this process's parent is no longer ``agent``, then say so (once a host: its first process) and
-    send this process SIGTERM."""
+    """Wait until this process's parent is no longer ``agent``, then say so (:func:`say_agent_gone`) and send this
+    process SIGTERM."""
     while os.getppid() == agent:
         time.sleep(poll_s)
-    if launched_local_rank() == 0:
-        sys.stderr.write(
-            f"{prog}: rank {launched_rank()}: torchrun (pid {agent}), which started this process, has ended;"
-            " stopping its processes\n"
-        )
-        sys.stderr.flush()
+    say_agent_gone(prog)
     os.kill(os.getpid(), signal.SIGTERM)
