@@ -291,6 +291,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_command(flags: list[str]) -> list[str]:
+    """The README's launch of ``dlrm_mlet.py`` with ``flags``: torchrun (as ``python -m``), one host, 2 processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "dlrm_mlet.py"),
+        *flags,
+    ]
+
+
 def torchrun_environment(rank: int, world: int, port: int) -> dict[str, str]:
     """The variables torchrun sets in process ``rank`` of ``world`` on one host, its store at ``port``."""
     return {

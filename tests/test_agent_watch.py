@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import IO
 
 import pytest
-from helpers import ROOT, TINY
+from helpers import ROOT, TINY, torchrun_command
 
 import dlrm_mlet
 from mlet.parallel import agent_watch
@@ -38,16 +37,7 @@ def test_a_run_whose_torchrun_is_killed_stops_with_one_line(tmp_path) -> None:
     (here: a million batches), holding the --save-model lock; now each stops within seconds, with rank 0 naming
     why (also where the other rank stopped first and rank 0's step failed), and leaves no lock file."""
     save = tmp_path / "a.pt"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "dlrm_mlet.py"),
-        *LONG_RUN,
-        f"--save-model={save}",
-    ]
+    command = torchrun_command([*LONG_RUN, f"--save-model={save}"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), MARK: str(tmp_path)}
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
     try:

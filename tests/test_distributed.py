@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, InterruptedFile, free_port, random_inputs, torchrun_environment
+from helpers import ROOT, InterruptedFile, free_port, random_inputs, torchrun_command, torchrun_environment
 
 import checkpoint
 import dlrm_mlet
@@ -486,17 +486,13 @@ def test_torchrun_launch(tmp_path) -> None:
     """The README's command: torchrun, 2 gloo processes; the same losses as one process."""
     flags = scenario_flags("mlet-sgd-4-tables", ["--nepochs=1", "--dist-backend=gloo"])
     single = in_process(flags)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "dlrm_mlet.py"),
-        *flags,
-    ]
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        torchrun_command(flags),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("sharding plan:") == 1 and done.stdout.count("Testing at") == 1

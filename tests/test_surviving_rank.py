@@ -14,15 +14,9 @@ from mlet.parallel.equivalence import scenario_flags
 RANK = """
 import os, signal, sys, threading
 import dlrm_mlet
-from mlet.core.errors import UserError
-if os.environ["RANK"] == "1":  # fails in its fifth step
-    step = dlrm_mlet.Trainer.step
-    def failing(self, batch):
-        if self.iteration == 4:
-            raise UserError("simulated failure in a training step")
-        return step(self, batch)
-    dlrm_mlet.Trainer.step = failing
-else:  # torchrun's SIGTERM comes as the failed step's batch prefetcher is closed
+from test_distributed import failing_step_on_rank_one
+failing_step_on_rank_one(int(os.environ["RANK"]))  # fails in its fifth step
+if os.environ["RANK"] == "0":  # torchrun's SIGTERM comes as the failed step's batch prefetcher is closed
     join = threading.Thread.join
     def join_after_sigterm(self, timeout=None):
         if self.name == "batch-prefetch":
@@ -48,7 +42,12 @@ def test_torchruns_sigterm_after_a_ranks_error_line_ends_it_without_a_traceback(
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env={**os.environ, **torchrun_environment(rank, 2, port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+            env={
+                **os.environ,
+                **torchrun_environment(rank, 2, port),
+                "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+            },
         )
         for rank in range(2)
     ]
