@@ -144,6 +144,10 @@ def test_pieces_resume_and_report(tmp_path, capsys):
     assert (run_dir / "summary.md").exists() and (run_dir / "rank" / "sgd" / "rank.png").exists()
     rank = (run_dir / "rank" / "sgd" / "rank.md").read_text()
     assert "AUC >= 1000" in rank and "MLET d=4 K=64 (sgd, lr 0.2, seed 1)" in rank
+    # a damaged results JSON: the others reported, the damaged one named, exit 1 as summarize.py's
+    (run_dir / "results" / "sgd_base_d8_lr0.8_s2.json").write_text('{"final": ')
+    assert full_scale.main(["--run-dir", str(run_dir), "--report"]) == 1
+    assert "sgd_base_d8_lr0.8_s2.json" in (run_dir / "summary.md").read_text()
 
 
 NO_CUDA = ["--device", "cuda"] if not torch.cuda.is_available() else ["--rows", "3"]

@@ -402,13 +402,14 @@ def write_step_rates(args: argparse.Namespace, piece: Piece, settings: sweep_pla
 
 def report(run_dir: Path) -> int:
     """The summary (as ``summarize.py RUN_DIR`` writes it) and the rank reports of the finished runs (on any
-    machine); a :class:`UserError` names the run directory."""
+    machine); a :class:`UserError` names the run directory. 1 when the summary left out damaged results JSONs,
+    as ``summarize.py`` exits."""
     if not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir}: no such folder (--report reads the results of earlier pieces)")
     print(summary.summarize_sweep(run_dir, run_dir, summary.paper_lrs_of(run_dir, [])))
     for folder in full_scale_rank.write_reports(run_dir):
         print(f"{PROG}: wrote {folder / 'rank.md'}")
-    return 0
+    return 1 if summary.has_damaged_results(run_dir) else 0
 
 
 def cli() -> None:

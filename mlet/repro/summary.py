@@ -489,6 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_errors(PROG, lambda: summarize(args))
 
 
+def has_damaged_results(run_dir: Path) -> bool:
+    """Whether a sweep directory holds results JSONs that do not read as one (its summary leaves them out)."""
+    return bool(read_results(results_files(run_dir))[1])
+
+
 def summarize(args: argparse.Namespace) -> int:
     """Print (and for a sweep directory, write) the summary the parsed command line asks for; 1 when it left out
     damaged results JSONs (named on stderr and in ``summary.md``)."""
@@ -503,7 +508,7 @@ def summarize(args: argparse.Namespace) -> int:
                 asked={item.partition("=")[0] for item in args.paper_lr},
             )
         )
-        return 1 if read_results(results_files(run_dir))[1] else 0
+        return 1 if has_damaged_results(run_dir) else 0
     check_results_files(args.paths, args.out, args.paper_lr)
     print(run_table(load_results(args.paths)))
     return 0
