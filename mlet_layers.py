@@ -276,7 +276,9 @@ class EmbeddingTables(nn.Module):
             uniform_rows_(
                 [(self.table_weight(t), math.sqrt(1.0 / sizes[t]), table_seed(seed, ids[t])) for t in range(len(ids))]
             )
-            for t, tid in enumerate(ids if self.is_mlet else []):
+            if not self.is_mlet:
+                return
+            for t, tid in enumerate(ids):
                 gen = torch.Generator().manual_seed(table_seed(seed, tid, 1))
                 fill_from_cpu(self.w2[t], functools.partial(self._init_projection, gen=gen))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
+
+from mlet.core.pipeline import ordered_map
 
 DEFAULT_PROJECTION_STD = 0.25
 PROJECTION_INITS = ("normal", "normal-STD", "xavier")
@@ -70,12 +71,8 @@ def uniform_rows_(fills: Sequence[RowFill]) -> None:
         for rows, bound, seed in fills
         for start in range(0, len(rows), chunk_rows(rows.shape[1]))
     ]
-    if len(chunks) <= 1:
-        for chunk in chunks:
-            _draw(*chunk)
-        return
-    with ThreadPoolExecutor(min(len(chunks), len(os.sched_getaffinity(0)))) as pool:
-        list(pool.map(lambda chunk: _draw(*chunk), chunks))  # list(): a worker's error is raised here
+    for _ in ordered_map(lambda chunk: _draw(*chunk), chunks, min(len(chunks), len(os.sched_getaffinity(0)))):
+        pass  # a worker's error is raised here
 
 
 def _draw(rows: Tensor, bound: float, seed: int, start: int) -> None:
