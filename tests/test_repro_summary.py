@@ -164,7 +164,7 @@ def test_results_files_refuse_the_sweep_only_flags_and_a_directory_among_them(tm
 
 def test_the_all_methods_section_says_why_a_grid_without_wide_baselines_has_no_levels(tmp_path) -> None:
     run_sweep(tmp_path, "--baseline-dims", "2", "4", "--protocols", "paper", "--lrs", "sgd=0.2,0.8")
-    markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=False)
+    markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=False).markdown
     section = markdown.split("## All methods")[1].split("Pareto frontier")[0]
     assert (
         "**paper protocol, sgd**: no AUC levels: no float baseline at d=8, 16, 32 or 64 has a finite AUC here "

@@ -120,7 +120,7 @@ def test_run_flags_and_bad_command_lines(tmp_path) -> None:
 def test_summarize_writes_the_headline_table_and_plots(tmp_path) -> None:
     settings = make_settings(tmp_path)
     sweep.sweep(settings, runner=FakeTrainer(peak=0.2))  # peak at the paper rate: the protocols agree
-    text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []))
+    text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, [])).markdown
     for name in ("auc_vs_size.png", "auc_vs_step.png", "lr_curves.png", "summary.md", "summary.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     # MLET d=2 is as good as a plain d=8 in the fake trainer (+ nothing): it matches d=8 exactly -> 4x,
@@ -272,7 +272,9 @@ def test_summarize_keeps_to_the_sweep_and_says_what_is_missing_or_left_out(tmp_p
     stray["final"]["auc"] = 0.99
     (results / "sgd_base_d2_lr0.2_s3.json").write_text(json.dumps(stray))  # a seed the sweep did not run
     (results / "sgd_base_d8_lr0.2_s1.json").unlink()
-    text = summarize.summarize_sweep(tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []), plots=False)
+    text = summarize.summarize_sweep(
+        tmp_path, tmp_path / "out", summarize.paper_lrs_of(tmp_path, []), plots=False
+    ).markdown
     assert (
         "**left out** (not in sweep.json's optimizers, configs or seeds): 1 results, e.g. sgd_base_d2_lr0.2_s3" in text
     )
@@ -377,7 +379,7 @@ def test_every_method_is_run_quantized_and_compared(tmp_path) -> None:
     assert not any(a.startswith(("--qr", "--md")) for a in argvs["sgd_base_d8_lr0.2_s1"])
     saved = {name for name, argv in argvs.items() if any(a.startswith("--save-collapsed") for a in argv)}
     assert saved == {"sgd_base_d2_lr0.2_s1", "sgd_base_d8_lr0.2_s1", "sgd_mlet_d2_k16_lr0.2_s1"}  # not QR/MD
-    markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=True)
+    markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=True).markdown
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
     table = markdown.split("## All methods")[1].split("**tuned protocol")[0]
     # the level: baseline d=8's AUC; QR d=8 has its AUC (fake) at a quarter of its bytes; the quantized copies

@@ -406,10 +406,11 @@ def report(run_dir: Path) -> int:
     as ``summarize.py`` exits."""
     if not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir}: no such folder (--report reads the results of earlier pieces)")
-    print(summary.summarize_sweep(run_dir, run_dir, summary.paper_lrs_of(run_dir, [])))
+    written = summary.summarize_sweep(run_dir, run_dir, summary.paper_lrs_of(run_dir, []))
+    print(written.markdown)
     for folder in full_scale_rank.write_reports(run_dir):
         print(f"{PROG}: wrote {folder / 'rank.md'}")
-    return 1 if summary.has_damaged_results(run_dir) else 0
+    return 1 if written.damaged else 0
 
 
 def cli() -> None:

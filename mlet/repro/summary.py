@@ -32,6 +32,7 @@ import sys
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from mlet.core.errors import UserError, check_output_folder, run_reporting_errors
 from mlet.core.signals import exit_status
@@ -392,10 +393,18 @@ def write_plots(
     return lines
 
 
+class SweepSummary(NamedTuple):
+    """What :func:`summarize_sweep` wrote: ``summary.md``'s text, and the damaged results JSONs it left out."""
+
+    markdown: str
+    damaged: list[Path]
+
+
 def summarize_sweep(
     run_dir: Path, out: Path, paper_lrs: dict[str, float], plots: bool = True, asked: Collection[str] = ()
-) -> str:
-    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown.
+) -> SweepSummary:
+    """Write ``summary.md``, ``summary.json`` and the plots for a sweep directory; returns the markdown and the
+    damaged results JSONs left out (a command ends with 1 for them, as ``sweep.py`` after failed runs).
 
     ``asked``: the optimizers whose paper rate the user gave (``--paper-lr``): a rate no run used is refused;
     one from ``sweep.json`` without runs is a warning on stderr and a line in ``summary.md``."""
@@ -447,7 +456,7 @@ def summarize_sweep(
         "methods": pareto.pareto_json(points),
     }
     (out / "summary.json").write_text(json.dumps(payload, indent=1) + "\n")
-    return markdown
+    return SweepSummary(markdown, damaged)
 
 
 def check_results_files(paths: Sequence[Path], out: Path | None, paper_lr: Sequence[str]) -> None:
@@ -489,26 +498,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_reporting_errors(PROG, lambda: summarize(args))
 
 
-def has_damaged_results(run_dir: Path) -> bool:
-    """Whether a sweep directory holds results JSONs that do not read as one (its summary leaves them out)."""
-    return bool(read_results(results_files(run_dir))[1])
-
-
 def summarize(args: argparse.Namespace) -> int:
     """Print (and for a sweep directory, write) the summary the parsed command line asks for; 1 when it left out
     damaged results JSONs (named on stderr and in ``summary.md``)."""
     if len(args.paths) == 1 and args.paths[0].is_dir():
         run_dir = args.paths[0]
-        print(
-            summarize_sweep(
-                run_dir,
-                args.out or run_dir,
-                paper_lrs_of(run_dir, args.paper_lr),
-                plots=not args.no_plots,
-                asked={item.partition("=")[0] for item in args.paper_lr},
-            )
+        summary = summarize_sweep(
+            run_dir,
+            args.out or run_dir,
+            paper_lrs_of(run_dir, args.paper_lr),
+            plots=not args.no_plots,
+            asked={item.partition("=")[0] for item in args.paper_lr},
         )
-        return 1 if has_damaged_results(run_dir) else 0
+        print(summary.markdown)
+        return 1 if summary.damaged else 0
     check_results_files(args.paths, args.out, args.paper_lr)
     print(run_table(load_results(args.paths)))
     return 0
