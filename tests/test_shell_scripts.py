@@ -30,6 +30,28 @@ def test_quickstart_takes_a_relative_run_dir_from_the_callers_directory(tmp_path
     assert (run_dir / "summary.md").exists() and (run_dir / "mlet_d4_k64.log").exists()
 
 
+def test_quickstart_passes_the_flags_after_dashes_to_its_three_runs(tmp_path) -> None:
+    # a GPU machine's user: bash scripts/quickstart.sh DIR ROWS -- --use-gpu, as reproduce.sh takes them
+    done, calls = run_script("quickstart.sh", tmp_path.resolve(), "qs", "30000", "--", "--use-gpu", "--bf16")
+    assert done.returncode == 0, done.stderr
+    generate, *trainings, _ = calls
+    assert "30000" in generate and all("--use-gpu" not in call for call in (generate, _))
+    assert len(trainings) == 3 and all(call[-3:-1] == ["--use-gpu", "--bf16"] for call in trainings)
+    repo, caller = _repository_copy(tmp_path, "quickstart.sh")  # the default RUN_DIR and ROWS, in a copy's runs/
+    done, calls = run_script("quickstart.sh", caller, "--", "--use-gpu", root=repo)
+    assert done.returncode == 0, done.stderr
+    assert calls[0][-1] == "runs/quickstart/train.txt" and "2333334" in calls[0] and "--use-gpu" in calls[1]
+
+
+def test_quickstart_refuses_a_flag_before_the_dashes(tmp_path) -> None:
+    done, calls = run_script("quickstart.sh", tmp_path, "--use-gpu")
+    assert done.returncode == 2 and calls == []
+    assert done.stderr == (
+        "quickstart.sh: error: --use-gpu: dlrm_mlet.py's flags go after -- "
+        "(usage: [LR=1.0] bash scripts/quickstart.sh [RUN_DIR] [ROWS] [-- dlrm_mlet.py flags ...])\n"
+    )
+
+
 def test_reproduce_without_a_data_set_prints_its_usage_line(tmp_path) -> None:
     done, calls = run_script("reproduce.sh", tmp_path)
     assert done.returncode == 2 and calls == []
