@@ -21,9 +21,9 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then RAW=$(from_caller "$1"); shift; fi
 if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
 cd "$(dirname "$0")/.."
 source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
+source scripts/lib/python.sh  # use_python: PY as given, or the .venv set up
 RUN_DIR=${RUN_DIR:-runs/criteo_terabyte}
-PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || run_child bash scripts/setup.sh
+use_python criteo_terabyte.sh
 mkdir -p "$RUN_DIR"
 if [ -n "$RAW" ]; then
   MODEL=(--arch-sparse-feature-size=128 --arch-mlp-bot=13-512-256-128 --arch-mlp-top=1024-1024-512-256-1

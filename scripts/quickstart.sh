@@ -29,8 +29,8 @@ if [ -n "${POSITIONAL[0]:-}" ]; then RUN_DIR=$(from_caller "${POSITIONAL[0]}"); 
 if [ -n "${POSITIONAL[1]:-}" ]; then ROWS=${POSITIONAL[1]}; fi
 cd "$(dirname "$0")/.."
 source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
-if [ -z "${PY:-}" ]; then run_child bash scripts/setup.sh; fi  # PY: another Python (the tests' stand-in), used as it is
-PY=${PY:-.venv/bin/python}
+source scripts/lib/python.sh  # use_python: PY as given, or the .venv set up
+use_python quickstart.sh
 mkdir -p "$RUN_DIR"
 [ -f "$RUN_DIR/train.txt" ] ||
   run_child $PY data_utils.py generate kaggle --rows "$ROWS" --seed 1 --scale 0.001 --out "$RUN_DIR/train.txt"

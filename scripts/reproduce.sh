@@ -47,9 +47,9 @@ fi
 if [ -n "${RUN_DIR:-}" ]; then RUN_DIR=$(from_caller "$RUN_DIR"); fi
 cd "$(dirname "$0")/.."
 source scripts/lib/run_child.sh  # run_child: a signal to this script reaches the command it runs
+source scripts/lib/python.sh  # use_python: PY as given, or the .venv set up
 RUN_DIR=${RUN_DIR:-runs/$NAME}
-PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || run_child bash scripts/setup.sh
+use_python reproduce.sh
 SWEEP_FLAGS=() TRAIN_FLAGS=()
 seen_dashes=0
 for arg in "$@"; do

@@ -6,9 +6,11 @@ default run directories in the repository, usage lines.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers import ROOT, run_script
 
 
@@ -90,3 +92,31 @@ def test_criteo_terabyte_takes_a_relative_run_dir_from_the_callers_directory(tmp
     [train] = calls
     assert f"--raw-data-file={caller / 'input' / 'day'}" in train
     assert f"--processed-data-file={run_dir / 'processed'}" in train
+
+
+SCRIPT_ARGS = {"quickstart.sh": ["qs", "300"], "reproduce.sh": ["kaggle", "train.txt"], "criteo_terabyte.sh": []}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_a_python_given_by_name_runs_the_commands_and_nothing_is_set_up(script, tmp_path) -> None:
+    # PY=python3 on a GPU machine with its own torch: the scripts took a PY that is not a path for a missing .venv
+    # and ran setup.sh (pip, offline: failed) before using PY anyway. The copy has no setup.sh: running it fails.
+    repo, caller = _repository_copy(tmp_path, script)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "site-python").write_text(f'#!/bin/sh\nexec "{caller / "record_python"}" "$@"\n')
+    (bin_dir / "site-python").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    (caller / "train.txt").touch()  # reproduce.sh's RAW_FILE
+    done, calls = run_script(script, caller, *SCRIPT_ARGS[script], root=repo, env={"PY": "site-python", "PATH": path})
+    assert done.returncode == 0, done.stderr
+    assert calls and not (repo / ".venv").exists()
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_a_python_that_is_not_a_command_is_one_line(script, tmp_path) -> None:
+    repo, caller = _repository_copy(tmp_path, script)
+    (caller / "train.txt").touch()
+    done, calls = run_script(script, caller, *SCRIPT_ARGS[script], root=repo, env={"PY": "no-such-python3"})
+    assert done.returncode == 2 and calls == []
+    assert done.stderr == f"{script}: error: PY=no-such-python3: no such command\n"
