@@ -8,12 +8,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from helpers import ROOT, TINY, run_cli
 
 from mlet.core.files import replace_atomically
+from mlet.training import trainer
 
 
 def mllog(out: str) -> list[dict]:
@@ -332,6 +334,35 @@ def test_mlperf_run_stop_success_when_the_target_is_reached(capsys) -> None:
     code, out, _ = run_cli([*TINY, "--test-freq=6", "--mlperf-logging", "--mlperf-auc-threshold=0.01"], capsys)
     records = mllog(out)
     assert code == 0 and records[-1]["key"] == "run_stop" and records[-1]["metadata"]["status"] == "success"
+
+
+@pytest.mark.parametrize("pause", ["--save-freq=4", "--test-freq=4"])
+def test_a_save_or_a_test_inside_a_window_is_left_out_of_its_rate_and_its_steps_are_not(
+    pause: str, tmp_path, monkeypatch, capsys
+) -> None:
+    # Each step takes at least STEP_S, each save and test at least PAUSE_S. The clock restarted after a save or a
+    # test, losing the window's steps before it: a GPU trial's window with a --save-freq save logged 0.04 ms/it
+    # where its steps took 0.3 ms, and the results' training time lost those steps too.
+    step_s, pause_s = 0.02, 0.3
+    step, evaluate, save = trainer.Trainer.step, trainer.Trainer.evaluate, trainer.atomic_save
+    monkeypatch.setattr(trainer.Trainer, "step", lambda self, batch: (time.sleep(step_s), step(self, batch))[1])
+    monkeypatch.setattr(trainer.Trainer, "evaluate", lambda *a, **k: (time.sleep(pause_s), evaluate(*a, **k))[1])
+    monkeypatch.setattr(trainer, "atomic_save", lambda *a: (time.sleep(pause_s), save(*a))[1])
+    results = tmp_path / "r.json"
+    argv = [
+        *TINY,
+        "--print-freq=6",
+        "--print-time",
+        pause,
+        f"--save-model={tmp_path / 'm.pt'}",
+        f"--results-json={results}",
+    ]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    ms_per_it = [float(m) for m in re.findall(r"Finished training it \d+/12 of epoch 0, ([\d.]+) ms/it", out)]
+    assert len(ms_per_it) == 2 and all(1000 * step_s <= ms < 1000 * (step_s + pause_s / 6) for ms in ms_per_it), out
+    seconds = json.loads(results.read_text())["train_seconds"]
+    assert 12 * step_s <= seconds < 12 * step_s + pause_s  # every step, no pause
 
 
 def test_print_wall_time(capsys) -> None:

@@ -78,6 +78,36 @@ def schedule_rule_note(saved: dict, policy: LRPolicy, iteration: int) -> str | N
     )
 
 
+class Window:
+    """The steps since the last 'Finished training it' line: their summed loss, samples and seconds of training.
+
+    The clock stops for a test or a checkpoint inside the window (:meth:`stop`, :meth:`restart`): the line's
+    ms/it and samples/s, and the run's training time, count the window's steps, all of them, and not the pause.
+    """
+
+    def __init__(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.steps, self.samples, self.seconds = 0, 0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor | float, samples: int) -> None:
+        """Count one step of ``samples`` samples and its ``loss`` (a device tensor: summed without a sync)."""
+        self.loss_sum, self.steps, self.samples = self.loss_sum + loss, self.steps + 1, self.samples + samples
+
+    def stop(self, device: torch.device | None = None) -> float:
+        """Stop the clock and return the seconds since it (re)started, added to the window. ``device``: wait for
+        the steps it still runs first (a CUDA device queues them; they are training, not what comes next)."""
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - self.started
+        self.seconds += elapsed
+        return elapsed
+
+    def restart(self) -> None:
+        """Start the clock again after a pause (:meth:`stop`)."""
+        self.started = time.perf_counter()
+
+
 class Trainer:
     """The training loop: steps, periodic logging, testing and checkpointing.
 
@@ -372,12 +402,10 @@ class Trainer:
         batches; testing and checkpointing are excluded.
         """
         config = self.config
-        loss_sum: torch.Tensor | float = 0.0
-        loss_count, window_time, window_samples = 0, 0.0, 0
+        window = Window()
         workers = batch_workers(config.num_workers, self.device)
         train = self.data.train
         batches = feed(train, self.parallel.batches(train, self.epoch, self.batch, workers), self.device)
-        last = time.perf_counter()
         for batch in batches:
             if self.batch >= self.batches_per_epoch:
                 break
@@ -385,27 +413,27 @@ class Trainer:
             loss = self.step(batch)
             if threads is not None:
                 threads.tick()
-            loss_sum, loss_count = loss_sum + loss, loss_count + 1
+            window.add(loss, batch.size)
             self.batch, self.iteration = self.batch + 1, self.iteration + 1
             self.train_samples += batch.size
-            window_samples += batch.size
             bar.update(1)
             self.notify("stepped", self.iteration)
             if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
-                loss_value = float(self.parallel.all_sum(loss_sum)) / loss_count  # synchronises the device
-                now = time.perf_counter()
-                self.train_time, window_time = self.train_time + now - last, window_time + now - last
-                self.windows.append((window_samples, window_time))
-                self.log_train(loss_value, loss_count, window_time, window_samples)
-                loss_sum, loss_count, window_time, window_samples, last = 0.0, 0, 0.0, 0, now
+                loss_value = float(self.parallel.all_sum(window.loss_sum)) / window.steps  # synchronises the device
+                self.train_time += window.stop()
+                self.windows.append((window.samples, window.seconds))
+                self.log_train(loss_value, window.steps, window.seconds, window.samples)
+                window = Window()
             if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
+                self.train_time += window.stop(self.device)
                 self.test()
-                last = time.perf_counter()
+                window.restart()
                 if self.stopped is not None:
                     break
             if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
+                self.train_time += window.stop(self.device)
                 self.save()
-                last = time.perf_counter()
+                window.restart()
         batches.close()
         if self.batch >= self.batches_per_epoch:
             self.test()
