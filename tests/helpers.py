@@ -369,3 +369,32 @@ def make_settings(run_dir: Path, *extra: str) -> sweep_plan.Settings:
     ]
     argv += ["--optimizers", "sgd", "--lrs", "sgd=0.2,0.8", "--paper-lr", "sgd=0.2", "--max-widen", "3", *extra]
     return sweep.settings_from_args(sweep.build_parser().parse_args([*argv, "--", "--data-generation=synthetic"]))
+
+
+# -- full_scale.py's pieces, small and on the CPU -------------------------------------------------------
+
+ROWS, SCALE = 30_000, 0.0005
+GRID = [
+    "--baseline-dims", "4", "8", "--mlet-dims", "4", "--seeds", "1", "2", "--optimizers", "sgd",
+    "--lrs", "sgd=0.2,0.8", "--mlp-bot-prefix", "13-8",
+]  # fmt: skip
+TRAIN = ["--", "--arch-mlp-top=8-1", "--mini-batch-size=512", "--test-mini-batch-size=4096", "--adapt-threads=false"]
+
+
+def piece_args(run_dir, *extra: str) -> list[str]:
+    """The command line of a small CPU piece."""
+    return ["--run-dir", str(run_dir), "--rows", str(ROWS), "--scale", str(SCALE), "--device", "cpu", *extra, *GRID,
+            *TRAIN]  # fmt: skip
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+SNIPPET_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # as run_snippet's, whose pipes a live worker would hold open

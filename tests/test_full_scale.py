@@ -15,7 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, fake_payload, run_snippet, wait_for
+from helpers import (
+    GRID,
+    ROOT,
+    ROWS,
+    SCALE,
+    SNIPPET_ENV,
+    TRAIN,
+    fake_payload,
+    piece_args,
+    run_snippet,
+    running,
+    wait_for,
+)
 
 from mlet.core.errors import UserError
 from mlet.data.device_click import DeviceClickModel, kaggle_rows, split_bounds, zipf_cdf
@@ -27,24 +39,11 @@ from mlet.repro.analysis import gram_singular_values
 from mlet.repro.experiments import Config, RunSpec
 from mlet.repro.run_results import load_run_dir
 
-ROWS, SCALE = 30_000, 0.0005
-GRID = [
-    "--baseline-dims", "4", "8", "--mlet-dims", "4", "--seeds", "1", "2", "--optimizers", "sgd",
-    "--lrs", "sgd=0.2,0.8", "--mlp-bot-prefix", "13-8",
-]  # fmt: skip
-TRAIN = ["--", "--arch-mlp-top=8-1", "--mini-batch-size=512", "--test-mini-batch-size=4096", "--adapt-threads=false"]
-
 
 @pytest.fixture(scope="module")
 def rows():
     """A small generated data set (the same for every test here)."""
     return kaggle_rows(ROWS, seed=3, scale=SCALE, device="cpu", chunk=1 << 13)
-
-
-def piece_args(run_dir, *extra: str) -> list[str]:
-    """The command line of a small CPU piece."""
-    return ["--run-dir", str(run_dir), "--rows", str(ROWS), "--scale", str(SCALE), "--device", "cpu", *extra, *GRID,
-            *TRAIN]  # fmt: skip
 
 
 def test_the_same_seed_gives_the_same_rows_and_another_seed_others(rows):
@@ -385,31 +384,6 @@ def test_workers_on_several_devices_train_what_one_process_trains(tmp_path, caps
     assert ranks == sorted(p.name for p in (tmp_path / "one" / "rank" / "sgd").glob("*.json")) and ranks
 
 
-@pytest.mark.slow
-def test_a_worker_that_dies_fails_its_run_and_the_others_go_on(tmp_path, capsys):
-    _, settings = full_scale.parse(piece_args(tmp_path / "run"))
-    assert settings is not None
-    plan = full_scale_pool.Plan(settings, [10, 100])
-    workers = full_scale_pool.Workers(plan, [torch.device("cpu")] * 2, full_scale_pool.DataFlags(ROWS, 1, SCALE))
-    try:
-        first, second = full_scale.wanted(settings)[:2]
-        workers.start(first)
-        workers.processes[0].kill()  # mid-run: building and training take seconds
-        ended = workers.wait()
-        assert (ended.spec, ended.code) == (first, -9) and ended.seconds > 0  # the worker's exit code, its time
-        assert sweep_runs.run_status(first, ended.code, settings.run_dir) == "failed (exit code -9)"
-        assert "the worker on cpu stopped: its process ended with exit code -9" in capsys.readouterr().out
-        assert workers.idle()
-        workers.start(second)
-        assert workers.busy == {1: second}  # the live worker
-        ended = workers.wait()
-        assert (ended.spec, ended.code) == (second, 0) and sweep_plan.finished(second, settings.run_dir)
-        assert workers.idle() and workers.dead == {0}
-    finally:
-        workers.close()
-    assert not any(p.is_alive() for p in workers.processes)
-
-
 def test_a_second_piece_at_once_on_a_run_dir_is_refused(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.setattr(full_scale_pool, "kaggle_rows", lambda *a, **k: pytest.fail("generated data"))
@@ -437,17 +411,6 @@ def test_the_summary_names_the_pieces_of_each_device():
     assert summary.how_runs_ran({"settings": {}, "sessions": sessions}) == f"1 piece on {one}, 2 pieces on {six}"
 
 
-def running(pid: int) -> bool:
-    """Whether process ``pid`` is alive (a zombie is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
-
-
-SNIPPET_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # as run_snippet's, whose pipes a live worker would hold open
 SIGNALLED_PIECE = """
 import json, os, signal, sys
 from mlet.repro import full_scale, full_scale_pool
@@ -507,36 +470,6 @@ def test_signals_end_a_piece_on_workers_cleanly(tmp_path):
     assert (run_dir / "logs" / "sgd_mlet_d4_k64_lr0.2_s1.log").read_text().endswith("full_scale.py: interrupted\n")
 
 
-ORPHANED_WORKERS = """
-import json, os, signal, sys
-from mlet.repro import full_scale, full_scale_pool
-args, settings = full_scale.parse(sys.argv[2:])
-data = full_scale_pool.DataFlags(args.rows, args.data_seed, args.scale)
-workers = full_scale_pool.Workers(full_scale_pool.Plan(settings, [10]), args.devices, data)
-with open(sys.argv[1], "w") as out:
-    json.dump([process.pid for process in workers.processes], out)
-os.kill(os.getpid(), signal.SIGKILL)  # the parent killed (out of memory, SIGKILL): nothing of its own cleans up
-"""
-
-
-@pytest.mark.slow
-def test_idle_workers_end_when_their_parent_is_killed(tmp_path):
-    pids = tmp_path / "pids.json"
-    argv = piece_args(tmp_path / "run")
-    argv[argv.index("--device") + 1] = "cpu,cpu"
-    with open(tmp_path / "err.txt", "w") as err:  # not a pipe: a worker left running would hold it open
-        command = [sys.executable, "-c", ORPHANED_WORKERS, str(pids), *argv]
-        code = subprocess.call(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=SNIPPET_ENV, timeout=300)
-    assert code == -signal.SIGKILL, (tmp_path / "err.txt").read_text()
-    workers = json.loads(pids.read_text())
-    try:
-        wait_for(lambda: not any(running(pid) for pid in workers), "the workers to end", timeout=30)
-    finally:
-        for pid in workers:
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
 def test_a_run_dir_of_another_device_is_refused_in_the_devices_terms(tmp_path, capsys):
     # --device cuda adds --use-gpu to every run's flags: the refusal names --device, not the flag lists
     run_dir = tmp_path / "run"
@@ -548,18 +481,3 @@ def test_a_run_dir_of_another_device_is_refused_in_the_devices_terms(tmp_path, c
         f"full_scale.py: error: --run-dir {run_dir}: its runs were trained otherwise: --device cuda:0 where it had "
         "--device cpu; finished runs would be taken for this sweep's: give another --run-dir (or the same flags)\n"
     )
-
-
-@pytest.mark.parametrize(
-    ("given", "current", "made"), [("cuda", 1, "cuda:1"), ("cuda:0", 1, "cuda:0"), ("cpu", 1, "cpu")]
-)
-def test_the_default_device_becomes_the_current_cuda_device(monkeypatch, given, current, made):
-    """``--device cuda`` (the default) failed at once on a GPU machine: torch's set_device refuses a device
-    without an index (checked here by torch's own index check, as set_device makes it)."""
-    from torch.cuda._utils import _get_device_index
-
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(_get_device_index(device)))
-    assert full_scale_pool.use_device(torch.device(given)) == torch.device(made)
-    assert chosen == ([torch.device(made).index] if made != "cpu" else [])

@@ -12,34 +12,42 @@ test samples takes seconds), which keeps the GPU busier.
 
 The parent alone decides which run goes where and writes ``sweep.json``; each
 worker writes its runs' results JSONs and logs, as the in-process runner does.
-A worker does not outlive its piece: SIGTERM ends it as Ctrl-C does (its run's
-log says ``interrupted``), and one whose parent was killed ends after its run.
+Each worker has a channel of its own to the parent (a socket pair: its runs in,
+its messages out), so a worker killed at any moment, even while it writes, can
+hold up no other worker nor the parent: its channel closes with it. (One queue
+shared by all workers could: a worker killed while it held the queue's write
+lock, which its sending thread takes around each message, left the lock held
+for good, and no other worker's message ever arrived.) A worker does not
+outlive its piece: SIGTERM ends it as Ctrl-C does (its run's log says
+``interrupted``) unless it was started with SIGTERM ignored, and one whose
+parent was killed ends after its run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
-from multiprocessing.queues import Queue
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from mlet.core.errors import UserError
-from mlet.core.signals import handling, terminate
+from mlet.core.signals import handling, ignored, terminate
 from mlet.data.device_click import DeviceRows, kaggle_rows
 from mlet.repro import sweep_plan
 from mlet.repro.experiments import RunSpec
 from mlet.repro.full_scale_run import PROG, Piece, device_name, run_logged
 
-# How often the parent looks whether a silent worker is still alive (seconds).
-POLL_S = 2.0
+# How long the parent waits for a worker whose channel closed to end, for its exit code (seconds): the channel
+# closes as the process exits, a moment before the exit code is there.
+EXIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,12 @@ class Workers:
 
     def __init__(self, plan: Plan, devices: list[torch.device], data: DataFlags) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-        self.ended: Queue = context.Queue()
-        self.tasks: list[Queue] = [context.Queue() for _ in devices]
+        pairs = [context.Pipe() for _ in devices]
+        self.channels: list[Connection] = [parent for parent, _ in pairs]
+        keep_ctrl_c_ignored = ignored(signal.SIGINT)  # the workers start with it ignored either way (below)
         self.processes: list[SpawnProcess] = [
-            context.Process(target=work, args=(plan, str(device), data, tasks, self.ended, index), daemon=True)
-            for index, (device, tasks) in enumerate(zip(devices, self.tasks, strict=True))
+            context.Process(target=work, args=(plan, str(device), data, child, keep_ctrl_c_ignored), daemon=True)
+            for device, (_, child) in zip(devices, pairs, strict=True)
         ]
         self.devices = devices
         self.busy: dict[int, RunSpec] = {}
@@ -137,6 +146,8 @@ class Workers:
         with handling({signal.SIGINT: signal.SIG_IGN}):
             for process in self.processes:
                 process.start()
+        for _, child in pairs:  # the worker's end is the worker's alone: its channel then closes when it ends
+            child.close()
         try:
             self.data = self.check_ready()
         except BaseException:  # a failed or interrupted start leaves no worker behind
@@ -170,7 +181,8 @@ class Workers:
         index = next(i for i in range(len(self.processes)) if i not in self.busy and i not in self.dead)
         self.busy[index] = spec
         self.started[index] = time.perf_counter()
-        self.tasks[index].put(spec)
+        with contextlib.suppress(OSError):  # the worker just died: wait() reports it, and its run as failed
+            self.channels[index].send(spec)
 
     def wait(self) -> Ended:
         """The next run to end; a worker that died mid-run ends its run as failed, with the worker's exit code
@@ -186,26 +198,45 @@ class Workers:
                 return Ended(spec, code, time.perf_counter() - self.started[index])
 
     def receive(self) -> tuple[str, int, Any]:
-        """The next message of any worker; a worker found dead reports ``failed`` (once)."""
-        while True:
+        """The next message of any worker (its index with it); a worker that died reports ``failed`` (once), after
+        the messages it sent before: its process ended, or its channel closed, or broke off mid-message (it died
+        while it wrote)."""
+        live = [index for index in range(len(self.processes)) if index not in self.dead]
+        assert live, "receive() with no live worker"
+        # a worker's channel and its process' sentinel: the sentinel also tells of a worker whose channel a child
+        # of its own still holds open
+        ready = wait([self.channels[i] for i in live] + [self.processes[i].sentinel for i in live])
+        index = min(i for i in live if self.channels[i] in ready or self.processes[i].sentinel in ready)
+        channel = self.channels[index]
+        if channel.poll():  # a message, or the end of the channel
             try:
-                return self.ended.get(timeout=POLL_S)
-            except queue.Empty:
-                for index, process in enumerate(self.processes):
-                    if index not in self.dead and not process.is_alive():
-                        self.dead.add(index)
-                        return "failed", index, f"its process ended with exit code {process.exitcode}"
+                kind, payload = channel.recv()
+                return kind, index, payload
+            except (EOFError, OSError):  # closed, or broken off mid-message
+                pass
+        return "failed", index, f"its process ended with exit code {self.mark_dead(index)}"
+
+    def mark_dead(self, index: int) -> int | None:
+        """Worker ``index``, found dead, marked so; its exit code (a worker whose channel broke while it lives on
+        is of no more use: it is killed)."""
+        self.dead.add(index)
+        process = self.processes[index]
+        process.join(timeout=EXIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        return process.exitcode
 
     def close(self) -> None:
-        """Stop the workers: an idle one ends when told; a busy one, or one still generating its rows, is
-        terminated (it ends as on Ctrl-C); one that does not end within 10 s is killed. Once: later calls do
-        nothing."""
+        """Stop the workers: an idle one ends when its channel closes; a busy one, or one still generating its
+        rows, is terminated (it ends as on Ctrl-C); one that does not end within 10 s is killed. Once: later calls
+        do nothing."""
         if self.closed:
             return
         self.closed = True
         waiting = [i for i in self.ready if i not in self.busy]
-        for index in waiting:
-            self.tasks[index].put(None)
+        for channel in self.channels:
+            channel.close()
         for index, process in enumerate(self.processes):
             process.join(timeout=10 if index in waiting else 0.1)
             if process.is_alive():
@@ -233,32 +264,49 @@ def use_device(device: torch.device) -> torch.device:
     return device
 
 
-def next_task(tasks: Queue) -> RunSpec | None:
-    """The next run sent; None when told to stop, or when the parent is gone (killed: nobody would tell)."""
-    parent = multiprocessing.parent_process()
-    while True:
-        try:
-            return tasks.get(timeout=POLL_S)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return None
-
-
-def work(plan: Plan, device_text: str, data: DataFlags, tasks: Queue, ended: Queue, index: int) -> None:
-    """A worker process: generate the rows on the device, then train each run it is sent until told to stop."""
+def next_task(channel: Connection) -> RunSpec | None:
+    """The next run sent; None once the parent closed the channel (it stops the workers), or is gone (killed: the
+    channel closed with it)."""
     try:
+        return channel.recv()
+    except (EOFError, OSError):  # closed; or reset, the parent gone with a message of ours unread
+        return None
+
+
+def tell(channel: Connection, kind: str, payload: object) -> None:
+    """Send the parent a message (``ready``, ``ended``, ``failed``); none where the parent is gone (:func:`next_task`
+    then ends the worker)."""
+    with contextlib.suppress(OSError):
+        channel.send((kind, payload))
+
+
+def take_signals(keep_ctrl_c_ignored: bool) -> None:
+    """A worker's handlers: SIGTERM ends the worker as Ctrl-C does, and Ctrl-C raises again (it started ignored:
+    :class:`Workers`), each unless the piece was started with it ignored (a wrapper's ``trap '' TERM``, a shell's
+    background job), which the worker then keeps, as the commands do (:func:`~mlet.core.signals.ignored`). SIGTERM's
+    comes with the process: spawn starts it by fork and exec, which keep an ignored signal ignored and put a handled
+    one back to its default; Ctrl-C's the parent passes on (``keep_ctrl_c_ignored``)."""
+    if not ignored(signal.SIGTERM):
         signal.signal(signal.SIGTERM, terminate)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # started with Ctrl-C ignored (Workers)
+    if not keep_ctrl_c_ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def work(plan: Plan, device_text: str, data: DataFlags, channel: Connection, keep_ctrl_c_ignored: bool) -> None:
+    """A worker process: generate the rows on the device, then train each run it is sent until the parent closes
+    the channel; tell the parent of each (its messages on ``channel``). Signals: :func:`take_signals`."""
+    try:
+        take_signals(keep_ctrl_c_ignored)
         # tqdm's default lock is a named semaphore, which a killed worker would leave to the resource tracker (and
         # its warning on stderr); the runs' bars are off, one process' lock is enough
         tqdm.set_lock(threading.RLock())
         device = use_device(torch.device(device_text))
         rows = data.generate(device)
         piece = Piece(plan.settings, rows, device, plan.edges, data.scale)
-        ended.put(("ready", index, DataInfo.of(rows, device_text, data.scale)))
-        while (spec := next_task(tasks)) is not None:
-            ended.put(("ended", index, timed_run(spec, piece)))
+        tell(channel, "ready", DataInfo.of(rows, device_text, data.scale))
+        while (spec := next_task(channel)) is not None:
+            tell(channel, "ended", timed_run(spec, piece))
     except (RuntimeError, ValueError) as error:  # generating the rows failed (run_logged catches its own)
-        ended.put(("failed", index, f"{type(error).__name__}: {error}"))
+        tell(channel, "failed", f"{type(error).__name__}: {error}")
     except KeyboardInterrupt:  # Ctrl-C reaches every process, SIGTERM too: the parent records the piece
         return
