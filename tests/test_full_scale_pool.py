@@ -150,7 +150,7 @@ elif __name__ == "__main__":
     finally:
         workers.close()
 """
-HUNG_S = 150  # two small runs take 10 to 30 s
+HUNG_S = 300  # two small runs take 10 to 40 s; below pytest's timeout (600 s), to fail with the message
 
 
 def two_runs(tmp_path, mode: str) -> list[int]:
