@@ -216,6 +216,16 @@ def test_generate_terabyte_into_a_folder_writes_upstreams_day_names(
     assert [p.name for p in day_files(folder)] == ["day_0", "day_1"]
 
 
+def test_the_gz_prefix_generate_wrote_reads_back_as_written(tmp_path, capsys, monkeypatch) -> None:
+    # a GPU user trial: generate terabyte --out tb/day.gz wrote tb/day_0.gz ..., and --raw-data-file=tb/day.gz (the
+    # same path) looked for tb/day.gz_0
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "terabyte", "--days", "2", "--rows", "20", "--scale", "0.0001", "--out", "tb/day.gz"]
+    assert data_utils.command_line(argv) == 0, capsys.readouterr().err
+    assert [p.name for p in day_files("tb/day.gz")] == ["day_0.gz", "day_1.gz"]
+    assert [p.name for p in day_files("tb/day")] == ["day_0.gz", "day_1.gz"]
+
+
 def test_ctrl_c_in_generate_prints_one_line_and_leaves_no_file(tmp_path, capsys, monkeypatch) -> None:
     table = RawGenerator.table
 

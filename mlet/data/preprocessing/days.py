@@ -57,10 +57,20 @@ def day_prefix(raw: str) -> str:
     return str(Path(raw) / "day") if folder else raw
 
 
-def day_files(raw: str) -> list[Path]:
-    """``PREFIX_0``, ``PREFIX_1``, ... (each plain or ``.gz``), consecutive from day 0; a :class:`UserError`
-    naming ``--raw-data-file`` when there are fewer than two or one is missing in between."""
+def reading_prefix(raw: str) -> str:
+    """:func:`day_prefix`, and ``DIR/day`` for ``DIR/day.gz`` unless ``DIR/day.gz_0`` exists: ``data_utils.py
+    generate terabyte --out DIR/day.gz`` writes ``DIR/day_0.gz`` ..., so the same path reads them back."""
     prefix = day_prefix(raw)
+    if prefix.endswith(".gz") and not any(Path(f"{prefix}_0{ext}").exists() for ext in ("", ".gz")):
+        return prefix.removesuffix(".gz")
+    return prefix
+
+
+def day_files(raw: str) -> list[Path]:
+    """``PREFIX_0``, ``PREFIX_1``, ... (each plain or ``.gz``; PREFIX: :func:`reading_prefix`), consecutive from
+    day 0; a :class:`UserError` naming ``--raw-data-file`` when there are fewer than two or one is missing in
+    between."""
+    prefix = reading_prefix(raw)
     files: list[Path] = []
     for day in range(DAYS):
         found = [Path(f"{prefix}_{day}{ext}") for ext in ("", ".gz") if Path(f"{prefix}_{day}{ext}").is_file()]
