@@ -190,6 +190,22 @@ def test_gpu_checkpoint_evaluates_on_cpu(tmp_path, capsys) -> None:
     assert cpu_final["auc"] == pytest.approx(gpu_results["final"]["auc"], abs=1e-4)
 
 
+def test_a_gpu_run_evaluates_its_quantized_tables_on_the_cpu(tmp_path, capsys) -> None:
+    # reproduce.sh's sweep (--quantize-bits) with -- --use-gpu: every run was refused; now the trained model's
+    # quantized copies are evaluated on the CPU, as --inference-only evaluates the saved checkpoint there
+    _, results = train([*FLAGS, "--use-gpu", "--quantize-emb-with-bit=8-4"], tmp_path, "gpu")
+    assert [entry["bits"] for entry in results["quantized"]] == [8, 4]
+    for entry in results["quantized"]:
+        out = tmp_path / f"q{entry['bits']}.json"
+        argv = [*FLAGS, f"--load-model={tmp_path / 'gpu.pt'}", "--inference-only", f"--results-json={out}"]
+        code, _, err = run_cli([*argv, f"--quantize-emb-with-bit={entry['bits']}"], capsys)
+        assert code == 0, err
+        cpu = json.loads(out.read_text())["final"]
+        assert cpu["samples"] == entry["final"]["samples"]
+        assert cpu["logloss"] == pytest.approx(entry["final"]["logloss"], abs=1e-6)
+        assert cpu["auc"] == pytest.approx(entry["final"]["auc"], abs=1e-5)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("generation", [[], ["--data-generation=random", "--num-indices-per-lookup=3"]])
 def test_data_on_the_gpu_trains_like_data_from_the_host(generation, tmp_path) -> None:

@@ -14,6 +14,8 @@ from helpers import random_inputs, run_cli, small_config
 import checkpoint
 import dlrm_mlet
 from dlrm_model import DLRM
+from mlet.cli.reduction import check_quantize_run
+from mlet.core.errors import UserError
 from mlet.repro import rank_analysis
 from mlet.serving.quantize import (
     ROW_OVERHEAD,
@@ -217,6 +219,14 @@ def test_quantize_refusals_are_one_line(float_checkpoints, tmp_path, capsys) -> 
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--bits: invalid choice: 3" in err
+
+
+def test_a_gpu_training_run_may_quantize_and_a_gpu_evaluation_may_not() -> None:
+    # reproduce.sh's sweep asks every run for --quantize-bits: with -- --use-gpu every run was refused
+    check_quantize_run((8, 4), use_gpu=True, inference_only=False)  # its copies evaluated on the CPU: test_gpu.py
+    with pytest.raises(UserError, match=r"^--quantize-emb-with-bit: with --inference-only the quantized model is"):
+        check_quantize_run((8,), use_gpu=True, inference_only=True)
+    check_quantize_run((), use_gpu=True, inference_only=True)
 
 
 @pytest.mark.parametrize(

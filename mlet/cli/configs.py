@@ -555,7 +555,7 @@ def validate(args: argparse.Namespace) -> Run:
     data = data_config(args, model, dataset)
     check_model_flags({field: flag_value(args, flag) for flag, field in MODEL_FLAGS.items()})
     quantize_bits = reduction.parse_quantize_bits(args.quantize_emb_with_bit, args.inference_only)
-    reduction.check_quantize_run(quantize_bits, args.use_gpu)
+    reduction.check_quantize_run(quantize_bits, args.use_gpu, args.inference_only)
     validate_outputs(args, reporting)
     run = Run(
         model=model,

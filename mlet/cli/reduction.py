@@ -90,12 +90,16 @@ def check_reduction_flags(args: argparse.Namespace, dim: int, bottom_mlp: list[i
         raise UserError(f"{reduced[0]}: not under torchrun (its tables are not sharded yet); train it in one process")
 
 
-def check_quantize_run(bits: tuple[int, ...], use_gpu: bool) -> None:
-    """Quantized lookups are torch's CPU kernels, in one process."""
+def check_quantize_run(bits: tuple[int, ...], use_gpu: bool, inference_only: bool) -> None:
+    """Quantized lookups are torch's CPU kernels, in one process: a GPU training run evaluates its quantized copies
+    on the CPU at the end; an ``--inference-only`` run, which evaluates nothing else, runs on the CPU."""
     if not bits:
         return
-    if use_gpu:
-        raise UserError("--quantize-emb-with-bit: the quantized lookups are CPU kernels; leave out --use-gpu")
+    if use_gpu and inference_only:
+        raise UserError(
+            "--quantize-emb-with-bit: with --inference-only the quantized model is evaluated on the CPU (its lookups"
+            " are CPU kernels); leave out --use-gpu"
+        )
     if launched_world_size() > 1:
         raise UserError("--quantize-emb-with-bit: evaluates in one process, not under torchrun")
 

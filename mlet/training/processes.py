@@ -111,9 +111,11 @@ class SingleProcess:
         return value
 
     def evaluate(self, model: DLRM, source: BatchSource, bf16: bool, workers: int, bar: Bar) -> dict:
-        """CTR metrics over every sample of ``source``."""
-        batches = feed(source, self.batches(source, 0, 0, workers), self.device)
-        return ctr_metrics(*predict(model, bar(batches), self.device, bf16))
+        """CTR metrics over every sample of ``source``, on the device ``model`` is on: a quantized copy's is the
+        CPU (its lookups are CPU kernels) whatever the run's, and there in float32 (``--bf16`` is the GPU's)."""
+        device = next(model.parameters()).device
+        batches = feed(source, self.batches(source, 0, 0, workers), device)
+        return ctr_metrics(*predict(model, bar(batches), device, bf16 and device.type == "cuda"))
 
     def agree(self, step: Callable[[], T]) -> T:
         """Run ``step``."""
