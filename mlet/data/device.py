@@ -169,12 +169,13 @@ class RowsBatch:
         """Samples in the (global) batch."""
         return self.rows.numel()
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> RowsBatch:
-        """Itself: its rows and arrays are on the device already."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StepBatch:
+        """Itself on its own device (its rows and arrays are there already); elsewhere the batch cut here and
+        moved (a quantized copy of a GPU run's model is evaluated on the CPU)."""
         target, here = torch.device(device), self.rows.device
-        if target.type != here.type or target.index not in (None, here.index):
-            raise ValueError(f"a batch of device-resident rows on {self.rows.device} cannot move to {device}")
-        return self
+        if target.type == here.type and target.index in (None, here.index):
+            return self
+        return self.cut().to(device, non_blocking)
 
     def __deepcopy__(self, memo: dict) -> RowsBatch:
         """A batch of a copy of the rows, from the same arrays (a graph's own input: the arrays are not copied)."""
