@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -239,6 +240,7 @@ def test_analyze_rank_command_line(tiny_runs, capsys) -> None:
         )
     text = (out / "rank.md").read_text()
     assert "Effective rank" in text and "rarest id" in text and (out / "rank.png").stat().st_size > 0
+    assert plt.get_fignums() == []  # the figure closed once written (full_scale.py plots one a run)
     assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(out), "--frequency-edges", "50,5"]) == 2
     assert "--frequency-edges" in capsys.readouterr().err
     assert analyze_rank.main([str(tiny_runs / "base.pt"), "--out", str(tiny_runs / "base.json")]) == 2

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from helpers import FakeTrainer, fake_payload, make_settings, sample_file
 
@@ -381,6 +382,7 @@ def test_every_method_is_run_quantized_and_compared(tmp_path) -> None:
     assert saved == {"sgd_base_d2_lr0.2_s1", "sgd_base_d8_lr0.2_s1", "sgd_mlet_d2_k16_lr0.2_s1"}  # not QR/MD
     markdown = summarize.summarize_sweep(tmp_path, tmp_path, {"sgd": 0.2}, plots=True).markdown
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
+    assert plt.get_fignums() == []  # every figure closed once written: they were all kept open
     table = markdown.split("## All methods")[1].split("**tuned protocol")[0]
     # the level: baseline d=8's AUC; QR d=8 has its AUC (fake) at a quarter of its bytes; the quantized copies
     # lose a little AUC (fake: 0.0005 int8, 0.004 int4) and miss the level, except those of the wider MLET models

@@ -47,6 +47,7 @@ from mlet.repro.analysis import (
     transformed_ids,
 )
 from mlet.repro.run_results import in_run_dir
+from mlet.repro.summary_plots import save_png
 from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint, refuse_quantized, trained_hidden
 from mlet.training.metrics import ctr_metrics, predict
 from mlet_layers import EmbeddingTables
@@ -313,8 +314,7 @@ def plot(results: Sequence[dict], path: Path) -> None:
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
 
 
 def warn_diverged(results: Sequence[dict]) -> None:

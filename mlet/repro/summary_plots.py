@@ -19,12 +19,22 @@ def panels(selections: Sequence[Selection]) -> list[tuple[str, str]]:
 
 
 def finish(fig, axes, path: Path, **legend) -> None:
-    """Grid and legend (``legend``: its keyword arguments) on every panel; write the PNG."""
+    """Grid and legend (``legend``: its keyword arguments) on every panel; write the PNG (:func:`save_png`)."""
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(**legend)
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG and close it: pyplot keeps every figure it made until it is
+    closed, so a process that plots often (``full_scale.py --report``: the summary's plots, then one per
+    optimizer's rank analysis; the test suite) grew with each (matplotlib warns past 20)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def figure(count: int, width: float = 5.5, height: float = 4.2):
