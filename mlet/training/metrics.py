@@ -22,7 +22,9 @@ def predict(
     model.eval()
     probs, labels = [], []
     for batch in batches:
-        batch = batch.to(device, non_blocking=True)
+        # asynchronous only onto a GPU: a copy from one to the host returns before it has landed, and the CPU
+        # would read the batch half-copied (a GPU run's quantized copies, evaluated on the CPU, met ids out of range)
+        batch = batch.to(device, non_blocking=device.type == "cuda")
         with autocast(device, bf16):
             logits = model(batch.dense, batch.sparse)
         probs.append(torch.sigmoid(logits.float()))
