@@ -34,10 +34,10 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
-    from mlet.core.signals import TERMINATED, exit_status, sigterm_raises, stopped
+    from mlet.core.signals import INTERRUPTED, TERMINATED, Terminated, exit_status, sigterm_raises, stopped
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
-    from mlet.parallel import agent_watch, distributed, process_group, turns
+    from mlet.parallel import agent_watch, distributed, endings, process_group, turns
     from mlet.serving import quantize
     from mlet.training import metrics
     from mlet.training.checkpoints import (
@@ -315,33 +315,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     only, so the processes join first and share what failed.
     """
     try:
-        with sigterm_raises():  # ends as Ctrl-C does: no temporary file left, one line
-            agent_watch.watch_agent(PROG, STARTED_BY)  # its SIGTERM, once torchrun is gone, is handled here
+        # SIGTERM ends the run as Ctrl-C does (no temporary file left, one line); so does the watch, torchrun gone
+        with sigterm_raises(), agent_watch.watching(PROG, STARTED_BY):
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))
             process_group.same_as_rank_zero(run.flags or {}, flag_differences)
             execute(run)
     except UserError as error:
+        return error_ending(error)
+    except RuntimeError as error:
+        if not process_group.is_communication_failure(error):
+            endings.record(BUG)
+            raise
+        return collective_ending(error)
+    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143): under torchrun every process gets it
+        return signal_ending(stop)
+    except Exception:
+        endings.record(BUG)
+        raise
+    return 0
+
+
+BUG = "stopped with an error (see its traceback)"
+"""How a process that a bug stopped ended, for the others' lines (:mod:`mlet.parallel.endings`)."""
+
+
+def error_ending(error: UserError) -> int:
+    """Exit status 2 after ``error``'s line (where this process writes it: :func:`process_group.error_line`); an
+    error of this process alone is recorded for the others, whose collectives fail as this process ends."""
+    with process_group.last_words(2):  # what torchrun's SIGTERM ends after it is the freeing of the failed step
         if (line := process_group.error_line(error)) is not None:
             print(f"{PROG}: error: {line}", file=sys.stderr)
-        process_group.said_and_done(2)  # what torchrun's SIGTERM ends now is the freeing of the failed step
-        return 2
-    except RuntimeError as error:
-        if (failure := process_group.communication_failure(error)) is None:
-            raise
-        if agent_watch.agent_gone():  # the others stopped as torchrun ended, before this one's watch saw it
-            agent_watch.say_agent_gone(PROG)
-            process_group.said_and_done(TERMINATED)
-            return TERMINATED
-        print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
-        process_group.said_and_done(1)
-        return 1
-    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143): under torchrun every process gets it
-        code = stopped(PROG, stop, say=launched_rank() == 0)
-        process_group.said_and_done(code)
-        return code
-    return 0
+        if not isinstance(error, process_group.SharedError):  # a shared one stops every process at once
+            endings.record("stopped with an error (see its message)")
+    return 2
+
+
+def collective_ending(error: RuntimeError) -> int:
+    """Exit status after a failed collective: another process has ended. With torchrun gone, its line and 143
+    (the others stopped as it ended, before this one's watch saw it); else 1, after a line that says what the
+    others recorded of their end, unless rank 0 recorded its own (it wrote its line: the signal's or its error's)."""
+    if agent_watch.agent_gone():
+        agent_watch.say_agent_gone(PROG)
+        process_group.said_and_done(TERMINATED)
+        return TERMINATED
+    with process_group.last_words(1):
+        ended = endings.others()
+        failure = process_group.communication_failure(error, ended)
+        if failure is not None and not ended.rank_zero_spoke:
+            print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
+    return 1
+
+
+def signal_ending(stop: KeyboardInterrupt) -> int:
+    """Exit status after Ctrl-C (130) or SIGTERM (143), with the line on rank 0 alone (torchrun passes a signal on
+    to every process); recorded for the others, whose collectives fail as this process ends, in case it was
+    signalled alone. Where torchrun has gone, its watch has said why and the store went with it."""
+    code = TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+    with process_group.last_words(code):
+        stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
+        if not agent_watch.agent_gone():
+            endings.record_stop(stop)
+    return code
 
 
 def cli() -> None:

@@ -9,13 +9,16 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -302,6 +305,78 @@ def torchrun_command(flags: list[str]) -> list[str]:
         str(ROOT / "dlrm_mlet.py"),
         *flags,
     ]
+
+
+LONG_RUN = [  # random data, far more batches than a test waits for: a run that is stopped, not finished
+    "--data-generation=random",
+    "--arch-embedding-size=50-60-70",
+    "--arch-sparse-feature-size=4",
+    "--mlet-hidden=8",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=32",
+    "--num-batches=1000000",
+    "--print-freq=1",
+    "--dist-backend=gloo",
+]
+RANK_MARK = "DLRM_MLET_TEST_RANKS"
+"""Set in a test's torchrun and its ranks, to find the ranks that it left running (:func:`kill_marked`)."""
+
+
+def training_torchrun(
+    flags: list[str], mark: str, wrapper: Sequence[str] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """torchrun (:func:`torchrun_command`, run by the ``wrapper`` command in front, if any) training ``flags``, its
+    output (stdout and stderr) on ``stdout``, returned once its ranks are training (the first step's line is out;
+    what came before is consumed). Its processes carry ``mark`` (:func:`kill_marked`); ``env`` is added."""
+    agent = subprocess.Popen(
+        [*wrapper, *torchrun_command(flags)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), RANK_MARK: mark, **(env or {})},
+    )
+    assert agent.stdout is not None
+    seen = []
+    for line in agent.stdout:
+        seen.append(line)
+        if line.startswith("Finished training it"):
+            return agent
+    agent.kill()
+    pytest.fail("torchrun ended before its ranks trained:\n" + "".join(seen)[-3000:])
+
+
+def rank_pids(agent: int) -> dict[int, int]:
+    """``{rank: pid}`` of the processes that torchrun ``agent`` started, from their environment."""
+    pids = {}
+    tasks = Path(f"/proc/{agent}/task").iterdir()  # its threads: a child is listed under the one that started it
+    children = [child for task in tasks for child in (task / "children").read_text().split()]
+    for child in children:
+        variables = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next(v for v in variables if v.startswith(b"RANK="))
+        pids[int(rank.split(b"=")[1])] = int(child)
+    return pids
+
+
+def read_to_end(stream: IO[str], timeout_s: float) -> str | None:
+    """What is left on ``stream`` up to its end, or None if it has not ended within ``timeout_s``."""
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.read()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return got[0] if got else None
+
+
+def kill_marked(mark: str) -> None:
+    """SIGKILL every process whose environment has :data:`RANK_MARK` set to ``mark`` (a test's ranks)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if f"{RANK_MARK}={mark}".encode() in environ.read().split(b"\0"):
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:  # gone, or not ours to read
+            continue
 
 
 def torchrun_environment(rank: int, world: int, port: int) -> dict[str, str]:

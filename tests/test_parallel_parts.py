@@ -18,6 +18,7 @@ from dlrm_model import make_mlp
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
 from mlet.parallel.distributed import MultiProcess
+from mlet.parallel.endings import Endings
 from mlet.parallel.exchange import EmbeddingExchange, ExchangeLayout
 from mlet.parallel.gradient_sum import GradientSum
 from mlet.parallel.process_group import Comm, communication_failure
@@ -102,11 +103,29 @@ def test_only_collective_failures_become_one_line_errors() -> None:
         )
     )
     assert failure is not None and str(failure) == (
-        "torch.distributed: Connection closed by peer [127.0.0.1]:29063 (another process has probably failed: see "
-        "its message; --dist-timeout sets how long collectives wait)"
+        "torch.distributed: Connection closed by peer [127.0.0.1]:29063 (another process has stopped: see its "
+        "message, if it left one)"
     )
     timeout = communication_failure(RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting"))
-    assert timeout is not None and str(timeout).startswith("torch.distributed: Timed out waiting (another process")
+    assert timeout is not None and str(timeout) == (
+        "torch.distributed: Timed out waiting (another process has stopped or hangs; --dist-timeout sets how long "
+        "collectives wait)"
+    )
+
+
+def test_a_failed_collective_says_what_the_store_knows_of_the_others_end() -> None:
+    """What the other processes recorded of their end (:mod:`mlet.parallel.endings`): the lowest rank's line; none
+    recorded, in a store that answered: no message to point to (killed)."""
+    closed = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4001")
+    known = Endings({2: "rank 2 (pid 7 on h) was terminated (SIGTERM)", 1: "rank 1 (pid 6 on h) was ..."}, True)
+    assert str(communication_failure(closed, known)) == (
+        "torch.distributed: rank 1 (pid 6 on h) was ...; the run cannot go on without it (Connection closed by "
+        "peer [127.0.0.1]:4001)"
+    )
+    assert str(communication_failure(closed, Endings({}, readable=True))) == (
+        "torch.distributed: Connection closed by peer [127.0.0.1]:4001 (another process ended without a message: "
+        "killed, e.g. by kill -9 or for lack of memory?)"
+    )
 
 
 def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:

@@ -140,6 +140,11 @@ def joined_store() -> dist.Store:
     return _joined[0]
 
 
+def store_if_joined() -> dist.Store | None:
+    """The store of :func:`joined_store`, or ``None`` in a process that has not joined one (a single process)."""
+    return _joined[0] if _joined else None
+
+
 def connect(place: Rendezvous, patience: Patience) -> dist.TCPStore:
     """The store: hosted here on rank 0 (unless torchrun's agent hosts it), else reached once it answers."""
     hosts = place.rank == 0 and not place.agent_store

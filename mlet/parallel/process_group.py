@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from mlet.core.errors import UserError
 from mlet.core.launch import launched_rank, launched_world_size
 from mlet.parallel import joining
+from mlet.parallel.endings import NOTHING_KNOWN, Endings
 
 BACKENDS = ("gloo", "nccl")
 DEFAULT_TIMEOUT_S = 1800
@@ -231,25 +232,37 @@ COMMUNICATION_WORDS = re.compile(
 )
 
 
-def communication_failure(error: BaseException) -> UserError | None:
-    """A failed or timed-out collective as a one-line error (usually another process died first);
-    ``None`` for other errors, which keep their traceback.
-
-    Recognised by type (``DistError``), by being raised inside ``torch.distributed``,
-    or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
-    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout.
-    """
+def is_communication_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a failed or timed-out collective. Recognised by type (``DistError``), by being raised
+    inside ``torch.distributed``, or, for errors the backends raise from C++ (gloo's closed connections, NCCL's
+    watchdog), by a ``RuntimeError`` whose message names the backend or a timeout."""
     frames = traceback.extract_tb(error.__traceback__)
     inside = any(f"torch{os.sep}distributed{os.sep}" in frame.filename for frame in frames)
-    if not (
-        isinstance(error, dist.DistError)
-        or (isinstance(error, RuntimeError) and (inside or COMMUNICATION_WORDS.search(str(error))))
-    ):
-        return None
-    return UserError(
-        f"torch.distributed: {backend_words(first_line(error))} (another process has probably failed: see its "
-        "message; --dist-timeout sets how long collectives wait)"
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and bool(inside or COMMUNICATION_WORDS.search(str(error)))
     )
+
+
+TIMEOUT_WORDS = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+
+def communication_failure(error: BaseException, ended: Endings = NOTHING_KNOWN) -> UserError | None:
+    """A failed or timed-out collective as a one-line error (usually another process ended first), saying what
+    ``ended`` (what the others recorded of their end, :func:`mlet.parallel.endings.others`) knows of why;
+    ``None`` for other errors (:func:`is_communication_failure`), which keep their traceback.
+    """
+    if not is_communication_failure(error):
+        return None
+    what = backend_words(first_line(error))
+    if (line := ended.first) is not None:
+        return UserError(f"torch.distributed: {line}; the run cannot go on without it ({what})")
+    if TIMEOUT_WORDS.search(what):
+        why = "another process has stopped or hangs; --dist-timeout sets how long collectives wait"
+    elif ended.readable:  # every process that stops with a signal or an error of its own records it first
+        why = "another process ended without a message: killed, e.g. by kill -9 or for lack of memory?"
+    else:
+        why = "another process has stopped: see its message, if it left one"
+    return UserError(f"torch.distributed: {what} ({why})")
 
 
 SOURCE_PLACE = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
@@ -287,6 +300,26 @@ def said_and_done(code: int) -> None:
     """
     if launched_world_size() > 1 and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: exit_process(code))
+
+
+@contextlib.contextmanager
+def last_words(code: int) -> Iterator[None]:
+    """Inside, a process of a multi-process run writes its last line (and records how it ends,
+    :mod:`~mlet.parallel.endings`) while a SIGTERM waits; after, :func:`said_and_done` with ``code``, and a
+    SIGTERM that came meanwhile ends the process at once.
+
+    torchrun sends its SIGTERM about a tenth of a second after one process ended, and the store can take up to
+    a second to answer: raised there, it replaced this process's line with ``terminated (SIGTERM)``.
+    """
+    came: list[int] = []
+    if launched_world_size() > 1 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        said_and_done(code)
+    if came:
+        exit_process(code)
 
 
 def exit_process(code: int) -> None:

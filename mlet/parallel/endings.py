@@ -1,0 +1,109 @@
+"""How the processes of a run ended, told to the others through the group's store.
+
+Only rank 0 writes the lines of a signal (every process gets Ctrl-C or torchrun's SIGTERM), so a process that was
+signalled alone (``kill PID`` of one rank) used to end without a word, and the others' failed collective then
+pointed to a message that nobody wrote. Now a process that stops (a signal, an error of its own) leaves a line in
+the store first, ``ended/R``, and a process whose collective fails reads the others' before it says why it stops.
+Both are bounded: the store may be gone (its host ended) or stuck, and a process on its way out must not wait for
+it. See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from mlet.core.launch import launched_rank, launched_world_size
+from mlet.core.signals import Terminated
+from mlet.parallel import joining
+
+WAIT_S = 1.0  # the longest a process on its way out gives the store (an answer takes about a millisecond)
+
+T = TypeVar("T")
+
+
+def key(rank: int) -> str:
+    """The store's key for how ``rank`` ended."""
+    return f"ended/{rank}"
+
+
+def bounded(step: Callable[[], T], wait_s: float = WAIT_S) -> T | None:
+    """``step()``'s result, or ``None`` where it failed or took longer than ``wait_s`` (then it goes on, unwaited,
+    on a daemon thread: a store whose host has gone can block until ``--dist-timeout``)."""
+    result: list[T] = []
+
+    def run() -> None:
+        try:
+            result.append(step())
+        except Exception:  # the store gone or refusing: as unknown as no answer
+            return
+
+    worker = threading.Thread(target=run, daemon=True, name="store-ending")
+    worker.start()
+    worker.join(wait_s)
+    return result[0] if result else None
+
+
+def record(how: str) -> None:
+    """Leave in the store how this process ends (``was terminated (SIGTERM)``, ``stopped with an error (see its
+    message)``), with its rank, pid and host in front, for the others' lines; nothing outside a run of several
+    processes. Confirmed by a read on the same connection, so that the store has it before this process's end
+    closes its connections (which is what makes the others' collectives fail)."""
+    store = joining.store_if_joined()
+    if store is None:
+        return
+    text = f"rank {launched_rank()} (pid {os.getpid()} on {socket.gethostname()}) {how}"
+    name = key(launched_rank())
+
+    def write() -> bool:
+        store.set(name, text)
+        return store.check([name])
+
+    bounded(write)
+
+
+def record_stop(stop: KeyboardInterrupt) -> None:
+    """:func:`record` that this process was stopped by ``stop``: Ctrl-C's SIGINT or SIGTERM (:class:`Terminated`)."""
+    record("was terminated (SIGTERM)" if isinstance(stop, Terminated) else "was interrupted (SIGINT)")
+
+
+@dataclass(frozen=True)
+class Endings:
+    """What the store says of the other processes: ``{rank: line}`` for those that recorded how they ended;
+    ``readable`` is false where the store did not answer (then nothing is known)."""
+
+    lines: dict[int, str]
+    readable: bool
+
+    @property
+    def first(self) -> str | None:
+        """The line of the lowest rank that recorded its end (``None``: none did)."""
+        return self.lines[min(self.lines)] if self.lines else None
+
+    @property
+    def rank_zero_spoke(self) -> bool:
+        """Whether rank 0 recorded its end: it writes its own line for a signal or an error, so the other
+        processes need not add theirs."""
+        return 0 in self.lines and launched_rank() != 0
+
+
+NOTHING_KNOWN = Endings({}, readable=False)
+"""What is known where the store was not read (a single process, or a caller that does not ask)."""
+
+
+def others() -> Endings:
+    """How the other processes of the run ended, as far as the store knows (:class:`Endings`)."""
+    store = joining.store_if_joined()
+    if store is None:
+        return NOTHING_KNOWN
+    ranks = [rank for rank in range(launched_world_size()) if rank != launched_rank()]
+
+    def read() -> dict[int, str]:
+        return {rank: store.get(key(rank)).decode() for rank in ranks if store.check([key(rank)])}
+
+    found = bounded(read)
+    return Endings(found or {}, readable=found is not None)

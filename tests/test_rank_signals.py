@@ -1,0 +1,103 @@
+"""A signal to one process of a torchrun run alone (``kill PID`` of one rank: an admin, a job system): the user
+learns which process stopped and why, in one line; a signal to the whole run keeps its one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+from helpers import LONG_RUN, kill_marked, rank_pids, read_to_end, training_torchrun
+
+from mlet.parallel import endings, joining
+
+CAUSE = "the run cannot go on without it"
+SUMMARY_STATUS = re.compile(r"exitcode\s*: (-?\d+) \(pid: (\d+)\)")  # torchrun's summary of the failed processes
+
+
+def signalled(tmp_path, signum: int, rank: int | None) -> tuple[list[str], dict[int, int], dict[int, int]]:
+    """Signal ``rank`` alone (``None``: torchrun, which passes it on to every rank) of a training torchrun run;
+    the ranks' lines, ``{rank: pid}`` and ``{pid: exit status}`` from torchrun's summary."""
+    agent = training_torchrun(LONG_RUN, str(tmp_path))
+    try:
+        assert agent.stdout is not None
+        pids = rank_pids(agent.pid)
+        os.kill(agent.pid if rank is None else pids[rank], signum)
+        rest = read_to_end(agent.stdout, 60)
+        assert rest is not None, "the run did not end within 60 s of the signal"
+    finally:
+        agent.kill()
+        kill_marked(str(tmp_path))
+    lines = [line for line in rest.splitlines() if line.startswith("dlrm_mlet.py")]
+    assert "Exception ignored" not in rest and 'dlrm_mlet.py", line' not in rest, rest[-3000:]
+    return lines, pids, {int(pid): int(code) for code, pid in SUMMARY_STATUS.findall(rest)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "how", "status"),
+    [(signal.SIGTERM, "was terminated (SIGTERM)", 143), (signal.SIGINT, "was interrupted (SIGINT)", 130)],
+    ids=["sigterm", "sigint"],
+)
+def test_a_signal_to_one_rank_alone_is_named_in_rank_zeros_line(tmp_path, signum, how, status) -> None:
+    """``kill`` of rank 1 alone: it ended silently (only rank 0 speaks of signals), and rank 0's line said that
+    another process had probably failed, 'see its message', which nobody had written. Now rank 0 names the rank,
+    its pid and host, and the signal."""
+    lines, pids, statuses = signalled(tmp_path, signum, rank=1)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"dlrm_mlet.py: error: rank 0: torch.distributed: rank 1 (pid {pids[1]} on {socket.gethostname()}) {how}; "
+        f"{CAUSE} ("
+    ), lines
+    assert statuses == {pids[1]: status, pids[0]: 1}
+
+
+@pytest.mark.slow
+def test_a_rank_killed_alone_gives_a_line_that_points_to_no_message(tmp_path) -> None:
+    """``kill -9`` of rank 1: nothing is recorded, and rank 0's line no longer sends the user to its message."""
+    lines, pids, statuses = signalled(tmp_path, signal.SIGKILL, rank=1)
+    assert len(lines) == 1 and lines[0].startswith("dlrm_mlet.py: error: rank 0: torch.distributed: "), lines
+    assert lines[0].endswith(
+        "(another process ended without a message: killed, e.g. by kill -9 or for lack of memory?)"
+    ), lines
+    assert statuses == {pids[1]: -9, pids[0]: 1}
+
+
+@pytest.mark.slow
+def test_a_signal_to_rank_zero_alone_gives_its_line_alone(tmp_path) -> None:
+    """SIGTERM to rank 0 alone: it says its line, as for every signal; rank 1, whose collective failed, added a
+    second one pointing to 'its message'. Now rank 1 finds rank 0's record and leaves the line to it."""
+    lines, pids, statuses = signalled(tmp_path, signal.SIGTERM, rank=0)
+    assert lines == ["dlrm_mlet.py: terminated (SIGTERM)"]
+    assert statuses[pids[0]] == 143
+
+
+@pytest.mark.slow
+def test_a_signal_to_torchrun_still_gives_one_line(tmp_path) -> None:
+    """torchrun passes its SIGTERM on to every rank: each records its end, and the run still ends with rank 0's one
+    line."""
+    lines, _, _ = signalled(tmp_path, signal.SIGTERM, rank=None)
+    assert lines == ["dlrm_mlet.py: terminated (SIGTERM)"]
+
+
+class SilentStore:
+    """A store whose host no longer answers: every call waits."""
+
+    def check(self, keys: list[str]) -> bool:
+        time.sleep(30)
+        return False
+
+    set = get = check
+
+
+def test_a_store_that_does_not_answer_delays_the_end_by_a_second_at_most(monkeypatch) -> None:
+    """A process on its way out gives the store :data:`endings.WAIT_S`; then nothing is known of the others."""
+    monkeypatch.setattr(joining, "_joined", [SilentStore()])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    start = time.monotonic()
+    endings.record("was terminated (SIGTERM)")
+    assert endings.others() == endings.NOTHING_KNOWN
+    assert time.monotonic() - start < 2 * endings.WAIT_S + 1
