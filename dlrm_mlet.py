@@ -34,7 +34,7 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
-    from mlet.core.signals import INTERRUPTED, TERMINATED, Terminated, exit_status, sigterm_raises, stopped
+    from mlet.core.signals import TERMINATED, exit_status, sighup_raises, sigterm_raises, stop_status, stopped
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import agent_watch, distributed, endings, process_group, turns
@@ -315,8 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     only, so the processes join first and share what failed.
     """
     try:
-        # SIGTERM ends the run as Ctrl-C does (no temporary file left, one line); so does the watch, torchrun gone
-        with sigterm_raises(), agent_watch.watching(PROG, STARTED_BY):
+        # SIGTERM ends the run as Ctrl-C does (no temporary file left, one line); so do, under torchrun, SIGHUP
+        # (torchrun passes its own on) and the watch, once torchrun is gone
+        under_torchrun = agent_watch.started_by_torchrun()
+        with sigterm_raises(), sighup_raises(under_torchrun), agent_watch.watching(PROG, STARTED_BY):
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))
@@ -329,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             endings.record(BUG)
             raise
         return collective_ending(error)
-    except KeyboardInterrupt as stop:  # Ctrl-C (130) or SIGTERM (143): under torchrun every process gets it
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: under torchrun every process gets it
         return signal_ending(stop)
     except Exception:
         endings.record(BUG)
@@ -369,10 +371,11 @@ def collective_ending(error: RuntimeError) -> int:
 
 
 def signal_ending(stop: KeyboardInterrupt) -> int:
-    """Exit status after Ctrl-C (130) or SIGTERM (143), with the line on rank 0 alone (torchrun passes a signal on
-    to every process); recorded for the others, whose collectives fail as this process ends, in case it was
-    signalled alone. Where torchrun has gone, its watch has said why and the store went with it."""
-    code = TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+    """Exit status after Ctrl-C (130), SIGTERM (143) or SIGHUP (129, under torchrun), with the line on rank 0 alone
+    (torchrun passes a signal on to every process); recorded for the others, whose collectives fail as this process
+    ends, in case it was signalled alone. Where torchrun has gone, its watch has said why and the store went with
+    it."""
+    code = stop_status(stop)
     with process_group.last_words(code):
         stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
         if not agent_watch.agent_gone():

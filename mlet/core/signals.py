@@ -133,23 +133,56 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a batch system ending a job, torchrun stopping its other processes), raised as Ctrl-C is,
     so that a command ends the same way: the same clean-up (no temporary file left), then one line."""
 
+    words = "terminated (SIGTERM)"
+    """What the command's line says of it, in place of Ctrl-C's ``interrupted``."""
+    status = TERMINATED
+
 
 def terminate(signum: int, frame: object) -> NoReturn:
     """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
     raise Terminated
 
 
+HUNG_UP = 129
+"""A process's exit status after SIGHUP, where it ends as on SIGTERM (:class:`HungUp`; a shell's: 128 + 1)."""
+
+
+class HungUp(Terminated):
+    """SIGHUP to a process that torchrun started (:func:`sighup_raises`): torchrun passes its own SIGHUP on to its
+    processes, and one process may get one alone; ended as on SIGTERM, with its own line and status."""
+
+    words = "terminated (SIGHUP)"
+    status = HUNG_UP
+
+
+def hang_up(signum: int, frame: object) -> NoReturn:
+    """A SIGHUP handler: raise :class:`HungUp` where the main thread is."""
+    raise HungUp
+
+
+def sighup_raises(wanted: bool) -> contextlib.AbstractContextManager[dict[int, Any]]:
+    """Inside, where ``wanted``, SIGHUP raises :class:`HungUp` (:func:`hang_up`), unless the process ignores it
+    (:func:`ignored`, ``nohup``'s); the handler from before after. Elsewhere SIGHUP keeps its default: a terminal
+    that closes ends a command at once, as any program's."""
+    return handling({signal.SIGHUP: hang_up} if wanted and not ignored(signal.SIGHUP) else {})
+
+
+def stop_status(stop: KeyboardInterrupt) -> int:
+    """The exit status after ``stop``: Ctrl-C's :data:`INTERRUPTED`, or its signal's (:class:`Terminated`)."""
+    return stop.status if isinstance(stop, Terminated) else INTERRUPTED
+
+
 def stopped(prog: str, stop: KeyboardInterrupt, interrupted: str = "interrupted", say: bool = True) -> int:
     """The exit status of a command that ``stop`` ended, after its one line on stderr (none where ``say`` is false:
     another process of the run says it): Ctrl-C's ``PROG: INTERRUPTED`` and 130; SIGTERM's (:class:`Terminated`)
-    the same line with its first word ``interrupted`` as ``terminated (SIGTERM)``, and 143."""
+    the same line with its first word ``interrupted`` as ``terminated (SIGTERM)``, and 143 (SIGHUP's,
+    :class:`HungUp`: ``terminated (SIGHUP)`` and 129)."""
     global _interrupt_reported
     _interrupt_reported = True  # before the line: a second Ctrl-C while it is written must not write it twice
-    terminated = isinstance(stop, Terminated)
     if say:
-        message = interrupted.replace("interrupted", "terminated (SIGTERM)", 1) if terminated else interrupted
+        message = interrupted.replace("interrupted", stop.words, 1) if isinstance(stop, Terminated) else interrupted
         sys.stderr.write(f"{prog}: {message}\n")  # one write: a second Ctrl-C cannot come between text and end
-    return TERMINATED if terminated else INTERRUPTED
+    return stop_status(stop)
 
 
 @contextlib.contextmanager

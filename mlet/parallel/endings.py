@@ -67,8 +67,9 @@ def record(how: str) -> None:
 
 
 def record_stop(stop: KeyboardInterrupt) -> None:
-    """:func:`record` that this process was stopped by ``stop``: Ctrl-C's SIGINT or SIGTERM (:class:`Terminated`)."""
-    record("was terminated (SIGTERM)" if isinstance(stop, Terminated) else "was interrupted (SIGINT)")
+    """:func:`record` that this process was stopped by ``stop``: Ctrl-C's SIGINT, or SIGTERM or SIGHUP
+    (:class:`Terminated`)."""
+    record(f"was {stop.words}" if isinstance(stop, Terminated) else "was interrupted (SIGINT)")
 
 
 @dataclass(frozen=True)
