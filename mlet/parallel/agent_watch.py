@@ -43,9 +43,9 @@ def started_by_torchrun() -> bool:
 
 @contextlib.contextmanager
 def watching(prog: str, agent: int) -> Iterator[None]:
-    """Under torchrun, inside, the main thread's work, which the watch stops once the agent, the parent ``agent``
-    (the parent's pid when the process started; gone already if it differs now), has ended. One watch a process,
-    started at the first entry. In the main thread, inside the handlers of ``sigterm_raises``."""
+    """Under torchrun, the block is the main thread's work, which the watch stops once the agent, the parent
+    ``agent`` (the parent's pid when the process started; gone already if it differs now), has ended. One watch a
+    process, started at the first entry. Entered in the main thread, with ``sigterm_raises``'s handler set."""
     if not started_by_torchrun():
         yield
         return

@@ -309,7 +309,8 @@ def last_words(code: int) -> Iterator[None]:
     SIGTERM that came meanwhile ends the process at once.
 
     torchrun sends its SIGTERM about a tenth of a second after one process ended, and the store can take up to
-    a second to answer: raised there, it replaced this process's line with ``terminated (SIGTERM)``.
+    a second to answer: raised there, the SIGTERM would end this process with ``terminated (SIGTERM)`` in place of
+    its line.
     """
     came: list[int] = []
     if launched_world_size() > 1 and threading.current_thread() is threading.main_thread():
