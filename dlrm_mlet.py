@@ -18,6 +18,7 @@ STARTED_BY = os.getppid()  # torchrun's agent, read before the imports: it may b
 with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch: seconds): as in the run
     import contextlib
     import re
+    import signal
     import sys
     from collections.abc import Sequence
     from dataclasses import replace
@@ -34,7 +35,17 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
     from mlet.core.errors import UserError, one_line
     from mlet.core.files import sole_writer
     from mlet.core.launch import launched_rank, log
-    from mlet.core.signals import TERMINATED, exit_status, sighup_raises, sigterm_raises, stop_status, stopped
+    from mlet.core.signals import (
+        TERMINATED,
+        Terminated,
+        arrival_times,
+        arrived,
+        exit_status,
+        sighup_raises,
+        sigterm_raises,
+        stop_status,
+        stopped,
+    )
     from mlet.data.device import place_data
     from mlet.data.sources import DataBundle, build_data
     from mlet.parallel import agent_watch, distributed, endings, process_group, turns
@@ -318,7 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM ends the run as Ctrl-C does (no temporary file left, one line); so do, under torchrun, SIGHUP
         # (torchrun passes its own on) and the watch, once torchrun is gone
         under_torchrun = agent_watch.started_by_torchrun()
-        with sigterm_raises(), sighup_raises(under_torchrun), agent_watch.watching(PROG, STARTED_BY):
+        with (
+            sigterm_raises(),
+            sighup_raises(under_torchrun),
+            arrival_times(under_torchrun),  # when a SIGTERM came, against the others' ends (ended_before)
+            agent_watch.watching(PROG, STARTED_BY),
+        ):
             args = build_parser().parse_args(argv)
             process_group.start(args.dist_timeout)
             run = process_group.agree(lambda: validate(args))
@@ -374,13 +390,35 @@ def signal_ending(stop: KeyboardInterrupt) -> int:
     """Exit status after Ctrl-C (130), SIGTERM (143) or SIGHUP (129, under torchrun), with the line on rank 0 alone
     (torchrun passes a signal on to every process); recorded for the others, whose collectives fail as this process
     ends, in case it was signalled alone. Where torchrun has gone, its watch has said why and the store went with
-    it."""
+    it. A SIGTERM that came after another process had ended is torchrun stopping the rest: this process says so
+    instead, with status 1, as where its collective fails first (:func:`ended_before`)."""
+    if (earlier := ended_before(stop)) is not None:
+        with process_group.last_words(1):
+            if not earlier.rank_zero_spoke:
+                failure = process_group.ended_first(earlier, "then this process got SIGTERM")
+                print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
+        return 1
     code = stop_status(stop)
     with process_group.last_words(code):
         stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
         if not agent_watch.agent_gone():
             endings.record_stop(stop)
     return code
+
+
+def ended_before(stop: KeyboardInterrupt) -> endings.Endings | None:
+    """Where ``stop`` is a SIGTERM that came after another process of the run had recorded its end: what the
+    others recorded before it (else ``None``). torchrun stops the other processes so, about a tenth of a second
+    after one ends; a process busy outside collectives (a long step, a test, a checkpoint) gets that SIGTERM before
+    its next collective fails, and said ``terminated (SIGTERM)`` as if the whole run had been signalled. A SIGTERM
+    to the whole run reaches every process at once, before any has recorded its end."""
+    if type(stop) is not Terminated or agent_watch.agent_gone():
+        return None
+    # each clock is late where the other is not: the handler while the main thread waits in C, the wakeup
+    # descriptor's reader while the main thread runs Python (it needs the interpreter's lock)
+    came = min(stop.at, arrived(signal.SIGTERM) or stop.at)
+    earlier = endings.others().before(came)
+    return earlier if earlier.first is not None else None
 
 
 def cli() -> None:

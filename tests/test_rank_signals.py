@@ -10,21 +10,48 @@ import socket
 import time
 
 import pytest
-from helpers import LONG_RUN, kill_marked, rank_pids, read_to_end, training_torchrun
+from helpers import LONG_RUN, ROOT, kill_marked, rank_pids, read_to_end, training_torchrun, wait_for
 
+from mlet.core import signals
 from mlet.parallel import endings, joining
 
 CAUSE = "the run cannot go on without it"
 SUMMARY_STATUS = re.compile(r"exitcode\s*: (-?\d+) \(pid: (\d+)\)")  # torchrun's summary of the failed processes
 
 
-def signalled(tmp_path, signum: int, rank: int | None) -> tuple[list[str], dict[int, int], dict[int, int]]:
-    """Signal ``rank`` alone (``None``: torchrun, which passes it on to every rank) of a training torchrun run;
-    the ranks' lines, ``{rank: pid}`` and ``{pid: exit status}`` from torchrun's summary."""
-    agent = training_torchrun(LONG_RUN, str(tmp_path))
+BUSY_AFTER_STEP_TWO = """
+import sys, time
+sys.path.insert(0, sys.argv.pop(1))
+import dlrm_mlet
+step = dlrm_mlet.Trainer.step
+def busy(self, batch):  # outside any collective: a long step's computing, a test, a checkpoint
+    if self.iteration >= 2:
+        time.sleep(3)
+    return step(self, batch)
+dlrm_mlet.Trainer.step = busy
+sys.argv[0] = "dlrm_mlet.py"
+dlrm_mlet.cli()
+"""
+"""A stand-in for ``dlrm_mlet.py`` (its first argument: the repository) whose processes spend 3 s outside any
+collective before each step from the third on."""
+
+
+def signalled(
+    tmp_path, signum: int, rank: int | None, busy: bool = False
+) -> tuple[list[str], dict[int, int], dict[int, int]]:
+    """Signal ``rank`` alone (``None``: torchrun, which passes it on to every rank) of a training torchrun run
+    (``busy``: signalled a second into :data:`BUSY_AFTER_STEP_TWO`'s wait); the ranks' lines, ``{rank: pid}`` and
+    ``{pid: exit status}`` from torchrun's summary."""
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY_AFTER_STEP_TWO)
+    flags = [str(ROOT), *LONG_RUN] if busy else LONG_RUN
+    agent = training_torchrun(flags, str(tmp_path), script=script if busy else ROOT / "dlrm_mlet.py")
     try:
         assert agent.stdout is not None
         pids = rank_pids(agent.pid)
+        if busy:  # the first step's line is out: the others come after each step
+            assert agent.stdout.readline().startswith("Finished training it 2/")
+            time.sleep(1)
         os.kill(agent.pid if rank is None else pids[rank], signum)
         rest = read_to_end(agent.stdout, 60)
         assert rest is not None, "the run did not end within 60 s of the signal"
@@ -57,6 +84,20 @@ def test_a_signal_to_one_rank_alone_is_named_in_rank_zeros_line(tmp_path, signum
         f"{CAUSE} ("
     ), lines
     assert statuses == {pids[1]: status, pids[0]: 1}
+
+
+@pytest.mark.slow
+def test_a_rank_busy_outside_collectives_when_torchrun_stops_it_names_the_rank_that_ended(tmp_path) -> None:
+    """SIGTERM to rank 1 alone while both ranks are busy outside collectives: torchrun's SIGTERM, a tenth of a
+    second after rank 1 ended, reached rank 0 before a failed collective would, and rank 0 said ``terminated
+    (SIGTERM)`` as if the whole run had been signalled. Now its SIGTERM's arrival, after rank 1 recorded its end,
+    tells it apart."""
+    lines, pids, statuses = signalled(tmp_path, signal.SIGTERM, rank=1, busy=True)
+    assert lines == [
+        f"dlrm_mlet.py: error: rank 0: torch.distributed: rank 1 (pid {pids[1]} on {socket.gethostname()}) was "
+        f"terminated (SIGTERM); {CAUSE} (then this process got SIGTERM)"
+    ]
+    assert statuses == {pids[1]: 143, pids[0]: 1}
 
 
 @pytest.mark.slow
@@ -107,3 +148,18 @@ def test_a_store_that_does_not_answer_delays_the_end_by_a_second_at_most(monkeyp
     endings.record("was terminated (SIGTERM)")
     assert endings.others() == endings.NOTHING_KNOWN
     assert time.monotonic() - start < 2 * endings.WAIT_S + 1
+
+
+def test_arrival_times_keep_when_a_signal_first_came(monkeypatch) -> None:
+    """The wakeup descriptor's reader keeps the time a signal came (the first time), in the main thread only."""
+    monkeypatch.setattr(signals, "_arrived", {})
+    with signals.handling({signal.SIGUSR1: lambda signum, frame: None}), signals.arrival_times(True):
+        sent = time.time()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_for(lambda: signals.arrived(signal.SIGUSR1) is not None, "the signal's arrival", timeout=10)
+        first = signals.arrived(signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.1)
+    assert first is not None and sent <= first <= time.time() and signals.arrived(signal.SIGUSR1) == first
+    with signals.arrival_times(False):  # not wanted: nothing kept
+        assert signals.arrived(signal.SIGUSR2) is None

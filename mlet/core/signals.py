@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -137,6 +138,10 @@ class Terminated(KeyboardInterrupt):
     """What the command's line says of it, in place of Ctrl-C's ``interrupted``."""
     status = TERMINATED
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.at = time.time()  # raised by the handler: when the signal came, unless the main thread was busy in C
+
 
 def terminate(signum: int, frame: object) -> NoReturn:
     """A SIGTERM handler: raise :class:`Terminated` where the main thread is."""
@@ -165,6 +170,43 @@ def sighup_raises(wanted: bool) -> contextlib.AbstractContextManager[dict[int, A
     (:func:`ignored`, ``nohup``'s); the handler from before after. Elsewhere SIGHUP keeps its default: a terminal
     that closes ends a command at once, as any program's."""
     return handling({signal.SIGHUP: hang_up} if wanted and not ignored(signal.SIGHUP) else {})
+
+
+_arrived: dict[int, float] = {}  # {signal: when it first came} (time.time()), inside arrival_times()
+
+
+@contextlib.contextmanager
+def arrival_times(wanted: bool) -> Iterator[None]:
+    """Inside, where ``wanted``, the time each signal with a Python handler first comes is kept (:func:`arrived`),
+    as the interpreter's C handler writes its number to the wakeup descriptor. The Python handler is no clock: it
+    runs once the main thread is back from a call into C, such as a collective that waits for a process that
+    stops. In the main thread only (elsewhere nothing is kept); the wakeup descriptor from before after."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)  # as set_wakeup_fd requires: a full pipe drops the byte, it never blocks
+    old = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    threading.Thread(target=note_arrivals, args=(read,), daemon=True, name="signal-arrivals").start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old)
+        os.close(write)  # the reader sees the end and closes its side
+
+
+def note_arrivals(read: int) -> None:
+    """Keep the time each signal number read from ``read`` first came, until its writing side is closed."""
+    with open(read, "rb", buffering=0) as pipe:
+        while come := pipe.read(64):
+            now = time.time()
+            for signum in come:
+                _arrived.setdefault(signum, now)
+
+
+def arrived(signum: int) -> float | None:
+    """When ``signum`` first came inside :func:`arrival_times` (``time.time()``); ``None``: not seen."""
+    return _arrived.get(signum)
 
 
 def stop_status(stop: KeyboardInterrupt) -> int:

@@ -10,11 +10,13 @@ it. See docs/distributed.md.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mlet.core.launch import launched_rank, launched_world_size
@@ -60,7 +62,7 @@ def record(how: str) -> None:
     name = key(launched_rank())
 
     def write() -> bool:
-        store.set(name, text)
+        store.set(name, json.dumps({"line": text, "at": time.time()}))
         return store.check([name])
 
     bounded(write)
@@ -74,11 +76,18 @@ def record_stop(stop: KeyboardInterrupt) -> None:
 
 @dataclass(frozen=True)
 class Endings:
-    """What the store says of the other processes: ``{rank: line}`` for those that recorded how they ended;
-    ``readable`` is false where the store did not answer (then nothing is known)."""
+    """What the store says of the other processes: ``{rank: line}`` for those that recorded how they ended, and
+    ``{rank: time}`` when they did (``time.time()``); ``readable`` is false where the store did not answer (then
+    nothing is known)."""
 
     lines: dict[int, str]
     readable: bool
+    at: dict[int, float] = field(default_factory=dict)
+
+    def before(self, moment: float) -> Endings:
+        """Those recorded before ``moment``: processes that had ended by then."""
+        ranks = [rank for rank in self.lines if self.at.get(rank, moment) < moment]
+        return Endings({rank: self.lines[rank] for rank in ranks}, self.readable, {r: self.at[r] for r in ranks})
 
     @property
     def first(self) -> str | None:
@@ -103,8 +112,10 @@ def others() -> Endings:
         return NOTHING_KNOWN
     ranks = [rank for rank in range(launched_world_size()) if rank != launched_rank()]
 
-    def read() -> dict[int, str]:
-        return {rank: store.get(key(rank)).decode() for rank in ranks if store.check([key(rank)])}
+    def read() -> dict[int, dict]:
+        return {rank: json.loads(store.get(key(rank))) for rank in ranks if store.check([key(rank)])}
 
     found = bounded(read)
-    return Endings(found or {}, readable=found is not None)
+    if found is None:
+        return NOTHING_KNOWN
+    return Endings({r: e["line"] for r, e in found.items()}, True, {r: e["at"] for r, e in found.items()})

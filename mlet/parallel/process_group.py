@@ -254,8 +254,8 @@ def communication_failure(error: BaseException, ended: Endings = NOTHING_KNOWN) 
     if not is_communication_failure(error):
         return None
     what = backend_words(first_line(error))
-    if (line := ended.first) is not None:
-        return UserError(f"torch.distributed: {line}; the run cannot go on without it ({what})")
+    if ended.first is not None:
+        return ended_first(ended, what)
     if TIMEOUT_WORDS.search(what):
         why = "another process has stopped or hangs; --dist-timeout sets how long collectives wait"
     elif ended.readable:  # every process that stops with a signal or an error of its own records it first
@@ -263,6 +263,12 @@ def communication_failure(error: BaseException, ended: Endings = NOTHING_KNOWN) 
     else:
         why = "another process has stopped: see its message, if it left one"
     return UserError(f"torch.distributed: {what} ({why})")
+
+
+def ended_first(ended: Endings, then: str) -> UserError:
+    """The line of a process that stops because another one ended first, naming it from ``ended``
+    (:attr:`Endings.first`); ``then``: what happened here (a collective's error, a SIGTERM)."""
+    return UserError(f"torch.distributed: {ended.first}; the run cannot go on without it ({then})")
 
 
 SOURCE_PLACE = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
