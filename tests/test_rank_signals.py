@@ -41,11 +41,20 @@ def signalled(
 ) -> tuple[list[str], dict[int, int], dict[int, int]]:
     """Signal ``rank`` alone (``None``: torchrun, which passes it on to every rank) of a training torchrun run
     (``busy``: signalled a second into :data:`BUSY_AFTER_STEP_TWO`'s wait); the ranks' lines, ``{rank: pid}`` and
-    ``{pid: exit status}`` from torchrun's summary."""
+    ``{pid: exit status}`` from torchrun's summary.
+
+    Unless ``busy``, torchrun looks at its processes every 2 s rather than every 0.1 s, so that the other rank's
+    next collective fails before torchrun's SIGTERM comes, even on a loaded machine: these runs are about the line
+    of a failed collective (the busy one about a SIGTERM that comes first)."""
     script = tmp_path / "busy.py"
     script.write_text(BUSY_AFTER_STEP_TWO)
     flags = [str(ROOT), *LONG_RUN] if busy else LONG_RUN
-    agent = training_torchrun(flags, str(tmp_path), script=script if busy else ROOT / "dlrm_mlet.py")
+    agent = training_torchrun(
+        flags,
+        str(tmp_path),
+        env={} if busy else {"PET_MONITOR_INTERVAL": "2"},
+        script=script if busy else ROOT / "dlrm_mlet.py",
+    )
     try:
         assert agent.stdout is not None
         pids = rank_pids(agent.pid)
