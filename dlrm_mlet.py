@@ -43,7 +43,6 @@ with interrupt_exits("dlrm_mlet.py"):  # Ctrl-C while the modules import (torch:
         exit_status,
         sighup_raises,
         sigterm_raises,
-        stop_status,
         stopped,
     )
     from mlet.data.device import place_data
@@ -342,10 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             execute(run)
     except UserError as error:
         return error_ending(error)
-    except RuntimeError as error:
-        if not process_group.is_communication_failure(error):
-            endings.record(BUG)
-            raise
+    except RuntimeError as error:  # a failed collective (else a bug's error, raised again)
         return collective_ending(error)
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: under torchrun every process gets it
         return signal_ending(stop)
@@ -373,17 +369,22 @@ def error_ending(error: UserError) -> int:
 def collective_ending(error: RuntimeError) -> int:
     """Exit status after a failed collective: another process has ended. With torchrun gone, its line and 143
     (the others stopped as it ended, before this one's watch saw it); else 1, after a line that says what the
-    others recorded of their end, unless rank 0 recorded its own (it wrote its line: the signal's or its error's)."""
-    if agent_watch.agent_gone():
-        agent_watch.say_agent_gone(PROG)
-        process_group.said_and_done(TERMINATED)
-        return TERMINATED
-    with process_group.last_words(1):
-        ended = endings.others()
-        failure = process_group.communication_failure(error, ended)
-        if failure is not None and not ended.rank_zero_spoke:
-            print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
-    return 1
+    others recorded of their end, unless rank 0 recorded its own (it wrote its line: the signal's or its error's).
+    Any other ``error`` is a bug's: recorded, and raised again."""
+    with process_group.last_words() as ending:  # from the start: torchrun's SIGTERM may come any time now
+        if not process_group.is_communication_failure(error):
+            endings.record(BUG)
+            raise error
+        if agent_watch.agent_gone():
+            agent_watch.say_agent_gone(PROG)
+            ending.code = TERMINATED
+        else:
+            ended = endings.others()
+            failure = process_group.communication_failure(error, ended)
+            if failure is not None and not ended.rank_zero_spoke:
+                print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
+            ending.code = 1
+    return ending.code
 
 
 def signal_ending(stop: KeyboardInterrupt) -> int:
@@ -392,27 +393,27 @@ def signal_ending(stop: KeyboardInterrupt) -> int:
     ends, in case it was signalled alone. Where torchrun has gone, its watch has said why and the store went with
     it. A SIGTERM that came after another process had ended is torchrun stopping the rest: this process says so
     instead, with status 1, as where its collective fails first (:func:`ended_before`)."""
-    if (earlier := ended_before(stop)) is not None:
-        with process_group.last_words(1):
+    with process_group.last_words() as ending:
+        if (earlier := ended_before(stop)) is not None:
             if not earlier.rank_zero_spoke:
                 failure = process_group.ended_first(earlier, "then this process got SIGTERM")
                 print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
-        return 1
-    code = stop_status(stop)
-    with process_group.last_words(code):
-        stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
-        if not agent_watch.agent_gone():
-            endings.record_stop(stop)
-    return code
+            ending.code = 1
+        else:
+            ending.code = stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
+            if not agent_watch.agent_gone():
+                endings.record_stop(stop)
+    return ending.code
 
 
 def ended_before(stop: KeyboardInterrupt) -> endings.Endings | None:
     """Where ``stop`` is a SIGTERM that came after another process of the run had recorded its end: what the
     others recorded before it (else ``None``). torchrun stops the other processes so, about a tenth of a second
     after one ends; a process busy outside collectives (a long step, a test, a checkpoint) gets that SIGTERM before
-    its next collective fails, and said ``terminated (SIGTERM)`` as if the whole run had been signalled. A SIGTERM
-    to the whole run reaches every process at once, before any has recorded its end."""
-    if type(stop) is not Terminated or agent_watch.agent_gone():
+    its next collective fails, and said ``terminated (SIGTERM)`` as if the whole run had been signalled. torchrun
+    passes a SIGTERM to the whole run on to every process at once, before any has recorded its end. Processes not
+    started by torchrun have no one that stops the rest: their SIGTERMs come from outside, however staggered."""
+    if type(stop) is not Terminated or not agent_watch.started_by_torchrun() or agent_watch.agent_gone():
         return None
     # each clock is late where the other is not: the handler while the main thread waits in C, the wakeup
     # descriptor's reader while the main thread runs Python (it needs the interpreter's lock)

@@ -10,7 +10,17 @@ import socket
 import time
 
 import pytest
-from helpers import LONG_RUN, ROOT, kill_marked, rank_pids, read_to_end, training_torchrun, wait_for
+from helpers import (
+    LONG_RUN,
+    ROOT,
+    TINY,
+    kill_marked,
+    rank_pids,
+    read_to_end,
+    run_snippet,
+    training_torchrun,
+    wait_for,
+)
 
 from mlet.core import signals
 from mlet.parallel import endings, joining
@@ -172,3 +182,33 @@ def test_arrival_times_keep_when_a_signal_first_came(monkeypatch) -> None:
     assert first is not None and sent <= first <= time.time() and signals.arrived(signal.SIGUSR1) == first
     with signals.arrival_times(False):  # not wanted: nothing kept
         assert signals.arrived(signal.SIGUSR2) is None
+
+
+SIGTERM_AS_THE_FAILURE_IS_READ = """
+import os, signal, sys
+import dlrm_mlet
+from mlet.parallel import process_group
+os.environ.update(WORLD_SIZE="2", RANK="0")  # rank 0 of two, its group not joined: only its way out is tried
+process_group.start = lambda timeout_s: None
+def peer_gone(run):
+    raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4001")
+dlrm_mlet.execute = peer_gone
+is_failure = process_group.is_communication_failure
+def sigterm_meanwhile(error):  # torchrun's SIGTERM, while the failed step is looked at (a loaded machine)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return is_failure(error)
+process_group.is_communication_failure = sigterm_meanwhile
+sys.argv[0] = "dlrm_mlet.py"
+dlrm_mlet.cli()
+"""
+
+
+def test_torchruns_sigterm_while_a_failed_collective_is_looked_at_leaves_its_line() -> None:
+    """torchrun's SIGTERM as rank 0 reads its failed collective's error: raised there, it ended the process with
+    ``terminated (SIGTERM)`` and 143 in place of the collective's line (seen under load); now it waits."""
+    done = run_snippet(SIGTERM_AS_THE_FAILURE_IS_READ, TINY, timeout=120)
+    assert done.stderr == (
+        "dlrm_mlet.py: error: rank 0: torch.distributed: Connection closed by peer [127.0.0.1]:4001 (another process"
+        " has stopped: see its message, if it left one)\n"
+    )
+    assert done.returncode == 1

@@ -308,25 +308,40 @@ def said_and_done(code: int) -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: exit_process(code))
 
 
-@contextlib.contextmanager
-def last_words(code: int) -> Iterator[None]:
-    """Inside, a process of a multi-process run writes its last line (and records how it ends,
-    :mod:`~mlet.parallel.endings`) while a SIGTERM waits; after, :func:`said_and_done` with ``code``, and a
-    SIGTERM that came meanwhile ends the process at once.
+@dataclass
+class Ending:
+    """How a process that writes its last words ends: ``code``, its exit status (``None``: it does not, here)."""
 
-    torchrun sends its SIGTERM about a tenth of a second after one process ended, and the store can take up to
-    a second to answer: raised there, the SIGTERM would end this process with ``terminated (SIGTERM)`` in place of
-    its line.
+    code: int | None = None
+
+
+@contextlib.contextmanager
+def last_words(code: int | None = None) -> Iterator[Ending]:
+    """Inside, a process of a multi-process run decides how it ends and writes its last line (and records how it
+    ends, :mod:`~mlet.parallel.endings`) while a SIGTERM waits. After, with the exit status (``code``, or the one
+    the block sets on the :class:`Ending` it is given), :func:`said_and_done`, and a SIGTERM that came meanwhile
+    ends the process at once; with none (the block raises a bug's error), the SIGTERM handler from before comes
+    back, and a SIGTERM that came meanwhile comes again.
+
+    torchrun sends its SIGTERM about a tenth of a second after one process ended; the store can take up to a
+    second to answer, and a failed step's traceback takes its time to read (on a loaded machine): raised there, the
+    SIGTERM ended this process with ``terminated (SIGTERM)`` in place of its line (seen under load).
     """
     came: list[int] = []
-    if launched_world_size() > 1 and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    ending = Ending(code)
+    main = launched_world_size() > 1 and threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum)) if main else None
     try:
-        yield
+        yield ending
     finally:
-        said_and_done(code)
-    if came:
-        exit_process(code)
+        if ending.code is not None:
+            said_and_done(ending.code)
+        elif main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+            if came:
+                signal.raise_signal(signal.SIGTERM)
+    if came and ending.code is not None:
+        exit_process(ending.code)
 
 
 def exit_process(code: int) -> None:
