@@ -415,9 +415,9 @@ def ended_before(stop: KeyboardInterrupt) -> endings.Endings | None:
     started by torchrun have no one that stops the rest: their SIGTERMs come from outside, however staggered."""
     if type(stop) is not Terminated or not agent_watch.started_by_torchrun() or agent_watch.agent_gone():
         return None
-    # each clock is late where the other is not: the handler while the main thread waits in C, the wakeup
-    # descriptor's reader while the main thread runs Python (it needs the interpreter's lock)
-    came = min(stop.at, arrived(signal.SIGTERM) or stop.at)
+    # the kernel's stamp of the signal's arrival; the handler's clock is late by however long the main thread was
+    # busy, and on a loaded machine that was longer than another rank took to record its end
+    came = arrived(signal.SIGTERM) or stop.at
     earlier = endings.others().before(came)
     return earlier if earlier.first is not None else None
 

@@ -57,12 +57,12 @@ def test_a_process_whose_peer_never_comes_says_what_it_waits_for_then_stops_at_t
 
 def test_a_peer_that_comes_after_the_waiting_line_is_joined(tmp_path) -> None:
     port, outs = free_port(), [tmp_path / "rank0.txt", tmp_path / "rank1.txt"]
-    first = start_rank(0, port, outs[0], timeout_s=60)
+    first = start_rank(0, port, outs[0], timeout_s=24)  # the line at half of it: the peer has 12 s to start and join
     second = None
     try:
         waits = f"rank 0: waiting for the other processes of the group: 1 of 2 joined at 127.0.0.1:{port}"
         wait_for(lambda: waits in outs[0].read_text() or first.poll() is not None, "rank 0's waiting line")
-        second = start_rank(1, port, outs[1], timeout_s=60)
+        second = start_rank(1, port, outs[1], timeout_s=24)
         codes = [first.wait(120), second.wait(120)]
     finally:
         kill_running([first, second])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, run_cli
 
+from mlet.core import launch
 from mlet.core.files import replace_atomically
 from mlet.training import trainer
 
@@ -369,6 +370,16 @@ def test_print_wall_time(capsys) -> None:
     code, out, _ = run_cli([*TINY, "--print-wall-time"], capsys)
     lines = [line for line in out.splitlines() if line.startswith("Finished training it")]
     assert code == 0 and lines and all(re.search(r"loss \S+ \(\d\d:\d\d\)$", line) for line in lines)
+
+
+def test_a_log_line_is_written_whole(monkeypatch) -> None:
+    """A log line and its end go out in one write: torchrun's watch, on another thread, wrote its line between
+    the two writes of ``tqdm.write`` and was glued to a 'Finished training it' line (and the exception it then
+    raised in the main thread lost that line's end)."""
+    writes: list[str] = []
+    monkeypatch.setattr(sys, "stdout", type("Out", (), {"write": writes.append, "flush": lambda self: None})())
+    launch.log("Finished training it 6/10 of epoch 0, loss 1.141231")
+    assert writes == ["Finished training it 6/10 of epoch 0, loss 1.141231\n"]
 
 
 def test_debug_mode_prints_architecture_batches_and_parameters(capsys) -> None:

@@ -40,5 +40,8 @@ def log(message: str) -> None:
     """Print a log line without breaking the progress bar (on rank 0 alone, in a multi-process run)."""
     if not is_main_process():
         return
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
+    with tqdm.external_write_mode(file=sys.stdout):
+        # one write, line and end together (tqdm.write makes two): a line of another thread (torchrun's watch, on
+        # stderr) that came between them was glued to this one's end, and a raise between them lost the end
+        sys.stdout.write(f"{message}\n")
+        sys.stdout.flush()

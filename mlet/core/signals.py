@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -172,36 +174,58 @@ def sighup_raises(wanted: bool) -> contextlib.AbstractContextManager[dict[int, A
     return handling({signal.SIGHUP: hang_up} if wanted and not ignored(signal.SIGHUP) else {})
 
 
-_arrived: dict[int, float] = {}  # {signal: when it first came} (time.time()), inside arrival_times()
+_arrived: dict[int, float] = {}  # {signal: when it first came} (time.time()'s clock), inside arrival_times()
+
+SO_TIMESTAMP = 29
+"""Linux's socket option (the standard library does not name it) by which each message read carries the time it
+was written (``SCM_TIMESTAMP``, a ``struct timeval``)."""
+TIMEVAL = struct.Struct("@ll")
 
 
 @contextlib.contextmanager
 def arrival_times(wanted: bool) -> Iterator[None]:
-    """Inside, where ``wanted``, the time each signal with a Python handler first comes is kept (:func:`arrived`),
-    as the interpreter's C handler writes its number to the wakeup descriptor. The Python handler is no clock: it
-    runs once the main thread is back from a call into C, such as a collective that waits for a process that
-    stops. In the main thread only (elsewhere nothing is kept); the wakeup descriptor from before after."""
+    """Inside, where ``wanted``, the time each signal with a Python handler first comes is kept (:func:`arrived`):
+    when the interpreter's C handler wrote its number to the wakeup descriptor, as the kernel stamped it. The
+    Python handler is no clock: it runs once the main thread is back from a call into C, such as a collective
+    that waits for a process that stops. Nor is the reader of the descriptor: it needs the interpreter's lock,
+    which a busy main thread holds for milliseconds at a time (on a loaded machine, longer than another process
+    takes to end). In the main thread only (elsewhere nothing is kept); the wakeup descriptor from before after."""
     if not wanted or threading.current_thread() is not threading.main_thread():
         yield
         return
-    read, write = os.pipe()
-    os.set_blocking(write, False)  # as set_wakeup_fd requires: a full pipe drops the byte, it never blocks
-    old = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    read, write = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one message a signal; an end
+    with contextlib.suppress(OSError):  # not Linux: the reader's own clock
+        read.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+    write.setblocking(False)  # as set_wakeup_fd requires: a full buffer drops the byte, it never blocks
+    old = signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
     threading.Thread(target=note_arrivals, args=(read,), daemon=True, name="signal-arrivals").start()
     try:
         yield
     finally:
         signal.set_wakeup_fd(old)
-        os.close(write)  # the reader sees the end and closes its side
+        write.close()  # the reader sees the end and closes its side
 
 
-def note_arrivals(read: int) -> None:
-    """Keep the time each signal number read from ``read`` first came, until its writing side is closed."""
-    with open(read, "rb", buffering=0) as pipe:
-        while come := pipe.read(64):
-            now = time.time()
+def note_arrivals(read: socket.socket) -> None:
+    """Keep the time each signal number read from ``read`` first came (its kernel stamp, else now), until its
+    writing side is closed."""
+    with read:
+        while True:
+            come, notes, _, _ = read.recvmsg(64, socket.CMSG_SPACE(TIMEVAL.size))
+            if not come:
+                return
+            at = stamp(notes) or time.time()
             for signum in come:
-                _arrived.setdefault(signum, now)
+                _arrived.setdefault(signum, at)
+
+
+def stamp(notes: list[tuple[int, int, bytes]]) -> float | None:
+    """The time a message was written, from the ``SCM_TIMESTAMP`` among its ancillary ``notes`` (``None``: none)."""
+    for level, kind, data in notes:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= TIMEVAL.size:
+            seconds, microseconds = TIMEVAL.unpack_from(data)
+            return seconds + microseconds / 1e6
+    return None
 
 
 def arrived(signum: int) -> float | None:
