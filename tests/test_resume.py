@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import LONG_RUN, ROOT, TINY, interrupt_after_save, run_cli
 from helpers import RESUME_FLAGS as FLAGS
-from helpers import ROOT, TINY, interrupt_after_save, run_cli
 
 import dlrm_mlet
 from mlet.training.checkpoints import load_checkpoint
@@ -269,3 +270,138 @@ def test_rerunning_a_command_says_it_replaces_its_checkpoint(tmp_path, capsys) -
     assert code == 0 and "exists; this run starts over" not in out  # continuing it: nothing to say about that
     nothing_left = f"--nepochs 1: {checkpoint} has trained 1 epoch already (iteration 12); nothing is left to train"
     assert nothing_left in out  # but it had finished (the default --nepochs is 1)
+
+
+def signal_during(monkeypatch, method: str, iteration: int, signum: int) -> None:
+    """Send this process ``signum`` once, from inside the trainer's ``method`` (``step``: the step that ends at
+    ``iteration``; ``test``, ``save``: the one at ``iteration``)."""
+    original, sent = getattr(dlrm_mlet.Trainer, method), []
+    at = iteration - 1 if method == "step" else iteration
+
+    def during(self, *args):
+        if self.iteration == at and not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)  # its Python handler runs here, inside the method
+        return original(self, *args)
+
+    monkeypatch.setattr(dlrm_mlet.Trainer, method, during)
+
+
+@pytest.mark.parametrize(
+    ("signum", "method", "stop_at"),
+    [
+        (signal.SIGTERM, "step", 4),  # mid epoch 0
+        (signal.SIGINT, "step", 10),  # the last step of epoch 0, before its test
+        (signal.SIGINT, "test", 15),  # a --test-freq test mid epoch 1: the resumed run tests there first
+        (signal.SIGTERM, "test", 10),  # the end-of-epoch test
+    ],
+    ids=["sigterm-step-4", "sigint-step-10", "sigint-test-15", "sigterm-test-10"],
+)
+@pytest.mark.slow
+def test_a_signal_during_training_saves_the_run_where_it_stops_and_it_resumes_exactly(
+    signum: int, method: str, stop_at: int, straight, tmp_path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C or SIGTERM (a batch system's, before its kill) to a run with --save-model and no --save-freq lost
+    the whole run: the checkpoint is written at the end. Now the step in flight ends, the checkpoint is written
+    there, and the run resumed from it equals the run never stopped. (A signal that comes between steps, as in a
+    test, stops at once: the model is whole there.)"""
+    ckpt = tmp_path / "run.pt"
+    with monkeypatch.context() as patch:
+        signal_during(patch, method, stop_at, signum)
+        code, out, err = run_cli([*FLAGS, f"--save-model={ckpt}"], capsys)
+    name, words, status = {
+        signal.SIGTERM: ("SIGTERM", "terminated (SIGTERM)", 143),
+        signal.SIGINT: ("Ctrl-C", "interrupted", 130),
+    }[signum]
+    assert (code, err) == (status, f"dlrm_mlet.py: {words}\n")
+    epoch, batch = (stop_at - 1) // 10, stop_at - 10 * ((stop_at - 1) // 10)
+    assert (
+        f"{name} at iteration {stop_at} (epoch {epoch}, batch {batch} of 10): saving the run to {ckpt} before"
+        f" stopping (a second one stops at once)\nsaved {ckpt}; continue the run with --load-model={ckpt}\n"
+    ) in out
+    assert load_checkpoint(ckpt)["position"]["iteration"] == stop_at
+
+    code, out, err = run_cli(
+        [*FLAGS, f"--load-model={ckpt}", f"--save-model={ckpt}", f"--results-json={tmp_path / 'r.json'}"], capsys
+    )
+    assert code == 0, err
+    straight_ckpt, straight_results = straight
+    assert_same_run(load_checkpoint(ckpt), straight_ckpt)
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["final"] == straight_results["final"] and [h["iteration"] for h in results["history"]] == [
+        5,
+        10,
+        15,
+        20,
+    ]
+
+
+def test_a_second_signal_during_that_save_stops_at_once_and_keeps_the_checkpoint_before(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The checkpoint of a large model takes a while to write; a second SIGTERM (or Ctrl-C) ends the run at once,
+    and the file holds the last checkpoint written before (here --save-freq's at iteration 3), whole."""
+    ckpt = tmp_path / "run.pt"
+    signal_during(monkeypatch, "step", 5, signal.SIGTERM)
+    original = dlrm_mlet.Trainer.save_when_stopped
+
+    def second_signal(self, stop) -> None:
+        signal_during(monkeypatch, "save", self.iteration, signal.SIGTERM)
+        original(self, stop)
+
+    monkeypatch.setattr(dlrm_mlet.Trainer, "save_when_stopped", second_signal)
+    code, out, err = run_cli([*FLAGS, f"--save-model={ckpt}", "--save-freq=3"], capsys)
+    assert (code, err) == (143, "dlrm_mlet.py: terminated (SIGTERM)\n")
+    assert "SIGTERM at iteration 5 " in out and f"saved {ckpt}" not in out
+    assert load_checkpoint(ckpt)["position"]["iteration"] == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.pt"]  # no temporary left
+
+
+def test_a_signal_before_the_first_step_saves_nothing(tmp_path, monkeypatch, capsys) -> None:
+    """Nothing trained, nothing to keep: a run started over must not replace the checkpoint of the run before with
+    its untrained weights. Nor is a step stopped midway kept (a KeyboardInterrupt raised inside it): its update may
+    be partial."""
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(b"the run before's checkpoint")
+    step = dlrm_mlet.Trainer.step
+
+    def stopped_in_step_4(self, batch):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    for method, stopped in (("run_epoch", stopped_before_training), ("step", stopped_in_step_4)):
+        with monkeypatch.context() as patch:
+            patch.setattr(dlrm_mlet.Trainer, method, stopped)
+            code, out, _ = run_cli([*FLAGS, f"--save-model={ckpt}"], capsys)
+        assert code == 130 and "saving the run" not in out, method
+        assert ckpt.read_bytes() == b"the run before's checkpoint"
+
+
+def stopped_before_training(self, *args) -> None:
+    """A Trainer method that stops the run (as Ctrl-C)."""
+    raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_to_a_training_process_saves_the_run(tmp_path) -> None:
+    """As a batch system ends a job: SIGTERM to ``dlrm_mlet.py`` training (batches made ahead by a thread, the
+    command's own handlers), with --save-model and no --save-freq."""
+    ckpt = tmp_path / "run.pt"
+    command = [sys.executable, "dlrm_mlet.py", *LONG_RUN, f"--save-model={ckpt}", "--progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("Finished training it"):
+                break
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert (child.returncode, err) == (143, "dlrm_mlet.py: terminated (SIGTERM)\n"), out[-2000:]
+    stopped = re.search(r"^SIGTERM at iteration (\d+) \(epoch 0, batch \1 of 1000000\): saving the run to ", out, re.M)
+    assert stopped is not None and f"saved {ckpt}; continue the run with --load-model={ckpt}\n" in out, out[-2000:]
+    assert load_checkpoint(ckpt)["position"]["iteration"] == int(stopped[1]) > 0

@@ -19,7 +19,7 @@ from helpers import BUILD_HELD, ROOT, TINY, kill_running, run_snippet, wait_for
 import dlrm_mlet
 from mlet.core.errors import UserError
 from mlet.core.files import one_at_a_time, sole_writer
-from mlet.core.signals import HELD, Terminated, handling, signals_held, terminate
+from mlet.core.signals import HELD, AtBoundaries, Terminated, handling, signals_held, terminate
 from mlet.data.preprocessing import cache
 from mlet.data.preprocessing.raw_generate import RawGenerator
 from mlet.repro.sweep import RESUMABLE
@@ -269,6 +269,28 @@ def test_a_handler_set_outside_python_is_put_back_as_the_default(monkeypatch, sw
         monkeypatch.undo()
         real(signal.SIGINT, originals[signal.SIGINT])
     assert signal.getsignal(signal.SIGTERM) is originals[signal.SIGTERM]
+
+
+def test_at_boundaries_keeps_a_signal_inside_a_unit_and_leaves_ignored_ones_alone() -> None:
+    """A SIGTERM inside a unit waits for :meth:`take`; between units it raises at once; an ignored Ctrl-C (a
+    shell's background job) stays ignored; not wanted, nothing is swapped. The handlers from before come back."""
+    originals = {signum: signal.getsignal(signum) for signum in HELD}
+    boundaries = AtBoundaries()
+    with handling({signal.SIGTERM: terminate, signal.SIGINT: signal.SIG_IGN}):
+        with boundaries.watching(False):
+            assert signal.getsignal(signal.SIGTERM) is terminate
+        with boundaries.watching(True):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            boundaries.inside = True
+            os.kill(os.getpid(), signal.SIGTERM)  # kept: the unit goes on
+            boundaries.inside = False
+            with pytest.raises(Terminated):
+                boundaries.take()
+            boundaries.take()  # taken once
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)  # between units: at once
+        assert signal.getsignal(signal.SIGTERM) is terminate
+    assert {signum: signal.getsignal(signum) for signum in HELD} == originals
 
 
 def test_the_signals_module_loads_nothing_but_the_standard_library() -> None:

@@ -22,6 +22,7 @@ from mlet.core.batch import Batches, StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
+from mlet.core.signals import AtBoundaries, stop_name
 from mlet.data.sources import DataBundle
 from mlet.training import cpu_threads
 from mlet.training.checkpoints import TRAINING, atomic_save, trained_hidden
@@ -88,19 +89,22 @@ class Window:
     def __init__(self) -> None:
         self.loss_sum: torch.Tensor | float = 0.0
         self.steps, self.samples, self.seconds = 0, 0, 0.0
-        self.started = time.perf_counter()
+        self.started: float | None = time.perf_counter()  # None: stopped
 
     def add(self, loss: torch.Tensor | float, samples: int) -> None:
         """Count one step of ``samples`` samples and its ``loss`` (a device tensor: summed without a sync)."""
         self.loss_sum, self.steps, self.samples = self.loss_sum + loss, self.steps + 1, self.samples + samples
 
     def stop(self, device: torch.device | None = None) -> float:
-        """Stop the clock and return the seconds since it (re)started, added to the window. ``device``: wait for
-        the steps it still runs first (a CUDA device queues them; they are training, not what comes next)."""
+        """Stop the clock and return the seconds since it (re)started, added to the window (0 where it is stopped
+        already). ``device``: wait for the steps it still runs first (a CUDA device queues them; they are training,
+        not what comes next)."""
+        if self.started is None:
+            return 0.0
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - self.started
-        self.seconds += elapsed
+        self.seconds, self.started = self.seconds + elapsed, None
         return elapsed
 
     def restart(self) -> None:
@@ -155,6 +159,7 @@ class Trainer:
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
         self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
         self.noted_padding = False  # whether it said that the graphed step pads multi-hot bags
+        self.boundaries = AtBoundaries()  # Ctrl-C and SIGTERM wait for the step in flight (save_when_stopped)
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -365,18 +370,47 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        with cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads:
-            while self.epoch < self.config.nepochs and self.stopped is None:
-                self.notify("epoch_started", self.epoch)
-                eager, steps, epoch = self.train_step.other_shape_steps, self.iteration, self.epoch
-                self.run_epoch(bar, threads)
-                self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps, epoch)
-                self.note_padding()
-                self.notify("epoch_ended", self.epoch)
-                if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
-                    self.epoch, self.batch = self.epoch + 1, 0
+        started = self.iteration
+        try:
+            with (
+                self.boundaries.watching(self.saves_when_stopped),
+                cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads,
+            ):
+                while self.epoch < self.config.nepochs and self.stopped is None:
+                    self.notify("epoch_started", self.epoch)
+                    eager, steps, epoch = self.train_step.other_shape_steps, self.iteration, self.epoch
+                    self.run_epoch(bar, threads)
+                    self.note_eager_steps(self.train_step.other_shape_steps - eager, self.iteration - steps, epoch)
+                    self.note_padding()
+                    self.notify("epoch_ended", self.epoch)
+                    if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
+                        self.epoch, self.batch = self.epoch + 1, 0
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (their handlers from before are back)
+            bar.close()
+            between_steps = not self.boundaries.inside  # else the step was stopped midway: its update is partial
+            if self.saves_when_stopped and between_steps and self.iteration > started:
+                self.save_when_stopped(stop)
+            raise
         bar.close()
         self.notify("finished", self.stopped is not None)
+
+    @property
+    def saves_when_stopped(self) -> bool:
+        """Whether a Ctrl-C or SIGTERM during training writes the run's checkpoint before it ends the run: where
+        there is one to write (``--save-model``), in a single process (the processes of a torchrun run would first
+        have to agree on the step to stop at, and get their signals at different steps)."""
+        return bool(self.config.save_model) and self.parallel.world_size == 1
+
+    def save_when_stopped(self, stop: KeyboardInterrupt) -> None:
+        """Write the checkpoint of a run that ``stop`` ended between two steps, to continue with ``--load-model``.
+        A second signal during the write ends it at once; the file holds what it held before (atomic_save)."""
+        path = self.config.save_model
+        log(
+            f"{stop_name(stop)} at iteration {self.iteration} (epoch {self.epoch}, batch {self.batch} of"
+            f" {self.batches_per_epoch}): saving the run to {path} before stopping (a second one stops at once)"
+        )
+        self.save()
+        log(f"saved {path}; continue the run with --load-model={path}")
 
     def note_eager_steps(self, eager: int, steps: int, epoch: int) -> None:
         """Log, once per run, that the graphed step ran over a quarter of an epoch eagerly (see eager_steps_note)."""
@@ -405,38 +439,56 @@ class Trainer:
         window = Window()
         workers = batch_workers(config.num_workers, self.device)
         train = self.data.train
+        if self.owes_test():
+            self.test()
+            if self.stopped is not None:
+                return
         batches = feed(train, self.parallel.batches(train, self.epoch, self.batch, workers), self.device)
-        for batch in batches:
-            if self.batch >= self.batches_per_epoch:
-                break
-            batch = batch.to(self.device, non_blocking=True)
-            loss = self.step(batch)
-            if threads is not None:
-                threads.tick()
-            window.add(loss, batch.size)
-            self.batch, self.iteration = self.batch + 1, self.iteration + 1
-            self.train_samples += batch.size
-            bar.update(1)
-            self.notify("stepped", self.iteration)
-            if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
-                loss_value = float(self.parallel.all_sum(window.loss_sum)) / window.steps  # synchronises the device
-                self.train_time += window.stop()
-                self.windows.append((window.samples, window.seconds))
-                self.log_train(loss_value, window.steps, window.seconds, window.samples)
-                window = Window()
-            if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
-                self.train_time += window.stop(self.device)
-                self.test()
-                window.restart()
-                if self.stopped is not None:
+        try:
+            for batch in batches:
+                if self.batch >= self.batches_per_epoch:
                     break
-            if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
-                self.train_time += window.stop(self.device)
-                self.save()
-                window.restart()
+                batch = batch.to(self.device, non_blocking=True)
+                self.boundaries.inside = True  # a signal now waits for the step and its counts
+                loss = self.step(batch)
+                self.batch, self.iteration = self.batch + 1, self.iteration + 1
+                self.train_samples += batch.size
+                self.boundaries.inside = False
+                self.boundaries.take()
+                if threads is not None:
+                    threads.tick()
+                window.add(loss, batch.size)
+                bar.update(1)
+                self.notify("stepped", self.iteration)
+                if self.batch % self.print_freq == 0 or self.batch == self.batches_per_epoch:
+                    loss_value = float(self.parallel.all_sum(window.loss_sum)) / window.steps  # syncs the device
+                    self.train_time += window.stop()
+                    self.windows.append((window.samples, window.seconds))
+                    self.log_train(loss_value, window.steps, window.seconds, window.samples)
+                    window = Window()
+                if config.test_freq > 0 and self.batch % config.test_freq == 0 and self.batch != self.batches_per_epoch:
+                    self.train_time += window.stop(self.device)
+                    self.test()
+                    window.restart()
+                    if self.stopped is not None:
+                        break
+                if config.save_model and config.save_freq and self.iteration % config.save_freq == 0:
+                    self.train_time += window.stop(self.device)
+                    self.save()
+                    window.restart()
+        except KeyboardInterrupt:  # the window's steps count, for the checkpoint that may follow (save_when_stopped)
+            self.train_time += window.stop(self.device)
+            raise
         batches.close()
         if self.batch >= self.batches_per_epoch:
             self.test()
+
+    def owes_test(self) -> bool:
+        """Whether the run stands where ``--test-freq`` tests (mid-epoch) and its history lacks that test: a run
+        stopped during it (save_when_stopped) and resumed tests there first, as the run it continues would have."""
+        config, done = self.config, self.history[-1]["iteration"] if self.history else 0
+        at_test = config.test_freq > 0 and self.batch % config.test_freq == 0
+        return at_test and 0 < self.batch < self.batches_per_epoch and done < self.iteration
 
     def log_train(self, loss: float, steps: int, elapsed: float, samples: int) -> None:
         """Upstream's 'Finished training it' line (and the point for the observers)."""
