@@ -294,10 +294,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(flags: list[str], script: Path = ROOT / "dlrm_mlet.py") -> list[str]:
+def torchrun_command(flags: list[str], script: Path = ROOT / "dlrm_mlet.py", processes: int = 2) -> list[str]:
     """The README's launch of ``dlrm_mlet.py`` (or ``script``) with ``flags``: torchrun (as ``python -m``), one host,
-    2 processes."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *flags]
+    ``processes`` processes."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*run, str(script), *flags]
 
 
 LONG_RUN = [  # random data, far more batches than a test waits for: a run that is stopped, not finished
@@ -322,13 +323,14 @@ def training_torchrun(
     wrapper: Sequence[str] = (),
     env: dict[str, str] | None = None,
     script: Path = ROOT / "dlrm_mlet.py",
+    processes: int = 2,
 ) -> subprocess.Popen:
     """torchrun (:func:`torchrun_command`, run by the ``wrapper`` command in front, if any) training ``flags``, its
     output (stdout and stderr) on ``stdout``, returned once its ranks are training (the first step's line is out;
-    what came before is consumed). Its processes carry ``mark`` (:func:`kill_marked`); ``env`` is added; ``script``
-    stands in for ``dlrm_mlet.py``."""
+    what came before is consumed). Its ``processes`` carry ``mark`` (:func:`kill_marked`); ``env`` is added;
+    ``script`` stands in for ``dlrm_mlet.py``."""
     agent = subprocess.Popen(
-        [*wrapper, *torchrun_command(flags, script)],
+        [*wrapper, *torchrun_command(flags, script, processes)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

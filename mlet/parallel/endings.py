@@ -68,6 +68,22 @@ def record(how: str) -> None:
     bounded(write)
 
 
+SPOKEN = "ended/spoken"
+"""The store's count of the processes that wrote a line of another's end (:func:`first_to_speak`)."""
+
+
+def first_to_speak() -> bool:
+    """Whether this process is the first of the run to write the line of another process's end. Every surviving
+    process's collective fails (or gets torchrun's SIGTERM) when one ends, and with three or more processes each
+    wrote the same line. True where the store does not answer (the line twice rather than not at all) and outside
+    a run of several processes."""
+    store = joining.store_if_joined()
+    if store is None:
+        return True
+    count = bounded(lambda: store.add(SPOKEN, 1))
+    return count is None or count == 1
+
+
 def record_stop(stop: KeyboardInterrupt) -> None:
     """:func:`record` that this process was stopped by ``stop``: Ctrl-C's SIGINT, or SIGTERM or SIGHUP
     (:class:`Terminated`)."""
