@@ -357,6 +357,19 @@ def test_a_second_signal_during_that_save_stops_at_once_and_keeps_the_checkpoint
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.pt"]  # no temporary left
 
 
+def test_a_signal_while_the_best_model_is_written_writes_it_too(tmp_path, monkeypatch, capsys) -> None:
+    """SIGTERM while --save-best writes the model of a test that beat the best: the file was left as it was, and
+    the resumed run does not test at that point again, so the best model was lost. Now it is written first."""
+    best, ckpt = tmp_path / "best.pt", tmp_path / "run.pt"
+    signal_during(monkeypatch, "save", 5, signal.SIGTERM)  # the first test's, which beats none
+    code, out, err = run_cli([*FLAGS, f"--save-model={ckpt}", f"--save-best={best}"], capsys)
+    assert code == 143, err
+    assert f"saved {best} (best auc)\nsaved {ckpt}; continue the run with --load-model={ckpt}\n" in out
+    kept, saved = load_checkpoint(best), load_checkpoint(ckpt)
+    assert kept["position"]["iteration"] == saved["position"]["iteration"] == 5
+    assert all(torch.equal(kept["model"][name], tensor) for name, tensor in saved["model"].items())
+
+
 def test_a_signal_before_the_first_step_saves_nothing(tmp_path, monkeypatch, capsys) -> None:
     """Nothing trained, nothing to keep: a run started over must not replace the checkpoint of the run before with
     its untrained weights. Nor is a step stopped midway kept (a KeyboardInterrupt raised inside it): its update may

@@ -160,6 +160,7 @@ class Trainer:
         self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
         self.noted_padding = False  # whether it said that the graphed step pads multi-hot bags
         self.boundaries = AtBoundaries()  # Ctrl-C and SIGTERM wait for the step in flight (save_when_stopped)
+        self.best_unsaved = False  # a --save-best checkpoint is being written (the model is still the test's)
 
     # -- checkpoints -------------------------------------------------------
     def position(self) -> Position:
@@ -318,7 +319,9 @@ class Trainer:
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
         if improved and self.config.save_best:
+            self.best_unsaved = True  # until written: a signal now leaves it to save_when_stopped
             self.save(self.config.save_best)
+            self.best_unsaved = False
             log(f"saved {self.config.save_best} (best auc)")
         self.check_targets(result)
         return result
@@ -409,6 +412,10 @@ class Trainer:
             f"{stop_name(stop)} at iteration {self.iteration} (epoch {self.epoch}, batch {self.batch} of"
             f" {self.batches_per_epoch}): saving the run to {path} before stopping (a second one stops at once)"
         )
+        if self.best_unsaved:  # stopped while writing it: the model is still the best one, and the resumed run
+            self.save(self.config.save_best)  # will not test at this point again
+            self.best_unsaved = False
+            log(f"saved {self.config.save_best} (best auc)")
         self.save()
         log(f"saved {path}; continue the run with --load-model={path}")
 
