@@ -391,7 +391,8 @@ def collective_ending(error: RuntimeError) -> int:
 def signal_ending(stop: KeyboardInterrupt) -> int:
     """Exit status after Ctrl-C (130), SIGTERM (143) or SIGHUP (129, under torchrun), with the line on rank 0 alone
     (torchrun passes a signal on to every process); recorded for the others, whose collectives fail as this process
-    ends, in case it was signalled alone. Where torchrun has gone, its watch has said why and the store went with
+    ends, in case it was signalled alone. Where torchrun has gone, its watch says why (here, if it has not yet:
+    the processes may have stopped together, the run saved, before rank 0's watch looked) and the store went with
     it. A SIGTERM that came after another process had ended is torchrun stopping the rest: this process says so
     instead, with status 1, as where its collective fails first (:func:`ended_before`)."""
     with process_group.last_words() as ending:
@@ -400,10 +401,12 @@ def signal_ending(stop: KeyboardInterrupt) -> int:
                 failure = process_group.ended_first(earlier, "then this process got SIGTERM")
                 print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
             ending.code = 1
+        elif agent_watch.agent_gone():
+            agent_watch.say_agent_gone(PROG)
+            ending.code = stopped(PROG, stop, say=False)
         else:
-            ending.code = stopped(PROG, stop, say=launched_rank() == 0 and not agent_watch.agent_gone())
-            if not agent_watch.agent_gone():
-                endings.record_stop(stop)
+            ending.code = stopped(PROG, stop, say=launched_rank() == 0)
+            endings.record_stop(stop)
     return ending.code
 
 
@@ -413,8 +416,9 @@ def ended_before(stop: KeyboardInterrupt) -> endings.Endings | None:
     after one ends; a process busy outside collectives (a long step, a test, a checkpoint) gets that SIGTERM before
     its next collective fails, and said ``terminated (SIGTERM)`` as if the whole run had been signalled. torchrun
     passes a SIGTERM to the whole run on to every process at once, before any has recorded its end. Processes not
-    started by torchrun have no one that stops the rest: their SIGTERMs come from outside, however staggered."""
-    if type(stop) is not Terminated or not agent_watch.started_by_torchrun() or agent_watch.agent_gone():
+    started by torchrun have no one that stops the rest: their SIGTERMs come from outside, however staggered. Nor
+    is a SIGTERM that the processes agreed to stop for together (they saved the run first: mlet.training.stops)."""
+    if type(stop) is not Terminated or stop.agreed or not agent_watch.started_by_torchrun() or agent_watch.agent_gone():
         return None
     # the kernel's stamp of the signal's arrival; the handler's clock is late by however long the main thread was
     # busy, and on a loaded machine that was longer than another rank took to record its end

@@ -10,25 +10,22 @@ runs them on GPUs too.
 
 from __future__ import annotations
 
-import faulthandler
 import functools
 import io
 import json
-import multiprocessing
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import traceback
-from collections.abc import Callable
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, InterruptedFile, free_port, random_inputs, torchrun_command, torchrun_environment
+from helpers import ROOT, InterruptedFile, random_inputs, torchrun_command
+from ranks import RUN_TIMEOUT_S, Fault, in_process, run_ranks
 
 import checkpoint
 import dlrm_mlet
@@ -47,64 +44,6 @@ from mlet.parallel.equivalence import (
     scenario_flags,
     step_losses,
 )
-
-RUN_TIMEOUT_S = 120
-Fault = Callable[[int], None]
-# Ranks are forked from a clean single-threaded server that has the heavy modules loaded: fast to
-# start, and free of locks that this process's threads (prefetching, OpenMP) might hold at a fork.
-RANKS = multiprocessing.get_context("forkserver")
-RANKS.set_forkserver_preload(
-    ["torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel", "numpy", "sklearn.metrics", "tqdm"]
-)
-
-
-# -- running ranks -------------------------------------------------------------
-def rank_main(rank: int, world: int, port: int, argv: list[str], out: str, fault: Fault | None) -> None:
-    """One forked rank: torchrun's environment, then the command line, output captured to ``out``."""
-    os.environ.update(torchrun_environment(rank, world, port))
-    torch.set_num_threads(1)
-    stacks = open(f"{out}.stacks", "w")  # noqa: SIM115 (open until the process ends)
-    faulthandler.dump_traceback_later(RUN_TIMEOUT_S - 15, file=stacks)  # where a hung rank waits
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            if fault:
-                fault(rank)
-            code = dlrm_mlet.main(argv)
-        except SystemExit as exit_:  # argparse's own errors
-            code = exit_.code
-        except BaseException:
-            traceback.print_exc()
-            code = 99
-    Path(out).write_text(json.dumps({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}))
-
-
-def run_ranks(world: int, argv: list[str], tmp: Path, fault: Fault | None = None) -> list[Outcome]:
-    """Run the command line in ``world`` forked processes; each rank's outcome."""
-    port, outs = free_port(), [tmp / f"rank{r}-{os.getpid()}-{free_port()}.json" for r in range(world)]
-    procs = [RANKS.Process(target=rank_main, args=(r, world, port, argv, str(outs[r]), fault)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(RUN_TIMEOUT_S)
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert not hung, f"ranks {hung} still running after {RUN_TIMEOUT_S} s:\n" + "\n".join(
-        Path(f"{outs[r]}.stacks").read_text() for r in hung
-    )
-    results = [json.loads(out.read_text()) for out in outs]
-    return [Outcome(r["code"], r["stdout"], r["stderr"]) for r in results]
-
-
-def in_process(argv: list[str]) -> Outcome:
-    """The command line in this process (a single-process run)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        code = dlrm_mlet.main(argv)
-    return Outcome(code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture
@@ -347,18 +286,24 @@ def signal_at_second_save(signum: int, rank: int) -> None:
     [(signal.SIGINT, "dlrm_mlet.py: interrupted", 130), (signal.SIGTERM, "dlrm_mlet.py: terminated (SIGTERM)", 143)],
     ids=["ctrl-c", "sigterm"],
 )
-def test_a_signal_to_every_rank_ends_the_run_with_one_line_and_the_last_checkpoint(
+def test_a_signal_to_every_rank_during_a_save_ends_the_run_at_the_next_check_with_one_line_and_the_run_saved(
     signum: int, line: str, code: int, tmp_path
 ) -> None:
+    """The save in progress ends (the signal waits: mlet/training/stops.py); at the next check the processes save
+    the run and stop together, with rank 0's one line. (Before, each stopped where the signal found it, and the
+    run kept --save-freq's checkpoint before.)"""
     from mlet.training.checkpoints import load_checkpoint
+    from mlet.training.stops import CHECK_EVERY
 
     path = tmp_path / "ckpts" / "run.pt"
     argv = scenario_flags("mlet-sgd-4-tables", ["--save-freq=3", f"--save-model={path}"])
     ranks = run_ranks(2, argv, tmp_path, fault=functools.partial(signal_at_second_save, signum))
     assert [o.code for o in ranks] == [code, code]
     assert ranks[0].stderr.strip() == line and ranks[1].stderr == ""
-    assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # the half-written temporary is gone
-    assert load_checkpoint(path)["position"]["iteration"] == 3
+    word, check = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", CHECK_EVERY["cpu"]
+    assert f"\n{word} at iteration {check} (epoch 1, batch 1 of 15): saving the run to {path}" in ranks[0].stdout
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # no temporary left
+    assert load_checkpoint(path)["position"]["iteration"] == check
 
 
 def mpirun_environment(monkeypatch, variables: dict[str, str]) -> None:

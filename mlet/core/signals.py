@@ -140,6 +140,9 @@ class Terminated(KeyboardInterrupt):
     """What the command's line says of it, in place of Ctrl-C's ``interrupted``."""
     status = TERMINATED
     signal_name = "SIGTERM"
+    agreed = False
+    """Whether the processes of a run stopped together at one step for it (:meth:`AtBoundaries.raise_for`), rather
+    than each where the signal found it."""
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -240,6 +243,11 @@ def stop_name(stop: KeyboardInterrupt) -> str:
     return stop.signal_name if isinstance(stop, Terminated) else "Ctrl-C"
 
 
+def signal_word(signum: int) -> str:
+    """Signal ``signum`` as a log line names it: ``Ctrl-C`` for SIGINT, else its name (``SIGTERM``)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 def stop_status(stop: KeyboardInterrupt) -> int:
     """The exit status after ``stop``: Ctrl-C's :data:`INTERRUPTED`, or its signal's (:class:`Terminated`)."""
     return stop.status if isinstance(stop, Terminated) else INTERRUPTED
@@ -280,6 +288,10 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 """The signals :func:`signals_held` holds."""
 
 
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that :class:`AtBoundaries` makes wait (SIGHUP where it has a Python handler: under torchrun)."""
+
+
 class AtBoundaries:
     """Ctrl-C and SIGTERM end a loop of units of work (training steps) at a boundary between two units, so that
     what the loop has done so far is whole and can be kept (a checkpoint).
@@ -287,7 +299,8 @@ class AtBoundaries:
     While :meth:`watching`, a signal that comes inside a unit (``inside`` set by the loop) waits until the loop
     calls :meth:`take` after it; one that comes between units, or a second one inside (the unit does not end),
     raises at once. Either raises what the handler from before raises (:class:`Terminated`, KeyboardInterrupt).
-    Where ``inside`` is still set as that goes by, the unit was stopped midway.
+    Where ``inside`` is still set as that goes by, the unit was stopped midway. (A loop of several processes
+    keeps ``inside`` set from one agreed boundary to the next, and raises with :meth:`raise_for`.)
 
     A flag the loop sets, rather than handlers swapped around each unit (:func:`signals_held`): a training step on
     a GPU takes a few tenths of a millisecond, and four ``signal.signal`` calls would cost several percent of it.
@@ -300,9 +313,10 @@ class AtBoundaries:
 
     @contextlib.contextmanager
     def watching(self, wanted: bool) -> Iterator[None]:
-        """Inside, where ``wanted``, SIGINT and SIGTERM go to :meth:`came` where they raise through a Python handler
-        now (not where they are ignored or end the process without one); the handlers from before after."""
-        raising = [signum for signum in HELD if wanted and callable(signal.getsignal(signum))]
+        """Inside, where ``wanted``, the :data:`STOPPING` signals go to :meth:`came` where they raise through a
+        Python handler now (not where they are ignored or end the process without one); the handlers from before
+        after."""
+        raising = [signum for signum in STOPPING if wanted and callable(signal.getsignal(signum))]
         with handling(dict.fromkeys(raising, self.came)) as before:
             self.before = before
             yield
@@ -317,8 +331,17 @@ class AtBoundaries:
     def take(self) -> None:
         """At a boundary: raise for the signal kept during the unit just ended, if one came."""
         if self.kept is not None:
-            signum, self.kept = self.kept, None
-            self.before[signum](signum, None)
+            self.raise_for(self.kept)
+
+    def raise_for(self, signum: int, agreed: bool = False) -> None:
+        """Raise what ``signum``'s handler from before raises (:func:`terminate` where it had none), forgetting a
+        kept signal; ``agreed``: the processes of a run stop together here (:attr:`Terminated.agreed`)."""
+        self.kept = None
+        try:
+            self.before.get(signum, terminate)(signum, None)
+        except Terminated as stop:
+            stop.agreed = agreed
+            raise
 
 
 def restore_handlers(old: dict[int, Any]) -> None:

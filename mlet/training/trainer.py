@@ -22,7 +22,7 @@ from mlet.core.batch import Batches, StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
 from mlet.core.launch import log
-from mlet.core.signals import AtBoundaries, stop_name
+from mlet.core.signals import stop_name
 from mlet.data.sources import DataBundle
 from mlet.training import cpu_threads
 from mlet.training.checkpoints import TRAINING, atomic_save, trained_hidden
@@ -40,6 +40,7 @@ from mlet.training.state import (
     resume_flag_changes,
     rng_state,
 )
+from mlet.training.stops import Stops
 from mlet.training.train_step import make_train_step
 
 
@@ -159,7 +160,7 @@ class Trainer:
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
         self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
         self.noted_padding = False  # whether it said that the graphed step pads multi-hot bags
-        self.boundaries = AtBoundaries()  # Ctrl-C and SIGTERM wait for the step in flight (save_when_stopped)
+        self.stops = Stops(self.parallel, bool(config.save_model))  # Ctrl-C, SIGTERM: where to stop (and save)
         self.best_unsaved = False  # a --save-best checkpoint is being written (the model is still the test's)
 
     # -- checkpoints -------------------------------------------------------
@@ -376,7 +377,7 @@ class Trainer:
         started = self.iteration
         try:
             with (
-                self.boundaries.watching(self.saves_when_stopped),
+                self.stops.watching(),
                 cpu_threads.adapting(self.config.adapt_threads, self.device.type, log) as threads,
             ):
                 while self.epoch < self.config.nepochs and self.stopped is None:
@@ -388,28 +389,25 @@ class Trainer:
                     self.notify("epoch_ended", self.epoch)
                     if self.batch >= self.batches_per_epoch:  # not when a stop threshold ended the epoch early
                         self.epoch, self.batch = self.epoch + 1, 0
+                if signals := self.stops.at_the_end():
+                    self.stop_together(signals)
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (their handlers from before are back)
             bar.close()
-            between_steps = not self.boundaries.inside  # else the step was stopped midway: its update is partial
-            if self.saves_when_stopped and between_steps and self.iteration > started:
-                self.save_when_stopped(stop)
+            one_process = self.stops.wanted and not self.stops.together  # several: saved where they agreed to stop
+            if one_process and not self.stops.stopped_midway and self.iteration > started:
+                self.save_when_stopped(stop_name(stop))
             raise
         bar.close()
         self.notify("finished", self.stopped is not None)
 
-    @property
-    def saves_when_stopped(self) -> bool:
-        """Whether a Ctrl-C or SIGTERM during training writes the run's checkpoint before it ends the run: where
-        there is one to write (``--save-model``), in a single process (the processes of a torchrun run would first
-        have to agree on the step to stop at, and get their signals at different steps)."""
-        return bool(self.config.save_model) and self.parallel.world_size == 1
-
-    def save_when_stopped(self, stop: KeyboardInterrupt) -> None:
-        """Write the checkpoint of a run that ``stop`` ended between two steps, to continue with ``--load-model``.
-        A second signal during the write ends it at once; the file holds what it held before (atomic_save)."""
+    def save_when_stopped(self, cause: str) -> None:
+        """Write the checkpoint (``--save-model``) of a run that a signal (``cause``: ``SIGTERM``, ``Ctrl-C``,
+        ``SIGTERM to rank 1``) ends between two steps (:mod:`mlet.training.stops`), to continue with
+        ``--load-model``. A second signal during the write ends it at once; the file holds what it held before
+        (atomic_save)."""
         path = self.config.save_model
         log(
-            f"{stop_name(stop)} at iteration {self.iteration} (epoch {self.epoch}, batch {self.batch} of"
+            f"{cause} at iteration {self.iteration} (epoch {self.epoch}, batch {self.batch} of"
             f" {self.batches_per_epoch}): saving the run to {path} before stopping (a second one stops at once)"
         )
         if self.best_unsaved:  # stopped while writing it: the model is still the best one, and the resumed run
@@ -418,6 +416,12 @@ class Trainer:
             log(f"saved {self.config.save_best} (best auc)")
         self.save()
         log(f"saved {path}; continue the run with --load-model={path}")
+
+    def stop_together(self, signals: dict[int, int]) -> None:
+        """Where the processes of a run agreed to stop for ``signals`` (``{rank: signal}``): save, then end the loop
+        on every process."""
+        self.save_when_stopped(self.stops.cause(signals))
+        self.stops.stop(signals)
 
     def note_eager_steps(self, eager: int, steps: int, epoch: int) -> None:
         """Log, once per run, that the graphed step ran over a quarter of an epoch eagerly (see eager_steps_note)."""
@@ -456,12 +460,13 @@ class Trainer:
                 if self.batch >= self.batches_per_epoch:
                     break
                 batch = batch.to(self.device, non_blocking=True)
-                self.boundaries.inside = True  # a signal now waits for the step and its counts
+                self.stops.step_begins()  # a signal now waits for the step and its counts
                 loss = self.step(batch)
                 self.batch, self.iteration = self.batch + 1, self.iteration + 1
                 self.train_samples += batch.size
-                self.boundaries.inside = False
-                self.boundaries.take()
+                if signals := self.stops.step_ended(self.iteration):  # several processes, at a check
+                    self.train_time += window.stop(self.device)
+                    self.stop_together(signals)
                 if threads is not None:
                     threads.tick()
                 window.add(loss, batch.size)
