@@ -293,14 +293,14 @@ def test_a_signal_to_every_rank_during_a_save_ends_the_run_at_the_next_check_wit
     the run and stop together, with rank 0's one line. (Before, each stopped where the signal found it, and the
     run kept --save-freq's checkpoint before.)"""
     from mlet.training.checkpoints import load_checkpoint
-    from mlet.training.stops import CHECK_EVERY
+    from mlet.training.stops import FIRST_CHECK
 
     path = tmp_path / "ckpts" / "run.pt"
     argv = scenario_flags("mlet-sgd-4-tables", ["--save-freq=3", f"--save-model={path}"])
     ranks = run_ranks(2, argv, tmp_path, fault=functools.partial(signal_at_second_save, signum))
     assert [o.code for o in ranks] == [code, code]
     assert ranks[0].stderr.strip() == line and ranks[1].stderr == ""
-    word, check = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", CHECK_EVERY["cpu"]
+    word, check = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", FIRST_CHECK
     assert f"\n{word} at iteration {check} (epoch 1, batch 1 of 15): saving the run to {path}" in ranks[0].stdout
     assert sorted(p.name for p in path.parent.iterdir()) == ["run.pt"]  # no temporary left
     assert load_checkpoint(path)["position"]["iteration"] == check
