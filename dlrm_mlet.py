@@ -370,7 +370,7 @@ def collective_ending(error: RuntimeError) -> int:
     """Exit status after a failed collective: another process has ended. With torchrun gone, its line and 143
     (the others stopped as it ended, before this one's watch saw it); else 1, after a line that says what the
     others recorded of their end, unless rank 0 recorded its own (it wrote its line: the signal's or its error's)
-    or another surviving process wrote it first (:func:`endings.first_to_speak`). Any other ``error`` is a bug's:
+    or another surviving process wrote it first (:func:`endings.this_one_says`). Any other ``error`` is a bug's:
     recorded, and raised again."""
     with process_group.last_words() as ending:  # from the start: torchrun's SIGTERM may come any time now
         if not process_group.is_communication_failure(error):
@@ -382,7 +382,7 @@ def collective_ending(error: RuntimeError) -> int:
         else:
             ended = endings.others()
             failure = process_group.communication_failure(error, ended)
-            if failure is not None and not ended.rank_zero_spoke and endings.first_to_speak():
+            if failure is not None and endings.this_one_says(ended):
                 print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
             ending.code = 1
     return ending.code
@@ -397,7 +397,7 @@ def signal_ending(stop: KeyboardInterrupt) -> int:
     instead, with status 1, as where its collective fails first (:func:`ended_before`)."""
     with process_group.last_words() as ending:
         if (earlier := ended_before(stop)) is not None:
-            if not earlier.rank_zero_spoke and endings.first_to_speak():
+            if endings.this_one_says(earlier):
                 failure = process_group.ended_first(earlier, "then this process got SIGTERM")
                 print(f"{PROG}: error: {process_group.error_line(failure)}", file=sys.stderr)
             ending.code = 1

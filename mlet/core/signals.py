@@ -139,7 +139,7 @@ class Terminated(KeyboardInterrupt):
     words = "terminated (SIGTERM)"
     """What the command's line says of it, in place of Ctrl-C's ``interrupted``."""
     status = TERMINATED
-    signal_name = "SIGTERM"
+    signum: int = signal.SIGTERM
     agreed = False
     """Whether the processes of a run stopped together at one step for it (:meth:`AtBoundaries.raise_for`), rather
     than each where the signal found it."""
@@ -164,7 +164,7 @@ class HungUp(Terminated):
 
     words = "terminated (SIGHUP)"
     status = HUNG_UP
-    signal_name = "SIGHUP"
+    signum = signal.SIGHUP
 
 
 def hang_up(signum: int, frame: object) -> NoReturn:
@@ -239,8 +239,8 @@ def arrived(signum: int) -> float | None:
 
 
 def stop_name(stop: KeyboardInterrupt) -> str:
-    """What stopped a command, for a log line: ``Ctrl-C``, ``SIGTERM``, ``SIGHUP``."""
-    return stop.signal_name if isinstance(stop, Terminated) else "Ctrl-C"
+    """What stopped a command, for a log line (:func:`signal_word`): ``Ctrl-C``, ``SIGTERM``, ``SIGHUP``."""
+    return signal_word(stop.signum if isinstance(stop, Terminated) else signal.SIGINT)
 
 
 def signal_word(signum: int) -> str:

@@ -84,6 +84,12 @@ def first_to_speak() -> bool:
     return count is None or count == 1
 
 
+def this_one_says(ended: Endings) -> bool:
+    """Whether this process writes the line of another's end (what ``ended`` knows): not where rank 0 recorded its
+    own end (it wrote its own line), nor where another survivor wrote it first (:func:`first_to_speak`)."""
+    return not ended.rank_zero_spoke and first_to_speak()
+
+
 def record_stop(stop: KeyboardInterrupt) -> None:
     """:func:`record` that this process was stopped by ``stop``: Ctrl-C's SIGINT, or SIGTERM or SIGHUP
     (:class:`Terminated`)."""

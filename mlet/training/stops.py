@@ -94,10 +94,11 @@ class Stops:
         return max(1, min(MOST_STEPS, round(CHECK_S * steps / max(seconds, 1e-9))))
 
     @property
-    def stopped_midway(self) -> bool:
-        """Whether one process's signal ended its step midway (a second signal, or an exception inside it): its
-        update may be partial, not to be saved."""
-        return not self.together and self.boundaries.inside
+    def saves_on_the_way_out(self) -> bool:
+        """Whether the loop that a signal just ended is this process's to save as it ends: one process with a
+        checkpoint to write, stopped between steps (not midway, by a second signal or an exception inside a step:
+        its update may be partial). Several processes saved where they agreed to stop (:meth:`agree`)."""
+        return self.wanted and not self.together and not self.boundaries.inside
 
     def cause(self, signals: dict[int, int]) -> str:
         """The log's words for ``signals`` (:meth:`agree`): ``SIGTERM`` where every process got it, else whom

@@ -393,8 +393,7 @@ class Trainer:
                     self.stop_together(signals)
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (their handlers from before are back)
             bar.close()
-            one_process = self.stops.wanted and not self.stops.together  # several: saved where they agreed to stop
-            if one_process and not self.stops.stopped_midway and self.iteration > started:
+            if self.stops.saves_on_the_way_out and self.iteration > started:
                 self.save_when_stopped(stop_name(stop))
             raise
         bar.close()
