@@ -55,8 +55,16 @@ given one gradient row per occurrence (rows may repeat; their gradients add)."""
 class ProjectedRowUpdate(Protocol):
     """A row update that also takes MLET's gradient before the projection (``optimizers.RowSGD``)."""
 
-    def scatter_projected(self, rows: Tensor, grad_out: Tensor, projection: Tensor) -> None:
+    def scatter_projected(self, rows: Tensor, grad_out: Tensor, projection: Tensor, row_bounds: Tensor) -> None:
         """Update ``rows`` from ``grad_out[t, b] @ projection[t].T`` (see ``RowSGD.scatter_projected``)."""
+
+
+@runtime_checkable
+class TableRowUpdate(Protocol):
+    """A row update that takes a one-hot backward's gradients by table (``optimizers.RowSGD``)."""
+
+    def scatter_tables(self, rows: Tensor, grad_out: Tensor, row_bounds: Tensor) -> None:
+        """Update ``rows[t*B+b]`` from ``grad_out[t, b]`` (see ``RowSGD.scatter_tables``)."""
 
 
 @runtime_checkable
@@ -85,11 +93,12 @@ class _LookupWithRowUpdate(torch.autograd.Function):
         weight: Tensor,
         ids: Tensor,
         offsets: Tensor,
+        row_bounds: Tensor,
         update: RowUpdate,
         one_hot: bool,
         id_weights: Tensor | None,
     ) -> Tensor:
-        ctx.save_for_backward(ids, offsets, id_weights)
+        ctx.save_for_backward(ids, offsets, row_bounds, id_weights)
         ctx.update, ctx.one_hot = update, one_hot
         if one_hot and triton_kernels.usable(weight):
             return triton_kernels.gather_rows(weight, ids)
@@ -98,10 +107,14 @@ class _LookupWithRowUpdate(torch.autograd.Function):
         )
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None, None]:
-        ids, offsets, id_weights = ctx.saved_tensors
+    def backward(ctx, grad_pooled: Tensor) -> tuple[None, None, None, None, None, None, None]:
+        ids, offsets, row_bounds, id_weights = ctx.saved_tensors
         num_bags = offsets.numel() - 1
-        if ctx.one_hot:
+        if ctx.one_hot and isinstance(ctx.update, TableRowUpdate) and triton_kernels.usable(grad_pooled):
+            ctx.update.scatter_tables(
+                ids, grad_pooled.view(row_bounds.numel() - 1, -1, grad_pooled.shape[1]), row_bounds
+            )
+        elif ctx.one_hot:
             ctx.update(ids, grad_pooled)  # one id per bag: the bag gradient is the id's
         else:
             bag_of_id = torch.arange(num_bags, device=ids.device).repeat_interleave(
@@ -109,12 +122,12 @@ class _LookupWithRowUpdate(torch.autograd.Function):
             )
             if isinstance(ctx.update, BagRowUpdate) and triton_kernels.usable(grad_pooled):
                 ctx.update.scatter_bags(ids, grad_pooled, bag_of_id, id_weights)  # no per-id gradient rows stored
-                return None, None, None, None, None, None
+                return None, None, None, None, None, None, None
             grads = grad_pooled.index_select(0, bag_of_id)
             if id_weights is not None:
                 grads.mul_(id_weights.unsqueeze(1))  # padding ids: a zero gradient
             ctx.update(ids, grads)
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
 
 
 class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
@@ -131,18 +144,20 @@ class _MletOneHotLookupWithRowUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, projection: Tensor, ids: Tensor, update: ProjectedRowUpdate) -> Tensor:
-        ctx.save_for_backward(weight, projection, ids)
+    def forward(
+        ctx, weight: Tensor, projection: Tensor, ids: Tensor, row_bounds: Tensor, update: ProjectedRowUpdate
+    ) -> Tensor:
+        ctx.save_for_backward(weight, projection, ids, row_bounds)
         ctx.update = update
         return triton_kernels.gather_project(weight, ids, projection)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None]:
-        weight, projection, ids = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor, None, None, None]:
+        weight, projection, ids, row_bounds = ctx.saved_tensors
         grad_projection = triton_kernels.gathered_weight_gradient(weight, ids, grad_out)  # before the rows change
-        ctx.update.scatter_projected(ids, grad_out, projection)
+        ctx.update.scatter_projected(ids, grad_out, projection, row_bounds)
         torch.autograd.graph.increment_version(weight)  # the Triton kernel's writes are invisible to autograd
-        return None, grad_projection, None, None
+        return None, grad_projection, None, None, None
 
 
 class _BatchedProjection(torch.autograd.Function):
@@ -300,7 +315,13 @@ class EmbeddingTables(nn.Module):
         ids = self.global_indices(features)
         if self.row_update is not None and self.weight.requires_grad and torch.is_grad_enabled():
             pooled = _LookupWithRowUpdate.apply(
-                self.weight, ids, features.offsets, self.row_update, features.one_hot, features.weights
+                self.weight,
+                ids,
+                features.offsets,
+                self.row_offsets,
+                self.row_update,
+                features.one_hot,
+                features.weights,
             )
         else:
             pooled = F.embedding_bag(
@@ -326,9 +347,10 @@ class EmbeddingTables(nn.Module):
         """:meth:`forward`'s lookup and projection."""
         if self._fused_mlet_path(features):
             ids = self.global_indices(features)
-            return _MletOneHotLookupWithRowUpdate.apply(self.weight, self.projection, ids, self.row_update).transpose(
-                0, 1
+            projected = _MletOneHotLookupWithRowUpdate.apply(
+                self.weight, self.projection, ids, self.row_offsets, self.row_update
             )
+            return projected.transpose(0, 1)
         pooled = self.pooled_rows(features)
         if self.is_mlet:
             pooled = project(pooled, self.w2)

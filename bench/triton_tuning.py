@@ -74,8 +74,10 @@ def step_tensors(dim: int, hidden: int, batch: int) -> SimpleNamespace:
     """A Criteo-size step's operands on the GPU."""
     sizes = scaled_cardinalities(1.0)
     device = torch.device("cuda")
-    offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], device=device)
+    bounds = torch.tensor([0, *itertools.accumulate(sizes)], device=device)
+    offsets = bounds[:-1]
     return SimpleNamespace(
+        row_bounds=bounds,
         weight=torch.randn(sum(sizes), hidden, device=device) * 0.01,
         ids=(torch.stack([torch.randint(0, n, (batch,), device=device) for n in sizes]) + offsets[:, None]).flatten(),
         grad_out=torch.randn(batch, len(sizes), dim, device=device).transpose(0, 1),  # as autograd hands it over
@@ -95,7 +97,7 @@ def sweep_launches(x: SimpleNamespace) -> list[dict]:
 
     rows = sweep_kernel(
         "project_scatter_sub",
-        functools.partial(tk.project_scatter_sub, x.weight, x.ids, x.grad_out, x.projection, x.lr),
+        functools.partial(tk.project_scatter_sub, x.weight, x.ids, x.grad_out, x.projection, x.row_bounds, x.lr),
         x.base,
         hidden,
     )

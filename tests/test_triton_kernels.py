@@ -177,33 +177,59 @@ def test_fused_training_with_kernels_equals_pytorch_ops(
     make_model, monkeypatch, hidden: int, bag: int, optimizer: str
 ) -> None:
     """Five steps: kernels (interpreted) vs the PyTorch ops they replace; multi-hot bags (``bag`` 4) take the SGD
-    update fed the bag gradients (``RowSGD.scatter_bags``); the Adagrads gather their rows with ``take_rows``."""
+    update fed the bag gradients (``RowSGD.scatter_bags``), one-hot plain tables the update by table
+    (``RowSGD.scatter_tables``); the Adagrads gather their rows with ``take_rows``."""
     reference = make_model(hidden, seed=5)
     model = copy.deepcopy(reference)
     losses = {}
-    bag_updates = []
-    scatter_bags = RowSGD.scatter_bags
-    monkeypatch.setattr(RowSGD, "scatter_bags", lambda *a: bag_updates.append(1) or scatter_bags(*a))
+    calls: dict[str, list[int]] = {"scatter_bags": [], "scatter_tables": []}
+    for method, seen in calls.items():
+        original = getattr(RowSGD, method)
+        monkeypatch.setattr(RowSGD, method, lambda *a, seen=seen, original=original: seen.append(1) or original(*a))
     for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
         monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
         opt = build_optimizer(optimizer, 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=net.tables)
         losses[name] = train_random_steps(net, opt, 5, batch=24, bag=bag)
-    assert len(bag_updates) == (5 if bag > 1 and optimizer == "sgd" else 0)
+    assert len(calls["scatter_bags"]) == (5 if bag > 1 and optimizer == "sgd" else 0)
+    assert len(calls["scatter_tables"]) == (5 if bag == 1 and hidden == 0 and optimizer == "sgd" else 0)
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
 
 
+def table_major_ids(sizes: list[int], batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global rows of a one-hot batch, table-major, and the tables' row bounds: tables of 3 and 30 rows (at
+    most ``TINY_TABLE_ROWS``: summed per row first) beside one of 40, every row repeated many times."""
+    bounds = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()])
+    ids = torch.cat([torch.randint(0, n, (batch,), generator=gen(seed + t)) + bounds[t] for t, n in enumerate(sizes)])
+    return ids.to(DEVICE), bounds.to(DEVICE)
+
+
+SIZES = [3, 40, 30]  # 3 and 30 rows: tiny tables; 40: the atomic add per lookup
+assert SIZES[1] > tk.TINY_TABLE_ROWS >= SIZES[2]
+
+
 @pytest.mark.parametrize("d", [4, 64])  # 64: the launch with a narrower K chunk
 def test_project_scatter_sub_equals_explicit_update(d: int) -> None:
-    tables, batch, hidden = 3, 70, 24
-    weight = randn(40, hidden, seed=9)
-    projection = randn(tables, hidden, d, seed=10)
-    ids = torch.randint(0, 40, (tables * batch,), generator=gen(11)).to(DEVICE)  # repeats across and within tables
-    grad_out = randn(batch, tables, d, seed=12).transpose(0, 1)  # non-contiguous, as autograd gives it
+    batch, hidden = 150, 24  # 150: three programs of 64, the last one part-filled
+    weight = randn(sum(SIZES), hidden, seed=9)
+    projection = randn(len(SIZES), hidden, d, seed=10)
+    ids, bounds = table_major_ids(SIZES, batch, seed=11)
+    grad_out = randn(batch, len(SIZES), d, seed=12).transpose(0, 1)  # non-contiguous, as autograd gives it
     rows = torch.bmm(grad_out, projection.transpose(1, 2)).reshape(-1, hidden)
     expected = weight.clone().index_add_(0, ids, rows * -0.1)
-    tk.project_scatter_sub(weight, ids, grad_out, projection, torch.tensor(0.1, device=DEVICE))
+    tk.project_scatter_sub(weight, ids, grad_out, projection, bounds, torch.tensor(0.1, device=DEVICE))
+    torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [7, 16])
+def test_scatter_sub_table_rows_equals_explicit_update(d: int) -> None:
+    batch = 150  # three programs of 64, the last one part-filled
+    weight = randn(sum(SIZES) + 5, d, seed=13)  # rows past the last table stay as they are
+    ids, bounds = table_major_ids(SIZES, batch, seed=14)
+    grad_out = randn(batch, len(SIZES), d, seed=15).transpose(0, 1)
+    expected = weight.clone().index_add_(0, ids, grad_out.reshape(-1, d) * -0.1)
+    tk.scatter_sub_table_rows(weight, ids, grad_out, bounds, torch.tensor(0.1, device=DEVICE))
     torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
 
 

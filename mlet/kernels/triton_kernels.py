@@ -62,6 +62,54 @@ def block_of(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
 
 
+if triton is not None:  # a helper the kernels call: Triton resolves it among the module's names
+
+    @triton.jit
+    def _add_to_rows(
+        weight,
+        stride_w,
+        dst,
+        row_ok,
+        g,
+        projection_t,
+        s_pk,
+        s_pd,
+        neg_lr,
+        k,
+        d,
+        BLOCK_K: tl.constexpr,  # noqa: N803
+        BLOCK_D: tl.constexpr,  # noqa: N803
+        PROJECT: tl.constexpr,  # noqa: N803
+        PRECISION: tl.constexpr,  # noqa: N803
+    ):
+        """``weight[dst[i]] += neg_lr * g[i]`` (PROJECT: ``neg_lr * g[i] @ W2[t].T``, K-wide) with atomics."""
+        rd = tl.arange(0, BLOCK_D)
+        d_ok = rd < d
+        if PROJECT:
+            for k0 in range(0, k, BLOCK_K):
+                rk = k0 + tl.arange(0, BLOCK_K)
+                k_ok = rk < k
+                w_t = tl.load(
+                    projection_t + rk[None, :] * s_pk + rd[:, None] * s_pd,
+                    mask=d_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                rows = tl.dot(g, w_t, input_precision=PRECISION)
+                tl.atomic_add(
+                    weight + dst[:, None] * stride_w + rk[None, :],
+                    rows * neg_lr,
+                    mask=row_ok[:, None] & k_ok[None, :],
+                    sem="relaxed",
+                )
+        else:
+            tl.atomic_add(
+                weight + dst[:, None] * stride_w + rd[None, :],
+                g * neg_lr,
+                mask=row_ok[:, None] & d_ok[None, :],
+                sem="relaxed",
+            )
+
+
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """The kernels, defined on first use (importing this module costs nothing where they are never used)."""
@@ -193,10 +241,11 @@ def _kernels() -> SimpleNamespace:
         tl.store(out, acc, mask=(rm < m)[:, None] & (rn < n)[None, :])
 
     @triton.jit
-    def _project_scatter_sub_kernel(
+    def _table_rows_update_kernel(
         grad_out,
         projection,
         ids,
+        row_bounds,
         weight,
         lr,
         batch,
@@ -212,6 +261,8 @@ def _kernels() -> SimpleNamespace:
         BLOCK_M: tl.constexpr,  # noqa: N803
         BLOCK_K: tl.constexpr,  # noqa: N803
         BLOCK_D: tl.constexpr,  # noqa: N803
+        TINY: tl.constexpr,  # noqa: N803
+        PROJECT: tl.constexpr,  # noqa: N803
         PRECISION: tl.constexpr,  # noqa: N803
     ):
         pid_m, table = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -225,28 +276,28 @@ def _kernels() -> SimpleNamespace:
         )
         dst = tl.load(ids + table * batch + rb, mask=row_ok, other=0).to(tl.int64)
         neg_lr = -tl.load(lr)
-        for k0 in range(0, k, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            k_ok = rk < k
-            w_t = tl.load(
-                projection + table * s_pt + rk[None, :] * s_pk + rd[:, None] * s_pd,
-                mask=d_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            rows = tl.dot(g, w_t, input_precision=PRECISION)
-            tl.atomic_add(
-                weight + dst[:, None] * stride_w + rk[None, :],
-                rows * neg_lr,
-                mask=row_ok[:, None] & k_ok[None, :],
-                sem="relaxed",
-            )
+        projection_t = projection + table * s_pt
+        first = tl.load(row_bounds + table)
+        if tl.load(row_bounds + table + 1) - first <= TINY:
+            # A table of a few rows gets the batch's every lookup on them: thousands of atomic adds on the same
+            # addresses, which the memory system serialises. Summed here first, one add per row and program.
+            slot = tl.arange(0, TINY)
+            hits = ((dst - first)[:, None] == slot[None, :]) & row_ok[:, None]
+            # float32 sums of g: IEEE products, so the 0/1 factors round nothing (TF32 would round g)
+            summed = tl.dot(tl.trans(hits.to(tl.float32)), g, input_precision="ieee")
+            present = tl.max(hits.to(tl.int32), axis=0) > 0
+            _add_to_rows(weight, stride_w, first + slot, present, summed, projection_t, s_pk, s_pd, neg_lr, k, d,
+                         BLOCK_K, BLOCK_D, PROJECT, PRECISION)  # fmt: skip
+        else:
+            _add_to_rows(weight, stride_w, dst, row_ok, g, projection_t, s_pk, s_pd, neg_lr, k, d,
+                         BLOCK_K, BLOCK_D, PROJECT, PRECISION)  # fmt: skip
 
     return SimpleNamespace(
         gather=_gather_rows_kernel,
         scatter_sub=_scatter_sub_rows_kernel,
         pad_bags=_pad_bags_kernel,
         grouped=_grouped_matmul_kernel,
-        project_scatter_sub=_project_scatter_sub_kernel,
+        table_rows_update=_table_rows_update_kernel,
     )
 
 
@@ -321,34 +372,78 @@ def pad_bags(indices: Tensor, offsets: Tensor, width: int) -> tuple[Tensor, Tens
     return ids, weights
 
 
+TINY_TABLE_ROWS = 32
+"""Tables of at most this many rows have their one-hot row updates summed per row in each program before the
+atomic adds. Criteo-Kaggle has seven (3 to 27 rows). At batch 8192 each of their rows gets hundreds to thousands of
+lookups, whose atomic adds on the same addresses the memory system serialises: they took most of the row
+update's time, MLET's and the plain tables' alike (``bench/NOTES.md``)."""
+
+
+def scatter_sub_table_rows(
+    weight: Tensor, ids: Tensor, grad_out: Tensor, row_bounds: Tensor, lr: Tensor, block_m: int = 64, warps: int = 4
+) -> None:
+    """One-hot SGD update of tables laid out table-major: ``weight[ids[t*B+b]] -= lr * grad_out[t, b]``.
+
+    ``grad_out``: (T, B, d); ``row_bounds``: the T+1 first rows of the tables in ``weight`` (``ids`` of table
+    ``t`` lie in ``row_bounds[t]:row_bounds[t+1]``). Equal to :func:`scatter_sub_rows` up to the order of the
+    additions; a table of at most :data:`TINY_TABLE_ROWS` rows gets one atomic add per row and program.
+    Kaggle's tables at d=16 on an H200, replayed from a CUDA graph: 10.3 us at batch 8192 and 4.0 us at 2048,
+    against 16.4 and 4.8 us for :func:`scatter_sub_rows` (``bench/NOTES.md``).
+    """
+    _update_table_rows(weight, ids, grad_out, None, row_bounds, lr, block_m, block_of(grad_out.shape[2]), warps)
+
+
 def project_scatter_sub(
     weight: Tensor,
     ids: Tensor,
     grad_out: Tensor,
     projection: Tensor,
+    row_bounds: Tensor,
     lr: Tensor,
-    block_m: int = 128,
+    block_m: int = 64,
     block_k: int | None = None,
     warps: int = 2,
 ) -> None:
     """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
 
     ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
-    T*B global rows (table-major). The K-wide row gradients never touch memory.
-    The launch defaults come from ``bench/triton_tuning.py`` (H100, batch 8192:
-    128 x 32, 2 warps at d <= 32, 78-81 us; 128 x 16 at d = 64, 171 us against 295 us with 128 x 32).
+    T*B global rows (table-major), those of table ``t`` in ``row_bounds[t]:row_bounds[t+1]``. The K-wide row
+    gradients never touch memory; a table of at most :data:`TINY_TABLE_ROWS` rows sums its gradients per row
+    first. Blocks of 64 lookups (were 128, tuned on an H100 before the tiny tables' sums): Kaggle's tables, d=16,
+    K=64, H200, replayed from a CUDA graph: 19.7 us at batch 8192 and 6.5 us at 2048, against 36.0 and 10.1 with
+    128 and 47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 32 at d <= 32, 16 at d = 64
+    (``bench/triton_tuning.py``, H100: 171 us against 295 us with 32 at d = 64).
     """
-    tables, batch, d = grad_out.shape
-    k = projection.shape[1]
+    d, k = grad_out.shape[2], projection.shape[1]
     block_k = min(block_k or (16 if d > 32 else 32), block_of(k))
-    ids = ids.contiguous()
+    _update_table_rows(weight, ids, grad_out, projection, row_bounds, lr, block_m, block_k, warps)
+
+
+def _update_table_rows(
+    weight: Tensor,
+    ids: Tensor,
+    grad_out: Tensor,
+    projection: Tensor | None,
+    row_bounds: Tensor,
+    lr: Tensor,
+    block_m: int,
+    block_k: int,
+    warps: int,
+) -> None:
+    """Launch the one-hot row update of :func:`scatter_sub_table_rows` (``projection`` None) or
+    :func:`project_scatter_sub`."""
+    tables, batch, d = grad_out.shape
+    project = projection is not None
+    w2 = projection if projection is not None else grad_out  # not read without PROJECT; a valid pointer
+    k = w2.shape[1] if project else d
     grid = (triton.cdiv(batch, block_m), tables)
-    _kernels().project_scatter_sub[grid](
-        grad_out, projection, ids, weight, lr, batch, k, d,
+    _kernels().table_rows_update[grid](
+        grad_out, w2, ids.contiguous(), row_bounds, weight, lr, batch, k, d,
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        projection.stride(0), projection.stride(1), projection.stride(2),
+        w2.stride(0), w2.stride(1), w2.stride(2),
         weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_of(d), PRECISION=dot_precision(), num_warps=warps,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_of(d), TINY=TINY_TABLE_ROWS, PROJECT=project,
+        PRECISION=dot_precision(), num_warps=warps,
     )  # fmt: skip
 
 

@@ -146,10 +146,18 @@ class RowSGD:
         triton_kernels.scatter_sub_rows(self.weight, rows, grad_pooled.contiguous(), self.lr, bag_of_row, scales)
 
     @torch.no_grad()
-    def scatter_projected(self, rows: torch.Tensor, grad_out: torch.Tensor, projection: torch.Tensor) -> None:
+    def scatter_tables(self, rows: torch.Tensor, grad_out: torch.Tensor, row_bounds: torch.Tensor) -> None:
+        """One-hot update of tables in one Triton kernel (callers check ``triton_kernels.usable``):
+        ``w[rows[t*B+b]] -= lr * grad_out[t, b]``, table ``t``'s rows in ``row_bounds[t]:row_bounds[t+1]``."""
+        triton_kernels.scatter_sub_table_rows(self.weight, rows, grad_out, row_bounds, self.lr)
+
+    @torch.no_grad()
+    def scatter_projected(
+        self, rows: torch.Tensor, grad_out: torch.Tensor, projection: torch.Tensor, row_bounds: torch.Tensor
+    ) -> None:
         """MLET one-hot update from the projected gradient in one Triton kernel (callers check
         ``triton_kernels.usable``): ``w[rows[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``."""
-        triton_kernels.project_scatter_sub(self.weight, rows, grad_out, projection, self.lr)
+        triton_kernels.project_scatter_sub(self.weight, rows, grad_out, projection, row_bounds, self.lr)
 
 
 def summed_by_row(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
