@@ -209,8 +209,9 @@ SIZES = [3, 40, 30]  # 3 and 30 rows: tiny tables; 40: the atomic add per lookup
 assert SIZES[1] > tk.TINY_TABLE_ROWS >= SIZES[2]
 
 
+@pytest.mark.parametrize("tiny_rows", [tk.TINY_TABLE_ROWS, 0])  # 0: every table lookup by lookup
 @pytest.mark.parametrize("d", [4, 64])  # 64: the launch with a narrower K chunk
-def test_project_scatter_sub_equals_explicit_update(d: int) -> None:
+def test_project_scatter_sub_equals_explicit_update(d: int, tiny_rows: int) -> None:
     batch, hidden = 150, 24  # 150: three programs of 64, the last one part-filled
     weight = randn(sum(SIZES), hidden, seed=9)
     projection = randn(len(SIZES), hidden, d, seed=10)
@@ -218,19 +219,28 @@ def test_project_scatter_sub_equals_explicit_update(d: int) -> None:
     grad_out = randn(batch, len(SIZES), d, seed=12).transpose(0, 1)  # non-contiguous, as autograd gives it
     rows = torch.bmm(grad_out, projection.transpose(1, 2)).reshape(-1, hidden)
     expected = weight.clone().index_add_(0, ids, rows * -0.1)
-    tk.project_scatter_sub(weight, ids, grad_out, projection, bounds, torch.tensor(0.1, device=DEVICE))
+    lr = torch.tensor(0.1, device=DEVICE)
+    tk.project_scatter_sub(weight, ids, grad_out, projection, bounds, lr, tiny_rows=tiny_rows)
     torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tiny_rows", [tk.TINY_TABLE_ROWS, 0])
 @pytest.mark.parametrize("d", [7, 16])
-def test_scatter_sub_table_rows_equals_explicit_update(d: int) -> None:
+def test_scatter_sub_table_rows_equals_explicit_update(d: int, tiny_rows: int) -> None:
     batch = 150  # three programs of 64, the last one part-filled
     weight = randn(sum(SIZES) + 5, d, seed=13)  # rows past the last table stay as they are
     ids, bounds = table_major_ids(SIZES, batch, seed=14)
     grad_out = randn(batch, len(SIZES), d, seed=15).transpose(0, 1)
     expected = weight.clone().index_add_(0, ids, grad_out.reshape(-1, d) * -0.1)
-    tk.scatter_sub_table_rows(weight, ids, grad_out, bounds, torch.tensor(0.1, device=DEVICE))
+    tk.scatter_sub_table_rows(weight, ids, grad_out, bounds, torch.tensor(0.1, device=DEVICE), tiny_rows=tiny_rows)
     torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_rows_beyond_the_kernels_slots_is_refused() -> None:
+    weight = randn(10, 4, seed=16)
+    ids, bounds = table_major_ids([10], 8, seed=17)
+    with pytest.raises(ValueError, match=r"tiny_rows must be in 0\.\.32, got 33"):
+        tk.scatter_sub_table_rows(weight, ids, randn(1, 8, 4, seed=18), bounds, torch.tensor(0.1), tiny_rows=33)
 
 
 @cpu_interpreter_only

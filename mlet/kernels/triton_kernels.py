@@ -251,6 +251,7 @@ def _kernels() -> SimpleNamespace:
         batch,
         k,
         d,
+        tiny_rows,
         s_gt,
         s_gb,
         s_gd,
@@ -261,7 +262,7 @@ def _kernels() -> SimpleNamespace:
         BLOCK_M: tl.constexpr,  # noqa: N803
         BLOCK_K: tl.constexpr,  # noqa: N803
         BLOCK_D: tl.constexpr,  # noqa: N803
-        TINY: tl.constexpr,  # noqa: N803
+        SLOTS: tl.constexpr,  # noqa: N803
         PROJECT: tl.constexpr,  # noqa: N803
         PRECISION: tl.constexpr,  # noqa: N803
     ):
@@ -278,10 +279,10 @@ def _kernels() -> SimpleNamespace:
         neg_lr = -tl.load(lr)
         projection_t = projection + table * s_pt
         first = tl.load(row_bounds + table)
-        if tl.load(row_bounds + table + 1) - first <= TINY:
+        if tl.load(row_bounds + table + 1) - first <= tiny_rows:  # tiny_rows <= SLOTS
             # A table of a few rows gets the batch's every lookup on them: thousands of atomic adds on the same
             # addresses, which the memory system serialises. Summed here first, one add per row and program.
-            slot = tl.arange(0, TINY)
+            slot = tl.arange(0, SLOTS)
             hits = ((dst - first)[:, None] == slot[None, :]) & row_ok[:, None]
             # float32 sums of g: IEEE products, so the 0/1 factors round nothing (TF32 would round g)
             summed = tl.dot(tl.trans(hits.to(tl.float32)), g, input_precision="ieee")
@@ -380,17 +381,25 @@ update's time, MLET's and the plain tables' alike (``bench/NOTES.md``)."""
 
 
 def scatter_sub_table_rows(
-    weight: Tensor, ids: Tensor, grad_out: Tensor, row_bounds: Tensor, lr: Tensor, block_m: int = 64, warps: int = 4
+    weight: Tensor,
+    ids: Tensor,
+    grad_out: Tensor,
+    row_bounds: Tensor,
+    lr: Tensor,
+    block_m: int = 64,
+    warps: int = 4,
+    tiny_rows: int = TINY_TABLE_ROWS,
 ) -> None:
     """One-hot SGD update of tables laid out table-major: ``weight[ids[t*B+b]] -= lr * grad_out[t, b]``.
 
     ``grad_out``: (T, B, d); ``row_bounds``: the T+1 first rows of the tables in ``weight`` (``ids`` of table
     ``t`` lie in ``row_bounds[t]:row_bounds[t+1]``). Equal to :func:`scatter_sub_rows` up to the order of the
-    additions; a table of at most :data:`TINY_TABLE_ROWS` rows gets one atomic add per row and program.
-    Kaggle's tables at d=16 on an H200, replayed from a CUDA graph: 10.3 us at batch 8192 and 4.0 us at 2048,
-    against 16.4 and 4.8 us for :func:`scatter_sub_rows` (``bench/NOTES.md``).
+    additions. A table of at most ``tiny_rows`` rows (0: none; at most :data:`TINY_TABLE_ROWS`) gets one
+    atomic add per row and program. Kaggle's tables at d=16 on an H200, replayed from a CUDA graph: 10.3 us
+    at batch 8192 and 4.1 us at 2048, against 23.4 and 6.1 us for :func:`scatter_sub_rows` (``bench/NOTES.md``).
     """
-    _update_table_rows(weight, ids, grad_out, None, row_bounds, lr, block_m, block_of(grad_out.shape[2]), warps)
+    width = block_of(grad_out.shape[2])
+    _update_table_rows(weight, ids, grad_out, None, row_bounds, lr, (block_m, width, warps), tiny_rows)
 
 
 def project_scatter_sub(
@@ -403,20 +412,21 @@ def project_scatter_sub(
     block_m: int = 64,
     block_k: int | None = None,
     warps: int = 2,
+    tiny_rows: int = TINY_TABLE_ROWS,
 ) -> None:
     """MLET's fused one-hot backward + SGD: ``weight[ids[t*B+b]] -= lr * grad_out[t, b] @ projection[t].T``.
 
-    ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the
-    T*B global rows (table-major), those of table ``t`` in ``row_bounds[t]:row_bounds[t+1]``. The K-wide row
-    gradients never touch memory; a table of at most :data:`TINY_TABLE_ROWS` rows sums its gradients per row
-    first. Blocks of 64 lookups (were 128, tuned on an H100 before the tiny tables' sums): Kaggle's tables, d=16,
-    K=64, H200, replayed from a CUDA graph: 19.7 us at batch 8192 and 6.5 us at 2048, against 36.0 and 10.1 with
-    128 and 47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 32 at d <= 32, 16 at d = 64
+    ``grad_out``: (T, B, d) gradient of the projected embeddings; ``ids``: the T*B global rows (table-major),
+    those of table ``t`` in ``row_bounds[t]:row_bounds[t+1]``. The K-wide row gradients never touch memory. A
+    table of at most ``tiny_rows`` rows (as in :func:`scatter_sub_table_rows`) sums its gradients per row first.
+    Blocks of 64 lookups (128 before those sums, tuned on an H100). Kaggle's tables, d=16, K=64, H200, replayed
+    from a CUDA graph: 19.8 us at batch 8192 and 6.9 us at 2048, against 36.7 and 10.2 with blocks of 128, and
+    47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 32 at d <= 32, 16 at d = 64
     (``bench/triton_tuning.py``, H100: 171 us against 295 us with 32 at d = 64).
     """
     d, k = grad_out.shape[2], projection.shape[1]
     block_k = min(block_k or (16 if d > 32 else 32), block_of(k))
-    _update_table_rows(weight, ids, grad_out, projection, row_bounds, lr, block_m, block_k, warps)
+    _update_table_rows(weight, ids, grad_out, projection, row_bounds, lr, (block_m, block_k, warps), tiny_rows)
 
 
 def _update_table_rows(
@@ -426,23 +436,25 @@ def _update_table_rows(
     projection: Tensor | None,
     row_bounds: Tensor,
     lr: Tensor,
-    block_m: int,
-    block_k: int,
-    warps: int,
+    launch: tuple[int, int, int],
+    tiny_rows: int,
 ) -> None:
     """Launch the one-hot row update of :func:`scatter_sub_table_rows` (``projection`` None) or
-    :func:`project_scatter_sub`."""
+    :func:`project_scatter_sub`; ``launch``: BLOCK_M, BLOCK_K and warps."""
+    if not 0 <= tiny_rows <= TINY_TABLE_ROWS:
+        raise ValueError(f"tiny_rows must be in 0..{TINY_TABLE_ROWS}, got {tiny_rows}")
+    block_m, block_k, warps = launch
     tables, batch, d = grad_out.shape
     project = projection is not None
     w2 = projection if projection is not None else grad_out  # not read without PROJECT; a valid pointer
     k = w2.shape[1] if project else d
     grid = (triton.cdiv(batch, block_m), tables)
     _kernels().table_rows_update[grid](
-        grad_out, w2, ids.contiguous(), row_bounds, weight, lr, batch, k, d,
+        grad_out, w2, ids.contiguous(), row_bounds, weight, lr, batch, k, d, tiny_rows,
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         w2.stride(0), w2.stride(1), w2.stride(2),
         weight.stride(0),
-        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_of(d), TINY=TINY_TABLE_ROWS, PROJECT=project,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_of(d), SLOTS=TINY_TABLE_ROWS, PROJECT=project,
         PRECISION=dot_precision(), num_warps=warps,
     )  # fmt: skip
 
