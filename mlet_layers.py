@@ -80,8 +80,9 @@ class _LookupWithRowUpdate(torch.autograd.Function):
 
     The weight gets no ``.grad``: its backward hands each occurrence's gradient
     row to ``update`` (the fused optimizer; on a GPU, SGD takes multi-hot bags'
-    gradients whole, ``BagRowUpdate``), which writes the new rows straight
-    into the weight. No sparse gradient tensor, no coalescing, no separate
+    gradients whole, ``BagRowUpdate``, and one-hot gradients by table with
+    ``row_bounds``, the tables' first rows, ``TableRowUpdate``), which writes
+    the new rows straight into the weight. No sparse gradient tensor, no coalescing, no separate
     optimizer pass over the table; every shape is static, so the whole step
     can be captured in a CUDA graph. ``id_weights`` (per-id weights of padded
     bags, ``SparseFeatures.padded``) scale each id's row and its gradient.
