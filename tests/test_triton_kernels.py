@@ -198,14 +198,14 @@ def test_fused_training_with_kernels_equals_pytorch_ops(
 
 
 def table_major_ids(sizes: list[int], batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global rows of a one-hot batch, table-major, and the tables' row bounds: tables of 3 and 30 rows (at
-    most ``TINY_TABLE_ROWS``: summed per row first) beside one of 40, every row repeated many times."""
+    """Global rows of a one-hot batch of ``batch`` lookups per table (tables of ``sizes`` rows), table-major,
+    and the tables' row bounds."""
     bounds = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()])
     ids = torch.cat([torch.randint(0, n, (batch,), generator=gen(seed + t)) + bounds[t] for t, n in enumerate(sizes)])
     return ids.to(DEVICE), bounds.to(DEVICE)
 
 
-SIZES = [3, 40, 30]  # 3 and 30 rows: tiny tables; 40: the atomic add per lookup
+SIZES = [3, 40, 30]  # 3 and 30 rows: tiny tables, summed per row first; 40: the atomic add per lookup
 assert SIZES[1] > tk.TINY_TABLE_ROWS >= SIZES[2]
 
 
