@@ -10,7 +10,9 @@ import torch
 from helpers import random_inputs, train_random_steps
 
 import mlet_layers
+from dlrm_model import DLRM
 from mlet.core.batch import SparseFeatures
+from mlet.core.config import ModelConfig
 from mlet.kernels import triton_kernels as tk
 from mlet.model import lookup
 from mlet.training.optimizers import RowSGD, build_optimizer
@@ -192,6 +194,32 @@ def test_fused_training_with_kernels_equals_pytorch_ops(
         losses[name] = train_random_steps(net, opt, 5, batch=24, bag=bag)
     assert len(calls["scatter_bags"]) == (5 if bag > 1 and optimizer == "sgd" else 0)
     assert len(calls["scatter_tables"]) == (5 if bag == 1 and hidden == 0 and optimizer == "sgd" else 0)
+    assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
+    for (n, a), b in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize(
+    "reduction",
+    [
+        {"qr_flag": True, "qr_threshold": 10, "qr_collisions": 4},  # remainder tables of 4 rows: summed per row
+        {"qr_flag": True, "qr_threshold": 10, "qr_collisions": 4, "mlet_hidden": 8},
+        {"md_dims": (4, 2, 4, 2)},
+    ],
+    ids=["qr", "mlet-qr", "md"],
+)
+def test_composite_tables_train_with_kernels_as_with_pytorch_ops(monkeypatch, reduction: dict) -> None:
+    """Quotient-remainder and mixed-dimension groups take the one-hot updates by table too (their groups'
+    own row bounds): five SGD steps equal the PyTorch ops'."""
+    config = ModelConfig(table_sizes=(50, 7, 300, 2), dim=4, bottom_mlp=(13, 16, 4), top_mlp=(8, 1), **reduction)
+    reference = DLRM(config, seed=3)
+    model = copy.deepcopy(reference)
+    losses = {}
+    for name, net, use_kernels in (("torch", reference, False), ("triton", model, True)):
+        monkeypatch.setattr(tk, "INTERPRET_ON_CPU", use_kernels)
+        tables = net.table_modules()  # as the trainer hands them over: a composite's groups
+        opt = build_optimizer("sgd", 0.2, net.sparse_parameters(), net.dense_parameters(), fused_tables=tables)
+        losses[name] = train_random_steps(net, opt, 5, batch=24)
     assert max(abs(a - b) for a, b in zip(losses["torch"], losses["triton"])) < 1e-5
     for (n, a), b in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=n)
