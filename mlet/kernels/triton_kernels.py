@@ -375,7 +375,8 @@ def pad_bags(indices: Tensor, offsets: Tensor, width: int) -> tuple[Tensor, Tens
 
 TINY_TABLE_ROWS = 32
 """Tables of at most this many rows have their one-hot row updates summed per row in each program before the
-atomic adds. Criteo-Kaggle has seven (3 to 27 rows). At batch 8192 each of their rows gets hundreds to thousands of
+atomic adds. Criteo-Kaggle has seven (3 to 27 rows), and quotient-remainder tables' remainder parts have
+``--qr-collisions`` rows (4 by default). At batch 8192 each of their rows gets hundreds to thousands of
 lookups, whose atomic adds on the same addresses the memory system serialises: they took most of the row
 update's time, MLET's and the plain tables' alike (``bench/NOTES.md``)."""
 
