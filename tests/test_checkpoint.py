@@ -377,6 +377,30 @@ BROKEN_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
         ),
         "malformed checkpoint (model_config holds a size below 1)",
     ),
+    "non_numeric": (  # a hand-edited config: a word where a size belongs
+        lambda tmp: _saved(
+            tmp / "non_numeric.pt",
+            {
+                **HEADER,
+                "kind": "inference",
+                "model_config": {**SMALL_CONFIG, "dim": "four"},
+                "model": {"tables.weight": torch.zeros(15, 4)},
+            },
+        ),
+        "malformed checkpoint (no valid model_config)",
+    ),
+    "non_numeric_threshold": (
+        lambda tmp: _saved(
+            tmp / "non_numeric_threshold.pt",
+            {
+                **HEADER,
+                "kind": "inference",
+                "model_config": {**SMALL_CONFIG, "qr_flag": True, "qr_threshold": "200"},
+                "model": {"tables.weight": torch.zeros(15, 4)},
+            },
+        ),
+        "malformed checkpoint (no valid model_config)",
+    ),
 }
 """Files that are not usable checkpoints: how to make each in a folder, and the message it gives."""
 

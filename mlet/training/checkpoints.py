@@ -303,13 +303,16 @@ def structure_problem(ckpt: dict) -> str | None:
         return "no model weights"
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
+        # a field of the wrong type (a hand-edited "dim": "x") fails in the checks and shapes, not in from_dict
+        problem = config_problem(config)
+        shapes = table_weight_shapes(config) if problem is None else {}
     except (KeyError, TypeError, ValueError, AttributeError):
         return "no valid model_config"
-    if (problem := config_problem(config)) is not None:
+    if problem is not None:
         return f"model_config {problem}"
     if ckpt.get("quantized") is not None:
         return quantized_problem(ckpt)
-    for name, shape in table_weight_shapes(config).items():
+    for name, shape in shapes.items():
         weight = model.get(f"tables.{name}")
         if not isinstance(weight, torch.Tensor):
             return f"no model weights (tables.{name})"
