@@ -39,6 +39,7 @@ with interrupt_exits("checkpoint.py"):  # Ctrl-C while the modules import (torch
     )
     from mlet.core.signals import exit_status
     from mlet.serving.quantize import BITS, ROW_OVERHEAD, packed_width, quantized_checkpoint, size_change
+    from mlet.serving.quantize import model_from_checkpoint as quantized_model
     from mlet.training.checkpoints import (
         FORMAT,
         INFERENCE,
@@ -304,9 +305,12 @@ def cmd_collapse(args: argparse.Namespace) -> None:
     check_distinct_outputs({"IN": args.input, "OUT": args.output})
     check_output_file("OUT", args.output)
     ckpt = load_checkpoint(args.input, mmap=True)
-    if ckpt.get("kind") == INFERENCE:
-        print(f"{args.input} is already an inference checkpoint; writing it unchanged")
     with about(args.input):
+        if ckpt.get("kind") == INFERENCE:
+            # it is copied, not rebuilt: building it refuses weights that do not fit its model_config
+            # before the copy is written as if it were usable
+            (quantized_model if ckpt.get("quantized") else model_from_checkpoint)(ckpt)
+            print(f"{args.input} is already an inference checkpoint; writing it unchanged")
         out = collapsed_checkpoint(ckpt)
     before = Path(args.input).stat().st_size
     atomic_save(out, args.output)

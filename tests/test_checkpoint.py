@@ -452,6 +452,24 @@ def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys)
         )
 
 
+@pytest.mark.parametrize("bits", [None, 8])
+def test_collapse_refuses_an_inference_checkpoint_whose_weights_do_not_fit(bits, runs, tmp_path, capsys) -> None:
+    """An inference checkpoint is copied unchanged; one that cannot be built is refused, not copied as usable."""
+    source = runs["mlet_collapsed"]
+    if bits is not None:
+        source = tmp_path / "q.pt"
+        assert checkpoint.main(["quantize", str(runs["mlet_collapsed"]), str(source), f"--bits={bits}"]) == 0
+    ckpt = load_checkpoint(source)
+    ckpt["model"]["top.0.weight"] = torch.zeros(3, 3)
+    bad, out = tmp_path / "bad.pt", tmp_path / "o.pt"
+    torch.save(ckpt, bad)
+    capsys.readouterr()
+    assert checkpoint.main(["collapse", str(bad), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"checkpoint.py: error: {bad}: the ") and "top.0.weight" in err[0]
+    assert not out.exists()
+
+
 def test_command_line_usage_errors_are_one_line(capsys) -> None:
     for argv in ([], ["frobnicate"], ["info"], ["collapse", "only-one"]):
         with pytest.raises(SystemExit) as exit_:
