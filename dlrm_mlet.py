@@ -72,7 +72,7 @@ def describe(trainer: Trainer) -> None:
     """Start-of-run summary of the trainer's data and model (on every process: the table bytes are summed over
     them); an epoch's batches are what it trains (``--num-batches`` may cap it)."""
     model, data, batches_per_epoch = trainer.model, trainer.data, trainer.batches_per_epoch
-    report = parameter_report(model, trainer.parallel.all_sum)
+    report = parameter_report(model, trainer.parallel.all_sum, trainer.trained_config)
     config = model.config
     kind = reduction.describe_tables(config)
     capped = f", {batches_per_epoch} an epoch (--num-batches)" if batches_per_epoch < len(data.train) else ""

@@ -233,6 +233,21 @@ def test_collapsed_model_evaluates_with_training_or_baseline_flags(runs, tmp_pat
         assert (result["epoch"], result["iteration"]) == (trained["epoch"], trained["iteration"]) == (0, 20)
 
 
+def test_evaluating_the_collapsed_file_reports_the_trained_size(runs, tmp_path, capsys) -> None:
+    """The collapsed file's results and log give the MLET model's training size, as the training run and `info`
+    do: one model, one size, whichever file of it was evaluated."""
+    trained = json.loads((runs["mlet"].parent / "mlet.json").read_text())["parameters"]
+    assert trained["training"]["count"] > 6 * trained["inference"]["count"]  # MLET's K x the served tables
+    capsys.readouterr()
+    for flags, path in (([f"--mlet-hidden={K}"], runs["mlet"]), ([f"--mlet-hidden={K}"], runs["mlet_collapsed"])):
+        results = evaluate([*TINY, *flags], path, tmp_path / "e.json", capsys)
+        assert results["parameters"] == trained, path
+        count = trained["training"]["count"]
+        assert f"parameters: training {count:,} (" in capsys.readouterr().out
+    baseline_flags = evaluate(TINY, runs["mlet_collapsed"], tmp_path / "b.json", capsys)
+    assert baseline_flags["parameters"] == trained
+
+
 def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(runs) -> None:
     """Within 5% of a d=4 baseline checkpoint without optimizer state (SGD keeps none); the MLET one is far larger."""
     baseline = load_checkpoint(runs["baseline"])

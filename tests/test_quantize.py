@@ -337,6 +337,19 @@ def test_evaluating_a_two_layer_mlet_checkpoint_reports_the_tables_it_holds(floa
     assert f"tables {two_layer:,} bytes in memory (two-layer MLET; collapsed: {collapsed:,} bytes" in out
 
 
+def test_quantized_evaluations_of_an_mlet_run_report_its_training_size(tmp_path, capsys) -> None:
+    """The ``quantized`` entries of an MLET run's results: the served bytes packed, the training ones the run's."""
+    out = tmp_path / "r.json"
+    flags = [*RANDOM_FLAGS, "--mlet-hidden=16", "--num-batches=2", "--quantize-emb-with-bit=8", f"--results-json={out}"]
+    code, _, err = run_cli(flags, capsys)
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    (int8,) = results["quantized"]
+    assert int8["parameters"]["training"] == results["parameters"]["training"]
+    assert int8["parameters"]["embedding_training_bytes"] == sum(SIZES) * 16 * 4 + len(SIZES) * 16 * 4 * 4
+    assert int8["parameters"]["embedding_inference_bytes"] == sum(SIZES) * (4 + 8)
+
+
 def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_checkpoints, tmp_path, capsys) -> None:
     q4 = tmp_path / "q4.pt"
     assert checkpoint.main(["quantize", str(float_checkpoints["collapsed"]), str(q4), "--bits", "4"]) == 0
@@ -353,6 +366,8 @@ def test_evaluating_a_quantized_checkpoint_reports_auc_and_exact_bytes(float_che
     results = json.loads((tmp_path / "eval.json").read_text())
     ckpt = load_checkpoint(q4)
     assert results["parameters"]["embedding_inference_bytes"] == ckpt["quantized"]["embedding_bytes"] == sum(SIZES) * 6
+    # the training size is the MLET model's that was collapsed and quantized (as `info` says), not the served one's
+    assert results["parameters"]["embedding_training_bytes"] == sum(SIZES) * 16 * 4 + len(SIZES) * 16 * 4 * 4
     assert results["checkpoint"]["file_bytes"] == q4.stat().st_size
     assert results["served_bits"] == 4
     assert 0 <= results["final"]["auc"] <= 1

@@ -236,7 +236,7 @@ def evaluate_quantized(trainer: Trainer, bits: int) -> dict:
     final = trainer.evaluate(trainer.data.test, trainer.data.eval_split, model)
     val = trainer.data.val
     val_metrics = None if val is None else final if val is trainer.data.test else trainer.evaluate(val, "val", model)
-    report = parameter_report(model)
+    report = parameter_report(model, trained=trainer.model.config)  # trained as the run's float model
     served, full = report["embedding_inference_bytes"], trainer.model.tables.inference_bytes()
     log(
         f"int{bits} row-wise tables: auc {final['auc']:.4f}, logloss {final['logloss']:.5f}; "

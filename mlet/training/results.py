@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from dlrm_model import DLRM
+from dlrm_model import DLRM, ModelConfig
 from mlet.core.errors import UserError
 from mlet.core.files import replace_atomically
 from mlet.training.checkpoints import bytes_report
@@ -37,12 +37,20 @@ def one_time_seconds(windows: list[tuple[int, float]]) -> float | None:
     return max(0.0, sum(t for _, t in windows) - sum(n for n, _ in windows) / rate)
 
 
-def parameter_report(model: DLRM, all_sum: Callable[[int], Tensor | float] | None = None) -> dict:
-    """Parameter counts and bytes for training (as built) and inference (collapsed; for quantized tables their
-    exact packed bytes). ``all_sum``: under torchrun, where each process holds its own tables, the sum over the
-    processes (``Parallel.all_sum``, a collective) that makes the served bytes the whole model's."""
+def parameter_report(
+    model: DLRM, all_sum: Callable[[int], Tensor | float] | None = None, trained: ModelConfig | None = None
+) -> dict:
+    """Parameter counts and bytes for training and inference (collapsed; for quantized tables their exact packed
+    bytes). The training ones are of ``trained``, the architecture the model was trained as (a collapsed or
+    quantized model's MLET tables before collapsing), by default the model as built. ``all_sum``: under torchrun,
+    where each process holds its own tables, the sum over the processes (``Parallel.all_sum``, a collective) that
+    makes the served bytes the whole model's."""
     elem = next(model.bottom.parameters()).element_size()
     report = bytes_report(model.config.parameter_counts(), elem)
+    if trained is not None:
+        as_trained = bytes_report(trained.parameter_counts(), elem)
+        report["training"] = as_trained["training"]
+        report["embedding_training_bytes"] = as_trained["embedding_training_bytes"]
     served = model.tables.inference_bytes()
     served = int(all_sum(served) if all_sum is not None else served)
     report["inference"]["bytes"] += served - report["embedding_inference_bytes"]

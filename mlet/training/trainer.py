@@ -17,7 +17,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from dlrm_model import DLRM
+from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import Batches, StepBatch
 from mlet.core.config import TrainConfig
 from mlet.core.errors import UserError, one_line
@@ -25,7 +25,7 @@ from mlet.core.launch import log
 from mlet.core.signals import stop_name
 from mlet.data.sources import DataBundle
 from mlet.training import cpu_threads
-from mlet.training.checkpoints import TRAINING, atomic_save, trained_hidden
+from mlet.training.checkpoints import TRAINING, atomic_save, trained_hidden, training_config
 from mlet.training.losses import loss_function
 from mlet.training.observers import Observer, TrainPoint
 from mlet.training.optimizers import LRPolicy, build_optimizer
@@ -157,6 +157,7 @@ class Trainer:
         self.train_time, self.train_samples = 0.0, 0
         self.windows: list[tuple[int, float]] = []  # (samples, seconds) of each logged window of this process's run
         self.loaded: dict | None = None  # what --load-model loaded
+        self.trained_config: ModelConfig | None = None  # what an evaluated checkpoint was trained as
         self.stopped: dict | None = None  # the threshold a test reached (training stops there)
         self.noted_eager = False  # whether the log said that the graphed step ran many steps eagerly
         self.noted_padding = False  # whether it said that the graphed step pads multi-hot bags
@@ -214,6 +215,8 @@ class Trainer:
         try:
             if evaluate_only:
                 self.epoch, self.batch, self.iteration = Position.from_dict(ckpt.get("position") or {}).completed()
+                # a collapsed or quantized model's training size is its MLET tables' before collapsing
+                self.trained_config = training_config(ckpt)
             elif kind == TRAINING:
                 self.resume(TrainingState.from_checkpoint(ckpt), ckpt)
             else:
@@ -529,7 +532,7 @@ class Trainer:
             "train_samples": self.train_samples,
             "train_seconds": self.train_time,
             "iterations": self.iteration,
-            "parameters": parameter_report(self.model, self.parallel.all_sum),
+            "parameters": parameter_report(self.model, self.parallel.all_sum, self.trained_config),
             "model_config": self.model.config.to_dict(),
             "data": self.data.description,
             "device": str(self.device),
