@@ -323,10 +323,7 @@ class Trainer:
             f" best accuracy {100 * best_accuracy:3.3f} %"
         )
         if improved and self.config.save_best:
-            self.best_unsaved = True  # until written: a signal now leaves it to save_when_stopped
-            self.save(self.config.save_best)
-            self.best_unsaved = False
-            log(f"saved {self.config.save_best} (best auc)")
+            self.save_best()
         self.check_targets(result)
         return result
 
@@ -413,11 +410,16 @@ class Trainer:
             f" {self.batches_per_epoch}): saving the run to {path} before stopping (a second one stops at once)"
         )
         if self.best_unsaved:  # stopped while writing it: the model is still the best one, and the resumed run
-            self.save(self.config.save_best)  # will not test at this point again
-            self.best_unsaved = False
-            log(f"saved {self.config.save_best} (best auc)")
+            self.save_best()  # will not test at this point again
         self.save()
         log(f"saved {path}; continue the run with --load-model={path}")
+
+    def save_best(self) -> None:
+        """Write the ``--save-best`` checkpoint of the model as it is (the best tested so far)."""
+        self.best_unsaved = True  # until written: a signal now leaves it to save_when_stopped
+        self.save(self.config.save_best)
+        self.best_unsaved = False
+        log(f"saved {self.config.save_best} (best auc)")
 
     def stop_together(self, signals: dict[int, int]) -> None:
         """Where the processes of a run agreed to stop for ``signals`` (``{rank: signal}``): save, then end the loop
