@@ -24,20 +24,15 @@ import argparse
 import itertools
 from collections.abc import Callable
 
-import numpy as np
 import torch
-import triton
-from common import OUT_HELP, print_table, save, zipf_ids
+from common import OUT_HELP, print_table, save
+from gpu_throughput import make_batches
 from reference_dlrm import scaled_cardinalities
+from triton_tuning import microseconds
 
 from mlet.kernels import triton_kernels as tk
 
 COLUMNS = ["batch", "tables", "model", "kernel", "us", "sums_speedup"]
-
-
-def microseconds(fn: Callable[[], object]) -> float:
-    """Median time of one call replayed from a CUDA graph (an eager launch would hide these kernels' own times)."""
-    return 1000 * triton.testing.do_bench_cudagraph(fn)
 
 
 def table_classes(sizes: list[int]) -> dict[str, list[int]]:
@@ -46,22 +41,15 @@ def table_classes(sizes: list[int]) -> dict[str, list[int]]:
     return {"all": list(range(len(sizes))), "tiny": tiny, "others": [t for t in range(len(sizes)) if t not in tiny]}
 
 
-def one_hot_ids(sizes: list[int], batch: int, ids: str, rng: np.random.Generator) -> np.ndarray:
-    """``batch`` local ids per table, table-major: uniform, or Zipf (popular rows repeat, as in click logs)."""
-    if ids == "zipf":
-        return np.stack([zipf_ids(n, batch, rng) - 1 for n in sizes])
-    return np.stack([rng.integers(0, n, batch) for n in sizes])
-
-
 def operands(sizes: list[int], batch: int, ids: str, seed: int) -> dict[str, torch.Tensor]:
     """One step's operands on the GPU, the tables' rows concatenated as in ``EmbeddingTables``."""
     device = torch.device("cuda")
     bounds = torch.tensor([0, *itertools.accumulate(sizes)], device=device)
-    local = torch.from_numpy(one_hot_ids(sizes, batch, ids, np.random.default_rng(seed))).to(device)
+    (one_hot,) = make_batches(sizes, batch, 1, device, seed, id_law=ids)  # uniform, or Zipf as click logs
     grad_out = torch.randn(batch, len(sizes), 16, device=device).transpose(0, 1)  # as autograd hands it over
     return {
         "bounds": bounds,
-        "ids": (local + bounds[:-1, None]).flatten(),
+        "ids": one_hot.sparse.indices + bounds[:-1].repeat_interleave(batch),  # table-major global rows
         "grad_out": grad_out,
         "grad_rows": grad_out.reshape(-1, 16),
         "plain": torch.randn(sum(sizes), 16, device=device),
