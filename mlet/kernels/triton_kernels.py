@@ -422,11 +422,12 @@ def project_scatter_sub(
     table of at most ``tiny_rows`` rows (as in :func:`scatter_sub_table_rows`) sums its gradients per row first.
     Blocks of 64 lookups (128 before those sums, tuned on an H100). Kaggle's tables, d=16, K=64, H200, replayed
     from a CUDA graph: 19.8 us at batch 8192 and 6.9 us at 2048, against 36.7 and 10.2 with blocks of 128, and
-    47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 32 at d <= 32, 16 at d = 64
-    (``bench/triton_tuning.py``, H100: 171 us against 295 us with 32 at d = 64).
+    47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 16 at d = 64 (``bench/triton_tuning.py``,
+    H100: 171 us against 295 us with 32); at d <= 32, 32 for TF32 products and 64 for IEEE ones (H200, d=16,
+    batch 8192 in IEEE: 36.8 us against 51.3 with 32; in TF32 22.8 against 19.9).
     """
     d, k = grad_out.shape[2], projection.shape[1]
-    block_k = min(block_k or (16 if d > 32 else 32), block_of(k))
+    block_k = min(block_k or (16 if d > 32 else 32 if dot_precision() == "tf32" else 64), block_of(k))
     _update_table_rows(weight, ids, grad_out, projection, row_bounds, lr, (block_m, block_k, warps), tiny_rows)
 
 
@@ -477,20 +478,21 @@ def gather_project(
     projection: Tensor,
     block_m: int | None = None,
     block_k: int | None = None,
-    warps: int = 4,
+    warps: int | None = None,
 ) -> Tensor:
     """MLET's one-hot forward in one kernel: ``torch.bmm(weight[ids].view(T, B, K), projection)``.
 
     ``ids``: the T*B global rows, table-major. The K-wide rows go from the
     table into the product without being written out (against a gather kernel
-    writing them and the projection reading them back). The launch defaults to
-    the grouped matmul's choice: ``bench/triton_tuning.py`` timed others up to
-    1.8x faster at batch 2048, but identical launches differed by up to 2x
-    between its measurements, so none was adopted without a cleaner measurement.
+    writing them and the projection reading them back). The launch is the
+    grouped matmul's tile, with 2 warps for TF32 products and 4 for IEEE ones, which
+    the tensor cores do not run (``bench/triton_tuning.py``, H200, Kaggle's tables, d=16,
+    K=64: 15.1 us against 19.9 with 4 warps at batch 8192 in TF32; 28.5 against 30.0 with 2 in IEEE).
     """
     tables, hidden, _ = projection.shape
     shape = (tables, ids.numel() // tables, hidden)
     strides = (0, weight.stride(0), weight.stride(1))
+    warps = warps or (2 if dot_precision() == "tf32" else 4)
     return _grouped(weight, shape, strides, projection, 1, ids, GATHER_ROWS, block_m, block_k, warps)
 
 
@@ -498,21 +500,24 @@ def gathered_weight_gradient(
     weight: Tensor,
     ids: Tensor,
     grad_out: Tensor,
-    block_m: int = 32,
+    block_m: int | None = None,
     block_k: int = 64,
-    warps: int = 4,
+    warps: int | None = None,
     splits: int | None = None,
 ) -> Tensor:
     """MLET's projection gradient from the table rows: ``weight[ids].view(T, B, K).transpose(1, 2) @ grad_out``.
 
-    Reads the rows straight from ``weight`` (call it before they are updated).
-    Launch defaults from ``bench/triton_tuning.py`` (H100, batch 8192: 48 us at d = 4 and 16,
-    81 us at d = 64, against 51-59 and 104 us with the grouped matmul's own 64 x 16-32, 4 warps;
-    batch 2048 with 8 ranges: 20-35 us). ``splits``: see :func:`weight_gradient_splits`.
+    Reads the rows straight from ``weight`` (call it before they are updated). The batch's reduction is split
+    into ranges of 256 samples, at most 16 (``splits``: any other count). Launch: tiles of 64 x 64 with 2 warps
+    at d <= 32, 32 x 64 with 4 warps at d = 64. On an H200 (``bench/triton_tuning.py``, Kaggle's tables, d=16,
+    K=64, batch 8192) 19.4 us in TF32 and 27.3 in IEEE, against 23.1 and 37.3 with the H100's 32 x 64, 4 warps
+    and at most 8 ranges; at batch 2048, 9.1 and 12.0 against 9.6 and 12.9.
     """
-    tables, batch, _ = grad_out.shape
+    tables, batch, d = grad_out.shape
     shape = (tables, weight.shape[1], batch)
-    splits = splits or weight_gradient_splits(batch)
+    splits = splits or weight_gradient_splits(batch, at_most=16)
+    block_m = block_m or (64 if d <= 32 else 32)
+    warps = warps or (2 if d <= 32 else 4)
     strides = (0, weight.stride(1), weight.stride(0))
     return _grouped(weight, shape, strides, grad_out, splits, ids, GATHER_REDUCTION, block_m, block_k, warps)
 
@@ -568,11 +573,11 @@ class GroupedProjection(torch.autograd.Function):
         return grad_pooled, grad_projection
 
 
-def weight_gradient_splits(batch: int) -> int:
+def weight_gradient_splits(batch: int, at_most: int = 8) -> int:
     """How many ranges to split MLET's weight gradient (a reduction over the batch) into.
 
     The output is small (T x K x d), so without splits a few hundred programs
-    loop over the whole batch; ranges of 256 samples, at most 8 (the partial
+    loop over the whole batch; ranges of 256 samples, at most ``at_most`` (the partial
     sums cost a reduction), keep the GPU busy at batch 2048 too.
     """
-    return min(8, max(1, batch // 256))
+    return min(at_most, max(1, batch // 256))
