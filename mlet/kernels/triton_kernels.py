@@ -424,7 +424,7 @@ def project_scatter_sub(
     from a CUDA graph: 19.8 us at batch 8192 and 6.9 us at 2048, against 36.7 and 10.2 with blocks of 128, and
     47.2 and 18.7 before the sums (``bench/NOTES.md``). K chunks of 16 at d = 64 (``bench/triton_tuning.py``,
     H100: 171 us against 295 us with 32); at d <= 32, 32 for TF32 products and 64 for IEEE ones (H200, d=16,
-    batch 8192 in IEEE: 36.8 us against 51.3 with 32; in TF32 22.8 against 19.9).
+    batch 8192: in IEEE 36.8 us with 64 against 51.3 with 32; in TF32 22.8 with 64 against 19.9 with 32).
     """
     d, k = grad_out.shape[2], projection.shape[1]
     block_k = min(block_k or (16 if d > 32 else 32 if dot_precision() == "tf32" else 64), block_of(k))
