@@ -220,6 +220,43 @@ def test_resume_with_another_learning_rate_is_allowed_and_logged(early_checkpoin
     assert resumed["position"]["iteration"] == 6 and resumed["lr_schedule"]["base_lr"] == 0.1
 
 
+QR = ["--qr-flag", "--qr-threshold=100"]  # of the tables 500-80-20-7, only the first is a pair
+
+
+@pytest.mark.slow
+def test_another_qr_threshold_that_splits_the_same_tables_resumes_exactly(tmp_path, capsys) -> None:
+    """--qr-threshold decides which tables are pairs; 200 splits the same one as 100, so the model is the same.
+    (It was refused as a changed architecture, compared by the flag's value.)"""
+    straight = tmp_path / "straight.pt"
+    assert run_cli([*FLAGS, *QR, f"--save-model={straight}"], capsys)[0] == 0
+    ckpt = tmp_path / "run.pt"
+    one_epoch = [f for f in FLAGS if not f.startswith("--nepochs")] + ["--nepochs=1"]
+    assert run_cli([*one_epoch, *QR, f"--save-model={ckpt}"], capsys)[0] == 0
+    code, out, err = run_cli(
+        [*FLAGS, *QR, "--qr-threshold=200", f"--load-model={ckpt}", f"--save-model={ckpt}"], capsys
+    )
+    assert code == 0, err
+    assert "--qr-threshold=200 (checkpoint: 100)" in out and f"resuming {ckpt} at epoch 1, batch 0" in out
+    assert_same_run(load_checkpoint(ckpt), load_checkpoint(straight))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--qr-threshold=50"], "--qr-threshold: checkpoint has 100, the flags give 50, which changes how table 1"),
+        (["--qr-threshold=200", "--qr-collisions=8"], "--qr-collisions: checkpoint has 4, the flags give 8"),
+        (["--qr-threshold=600"], "--qr-threshold: checkpoint has 100, the flags give 600, which changes how table 0"),
+    ],
+)
+def test_a_qr_flag_that_changes_a_table_is_refused_naming_it(change: list[str], named: str, tmp_path, capsys) -> None:
+    ckpt = tmp_path / "early.pt"
+    assert run_cli([*EARLY, *QR, f"--save-model={ckpt}"], capsys)[0] == 0
+    code, _, err = run_cli([*EARLY, *QR, *change, "--nepochs=2", f"--load-model={ckpt}"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"dlrm_mlet.py: error: --load-model {ckpt}: {named}"), lines
+
+
 def test_a_checkpoint_of_an_earlier_schedule_rule_is_resumed_with_a_line(
     early_checkpoint: str, tmp_path, capsys
 ) -> None:

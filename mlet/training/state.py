@@ -201,15 +201,43 @@ ARCHITECTURE_FLAGS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
+QR_FIELDS = ("qr_flag", "qr_threshold", "qr_collisions", "qr_operation")
+"""The quotient-remainder settings. They matter only through the tables they lay out (``table_configs``: which
+tables are pairs, of what shape): another ``--qr-threshold`` that splits the same tables builds the same model."""
+
+
 def describe_mismatch(saved: ModelConfig, wanted: ModelConfig) -> str | None:
-    """One line naming the first architecture difference (``None`` if equal)."""
+    """One line naming the first architecture difference (``None`` if equal); quotient-remainder settings only
+    where they change a table's layout (:func:`qr_layout_change`)."""
     for name, flag, fmt in ARCHITECTURE_FLAGS:
         a, b = getattr(saved, name), getattr(wanted, name)
-        if a != b:
+        if a != b and name in QR_FIELDS:
+            table = qr_layout_change(saved, wanted, name)
+            if table is not None:
+                rows = saved.table_sizes[table]
+                return (
+                    f"{flag}: checkpoint has {fmt(a)}, the flags give {fmt(b)}, "
+                    f"which changes how table {table} ({rows:,} rows) is stored"
+                )
+        elif a != b:
             # a data set's tables take the data's sizes where the flag is not given: name both sources
             given = "this run's tables (the flag's, or the data's without it) are" if name == "table_sizes" else None
             return f"{flag}: checkpoint has {fmt(a)}, {given or 'the flags give'} {fmt(b)}"
     return None
+
+
+def qr_layout_change(saved: ModelConfig, wanted: ModelConfig, name: str) -> int | None:
+    """The first table whose layout ``wanted``'s quotient-remainder setting ``name`` changes, given the settings
+    before it in :data:`QR_FIELDS` already changed (so that of several changed flags the one that splits a table
+    is named); ``None`` where ``wanted``'s settings together leave every table of ``saved`` as it is."""
+    settings = {setting: getattr(wanted, setting) for setting in QR_FIELDS}
+    if replace(saved, **settings).table_configs() == saved.table_configs():
+        return None
+    earlier = QR_FIELDS[: QR_FIELDS.index(name)]
+    before = replace(saved, **{setting: settings[setting] for setting in earlier})
+    after = replace(before, **{name: settings[name]})
+    changed = (t for t, (a, b) in enumerate(zip(before.table_configs(), after.table_configs())) if a != b)
+    return next(changed, None)
 
 
 def trained_tables(ckpt: dict) -> str:
@@ -316,15 +344,13 @@ ARCHITECTURE_ARGS = {
     "arch_interaction_itself",
     "mlet_hidden",
     "mlet_init",
-    "qr_flag",
-    "qr_threshold",
-    "qr_collisions",
-    "qr_operation",
     "md_flag",
     "md_threshold",
     "md_temperature",
     "md_round_dims",
 }
+"""Flags compared through the model they build (:func:`describe_mismatch`), not as flags. The quotient-remainder
+flags are not among them: a change that splits the same tables alike resumes, and is logged as a changed flag."""
 DERIVED = {"table_sizes", "bottom_mlp", "top_mlp", "loss_weights_pair"}
 """Values the snapshot derives from other flags (compared through those)."""
 
