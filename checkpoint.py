@@ -307,9 +307,9 @@ def cmd_collapse(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(args.input, mmap=True)
     with about(args.input):
         if ckpt.get("kind") == INFERENCE:
-            # it is copied, not rebuilt: building it refuses weights that do not fit its model_config
-            # before the copy is written as if it were usable
-            (quantized_model if ckpt.get("quantized") else model_from_checkpoint)(ckpt)
+            # it is copied, not rebuilt: weights that do not fit its model_config are refused before the copy
+            # is written as if it were usable
+            check_weights(ckpt)
             print(f"{args.input} is already an inference checkpoint; writing it unchanged")
         out = collapsed_checkpoint(ckpt)
     before = Path(args.input).stat().st_size
@@ -349,9 +349,18 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     )
 
 
+def check_weights(ckpt: dict) -> None:
+    """A :class:`UserError` where the weights do not fit the checkpoint's ``model_config`` (a tensor of another
+    shape, a missing or an extra one): the model is built as every loader builds it, float or quantized."""
+    (quantized_model if ckpt.get("quantized") else model_from_checkpoint)(ckpt)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
-    """``info FILE``."""
-    s = summary(load_checkpoint(args.file, mmap=True), args.file)
+    """``info FILE``; a file whose weights do not fit its model is refused, as every other command refuses it."""
+    ckpt = load_checkpoint(args.file, mmap=True)
+    with about(args.file):
+        check_weights(ckpt)
+    s = summary(ckpt, args.file)
     print(json.dumps(s, indent=2, default=str) if args.json else format_summary(s))
 
 

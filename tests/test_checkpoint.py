@@ -467,6 +467,46 @@ def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys)
         )
 
 
+def _shape_and_missing(model: dict) -> None:
+    model["top.0.weight"] = torch.zeros(3, 3)
+    del model["bottom.0.bias"]
+
+
+def _extra(model: dict) -> None:
+    model["extra.weight"] = torch.zeros(2)
+
+
+@pytest.mark.parametrize("source", ["mlet", "mlet_collapsed", "int8"])
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (_shape_and_missing, 'Missing key(s) in state_dict: "bottom.0.bias"; size mismatch for top.0.weight: '),
+        (_extra, 'Unexpected key(s) in state_dict: "extra.weight")'),
+    ],
+)
+def test_info_refuses_weights_that_do_not_fit_the_config(source, edit, named, runs, tmp_path, capsys) -> None:
+    """``info`` printed a hand-edited file's report (exit 0) that collapse, quantize, export-onnx and --load-model
+    refuse; it refuses it the same way, in one line naming the file."""
+    path = runs.get(source)
+    if path is None:
+        path = tmp_path / "q8.pt"
+        assert checkpoint.main(["quantize", str(runs["mlet_collapsed"]), str(path), "--bits=8"]) == 0
+        capsys.readouterr()
+    assert checkpoint.main(["info", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"file        {path} (")
+    ckpt = load_checkpoint(path)
+    edit(ckpt["model"])
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    for argv in (["info", str(bad)], ["info", "--json", str(bad)]):
+        assert checkpoint.main(argv) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert out == "" and len(lines) == 1, lines
+        assert lines[0].startswith(f"checkpoint.py: error: {bad}: the weights") and named in lines[0], lines
+        assert "do not fit the checkpoint's model_config" in lines[0]
+
+
 @pytest.mark.parametrize("bits", [None, 8])
 def test_collapse_refuses_an_inference_checkpoint_whose_weights_do_not_fit(bits, runs, tmp_path, capsys) -> None:
     """An inference checkpoint is copied unchanged; one that cannot be built is refused, not copied as usable."""

@@ -21,13 +21,13 @@ from torch import Tensor
 
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import Bar, Batches, Share, local_sizes
-from mlet.core.errors import UserError
 from mlet.core.launch import launched_world_size
 from mlet.data.sources import BatchSource
 from mlet.parallel import process_group
 from mlet.parallel.process_group import Comm, SharedError, T, agree, training_device, wait_for_all
 from mlet.parallel.sharded_model import DistributedDLRM, ShardedOptimizer
 from mlet.parallel.sharding import ShardingPlan, table_bytes
+from mlet.training.checkpoints import misfit_error
 from mlet.training.metrics import ctr_metrics, predict
 from mlet.training.optimizers import CombinedOptimizer, FusedOptimizer
 from mlet.training.processes import Parallel, SingleProcess, feed
@@ -76,11 +76,7 @@ class MultiProcess:
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, ValueError) as error:
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise UserError(
-                "the weights do not fit the checkpoint's model_config "
-                f"({lines[-1] if lines else 'state_dict mismatch'})"
-            ) from None
+            raise misfit_error(error) from None
         return model
 
     @property

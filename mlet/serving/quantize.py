@@ -37,7 +37,7 @@ from mlet.core.errors import UserError
 from mlet.core.launch import log
 from mlet.model import lookup
 from mlet.model.composite import CompositeTables, GroupSpec, TableModule
-from mlet.training.checkpoints import FORMAT, INFERENCE, RUN_RECORD, VERSION, trained_hidden
+from mlet.training.checkpoints import FORMAT, INFERENCE, RUN_RECORD, VERSION, misfit_error, trained_hidden
 from mlet.training.results import parameter_report
 from mlet.training.trainer import Trainer
 from mlet_layers import EmbeddingTables
@@ -215,17 +215,14 @@ def quantized_checkpoint(ckpt: dict, bits: int, model: DLRM) -> dict:
 
 
 def model_from_checkpoint(ckpt: dict) -> DLRM:
-    """The quantized model a quantized checkpoint holds (CPU, eval mode); a :class:`UserError` if its packed
-    tables do not fit its ``model_config``."""
+    """The quantized model a quantized checkpoint holds (CPU, eval mode); a :class:`UserError` if its weights
+    (packed tables, float MLPs) do not fit its ``model_config``."""
     config = ModelConfig.from_dict(ckpt["model_config"])
     model = DLRM(config, seed=0, tables=quantized_shell(config, int(ckpt["quantized"]["bits"])))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise UserError(
-            f"the quantized tables do not fit the checkpoint's model_config ({lines[-1] if lines else 'mismatch'})"
-        ) from None
+        raise misfit_error(error, "the weights (quantized tables, float MLPs)") from None
     return model.eval()
 
 

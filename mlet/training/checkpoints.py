@@ -389,11 +389,18 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> DLR
     try:
         model.load_state_dict(ckpt["model"], assign=assign)
     except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise UserError(
-            f"the weights do not fit the checkpoint's model_config ({lines[-1] if lines else 'state_dict mismatch'})"
-        ) from None
+        raise misfit_error(error) from None
     return model
+
+
+def misfit_error(error: Exception, weights: str = "the weights") -> UserError:
+    """The one line for ``load_state_dict``'s refusal of a checkpoint's ``weights``: every finding of torch's
+    (tensors of another shape, missing and unexpected ones), not only its last, on one line."""
+    lines = [line.strip().rstrip(".").strip() for line in str(error).splitlines()]
+    findings = [line for line in lines if line and not line.startswith("Error(s) in loading state_dict")]
+    return UserError(
+        f"{weights} do not fit the checkpoint's model_config ({'; '.join(findings) or 'state_dict mismatch'})"
+    )
 
 
 # -- architecture ----------------------------------------------------------------
