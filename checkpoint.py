@@ -149,9 +149,11 @@ def served_report(trained: ModelConfig, elem: int, quantized: dict | None) -> di
     return report
 
 
-def _metrics_line(name: str, m: dict | None) -> str:
+def _metrics_line(name: str, m: dict | None, whose: str = "") -> str:
+    """``final auc 0.8, logloss 0.45, accuracy 0.79 (epoch 0, iteration 20, 2,000 test samples)``; ``whose`` test it
+    was goes in the brackets where it is not the file's model's."""
     if not m:
-        return f"{name} -"
+        return f"{name} none recorded in the file"
     values = ", ".join(
         f"{key} {m[key]:.6f}"
         for key in ("auc", "logloss", "accuracy")
@@ -159,8 +161,18 @@ def _metrics_line(name: str, m: dict | None) -> str:
     )
     return (
         f"{name} {values} (epoch {m.get('epoch')}, iteration {m.get('iteration')}, "
-        f"{m.get('samples', 0):,} test samples)"
+        f"{m.get('samples', 0):,} test samples{'; ' + whose if whose else ''})"
     )
+
+
+def metrics_rows(s: dict) -> list[tuple[str, str]]:
+    """The ``info`` rows of the last and best test the file records. A quantized file records only the float
+    model's last test (``quantized.float_final``: the quantized model was not tested when it was written), shown
+    in the same form, said to be the float model's."""
+    final, whose, quantized = s["final"], "", s.get("quantized")
+    if final is None and quantized and quantized.get("float_final"):
+        final, whose = quantized["float_final"], f"the float model's, before int{quantized['bits']} quantization"
+    return [("metrics", _metrics_line("final", final, whose)), ("", _metrics_line("best", s["best"]))]
 
 
 def kind_text(s: dict, mlet_hidden: int) -> str:
@@ -227,9 +239,8 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
         ),
     ]
     if quantized:
-        float_final = _metrics_line("final", quantized.get("float_final"))
-        rows.append(("quantized", f"{quantized['layout']}; float model's last test: {float_final}"))
-    return [*rows, ("metrics", _metrics_line("final", s["final"])), ("", _metrics_line("best", s["best"]))]
+        rows.append(("quantized", quantized["layout"]))
+    return [*rows, *metrics_rows(s)]
 
 
 def table_lines(tables: list[dict]) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, full_disk_save
+from helpers import ROOT, full_disk_save, interrupt_after_save
 from helpers import TINY as RANDOM_TINY
 
 import checkpoint
@@ -285,6 +285,44 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
     collapsed = checkpoint.summary(load_checkpoint(runs["mlet_collapsed"]), runs["mlet_collapsed"])
     assert collapsed["parameters"] == s["parameters"]  # the saving stays visible after collapsing
     assert collapsed["stored_parameter_bytes"] == s["parameters"]["inference"]["bytes"]
+
+
+def info_metrics(path: Path, capsys) -> list[str]:
+    """The two lines of ``checkpoint.py info path``'s metrics row (final, best)."""
+    assert checkpoint.main(["info", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("metrics "))
+    return [line[12:] for line in lines[start : start + 2]]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_info_of_a_quantized_file_shows_the_final_metrics_it_carries(bits, runs, tmp_path, capsys) -> None:
+    """They were on the quantized line only and the metrics row said ``final -``: the float model's last test,
+    in the trained file's form, said to be the float model's."""
+    trained_final, trained_best = info_metrics(runs["mlet"], capsys)
+    assert trained_final.startswith("final auc ") and trained_best.startswith("best auc ")
+    assert info_metrics(runs["cli_collapsed"], capsys) == [trained_final, trained_best]
+    quantized = tmp_path / "q.pt"
+    assert checkpoint.main(["quantize", str(runs["cli_collapsed"]), str(quantized), f"--bits={bits}"]) == 0
+    capsys.readouterr()
+    assert info_metrics(quantized, capsys) == [
+        f"{trained_final[:-1]}; the float model's, before int{bits} quantization)",
+        "best none recorded in the file",
+    ]
+
+
+def test_info_of_files_that_record_no_test_says_so(tmp_path, monkeypatch, capsys) -> None:
+    """A checkpoint written before the run's first test (here at iteration 3, stopped there), and what is made of
+    it, record no metrics: ``info`` says so plainly (was ``final -``)."""
+    path, collapsed, quantized = tmp_path / "early.pt", tmp_path / "c.pt", tmp_path / "q.pt"
+    with monkeypatch.context() as patch:
+        interrupt_after_save(patch, 3)
+        assert dlrm_mlet.main([*RANDOM_TINY, "--test-freq=0", "--save-freq=3", f"--save-model={path}"]) == 130
+    assert checkpoint.main(["collapse", str(path), str(collapsed)]) == 0
+    assert checkpoint.main(["quantize", str(collapsed), str(quantized), "--bits=8"]) == 0
+    capsys.readouterr()
+    for file in (path, collapsed, quantized):
+        assert info_metrics(file, capsys) == ["final none recorded in the file", "best none recorded in the file"]
 
 
 def test_info_piped_into_head_ends_quietly(runs) -> None:
