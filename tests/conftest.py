@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
-from helpers import small_config
+from helpers import small_config, train_checkpoint_runs
 
 from dlrm_model import DLRM
 
@@ -24,3 +24,9 @@ def make_model():
         return DLRM(small_config(hidden, **kw), seed=seed)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint_runs(tmp_path_factory):
+    """:func:`helpers.train_checkpoint_runs`, trained once for every checkpoint test module."""
+    return train_checkpoint_runs(tmp_path_factory.mktemp("checkpoint_runs"))

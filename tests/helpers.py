@@ -23,6 +23,7 @@ from typing import IO
 import pytest
 import torch
 
+import checkpoint
 import dlrm_mlet
 from dlrm_model import DLRM, ModelConfig
 from mlet.core.batch import SparseFeatures
@@ -473,3 +474,43 @@ def running(pid: int) -> bool:
 
 
 SNIPPET_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # as run_snippet's, whose pipes a live worker would hold open
+
+
+# -- the checkpoint tests' tiny runs -----------------------------------------------
+
+CHECKPOINT_TINY = [
+    "--data-generation=synthetic",
+    "--synthetic-rank=4",
+    "--arch-embedding-size=60000-3000-500",
+    "--arch-sparse-feature-size=4",
+    "--arch-mlp-bot=13-8-4",
+    "--arch-mlp-top=8-1",
+    "--mini-batch-size=64",
+    "--num-batches=20",
+    "--test-data-size=2000",
+    "--test-mini-batch-size=500",
+    "--learning-rate=0.5",
+    "--progress=false",
+]
+CHECKPOINT_K = 32
+
+
+def train_checkpoint_runs(out: Path) -> dict[str, Path]:
+    """In ``out``: an MLET K=32 run (with --save-collapsed), its `checkpoint.py collapse`, and a baseline d=4 run
+    (the ``checkpoint_runs`` fixture, shared by the checkpoint tests)."""
+    paths = {name: out / f"{name}.pt" for name in ("mlet", "mlet_collapsed", "cli_collapsed", "baseline")}
+    assert (
+        dlrm_mlet.main(
+            [
+                *CHECKPOINT_TINY,
+                f"--mlet-hidden={CHECKPOINT_K}",
+                f"--save-model={paths['mlet']}",
+                f"--save-collapsed={paths['mlet_collapsed']}",
+                f"--results-json={out / 'mlet.json'}",
+            ]
+        )
+        == 0
+    )
+    assert checkpoint.main(["collapse", str(paths["mlet"]), str(paths["cli_collapsed"])]) == 0
+    assert dlrm_mlet.main([*CHECKPOINT_TINY, "--num-batches=1", f"--save-model={paths['baseline']}"]) == 0
+    return paths

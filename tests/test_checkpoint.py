@@ -1,5 +1,6 @@
-"""Checkpoint files: architecture checks, collapse, info, damaged and foreign files, --save-best (writing them:
-test_checkpoint_writes.py; files that would run code: test_untrusted_checkpoints.py)."""
+"""Checkpoint files: architecture checks, collapse, info, --save-best (damaged, foreign and misfit files and
+checkpoint.py's refusals: test_checkpoint_files.py; writing them: test_checkpoint_writes.py; files that would
+run code: test_untrusted_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import CHECKPOINT_K as K
+from helpers import CHECKPOINT_TINY as TINY
 from helpers import ROOT, full_disk_save, interrupt_after_save
 from helpers import TINY as RANDOM_TINY
 
@@ -22,50 +24,9 @@ from mlet.cli import configs
 from mlet.core.errors import UserError
 from mlet.core.pipeline import prefetch
 from mlet.data.sources import build_data
-from mlet.training import checkpoints
-from mlet.training.checkpoints import FORMAT, VERSION, atomic_save, load_checkpoint, model_from_checkpoint
+from mlet.training.checkpoints import load_checkpoint, model_from_checkpoint
 from mlet.training.metrics import predict
 from mlet.training.state import restore_rng_state, rng_state
-
-# -- shared tiny runs ------------------------------------------------------------
-
-TINY = [
-    "--data-generation=synthetic",
-    "--synthetic-rank=4",
-    "--arch-embedding-size=60000-3000-500",
-    "--arch-sparse-feature-size=4",
-    "--arch-mlp-bot=13-8-4",
-    "--arch-mlp-top=8-1",
-    "--mini-batch-size=64",
-    "--num-batches=20",
-    "--test-data-size=2000",
-    "--test-mini-batch-size=500",
-    "--learning-rate=0.5",
-    "--progress=false",
-]
-K = 32
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """An MLET K=32 run (with --save-collapsed), its `checkpoint.py collapse`, and a baseline d=4 run."""
-    out = tmp_path_factory.mktemp("runs")
-    paths = {name: out / f"{name}.pt" for name in ("mlet", "mlet_collapsed", "cli_collapsed", "baseline")}
-    assert (
-        dlrm_mlet.main(
-            [
-                *TINY,
-                f"--mlet-hidden={K}",
-                f"--save-model={paths['mlet']}",
-                f"--save-collapsed={paths['mlet_collapsed']}",
-                f"--results-json={out / 'mlet.json'}",
-            ]
-        )
-        == 0
-    )
-    assert checkpoint.main(["collapse", str(paths["mlet"]), str(paths["cli_collapsed"])]) == 0
-    assert dlrm_mlet.main([*TINY, "--num-batches=1", f"--save-model={paths['baseline']}"]) == 0
-    return paths
 
 
 def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict:
@@ -99,11 +60,13 @@ def evaluate(flags: list[str], checkpoint_path: Path, out: Path, capsys) -> dict
     ],
 )
 @pytest.mark.slow
-def test_architecture_mismatch_is_one_line_naming_the_flag(flags: list[str], named: str, runs, capsys) -> None:
-    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", *flags, f"--load-model={runs['mlet']}"])
+def test_architecture_mismatch_is_one_line_naming_the_flag(
+    flags: list[str], named: str, checkpoint_runs, capsys
+) -> None:
+    code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", *flags, f"--load-model={checkpoint_runs['mlet']}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"dlrm_mlet.py: error: --load-model {runs['mlet']}: {named}")
+    assert err[0].startswith(f"dlrm_mlet.py: error: --load-model {checkpoint_runs['mlet']}: {named}")
 
 
 @pytest.mark.parametrize(
@@ -114,15 +77,15 @@ def test_architecture_mismatch_is_one_line_naming_the_flag(flags: list[str], nam
         (["--arch-embedding-size=60000-3000-499"], "--arch-embedding-size"),
     ],
 )
-def test_inference_flags_mismatch_is_one_line(flags: list[str], named: str, runs, capsys) -> None:
-    code = dlrm_mlet.main([*TINY, *flags, f"--load-model={runs['mlet_collapsed']}", "--inference-only"])
+def test_inference_flags_mismatch_is_one_line(flags: list[str], named: str, checkpoint_runs, capsys) -> None:
+    code = dlrm_mlet.main([*TINY, *flags, f"--load-model={checkpoint_runs['mlet_collapsed']}", "--inference-only"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and f"--load-model {runs['mlet_collapsed']}: {named}" in err[0]
+    assert code == 2 and len(err) == 1 and f"--load-model {checkpoint_runs['mlet_collapsed']}: {named}" in err[0]
 
 
-def derived_checkpoint(runs: dict[str, Path], source: str, steps: list[str], out: Path) -> Path:
-    """``runs[source]`` passed through ``checkpoint.py`` ``steps`` (``collapse``, ``quantize`` to int8) in ``out``."""
-    path = runs[source]
+def derived_checkpoint(checkpoint_runs: dict[str, Path], source: str, steps: list[str], out: Path) -> Path:
+    """The run ``source`` passed through ``checkpoint.py`` ``steps`` (``collapse``, ``quantize`` to int8) in ``out``."""
+    path = checkpoint_runs[source]
     for step in steps:
         target = out / f"{path.stem}.{step}.pt"
         assert checkpoint.main([step, str(path), str(target), *(["--bits=8"] if step == "quantize" else [])]) == 0
@@ -151,9 +114,9 @@ PLAIN = "the flags give 48; give 0 to evaluate it"
     ],
 )
 def test_inference_with_another_mlet_hidden_names_the_values_that_evaluate_it(
-    source: str, steps: list[str], message: str, accepted: list[int], runs, tmp_path, capsys
+    source: str, steps: list[str], message: str, accepted: list[int], checkpoint_runs, tmp_path, capsys
 ) -> None:
-    path = derived_checkpoint(runs, source, steps, tmp_path)
+    path = derived_checkpoint(checkpoint_runs, source, steps, tmp_path)
     capsys.readouterr()
     code = dlrm_mlet.main([*TINY, "--mlet-hidden=48", f"--load-model={path}", "--inference-only"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -165,8 +128,10 @@ def test_inference_with_another_mlet_hidden_names_the_values_that_evaluate_it(
 @pytest.mark.parametrize(
     ("source", "tables"), [("mlet", f"MLET tables trained with K={K} (collapsed)"), ("baseline", "plain tables")]
 )
-def test_mlet_training_cannot_start_from_a_collapsed_checkpoint(source, tables, runs, tmp_path, capsys) -> None:
-    path = derived_checkpoint(runs, source, ["collapse"], tmp_path)
+def test_mlet_training_cannot_start_from_a_collapsed_checkpoint(
+    source, tables, checkpoint_runs, tmp_path, capsys
+) -> None:
+    path = derived_checkpoint(checkpoint_runs, source, ["collapse"], tmp_path)
     capsys.readouterr()
     code = dlrm_mlet.main([*TINY, f"--mlet-hidden={K}", f"--load-model={path}"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -174,9 +139,11 @@ def test_mlet_training_cannot_start_from_a_collapsed_checkpoint(source, tables, 
     assert f"--mlet-hidden: checkpoint is an inference checkpoint of {tables}" in err[0] and "K=0" not in err[0]
 
 
-def test_plain_training_starts_from_a_collapsed_checkpoint(runs, tmp_path, capsys) -> None:
+def test_plain_training_starts_from_a_collapsed_checkpoint(checkpoint_runs, tmp_path, capsys) -> None:
     out = tmp_path / "ft.pt"
-    code = dlrm_mlet.main([*TINY, "--num-batches=2", f"--load-model={runs['mlet_collapsed']}", f"--save-model={out}"])
+    code = dlrm_mlet.main(
+        [*TINY, "--num-batches=2", f"--load-model={checkpoint_runs['mlet_collapsed']}", f"--save-model={out}"]
+    )
     assert code == 0, capsys.readouterr().err
     ckpt = load_checkpoint(out)
     assert ckpt["position"]["iteration"] == 2 and ckpt["model_config"]["mlet_hidden"] == 0
@@ -185,9 +152,9 @@ def test_plain_training_starts_from_a_collapsed_checkpoint(runs, tmp_path, capsy
 # -- collapse --------------------------------------------------------------------
 
 
-def test_collapsed_checkpoint_contents(runs) -> None:
-    trained = load_checkpoint(runs["mlet"])
-    collapsed = load_checkpoint(runs["mlet_collapsed"])
+def test_collapsed_checkpoint_contents(checkpoint_runs) -> None:
+    trained = load_checkpoint(checkpoint_runs["mlet"])
+    collapsed = load_checkpoint(checkpoint_runs["mlet_collapsed"])
     assert collapsed["kind"] == "inference" and "optimizer" not in collapsed and "rng" not in collapsed
     assert collapsed["model_config"]["mlet_hidden"] == 0 and collapsed["collapsed_from"]["mlet_hidden"] == K
     assert collapsed["model"]["tables.weight"].shape == (63500, 4) and "tables.projection" not in collapsed["model"]
@@ -198,7 +165,7 @@ def test_collapsed_checkpoint_contents(runs) -> None:
     )
     assert collapsed["collapsed_from"]["parameters"]["embedding_training_bytes"] == 4 * (63500 * K + 3 * K * 4)
     # --save-collapsed and `checkpoint.py collapse` write the same model
-    cli = load_checkpoint(runs["cli_collapsed"])
+    cli = load_checkpoint(checkpoint_runs["cli_collapsed"])
     assert cli.keys() == collapsed.keys()
     for name, tensor in collapsed["model"].items():
         assert torch.equal(tensor, cli["model"][name]), name
@@ -206,10 +173,10 @@ def test_collapsed_checkpoint_contents(runs) -> None:
     assert checkpoint.collapsed_checkpoint(collapsed) is collapsed
 
 
-def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(runs) -> None:
+def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(checkpoint_runs) -> None:
     data = build_data(configs.run_config([*TINY, f"--mlet-hidden={K}"]).data)
-    two_layer = model_from_checkpoint(load_checkpoint(runs["mlet"]))
-    collapsed = model_from_checkpoint(load_checkpoint(runs["mlet_collapsed"]))
+    two_layer = model_from_checkpoint(load_checkpoint(checkpoint_runs["mlet"]))
+    collapsed = model_from_checkpoint(load_checkpoint(checkpoint_runs["mlet_collapsed"]))
     assert two_layer.tables.is_mlet and not collapsed.tables.is_mlet
     probs_two, labels = predict(two_layer, prefetch(data.test.batches(0)), torch.device("cpu"))
     probs_one, labels_one = predict(collapsed, prefetch(data.test.batches(0)), torch.device("cpu"))
@@ -218,12 +185,12 @@ def test_collapsed_outputs_equal_two_layer_outputs_on_the_whole_test_set(runs) -
     assert np.abs(probs_two - probs_one).max() <= 1e-5
 
 
-def test_collapsed_model_evaluates_with_training_or_baseline_flags(runs, tmp_path, capsys) -> None:
+def test_collapsed_model_evaluates_with_training_or_baseline_flags(checkpoint_runs, tmp_path, capsys) -> None:
     """--inference-only on the collapsed file: same AUC as the two-layer model, with --mlet-hidden=K or 0."""
-    trained = json.loads((runs["mlet"].parent / "mlet.json").read_text())["final"]
-    two_layer = evaluate([*TINY, f"--mlet-hidden={K}"], runs["mlet"], tmp_path / "two.json", capsys)["final"]
-    with_k = evaluate([*TINY, f"--mlet-hidden={K}"], runs["mlet_collapsed"], tmp_path / "k.json", capsys)
-    baseline_flags = evaluate(TINY, runs["mlet_collapsed"], tmp_path / "base.json", capsys)
+    trained = json.loads((checkpoint_runs["mlet"].parent / "mlet.json").read_text())["final"]
+    two_layer = evaluate([*TINY, f"--mlet-hidden={K}"], checkpoint_runs["mlet"], tmp_path / "two.json", capsys)["final"]
+    with_k = evaluate([*TINY, f"--mlet-hidden={K}"], checkpoint_runs["mlet_collapsed"], tmp_path / "k.json", capsys)
+    baseline_flags = evaluate(TINY, checkpoint_runs["mlet_collapsed"], tmp_path / "base.json", capsys)
     for result in (with_k["final"], baseline_flags["final"]):
         assert result["samples"] == two_layer["samples"] == 2000
         assert abs(result["auc"] - two_layer["auc"]) <= 1e-6 and abs(result["auc"] - trained["auc"]) <= 1e-6
@@ -233,26 +200,31 @@ def test_collapsed_model_evaluates_with_training_or_baseline_flags(runs, tmp_pat
         assert (result["epoch"], result["iteration"]) == (trained["epoch"], trained["iteration"]) == (0, 20)
 
 
-def test_evaluating_the_collapsed_file_reports_the_trained_size(runs, tmp_path, capsys) -> None:
+def test_evaluating_the_collapsed_file_reports_the_trained_size(checkpoint_runs, tmp_path, capsys) -> None:
     """The collapsed file's results and log give the MLET model's training size, as the training run and `info`
     do: one model, one size, whichever file of it was evaluated."""
-    trained = json.loads((runs["mlet"].parent / "mlet.json").read_text())["parameters"]
+    trained = json.loads((checkpoint_runs["mlet"].parent / "mlet.json").read_text())["parameters"]
     assert trained["training"]["count"] > 6 * trained["inference"]["count"]  # MLET's K x the served tables
     capsys.readouterr()
-    for flags, path in (([f"--mlet-hidden={K}"], runs["mlet"]), ([f"--mlet-hidden={K}"], runs["mlet_collapsed"])):
+    for flags, path in (
+        ([f"--mlet-hidden={K}"], checkpoint_runs["mlet"]),
+        ([f"--mlet-hidden={K}"], checkpoint_runs["mlet_collapsed"]),
+    ):
         results = evaluate([*TINY, *flags], path, tmp_path / "e.json", capsys)
         assert results["parameters"] == trained, path
         count = trained["training"]["count"]
         assert f"parameters: training {count:,} (" in capsys.readouterr().out
-    baseline_flags = evaluate(TINY, runs["mlet_collapsed"], tmp_path / "b.json", capsys)
+    baseline_flags = evaluate(TINY, checkpoint_runs["mlet_collapsed"], tmp_path / "b.json", capsys)
     assert baseline_flags["parameters"] == trained
 
 
-def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(runs) -> None:
+def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(checkpoint_runs) -> None:
     """Within 5% of a d=4 baseline checkpoint without optimizer state (SGD keeps none); the MLET one is far larger."""
-    baseline = load_checkpoint(runs["baseline"])
+    baseline = load_checkpoint(checkpoint_runs["baseline"])
     assert baseline["optimizer"]["state"] == {} and baseline["model_config"]["mlet_hidden"] == 0
-    collapsed, baseline_size, mlet_size = (runs[n].stat().st_size for n in ("mlet_collapsed", "baseline", "mlet"))
+    collapsed, baseline_size, mlet_size = (
+        checkpoint_runs[n].stat().st_size for n in ("mlet_collapsed", "baseline", "mlet")
+    )
     assert abs(collapsed - baseline_size) <= 0.05 * baseline_size, (collapsed, baseline_size)
     assert mlet_size > 6 * collapsed
 
@@ -260,8 +232,8 @@ def test_collapsed_file_is_the_size_of_a_baseline_checkpoint(runs) -> None:
 # -- info and the checkpoint.py command line -------------------------------------
 
 
-def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
-    assert checkpoint.main(["info", str(runs["mlet_collapsed"])]) == 0
+def test_info_shows_kind_sizes_tables_args_metrics(checkpoint_runs, capsys) -> None:
+    assert checkpoint.main(["info", str(checkpoint_runs["mlet_collapsed"])]) == 0
     out = capsys.readouterr().out
     assert f"inference (collapsed from MLET K={K}; no optimizer state)" in out
     assert "the whole model at inference is" in out and "x smaller (MLET collapsed)" in out
@@ -269,7 +241,7 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
     assert "--mlet-hidden=32" in out and "--arch-embedding-size=60000-3000-500" in out
     assert "final auc" in out and "best auc" in out
     assert "60,000" in out and "32x4" in out
-    assert checkpoint.main(["info", "--json", str(runs["mlet"])]) == 0
+    assert checkpoint.main(["info", "--json", str(checkpoint_runs["mlet"])]) == 0
     s = json.loads(capsys.readouterr().out)
     rows = 63500
     mlp = (13 * 8 + 8) + (8 * 4 + 4) + (10 * 8 + 8) + (8 * 1 + 1)
@@ -282,7 +254,9 @@ def test_info_shows_kind_sizes_tables_args_metrics(runs, capsys) -> None:
         s["tables"][0]["training_bytes"] == 4 * (60000 * K + K * 4)
         and s["tables"][0]["inference_bytes"] == 4 * 60000 * 4
     )
-    collapsed = checkpoint.summary(load_checkpoint(runs["mlet_collapsed"]), runs["mlet_collapsed"])
+    collapsed = checkpoint.summary(
+        load_checkpoint(checkpoint_runs["mlet_collapsed"]), checkpoint_runs["mlet_collapsed"]
+    )
     assert collapsed["parameters"] == s["parameters"]  # the saving stays visible after collapsing
     assert collapsed["stored_parameter_bytes"] == s["parameters"]["inference"]["bytes"]
 
@@ -296,14 +270,14 @@ def info_metrics(path: Path, capsys) -> list[str]:
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_info_of_a_quantized_file_shows_the_final_metrics_it_carries(bits, runs, tmp_path, capsys) -> None:
+def test_info_of_a_quantized_file_shows_the_final_metrics_it_carries(bits, checkpoint_runs, tmp_path, capsys) -> None:
     """They were on the quantized line only and the metrics row said ``final -``: the float model's last test,
     in the trained file's form, said to be the float model's."""
-    trained_final, trained_best = info_metrics(runs["mlet"], capsys)
+    trained_final, trained_best = info_metrics(checkpoint_runs["mlet"], capsys)
     assert trained_final.startswith("final auc ") and trained_best.startswith("best auc ")
-    assert info_metrics(runs["cli_collapsed"], capsys) == [trained_final, trained_best]
+    assert info_metrics(checkpoint_runs["cli_collapsed"], capsys) == [trained_final, trained_best]
     quantized = tmp_path / "q.pt"
-    assert checkpoint.main(["quantize", str(runs["cli_collapsed"]), str(quantized), f"--bits={bits}"]) == 0
+    assert checkpoint.main(["quantize", str(checkpoint_runs["cli_collapsed"]), str(quantized), f"--bits={bits}"]) == 0
     capsys.readouterr()
     assert info_metrics(quantized, capsys) == [
         f"{trained_final[:-1]}; the float model's, before int{bits} quantization)",
@@ -325,11 +299,11 @@ def test_info_of_files_that_record_no_test_says_so(tmp_path, monkeypatch, capsys
         assert info_metrics(file, capsys) == ["final none recorded in the file", "best none recorded in the file"]
 
 
-def test_info_piped_into_head_ends_quietly(runs) -> None:
+def test_info_piped_into_head_ends_quietly(checkpoint_runs) -> None:
     """``checkpoint.py info CKPT | head``: the reader is gone before the output comes (closed at once, while the
     command still imports torch), so the first write meets a closed pipe; no traceback, the shell's SIGPIPE code."""
     reader = subprocess.Popen(
-        [sys.executable, str(ROOT / "checkpoint.py"), "info", "--json", str(runs["mlet"])],
+        [sys.executable, str(ROOT / "checkpoint.py"), "info", "--json", str(checkpoint_runs["mlet"])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -338,290 +312,6 @@ def test_info_piped_into_head_ends_quietly(runs) -> None:
     reader.stdout.close()
     assert reader.wait(timeout=60) == 141
     assert reader.stderr.read() == b""
-
-
-def _saved(path: Path, content: dict) -> Path:
-    torch.save(content, path)
-    return path
-
-
-def _written(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def _torn(tmp_path: Path) -> Path:
-    torn = tmp_path / "torn.pt"
-    atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.zeros(1000)}, torn)
-    torn.write_bytes(torn.read_bytes()[:1500])
-    return torn
-
-
-def _damaged(tmp_path: Path) -> Path:
-    """16 bytes of a tensor's data flipped to zeros, as ``dd ... conv=notrunc`` does."""
-    damaged = tmp_path / "damaged.pt"
-    atomic_save({"format": FORMAT, "version": VERSION, "kind": "training", "x": torch.full((1000,), 7.0)}, damaged)
-    content = bytearray(damaged.read_bytes())
-    at = content.index(torch.full((4,), 7.0).numpy().tobytes()) + 64
-    content[at : at + 16] = bytes(16)
-    damaged.write_bytes(bytes(content))
-    return damaged
-
-
-UPSTREAM_LAYOUT = {"state_dict": {"emb_l.0.weight": torch.zeros(3, 2)}, "nepochs": 1, "opt_state_dict": {}}
-"""The keys of upstream DLRM's ``--save-model``."""
-SMALL_CONFIG = {"table_sizes": [10, 5], "dim": 4, "bottom_mlp": [13, 4], "top_mlp": [1]}
-HEADER = {"format": FORMAT, "version": VERSION}
-
-BROKEN_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
-    "missing": (lambda tmp: tmp / "nope.pt", "no such checkpoint file"),
-    "directory": (lambda tmp: tmp, "is not a file"),
-    "text": (lambda tmp: _written(tmp / "notes.txt", "hello\n"), "not a readable checkpoint"),
-    "json": (
-        lambda tmp: _written(tmp / "run.json", '{"auc": 0.8}\n'),
-        "not a readable checkpoint (neither a zip archive, as torch.save writes, nor a pickle)",
-    ),
-    "torn": (_torn, "not a readable checkpoint (a truncated or damaged zip archive)"),
-    "damaged": (_damaged, "damaged checkpoint (CRC mismatch in archive/data/0)"),
-    "upstream": (
-        lambda tmp: _saved(tmp / "upstream.pt", {**UPSTREAM_LAYOUT, "iter": 10, "train_loss": 0.5}),
-        "is upstream DLRM's checkpoint (state_dict, opt_state_dict, nepochs",
-    ),
-    "upstream_numpy": (  # with --mlperf-logging, upstream stores numpy metrics
-        lambda tmp: _saved(tmp / "upstream_numpy.pt", {**UPSTREAM_LAYOUT, "test_auc": np.float64(0.5)}),
-        "is upstream DLRM's checkpoint",
-    ),
-    "foreign": (
-        lambda tmp: _saved(tmp / "foreign.pt", {"state_dict": {"w": torch.zeros(2)}}),
-        "not a dlrm-mlet checkpoint",
-    ),
-    "newer": (
-        lambda tmp: _saved(tmp / "newer.pt", {"format": FORMAT, "version": VERSION + 1}),
-        f"checkpoint format {VERSION + 1}",
-    ),
-    "malformed": (
-        lambda tmp: _saved(
-            tmp / "malformed.pt",
-            {**HEADER, "kind": "training", "model_config": {"dim": 4}, "model": {"tables.weight": torch.zeros(3, 4)}},
-        ),
-        "malformed checkpoint (no valid model_config)",
-    ),
-    "mismatched": (
-        lambda tmp: _saved(
-            tmp / "mismatched.pt",
-            {
-                **HEADER,
-                "kind": "inference",
-                "model_config": SMALL_CONFIG,
-                "model": {"tables.weight": torch.zeros(3, 4)},
-            },
-        ),
-        "malformed checkpoint (model_config describes tables of 15 x 4, the saved weight is 3 x 4)",
-    ),
-    "negative": (
-        lambda tmp: _saved(
-            tmp / "negative.pt",
-            {
-                **HEADER,
-                "kind": "inference",
-                "model_config": {**SMALL_CONFIG, "dim": -4},
-                "model": {"tables.weight": torch.zeros(15, 4)},
-            },
-        ),
-        "malformed checkpoint (model_config holds a size below 1)",
-    ),
-    "non_numeric": (  # a hand-edited config: a word where a size belongs
-        lambda tmp: _saved(
-            tmp / "non_numeric.pt",
-            {
-                **HEADER,
-                "kind": "inference",
-                "model_config": {**SMALL_CONFIG, "dim": "four"},
-                "model": {"tables.weight": torch.zeros(15, 4)},
-            },
-        ),
-        "malformed checkpoint (no valid model_config)",
-    ),
-    "non_numeric_threshold": (
-        lambda tmp: _saved(
-            tmp / "non_numeric_threshold.pt",
-            {
-                **HEADER,
-                "kind": "inference",
-                "model_config": {**SMALL_CONFIG, "qr_flag": True, "qr_threshold": "200"},
-                "model": {"tables.weight": torch.zeros(15, 4)},
-            },
-        ),
-        "malformed checkpoint (no valid model_config)",
-    ),
-}
-"""Files that are not usable checkpoints: how to make each in a folder, and the message it gives."""
-
-
-@pytest.mark.parametrize("case", list(BROKEN_FILES))
-def test_bad_input_is_one_line_with_exit_2(case: str, tmp_path, capsys) -> None:
-    make, message = BROKEN_FILES[case]
-    path = make(tmp_path)
-    for argv in (
-        ["info", str(path)],
-        ["collapse", str(path), str(tmp_path / "o.pt")],
-        ["export-onnx", str(path), str(tmp_path / "o.onnx")],
-    ):
-        assert checkpoint.main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"checkpoint.py: error: {path}: ") and message in err[0], err
-    assert dlrm_mlet.main([f"--load-model={path}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
-
-
-def test_checkpoints_saved_without_crc_load(runs, tmp_path) -> None:
-    """torch writes CRC 0 when saving with compute_crc32 off: such members are not checked, the file loads."""
-    from torch.utils.serialization import config
-
-    ckpt = load_checkpoint(runs["baseline"])
-    config.save.compute_crc32 = False
-    try:
-        torch.save(ckpt, tmp_path / "no_crc.pt")
-    finally:
-        config.save.compute_crc32 = True
-    assert checkpoints.damaged_member(tmp_path / "no_crc.pt") is None
-    assert torch.equal(
-        load_checkpoint(tmp_path / "no_crc.pt")["model"]["tables.weight"], ckpt["model"]["tables.weight"]
-    )
-
-
-def test_weights_that_do_not_fit_the_config_are_one_line(runs, tmp_path, capsys) -> None:
-    ckpt = load_checkpoint(runs["mlet"])
-    ckpt["model"]["top.0.weight"] = torch.zeros(3, 3)
-    bad = tmp_path / "bad.pt"
-    torch.save(ckpt, bad)
-    for argv in (["collapse", str(bad), str(tmp_path / "o.pt")], ["export-onnx", str(bad), str(tmp_path / "o.onnx")]):
-        assert checkpoint.main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(
-            f"checkpoint.py: error: {bad}: the weights do not fit the checkpoint's model_config "
-            "(size mismatch for top.0.weight"
-        )
-
-
-def _shape_and_missing(model: dict) -> None:
-    model["top.0.weight"] = torch.zeros(3, 3)
-    del model["bottom.0.bias"]
-
-
-def _extra(model: dict) -> None:
-    model["extra.weight"] = torch.zeros(2)
-
-
-@pytest.mark.parametrize("source", ["mlet", "mlet_collapsed", "int8"])
-@pytest.mark.parametrize(
-    ("edit", "named"),
-    [
-        (_shape_and_missing, 'Missing key(s) in state_dict: "bottom.0.bias"; size mismatch for top.0.weight: '),
-        (_extra, 'Unexpected key(s) in state_dict: "extra.weight")'),
-    ],
-)
-def test_info_refuses_weights_that_do_not_fit_the_config(source, edit, named, runs, tmp_path, capsys) -> None:
-    """``info`` printed a hand-edited file's report (exit 0) that collapse, quantize, export-onnx and --load-model
-    refuse; it refuses it the same way, in one line naming the file."""
-    path = runs.get(source)
-    if path is None:
-        path = tmp_path / "q8.pt"
-        assert checkpoint.main(["quantize", str(runs["mlet_collapsed"]), str(path), "--bits=8"]) == 0
-        capsys.readouterr()
-    assert checkpoint.main(["info", str(path)]) == 0
-    assert capsys.readouterr().out.startswith(f"file        {path} (")
-    ckpt = load_checkpoint(path)
-    edit(ckpt["model"])
-    bad = tmp_path / "bad.pt"
-    torch.save(ckpt, bad)
-    for argv in (["info", str(bad)], ["info", "--json", str(bad)]):
-        assert checkpoint.main(argv) == 2
-        out, err = capsys.readouterr()
-        lines = err.strip().splitlines()
-        assert out == "" and len(lines) == 1, lines
-        assert lines[0].startswith(f"checkpoint.py: error: {bad}: the weights") and named in lines[0], lines
-        assert "do not fit the checkpoint's model_config" in lines[0]
-
-
-@pytest.mark.parametrize("bits", [None, 8])
-def test_collapse_refuses_an_inference_checkpoint_whose_weights_do_not_fit(bits, runs, tmp_path, capsys) -> None:
-    """An inference checkpoint is copied unchanged; one that cannot be built is refused, not copied as usable."""
-    source = runs["mlet_collapsed"]
-    if bits is not None:
-        source = tmp_path / "q.pt"
-        assert checkpoint.main(["quantize", str(runs["mlet_collapsed"]), str(source), f"--bits={bits}"]) == 0
-    ckpt = load_checkpoint(source)
-    ckpt["model"]["top.0.weight"] = torch.zeros(3, 3)
-    bad, out = tmp_path / "bad.pt", tmp_path / "o.pt"
-    torch.save(ckpt, bad)
-    capsys.readouterr()
-    assert checkpoint.main(["collapse", str(bad), str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"checkpoint.py: error: {bad}: the ") and "top.0.weight" in err[0]
-    assert not out.exists()
-
-
-def test_command_line_usage_errors_are_one_line(capsys) -> None:
-    for argv in ([], ["frobnicate"], ["info"], ["collapse", "only-one"]):
-        with pytest.raises(SystemExit) as exit_:
-            checkpoint.main(argv)
-        assert exit_.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("checkpoint.py")
-
-
-@pytest.mark.parametrize(
-    ("command", "extra"), [("collapse", []), ("quantize", ["--bits=8"]), ("export-onnx", ["--no-verify"])]
-)
-@pytest.mark.parametrize("alias", ["same", "dotted", "symlink"])
-def test_commands_refuse_to_write_over_their_input(command, extra, alias, runs, tmp_path, capsys) -> None:
-    source = runs["mlet_collapsed" if command == "quantize" else "mlet"]
-    target = tmp_path / "t.pt"
-    target.write_bytes(source.read_bytes())
-    out = {"same": target, "dotted": tmp_path / "." / "t.pt", "symlink": tmp_path / "link.pt"}[alias]
-    if alias == "symlink":
-        out.symlink_to(target)
-    assert checkpoint.main([command, str(target), str(out), *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"checkpoint.py: error: OUT {out}: same file as IN; one would overwrite the other"]
-    assert target.read_bytes() == source.read_bytes()
-
-
-def test_export_onnx_refuses_external_data_over_its_input(runs, tmp_path, capsys) -> None:
-    target = tmp_path / "m.onnx.data"  # a checkpoint that OUT's external data (OUT.data) would replace
-    target.write_bytes(runs["mlet"].read_bytes())
-    assert checkpoint.main(["export-onnx", str(target), str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    line = f"checkpoint.py: error: OUT (external data) {target}: same file as IN; one would overwrite the other"
-    assert err == [line]
-    assert not (tmp_path / "m.onnx").exists()
-
-
-def test_collapse_reports_the_input_size_before_writing(runs, tmp_path, capsys) -> None:
-    assert checkpoint.main(["collapse", str(runs["mlet"]), str(tmp_path / "c.pt")]) == 0
-    before, after = runs["mlet"].stat().st_size, (tmp_path / "c.pt").stat().st_size
-    assert f"{checkpoint.mib(before)} -> {checkpoint.mib(after)}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("command", ["collapse", "export-onnx"])
-def test_output_under_a_file_is_one_line(command: str, runs, tmp_path, capsys) -> None:
-    a_file = tmp_path / "afile"
-    a_file.write_text("x")
-    assert checkpoint.main([command, str(runs["mlet"]), str(a_file / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"checkpoint.py: error: OUT {a_file / 'out'}: {a_file} is a file, not a folder"]
-
-
-def test_collapse_of_an_inference_checkpoint_says_so(runs, tmp_path, capsys) -> None:
-    out = tmp_path / "again.pt"
-    assert checkpoint.main(["collapse", str(runs["mlet_collapsed"]), str(out)]) == 0
-    assert "already an inference checkpoint" in capsys.readouterr().out
-    assert torch.equal(
-        load_checkpoint(out)["model"]["tables.weight"],
-        load_checkpoint(runs["mlet_collapsed"])["model"]["tables.weight"],
-    )
 
 
 def test_rng_state_roundtrip() -> None:
@@ -666,10 +356,10 @@ def test_save_best_conflicts_are_one_line(flags: list[str], named: str) -> None:
         configs.run_config([*RANDOM_TINY, *flags])
 
 
-def test_full_disk_at_every_checkpoint_writer_is_one_line(runs, monkeypatch, tmp_path, capsys) -> None:
+def test_full_disk_at_every_checkpoint_writer_is_one_line(checkpoint_runs, monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.setattr(torch, "save", lambda obj, handle, *a, **k: full_disk_save(obj, handle))
     out = tmp_path / "c.pt"
-    assert checkpoint.main(["collapse", str(runs["mlet"]), str(out)]) == 2
+    assert checkpoint.main(["collapse", str(checkpoint_runs["mlet"]), str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"checkpoint.py: error: {out}: cannot write the checkpoint (No space left on device)"
     ]
