@@ -417,14 +417,18 @@ def ended_before(stop: KeyboardInterrupt) -> endings.Endings | None:
     its next collective fails, and said ``terminated (SIGTERM)`` as if the whole run had been signalled. torchrun
     passes a SIGTERM to the whole run on to every process at once, before any has recorded its end. Processes not
     started by torchrun have no one that stops the rest: their SIGTERMs come from outside, however staggered. Nor
-    is a SIGTERM that the processes agreed to stop for together (they saved the run first: mlet.training.stops)."""
+    is a SIGTERM that the processes agreed to stop for together (they saved the run first: mlet.training.stops).
+    Nor, on one host, where no process that recorded its end has been reaped: torchrun stops the rest only after
+    it has waited for the one that ended, so a SIGTERM to the whole run reached the others while they were still
+    there, however late it came here (a loaded machine can leave this process unscheduled for longer than another
+    takes to record its end)."""
     if type(stop) is not Terminated or stop.agreed or not agent_watch.started_by_torchrun() or agent_watch.agent_gone():
         return None
     # the kernel's stamp of the signal's arrival; the handler's clock is late by however long the main thread was
     # busy, and on a loaded machine that was longer than another rank took to record its end
     came = arrived(signal.SIGTERM) or stop.at
     earlier = endings.others().before(came)
-    return earlier if earlier.first is not None else None
+    return earlier if earlier.first is not None and not earlier.none_reaped() else None
 
 
 def cli() -> None:

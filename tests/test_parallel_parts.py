@@ -6,17 +6,22 @@ processes themselves."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import random_inputs, small_config
 
+import dlrm_mlet
 from dlrm_model import make_mlp
 from mlet.core.batch import Batch, OwnedBags, local_sizes, sample_range
+from mlet.core.signals import Terminated
 from mlet.data.preprocessing.raw_generate import KAGGLE_CARDINALITIES
+from mlet.parallel import agent_watch, endings
 from mlet.parallel.distributed import MultiProcess
 from mlet.parallel.endings import Endings
 from mlet.parallel.exchange import EmbeddingExchange, ExchangeLayout
@@ -126,6 +131,57 @@ def test_a_failed_collective_says_what_the_store_knows_of_the_others_end() -> No
         "torch.distributed: Connection closed by peer [127.0.0.1]:4001 (another process ended without a message: "
         "killed, e.g. by kill -9 or for lack of memory?)"
     )
+
+
+def sleeping_child() -> subprocess.Popen:
+    """A process of this host that waits to be killed."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_endings_know_whether_their_processes_have_been_reaped() -> None:
+    """torchrun waits for a process that ends before it stops the others: a recorded process whose pid is still
+    there (running, or exited and not waited for) was not the cause of a SIGTERM torchrun sent."""
+    child, here = sleeping_child(), socket.gethostname()
+    line = f"rank 1 (pid {child.pid} on {here}) was terminated (SIGTERM)"
+    try:
+        there = Endings({1: line}, True, {1: 5.0}, {1: (here, child.pid)})
+        assert there.none_reaped() and there.before(6.0).none_reaped()
+        assert not Endings({1: line}, True, {1: 5.0}, {1: ("another-host", child.pid)}).none_reaped()
+        assert not Endings({1: line}, True, {1: 5.0}).none_reaped()  # recorded without its place: not known
+        assert not Endings({}, True).none_reaped()
+        child.terminate()
+        time.sleep(0.2)
+        assert there.none_reaped()  # exited, not yet waited for: still there
+    finally:
+        child.kill()
+        child.wait()
+    assert not there.none_reaped()
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_sigterm_after_another_rank_recorded_its_end_names_it_only_once_that_rank_was_reaped(
+    monkeypatch, reaped: bool
+) -> None:
+    """torchrun passes a SIGTERM to the whole run on to every rank. On a loaded machine rank 1 recorded its end
+    before rank 0 was even scheduled to take its own SIGTERM, and rank 0 named rank 1 as if torchrun had stopped
+    it because rank 1 ended. torchrun stops the rest only after it has waited for the one that ended: while rank
+    1's pid is still there, rank 0's SIGTERM is the whole run's."""
+    child = sleeping_child()
+    line = f"rank 1 (pid {child.pid} on {socket.gethostname()}) was terminated (SIGTERM)"
+    recorded = Endings({1: line}, True, {1: time.time() - 0.05}, {1: (socket.gethostname(), child.pid)})
+    monkeypatch.setattr(endings, "others", lambda: recorded)
+    monkeypatch.setattr(agent_watch, "started_by_torchrun", lambda: True)
+    monkeypatch.setattr(agent_watch, "agent_gone", lambda: False)
+    monkeypatch.setattr(dlrm_mlet, "arrived", lambda signum: None)  # the SIGTERM's time: when raised, below
+    try:
+        if reaped:
+            child.kill()
+            child.wait()
+        earlier = dlrm_mlet.ended_before(Terminated())
+    finally:
+        child.kill()
+        child.wait()
+    assert (earlier is not None and earlier.first == line) if reaped else earlier is None
 
 
 def test_row_layout_merges_neighbours_and_takes_each_ranks_rows() -> None:

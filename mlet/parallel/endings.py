@@ -62,7 +62,7 @@ def record(how: str) -> None:
     name = key(launched_rank())
 
     def write() -> bool:
-        store.set(name, json.dumps({"line": text, "at": time.time()}))
+        store.set(name, json.dumps({"line": text, "at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}))
         return store.check([name])
 
     bounded(write)
@@ -98,18 +98,32 @@ def record_stop(stop: KeyboardInterrupt) -> None:
 
 @dataclass(frozen=True)
 class Endings:
-    """What the store says of the other processes: ``{rank: line}`` for those that recorded how they ended, and
-    ``{rank: time}`` when they did (``time.time()``); ``readable`` is false where the store did not answer (then
-    nothing is known)."""
+    """What the store says of the other processes: ``{rank: line}`` for those that recorded how they ended,
+    ``{rank: time}`` when they did (``time.time()``) and ``{rank: (host, pid)}`` where they ran; ``readable`` is
+    false where the store did not answer (then nothing is known)."""
 
     lines: dict[int, str]
     readable: bool
     at: dict[int, float] = field(default_factory=dict)
+    places: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def before(self, moment: float) -> Endings:
         """Those recorded before ``moment``: processes that had ended by then."""
         ranks = [rank for rank in self.lines if self.at.get(rank, moment) < moment]
-        return Endings({rank: self.lines[rank] for rank in ranks}, self.readable, {r: self.at[r] for r in ranks})
+        return Endings(
+            {rank: self.lines[rank] for rank in ranks},
+            self.readable,
+            {rank: self.at[rank] for rank in ranks if rank in self.at},
+            {rank: self.places[rank] for rank in ranks if rank in self.places},
+        )
+
+    def none_reaped(self) -> bool:
+        """Whether every process recorded here runs on this host and has not been waited for: its pid is still
+        there, running or exited (torchrun reaps a process that ends before it stops the others)."""
+        return bool(self.lines) and all(
+            rank in self.places and self.places[rank][0] == socket.gethostname() and pid_present(self.places[rank][1])
+            for rank in self.lines
+        )
 
     @property
     def first(self) -> str | None:
@@ -140,4 +154,20 @@ def others() -> Endings:
     found = bounded(read)
     if found is None:
         return NOTHING_KNOWN
-    return Endings({r: e["line"] for r, e in found.items()}, True, {r: e["at"] for r, e in found.items()})
+    return Endings(
+        {r: e["line"] for r, e in found.items()},
+        True,
+        {r: e["at"] for r, e in found.items()},
+        {r: (e["host"], e["pid"]) for r, e in found.items() if "host" in e and "pid" in e},
+    )
+
+
+def pid_present(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (a zombie, exited but not waited for, does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: there all the same
+        return True
+    return True
