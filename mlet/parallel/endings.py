@@ -113,7 +113,7 @@ class Endings:
         return Endings(
             {rank: self.lines[rank] for rank in ranks},
             self.readable,
-            {rank: self.at[rank] for rank in ranks if rank in self.at},
+            {rank: self.at[rank] for rank in ranks},  # (a rank without a time is not among them)
             {rank: self.places[rank] for rank in ranks if rank in self.places},
         )
 

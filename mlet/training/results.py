@@ -46,11 +46,9 @@ def parameter_report(
     where each process holds its own tables, the sum over the processes (``Parallel.all_sum``, a collective) that
     makes the served bytes the whole model's."""
     elem = next(model.bottom.parameters()).element_size()
-    report = bytes_report(model.config.parameter_counts(), elem)
-    if trained is not None:
-        as_trained = bytes_report(trained.parameter_counts(), elem)
-        report["training"] = as_trained["training"]
-        report["embedding_training_bytes"] = as_trained["embedding_training_bytes"]
+    # collapsing and quantizing keep every table's layout, so the trained architecture's inference counts are the
+    # model's own: one report of it serves both sides (the quantized tables' bytes replace its float ones below)
+    report = bytes_report((trained or model.config).parameter_counts(), elem)
     served = model.tables.inference_bytes()
     served = int(all_sum(served) if all_sum is not None else served)
     report["inference"]["bytes"] += served - report["embedding_inference_bytes"]
